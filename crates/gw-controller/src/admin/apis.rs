@@ -1,0 +1,381 @@
+//! `/api/v1/apis`: deploy, read and delete APIs.
+//!
+//! A write validates the definition (every problem, with its field path), then commits it
+//! and its change-log entry in one store transaction under the next global revision. The
+//! answer carries the revision as `ETag`; `If-Match` with a stale ETag gives 412. With
+//! `?wait=applied` the answer comes once every connected runtime of the API's groups (before
+//! and after the change) has applied the revision, or after `timeout` (default 30s) with the
+//! runtimes that have not, or that rejected it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use gw_core::model::{self, ApiDefinition, FieldError, HumanDuration, ValidationContext};
+use gw_store::{ApiRecord, Precondition, PutApi, RouteKey, StoreError};
+use serde_json::json;
+
+use super::format::{document, read_body, request_format, wants_yaml};
+use super::{ApiError, AppState};
+use crate::fleet::{self, ApplyReport};
+use crate::watcher::groups_of;
+
+/// `?wait=applied&timeout=…`
+#[derive(Debug, Default)]
+struct WriteParams {
+    wait: Option<Duration>,
+}
+
+impl WriteParams {
+    fn parse(query: Option<&str>, state: &AppState) -> Result<Self, ApiError> {
+        let mut wait = false;
+        let mut timeout = None;
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "wait" if value == "applied" => wait = true,
+                "wait" => {
+                    return Err(ApiError::field(
+                        "wait",
+                        format!("unsupported value {value:?}; use wait=applied"),
+                    ));
+                }
+                "timeout" => {
+                    let parsed: HumanDuration =
+                        value.parse().map_err(|e: model::DurationError| {
+                            ApiError::field("timeout", e.to_string())
+                        })?;
+                    if parsed.as_duration() > state.options.max_wait {
+                        return Err(ApiError::field(
+                            "timeout",
+                            format!(
+                                "at most {}",
+                                HumanDuration::from_millis(
+                                    u64::try_from(state.options.max_wait.as_millis())
+                                        .unwrap_or(u64::MAX)
+                                )
+                            ),
+                        ));
+                    }
+                    timeout = Some(parsed.as_duration());
+                }
+                other => {
+                    return Err(ApiError::field(
+                        other,
+                        "unknown query parameter; supported: wait, timeout",
+                    ));
+                }
+            }
+        }
+        if timeout.is_some() && !wait {
+            return Err(ApiError::field(
+                "timeout",
+                "only meaningful with wait=applied",
+            ));
+        }
+        Ok(Self {
+            wait: wait.then(|| timeout.unwrap_or(state.options.default_wait)),
+        })
+    }
+}
+
+fn check_name(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(name) = name.map_err(|e| ApiError::field("name", e.body_text()))?;
+    model::validate_name(&name).map_err(|message| ApiError::field("name", message))?;
+    Ok(name)
+}
+
+async fn parse_definition(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<ApiDefinition, ApiError> {
+    let format = request_format(headers)?;
+    let bytes = read_body(headers, body, state.options.max_body_bytes).await?;
+    let ctx = ValidationContext {
+        policies: Some(&state.policies),
+    };
+    ApiDefinition::parse_with(&bytes, format, &ctx).map_err(ApiError::from_model)
+}
+
+fn route_keys(api: &ApiDefinition) -> Vec<RouteKey> {
+    api.route_keys()
+        .into_iter()
+        .map(|k| RouteKey {
+            group: k.group,
+            host: k.host,
+            context: k.context,
+        })
+        .collect()
+}
+
+/// `If-Match: "<revision>"` and `If-None-Match: *`.
+fn precondition(headers: &HeaderMap) -> Result<Option<Precondition>, ApiError> {
+    if let Some(value) = headers.get(header::IF_MATCH) {
+        let text = value.to_str().unwrap_or("").trim();
+        let tag = text.trim_start_matches("W/").trim_matches('"');
+        return match tag.parse::<i64>() {
+            Ok(revision) => Ok(Some(Precondition::Revision(revision))),
+            Err(_) => Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                format!("If-Match {text:?} matches no revision; send the ETag of a GET"),
+            )),
+        };
+    }
+    if let Some(value) = headers.get(header::IF_NONE_MATCH) {
+        if value.to_str().unwrap_or("").trim() == "*" {
+            return Ok(Some(Precondition::Absent));
+        }
+        return Err(ApiError::field(
+            "If-None-Match",
+            "only `*` is supported on writes",
+        ));
+    }
+    Ok(None)
+}
+
+fn etag(revision: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+fn summary(record: &ApiRecord) -> serde_json::Value {
+    json!({
+        "name": record.name,
+        "revision": record.revision,
+        "createdAt": record.created_at,
+        "updatedAt": record.updated_at,
+        "api": record.spec,
+    })
+}
+
+/// Waits for `revision` on the runtimes of `groups` when asked to; a timeout or a rejection
+/// becomes an error that still says the write was stored.
+async fn wait_if_asked(
+    state: &AppState,
+    params: &WriteParams,
+    groups: &[String],
+    revision: i64,
+) -> Result<Option<ApplyReport>, ApiError> {
+    let Some(timeout) = params.wait else {
+        return Ok(None);
+    };
+    let store = state.store()?;
+    let report = fleet::wait_applied(store, groups, revision, timeout, state.options.stale_after)
+        .await
+        .map_err(|err| ApiError::from_store(err).with_etag(revision))?;
+    if !report.rejected.is_empty() {
+        let details = report
+            .rejected
+            .iter()
+            .map(|(node, reason)| FieldError::new(format!("runtimes.{node}"), reason.clone()))
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "apply_rejected",
+            format!(
+                "stored at revision {revision}, but {} runtime(s) rejected it and keep serving their previous configuration",
+                report.rejected.len()
+            ),
+        )
+        .with_details(details)
+        .with_etag(revision));
+    }
+    if !report.pending.is_empty() {
+        let details = report
+            .pending
+            .iter()
+            .map(|(node, applied)| {
+                FieldError::new(
+                    format!("runtimes.{node}"),
+                    format!("still serves revision {applied}"),
+                )
+            })
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "apply_timeout",
+            format!(
+                "stored at revision {revision}, but {} runtime(s) had not applied it within {}",
+                report.pending.len(),
+                HumanDuration::from_millis(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+            ),
+        )
+        .with_details(details)
+        .with_etag(revision));
+    }
+    Ok(Some(report))
+}
+
+async fn write(
+    state: &AppState,
+    api: ApiDefinition,
+    precondition: Precondition,
+    exists_is_412: bool,
+    params: WriteParams,
+) -> Result<Response, ApiError> {
+    let store = state.store()?;
+    let spec = api.to_json();
+    let outcome = store
+        .put_api(PutApi {
+            name: api.metadata.name.clone(),
+            routes: route_keys(&api),
+            spec,
+            precondition,
+        })
+        .await
+        .map_err(|err| match err {
+            StoreError::AlreadyExists { name } if exists_is_412 => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                format!("API {name:?} already exists (If-None-Match: *)"),
+            ),
+            other => ApiError::from_store(other),
+        })?;
+    let record = outcome.record;
+    tracing::info!(api = %record.name, revision = record.revision, created = outcome.created, "API deployed");
+    let mut groups = api.spec.groups.clone();
+    if let Some(previous) = &outcome.previous {
+        groups.extend(groups_of(previous));
+    }
+    groups.sort();
+    groups.dedup();
+    let report = wait_if_asked(state, &params, &groups, record.revision).await?;
+    let mut body = summary(&record);
+    if let Some(report) = report {
+        body["applied"] = json!(report.applied);
+    }
+    let status = if outcome.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (status, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::ETAG, etag(record.revision));
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/apis/{}", record.name)) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `PUT /api/v1/apis/{name}`: create or replace.
+pub(super) async fn put(
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = check_name(name)?;
+    let params = WriteParams::parse(query.as_deref(), &state)?;
+    let precondition = precondition(&headers)?;
+    let api = parse_definition(&state, &headers, body).await?;
+    if api.metadata.name != name {
+        return Err(ApiError::field(
+            "metadata.name",
+            format!(
+                "{:?} does not match the name in the URL ({name:?})",
+                api.metadata.name
+            ),
+        ));
+    }
+    // with If-None-Match: *, an existing API fails the precondition (412), where a POST
+    // reports a conflict (409)
+    let precondition_header = precondition == Some(Precondition::Absent);
+    write(
+        &state,
+        api,
+        precondition.unwrap_or_default(),
+        precondition_header,
+        params,
+    )
+    .await
+}
+
+/// `POST /api/v1/apis`: create; 409 if the name is taken.
+pub(super) async fn create(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let params = WriteParams::parse(query.as_deref(), &state)?;
+    let api = parse_definition(&state, &headers, body).await?;
+    write(&state, api, Precondition::Absent, false, params).await
+}
+
+/// `GET /api/v1/apis`: every API, with the store's revision.
+pub(super) async fn list(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let snapshot = state
+        .store()?
+        .snapshot()
+        .await
+        .map_err(ApiError::from_store)?;
+    let items: Vec<_> = snapshot.apis.iter().map(summary).collect();
+    Ok(axum::Json(json!({"revision": snapshot.revision, "items": items})).into_response())
+}
+
+/// `GET /api/v1/apis/{name}`: the definition, in JSON or YAML (`Accept`), with its ETag.
+pub(super) async fn get(
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let name = check_name(name)?;
+    let record = state
+        .store()?
+        .get_api(&name)
+        .await
+        .map_err(ApiError::from_store)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("API {name:?} does not exist"),
+            )
+        })?;
+    let mut response = document(StatusCode::OK, &record.spec, wants_yaml(&headers));
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(record.revision));
+    Ok(response)
+}
+
+/// `DELETE /api/v1/apis/{name}`.
+pub(super) async fn delete(
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let name = check_name(name)?;
+    let params = WriteParams::parse(query.as_deref(), &state)?;
+    let precondition = match precondition(&headers)? {
+        Some(Precondition::Absent) => {
+            return Err(ApiError::field("If-None-Match", "not supported on DELETE"));
+        }
+        other => other.unwrap_or_default(),
+    };
+    let outcome = state
+        .store()?
+        .delete_api(&name, precondition)
+        .await
+        .map_err(ApiError::from_store)?;
+    tracing::info!(api = %name, revision = outcome.revision, "API deleted");
+    let groups = groups_of(&outcome.previous.spec);
+    let report = wait_if_asked(&state, &params, &groups, outcome.revision).await?;
+    let mut body = json!({"name": name, "revision": outcome.revision, "deleted": true});
+    if let Some(report) = report {
+        body["applied"] = json!(report.applied);
+    }
+    let mut response = axum::Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(outcome.revision));
+    Ok(response)
+}

@@ -1,0 +1,202 @@
+//! The admin REST API under `/api/v1`, and the health endpoints.
+//!
+//! Every call under `/api/v1` needs the bearer token when one is configured (always in
+//! production mode), except the health endpoints, which probes call without credentials.
+//! Errors are JSON: `{"error": {"code", "message", "details": [{"field", "message"}]}}`.
+
+mod apis;
+mod error;
+mod format;
+mod runtimes;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use gw_core::policy::PolicyRegistry;
+use gw_store::Store;
+use gw_sync::state::DesiredState;
+
+pub use error::ApiError;
+
+use crate::keys::AdminToken;
+
+/// Limits and timings of the admin API.
+#[derive(Debug, Clone)]
+pub struct AdminOptions {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// How long `?wait=applied` waits when no `timeout` is given.
+    pub default_wait: Duration,
+    /// The longest `timeout` accepted.
+    pub max_wait: Duration,
+    /// A connected runtime not heard from for this long is shown as stale and not waited for.
+    pub stale_after: Duration,
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    /// Set once the store is open.
+    pub store: OnceLock<Arc<dyn Store>>,
+    /// Set once the desired state is loaded.
+    pub loaded: AtomicBool,
+    /// The desired state this controller serves.
+    pub desired: Arc<DesiredState>,
+    /// The admin token; `None` only in development mode.
+    pub token: Option<AdminToken>,
+    /// The policies deployments may use.
+    pub policies: PolicyRegistry,
+    /// This controller's id.
+    pub controller_id: String,
+    /// Limits and timings.
+    pub options: AdminOptions,
+}
+
+impl AppState {
+    fn store(&self) -> Result<&Arc<dyn Store>, ApiError> {
+        self.store.get().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the controller is still connecting to its database",
+            )
+        })
+    }
+}
+
+/// The admin router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/apis", get(apis::list).post(apis::create))
+        .route(
+            "/apis/{name}",
+            get(apis::get).put(apis::put).delete(apis::delete),
+        )
+        .route("/runtimes", get(runtimes::list))
+        .route("/schema/api", get(schema))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authenticate,
+        ))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// Requires `Authorization: Bearer <token>` when a token is configured.
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &state.token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, value) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| value.trim())
+            });
+        if !presented.is_some_and(|p| token.verify(p)) {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required: send Authorization: Bearer <GW_ADMIN_TOKEN>",
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"gw\""),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// One log line per request: method, path, status, latency. Never headers or bodies.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let elapsed_ms = started.elapsed().as_millis();
+    if path.ends_with("/healthz") || path.ends_with("/readyz") {
+        tracing::debug!(%method, %path, status, elapsed_ms, "admin request");
+    } else {
+        tracing::info!(%method, %path, status, elapsed_ms, "admin request");
+    }
+    response
+}
+
+async fn healthz() -> Response {
+    axum::Json(serde_json::json!({"status": "alive"})).into_response()
+}
+
+/// Ready when the store answers and the desired state is loaded.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let reason = match state.store.get() {
+        None => Some("connecting to the database".to_string()),
+        Some(_) if !state.loaded.load(Ordering::Acquire) => {
+            Some("loading the desired state".to_string())
+        }
+        Some(store) => match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(format!("the database does not answer: {err}")),
+            Err(_) => Some("the database did not answer within 2s".to_string()),
+        },
+    };
+    let body = serde_json::json!({
+        "ready": reason.is_none(),
+        "reason": reason,
+        "revision": state.desired.revision(),
+        "controller": state.controller_id,
+    });
+    let status = if reason.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn schema() -> Response {
+    axum::Json(gw_core::model::schema::api_schema()).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; the admin API lives under /api/v1",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not support that method",
+    )
+}
+
+/// Marks the desired state as loaded: `/readyz` can turn true.
+pub fn mark_loaded(state: &AppState) {
+    state.loaded.store(true, Ordering::Release);
+}

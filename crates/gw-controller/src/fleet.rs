@@ -1,0 +1,278 @@
+//! The fleet: every runtime connected to this controller, recorded in the store so that any
+//! controller can list the whole fleet and wait for a revision to be applied everywhere.
+//!
+//! Sync sessions report events to [`FleetRecorder`] without waiting: it updates the record in
+//! memory and marks it dirty, and one writer task persists the newest record of each dirty
+//! runtime (coalescing bursts, retrying while the store is unreachable).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use gw_store::{RuntimeRecord, Store};
+use gw_sync::server::{FleetObserver, SessionInfo};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+#[derive(Debug)]
+struct Pending {
+    record: RuntimeRecord,
+    /// A new session: replace the row instead of updating it.
+    register: bool,
+}
+
+/// Records fleet events; see the module docs.
+#[derive(Debug)]
+pub struct FleetRecorder {
+    controller_id: String,
+    /// This controller's runtimes, by node id.
+    local: Mutex<HashMap<String, RuntimeRecord>>,
+    dirty: Mutex<HashMap<String, Pending>>,
+    wake: Notify,
+}
+
+impl FleetRecorder {
+    /// A recorder for the runtimes of `controller_id`.
+    pub fn new(controller_id: String) -> Self {
+        Self {
+            controller_id,
+            local: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Changes this controller's record of a session and queues it for the store.
+    fn update(&self, session: &SessionInfo, change: impl FnOnce(&mut RuntimeRecord)) {
+        let mut local = self
+            .local
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(record) = local
+            .get_mut(&session.node_id)
+            .filter(|r| r.session_id == session.session_id)
+        else {
+            return;
+        };
+        change(record);
+        record.last_seen = Utc::now();
+        let record = record.clone();
+        drop(local);
+        self.mark(record, false);
+    }
+
+    fn mark(&self, record: RuntimeRecord, register: bool) {
+        let mut dirty = self
+            .dirty
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let register = register
+            || dirty
+                .get(&record.node_id)
+                .is_some_and(|p| p.register && p.record.session_id == record.session_id);
+        dirty.insert(record.node_id.clone(), Pending { record, register });
+        drop(dirty);
+        self.wake.notify_one();
+    }
+
+    /// Persists dirty records until the task is dropped.
+    pub async fn write_loop(self: Arc<Self>, store: Arc<dyn Store>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            self.wake.notified().await;
+            loop {
+                let batch: Vec<Pending> = {
+                    let mut dirty = self
+                        .dirty
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    dirty.drain().map(|(_, p)| p).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let mut failed = Vec::new();
+                for pending in batch {
+                    let result = if pending.register {
+                        store.register_runtime(&pending.record).await
+                    } else {
+                        store.update_runtime(&pending.record).await.map(|_| ())
+                    };
+                    if let Err(err) = result {
+                        tracing::warn!(node = %pending.record.node_id, error = %err, "cannot record runtime state; will retry");
+                        failed.push(pending);
+                    }
+                }
+                if failed.is_empty() {
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
+                {
+                    let mut dirty = self
+                        .dirty
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    for pending in failed {
+                        // a newer record for the same runtime wins
+                        dirty
+                            .entry(pending.record.node_id.clone())
+                            .or_insert(pending);
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+impl FleetObserver for FleetRecorder {
+    fn connected(&self, session: &SessionInfo, applied_revision: i64) {
+        let now = Utc::now();
+        let record = RuntimeRecord {
+            node_id: session.node_id.clone(),
+            group: session.group.clone(),
+            controller_id: self.controller_id.clone(),
+            session_id: session.session_id.clone(),
+            address: session.address.clone(),
+            runtime_version: session.runtime_version.clone(),
+            applied_revision,
+            connected: true,
+            connected_at: DateTime::<Utc>::from(session.connected_at),
+            last_seen: now,
+            last_error: None,
+            last_error_revision: None,
+        };
+        self.local
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(session.node_id.clone(), record.clone());
+        self.mark(record, true);
+    }
+
+    fn applied(&self, session: &SessionInfo, revision: i64) {
+        self.update(session, |r| r.applied_revision = revision);
+    }
+
+    fn rejected(&self, session: &SessionInfo, revision: i64, errors: &[String]) {
+        let message: String = errors.join("; ").chars().take(4000).collect();
+        self.update(session, |r| {
+            r.last_error = Some(message);
+            r.last_error_revision = Some(revision);
+        });
+    }
+
+    fn seen(&self, session: &SessionInfo, applied_revision: i64) {
+        self.update(session, |r| r.applied_revision = applied_revision);
+    }
+
+    fn disconnected(&self, session: &SessionInfo, applied_revision: i64) {
+        self.update(session, |r| {
+            r.applied_revision = applied_revision;
+            r.connected = false;
+        });
+        let mut local = self
+            .local
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if local
+            .get(&session.node_id)
+            .is_some_and(|r| r.session_id == session.session_id)
+        {
+            local.remove(&session.node_id);
+        }
+    }
+
+    fn refused(&self, node_id: &str, reason: &str) {
+        tracing::warn!(node = %node_id, %reason, "runtime refused");
+    }
+}
+
+/// A runtime as `GET /api/v1/runtimes` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeView {
+    /// The stored record.
+    #[serde(flatten)]
+    pub record: RuntimeRecord,
+    /// `connected`, `stale` (connected, but not heard from recently: its controller may be
+    /// gone) or `disconnected`.
+    pub status: &'static str,
+    /// How many revisions it is behind the newest.
+    pub lag: i64,
+}
+
+/// Classifies a stored runtime.
+pub fn view(
+    record: RuntimeRecord,
+    newest: i64,
+    stale_after: Duration,
+    now: SystemTime,
+) -> RuntimeView {
+    let now: DateTime<Utc> = now.into();
+    let silent = (now - record.last_seen).to_std().unwrap_or_default();
+    let status = match (record.connected, silent > stale_after) {
+        (true, false) => "connected",
+        (true, true) => "stale",
+        (false, _) => "disconnected",
+    };
+    RuntimeView {
+        lag: (newest - record.applied_revision).max(0),
+        status,
+        record,
+    }
+}
+
+/// Where a revision stands across the runtimes of some groups.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyReport {
+    /// Node ids that applied it.
+    pub applied: Vec<String>,
+    /// Runtimes that have not, with the revision they serve.
+    pub pending: Vec<(String, i64)>,
+    /// Runtimes that rejected it, with their reason.
+    pub rejected: Vec<(String, String)>,
+}
+
+/// Waits until every connected runtime of `groups` has applied `revision` (or rejected it),
+/// polling the store (runtimes of every controller are there), for at most `timeout`.
+pub async fn wait_applied(
+    store: &Arc<dyn Store>,
+    groups: &[String],
+    revision: i64,
+    timeout: Duration,
+    stale_after: Duration,
+) -> Result<ApplyReport, gw_store::StoreError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let now = SystemTime::now();
+        let mut report = ApplyReport::default();
+        for record in store.list_runtimes().await? {
+            if !groups.contains(&record.group) {
+                continue;
+            }
+            let runtime = view(record, revision, stale_after, now);
+            if runtime.status != "connected" {
+                continue;
+            }
+            let record = runtime.record;
+            if record.applied_revision >= revision {
+                report.applied.push(record.node_id);
+            } else if record.last_error_revision.is_some_and(|r| r >= revision) {
+                report
+                    .rejected
+                    .push((record.node_id, record.last_error.unwrap_or_default()));
+            } else {
+                report
+                    .pending
+                    .push((record.node_id, record.applied_revision));
+            }
+        }
+        if report.pending.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(report);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

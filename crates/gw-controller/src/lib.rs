@@ -1,0 +1,375 @@
+//! gw's control plane, as a library. The `gw-controller` binary is a thin command line over
+//! [`run`].
+//!
+//! A controller serves the admin REST API ([`admin`]), keeps its desired state equal to the
+//! store through the change feed ([`watcher`]), serves that state to runtimes over the sync
+//! protocol, and records the fleet ([`fleet`]). Several controllers share one PostgreSQL
+//! database; a deploy through any of them reaches the runtimes of all of them. With
+//! [`ControllerOptions::all_in_one`] it also runs a runtime in process (the single-node
+//! topology, on the embedded SQLite store by default).
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod fleet;
+pub mod keys;
+pub mod watcher;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use gw_core::policy::PolicyRegistry;
+use gw_runtime::{ConfigSource, Runtime, RuntimeOptions};
+use gw_store::{Store, StoreError, StoreOptions};
+use gw_sync::server::{ServerOptions, SyncServer};
+use gw_sync::state::DesiredState;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{AdminOptions, AppState};
+use crate::fleet::FleetRecorder;
+use crate::keys::KeyError;
+
+/// The runtime that all-in-one mode runs in process.
+#[derive(Debug, Clone)]
+pub struct AllInOne {
+    /// Its traffic address.
+    pub proxy_addr: SocketAddr,
+    /// Its status address.
+    pub status_addr: SocketAddr,
+}
+
+/// Everything a controller needs.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    /// `postgres://…` or `sqlite://…`; `None`: `sqlite://<data-dir>/gw.db`.
+    pub database_url: Option<String>,
+    /// Where the SQLite file, the development key and the all-in-one runtime's cache live.
+    pub data_dir: PathBuf,
+    /// Admin API address.
+    pub admin_addr: SocketAddr,
+    /// Sync (gRPC) address for runtimes.
+    pub sync_addr: SocketAddr,
+    /// This controller's id.
+    pub node_id: String,
+    /// Development mode: no admin token needed, a generated encryption key.
+    pub dev: bool,
+    /// The admin bearer token (`GW_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// The encryption key, base64 (`GW_ENCRYPTION_KEY`).
+    pub encryption_key: Option<String>,
+    /// Run a runtime in process too.
+    pub all_in_one: Option<AllInOne>,
+    /// Longest wait for the database before answering 503.
+    pub store_timeout: Duration,
+    /// Safety poll of the change log (notifications make changes arrive sooner).
+    pub poll_interval: Duration,
+    /// Heartbeat interval of the sync streams.
+    pub heartbeat_interval: Duration,
+    /// Revisions kept in the change log.
+    pub change_retention: i64,
+    /// Runtimes not seen for this long are removed from the fleet view.
+    pub runtime_retention: Duration,
+    /// The policies deployments may use (and the all-in-one runtime can build).
+    pub policies: PolicyRegistry,
+    /// Admin API limits.
+    pub admin: AdminOptions,
+}
+
+impl ControllerOptions {
+    /// Options with the documented defaults.
+    pub fn new() -> Self {
+        Self {
+            database_url: None,
+            data_dir: PathBuf::from("./gw-data"),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            sync_addr: SocketAddr::from(([127, 0, 0, 1], 18000)),
+            node_id: gw_runtime::default_node_id(),
+            dev: false,
+            admin_token: None,
+            encryption_key: None,
+            all_in_one: None,
+            store_timeout: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(10),
+            change_retention: 100_000,
+            runtime_retention: Duration::from_hours(1),
+            policies: PolicyRegistry::new(),
+            admin: AdminOptions {
+                max_body_bytes: gw_core::model::MAX_DOCUMENT_BYTES,
+                default_wait: Duration::from_secs(30),
+                max_wait: Duration::from_mins(5),
+                stale_after: Duration::from_secs(35),
+            },
+        }
+    }
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why a controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// Its secrets are missing or invalid.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data directory is not usable.
+    #[error("cannot use the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store cannot be used (bad URL, failed migration); retrying will not help.
+    #[error(transparent)]
+    Store(StoreError),
+    /// The in-process runtime failed.
+    #[error("the all-in-one runtime failed: {0}")]
+    Runtime(#[from] gw_runtime::RuntimeError),
+    /// The admin server failed.
+    #[error("the admin server failed: {0}")]
+    Admin(std::io::Error),
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ControllerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ControllerError::Bind { what, addr, source })
+}
+
+/// Opens the store, waiting (and saying so) while the database is unreachable.
+async fn open_store(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, ControllerError> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match gw_store::open(url, options).await {
+            Ok(store) => return Ok(store),
+            Err(err) if err.is_unavailable() => {
+                tracing::warn!(error = %err, "waiting for the database");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => return Err(ControllerError::Store(err)),
+        }
+    }
+}
+
+/// The loopback address to reach a listener bound to `addr` (which may be unspecified).
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+    } else {
+        addr
+    }
+}
+
+/// Runs a controller until `shutdown` completes.
+///
+/// The admin API answers at once (`/healthz` alive, `/readyz` not ready); the sync listener
+/// opens only once the desired state is loaded, so that no runtime is ever served an empty
+/// state by a controller that has not read its database yet.
+pub async fn run(
+    options: ControllerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControllerError> {
+    if options.dev {
+        tracing::warn!(
+            "development mode: the admin API may run without a token and the encryption key is \
+             generated into the data directory; never use --dev in production"
+        );
+    }
+    let token = keys::admin_token(options.dev, options.admin_token.as_deref())?;
+    if token.is_none() {
+        tracing::warn!("no GW_ADMIN_TOKEN: the admin API accepts unauthenticated calls");
+    }
+    std::fs::create_dir_all(&options.data_dir).map_err(|source| ControllerError::DataDir {
+        path: options.data_dir.clone(),
+        source,
+    })?;
+    // Loaded and checked now so that a bad key stops the controller at start; secrets
+    // encryption (consumers and credentials) uses it.
+    let _encryption_key = keys::encryption_key(
+        options.dev,
+        options.encryption_key.as_deref(),
+        &options.data_dir,
+    )?;
+    let database_url = options
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", options.data_dir.join("gw.db").display()));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let desired = Arc::new(DesiredState::new(watcher::HISTORY));
+    let state = Arc::new(AppState {
+        store: OnceLock::new(),
+        loaded: AtomicBool::new(false),
+        desired: Arc::clone(&desired),
+        token,
+        policies: options.policies.clone(),
+        controller_id: options.node_id.clone(),
+        options: options.admin.clone(),
+    });
+    let admin_listener = bind("admin", options.admin_addr).await?;
+    tracing::info!(listener = "admin", addr = %admin_listener.local_addr().unwrap_or(options.admin_addr), "listening");
+    let admin = tokio::spawn(
+        axum::serve(admin_listener, admin::router(Arc::clone(&state)))
+            .with_graceful_shutdown(stopped())
+            .into_future(),
+    );
+
+    let store_options = StoreOptions {
+        timeout: options.store_timeout,
+        ..StoreOptions::default()
+    };
+    let backend = if database_url.starts_with("sqlite:") {
+        "sqlite"
+    } else {
+        "postgres"
+    };
+    tracing::info!(backend, node = %options.node_id, "controller starting");
+    let store = tokio::select! {
+        store = open_store(&database_url, &store_options) => store?,
+        () = stopped() => return Ok(()),
+    };
+    let _ = state.store.set(Arc::clone(&store));
+    let revision = {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match watcher::load(&store, &desired).await {
+                Ok(revision) => break revision,
+                Err(err) if err.is_unavailable() => {
+                    tracing::warn!(error = %err, "cannot load the desired state; retrying");
+                }
+                Err(err) => return Err(ControllerError::Store(err)),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = stopped() => return Ok(()),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    };
+    admin::mark_loaded(&state);
+
+    let feed_healthy = Arc::new(AtomicBool::new(true));
+    let mut tasks = vec![
+        tokio::spawn(watcher::follow(
+            Arc::clone(&store),
+            Arc::clone(&desired),
+            revision,
+            options.poll_interval,
+            feed_healthy,
+        )),
+        tokio::spawn(watcher::compact_periodically(
+            Arc::clone(&store),
+            options.change_retention,
+            Duration::from_mins(10),
+        )),
+        tokio::spawn(prune_runtimes(
+            Arc::clone(&store),
+            options.runtime_retention,
+        )),
+    ];
+    let recorder = Arc::new(FleetRecorder::new(options.node_id.clone()));
+    tasks.push(tokio::spawn(
+        Arc::clone(&recorder).write_loop(Arc::clone(&store)),
+    ));
+
+    let sync_listener = bind("sync", options.sync_addr).await?;
+    let sync_addr = sync_listener.local_addr().unwrap_or(options.sync_addr);
+    tracing::info!(listener = "sync", addr = %sync_addr, "listening");
+    let server = SyncServer::new(
+        &options.node_id,
+        Arc::clone(&desired),
+        recorder,
+        ServerOptions {
+            heartbeat_interval: options.heartbeat_interval,
+            idle_timeout: options.heartbeat_interval * 3 + Duration::from_secs(5),
+            ..ServerOptions::default()
+        },
+    );
+    let sync = tokio::spawn(server.serve(sync_listener, stopped()));
+
+    let embedded = match &options.all_in_one {
+        Some(aio) => {
+            let mut runtime_options = RuntimeOptions::new(ConfigSource::Controllers(vec![
+                reachable(sync_addr).to_string(),
+            ]));
+            runtime_options.node_id = format!("{}-runtime", options.node_id);
+            runtime_options.proxy_addr = aio.proxy_addr;
+            runtime_options.status_addr = aio.status_addr;
+            runtime_options.data_dir = Some(options.data_dir.join("runtime"));
+            runtime_options.policies = options.policies.clone();
+            runtime_options.heartbeat_interval = options.heartbeat_interval;
+            let runtime = Runtime::bind(runtime_options).await?;
+            Some(tokio::spawn(runtime.run(stopped())))
+        }
+        None => None,
+    };
+    tracing::info!(revision, "controller ready");
+
+    stopped().await;
+    tracing::info!("controller stopping");
+    if let Some(embedded) = embedded {
+        match embedded.await {
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "the all-in-one runtime failed while stopping")
+            }
+            Err(err) => tracing::warn!(error = %err, "the all-in-one runtime panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    if let Ok(Err(err)) = sync.await {
+        tracing::warn!(error = %err, "the sync server failed while stopping");
+    }
+    if let Ok(Err(err)) = admin.await {
+        return Err(ControllerError::Admin(err));
+    }
+    for task in tasks {
+        task.abort();
+    }
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// Removes runtimes not seen for `retention` from the fleet view, every minute.
+async fn prune_runtimes(store: Arc<dyn Store>, retention: Duration) {
+    loop {
+        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or_default();
+        match store.prune_runtimes(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed runtimes not seen for {retention:?}"),
+            Err(err) => tracing::debug!(error = %err, "runtime pruning skipped"),
+        }
+        tokio::time::sleep(Duration::from_mins(1)).await;
+    }
+}

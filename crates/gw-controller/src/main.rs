@@ -1,0 +1,136 @@
+//! `gw-controller`: the control plane binary. See `gw-controller --help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use gw_controller::{AllInOne, ControllerOptions};
+use gw_runtime::logging::{self, LogFormat};
+
+/// gw control plane: operators deploy APIs through its admin REST API; it stores them
+/// (PostgreSQL, or an embedded SQLite file) and keeps every connected runtime in sync.
+///
+/// Production mode is the default and needs GW_ADMIN_TOKEN (the admin API's bearer token)
+/// and GW_ENCRYPTION_KEY (32 bytes, base64) in the environment.
+#[derive(Debug, Parser)]
+#[command(name = "gw-controller", version)]
+struct Args {
+    /// Database URL: postgres://user@host/db for a cluster of controllers, or
+    /// sqlite://path/to/file.db (default: sqlite in the data dir).
+    #[arg(long, env = "GW_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+
+    /// Data directory (SQLite file, development key, all-in-one runtime cache).
+    #[arg(long, env = "GW_DATA_DIR", default_value = "./gw-data")]
+    data_dir: PathBuf,
+
+    /// Admin REST API address.
+    #[arg(long, env = "GW_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    admin_addr: SocketAddr,
+
+    /// Sync (gRPC) address that runtimes connect to.
+    #[arg(long, env = "GW_SYNC_ADDR", default_value = "127.0.0.1:18000")]
+    sync_addr: SocketAddr,
+
+    /// This controller's id (default: host name and a random suffix).
+    #[arg(long, env = "GW_NODE_ID")]
+    node_id: Option<String>,
+
+    /// Development mode: the admin API may run without a token, an encryption key is
+    /// generated into the data dir. Never in production.
+    #[arg(long, env = "GW_DEV")]
+    dev: bool,
+
+    /// Also run a runtime in this process (single-node topology).
+    #[arg(long, env = "GW_ALL_IN_ONE")]
+    all_in_one: bool,
+
+    /// Traffic address of the all-in-one runtime.
+    #[arg(
+        long,
+        env = "GW_PROXY_ADDR",
+        default_value = "127.0.0.1:8080",
+        requires = "all_in_one"
+    )]
+    proxy_addr: SocketAddr,
+
+    /// Status address of the all-in-one runtime.
+    #[arg(
+        long,
+        env = "GW_STATUS_ADDR",
+        default_value = "127.0.0.1:7085",
+        requires = "all_in_one"
+    )]
+    status_addr: SocketAddr,
+
+    /// Longest wait for the database, in milliseconds, before a call answers 503.
+    #[arg(long, env = "GW_STORE_TIMEOUT_MS", default_value_t = 5000)]
+    store_timeout_ms: u64,
+
+    /// Safety poll of the change log, in milliseconds (notifications are the fast path).
+    #[arg(long, env = "GW_POLL_INTERVAL_MS", default_value_t = 5000)]
+    poll_interval_ms: u64,
+
+    /// Heartbeat interval of the runtime streams, in seconds.
+    #[arg(long, env = "GW_HEARTBEAT_SECONDS", default_value_t = 10)]
+    heartbeat_seconds: u64,
+
+    /// Log format.
+    #[arg(long, env = "GW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    logging::init(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut options = ControllerOptions::new();
+    options.database_url = args.database_url;
+    options.data_dir = args.data_dir;
+    options.admin_addr = args.admin_addr;
+    options.sync_addr = args.sync_addr;
+    if let Some(node_id) = args.node_id {
+        options.node_id = node_id;
+    }
+    options.dev = args.dev;
+    // secrets come from the environment only: a flag would show in `ps`
+    options.admin_token = std::env::var("GW_ADMIN_TOKEN").ok();
+    options.encryption_key = std::env::var("GW_ENCRYPTION_KEY").ok();
+    options.store_timeout = Duration::from_millis(args.store_timeout_ms.max(100));
+    options.poll_interval = Duration::from_millis(args.poll_interval_ms.max(100));
+    options.heartbeat_interval = Duration::from_secs(args.heartbeat_seconds.max(1));
+    options.admin.stale_after = options.heartbeat_interval * 3 + Duration::from_secs(5);
+    if args.all_in_one {
+        options.all_in_one = Some(AllInOne {
+            proxy_addr: args.proxy_addr,
+            status_addr: args.status_addr,
+        });
+    }
+    gw_controller::run(options, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

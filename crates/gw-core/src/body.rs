@@ -1,0 +1,30 @@
+//! The body type that flows through per-route stacks.
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+
+/// The error type inside tower stacks.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A streaming request or response body.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Boxes any body into [`Body`].
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    boxed(Full::new(bytes.into()))
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    boxed(Empty::<Bytes>::new())
+}

@@ -1,0 +1,122 @@
+//! Errors of the request path and the one place that turns them into responses.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{self, Body, BoxError};
+
+/// Why the gateway answered a request itself instead of with the upstream's response.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The path is malformed or uses an ambiguous encoding.
+    #[error("invalid request path: {0}")]
+    BadPath(#[from] crate::path::PathError),
+    /// No API serves this host and path.
+    #[error("no API matches this host and path")]
+    NoRoute,
+    /// The API serves the path, but not with this method.
+    #[error("method not allowed; allowed: {allow}")]
+    MethodNotAllowed {
+        /// Value of the `Allow` header.
+        allow: String,
+    },
+    /// The TCP connection to the upstream endpoint could not be made.
+    #[error("upstream endpoint {endpoint} is unreachable")]
+    UpstreamConnect {
+        /// The endpoint, as `host:port`.
+        endpoint: String,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+    /// The upstream did not answer within the request timeout.
+    #[error("upstream endpoint {endpoint} did not answer within {timeout_ms} ms")]
+    UpstreamTimeout {
+        /// The endpoint, as `host:port`.
+        endpoint: String,
+        /// The timeout that elapsed.
+        timeout_ms: u128,
+    },
+    /// The upstream exchange failed after the connection was made.
+    #[error("upstream endpoint {endpoint} failed: {source}")]
+    Upstream {
+        /// The endpoint, as `host:port`.
+        endpoint: String,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+    /// The upstream URI could not be built (a bug or an invalid request).
+    #[error("could not build the upstream request: {0}")]
+    BadUpstreamRequest(String),
+}
+
+impl GatewayError {
+    /// The status code the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadPath(_) | GatewayError::BadUpstreamRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::UpstreamConnect { .. } | GatewayError::Upstream { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A stable, machine-readable code for the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BadPath(_) => "bad_path",
+            GatewayError::NoRoute => "no_route",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::UpstreamConnect { .. } => "upstream_unreachable",
+            GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
+            GatewayError::Upstream { .. } => "upstream_error",
+            GatewayError::BadUpstreamRequest(_) => "bad_request",
+        }
+    }
+
+    /// The response the client receives: the status and
+    /// `{"error": {"code": "...", "message": "..."}}`.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let mut response = json_error(status, self.code(), &self.to_string());
+        if let GatewayError::MethodNotAllowed { allow } = &self
+            && let Ok(value) = HeaderValue::from_str(allow)
+        {
+            response.headers_mut().insert(header::ALLOW, value);
+        }
+        response
+    }
+
+    /// Turns an error out of a per-route stack into a response (the "rescue" at the edge):
+    /// gateway errors keep their status, anything else is a 502.
+    pub fn rescue(error: BoxError) -> Response<Body> {
+        match error.downcast::<GatewayError>() {
+            Ok(gateway) => gateway.into_response(),
+            Err(other) => {
+                tracing::warn!(error = %other, "request failed inside the route stack");
+                json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "gateway_error",
+                    "the request failed in the gateway",
+                )
+            }
+        }
+    }
+}
+
+/// A JSON error response: `{"error": {"code": code, "message": message}}`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    let mut response = Response::new(body::full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,374 @@
+//! The Gateway: a configuration built from a set of APIs, swapped atomically, and the request
+//! entry point.
+//!
+//! [`GatewayConfig::build`] turns validated API definitions into a routing table and one
+//! pre-built tower stack per route, reusing the built state (upstream pools included) of every
+//! API whose definition did not change. [`Gateway::apply`] swaps a new configuration in with
+//! one atomic store: requests in flight keep the configuration they started with, new
+//! requests see the new one, and nothing is dropped.
+//!
+//! [`Gateway::handle`] is the edge: it normalizes the path, routes, runs the route's stack,
+//! turns errors into JSON responses and records metrics.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Method, Request, Response};
+
+use crate::body::{self, Body, BoxError};
+use crate::error::GatewayError;
+use crate::metrics::{ApiMetrics, ProxyMetrics};
+use crate::model::{ApiDefinition, check_collisions};
+use crate::path;
+use crate::policy::{PolicyRegistry, RouteService, build_stack, effective_policies};
+use crate::router::{self, Router};
+use crate::upstream::{Upstream, UpstreamService};
+
+/// What the gateway knows about the connection a request came on; the edge puts it in the
+/// request's extensions for policies and the upstream call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub secure: bool,
+}
+
+/// An API ready to serve: its definition, upstream and pre-built stacks.
+#[derive(Debug)]
+pub struct BuiltApi {
+    definition: Arc<ApiDefinition>,
+    /// The stack of an API without operations.
+    service: Option<RouteService>,
+    /// Template -> index into `operations`, for an API with operations.
+    operation_router: matchit::Router<usize>,
+    operations: Vec<OperationRoute>,
+    metrics: ApiMetrics,
+}
+
+#[derive(Debug)]
+struct OperationRoute {
+    methods: Vec<(Method, RouteService)>,
+    /// Value of the `Allow` header for a 405 on this path.
+    allow: String,
+}
+
+impl BuiltApi {
+    fn build(
+        definition: &Arc<ApiDefinition>,
+        registry: &PolicyRegistry,
+        metrics: &ProxyMetrics,
+    ) -> Result<Self, String> {
+        let spec = &definition.spec;
+        let upstream = Arc::new(Upstream::new(&spec.upstream).map_err(|e| e.to_string())?);
+        let context_len = if spec.context == "/" {
+            0
+        } else {
+            spec.context.len()
+        };
+        let base = RouteService::new(UpstreamService::new(upstream, context_len));
+
+        let mut built = Self {
+            service: None,
+            operation_router: matchit::Router::new(),
+            operations: Vec::new(),
+            metrics: metrics.for_api(&definition.metadata.name),
+            definition: Arc::clone(definition),
+        };
+        if spec.operations.is_empty() {
+            let policies = effective_policies(&spec.policies, &[]);
+            let stack = build_stack(registry, &policies, base).map_err(|e| e.to_string())?;
+            built.service = Some(stack);
+            return Ok(built);
+        }
+        let mut by_path: BTreeMap<&str, usize> = BTreeMap::new();
+        for op in &spec.operations {
+            let method = Method::from_bytes(op.method.as_bytes())
+                .map_err(|_| format!("invalid method {:?}", op.method))?;
+            let policies = effective_policies(&spec.policies, &op.policies);
+            let stack =
+                build_stack(registry, &policies, base.clone()).map_err(|e| e.to_string())?;
+            let index = match by_path.get(op.path.as_str()) {
+                Some(&index) => index,
+                None => {
+                    let index = built.operations.len();
+                    built
+                        .operation_router
+                        .insert(op.path.as_str(), index)
+                        .map_err(|e| format!("operation path {:?}: {e}", op.path))?;
+                    built.operations.push(OperationRoute {
+                        methods: Vec::new(),
+                        allow: String::new(),
+                    });
+                    by_path.insert(&op.path, index);
+                    index
+                }
+            };
+            built.operations[index].methods.push((method, stack));
+        }
+        for route in &mut built.operations {
+            route.allow = route
+                .methods
+                .iter()
+                .map(|(m, _)| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+        }
+        Ok(built)
+    }
+
+    /// The definition this API was built from.
+    pub fn definition(&self) -> &Arc<ApiDefinition> {
+        &self.definition
+    }
+
+    /// The stack for a method and the path after the context.
+    fn select(&self, method: &Method, rest: &str) -> Result<&RouteService, GatewayError> {
+        if let Some(service) = &self.service {
+            return Ok(service);
+        }
+        let path = if rest.is_empty() { "/" } else { rest };
+        let matched = self
+            .operation_router
+            .at(path)
+            .map_err(|_| GatewayError::NoRoute)?;
+        let route = &self.operations[*matched.value];
+        route
+            .methods
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|(_, service)| service)
+            .ok_or_else(|| GatewayError::MethodNotAllowed {
+                allow: route.allow.clone(),
+            })
+    }
+}
+
+/// One immutable configuration: the APIs at a revision and their routing table.
+#[derive(Debug, Default)]
+pub struct GatewayConfig {
+    revision: i64,
+    apis: BTreeMap<String, Arc<BuiltApi>>,
+    router: Router<Arc<BuiltApi>>,
+}
+
+/// Why a configuration could not be built; the gateway keeps the previous one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration rejected: {}", .reasons.join("; "))]
+pub struct ApplyError {
+    /// Every reason, one per API or collision.
+    pub reasons: Vec<String>,
+}
+
+impl GatewayConfig {
+    /// Builds a configuration from validated definitions, reusing from `previous` every API
+    /// whose definition is unchanged (its upstream pool included).
+    pub fn build(
+        revision: i64,
+        definitions: impl IntoIterator<Item = Arc<ApiDefinition>>,
+        previous: Option<&GatewayConfig>,
+        registry: &PolicyRegistry,
+        metrics: &ProxyMetrics,
+    ) -> Result<Self, ApplyError> {
+        let definitions: Vec<Arc<ApiDefinition>> = definitions.into_iter().collect();
+        let mut reasons: Vec<String> = check_collisions(definitions.iter().map(AsRef::as_ref))
+            .into_iter()
+            .map(|c| {
+                format!(
+                    "APIs {:?} and {:?} both claim context {:?} on host {:?} in group {:?}",
+                    c.existing, c.other, c.key.context, c.key.host, c.key.group
+                )
+            })
+            .collect();
+        let mut apis = BTreeMap::new();
+        for definition in definitions {
+            let name = definition.metadata.name.clone();
+            let reused = previous
+                .and_then(|p| p.apis.get(&name))
+                .filter(|built| built.definition == definition)
+                .cloned();
+            let built = match reused {
+                Some(built) => built,
+                None => match BuiltApi::build(&definition, registry, metrics) {
+                    Ok(built) => Arc::new(built),
+                    Err(reason) => {
+                        reasons.push(format!("API {name:?}: {reason}"));
+                        continue;
+                    }
+                },
+            };
+            apis.insert(name, built);
+        }
+        if !reasons.is_empty() {
+            return Err(ApplyError { reasons });
+        }
+        let router = Router::build(apis.values().map(|api| {
+            let spec = &api.definition.spec;
+            (
+                spec.hosts.as_slice(),
+                spec.context.as_str(),
+                Arc::clone(api),
+            )
+        }));
+        Ok(Self {
+            revision,
+            apis,
+            router,
+        })
+    }
+
+    /// The revision this configuration was built at.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The APIs served, by name.
+    pub fn apis(&self) -> impl ExactSizeIterator<Item = &Arc<ApiDefinition>> {
+        self.apis.values().map(|api| &api.definition)
+    }
+
+    /// Whether no API is served.
+    pub fn is_empty(&self) -> bool {
+        self.apis.is_empty()
+    }
+}
+
+/// The gateway: the current configuration and the request entry point.
+#[derive(Debug)]
+pub struct Gateway {
+    config: ArcSwap<GatewayConfig>,
+    registry: PolicyRegistry,
+    metrics: ProxyMetrics,
+}
+
+impl Gateway {
+    /// A gateway with an empty configuration (every request gets 404).
+    pub fn new(registry: PolicyRegistry, metrics: ProxyMetrics) -> Self {
+        Self {
+            config: ArcSwap::from_pointee(GatewayConfig::default()),
+            registry,
+            metrics,
+        }
+    }
+
+    /// The policies this gateway can build.
+    pub fn registry(&self) -> &PolicyRegistry {
+        &self.registry
+    }
+
+    /// The configuration currently served.
+    pub fn config(&self) -> Arc<GatewayConfig> {
+        self.config.load_full()
+    }
+
+    /// Builds a configuration from `definitions` and swaps it in; on error the current one
+    /// stays. Series of APIs that left the configuration are dropped from the metrics.
+    pub fn apply(
+        &self,
+        revision: i64,
+        definitions: impl IntoIterator<Item = Arc<ApiDefinition>>,
+    ) -> Result<Arc<GatewayConfig>, ApplyError> {
+        let previous = self.config.load_full();
+        let next = Arc::new(GatewayConfig::build(
+            revision,
+            definitions,
+            Some(&previous),
+            &self.registry,
+            &self.metrics,
+        )?);
+        self.config.store(Arc::clone(&next));
+        for name in previous.apis.keys() {
+            if !next.apis.contains_key(name) {
+                self.metrics.remove_api(name);
+            }
+        }
+        Ok(next)
+    }
+
+    /// Serves one request: route, run the route's stack, answer errors in JSON.
+    pub async fn handle<B>(&self, request: Request<B>, conn: ConnInfo) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let start = Instant::now();
+        let (mut request, service, api) = match self.route(request) {
+            Ok(found) => found,
+            Err(error) => {
+                self.metrics.unrouted(error.status());
+                return error.into_response();
+            }
+        };
+        request.extensions_mut().insert(conn);
+        let response = match call_route(service, request).await {
+            Ok(response) => response,
+            Err(error) => GatewayError::rescue(error),
+        };
+        api.metrics.observe(response.status(), start.elapsed());
+        response
+    }
+
+    /// Finds the stack for a request and rewrites its path to the normalized form.
+    fn route<B>(
+        &self,
+        request: Request<B>,
+    ) -> Result<(Request<Body>, RouteService, Arc<BuiltApi>), GatewayError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let config = self.config.load();
+        let (service, api, normalized) = {
+            let path = path::normalize(request.uri().path())?;
+            let host = router::request_host(&request);
+            let found = config
+                .router
+                .lookup(host.as_deref(), &path)
+                .ok_or(GatewayError::NoRoute)?;
+            let api = found.value;
+            let service = api.select(request.method(), &path[found.context_len..])?;
+            let normalized = match path {
+                std::borrow::Cow::Owned(p) => Some(p),
+                std::borrow::Cow::Borrowed(_) => None,
+            };
+            (service.clone(), Arc::clone(api), normalized)
+        };
+        let mut request = request.map(body::boxed);
+        if let Some(normalized) = normalized {
+            let uri = with_path(request.uri(), &normalized)?;
+            *request.uri_mut() = uri;
+        }
+        Ok((request, service, api))
+    }
+}
+
+/// Waits for the stack to be ready and calls it. A named future type (rather than
+/// `ServiceExt::oneshot`) keeps `Gateway::handle` provably `Send`.
+async fn call_route(
+    mut service: RouteService,
+    request: Request<Body>,
+) -> Result<Response<Body>, BoxError> {
+    std::future::poll_fn(|cx| tower::Service::poll_ready(&mut service, cx)).await?;
+    tower::Service::call(&mut service, request).await
+}
+
+/// `uri` with its path replaced, query kept.
+fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, GatewayError> {
+    let pq = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|e: http::uri::InvalidUri| GatewayError::BadUpstreamRequest(e.to_string()))?,
+    );
+    http::Uri::from_parts(parts).map_err(|e| GatewayError::BadUpstreamRequest(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,29 @@
+//! gw's data plane core.
+//!
+//! - [`model`]: the API definition, its parsing, validation and JSON Schema.
+//! - [`path`]: request path normalization, so that no spelling of a path reaches a route
+//!   its plain form would not.
+//! - [`router`]: host, then context (longest prefix), then operation.
+//! - [`policy`]: the registry that maps a policy name and its params to a `tower::Layer`.
+//! - [`upstream`]: endpoints, round robin, the pooled HTTP client and the proxying service.
+//! - [`gateway`]: the configuration built from a set of APIs, swapped atomically, and the
+//!   request entry point that routes, runs the per-route stack and turns errors into
+//!   responses.
+//!
+//! This crate does no database or gRPC work; it is what runtimes and embedders build on.
+#![warn(missing_docs)]
+
+pub mod body;
+pub mod error;
+pub mod gateway;
+pub mod metrics;
+pub mod model;
+pub mod path;
+pub mod policy;
+pub mod router;
+pub mod upstream;
+
+pub use body::{Body, BoxError};
+pub use error::GatewayError;
+pub use gateway::{ConnInfo, Gateway, GatewayConfig};
+pub use model::ApiDefinition;

@@ -1,0 +1,532 @@
+//! The API definition: the document an operator deploys, in YAML or JSON.
+//!
+//! This module owns the types of the `gw/v1` `Api` document, its parsing (with every unknown
+//! field reported by its path), its validation ([`validate`]) and the JSON Schema served by the
+//! controller ([`schema`]). It performs no I/O and knows nothing of the store or the network.
+//!
+//! ```
+//! use gw_core::model::{ApiDefinition, Format};
+//!
+//! let yaml = r"
+//! apiVersion: gw/v1
+//! kind: Api
+//! metadata: {name: orders}
+//! spec:
+//!   context: /orders/v1
+//!   upstream:
+//!     endpoints: [{url: 'http://127.0.0.1:9001/api'}]
+//! ";
+//! let api = ApiDefinition::parse(yaml.as_bytes(), Format::Yaml).unwrap();
+//! assert_eq!(api.metadata.name, "orders");
+//! assert_eq!(api.spec.groups, vec!["default".to_string()]);
+//! ```
+
+mod duration;
+pub mod schema;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use duration::{DurationError, HumanDuration};
+pub use validate::{
+    Collision, RouteKey, ValidationContext, check_collisions, validate, validate_name,
+};
+
+/// The only `apiVersion` this release understands.
+pub const API_VERSION: &str = "gw/v1";
+/// The `kind` of an API definition.
+pub const KIND_API: &str = "Api";
+/// The largest document accepted, in bytes, before any parsing happens.
+pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// The gateway group an API joins when `spec.groups` is omitted.
+pub const DEFAULT_GROUP: &str = "default";
+
+/// An API as deployed: Kubernetes-style `apiVersion`, `kind`, `metadata` and `spec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields, title = "gw API definition")]
+pub struct ApiDefinition {
+    /// Always `gw/v1`.
+    pub api_version: String,
+    /// Always `Api`.
+    pub kind: String,
+    /// Identity and labels.
+    pub metadata: Metadata,
+    /// What the gateway serves and where it sends it.
+    pub spec: ApiSpec,
+}
+
+/// Identity of an API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Metadata {
+    /// Unique id in the admin API: 1 to 63 characters, lowercase letters, digits and `-`,
+    /// starting and ending with a letter or digit.
+    pub name: String,
+    /// Free-form key/value pairs for operators (team, tier, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The serving part of an API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct ApiSpec {
+    /// Human readable name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Version label of the API (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Base path the API is served under, such as `/orders/v1`. Unique per host within a
+    /// group. It is stripped before the request goes upstream.
+    pub context: String,
+    /// Virtual hosts (`api.example.com`, `*.example.com`); empty means any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Gateway groups the API is deployed to; runtimes serve the groups they join.
+    #[serde(default = "default_groups")]
+    pub groups: Vec<String>,
+    /// Where requests go.
+    pub upstream: UpstreamSpec,
+    /// The operations served; empty means every method and path under the context.
+    #[serde(default)]
+    pub operations: Vec<Operation>,
+    /// API-level policies, applied to every operation.
+    #[serde(default)]
+    pub policies: Vec<PolicyRef>,
+}
+
+fn default_groups() -> Vec<String> {
+    vec![DEFAULT_GROUP.to_string()]
+}
+
+/// The upstream service of an API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// The endpoints, balanced round robin. At least one.
+    pub endpoints: Vec<Endpoint>,
+    /// Connect and request timeouts.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Endpoint {
+    /// `http://host:port/base/path`: the path is the base path on the upstream, prefixed to
+    /// what follows the context in the request path.
+    pub url: String,
+}
+
+/// Upstream timeouts, written like `250ms`, `5s`, `2m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Time allowed to open a TCP connection to an endpoint (default `5s`); 502 after it.
+    #[serde(default = "Timeouts::default_connect")]
+    pub connect: HumanDuration,
+    /// Time allowed from sending the request to receiving the response headers (default
+    /// `30s`); 504 after it.
+    #[serde(default = "Timeouts::default_request")]
+    pub request: HumanDuration,
+}
+
+impl Timeouts {
+    fn default_connect() -> HumanDuration {
+        HumanDuration::from_secs(5)
+    }
+
+    fn default_request() -> HumanDuration {
+        HumanDuration::from_secs(30)
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Self::default_connect(),
+            request: Self::default_request(),
+        }
+    }
+}
+
+/// An operation: a method and a path template under the context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Operation {
+    /// HTTP method: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS or TRACE.
+    pub method: String,
+    /// Path template relative to the context, such as `/items/{id}`; `/` is the context
+    /// itself. Parameters take a whole segment.
+    pub path: String,
+    /// Operation-level policies; one with the same name as an API-level policy replaces it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyRef>,
+}
+
+/// A policy attached to an API or an operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct PolicyRef {
+    /// The policy's registered name.
+    pub name: String,
+    /// The policy's parameters, validated by the policy itself.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub params: serde_json::Value,
+}
+
+/// The serialization of a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// YAML 1.2 (JSON is accepted too, as YAML is a superset).
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+/// One problem in a document, located by its field path
+/// (`spec.upstream.endpoints[0].url`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    /// Dotted path of the field, with `[i]` for list items; empty for the whole document.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    /// Builds an error for `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// Why a document was refused: every problem found, each with its field path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    /// The document is larger than [`MAX_DOCUMENT_BYTES`].
+    #[error("document is {size} bytes; the limit is {limit} bytes")]
+    TooLarge {
+        /// Size of the document.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The text is not well-formed YAML or JSON.
+    #[error("malformed {format} document: {message}")]
+    Syntax {
+        /// `YAML` or `JSON`.
+        format: &'static str,
+        /// The parser's message, with a line and column where it gives one.
+        message: String,
+    },
+    /// The document parsed but its content is invalid.
+    #[error("invalid API definition: {}", join_errors(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+impl ModelError {
+    /// The per-field problems, if the error has any.
+    pub fn field_errors(&self) -> &[FieldError] {
+        match self {
+            ModelError::Invalid(errors) => errors,
+            _ => &[],
+        }
+    }
+}
+
+fn join_errors(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ApiDefinition {
+    /// Parses a YAML or JSON document and validates it on its own (see [`validate`]), with
+    /// an empty [`ValidationContext`] (no policy is known).
+    pub fn parse(bytes: &[u8], format: Format) -> Result<Self, ModelError> {
+        Self::parse_with(bytes, format, &ValidationContext::default())
+    }
+
+    /// Parses a document and validates it against `ctx` (for example the policies the
+    /// caller knows). The result is canonical: see [`ApiDefinition::canonicalize`].
+    pub fn parse_with(
+        bytes: &[u8],
+        format: Format,
+        ctx: &ValidationContext<'_>,
+    ) -> Result<Self, ModelError> {
+        let value = parse_value(bytes, format)?;
+        let mut api = Self::from_value(&value)?;
+        api.canonicalize();
+        let errors = validate(&api, ctx);
+        if errors.is_empty() {
+            Ok(api)
+        } else {
+            Err(ModelError::Invalid(errors))
+        }
+    }
+
+    /// Deserializes a parsed document, reporting every unknown field by its path and the
+    /// first type error by its path.
+    pub fn from_value(value: &serde_json::Value) -> Result<Self, ModelError> {
+        let mut errors = Vec::new();
+        let mut track = serde_path_to_error::Track::new();
+        let result = {
+            let de = serde_path_to_error::Deserializer::new(value, &mut track);
+            serde_ignored::deserialize(de, |path| {
+                errors.push(FieldError::new(ignored_path(&path), "unknown field"));
+            })
+        };
+        match result {
+            Ok(api) if errors.is_empty() => Ok(api),
+            Ok(_) => Err(ModelError::Invalid(errors)),
+            Err(err) => {
+                let path = track.path().to_string();
+                errors.push(type_error(&path, &err.to_string()));
+                Err(ModelError::Invalid(errors))
+            }
+        }
+    }
+
+    /// Puts the definition in the one form the gateway stores and compares: methods upper
+    /// case, hosts lower case, trailing slashes removed from the context and endpoint paths.
+    pub fn canonicalize(&mut self) {
+        let spec = &mut self.spec;
+        if spec.context.len() > 1 {
+            let trimmed = spec.context.trim_end_matches('/');
+            spec.context = if trimmed.is_empty() {
+                "/".to_string()
+            } else {
+                trimmed.to_string()
+            };
+        }
+        for host in &mut spec.hosts {
+            *host = host.trim_end_matches('.').to_ascii_lowercase();
+        }
+        for op in &mut spec.operations {
+            op.method = op.method.to_ascii_uppercase();
+        }
+        for endpoint in &mut spec.upstream.endpoints {
+            if endpoint.url.ends_with('/') {
+                let trimmed = endpoint.url.trim_end_matches('/');
+                if !trimmed.ends_with(':') && !trimmed.ends_with("//") {
+                    endpoint.url = trimmed.to_string();
+                }
+            }
+        }
+    }
+
+    /// The definition as canonical JSON, the form stored and sent to runtimes.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The `(group, host, context)` keys this API occupies; two APIs may not share one.
+    pub fn route_keys(&self) -> Vec<RouteKey> {
+        validate::route_keys(self)
+    }
+}
+
+/// The largest file of several definitions ([`parse_set`]) accepted, in bytes.
+pub const MAX_SET_BYTES: usize = 64 * 1024 * 1024;
+
+/// Parses YAML or JSON text into a JSON value, refusing documents over
+/// [`MAX_DOCUMENT_BYTES`].
+pub fn parse_value(bytes: &[u8], format: Format) -> Result<serde_json::Value, ModelError> {
+    check_size(bytes, MAX_DOCUMENT_BYTES)?;
+    match format {
+        Format::Json => serde_json::from_slice(bytes).map_err(|err| ModelError::Syntax {
+            format: "JSON",
+            message: err.to_string(),
+        }),
+        Format::Yaml => {
+            let text = std::str::from_utf8(bytes).map_err(|err| ModelError::Syntax {
+                format: "YAML",
+                message: format!("not UTF-8: {err}"),
+            })?;
+            let value: serde_json::Value =
+                serde_saphyr::from_str(text).map_err(|err| ModelError::Syntax {
+                    format: "YAML",
+                    message: err.to_string(),
+                })?;
+            if value.is_null() {
+                return Err(ModelError::Syntax {
+                    format: "YAML",
+                    message: "the document is empty".to_string(),
+                });
+            }
+            Ok(value)
+        }
+    }
+}
+
+fn check_size(bytes: &[u8], limit: usize) -> Result<(), ModelError> {
+    if bytes.len() > limit {
+        return Err(ModelError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// Parses a set of definitions, as a standalone runtime reads them from a file: a YAML
+/// stream of documents separated by `---`, a JSON array, or a single document. Every problem
+/// of every document is reported, with paths prefixed by `documents[i].`, and so are
+/// duplicate names and route collisions across documents.
+pub fn parse_set(
+    bytes: &[u8],
+    format: Format,
+    ctx: &ValidationContext<'_>,
+) -> Result<Vec<ApiDefinition>, ModelError> {
+    check_size(bytes, MAX_SET_BYTES)?;
+    let documents: Vec<serde_json::Value> = match format {
+        Format::Json => {
+            let value: serde_json::Value =
+                serde_json::from_slice(bytes).map_err(|err| ModelError::Syntax {
+                    format: "JSON",
+                    message: err.to_string(),
+                })?;
+            match value {
+                serde_json::Value::Array(items) => items,
+                single => vec![single],
+            }
+        }
+        Format::Yaml => {
+            let text = std::str::from_utf8(bytes).map_err(|err| ModelError::Syntax {
+                format: "YAML",
+                message: format!("not UTF-8: {err}"),
+            })?;
+            serde_saphyr::from_multiple::<serde_json::Value>(text)
+                .map_err(|err| ModelError::Syntax {
+                    format: "YAML",
+                    message: err.to_string(),
+                })?
+                .into_iter()
+                .filter(|doc| !doc.is_null())
+                .collect()
+        }
+    };
+    let mut errors = Vec::new();
+    let mut apis = Vec::with_capacity(documents.len());
+    for (i, document) in documents.iter().enumerate() {
+        let prefix = |e: &FieldError| {
+            let field = if e.field.is_empty() {
+                format!("documents[{i}]")
+            } else {
+                format!("documents[{i}].{}", e.field)
+            };
+            FieldError::new(field, e.message.clone())
+        };
+        match ApiDefinition::from_value(document) {
+            Ok(mut api) => {
+                api.canonicalize();
+                let problems = validate(&api, ctx);
+                if problems.is_empty() {
+                    apis.push((i, api));
+                } else {
+                    errors.extend(problems.iter().map(prefix));
+                }
+            }
+            Err(err) => errors.extend(err.field_errors().iter().map(prefix)),
+        }
+    }
+    let mut names = std::collections::HashMap::new();
+    for (i, api) in &apis {
+        if let Some(first) = names.insert(api.metadata.name.as_str(), *i) {
+            errors.push(FieldError::new(
+                format!("documents[{i}].metadata.name"),
+                format!(
+                    "name {:?} is already used by documents[{first}]",
+                    api.metadata.name
+                ),
+            ));
+        }
+    }
+    for collision in check_collisions(apis.iter().map(|(_, api)| api)) {
+        errors.push(FieldError::new(
+            "",
+            format!(
+                "APIs {:?} and {:?} both claim context {:?} on host {:?} in group {:?}",
+                collision.existing,
+                collision.other,
+                collision.key.context,
+                collision.key.host,
+                collision.key.group
+            ),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(apis.into_iter().map(|(_, api)| api).collect())
+    } else {
+        Err(ModelError::Invalid(errors))
+    }
+}
+
+/// Formats a `serde_ignored` path as `spec.upstream.endpoints[0].url`.
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = ignored_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}
+
+/// Turns serde's "missing field `x`" at path `p` into `p.x: required field is missing`.
+fn type_error(path: &str, message: &str) -> FieldError {
+    let path = if path == "." { "" } else { path };
+    if let Some(rest) = message.strip_prefix("missing field `")
+        && let Some(field) = rest.split('`').next()
+    {
+        let full = if path.is_empty() {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        };
+        return FieldError::new(full, "required field is missing");
+    }
+    FieldError::new(path, message)
+}
+
+#[cfg(test)]
+mod tests;

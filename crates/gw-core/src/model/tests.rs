@@ -1,0 +1,323 @@
+use std::fmt::Write as _;
+
+use super::*;
+use proptest::prelude::*;
+
+const ORDERS: &str = r"
+apiVersion: gw/v1
+kind: Api
+metadata:
+  name: orders
+  labels: {team: checkout}
+spec:
+  displayName: Orders
+  version: v1
+  context: /orders/v1
+  hosts: []
+  groups: [default]
+  upstream:
+    endpoints:
+      - url: http://127.0.0.1:9001/api
+  operations:
+    - {method: GET, path: '/items/{id}'}
+    - {method: POST, path: /items}
+  policies: []
+";
+
+fn fields(err: &ModelError) -> Vec<(String, String)> {
+    err.field_errors()
+        .iter()
+        .map(|e| (e.field.clone(), e.message.clone()))
+        .collect()
+}
+
+fn field_names(err: &ModelError) -> Vec<String> {
+    fields(err).into_iter().map(|(f, _)| f).collect()
+}
+
+#[test]
+fn parses_the_issue_example() {
+    let api = ApiDefinition::parse(ORDERS.as_bytes(), Format::Yaml).unwrap();
+    assert_eq!(api.metadata.name, "orders");
+    assert_eq!(api.metadata.labels["team"], "checkout");
+    assert_eq!(api.spec.context, "/orders/v1");
+    assert_eq!(api.spec.operations.len(), 2);
+    assert_eq!(api.spec.upstream.timeouts, Timeouts::default());
+}
+
+#[test]
+fn json_and_yaml_give_the_same_definition() {
+    let from_yaml = ApiDefinition::parse(ORDERS.as_bytes(), Format::Yaml).unwrap();
+    let json = serde_json::to_vec(&from_yaml.to_json()).unwrap();
+    let from_json = ApiDefinition::parse(&json, Format::Json).unwrap();
+    assert_eq!(from_yaml, from_json);
+}
+
+#[test]
+fn every_unknown_field_is_reported_with_its_path() {
+    let doc = ORDERS
+        .replace(
+            "  displayName: Orders",
+            "  displayName: Orders\n  colour: red",
+        )
+        .replace(
+            "      - url: http://127.0.0.1:9001/api",
+            "      - url: http://127.0.0.1:9001/api\n        wieght: 3",
+        )
+        .replace("kind: Api", "kind: Api\nstatus: {}");
+    let err = ApiDefinition::parse(doc.as_bytes(), Format::Yaml).unwrap_err();
+    let mut got = field_names(&err);
+    got.sort();
+    assert_eq!(
+        got,
+        vec!["spec.colour", "spec.upstream.endpoints[0].wieght", "status"]
+    );
+    assert!(fields(&err).iter().all(|(_, m)| m == "unknown field"));
+}
+
+#[test]
+fn semantic_errors_are_all_collected() {
+    let doc = r"
+apiVersion: gw/v2
+kind: Api
+metadata: {name: Bad_Name}
+spec:
+  context: orders
+  hosts: ['bad host', 'ok.example.com', 'ok.example.com']
+  groups: [default, default]
+  upstream:
+    endpoints:
+      - url: not a url
+      - url: ftp://example.com
+      - url: http://user:pw@example.com
+      - url: http://example.com/base?q=1
+    timeouts: {connect: 0s, request: 2h}
+  operations:
+    - {method: FETCH, path: /a}
+    - {method: GET, path: '/items/{id}'}
+    - {method: GET, path: '/items/{id}'}
+    - {method: GET, path: '/items/{key}'}
+    - {method: GET, path: 'no-slash'}
+    - {method: GET, path: '/x{y}'}
+  policies: [{name: mystery}]
+";
+    let err = ApiDefinition::parse(doc.as_bytes(), Format::Yaml).unwrap_err();
+    let got = field_names(&err);
+    let expected = [
+        "apiVersion",
+        "metadata.name",
+        "spec.context",
+        "spec.hosts[0]",
+        "spec.hosts[2]",
+        "spec.groups[1]",
+        "spec.upstream.endpoints[0].url",
+        "spec.upstream.endpoints[1].url",
+        "spec.upstream.endpoints[2].url",
+        "spec.upstream.endpoints[3].url",
+        "spec.upstream.timeouts.connect",
+        "spec.upstream.timeouts.request",
+        "spec.operations[0].method",
+        "spec.operations[2]",
+        "spec.operations[3].path",
+        "spec.operations[4].path",
+        "spec.operations[5].path",
+        "spec.policies[0].name",
+    ];
+    for field in expected {
+        assert!(
+            got.iter().any(|g| g == field),
+            "missing error for {field}: {got:#?}"
+        );
+    }
+    assert_eq!(got.len(), expected.len(), "unexpected errors: {got:#?}");
+}
+
+#[test]
+fn missing_and_mistyped_fields_name_their_path() {
+    let missing =
+        "apiVersion: gw/v1\nkind: Api\nmetadata: {name: a}\nspec: {upstream: {endpoints: []}}\n";
+    let err = ApiDefinition::parse(missing.as_bytes(), Format::Yaml).unwrap_err();
+    assert_eq!(
+        fields(&err),
+        vec![(
+            "spec.context".to_string(),
+            "required field is missing".to_string()
+        )]
+    );
+
+    let mistyped = ORDERS.replace("hosts: []", "hosts: 5");
+    let err = ApiDefinition::parse(mistyped.as_bytes(), Format::Yaml).unwrap_err();
+    assert_eq!(field_names(&err), vec!["spec.hosts"]);
+}
+
+#[test]
+fn syntax_errors_and_oversize_documents() {
+    let err = ApiDefinition::parse(b"spec: [unclosed", Format::Yaml).unwrap_err();
+    assert!(
+        matches!(err, ModelError::Syntax { format: "YAML", .. }),
+        "{err}"
+    );
+    let err = ApiDefinition::parse(b"{\"a\":", Format::Json).unwrap_err();
+    assert!(
+        matches!(err, ModelError::Syntax { format: "JSON", .. }),
+        "{err}"
+    );
+    let err = ApiDefinition::parse(b"", Format::Yaml).unwrap_err();
+    assert!(matches!(err, ModelError::Syntax { .. }), "{err}");
+    let big = vec![b' '; MAX_DOCUMENT_BYTES + 1];
+    let err = ApiDefinition::parse(&big, Format::Yaml).unwrap_err();
+    assert!(matches!(err, ModelError::TooLarge { .. }), "{err}");
+}
+
+#[test]
+fn yaml_alias_bombs_are_refused() {
+    let mut doc = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12 {
+        let prev = i - 1;
+        let refs = vec![format!("*a{prev}"); 10].join(", ");
+        writeln!(doc, "a{i}: &a{i} [{refs}]").unwrap();
+    }
+    let err = ApiDefinition::parse(doc.as_bytes(), Format::Yaml).unwrap_err();
+    assert!(matches!(err, ModelError::Syntax { .. }), "{err}");
+}
+
+#[test]
+fn canonical_form() {
+    let doc = ORDERS
+        .replace("context: /orders/v1", "context: /orders/v1/")
+        .replace("hosts: []", "hosts: [API.Example.com]")
+        .replace("method: GET", "method: get")
+        .replace("9001/api", "9001/api/");
+    let api = ApiDefinition::parse(doc.as_bytes(), Format::Yaml).unwrap();
+    assert_eq!(api.spec.context, "/orders/v1");
+    assert_eq!(api.spec.hosts, vec!["api.example.com"]);
+    assert_eq!(api.spec.operations[0].method, "GET");
+    assert_eq!(
+        api.spec.upstream.endpoints[0].url,
+        "http://127.0.0.1:9001/api"
+    );
+}
+
+#[test]
+fn collisions_within_a_group_and_host() {
+    let base = ApiDefinition::parse(ORDERS.as_bytes(), Format::Yaml).unwrap();
+    let mut same = base.clone();
+    same.metadata.name = "orders-copy".into();
+    let mut other_group = same.clone();
+    other_group.metadata.name = "orders-staging".into();
+    other_group.spec.groups = vec!["staging".into()];
+    let mut other_host = same.clone();
+    other_host.metadata.name = "orders-host".into();
+    other_host.spec.hosts = vec!["api.example.com".into()];
+
+    let collisions = check_collisions([&base, &same]);
+    assert_eq!(collisions.len(), 1);
+    assert_eq!(collisions[0].existing, "orders");
+    assert_eq!(collisions[0].other, "orders-copy");
+    assert!(check_collisions([&base, &other_group, &other_host]).is_empty());
+}
+
+#[test]
+fn schema_describes_the_model() {
+    let schema = schema::api_schema();
+    let spec = &schema["$defs"]["ApiSpec"];
+    assert_eq!(spec["additionalProperties"], false);
+    let required: Vec<&str> = spec["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(required.contains(&"context"));
+    assert!(required.contains(&"upstream"));
+    assert!(!required.contains(&"groups"));
+}
+
+proptest! {
+    /// Validation never panics, whatever the strings in the document.
+    #[test]
+    fn validation_never_panics(
+        name in ".{0,80}", context in ".{0,40}", host in ".{0,40}", url in ".{0,60}",
+        method in "[A-Za-z]{0,8}", path in ".{0,40}",
+    ) {
+        let doc = serde_json::json!({
+            "apiVersion": "gw/v1", "kind": "Api",
+            "metadata": {"name": name},
+            "spec": {
+                "context": context, "hosts": [host],
+                "upstream": {"endpoints": [{"url": url}]},
+                "operations": [{"method": method, "path": path}],
+            }
+        });
+        let _ = ApiDefinition::parse(doc.to_string().as_bytes(), Format::Json);
+    }
+
+    /// A valid definition survives a JSON round trip unchanged.
+    #[test]
+    fn valid_definitions_round_trip(
+        name in "[a-z][a-z0-9-]{0,20}[a-z0-9]",
+        segments in proptest::collection::vec("[a-z0-9_.~-]{1,8}", 1..4),
+        port in 1u16..,
+    ) {
+        let context = format!("/{}", segments.join("/"));
+        prop_assume!(segments.iter().all(|s| s != "." && s != ".."));
+        let doc = serde_json::json!({
+            "apiVersion": "gw/v1", "kind": "Api",
+            "metadata": {"name": name},
+            "spec": {"context": context, "upstream": {"endpoints": [{"url": format!("http://127.0.0.1:{port}/x")}]}}
+        });
+        let api = ApiDefinition::parse(doc.to_string().as_bytes(), Format::Json).unwrap();
+        let again = ApiDefinition::parse(api.to_json().to_string().as_bytes(), Format::Json).unwrap();
+        prop_assert_eq!(api, again);
+    }
+}
+
+#[test]
+fn sets_of_documents() {
+    let two = format!(
+        "{ORDERS}---\n{}",
+        ORDERS
+            .replace("name: orders", "name: users")
+            .replace("/orders/v1", "/users")
+    );
+    let apis = parse_set(two.as_bytes(), Format::Yaml, &ValidationContext::default()).unwrap();
+    assert_eq!(apis.len(), 2);
+
+    let json = serde_json::to_vec(&[apis[0].to_json(), apis[1].to_json()]).unwrap();
+    assert_eq!(
+        parse_set(&json, Format::Json, &ValidationContext::default()).unwrap(),
+        apis
+    );
+
+    let clash = format!(
+        "{ORDERS}---\n{}",
+        ORDERS
+            .replace("name: orders", "name: copy")
+            .replace("hosts: []", "hosts: 3")
+    );
+    let err = parse_set(
+        clash.as_bytes(),
+        Format::Yaml,
+        &ValidationContext::default(),
+    )
+    .unwrap_err();
+    assert_eq!(field_names(&err), vec!["documents[1].spec.hosts"]);
+
+    let dup = format!("{ORDERS}---\n{ORDERS}");
+    let err = parse_set(dup.as_bytes(), Format::Yaml, &ValidationContext::default()).unwrap_err();
+    assert_eq!(field_names(&err), vec!["documents[1].metadata.name"]);
+
+    let collide = format!(
+        "{ORDERS}---\n{}",
+        ORDERS.replace("name: orders", "name: copy")
+    );
+    let err = parse_set(
+        collide.as_bytes(),
+        Format::Yaml,
+        &ValidationContext::default(),
+    )
+    .unwrap_err();
+    let got = fields(&err);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].1.contains("both claim context"), "{got:?}");
+}

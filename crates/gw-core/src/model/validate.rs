@@ -1,0 +1,500 @@
+//! Validation of one API definition, and of a set of them (route collisions).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::{API_VERSION, ApiDefinition, FieldError, KIND_API, PolicyRef};
+use crate::policy::PolicyRegistry;
+
+/// Limits that keep one definition from costing the gateway unbounded memory or build time.
+const MAX_HOSTS: usize = 100;
+const MAX_GROUPS: usize = 32;
+const MAX_ENDPOINTS: usize = 64;
+const MAX_OPERATIONS: usize = 1000;
+const MAX_POLICIES: usize = 64;
+const MAX_LABELS: usize = 64;
+const MAX_PATH_LEN: usize = 1024;
+const MAX_TEXT_LEN: usize = 256;
+
+/// The methods an operation may name.
+pub(crate) const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
+];
+
+/// What validation may consult beyond the document itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValidationContext<'a> {
+    /// The policies that can be attached; with `None`, any policy is reported unknown.
+    pub policies: Option<&'a PolicyRegistry>,
+}
+
+/// A place an API occupies in the routing table: a context on a host within a group.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteKey {
+    /// Gateway group.
+    pub group: String,
+    /// Host name, or `*` for an API that serves any host.
+    pub host: String,
+    /// The API's context.
+    pub context: String,
+}
+
+/// Two APIs that claim the same [`RouteKey`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collision {
+    /// The contested place.
+    pub key: RouteKey,
+    /// The API that holds it.
+    pub existing: String,
+    /// The API that also claims it.
+    pub other: String,
+}
+
+pub(super) fn route_keys(api: &ApiDefinition) -> Vec<RouteKey> {
+    let spec = &api.spec;
+    let mut keys = Vec::with_capacity(spec.groups.len() * spec.hosts.len().max(1));
+    for group in &spec.groups {
+        if spec.hosts.is_empty() {
+            keys.push(RouteKey {
+                group: group.clone(),
+                host: "*".to_string(),
+                context: spec.context.clone(),
+            });
+        }
+        for host in &spec.hosts {
+            keys.push(RouteKey {
+                group: group.clone(),
+                host: host.clone(),
+                context: spec.context.clone(),
+            });
+        }
+    }
+    keys
+}
+
+/// Finds the APIs of a set that share a context on one host within a group.
+pub fn check_collisions<'a>(apis: impl IntoIterator<Item = &'a ApiDefinition>) -> Vec<Collision> {
+    let mut owners: HashMap<RouteKey, &str> = HashMap::new();
+    let mut collisions = Vec::new();
+    for api in apis {
+        for key in api.route_keys() {
+            if let Some(existing) = owners.get(&key) {
+                if *existing != api.metadata.name {
+                    collisions.push(Collision {
+                        key,
+                        existing: (*existing).to_string(),
+                        other: api.metadata.name.clone(),
+                    });
+                }
+            } else {
+                owners.insert(key, &api.metadata.name);
+            }
+        }
+    }
+    collisions
+}
+
+/// Checks a name as used for APIs and groups: 1 to 63 characters, lowercase ASCII letters,
+/// digits and `-`, starting and ending with a letter or a digit (a DNS label).
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if name.len() > 63 {
+        return Err(format!(
+            "is {} characters long; the limit is 63",
+            name.len()
+        ));
+    }
+    let bytes = name.as_bytes();
+    let ok_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+    if !bytes.iter().all(|&b| ok_char(b)) || bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-' {
+        return Err(format!(
+            "{name:?} is not a valid name: use lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// Validates one definition and returns every problem found (empty when it is valid).
+///
+/// The definition should be canonical ([`ApiDefinition::canonicalize`]), as
+/// [`ApiDefinition::parse`] makes it.
+pub fn validate(api: &ApiDefinition, ctx: &ValidationContext<'_>) -> Vec<FieldError> {
+    let mut v = Validator::default();
+    if api.api_version != API_VERSION {
+        v.err(
+            "apiVersion",
+            format!(
+                "unsupported version {:?}; expected {API_VERSION:?}",
+                api.api_version
+            ),
+        );
+    }
+    if api.kind != KIND_API {
+        v.err(
+            "kind",
+            format!("unsupported kind {:?}; expected {KIND_API:?}", api.kind),
+        );
+    }
+    if let Err(message) = validate_name(&api.metadata.name) {
+        v.err("metadata.name", message);
+    }
+    v.labels(&api.metadata.labels);
+
+    let spec = &api.spec;
+    v.text("spec.displayName", spec.display_name.as_deref());
+    v.text("spec.version", spec.version.as_deref());
+    v.context(&spec.context);
+    v.hosts(&spec.hosts);
+    v.groups(&spec.groups);
+    v.endpoints(api);
+    v.timeouts(api);
+    v.operations(api, *ctx);
+    v.policies("spec.policies", &spec.policies, *ctx);
+    v.errors
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError::new(field, message));
+    }
+
+    fn text(&mut self, field: &str, value: Option<&str>) {
+        if let Some(value) = value {
+            if value.len() > MAX_TEXT_LEN {
+                self.err(field, format!("longer than {MAX_TEXT_LEN} bytes"));
+            }
+            if value.chars().any(char::is_control) {
+                self.err(field, "must not contain control characters");
+            }
+        }
+    }
+
+    fn labels(&mut self, labels: &BTreeMap<String, String>) {
+        if labels.len() > MAX_LABELS {
+            self.err("metadata.labels", format!("more than {MAX_LABELS} labels"));
+        }
+        for (key, value) in labels {
+            let field = format!("metadata.labels.{key}");
+            let key_ok = !key.is_empty()
+                && key.len() <= 253
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+            if !key_ok {
+                self.err(
+                    field.clone(),
+                    "label keys are 1 to 253 characters: letters, digits, '-', '_', '.' and '/'",
+                );
+            }
+            self.text(&field, Some(value));
+        }
+    }
+
+    fn context(&mut self, context: &str) {
+        const FIELD: &str = "spec.context";
+        if !context.starts_with('/') {
+            self.err(FIELD, "must start with '/'");
+            return;
+        }
+        if context.len() > MAX_PATH_LEN {
+            self.err(FIELD, format!("longer than {MAX_PATH_LEN} bytes"));
+            return;
+        }
+        if context == "/" {
+            return;
+        }
+        for segment in context[1..].split('/') {
+            if segment.is_empty() {
+                self.err(FIELD, "must not contain empty segments ('//')");
+                return;
+            }
+            if segment == "." || segment == ".." {
+                self.err(FIELD, "must not contain '.' or '..' segments");
+                return;
+            }
+            if let Some(bad) = segment.chars().find(|&c| !is_path_char(c)) {
+                self.err(
+                    FIELD,
+                    format!(
+                        "character {bad:?} is not allowed: use letters, digits and -._~!$&'()*+,;=:@"
+                    ),
+                );
+                return;
+            }
+        }
+    }
+
+    fn hosts(&mut self, hosts: &[String]) {
+        if hosts.len() > MAX_HOSTS {
+            self.err("spec.hosts", format!("more than {MAX_HOSTS} hosts"));
+        }
+        let mut seen = HashSet::new();
+        for (i, host) in hosts.iter().enumerate() {
+            let field = format!("spec.hosts[{i}]");
+            if let Err(message) = check_host(host) {
+                self.err(field, message);
+            } else if !seen.insert(host.as_str()) {
+                self.err(field, format!("host {host:?} is listed twice"));
+            }
+        }
+    }
+
+    fn groups(&mut self, groups: &[String]) {
+        if groups.is_empty() {
+            self.err("spec.groups", "must name at least one gateway group");
+        }
+        if groups.len() > MAX_GROUPS {
+            self.err("spec.groups", format!("more than {MAX_GROUPS} groups"));
+        }
+        let mut seen = HashSet::new();
+        for (i, group) in groups.iter().enumerate() {
+            let field = format!("spec.groups[{i}]");
+            if let Err(message) = validate_name(group) {
+                self.err(field, message);
+            } else if !seen.insert(group.as_str()) {
+                self.err(field, format!("group {group:?} is listed twice"));
+            }
+        }
+    }
+
+    fn endpoints(&mut self, api: &ApiDefinition) {
+        let endpoints = &api.spec.upstream.endpoints;
+        if endpoints.is_empty() {
+            self.err("spec.upstream.endpoints", "must list at least one endpoint");
+        }
+        if endpoints.len() > MAX_ENDPOINTS {
+            self.err(
+                "spec.upstream.endpoints",
+                format!("more than {MAX_ENDPOINTS} endpoints"),
+            );
+        }
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            if let Err(message) = check_endpoint_url(&endpoint.url) {
+                self.err(format!("spec.upstream.endpoints[{i}].url"), message);
+            }
+        }
+    }
+
+    fn timeouts(&mut self, api: &ApiDefinition) {
+        let t = &api.spec.upstream.timeouts;
+        let limits = [
+            ("connect", t.connect.as_duration(), 300),
+            ("request", t.request.as_duration(), 3600),
+        ];
+        for (name, value, max_secs) in limits {
+            let field = format!("spec.upstream.timeouts.{name}");
+            if value.is_zero() {
+                self.err(field, "must be greater than zero");
+            } else if value.as_secs() > max_secs {
+                self.err(field, format!("must be at most {max_secs}s"));
+            }
+        }
+    }
+
+    fn operations(&mut self, api: &ApiDefinition, ctx: ValidationContext<'_>) {
+        let ops = &api.spec.operations;
+        if ops.len() > MAX_OPERATIONS {
+            self.err(
+                "spec.operations",
+                format!("more than {MAX_OPERATIONS} operations"),
+            );
+            return;
+        }
+        // Insert every template into a router exactly as the data plane will, so that a
+        // definition that validates always builds.
+        let mut router = matchit::Router::new();
+        let mut by_template: HashMap<&str, (usize, Vec<&str>)> = HashMap::new();
+        for (i, op) in ops.iter().enumerate() {
+            let field = format!("spec.operations[{i}]");
+            if !METHODS.contains(&op.method.as_str()) {
+                self.err(
+                    format!("{field}.method"),
+                    format!(
+                        "unsupported method {:?}; use one of {}",
+                        op.method,
+                        METHODS.join(", ")
+                    ),
+                );
+            }
+            let path_ok = match check_template(&op.path) {
+                Ok(()) => true,
+                Err(message) => {
+                    self.err(format!("{field}.path"), message);
+                    false
+                }
+            };
+            if path_ok {
+                match by_template.get_mut(op.path.as_str()) {
+                    Some((first, methods)) => {
+                        if methods.contains(&op.method.as_str()) {
+                            self.err(
+                                field.clone(),
+                                format!(
+                                    "duplicate operation {} {}: already defined at spec.operations[{first}]",
+                                    op.method, op.path
+                                ),
+                            );
+                        } else {
+                            methods.push(&op.method);
+                        }
+                    }
+                    None => match router.insert(op.path.as_str(), i) {
+                        Ok(()) => {
+                            by_template.insert(&op.path, (i, vec![op.method.as_str()]));
+                        }
+                        Err(err) => self.err(
+                            format!("{field}.path"),
+                            format!("conflicts with another operation's path: {err}"),
+                        ),
+                    },
+                }
+            }
+            self.policies(&format!("{field}.policies"), &op.policies, ctx);
+        }
+    }
+
+    fn policies(&mut self, field: &str, policies: &[PolicyRef], ctx: ValidationContext<'_>) {
+        if policies.len() > MAX_POLICIES {
+            self.err(field, format!("more than {MAX_POLICIES} policies"));
+            return;
+        }
+        let mut seen = HashSet::new();
+        for (i, policy) in policies.iter().enumerate() {
+            let item = format!("{field}[{i}]");
+            if !seen.insert(policy.name.as_str()) {
+                self.err(
+                    format!("{item}.name"),
+                    format!("policy {:?} is listed twice", policy.name),
+                );
+                continue;
+            }
+            let Some(registry) = ctx.policies.filter(|r| r.contains(&policy.name)) else {
+                let known = ctx.policies.map(PolicyRegistry::names).unwrap_or_default();
+                let hint = if known.is_empty() {
+                    "no policies are registered in this build".to_string()
+                } else {
+                    format!("known policies: {}", known.join(", "))
+                };
+                self.err(
+                    format!("{item}.name"),
+                    format!("unknown policy {:?} ({hint})", policy.name),
+                );
+                continue;
+            };
+            for error in registry.validate_params(&policy.name, &policy.params) {
+                let path = if error.field.is_empty() {
+                    format!("{item}.params")
+                } else {
+                    format!("{item}.params.{}", error.field)
+                };
+                self.err(path, error.message);
+            }
+        }
+    }
+}
+
+/// `pchar` of RFC 3986 without `%`: percent-encoding is not allowed in contexts and
+/// templates, so that one route has exactly one spelling.
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@".contains(c)
+}
+
+fn check_host(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if name.is_empty() || host.len() > 253 {
+        return Err(format!("{host:?} is not a valid host name"));
+    }
+    for label in name.split('.') {
+        let bytes = label.as_bytes();
+        let ok = !bytes.is_empty()
+            && bytes.len() <= 63
+            && bytes
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'-')
+            && bytes[0] != b'-'
+            && bytes[bytes.len() - 1] != b'-';
+        if !ok {
+            return Err(format!(
+                "{host:?} is not a valid host name (letters, digits, '-' and '.', optionally starting with '*.'; no port)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_endpoint_url(raw: &str) -> Result<(), String> {
+    let url = url::Url::parse(raw).map_err(|err| format!("{raw:?} is not a valid URL: {err}"))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => {
+            return Err("https upstreams are not supported yet; use an http:// URL".to_string());
+        }
+        other => return Err(format!("unsupported scheme {other:?}; use http")),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".to_string());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("credentials in the URL are not allowed".to_string());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("the URL must not have a query or a fragment".to_string());
+    }
+    let path = url.path();
+    if path.len() > MAX_PATH_LEN {
+        return Err(format!("the base path is longer than {MAX_PATH_LEN} bytes"));
+    }
+    if path.contains("//") {
+        return Err("the base path must not contain empty segments ('//')".to_string());
+    }
+    Ok(())
+}
+
+/// Checks an operation path template: `/`, or `/`-separated segments that are either
+/// literal path characters or one `{name}` parameter.
+fn check_template(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("must start with '/'".to_string());
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err(format!("longer than {MAX_PATH_LEN} bytes"));
+    }
+    if path == "/" {
+        return Ok(());
+    }
+    let mut params = HashSet::new();
+    for segment in path[1..].split('/') {
+        if segment.is_empty() {
+            return Err("must not contain empty segments ('//') or end with '/'".to_string());
+        }
+        if segment == "." || segment == ".." {
+            return Err("must not contain '.' or '..' segments".to_string());
+        }
+        if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!(
+                    "parameter {segment:?} must be a name of letters, digits and '_'"
+                ));
+            }
+            if !params.insert(name) {
+                return Err(format!("parameter {{{name}}} is used twice"));
+            }
+        } else if let Some(bad) = segment.chars().find(|&c| !is_path_char(c)) {
+            return Err(format!(
+                "character {bad:?} is not allowed; a parameter takes a whole segment, like /items/{{id}}"
+            ));
+        }
+    }
+    Ok(())
+}

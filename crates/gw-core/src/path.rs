@@ -1,0 +1,193 @@
+//! Request path normalization.
+//!
+//! Routing and every policy see the normalized path, and the upstream receives it, so a path
+//! cannot be spelled in a way that reaches a route (or skips a policy) that its plain form
+//! would not. Empty segments (`//`) and `.` segments are removed, `..` segments are resolved,
+//! and spellings whose meaning depends on who decodes them are refused: encoded `/` and `\`
+//! (`%2F`, `%5C`), a raw `\`, encoded dots that form a `.` or `..` segment, and `..` that
+//! climbs above the root.
+
+use std::borrow::Cow;
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The path does not start with `/`.
+    #[error("the path must start with '/'")]
+    NotAbsolute,
+    /// `%2F` or `%5C`: a separator hidden from routing.
+    #[error("encoded '/' or '\\' is not allowed in the path")]
+    EncodedSeparator,
+    /// A raw backslash, which some servers treat as a separator.
+    #[error("'\\' is not allowed in the path")]
+    Backslash,
+    /// A segment that decodes to `.` or `..`.
+    #[error("encoded '.' or '..' segments are not allowed in the path")]
+    EncodedDotSegment,
+    /// `..` would climb above the root.
+    #[error("the path climbs above the root with '..'")]
+    AboveRoot,
+}
+
+/// Normalizes a request path; borrows when it is already normal.
+///
+/// ```
+/// use gw_core::path::normalize;
+/// assert_eq!(normalize("/a//b/./c/../d").unwrap(), "/a/b/d");
+/// assert_eq!(normalize("/orders/v1/items").unwrap(), "/orders/v1/items");
+/// assert!(normalize("/a/%2e%2e/admin").is_err());
+/// assert!(normalize("/a%2Fb").is_err());
+/// ```
+pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+    if !path.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let bytes = path.as_bytes();
+    if bytes.contains(&b'\\') {
+        return Err(PathError::Backslash);
+    }
+    let has_percent = bytes.contains(&b'%');
+    if has_percent {
+        check_encodings(path)?;
+    }
+    if !needs_rewrite(bytes) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let trailing_slash = path.len() > 1 && (path.ends_with('/') || ends_with_dot_segment(path));
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() || (trailing_slash && !segments.is_empty()) {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// Whether the path has `//`, a `.` or `..` segment.
+fn needs_rewrite(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"//")
+        || bytes
+            .split(|&b| b == b'/')
+            .any(|segment| segment == b"." || segment == b"..")
+}
+
+fn ends_with_dot_segment(path: &str) -> bool {
+    path.ends_with("/.") || path.ends_with("/..")
+}
+
+fn check_encodings(path: &str) -> Result<(), PathError> {
+    let bytes = path.as_bytes();
+    for (i, _) in path.match_indices('%') {
+        let hex = bytes.get(i + 1..i + 3);
+        if let Some([a, b]) = hex {
+            let code = (hex_value(*a), hex_value(*b));
+            if matches!(code, (Some(2), Some(0xF)) | (Some(5), Some(0xC))) {
+                return Err(PathError::EncodedSeparator);
+            }
+        }
+    }
+    for segment in path.split('/') {
+        if segment.contains('%') && decodes_to_dots(segment) {
+            return Err(PathError::EncodedDotSegment);
+        }
+    }
+    Ok(())
+}
+
+/// Whether a segment is made only of `.` and `%2e` and decodes to `.` or `..`.
+fn decodes_to_dots(segment: &str) -> bool {
+    let mut rest = segment;
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if let Some(tail) = rest.strip_prefix('.') {
+            rest = tail;
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("%2e") {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    (1..=2).contains(&dots)
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn table() {
+        let cases: &[(&str, Result<&str, PathError>)] = &[
+            ("/", Ok("/")),
+            ("/a", Ok("/a")),
+            ("/a/", Ok("/a/")),
+            ("//a", Ok("/a")),
+            ("/a//b", Ok("/a/b")),
+            ("/a/./b", Ok("/a/b")),
+            ("/a/b/..", Ok("/a/")),
+            ("/a/b/../c", Ok("/a/c")),
+            ("/a/.", Ok("/a/")),
+            ("/..", Err(PathError::AboveRoot)),
+            ("/a/../..", Err(PathError::AboveRoot)),
+            ("/a%2fb", Err(PathError::EncodedSeparator)),
+            ("/a%2Fb", Err(PathError::EncodedSeparator)),
+            ("/a%5cb", Err(PathError::EncodedSeparator)),
+            ("/a\\b", Err(PathError::Backslash)),
+            ("/a/%2e%2e/b", Err(PathError::EncodedDotSegment)),
+            ("/a/.%2E/b", Err(PathError::EncodedDotSegment)),
+            ("/a/%2e/b", Err(PathError::EncodedDotSegment)),
+            ("/a/file%2etxt", Ok("/a/file%2etxt")),
+            ("/a/%20b", Ok("/a/%20b")),
+            ("/a/...", Ok("/a/...")),
+            ("relative", Err(PathError::NotAbsolute)),
+        ];
+        for (input, expected) in cases {
+            let got = normalize(input).map(Cow::into_owned);
+            let expected = expected.map(str::to_string);
+            assert_eq!(got, expected, "normalize({input:?})");
+        }
+    }
+
+    proptest! {
+        /// A normalized path is a fixed point and never contains a segment that routing
+        /// would read differently from the upstream.
+        #[test]
+        fn normalized_is_stable(segments in proptest::collection::vec(
+            prop_oneof![
+                Just(String::new()), Just(".".to_string()), Just("..".to_string()),
+                "[a-z%0-9.]{1,6}",
+            ], 0..8)) {
+            let path = format!("/{}", segments.join("/"));
+            if let Ok(normal) = normalize(&path) {
+                let again = normalize(&normal).unwrap();
+                prop_assert_eq!(&again, &normal);
+                prop_assert!(!normal.contains("//"));
+                prop_assert!(normal.split('/').all(|s| s != "." && s != ".."));
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Header rewriting between the client and the upstream.
+
+use http::Uri;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::gateway::ConnInfo;
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 section 7.6.1), plus
+/// the non-standard ones that proxies commonly strip.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The host the client asked for: the `Host` header, or the authority of an HTTP/2 or
+/// absolute-form request.
+pub(super) fn original_host(headers: &HeaderMap, uri: &Uri) -> Option<HeaderValue> {
+    headers.get(header::HOST).cloned().or_else(|| {
+        uri.authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+/// Removes hop-by-hop headers (and those the `Connection` header names) and
+/// `Transfer-Encoding`, which the client connection sets for itself.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// Prepares the headers of a request for the upstream: hop-by-hop headers removed, `Host`
+/// left to the client (the upstream's authority), `X-Forwarded-For` appended with the
+/// client address, `X-Forwarded-Proto` and `X-Forwarded-Host` set.
+pub(super) fn prepare_request(
+    headers: &mut HeaderMap,
+    conn: Option<&ConnInfo>,
+    original_host: Option<HeaderValue>,
+) {
+    remove_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    if let Some(conn) = conn {
+        let ip = conn.peer.ip().to_string();
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
+            _ => ip,
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+        let proto = if conn.secure { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if let Some(host) = original_host {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+/// Prepares the headers of an upstream response for the client.
+pub(super) fn prepare_response(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn request_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::HOST, HeaderValue::from_static("gw.example"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        let conn = ConnInfo {
+            peer: "192.0.2.7:5555".parse::<SocketAddr>().unwrap(),
+            secure: false,
+        };
+        let host = original_host(&h, &Uri::from_static("/"));
+        prepare_request(&mut h, Some(&conn), host);
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(header::HOST).is_none());
+        assert!(h.get(header::TRANSFER_ENCODING).is_none());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "gw.example");
+        assert_eq!(h["x-kept"], "yes");
+    }
+}

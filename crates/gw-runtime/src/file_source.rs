@@ -1,0 +1,154 @@
+//! Standalone mode: the APIs of a YAML or JSON file, reloaded when the file changes (checked
+//! every poll interval, and at once on SIGHUP). A file that does not parse or validate is
+//! reported with every error and its field path, and the previous configuration stays.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gw_core::model::{self, Format, ModelError, ValidationContext};
+use sha2::{Digest, Sha256};
+
+use crate::state::{ConfigState, Origin};
+
+/// Why the configuration file could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// It could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It does not parse or validate.
+    #[error("{path}: {source}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem.
+        #[source]
+        source: ModelError,
+    },
+    /// It validated, but the gateway could not build it.
+    #[error("{path}: {}", .reasons.join("; "))]
+    Rejected {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reasons: Vec<String>,
+    },
+}
+
+/// `.json` files are JSON; anything else is YAML (which also reads JSON).
+fn format_of(path: &Path) -> Format {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) if ext.eq_ignore_ascii_case("json") => Format::Json,
+        _ => Format::Yaml,
+    }
+}
+
+/// Watches and applies one file.
+#[derive(Debug)]
+pub struct FileSource {
+    path: PathBuf,
+    state: Arc<ConfigState>,
+    digest: Option<Vec<u8>>,
+    revision: i64,
+}
+
+impl FileSource {
+    /// A source for `path` applying to `state`.
+    pub fn new(path: PathBuf, state: Arc<ConfigState>) -> Self {
+        Self {
+            path,
+            state,
+            digest: None,
+            revision: 0,
+        }
+    }
+
+    /// Reads the file and applies it if it changed since the last successful load.
+    pub async fn load(&mut self) -> Result<bool, FileError> {
+        let bytes = tokio::fs::read(&self.path)
+            .await
+            .map_err(|source| FileError::Read {
+                path: self.path.clone(),
+                source,
+            })?;
+        let digest = Sha256::digest(&bytes).to_vec();
+        if self.digest.as_ref() == Some(&digest) {
+            return Ok(false);
+        }
+        let ctx = ValidationContext {
+            policies: Some(self.state.gateway().registry()),
+        };
+        let apis = model::parse_set(&bytes, format_of(&self.path), &ctx).map_err(|source| {
+            FileError::Invalid {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
+        let revision = self.revision + 1;
+        let count = apis.len();
+        self.state
+            .replace(
+                revision,
+                apis.into_iter().map(|api| (revision, api)).collect(),
+                Origin::File,
+            )
+            .await
+            .map_err(|reasons| FileError::Rejected {
+                path: self.path.clone(),
+                reasons,
+            })?;
+        self.revision = revision;
+        self.digest = Some(digest);
+        tracing::info!(path = %self.path.display(), apis = count, revision, "configuration file loaded");
+        Ok(true)
+    }
+
+    /// Reloads on change until the task is dropped.
+    pub async fn watch(mut self, interval: Duration) {
+        let mut hangup = hangup_signal();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = hangup.recv() => tracing::info!("SIGHUP: reloading the configuration file"),
+            }
+            if let Err(err) = self.load().await {
+                match &err {
+                    FileError::Invalid { source, .. } if !source.field_errors().is_empty() => {
+                        for problem in source.field_errors() {
+                            tracing::error!(path = %self.path.display(), field = %problem.field, "{}", problem.message);
+                        }
+                    }
+                    _ => tracing::error!(error = %err, "configuration file not applied"),
+                }
+                tracing::warn!("keeping the previous configuration");
+            }
+        }
+    }
+}
+
+/// SIGHUP as a stream of `()`; never fires where signals are unavailable.
+struct Hangup(Option<tokio::signal::unix::Signal>);
+
+impl Hangup {
+    async fn recv(&mut self) {
+        match &mut self.0 {
+            Some(signal) => {
+                if signal.recv().await.is_none() {
+                    self.0 = None;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+fn hangup_signal() -> Hangup {
+    Hangup(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok())
+}

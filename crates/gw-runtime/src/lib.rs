@@ -1,0 +1,300 @@
+//! gw's data plane runtime, as a library: embed it in your own service or build your own
+//! binary around it. The `gw-runtime` binary is a thin command line over [`Runtime`].
+//!
+//! A runtime gets its configuration from a source ([`ConfigSource`]): the stream of one of
+//! several controllers (resumed from the revision it serves, kept in a last-known-good cache
+//! on disk so that it can serve after a restart while no controller answers), or a file
+//! (standalone mode). It proxies traffic through [`gw_core::Gateway`] and serves `/status`,
+//! `/status/ready` and `/metrics` on a separate address.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), gw_runtime::RuntimeError> {
+//! use gw_runtime::{ConfigSource, Runtime, RuntimeOptions};
+//!
+//! let options = RuntimeOptions::new(ConfigSource::File("apis.yaml".into()));
+//! let runtime = Runtime::bind(options).await?;
+//! println!("proxy on {}", runtime.proxy_addr());
+//! runtime.run(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod file_source;
+pub mod listener;
+pub mod logging;
+pub mod state;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use gw_core::Gateway;
+use gw_core::metrics::ProxyMetrics;
+use gw_core::policy::PolicyRegistry;
+use gw_sync::client::{ClientOptions, SyncClient};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::cache::CacheFile;
+use crate::file_source::{FileError, FileSource};
+use crate::listener::ListenerOptions;
+use crate::state::ConfigState;
+use crate::status::StatusContext;
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// The sync stream of one of these controllers (`host:port` or `http://host:port`).
+    Controllers(Vec<String>),
+    /// A YAML or JSON file of API definitions, reloaded when it changes.
+    File(PathBuf),
+}
+
+/// Everything a runtime needs; [`RuntimeOptions::new`] fills in the defaults.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// The configuration source.
+    pub source: ConfigSource,
+    /// The gateway group served (controller mode).
+    pub group: String,
+    /// This runtime's id in the fleet view.
+    pub node_id: String,
+    /// Traffic address.
+    pub proxy_addr: SocketAddr,
+    /// Status and metrics address.
+    pub status_addr: SocketAddr,
+    /// Where the last-known-good cache lives (controller mode); `None`: no cache.
+    pub data_dir: Option<PathBuf>,
+    /// The address shown for this runtime in the fleet view (default: as the controller sees
+    /// it).
+    pub advertise_address: Option<String>,
+    /// The policies this runtime can build.
+    pub policies: PolicyRegistry,
+    /// Downstream connection limits and the drain timeout.
+    pub listener: ListenerOptions,
+    /// How often the configuration file is checked for changes.
+    pub file_poll_interval: Duration,
+    /// Heartbeat interval of the sync stream.
+    pub heartbeat_interval: Duration,
+}
+
+impl RuntimeOptions {
+    /// Options with the defaults: group `default`, traffic on `0.0.0.0:8080`, status on
+    /// `0.0.0.0:7085`, no cache.
+    pub fn new(source: ConfigSource) -> Self {
+        Self {
+            source,
+            group: "default".to_string(),
+            node_id: default_node_id(),
+            proxy_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            status_addr: SocketAddr::from(([0, 0, 0, 0], 7085)),
+            data_dir: None,
+            advertise_address: None,
+            policies: PolicyRegistry::new(),
+            listener: ListenerOptions::default(),
+            file_poll_interval: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A node id that is unique per process: the host name and a random suffix.
+pub fn default_node_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gw".to_string());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(200)
+        .collect();
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+/// Why a runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file could not be served.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The options are inconsistent.
+    #[error("invalid options: {0}")]
+    Options(String),
+}
+
+/// A runtime with its listeners bound and its first configuration (cache or file) applied.
+#[derive(Debug)]
+pub struct Runtime {
+    options: RuntimeOptions,
+    proxy: TcpListener,
+    status: TcpListener,
+    state: Arc<ConfigState>,
+    registry: Registry,
+    file: Option<FileSource>,
+}
+
+impl Runtime {
+    /// Binds the listeners and applies the first configuration: the file in standalone mode
+    /// (an invalid file is an error), the last-known-good cache in controller mode (if there
+    /// is a valid one).
+    pub async fn bind(options: RuntimeOptions) -> Result<Self, RuntimeError> {
+        if let ConfigSource::Controllers(list) = &options.source
+            && list.is_empty()
+        {
+            return Err(RuntimeError::Options(
+                "give at least one controller address, or a configuration file".to_string(),
+            ));
+        }
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RuntimeError::Bind { what, addr, source })
+        };
+        let proxy = bind("proxy", options.proxy_addr).await?;
+        let status = bind("status", options.status_addr).await?;
+
+        let mut registry = Registry::default();
+        let metrics = ProxyMetrics::register(&mut registry);
+        let gateway = Arc::new(Gateway::new(options.policies.clone(), metrics));
+        let cache = match (&options.source, &options.data_dir) {
+            (ConfigSource::Controllers(_), Some(dir)) => Some(CacheFile::new(
+                dir.join("config-cache.json"),
+                cache::DEFAULT_MAX_BYTES,
+            )),
+            _ => None,
+        };
+        let state = Arc::new(ConfigState::new(
+            gateway,
+            options.group.clone(),
+            cache,
+            &mut registry,
+        ));
+        let file = match &options.source {
+            ConfigSource::File(path) => {
+                let mut source = FileSource::new(path.clone(), Arc::clone(&state));
+                source.load().await?;
+                Some(source)
+            }
+            ConfigSource::Controllers(_) => {
+                state.load_cache().await;
+                None
+            }
+        };
+        Ok(Self {
+            options,
+            proxy,
+            status,
+            state,
+            registry,
+            file,
+        })
+    }
+
+    /// Where traffic is served.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy.local_addr().unwrap_or(self.options.proxy_addr)
+    }
+
+    /// Where status and metrics are served.
+    pub fn status_addr(&self) -> SocketAddr {
+        self.status.local_addr().unwrap_or(self.options.status_addr)
+    }
+
+    /// The gateway, for embedders that serve it on listeners of their own.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        self.state.gateway()
+    }
+
+    /// Serves until `shutdown` completes, then turns unready, drains in-flight requests and
+    /// returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RuntimeError> {
+        let proxy_addr = self.proxy_addr();
+        let status_addr = self.status_addr();
+        let Self {
+            options,
+            proxy,
+            status,
+            state,
+            registry,
+            file,
+        } = self;
+
+        let (source_task, sync_status) = match (options.source, file) {
+            (ConfigSource::File(_), Some(file)) => {
+                (tokio::spawn(file.watch(options.file_poll_interval)), None)
+            }
+            (ConfigSource::Controllers(controllers), _) => {
+                let mut client_options =
+                    ClientOptions::new(controllers, options.node_id.clone(), options.group.clone());
+                client_options.runtime_version = env!("CARGO_PKG_VERSION").to_string();
+                client_options.supported_policies = options.policies.names();
+                client_options.advertise_address =
+                    options.advertise_address.clone().unwrap_or_default();
+                client_options.heartbeat_interval = options.heartbeat_interval;
+                let client = SyncClient::new(client_options, Arc::clone(&state));
+                let sync_status = client.status();
+                (tokio::spawn(client.run()), Some(sync_status))
+            }
+            (ConfigSource::File(_), None) => {
+                return Err(RuntimeError::Options(
+                    "the file source was not loaded".into(),
+                ));
+            }
+        };
+
+        let context = Arc::new(StatusContext {
+            node_id: options.node_id.clone(),
+            group: options.group.clone(),
+            state: Arc::clone(&state),
+            sync: sync_status,
+            draining: std::sync::atomic::AtomicBool::new(false),
+            registry,
+        });
+        let status_task = tokio::spawn(status::serve(status, Arc::clone(&context)));
+        tracing::info!(listener = "proxy", addr = %proxy_addr, "listening");
+        tracing::info!(listener = "status", addr = %status_addr, "listening");
+        tracing::info!(node = %options.node_id, group = %options.group, "runtime started");
+
+        let draining = Arc::clone(&context);
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no longer ready, draining");
+            draining.draining.store(true, Ordering::Release);
+        };
+        listener::serve(
+            proxy,
+            Arc::clone(state.gateway()),
+            options.listener,
+            shutdown,
+        )
+        .await;
+        source_task.abort();
+        status_task.abort();
+        tracing::info!("runtime stopped");
+        Ok(())
+    }
+}

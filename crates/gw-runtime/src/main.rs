@@ -1,0 +1,118 @@
+//! `gw-runtime`: the data plane binary. See `gw-runtime --help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use gw_runtime::logging::{self, LogFormat};
+use gw_runtime::{ConfigSource, Runtime, RuntimeOptions};
+
+/// gw data plane: proxies API traffic with the configuration it receives from a controller
+/// (or reads from a file), and keeps serving when controllers are down.
+#[derive(Debug, Parser)]
+#[command(name = "gw-runtime", version)]
+struct Args {
+    /// Controller sync addresses, comma-separated (`host:port`); the runtime connects to one
+    /// at a time and moves to another when it fails.
+    #[arg(
+        long,
+        env = "GW_CONTROLLER",
+        value_delimiter = ',',
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    controller: Vec<String>,
+
+    /// Standalone mode: serve the APIs of this YAML or JSON file, reloaded when it changes
+    /// (and on SIGHUP).
+    #[arg(long, env = "GW_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// The gateway group whose APIs this runtime serves.
+    #[arg(long, env = "GW_GROUP", default_value = "default")]
+    group: String,
+
+    /// This runtime's id in the fleet view (default: host name and a random suffix).
+    #[arg(long, env = "GW_NODE_ID")]
+    node_id: Option<String>,
+
+    /// Traffic address.
+    #[arg(long, env = "GW_PROXY_ADDR", default_value = "0.0.0.0:8080")]
+    proxy_addr: SocketAddr,
+
+    /// Status and metrics address (`/status`, `/status/ready`, `/metrics`).
+    #[arg(long, env = "GW_STATUS_ADDR", default_value = "0.0.0.0:7085")]
+    status_addr: SocketAddr,
+
+    /// Directory of the last-known-good configuration cache.
+    #[arg(long, env = "GW_DATA_DIR", default_value = "./gw-data")]
+    data_dir: PathBuf,
+
+    /// Address shown for this runtime in the controller's fleet view.
+    #[arg(long, env = "GW_ADVERTISE_ADDRESS")]
+    advertise_address: Option<String>,
+
+    /// Longest wait for in-flight requests on shutdown, in seconds.
+    #[arg(long, env = "GW_DRAIN_TIMEOUT", default_value_t = 30)]
+    drain_timeout: u64,
+
+    /// Worker threads of the async runtime (default: one per core).
+    #[arg(long, env = "GW_WORKER_THREADS")]
+    worker_threads: Option<usize>,
+
+    /// Log format.
+    #[arg(long, env = "GW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    logging::init(args.log_format);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.worker_threads {
+        builder.worker_threads(threads.max(1));
+    }
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let source = match args.config {
+        Some(path) => ConfigSource::File(path),
+        None => ConfigSource::Controllers(args.controller),
+    };
+    let mut options = RuntimeOptions::new(source);
+    options.group = args.group;
+    if let Some(node_id) = args.node_id {
+        options.node_id = node_id;
+    }
+    options.proxy_addr = args.proxy_addr;
+    options.status_addr = args.status_addr;
+    options.data_dir = Some(args.data_dir);
+    options.advertise_address = args.advertise_address;
+    options.listener.drain_timeout = Duration::from_secs(args.drain_timeout);
+    let runtime = Runtime::bind(options).await?;
+    runtime.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

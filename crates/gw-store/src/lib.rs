@@ -1,0 +1,310 @@
+//! gw's store: where controllers keep the desired state and the fleet.
+//!
+//! One [`Store`] trait with two implementations: [`postgres::PgStore`] (shared by every
+//! controller of a cluster) and [`sqlite::SqliteStore`] (an embedded file for a single node).
+//! Migrations are embedded in the binary, one directory per backend.
+//!
+//! Every write commits the resource and its entry in the change log (`changes`, an outbox)
+//! in one transaction, under a global revision taken in that transaction. Writers are
+//! serialized, so revisions become visible in order and a reader that remembers "last seen =
+//! N" never skips a change ([`feed::ChangeFeed`]). On PostgreSQL the transaction ends with
+//! `NOTIFY`; the feed treats it as a hint and also polls, so a lost notification delays a
+//! change by at most one poll interval and never loses it.
+//!
+//! The store knows nothing of the API model: it stores canonical JSON and the routing keys
+//! the caller derives from it.
+#![warn(missing_docs)]
+
+mod error;
+pub mod feed;
+pub mod postgres;
+mod sql;
+pub mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::watch;
+
+pub use error::StoreError;
+
+/// An API as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiRecord {
+    /// The API's name (its id).
+    pub name: String,
+    /// The canonical definition.
+    pub spec: serde_json::Value,
+    /// The revision of the last write to this API; also its ETag.
+    pub revision: i64,
+    /// When it was first created.
+    pub created_at: DateTime<Utc>,
+    /// When it was last written.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A place in the routing table: a context on a host (`*` for any) within a group.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteKey {
+    /// Gateway group.
+    pub group: String,
+    /// Host, or `*`.
+    pub host: String,
+    /// Context.
+    pub context: String,
+}
+
+/// What must hold before a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precondition {
+    /// Nothing: create or replace.
+    #[default]
+    None,
+    /// The resource must not exist ([`StoreError::AlreadyExists`] otherwise).
+    Absent,
+    /// The resource must exist at exactly this revision ([`StoreError::PreconditionFailed`]
+    /// otherwise).
+    Revision(i64),
+}
+
+/// A create-or-replace of an API.
+#[derive(Debug, Clone)]
+pub struct PutApi {
+    /// The API's name.
+    pub name: String,
+    /// The canonical definition.
+    pub spec: serde_json::Value,
+    /// The routing keys it occupies.
+    pub routes: Vec<RouteKey>,
+    /// What must hold first.
+    pub precondition: Precondition,
+}
+
+/// The result of a put.
+#[derive(Debug, Clone)]
+pub struct PutOutcome {
+    /// The API as stored now.
+    pub record: ApiRecord,
+    /// Whether it did not exist before.
+    pub created: bool,
+    /// The definition it replaced, if any.
+    pub previous: Option<serde_json::Value>,
+}
+
+/// The result of a delete.
+#[derive(Debug, Clone)]
+pub struct DeleteOutcome {
+    /// The revision of the delete.
+    pub revision: i64,
+    /// The API as it was.
+    pub previous: ApiRecord,
+}
+
+/// What a change did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeOp {
+    /// The resource was created or replaced with this definition.
+    Upsert(serde_json::Value),
+    /// The resource was deleted.
+    Delete,
+}
+
+/// One entry of the change log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// Its revision; revisions are dense and increase by one per change.
+    pub revision: i64,
+    /// The resource kind (`api`).
+    pub kind: String,
+    /// The resource name.
+    pub name: String,
+    /// What happened.
+    pub op: ChangeOp,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// The full state at one revision.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The revision the state is at.
+    pub revision: i64,
+    /// Every API.
+    pub apis: Vec<ApiRecord>,
+}
+
+/// A runtime as the fleet view shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeRecord {
+    /// The runtime's node id.
+    pub node_id: String,
+    /// The gateway group it serves.
+    pub group: String,
+    /// The controller it is (or was last) connected to.
+    pub controller_id: String,
+    /// Identifies one connection; updates from an older connection are ignored.
+    pub session_id: String,
+    /// The runtime's address as the controller saw it.
+    pub address: String,
+    /// The runtime's version.
+    pub runtime_version: String,
+    /// The last revision it acknowledged.
+    pub applied_revision: i64,
+    /// Whether its stream is open.
+    pub connected: bool,
+    /// When its current (or last) stream opened.
+    pub connected_at: DateTime<Utc>,
+    /// When it was last heard from.
+    pub last_seen: DateTime<Utc>,
+    /// Its last rejection of a configuration.
+    pub last_error: Option<String>,
+    /// The revision it rejected.
+    pub last_error_revision: Option<i64>,
+}
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL, shared by a cluster of controllers.
+    Postgres,
+    /// An embedded SQLite file, for one node.
+    Sqlite,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        })
+    }
+}
+
+/// The desired state and the fleet, on PostgreSQL or SQLite.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// The database behind this store.
+    fn backend(&self) -> Backend;
+
+    /// A counter that changes whenever new changes may be readable (a notification arrived,
+    /// or the notification channel reconnected and notifications may have been lost). The
+    /// feed waits on it and then re-reads; it is a hint, never the data.
+    fn hints(&self) -> watch::Receiver<u64>;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Creates or replaces an API and appends the change, in one transaction.
+    async fn put_api(&self, put: PutApi) -> Result<PutOutcome, StoreError>;
+
+    /// Deletes an API and appends the change, in one transaction.
+    async fn delete_api(
+        &self,
+        name: &str,
+        precondition: Precondition,
+    ) -> Result<DeleteOutcome, StoreError>;
+
+    /// One API.
+    async fn get_api(&self, name: &str) -> Result<Option<ApiRecord>, StoreError>;
+
+    /// Every API, by name, and the revision the list is at.
+    async fn snapshot(&self) -> Result<Snapshot, StoreError>;
+
+    /// The newest revision.
+    async fn current_revision(&self) -> Result<i64, StoreError>;
+
+    /// Up to `limit` changes with a revision above `after`, in revision order; or
+    /// [`StoreError::Compacted`] when some of them are no longer in the log.
+    async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError>;
+
+    /// Deletes the changes at or below `through` from the log; readers behind it get
+    /// [`StoreError::Compacted`] and start over from a snapshot. Returns how many went.
+    async fn compact(&self, through: i64) -> Result<u64, StoreError>;
+
+    /// Records a runtime that has just connected (a new session), replacing its row.
+    async fn register_runtime(&self, runtime: &RuntimeRecord) -> Result<(), StoreError>;
+
+    /// Updates a runtime's row if its session is still the current one; returns whether it
+    /// did (a runtime that moved to another controller is no longer ours to update).
+    async fn update_runtime(&self, runtime: &RuntimeRecord) -> Result<bool, StoreError>;
+
+    /// Every runtime, by node id.
+    async fn list_runtimes(&self) -> Result<Vec<RuntimeRecord>, StoreError>;
+
+    /// Deletes runtimes last seen before `cutoff`; returns how many went.
+    async fn prune_runtimes(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Longest wait for a connection or a statement before [`StoreError::Unavailable`].
+    pub timeout: Duration,
+    /// Most connections in the pool.
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            max_connections: 10,
+        }
+    }
+}
+
+/// Opens the store at `url` (`postgres://…` or `sqlite://…`) and runs its migrations.
+pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::open(url, options).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url, options).await?))
+    } else {
+        Err(StoreError::InvalidUrl(
+            "the database URL must start with postgres://, postgresql:// or sqlite:".to_string(),
+        ))
+    }
+}
+
+/// Applies a precondition to the revision of the existing row (if any).
+fn check_precondition(
+    name: &str,
+    precondition: Precondition,
+    existing: Option<i64>,
+) -> Result<(), StoreError> {
+    match (precondition, existing) {
+        (Precondition::Absent, Some(_)) => Err(StoreError::AlreadyExists {
+            name: name.to_string(),
+        }),
+        (Precondition::Revision(expected), actual) if actual != Some(expected) => {
+            Err(StoreError::PreconditionFailed {
+                name: name.to_string(),
+                expected,
+                actual,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Turns a stored `op` and `spec` into a [`ChangeOp`].
+fn change_op(op: &str, spec: Option<serde_json::Value>) -> Result<ChangeOp, StoreError> {
+    match (op, spec) {
+        ("upsert", Some(spec)) => Ok(ChangeOp::Upsert(spec)),
+        ("delete", _) => Ok(ChangeOp::Delete),
+        (other, _) => Err(StoreError::Corrupt(format!(
+            "change with op {other:?} and no spec"
+        ))),
+    }
+}
+
+/// The name of the notification channel on PostgreSQL.
+pub const NOTIFY_CHANNEL: &str = "gw_changes";

@@ -1,0 +1,345 @@
+//! The runtime side: a stream to one controller at a time, resumed on any of them.
+//!
+//! [`SyncClient::run`] connects to one of its controller addresses (starting at a random one,
+//! so that runtimes spread), says Hello with the revision its [`Applier`] serves, applies each
+//! Snapshot or Delta through the applier and answers Ack or Nack. When the stream fails, or
+//! the controller goes silent for three heartbeat intervals, it moves to the next address
+//! after a backoff with full jitter (short after a healthy session, growing while nothing
+//! answers).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use crate::proto::config_sync_client::ConfigSyncClient;
+use crate::proto::{
+    Ack, ControllerMessage, Heartbeat, Hello, Nack, Resource, ResourceRef, RuntimeMessage,
+    controller_message, runtime_message,
+};
+use crate::{PROTOCOL_VERSION, unix_millis};
+
+/// Applies configurations received from a controller. Implemented by the runtime.
+#[async_trait]
+pub trait Applier: Send + Sync + 'static {
+    /// The revision currently served (0: none). Sent in Hello to resume.
+    fn applied_revision(&self) -> i64;
+
+    /// Replaces the whole configuration. On error, the previous one must stay in service.
+    async fn apply_snapshot(
+        &self,
+        revision: i64,
+        resources: Vec<Resource>,
+    ) -> Result<(), Vec<String>>;
+
+    /// Applies a delta whose `from_revision` is at most [`Applier::applied_revision`]. On
+    /// error, the previous configuration must stay in service.
+    async fn apply_delta(
+        &self,
+        revision: i64,
+        upserts: Vec<Resource>,
+        removals: Vec<ResourceRef>,
+    ) -> Result<(), Vec<String>>;
+}
+
+/// How the client connects and identifies itself.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Controller addresses (`http://host:port` or `host:port`); tried in turn.
+    pub controllers: Vec<String>,
+    /// This runtime's node id.
+    pub node_id: String,
+    /// The group it serves.
+    pub group: String,
+    /// Its version.
+    pub runtime_version: String,
+    /// The policies it can build.
+    pub supported_policies: Vec<String>,
+    /// Where it serves traffic (informational, shown in the fleet view).
+    pub advertise_address: String,
+    /// Time allowed to open a connection.
+    pub connect_timeout: Duration,
+    /// A heartbeat goes to the controller this often; three missed ones from the controller
+    /// end the stream.
+    pub heartbeat_interval: Duration,
+    /// First backoff after a failure.
+    pub initial_backoff: Duration,
+    /// Longest backoff.
+    pub max_backoff: Duration,
+}
+
+impl ClientOptions {
+    /// Options with the default timings.
+    pub fn new(controllers: Vec<String>, node_id: String, group: String) -> Self {
+        Self {
+            controllers,
+            node_id,
+            group,
+            runtime_version: String::new(),
+            supported_policies: Vec::new(),
+            advertise_address: String::new(),
+            connect_timeout: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(10),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the client is doing, for status pages and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientStatus {
+    /// The controller the stream is open to.
+    pub connected_to: Option<String>,
+    /// The last connection or protocol error.
+    pub last_error: Option<String>,
+    /// The last refusal reason from a controller (incompatible runtime).
+    pub refused: Option<String>,
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("invalid controller address {0:?}")]
+    Address(String),
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream failed: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("the controller sent nothing for {0:?}")]
+    Silent(Duration),
+    #[error("the controller refused this runtime: {0}")]
+    Refused(String),
+    #[error("delta from revision {from} does not apply to revision {applied}; resyncing")]
+    DeltaBase { from: i64, applied: i64 },
+    #[error("the outbound stream closed")]
+    Closed,
+}
+
+/// The runtime's sync client; see the module docs.
+#[derive(Debug)]
+pub struct SyncClient<A> {
+    options: ClientOptions,
+    applier: Arc<A>,
+    status: watch::Sender<ClientStatus>,
+}
+
+impl<A: Applier> SyncClient<A> {
+    /// A client that applies through `applier`.
+    pub fn new(options: ClientOptions, applier: Arc<A>) -> Self {
+        Self {
+            options,
+            applier,
+            status: watch::channel(ClientStatus::default()).0,
+        }
+    }
+
+    /// Follows the client's status.
+    pub fn status(&self) -> watch::Receiver<ClientStatus> {
+        self.status.subscribe()
+    }
+
+    /// Runs until the task is dropped or aborted.
+    pub async fn run(self) {
+        let count = self.options.controllers.len();
+        if count == 0 {
+            tracing::error!("no controller address configured; the sync client is idle");
+            return std::future::pending().await;
+        }
+        let mut index = rand::random_range(0..count);
+        let mut failures: u32 = 0;
+        loop {
+            let address = normalize_address(&self.options.controllers[index % count]);
+            let mut healthy = false;
+            let result = self.session(&address, &mut healthy).await;
+            self.status.send_modify(|s| s.connected_to = None);
+            match result {
+                Ok(()) => {
+                    tracing::info!(controller = %address, "sync stream closed by the controller")
+                }
+                Err(err) => {
+                    tracing::warn!(controller = %address, error = %err, "sync stream failed");
+                    self.status.send_modify(|s| {
+                        s.last_error = Some(err.to_string());
+                        if let SessionError::Refused(reason) = &err {
+                            s.refused = Some(reason.clone());
+                        }
+                    });
+                }
+            }
+            failures = if healthy {
+                0
+            } else {
+                failures.saturating_add(1)
+            };
+            index = index.wrapping_add(1);
+            tokio::time::sleep(self.backoff(failures)).await;
+        }
+    }
+
+    /// Full jitter: a random wait up to `initial * 2^failures`, capped.
+    fn backoff(&self, failures: u32) -> Duration {
+        let ceiling = self
+            .options
+            .initial_backoff
+            .saturating_mul(1u32 << failures.min(16))
+            .min(self.options.max_backoff);
+        let millis = u64::try_from(ceiling.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Duration::from_millis(rand::random_range(millis / 2..=millis))
+    }
+
+    async fn session(&self, address: &str, healthy: &mut bool) -> Result<(), SessionError> {
+        let endpoint = Endpoint::from_shared(address.to_string())
+            .map_err(|_| SessionError::Address(address.to_string()))?
+            .connect_timeout(self.options.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(self.options.heartbeat_interval)
+            .keep_alive_timeout(self.options.heartbeat_interval)
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect().await?;
+        let mut client = ConfigSyncClient::new(channel);
+        let (tx, rx) = mpsc::channel::<RuntimeMessage>(8);
+        let hello = Hello {
+            node_id: self.options.node_id.clone(),
+            group: self.options.group.clone(),
+            runtime_version: self.options.runtime_version.clone(),
+            protocol_version: PROTOCOL_VERSION,
+            applied_revision: self.applier.applied_revision(),
+            supported_policies: self.options.supported_policies.clone(),
+            advertise_address: self.options.advertise_address.clone(),
+        };
+        tracing::debug!(controller = %address, applied = hello.applied_revision, "saying hello");
+        send(&tx, runtime_message::Message::Hello(hello)).await?;
+        let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+
+        let silence = self.options.heartbeat_interval.saturating_mul(3);
+        let mut heartbeat = tokio::time::interval(self.options.heartbeat_interval);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                message = tokio::time::timeout(silence, inbound.message()) => {
+                    let Ok(message) = message else {
+                        return Err(SessionError::Silent(silence));
+                    };
+                    let Some(ControllerMessage { message }) = message? else {
+                        return Ok(());
+                    };
+                    let Some(message) = message else { continue };
+                    self.handle(message, &tx, address, healthy).await?;
+                }
+                _ = heartbeat.tick() => {
+                    let beat = Heartbeat {
+                        revision: self.applier.applied_revision(),
+                        unix_millis: unix_millis(),
+                    };
+                    send(&tx, runtime_message::Message::Heartbeat(beat)).await?;
+                }
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        message: controller_message::Message,
+        tx: &mpsc::Sender<RuntimeMessage>,
+        address: &str,
+        healthy: &mut bool,
+    ) -> Result<(), SessionError> {
+        let (nonce, revision, result) = match message {
+            controller_message::Message::Snapshot(snapshot) => {
+                let result = self
+                    .applier
+                    .apply_snapshot(snapshot.revision, snapshot.resources)
+                    .await;
+                (snapshot.nonce, snapshot.revision, result)
+            }
+            controller_message::Message::Delta(delta) => {
+                let applied = self.applier.applied_revision();
+                if delta.from_revision > applied {
+                    // We are behind what the controller thinks: say so and start over with a
+                    // Hello that carries our real revision.
+                    let reason = format!(
+                        "delta from revision {} does not apply to revision {applied}",
+                        delta.from_revision
+                    );
+                    send_nack(tx, delta.nonce, delta.revision, vec![reason]).await?;
+                    return Err(SessionError::DeltaBase {
+                        from: delta.from_revision,
+                        applied,
+                    });
+                }
+                let result = self
+                    .applier
+                    .apply_delta(delta.revision, delta.upserts, delta.removals)
+                    .await;
+                (delta.nonce, delta.revision, result)
+            }
+            controller_message::Message::Heartbeat(_) => return Ok(()),
+            controller_message::Message::Refusal(refusal) => {
+                tracing::error!(controller = %address, reason = %refusal.reason, "controller refused this runtime");
+                return Err(SessionError::Refused(refusal.reason));
+            }
+        };
+        if !*healthy {
+            *healthy = true;
+            self.status.send_modify(|s| {
+                s.connected_to = Some(address.to_string());
+                s.refused = None;
+            });
+            tracing::info!(controller = %address, "sync stream established");
+        }
+        match result {
+            Ok(()) => {
+                let ack = Ack { nonce, revision };
+                send(tx, runtime_message::Message::Ack(ack)).await
+            }
+            Err(errors) => {
+                tracing::warn!(
+                    revision,
+                    ?errors,
+                    "configuration rejected; keeping the previous one"
+                );
+                send_nack(tx, nonce, revision, errors).await
+            }
+        }
+    }
+}
+
+async fn send(
+    tx: &mpsc::Sender<RuntimeMessage>,
+    message: runtime_message::Message,
+) -> Result<(), SessionError> {
+    tx.send(RuntimeMessage {
+        message: Some(message),
+    })
+    .await
+    .map_err(|_| SessionError::Closed)
+}
+
+async fn send_nack(
+    tx: &mpsc::Sender<RuntimeMessage>,
+    nonce: String,
+    revision: i64,
+    errors: Vec<String>,
+) -> Result<(), SessionError> {
+    let nack = Nack {
+        nonce,
+        revision,
+        errors,
+    };
+    send(tx, runtime_message::Message::Nack(nack)).await
+}
+
+/// `host:port` becomes `http://host:port`; URLs are kept.
+fn normalize_address(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
+}

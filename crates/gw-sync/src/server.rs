@@ -1,0 +1,438 @@
+//! The controller side: one session per runtime stream.
+//!
+//! A session reads the runtime's Hello, checks it, and sends a Delta from the runtime's
+//! applied revision (or a Snapshot when the history does not reach back that far, or the
+//! runtime is ahead of this controller even after waiting for it to catch up). From then on
+//! it keeps at most one configuration message in flight: when it is acknowledged and the
+//! desired state has moved on, the next Delta goes out from the acknowledged revision, so a
+//! slow runtime gets one merged delta, never a queue. A rejected revision is not sent again;
+//! the next change produces a delta from the last acknowledged revision that includes it.
+//!
+//! Sessions never block on the store: fleet events go to a [`FleetObserver`], whose
+//! implementation records them without waiting on I/O.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use futures_util::Stream;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::proto::config_sync_server::{ConfigSync, ConfigSyncServer};
+use crate::proto::{
+    ControllerMessage, Delta, Heartbeat, Hello, Refusal, RuntimeMessage, Snapshot,
+    controller_message, runtime_message,
+};
+use crate::state::DesiredState;
+use crate::{PROTOCOL_VERSION, unix_millis};
+
+/// One runtime's connection, as the fleet view records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The runtime's node id.
+    pub node_id: String,
+    /// Its gateway group.
+    pub group: String,
+    /// Unique per stream.
+    pub session_id: String,
+    /// The runtime's version.
+    pub runtime_version: String,
+    /// The address the runtime advertises, or else its address as seen by the controller.
+    pub address: String,
+    /// When the stream opened.
+    pub connected_at: SystemTime,
+}
+
+/// Receives fleet events. Implementations must not block: record in memory and persist in
+/// the background.
+pub trait FleetObserver: Send + Sync + 'static {
+    /// A runtime connected, serving `applied_revision`.
+    fn connected(&self, session: &SessionInfo, applied_revision: i64);
+    /// It acknowledged `revision`.
+    fn applied(&self, session: &SessionInfo, revision: i64);
+    /// It refused `revision` and keeps serving its previous configuration.
+    fn rejected(&self, session: &SessionInfo, revision: i64, errors: &[String]);
+    /// It sent a heartbeat.
+    fn seen(&self, session: &SessionInfo, applied_revision: i64);
+    /// Its stream ended.
+    fn disconnected(&self, session: &SessionInfo, applied_revision: i64);
+    /// It was refused before a session started (bad Hello, incompatible protocol).
+    fn refused(&self, node_id: &str, reason: &str);
+}
+
+/// Timings of the server side.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// A heartbeat goes to each runtime this often.
+    pub heartbeat_interval: Duration,
+    /// A runtime that sends nothing for this long is disconnected.
+    pub idle_timeout: Duration,
+    /// The Hello must arrive within this time.
+    pub hello_timeout: Duration,
+    /// How long to wait for this controller to catch up with a runtime that is ahead of it
+    /// before sending it a snapshot.
+    pub catch_up_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(35),
+            hello_timeout: Duration::from_secs(10),
+            catch_up_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The gRPC service; see the module docs.
+#[derive(Clone)]
+pub struct SyncServer {
+    state: Arc<DesiredState>,
+    observer: Arc<dyn FleetObserver>,
+    options: ServerOptions,
+    controller_id: Arc<str>,
+    sessions: Arc<AtomicU64>,
+    /// Turns true when the server shuts down; sessions end their streams then.
+    stopping: Arc<watch::Sender<bool>>,
+}
+
+impl std::fmt::Debug for SyncServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncServer")
+            .field("controller_id", &self.controller_id)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncServer {
+    /// A server of `state` that reports to `observer`.
+    pub fn new(
+        controller_id: &str,
+        state: Arc<DesiredState>,
+        observer: Arc<dyn FleetObserver>,
+        options: ServerOptions,
+    ) -> Self {
+        Self {
+            state,
+            observer,
+            options,
+            controller_id: controller_id.into(),
+            sessions: Arc::new(AtomicU64::new(0)),
+            stopping: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Ends every session's stream, so that runtimes move to another controller at once.
+    /// [`SyncServer::serve`] does this when its shutdown signal fires; a caller that mounts
+    /// [`SyncServer::into_service`] on its own server calls it before shutting that down.
+    pub fn stop_sessions(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// The tonic service, to mount on a server of the caller's.
+    pub fn into_service(self) -> ConfigSyncServer<Self> {
+        ConfigSyncServer::new(self)
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then ends every session.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let stopping = Arc::clone(&self.stopping);
+        let shutdown = async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        };
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(self.into_service())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await
+    }
+
+    fn check_hello(hello: &Hello) -> Result<(), String> {
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(format!(
+                "protocol version {} is not supported by this controller (it speaks {PROTOCOL_VERSION}); \
+                 upgrade the runtime or the controller so that they match",
+                hello.protocol_version
+            ));
+        }
+        let valid_id = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        };
+        if !valid_id(&hello.node_id) {
+            return Err(format!(
+                "invalid node id {:?}: 1 to 253 letters, digits, '-', '_', '.' or ':'",
+                hello.node_id
+            ));
+        }
+        if !valid_id(&hello.group) {
+            return Err(format!("invalid group {:?}", hello.group));
+        }
+        if hello.applied_revision < 0 {
+            return Err("applied revision must not be negative".to_string());
+        }
+        Ok(())
+    }
+}
+
+type OutboundStream = Pin<Box<dyn Stream<Item = Result<ControllerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ConfigSync for SyncServer {
+    type StreamStream = OutboundStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<RuntimeMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(self.options.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello received"))??;
+        let Some(RuntimeMessage {
+            message: Some(runtime_message::Message::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument("the first message must be Hello"));
+        };
+        let (tx, rx) = mpsc::channel(4);
+        if let Err(reason) = Self::check_hello(&hello) {
+            tracing::warn!(node = %hello.node_id, %reason, "refusing runtime");
+            self.observer.refused(&hello.node_id, &reason);
+            let refusal = ControllerMessage {
+                message: Some(controller_message::Message::Refusal(Refusal { reason })),
+            };
+            // the channel has room: this cannot fail
+            let _ = tx.try_send(Ok(refusal));
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
+        let number = self.sessions.fetch_add(1, Ordering::Relaxed);
+        let session = Session {
+            info: SessionInfo {
+                session_id: format!(
+                    "{}-{}-{:08x}",
+                    self.controller_id,
+                    number,
+                    rand::random::<u32>()
+                ),
+                address: advertised_or_peer(&hello.advertise_address, peer),
+                node_id: hello.node_id,
+                group: hello.group,
+                runtime_version: hello.runtime_version,
+                connected_at: SystemTime::now(),
+            },
+            acked: hello.applied_revision,
+            state: Arc::clone(&self.state),
+            observer: Arc::clone(&self.observer),
+            options: self.options.clone(),
+            tx,
+            nonces: 0,
+            stopping: self.stopping.subscribe(),
+        };
+        tracing::info!(
+            node = %session.info.node_id, group = %session.info.group,
+            applied = session.acked, address = %session.info.address, "runtime connected"
+        );
+        tokio::spawn(session.run(inbound));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Completes once `stopping` turns true (never, if its sender is gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    if stopping.wait_for(|stopping| *stopping).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn advertised_or_peer(advertised: &str, peer: Option<SocketAddr>) -> String {
+    if advertised.is_empty() {
+        peer.map(|p| p.to_string()).unwrap_or_default()
+    } else {
+        advertised.chars().take(256).collect()
+    }
+}
+
+struct Session {
+    info: SessionInfo,
+    /// The revision the runtime serves.
+    acked: i64,
+    state: Arc<DesiredState>,
+    observer: Arc<dyn FleetObserver>,
+    options: ServerOptions,
+    tx: mpsc::Sender<Result<ControllerMessage, Status>>,
+    nonces: u64,
+    stopping: watch::Receiver<bool>,
+}
+
+/// Why a session ended.
+enum End {
+    Closed,
+    Idle,
+    Stopping,
+    Protocol(String),
+}
+
+impl Session {
+    async fn run(mut self, mut inbound: Streaming<RuntimeMessage>) {
+        self.observer.connected(&self.info, self.acked);
+        let end = self.serve(&mut inbound).await;
+        match end {
+            End::Closed => tracing::info!(node = %self.info.node_id, "runtime disconnected"),
+            End::Stopping => {
+                tracing::info!(node = %self.info.node_id, "controller stopping; closing runtime stream");
+            }
+            End::Idle => tracing::warn!(
+                node = %self.info.node_id,
+                "runtime sent nothing for {:?}; closing its stream", self.options.idle_timeout
+            ),
+            End::Protocol(reason) => {
+                tracing::warn!(node = %self.info.node_id, %reason, "closing runtime stream");
+                let _ = self.tx.try_send(Err(Status::invalid_argument(reason)));
+            }
+        }
+        self.observer.disconnected(&self.info, self.acked);
+    }
+
+    async fn serve(&mut self, inbound: &mut Streaming<RuntimeMessage>) -> End {
+        let mut revisions = self.state.subscribe();
+        // A runtime ahead of this controller was served by a controller that has seen newer
+        // changes: give ours a moment to catch up rather than roll the runtime back.
+        if self.acked > self.state.revision() {
+            self.state
+                .wait_for(self.acked, self.options.catch_up_timeout)
+                .await;
+        }
+        // Always answer the Hello, even with an empty delta: the runtime learns it is in sync.
+        let mut in_flight: Option<(String, i64)> = match self.send_update().await {
+            Some(sent) => Some(sent),
+            None => return End::Closed,
+        };
+        let mut rejected: i64 = 0;
+        let mut heartbeat = tokio::time::interval(self.options.heartbeat_interval);
+        heartbeat.tick().await;
+        let mut idle_deadline = tokio::time::Instant::now() + self.options.idle_timeout;
+        loop {
+            tokio::select! {
+                message = inbound.message() => {
+                    idle_deadline = tokio::time::Instant::now() + self.options.idle_timeout;
+                    let message = match message {
+                        Ok(Some(RuntimeMessage { message: Some(m) })) => m,
+                        Ok(Some(RuntimeMessage { message: None })) => continue,
+                        Ok(None) | Err(_) => return End::Closed,
+                    };
+                    match message {
+                        runtime_message::Message::Ack(ack) => {
+                            if in_flight.as_ref().is_some_and(|(n, _)| *n == ack.nonce) {
+                                in_flight = None;
+                                self.acked = ack.revision;
+                                self.observer.applied(&self.info, ack.revision);
+                            }
+                        }
+                        runtime_message::Message::Nack(nack) => {
+                            if in_flight.as_ref().is_some_and(|(n, _)| *n == nack.nonce) {
+                                in_flight = None;
+                                rejected = nack.revision;
+                                tracing::warn!(
+                                    node = %self.info.node_id, revision = nack.revision,
+                                    errors = ?nack.errors, "runtime rejected a configuration"
+                                );
+                                self.observer.rejected(&self.info, nack.revision, &nack.errors);
+                            }
+                        }
+                        runtime_message::Message::Heartbeat(_) => {
+                            self.observer.seen(&self.info, self.acked);
+                        }
+                        runtime_message::Message::Hello(_) => {
+                            return End::Protocol("Hello sent twice on one stream".to_string());
+                        }
+                    }
+                }
+                changed = revisions.changed() => {
+                    if changed.is_err() {
+                        return End::Closed;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let beat = ControllerMessage {
+                        message: Some(controller_message::Message::Heartbeat(Heartbeat {
+                            revision: self.state.revision(),
+                            unix_millis: unix_millis(),
+                        })),
+                    };
+                    if self.tx.send(Ok(beat)).await.is_err() {
+                        return End::Closed;
+                    }
+                }
+                () = tokio::time::sleep_until(idle_deadline) => return End::Idle,
+                () = stopped(&mut self.stopping) => return End::Stopping,
+            }
+            let newest = self.state.revision();
+            if in_flight.is_none() && newest > self.acked.max(rejected) {
+                match self.send_update().await {
+                    Some(sent) => in_flight = Some(sent),
+                    None => return End::Closed,
+                }
+            }
+        }
+    }
+
+    /// Sends a Delta from the acknowledged revision, or a Snapshot; returns the nonce and
+    /// revision sent, or `None` when the runtime is gone.
+    async fn send_update(&mut self) -> Option<(String, i64)> {
+        self.nonces += 1;
+        let nonce = format!("{}-{}", self.info.session_id, self.nonces);
+        let group = &self.info.group;
+        // a runtime with nothing applied gets the whole state as such
+        let delta = if self.acked > 0 {
+            self.state.delta(group, self.acked)
+        } else {
+            None
+        };
+        let (revision, message) = match delta {
+            Some(delta) => (
+                delta.revision,
+                controller_message::Message::Delta(Delta {
+                    nonce: nonce.clone(),
+                    from_revision: self.acked,
+                    revision: delta.revision,
+                    upserts: delta.upserts,
+                    removals: delta.removals,
+                }),
+            ),
+            None => {
+                let (revision, resources) = self.state.snapshot(group);
+                (
+                    revision,
+                    controller_message::Message::Snapshot(Snapshot {
+                        nonce: nonce.clone(),
+                        revision,
+                        resources,
+                    }),
+                )
+            }
+        };
+        let message = ControllerMessage {
+            message: Some(message),
+        };
+        self.tx.send(Ok(message)).await.ok()?;
+        Some((nonce, revision))
+    }
+}

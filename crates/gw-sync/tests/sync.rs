@@ -1,0 +1,311 @@
+//! Server and client over real gRPC streams on loopback.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gw_sync::client::{Applier, ClientOptions, SyncClient};
+use gw_sync::proto::{Resource, ResourceRef};
+use gw_sync::server::{FleetObserver, ServerOptions, SessionInfo, SyncServer};
+use gw_sync::state::{DesiredState, Entry, StateChange};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A runtime's configuration in memory; refuses any resource named `bad`.
+#[derive(Default)]
+struct MemoryApplier {
+    inner: Mutex<(i64, BTreeMap<String, i64>, Vec<&'static str>)>,
+}
+
+impl MemoryApplier {
+    fn revision(&self) -> i64 {
+        self.inner.lock().unwrap().0
+    }
+    fn names(&self) -> Vec<String> {
+        self.inner.lock().unwrap().1.keys().cloned().collect()
+    }
+    fn kinds(&self) -> Vec<&'static str> {
+        self.inner.lock().unwrap().2.clone()
+    }
+}
+
+#[async_trait]
+impl Applier for MemoryApplier {
+    fn applied_revision(&self) -> i64 {
+        self.revision()
+    }
+
+    async fn apply_snapshot(
+        &self,
+        revision: i64,
+        resources: Vec<Resource>,
+    ) -> Result<(), Vec<String>> {
+        if resources.iter().any(|r| r.name == "bad") {
+            return Err(vec!["bad is bad".into()]);
+        }
+        let mut inner = self.inner.lock().unwrap();
+        inner.0 = revision;
+        inner.1 = resources
+            .into_iter()
+            .map(|r| (r.name, r.revision))
+            .collect();
+        inner.2.push("snapshot");
+        Ok(())
+    }
+
+    async fn apply_delta(
+        &self,
+        revision: i64,
+        upserts: Vec<Resource>,
+        removals: Vec<ResourceRef>,
+    ) -> Result<(), Vec<String>> {
+        if upserts.iter().any(|r| r.name == "bad") {
+            return Err(vec!["bad is bad".into()]);
+        }
+        let mut inner = self.inner.lock().unwrap();
+        inner.0 = revision;
+        for r in upserts {
+            inner.1.insert(r.name, r.revision);
+        }
+        for r in removals {
+            inner.1.remove(&r.name);
+        }
+        inner.2.push("delta");
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Events(Mutex<Vec<String>>);
+
+impl Events {
+    fn contains(&self, needle: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|e| e.contains(needle))
+    }
+}
+
+impl FleetObserver for Events {
+    fn connected(&self, s: &SessionInfo, applied: i64) {
+        self.0.lock().unwrap().push(format!(
+            "connected {} {} {applied}",
+            s.node_id, s.session_id
+        ));
+    }
+    fn applied(&self, s: &SessionInfo, revision: i64) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("applied {} {revision}", s.node_id));
+    }
+    fn rejected(&self, s: &SessionInfo, revision: i64, errors: &[String]) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("rejected {} {revision} {errors:?}", s.node_id));
+    }
+    fn seen(&self, _: &SessionInfo, _: i64) {}
+    fn disconnected(&self, s: &SessionInfo, applied: i64) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("disconnected {} {applied}", s.node_id));
+    }
+    fn refused(&self, node_id: &str, reason: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("refused {node_id} {reason}"));
+    }
+}
+
+fn change(revision: i64, name: &str, groups: &[&str]) -> StateChange {
+    StateChange {
+        revision,
+        name: name.into(),
+        entry: Some(Entry {
+            groups: groups.iter().map(ToString::to_string).collect(),
+            resource: Resource {
+                kind: "api".into(),
+                name: name.into(),
+                revision,
+                body: b"{}".to_vec(),
+            },
+        }),
+    }
+}
+
+fn delete(revision: i64, name: &str) -> StateChange {
+    StateChange {
+        revision,
+        name: name.into(),
+        entry: None,
+    }
+}
+
+struct Controller {
+    address: String,
+    task: JoinHandle<()>,
+}
+
+async fn controller(id: &str, state: &Arc<DesiredState>, events: &Arc<Events>) -> Controller {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let server = SyncServer::new(
+        id,
+        Arc::clone(state),
+        Arc::clone(events) as Arc<dyn FleetObserver>,
+        ServerOptions::default(),
+    );
+    let task = tokio::spawn(async move {
+        server
+            .serve(listener, std::future::pending())
+            .await
+            .unwrap();
+    });
+    Controller { address, task }
+}
+
+fn client(
+    controllers: Vec<String>,
+    node: &str,
+    group: &str,
+    applier: &Arc<MemoryApplier>,
+) -> JoinHandle<()> {
+    let mut options = ClientOptions::new(controllers, node.into(), group.into());
+    options.initial_backoff = Duration::from_millis(20);
+    options.max_backoff = Duration::from_millis(200);
+    let client = SyncClient::new(options, Arc::clone(applier));
+    tokio::spawn(client.run())
+}
+
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn snapshot_then_deltas_per_group_with_acks() {
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([change(1, "a", &["default"]), change(2, "b", &["edge"])]);
+    let events = Arc::new(Events::default());
+    let ctl = controller("ctl-a", &state, &events).await;
+    let rt = Arc::new(MemoryApplier::default());
+    let _client = client(vec![ctl.address.clone()], "rt-1", "default", &rt);
+
+    eventually("the snapshot", || rt.revision() == 2).await;
+    assert_eq!(rt.names(), ["a"]);
+    assert_eq!(rt.kinds(), ["snapshot"]);
+    eventually("the ack", || events.contains("applied rt-1 2")).await;
+
+    state.apply([change(3, "c", &["default", "edge"]), delete(4, "a")]);
+    eventually("the delta", || rt.revision() == 4).await;
+    assert_eq!(rt.names(), ["c"]);
+    assert_eq!(*rt.kinds().last().unwrap(), "delta");
+
+    // a change in another group still moves the runtime's revision, with an empty delta
+    state.apply([change(5, "b", &["edge"])]);
+    eventually("the empty delta", || rt.revision() == 5).await;
+    assert_eq!(rt.names(), ["c"]);
+}
+
+#[tokio::test]
+async fn rejected_config_is_reported_and_fixed_by_the_next_change() {
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([change(1, "a", &["default"])]);
+    let events = Arc::new(Events::default());
+    let ctl = controller("ctl-a", &state, &events).await;
+    let rt = Arc::new(MemoryApplier::default());
+    let _client = client(vec![ctl.address.clone()], "rt-1", "default", &rt);
+    eventually("the snapshot", || rt.revision() == 1).await;
+
+    state.apply([change(2, "bad", &["default"])]);
+    eventually("the rejection", || events.contains("rejected rt-1 2")).await;
+    assert_eq!(rt.revision(), 1, "the rejected config must not be applied");
+
+    // the fix: remove the bad resource; the delta from the last ack covers both changes
+    state.apply([delete(3, "bad"), change(4, "d", &["default"])]);
+    eventually("the fix", || rt.revision() == 4).await;
+    assert_eq!(rt.names(), ["a", "d"]);
+}
+
+#[tokio::test]
+async fn fails_over_to_another_controller_and_resumes_with_a_delta() {
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([change(1, "a", &["default"])]);
+    let events = Arc::new(Events::default());
+    let a = controller("ctl-a", &state, &events).await;
+    let b = controller("ctl-b", &state, &events).await;
+    let rt = Arc::new(MemoryApplier::default());
+    let _client = client(
+        vec![a.address.clone(), b.address.clone()],
+        "rt-1",
+        "default",
+        &rt,
+    );
+    eventually("the snapshot", || rt.revision() == 1).await;
+
+    // kill the controller the runtime is on; the other one serves the same state
+    let (dead, alive) = if events.contains("connected rt-1 ctl-a") {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    dead.task.abort();
+    state.apply([change(2, "b", &["default"])]);
+    eventually("resumed on the other controller", || rt.revision() == 2).await;
+    assert_eq!(rt.names(), ["a", "b"]);
+    assert_eq!(
+        rt.kinds(),
+        ["snapshot", "delta"],
+        "resumed with a delta, not a snapshot"
+    );
+    alive.task.abort();
+}
+
+#[tokio::test]
+async fn incompatible_runtime_is_refused_with_a_reason() {
+    let state = Arc::new(DesiredState::new(1000));
+    let events = Arc::new(Events::default());
+    let ctl = controller("ctl-a", &state, &events).await;
+    let rt = Arc::new(MemoryApplier::default());
+    // an invalid node id stands in for any Hello the controller must refuse
+    let _client = client(vec![ctl.address.clone()], "bad node id!", "default", &rt);
+    eventually("the refusal", || events.contains("refused bad node id!")).await;
+    assert_eq!(rt.revision(), 0);
+}
+
+#[tokio::test]
+async fn stopping_the_server_ends_the_streams() {
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([change(1, "a", &["default"])]);
+    let events = Arc::new(Events::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let server = SyncServer::new(
+        "ctl-a",
+        Arc::clone(&state),
+        Arc::clone(&events) as Arc<dyn FleetObserver>,
+        ServerOptions::default(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let rt = Arc::new(MemoryApplier::default());
+    let _client = client(vec![address], "rt-1", "default", &rt);
+    eventually("the snapshot", || rt.revision() == 1).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("graceful shutdown waited on open streams")
+        .unwrap()
+        .unwrap();
+    eventually("the disconnect", || events.contains("disconnected rt-1")).await;
+}
