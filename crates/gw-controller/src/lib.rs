@@ -342,7 +342,7 @@ pub async fn run(
     if let Some(embedded) = embedded {
         match embedded.await {
             Ok(Err(err)) => {
-                tracing::warn!(error = %err, "the all-in-one runtime failed while stopping")
+                tracing::warn!(error = %err, "the all-in-one runtime failed while stopping");
             }
             Err(err) => tracing::warn!(error = %err, "the all-in-one runtime panicked"),
             Ok(Ok(())) => {}

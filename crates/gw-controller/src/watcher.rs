@@ -150,7 +150,7 @@ pub async fn compact_periodically(store: Arc<dyn Store>, keep: i64, every: Durat
             Ok(newest) if newest > keep => match store.compact(newest - keep).await {
                 Ok(0) => {}
                 Ok(deleted) => {
-                    tracing::info!(deleted, through = newest - keep, "change log compacted")
+                    tracing::info!(deleted, through = newest - keep, "change log compacted");
                 }
                 Err(err) => tracing::warn!(error = %err, "change log compaction failed"),
             },

@@ -119,6 +119,10 @@ impl FileSource {
                 () = hangup.recv() => tracing::info!("SIGHUP: reloading the configuration file"),
             }
             if let Err(err) = self.load().await {
+                if !matches!(err, FileError::Rejected { .. }) {
+                    // (a rejection by the gateway is counted by the state itself)
+                    self.state.count_rejection(Origin::File);
+                }
                 match &err {
                     FileError::Invalid { source, .. } if !source.field_errors().is_empty() => {
                         for problem in source.field_errors() {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use gw_core::Gateway;
-use gw_core::model::{ApiDefinition, ValidationContext, validate};
+use gw_core::model::{ApiDefinition, ValidationContext};
 use gw_sync::KIND_API;
 use gw_sync::client::Applier;
 use gw_sync::proto::{Resource, ResourceRef};
@@ -264,6 +264,12 @@ impl ConfigState {
         self.count(label, "applied");
     }
 
+    /// Counts a configuration from `origin` that was refused before it reached the state
+    /// (a file that does not parse, for example).
+    pub fn count_rejection(&self, origin: Origin) {
+        self.count(origin.as_str(), "rejected");
+    }
+
     fn count(&self, source: &'static str, result: &'static str) {
         self.metrics
             .applies
@@ -362,16 +368,11 @@ fn parse_definition(
     };
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("API {label:?}: invalid JSON: {e}"))?;
-    let mut api = ApiDefinition::from_value(&value).map_err(|e| format!("API {label:?}: {e}"))?;
-    api.canonicalize();
     let ctx = ValidationContext {
         policies: Some(registry),
     };
-    let errors = validate(&api, &ctx);
-    if !errors.is_empty() {
-        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        return Err(format!("API {label:?}: {}", list.join("; ")));
-    }
+    let api = ApiDefinition::from_value_validated(&value, &ctx)
+        .map_err(|e| format!("API {label:?}: {e}"))?;
     if !expected_name.is_empty() && api.metadata.name != expected_name {
         return Err(format!(
             "resource {expected_name:?} holds an API named {:?}",

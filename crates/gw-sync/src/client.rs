@@ -62,6 +62,10 @@ pub struct ClientOptions {
     pub advertise_address: String,
     /// Time allowed to open a connection.
     pub connect_timeout: Duration,
+    /// Time allowed from opening the stream to the controller's first answer; a controller
+    /// that accepts connections but cannot serve (still loading its state) is left for
+    /// another one after it.
+    pub handshake_timeout: Duration,
     /// A heartbeat goes to the controller this often; three missed ones from the controller
     /// end the stream.
     pub heartbeat_interval: Duration,
@@ -82,6 +86,7 @@ impl ClientOptions {
             supported_policies: Vec::new(),
             advertise_address: String::new(),
             connect_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(10),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
@@ -158,7 +163,7 @@ impl<A: Applier> SyncClient<A> {
             self.status.send_modify(|s| s.connected_to = None);
             match result {
                 Ok(()) => {
-                    tracing::info!(controller = %address, "sync stream closed by the controller")
+                    tracing::info!(controller = %address, "sync stream closed by the controller");
                 }
                 Err(err) => {
                     tracing::warn!(controller = %address, error = %err, "sync stream failed");
@@ -215,16 +220,26 @@ impl<A: Applier> SyncClient<A> {
         };
         tracing::debug!(controller = %address, applied = hello.applied_revision, "saying hello");
         send(&tx, runtime_message::Message::Hello(hello)).await?;
-        let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+        let handshake = self.options.handshake_timeout;
+        let mut inbound = tokio::time::timeout(handshake, client.stream(ReceiverStream::new(rx)))
+            .await
+            .map_err(|_| SessionError::Silent(handshake))??
+            .into_inner();
 
         let silence = self.options.heartbeat_interval.saturating_mul(3);
         let mut heartbeat = tokio::time::interval(self.options.heartbeat_interval);
         heartbeat.tick().await;
         loop {
+            // until the first answer, the handshake timeout applies
+            let wait = if *healthy {
+                silence
+            } else {
+                handshake.min(silence)
+            };
             tokio::select! {
-                message = tokio::time::timeout(silence, inbound.message()) => {
+                message = tokio::time::timeout(wait, inbound.message()) => {
                     let Ok(message) = message else {
-                        return Err(SessionError::Silent(silence));
+                        return Err(SessionError::Silent(wait));
                     };
                     let Some(ControllerMessage { message }) = message? else {
                         return Ok(());

@@ -175,6 +175,7 @@ fn client(
     let mut options = ClientOptions::new(controllers, node.into(), group.into());
     options.initial_backoff = Duration::from_millis(20);
     options.max_backoff = Duration::from_millis(200);
+    options.handshake_timeout = Duration::from_millis(300);
     let client = SyncClient::new(options, Arc::clone(applier));
     tokio::spawn(client.run())
 }
@@ -308,4 +309,32 @@ async fn stopping_the_server_ends_the_streams() {
         .unwrap()
         .unwrap();
     eventually("the disconnect", || events.contains("disconnected rt-1")).await;
+}
+
+#[tokio::test]
+async fn a_controller_that_accepts_but_never_answers_is_left_for_another() {
+    // a black hole: accepts connections and holds them without a word
+    let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_address = format!("http://{}", hole.local_addr().unwrap());
+    let _holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = hole.accept().await {
+            held.push(stream);
+        }
+    });
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([change(1, "a", &["default"])]);
+    let events = Arc::new(Events::default());
+    let good = controller("ctl-a", &state, &events).await;
+    let rt = Arc::new(MemoryApplier::default());
+    let _client = client(
+        vec![hole_address.clone(), hole_address, good.address.clone()],
+        "rt-1",
+        "default",
+        &rt,
+    );
+    eventually("the runtime to reach the answering controller", || {
+        rt.revision() == 1
+    })
+    .await;
 }

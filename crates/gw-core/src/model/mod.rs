@@ -285,9 +285,21 @@ impl ApiDefinition {
         ctx: &ValidationContext<'_>,
     ) -> Result<Self, ModelError> {
         let value = parse_value(bytes, format)?;
-        let mut api = Self::from_value(&value)?;
+        Self::from_value_validated(&value, ctx)
+    }
+
+    /// Deserializes, canonicalizes and validates a parsed document, reporting unknown fields,
+    /// the first type error and every validation problem together.
+    pub fn from_value_validated(
+        value: &serde_json::Value,
+        ctx: &ValidationContext<'_>,
+    ) -> Result<Self, ModelError> {
+        let (api, mut errors) = Self::deserialize_tracked(value);
+        let Some(mut api) = api else {
+            return Err(ModelError::Invalid(errors));
+        };
         api.canonicalize();
-        let errors = validate(&api, ctx);
+        errors.extend(validate(&api, ctx));
         if errors.is_empty() {
             Ok(api)
         } else {
@@ -296,8 +308,16 @@ impl ApiDefinition {
     }
 
     /// Deserializes a parsed document, reporting every unknown field by its path and the
-    /// first type error by its path.
+    /// first type error by its path. No validation beyond the document's shape.
     pub fn from_value(value: &serde_json::Value) -> Result<Self, ModelError> {
+        match Self::deserialize_tracked(value) {
+            (Some(api), errors) if errors.is_empty() => Ok(api),
+            (_, errors) => Err(ModelError::Invalid(errors)),
+        }
+    }
+
+    /// The definition (unless a type error stopped deserialization) and the shape errors.
+    fn deserialize_tracked(value: &serde_json::Value) -> (Option<Self>, Vec<FieldError>) {
         let mut errors = Vec::new();
         let mut track = serde_path_to_error::Track::new();
         let result = {
@@ -307,12 +327,11 @@ impl ApiDefinition {
             })
         };
         match result {
-            Ok(api) if errors.is_empty() => Ok(api),
-            Ok(_) => Err(ModelError::Invalid(errors)),
+            Ok(api) => (Some(api), errors),
             Err(err) => {
                 let path = track.path().to_string();
                 errors.push(type_error(&path, &err.to_string()));
-                Err(ModelError::Invalid(errors))
+                (None, errors)
             }
         }
     }
@@ -447,16 +466,8 @@ pub fn parse_set(
             };
             FieldError::new(field, e.message.clone())
         };
-        match ApiDefinition::from_value(document) {
-            Ok(mut api) => {
-                api.canonicalize();
-                let problems = validate(&api, ctx);
-                if problems.is_empty() {
-                    apis.push((i, api));
-                } else {
-                    errors.extend(problems.iter().map(prefix));
-                }
-            }
+        match ApiDefinition::from_value_validated(document, ctx) {
+            Ok(api) => apis.push((i, api)),
             Err(err) => errors.extend(err.field_errors().iter().map(prefix)),
         }
     }

@@ -1,0 +1,250 @@
+//! The admin API in process, on a SQLite store: the paths that are awkward to reach through
+//! a real process (no store yet, streamed bodies, runtimes that lag or reject).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chrono::Utc;
+use gw_controller::admin::{self, AdminOptions, AppState};
+use gw_core::policy::PolicyRegistry;
+use gw_store::{RuntimeRecord, Store, StoreOptions};
+use gw_sync::state::DesiredState;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+fn state(store: Option<Arc<dyn Store>>) -> Arc<AppState> {
+    let cell = OnceLock::new();
+    let loaded = store.is_some();
+    if let Some(store) = store {
+        let _ = cell.set(store);
+    }
+    Arc::new(AppState {
+        store: cell,
+        loaded: AtomicBool::new(loaded),
+        desired: Arc::new(DesiredState::new(100)),
+        token: None,
+        policies: PolicyRegistry::new(),
+        controller_id: "ctl".into(),
+        options: AdminOptions {
+            max_body_bytes: 64 * 1024,
+            default_wait: Duration::from_secs(30),
+            max_wait: Duration::from_mins(1),
+            stale_after: Duration::from_secs(30),
+        },
+    })
+}
+
+async fn sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+    let url = format!("sqlite://{}/gw.db", dir.path().display());
+    gw_store::open(&url, &StoreOptions::default())
+        .await
+        .unwrap()
+}
+
+async fn send(state: &Arc<AppState>, request: Request<Body>) -> (StatusCode, serde_json::Value) {
+    let response = admin::router(Arc::clone(state))
+        .oneshot(request)
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn put(path: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::put(path)
+        .header("content-type", "application/yaml")
+        .body(body.into())
+        .unwrap()
+}
+
+fn api(name: &str, context: &str, groups: &str) -> String {
+    format!(
+        "apiVersion: gw/v1\nkind: Api\nmetadata: {{name: {name}}}\nspec:\n  context: {context}\n  groups: {groups}\n  upstream: {{endpoints: [{{url: 'http://127.0.0.1:9'}}]}}\n"
+    )
+}
+
+fn runtime(node: &str, group: &str, applied: i64) -> RuntimeRecord {
+    let now = Utc::now();
+    RuntimeRecord {
+        node_id: node.into(),
+        group: group.into(),
+        controller_id: "ctl".into(),
+        session_id: format!("{node}-session"),
+        address: "127.0.0.1:1".into(),
+        runtime_version: "test".into(),
+        applied_revision: applied,
+        connected: true,
+        connected_at: now,
+        last_seen: now,
+        last_error: None,
+        last_error_revision: None,
+    }
+}
+
+#[tokio::test]
+async fn without_a_store_writes_answer_503_and_readyz_is_false() {
+    let state = state(None);
+    let (status, body) = send(
+        &state,
+        Request::get("/api/v1/apis").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "store_unavailable");
+    let (status, body) = send(&state, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["ready"], false);
+    let (status, _) = send(
+        &state,
+        Request::get("/healthz").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn streamed_bodies_are_cut_off_at_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(Some(sqlite(&dir).await));
+    let chunks = (0..20).map(|_| Ok::<_, std::io::Error>(vec![b'#'; 8 * 1024]));
+    let body = Body::from_stream(futures_util::stream::iter(chunks));
+    let (status, body) = send(&state, put("/api/v1/apis/a", body)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["error"]["code"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn preconditions_and_query_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(Some(sqlite(&dir).await));
+    let (status, _) = send(&state, put("/api/v1/apis/a", api("a", "/a", "[default]"))).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let if_none_match = Request::put("/api/v1/apis/a")
+        .header("if-none-match", "*")
+        .body(Body::from(api("a", "/a", "[default]")))
+        .unwrap();
+    let (status, body) = send(&state, if_none_match).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{body}");
+
+    let stale_delete = Request::delete("/api/v1/apis/a")
+        .header("if-match", "\"7\"")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        send(&state, stale_delete).await.0,
+        StatusCode::PRECONDITION_FAILED
+    );
+
+    for query in [
+        "?wait=soon",
+        "?timeout=5s",
+        "?wait=applied&timeout=1d",
+        "?colour=red",
+    ] {
+        let (status, body) = send(
+            &state,
+            put(
+                &format!("/api/v1/apis/a{query}"),
+                api("a", "/a", "[default]"),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+    }
+    let (status, body) = send(
+        &state,
+        put("/api/v1/apis/Bad_Name", api("a", "/a", "[default]")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["details"][0]["field"], "name");
+
+    let delete = Request::delete("/api/v1/apis/a")
+        .header("if-match", "\"1\"")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body) = send(&state, delete).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["revision"], 2);
+}
+
+#[tokio::test]
+async fn wait_applied_names_the_runtimes_that_lag_or_reject() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    let state = state(Some(Arc::clone(&store)));
+    // a runtime of another group is not waited for; a disconnected one neither
+    store
+        .register_runtime(&runtime("other-group", "edge", 0))
+        .await
+        .unwrap();
+    let mut gone = runtime("gone", "default", 0);
+    gone.connected = false;
+    store.register_runtime(&gone).await.unwrap();
+    // no connected runtime in the group: nothing to wait for
+    let (status, body) = send(
+        &state,
+        put("/api/v1/apis/a?wait=applied", api("a", "/a", "[default]")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["applied"], serde_json::json!([]));
+
+    // one that lags
+    store
+        .register_runtime(&runtime("slow", "default", 1))
+        .await
+        .unwrap();
+    let (status, body) = send(
+        &state,
+        put(
+            "/api/v1/apis/a?wait=applied&timeout=300ms",
+            api("a", "/a2", "[default]"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["error"]["code"], "apply_timeout");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stored at revision 2")
+    );
+    assert_eq!(body["error"]["details"][0]["field"], "runtimes.slow");
+    // the write happened
+    let (_, stored) = send(
+        &state,
+        Request::get("/api/v1/apis/a").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(stored["spec"]["context"], "/a2");
+
+    // one that rejected it
+    let mut rejecting = runtime("slow", "default", 2);
+    rejecting.last_error = Some("unknown policy \"x\"".into());
+    rejecting.last_error_revision = Some(3);
+    store.update_runtime(&rejecting).await.unwrap();
+    let (status, body) = send(
+        &state,
+        put(
+            "/api/v1/apis/a?wait=applied&timeout=5s",
+            api("a", "/a3", "[default]"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"]["code"], "apply_rejected");
+    assert_eq!(
+        body["error"]["details"][0]["message"],
+        "unknown policy \"x\""
+    );
+}

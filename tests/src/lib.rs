@@ -1,0 +1,498 @@
+//! Support for gw's end-to-end tests: the real binaries as child processes, upstreams on
+//! loopback, an admin client, and polling with deadlines (never fixed sleeps).
+//!
+//! Processes run with `--log-format json`; the harness reads their `listening` log lines to
+//! learn the ports they bound (every address is `127.0.0.1:0` unless a test pins one), and
+//! prints a process's log when a test fails.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use gw_store::testing::TestDatabase;
+
+/// The admin token the tests use in production mode.
+pub const TOKEN: &str = "e2e-test-token-0123456789abcdef";
+/// The encryption key the tests use in production mode (32 bytes of 0x07, base64).
+pub const ENCRYPTION_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+
+/// The path of one of gw's binaries, built (once per test process) with the profile the
+/// tests were built with, so that the tests always run the current code.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary has a path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary lives in target/<profile>/deps")
+            .to_path_buf();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--workspace", "--bins", "--quiet"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building gw's binaries failed");
+        dir
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+#[derive(Default)]
+struct Output {
+    lines: Vec<String>,
+    listening: HashMap<String, SocketAddr>,
+    exited: bool,
+}
+
+/// A child process whose stderr (JSON logs) is collected.
+pub struct Process {
+    name: String,
+    child: Child,
+    output: Arc<(Mutex<Output>, Condvar)>,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    binary: PathBuf,
+}
+
+impl std::fmt::Debug for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Process {
+    /// Starts `binary` with `args` and `envs` (plus JSON logs at info level).
+    pub fn start(name: &str, binary: &Path, args: &[String], envs: &[(String, String)]) -> Self {
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .arg("--log-format")
+            .arg("json")
+            .env("RUST_LOG", "info")
+            .env_remove("GW_ADMIN_TOKEN")
+            .env_remove("GW_ENCRYPTION_KEY")
+            .env_remove("GW_DATABASE_URL")
+            .env_remove("GW_DEV")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let output = Arc::new((Mutex::new(Output::default()), Condvar::new()));
+        let sink = Arc::clone(&output);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let (lock, ready) = &*sink;
+                let mut out = lock.lock().unwrap();
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                    && json["message"] == "listening"
+                    && let (Some(which), Some(addr)) =
+                        (json["listener"].as_str(), json["addr"].as_str())
+                    && let Ok(addr) = addr.parse()
+                {
+                    out.listening.insert(which.to_string(), addr);
+                }
+                out.lines.push(line);
+                ready.notify_all();
+            }
+            let (lock, ready) = &*sink;
+            lock.lock().unwrap().exited = true;
+            ready.notify_all();
+        });
+        Self {
+            name: name.to_string(),
+            child,
+            output,
+            args: args.to_vec(),
+            envs: envs.to_vec(),
+            binary: binary.to_path_buf(),
+        }
+    }
+
+    /// The address a listener (`admin`, `sync`, `proxy`, `status`) bound, waiting for it.
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        let (lock, ready) = &*self.output;
+        let deadline = Instant::now() + Duration::from_mins(1);
+        let mut out = lock.lock().unwrap();
+        loop {
+            if let Some(addr) = out.listening.get(listener) {
+                return *addr;
+            }
+            assert!(
+                !out.exited,
+                "{} exited before listening on {listener}:\n{}",
+                self.name,
+                out.lines.join("\n")
+            );
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{} did not listen on {listener} in time:\n{}",
+                self.name,
+                out.lines.join("\n")
+            );
+            out = ready.wait_timeout(out, left).unwrap().0;
+        }
+    }
+
+    /// Whether a log line contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.output
+            .0
+            .lock()
+            .unwrap()
+            .lines
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.output.0.lock().unwrap().lines.join("\n")
+    }
+
+    /// Waits for the process to exit on its own; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // let the reader thread collect the last lines
+                let (lock, ready) = &*self.output;
+                let mut out = lock.lock().unwrap();
+                while !out.exited {
+                    out = ready.wait_timeout(out, Duration::from_secs(5)).unwrap().0;
+                }
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit in time",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// Starts the same command again, with `replace` applied to its arguments (to pin the
+    /// ports it bound the first time, for example).
+    pub fn restart(&mut self, replace: &[(&str, String)]) {
+        self.kill();
+        let mut args = self.args.clone();
+        for (flag, value) in replace {
+            if let Some(i) = args.iter().position(|a| a == flag) {
+                args[i + 1].clone_from(value);
+            }
+        }
+        *self = Process::start(&self.name, &self.binary, &args, &self.envs);
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("----- log of {} -----\n{}\n-----", self.name, self.log());
+        }
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(ToString::to_string).collect()
+}
+
+/// How to start a controller.
+#[derive(Debug, Clone)]
+pub struct ControllerSpec {
+    /// `None`: SQLite in the data dir.
+    pub database_url: Option<String>,
+    /// Development mode.
+    pub dev: bool,
+    /// Run a runtime in process.
+    pub all_in_one: bool,
+    /// The node id.
+    pub node_id: String,
+}
+
+/// Starts a controller with every address on `127.0.0.1:0`. Production mode gets the test
+/// token and key.
+pub fn controller(spec: &ControllerSpec, data_dir: &Path) -> Process {
+    let data_dir = data_dir.display().to_string();
+    let mut args = strings(&[
+        "--data-dir",
+        &data_dir,
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--sync-addr",
+        "127.0.0.1:0",
+        "--node-id",
+        &spec.node_id,
+        "--poll-interval-ms",
+        "1000",
+        "--heartbeat-seconds",
+        "2",
+    ]);
+    if let Some(url) = &spec.database_url {
+        args.extend(strings(&["--database-url", url]));
+    }
+    if spec.dev {
+        args.extend(strings(&["--dev"]));
+    }
+    if spec.all_in_one {
+        args.extend(strings(&[
+            "--all-in-one",
+            "--proxy-addr",
+            "127.0.0.1:0",
+            "--status-addr",
+            "127.0.0.1:0",
+        ]));
+    }
+    let envs = if spec.dev {
+        vec![]
+    } else {
+        vec![
+            ("GW_ADMIN_TOKEN".to_string(), TOKEN.to_string()),
+            ("GW_ENCRYPTION_KEY".to_string(), ENCRYPTION_KEY.to_string()),
+        ]
+    };
+    Process::start(&spec.node_id, &binary("gw-controller"), &args, &envs)
+}
+
+/// Starts a runtime connected to `controllers`.
+pub fn runtime(node_id: &str, controllers: &[SocketAddr], data_dir: &Path) -> Process {
+    let list: Vec<String> = controllers.iter().map(ToString::to_string).collect();
+    let args = strings(&[
+        "--controller",
+        &list.join(","),
+        "--node-id",
+        node_id,
+        "--proxy-addr",
+        "127.0.0.1:0",
+        "--status-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data_dir.display().to_string(),
+    ]);
+    Process::start(node_id, &binary("gw-runtime"), &args, &[])
+}
+
+/// An upstream on loopback that answers every request with
+/// `{"upstream": tag, "path": …, "query": …, "headers": {…}}`.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Starts one, tagged `tag`.
+    pub async fn start(tag: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| async move {
+                        let headers: serde_json::Map<String, serde_json::Value> = request
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| {
+                                (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into())
+                            })
+                            .collect();
+                        let body = serde_json::json!({
+                            "upstream": tag,
+                            "path": request.uri().path(),
+                            "query": request.uri().query(),
+                            "headers": headers,
+                        });
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body.to_string()))))
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    /// `http://<addr><path>`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An API definition in YAML.
+pub fn api_yaml(name: &str, context: &str, upstream_url: &str) -> String {
+    format!(
+        "apiVersion: gw/v1\nkind: Api\nmetadata:\n  name: {name}\nspec:\n  context: {context}\n  upstream:\n    endpoints:\n      - url: {upstream_url}\n"
+    )
+}
+
+/// A client of one controller's admin API.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    client: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Admin {
+    /// A client of the admin API at `addr`, sending `token` when given.
+    pub fn new(addr: SocketAddr, token: Option<&str>) -> Self {
+        Self {
+            client: reqwest::Client::new(),
+            base: format!("http://{addr}"),
+            token: token.map(str::to_string),
+        }
+    }
+
+    /// A request to `path` (under the admin address) with the token.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.client.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    /// `PUT /api/v1/apis/{name}` with a YAML body and query.
+    pub async fn put_api(&self, name: &str, yaml: &str, query: &str) -> reqwest::Response {
+        self.request(reqwest::Method::PUT, &format!("/api/v1/apis/{name}{query}"))
+            .header("content-type", "application/yaml")
+            .body(yaml.to_string())
+            .send()
+            .await
+            .expect("admin API answers")
+    }
+
+    /// `DELETE /api/v1/apis/{name}`.
+    pub async fn delete_api(&self, name: &str) -> reqwest::Response {
+        self.request(reqwest::Method::DELETE, &format!("/api/v1/apis/{name}"))
+            .send()
+            .await
+            .expect("admin API answers")
+    }
+
+    /// `GET` a path and decode JSON; status 0 when the controller does not answer.
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        match self.request(reqwest::Method::GET, path).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (
+                    status,
+                    response.json().await.unwrap_or(serde_json::Value::Null),
+                )
+            }
+            Err(_) => (0, serde_json::Value::Null),
+        }
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        eventually(
+            "the controller to be ready",
+            Duration::from_mins(1),
+            || async { self.get_json("/readyz").await.0 == 200 },
+        )
+        .await;
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds; panics after `timeout` with `what`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `GET http://<addr><path>` through a gateway: the status and the JSON body (if any).
+pub async fn call(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+) -> (u16, serde_json::Value) {
+    match client.get(format!("http://{addr}{path}")).send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json().await.unwrap_or(serde_json::Value::Null),
+            )
+        }
+        Err(_) => (0, serde_json::Value::Null),
+    }
+}
+
+/// The median of some durations.
+pub fn median(values: &mut [Duration]) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}

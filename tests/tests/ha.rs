@@ -1,0 +1,109 @@
+//! The HA topology: two controllers on one PostgreSQL database, runtimes connected to
+//! either. A deploy through one controller reaches the runtimes of the other.
+
+use std::time::{Duration, Instant};
+
+use gw_e2e::{
+    Admin, ControllerSpec, TOKEN, TestDatabase, Upstream, api_yaml, call, controller, eventually,
+    median, runtime,
+};
+
+fn spec(db: &TestDatabase, node_id: &str) -> ControllerSpec {
+    ControllerSpec {
+        database_url: Some(db.url().to_string()),
+        dev: false,
+        all_in_one: false,
+        node_id: node_id.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_through_one_controller_reaches_a_runtime_on_another() {
+    let db = TestDatabase::create().await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = controller(&spec(&db, "ctl-a"), dirs[0].path());
+    let b = controller(&spec(&db, "ctl-b"), dirs[1].path());
+    let admin_a = Admin::new(a.addr("admin"), Some(TOKEN));
+    let admin_b = Admin::new(b.addr("admin"), Some(TOKEN));
+    admin_a.wait_ready().await;
+    admin_b.wait_ready().await;
+    let rt = runtime("rt-1", &[b.addr("sync")], dirs[2].path());
+    let proxy = rt.addr("proxy");
+    let up = Upstream::start("up").await;
+    let client = reqwest::Client::new();
+
+    // the fleet is shared: controller A lists the runtime connected to B
+    eventually(
+        "A to see the runtime on B",
+        Duration::from_secs(20),
+        || async {
+            let (_, fleet) = admin_a.get_json("/api/v1/runtimes").await;
+            fleet["items"].as_array().is_some_and(|items| {
+                items.iter().any(|r| {
+                    r["nodeId"] == "rt-1"
+                        && r["controllerId"] == "ctl-b"
+                        && r["status"] == "connected"
+                })
+            })
+        },
+    )
+    .await;
+
+    // propagation: from the 2xx of a deploy through A to the first 2xx through the runtime
+    let mut times = Vec::new();
+    for i in 0..9 {
+        let name = format!("svc-{i}");
+        let path = format!("/svc-{i}");
+        let response = admin_a
+            .put_api(&name, &api_yaml(&name, &path, &up.url("")), "")
+            .await;
+        assert_eq!(response.status(), 201);
+        let deployed = Instant::now();
+        loop {
+            if call(&client, proxy, &path).await.0 == 200 {
+                break;
+            }
+            assert!(
+                deployed.elapsed() < Duration::from_secs(10),
+                "{name} never reached the runtime"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        times.push(deployed.elapsed());
+    }
+    let all: Vec<String> = times
+        .iter()
+        .map(|t| format!("{:.1}", t.as_secs_f64() * 1000.0))
+        .collect();
+    let median = median(&mut times);
+    println!(
+        "HA propagation, deploy through controller A -> first 2xx through a runtime on controller B: \
+         median {:.1} ms over {} deploys (each: {} ms)",
+        median.as_secs_f64() * 1000.0,
+        all.len(),
+        all.join(", ")
+    );
+
+    // wait=applied through A waits for the runtime on B
+    let response = admin_a
+        .put_api(
+            "svc-0",
+            &api_yaml("svc-0", "/svc-zero", &up.url("")),
+            "?wait=applied",
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["applied"], serde_json::json!(["rt-1"]));
+    assert_eq!(call(&client, proxy, "/svc-zero").await.0, 200);
+    assert_eq!(call(&client, proxy, "/svc-0").await.0, 404);
+
+    // both controllers agree on revisions
+    let (_, list_a) = admin_a.get_json("/api/v1/apis").await;
+    let (_, list_b) = admin_b.get_json("/api/v1/apis").await;
+    assert_eq!(list_a["revision"], 10);
+    assert_eq!(list_a, list_b);
+    let (_, fleet) = admin_b.get_json("/api/v1/runtimes").await;
+    assert_eq!(fleet["items"][0]["appliedRevision"], 10);
+    assert_eq!(fleet["items"][0]["lag"], 0);
+}

@@ -1,0 +1,137 @@
+//! Restarts: a runtime resumes from its cache and its revision; a controller restart keeps
+//! revisions, and new deploys still reach the runtimes.
+
+use std::time::Duration;
+
+use gw_e2e::{
+    Admin, ControllerSpec, TOKEN, TestDatabase, Upstream, api_yaml, call, controller, eventually,
+    runtime,
+};
+
+fn spec(db: &TestDatabase) -> ControllerSpec {
+    ControllerSpec {
+        database_url: Some(db.url().to_string()),
+        dev: false,
+        all_in_one: false,
+        node_id: "ctl".to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_restart_resumes_from_its_cache_and_revision() {
+    let db = TestDatabase::create().await;
+    let ctl_dir = tempfile::tempdir().unwrap();
+    let rt_dir = tempfile::tempdir().unwrap();
+    let mut ctl = controller(&spec(&db), ctl_dir.path());
+    let admin = Admin::new(ctl.addr("admin"), Some(TOKEN));
+    admin.wait_ready().await;
+    let sync = ctl.addr("sync");
+    let mut rt = runtime("rt-1", &[sync], rt_dir.path());
+    let up = Upstream::start("up").await;
+    let client = reqwest::Client::new();
+    eventually(
+        "the runtime to connect",
+        Duration::from_secs(20),
+        || async { ctl.logged("runtime connected") },
+    )
+    .await;
+    let first = admin
+        .put_api(
+            "one",
+            &api_yaml("one", "/one", &up.url("")),
+            "?wait=applied",
+        )
+        .await;
+    assert_eq!(first.status(), 201);
+    assert_eq!(call(&client, rt.addr("proxy"), "/one").await.0, 200);
+
+    // a change while the runtime is down
+    rt.kill();
+    let second = admin
+        .put_api("two", &api_yaml("two", "/two", &up.url("")), "")
+        .await;
+    assert_eq!(second.status(), 201);
+    rt.restart(&[]);
+    let proxy = rt.addr("proxy");
+    eventually(
+        "the missed change to arrive",
+        Duration::from_secs(20),
+        || async { call(&client, proxy, "/two").await.0 == 200 },
+    )
+    .await;
+    assert_eq!(call(&client, proxy, "/one").await.0, 200);
+    // it started from its cache at revision 1 and resumed with a delta from there
+    assert!(
+        rt.logged("serving the last-known-good configuration"),
+        "{}",
+        rt.log()
+    );
+    assert!(
+        ctl.logged("\"applied\":1"),
+        "the runtime did not say hello with its cached revision"
+    );
+
+    // with the controller gone too, a restarted runtime serves its cache
+    ctl.kill();
+    rt.restart(&[]);
+    let proxy = rt.addr("proxy");
+    assert_eq!(call(&client, proxy, "/one").await.0, 200);
+    assert_eq!(call(&client, proxy, "/two").await.0, 200);
+    let (status, ready) = call(&client, rt.addr("status"), "/status/ready").await;
+    assert_eq!(status, 200);
+    assert_eq!(ready["source"], "cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_restart_keeps_revisions() {
+    let db = TestDatabase::create().await;
+    let ctl_dir = tempfile::tempdir().unwrap();
+    let rt_dir = tempfile::tempdir().unwrap();
+    let mut ctl = controller(&spec(&db), ctl_dir.path());
+    let admin_addr = ctl.addr("admin");
+    let sync_addr = ctl.addr("sync");
+    let admin = Admin::new(admin_addr, Some(TOKEN));
+    admin.wait_ready().await;
+    let rt = runtime("rt-1", &[sync_addr], rt_dir.path());
+    let proxy = rt.addr("proxy");
+    let up = Upstream::start("up").await;
+    let client = reqwest::Client::new();
+    eventually(
+        "the runtime to connect",
+        Duration::from_secs(20),
+        || async { ctl.logged("runtime connected") },
+    )
+    .await;
+    for name in ["a", "b"] {
+        let response = admin
+            .put_api(
+                name,
+                &api_yaml(name, &format!("/{name}"), &up.url("")),
+                "?wait=applied",
+            )
+            .await;
+        assert!(response.status().is_success());
+    }
+
+    // same ports, so the runtime finds it again
+    ctl.restart(&[
+        ("--admin-addr", admin_addr.to_string()),
+        ("--sync-addr", sync_addr.to_string()),
+    ]);
+    admin.wait_ready().await;
+    let (_, list) = admin.get_json("/api/v1/apis").await;
+    assert_eq!(list["revision"], 2, "revisions survive the restart");
+
+    let response = admin
+        .put_api("c", &api_yaml("c", "/c", &up.url("")), "")
+        .await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["etag"], "\"3\"");
+    eventually(
+        "the new deploy to reach the runtime",
+        Duration::from_secs(20),
+        || async { call(&client, proxy, "/c").await.0 == 200 },
+    )
+    .await;
+    assert_eq!(call(&client, proxy, "/a").await.0, 200);
+}
