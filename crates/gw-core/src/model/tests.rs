@@ -321,3 +321,35 @@ fn sets_of_documents() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(got[0].1.contains("both claim context"), "{got:?}");
 }
+
+/// Every field of the served schema is described in docs/api-definition.md.
+#[test]
+fn the_documentation_covers_every_schema_field() {
+    fn properties(value: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Object(props)) = map.get("properties") {
+                    out.extend(props.keys().cloned());
+                }
+                for v in map.values() {
+                    properties(v, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| properties(v, out)),
+            _ => {}
+        }
+    }
+    let doc = include_str!("../../../../docs/api-definition.md");
+    let mut fields = std::collections::BTreeSet::new();
+    properties(&schema::api_schema(), &mut fields);
+    assert!(fields.len() > 15, "{fields:?}");
+    let missing: Vec<_> = fields
+        .iter()
+        .filter(|f| {
+            // as a field (`kind`, `spec.context`) or as the parent of one (`spec.upstream.…`)
+            let spellings = [format!("`{f}`"), format!(".{f}`"), format!("`{f}."), format!(".{f}.")];
+            !spellings.iter().any(|s| doc.contains(s.as_str()))
+        })
+        .collect();
+    assert!(missing.is_empty(), "not documented in docs/api-definition.md: {missing:?}");
+}
