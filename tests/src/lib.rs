@@ -30,6 +30,8 @@ pub use gw_store::testing::TestDatabase;
 pub const TOKEN: &str = "e2e-test-token-0123456789abcdef";
 /// The encryption key the tests use in production mode (32 bytes of 0x07, base64).
 pub const ENCRYPTION_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+/// The sync token production-mode controllers require and every runtime presents.
+pub const SYNC_TOKEN: &str = "e2e-sync-token-0123456789abcdef";
 
 /// The path of one of gw's binaries, built (once per test process) with the profile the
 /// tests were built with, so that the tests always run the current code.
@@ -97,6 +99,7 @@ impl Process {
             .env_remove("GW_ENCRYPTION_KEY")
             .env_remove("GW_DATABASE_URL")
             .env_remove("GW_DEV")
+            .env_remove("GW_SYNC_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -295,6 +298,7 @@ pub fn controller(spec: &ControllerSpec, data_dir: &Path) -> Process {
         vec![
             ("GW_ADMIN_TOKEN".to_string(), TOKEN.to_string()),
             ("GW_ENCRYPTION_KEY".to_string(), ENCRYPTION_KEY.to_string()),
+            ("GW_SYNC_TOKEN".to_string(), SYNC_TOKEN.to_string()),
         ]
     };
     Process::start(&spec.node_id, &binary("gw-controller"), &args, &envs)
@@ -315,7 +319,8 @@ pub fn runtime(node_id: &str, controllers: &[SocketAddr], data_dir: &Path) -> Pr
         "--data-dir",
         &data_dir.display().to_string(),
     ]);
-    Process::start(node_id, &binary("gw-runtime"), &args, &[])
+    let envs = [("GW_SYNC_TOKEN".to_string(), SYNC_TOKEN.to_string())];
+    Process::start(node_id, &binary("gw-runtime"), &args, &envs)
 }
 
 /// An upstream on loopback that answers every request with

@@ -76,6 +76,15 @@ impl FleetRecorder {
         self.wake.notify_one();
     }
 
+    /// Whether this controller still holds the session of `record`.
+    fn holds(&self, record: &RuntimeRecord) -> bool {
+        self.local
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&record.node_id)
+            .is_some_and(|r| r.session_id == record.session_id)
+    }
+
     /// Persists dirty records until the task is dropped.
     pub async fn write_loop(self: Arc<Self>, store: Arc<dyn Store>) {
         let mut backoff = Duration::from_millis(100);
@@ -93,11 +102,19 @@ impl FleetRecorder {
                     break;
                 }
                 let mut failed = Vec::new();
-                for pending in batch {
+                for mut pending in batch {
                     let result = if pending.register {
                         store.register_runtime(&pending.record).await
                     } else {
-                        store.update_runtime(&pending.record).await.map(|_| ())
+                        match store.update_runtime(&pending.record).await {
+                            // no row for this session (pruned during an outage, say) while the
+                            // runtime is still connected here: write the whole row again
+                            Ok(false) if self.holds(&pending.record) => {
+                                pending.register = true;
+                                store.register_runtime(&pending.record).await
+                            }
+                            other => other.map(|_| ()),
+                        }
                     };
                     if let Err(err) = result {
                         tracing::warn!(node = %pending.record.node_id, error = %err, "cannot record runtime state; will retry");

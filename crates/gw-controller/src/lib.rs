@@ -23,7 +23,8 @@ use std::time::Duration;
 use gw_core::policy::PolicyRegistry;
 use gw_runtime::{ConfigSource, Runtime, RuntimeOptions};
 use gw_store::{Store, StoreError, StoreOptions};
-use gw_sync::server::{ServerOptions, SyncServer};
+use gw_sync::SyncToken;
+use gw_sync::server::{RevisionAuthority, ServerOptions, SyncServer};
 use gw_sync::state::DesiredState;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -41,8 +42,8 @@ pub struct AllInOne {
     pub status_addr: SocketAddr,
 }
 
-/// Everything a controller needs.
-#[derive(Debug, Clone)]
+/// Everything a controller needs. Its `Debug` output hides the secrets.
+#[derive(Clone)]
 pub struct ControllerOptions {
     /// `postgres://…` or `sqlite://…`; `None`: `sqlite://<data-dir>/gw.db`.
     pub database_url: Option<String>,
@@ -60,6 +61,9 @@ pub struct ControllerOptions {
     pub admin_token: Option<String>,
     /// The encryption key, base64 (`GW_ENCRYPTION_KEY`).
     pub encryption_key: Option<String>,
+    /// The token runtimes must present on the sync port (`GW_SYNC_TOKEN`); `None`: any
+    /// runtime that reaches the port is served.
+    pub sync_token: Option<SyncToken>,
     /// Run a runtime in process too.
     pub all_in_one: Option<AllInOne>,
     /// Longest wait for the database before answering 503.
@@ -90,6 +94,7 @@ impl ControllerOptions {
             dev: false,
             admin_token: None,
             encryption_key: None,
+            sync_token: None,
             all_in_one: None,
             store_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_secs(5),
@@ -104,6 +109,55 @@ impl ControllerOptions {
                 stale_after: Duration::from_secs(35),
             },
         }
+    }
+}
+
+impl std::fmt::Debug for ControllerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |secret: bool| if secret { "<set>" } else { "<unset>" };
+        f.debug_struct("ControllerOptions")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_password),
+            )
+            .field("data_dir", &self.data_dir)
+            .field("admin_addr", &self.admin_addr)
+            .field("sync_addr", &self.sync_addr)
+            .field("node_id", &self.node_id)
+            .field("dev", &self.dev)
+            .field("admin_token", &set(self.admin_token.is_some()))
+            .field("encryption_key", &set(self.encryption_key.is_some()))
+            .field("sync_token", &set(self.sync_token.is_some()))
+            .field("all_in_one", &self.all_in_one)
+            .field("store_timeout", &self.store_timeout)
+            .field("poll_interval", &self.poll_interval)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("change_retention", &self.change_retention)
+            .field("runtime_retention", &self.runtime_retention)
+            .field("policies", &self.policies.names())
+            .field("admin", &self.admin)
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
+fn redact_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &url[..scheme_end],
+                &rest[..colon],
+                &rest[at..]
+            ),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
     }
 }
 
@@ -199,6 +253,12 @@ pub async fn run(
     let token = keys::admin_token(options.dev, options.admin_token.as_deref())?;
     if token.is_none() {
         tracing::warn!("no GW_ADMIN_TOKEN: the admin API accepts unauthenticated calls");
+    }
+    if options.sync_token.is_none() && !options.dev {
+        tracing::warn!(
+            "no GW_SYNC_TOKEN: any process that reaches the sync port can read the configuration; \
+             keep that port on a private network or set GW_SYNC_TOKEN on controllers and runtimes"
+        );
     }
     std::fs::create_dir_all(&options.data_dir).map_err(|source| ControllerError::DataDir {
         path: options.data_dir.clone(),
@@ -313,10 +373,11 @@ pub async fn run(
         recorder,
         ServerOptions {
             heartbeat_interval: options.heartbeat_interval,
-            idle_timeout: options.heartbeat_interval * 3 + Duration::from_secs(5),
             ..ServerOptions::default()
         },
-    );
+    )
+    .with_token(options.sync_token.clone())
+    .with_authority(Arc::new(StoreAuthority(Arc::clone(&store))));
     let sync = tokio::spawn(server.serve(sync_listener, stopped()));
 
     let embedded = match &options.all_in_one {
@@ -330,6 +391,7 @@ pub async fn run(
             runtime_options.data_dir = Some(options.data_dir.join("runtime"));
             runtime_options.policies = options.policies.clone();
             runtime_options.heartbeat_interval = options.heartbeat_interval;
+            runtime_options.sync_token = options.sync_token.clone();
             let runtime = Runtime::bind(runtime_options).await?;
             Some(tokio::spawn(runtime.run(stopped())))
         }
@@ -361,6 +423,17 @@ pub async fn run(
     Ok(())
 }
 
+/// The store as the authority on revisions, for sessions whose runtime is ahead of this
+/// controller.
+struct StoreAuthority(Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl RevisionAuthority for StoreAuthority {
+    async fn newest_revision(&self) -> Option<i64> {
+        self.0.current_revision().await.ok()
+    }
+}
+
 /// Removes runtimes not seen for `retention` from the fleet view, every minute.
 async fn prune_runtimes(store: Arc<dyn Store>, retention: Duration) {
     loop {
@@ -371,5 +444,32 @@ async fn prune_runtimes(store: Arc<dyn Store>, retention: Duration) {
             Err(err) => tracing::debug!(error = %err, "runtime pruning skipped"),
         }
         tokio::time::sleep(Duration::from_mins(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted_from_database_urls() {
+        assert_eq!(
+            super::redact_password("postgres://gw:s3cret@db:5432/gw?sslmode=require"),
+            "postgres://gw:***@db:5432/gw?sslmode=require"
+        );
+        assert_eq!(
+            super::redact_password("postgres://gw@db/gw"),
+            "postgres://gw@db/gw"
+        );
+        assert_eq!(
+            super::redact_password("sqlite://./gw-data/gw.db"),
+            "sqlite://./gw-data/gw.db"
+        );
+        let mut options = super::ControllerOptions::new();
+        options.admin_token = Some("visible-if-leaked".into());
+        options.database_url = Some("postgres://gw:s3cret@db/gw".into());
+        let debug = format!("{options:?}");
+        assert!(
+            !debug.contains("visible-if-leaked") && !debug.contains("s3cret"),
+            "{debug}"
+        );
     }
 }

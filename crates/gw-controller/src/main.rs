@@ -8,12 +8,14 @@ use anyhow::Context as _;
 use clap::Parser;
 use gw_controller::{AllInOne, ControllerOptions};
 use gw_runtime::logging::{self, LogFormat};
+use gw_sync::SyncToken;
 
 /// gw control plane: operators deploy APIs through its admin REST API; it stores them
 /// (PostgreSQL, or an embedded SQLite file) and keeps every connected runtime in sync.
 ///
 /// Production mode is the default and needs GW_ADMIN_TOKEN (the admin API's bearer token)
-/// and GW_ENCRYPTION_KEY (32 bytes, base64) in the environment.
+/// and GW_ENCRYPTION_KEY (32 bytes, base64) in the environment. GW_SYNC_TOKEN, when set, is
+/// the token runtimes must present on the sync port.
 #[derive(Debug, Parser)]
 #[command(name = "gw-controller", version)]
 struct Args {
@@ -105,6 +107,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // secrets come from the environment only: a flag would show in `ps`
     options.admin_token = std::env::var("GW_ADMIN_TOKEN").ok();
     options.encryption_key = std::env::var("GW_ENCRYPTION_KEY").ok();
+    options.sync_token = std::env::var("GW_SYNC_TOKEN")
+        .ok()
+        .as_deref()
+        .and_then(SyncToken::new);
     options.store_timeout = Duration::from_millis(args.store_timeout_ms.max(100));
     options.poll_interval = Duration::from_millis(args.poll_interval_ms.max(100));
     options.heartbeat_interval = Duration::from_secs(args.heartbeat_seconds.max(1));

@@ -79,33 +79,45 @@ impl GatewayError {
         }
     }
 
+    /// The message the client receives. Upstream failures are described without the
+    /// endpoint's address or the low-level cause (they are for the gateway's log, not for
+    /// clients on the internet).
+    pub fn public_message(&self) -> String {
+        match self {
+            GatewayError::UpstreamConnect { .. } => {
+                "the upstream service is unreachable".to_string()
+            }
+            GatewayError::UpstreamTimeout { timeout_ms, .. } => {
+                format!("the upstream service did not answer within {timeout_ms} ms")
+            }
+            GatewayError::Upstream { .. } => "the upstream service failed to answer".to_string(),
+            GatewayError::BadUpstreamRequest(_) => "the request cannot be forwarded".to_string(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether the error is the upstream's (worth a line in the gateway's log), rather than
+    /// the client's.
+    pub fn is_upstream(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::UpstreamConnect { .. }
+                | GatewayError::UpstreamTimeout { .. }
+                | GatewayError::Upstream { .. }
+        )
+    }
+
     /// The response the client receives: the status and
     /// `{"error": {"code": "...", "message": "..."}}`.
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
-        let mut response = json_error(status, self.code(), &self.to_string());
+        let mut response = json_error(status, self.code(), &self.public_message());
         if let GatewayError::MethodNotAllowed { allow } = &self
             && let Ok(value) = HeaderValue::from_str(allow)
         {
             response.headers_mut().insert(header::ALLOW, value);
         }
         response
-    }
-
-    /// Turns an error out of a per-route stack into a response (the "rescue" at the edge):
-    /// gateway errors keep their status, anything else is a 502.
-    pub fn rescue(error: BoxError) -> Response<Body> {
-        match error.downcast::<GatewayError>() {
-            Ok(gateway) => gateway.into_response(),
-            Err(other) => {
-                tracing::warn!(error = %other, "request failed inside the route stack");
-                json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "gateway_error",
-                    "the request failed in the gateway",
-                )
-            }
-        }
     }
 }
 

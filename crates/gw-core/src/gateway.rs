@@ -48,6 +48,24 @@ pub struct BuiltApi {
     operation_router: matchit::Router<usize>,
     operations: Vec<OperationRoute>,
     metrics: ApiMetrics,
+    log_gate: LogGate,
+}
+
+/// Lets one log line through per second.
+#[derive(Debug, Default)]
+struct LogGate {
+    last_second: std::sync::atomic::AtomicU64,
+}
+
+impl LogGate {
+    fn allow(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_second
+            .swap(now, std::sync::atomic::Ordering::Relaxed)
+            != now
+    }
 }
 
 #[derive(Debug)]
@@ -77,6 +95,7 @@ impl BuiltApi {
             operation_router: matchit::Router::new(),
             operations: Vec::new(),
             metrics: metrics.for_api(&definition.metadata.name),
+            log_gate: LogGate::default(),
             definition: Arc::clone(definition),
         };
         if spec.operations.is_empty() {
@@ -124,6 +143,30 @@ impl BuiltApi {
     /// The definition this API was built from.
     pub fn definition(&self) -> &Arc<ApiDefinition> {
         &self.definition
+    }
+
+    /// Turns an error out of the API's stack into a response (the "rescue" at the edge):
+    /// gateway errors keep their status, anything else is a 502. Upstream failures are
+    /// logged with their cause, at most once a second per API, so that an outage does not
+    /// flood the log (the metrics count every one).
+    fn rescue(&self, error: BoxError) -> Response<Body> {
+        let error = match error.downcast::<GatewayError>() {
+            Ok(error) => *error,
+            Err(other) => {
+                if self.log_gate.allow() {
+                    tracing::warn!(api = %self.definition.metadata.name, error = %other, "request failed in the route stack");
+                }
+                return crate::error::json_error(
+                    http::StatusCode::BAD_GATEWAY,
+                    "gateway_error",
+                    "the request failed in the gateway",
+                );
+            }
+        };
+        if error.is_upstream() && self.log_gate.allow() {
+            tracing::warn!(api = %self.definition.metadata.name, %error, "upstream request failed");
+        }
+        error.into_response()
     }
 
     /// The stack for a method and the path after the context.
@@ -306,7 +349,7 @@ impl Gateway {
         request.extensions_mut().insert(conn);
         let response = match call_route(service, request).await {
             Ok(response) => response,
-            Err(error) => GatewayError::rescue(error),
+            Err(error) => api.rescue(error),
         };
         api.metrics.observe(response.status(), start.elapsed());
         response

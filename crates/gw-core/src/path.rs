@@ -4,8 +4,9 @@
 //! cannot be spelled in a way that reaches a route (or skips a policy) that its plain form
 //! would not. Empty segments (`//`) and `.` segments are removed, `..` segments are resolved,
 //! and spellings whose meaning depends on who decodes them are refused: encoded `/` and `\`
-//! (`%2F`, `%5C`), a raw `\`, encoded dots that form a `.` or `..` segment, and `..` that
-//! climbs above the root.
+//! (`%2F`, `%5C`), a raw `\`, encoded dots that form a `.` or `..` segment, `.` or `..`
+//! segments with `;` parameters (`..;`, which Java servers read as `..`), and `..` that climbs
+//! above the root.
 
 use std::borrow::Cow;
 
@@ -27,6 +28,10 @@ pub enum PathError {
     /// `..` would climb above the root.
     #[error("the path climbs above the root with '..'")]
     AboveRoot,
+    /// A `.` or `..` segment with path parameters (`..;x`), which some servers (Tomcat,
+    /// Spring) read as a plain `..` after routing.
+    #[error("'.' or '..' segments with ';' parameters are not allowed in the path")]
+    DotSegmentParameter,
 }
 
 /// Normalizes a request path; borrows when it is already normal.
@@ -46,9 +51,11 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if bytes.contains(&b'\\') {
         return Err(PathError::Backslash);
     }
-    let has_percent = bytes.contains(&b'%');
-    if has_percent {
+    if bytes.contains(&b'%') {
         check_encodings(path)?;
+    }
+    if bytes.contains(&b';') {
+        check_parameters(path)?;
     }
     if !needs_rewrite(bytes) {
         return Ok(Cow::Borrowed(path));
@@ -103,6 +110,18 @@ fn check_encodings(path: &str) -> Result<(), PathError> {
     for segment in path.split('/') {
         if segment.contains('%') && decodes_to_dots(segment) {
             return Err(PathError::EncodedDotSegment);
+        }
+    }
+    Ok(())
+}
+
+/// Refuses segments like `..;x` and `.;x`: their meaning depends on the upstream.
+fn check_parameters(path: &str) -> Result<(), PathError> {
+    for segment in path.split('/') {
+        if let Some((name, _)) = segment.split_once(';')
+            && (name == "." || name == ".." || (name.contains('%') && decodes_to_dots(name)))
+        {
+            return Err(PathError::DotSegmentParameter);
         }
     }
     Ok(())
@@ -163,6 +182,11 @@ mod tests {
             ("/a/file%2etxt", Ok("/a/file%2etxt")),
             ("/a/%20b", Ok("/a/%20b")),
             ("/a/...", Ok("/a/...")),
+            ("/a/..;/admin", Err(PathError::DotSegmentParameter)),
+            ("/a/..;x=1/admin", Err(PathError::DotSegmentParameter)),
+            ("/a/.;/b", Err(PathError::DotSegmentParameter)),
+            ("/a/%2e%2e;/b", Err(PathError::DotSegmentParameter)),
+            ("/a/b;v=1/c", Ok("/a/b;v=1/c")),
             ("relative", Err(PathError::NotAbsolute)),
         ];
         for (input, expected) in cases {
@@ -186,7 +210,11 @@ mod tests {
                 let again = normalize(&normal).unwrap();
                 prop_assert_eq!(&again, &normal);
                 prop_assert!(!normal.contains("//"));
-                prop_assert!(normal.split('/').all(|s| s != "." && s != ".."));
+                let dot_segment = |s: &str| {
+                    let name = s.split(';').next().unwrap_or(s);
+                    name == "." || name == ".."
+                };
+                prop_assert!(!normal.split('/').any(dot_segment));
             }
         }
     }

@@ -35,6 +35,7 @@ use std::time::Duration;
 use gw_core::Gateway;
 use gw_core::metrics::ProxyMetrics;
 use gw_core::policy::PolicyRegistry;
+use gw_sync::SyncToken;
 use gw_sync::client::{ClientOptions, SyncClient};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -80,6 +81,11 @@ pub struct RuntimeOptions {
     pub file_poll_interval: Duration,
     /// Heartbeat interval of the sync stream.
     pub heartbeat_interval: Duration,
+    /// The token controllers require on the sync stream, if any.
+    pub sync_token: Option<SyncToken>,
+    /// After the shutdown signal, how long the runtime keeps serving while `/status/ready`
+    /// says 503, so that load balancers take it out before it stops accepting connections.
+    pub drain_period: Duration,
 }
 
 impl RuntimeOptions {
@@ -98,6 +104,8 @@ impl RuntimeOptions {
             listener: ListenerOptions::default(),
             file_poll_interval: Duration::from_secs(2),
             heartbeat_interval: Duration::from_secs(10),
+            sync_token: None,
+            drain_period: Duration::ZERO,
         }
     }
 }
@@ -229,8 +237,9 @@ impl Runtime {
         self.state.gateway()
     }
 
-    /// Serves until `shutdown` completes, then turns unready, drains in-flight requests and
-    /// returns.
+    /// Serves until `shutdown` completes; then turns unready, keeps serving for the drain
+    /// period, stops accepting connections, waits for in-flight requests (at most the
+    /// listener's drain timeout) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RuntimeError> {
         let proxy_addr = self.proxy_addr();
         let status_addr = self.status_addr();
@@ -255,6 +264,7 @@ impl Runtime {
                 client_options.advertise_address =
                     options.advertise_address.clone().unwrap_or_default();
                 client_options.heartbeat_interval = options.heartbeat_interval;
+                client_options.token = options.sync_token.clone();
                 let client = SyncClient::new(client_options, Arc::clone(&state));
                 let sync_status = client.status();
                 (tokio::spawn(client.run()), Some(sync_status))
@@ -280,10 +290,18 @@ impl Runtime {
         tracing::info!(node = %options.node_id, group = %options.group, "runtime started");
 
         let draining = Arc::clone(&context);
+        let drain_period = options.drain_period;
         let shutdown = async move {
             shutdown.await;
-            tracing::info!("shutting down: no longer ready, draining");
             draining.draining.store(true, Ordering::Release);
+            if !drain_period.is_zero() {
+                tracing::info!(
+                    ?drain_period,
+                    "shutting down: no longer ready; still serving for the drain period"
+                );
+                tokio::time::sleep(drain_period).await;
+            }
+            tracing::info!("shutting down: closing the listener and finishing in-flight requests");
         };
         listener::serve(
             proxy,

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use gw_runtime::logging::{self, LogFormat};
 use gw_runtime::{ConfigSource, Runtime, RuntimeOptions};
+use gw_sync::SyncToken;
 
 /// gw data plane: proxies API traffic with the configuration it receives from a controller
 /// (or reads from a file), and keeps serving when controllers are down.
@@ -54,9 +55,18 @@ struct Args {
     #[arg(long, env = "GW_ADVERTISE_ADDRESS")]
     advertise_address: Option<String>,
 
-    /// Longest wait for in-flight requests on shutdown, in seconds.
+    /// On SIGTERM, seconds to keep serving while /status/ready answers 503, so that load
+    /// balancers stop sending traffic before the listener closes.
+    #[arg(long, env = "GW_DRAIN_SECONDS", default_value_t = 0)]
+    drain_seconds: u64,
+
+    /// Then, longest wait for in-flight requests to finish, in seconds.
     #[arg(long, env = "GW_DRAIN_TIMEOUT", default_value_t = 30)]
     drain_timeout: u64,
+
+    /// Heartbeat interval of the sync stream, in seconds (the controller adopts it).
+    #[arg(long, env = "GW_HEARTBEAT_SECONDS", default_value_t = 10)]
+    heartbeat_seconds: u64,
 
     /// Worker threads of the async runtime (default: one per core).
     #[arg(long, env = "GW_WORKER_THREADS")]
@@ -96,6 +106,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     options.data_dir = Some(args.data_dir);
     options.advertise_address = args.advertise_address;
     options.listener.drain_timeout = Duration::from_secs(args.drain_timeout);
+    options.drain_period = Duration::from_secs(args.drain_seconds);
+    options.heartbeat_interval = Duration::from_secs(args.heartbeat_seconds.clamp(1, 60));
+    // from the environment only: a flag would show in `ps`
+    options.sync_token = std::env::var("GW_SYNC_TOKEN")
+        .ok()
+        .as_deref()
+        .and_then(SyncToken::new);
     let runtime = Runtime::bind(options).await?;
     runtime.run(shutdown_signal()).await?;
     Ok(())

@@ -229,7 +229,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// [`StoreError::Compacted`] and start over from a snapshot. Returns how many went.
     async fn compact(&self, through: i64) -> Result<u64, StoreError>;
 
-    /// Records a runtime that has just connected (a new session), replacing its row.
+    /// Records a runtime that has just connected (a new session), replacing its row unless
+    /// the row holds a session that connected later (a late write from a controller the
+    /// runtime has since left).
     async fn register_runtime(&self, runtime: &RuntimeRecord) -> Result<(), StoreError>;
 
     /// Updates a runtime's row if its session is still the current one; returns whether it

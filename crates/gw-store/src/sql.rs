@@ -381,7 +381,8 @@ pub(crate) const UPSERT_RUNTIME: &str = "INSERT INTO runtimes (node_id, grp, con
      runtime_version = excluded.runtime_version, applied_revision = excluded.applied_revision, \
      connected = excluded.connected, connected_at = excluded.connected_at, \
      last_seen = excluded.last_seen, last_error = excluded.last_error, \
-     last_error_revision = excluded.last_error_revision";
+     last_error_revision = excluded.last_error_revision \
+     WHERE excluded.connected_at >= runtimes.connected_at";
 pub(crate) const UPDATE_RUNTIME: &str = "UPDATE runtimes SET applied_revision = $3, connected = $4, \
      last_seen = $5, last_error = $6, last_error_revision = $7 \
      WHERE node_id = $1 AND session_id = $2";

@@ -307,11 +307,14 @@ async fn fleet(f: Fixture) {
     let mut moved = r.clone();
     moved.controller_id = "ctl-b".into();
     moved.session_id = "s2".into();
+    moved.connected_at = now + chrono::Duration::seconds(1);
     s.register_runtime(&moved).await.unwrap();
     let mut stale = r.clone();
     stale.connected = false;
     assert!(!s.update_runtime(&stale).await.unwrap());
 
+    // a late register of the old session (a retry from the old controller) loses
+    s.register_runtime(&r).await.unwrap();
     let listed = s.list_runtimes().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].controller_id, "ctl-b");

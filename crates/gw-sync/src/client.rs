@@ -20,7 +20,7 @@ use crate::proto::{
     Ack, ControllerMessage, Heartbeat, Hello, Nack, Resource, ResourceRef, RuntimeMessage,
     controller_message, runtime_message,
 };
-use crate::{PROTOCOL_VERSION, unix_millis};
+use crate::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION, SyncToken, unix_millis};
 
 /// Applies configurations received from a controller. Implemented by the runtime.
 #[async_trait]
@@ -69,6 +69,8 @@ pub struct ClientOptions {
     /// A heartbeat goes to the controller this often; three missed ones from the controller
     /// end the stream.
     pub heartbeat_interval: Duration,
+    /// The token controllers require, if they require one.
+    pub token: Option<SyncToken>,
     /// First backoff after a failure.
     pub initial_backoff: Duration,
     /// Longest backoff.
@@ -88,6 +90,7 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(10),
+            token: None,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
         }
@@ -120,6 +123,8 @@ enum SessionError {
     Refused(String),
     #[error("delta from revision {from} does not apply to revision {applied}; resyncing")]
     DeltaBase { from: i64, applied: i64 },
+    #[error("invalid sync token")]
+    Token,
     #[error("the outbound stream closed")]
     Closed,
 }
@@ -207,7 +212,8 @@ impl<A: Applier> SyncClient<A> {
             .keep_alive_timeout(self.options.heartbeat_interval)
             .keep_alive_while_idle(true);
         let channel = endpoint.connect().await?;
-        let mut client = ConfigSyncClient::new(channel);
+        let mut client =
+            ConfigSyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel::<RuntimeMessage>(8);
         let hello = Hello {
             node_id: self.options.node_id.clone(),
@@ -217,30 +223,40 @@ impl<A: Applier> SyncClient<A> {
             applied_revision: self.applier.applied_revision(),
             supported_policies: self.options.supported_policies.clone(),
             advertise_address: self.options.advertise_address.clone(),
+            heartbeat_interval_ms: u32::try_from(self.options.heartbeat_interval.as_millis())
+                .unwrap_or(u32::MAX),
         };
         tracing::debug!(controller = %address, applied = hello.applied_revision, "saying hello");
         send(&tx, runtime_message::Message::Hello(hello)).await?;
         let handshake = self.options.handshake_timeout;
-        let mut inbound = tokio::time::timeout(handshake, client.stream(ReceiverStream::new(rx)))
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = &self.options.token {
+            let value = token
+                .header_value()
+                .parse()
+                .map_err(|_| SessionError::Token)?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        let mut inbound = tokio::time::timeout(handshake, client.stream(request))
             .await
             .map_err(|_| SessionError::Silent(handshake))??
             .into_inner();
 
+        // Three heartbeat intervals without a word from the controller end the stream; until
+        // its first answer, the (shorter) handshake timeout applies.
         let silence = self.options.heartbeat_interval.saturating_mul(3);
         let mut heartbeat = tokio::time::interval(self.options.heartbeat_interval);
         heartbeat.tick().await;
+        let mut last_heard = tokio::time::Instant::now();
         loop {
-            // until the first answer, the handshake timeout applies
-            let wait = if *healthy {
+            let limit = if *healthy {
                 silence
             } else {
                 handshake.min(silence)
             };
             tokio::select! {
-                message = tokio::time::timeout(wait, inbound.message()) => {
-                    let Ok(message) = message else {
-                        return Err(SessionError::Silent(wait));
-                    };
+                message = inbound.message() => {
+                    last_heard = tokio::time::Instant::now();
                     let Some(ControllerMessage { message }) = message? else {
                         return Ok(());
                     };
@@ -253,6 +269,9 @@ impl<A: Applier> SyncClient<A> {
                         unix_millis: unix_millis(),
                     };
                     send(&tx, runtime_message::Message::Heartbeat(beat)).await?;
+                }
+                () = tokio::time::sleep_until(last_heard + limit) => {
+                    return Err(SessionError::Silent(limit));
                 }
             }
         }
@@ -276,13 +295,8 @@ impl<A: Applier> SyncClient<A> {
             controller_message::Message::Delta(delta) => {
                 let applied = self.applier.applied_revision();
                 if delta.from_revision > applied {
-                    // We are behind what the controller thinks: say so and start over with a
-                    // Hello that carries our real revision.
-                    let reason = format!(
-                        "delta from revision {} does not apply to revision {applied}",
-                        delta.from_revision
-                    );
-                    send_nack(tx, delta.nonce, delta.revision, vec![reason]).await?;
+                    // The controller thinks we have more than we do. Not a rejection of the
+                    // configuration: start over with a Hello that carries our real revision.
                     return Err(SessionError::DeltaBase {
                         from: delta.from_revision,
                         applied,

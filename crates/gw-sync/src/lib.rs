@@ -28,6 +28,46 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The kind of an API resource.
 pub const KIND_API: &str = "api";
 
+/// The largest message either side accepts: a Snapshot holds a whole group's configuration.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The shared secret that runtimes present to controllers (`Authorization: Bearer …` in the
+/// stream's metadata). Its `Debug` output is redacted; it is compared in constant time.
+#[derive(Clone)]
+pub struct SyncToken(String);
+
+impl std::fmt::Debug for SyncToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SyncToken(<redacted>)")
+    }
+}
+
+impl SyncToken {
+    /// Wraps a token; `None` for an empty or blank one.
+    pub fn new(token: &str) -> Option<Self> {
+        let token = token.trim();
+        (!token.is_empty()).then(|| Self(token.to_string()))
+    }
+
+    /// The metadata value a client sends.
+    fn header_value(&self) -> String {
+        format!("Bearer {}", self.0)
+    }
+
+    /// Whether `header` (the `authorization` metadata value) carries this token.
+    fn verify(&self, header: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        let presented = header
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token.trim());
+        let expected: [u8; 32] = Sha256::digest(self.0.as_bytes()).into();
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        presented.ct_eq(&expected).into()
+    }
+}
+
 /// Milliseconds since the Unix epoch, for heartbeats.
 fn unix_millis() -> i64 {
     std::time::SystemTime::now()

@@ -29,7 +29,7 @@ use crate::proto::{
     controller_message, runtime_message,
 };
 use crate::state::DesiredState;
-use crate::{PROTOCOL_VERSION, unix_millis};
+use crate::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION, SyncToken, unix_millis};
 
 /// One runtime's connection, as the fleet view records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,13 +65,24 @@ pub trait FleetObserver: Send + Sync + 'static {
     fn refused(&self, node_id: &str, reason: &str);
 }
 
+/// The source of truth for revisions (the controllers' store). When a runtime says it serves
+/// a revision that this controller has not reached, the session asks it: if the store is
+/// behind the runtime too (a database restored from a backup), the runtime gets a snapshot
+/// of the store's state; otherwise this controller is merely lagging, and the runtime is sent
+/// to another one rather than rolled back.
+#[async_trait::async_trait]
+pub trait RevisionAuthority: Send + Sync + 'static {
+    /// The newest revision, or `None` if it cannot be read now.
+    async fn newest_revision(&self) -> Option<i64>;
+}
+
 /// Timings of the server side.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// A heartbeat goes to each runtime this often.
+    /// A heartbeat goes to each runtime this often, unless the runtime asks for another
+    /// interval in its Hello (kept between 1 and 60 seconds); a runtime that sends nothing
+    /// for three intervals (and five seconds) is disconnected.
     pub heartbeat_interval: Duration,
-    /// A runtime that sends nothing for this long is disconnected.
-    pub idle_timeout: Duration,
     /// The Hello must arrive within this time.
     pub hello_timeout: Duration,
     /// How long to wait for this controller to catch up with a runtime that is ahead of it
@@ -83,7 +94,6 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             heartbeat_interval: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(35),
             hello_timeout: Duration::from_secs(10),
             catch_up_timeout: Duration::from_secs(5),
         }
@@ -100,6 +110,8 @@ pub struct SyncServer {
     sessions: Arc<AtomicU64>,
     /// Turns true when the server shuts down; sessions end their streams then.
     stopping: Arc<watch::Sender<bool>>,
+    token: Option<SyncToken>,
+    authority: Option<Arc<dyn RevisionAuthority>>,
 }
 
 impl std::fmt::Debug for SyncServer {
@@ -126,7 +138,25 @@ impl SyncServer {
             controller_id: controller_id.into(),
             sessions: Arc::new(AtomicU64::new(0)),
             stopping: Arc::new(watch::channel(false).0),
+            token: None,
+            authority: None,
         }
+    }
+
+    /// Requires runtimes to present `token`.
+    #[must_use]
+    pub fn with_token(mut self, token: Option<SyncToken>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// Consults `authority` before sending a snapshot to a runtime that is ahead of this
+    /// controller (see [`RevisionAuthority`]). Without one, such a runtime is always sent to
+    /// another controller.
+    #[must_use]
+    pub fn with_authority(mut self, authority: Arc<dyn RevisionAuthority>) -> Self {
+        self.authority = Some(authority);
+        self
     }
 
     /// Ends every session's stream, so that runtimes move to another controller at once.
@@ -139,6 +169,8 @@ impl SyncServer {
     /// The tonic service, to mount on a server of the caller's.
     pub fn into_service(self) -> ConfigSyncServer<Self> {
         ConfigSyncServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// Serves on `listener` until `shutdown` completes, then ends every session.
@@ -201,6 +233,19 @@ impl ConfigSync for SyncServer {
         &self,
         request: Request<Streaming<RuntimeMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        if let Some(token) = &self.token {
+            let presented = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !token.verify(presented) {
+                tracing::warn!(peer = ?request.remote_addr(), "refusing a runtime without a valid sync token");
+                return Err(Status::unauthenticated(
+                    "a valid sync token is required (GW_SYNC_TOKEN)",
+                ));
+            }
+        }
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.options.hello_timeout, inbound.message())
@@ -224,6 +269,11 @@ impl ConfigSync for SyncServer {
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
         }
         let number = self.sessions.fetch_add(1, Ordering::Relaxed);
+        let heartbeat_interval = match hello.heartbeat_interval_ms {
+            0 => self.options.heartbeat_interval,
+            ms => Duration::from_millis(u64::from(ms))
+                .clamp(Duration::from_secs(1), Duration::from_mins(1)),
+        };
         let session = Session {
             info: SessionInfo {
                 session_id: format!(
@@ -241,10 +291,14 @@ impl ConfigSync for SyncServer {
             acked: hello.applied_revision,
             state: Arc::clone(&self.state),
             observer: Arc::clone(&self.observer),
-            options: self.options.clone(),
+            options: ServerOptions {
+                heartbeat_interval,
+                ..self.options.clone()
+            },
             tx,
             nonces: 0,
             stopping: self.stopping.subscribe(),
+            authority: self.authority.clone(),
         };
         tracing::info!(
             node = %session.info.node_id, group = %session.info.group,
@@ -280,6 +334,7 @@ struct Session {
     tx: mpsc::Sender<Result<ControllerMessage, Status>>,
     nonces: u64,
     stopping: watch::Receiver<bool>,
+    authority: Option<Arc<dyn RevisionAuthority>>,
 }
 
 /// Why a session ended.
@@ -287,6 +342,8 @@ enum End {
     Closed,
     Idle,
     Stopping,
+    /// This controller has not reached the runtime's revision.
+    Behind,
     Protocol(String),
 }
 
@@ -301,8 +358,18 @@ impl Session {
             }
             End::Idle => tracing::warn!(
                 node = %self.info.node_id,
-                "runtime sent nothing for {:?}; closing its stream", self.options.idle_timeout
+                "runtime sent nothing for {:?}; closing its stream", self.idle_timeout()
             ),
+            End::Behind => {
+                tracing::warn!(
+                    node = %self.info.node_id, runtime_revision = self.acked,
+                    revision = self.state.revision(),
+                    "runtime is ahead of this controller; sending it to another one"
+                );
+                let _ = self.tx.try_send(Err(Status::unavailable(
+                    "this controller has not reached the runtime's revision yet; try another",
+                )));
+            }
             End::Protocol(reason) => {
                 tracing::warn!(node = %self.info.node_id, %reason, "closing runtime stream");
                 let _ = self.tx.try_send(Err(Status::invalid_argument(reason)));
@@ -314,11 +381,25 @@ impl Session {
     async fn serve(&mut self, inbound: &mut Streaming<RuntimeMessage>) -> End {
         let mut revisions = self.state.subscribe();
         // A runtime ahead of this controller was served by a controller that has seen newer
-        // changes: give ours a moment to catch up rather than roll the runtime back.
-        if self.acked > self.state.revision() {
-            self.state
+        // changes: give ours a moment to catch up rather than roll the runtime back. If it
+        // does not, roll back only when the store itself is behind the runtime.
+        if self.acked > self.state.revision()
+            && !self
+                .state
                 .wait_for(self.acked, self.options.catch_up_timeout)
-                .await;
+                .await
+        {
+            let truth = match &self.authority {
+                Some(authority) => authority.newest_revision().await,
+                None => None,
+            };
+            match truth {
+                Some(newest) if newest < self.acked => tracing::warn!(
+                    node = %self.info.node_id, runtime_revision = self.acked, store_revision = newest,
+                    "the store is behind this runtime (restored database?); sending it the store's state"
+                ),
+                _ => return End::Behind,
+            }
         }
         // Always answer the Hello, even with an empty delta: the runtime learns it is in sync.
         let mut in_flight: Option<(String, i64)> = match self.send_update().await {
@@ -328,11 +409,12 @@ impl Session {
         let mut rejected: i64 = 0;
         let mut heartbeat = tokio::time::interval(self.options.heartbeat_interval);
         heartbeat.tick().await;
-        let mut idle_deadline = tokio::time::Instant::now() + self.options.idle_timeout;
+        let idle_timeout = self.idle_timeout();
+        let mut idle_deadline = tokio::time::Instant::now() + idle_timeout;
         loop {
             tokio::select! {
                 message = inbound.message() => {
-                    idle_deadline = tokio::time::Instant::now() + self.options.idle_timeout;
+                    idle_deadline = tokio::time::Instant::now() + idle_timeout;
                     let message = match message {
                         Ok(Some(RuntimeMessage { message: Some(m) })) => m,
                         Ok(Some(RuntimeMessage { message: None })) => continue,
@@ -392,6 +474,10 @@ impl Session {
                 }
             }
         }
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        self.options.heartbeat_interval * 3 + Duration::from_secs(5)
     }
 
     /// Sends a Delta from the acknowledged revision, or a Snapshot; returns the nonce and

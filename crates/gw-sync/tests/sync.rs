@@ -5,8 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use gw_sync::SyncToken;
 use gw_sync::client::{Applier, ClientOptions, SyncClient};
 use gw_sync::proto::{Resource, ResourceRef};
+use gw_sync::server::RevisionAuthority;
 use gw_sync::server::{FleetObserver, ServerOptions, SessionInfo, SyncServer};
 use gw_sync::state::{DesiredState, Entry, StateChange};
 use tokio::net::TcpListener;
@@ -19,6 +21,16 @@ struct MemoryApplier {
 }
 
 impl MemoryApplier {
+    /// A runtime that already serves `revision` (from its cache), with resource `cached`.
+    fn at(revision: i64) -> Self {
+        let applier = Self::default();
+        {
+            let mut inner = applier.inner.lock().unwrap();
+            inner.0 = revision;
+            inner.1.insert("cached".into(), revision);
+        }
+        applier
+    }
     fn revision(&self) -> i64 {
         self.inner.lock().unwrap().0
     }
@@ -149,14 +161,21 @@ struct Controller {
 }
 
 async fn controller(id: &str, state: &Arc<DesiredState>, events: &Arc<Events>) -> Controller {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
     let server = SyncServer::new(
         id,
         Arc::clone(state),
         Arc::clone(events) as Arc<dyn FleetObserver>,
-        ServerOptions::default(),
+        ServerOptions {
+            catch_up_timeout: Duration::from_millis(200),
+            ..ServerOptions::default()
+        },
     );
+    serve(server).await
+}
+
+async fn serve(server: SyncServer) -> Controller {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
     let task = tokio::spawn(async move {
         server
             .serve(listener, std::future::pending())
@@ -172,7 +191,18 @@ fn client(
     group: &str,
     applier: &Arc<MemoryApplier>,
 ) -> JoinHandle<()> {
+    client_with_token(controllers, node, group, applier, None)
+}
+
+fn client_with_token(
+    controllers: Vec<String>,
+    node: &str,
+    group: &str,
+    applier: &Arc<MemoryApplier>,
+    token: Option<&str>,
+) -> JoinHandle<()> {
     let mut options = ClientOptions::new(controllers, node.into(), group.into());
+    options.token = token.and_then(SyncToken::new);
     options.initial_backoff = Duration::from_millis(20);
     options.max_backoff = Duration::from_millis(200);
     options.handshake_timeout = Duration::from_millis(300);
@@ -337,4 +367,133 @@ async fn a_controller_that_accepts_but_never_answers_is_left_for_another() {
         rt.revision() == 1
     })
     .await;
+}
+
+#[tokio::test]
+async fn controllers_with_a_token_refuse_runtimes_without_it() {
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([change(1, "a", &["default"])]);
+    let events = Arc::new(Events::default());
+    let server = SyncServer::new(
+        "ctl-a",
+        Arc::clone(&state),
+        Arc::clone(&events) as Arc<dyn FleetObserver>,
+        ServerOptions::default(),
+    )
+    .with_token(SyncToken::new("sync-secret-0123456789"));
+    let ctl = serve(server).await;
+
+    let intruder = Arc::new(MemoryApplier::default());
+    let _a = client_with_token(
+        vec![ctl.address.clone()],
+        "intruder",
+        "default",
+        &intruder,
+        Some("guess"),
+    );
+    let anonymous = Arc::new(MemoryApplier::default());
+    let _b = client(
+        vec![ctl.address.clone()],
+        "anonymous",
+        "default",
+        &anonymous,
+    );
+    let member = Arc::new(MemoryApplier::default());
+    let _c = client_with_token(
+        vec![ctl.address.clone()],
+        "member",
+        "default",
+        &member,
+        Some("sync-secret-0123456789"),
+    );
+    eventually("the member's snapshot", || member.revision() == 1).await;
+    assert_eq!(intruder.revision(), 0);
+    assert_eq!(anonymous.revision(), 0);
+    assert!(!events.contains("connected intruder"));
+    assert!(!events.contains("connected anonymous"));
+}
+
+struct Store(i64);
+
+#[async_trait]
+impl RevisionAuthority for Store {
+    async fn newest_revision(&self) -> Option<i64> {
+        Some(self.0)
+    }
+}
+
+#[tokio::test]
+async fn a_runtime_ahead_of_a_lagging_controller_is_not_rolled_back() {
+    // this controller lags at revision 1; another one is at revision 3
+    let lagging = Arc::new(DesiredState::new(1000));
+    lagging.apply([change(1, "a", &["default"])]);
+    let current = Arc::new(DesiredState::new(1000));
+    current.apply([
+        change(1, "a", &["default"]),
+        change(2, "b", &["default"]),
+        change(3, "c", &["default"]),
+    ]);
+    let events = Arc::new(Events::default());
+    let behind = serve(
+        SyncServer::new(
+            "ctl-behind",
+            Arc::clone(&lagging),
+            Arc::clone(&events) as Arc<dyn FleetObserver>,
+            ServerOptions {
+                catch_up_timeout: Duration::from_millis(100),
+                ..ServerOptions::default()
+            },
+        )
+        .with_authority(Arc::new(Store(3))),
+    )
+    .await;
+    let ahead = controller("ctl-ahead", &current, &events).await;
+
+    // the runtime serves revision 2 from its cache
+    let rt = Arc::new(MemoryApplier::at(2));
+    let _client = client(
+        vec![
+            behind.address.clone(),
+            behind.address.clone(),
+            ahead.address.clone(),
+        ],
+        "rt-1",
+        "default",
+        &rt,
+    );
+    eventually("the runtime to reach revision 3", || rt.revision() == 3).await;
+    assert!(
+        rt.kinds().iter().all(|k| *k == "delta"),
+        "rolled back with a snapshot: {:?}",
+        rt.kinds()
+    );
+    assert!(
+        rt.names().contains(&"cached".to_string()),
+        "a delta keeps what the runtime had"
+    );
+}
+
+#[tokio::test]
+async fn a_runtime_ahead_of_a_restored_store_follows_the_store() {
+    let restored = Arc::new(DesiredState::new(1000));
+    restored.apply([change(1, "a", &["default"])]);
+    let events = Arc::new(Events::default());
+    let ctl = serve(
+        SyncServer::new(
+            "ctl",
+            Arc::clone(&restored),
+            Arc::clone(&events) as Arc<dyn FleetObserver>,
+            ServerOptions {
+                catch_up_timeout: Duration::from_millis(100),
+                ..ServerOptions::default()
+            },
+        )
+        .with_authority(Arc::new(Store(1))),
+    )
+    .await;
+    let rt = Arc::new(MemoryApplier::at(7));
+    let _client = client(vec![ctl.address.clone()], "rt-1", "default", &rt);
+    eventually("the snapshot of the store's state", || rt.revision() == 1).await;
+    assert_eq!(rt.kinds(), ["snapshot"]);
+    assert_eq!(rt.names(), ["a"]);
 }

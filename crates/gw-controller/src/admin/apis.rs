@@ -167,7 +167,18 @@ async fn wait_if_asked(
     let store = state.store()?;
     let report = fleet::wait_applied(store, groups, revision, timeout, state.options.stale_after)
         .await
-        .map_err(|err| ApiError::from_store(err).with_etag(revision))?;
+        .map_err(|err| {
+            tracing::warn!(error = %err, revision, "cannot confirm that runtimes applied a write");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "apply_unconfirmed",
+                format!(
+                    "stored at revision {revision}, but the database became unavailable while \
+                     waiting for the runtimes; the change reaches them when they can be served"
+                ),
+            )
+            .with_etag(revision)
+        })?;
     if !report.rejected.is_empty() {
         let details = report
             .rejected

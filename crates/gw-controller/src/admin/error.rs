@@ -100,7 +100,8 @@ impl ApiError {
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",
-                    "the database is unavailable; nothing was changed, try again later",
+                    "the database is unavailable; try again later (a write cut off by the outage \
+                     either committed whole or not at all: read the resource to know which)",
                 )
             }
             StoreError::NotFound { .. } => {

@@ -22,6 +22,8 @@ use axum::routing::get;
 use gw_core::policy::PolicyRegistry;
 use gw_store::Store;
 use gw_sync::state::DesiredState;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 pub use error::ApiError;
 
@@ -94,6 +96,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(log_request))
+        // a bug in a handler answers 500 instead of dropping the connection
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the controller failed; see its log",
+            )
+            .into_response()
+        }))
+        // the token is redacted wherever a request is printed
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+        ]))
         .with_state(state)
 }
 

@@ -347,9 +347,17 @@ fn the_documentation_covers_every_schema_field() {
         .iter()
         .filter(|f| {
             // as a field (`kind`, `spec.context`) or as the parent of one (`spec.upstream.…`)
-            let spellings = [format!("`{f}`"), format!(".{f}`"), format!("`{f}."), format!(".{f}.")];
+            let spellings = [
+                format!("`{f}`"),
+                format!(".{f}`"),
+                format!("`{f}."),
+                format!(".{f}."),
+            ];
             !spellings.iter().any(|s| doc.contains(s.as_str()))
         })
         .collect();
-    assert!(missing.is_empty(), "not documented in docs/api-definition.md: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "not documented in docs/api-definition.md: {missing:?}"
+    );
 }
