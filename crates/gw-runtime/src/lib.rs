@@ -264,7 +264,7 @@ impl Runtime {
                 client_options.advertise_address =
                     options.advertise_address.clone().unwrap_or_default();
                 client_options.heartbeat_interval = options.heartbeat_interval;
-                client_options.token = options.sync_token.clone();
+                client_options.token.clone_from(&options.sync_token);
                 let client = SyncClient::new(client_options, Arc::clone(&state));
                 let sync_status = client.status();
                 (tokio::spawn(client.run()), Some(sync_status))
