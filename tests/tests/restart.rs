@@ -4,37 +4,59 @@
 use std::time::Duration;
 
 use gw_e2e::{
-    Admin, ControllerSpec, TOKEN, TestDatabase, Upstream, api_yaml, call, controller, eventually,
-    runtime,
+    Admin, ControllerSpec, Process, TOKEN, TestDatabase, Upstream, api_yaml, call, controller,
+    eventually, runtime,
 };
 
-fn spec(db: &TestDatabase) -> ControllerSpec {
-    ControllerSpec {
+/// A controller on its own database and a runtime connected to it, with their directories.
+struct Cluster {
+    ctl: Process,
+    admin: Admin,
+    rt: Process,
+    _dirs: [tempfile::TempDir; 2],
+    _db: TestDatabase,
+}
+
+async fn cluster() -> Cluster {
+    let db = TestDatabase::create().await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let spec = ControllerSpec {
         database_url: Some(db.url().to_string()),
         dev: false,
         all_in_one: false,
         node_id: "ctl".to_string(),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runtime_restart_resumes_from_its_cache_and_revision() {
-    let db = TestDatabase::create().await;
-    let ctl_dir = tempfile::tempdir().unwrap();
-    let rt_dir = tempfile::tempdir().unwrap();
-    let mut ctl = controller(&spec(&db), ctl_dir.path());
+    };
+    let ctl = controller(&spec, dirs[0].path());
     let admin = Admin::new(ctl.addr("admin"), Some(TOKEN));
     admin.wait_ready().await;
-    let sync = ctl.addr("sync");
-    let mut rt = runtime("rt-1", &[sync], rt_dir.path());
-    let up = Upstream::start("up").await;
-    let client = reqwest::Client::new();
+    let rt = runtime("rt-1", &[ctl.addr("sync")], dirs[1].path());
     eventually(
         "the runtime to connect",
         Duration::from_secs(20),
         || async { ctl.logged("runtime connected") },
     )
     .await;
+    Cluster {
+        ctl,
+        admin,
+        rt,
+        _dirs: dirs,
+        _db: db,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_restart_resumes_from_its_cache_and_revision() {
+    // (binding `_dirs` and `_db` keeps them alive to the end of the test)
+    let Cluster {
+        mut ctl,
+        admin,
+        mut rt,
+        _dirs,
+        _db,
+    } = cluster().await;
+    let up = Upstream::start("up").await;
+    let client = reqwest::Client::new();
     let first = admin
         .put_api(
             "one",
@@ -84,24 +106,18 @@ async fn runtime_restart_resumes_from_its_cache_and_revision() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_restart_keeps_revisions() {
-    let db = TestDatabase::create().await;
-    let ctl_dir = tempfile::tempdir().unwrap();
-    let rt_dir = tempfile::tempdir().unwrap();
-    let mut ctl = controller(&spec(&db), ctl_dir.path());
+    let Cluster {
+        mut ctl,
+        admin,
+        rt,
+        _dirs,
+        _db,
+    } = cluster().await;
     let admin_addr = ctl.addr("admin");
     let sync_addr = ctl.addr("sync");
-    let admin = Admin::new(admin_addr, Some(TOKEN));
-    admin.wait_ready().await;
-    let rt = runtime("rt-1", &[sync_addr], rt_dir.path());
     let proxy = rt.addr("proxy");
     let up = Upstream::start("up").await;
     let client = reqwest::Client::new();
-    eventually(
-        "the runtime to connect",
-        Duration::from_secs(20),
-        || async { ctl.logged("runtime connected") },
-    )
-    .await;
     for name in ["a", "b"] {
         let response = admin
             .put_api(

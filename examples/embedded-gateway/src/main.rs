@@ -30,7 +30,15 @@ async fn proxy(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> impl IntoResponse {
-    gateway.handle(request, ConnInfo { peer, secure: false }).await
+    gateway
+        .handle(
+            request,
+            ConnInfo {
+                peer,
+                secure: false,
+            },
+        )
+        .await
 }
 
 #[tokio::main]
@@ -42,17 +50,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // your own policies would be registered here
     let policies = PolicyRegistry::new();
-    let ctx = ValidationContext { policies: Some(&policies) };
+    let ctx = ValidationContext {
+        policies: Some(&policies),
+    };
     let apis = model::parse_set(&text, Format::Yaml, &ctx)?;
     let gateway = Arc::new(Gateway::new(policies, ProxyMetrics::unregistered()));
     gateway.apply(1, apis.into_iter().map(Arc::new))?;
 
     let app = Router::new()
-        .route("/hello", get(|| async { "hello from the service itself\n" }))
+        .route(
+            "/hello",
+            get(|| async { "hello from the service itself\n" }),
+        )
         .fallback(proxy)
         .with_state(gateway);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("listening on {}", listener.local_addr()?);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }
