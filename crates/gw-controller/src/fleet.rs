@@ -113,9 +113,15 @@ impl FleetRecorder {
                                 pending.register = true;
                                 store.register_runtime(&pending.record).await
                             }
-                            other => other.map(|_| ()),
+                            other => other,
                         }
                     };
+                    if pending.register && matches!(result, Ok(false)) {
+                        tracing::info!(
+                            node = %pending.record.node_id, session = %pending.record.session_id,
+                            "not recording a runtime session: the fleet holds a newer one"
+                        );
+                    }
                     if let Err(err) = result {
                         tracing::warn!(node = %pending.record.node_id, error = %err, "cannot record runtime state; will retry");
                         failed.push(pending);
@@ -152,6 +158,9 @@ impl FleetObserver for FleetRecorder {
             group: session.group.clone(),
             controller_id: self.controller_id.clone(),
             session_id: session.session_id.clone(),
+            session_epoch: i64::try_from(session.session_epoch).unwrap_or(i64::MAX),
+            heartbeat_interval_ms: i64::try_from(session.heartbeat_interval.as_millis())
+                .unwrap_or(i64::MAX),
             address: session.address.clone(),
             runtime_version: session.runtime_version.clone(),
             applied_revision,
@@ -213,23 +222,27 @@ pub struct RuntimeView {
     /// The stored record.
     #[serde(flatten)]
     pub record: RuntimeRecord,
-    /// `connected`, `stale` (connected, but not heard from recently: its controller may be
-    /// gone) or `disconnected`.
+    /// `connected`, `stale` (connected, but silent for three heartbeat intervals: its
+    /// controller may be gone) or `disconnected`.
     pub status: &'static str,
     /// How many revisions it is behind the newest.
     pub lag: i64,
 }
 
+/// How long a connected runtime may be silent before it counts as stale: three of its
+/// heartbeat intervals and five seconds.
+fn stale_after(record: &RuntimeRecord) -> Duration {
+    let heartbeat = Duration::from_millis(u64::try_from(record.heartbeat_interval_ms).unwrap_or(0));
+    heartbeat
+        .saturating_mul(3)
+        .saturating_add(Duration::from_secs(5))
+}
+
 /// Classifies a stored runtime.
-pub fn view(
-    record: RuntimeRecord,
-    newest: i64,
-    stale_after: Duration,
-    now: SystemTime,
-) -> RuntimeView {
+pub fn view(record: RuntimeRecord, newest: i64, now: SystemTime) -> RuntimeView {
     let now: DateTime<Utc> = now.into();
     let silent = (now - record.last_seen).to_std().unwrap_or_default();
-    let status = match (record.connected, silent > stale_after) {
+    let status = match (record.connected, silent > stale_after(&record)) {
         (true, false) => "connected",
         (true, true) => "stale",
         (false, _) => "disconnected",
@@ -260,7 +273,6 @@ pub async fn wait_applied(
     groups: &[String],
     revision: i64,
     timeout: Duration,
-    stale_after: Duration,
 ) -> Result<ApplyReport, gw_store::StoreError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -270,7 +282,7 @@ pub async fn wait_applied(
             if !groups.contains(&record.group) {
                 continue;
             }
-            let runtime = view(record, revision, stale_after, now);
+            let runtime = view(record, revision, now);
             if runtime.status != "connected" {
                 continue;
             }

@@ -70,7 +70,8 @@ pub struct ControllerOptions {
     pub store_timeout: Duration,
     /// Safety poll of the change log (notifications make changes arrive sooner).
     pub poll_interval: Duration,
-    /// Heartbeat interval of the sync streams.
+    /// Heartbeat interval of the sync streams of runtimes that do not ask for their own
+    /// (and of the all-in-one runtime).
     pub heartbeat_interval: Duration,
     /// Revisions kept in the change log.
     pub change_retention: i64,
@@ -106,7 +107,6 @@ impl ControllerOptions {
                 max_body_bytes: gw_core::model::MAX_DOCUMENT_BYTES,
                 default_wait: Duration::from_secs(30),
                 max_wait: Duration::from_mins(5),
-                stale_after: Duration::from_secs(35),
             },
         }
     }
@@ -140,8 +140,25 @@ impl std::fmt::Debug for ControllerOptions {
     }
 }
 
-/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
+/// `postgres://user:secret@host/db?password=x` -> `postgres://user:***@host/db?password=***`.
 fn redact_password(url: &str) -> String {
+    let url = redact_userinfo(url);
+    match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => url,
+    }
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_string();
     };
@@ -196,6 +213,9 @@ pub enum ControllerError {
     /// The store cannot be used (bad URL, failed migration); retrying will not help.
     #[error(transparent)]
     Store(StoreError),
+    /// The options are inconsistent.
+    #[error("invalid options: {0}")]
+    Options(String),
     /// The in-process runtime failed.
     #[error("the all-in-one runtime failed: {0}")]
     Runtime(#[from] gw_runtime::RuntimeError),
@@ -250,6 +270,8 @@ pub async fn run(
              generated into the data directory; never use --dev in production"
         );
     }
+    gw_sync::validate_node_id(&options.node_id)
+        .map_err(|reason| ControllerError::Options(format!("--node-id: {reason}")))?;
     let token = keys::admin_token(options.dev, options.admin_token.as_deref())?;
     if token.is_none() {
         tracing::warn!("no GW_ADMIN_TOKEN: the admin API accepts unauthenticated calls");
@@ -281,6 +303,7 @@ pub async fn run(
         shutdown.await;
         stop_tx.send_replace(true);
     });
+    let stopping = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -297,6 +320,7 @@ pub async fn run(
         policies: options.policies.clone(),
         controller_id: options.node_id.clone(),
         options: options.admin.clone(),
+        stopping,
     });
     let admin_listener = bind("admin", options.admin_addr).await?;
     tracing::info!(listener = "admin", addr = %admin_listener.local_addr().unwrap_or(options.admin_addr), "listening");
@@ -377,6 +401,7 @@ pub async fn run(
         },
     )
     .with_token(options.sync_token.clone())
+    .with_store_id(store.store_id())
     .with_authority(Arc::new(StoreAuthority(Arc::clone(&store))));
     let sync = tokio::spawn(server.serve(sync_listener, stopped()));
 

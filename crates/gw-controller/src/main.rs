@@ -50,21 +50,11 @@ struct Args {
     all_in_one: bool,
 
     /// Traffic address of the all-in-one runtime.
-    #[arg(
-        long,
-        env = "GW_PROXY_ADDR",
-        default_value = "127.0.0.1:8080",
-        requires = "all_in_one"
-    )]
+    #[arg(long, env = "GW_PROXY_ADDR", default_value = "127.0.0.1:8080")]
     proxy_addr: SocketAddr,
 
     /// Status address of the all-in-one runtime.
-    #[arg(
-        long,
-        env = "GW_STATUS_ADDR",
-        default_value = "127.0.0.1:7085",
-        requires = "all_in_one"
-    )]
+    #[arg(long, env = "GW_STATUS_ADDR", default_value = "127.0.0.1:7085")]
     status_addr: SocketAddr,
 
     /// Longest wait for the database, in milliseconds, before a call answers 503.
@@ -113,8 +103,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .and_then(SyncToken::new);
     options.store_timeout = Duration::from_millis(args.store_timeout_ms.max(100));
     options.poll_interval = Duration::from_millis(args.poll_interval_ms.max(100));
-    options.heartbeat_interval = Duration::from_secs(args.heartbeat_seconds.max(1));
-    options.admin.stale_after = options.heartbeat_interval * 3 + Duration::from_secs(5);
+    options.heartbeat_interval = Duration::from_secs(args.heartbeat_seconds.clamp(1, 60));
     if args.all_in_one {
         options.all_in_one = Some(AllInOne {
             proxy_addr: args.proxy_addr,

@@ -15,13 +15,15 @@ use gw_sync::state::DesiredState;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-fn state(store: Option<Arc<dyn Store>>) -> Arc<AppState> {
+/// The handlers' state, and the sender that signals the controller's shutdown.
+fn state(store: Option<Arc<dyn Store>>) -> (Arc<AppState>, tokio::sync::watch::Sender<bool>) {
     let cell = OnceLock::new();
     let loaded = store.is_some();
     if let Some(store) = store {
         let _ = cell.set(store);
     }
-    Arc::new(AppState {
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let state = Arc::new(AppState {
         store: cell,
         loaded: AtomicBool::new(loaded),
         desired: Arc::new(DesiredState::new(100)),
@@ -32,9 +34,10 @@ fn state(store: Option<Arc<dyn Store>>) -> Arc<AppState> {
             max_body_bytes: 64 * 1024,
             default_wait: Duration::from_secs(30),
             max_wait: Duration::from_mins(1),
-            stale_after: Duration::from_secs(30),
         },
-    })
+        stopping,
+    });
+    (state, stop)
 }
 
 async fn sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
@@ -77,6 +80,8 @@ fn runtime(node: &str, group: &str, applied: i64) -> RuntimeRecord {
         group: group.into(),
         controller_id: "ctl".into(),
         session_id: format!("{node}-session"),
+        session_epoch: 1,
+        heartbeat_interval_ms: 10_000,
         address: "127.0.0.1:1".into(),
         runtime_version: "test".into(),
         applied_revision: applied,
@@ -90,7 +95,7 @@ fn runtime(node: &str, group: &str, applied: i64) -> RuntimeRecord {
 
 #[tokio::test]
 async fn without_a_store_writes_answer_503_and_readyz_is_false() {
-    let state = state(None);
+    let (state, _stop) = state(None);
     let (status, body) = send(
         &state,
         Request::get("/api/v1/apis").body(Body::empty()).unwrap(),
@@ -112,7 +117,7 @@ async fn without_a_store_writes_answer_503_and_readyz_is_false() {
 #[tokio::test]
 async fn streamed_bodies_are_cut_off_at_the_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let state = state(Some(sqlite(&dir).await));
+    let (state, _stop) = state(Some(sqlite(&dir).await));
     let chunks = (0..20).map(|_| Ok::<_, std::io::Error>(vec![b'#'; 8 * 1024]));
     let body = Body::from_stream(futures_util::stream::iter(chunks));
     let (status, body) = send(&state, put("/api/v1/apis/a", body)).await;
@@ -123,7 +128,7 @@ async fn streamed_bodies_are_cut_off_at_the_limit() {
 #[tokio::test]
 async fn preconditions_and_query_parameters() {
     let dir = tempfile::tempdir().unwrap();
-    let state = state(Some(sqlite(&dir).await));
+    let (state, _stop) = state(Some(sqlite(&dir).await));
     let (status, _) = send(&state, put("/api/v1/apis/a", api("a", "/a", "[default]"))).await;
     assert_eq!(status, StatusCode::CREATED);
 
@@ -180,7 +185,7 @@ async fn preconditions_and_query_parameters() {
 async fn wait_applied_names_the_runtimes_that_lag_or_reject() {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite(&dir).await;
-    let state = state(Some(Arc::clone(&store)));
+    let (state, stop) = state(Some(Arc::clone(&store)));
     // a runtime of another group is not waited for; a disconnected one neither
     store
         .register_runtime(&runtime("other-group", "edge", 0))
@@ -247,4 +252,26 @@ async fn wait_applied_names_the_runtimes_that_lag_or_reject() {
         body["error"]["details"][0]["message"],
         "unknown policy \"x\""
     );
+
+    // a controller that stops does not hold a wait open
+    let waiting = {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            send(
+                &state,
+                put(
+                    "/api/v1/apis/a?wait=applied&timeout=60s",
+                    api("a", "/a4", "[default]"),
+                ),
+            )
+            .await
+        })
+    };
+    stop.send_replace(true);
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the wait ends when the controller stops")
+        .unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "apply_unconfirmed");
 }

@@ -134,7 +134,11 @@ fn decodes_to_dots(segment: &str) -> bool {
     while !rest.is_empty() {
         if let Some(tail) = rest.strip_prefix('.') {
             rest = tail;
-        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("%2e") {
+        } else if rest
+            .as_bytes()
+            .get(..3)
+            .is_some_and(|b| b.eq_ignore_ascii_case(b"%2e"))
+        {
             rest = &rest[3..];
         } else {
             return false;

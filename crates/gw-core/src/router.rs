@@ -151,8 +151,8 @@ pub fn request_host<B>(req: &http::Request<B>) -> Option<std::borrow::Cow<'_, st
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        // [v6]:port
-        return host.split(']').next().map_or(host, |h| &host[..=h.len()]);
+        // [v6]:port; a bracket that never closes is kept whole (and matches no host)
+        return host.find(']').map_or(host, |end| &host[..=end]);
     }
     match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
@@ -241,6 +241,8 @@ mod tests {
             Some("example.com")
         );
         assert_eq!(request_host(&req("[::1]:80")).as_deref(), Some("[::1]"));
+        assert_eq!(request_host(&req("[")).as_deref(), Some("["));
+        assert_eq!(request_host(&req("[::1")).as_deref(), Some("[::1"));
         let h2 = http::Request::builder()
             .uri("http://h2.example/x")
             .body(())
@@ -249,6 +251,15 @@ mod tests {
     }
 
     proptest! {
+        /// Any Host header the HTTP parser lets through yields a host, without panicking.
+        #[test]
+        fn host_parsing_never_panics(host in "[ -~]{0,40}") {
+            if let Ok(value) = http::HeaderValue::from_str(&host) {
+                let req = http::Request::builder().uri("/").header("host", value).body(()).unwrap();
+                let _ = request_host(&req);
+            }
+        }
+
         /// The matched context is always a prefix of the path that ends on a segment
         /// boundary.
         #[test]

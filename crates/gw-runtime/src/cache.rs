@@ -31,6 +31,9 @@ pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 pub struct CachedConfig {
     /// The group it was served for.
     pub group: String,
+    /// The store the revision belongs to (see `gw_store::Store::store_id`).
+    #[serde(default)]
+    pub store_id: String,
     /// Its revision.
     pub revision: i64,
     /// Every API, canonical.
@@ -192,6 +195,7 @@ mod tests {
     fn config() -> CachedConfig {
         CachedConfig {
             group: "default".into(),
+            store_id: "s".into(),
             revision: 7,
             apis: vec![CachedApi {
                 revision: 7,

@@ -55,7 +55,10 @@ fn format_of(path: &Path) -> Format {
 pub struct FileSource {
     path: PathBuf,
     state: Arc<ConfigState>,
+    /// The content served.
     digest: Option<Vec<u8>>,
+    /// The content last refused (reported once, not at every poll).
+    refused: Option<Vec<u8>>,
     revision: i64,
 }
 
@@ -66,12 +69,22 @@ impl FileSource {
             path,
             state,
             digest: None,
+            refused: None,
             revision: 0,
         }
     }
 
-    /// Reads the file and applies it if it changed since the last successful load.
+    /// Reads the file and applies it if it changed since the last load (successful or
+    /// not); returns whether it applied a new configuration.
     pub async fn load(&mut self) -> Result<bool, FileError> {
+        let result = self.load_changed().await;
+        if result.is_ok() {
+            self.refused = None;
+        }
+        result
+    }
+
+    async fn load_changed(&mut self) -> Result<bool, FileError> {
         let bytes = tokio::fs::read(&self.path)
             .await
             .map_err(|source| FileError::Read {
@@ -79,9 +92,11 @@ impl FileSource {
                 source,
             })?;
         let digest = Sha256::digest(&bytes).to_vec();
-        if self.digest.as_ref() == Some(&digest) {
+        if self.digest.as_ref() == Some(&digest) || self.refused.as_ref() == Some(&digest) {
             return Ok(false);
         }
+        // refused until it applies; a content that fails is reported once
+        self.refused = Some(digest.clone());
         let ctx = ValidationContext {
             policies: Some(self.state.gateway().registry()),
         };
@@ -96,6 +111,7 @@ impl FileSource {
         self.state
             .replace(
                 revision,
+                "",
                 apis.into_iter().map(|api| (revision, api)).collect(),
                 Origin::File,
             )

@@ -170,12 +170,18 @@ impl Runtime {
     /// (an invalid file is an error), the last-known-good cache in controller mode (if there
     /// is a valid one).
     pub async fn bind(options: RuntimeOptions) -> Result<Self, RuntimeError> {
-        if let ConfigSource::Controllers(list) = &options.source
-            && list.is_empty()
-        {
-            return Err(RuntimeError::Options(
-                "give at least one controller address, or a configuration file".to_string(),
-            ));
+        if let ConfigSource::Controllers(list) = &options.source {
+            if list.is_empty() {
+                return Err(RuntimeError::Options(
+                    "give at least one controller address, or a configuration file".to_string(),
+                ));
+            }
+            // what a controller would refuse, refused here with a clear message instead of
+            // an endless reconnect loop
+            gw_core::model::validate_name(&options.group)
+                .map_err(|reason| RuntimeError::Options(format!("--group: {reason}")))?;
+            gw_sync::validate_node_id(&options.node_id)
+                .map_err(|reason| RuntimeError::Options(format!("--node-id: {reason}")))?;
         }
         let bind = |what, addr| async move {
             TcpListener::bind(addr)

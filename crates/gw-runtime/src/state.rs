@@ -111,6 +111,8 @@ struct Installed {
 #[derive(Debug, Default)]
 struct Current {
     revision: i64,
+    /// The store the revision belongs to (controller and cache origins).
+    store_id: String,
     apis: BTreeMap<String, Installed>,
 }
 
@@ -121,6 +123,8 @@ pub struct ConfigState {
     group: String,
     current: tokio::sync::Mutex<Current>,
     applied: AtomicI64,
+    /// The store of the applied revision, readable without waiting for an apply.
+    applied_store: Mutex<String>,
     origin: Mutex<Origin>,
     cache: Option<CacheFile>,
     metrics: ConfigMetrics,
@@ -140,6 +144,7 @@ impl ConfigState {
             group,
             current: tokio::sync::Mutex::new(Current::default()),
             applied: AtomicI64::new(0),
+            applied_store: Mutex::new(String::new()),
             origin: Mutex::new(Origin::None),
             cache,
             metrics: ConfigMetrics::register(registry),
@@ -179,14 +184,17 @@ impl ConfigState {
         })
     }
 
-    /// Applies a whole set of definitions that came from `origin`.
+    /// Applies a whole set of definitions that came from `origin` (and, for the cache, from
+    /// the store `store_id`).
     pub async fn replace(
         &self,
         revision: i64,
+        store_id: &str,
         apis: Vec<(i64, ApiDefinition)>,
         origin: Origin,
     ) -> Result<(), Vec<String>> {
         let mut current = self.current.lock().await;
+        current.store_id = store_id.to_string();
         let next = apis
             .into_iter()
             .map(|(revision, api)| {
@@ -233,10 +241,14 @@ impl ConfigState {
         Ok(())
     }
 
-    /// Books a new revision as served: the revision, its origin and the metrics.
+    /// Books a new revision as served: the revision, its store, its origin and the metrics.
     fn record(&self, current: &mut Current, revision: i64, origin: Origin) {
         let label = origin.as_str();
         current.revision = revision;
+        self.applied_store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone_from(&current.store_id);
         self.applied.store(revision, Ordering::Release);
         let previous = std::mem::replace(
             &mut *self
@@ -283,6 +295,7 @@ impl ConfigState {
         };
         let config = CachedConfig {
             group: self.group.clone(),
+            store_id: current.store_id.clone(),
             revision: current.revision,
             apis: current
                 .apis
@@ -341,7 +354,10 @@ impl ConfigState {
                 }
             }
         }
-        match self.replace(config.revision, apis, Origin::Cache).await {
+        match self
+            .replace(config.revision, &config.store_id, apis, Origin::Cache)
+            .await
+        {
             Ok(()) => {
                 tracing::info!(cache = %path, revision = config.revision, "serving the last-known-good configuration");
                 Some(config.revision)
@@ -384,13 +400,19 @@ fn parse_definition(
 
 #[async_trait]
 impl Applier for ConfigState {
-    fn applied_revision(&self) -> i64 {
-        self.revision()
+    fn applied(&self) -> (i64, String) {
+        let store = self
+            .applied_store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        (self.revision(), store)
     }
 
     async fn apply_snapshot(
         &self,
         revision: i64,
+        store_id: &str,
         resources: Vec<Resource>,
     ) -> Result<(), Vec<String>> {
         let mut current = self.current.lock().await;
@@ -408,8 +430,14 @@ impl Applier for ConfigState {
             self.count(Origin::Controller.as_str(), "rejected");
             return Err(errors);
         }
-        self.install(&mut current, revision, next, Origin::Controller)
-            .await
+        let previous_store = std::mem::replace(&mut current.store_id, store_id.to_string());
+        let result = self
+            .install(&mut current, revision, next, Origin::Controller)
+            .await;
+        if result.is_err() {
+            current.store_id = previous_store;
+        }
+        result
     }
 
     async fn apply_delta(

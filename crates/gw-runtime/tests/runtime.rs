@@ -131,7 +131,7 @@ fn config_state(cache: Option<CacheFile>) -> ConfigState {
 async fn unknown_policies_are_rejected_and_the_old_config_stays() {
     let state = config_state(None);
     state
-        .apply_snapshot(1, vec![resource("a", "/a", 1, "")])
+        .apply_snapshot(1, "store", vec![resource("a", "/a", 1, "")])
         .await
         .unwrap();
     let errors = state
@@ -188,6 +188,7 @@ async fn the_cache_restores_the_last_applied_config() {
     first
         .apply_snapshot(
             5,
+            "store-a",
             vec![resource("a", "/a", 4, ""), resource("b", "/b", 5, "")],
         )
         .await
@@ -195,7 +196,11 @@ async fn the_cache_restores_the_last_applied_config() {
 
     let second = config_state(Some(CacheFile::new(&path, DEFAULT_MAX_BYTES)));
     assert_eq!(second.load_cache().await, Some(5));
-    assert_eq!(second.revision(), 5);
+    assert_eq!(
+        second.applied(),
+        (5, "store-a".to_string()),
+        "resumes with the store id"
+    );
     assert_eq!(second.origin(), Origin::Cache);
     assert_eq!(second.gateway().config().apis().len(), 2);
 

@@ -150,8 +150,13 @@ pub struct RuntimeRecord {
     pub group: String,
     /// The controller it is (or was last) connected to.
     pub controller_id: String,
-    /// Identifies one connection; updates from an older connection are ignored.
+    /// Identifies one connection; updates from another connection are ignored.
     pub session_id: String,
+    /// Orders the connections of one runtime (a later one has a larger epoch); a register
+    /// from an older one is ignored.
+    pub session_epoch: i64,
+    /// The runtime's heartbeat interval: it is stale after three silent ones.
+    pub heartbeat_interval_ms: i64,
     /// The runtime's address as the controller saw it.
     pub address: String,
     /// The runtime's version.
@@ -199,6 +204,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// feed waits on it and then re-reads; it is a hint, never the data.
     fn hints(&self) -> watch::Receiver<u64>;
 
+    /// The id of this database, random and fixed when it was created.
+    fn store_id(&self) -> &str;
+
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -230,9 +238,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn compact(&self, through: i64) -> Result<u64, StoreError>;
 
     /// Records a runtime that has just connected (a new session), replacing its row unless
-    /// the row holds a session that connected later (a late write from a controller the
-    /// runtime has since left).
-    async fn register_runtime(&self, runtime: &RuntimeRecord) -> Result<(), StoreError>;
+    /// the row holds a later session (this write comes late, from a controller the runtime
+    /// has since left); returns whether it wrote.
+    async fn register_runtime(&self, runtime: &RuntimeRecord) -> Result<bool, StoreError>;
 
     /// Updates a runtime's row if its session is still the current one; returns whether it
     /// did (a runtime that moved to another controller is no longer ours to update).

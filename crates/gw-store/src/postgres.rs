@@ -23,6 +23,7 @@ use crate::{Backend, NOTIFY_CHANNEL, StoreError, StoreOptions};
 pub struct PgStore {
     pool: PgPool,
     hints: watch::Sender<u64>,
+    store_id: String,
     listener: AbortHandle,
 }
 
@@ -48,11 +49,15 @@ impl PgStore {
             .connect_with(connect)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let store_id = sqlx::query_scalar(sql::SELECT_STORE_ID)
+            .fetch_one(&pool)
+            .await?;
         let (hints, _) = watch::channel(0);
         let listener = tokio::spawn(listen(pool.clone(), hints.clone())).abort_handle();
         Ok(Self {
             pool,
             hints,
+            store_id,
             listener,
         })
     }

@@ -36,6 +36,8 @@ macro_rules! impl_store {
                     group: row.try_get("grp")?,
                     controller_id: row.try_get("controller_id")?,
                     session_id: row.try_get("session_id")?,
+                    session_epoch: row.try_get("session_epoch")?,
+                    heartbeat_interval_ms: row.try_get("heartbeat_ms")?,
                     address: row.try_get("address")?,
                     runtime_version: row.try_get("runtime_version")?,
                     applied_revision: row.try_get("applied_revision")?,
@@ -69,6 +71,10 @@ macro_rules! impl_store {
 
             fn hints(&self) -> tokio::sync::watch::Receiver<u64> {
                 self.hint_receiver()
+            }
+
+            fn store_id(&self) -> &str {
+                &self.store_id
             }
 
             async fn ping(&self) -> Result<(), $crate::StoreError> {
@@ -274,8 +280,8 @@ macro_rules! impl_store {
             async fn register_runtime(
                 &self,
                 r: &$crate::RuntimeRecord,
-            ) -> Result<(), $crate::StoreError> {
-                sqlx::query($crate::sql::UPSERT_RUNTIME)
+            ) -> Result<bool, $crate::StoreError> {
+                let written = sqlx::query($crate::sql::UPSERT_RUNTIME)
                     .bind(&r.node_id)
                     .bind(&r.group)
                     .bind(&r.controller_id)
@@ -288,9 +294,12 @@ macro_rules! impl_store {
                     .bind(r.last_seen)
                     .bind(&r.last_error)
                     .bind(r.last_error_revision)
+                    .bind(r.session_epoch)
+                    .bind(r.heartbeat_interval_ms)
                     .execute(&self.pool)
-                    .await?;
-                Ok(())
+                    .await?
+                    .rows_affected();
+                Ok(written > 0)
             }
 
             async fn update_runtime(
@@ -375,18 +384,21 @@ pub(crate) const DELETE_CHANGES: &str = "DELETE FROM changes WHERE revision <= $
 
 pub(crate) const UPSERT_RUNTIME: &str = "INSERT INTO runtimes (node_id, grp, controller_id, \
      session_id, address, runtime_version, applied_revision, connected, connected_at, last_seen, \
-     last_error, last_error_revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+     last_error, last_error_revision, session_epoch, heartbeat_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
      ON CONFLICT (node_id) DO UPDATE SET grp = excluded.grp, controller_id = excluded.controller_id, \
      session_id = excluded.session_id, address = excluded.address, \
      runtime_version = excluded.runtime_version, applied_revision = excluded.applied_revision, \
      connected = excluded.connected, connected_at = excluded.connected_at, \
      last_seen = excluded.last_seen, last_error = excluded.last_error, \
-     last_error_revision = excluded.last_error_revision \
-     WHERE excluded.connected_at >= runtimes.connected_at";
+     last_error_revision = excluded.last_error_revision, session_epoch = excluded.session_epoch, \
+     heartbeat_ms = excluded.heartbeat_ms \
+     WHERE excluded.session_epoch >= runtimes.session_epoch";
 pub(crate) const UPDATE_RUNTIME: &str = "UPDATE runtimes SET applied_revision = $3, connected = $4, \
      last_seen = $5, last_error = $6, last_error_revision = $7 \
      WHERE node_id = $1 AND session_id = $2";
 pub(crate) const SELECT_RUNTIMES: &str = "SELECT node_id, grp, controller_id, session_id, address, \
      runtime_version, applied_revision, connected, connected_at, last_seen, last_error, \
-     last_error_revision FROM runtimes ORDER BY node_id";
+     last_error_revision, session_epoch, heartbeat_ms FROM runtimes ORDER BY node_id";
+pub(crate) const SELECT_STORE_ID: &str = "SELECT store_id FROM gw_meta WHERE id = 1";
 pub(crate) const PRUNE_RUNTIMES: &str = "DELETE FROM runtimes WHERE last_seen < $1";

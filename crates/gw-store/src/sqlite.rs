@@ -24,6 +24,7 @@ use crate::{Backend, StoreError, StoreOptions};
 pub struct SqliteStore {
     pool: SqlitePool,
     hints: watch::Sender<u64>,
+    store_id: String,
 }
 
 impl SqliteStore {
@@ -43,8 +44,15 @@ impl SqliteStore {
             .connect_with(connect)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        let store_id = sqlx::query_scalar(sql::SELECT_STORE_ID)
+            .fetch_one(&pool)
+            .await?;
         let (hints, _) = watch::channel(0);
-        Ok(Self { pool, hints })
+        Ok(Self {
+            pool,
+            hints,
+            store_id,
+        })
     }
 
     const KIND: Backend = Backend::Sqlite;

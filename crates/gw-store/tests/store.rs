@@ -80,6 +80,7 @@ both_backends!(
 
 async fn crud_and_revisions(f: Fixture) {
     let s = &f.store;
+    assert_eq!(s.store_id().len(), 32, "a random id: {}", s.store_id());
     assert_eq!(s.current_revision().await.unwrap(), 0);
     s.ping().await.unwrap();
 
@@ -288,6 +289,8 @@ async fn fleet(f: Fixture) {
         group: "default".into(),
         controller_id: "ctl-a".into(),
         session_id: "s1".into(),
+        session_epoch: 10,
+        heartbeat_interval_ms: 10_000,
         address: "127.0.0.1:5000".into(),
         runtime_version: "0.1.0".into(),
         applied_revision: 3,
@@ -297,7 +300,7 @@ async fn fleet(f: Fixture) {
         last_error: None,
         last_error_revision: None,
     };
-    s.register_runtime(&r).await.unwrap();
+    assert!(s.register_runtime(&r).await.unwrap());
     r.applied_revision = 4;
     r.last_error = Some("unknown policy".into());
     r.last_error_revision = Some(5);
@@ -307,14 +310,14 @@ async fn fleet(f: Fixture) {
     let mut moved = r.clone();
     moved.controller_id = "ctl-b".into();
     moved.session_id = "s2".into();
-    moved.connected_at = now + chrono::Duration::seconds(1);
-    s.register_runtime(&moved).await.unwrap();
+    moved.session_epoch = 11;
+    assert!(s.register_runtime(&moved).await.unwrap());
     let mut stale = r.clone();
     stale.connected = false;
     assert!(!s.update_runtime(&stale).await.unwrap());
 
     // a late register of the old session (a retry from the old controller) loses
-    s.register_runtime(&r).await.unwrap();
+    assert!(!s.register_runtime(&r).await.unwrap());
     let listed = s.list_runtimes().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].controller_id, "ctl-b");

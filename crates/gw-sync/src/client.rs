@@ -25,18 +25,22 @@ use crate::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION, SyncToken, unix_millis};
 /// Applies configurations received from a controller. Implemented by the runtime.
 #[async_trait]
 pub trait Applier: Send + Sync + 'static {
-    /// The revision currently served (0: none). Sent in Hello to resume.
-    fn applied_revision(&self) -> i64;
+    /// The revision currently served (0: none) and the id of the store it came from. Sent
+    /// in Hello to resume.
+    fn applied(&self) -> (i64, String);
 
-    /// Replaces the whole configuration. On error, the previous one must stay in service.
+    /// Replaces the whole configuration with that of store `store_id` at `revision`. On
+    /// error, the previous one must stay in service.
     async fn apply_snapshot(
         &self,
         revision: i64,
+        store_id: &str,
         resources: Vec<Resource>,
     ) -> Result<(), Vec<String>>;
 
-    /// Applies a delta whose `from_revision` is at most [`Applier::applied_revision`]. On
-    /// error, the previous configuration must stay in service.
+    /// Applies a delta of the store the served configuration came from, whose
+    /// `from_revision` is at most the served revision. On error, the previous configuration
+    /// must stay in service.
     async fn apply_delta(
         &self,
         revision: i64,
@@ -123,6 +127,10 @@ enum SessionError {
     Refused(String),
     #[error("delta from revision {from} does not apply to revision {applied}; resyncing")]
     DeltaBase { from: i64, applied: i64 },
+    #[error(
+        "delta of store {got:?} does not apply to a configuration of store {applied:?}; resyncing"
+    )]
+    DeltaStore { got: String, applied: String },
     #[error("invalid sync token")]
     Token,
     #[error("the outbound stream closed")]
@@ -135,6 +143,9 @@ pub struct SyncClient<A> {
     options: ClientOptions,
     applier: Arc<A>,
     status: watch::Sender<ClientStatus>,
+    /// When this client started, in milliseconds; with `sessions`, the session epoch.
+    started_ms: u64,
+    sessions: std::sync::atomic::AtomicU64,
 }
 
 impl<A: Applier> SyncClient<A> {
@@ -144,6 +155,8 @@ impl<A: Applier> SyncClient<A> {
             options,
             applier,
             status: watch::channel(ClientStatus::default()).0,
+            started_ms: u64::try_from(crate::unix_millis()).unwrap_or(0),
+            sessions: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -215,12 +228,22 @@ impl<A: Applier> SyncClient<A> {
         let mut client =
             ConfigSyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel::<RuntimeMessage>(8);
+        let (applied_revision, store_id) = self.applier.applied();
+        let session = self
+            .sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .min(999_999);
         let hello = Hello {
             node_id: self.options.node_id.clone(),
             group: self.options.group.clone(),
             runtime_version: self.options.runtime_version.clone(),
             protocol_version: PROTOCOL_VERSION,
-            applied_revision: self.applier.applied_revision(),
+            applied_revision,
+            store_id,
+            session_epoch: self
+                .started_ms
+                .saturating_mul(1_000_000)
+                .saturating_add(session),
             supported_policies: self.options.supported_policies.clone(),
             advertise_address: self.options.advertise_address.clone(),
             heartbeat_interval_ms: u32::try_from(self.options.heartbeat_interval.as_millis())
@@ -262,10 +285,12 @@ impl<A: Applier> SyncClient<A> {
                     };
                     let Some(message) = message else { continue };
                     self.handle(message, &tx, address, healthy).await?;
+                    // applying may take a while; that is not the controller's silence
+                    last_heard = tokio::time::Instant::now();
                 }
                 _ = heartbeat.tick() => {
                     let beat = Heartbeat {
-                        revision: self.applier.applied_revision(),
+                        revision: self.applier.applied().0,
                         unix_millis: unix_millis(),
                     };
                     send(&tx, runtime_message::Message::Heartbeat(beat)).await?;
@@ -288,12 +313,18 @@ impl<A: Applier> SyncClient<A> {
             controller_message::Message::Snapshot(snapshot) => {
                 let result = self
                     .applier
-                    .apply_snapshot(snapshot.revision, snapshot.resources)
+                    .apply_snapshot(snapshot.revision, &snapshot.store_id, snapshot.resources)
                     .await;
                 (snapshot.nonce, snapshot.revision, result)
             }
             controller_message::Message::Delta(delta) => {
-                let applied = self.applier.applied_revision();
+                let (applied, applied_store) = self.applier.applied();
+                if delta.store_id != applied_store {
+                    return Err(SessionError::DeltaStore {
+                        got: delta.store_id,
+                        applied: applied_store,
+                    });
+                }
                 if delta.from_revision > applied {
                     // The controller thinks we have more than we do. Not a rejection of the
                     // configuration: start over with a Hello that carries our real revision.

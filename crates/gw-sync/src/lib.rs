@@ -68,6 +68,22 @@ impl SyncToken {
     }
 }
 
+/// Checks a runtime's node id: 1 to 253 letters, digits, `-`, `_`, `.` or `:`.
+pub fn validate_node_id(node_id: &str) -> Result<(), String> {
+    let valid = !node_id.is_empty()
+        && node_id.len() <= 253
+        && node_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid node id {node_id:?}: use 1 to 253 letters, digits, '-', '_', '.' or ':'"
+        ))
+    }
+}
+
 /// Milliseconds since the Unix epoch, for heartbeats.
 fn unix_millis() -> i64 {
     std::time::SystemTime::now()

@@ -46,6 +46,10 @@ pub struct SessionInfo {
     pub address: String,
     /// When the stream opened.
     pub connected_at: SystemTime,
+    /// The heartbeat interval of the session (the runtime's, from its Hello).
+    pub heartbeat_interval: Duration,
+    /// Orders the sessions of one runtime: a later stream has a larger epoch.
+    pub session_epoch: u64,
 }
 
 /// Receives fleet events. Implementations must not block: record in memory and persist in
@@ -112,6 +116,7 @@ pub struct SyncServer {
     stopping: Arc<watch::Sender<bool>>,
     token: Option<SyncToken>,
     authority: Option<Arc<dyn RevisionAuthority>>,
+    store_id: Arc<str>,
 }
 
 impl std::fmt::Debug for SyncServer {
@@ -140,7 +145,16 @@ impl SyncServer {
             stopping: Arc::new(watch::channel(false).0),
             token: None,
             authority: None,
+            store_id: Arc::from(""),
         }
+    }
+
+    /// The id of the store this controller serves; a runtime that says it applied a
+    /// configuration of another store gets a snapshot.
+    #[must_use]
+    pub fn with_store_id(mut self, store_id: &str) -> Self {
+        self.store_id = Arc::from(store_id);
+        self
     }
 
     /// Requires runtimes to present `token`.
@@ -168,8 +182,10 @@ impl SyncServer {
 
     /// The tonic service, to mount on a server of the caller's.
     pub fn into_service(self) -> ConfigSyncServer<Self> {
+        // runtimes only send small messages (Hello, Ack, Nack, Heartbeat); configurations
+        // flow the other way
         ConfigSyncServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(MAX_INBOUND_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
@@ -201,20 +217,9 @@ impl SyncServer {
                 hello.protocol_version
             ));
         }
-        let valid_id = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 253
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-        };
-        if !valid_id(&hello.node_id) {
-            return Err(format!(
-                "invalid node id {:?}: 1 to 253 letters, digits, '-', '_', '.' or ':'",
-                hello.node_id
-            ));
-        }
-        if !valid_id(&hello.group) {
-            return Err(format!("invalid group {:?}", hello.group));
+        crate::validate_node_id(&hello.node_id)?;
+        if let Err(reason) = gw_core::model::validate_name(&hello.group) {
+            return Err(format!("invalid group: {reason}"));
         }
         if hello.applied_revision < 0 {
             return Err("applied revision must not be negative".to_string());
@@ -222,6 +227,9 @@ impl SyncServer {
         Ok(())
     }
 }
+
+/// The largest message a controller accepts from a runtime.
+const MAX_INBOUND_BYTES: usize = 1024 * 1024;
 
 type OutboundStream = Pin<Box<dyn Stream<Item = Result<ControllerMessage, Status>> + Send>>;
 
@@ -287,14 +295,19 @@ impl ConfigSync for SyncServer {
                 group: hello.group,
                 runtime_version: hello.runtime_version,
                 connected_at: SystemTime::now(),
+                heartbeat_interval,
+                session_epoch: hello.session_epoch,
             },
-            acked: hello.applied_revision,
+            // a configuration from another store (or of unknown origin) is replaced whole
+            acked: if hello.applied_revision > 0 && *hello.store_id == *self.store_id {
+                hello.applied_revision
+            } else {
+                0
+            },
+            store_id: Arc::clone(&self.store_id),
             state: Arc::clone(&self.state),
             observer: Arc::clone(&self.observer),
-            options: ServerOptions {
-                heartbeat_interval,
-                ..self.options.clone()
-            },
+            options: self.options.clone(),
             tx,
             nonces: 0,
             stopping: self.stopping.subscribe(),
@@ -302,7 +315,7 @@ impl ConfigSync for SyncServer {
         };
         tracing::info!(
             node = %session.info.node_id, group = %session.info.group,
-            applied = session.acked, address = %session.info.address, "runtime connected"
+            applied = hello.applied_revision, address = %session.info.address, "runtime connected"
         );
         tokio::spawn(session.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -335,6 +348,7 @@ struct Session {
     nonces: u64,
     stopping: watch::Receiver<bool>,
     authority: Option<Arc<dyn RevisionAuthority>>,
+    store_id: Arc<str>,
 }
 
 /// Why a session ended.
@@ -383,12 +397,7 @@ impl Session {
         // A runtime ahead of this controller was served by a controller that has seen newer
         // changes: give ours a moment to catch up rather than roll the runtime back. If it
         // does not, roll back only when the store itself is behind the runtime.
-        if self.acked > self.state.revision()
-            && !self
-                .state
-                .wait_for(self.acked, self.options.catch_up_timeout)
-                .await
-        {
+        if self.acked > self.state.revision() && !self.catch_up().await {
             let truth = match &self.authority {
                 Some(authority) => authority.newest_revision().await,
                 None => None,
@@ -407,7 +416,7 @@ impl Session {
             None => return End::Closed,
         };
         let mut rejected: i64 = 0;
-        let mut heartbeat = tokio::time::interval(self.options.heartbeat_interval);
+        let mut heartbeat = tokio::time::interval(self.info.heartbeat_interval);
         heartbeat.tick().await;
         let idle_timeout = self.idle_timeout();
         let mut idle_deadline = tokio::time::Instant::now() + idle_timeout;
@@ -453,13 +462,7 @@ impl Session {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    let beat = ControllerMessage {
-                        message: Some(controller_message::Message::Heartbeat(Heartbeat {
-                            revision: self.state.revision(),
-                            unix_millis: unix_millis(),
-                        })),
-                    };
-                    if self.tx.send(Ok(beat)).await.is_err() {
+                    if !self.heartbeat().await {
                         return End::Closed;
                     }
                 }
@@ -477,7 +480,41 @@ impl Session {
     }
 
     fn idle_timeout(&self) -> Duration {
-        self.options.heartbeat_interval * 3 + Duration::from_secs(5)
+        self.info.heartbeat_interval * 3 + Duration::from_secs(5)
+    }
+
+    /// Sends a heartbeat; `false` when the runtime is gone.
+    async fn heartbeat(&self) -> bool {
+        let beat = ControllerMessage {
+            message: Some(controller_message::Message::Heartbeat(Heartbeat {
+                revision: self.state.revision(),
+                unix_millis: unix_millis(),
+            })),
+        };
+        self.tx.send(Ok(beat)).await.is_ok()
+    }
+
+    /// Waits (at most the catch-up timeout) for the desired state to reach the runtime's
+    /// revision, with a heartbeat every interval so the runtime knows the controller is
+    /// alive meanwhile. Returns whether it got there.
+    async fn catch_up(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + self.options.catch_up_timeout;
+        loop {
+            if !self.heartbeat().await {
+                return false;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if self
+                .state
+                .wait_for(self.acked, left.min(self.info.heartbeat_interval))
+                .await
+            {
+                return true;
+            }
+            if left <= self.info.heartbeat_interval {
+                return false;
+            }
+        }
     }
 
     /// Sends a Delta from the acknowledged revision, or a Snapshot; returns the nonce and
@@ -501,6 +538,7 @@ impl Session {
                     revision: delta.revision,
                     upserts: delta.upserts,
                     removals: delta.removals,
+                    store_id: self.store_id.to_string(),
                 }),
             ),
             None => {
@@ -511,6 +549,7 @@ impl Session {
                         nonce: nonce.clone(),
                         revision,
                         resources,
+                        store_id: self.store_id.to_string(),
                     }),
                 )
             }

@@ -18,12 +18,14 @@ use tokio::task::JoinHandle;
 #[derive(Default)]
 struct MemoryApplier {
     inner: Mutex<(i64, BTreeMap<String, i64>, Vec<&'static str>)>,
+    store: Mutex<String>,
 }
 
 impl MemoryApplier {
     /// A runtime that already serves `revision` (from its cache), with resource `cached`.
-    fn at(revision: i64) -> Self {
+    fn at(revision: i64, store: &str) -> Self {
         let applier = Self::default();
+        *applier.store.lock().unwrap() = store.to_string();
         {
             let mut inner = applier.inner.lock().unwrap();
             inner.0 = revision;
@@ -44,18 +46,20 @@ impl MemoryApplier {
 
 #[async_trait]
 impl Applier for MemoryApplier {
-    fn applied_revision(&self) -> i64 {
-        self.revision()
+    fn applied(&self) -> (i64, String) {
+        (self.revision(), self.store.lock().unwrap().clone())
     }
 
     async fn apply_snapshot(
         &self,
         revision: i64,
+        store_id: &str,
         resources: Vec<Resource>,
     ) -> Result<(), Vec<String>> {
         if resources.iter().any(|r| r.name == "bad") {
             return Err(vec!["bad is bad".into()]);
         }
+        *self.store.lock().unwrap() = store_id.to_string();
         let mut inner = self.inner.lock().unwrap();
         inner.0 = revision;
         inner.1 = resources
@@ -450,7 +454,7 @@ async fn a_runtime_ahead_of_a_lagging_controller_is_not_rolled_back() {
     let ahead = controller("ctl-ahead", &current, &events).await;
 
     // the runtime serves revision 2 from its cache
-    let rt = Arc::new(MemoryApplier::at(2));
+    let rt = Arc::new(MemoryApplier::at(2, ""));
     let _client = client(
         vec![
             behind.address.clone(),
@@ -491,9 +495,42 @@ async fn a_runtime_ahead_of_a_restored_store_follows_the_store() {
         .with_authority(Arc::new(Store(1))),
     )
     .await;
-    let rt = Arc::new(MemoryApplier::at(7));
+    let rt = Arc::new(MemoryApplier::at(7, ""));
     let _client = client(vec![ctl.address.clone()], "rt-1", "default", &rt);
     eventually("the snapshot of the store's state", || rt.revision() == 1).await;
     assert_eq!(rt.kinds(), ["snapshot"]);
     assert_eq!(rt.names(), ["a"]);
+}
+
+#[tokio::test]
+async fn a_runtime_from_another_store_gets_a_snapshot() {
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([
+        change(1, "a", &["default"]),
+        change(2, "b", &["default"]),
+        change(3, "c", &["default"]),
+    ]);
+    let events = Arc::new(Events::default());
+    let ctl = serve(
+        SyncServer::new(
+            "ctl",
+            Arc::clone(&state),
+            Arc::clone(&events) as Arc<dyn FleetObserver>,
+            ServerOptions::default(),
+        )
+        .with_store_id("store-b"),
+    )
+    .await;
+    // revision 2 of another database: a delta from 2 would keep "cached" and miss "a" and "b"
+    let rt = Arc::new(MemoryApplier::at(2, "store-a"));
+    let _client = client(vec![ctl.address.clone()], "rt-1", "default", &rt);
+    eventually("the snapshot", || rt.revision() == 3).await;
+    assert_eq!(rt.kinds(), ["snapshot"]);
+    assert_eq!(rt.names(), ["a", "b", "c"]);
+    assert_eq!(rt.applied().1, "store-b");
+
+    // once on the same store, changes come as deltas
+    state.apply([change(4, "d", &["default"])]);
+    eventually("the delta", || rt.revision() == 4).await;
+    assert_eq!(rt.kinds(), ["snapshot", "delta"]);
 }

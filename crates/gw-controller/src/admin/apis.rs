@@ -165,20 +165,29 @@ async fn wait_if_asked(
         return Ok(None);
     };
     let store = state.store()?;
-    let report = fleet::wait_applied(store, groups, revision, timeout, state.options.stale_after)
-        .await
-        .map_err(|err| {
-            tracing::warn!(error = %err, revision, "cannot confirm that runtimes applied a write");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "apply_unconfirmed",
-                format!(
-                    "stored at revision {revision}, but the database became unavailable while \
-                     waiting for the runtimes; the change reaches them when they can be served"
-                ),
-            )
-            .with_etag(revision)
-        })?;
+    let unconfirmed = |why: &str| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "apply_unconfirmed",
+            format!(
+                "stored at revision {revision}, but {why} before the runtimes confirmed it; \
+                 the change reaches them when they can be served"
+            ),
+        )
+        .with_etag(revision)
+    };
+    let mut stopping = state.stopping.clone();
+    let report = tokio::select! {
+        report = fleet::wait_applied(store, groups, revision, timeout) => {
+            report.map_err(|err| {
+                tracing::warn!(error = %err, revision, "cannot confirm that runtimes applied a write");
+                unconfirmed("the database became unavailable")
+            })?
+        }
+        _ = stopping.wait_for(|stopping| *stopping) => {
+            return Err(unconfirmed("the controller is shutting down"));
+        }
+    };
     if !report.rejected.is_empty() {
         let details = report
             .rejected

@@ -38,8 +38,6 @@ pub struct AdminOptions {
     pub default_wait: Duration,
     /// The longest `timeout` accepted.
     pub max_wait: Duration,
-    /// A connected runtime not heard from for this long is shown as stale and not waited for.
-    pub stale_after: Duration,
 }
 
 /// What the handlers share.
@@ -59,6 +57,8 @@ pub struct AppState {
     pub controller_id: String,
     /// Limits and timings.
     pub options: AdminOptions,
+    /// Turns true when the controller stops: waits for runtimes end at once.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {

@@ -23,7 +23,7 @@ pub(super) async fn list(State(state): State<Arc<AppState>>) -> Result<Response,
         .await
         .map_err(ApiError::from_store)?
         .into_iter()
-        .map(|record| view(record, newest, state.options.stale_after, now))
+        .map(|record| view(record, newest, now))
         .collect();
     Ok(axum::Json(serde_json::json!({"revision": newest, "items": items})).into_response())
 }

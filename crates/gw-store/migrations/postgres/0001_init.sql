@@ -5,9 +5,12 @@ CREATE TABLE gw_meta (
     id                INTEGER PRIMARY KEY CHECK (id = 1),
     revision          BIGINT NOT NULL,
     -- changes at or below this revision have been deleted from the change log
-    compacted_through BIGINT NOT NULL
+    compacted_through BIGINT NOT NULL,
+    -- identifies this database: runtimes whose configuration came from another one (a
+    -- recreated database) are sent a snapshot instead of a delta
+    store_id          TEXT NOT NULL
 );
-INSERT INTO gw_meta (id, revision, compacted_through) VALUES (1, 0, 0);
+INSERT INTO gw_meta (id, revision, compacted_through, store_id) VALUES (1, 0, 0, md5(random()::text || clock_timestamp()::text));
 
 CREATE TABLE apis (
     name       TEXT PRIMARY KEY,
@@ -44,6 +47,9 @@ CREATE TABLE runtimes (
     grp                 TEXT NOT NULL,
     controller_id       TEXT NOT NULL,
     session_id          TEXT NOT NULL,
+    -- orders the sessions of one runtime; a register from an older session loses
+    session_epoch       BIGINT NOT NULL,
+    heartbeat_ms        BIGINT NOT NULL,
     address             TEXT NOT NULL,
     runtime_version     TEXT NOT NULL,
     applied_revision    BIGINT NOT NULL,
