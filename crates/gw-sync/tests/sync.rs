@@ -164,8 +164,9 @@ struct Controller {
     task: JoinHandle<()>,
 }
 
-async fn controller(id: &str, state: &Arc<DesiredState>, events: &Arc<Events>) -> Controller {
-    let server = SyncServer::new(
+/// A server of `state` reporting to `events`, that waits briefly for a lagging state.
+fn server(id: &str, state: &Arc<DesiredState>, events: &Arc<Events>) -> SyncServer {
+    SyncServer::new(
         id,
         Arc::clone(state),
         Arc::clone(events) as Arc<dyn FleetObserver>,
@@ -173,8 +174,11 @@ async fn controller(id: &str, state: &Arc<DesiredState>, events: &Arc<Events>) -
             catch_up_timeout: Duration::from_millis(200),
             ..ServerOptions::default()
         },
-    );
-    serve(server).await
+    )
+}
+
+async fn controller(id: &str, state: &Arc<DesiredState>, events: &Arc<Events>) -> Controller {
+    serve(server(id, state, events)).await
 }
 
 async fn serve(server: SyncServer) -> Controller {
@@ -323,12 +327,7 @@ async fn stopping_the_server_ends_the_streams() {
     let events = Arc::new(Events::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
-    let server = SyncServer::new(
-        "ctl-a",
-        Arc::clone(&state),
-        Arc::clone(&events) as Arc<dyn FleetObserver>,
-        ServerOptions::default(),
-    );
+    let server = server("ctl-a", &state, &events);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(listener, async move {
         let _ = stopped.await;
@@ -378,13 +377,8 @@ async fn controllers_with_a_token_refuse_runtimes_without_it() {
     let state = Arc::new(DesiredState::new(1000));
     state.apply([change(1, "a", &["default"])]);
     let events = Arc::new(Events::default());
-    let server = SyncServer::new(
-        "ctl-a",
-        Arc::clone(&state),
-        Arc::clone(&events) as Arc<dyn FleetObserver>,
-        ServerOptions::default(),
-    )
-    .with_token(SyncToken::new("sync-secret-0123456789"));
+    let server =
+        server("ctl-a", &state, &events).with_token(SyncToken::new("sync-secret-0123456789"));
     let ctl = serve(server).await;
 
     let intruder = Arc::new(MemoryApplier::default());
@@ -438,19 +432,8 @@ async fn a_runtime_ahead_of_a_lagging_controller_is_not_rolled_back() {
         change(3, "c", &["default"]),
     ]);
     let events = Arc::new(Events::default());
-    let behind = serve(
-        SyncServer::new(
-            "ctl-behind",
-            Arc::clone(&lagging),
-            Arc::clone(&events) as Arc<dyn FleetObserver>,
-            ServerOptions {
-                catch_up_timeout: Duration::from_millis(100),
-                ..ServerOptions::default()
-            },
-        )
-        .with_authority(Arc::new(Store(3))),
-    )
-    .await;
+    let behind =
+        serve(server("ctl-behind", &lagging, &events).with_authority(Arc::new(Store(3)))).await;
     let ahead = controller("ctl-ahead", &current, &events).await;
 
     // the runtime serves revision 2 from its cache
@@ -482,19 +465,7 @@ async fn a_runtime_ahead_of_a_restored_store_follows_the_store() {
     let restored = Arc::new(DesiredState::new(1000));
     restored.apply([change(1, "a", &["default"])]);
     let events = Arc::new(Events::default());
-    let ctl = serve(
-        SyncServer::new(
-            "ctl",
-            Arc::clone(&restored),
-            Arc::clone(&events) as Arc<dyn FleetObserver>,
-            ServerOptions {
-                catch_up_timeout: Duration::from_millis(100),
-                ..ServerOptions::default()
-            },
-        )
-        .with_authority(Arc::new(Store(1))),
-    )
-    .await;
+    let ctl = serve(server("ctl", &restored, &events).with_authority(Arc::new(Store(1)))).await;
     let rt = Arc::new(MemoryApplier::at(7, ""));
     let _client = client(vec![ctl.address.clone()], "rt-1", "default", &rt);
     eventually("the snapshot of the store's state", || rt.revision() == 1).await;
@@ -511,16 +482,7 @@ async fn a_runtime_from_another_store_gets_a_snapshot() {
         change(3, "c", &["default"]),
     ]);
     let events = Arc::new(Events::default());
-    let ctl = serve(
-        SyncServer::new(
-            "ctl",
-            Arc::clone(&state),
-            Arc::clone(&events) as Arc<dyn FleetObserver>,
-            ServerOptions::default(),
-        )
-        .with_store_id("store-b"),
-    )
-    .await;
+    let ctl = serve(server("ctl", &state, &events).with_store_id("store-b")).await;
     // revision 2 of another database: a delta from 2 would keep "cached" and miss "a" and "b"
     let rt = Arc::new(MemoryApplier::at(2, "store-a"));
     let _client = client(vec![ctl.address.clone()], "rt-1", "default", &rt);
