@@ -110,22 +110,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             status_addr: args.status_addr,
         });
     }
-    gw_controller::run(options, shutdown_signal()).await?;
+    gw_controller::run(options, gw_runtime::shutdown_signal()).await?;
     Ok(())
-}
-
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }

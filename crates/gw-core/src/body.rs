@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 
 /// The error type inside tower stacks.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -22,9 +22,4 @@ where
 /// A body holding `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     boxed(Full::new(bytes.into()))
-}
-
-/// An empty body.
-pub fn empty() -> Body {
-    boxed(Empty::<Bytes>::new())
 }

@@ -140,11 +140,6 @@ impl BuiltApi {
         Ok(built)
     }
 
-    /// The definition this API was built from.
-    pub fn definition(&self) -> &Arc<ApiDefinition> {
-        &self.definition
-    }
-
     /// Turns an error out of the API's stack into a response (the "rescue" at the edge):
     /// gateway errors keep their status, anything else is a 502. Upstream failures are
     /// logged with their cause, at most once a second per API, so that an outage does not

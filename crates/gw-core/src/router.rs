@@ -124,11 +124,6 @@ impl<T> Router<T> {
         }
         self.any.lookup(path)
     }
-
-    /// Whether the router has no routes at all.
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.wildcard.is_empty() && self.any.by_context.is_empty()
-    }
 }
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or the `Host`

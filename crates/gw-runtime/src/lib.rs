@@ -110,6 +110,22 @@ impl RuntimeOptions {
     }
 }
 
+/// Completes on SIGTERM or Ctrl-C: the shutdown signal of gw's binaries.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
 /// A node id that is unique per process: the host name and a random suffix.
 pub fn default_node_id() -> String {
     let host = std::env::var("HOSTNAME")

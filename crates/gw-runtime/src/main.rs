@@ -114,22 +114,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .as_deref()
         .and_then(SyncToken::new);
     let runtime = Runtime::bind(options).await?;
-    runtime.run(shutdown_signal()).await?;
+    runtime.run(gw_runtime::shutdown_signal()).await?;
     Ok(())
-}
-
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }

@@ -62,11 +62,6 @@ impl PgStore {
         })
     }
 
-    /// The connection pool, for callers that need their own queries (tests, tools).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     const KIND: Backend = Backend::Postgres;
 
     fn hint_receiver(&self) -> watch::Receiver<u64> {

@@ -55,11 +55,6 @@ impl TestDatabase {
     pub fn url(&self) -> &str {
         &self.url
     }
-
-    /// The database's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
 }
 
 /// `postgres://u@h:p/db?x` with `db` replaced by `name`.

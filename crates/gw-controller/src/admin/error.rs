@@ -56,11 +56,6 @@ impl ApiError {
         self
     }
 
-    /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
     /// A 400 for one field.
     pub fn field(field: &str, message: impl Into<String>) -> Self {
         Self::new(
