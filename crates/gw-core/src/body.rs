@@ -23,3 +23,8 @@ where
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     boxed(Full::new(bytes.into()))
 }
+
+/// An empty body.
+pub fn empty() -> Body {
+    boxed(http_body_util::Empty::new())
+}

@@ -45,6 +45,20 @@ pub enum GatewayError {
         #[source]
         source: BoxError,
     },
+    /// Every endpoint of the upstream is ejected or failing its health check.
+    #[error("no healthy endpoint of the upstream")]
+    NoHealthyEndpoint,
+    /// The upstream's circuit breaker is open: its connection and pending-request limits
+    /// are reached.
+    #[error(
+        "the upstream is at its limit of {max_connections} connections and {max_pending} waiting requests"
+    )]
+    CircuitOpen {
+        /// `circuitBreaker.maxConnections`.
+        max_connections: u32,
+        /// `circuitBreaker.maxPending`.
+        max_pending: u32,
+    },
     /// The upstream URI could not be built (a bug or an invalid request).
     #[error("could not build the upstream request: {0}")]
     BadUpstreamRequest(String),
@@ -63,6 +77,9 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::NoHealthyEndpoint | GatewayError::CircuitOpen { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -76,6 +93,8 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
             GatewayError::Upstream { .. } => "upstream_error",
             GatewayError::BadUpstreamRequest(_) => "bad_request",
+            GatewayError::NoHealthyEndpoint => "no_healthy_endpoint",
+            GatewayError::CircuitOpen { .. } => "circuit_open",
         }
     }
 
@@ -92,6 +111,12 @@ impl GatewayError {
             }
             GatewayError::Upstream { .. } => "the upstream service failed to answer".to_string(),
             GatewayError::BadUpstreamRequest(_) => "the request cannot be forwarded".to_string(),
+            GatewayError::NoHealthyEndpoint => {
+                "no endpoint of the upstream service is healthy".to_string()
+            }
+            GatewayError::CircuitOpen { .. } => {
+                "the upstream service is at its connection limit".to_string()
+            }
             other => other.to_string(),
         }
     }
@@ -104,6 +129,8 @@ impl GatewayError {
             GatewayError::UpstreamConnect { .. }
                 | GatewayError::UpstreamTimeout { .. }
                 | GatewayError::Upstream { .. }
+                | GatewayError::NoHealthyEndpoint
+                | GatewayError::CircuitOpen { .. }
         )
     }
 

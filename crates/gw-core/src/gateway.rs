@@ -82,7 +82,8 @@ impl BuiltApi {
         metrics: &ProxyMetrics,
     ) -> Result<Self, String> {
         let spec = &definition.spec;
-        let upstream = Arc::new(Upstream::new(&spec.upstream).map_err(|e| e.to_string())?);
+        let upstream = Upstream::new(&spec.upstream, &definition.metadata.name, metrics)
+            .map_err(|e| e.to_string())?;
         let context_len = if spec.context == "/" {
             0
         } else {
@@ -304,7 +305,8 @@ impl Gateway {
     }
 
     /// Builds a configuration from `definitions` and swaps it in; on error the current one
-    /// stays. Series of APIs that left the configuration are dropped from the metrics.
+    /// stays. Series of APIs and endpoints that left the configuration are dropped from the
+    /// metrics.
     pub fn apply(
         &self,
         revision: i64,
@@ -319,9 +321,23 @@ impl Gateway {
             &self.metrics,
         )?);
         self.config.store(Arc::clone(&next));
-        for name in previous.apis.keys() {
-            if !next.apis.contains_key(name) {
+        for (name, old) in &previous.apis {
+            let kept = next.apis.get(name);
+            if kept.is_none() {
                 self.metrics.remove_api(name);
+            }
+            for endpoint in &old.definition.spec.upstream.endpoints {
+                let still_there = kept.is_some_and(|api| {
+                    api.definition
+                        .spec
+                        .upstream
+                        .endpoints
+                        .iter()
+                        .any(|e| e.url == endpoint.url)
+                });
+                if !still_there {
+                    self.metrics.remove_endpoint(name, &endpoint.url);
+                }
             }
         }
         Ok(next)

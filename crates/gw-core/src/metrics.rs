@@ -9,6 +9,7 @@ use http::StatusCode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -22,6 +23,22 @@ struct RequestLabels {
 struct ApiLabels {
     api: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    api: String,
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointErrorLabels {
+    api: String,
+    endpoint: String,
+    kind: &'static str,
+}
+
+/// The kinds of `gw_upstream_errors_total`.
+const ERROR_KINDS: [&str; 4] = ["connect", "reset", "timeout", "status"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
@@ -41,6 +58,20 @@ pub struct ProxyMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<ApiLabels, Histogram, fn() -> Histogram>,
     unrouted: Family<StatusLabels, Counter>,
+    upstream: UpstreamFamilies,
+}
+
+/// The per-endpoint and per-upstream families.
+#[derive(Debug, Clone)]
+struct UpstreamFamilies {
+    requests: Family<EndpointLabels, Counter>,
+    errors: Family<EndpointErrorLabels, Counter>,
+    duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    ejections: Family<EndpointLabels, Counter>,
+    healthy: Family<EndpointLabels, Gauge>,
+    connections: Family<EndpointLabels, Gauge>,
+    retries: Family<ApiLabels, Counter>,
+    overflows: Family<ApiLabels, Counter>,
 }
 
 impl ProxyMetrics {
@@ -62,6 +93,47 @@ impl ProxyMetrics {
             "Requests that matched no API or were refused before routing, by status",
             metrics.unrouted.clone(),
         );
+        let upstream = &metrics.upstream;
+        registry.register(
+            "gw_upstream_requests",
+            "Attempts sent to an upstream endpoint (retries included)",
+            upstream.requests.clone(),
+        );
+        registry.register(
+            "gw_upstream_errors",
+            "Failed attempts by endpoint and kind: connect, reset, timeout, status (502, 503, 504)",
+            upstream.errors.clone(),
+        );
+        registry.register(
+            "gw_upstream_duration_seconds",
+            "Time from sending an attempt to an endpoint to its response headers",
+            upstream.duration.clone(),
+        );
+        registry.register(
+            "gw_upstream_ejections",
+            "Times an endpoint was ejected by outlier detection",
+            upstream.ejections.clone(),
+        );
+        registry.register(
+            "gw_upstream_endpoint_healthy",
+            "1 while an endpoint takes traffic, 0 while it is ejected or failing its health check",
+            upstream.healthy.clone(),
+        );
+        registry.register(
+            "gw_upstream_connections",
+            "Open connections to an endpoint",
+            upstream.connections.clone(),
+        );
+        registry.register(
+            "gw_upstream_retries",
+            "Retried attempts, by API",
+            upstream.retries.clone(),
+        );
+        registry.register(
+            "gw_upstream_overflows",
+            "Requests refused with 503 because the circuit breaker's limits were reached, by API",
+            upstream.overflows.clone(),
+        );
         metrics
     }
 
@@ -72,6 +144,16 @@ impl ProxyMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram),
             unrouted: Family::default(),
+            upstream: UpstreamFamilies {
+                requests: Family::default(),
+                errors: Family::default(),
+                duration: Family::new_with_constructor(latency_histogram),
+                ejections: Family::default(),
+                healthy: Family::default(),
+                connections: Family::default(),
+                retries: Family::default(),
+                overflows: Family::default(),
+            },
         }
     }
 
@@ -105,6 +187,69 @@ impl ProxyMetrics {
         self.duration.remove(&ApiLabels {
             api: api.to_string(),
         });
+        let labels = ApiLabels {
+            api: api.to_string(),
+        };
+        self.upstream.retries.remove(&labels);
+        self.upstream.overflows.remove(&labels);
+    }
+
+    /// The handles of one upstream, resolved once when its API is built.
+    pub fn for_upstream(&self, api: &str) -> UpstreamMetrics {
+        let labels = ApiLabels {
+            api: api.to_string(),
+        };
+        UpstreamMetrics {
+            retries: self.upstream.retries.get_or_create(&labels).clone(),
+            overflows: self.upstream.overflows.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// The handles of one endpoint of an API.
+    pub fn for_endpoint(&self, api: &str, endpoint: &str) -> EndpointMetrics {
+        let labels = EndpointLabels {
+            api: api.to_string(),
+            endpoint: endpoint.to_string(),
+        };
+        let u = &self.upstream;
+        let errors = ERROR_KINDS.map(|kind| {
+            u.errors
+                .get_or_create(&EndpointErrorLabels {
+                    api: api.to_string(),
+                    endpoint: endpoint.to_string(),
+                    kind,
+                })
+                .clone()
+        });
+        EndpointMetrics {
+            requests: u.requests.get_or_create(&labels).clone(),
+            errors,
+            duration: u.duration.get_or_create(&labels).clone(),
+            ejections: u.ejections.get_or_create(&labels).clone(),
+            healthy: u.healthy.get_or_create(&labels).clone(),
+            connections: u.connections.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Drops the series of an endpoint that left its API (or whose API left).
+    pub fn remove_endpoint(&self, api: &str, endpoint: &str) {
+        let labels = EndpointLabels {
+            api: api.to_string(),
+            endpoint: endpoint.to_string(),
+        };
+        let u = &self.upstream;
+        u.requests.remove(&labels);
+        u.duration.remove(&labels);
+        u.ejections.remove(&labels);
+        u.healthy.remove(&labels);
+        u.connections.remove(&labels);
+        for kind in ERROR_KINDS {
+            u.errors.remove(&EndpointErrorLabels {
+                api: api.to_string(),
+                endpoint: endpoint.to_string(),
+                kind,
+            });
+        }
     }
 
     /// Counts a request answered before routing (no route, bad path).
@@ -130,5 +275,63 @@ impl ApiMetrics {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.classes[class].inc();
         self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The metric handles of one upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamMetrics {
+    /// Retried attempts.
+    pub retries: Counter,
+    /// Requests refused by the circuit breaker.
+    pub overflows: Counter,
+}
+
+/// Why an attempt to an endpoint failed, as counted in `gw_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptError {
+    /// No connection could be made.
+    Connect,
+    /// The connection failed during the exchange.
+    Reset,
+    /// No response headers in time.
+    Timeout,
+    /// The endpoint answered 502, 503 or 504.
+    Status,
+}
+
+/// The metric handles of one upstream endpoint; recording is lock-free.
+#[derive(Debug, Clone)]
+pub struct EndpointMetrics {
+    requests: Counter,
+    errors: [Counter; 4],
+    duration: Histogram,
+    /// Ejections by outlier detection.
+    pub ejections: Counter,
+    /// 1 while the endpoint takes traffic.
+    pub healthy: Gauge,
+    /// Open connections.
+    pub connections: Gauge,
+}
+
+impl EndpointMetrics {
+    /// Records an attempt that got response headers after `elapsed`.
+    pub fn answered(&self, elapsed: Duration) {
+        self.requests.inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a failed attempt.
+    pub fn failed(&self, kind: AttemptError) {
+        if kind != AttemptError::Status {
+            self.requests.inc();
+        }
+        let index = match kind {
+            AttemptError::Connect => 0,
+            AttemptError::Reset => 1,
+            AttemptError::Timeout => 2,
+            AttemptError::Status => 3,
+        };
+        self.errors[index].inc();
     }
 }

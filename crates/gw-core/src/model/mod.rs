@@ -23,6 +23,7 @@
 
 mod duration;
 pub mod schema;
+mod upstream;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -32,6 +33,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use duration::{DurationError, HumanDuration};
+pub use upstream::{
+    Algorithm, CircuitBreaker, Endpoint, HashOn, HealthCheck, HostHeader, LoadBalancing,
+    OutlierDetection, Retries, Timeouts, UpstreamSpec,
+};
 pub use validate::{
     Collision, RouteKey, ValidationContext, check_collisions, validate, validate_name,
 };
@@ -105,61 +110,6 @@ pub struct ApiSpec {
 
 fn default_groups() -> Vec<String> {
     vec![DEFAULT_GROUP.to_string()]
-}
-
-/// The upstream service of an API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(deny_unknown_fields)]
-pub struct UpstreamSpec {
-    /// The endpoints, balanced round robin. At least one.
-    pub endpoints: Vec<Endpoint>,
-    /// Connect and request timeouts.
-    #[serde(default)]
-    pub timeouts: Timeouts,
-}
-
-/// One upstream endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(deny_unknown_fields)]
-pub struct Endpoint {
-    /// `http://host:port/base/path`: the path is the base path on the upstream, prefixed to
-    /// what follows the context in the request path.
-    pub url: String,
-}
-
-/// Upstream timeouts, written like `250ms`, `5s`, `2m`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(deny_unknown_fields)]
-pub struct Timeouts {
-    /// Time allowed to open a TCP connection to an endpoint (default `5s`); 502 after it.
-    #[serde(default = "Timeouts::default_connect")]
-    pub connect: HumanDuration,
-    /// Time allowed from sending the request to receiving the response headers (default
-    /// `30s`); 504 after it.
-    #[serde(default = "Timeouts::default_request")]
-    pub request: HumanDuration,
-}
-
-impl Timeouts {
-    fn default_connect() -> HumanDuration {
-        HumanDuration::from_secs(5)
-    }
-
-    fn default_request() -> HumanDuration {
-        HumanDuration::from_secs(30)
-    }
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            connect: Self::default_connect(),
-            request: Self::default_request(),
-        }
-    }
 }
 
 /// An operation: a method and a path template under the context.

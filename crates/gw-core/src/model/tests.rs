@@ -361,3 +361,109 @@ fn the_documentation_covers_every_schema_field() {
         "not documented in docs/api-definition.md: {missing:?}"
     );
 }
+
+fn with_upstream(upstream: &str) -> String {
+    ORDERS.replace(
+        "  upstream:\n    endpoints:\n      - url: http://127.0.0.1:9001/api\n",
+        upstream,
+    )
+}
+
+#[test]
+fn upstream_behaviour_parses() {
+    let doc = with_upstream(
+        r"  upstream:
+    endpoints:
+      - {url: 'http://127.0.0.1:9001/api', weight: 3}
+      - url: http://backend.internal:9002
+    loadBalancing: {algorithm: consistent-hash, hashOn: {cookie: session}}
+    timeouts: {idle: 5s}
+    retries: {attempts: 2, statuses: [502, 503], budgetPercent: 50, minPerSecond: 1}
+    outlierDetection: {consecutiveFailures: 3, baseEjection: 1s, maxEjection: 4s, maxEjectedPercent: 100}
+    healthCheck: {path: /healthz?deep=1, interval: 1s, timeout: 500ms, healthyThreshold: 1, unhealthyThreshold: 2}
+    circuitBreaker: {maxConnections: 10, maxPending: 0}
+    dnsRefresh: 5s
+    hostHeader: {rewrite: orders.internal}
+",
+    );
+    let api = ApiDefinition::parse(doc.as_bytes(), Format::Yaml).unwrap();
+    let up = &api.spec.upstream;
+    assert_eq!(up.endpoints[0].weight, 3);
+    assert_eq!(up.endpoints[1].weight, 1);
+    assert_eq!(up.load_balancing.algorithm, Algorithm::ConsistentHash);
+    assert_eq!(
+        up.load_balancing.hash_on,
+        Some(HashOn::Cookie("session".into()))
+    );
+    assert_eq!(up.timeouts.idle, HumanDuration::from_secs(5));
+    assert_eq!(up.timeouts.connect, HumanDuration::from_secs(5));
+    assert_eq!(up.retries.statuses, vec![502, 503]);
+    assert_eq!(up.outlier_detection.max_ejected_percent, 100);
+    assert_eq!(up.health_check.as_ref().unwrap().healthy_threshold, 1);
+    assert_eq!(up.circuit_breaker.max_pending, 0);
+    assert_eq!(
+        up.host_header,
+        HostHeader::Rewrite("orders.internal".into())
+    );
+    // the canonical JSON parses back to the same definition
+    let json = serde_json::to_vec(&api.to_json()).unwrap();
+    assert_eq!(ApiDefinition::parse(&json, Format::Json).unwrap(), api);
+
+    let doc = with_upstream(
+        "  upstream:\n    endpoints: [{url: 'http://127.0.0.1:9001'}]\n    loadBalancing: {algorithm: consistent-hash, hashOn: clientIp}\n    hostHeader: preserve\n",
+    );
+    let api = ApiDefinition::parse(doc.as_bytes(), Format::Yaml).unwrap();
+    assert_eq!(
+        api.spec.upstream.load_balancing.hash_on,
+        Some(HashOn::ClientIp)
+    );
+    assert_eq!(api.spec.upstream.host_header, HostHeader::Preserve);
+}
+
+#[test]
+fn upstream_behaviour_errors_are_all_reported() {
+    let doc = with_upstream(
+        r"  upstream:
+    endpoints:
+      - {url: 'http://127.0.0.1:9001', weight: 0}
+      - {url: 'http://127.0.0.1:9001', weight: 1001}
+    loadBalancing: {algorithm: consistent-hash}
+    timeouts: {idle: 0s}
+    retries: {attempts: 6, statuses: [500], budgetPercent: 101}
+    outlierDetection: {baseEjection: 10m, maxEjection: 1m, maxEjectedPercent: 101}
+    healthCheck: {path: healthz, interval: 0s, healthyThreshold: 0}
+    circuitBreaker: {maxConnections: 0}
+    hostHeader: {rewrite: 'a b'}
+",
+    );
+    let err = ApiDefinition::parse(doc.as_bytes(), Format::Yaml).unwrap_err();
+    assert_eq!(
+        field_names(&err),
+        vec![
+            "spec.upstream.endpoints[0].weight",
+            "spec.upstream.endpoints[1].url",
+            "spec.upstream.endpoints[1].weight",
+            "spec.upstream.timeouts.idle",
+            "spec.upstream.loadBalancing.hashOn",
+            "spec.upstream.retries.attempts",
+            "spec.upstream.retries.statuses[0]",
+            "spec.upstream.retries.budgetPercent",
+            "spec.upstream.outlierDetection.maxEjection",
+            "spec.upstream.outlierDetection.maxEjectedPercent",
+            "spec.upstream.healthCheck.path",
+            "spec.upstream.healthCheck.interval",
+            "spec.upstream.healthCheck.healthyThreshold",
+            "spec.upstream.hostHeader.rewrite",
+            "spec.upstream.circuitBreaker.maxConnections",
+        ]
+    );
+
+    let doc = with_upstream(
+        "  upstream:\n    endpoints: [{url: 'http://127.0.0.1:9001'}]\n    loadBalancing: {hashOn: {header: 'bad header'}}\n",
+    );
+    let err = ApiDefinition::parse(doc.as_bytes(), Format::Yaml).unwrap_err();
+    assert_eq!(
+        field_names(&err),
+        vec!["spec.upstream.loadBalancing.hashOn"]
+    );
+}

@@ -2,13 +2,17 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::{API_VERSION, ApiDefinition, FieldError, KIND_API, PolicyRef};
+use super::{
+    API_VERSION, Algorithm, ApiDefinition, FieldError, HashOn, HostHeader, HumanDuration, KIND_API,
+    PolicyRef,
+};
 use crate::policy::PolicyRegistry;
 
 /// Limits that keep one definition from costing the gateway unbounded memory or build time.
 const MAX_HOSTS: usize = 100;
 const MAX_GROUPS: usize = 32;
 const MAX_ENDPOINTS: usize = 64;
+const MAX_WEIGHT: u32 = 1000;
 const MAX_OPERATIONS: usize = 1000;
 const MAX_POLICIES: usize = 64;
 const MAX_LABELS: usize = 64;
@@ -149,6 +153,7 @@ pub fn validate(api: &ApiDefinition, ctx: &ValidationContext<'_>) -> Vec<FieldEr
     v.groups(&spec.groups);
     v.endpoints(api);
     v.timeouts(api);
+    v.upstream_behaviour(api);
     v.operations(api, *ctx);
     v.policies("spec.policies", &spec.policies, *ctx);
     v.errors
@@ -274,27 +279,181 @@ impl Validator {
                 format!("more than {MAX_ENDPOINTS} endpoints"),
             );
         }
+        let mut seen = HashSet::new();
         for (i, endpoint) in endpoints.iter().enumerate() {
             if let Err(message) = check_endpoint_url(&endpoint.url) {
                 self.err(format!("spec.upstream.endpoints[{i}].url"), message);
+            } else if !seen.insert(endpoint.url.as_str()) {
+                self.err(
+                    format!("spec.upstream.endpoints[{i}].url"),
+                    "is listed twice; give the endpoint a larger weight instead",
+                );
+            }
+            if !(1..=MAX_WEIGHT).contains(&endpoint.weight) {
+                self.err(
+                    format!("spec.upstream.endpoints[{i}].weight"),
+                    format!("must be between 1 and {MAX_WEIGHT}"),
+                );
             }
         }
     }
 
     fn timeouts(&mut self, api: &ApiDefinition) {
-        let t = &api.spec.upstream.timeouts;
-        let limits = [
-            ("connect", t.connect.as_duration(), 300),
-            ("request", t.request.as_duration(), 3600),
-        ];
-        for (name, value, max_secs) in limits {
-            let field = format!("spec.upstream.timeouts.{name}");
-            if value.is_zero() {
-                self.err(field, "must be greater than zero");
-            } else if value.as_secs() > max_secs {
-                self.err(field, format!("must be at most {max_secs}s"));
+        let upstream = &api.spec.upstream;
+        let t = &upstream.timeouts;
+        self.duration("spec.upstream.timeouts.connect", t.connect, 300);
+        self.duration("spec.upstream.timeouts.request", t.request, 3600);
+        self.duration("spec.upstream.timeouts.idle", t.idle, 3600);
+        self.duration("spec.upstream.dnsRefresh", upstream.dns_refresh, 86_400);
+    }
+
+    /// A duration that must be positive and at most `max_secs`.
+    fn duration(&mut self, field: &str, value: HumanDuration, max_secs: u64) {
+        let value = value.as_duration();
+        if value.is_zero() {
+            self.err(field, "must be greater than zero");
+        } else if value.as_secs() > max_secs
+            || (value.as_secs() == max_secs && value.subsec_nanos() > 0)
+        {
+            self.err(
+                field,
+                format!("must be at most {}", HumanDuration::from_secs(max_secs)),
+            );
+        }
+    }
+
+    /// A count that must lie in `range`.
+    fn count(&mut self, field: &str, value: u32, range: std::ops::RangeInclusive<u32>) {
+        if !range.contains(&value) {
+            self.err(
+                field,
+                format!("must be between {} and {}", range.start(), range.end()),
+            );
+        }
+    }
+
+    fn upstream_behaviour(&mut self, api: &ApiDefinition) {
+        let upstream = &api.spec.upstream;
+        let lb = &upstream.load_balancing;
+        match (lb.algorithm, &lb.hash_on) {
+            (Algorithm::ConsistentHash, None) => self.err(
+                "spec.upstream.loadBalancing.hashOn",
+                "consistent-hash needs hashOn: {header: NAME}, {cookie: NAME} or clientIp",
+            ),
+            (Algorithm::ConsistentHash, Some(HashOn::Header(name))) => {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    self.err(
+                        "spec.upstream.loadBalancing.hashOn.header",
+                        format!("{name:?} is not a valid header name"),
+                    );
+                }
+            }
+            (Algorithm::ConsistentHash, Some(HashOn::Cookie(name))) => {
+                if name.is_empty() || name.len() > MAX_TEXT_LEN || !name.bytes().all(is_token_byte)
+                {
+                    self.err(
+                        "spec.upstream.loadBalancing.hashOn.cookie",
+                        format!("{name:?} is not a valid cookie name"),
+                    );
+                }
+            }
+            (Algorithm::ConsistentHash, Some(HashOn::ClientIp)) | (_, None) => {}
+            (_, Some(_)) => self.err(
+                "spec.upstream.loadBalancing.hashOn",
+                "is only used by the consistent-hash algorithm",
+            ),
+        }
+
+        let retries = &upstream.retries;
+        self.count("spec.upstream.retries.attempts", retries.attempts, 0..=5);
+        for (i, status) in retries.statuses.iter().enumerate() {
+            if ![502, 503, 504].contains(status) {
+                self.err(
+                    format!("spec.upstream.retries.statuses[{i}]"),
+                    format!("{status} cannot be retried; use 502, 503 or 504"),
+                );
             }
         }
+        self.count(
+            "spec.upstream.retries.budgetPercent",
+            retries.budget_percent,
+            0..=100,
+        );
+        self.count(
+            "spec.upstream.retries.minPerSecond",
+            retries.min_per_second,
+            0..=10_000,
+        );
+
+        let outlier = &upstream.outlier_detection;
+        self.count(
+            "spec.upstream.outlierDetection.consecutiveFailures",
+            outlier.consecutive_failures,
+            0..=1000,
+        );
+        self.duration(
+            "spec.upstream.outlierDetection.baseEjection",
+            outlier.base_ejection,
+            3600,
+        );
+        self.duration(
+            "spec.upstream.outlierDetection.maxEjection",
+            outlier.max_ejection,
+            86_400,
+        );
+        if outlier.max_ejection < outlier.base_ejection {
+            self.err(
+                "spec.upstream.outlierDetection.maxEjection",
+                "must not be shorter than baseEjection",
+            );
+        }
+        self.count(
+            "spec.upstream.outlierDetection.maxEjectedPercent",
+            outlier.max_ejected_percent,
+            0..=100,
+        );
+
+        if let Some(check) = &upstream.health_check {
+            if let Err(message) = check_probe_path(&check.path) {
+                self.err("spec.upstream.healthCheck.path", message);
+            }
+            self.duration("spec.upstream.healthCheck.interval", check.interval, 3600);
+            self.duration("spec.upstream.healthCheck.timeout", check.timeout, 300);
+            self.count(
+                "spec.upstream.healthCheck.healthyThreshold",
+                check.healthy_threshold,
+                1..=100,
+            );
+            self.count(
+                "spec.upstream.healthCheck.unhealthyThreshold",
+                check.unhealthy_threshold,
+                1..=100,
+            );
+        }
+
+        if let HostHeader::Rewrite(host) = &upstream.host_header
+            && (host.is_empty()
+                || host.len() > MAX_TEXT_LEN
+                || http::uri::Authority::try_from(host.as_str()).is_err()
+                || host.contains('@'))
+        {
+            self.err(
+                "spec.upstream.hostHeader.rewrite",
+                format!("{host:?} is not a valid host[:port]"),
+            );
+        }
+
+        let breaker = &upstream.circuit_breaker;
+        self.count(
+            "spec.upstream.circuitBreaker.maxConnections",
+            breaker.max_connections,
+            1..=1_000_000,
+        );
+        self.count(
+            "spec.upstream.circuitBreaker.maxPending",
+            breaker.max_pending,
+            0..=1_000_000,
+        );
     }
 
     fn operations(&mut self, api: &ApiDefinition, ctx: ValidationContext<'_>) {
@@ -426,6 +585,27 @@ fn check_host(host: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A byte of an RFC 9110 token (header and cookie names).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A health-check path: absolute, printable ASCII, no fragment, bounded.
+fn check_probe_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("must start with '/'".to_string());
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err(format!("longer than {MAX_PATH_LEN} bytes"));
+    }
+    if path.contains('#') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be printable ASCII without spaces or '#'".to_string());
+    }
+    http::uri::PathAndQuery::try_from(path)
+        .map(|_| ())
+        .map_err(|e| format!("is not a valid path: {e}"))
 }
 
 fn check_endpoint_url(raw: &str) -> Result<(), String> {

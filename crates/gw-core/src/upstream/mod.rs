@@ -1,48 +1,98 @@
 //! Upstreams: an API's endpoints, the choice among them, and the proxying service at the
 //! bottom of every per-route stack.
 //!
-//! An [`Upstream`] is built once per API definition and shared by the API's routes; it keeps
-//! a pooled keep-alive HTTP client, so connections survive configuration swaps that do not
-//! change the API. [`UpstreamService`] rewrites the request for the upstream (context
-//! stripped, base path prefixed, query kept byte for byte, hop-by-hop headers removed,
-//! `X-Forwarded-*` added) and maps failures to [`GatewayError`]s.
+//! An [`Upstream`] is built once per API definition and shared by the API's routes. It owns
+//! its endpoints' keep-alive connections, its load balancer, its retry budget, its outlier
+//! detection and its health-check tasks; all of them live exactly as long as the
+//! configurations that use the API unchanged, and are released (tasks stopped, idle
+//! connections closed) when the last of those is replaced and its requests are done.
+//!
+//! [`UpstreamService`] rewrites the request for the upstream (context stripped, base path
+//! prefixed, query kept byte for byte, hop-by-hop headers removed, `X-Forwarded-*` added),
+//! sends it, retries where that is safe, and maps failures to [`GatewayError`]s.
 
+mod balance;
+mod endpoint;
 mod headers;
+mod health;
+mod retry;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use crate::body::{self, Body, BoxError};
 use crate::error::GatewayError;
 use crate::gateway::ConnInfo;
-use crate::model::UpstreamSpec;
+use crate::metrics::{AttemptError, ProxyMetrics, UpstreamMetrics};
+use crate::model::{HostHeader, OutlierDetection, UpstreamSpec};
+use balance::{Balancer, Usable};
+use endpoint::EndpointState;
+use retry::{RetryPolicy, is_idempotent};
 
-/// One endpoint, parsed once.
-#[derive(Debug)]
-struct Target {
-    scheme: Scheme,
-    authority: Authority,
-    /// Base path without a trailing slash; empty for the root.
-    base_path: Box<str>,
-}
+/// Requests that found their pooled connection closed before anything was written are sent
+/// again without counting as retries, at most this many times.
+const MAX_STALE_RESENDS: u32 = 3;
 
-/// An API's upstream: endpoints, round robin, client and timeouts.
+/// An API's upstream: endpoints, balancer, retries, outlier detection, limits.
 #[derive(Debug)]
 pub struct Upstream {
-    targets: Box<[Target]>,
-    next: AtomicUsize,
-    client: Client<HttpConnector, Body>,
+    api: Box<str>,
+    endpoints: Box<[EndpointState]>,
+    balancer: Balancer,
+    retry: RetryPolicy,
+    outlier: OutlierDetection,
+    connect_timeout: Duration,
     request_timeout: Duration,
+    idle_timeout: Duration,
+    dns_refresh: Duration,
+    host_header: HostMode,
+    limits: Arc<Limits>,
+    /// The zero of the millisecond clock of ejections.
+    epoch: std::time::Instant,
+    metrics: UpstreamMetrics,
+    /// Health checks and idle-connection expiry; aborted when the upstream is dropped.
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+#[derive(Debug)]
+enum HostMode {
+    Endpoint,
+    Preserve,
+    Rewrite(HeaderValue),
+}
+
+/// The circuit breaker's counters.
+#[derive(Debug)]
+struct Limits {
+    max_connections: u32,
+    max_pending: u32,
+    open: AtomicU32,
+    pending: AtomicU32,
+    /// Signalled when a connection is returned or closed, for requests waiting for one.
+    released: Notify,
+}
+
+impl Limits {
+    fn release(&self) {
+        if self.pending.load(Ordering::Relaxed) > 0 {
+            self.released.notify_one();
+        }
+    }
 }
 
 /// Why an upstream could not be built from its spec.
@@ -53,110 +103,532 @@ pub struct UpstreamError {
     message: String,
 }
 
+/// Why no connection was handed out.
+enum CheckoutError {
+    Overflow,
+    Connect(endpoint::ConnectError),
+}
+
 impl Upstream {
-    /// Builds the upstream of a validated spec.
-    pub fn new(spec: &UpstreamSpec) -> Result<Self, UpstreamError> {
-        let mut targets = Vec::with_capacity(spec.endpoints.len());
-        for endpoint in &spec.endpoints {
-            let error = |message: String| UpstreamError {
-                url: endpoint.url.clone(),
-                message,
-            };
-            let uri: Uri = endpoint.url.parse().map_err(|e| error(format!("{e}")))?;
-            let scheme = uri
-                .scheme()
-                .cloned()
-                .ok_or_else(|| error("no scheme".into()))?;
-            let authority = uri
-                .authority()
-                .cloned()
-                .ok_or_else(|| error("no host".into()))?;
-            let base_path = uri.path().trim_end_matches('/').into();
-            targets.push(Target {
-                scheme,
-                authority,
-                base_path,
-            });
-        }
-        if targets.is_empty() {
+    /// Builds the upstream of a validated spec, and starts its background tasks when called
+    /// within a Tokio runtime.
+    pub fn new(
+        spec: &UpstreamSpec,
+        api: &str,
+        metrics: &ProxyMetrics,
+    ) -> Result<Arc<Self>, UpstreamError> {
+        if spec.endpoints.is_empty() || spec.endpoints.len() > 64 {
             return Err(UpstreamError {
                 url: String::new(),
-                message: "no endpoints".to_string(),
+                message: "an upstream needs 1 to 64 endpoints".to_string(),
             });
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(spec.timeouts.connect.as_duration()));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-        Ok(Self {
-            targets: targets.into_boxed_slice(),
-            next: AtomicUsize::new(0),
-            client,
+        let mut endpoints = Vec::with_capacity(spec.endpoints.len());
+        for endpoint in &spec.endpoints {
+            let state = EndpointState::new(endpoint, metrics.for_endpoint(api, &endpoint.url))
+                .map_err(|message| UpstreamError {
+                    url: endpoint.url.clone(),
+                    message,
+                })?;
+            endpoints.push(state);
+        }
+        let urls: Vec<&str> = spec.endpoints.iter().map(|e| e.url.as_str()).collect();
+        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        let host_header = match &spec.host_header {
+            HostHeader::Endpoint => HostMode::Endpoint,
+            HostHeader::Preserve => HostMode::Preserve,
+            HostHeader::Rewrite(host) => {
+                HostMode::Rewrite(HeaderValue::from_str(host).map_err(|e| UpstreamError {
+                    url: String::new(),
+                    message: format!("hostHeader.rewrite: {e}"),
+                })?)
+            }
+        };
+        let upstream = Arc::new(Self {
+            api: api.into(),
+            balancer: Balancer::new(&spec.load_balancing, &urls, &weights),
+            endpoints: endpoints.into_boxed_slice(),
+            retry: RetryPolicy::new(&spec.retries),
+            outlier: spec.outlier_detection,
+            connect_timeout: spec.timeouts.connect.as_duration(),
             request_timeout: spec.timeouts.request.as_duration(),
-        })
+            idle_timeout: spec.timeouts.idle.as_duration(),
+            dns_refresh: spec.dns_refresh.as_duration(),
+            host_header,
+            limits: Arc::new(Limits {
+                max_connections: spec.circuit_breaker.max_connections,
+                max_pending: spec.circuit_breaker.max_pending,
+                open: AtomicU32::new(0),
+                pending: AtomicU32::new(0),
+                released: Notify::new(),
+            }),
+            epoch: std::time::Instant::now(),
+            metrics: metrics.for_upstream(api),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let tasks = health::spawn(&upstream, spec.health_check.as_ref());
+        *upstream
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tasks;
+        Ok(upstream)
     }
 
-    /// The next endpoint, round robin.
-    fn pick(&self) -> &Target {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len();
-        &self.targets[i]
+    /// Milliseconds since the upstream was built (never 0, so that 0 can mean "not set").
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    }
+
+    /// Sets an endpoint's `healthy` gauge from its state.
+    fn refresh_gauge(&self, index: usize) {
+        let endpoint = &self.endpoints[index];
+        let up = endpoint.available(|| self.now_ms());
+        endpoint.metrics.healthy.set(i64::from(up));
+    }
+
+    /// Counts a failed attempt; ejects the endpoint after too many in a row.
+    fn record_failure(self: &Arc<Self>, index: usize) {
+        let od = &self.outlier;
+        if od.consecutive_failures == 0 {
+            return;
+        }
+        let endpoint = &self.endpoints[index];
+        let failures = endpoint
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if failures < od.consecutive_failures {
+            return;
+        }
+        let now = self.now_ms();
+        if endpoint.is_ejected(now) {
+            return;
+        }
+        let ejected = self.endpoints.iter().filter(|e| e.is_ejected(now)).count();
+        if (ejected + 1) * 100 > od.max_ejected_percent as usize * self.endpoints.len() {
+            return;
+        }
+        let in_row = endpoint.ejections_in_row.fetch_add(1, Ordering::Relaxed) + 1;
+        let length = od
+            .base_ejection
+            .as_duration()
+            .saturating_mul(in_row)
+            .min(od.max_ejection.as_duration());
+        let length_ms = u64::try_from(length.as_millis()).unwrap_or(u64::MAX);
+        endpoint
+            .ejected_until_ms
+            .store(now.saturating_add(length_ms), Ordering::Relaxed);
+        endpoint.consecutive_failures.store(0, Ordering::Relaxed);
+        endpoint.metrics.ejections.inc();
+        endpoint.metrics.healthy.set(0);
+        tracing::warn!(
+            api = %self.api,
+            endpoint = %endpoint.url,
+            failures,
+            ejected_for_ms = length_ms,
+            "upstream endpoint ejected after failures in a row"
+        );
+        health::after_ejection(self, index, length);
+    }
+
+    /// Counts a successful attempt.
+    fn record_success(&self, index: usize) {
+        let endpoint = &self.endpoints[index];
+        if endpoint.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            endpoint.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if endpoint.ejections_in_row.load(Ordering::Relaxed) != 0 {
+            // healthy for a base ejection time since it came back: the next ejection starts
+            // from the base length again
+            let until = endpoint.ejected_until_ms.load(Ordering::Relaxed);
+            let base =
+                u64::try_from(self.outlier.base_ejection.as_duration().as_millis()).unwrap_or(0);
+            if self.now_ms() > until.saturating_add(base) {
+                endpoint.ejections_in_row.store(0, Ordering::Relaxed);
+                endpoint.ejected_until_ms.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A connection to endpoint `index`: an idle one, a new one, or (at the connection
+    /// limit) the next one released.
+    async fn checkout(&self, index: usize) -> Result<http1::SendRequest<Body>, CheckoutError> {
+        let endpoint = &self.endpoints[index];
+        let limits = &self.limits;
+        let mut waiting = None;
+        loop {
+            while let Some(mut sender) = endpoint.take_idle(self.idle_timeout) {
+                if sender.ready().await.is_ok() {
+                    return Ok(sender);
+                }
+            }
+            if limits.open.fetch_add(1, Ordering::AcqRel) < limits.max_connections {
+                let on_close = {
+                    let limits = Arc::clone(limits);
+                    move || {
+                        limits.open.fetch_sub(1, Ordering::AcqRel);
+                        limits.release();
+                    }
+                };
+                return match endpoint
+                    .connect(self.connect_timeout, self.dns_refresh, on_close)
+                    .await
+                {
+                    Ok(sender) => Ok(sender),
+                    Err(err) => {
+                        limits.open.fetch_sub(1, Ordering::AcqRel);
+                        limits.release();
+                        Err(CheckoutError::Connect(err))
+                    }
+                };
+            }
+            limits.open.fetch_sub(1, Ordering::AcqRel);
+            if waiting.is_none() {
+                if limits.pending.fetch_add(1, Ordering::AcqRel) >= limits.max_pending {
+                    limits.pending.fetch_sub(1, Ordering::AcqRel);
+                    return Err(CheckoutError::Overflow);
+                }
+                waiting = Some(PendingGuard(limits));
+            }
+            limits.released.notified().await;
+        }
+    }
+
+    /// The URI and `Host` header of an attempt on `endpoint`.
+    fn attempt_target(
+        &self,
+        endpoint: &EndpointState,
+        client_uri: &Uri,
+        original_host: Option<&HeaderValue>,
+        context_len: usize,
+    ) -> Result<(Uri, HeaderValue), GatewayError> {
+        let uri = upstream_uri(&endpoint.target.base_path, client_uri, context_len)?;
+        let host = match &self.host_header {
+            HostMode::Endpoint => endpoint.target.host_header.clone(),
+            HostMode::Preserve => original_host
+                .cloned()
+                .unwrap_or_else(|| endpoint.target.host_header.clone()),
+            HostMode::Rewrite(value) => value.clone(),
+        };
+        Ok((uri, host))
     }
 
     async fn forward(
-        &self,
+        self: Arc<Self>,
         request: Request<Body>,
         context_len: usize,
     ) -> Result<Response<Body>, GatewayError> {
-        let target = self.pick();
-        let endpoint = target.authority.as_str();
         let (mut parts, body) = request.into_parts();
-        let original_host = headers::original_host(&parts.headers, &parts.uri);
-        parts.uri = upstream_uri(target, &parts.uri, context_len)?;
-        parts.version = Version::HTTP_11;
         let conn = parts.extensions.get::<ConnInfo>().copied();
-        headers::prepare_request(&mut parts.headers, conn.as_ref(), original_host);
-        let call = self.client.request(Request::from_parts(parts, body));
-        let response = match tokio::time::timeout(self.request_timeout, call).await {
-            Err(_) => {
-                return Err(GatewayError::UpstreamTimeout {
-                    endpoint: endpoint.to_string(),
-                    timeout_ms: self.request_timeout.as_millis(),
-                });
+        let key = self.balancer.key(&parts.headers, conn.map(|c| c.peer.ip()));
+        let original_host = headers::original_host(&parts.headers, &parts.uri);
+        // the client's URI: every attempt rewrites it for its endpoint
+        let client_uri = parts.uri.clone();
+        headers::prepare_request(&mut parts.headers, conn.as_ref(), original_host.clone());
+        parts.version = Version::HTTP_11;
+        let replayable =
+            self.retry.attempts > 0 && is_idempotent(&parts.method) && body.is_end_stream();
+        self.retry.deposit();
+        let deadline = Instant::now() + self.request_timeout;
+
+        let mut pending = Some((parts, body));
+        let mut tried = 0u64;
+        let mut retries_left = self.retry.attempts;
+        let mut stale_resends = 0;
+        loop {
+            let index = self
+                .balancer
+                .pick(&View::new(&self), key, tried)
+                .ok_or(GatewayError::NoHealthyEndpoint)?;
+            tried |= 1 << index;
+            let endpoint = &self.endpoints[index];
+            let mut lease = Lease::new(&self, index);
+            let sender = match tokio::time::timeout_at(deadline, self.checkout(index)).await {
+                Err(_) => {
+                    endpoint.metrics.failed(AttemptError::Timeout);
+                    self.record_failure(index);
+                    return Err(self.timeout_error(endpoint));
+                }
+                Ok(Err(CheckoutError::Overflow)) => {
+                    self.metrics.overflows.inc();
+                    return Err(GatewayError::CircuitOpen {
+                        max_connections: self.limits.max_connections,
+                        max_pending: self.limits.max_pending,
+                    });
+                }
+                Ok(Err(CheckoutError::Connect(err))) => {
+                    endpoint.metrics.failed(AttemptError::Connect);
+                    self.record_failure(index);
+                    // nothing reached the upstream: any request may be tried again
+                    if self.may_retry(&mut retries_left) {
+                        continue;
+                    }
+                    return Err(GatewayError::UpstreamConnect {
+                        endpoint: endpoint.target.authority.to_string(),
+                        source: Box::new(err),
+                    });
+                }
+                Ok(Ok(sender)) => sender,
+            };
+            let Some((mut parts, body)) = pending.take() else {
+                return Err(GatewayError::BadUpstreamRequest(
+                    "the request body was already sent".to_string(),
+                ));
+            };
+            let (uri, host) =
+                self.attempt_target(endpoint, &client_uri, original_host.as_ref(), context_len)?;
+            let request = if replayable {
+                let mut request = Request::new(body::empty());
+                *request.method_mut() = parts.method.clone();
+                *request.uri_mut() = uri;
+                *request.version_mut() = Version::HTTP_11;
+                *request.headers_mut() = parts.headers.clone();
+                request.headers_mut().insert(header::HOST, host);
+                pending = Some((parts, body));
+                request
+            } else {
+                parts.uri = uri;
+                parts.headers.insert(header::HOST, host);
+                Request::from_parts(parts, body)
+            };
+
+            let started = Instant::now();
+            let sender = lease.sender.insert(sender);
+            let sent = sender.try_send_request(request);
+            let response = match tokio::time::timeout_at(deadline, sent).await {
+                Err(_) => {
+                    lease.sender = None;
+                    endpoint.metrics.failed(AttemptError::Timeout);
+                    self.record_failure(index);
+                    return Err(self.timeout_error(endpoint));
+                }
+                Ok(Err(mut err)) => {
+                    lease.sender = None;
+                    if let Some(unsent) = err.take_message() {
+                        // the pooled connection closed before the request was written
+                        if pending.is_none() {
+                            pending = Some(unsent.into_parts());
+                        }
+                        if stale_resends < MAX_STALE_RESENDS {
+                            stale_resends += 1;
+                            tried &= !(1 << index);
+                            continue;
+                        }
+                    }
+                    endpoint.metrics.failed(AttemptError::Reset);
+                    self.record_failure(index);
+                    if pending.is_some() && self.may_retry(&mut retries_left) {
+                        continue;
+                    }
+                    return Err(GatewayError::Upstream {
+                        endpoint: endpoint.target.authority.to_string(),
+                        source: Box::new(err.into_error()),
+                    });
+                }
+                Ok(Ok(response)) => response,
+            };
+            endpoint.metrics.answered(started.elapsed());
+            let status = response.status().as_u16();
+            if (502..=504).contains(&status) {
+                endpoint.metrics.failed(AttemptError::Status);
+                self.record_failure(index);
+                if replayable
+                    && self.retry.retries_status(status)
+                    && self.may_retry(&mut retries_left)
+                {
+                    continue;
+                }
+            } else {
+                self.record_success(index);
             }
-            Ok(Err(err)) if err.is_connect() => {
-                return Err(GatewayError::UpstreamConnect {
-                    endpoint: endpoint.to_string(),
-                    source: Box::new(err),
-                });
-            }
-            Ok(Err(err)) => {
-                return Err(GatewayError::Upstream {
-                    endpoint: endpoint.to_string(),
-                    source: Box::new(err),
-                });
-            }
-            Ok(Ok(response)) => response,
-        };
-        let (mut parts, body) = response.into_parts();
-        // the client connection speaks its own version (an HTTP/1.0 upstream must not make
-        // the gateway answer in HTTP/1.0)
-        parts.version = Version::default();
-        headers::prepare_response(&mut parts.headers);
-        Ok(Response::from_parts(parts, body::boxed(body)))
+            let (mut parts, incoming) = response.into_parts();
+            // the client connection speaks its own version (an HTTP/1.0 upstream must not
+            // make the gateway answer in HTTP/1.0)
+            parts.version = Version::default();
+            headers::prepare_response(&mut parts.headers);
+            let body = PooledBody {
+                inner: incoming,
+                lease,
+            };
+            return Ok(Response::from_parts(parts, body::boxed(body)));
+        }
+    }
+
+    /// Whether another attempt may be made: attempts left and budget available.
+    fn may_retry(&self, retries_left: &mut u32) -> bool {
+        if *retries_left == 0 || !self.retry.withdraw() {
+            return false;
+        }
+        *retries_left -= 1;
+        self.metrics.retries.inc();
+        true
+    }
+
+    fn timeout_error(&self, endpoint: &EndpointState) -> GatewayError {
+        GatewayError::UpstreamTimeout {
+            endpoint: endpoint.target.authority.to_string(),
+            timeout_ms: self.request_timeout.as_millis(),
+        }
     }
 }
 
-/// `scheme://authority` + base path + the request path after the context + `?query`.
-fn upstream_uri(target: &Target, uri: &Uri, context_len: usize) -> Result<Uri, GatewayError> {
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        for task in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// The endpoints as the balancer sees them, with the clock read at most once.
+struct View<'a> {
+    upstream: &'a Upstream,
+    now: std::cell::Cell<Option<u64>>,
+}
+
+impl<'a> View<'a> {
+    fn new(upstream: &'a Upstream) -> Self {
+        Self {
+            upstream,
+            now: std::cell::Cell::new(None),
+        }
+    }
+}
+
+impl Usable for View<'_> {
+    fn len(&self) -> usize {
+        self.upstream.endpoints.len()
+    }
+
+    fn available(&self, i: usize) -> bool {
+        self.upstream.endpoints[i].available(|| match self.now.get() {
+            Some(now) => now,
+            None => {
+                let now = self.upstream.now_ms();
+                self.now.set(Some(now));
+                now
+            }
+        })
+    }
+
+    fn in_flight(&self, i: usize) -> usize {
+        self.upstream.endpoints[i].in_flight.load(Ordering::Relaxed)
+    }
+
+    fn weight(&self, i: usize) -> u32 {
+        self.upstream.endpoints[i].weight
+    }
+}
+
+/// Decrements the pending-request count when a waiting request leaves.
+struct PendingGuard<'a>(&'a Limits);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One attempt's hold on an endpoint: counts it in flight and owns its connection until
+/// the response body ends, then returns the connection to the pool.
+struct Lease {
+    upstream: Arc<Upstream>,
+    index: usize,
+    sender: Option<http1::SendRequest<Body>>,
+}
+
+impl Lease {
+    fn new(upstream: &Arc<Upstream>, index: usize) -> Self {
+        upstream.endpoints[index]
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        Self {
+            upstream: Arc::clone(upstream),
+            index,
+            sender: None,
+        }
+    }
+
+    /// The exchange is complete: the connection can serve another request.
+    fn reuse(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.upstream.endpoints[self.index].put_idle(sender);
+            self.upstream.limits.release();
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.upstream.endpoints[self.index]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The upstream's response body; returns the connection to the pool once it is read to
+/// the end, or closes it when the body is abandoned halfway.
+struct PooledBody {
+    inner: Incoming,
+    lease: Lease,
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.lease.reuse(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.lease.reuse(),
+            Poll::Ready(Some(Err(_))) => self.lease.sender = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // an empty body (HEAD, 204, 304) may never be polled
+        if self.inner.is_end_stream() {
+            self.lease.reuse();
+        }
+    }
+}
+
+/// Base path + the request path after the context + `?query`, in origin form.
+fn upstream_uri(base_path: &str, uri: &Uri, context_len: usize) -> Result<Uri, GatewayError> {
+    if base_path.is_empty()
+        && context_len == 0
+        && let Some(pq) = uri.path_and_query()
+    {
+        // nothing to rewrite: share the client's bytes
+        return Ok(Uri::from(pq.clone()));
+    }
     let path = uri.path();
     let rest = path.get(context_len..).unwrap_or("");
     let query = uri.query();
-    let mut pq = String::with_capacity(
-        target.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1,
-    );
-    pq.push_str(&target.base_path);
+    let mut pq =
+        String::with_capacity(base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
+    pq.push_str(base_path);
     pq.push_str(rest);
     if pq.is_empty() {
         pq.push('/');
@@ -167,12 +639,7 @@ fn upstream_uri(target: &Target, uri: &Uri, context_len: usize) -> Result<Uri, G
     }
     let pq =
         PathAndQuery::try_from(pq).map_err(|e| GatewayError::BadUpstreamRequest(e.to_string()))?;
-    Uri::builder()
-        .scheme(target.scheme.clone())
-        .authority(target.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| GatewayError::BadUpstreamRequest(e.to_string()))
+    Ok(Uri::from(pq))
 }
 
 /// The service at the bottom of a per-route stack: sends the request to the upstream.
@@ -217,45 +684,30 @@ impl tower::Service<Request<Body>> for UpstreamService {
 mod tests {
     use super::*;
 
-    fn target(url: &str) -> Target {
-        let uri: Uri = url.parse().unwrap();
-        Target {
-            scheme: uri.scheme().unwrap().clone(),
-            authority: uri.authority().unwrap().clone(),
-            base_path: uri.path().trim_end_matches('/').into(),
-        }
-    }
-
     #[test]
     fn strips_context_and_prefixes_base_path() {
-        let t = target("http://127.0.0.1:9001/api");
         let cases = [
             (
+                "/api",
                 "/orders/v1/items/1?b=2&a=1",
                 10,
-                "http://127.0.0.1:9001/api/items/1?b=2&a=1",
+                "/api/items/1?b=2&a=1",
             ),
-            ("/orders/v1", 10, "http://127.0.0.1:9001/api"),
-            ("/orders/v1/", 10, "http://127.0.0.1:9001/api/"),
-            ("/x?", 0, "http://127.0.0.1:9001/api/x?"),
-            (
-                "/x?a=%20+%2F&&",
-                0,
-                "http://127.0.0.1:9001/api/x?a=%20+%2F&&",
-            ),
+            ("/api", "/orders/v1", 10, "/api"),
+            ("/api", "/orders/v1/", 10, "/api/"),
+            ("/api", "/x?", 0, "/api/x?"),
+            ("/api", "/x?a=%20+%2F&&", 0, "/api/x?a=%20+%2F&&"),
+            ("", "/orders/v1", 10, "/"),
+            ("", "/a/b?c=%41", 0, "/a/b?c=%41"),
+            ("", "/orders/v1/x?q", 10, "/x?q"),
         ];
-        for (path, context_len, expected) in cases {
+        for (base, path, context_len, expected) in cases {
             let uri: Uri = path.parse().unwrap();
             assert_eq!(
-                upstream_uri(&t, &uri, context_len).unwrap().to_string(),
-                expected
+                upstream_uri(base, &uri, context_len).unwrap().to_string(),
+                expected,
+                "{base} {path}"
             );
         }
-        let root = target("http://127.0.0.1:9001");
-        let uri: Uri = "/orders/v1".parse().unwrap();
-        assert_eq!(
-            upstream_uri(&root, &uri, 10).unwrap().to_string(),
-            "http://127.0.0.1:9001/"
-        );
     }
 }

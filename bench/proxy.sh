@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Plain-proxy benchmark: gw-runtime against nginx as a reverse proxy, same upstream, same load.
+#
+# Starts one upstream (nginx, 1 worker, `return 200` with a 20-byte body), nginx as a reverse
+# proxy (1 worker, keep-alive to the upstream) and gw-runtime (`--worker-threads 1`, a config
+# file with one API on `/`), then drives each with wrk for the same duration and connection
+# count, in turns, for several rounds: direct to the upstream, through nginx, through gw.
+# Prints requests/s, p50 and p99 per run, the medians, the gw/nginx ratio, and gw's memory
+# (RSS idle and its peak under load).
+#
+# Usage: bench/proxy.sh            (ROUNDS=3 DURATION=6 CONNECTIONS=50 by default)
+#        ROUNDS=5 DURATION=10 CONNECTIONS=100 bench/proxy.sh
+# Needs: nginx and wrk (installed with apt-get when missing and run as root), cargo.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-6}
+CONNECTIONS=${CONNECTIONS:-50}
+UPSTREAM_PORT=${UPSTREAM_PORT:-28081}
+NGINX_PORT=${NGINX_PORT:-28082}
+GW_PORT=${GW_PORT:-28083}
+GW_STATUS_PORT=${GW_STATUS_PORT:-28084}
+
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+need() {
+    local missing=()
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+    command -v wrk >/dev/null || missing+=(wrk)
+    [ ${#missing[@]} -eq 0 ] && return
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        echo "installing ${missing[*]} (Debian packages)" >&2
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "bench/proxy.sh needs these Debian packages: ${missing[*]}" >&2
+        exit 1
+    fi
+}
+need
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+echo "building gw-runtime (release)" >&2
+cargo build --release -q -p gw-runtime
+GW="$root/target/release/gw-runtime"
+
+work=$(mktemp -d /tmp/gw-bench.XXXXXX)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+nginx_conf() { # name, server block
+    mkdir -p "$work/$1"
+    cat >"$work/$1/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/$1/nginx.pid;
+error_log $work/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/$1;
+    proxy_temp_path $work/$1;
+    fastcgi_temp_path $work/$1;
+    uwsgi_temp_path $work/$1;
+    scgi_temp_path $work/$1;
+    keepalive_requests 1000000;
+    $2
+}
+EOF
+}
+
+nginx_conf upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 \"hello from upstream\n\"; } }"
+nginx_conf proxy "upstream up { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
+    server { listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+
+cat >"$work/api.yaml" <<EOF
+apiVersion: gw/v1
+kind: Api
+metadata: {name: bench}
+spec:
+  context: /
+  upstream:
+    endpoints: [{url: 'http://127.0.0.1:$UPSTREAM_PORT'}]
+EOF
+
+"$NGINX" -c "$work/upstream/nginx.conf" -p "$work/upstream" & pids+=($!)
+"$NGINX" -c "$work/proxy/nginx.conf" -p "$work/proxy" & pids+=($!)
+"$GW" --config "$work/api.yaml" --proxy-addr "127.0.0.1:$GW_PORT" \
+    --status-addr "127.0.0.1:$GW_STATUS_PORT" --data-dir "$work/gw" \
+    --worker-threads 1 --log-format json >"$work/gw.log" 2>&1 & gw_pid=$!
+pids+=("$gw_pid")
+
+wait_ok() { # url
+    for _ in $(seq 1 200); do
+        if [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null)" = 200 ]; then return 0; fi
+        sleep 0.05
+    done
+    echo "no 200 from $1" >&2
+    cat "$work/gw.log" >&2
+    exit 1
+}
+wait_ok "http://127.0.0.1:$UPSTREAM_PORT/"
+wait_ok "http://127.0.0.1:$NGINX_PORT/"
+wait_ok "http://127.0.0.1:$GW_STATUS_PORT/status/ready"
+wait_ok "http://127.0.0.1:$GW_PORT/"
+
+rss_kb() { awk -v k="$2" '$1 == k":" { print $2 }' "/proc/$1/status"; }
+idle_rss=$(rss_kb "$gw_pid" VmRSS)
+
+# wrk's latency figures come with units; print them in milliseconds
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n = n / 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n = n * 1000
+        printf "%.3f", n
+    }'
+}
+
+run() { # name, port -> "rps p50 p99"
+    local out
+    out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$2/")
+    if echo "$out" | grep -q "Non-2xx or 3xx responses"; then
+        echo "$1: wrk saw non-2xx responses:" >&2
+        echo "$out" >&2
+        exit 1
+    fi
+    local rps p50 p99
+    rps=$(echo "$out" | awk '/^Requests\/sec/ { printf "%d", $2 }')
+    p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" { print $2 }')")
+    p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")
+    echo "$rps $p50 $p99"
+}
+
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s, $ROUNDS rounds, $(nproc) cores"
+printf "%-6s %-7s %10s %9s %9s\n" round target "req/s" "p50 ms" "p99 ms"
+declare -A results
+for round in $(seq 1 "$ROUNDS"); do
+    for target in direct nginx gw; do
+        case $target in
+            direct) port=$UPSTREAM_PORT ;;
+            nginx) port=$NGINX_PORT ;;
+            gw) port=$GW_PORT ;;
+        esac
+        read -r rps p50 p99 < <(run "$target" "$port")
+        results[$target.rps]+="$rps "
+        results[$target.p50]+="$p50 "
+        results[$target.p99]+="$p99 "
+        printf "%-6s %-7s %10s %9s %9s\n" "$round" "$target" "$rps" "$p50" "$p99"
+    done
+done
+peak_rss=$(rss_kb "$gw_pid" VmHWM)
+
+echo
+echo "medians over $ROUNDS rounds"
+printf "%-7s %10s %9s %9s\n" target "req/s" "p50 ms" "p99 ms"
+for target in direct nginx gw; do
+    rps=$(echo "${results[$target.rps]}" | tr ' ' '\n' | grep . | median)
+    p50=$(echo "${results[$target.p50]}" | tr ' ' '\n' | grep . | median)
+    p99=$(echo "${results[$target.p99]}" | tr ' ' '\n' | grep . | median)
+    printf "%-7s %10.0f %9s %9s\n" "$target" "$rps" "$p50" "$p99"
+    declare "median_${target}_rps=$rps" "median_${target}_p99=$p99"
+done
+echo
+awk -v g="$median_gw_rps" -v n="$median_nginx_rps" 'BEGIN { printf "gw/nginx requests/s: %.2fx\n", g / n }'
+echo "p99: gw ${median_gw_p99} ms, nginx ${median_nginx_p99} ms"
+echo "gw-runtime RSS: idle $((idle_rss / 1024)) MB, peak under load $((peak_rss / 1024)) MB"

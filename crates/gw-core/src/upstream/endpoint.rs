@@ -1,0 +1,289 @@
+//! One upstream endpoint: where it is, its idle connections, and what the gateway knows of
+//! its health (in-flight requests, failures in a row, ejection, active health).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::HeaderValue;
+use http::uri::{Authority, Uri};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::body::Body;
+use crate::metrics::EndpointMetrics;
+use crate::model::Endpoint;
+
+/// Where an endpoint is, parsed once.
+#[derive(Debug)]
+pub(super) struct Target {
+    /// `host:port` as written in the URL.
+    pub(super) authority: Authority,
+    /// The `Host` header for this endpoint.
+    pub(super) host_header: HeaderValue,
+    /// Base path without a trailing slash; empty for the root.
+    pub(super) base_path: Box<str>,
+    /// The host to resolve (an IP literal is used as is).
+    host: Box<str>,
+    port: u16,
+}
+
+impl Target {
+    pub(super) fn parse(url: &str) -> Result<Self, String> {
+        let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+        if parsed.scheme() != "http" {
+            return Err(format!("unsupported scheme {:?}", parsed.scheme()));
+        }
+        let host = match parsed.host() {
+            Some(url::Host::Domain(domain)) => domain.to_string(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            None => return Err("no host".to_string()),
+        };
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+        let authority = uri.authority().cloned().ok_or("no host")?;
+        let host_header = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
+        Ok(Self {
+            base_path: uri.path().trim_end_matches('/').into(),
+            authority,
+            host_header,
+            host: host.into(),
+            port,
+        })
+    }
+}
+
+/// Resolved addresses of a host name, kept for the DNS refresh period.
+#[derive(Debug)]
+struct Resolved {
+    at: Instant,
+    addrs: Arc<[SocketAddr]>,
+}
+
+/// An idle keep-alive connection.
+#[derive(Debug)]
+pub(super) struct Idle {
+    pub(super) sender: http1::SendRequest<Body>,
+    pub(super) since: Instant,
+}
+
+/// One endpoint and its state.
+#[derive(Debug)]
+pub(super) struct EndpointState {
+    /// The URL as configured (the metrics label).
+    pub(super) url: Box<str>,
+    pub(super) target: Target,
+    pub(super) weight: u32,
+    pub(super) in_flight: AtomicUsize,
+    /// Failures in a row since the last success.
+    pub(super) consecutive_failures: AtomicU32,
+    /// Ejections without a healthy period in between.
+    pub(super) ejections_in_row: AtomicU32,
+    /// Milliseconds since the upstream's epoch until which the endpoint is ejected; 0 when
+    /// it is not.
+    pub(super) ejected_until_ms: AtomicU64,
+    /// The active health check's verdict (true without a health check).
+    pub(super) healthy: AtomicBool,
+    pub(super) idle: Mutex<Vec<Idle>>,
+    resolved: Mutex<Option<Resolved>>,
+    pub(super) metrics: EndpointMetrics,
+}
+
+impl EndpointState {
+    pub(super) fn new(spec: &Endpoint, metrics: EndpointMetrics) -> Result<Self, String> {
+        metrics.healthy.set(1);
+        Ok(Self {
+            url: spec.url.as_str().into(),
+            target: Target::parse(&spec.url)?,
+            weight: spec.weight.max(1),
+            in_flight: AtomicUsize::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections_in_row: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            idle: Mutex::new(Vec::new()),
+            resolved: Mutex::new(None),
+            metrics,
+        })
+    }
+
+    /// Whether the endpoint takes traffic at `now_ms` (milliseconds since the upstream's
+    /// epoch).
+    pub(super) fn available(&self, now_ms: impl FnOnce() -> u64) -> bool {
+        if !self.healthy.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until == 0 || until <= now_ms()
+    }
+
+    /// Whether the endpoint is ejected at `now_ms`.
+    pub(super) fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Takes an idle connection that is still open and not past `idle_timeout`.
+    pub(super) fn take_idle(&self, idle_timeout: Duration) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(conn) = idle.pop() {
+            if !conn.sender.is_closed() && conn.since.elapsed() < idle_timeout {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection back for reuse.
+    pub(super) fn put_idle(&self, sender: http1::SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// Closes the idle connections unused for `idle_timeout`.
+    pub(super) fn expire_idle(&self, idle_timeout: Duration) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.retain(|conn| !conn.sender.is_closed() && conn.since.elapsed() < idle_timeout);
+    }
+
+    /// The endpoint's addresses, resolved again once `refresh` has passed.
+    async fn addrs(&self, refresh: Duration) -> io::Result<Arc<[SocketAddr]>> {
+        if let Ok(ip) = self.target.host.parse::<std::net::IpAddr>() {
+            return Ok(Arc::from([SocketAddr::new(ip, self.target.port)]));
+        }
+        {
+            let resolved = self
+                .resolved
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(resolved) = &*resolved
+                && resolved.at.elapsed() < refresh
+            {
+                return Ok(Arc::clone(&resolved.addrs));
+            }
+        }
+        let addrs: Arc<[SocketAddr]> =
+            tokio::net::lookup_host((&*self.target.host, self.target.port))
+                .await?
+                .collect();
+        if addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} resolves to no address", self.target.host),
+            ));
+        }
+        *self
+            .resolved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Resolved {
+            at: Instant::now(),
+            addrs: Arc::clone(&addrs),
+        });
+        Ok(addrs)
+    }
+
+    /// Opens a TCP connection to the first address that accepts within `timeout`.
+    pub(super) async fn connect_tcp(
+        &self,
+        timeout: Duration,
+        dns_refresh: Duration,
+    ) -> io::Result<TcpStream> {
+        let deadline = Instant::now() + timeout;
+        let attempt = async {
+            let addrs = self.addrs(dns_refresh).await?;
+            let mut last = None;
+            for addr in addrs.iter() {
+                match TcpStream::connect(addr).await {
+                    Ok(stream) => {
+                        stream.set_nodelay(true)?;
+                        return Ok(stream);
+                    }
+                    Err(err) => last = Some(err),
+                }
+            }
+            Err(last.unwrap_or_else(|| io::Error::other("no address")))
+        };
+        tokio::time::timeout_at(deadline, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no connection within {} ms", timeout.as_millis()),
+                ))
+            })
+    }
+
+    /// Opens an HTTP/1.1 connection and starts its task; `on_close` runs when it ends.
+    pub(super) async fn connect(
+        &self,
+        timeout: Duration,
+        dns_refresh: Duration,
+        on_close: impl FnOnce() + Send + 'static,
+    ) -> Result<http1::SendRequest<Body>, ConnectError> {
+        let stream = self
+            .connect_tcp(timeout, dns_refresh)
+            .await
+            .map_err(ConnectError)?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ConnectError(io::Error::other(e)))?;
+        let connections = self.metrics.connections.clone();
+        connections.inc();
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "upstream connection ended with an error");
+            }
+            connections.dec();
+            on_close();
+        });
+        Ok(sender)
+    }
+}
+
+/// A connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct ConnectError(pub(super) io::Error);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = Target::parse("http://127.0.0.1:9001/api/").unwrap();
+        assert_eq!(t.authority.as_str(), "127.0.0.1:9001");
+        assert_eq!(&*t.base_path, "/api");
+        assert_eq!(t.port, 9001);
+        let t = Target::parse("http://[::1]/").unwrap();
+        assert_eq!(&*t.host, "::1");
+        assert_eq!(t.port, 80);
+        assert_eq!(t.host_header, "[::1]");
+        assert_eq!(&*t.base_path, "");
+        let t = Target::parse("http://backend.internal:8080").unwrap();
+        assert_eq!(&*t.host, "backend.internal");
+        assert!(Target::parse("ftp://x").is_err());
+    }
+}
