@@ -1,5 +1,7 @@
 //! Header rewriting between the client and the upstream.
 
+use std::fmt::Write as _;
+
 use http::Uri;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -33,14 +35,20 @@ pub(super) fn original_host(headers: &HeaderMap, uri: &Uri) -> Option<HeaderValu
 /// Removes hop-by-hop headers (and those the `Connection` header names) and
 /// `Transfer-Encoding`, which the client connection sets for itself.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in &headers.get_all(header::CONNECTION) {
+        let value = value.as_bytes();
+        // the common values name no other header: nothing to collect (and no allocation)
+        if value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close") {
+            continue;
+        }
+        named.extend(
+            value
+                .split(|&b| b == b',')
+                .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok()),
+        );
+    }
+    for name in named {
         headers.remove(name);
     }
     for name in &HOP_BY_HOP {
@@ -60,12 +68,19 @@ pub(super) fn prepare_request(
     remove_hop_by_hop(headers);
     headers.remove(header::HOST);
     if let Some(conn) = conn {
-        let ip = conn.peer.ip().to_string();
-        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
-            _ => ip,
+        let mut ip = IpText::default();
+        let _ = write!(ip, "{}", conn.peer.ip());
+        let value = match headers.get(&X_FORWARDED_FOR) {
+            Some(existing) if !existing.as_bytes().trim_ascii().is_empty() => {
+                let mut joined = Vec::with_capacity(existing.len() + 2 + ip.len);
+                joined.extend_from_slice(existing.as_bytes());
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(ip.as_bytes());
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(joined))
+            }
+            _ => HeaderValue::from_bytes(ip.as_bytes()),
         };
-        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        if let Ok(value) = value {
             headers.insert(X_FORWARDED_FOR, value);
         }
         let proto = if conn.secure { "https" } else { "http" };
@@ -73,6 +88,40 @@ pub(super) fn prepare_request(
     }
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+/// An IP address as text, formatted without allocating (the longest, an IPv6 address with
+/// an embedded IPv4 one, is 45 bytes).
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Default for IpText {
+    fn default() -> Self {
+        Self {
+            buf: [0; 48],
+            len: 0,
+        }
+    }
+}
+
+impl IpText {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
