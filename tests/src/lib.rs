@@ -323,6 +323,31 @@ pub fn runtime(node_id: &str, controllers: &[SocketAddr], data_dir: &Path) -> Pr
     Process::start(node_id, &binary("gw-runtime"), &args, &envs)
 }
 
+/// Starts a runtime in standalone mode, serving the APIs of the file `config`.
+pub fn file_runtime(node_id: &str, config: &Path, data_dir: &Path) -> Process {
+    let args = strings(&[
+        "--config",
+        &config.display().to_string(),
+        "--node-id",
+        node_id,
+        "--proxy-addr",
+        "127.0.0.1:0",
+        "--status-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data_dir.display().to_string(),
+    ]);
+    Process::start(node_id, &binary("gw-runtime"), &args, &[])
+}
+
+/// Starts an `echo-upstream` process named `name` on a free loopback port (see its docs for
+/// the controls: `x-echo-delay-ms`, `/_echo/respond`, `/_echo/health`, `/_echo/stats`).
+/// [`Process::restart`] with `("--addr", addr)` brings it back on the same port.
+pub fn echo_upstream(name: &str) -> Process {
+    let args = strings(&["--addr", "127.0.0.1:0", "--name", name]);
+    Process::start(name, &binary("echo-upstream"), &args, &[])
+}
+
 /// An upstream on loopback that answers every request with
 /// `{"upstream": tag, "path": …, "query": …, "headers": {…}}`.
 #[derive(Debug)]

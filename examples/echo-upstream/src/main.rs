@@ -5,15 +5,26 @@
 //! ```text
 //! cargo run -p echo-upstream -- --addr 127.0.0.1:9001 --name orders
 //! ```
+//!
+//! It also has a few controls, for trying (and testing) what the gateway does when an
+//! upstream misbehaves:
+//!
+//! - a request with `x-echo-delay-ms: N` is answered after N milliseconds (at most 60 s);
+//! - `POST /_echo/respond?status=N` makes every later request answer with status N (200 to
+//!   go back);
+//! - `GET /_echo/health` answers 200, or the status set with `POST /_echo/health?status=N`;
+//! - `GET /_echo/stats` counts the requests and health probes received.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -21,12 +32,23 @@ use tokio::net::TcpListener;
 struct Args {
     addr: SocketAddr,
     name: String,
+    json_log: bool,
+}
+
+/// What the controls change.
+struct State {
+    name: String,
+    respond_status: AtomicU16,
+    health_status: AtomicU16,
+    requests: AtomicU64,
+    probes: AtomicU64,
 }
 
 fn args() -> Result<Args, String> {
     let mut parsed = Args {
         addr: SocketAddr::from(([127, 0, 0, 1], 9001)),
         name: "echo".to_string(),
+        json_log: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -37,9 +59,11 @@ fn args() -> Result<Args, String> {
                 parsed.addr = text.parse().map_err(|e| format!("--addr {text}: {e}"))?;
             }
             "--name" => parsed.name = value()?,
+            "--log-format" => parsed.json_log = value()? == "json",
             "--help" | "-h" => {
                 return Err(
-                    "usage: echo-upstream [--addr 127.0.0.1:9001] [--name echo]".to_string()
+                    "usage: echo-upstream [--addr 127.0.0.1:9001] [--name echo] [--log-format text|json]"
+                        .to_string()
                 );
             }
             other => return Err(format!("unknown argument {other}; see --help")),
@@ -48,7 +72,69 @@ fn args() -> Result<Args, String> {
     Ok(parsed)
 }
 
-async fn echo(name: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
+/// The status in `?status=N`, if valid.
+fn status_param(query: Option<&str>) -> Option<StatusCode> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("status="))
+        .and_then(|n| n.parse::<u16>().ok())
+        .and_then(|n| StatusCode::from_u16(n).ok())
+}
+
+fn plain(status: StatusCode, text: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = status;
+    response
+}
+
+/// The control paths under `/_echo/`; `None` for any other request.
+fn control(state: &State, request: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let path = request.uri().path();
+    let query = request.uri().query();
+    let method = request.method();
+    let set = |target: &AtomicU16| match status_param(query) {
+        Some(status) => {
+            target.store(status.as_u16(), Ordering::Relaxed);
+            plain(StatusCode::NO_CONTENT, String::new())
+        }
+        None => plain(StatusCode::BAD_REQUEST, "use ?status=N\n".to_string()),
+    };
+    Some(match (method.as_str(), path) {
+        ("GET", "/_echo/health") => {
+            state.probes.fetch_add(1, Ordering::Relaxed);
+            let status = StatusCode::from_u16(state.health_status.load(Ordering::Relaxed))
+                .unwrap_or(StatusCode::OK);
+            plain(status, format!("{}\n", status.as_u16()))
+        }
+        ("POST", "/_echo/health") => set(&state.health_status),
+        ("POST", "/_echo/respond") => set(&state.respond_status),
+        ("GET", "/_echo/stats") => plain(
+            StatusCode::OK,
+            serde_json::json!({
+                "upstream": state.name,
+                "requests": state.requests.load(Ordering::Relaxed),
+                "healthProbes": state.probes.load(Ordering::Relaxed),
+            })
+            .to_string(),
+        ),
+        _ => return None,
+    })
+}
+
+async fn echo(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(response) = control(state, &request) {
+        return response;
+    }
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    let delay = request
+        .headers()
+        .get("x-echo-delay-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    }
+    let name = state.name.as_str();
     let (parts, body) = request.into_parts();
     let body_bytes = match body.collect().await {
         Ok(collected) => collected.to_bytes().len(),
@@ -68,6 +154,8 @@ async fn echo(name: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
         "bodyBytes": body_bytes,
     });
     let mut response = Response::new(Full::new(Bytes::from(description.to_string())));
+    *response.status_mut() = StatusCode::from_u16(state.respond_status.load(Ordering::Relaxed))
+        .unwrap_or(StatusCode::OK);
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
@@ -92,17 +180,29 @@ async fn main() {
         }
     };
     let local = listener.local_addr().unwrap_or(args.addr);
-    println!("echo-upstream {} listening on {local}", args.name);
-    let name: &'static str = Box::leak(args.name.into_boxed_str());
+    if args.json_log {
+        eprintln!(
+            "{}",
+            serde_json::json!({"message": "listening", "listener": "http", "addr": local.to_string()})
+        );
+    } else {
+        println!("echo-upstream {} listening on {local}", args.name);
+    }
+    let state: &'static State = Box::leak(Box::new(State {
+        name: args.name,
+        respond_status: AtomicU16::new(200),
+        health_status: AtomicU16::new(200),
+        requests: AtomicU64::new(0),
+        probes: AtomicU64::new(0),
+    }));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         tokio::spawn(async move {
-            let service =
-                service_fn(
-                    move |request| async move { Ok::<_, Infallible>(echo(name, request).await) },
-                );
+            let service = service_fn(move |request| async move {
+                Ok::<_, Infallible>(echo(state, request).await)
+            });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
