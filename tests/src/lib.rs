@@ -325,7 +325,12 @@ pub fn runtime(node_id: &str, controllers: &[SocketAddr], data_dir: &Path) -> Pr
 
 /// Starts a runtime in standalone mode, serving the APIs of the file `config`.
 pub fn file_runtime(node_id: &str, config: &Path, data_dir: &Path) -> Process {
-    let args = strings(&[
+    file_runtime_with(node_id, config, data_dir, &[])
+}
+
+/// [`file_runtime`] with extra command-line arguments.
+pub fn file_runtime_with(node_id: &str, config: &Path, data_dir: &Path, extra: &[&str]) -> Process {
+    let mut args = strings(&[
         "--config",
         &config.display().to_string(),
         "--node-id",
@@ -337,7 +342,26 @@ pub fn file_runtime(node_id: &str, config: &Path, data_dir: &Path) -> Process {
         "--data-dir",
         &data_dir.display().to_string(),
     ]);
+    args.extend(strings(extra));
     Process::start(node_id, &binary("gw-runtime"), &args, &[])
+}
+
+/// Sends `request` as raw bytes on a new connection and reads until the server closes it
+/// (at most 10 s): the status code (0 if none) and the whole response text. For requests
+/// that an HTTP client library would refuse or rewrite.
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write the request");
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, text)
 }
 
 /// Starts an `echo-upstream` process named `name` on a free loopback port (see its docs for

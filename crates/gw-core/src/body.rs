@@ -28,3 +28,24 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 pub fn empty() -> Body {
     boxed(http_body_util::Empty::new())
 }
+
+/// Whether `error`, or an error it was caused by, is a body exceeding its size limit
+/// ([`http_body_util::Limited`]).
+pub fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+/// `body`, failing with [`http_body_util::LengthLimitError`] once it exceeds `limit` bytes.
+pub fn limited(body: Body, limit: u64) -> Body {
+    boxed(http_body_util::Limited::new(
+        body,
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    ))
+}

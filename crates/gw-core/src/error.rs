@@ -59,6 +59,15 @@ pub enum GatewayError {
         /// `circuitBreaker.maxPending`.
         max_pending: u32,
     },
+    /// The request URI is longer than the gateway accepts.
+    #[error("the request URI is longer than {limit} bytes")]
+    UriTooLong {
+        /// The limit.
+        limit: usize,
+    },
+    /// The request body is larger than the API accepts (`spec.maxRequestBodyBytes`).
+    #[error("the request body is larger than this API accepts")]
+    PayloadTooLarge,
     /// The upstream URI could not be built (a bug or an invalid request).
     #[error("could not build the upstream request: {0}")]
     BadUpstreamRequest(String),
@@ -72,6 +81,8 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST
             }
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::UpstreamConnect { .. } | GatewayError::Upstream { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -88,6 +99,8 @@ impl GatewayError {
         match self {
             GatewayError::BadPath(_) => "bad_path",
             GatewayError::NoRoute => "no_route",
+            GatewayError::UriTooLong { .. } => "uri_too_long",
+            GatewayError::PayloadTooLarge => "payload_too_large",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::UpstreamConnect { .. } => "upstream_unreachable",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",

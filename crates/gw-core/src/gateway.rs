@@ -21,7 +21,7 @@ use http::{Method, Request, Response};
 
 use crate::body::{self, Body, BoxError};
 use crate::error::GatewayError;
-use crate::metrics::{ApiMetrics, ProxyMetrics};
+use crate::metrics::{ApiMetrics, Limit, ProxyMetrics};
 use crate::model::{ApiDefinition, check_collisions};
 use crate::path;
 use crate::policy::{PolicyRegistry, RouteService, build_stack, effective_policies};
@@ -276,12 +276,16 @@ impl GatewayConfig {
     }
 }
 
+/// The longest request URI accepted by default, in bytes.
+pub const DEFAULT_MAX_URI_BYTES: usize = 8192;
+
 /// The gateway: the current configuration and the request entry point.
 #[derive(Debug)]
 pub struct Gateway {
     config: ArcSwap<GatewayConfig>,
     registry: PolicyRegistry,
     metrics: ProxyMetrics,
+    max_uri_bytes: usize,
 }
 
 impl Gateway {
@@ -291,7 +295,21 @@ impl Gateway {
             config: ArcSwap::from_pointee(GatewayConfig::default()),
             registry,
             metrics,
+            max_uri_bytes: DEFAULT_MAX_URI_BYTES,
         }
+    }
+
+    /// Sets the longest request URI accepted (default [`DEFAULT_MAX_URI_BYTES`]); longer
+    /// ones are answered 414.
+    #[must_use]
+    pub fn with_max_uri_bytes(mut self, limit: usize) -> Self {
+        self.max_uri_bytes = limit;
+        self
+    }
+
+    /// The metrics the gateway records into.
+    pub fn metrics(&self) -> &ProxyMetrics {
+        &self.metrics
     }
 
     /// The policies this gateway can build.
@@ -350,6 +368,19 @@ impl Gateway {
         B::Error: Into<BoxError>,
     {
         let start = Instant::now();
+        let uri_len = request
+            .uri()
+            .path_and_query()
+            .map_or(0, |pq| pq.as_str().len())
+            + request.uri().authority().map_or(0, |a| a.as_str().len());
+        if uri_len > self.max_uri_bytes {
+            self.metrics.limit_rejected(Limit::UriLength);
+            let error = GatewayError::UriTooLong {
+                limit: self.max_uri_bytes,
+            };
+            self.metrics.unrouted(error.status());
+            return error.into_response();
+        }
         let (mut request, service, api) = match self.route(request) {
             Ok(found) => found,
             Err(error) => {
@@ -357,10 +388,36 @@ impl Gateway {
                 return error.into_response();
             }
         };
+        if let Some(limit) = api.definition.spec.max_request_body_bytes {
+            let declared = request
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|len| len > limit) {
+                self.metrics.limit_rejected(Limit::BodySize);
+                let response = GatewayError::PayloadTooLarge.into_response();
+                api.metrics.observe(response.status(), start.elapsed());
+                return response;
+            }
+            let (parts, body) = request.into_parts();
+            request = Request::from_parts(parts, body::limited(body, limit));
+        }
         request.extensions_mut().insert(conn);
         let response = match call_route(service, request).await {
             Ok(response) => response,
-            Err(error) => api.rescue(error),
+            Err(error) => {
+                let too_large = matches!(
+                    error.downcast_ref::<GatewayError>(),
+                    Some(GatewayError::PayloadTooLarge)
+                ) || body::is_length_limit(error.as_ref());
+                if too_large {
+                    self.metrics.limit_rejected(Limit::BodySize);
+                    GatewayError::PayloadTooLarge.into_response()
+                } else {
+                    api.rescue(error)
+                }
+            }
         };
         api.metrics.observe(response.status(), start.elapsed());
         response

@@ -41,6 +41,11 @@ struct EndpointErrorLabels {
 const ERROR_KINDS: [&str; 4] = ["connect", "reset", "timeout", "status"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: u16,
 }
@@ -58,7 +63,37 @@ pub struct ProxyMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<ApiLabels, Histogram, fn() -> Histogram>,
     unrouted: Family<StatusLabels, Counter>,
+    limits: Family<LimitLabels, Counter>,
+    connections: Gauge,
     upstream: UpstreamFamilies,
+}
+
+/// A limit that refused a request or a connection, as counted in
+/// `gw_limit_rejections_total{limit}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The request head exceeded the header size limit (431).
+    HeaderSize,
+    /// The request URI exceeded its limit (414).
+    UriLength,
+    /// The request body exceeded the API's limit (413).
+    BodySize,
+    /// The request head did not arrive within the header read timeout.
+    HeaderTimeout,
+    /// A connection beyond the connection limit was closed at once.
+    Connections,
+}
+
+impl Limit {
+    fn label(self) -> &'static str {
+        match self {
+            Limit::HeaderSize => "header_size",
+            Limit::UriLength => "uri_length",
+            Limit::BodySize => "body_size",
+            Limit::HeaderTimeout => "header_timeout",
+            Limit::Connections => "connections",
+        }
+    }
 }
 
 /// The per-endpoint and per-upstream families.
@@ -92,6 +127,16 @@ impl ProxyMetrics {
             "gw_unrouted_requests",
             "Requests that matched no API or were refused before routing, by status",
             metrics.unrouted.clone(),
+        );
+        registry.register(
+            "gw_limit_rejections",
+            "Requests and connections refused by a limit: header_size, uri_length, body_size, header_timeout, connections",
+            metrics.limits.clone(),
+        );
+        registry.register(
+            "gw_downstream_connections",
+            "Open client connections",
+            metrics.connections.clone(),
         );
         let upstream = &metrics.upstream;
         registry.register(
@@ -144,6 +189,8 @@ impl ProxyMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram),
             unrouted: Family::default(),
+            limits: Family::default(),
+            connections: Gauge::default(),
             upstream: UpstreamFamilies {
                 requests: Family::default(),
                 errors: Family::default(),
@@ -250,6 +297,20 @@ impl ProxyMetrics {
                 kind,
             });
         }
+    }
+
+    /// Counts a refusal by a limit.
+    pub fn limit_rejected(&self, limit: Limit) {
+        self.limits
+            .get_or_create(&LimitLabels {
+                limit: limit.label(),
+            })
+            .inc();
+    }
+
+    /// The gauge of open client connections.
+    pub fn connections(&self) -> &Gauge {
+        &self.connections
     }
 
     /// Counts a request answered before routing (no route, bad path).

@@ -77,6 +77,8 @@ pub struct RuntimeOptions {
     pub policies: PolicyRegistry,
     /// Downstream connection limits and the drain timeout.
     pub listener: ListenerOptions,
+    /// The longest request URI accepted; 414 beyond it.
+    pub max_uri_bytes: usize,
     /// How often the configuration file is checked for changes.
     pub file_poll_interval: Duration,
     /// Heartbeat interval of the sync stream.
@@ -102,6 +104,7 @@ impl RuntimeOptions {
             advertise_address: None,
             policies: PolicyRegistry::new(),
             listener: ListenerOptions::default(),
+            max_uri_bytes: gw_core::gateway::DEFAULT_MAX_URI_BYTES,
             file_poll_interval: Duration::from_secs(2),
             heartbeat_interval: Duration::from_secs(10),
             sync_token: None,
@@ -209,7 +212,10 @@ impl Runtime {
 
         let mut registry = Registry::default();
         let metrics = ProxyMetrics::register(&mut registry);
-        let gateway = Arc::new(Gateway::new(options.policies.clone(), metrics));
+        let gateway = Arc::new(
+            Gateway::new(options.policies.clone(), metrics)
+                .with_max_uri_bytes(options.max_uri_bytes),
+        );
         let cache = match (&options.source, &options.data_dir) {
             (ConfigSource::Controllers(_), Some(dir)) => Some(CacheFile::new(
                 dir.join("config-cache.json"),

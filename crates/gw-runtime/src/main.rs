@@ -68,6 +68,26 @@ struct Args {
     #[arg(long, env = "GW_HEARTBEAT_SECONDS", default_value_t = 10)]
     heartbeat_seconds: u64,
 
+    /// Time allowed for a client to send a request's headers, in seconds; also the idle
+    /// timeout of keep-alive client connections.
+    #[arg(long, env = "GW_HEADER_READ_TIMEOUT", default_value_t = 30)]
+    header_read_timeout: u64,
+
+    /// The largest request head (request line and headers) in bytes; 431 beyond it.
+    #[arg(long, env = "GW_MAX_HEADER_BYTES", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(8192..=16_777_216))]
+    max_header_bytes: u64,
+
+    /// The longest request URI in bytes; 414 beyond it.
+    #[arg(long, env = "GW_MAX_URI_BYTES", default_value_t = 8192,
+          value_parser = clap::value_parser!(u64).range(256..=1_048_576))]
+    max_uri_bytes: u64,
+
+    /// Open client connections; a connection beyond it is closed at once.
+    #[arg(long, env = "GW_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_connections: u64,
+
     /// Worker threads of the async runtime (default: one per core). With 1, the runtime
     /// serves everything on one thread (Tokio's current-thread scheduler).
     #[arg(long, env = "GW_WORKER_THREADS")]
@@ -118,6 +138,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     options.data_dir = Some(args.data_dir);
     options.advertise_address = args.advertise_address;
     options.listener.drain_timeout = Duration::from_secs(args.drain_timeout);
+    options.listener.header_read_timeout = Duration::from_secs(args.header_read_timeout.max(1));
+    options.listener.max_header_bytes = usize::try_from(args.max_header_bytes)?;
+    options.listener.max_connections = usize::try_from(args.max_connections)?;
+    options.max_uri_bytes = usize::try_from(args.max_uri_bytes)?;
     options.drain_period = Duration::from_secs(args.drain_seconds);
     options.heartbeat_interval = Duration::from_secs(args.heartbeat_seconds.clamp(1, 60));
     // from the environment only: a flag would show in `ps`

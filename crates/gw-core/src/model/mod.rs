@@ -100,6 +100,9 @@ pub struct ApiSpec {
     pub groups: Vec<String>,
     /// Where requests go.
     pub upstream: UpstreamSpec,
+    /// The largest request body accepted, in bytes (default: no limit); 413 beyond it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
     /// The operations served; empty means every method and path under the context.
     #[serde(default)]
     pub operations: Vec<Operation>,

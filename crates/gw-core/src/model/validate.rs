@@ -13,6 +13,7 @@ const MAX_HOSTS: usize = 100;
 const MAX_GROUPS: usize = 32;
 const MAX_ENDPOINTS: usize = 64;
 const MAX_WEIGHT: u32 = 1000;
+const MAX_BODY_LIMIT: u64 = 1 << 40;
 const MAX_OPERATIONS: usize = 1000;
 const MAX_POLICIES: usize = 64;
 const MAX_LABELS: usize = 64;
@@ -154,6 +155,14 @@ pub fn validate(api: &ApiDefinition, ctx: &ValidationContext<'_>) -> Vec<FieldEr
     v.endpoints(api);
     v.timeouts(api);
     v.upstream_behaviour(api);
+    if let Some(limit) = spec.max_request_body_bytes
+        && !(1..=MAX_BODY_LIMIT).contains(&limit)
+    {
+        v.err(
+            "spec.maxRequestBodyBytes",
+            format!("must be between 1 and {MAX_BODY_LIMIT} (1 TiB)"),
+        );
+    }
     v.operations(api, *ctx);
     v.policies("spec.policies", &spec.policies, *ctx);
     v.errors

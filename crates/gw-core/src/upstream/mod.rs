@@ -404,6 +404,10 @@ impl Upstream {
                 }
                 Ok(Err(mut err)) => {
                     lease.sender = None;
+                    if body::is_length_limit(err.error()) {
+                        // the client's fault, not the endpoint's
+                        return Err(GatewayError::PayloadTooLarge);
+                    }
                     if let Some(unsent) = err.take_message() {
                         // the pooled connection closed before the request was written
                         if pending.is_none() {
