@@ -13,7 +13,8 @@
 //! - `POST /_echo/respond?status=N` makes every later request answer with status N (200 to
 //!   go back);
 //! - `GET /_echo/health` answers 200, or the status set with `POST /_echo/health?status=N`;
-//! - `GET /_echo/stats` counts the requests and health probes received.
+//! - `GET /_echo/stats` counts the requests and health probes received;
+//! - `GET /_echo/bytes?n=N` streams N bytes (`x`), 64 KiB at a time.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -121,6 +123,52 @@ fn control(state: &State, request: &Request<Incoming>) -> Option<Response<Full<B
     })
 }
 
+/// A body of `remaining` bytes of `x`, made 64 KiB at a time as it is read.
+struct Generated {
+    remaining: u64,
+    chunk: Bytes,
+}
+
+impl hyper::body::Body for Generated {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = usize::try_from(self.remaining.min(self.chunk.len() as u64)).unwrap_or(0);
+        self.remaining -= n as u64;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(self.chunk.slice(..n)))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+async fn serve(state: &State, request: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
+    if request.method() == hyper::Method::GET && request.uri().path() == "/_echo/bytes" {
+        let n = request
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("n=")))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        return Response::new(
+            Generated {
+                remaining: n,
+                chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+            }
+            .boxed(),
+        );
+    }
+    echo(state, request).await.map(BodyExt::boxed)
+}
+
 async fn echo(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Some(response) = control(state, &request) {
         return response;
@@ -136,10 +184,14 @@ async fn echo(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>
     }
     let name = state.name.as_str();
     let (parts, body) = request.into_parts();
-    let body_bytes = match body.collect().await {
-        Ok(collected) => collected.to_bytes().len(),
-        Err(_) => 0,
-    };
+    // counted as it streams, never held: bodies of any size in constant memory
+    let mut body = body;
+    let mut body_bytes = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            body_bytes += data.len();
+        }
+    }
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
         .iter()
@@ -201,7 +253,7 @@ async fn main() {
         };
         tokio::spawn(async move {
             let service = service_fn(move |request| async move {
-                Ok::<_, Infallible>(echo(state, request).await)
+                Ok::<_, Infallible>(serve(state, request).await)
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
