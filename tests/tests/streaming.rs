@@ -142,3 +142,73 @@ async fn clients_may_speak_h2c_with_prior_knowledge() {
         runtime.addr("proxy").to_string()
     );
 }
+
+/// A WebSocket server on loopback that echoes every message, prefixed with `echo:`.
+async fn websocket_echo_server() -> std::net::SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    let reply = match message {
+                        tokio_tungstenite::tungstenite::Message::Text(text) => {
+                            tokio_tungstenite::tungstenite::Message::text(format!("echo:{text}"))
+                        }
+                        tokio_tungstenite::tungstenite::Message::Close(_) => break,
+                        other => other,
+                    };
+                    if ws.send(reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn websocket_connections_pass_through() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let upstream = websocket_echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("apis.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: gw/v1\nkind: Api\nmetadata: {{name: ws}}\nspec:\n  context: /ws\n  upstream:\n    endpoints: [{{url: 'http://{upstream}'}}]\n"
+        ),
+    )
+    .unwrap();
+    let runtime = file_runtime("edge", &config, &dir.path().join("data"));
+    let url = format!("ws://{}/ws/chat", runtime.addr("proxy"));
+    let (mut ws, response) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("the WebSocket handshake goes through the gateway");
+    assert_eq!(response.status(), 101);
+    for i in 0..100 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let reply = ws.next().await.unwrap().unwrap();
+        assert_eq!(reply, Message::text(format!("echo:hello {i}")));
+    }
+    let big = vec![7u8; 1024 * 1024];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(big));
+    ws.close(None).await.unwrap();
+
+    // a second connection works too (the first's upstream connection was not pooled)
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    ws.send(Message::text("again")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("echo:again")
+    );
+}

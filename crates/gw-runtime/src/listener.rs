@@ -1,5 +1,6 @@
-//! The traffic listener: accepts connections, serves HTTP/1.1 and HTTP/2 (prior knowledge)
-//! through the [`Gateway`], and drains in-flight requests on shutdown.
+//! The traffic listener: accepts connections, serves HTTP/1.1 (with `Upgrade`, such as
+//! WebSocket) and HTTP/2 (prior knowledge) through the [`Gateway`], and drains in-flight
+//! requests on shutdown.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -112,7 +113,7 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(gateway.handle(request, conn).await) }
         });
         let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
         let metrics = metrics.clone();

@@ -252,7 +252,8 @@ impl EndpointState {
         let connections = self.metrics.connections.clone();
         connections.inc();
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            // with upgrades: a 101 answer hands the connection over to the tunnel
+            if let Err(err) = connection.with_upgrades().await {
                 tracing::debug!(error = %err, "upstream connection ended with an error");
             }
             connections.dec();

@@ -125,6 +125,27 @@ impl std::fmt::Write for IpText {
     }
 }
 
+/// The `Upgrade` value of a request that asks to switch protocols (HTTP/1.1 `Connection:
+/// upgrade` with an `Upgrade` header), such as a WebSocket handshake.
+pub(super) fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    if wants {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Puts back the two headers of a protocol switch, which the hop-by-hop rules removed.
+pub(super) fn set_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, upgrade);
+}
+
 /// Prepares the headers of an upstream response for the client.
 pub(super) fn prepare_response(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);

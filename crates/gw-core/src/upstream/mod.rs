@@ -322,12 +322,21 @@ impl Upstream {
         let conn = parts.extensions.get::<ConnInfo>().copied();
         let key = self.balancer.key(&parts.headers, conn.map(|c| c.peer.ip()));
         let original_host = headers::original_host(&parts.headers, &parts.uri);
+        let upgrade = headers::upgrade_of(&parts.headers).and_then(|protocol| {
+            let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+            Some((protocol, on_upgrade))
+        });
         // the client's URI: every attempt rewrites it for its endpoint
         let client_uri = parts.uri.clone();
         headers::prepare_request(&mut parts.headers, conn.as_ref(), original_host.clone());
+        if let Some((protocol, _)) = &upgrade {
+            headers::set_upgrade(&mut parts.headers, protocol.clone());
+        }
         parts.version = Version::HTTP_11;
-        let replayable =
-            self.retry.attempts > 0 && is_idempotent(&parts.method) && body.is_end_stream();
+        let replayable = self.retry.attempts > 0
+            && upgrade.is_none()
+            && is_idempotent(&parts.method)
+            && body.is_end_stream();
         self.retry.deposit();
         let deadline = Instant::now() + self.request_timeout;
 
@@ -444,6 +453,13 @@ impl Upstream {
                 }
             } else {
                 self.record_success(index);
+            }
+            if let Some((protocol, downstream)) = upgrade
+                && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                // the upstream's connection leaves the pool for good: it becomes the tunnel
+                lease.sender = None;
+                return Ok(tunnel(response, protocol, downstream, lease));
             }
             let (mut parts, incoming) = response.into_parts();
             // the client connection speaks its own version (an HTTP/1.0 upstream must not
@@ -616,6 +632,39 @@ impl Drop for PooledBody {
             self.lease.reuse();
         }
     }
+}
+
+/// Answers a protocol switch (`101 Switching Protocols`) to the client and, once both sides
+/// have switched, copies bytes both ways until either side closes. The lease (the endpoint's
+/// in-flight count) lives as long as the tunnel.
+fn tunnel(
+    mut response: Response<Incoming>,
+    protocol: HeaderValue,
+    downstream: hyper::upgrade::OnUpgrade,
+    lease: Lease,
+) -> Response<Body> {
+    let upstream = hyper::upgrade::on(&mut response);
+    let (mut parts, _) = response.into_parts();
+    parts.version = Version::default();
+    headers::prepare_response(&mut parts.headers);
+    headers::set_upgrade(&mut parts.headers, protocol);
+    let api = lease.upstream.api.clone();
+    tokio::spawn(async move {
+        let _lease = lease;
+        let (upstream, downstream) = match tokio::try_join!(upstream, downstream) {
+            Ok(both) => both,
+            Err(err) => {
+                tracing::debug!(%api, error = %err, "protocol switch failed");
+                return;
+            }
+        };
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        let mut downstream = hyper_util::rt::TokioIo::new(downstream);
+        if let Err(err) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+            tracing::debug!(%api, error = %err, "tunnel closed with an error");
+        }
+    });
+    Response::from_parts(parts, body::empty())
 }
 
 /// Base path + the request path after the context + `?query`, in origin form.
