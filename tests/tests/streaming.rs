@@ -27,7 +27,7 @@ async fn a_100_mb_body_streams_both_ways_in_bounded_memory() {
     std::fs::write(
         &config,
         format!(
-            "apiVersion: gw/v1\nkind: Api\nmetadata: {{name: big}}\nspec:\n  context: /big\n  upstream:\n    endpoints: [{{url: 'http://{}'}}]\n",
+            "apiVersion: gw/v1\nkind: Api\nmetadata: {{name: big}}\nspec:\n  context: /big\n  upstream:\n    endpoints: [{{url: 'http://{}'}}]\n    timeouts: {{request: 10m}}\n",
             upstream.addr("http")
         ),
     )
@@ -200,15 +200,89 @@ async fn websocket_connections_pass_through() {
     let big = vec![7u8; 1024 * 1024];
     ws.send(Message::binary(big.clone())).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(big));
-    ws.close(None).await.unwrap();
 
-    // a second connection works too (the first's upstream connection was not pooled)
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+    // a second session while the first is open: the first's upstream connection is its
+    // tunnel, never handed to another request
+    let (mut second, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
         .unwrap();
-    ws.send(Message::text("again")).await.unwrap();
+    second.send(Message::text("again")).await.unwrap();
     assert_eq!(
-        ws.next().await.unwrap().unwrap(),
+        second.next().await.unwrap().unwrap(),
         Message::text("echo:again")
     );
+    ws.send(Message::text("first")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("echo:first")
+    );
+    // both tunnels count as open upstream connections
+    let metrics = reqwest::get(format!("http://{}/metrics", runtime.addr("status")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let open = metrics
+        .lines()
+        .find(|l| l.starts_with("gw_upstream_connections{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok());
+    assert_eq!(open, Some(2), "{metrics}");
+    ws.close(None).await.unwrap();
+    second.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn h2_upstreams_get_http2_and_trailers_pass_through() {
+    use http_body_util::BodyExt;
+    let upstream = echo_upstream("grpc-like");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("apis.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: gw/v1\nkind: Api\nmetadata: {{name: h2up}}\nspec:\n  context: /svc\n  upstream:\n    protocol: h2\n    endpoints: [{{url: 'http://{}'}}]\n",
+            upstream.addr("http")
+        ),
+    )
+    .unwrap();
+    let runtime = file_runtime("edge", &config, &dir.path().join("data"));
+    // an HTTP/2 client (as a gRPC client is), with TE: trailers
+    let stream = tokio::net::TcpStream::connect(runtime.addr("proxy"))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    for i in 0..20 {
+        let request = hyper::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{}/svc/pkg.Service/Call",
+                runtime.addr("proxy")
+            ))
+            .header("te", "trailers")
+            .header("x-echo-trailer", format!("status-{i}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"payload",
+            )))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected
+            .trailers()
+            .cloned()
+            .expect("trailers reach the client");
+        assert_eq!(trailers["x-echo-trailer"], format!("status-{i}"));
+        let json: serde_json::Value = serde_json::from_slice(&collected.to_bytes()).unwrap();
+        assert_eq!(json["version"], "HTTP/2.0");
+        assert_eq!(json["path"], "/pkg.Service/Call");
+        assert_eq!(json["headers"]["te"], "trailers");
+        assert_eq!(json["bodyBytes"], 7);
+    }
 }

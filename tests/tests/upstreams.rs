@@ -402,7 +402,7 @@ async fn the_circuit_breaker_answers_503_at_once_beyond_its_limits() {
             gw.send_with(
                 reqwest::Method::GET,
                 "/shop/slow",
-                &[("x-echo-delay-ms", "3000")],
+                &[("x-echo-delay-ms", "8000")],
             )
             .await
         })

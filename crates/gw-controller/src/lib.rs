@@ -321,6 +321,8 @@ pub async fn run(
         controller_id: options.node_id.clone(),
         options: options.admin.clone(),
         stopping,
+        all_in_one: options.all_in_one.is_some(),
+        embedded: OnceLock::new(),
     });
     let admin_listener = bind("admin", options.admin_addr).await?;
     tracing::info!(listener = "admin", addr = %admin_listener.local_addr().unwrap_or(options.admin_addr), "listening");
@@ -418,6 +420,7 @@ pub async fn run(
             runtime_options.heartbeat_interval = options.heartbeat_interval;
             runtime_options.sync_token = options.sync_token.clone();
             let runtime = Runtime::bind(runtime_options).await?;
+            let _ = state.embedded.set(Arc::clone(runtime.config_state()));
             Some(tokio::spawn(runtime.run(stopped())))
         }
         None => None,

@@ -36,6 +36,8 @@ fn state(store: Option<Arc<dyn Store>>) -> (Arc<AppState>, tokio::sync::watch::S
             max_wait: Duration::from_mins(1),
         },
         stopping,
+        all_in_one: false,
+        embedded: OnceLock::new(),
     });
     (state, stop)
 }

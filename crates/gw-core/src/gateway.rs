@@ -49,6 +49,7 @@ pub struct BuiltApi {
     operations: Vec<OperationRoute>,
     metrics: ApiMetrics,
     log_gate: LogGate,
+    upstream: Arc<Upstream>,
 }
 
 /// Lets one log line through per second.
@@ -89,7 +90,7 @@ impl BuiltApi {
         } else {
             spec.context.len()
         };
-        let base = RouteService::new(UpstreamService::new(upstream, context_len));
+        let base = RouteService::new(UpstreamService::new(Arc::clone(&upstream), context_len));
 
         let mut built = Self {
             service: None,
@@ -97,6 +98,7 @@ impl BuiltApi {
             operations: Vec::new(),
             metrics: metrics.for_api(&definition.metadata.name),
             log_gate: LogGate::default(),
+            upstream,
             definition: Arc::clone(definition),
         };
         if spec.operations.is_empty() {
@@ -341,6 +343,11 @@ impl Gateway {
         self.config.store(Arc::clone(&next));
         for (name, old) in &previous.apis {
             let kept = next.apis.get(name);
+            if !kept.is_some_and(|api| Arc::ptr_eq(api, old)) {
+                // replaced or removed: its health checks stop now, even while requests
+                // (or WebSocket tunnels) still hold it
+                old.upstream.retire();
+            }
             if kept.is_none() {
                 self.metrics.remove_api(name);
             }

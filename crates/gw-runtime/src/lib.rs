@@ -265,6 +265,11 @@ impl Runtime {
         self.state.gateway()
     }
 
+    /// The applied configuration's state: revision and origin.
+    pub fn config_state(&self) -> &Arc<ConfigState> {
+        &self.state
+    }
+
     /// Serves until `shutdown` completes; then turns unready, keeps serving for the drain
     /// period, stops accepting connections, waits for in-flight requests (at most the
     /// listener's drain timeout) and returns.

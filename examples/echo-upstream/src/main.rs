@@ -14,7 +14,9 @@
 //!   go back);
 //! - `GET /_echo/health` answers 200, or the status set with `POST /_echo/health?status=N`;
 //! - `GET /_echo/stats` counts the requests and health probes received;
-//! - `GET /_echo/bytes?n=N` streams N bytes (`x`), 64 KiB at a time.
+//! - `GET /_echo/bytes?n=N` streams N bytes (`x`), 64 KiB at a time;
+//! - a request with `x-echo-trailer: V` gets its answer with a trailer `x-echo-trailer: V`
+//!   (as gRPC sends `grpc-status`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -166,7 +168,17 @@ async fn serve(state: &State, request: Request<Incoming>) -> Response<BoxBody<By
             .boxed(),
         );
     }
-    echo(state, request).await.map(BodyExt::boxed)
+    let trailer = request.headers().get("x-echo-trailer").cloned();
+    let response = echo(state, request).await;
+    match trailer {
+        None => response.map(BodyExt::boxed),
+        Some(value) => response.map(|body| {
+            let mut trailers = hyper::HeaderMap::new();
+            trailers.insert("x-echo-trailer", value);
+            body.with_trailers(std::future::ready(Some(Ok(trailers))))
+                .boxed()
+        }),
+    }
 }
 
 async fn echo(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -204,6 +216,7 @@ async fn echo(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>
         "query": parts.uri.query(),
         "headers": headers,
         "bodyBytes": body_bytes,
+        "version": format!("{:?}", parts.version),
     });
     let mut response = Response::new(Full::new(Bytes::from(description.to_string())));
     *response.status_mut() = StatusCode::from_u16(state.respond_status.load(Ordering::Relaxed))

@@ -59,6 +59,12 @@ pub struct AppState {
     pub options: AdminOptions,
     /// Turns true when the controller stops: waits for runtimes end at once.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// All-in-one mode: whether the controller runs a runtime in process, and that
+    /// runtime's state once it is started. `/readyz` waits for it to receive its
+    /// configuration, so that "ready" means traffic is served.
+    pub all_in_one: bool,
+    /// The in-process runtime's state (all-in-one mode).
+    pub embedded: OnceLock<Arc<gw_runtime::state::ConfigState>>,
 }
 
 impl AppState {
@@ -164,12 +170,21 @@ async fn healthz() -> Response {
     axum::Json(serde_json::json!({"status": "alive"})).into_response()
 }
 
-/// Ready when the store answers and the desired state is loaded.
+/// Ready when the store answers and the desired state is loaded (and, all-in-one, when the
+/// embedded runtime serves it).
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let reason = match state.store.get() {
         None => Some("connecting to the database".to_string()),
         Some(_) if !state.loaded.load(Ordering::Acquire) => {
             Some("loading the desired state".to_string())
+        }
+        Some(_)
+            if state.all_in_one
+                && state.embedded.get().is_none_or(|runtime| {
+                    runtime.origin() != gw_runtime::state::Origin::Controller
+                }) =>
+        {
+            Some("the embedded runtime has not received its configuration yet".to_string())
         }
         Some(store) => match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
             Ok(Ok(())) => None,

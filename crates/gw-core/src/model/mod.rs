@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 pub use duration::{DurationError, HumanDuration};
 pub use upstream::{
     Algorithm, CircuitBreaker, Endpoint, HashOn, HealthCheck, HostHeader, LoadBalancing,
-    OutlierDetection, Retries, Timeouts, UpstreamSpec,
+    OutlierDetection, Retries, Timeouts, UpstreamProtocol, UpstreamSpec,
 };
 pub use validate::{
     Collision, RouteKey, ValidationContext, check_collisions, validate, validate_name,

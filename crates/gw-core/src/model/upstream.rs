@@ -37,6 +37,22 @@ pub struct UpstreamSpec {
     /// The `Host` header the upstream receives (default `endpoint`).
     #[serde(default)]
     pub host_header: HostHeader,
+    /// The protocol spoken to the endpoints (default `http1`).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+/// The protocol spoken to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over pooled keep-alive connections.
+    #[default]
+    #[serde(rename = "http1")]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c): one multiplexed connection per endpoint. Needed
+    /// for gRPC.
+    #[serde(rename = "h2")]
+    H2,
 }
 
 /// The `Host` header sent upstream.

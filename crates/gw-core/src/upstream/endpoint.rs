@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use http::uri::{Authority, Uri};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -67,6 +69,36 @@ struct Resolved {
     addrs: Arc<[SocketAddr]>,
 }
 
+/// A connection's request sender: HTTP/1.1 (one request at a time, pooled) or HTTP/2
+/// (multiplexed, shared by every request to the endpoint).
+#[derive(Debug)]
+pub(super) enum Sender {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
+impl Sender {
+    /// Waits until the connection can take a request (an HTTP/1.1 connection that has just
+    /// finished a response, or an HTTP/2 one under its stream limit).
+    pub(super) async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    /// Sends a request; an error that carries the request back means nothing was written.
+    pub(super) async fn send(
+        &mut self,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
+        match self {
+            Sender::H1(s) => s.try_send_request(request).await,
+            Sender::H2(s) => s.try_send_request(request).await,
+        }
+    }
+}
+
 /// An idle keep-alive connection.
 #[derive(Debug)]
 pub(super) struct Idle {
@@ -92,6 +124,9 @@ pub(super) struct EndpointState {
     /// The active health check's verdict (true without a health check).
     pub(super) healthy: AtomicBool,
     pub(super) idle: Mutex<Vec<Idle>>,
+    /// The HTTP/2 connection, shared (`protocol: h2`); the lock is held while connecting,
+    /// so that concurrent requests wait for one connection instead of opening several.
+    pub(super) h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
     resolved: Mutex<Option<Resolved>>,
     pub(super) metrics: EndpointMetrics,
 }
@@ -109,6 +144,7 @@ impl EndpointState {
             ejected_until_ms: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             idle: Mutex::new(Vec::new()),
+            h2: tokio::sync::Mutex::new(None),
             resolved: Mutex::new(None),
             metrics,
         })
@@ -156,6 +192,15 @@ impl EndpointState {
             sender,
             since: Instant::now(),
         });
+    }
+
+    /// Closes one idle connection; whether there was one.
+    pub(super) fn drop_one_idle(&self) -> bool {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.pop().is_some()
     }
 
     /// Closes the idle connections unused for `idle_timeout`.
@@ -234,31 +279,53 @@ impl EndpointState {
             })
     }
 
-    /// Opens an HTTP/1.1 connection and starts its task; `on_close` runs when it ends.
+    /// Opens a connection (HTTP/2 with prior knowledge when `h2`, else HTTP/1.1) and starts
+    /// its task; `on_close` runs when it ends.
     pub(super) async fn connect(
         &self,
+        h2: bool,
         timeout: Duration,
         dns_refresh: Duration,
         on_close: impl FnOnce() + Send + 'static,
-    ) -> Result<http1::SendRequest<Body>, ConnectError> {
+    ) -> Result<Sender, ConnectError> {
         let stream = self
             .connect_tcp(timeout, dns_refresh)
             .await
             .map_err(ConnectError)?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ConnectError(io::Error::other(e)))?;
+        let io = TokioIo::new(stream);
         let connections = self.metrics.connections.clone();
-        connections.inc();
-        tokio::spawn(async move {
-            // with upgrades: a 101 answer hands the connection over to the tunnel
-            if let Err(err) = connection.with_upgrades().await {
-                tracing::debug!(error = %err, "upstream connection ended with an error");
-            }
-            connections.dec();
-            on_close();
-        });
+        let handshake_error = |e: hyper::Error| ConnectError(io::Error::other(e));
+        let sender = if h2 {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(handshake_error)?;
+            connections.inc();
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "upstream connection ended with an error");
+                }
+                connections.dec();
+                on_close();
+            });
+            Sender::H2(sender)
+        } else {
+            let (sender, connection) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(handshake_error)?;
+            connections.inc();
+            tokio::spawn(async move {
+                // with upgrades: a 101 answer hands the connection over to the tunnel
+                if let Err(err) = connection.with_upgrades().await {
+                    tracing::debug!(error = %err, "upstream connection ended with an error");
+                }
+                connections.dec();
+                on_close();
+            });
+            Sender::H1(sender)
+        };
         Ok(sender)
     }
 }

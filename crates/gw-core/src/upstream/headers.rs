@@ -65,20 +65,32 @@ pub(super) fn prepare_request(
     conn: Option<&ConnInfo>,
     original_host: Option<HeaderValue>,
 ) {
+    // `TE: trailers` is how a gRPC client says it understands trailers: it goes through
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     remove_hop_by_hop(headers);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     headers.remove(header::HOST);
     if let Some(conn) = conn {
         let mut ip = IpText::default();
         let _ = write!(ip, "{}", conn.peer.ip());
-        let value = match headers.get(&X_FORWARDED_FOR) {
-            Some(existing) if !existing.as_bytes().trim_ascii().is_empty() => {
-                let mut joined = Vec::with_capacity(existing.len() + 2 + ip.len);
-                joined.extend_from_slice(existing.as_bytes());
+        // every X-Forwarded-For line, in order, then the client's address
+        let mut joined = Vec::new();
+        for line in &headers.get_all(&X_FORWARDED_FOR) {
+            let line = line.as_bytes().trim_ascii();
+            if !line.is_empty() {
+                joined.extend_from_slice(line);
                 joined.extend_from_slice(b", ");
-                joined.extend_from_slice(ip.as_bytes());
-                HeaderValue::from_maybe_shared(bytes::Bytes::from(joined))
             }
-            _ => HeaderValue::from_bytes(ip.as_bytes()),
+        }
+        let value = if joined.is_empty() {
+            HeaderValue::from_bytes(ip.as_bytes())
+        } else {
+            joined.extend_from_slice(ip.as_bytes());
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(joined))
         };
         if let Ok(value) = value {
             headers.insert(X_FORWARDED_FOR, value);
@@ -125,19 +137,17 @@ impl std::fmt::Write for IpText {
     }
 }
 
-/// The `Upgrade` value of a request that asks to switch protocols (HTTP/1.1 `Connection:
-/// upgrade` with an `Upgrade` header), such as a WebSocket handshake.
+/// The `Upgrade` value of a request that asks to switch to WebSocket (HTTP/1.1 `Connection:
+/// upgrade` with `Upgrade: websocket`). Other protocols are not tunnelled: `h2c` in
+/// particular would let a client talk to the upstream past routing and policies.
 pub(super) fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
     let wants = headers.get_all(header::CONNECTION).iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')
             .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
     });
-    if wants {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+    let upgrade = headers.get(header::UPGRADE)?;
+    (wants && upgrade.as_bytes().eq_ignore_ascii_case(b"websocket")).then(|| upgrade.clone())
 }
 
 /// Puts back the two headers of a protocol switch, which the hop-by-hop rules removed.
@@ -171,6 +181,7 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
         h.insert("x-kept", HeaderValue::from_static("yes"));
         let conn = ConnInfo {
             peer: "192.0.2.7:5555".parse::<SocketAddr>().unwrap(),
@@ -183,7 +194,8 @@ mod tests {
         assert!(h.get("keep-alive").is_none());
         assert!(h.get(header::HOST).is_none());
         assert!(h.get(header::TRANSFER_ENCODING).is_none());
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 192.0.2.7");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "gw.example");
         assert_eq!(h["x-kept"], "yes");

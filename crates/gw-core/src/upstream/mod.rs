@@ -19,7 +19,7 @@ mod retry;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -30,7 +30,6 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -39,9 +38,9 @@ use crate::body::{self, Body, BoxError};
 use crate::error::GatewayError;
 use crate::gateway::ConnInfo;
 use crate::metrics::{AttemptError, ProxyMetrics, UpstreamMetrics};
-use crate::model::{HostHeader, OutlierDetection, UpstreamSpec};
+use crate::model::{HostHeader, OutlierDetection, UpstreamProtocol, UpstreamSpec};
 use balance::{Balancer, Usable};
-use endpoint::EndpointState;
+use endpoint::{EndpointState, Sender};
 use retry::{RetryPolicy, is_idempotent};
 
 /// Requests that found their pooled connection closed before anything was written are sent
@@ -60,13 +59,18 @@ pub struct Upstream {
     request_timeout: Duration,
     idle_timeout: Duration,
     dns_refresh: Duration,
+    /// `protocol: h2`: HTTP/2 with prior knowledge to every endpoint.
+    h2: bool,
     host_header: HostMode,
     limits: Arc<Limits>,
     /// The zero of the millisecond clock of ejections.
     epoch: std::time::Instant,
     metrics: UpstreamMetrics,
-    /// Health checks and idle-connection expiry; aborted when the upstream is dropped.
+    /// Health checks and idle-connection expiry; aborted when the upstream is retired from
+    /// the configuration or dropped.
     tasks: Mutex<Vec<AbortHandle>>,
+    /// Serializes ejection decisions, so that `maxEjectedPercent` holds under races.
+    ejecting: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -88,10 +92,36 @@ struct Limits {
 }
 
 impl Limits {
+    /// Wakes the requests waiting for a connection (a connection was returned or closed).
     fn release(&self) {
-        if self.pending.load(Ordering::Relaxed) > 0 {
-            self.released.notify_one();
+        // pairs with the waiter's count-then-check: either it sees the connection, or this
+        // sees its count
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.pending.load(Ordering::SeqCst) > 0 {
+            self.released.notify_waiters();
         }
+    }
+}
+
+/// One of the upstream's `maxConnections`, held by a connection (or an attempt to open one)
+/// and given back when it is dropped, whatever the path: closed, failed, or cancelled.
+struct OpenSlot(Arc<Limits>);
+
+impl OpenSlot {
+    fn acquire(limits: &Arc<Limits>) -> Option<Self> {
+        if limits.open.fetch_add(1, Ordering::AcqRel) < limits.max_connections {
+            Some(Self(Arc::clone(limits)))
+        } else {
+            limits.open.fetch_sub(1, Ordering::AcqRel);
+            None
+        }
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.release();
     }
 }
 
@@ -154,6 +184,7 @@ impl Upstream {
             request_timeout: spec.timeouts.request.as_duration(),
             idle_timeout: spec.timeouts.idle.as_duration(),
             dns_refresh: spec.dns_refresh.as_duration(),
+            h2: spec.protocol == UpstreamProtocol::H2,
             host_header,
             limits: Arc::new(Limits {
                 max_connections: spec.circuit_breaker.max_connections,
@@ -165,6 +196,7 @@ impl Upstream {
             epoch: std::time::Instant::now(),
             metrics: metrics.for_upstream(api),
             tasks: Mutex::new(Vec::new()),
+            ejecting: Mutex::new(()),
         });
         let tasks = health::spawn(&upstream, spec.health_check.as_ref());
         *upstream
@@ -200,6 +232,10 @@ impl Upstream {
         if failures < od.consecutive_failures {
             return;
         }
+        let _deciding = self
+            .ejecting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = self.now_ms();
         if endpoint.is_ejected(now) {
             return;
@@ -252,45 +288,77 @@ impl Upstream {
 
     /// A connection to endpoint `index`: an idle one, a new one, or (at the connection
     /// limit) the next one released.
-    async fn checkout(&self, index: usize) -> Result<http1::SendRequest<Body>, CheckoutError> {
+    async fn checkout(&self, index: usize) -> Result<Sender, CheckoutError> {
         let endpoint = &self.endpoints[index];
         let limits = &self.limits;
-        let mut waiting = None;
-        loop {
-            while let Some(mut sender) = endpoint.take_idle(self.idle_timeout) {
+        // HTTP/2: one shared connection, opened by the first request that needs it
+        let mut shared = if self.h2 {
+            let mut slot = endpoint.h2.lock().await;
+            if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
+                let mut sender = Sender::H2(sender.clone());
                 if sender.ready().await.is_ok() {
                     return Ok(sender);
                 }
             }
-            if limits.open.fetch_add(1, Ordering::AcqRel) < limits.max_connections {
-                let on_close = {
-                    let limits = Arc::clone(limits);
-                    move || {
-                        limits.open.fetch_sub(1, Ordering::AcqRel);
-                        limits.release();
-                    }
-                };
+            *slot = None;
+            Some(slot)
+        } else {
+            None
+        };
+        let mut waiting = None;
+        loop {
+            // once waiting, registered before the checks, so that a release in between
+            // still wakes us (the fast path, with a connection at hand, skips the Notify)
+            let notified = limits.released.notified();
+            tokio::pin!(notified);
+            if waiting.is_some() {
+                notified.as_mut().enable();
+            }
+            while let Some(sender) = endpoint.take_idle(self.idle_timeout) {
+                let mut sender = Sender::H1(sender);
+                if sender.ready().await.is_ok() {
+                    return Ok(sender);
+                }
+            }
+            if let Some(slot) = OpenSlot::acquire(limits) {
+                // the slot is released when the connection closes, or here if connecting
+                // fails or is abandoned
+                let on_close = move || drop(slot);
                 return match endpoint
-                    .connect(self.connect_timeout, self.dns_refresh, on_close)
+                    .connect(self.h2, self.connect_timeout, self.dns_refresh, on_close)
                     .await
                 {
-                    Ok(sender) => Ok(sender),
-                    Err(err) => {
-                        limits.open.fetch_sub(1, Ordering::AcqRel);
-                        limits.release();
-                        Err(CheckoutError::Connect(err))
+                    Ok(sender) => {
+                        if let (Some(slot), Sender::H2(h2)) = (shared.as_mut(), &sender) {
+                            **slot = Some(h2.clone());
+                        }
+                        Ok(sender)
                     }
+                    Err(err) => Err(CheckoutError::Connect(err)),
                 };
             }
-            limits.open.fetch_sub(1, Ordering::AcqRel);
             if waiting.is_none() {
-                if limits.pending.fetch_add(1, Ordering::AcqRel) >= limits.max_pending {
-                    limits.pending.fetch_sub(1, Ordering::AcqRel);
+                if limits.pending.fetch_add(1, Ordering::SeqCst) >= limits.max_pending {
+                    limits.pending.fetch_sub(1, Ordering::SeqCst);
                     return Err(CheckoutError::Overflow);
                 }
                 waiting = Some(PendingGuard(limits));
+                // counted as waiting now: register and look again before sleeping (a
+                // release that came before the count did not notify)
+                continue;
             }
-            limits.released.notified().await;
+            // at the limit: make room by closing a connection idle on another endpoint
+            self.evict_idle_elsewhere(index);
+            notified.await;
+        }
+    }
+
+    /// Closes one idle connection of an endpoint other than `index`, if there is one.
+    fn evict_idle_elsewhere(&self, index: usize) {
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            if i != index && endpoint.drop_one_idle() {
+                return;
+            }
         }
     }
 
@@ -302,7 +370,15 @@ impl Upstream {
         original_host: Option<&HeaderValue>,
         context_len: usize,
     ) -> Result<(Uri, HeaderValue), GatewayError> {
-        let uri = upstream_uri(&endpoint.target.base_path, client_uri, context_len)?;
+        let mut uri = upstream_uri(&endpoint.target.base_path, client_uri, context_len)?;
+        if self.h2 {
+            // HTTP/2 carries the scheme and authority as pseudo-headers
+            let mut parts = uri.into_parts();
+            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.authority = Some(endpoint.target.authority.clone());
+            uri = Uri::from_parts(parts)
+                .map_err(|e| GatewayError::BadUpstreamRequest(e.to_string()))?;
+        }
         let host = match &self.host_header {
             HostMode::Endpoint => endpoint.target.host_header.clone(),
             HostMode::Preserve => original_host
@@ -332,7 +408,12 @@ impl Upstream {
         if let Some((protocol, _)) = &upgrade {
             headers::set_upgrade(&mut parts.headers, protocol.clone());
         }
-        parts.version = Version::HTTP_11;
+        parts.version = if self.h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let upgrade = upgrade.filter(|_| !self.h2);
         let replayable = self.retry.attempts > 0
             && upgrade.is_none()
             && is_idempotent(&parts.method)
@@ -354,8 +435,9 @@ impl Upstream {
             let mut lease = Lease::new(&self, index);
             let sender = match tokio::time::timeout_at(deadline, self.checkout(index)).await {
                 Err(_) => {
+                    // waiting for a connection (breaker queue, or a connect that its own
+                    // timeout has not ended yet): not a verdict on the endpoint
                     endpoint.metrics.failed(AttemptError::Timeout);
-                    self.record_failure(index);
                     return Err(self.timeout_error(endpoint));
                 }
                 Ok(Err(CheckoutError::Overflow)) => {
@@ -390,7 +472,7 @@ impl Upstream {
                 let mut request = Request::new(body::empty());
                 *request.method_mut() = parts.method.clone();
                 *request.uri_mut() = uri;
-                *request.version_mut() = Version::HTTP_11;
+                *request.version_mut() = parts.version;
                 *request.headers_mut() = parts.headers.clone();
                 request.headers_mut().insert(header::HOST, host);
                 pending = Some((parts, body));
@@ -398,17 +480,27 @@ impl Upstream {
             } else {
                 parts.uri = uri;
                 parts.headers.insert(header::HOST, host);
-                Request::from_parts(parts, body)
+                if body.is_end_stream() {
+                    Request::from_parts(parts, body)
+                } else {
+                    // the connection is reusable only once this body is fully sent
+                    let done = Arc::new(AtomicBool::new(false));
+                    lease.body_done = Some(Arc::clone(&done));
+                    Request::from_parts(parts, body::boxed(TrackedBody { inner: body, done }))
+                }
             };
 
             let started = Instant::now();
             let sender = lease.sender.insert(sender);
-            let sent = sender.try_send_request(request);
+            let sent = sender.send(request);
             let response = match tokio::time::timeout_at(deadline, sent).await {
                 Err(_) => {
                     lease.sender = None;
                     endpoint.metrics.failed(AttemptError::Timeout);
-                    self.record_failure(index);
+                    // a slow client upload is not the endpoint's failure
+                    if lease.body_sent() {
+                        self.record_failure(index);
+                    }
                     return Err(self.timeout_error(endpoint));
                 }
                 Ok(Err(mut err)) => {
@@ -492,16 +584,24 @@ impl Upstream {
     }
 }
 
-impl Drop for Upstream {
-    fn drop(&mut self) {
+impl Upstream {
+    /// Stops the background tasks (health checks, idle expiry): the configuration that
+    /// owned this upstream was replaced. Requests still in flight on it finish normally.
+    pub fn retire(&self) {
         for task in self
             .tasks
-            .get_mut()
+            .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .drain(..)
         {
             task.abort();
         }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.retire();
     }
 }
 
@@ -550,7 +650,7 @@ struct PendingGuard<'a>(&'a Limits);
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -559,7 +659,9 @@ impl Drop for PendingGuard<'_> {
 struct Lease {
     upstream: Arc<Upstream>,
     index: usize,
-    sender: Option<http1::SendRequest<Body>>,
+    sender: Option<Sender>,
+    /// Set when the request has a body: whether it has been sent to the end.
+    body_done: Option<Arc<AtomicBool>>,
 }
 
 impl Lease {
@@ -571,12 +673,27 @@ impl Lease {
             upstream: Arc::clone(upstream),
             index,
             sender: None,
+            body_done: None,
         }
+    }
+
+    /// Whether the request body (if any) has been sent to the end.
+    fn body_sent(&self) -> bool {
+        self.body_done
+            .as_ref()
+            .is_none_or(|done| done.load(Ordering::Acquire))
     }
 
     /// The exchange is complete: the connection can serve another request.
     fn reuse(&mut self) {
-        if let Some(sender) = self.sender.take() {
+        // an HTTP/2 sender is a handle on the shared connection: nothing to return; an
+        // HTTP/1.1 connection still sending the request body (the upstream answered early)
+        // is not reusable and closes
+        if !self.body_sent() {
+            self.sender = None;
+            return;
+        }
+        if let Some(Sender::H1(sender)) = self.sender.take() {
             self.upstream.endpoints[self.index].put_idle(sender);
             self.upstream.limits.release();
         }
@@ -588,6 +705,40 @@ impl Drop for Lease {
         self.upstream.endpoints[self.index]
             .in_flight
             .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request body that records when it has been sent to the end.
+struct TrackedBody {
+    inner: Body,
+    done: Arc<AtomicBool>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.done.store(true, Ordering::Release),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => {
+                self.done.store(true, Ordering::Release);
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -649,8 +800,12 @@ fn tunnel(
     headers::prepare_response(&mut parts.headers);
     headers::set_upgrade(&mut parts.headers, protocol);
     let api = lease.upstream.api.clone();
+    // the tunnel occupies its connection: counted in maxConnections and the gauge until it
+    // closes (hyper counts the connection as ended at the switch)
+    let count = TunnelCount::new(&lease);
     tokio::spawn(async move {
         let _lease = lease;
+        let _count = count;
         let (upstream, downstream) = match tokio::try_join!(upstream, downstream) {
             Ok(both) => both,
             Err(err) => {
@@ -665,6 +820,33 @@ fn tunnel(
         }
     });
     Response::from_parts(parts, body::empty())
+}
+
+/// A tunnel's place among the upstream's open connections.
+struct TunnelCount {
+    limits: Arc<Limits>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl TunnelCount {
+    fn new(lease: &Lease) -> Self {
+        let limits = Arc::clone(&lease.upstream.limits);
+        limits.open.fetch_add(1, Ordering::AcqRel);
+        let gauge = lease.upstream.endpoints[lease.index]
+            .metrics
+            .connections
+            .clone();
+        gauge.inc();
+        Self { limits, gauge }
+    }
+}
+
+impl Drop for TunnelCount {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        self.limits.open.fetch_sub(1, Ordering::AcqRel);
+        self.limits.release();
+    }
 }
 
 /// Base path + the request path after the context + `?query`, in origin form.
