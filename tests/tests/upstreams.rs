@@ -423,3 +423,55 @@ async fn the_circuit_breaker_answers_503_at_once_beyond_its_limits() {
     // the connection is free again
     assert_eq!(gw.get("/shop/x").await, (200, "a".to_string()));
 }
+
+#[tokio::test]
+async fn configuration_swaps_under_load_drop_nothing() {
+    let a = echo_upstream("a");
+    let b = echo_upstream("b");
+    let config_for = |up: &Process| api("shop", "/shop", &[endpoint(up, 1)], "");
+    let gw = std::sync::Arc::new(Gateway::start(&config_for(&a)));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // four clients with keep-alive connections, some requests slow enough to be in flight
+    // across a swap
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let gw = std::sync::Arc::clone(&gw);
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && answers.len() < 20_000 {
+                    let delay = if i == 0 { "200" } else { "0" };
+                    answers.push(
+                        gw.send_with(
+                            reqwest::Method::GET,
+                            "/shop/x",
+                            &[("x-echo-delay-ms", delay)],
+                        )
+                        .await,
+                    );
+                }
+                answers
+            })
+        })
+        .collect();
+    for (round, target) in ["b", "a", "b", "a"].into_iter().enumerate() {
+        let up = if target == "a" { &a } else { &b };
+        write_config(&gw.config, &config_for(up));
+        eventually(&format!("swap {round} to {target}"), DEADLINE, || async {
+            gw.get("/shop/x").await == (200, target.to_string())
+        })
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for client in clients {
+        let answers = client.await.unwrap();
+        total += answers.len();
+        let failed: Vec<_> = answers
+            .iter()
+            .filter(|(status, _)| *status != 200)
+            .collect();
+        assert!(failed.is_empty(), "failed during swaps: {failed:?}");
+    }
+    assert!(total > 40, "only {total} requests were sent");
+}
