@@ -288,6 +288,9 @@ pub struct Gateway {
     registry: PolicyRegistry,
     metrics: ProxyMetrics,
     max_uri_bytes: usize,
+    /// Serializes [`Gateway::apply`]: each build reuses (and retires) the APIs of the
+    /// configuration it replaces.
+    applying: std::sync::Mutex<()>,
 }
 
 impl Gateway {
@@ -298,6 +301,7 @@ impl Gateway {
             registry,
             metrics,
             max_uri_bytes: DEFAULT_MAX_URI_BYTES,
+            applying: std::sync::Mutex::new(()),
         }
     }
 
@@ -332,6 +336,10 @@ impl Gateway {
         revision: i64,
         definitions: impl IntoIterator<Item = Arc<ApiDefinition>>,
     ) -> Result<Arc<GatewayConfig>, ApplyError> {
+        let _applying = self
+            .applying
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let previous = self.config.load_full();
         let next = Arc::new(GatewayConfig::build(
             revision,

@@ -124,9 +124,13 @@ pub(super) struct EndpointState {
     /// The active health check's verdict (true without a health check).
     pub(super) healthy: AtomicBool,
     pub(super) idle: Mutex<Vec<Idle>>,
-    /// The HTTP/2 connection, shared (`protocol: h2`); the lock is held while connecting,
-    /// so that concurrent requests wait for one connection instead of opening several.
-    pub(super) h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+    /// The HTTP/2 connection, shared (`protocol: h2`).
+    pub(super) h2: Mutex<Option<http2::SendRequest<Body>>>,
+    /// Held while an HTTP/2 connection is being opened, so that concurrent requests wait
+    /// for that one instead of opening several.
+    pub(super) h2_connecting: tokio::sync::Mutex<()>,
+    /// Set when the upstream is retired: connections are no longer kept for reuse.
+    pub(super) retired: AtomicBool,
     resolved: Mutex<Option<Resolved>>,
     pub(super) metrics: EndpointMetrics,
 }
@@ -144,7 +148,9 @@ impl EndpointState {
             ejected_until_ms: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             idle: Mutex::new(Vec::new()),
-            h2: tokio::sync::Mutex::new(None),
+            h2: Mutex::new(None),
+            h2_connecting: tokio::sync::Mutex::new(()),
+            retired: AtomicBool::new(false),
             resolved: Mutex::new(None),
             metrics,
         })
@@ -181,7 +187,7 @@ impl EndpointState {
 
     /// Puts a connection back for reuse.
     pub(super) fn put_idle(&self, sender: http1::SendRequest<Body>) {
-        if sender.is_closed() {
+        if sender.is_closed() || self.retired.load(Ordering::Acquire) {
             return;
         }
         let mut idle = self
@@ -192,6 +198,33 @@ impl EndpointState {
             sender,
             since: Instant::now(),
         });
+    }
+
+    /// The shared HTTP/2 connection, if it is open.
+    pub(super) fn h2_sender(&self) -> Option<http2::SendRequest<Body>> {
+        let slot = self
+            .h2
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    /// Sets (or, with `None`, forgets) the shared HTTP/2 connection.
+    pub(super) fn set_h2(&self, sender: Option<http2::SendRequest<Body>>) {
+        *self
+            .h2
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = sender;
+    }
+
+    /// Stops keeping connections: closes the idle ones and refuses new ones.
+    pub(super) fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        self.set_h2(None);
     }
 
     /// Closes one idle connection; whether there was one.
@@ -298,6 +331,10 @@ impl EndpointState {
         let sender = if h2 {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                // a half-open shared connection is found out by its pings
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_while_idle(true)
                 .handshake(io)
                 .await
                 .map_err(handshake_error)?;

@@ -291,20 +291,9 @@ impl Upstream {
     async fn checkout(&self, index: usize) -> Result<Sender, CheckoutError> {
         let endpoint = &self.endpoints[index];
         let limits = &self.limits;
-        // HTTP/2: one shared connection, opened by the first request that needs it
-        let mut shared = if self.h2 {
-            let mut slot = endpoint.h2.lock().await;
-            if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
-                let mut sender = Sender::H2(sender.clone());
-                if sender.ready().await.is_ok() {
-                    return Ok(sender);
-                }
-            }
-            *slot = None;
-            Some(slot)
-        } else {
-            None
-        };
+        if self.h2 {
+            return self.checkout_h2(endpoint).await;
+        }
         let mut waiting = None;
         loop {
             // once waiting, registered before the checks, so that a release in between
@@ -324,18 +313,10 @@ impl Upstream {
                 // the slot is released when the connection closes, or here if connecting
                 // fails or is abandoned
                 let on_close = move || drop(slot);
-                return match endpoint
-                    .connect(self.h2, self.connect_timeout, self.dns_refresh, on_close)
+                return endpoint
+                    .connect(false, self.connect_timeout, self.dns_refresh, on_close)
                     .await
-                {
-                    Ok(sender) => {
-                        if let (Some(slot), Sender::H2(h2)) = (shared.as_mut(), &sender) {
-                            **slot = Some(h2.clone());
-                        }
-                        Ok(sender)
-                    }
-                    Err(err) => Err(CheckoutError::Connect(err)),
-                };
+                    .map_err(CheckoutError::Connect);
             }
             if waiting.is_none() {
                 if limits.pending.fetch_add(1, Ordering::SeqCst) >= limits.max_pending {
@@ -351,6 +332,33 @@ impl Upstream {
             self.evict_idle_elsewhere(index);
             notified.await;
         }
+    }
+
+    /// The endpoint's shared HTTP/2 connection, opened by the first request that needs it.
+    /// An HTTP/2 connection is never released for another endpoint's use, so at the
+    /// connection limit the answer is 503 at once rather than a wait.
+    async fn checkout_h2(&self, endpoint: &EndpointState) -> Result<Sender, CheckoutError> {
+        if let Some(sender) = endpoint.h2_sender() {
+            let mut sender = Sender::H2(sender);
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
+        }
+        let _connecting = endpoint.h2_connecting.lock().await;
+        // another request may have connected while this one waited for the lock
+        if let Some(sender) = endpoint.h2_sender() {
+            return Ok(Sender::H2(sender));
+        }
+        let slot = OpenSlot::acquire(&self.limits).ok_or(CheckoutError::Overflow)?;
+        let on_close = move || drop(slot);
+        let sender = endpoint
+            .connect(true, self.connect_timeout, self.dns_refresh, on_close)
+            .await
+            .map_err(CheckoutError::Connect)?;
+        if let Sender::H2(h2) = &sender {
+            endpoint.set_h2(Some(h2.clone()));
+        }
+        Ok(sender)
     }
 
     /// Closes one idle connection of an endpoint other than `index`, if there is one.
@@ -371,14 +379,6 @@ impl Upstream {
         context_len: usize,
     ) -> Result<(Uri, HeaderValue), GatewayError> {
         let mut uri = upstream_uri(&endpoint.target.base_path, client_uri, context_len)?;
-        if self.h2 {
-            // HTTP/2 carries the scheme and authority as pseudo-headers
-            let mut parts = uri.into_parts();
-            parts.scheme = Some(http::uri::Scheme::HTTP);
-            parts.authority = Some(endpoint.target.authority.clone());
-            uri = Uri::from_parts(parts)
-                .map_err(|e| GatewayError::BadUpstreamRequest(e.to_string()))?;
-        }
         let host = match &self.host_header {
             HostMode::Endpoint => endpoint.target.host_header.clone(),
             HostMode::Preserve => original_host
@@ -386,6 +386,16 @@ impl Upstream {
                 .unwrap_or_else(|| endpoint.target.host_header.clone()),
             HostMode::Rewrite(value) => value.clone(),
         };
+        if self.h2 {
+            // HTTP/2 carries the scheme and the host as pseudo-headers (`:authority`)
+            let authority = http::uri::Authority::try_from(host.as_bytes())
+                .unwrap_or_else(|_| endpoint.target.authority.clone());
+            let mut parts = uri.into_parts();
+            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.authority = Some(authority);
+            uri = Uri::from_parts(parts)
+                .map_err(|e| GatewayError::BadUpstreamRequest(e.to_string()))?;
+        }
         Ok((uri, host))
     }
 
@@ -405,15 +415,17 @@ impl Upstream {
         // the client's URI: every attempt rewrites it for its endpoint
         let client_uri = parts.uri.clone();
         headers::prepare_request(&mut parts.headers, conn.as_ref(), original_host.clone());
+        let upgrade = upgrade.filter(|_| !self.h2);
         if let Some((protocol, _)) = &upgrade {
             headers::set_upgrade(&mut parts.headers, protocol.clone());
         }
-        parts.version = if self.h2 {
-            Version::HTTP_2
+        if self.h2 {
+            parts.version = Version::HTTP_2;
         } else {
-            Version::HTTP_11
-        };
-        let upgrade = upgrade.filter(|_| !self.h2);
+            parts.version = Version::HTTP_11;
+            // `TE: trailers` is for HTTP/2 (gRPC); in HTTP/1.1 TE is hop-by-hop
+            parts.headers.remove(header::TE);
+        }
         let replayable = self.retry.attempts > 0
             && upgrade.is_none()
             && is_idempotent(&parts.method)
@@ -474,12 +486,16 @@ impl Upstream {
                 *request.uri_mut() = uri;
                 *request.version_mut() = parts.version;
                 *request.headers_mut() = parts.headers.clone();
-                request.headers_mut().insert(header::HOST, host);
+                if !self.h2 {
+                    request.headers_mut().insert(header::HOST, host);
+                }
                 pending = Some((parts, body));
                 request
             } else {
                 parts.uri = uri;
-                parts.headers.insert(header::HOST, host);
+                if !self.h2 {
+                    parts.headers.insert(header::HOST, host);
+                }
                 if body.is_end_stream() {
                     Request::from_parts(parts, body)
                 } else {
@@ -490,12 +506,20 @@ impl Upstream {
                 }
             };
 
+            // a WebSocket handshake counts as an open connection from before it is sent:
+            // at the 101, hyper counts its connection as ended and the tunnel takes over
+            let tunnel_count = upgrade.as_ref().map(|_| TunnelCount::new(&lease));
             let started = Instant::now();
             let sender = lease.sender.insert(sender);
             let sent = sender.send(request);
             let response = match tokio::time::timeout_at(deadline, sent).await {
                 Err(_) => {
                     lease.sender = None;
+                    if self.h2 {
+                        // the shared connection may be half open: the next request opens
+                        // another (this one closes when its last user lets go)
+                        endpoint.set_h2(None);
+                    }
                     endpoint.metrics.failed(AttemptError::Timeout);
                     // a slow client upload is not the endpoint's failure
                     if lease.body_sent() {
@@ -551,7 +575,8 @@ impl Upstream {
             {
                 // the upstream's connection leaves the pool for good: it becomes the tunnel
                 lease.sender = None;
-                return Ok(tunnel(response, protocol, downstream, lease));
+                let count = tunnel_count.unwrap_or_else(|| TunnelCount::new(&lease));
+                return Ok(tunnel(response, protocol, downstream, lease, count));
             }
             let (mut parts, incoming) = response.into_parts();
             // the client connection speaks its own version (an HTTP/1.0 upstream must not
@@ -588,6 +613,9 @@ impl Upstream {
     /// Stops the background tasks (health checks, idle expiry): the configuration that
     /// owned this upstream was replaced. Requests still in flight on it finish normally.
     pub fn retire(&self) {
+        for endpoint in &self.endpoints {
+            endpoint.retire();
+        }
         for task in self
             .tasks
             .lock()
@@ -793,6 +821,7 @@ fn tunnel(
     protocol: HeaderValue,
     downstream: hyper::upgrade::OnUpgrade,
     lease: Lease,
+    count: TunnelCount,
 ) -> Response<Body> {
     let upstream = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
@@ -801,8 +830,7 @@ fn tunnel(
     headers::set_upgrade(&mut parts.headers, protocol);
     let api = lease.upstream.api.clone();
     // the tunnel occupies its connection: counted in maxConnections and the gauge until it
-    // closes (hyper counts the connection as ended at the switch)
-    let count = TunnelCount::new(&lease);
+    // closes
     tokio::spawn(async move {
         let _lease = lease;
         let _count = count;
