@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by valgrind's callgrind: a figure that does not
+# depend on what else the machine is doing, for judging changes to the hot path that are
+# smaller than the noise of bench/proxy.sh.
+#
+# Starts an upstream (nginx, `return 200`), runs gw-runtime (the `profiling` build, one
+# thread) under callgrind with instrumentation off, sends WARMUP requests, turns
+# instrumentation on, sends REQUESTS requests on one keep-alive connection, and prints the
+# instructions counted divided by REQUESTS, with the top functions.
+#
+# Usage: bench/instructions.sh           (REQUESTS=2000 WARMUP=200 by default)
+# Needs: valgrind, nginx (installed with apt-get when missing and run as root), python3.
+set -euo pipefail
+
+REQUESTS=${REQUESTS:-2000}
+WARMUP=${WARMUP:-200}
+UPSTREAM_PORT=${UPSTREAM_PORT:-28181}
+GW_PORT=${GW_PORT:-28183}
+GW_STATUS_PORT=${GW_STATUS_PORT:-28184}
+
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+missing=()
+command -v valgrind >/dev/null || missing+=(valgrind)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "bench/instructions.sh needs these Debian packages: ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+echo "building gw-runtime (profiling profile: release with line tables)" >&2
+cargo build --profile profiling -q -p gw-runtime
+GW="$root/target/profiling/gw-runtime"
+
+work=$(mktemp -d /tmp/gw-instr.XXXXXX)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [ -n "${KEEP:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+
+mkdir -p "$work/upstream"
+cat >"$work/upstream/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/upstream/nginx.pid;
+error_log $work/upstream/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 "hello from upstream\n"; } }
+}
+EOF
+cat >"$work/api.yaml" <<EOF
+apiVersion: gw/v1
+kind: Api
+metadata: {name: bench}
+spec:
+  context: /
+  upstream:
+    endpoints: [{url: 'http://127.0.0.1:$UPSTREAM_PORT'}]
+EOF
+
+"$NGINX" -c "$work/upstream/nginx.conf" -p "$work/upstream" & pids+=($!)
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.out" \
+    "$GW" --config "$work/api.yaml" --proxy-addr "127.0.0.1:$GW_PORT" \
+    --status-addr "127.0.0.1:$GW_STATUS_PORT" --data-dir "$work/gw" \
+    --worker-threads 1 --log-format json >"$work/gw.log" 2>&1 & gw_pid=$!
+pids+=("$gw_pid")
+
+send() { # count
+    python3 - "$GW_PORT" "$1" <<'EOF'
+import http.client, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+for _ in range(count):
+    conn.request("GET", "/items/42?q=1")
+    response = conn.getresponse()
+    response.read()
+    if response.status != 200:
+        sys.exit(f"status {response.status}")
+EOF
+}
+
+for _ in $(seq 1 600); do
+    if curl -s -o /dev/null "http://127.0.0.1:$GW_STATUS_PORT/status/ready"; then break; fi
+    sleep 0.1
+done
+send "$WARMUP"
+callgrind_control -i on "$gw_pid" >/dev/null
+send "$REQUESTS"
+callgrind_control -i off "$gw_pid" >/dev/null
+callgrind_control -d "$gw_pid" >/dev/null
+kill -TERM "$gw_pid"
+wait "$gw_pid" 2>/dev/null || true
+
+# the dump taken while instrumentation was on holds the counts (the file written at exit
+# covers the time after it, with instrumentation off)
+dump=$(grep -l "^totals: [1-9]" "$work"/callgrind.out* | head -1)
+total=$(awk '/^totals:/ { print $2; exit }' "$dump")
+echo "requests: $REQUESTS (after $WARMUP to warm up), one keep-alive connection"
+echo "instructions per request: $((total / REQUESTS))"
+echo
+callgrind_annotate --inclusive=no "$dump" 2>/dev/null | grep -E "^ *[0-9,]+ \(" | head -25
