@@ -10,6 +10,7 @@
 #
 # Usage: bench/instructions.sh           (REQUESTS=2000 WARMUP=200 by default)
 # Needs: valgrind, nginx (installed with apt-get when missing and run as root), python3.
+# KEEP=1 keeps the work directory (the callgrind output) for callgrind_annotate.
 set -euo pipefail
 
 REQUESTS=${REQUESTS:-2000}
@@ -21,57 +22,16 @@ GW_STATUS_PORT=${GW_STATUS_PORT:-28184}
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-missing=()
-command -v valgrind >/dev/null || missing+=(valgrind)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-        apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    else
-        echo "bench/instructions.sh needs these Debian packages: ${missing[*]}" >&2
-        exit 1
-    fi
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+. bench/lib.sh
+bench_need valgrind:valgrind nginx:nginx-light
 
 echo "building gw-runtime (profiling profile: release with line tables)" >&2
 cargo build --profile profiling -q -p gw-runtime
 GW="$root/target/profiling/gw-runtime"
 
-work=$(mktemp -d /tmp/gw-instr.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ -n "${KEEP:-}" ] || rm -rf "$work"
-}
-trap cleanup EXIT
-
-mkdir -p "$work/upstream"
-cat >"$work/upstream/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/upstream/nginx.pid;
-error_log $work/upstream/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 "hello from upstream\n"; } }
-}
-EOF
-cat >"$work/api.yaml" <<EOF
-apiVersion: gw/v1
-kind: Api
-metadata: {name: bench}
-spec:
-  context: /
-  upstream:
-    endpoints: [{url: 'http://127.0.0.1:$UPSTREAM_PORT'}]
-EOF
-
-"$NGINX" -c "$work/upstream/nginx.conf" -p "$work/upstream" & pids+=($!)
+bench_workdir gw-instr
+bench_upstream "$UPSTREAM_PORT"
+bench_api "$UPSTREAM_PORT"
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.out" \
     "$GW" --config "$work/api.yaml" --proxy-addr "127.0.0.1:$GW_PORT" \
     --status-addr "127.0.0.1:$GW_STATUS_PORT" --data-dir "$work/gw" \
@@ -92,10 +52,7 @@ for _ in range(count):
 EOF
 }
 
-for _ in $(seq 1 600); do
-    if curl -s -o /dev/null "http://127.0.0.1:$GW_STATUS_PORT/status/ready"; then break; fi
-    sleep 0.1
-done
+bench_wait_ok "http://127.0.0.1:$GW_STATUS_PORT/status/ready"
 send "$WARMUP"
 callgrind_control -i on "$gw_pid" >/dev/null
 send "$REQUESTS"

@@ -24,91 +24,30 @@ GW_STATUS_PORT=${GW_STATUS_PORT:-28084}
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-need() {
-    local missing=()
-    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-    command -v wrk >/dev/null || missing+=(wrk)
-    [ ${#missing[@]} -eq 0 ] && return
-    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-        echo "installing ${missing[*]} (Debian packages)" >&2
-        apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    else
-        echo "bench/proxy.sh needs these Debian packages: ${missing[*]}" >&2
-        exit 1
-    fi
-}
-need
+. bench/lib.sh
+bench_need nginx:nginx-light wrk:wrk
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 echo "building gw-runtime (release)" >&2
 cargo build --release -q -p gw-runtime
 GW="$root/target/release/gw-runtime"
 
-work=$(mktemp -d /tmp/gw-bench.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-nginx_conf() { # name, server block
-    mkdir -p "$work/$1"
-    cat >"$work/$1/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/$1/nginx.pid;
-error_log $work/$1/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/$1;
-    proxy_temp_path $work/$1;
-    fastcgi_temp_path $work/$1;
-    uwsgi_temp_path $work/$1;
-    scgi_temp_path $work/$1;
-    keepalive_requests 1000000;
-    $2
-}
-EOF
-}
-
-nginx_conf upstream "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 \"hello from upstream\n\"; } }"
-nginx_conf proxy "upstream up { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
+bench_workdir gw-bench
+bench_upstream "$UPSTREAM_PORT"
+bench_api "$UPSTREAM_PORT"
+bench_nginx_conf proxy "upstream up { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
     server { listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 
-cat >"$work/api.yaml" <<EOF
-apiVersion: gw/v1
-kind: Api
-metadata: {name: bench}
-spec:
-  context: /
-  upstream:
-    endpoints: [{url: 'http://127.0.0.1:$UPSTREAM_PORT'}]
-EOF
-
-"$NGINX" -c "$work/upstream/nginx.conf" -p "$work/upstream" & pids+=($!)
 "$NGINX" -c "$work/proxy/nginx.conf" -p "$work/proxy" & pids+=($!)
 "$GW" --config "$work/api.yaml" --proxy-addr "127.0.0.1:$GW_PORT" \
     --status-addr "127.0.0.1:$GW_STATUS_PORT" --data-dir "$work/gw" \
     --worker-threads 1 --log-format json >"$work/gw.log" 2>&1 & gw_pid=$!
 pids+=("$gw_pid")
 
-wait_ok() { # url
-    for _ in $(seq 1 200); do
-        if [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null)" = 200 ]; then return 0; fi
-        sleep 0.05
-    done
-    echo "no 200 from $1" >&2
-    cat "$work/gw.log" >&2
-    exit 1
-}
-wait_ok "http://127.0.0.1:$UPSTREAM_PORT/"
-wait_ok "http://127.0.0.1:$NGINX_PORT/"
-wait_ok "http://127.0.0.1:$GW_STATUS_PORT/status/ready"
-wait_ok "http://127.0.0.1:$GW_PORT/"
+bench_wait_ok "http://127.0.0.1:$UPSTREAM_PORT/"
+bench_wait_ok "http://127.0.0.1:$NGINX_PORT/"
+bench_wait_ok "http://127.0.0.1:$GW_STATUS_PORT/status/ready"
+bench_wait_ok "http://127.0.0.1:$GW_PORT/"
 
 rss_kb() { awk -v k="$2" '$1 == k":" { print $2 }' "/proc/$1/status"; }
 idle_rss=$(rss_kb "$gw_pid" VmRSS)

@@ -309,12 +309,12 @@ pub fn controller(spec: &ControllerSpec, data_dir: &Path) -> Process {
     Process::start(&spec.node_id, &binary("gw-controller"), &args, &envs)
 }
 
-/// Starts a runtime connected to `controllers`.
-pub fn runtime(node_id: &str, controllers: &[SocketAddr], data_dir: &Path) -> Process {
-    let list: Vec<String> = controllers.iter().map(ToString::to_string).collect();
-    let args = strings(&[
-        "--controller",
-        &list.join(","),
+/// A runtime's arguments: its configuration source (`--controller LIST` or `--config
+/// FILE`), node id, free loopback ports and data dir.
+fn runtime_args(source: [&str; 2], node_id: &str, data_dir: &Path) -> Vec<String> {
+    strings(&[
+        source[0],
+        source[1],
         "--node-id",
         node_id,
         "--proxy-addr",
@@ -323,30 +323,25 @@ pub fn runtime(node_id: &str, controllers: &[SocketAddr], data_dir: &Path) -> Pr
         "127.0.0.1:0",
         "--data-dir",
         &data_dir.display().to_string(),
-    ]);
+    ])
+}
+
+/// Starts a runtime connected to `controllers`.
+pub fn runtime(node_id: &str, controllers: &[SocketAddr], data_dir: &Path) -> Process {
+    let list: Vec<String> = controllers.iter().map(ToString::to_string).collect();
+    let args = runtime_args(["--controller", &list.join(",")], node_id, data_dir);
     let envs = [("GW_SYNC_TOKEN".to_string(), SYNC_TOKEN.to_string())];
     Process::start(node_id, &binary("gw-runtime"), &args, &envs)
 }
 
-/// Starts a runtime in standalone mode, serving the APIs of the file `config`.
-pub fn file_runtime(node_id: &str, config: &Path, data_dir: &Path) -> Process {
-    file_runtime_with(node_id, config, data_dir, &[])
-}
-
-/// [`file_runtime`] with extra command-line arguments.
-pub fn file_runtime_with(node_id: &str, config: &Path, data_dir: &Path, extra: &[&str]) -> Process {
-    let mut args = strings(&[
-        "--config",
-        &config.display().to_string(),
-        "--node-id",
+/// Starts a runtime in standalone mode, serving the APIs of the file `config`, with extra
+/// command-line arguments.
+pub fn file_runtime(node_id: &str, config: &Path, data_dir: &Path, extra: &[&str]) -> Process {
+    let mut args = runtime_args(
+        ["--config", &config.display().to_string()],
         node_id,
-        "--proxy-addr",
-        "127.0.0.1:0",
-        "--status-addr",
-        "127.0.0.1:0",
-        "--data-dir",
-        &data_dir.display().to_string(),
-    ]);
+        data_dir,
+    );
     args.extend(strings(extra));
     Process::start(node_id, &binary("gw-runtime"), &args, &[])
 }
@@ -367,6 +362,16 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
     (status, text)
+}
+
+/// A standalone runtime serving `yaml` (one or more API documents) from a file in a
+/// temporary directory, which lives as long as the returned guard.
+pub fn standalone(yaml: &str, extra: &[&str]) -> (Process, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("apis.yaml");
+    std::fs::write(&config, yaml).expect("write the configuration");
+    let runtime = file_runtime("edge", &config, &dir.path().join("data"), extra);
+    (runtime, dir)
 }
 
 /// Starts an `echo-upstream` process named `name` on a free loopback port (see its docs for
@@ -478,6 +483,17 @@ impl Admin {
             .send()
             .await
             .expect("admin API answers")
+    }
+
+    /// Deploys [`api_yaml`]`(name, context, upstream_url)` and waits until every runtime has
+    /// applied it (`?wait=applied`).
+    pub async fn deploy(&self, name: &str, context: &str, upstream_url: &str) -> reqwest::Response {
+        self.put_api(
+            name,
+            &api_yaml(name, context, upstream_url),
+            "?wait=applied",
+        )
+        .await
     }
 
     /// `DELETE /api/v1/apis/{name}`.

@@ -25,13 +25,7 @@ async fn deploy_call_replace_upstream_delete() {
     let b = Upstream::start("b").await;
     let client = reqwest::Client::new();
 
-    let response = admin
-        .put_api(
-            "orders",
-            &api_yaml("orders", "/orders/v1", &a.url("/api")),
-            "?wait=applied",
-        )
-        .await;
+    let response = admin.deploy("orders", "/orders/v1", &a.url("/api")).await;
     assert_eq!(response.status(), 201);
     assert_eq!(response.headers()["etag"], "\"1\"");
     let body: serde_json::Value = response.json().await.unwrap();
@@ -48,13 +42,7 @@ async fn deploy_call_replace_upstream_delete() {
     assert_eq!(seen["headers"]["x-forwarded-proto"], "http");
 
     // replace the upstream
-    let response = admin
-        .put_api(
-            "orders",
-            &api_yaml("orders", "/orders/v1", &b.url("/v2")),
-            "?wait=applied",
-        )
-        .await;
+    let response = admin.deploy("orders", "/orders/v1", &b.url("/v2")).await;
     assert_eq!(response.status(), 200);
     let (status, seen) = call(&client, proxy, "/orders/v1/items/42").await;
     assert_eq!((status, seen["upstream"].as_str()), (200, Some("b")));

@@ -85,13 +85,7 @@ async fn deploy_through_one_controller_reaches_a_runtime_on_another() {
     );
 
     // wait=applied through A waits for the runtime on B
-    let response = admin_a
-        .put_api(
-            "svc-0",
-            &api_yaml("svc-0", "/svc-zero", &up.url("")),
-            "?wait=applied",
-        )
-        .await;
+    let response = admin_a.deploy("svc-0", "/svc-zero", &up.url("")).await;
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["applied"], serde_json::json!(["rt-1"]));

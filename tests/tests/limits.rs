@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use gw_e2e::{Process, echo_upstream, file_runtime_with, raw_http};
+use gw_e2e::{Process, echo_upstream, raw_http, standalone};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Setup {
@@ -22,10 +22,7 @@ fn setup(extra: &[&str]) -> Setup {
         public.addr("http"),
         admin.addr("http")
     );
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("apis.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let runtime = file_runtime_with("edge", &config, &dir.path().join("data"), extra);
+    let (runtime, dir) = standalone(&yaml, extra);
     Setup {
         runtime,
         public,

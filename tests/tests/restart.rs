@@ -57,13 +57,7 @@ async fn runtime_restart_resumes_from_its_cache_and_revision() {
     } = cluster().await;
     let up = Upstream::start("up").await;
     let client = reqwest::Client::new();
-    let first = admin
-        .put_api(
-            "one",
-            &api_yaml("one", "/one", &up.url("")),
-            "?wait=applied",
-        )
-        .await;
+    let first = admin.deploy("one", "/one", &up.url("")).await;
     assert_eq!(first.status(), 201);
     assert_eq!(call(&client, rt.addr("proxy"), "/one").await.0, 200);
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gw_e2e::{echo_upstream, file_runtime};
+use gw_e2e::{api_yaml, echo_upstream, standalone};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SIZE: u64 = 100 * 1024 * 1024;
@@ -22,17 +22,9 @@ fn peak_rss(pid: u32) -> u64 {
 #[tokio::test]
 async fn a_100_mb_body_streams_both_ways_in_bounded_memory() {
     let upstream = echo_upstream("big");
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("apis.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "apiVersion: gw/v1\nkind: Api\nmetadata: {{name: big}}\nspec:\n  context: /big\n  upstream:\n    endpoints: [{{url: 'http://{}'}}]\n    timeouts: {{request: 10m}}\n",
-            upstream.addr("http")
-        ),
-    )
-    .unwrap();
-    let runtime = file_runtime("edge", &config, &dir.path().join("data"));
+    let yaml = api_yaml("big", "/big", &format!("http://{}", upstream.addr("http")))
+        + "    timeouts: {request: 10m}\n";
+    let (runtime, _dir) = standalone(&yaml, &[]);
     let proxy = runtime.addr("proxy");
     let before = peak_rss(runtime.pid());
 
@@ -109,17 +101,8 @@ async fn a_100_mb_body_streams_both_ways_in_bounded_memory() {
 #[tokio::test]
 async fn clients_may_speak_h2c_with_prior_knowledge() {
     let upstream = echo_upstream("h2");
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("apis.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "apiVersion: gw/v1\nkind: Api\nmetadata: {{name: h2}}\nspec:\n  context: /h2\n  upstream:\n    endpoints: [{{url: 'http://{}'}}]\n",
-            upstream.addr("http")
-        ),
-    )
-    .unwrap();
-    let runtime = file_runtime("edge", &config, &dir.path().join("data"));
+    let yaml = api_yaml("h2", "/h2", &format!("http://{}", upstream.addr("http")));
+    let (runtime, _dir) = standalone(&yaml, &[]);
     let client = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -177,16 +160,7 @@ async fn websocket_connections_pass_through() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let upstream = websocket_echo_server().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("apis.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "apiVersion: gw/v1\nkind: Api\nmetadata: {{name: ws}}\nspec:\n  context: /ws\n  upstream:\n    endpoints: [{{url: 'http://{upstream}'}}]\n"
-        ),
-    )
-    .unwrap();
-    let runtime = file_runtime("edge", &config, &dir.path().join("data"));
+    let (runtime, _dir) = standalone(&api_yaml("ws", "/ws", &format!("http://{upstream}")), &[]);
     let url = format!("ws://{}/ws/chat", runtime.addr("proxy"));
     let (mut ws, response) = tokio_tungstenite::connect_async(url.as_str())
         .await
@@ -236,17 +210,9 @@ async fn websocket_connections_pass_through() {
 async fn h2_upstreams_get_http2_and_trailers_pass_through() {
     use http_body_util::BodyExt;
     let upstream = echo_upstream("grpc-like");
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("apis.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "apiVersion: gw/v1\nkind: Api\nmetadata: {{name: h2up}}\nspec:\n  context: /svc\n  upstream:\n    protocol: h2\n    endpoints: [{{url: 'http://{}'}}]\n",
-            upstream.addr("http")
-        ),
-    )
-    .unwrap();
-    let runtime = file_runtime("edge", &config, &dir.path().join("data"));
+    let yaml = api_yaml("h2up", "/svc", &format!("http://{}", upstream.addr("http")))
+        + "    protocol: h2\n";
+    let (runtime, _dir) = standalone(&yaml, &[]);
     // an HTTP/2 client (as a gRPC client is), with TE: trailers
     let stream = tokio::net::TcpStream::connect(runtime.addr("proxy"))
         .await

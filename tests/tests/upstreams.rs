@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use gw_e2e::{Process, echo_upstream, eventually, file_runtime};
+use gw_e2e::{Process, echo_upstream, eventually};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -47,19 +47,14 @@ struct Gateway {
 
 impl Gateway {
     fn start(yaml: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("apis.yaml");
-        write_config(&config, yaml);
-        let runtime = file_runtime("edge", &config, &dir.path().join("data"));
-        let proxy = runtime.addr("proxy");
-        let status = runtime.addr("status");
+        let (runtime, dir) = gw_e2e::standalone(yaml, &[]);
         Self {
+            proxy: runtime.addr("proxy"),
+            status: runtime.addr("status"),
             runtime,
             client: reqwest::Client::new(),
-            proxy,
-            status,
+            config: dir.path().join("apis.yaml"),
             _dir: dir,
-            config,
         }
     }
 
@@ -396,24 +391,7 @@ async fn the_circuit_breaker_answers_503_at_once_beyond_its_limits() {
         "    circuitBreaker: {maxConnections: 1, maxPending: 0}\n",
     );
     let gw = std::sync::Arc::new(Gateway::start(&yaml));
-    let slow = {
-        let gw = std::sync::Arc::clone(&gw);
-        tokio::spawn(async move {
-            gw.send_with(
-                reqwest::Method::GET,
-                "/shop/slow",
-                &[("x-echo-delay-ms", "8000")],
-            )
-            .await
-        })
-    };
-    eventually("the slow request reaches a", DEADLINE, || async {
-        control(&a, reqwest::Method::GET, "/_echo/stats").await["requests"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1
-    })
-    .await;
+    let slow = hold_the_connection(&gw, &a, "8000").await;
     assert_eq!(gw.get("/shop/x").await, (503, "circuit_open".to_string()));
     let overflows = gw
         .metric("gw_upstream_overflows_total", &["api=\"shop\""])
@@ -474,4 +452,139 @@ async fn configuration_swaps_under_load_drop_nothing() {
         assert!(failed.is_empty(), "failed during swaps: {failed:?}");
     }
     assert!(total > 40, "only {total} requests were sent");
+}
+
+#[tokio::test]
+async fn the_host_header_follows_the_configured_mode() {
+    let a = echo_upstream("a");
+    let yaml = [
+        api("plain", "/plain", &[endpoint(&a, 1)], ""),
+        api(
+            "keep",
+            "/keep",
+            &[endpoint(&a, 1)],
+            "    hostHeader: preserve\n",
+        ),
+        api(
+            "fixed",
+            "/fixed",
+            &[endpoint(&a, 1)],
+            "    hostHeader: {rewrite: orders.internal}\n",
+        ),
+    ]
+    .join("---\n");
+    let gw = Gateway::start(&yaml);
+    let host_seen = |path: &'static str| {
+        let gw = &gw;
+        async move {
+            let response = gw
+                .client
+                .get(format!("http://{}{path}", gw.proxy))
+                .header("host", "api.example.com")
+                .send()
+                .await
+                .unwrap();
+            let json: serde_json::Value = response.json().await.unwrap();
+            (
+                json["headers"]["host"].as_str().unwrap_or("").to_string(),
+                json["headers"]["x-forwarded-host"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        }
+    };
+    let endpoint_host = a.addr("http").to_string();
+    assert_eq!(
+        host_seen("/plain/x").await,
+        (endpoint_host, "api.example.com".to_string())
+    );
+    assert_eq!(
+        host_seen("/keep/x").await,
+        ("api.example.com".to_string(), "api.example.com".to_string())
+    );
+    assert_eq!(
+        host_seen("/fixed/x").await,
+        ("orders.internal".to_string(), "api.example.com".to_string())
+    );
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    let a = echo_upstream("a");
+    let label = format!("endpoint=\"http://{}\"", a.addr("http"));
+    let yaml = api(
+        "shop",
+        "/shop",
+        &[endpoint(&a, 1)],
+        "    timeouts: {idle: 1s}\n",
+    );
+    let gw = Gateway::start(&yaml);
+    assert_eq!(gw.get("/shop/x").await, (200, "a".to_string()));
+    assert_eq!(
+        gw.metric("gw_upstream_connections", &[&label]).await,
+        Some(1.0)
+    );
+    eventually("the idle connection is closed", DEADLINE, || async {
+        gw.metric("gw_upstream_connections", &[&label]).await == Some(0.0)
+    })
+    .await;
+    // and a new one is opened for the next request
+    assert_eq!(gw.get("/shop/x").await, (200, "a".to_string()));
+}
+
+#[tokio::test]
+async fn a_request_waiting_at_the_connection_limit_gets_the_released_connection() {
+    let a = echo_upstream("a");
+    let yaml = api(
+        "shop",
+        "/shop",
+        &[endpoint(&a, 1)],
+        "    circuitBreaker: {maxConnections: 1, maxPending: 1}\n",
+    );
+    let gw = std::sync::Arc::new(Gateway::start(&yaml));
+    let slow = hold_the_connection(&gw, &a, "1000").await;
+    // waits for the one connection, then uses it: not 503, not a second connection
+    assert_eq!(gw.get("/shop/next").await, (200, "a".to_string()));
+    assert_eq!(slow.await.unwrap(), (200, "a".to_string()));
+    assert_eq!(
+        gw.metric("gw_upstream_overflows_total", &["api=\"shop\""])
+            .await,
+        Some(0.0)
+    );
+}
+
+/// Sends a request that `upstream` answers after `delay_ms`, and returns once the upstream
+/// has it: the request holds its connection until then.
+async fn hold_the_connection(
+    gw: &std::sync::Arc<Gateway>,
+    upstream: &Process,
+    delay_ms: &'static str,
+) -> tokio::task::JoinHandle<(u16, String)> {
+    let before = control(upstream, reqwest::Method::GET, "/_echo/stats").await["requests"]
+        .as_u64()
+        .unwrap_or(0);
+    let slow = {
+        let gw = std::sync::Arc::clone(gw);
+        tokio::spawn(async move {
+            gw.send_with(
+                reqwest::Method::GET,
+                "/shop/slow",
+                &[("x-echo-delay-ms", delay_ms)],
+            )
+            .await
+        })
+    };
+    eventually(
+        "the slow request reaches the upstream",
+        DEADLINE,
+        || async {
+            control(upstream, reqwest::Method::GET, "/_echo/stats").await["requests"]
+                .as_u64()
+                .unwrap_or(0)
+                > before
+        },
+    )
+    .await;
+    slow
 }

@@ -76,16 +76,19 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Prepares the headers of a request for the upstream: hop-by-hop headers removed, `Host`
 /// left to the client (the upstream's authority), `X-Forwarded-For` appended with the
-/// client address, `X-Forwarded-Proto` and `X-Forwarded-Host` set.
+/// client address, `X-Forwarded-Proto` and `X-Forwarded-Host` set. For an HTTP/2 upstream
+/// (`h2`), `TE: trailers` is kept: it is how a gRPC client says it understands trailers (in
+/// HTTP/1.1, TE is hop-by-hop like the others).
 pub(super) fn prepare_request(
     headers: &mut HeaderMap,
     conn: Option<&ConnInfo>,
     original_host: Option<HeaderValue>,
+    h2: bool,
 ) {
-    // `TE: trailers` is how a gRPC client says it understands trailers: it goes through
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = h2
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     remove_hop_by_hop(headers);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -249,7 +252,12 @@ mod tests {
             secure: false,
         };
         let host = original_host(&h, &Uri::from_static("/"));
-        prepare_request(&mut h, Some(&conn), host);
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        let mut for_h2 = h.clone();
+        prepare_request(&mut for_h2, Some(&conn), host.clone(), true);
+        assert_eq!(for_h2[header::TE], "trailers");
+        prepare_request(&mut h, Some(&conn), host, false);
+        assert!(h.get(header::TE).is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert!(h.get("x-secret-hop").is_none());
         assert!(h.get("keep-alive").is_none());

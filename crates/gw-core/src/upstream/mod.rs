@@ -414,18 +414,21 @@ impl Upstream {
         });
         // the client's URI: every attempt rewrites it for its endpoint
         let client_uri = parts.uri.clone();
-        headers::prepare_request(&mut parts.headers, conn.as_ref(), original_host.clone());
+        headers::prepare_request(
+            &mut parts.headers,
+            conn.as_ref(),
+            original_host.clone(),
+            self.h2,
+        );
         let upgrade = upgrade.filter(|_| !self.h2);
         if let Some((protocol, _)) = &upgrade {
             headers::set_upgrade(&mut parts.headers, protocol.clone());
         }
-        if self.h2 {
-            parts.version = Version::HTTP_2;
+        parts.version = if self.h2 {
+            Version::HTTP_2
         } else {
-            parts.version = Version::HTTP_11;
-            // `TE: trailers` is for HTTP/2 (gRPC); in HTTP/1.1 TE is hop-by-hop
-            parts.headers.remove(header::TE);
-        }
+            Version::HTTP_11
+        };
         let replayable = self.retry.attempts > 0
             && upgrade.is_none()
             && is_idempotent(&parts.method)
@@ -502,7 +505,11 @@ impl Upstream {
                     // the connection is reusable only once this body is fully sent
                     let done = Arc::new(AtomicBool::new(false));
                     lease.body_done = Some(Arc::clone(&done));
-                    Request::from_parts(parts, body::boxed(TrackedBody { inner: body, done }))
+                    let body = Watched {
+                        inner: body,
+                        hook: SentFlag(done),
+                    };
+                    Request::from_parts(parts, body::boxed(body))
                 }
             };
 
@@ -583,9 +590,9 @@ impl Upstream {
             // make the gateway answer in HTTP/1.0)
             parts.version = Version::default();
             headers::prepare_response(&mut parts.headers);
-            let body = PooledBody {
+            let body = Watched {
                 inner: incoming,
-                lease,
+                hook: lease,
             };
             return Ok(Response::from_parts(parts, body::boxed(body)));
         }
@@ -736,26 +743,39 @@ impl Drop for Lease {
     }
 }
 
-/// A request body that records when it has been sent to the end.
-struct TrackedBody {
-    inner: Body,
-    done: Arc<AtomicBool>,
+/// What a [`Watched`] body tells its owner.
+trait EndHook {
+    /// The body was read to its end (or dropped when there was nothing left to read: an
+    /// empty body, as of HEAD, 204 or 304, may never be polled).
+    fn ended(&mut self);
+    /// The body failed halfway.
+    fn failed(&mut self) {}
 }
 
-impl http_body::Body for TrackedBody {
+/// A body that tells `hook` when it ends or fails, and is otherwise the body itself.
+struct Watched<B: http_body::Body, H: EndHook> {
+    inner: B,
+    hook: H,
+}
+
+impl<B, H> http_body::Body for Watched<B, H>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    H: EndHook + Unpin,
+{
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => self.done.store(true, Ordering::Release),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => {
-                self.done.store(true, Ordering::Release);
-            }
+            Poll::Ready(None) => this.hook.ended(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.hook.ended(),
+            Poll::Ready(Some(Err(_))) => this.hook.failed(),
             _ => {}
         }
         polled
@@ -770,46 +790,32 @@ impl http_body::Body for TrackedBody {
     }
 }
 
-/// The upstream's response body; returns the connection to the pool once it is read to
-/// the end, or closes it when the body is abandoned halfway.
-struct PooledBody {
-    inner: Incoming,
-    lease: Lease,
-}
-
-impl http_body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.lease.reuse(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.lease.reuse(),
-            Poll::Ready(Some(Err(_))) => self.lease.sender = None,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
+impl<B: http_body::Body, H: EndHook> Drop for Watched<B, H> {
     fn drop(&mut self) {
-        // an empty body (HEAD, 204, 304) may never be polled
         if self.inner.is_end_stream() {
-            self.lease.reuse();
+            self.hook.ended();
         }
+    }
+}
+
+/// A request body's end: the connection may be reused once it has been sent whole.
+struct SentFlag(Arc<AtomicBool>);
+
+impl EndHook for SentFlag {
+    fn ended(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// The upstream's response body's end returns the connection to the pool; a body that
+/// fails, or is abandoned halfway, closes it (the lease drops its sender).
+impl EndHook for Lease {
+    fn ended(&mut self) {
+        self.reuse();
+    }
+
+    fn failed(&mut self) {
+        self.sender = None;
     }
 }
 
