@@ -328,8 +328,19 @@ fn runtime_args(source: [&str; 2], node_id: &str, data_dir: &Path) -> Vec<String
 
 /// Starts a runtime connected to `controllers`.
 pub fn runtime(node_id: &str, controllers: &[SocketAddr], data_dir: &Path) -> Process {
+    runtime_with(node_id, controllers, data_dir, &[])
+}
+
+/// Starts a runtime connected to `controllers`, with extra command-line arguments.
+pub fn runtime_with(
+    node_id: &str,
+    controllers: &[SocketAddr],
+    data_dir: &Path,
+    extra: &[&str],
+) -> Process {
     let list: Vec<String> = controllers.iter().map(ToString::to_string).collect();
-    let args = runtime_args(["--controller", &list.join(",")], node_id, data_dir);
+    let mut args = runtime_args(["--controller", &list.join(",")], node_id, data_dir);
+    args.extend(strings(extra));
     let envs = [("GW_SYNC_TOKEN".to_string(), SYNC_TOKEN.to_string())];
     Process::start(node_id, &binary("gw-runtime"), &args, &envs)
 }
@@ -570,4 +581,89 @@ pub async fn call(
 pub fn median(values: &mut [Duration]) -> Duration {
     values.sort();
     values[values.len() / 2]
+}
+
+/// A certificate authority made for one test, and the certificates it issues.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA certificate, PEM.
+    pub pem: String,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa").finish_non_exhaustive()
+    }
+}
+
+/// A certificate a [`TestCa`] issued.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// The certificate, DER (what a TLS client sees).
+    pub der: Vec<u8>,
+}
+
+impl TestCa {
+    /// A new CA with a fresh key.
+    pub fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().expect("a CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = params.self_signed(&key).expect("a self-signed CA");
+        Self {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses) with this serial number,
+    /// valid until the first of January of `until_year`.
+    pub fn issue(&self, names: &[&str], serial: u64, until_year: i32) -> Issued {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("params");
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until_year, 1, 1);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).expect("a certificate");
+        Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+}
+
+/// A `Certificate` document for the admin API or a configuration file (JSON, which YAML
+/// reads too).
+pub fn certificate_document(name: &str, issued: &Issued, sni: &[&str]) -> String {
+    let mut spec = serde_json::json!({
+        "certificate": issued.cert_pem,
+        "privateKey": issued.key_pem,
+    });
+    if !sni.is_empty() {
+        spec["sni"] = serde_json::json!(sni);
+    }
+    serde_json::json!({
+        "apiVersion": "gw/v1",
+        "kind": "Certificate",
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+    .to_string()
 }

@@ -38,6 +38,8 @@ use crate::keys::KeyError;
 pub struct AllInOne {
     /// Its traffic address.
     pub proxy_addr: SocketAddr,
+    /// Its HTTPS traffic address, if any.
+    pub https_addr: Option<SocketAddr>,
     /// Its status address.
     pub status_addr: SocketAddr,
 }
@@ -414,6 +416,7 @@ pub async fn run(
             ]));
             runtime_options.node_id = format!("{}-runtime", options.node_id);
             runtime_options.proxy_addr = aio.proxy_addr;
+            runtime_options.https_addr = aio.https_addr;
             runtime_options.status_addr = aio.status_addr;
             runtime_options.data_dir = Some(options.data_dir.join("runtime"));
             runtime_options.policies = options.policies.clone();

@@ -53,6 +53,11 @@ struct Args {
     #[arg(long, env = "GW_PROXY_ADDR", default_value = "127.0.0.1:8080")]
     proxy_addr: SocketAddr,
 
+    /// HTTPS traffic address of the all-in-one runtime (for example `127.0.0.1:8443`);
+    /// none when unset. Certificates are deployed under /api/v1/certificates.
+    #[arg(long, env = "GW_HTTPS_ADDR")]
+    https_addr: Option<SocketAddr>,
+
     /// Status address of the all-in-one runtime.
     #[arg(long, env = "GW_STATUS_ADDR", default_value = "127.0.0.1:7085")]
     status_addr: SocketAddr,
@@ -107,6 +112,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.all_in_one {
         options.all_in_one = Some(AllInOne {
             proxy_addr: args.proxy_addr,
+            https_addr: args.https_addr,
             status_addr: args.status_addr,
         });
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gw_store::feed::{ChangeFeed, FeedEvent};
-use gw_store::{ApiRecord, Change, ChangeOp, Store, StoreError};
+use gw_store::{ApiRecord, Change, ChangeOp, ResourceRecord, Snapshot, Store, StoreError};
 use gw_sync::KIND_API;
 use gw_sync::proto::Resource;
 use gw_sync::state::{DesiredState, Entry, StateChange};
@@ -33,11 +33,13 @@ pub fn groups_of(spec: &serde_json::Value) -> Vec<String> {
         )
 }
 
-fn entry(name: &str, revision: i64, spec: &serde_json::Value) -> Entry {
+/// A stored resource of any kind (`api`, `certificate`) as sent to runtimes: its canonical
+/// JSON, to the groups it names.
+fn entry(kind: &str, name: &str, revision: i64, spec: &serde_json::Value) -> Entry {
     Entry {
         groups: groups_of(spec),
         resource: Resource {
-            kind: KIND_API.to_string(),
+            kind: kind.to_string(),
             name: name.to_string(),
             revision,
             body: serde_json::to_vec(spec).unwrap_or_default(),
@@ -45,20 +47,31 @@ fn entry(name: &str, revision: i64, spec: &serde_json::Value) -> Entry {
     }
 }
 
-fn record_entry(record: &ApiRecord) -> (String, Entry) {
-    (
-        record.name.clone(),
-        entry(&record.name, record.revision, &record.spec),
-    )
+fn api_entry(record: &ApiRecord) -> Entry {
+    entry(KIND_API, &record.name, record.revision, &record.spec)
+}
+
+fn resource_entry(record: &ResourceRecord) -> Entry {
+    entry(&record.kind, &record.name, record.revision, &record.spec)
+}
+
+/// Every resource of a snapshot, APIs and the other kinds.
+fn snapshot_entries(snapshot: &Snapshot) -> impl Iterator<Item = Entry> + '_ {
+    snapshot
+        .apis
+        .iter()
+        .map(api_entry)
+        .chain(snapshot.resources.iter().map(resource_entry))
 }
 
 fn state_change(change: Change) -> StateChange {
     let entry = match &change.op {
-        ChangeOp::Upsert(spec) => Some(entry(&change.name, change.revision, spec)),
+        ChangeOp::Upsert(spec) => Some(entry(&change.kind, &change.name, change.revision, spec)),
         ChangeOp::Delete => None,
     };
     StateChange {
         revision: change.revision,
+        kind: change.kind,
         name: change.name,
         entry,
     }
@@ -85,18 +98,18 @@ pub async fn load(store: &Arc<dyn Store>, state: &DesiredState) -> Result<i64, S
         }
         Err(err) => return Err(err),
     };
-    let history: Vec<(i64, String)> = changes
+    let history: Vec<(i64, String, String)> = changes
         .into_iter()
         .filter(|c| c.revision <= revision)
-        .map(|c| (c.revision, c.name))
+        .map(|c| (c.revision, c.kind, c.name))
         .collect();
-    state.reset(
+    state.reset(revision, snapshot_entries(&snapshot), history, floor);
+    tracing::info!(
         revision,
-        snapshot.apis.iter().map(record_entry),
-        history,
-        floor,
+        apis = snapshot.apis.len(),
+        other = snapshot.resources.len(),
+        "desired state loaded"
     );
-    tracing::info!(revision, apis = snapshot.apis.len(), "desired state loaded");
     Ok(revision)
 }
 
@@ -126,7 +139,7 @@ pub async fn follow(
                 );
                 state.reset(
                     snapshot.revision,
-                    snapshot.apis.iter().map(record_entry),
+                    snapshot_entries(&snapshot),
                     [],
                     snapshot.revision,
                 );

@@ -172,3 +172,20 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Bod
     );
     response
 }
+
+/// An error and its causes on one line (`a: b: c`), each cause once: what a log needs to
+/// tell a TLS handshake refused for an unknown issuer from one refused for a missing client
+/// certificate.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -22,10 +22,11 @@ use http::{Method, Request, Response};
 use crate::body::{self, Body, BoxError};
 use crate::error::GatewayError;
 use crate::metrics::{ApiMetrics, Limit, ProxyMetrics};
-use crate::model::{ApiDefinition, check_collisions};
+use crate::model::{ApiDefinition, CertificateDefinition, check_collisions};
 use crate::path;
 use crate::policy::{PolicyRegistry, RouteService, build_stack, effective_policies};
 use crate::router::{self, Router};
+use crate::tls::CertificateSet;
 use crate::upstream::{Upstream, UpstreamService};
 
 /// What the gateway knows about the connection a request came on; the edge puts it in the
@@ -79,12 +80,18 @@ struct OperationRoute {
 impl BuiltApi {
     fn build(
         definition: &Arc<ApiDefinition>,
+        certificates: &CertificateSet,
         registry: &PolicyRegistry,
         metrics: &ProxyMetrics,
     ) -> Result<Self, String> {
         let spec = &definition.spec;
-        let upstream = Upstream::new(&spec.upstream, &definition.metadata.name, metrics)
-            .map_err(|e| e.to_string())?;
+        let upstream = Upstream::new(
+            &spec.upstream,
+            &definition.metadata.name,
+            certificates,
+            metrics,
+        )
+        .map_err(|e| e.to_string())?;
         let context_len = if spec.context == "/" {
             0
         } else {
@@ -162,7 +169,7 @@ impl BuiltApi {
             }
         };
         if error.is_upstream() && self.log_gate.allow() {
-            tracing::warn!(api = %self.definition.metadata.name, %error, "upstream request failed");
+            tracing::warn!(api = %self.definition.metadata.name, error = %crate::error::chain(&error), "upstream request failed");
         }
         error.into_response()
     }
@@ -189,12 +196,14 @@ impl BuiltApi {
     }
 }
 
-/// One immutable configuration: the APIs at a revision and their routing table.
+/// One immutable configuration: the APIs at a revision, their routing table, and the TLS
+/// certificates.
 #[derive(Debug, Default)]
 pub struct GatewayConfig {
     revision: i64,
     apis: BTreeMap<String, Arc<BuiltApi>>,
     router: Router<Arc<BuiltApi>>,
+    certificates: Arc<CertificateSet>,
 }
 
 /// Why a configuration could not be built; the gateway keeps the previous one.
@@ -207,10 +216,12 @@ pub struct ApplyError {
 
 impl GatewayConfig {
     /// Builds a configuration from validated definitions, reusing from `previous` every API
-    /// whose definition is unchanged (its upstream pool included).
+    /// whose definition is unchanged (its upstream pool included) and every unchanged
+    /// certificate.
     pub fn build(
         revision: i64,
         definitions: impl IntoIterator<Item = Arc<ApiDefinition>>,
+        certificates: impl IntoIterator<Item = Arc<CertificateDefinition>>,
         previous: Option<&GatewayConfig>,
         registry: &PolicyRegistry,
         metrics: &ProxyMetrics,
@@ -225,16 +236,25 @@ impl GatewayConfig {
                 )
             })
             .collect();
+        let certificates =
+            match CertificateSet::build(certificates, previous.map(|p| &*p.certificates)) {
+                Ok(set) => Arc::new(set),
+                Err(mut problems) => {
+                    reasons.append(&mut problems);
+                    return Err(ApplyError { reasons });
+                }
+            };
         let mut apis = BTreeMap::new();
         for definition in definitions {
             let name = definition.metadata.name.clone();
             let reused = previous
                 .and_then(|p| p.apis.get(&name))
                 .filter(|built| built.definition == definition)
+                .filter(|built| same_client_certificate(built, &certificates))
                 .cloned();
             let built = match reused {
                 Some(built) => built,
-                None => match BuiltApi::build(&definition, registry, metrics) {
+                None => match BuiltApi::build(&definition, &certificates, registry, metrics) {
                     Ok(built) => Arc::new(built),
                     Err(reason) => {
                         reasons.push(format!("API {name:?}: {reason}"));
@@ -259,7 +279,13 @@ impl GatewayConfig {
             revision,
             apis,
             router,
+            certificates,
         })
+    }
+
+    /// The TLS certificates served.
+    pub fn certificates(&self) -> &Arc<CertificateSet> {
+        &self.certificates
     }
 
     /// The revision this configuration was built at.
@@ -278,6 +304,25 @@ impl GatewayConfig {
     }
 }
 
+/// Whether an API built before would show the same client certificate to its upstream
+/// under the new certificate set.
+fn same_client_certificate(built: &BuiltApi, certificates: &CertificateSet) -> bool {
+    let wanted = built
+        .definition
+        .spec
+        .upstream
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_certificate.as_deref());
+    match (wanted, built.upstream.client_certificate()) {
+        (Some(name), Some(current)) => certificates
+            .get(name)
+            .is_some_and(|next| Arc::ptr_eq(next, current)),
+        // none named, or named but used by no https endpoint
+        _ => true,
+    }
+}
+
 /// The longest request URI accepted by default, in bytes.
 pub const DEFAULT_MAX_URI_BYTES: usize = 8192;
 
@@ -285,6 +330,8 @@ pub const DEFAULT_MAX_URI_BYTES: usize = 8192;
 #[derive(Debug)]
 pub struct Gateway {
     config: ArcSwap<GatewayConfig>,
+    /// The certificates of `config`, also read by the TLS listeners' resolver.
+    certificates: Arc<ArcSwap<CertificateSet>>,
     registry: PolicyRegistry,
     metrics: ProxyMetrics,
     max_uri_bytes: usize,
@@ -298,6 +345,7 @@ impl Gateway {
     pub fn new(registry: PolicyRegistry, metrics: ProxyMetrics) -> Self {
         Self {
             config: ArcSwap::from_pointee(GatewayConfig::default()),
+            certificates: Arc::new(ArcSwap::from_pointee(CertificateSet::default())),
             registry,
             metrics,
             max_uri_bytes: DEFAULT_MAX_URI_BYTES,
@@ -328,13 +376,32 @@ impl Gateway {
         self.config.load_full()
     }
 
-    /// Builds a configuration from `definitions` and swaps it in; on error the current one
-    /// stays. Series of APIs and endpoints that left the configuration are dropped from the
-    /// metrics.
+    /// The TLS configuration for an HTTPS listener of this gateway: each handshake gets the
+    /// certificate for its server name from the configuration served at that moment, so a
+    /// certificate applied with [`Gateway::apply_config`] is served from the next
+    /// handshake on.
+    pub fn tls_server_config(&self) -> Arc<rustls::ServerConfig> {
+        crate::tls::server_config(Arc::clone(&self.certificates))
+    }
+
+    /// Builds a configuration of APIs only (no TLS certificates) and swaps it in; see
+    /// [`Gateway::apply_config`].
     pub fn apply(
         &self,
         revision: i64,
         definitions: impl IntoIterator<Item = Arc<ApiDefinition>>,
+    ) -> Result<Arc<GatewayConfig>, ApplyError> {
+        self.apply_config(revision, definitions, [])
+    }
+
+    /// Builds a configuration from API and certificate definitions and swaps it in; on
+    /// error the current one stays. Series of APIs and endpoints that left the
+    /// configuration are dropped from the metrics.
+    pub fn apply_config(
+        &self,
+        revision: i64,
+        definitions: impl IntoIterator<Item = Arc<ApiDefinition>>,
+        certificates: impl IntoIterator<Item = Arc<CertificateDefinition>>,
     ) -> Result<Arc<GatewayConfig>, ApplyError> {
         let _applying = self
             .applying
@@ -344,11 +411,23 @@ impl Gateway {
         let next = Arc::new(GatewayConfig::build(
             revision,
             definitions,
+            certificates,
             Some(&previous),
             &self.registry,
             &self.metrics,
         )?);
         self.config.store(Arc::clone(&next));
+        self.certificates.store(Arc::clone(&next.certificates));
+        for served in next.certificates.iter() {
+            self.metrics
+                .set_certificate_expiry(&served.definition.metadata.name, served.not_after);
+        }
+        for old in previous.certificates.iter() {
+            let name = &old.definition.metadata.name;
+            if next.certificates.get(name).is_none() {
+                self.metrics.remove_certificate(name);
+            }
+        }
         for (name, old) in &previous.apis {
             let kept = next.apis.get(name);
             if !kept.is_some_and(|api| Arc::ptr_eq(api, old)) {

@@ -21,6 +21,7 @@ pub mod model;
 pub mod path;
 pub mod policy;
 pub mod router;
+pub mod tls;
 pub mod upstream;
 
 pub use body::{Body, BoxError};

@@ -65,7 +65,14 @@ pub struct ProxyMetrics {
     unrouted: Family<StatusLabels, Counter>,
     limits: Family<LimitLabels, Counter>,
     connections: Gauge,
+    tls_handshake_failures: Counter,
+    certificate_expiry: Family<CertificateLabels, Gauge>,
     upstream: UpstreamFamilies,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    certificate: String,
 }
 
 /// A limit that refused a request or a connection, as counted in
@@ -138,6 +145,16 @@ impl ProxyMetrics {
             "Open client connections",
             metrics.connections.clone(),
         );
+        registry.register(
+            "gw_tls_handshake_failures",
+            "TLS handshakes of clients that failed (no certificate for the server name, protocol errors)",
+            metrics.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "gw_tls_certificate_expiry_timestamp_seconds",
+            "When each served certificate expires (notAfter), in seconds since the Unix epoch",
+            metrics.certificate_expiry.clone(),
+        );
         let upstream = &metrics.upstream;
         registry.register(
             "gw_upstream_requests",
@@ -191,6 +208,8 @@ impl ProxyMetrics {
             unrouted: Family::default(),
             limits: Family::default(),
             connections: Gauge::default(),
+            tls_handshake_failures: Counter::default(),
+            certificate_expiry: Family::default(),
             upstream: UpstreamFamilies {
                 requests: Family::default(),
                 errors: Family::default(),
@@ -306,6 +325,27 @@ impl ProxyMetrics {
                 limit: limit.label(),
             })
             .inc();
+    }
+
+    /// Counts a client TLS handshake that failed.
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.inc();
+    }
+
+    /// Sets when a served certificate expires.
+    pub fn set_certificate_expiry(&self, certificate: &str, not_after: i64) {
+        self.certificate_expiry
+            .get_or_create(&CertificateLabels {
+                certificate: certificate.to_string(),
+            })
+            .set(not_after);
+    }
+
+    /// Drops the series of a certificate that left the configuration.
+    pub fn remove_certificate(&self, certificate: &str) {
+        self.certificate_expiry.remove(&CertificateLabels {
+            certificate: certificate.to_string(),
+        });
     }
 
     /// The gauge of open client connections.

@@ -15,6 +15,7 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -38,9 +39,18 @@ pub struct CachedConfig {
     pub revision: i64,
     /// Every API, canonical.
     pub apis: Vec<CachedApi>,
+    /// The resource kinds the runtime that wrote it applied; a cache written before
+    /// certificates existed lists none, and its revision is not trusted for deltas (the
+    /// certificates created before it were never sent).
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Every TLS certificate, canonical (with its private key: the file is readable by its
+    /// owner only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CachedApi>,
 }
 
-/// One cached API.
+/// One cached resource (an API or a certificate).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CachedApi {
     /// The revision of its last change.
@@ -121,7 +131,16 @@ impl CacheFile {
         fs::create_dir_all(dir).map_err(|e| self.io(e))?;
         let tmp = self.path.with_extension("tmp");
         {
-            let mut file = fs::File::create(&tmp).map_err(|e| self.io(e))?;
+            // owner-only: the cache holds private keys of certificates (a leftover temporary
+            // file is removed first, as the mode applies only to a file being created)
+            let _ = fs::remove_file(&tmp);
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| self.io(e))?;
             writeln!(file, "{MAGIC} {FORMAT} {} {digest}", payload.len())
                 .map_err(|e| self.io(e))?;
             file.write_all(&payload).map_err(|e| self.io(e))?;
@@ -197,6 +216,8 @@ mod tests {
             group: "default".into(),
             store_id: "s".into(),
             revision: 7,
+            kinds: vec!["api".into(), "certificate".into()],
+            certificates: Vec::new(),
             apis: vec![CachedApi {
                 revision: 7,
                 definition: serde_json::json!({"metadata": {"name": "a"}}),
@@ -209,8 +230,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = CacheFile::new(dir.path().join("sub/cache.json"), DEFAULT_MAX_BYTES);
         assert!(cache.read().unwrap().is_none());
+        // a leftover temporary file readable by all must not pass its mode on
+        fs::create_dir_all(dir.path().join("sub")).unwrap();
+        let leftover = dir.path().join("sub/cache.tmp");
+        fs::write(&leftover, b"partial").unwrap();
+        fs::set_permissions(
+            &leftover,
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
         cache.write(&config()).unwrap();
         assert_eq!(cache.read().unwrap(), Some(config()));
+        // it may hold private keys
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &fs::metadata(cache.path()).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 
     #[test]

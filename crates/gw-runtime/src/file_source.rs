@@ -1,4 +1,4 @@
-//! Standalone mode: the APIs of a YAML or JSON file, reloaded when the file changes (checked
+//! Standalone mode: the APIs and TLS certificates of a YAML or JSON file, reloaded when the file changes (checked
 //! every poll interval, and at once on SIGHUP). A file that does not parse or validate is
 //! reported with every error and its field path, and the previous configuration stays.
 
@@ -100,19 +100,23 @@ impl FileSource {
         let ctx = ValidationContext {
             policies: Some(self.state.gateway().registry()),
         };
-        let apis = model::parse_set(&bytes, format_of(&self.path), &ctx).map_err(|source| {
+        let set = model::parse_set(&bytes, format_of(&self.path), &ctx).map_err(|source| {
             FileError::Invalid {
                 path: self.path.clone(),
                 source,
             }
         })?;
         let revision = self.revision + 1;
-        let count = apis.len();
+        let (apis, certificates) = (set.apis.len(), set.certificates.len());
         self.state
             .replace(
                 revision,
                 "",
-                apis.into_iter().map(|api| (revision, api)).collect(),
+                set.apis.into_iter().map(|api| (revision, api)).collect(),
+                set.certificates
+                    .into_iter()
+                    .map(|certificate| (revision, certificate))
+                    .collect(),
                 Origin::File,
             )
             .await
@@ -122,7 +126,7 @@ impl FileSource {
             })?;
         self.revision = revision;
         self.digest = Some(digest);
-        tracing::info!(path = %self.path.display(), apis = count, revision, "configuration file loaded");
+        tracing::info!(path = %self.path.display(), apis, certificates, revision, "configuration file loaded");
         Ok(true)
     }
 

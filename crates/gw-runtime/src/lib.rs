@@ -39,6 +39,7 @@ use gw_sync::SyncToken;
 use gw_sync::client::{ClientOptions, SyncClient};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::cache::CacheFile;
 use crate::file_source::{FileError, FileSource};
@@ -66,6 +67,9 @@ pub struct RuntimeOptions {
     pub node_id: String,
     /// Traffic address.
     pub proxy_addr: SocketAddr,
+    /// HTTPS traffic address (`None`: no HTTPS listener). The certificates come with the
+    /// configuration (`kind: Certificate`).
+    pub https_addr: Option<SocketAddr>,
     /// Status and metrics address.
     pub status_addr: SocketAddr,
     /// Where the last-known-good cache lives (controller mode); `None`: no cache.
@@ -99,6 +103,7 @@ impl RuntimeOptions {
             group: "default".to_string(),
             node_id: default_node_id(),
             proxy_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            https_addr: None,
             status_addr: SocketAddr::from(([0, 0, 0, 0], 7085)),
             data_dir: None,
             advertise_address: None,
@@ -178,6 +183,7 @@ pub enum RuntimeError {
 pub struct Runtime {
     options: RuntimeOptions,
     proxy: TcpListener,
+    https: Option<TcpListener>,
     status: TcpListener,
     state: Arc<ConfigState>,
     registry: Registry,
@@ -208,6 +214,10 @@ impl Runtime {
                 .map_err(|source| RuntimeError::Bind { what, addr, source })
         };
         let proxy = bind("proxy", options.proxy_addr).await?;
+        let https = match options.https_addr {
+            Some(addr) => Some(bind("https", addr).await?),
+            None => None,
+        };
         let status = bind("status", options.status_addr).await?;
 
         let mut registry = Registry::default();
@@ -243,6 +253,7 @@ impl Runtime {
         Ok(Self {
             options,
             proxy,
+            https,
             status,
             state,
             registry,
@@ -253,6 +264,11 @@ impl Runtime {
     /// Where traffic is served.
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy.local_addr().unwrap_or(self.options.proxy_addr)
+    }
+
+    /// Where HTTPS traffic is served, if it is.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Where status and metrics are served.
@@ -276,9 +292,11 @@ impl Runtime {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RuntimeError> {
         let proxy_addr = self.proxy_addr();
         let status_addr = self.status_addr();
+        let https_addr = self.https_addr();
         let Self {
             options,
             proxy,
+            https,
             status,
             state,
             registry,
@@ -319,6 +337,9 @@ impl Runtime {
         });
         let status_task = tokio::spawn(status::serve(status, Arc::clone(&context)));
         tracing::info!(listener = "proxy", addr = %proxy_addr, "listening");
+        if let Some(addr) = https_addr {
+            tracing::info!(listener = "https", %addr, "listening");
+        }
         tracing::info!(listener = "status", addr = %status_addr, "listening");
         tracing::info!(node = %options.node_id, group = %options.group, "runtime started");
 
@@ -336,13 +357,36 @@ impl Runtime {
             }
             tracing::info!("shutting down: closing the listener and finishing in-flight requests");
         };
-        listener::serve(
+        // one shutdown signal for every listener
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopper = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let plain = listener::serve(
             proxy,
             Arc::clone(state.gateway()),
-            options.listener,
-            shutdown,
-        )
-        .await;
+            options.listener.clone(),
+            None,
+            stopped(stop_rx.clone()),
+        );
+        let secure = async {
+            if let Some(https) = https {
+                let acceptor = TlsAcceptor::from(state.gateway().tls_server_config());
+                listener::serve(
+                    https,
+                    Arc::clone(state.gateway()),
+                    options.listener.clone(),
+                    Some(acceptor),
+                    stopped(stop_rx),
+                )
+                .await;
+            }
+        };
+        tokio::join!(stopper, plain, secure);
         source_task.abort();
         status_task.abort();
         tracing::info!("runtime stopped");

@@ -1,12 +1,10 @@
-//! The traffic listener: accepts connections, serves HTTP/1.1 (with `Upgrade`, such as
-//! WebSocket) and HTTP/2 (prior knowledge) through the [`Gateway`], and drains in-flight
-//! requests on shutdown.
+//! The traffic listeners: accept connections (plain, or TLS with the certificate chosen by
+//! SNI), serve HTTP/1.1 (with `Upgrade`, such as WebSocket) and HTTP/2 (prior knowledge, or
+//! ALPN over TLS) through the [`Gateway`], and drain in-flight requests on shutdown.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gw_core::metrics::Limit;
 use gw_core::{ConnInfo, Gateway};
@@ -16,6 +14,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 /// Limits of the downstream connections.
 #[derive(Debug, Clone)]
@@ -27,7 +26,8 @@ pub struct ListenerOptions {
     /// The largest request head (request line and headers), in bytes; 431 beyond it. At
     /// least 8192.
     pub max_header_bytes: usize,
-    /// Open client connections; a connection beyond it is closed at once.
+    /// Open client connections, over every listener of the gateway together; a connection
+    /// beyond it is closed at once.
     pub max_connections: usize,
     /// Longest wait for in-flight requests after shutdown begins.
     pub drain_timeout: Duration,
@@ -44,25 +44,25 @@ impl Default for ListenerOptions {
     }
 }
 
-/// Holds one of the connection slots and keeps the open-connections gauge.
-struct Slot {
-    open: Arc<AtomicUsize>,
-    gauge: Gauge,
-}
+/// Holds one of the connection slots. The open-connections gauge is the count itself: it is
+/// the gateway's, shared by every listener, so `max_connections` bounds them together.
+struct Slot(Gauge);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-        self.gauge.dec();
+        self.0.dec();
     }
 }
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and waits for open
-/// connections to finish their requests, at most [`ListenerOptions::drain_timeout`].
+/// connections to finish their requests, at most [`ListenerOptions::drain_timeout`]. With
+/// `tls`, every connection starts with a TLS handshake (bounded by the header read timeout)
+/// and HTTP/2 or HTTP/1.1 follows as ALPN chose.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     options: ListenerOptions,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -74,8 +74,8 @@ pub async fn serve(
     builder
         .http2()
         .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
     let metrics = gateway.metrics().clone();
-    let open = Arc::new(AtomicUsize::new(0));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -91,45 +91,63 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        if open.fetch_add(1, Ordering::AcqRel) >= options.max_connections {
-            open.fetch_sub(1, Ordering::AcqRel);
+        let slot = Slot(metrics.connections().clone());
+        let before = slot.0.inc();
+        if usize::try_from(before).unwrap_or(usize::MAX) >= options.max_connections {
+            drop(slot);
             metrics.limit_rejected(Limit::Connections);
             drop(stream);
             continue;
         }
-        metrics.connections().inc();
-        let slot = Slot {
-            open: Arc::clone(&open),
-            gauge: metrics.connections().clone(),
-        };
         let _ = stream.set_nodelay(true);
         let conn = ConnInfo {
             peer,
-            secure: false,
+            secure: tls.is_some(),
         };
         let gateway = Arc::clone(&gateway);
         let service = service_fn(move |request| {
             let gateway = Arc::clone(&gateway);
             async move { Ok::<_, Infallible>(gateway.handle(request, conn).await) }
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(err) = connection.await {
-                if let Some(err) = err.downcast_ref::<hyper::Error>() {
-                    if err.is_parse_too_large() {
-                        metrics.limit_rejected(Limit::HeaderSize);
-                    } else if err.is_timeout() {
-                        metrics.limit_rejected(Limit::HeaderTimeout);
-                    }
-                }
-                tracing::debug!(error = %err, %peer, "connection ended with an error");
+        match &tls {
+            None => {
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    finish(connection.await, &metrics, peer);
+                });
             }
-        });
+            Some(acceptor) => {
+                let handshake = acceptor.accept(stream);
+                let watcher = graceful.watcher();
+                let builder = Arc::clone(&builder);
+                let timeout = options.header_read_timeout;
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let stream = match tokio::time::timeout(timeout, handshake).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            metrics.tls_handshake_failed();
+                            tracing::debug!(error = %err, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics.limit_rejected(Limit::HeaderTimeout);
+                            tracing::debug!(%peer, "no TLS handshake within the header read timeout");
+                            return;
+                        }
+                    };
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    finish(watcher.watch(connection).await, &metrics, peer);
+                });
+            }
+        }
     }
     drop(listener);
     tracing::info!("draining open connections");
@@ -138,5 +156,23 @@ pub async fn serve(
         () = tokio::time::sleep(options.drain_timeout) => {
             tracing::warn!("drain timeout reached; closing the remaining connections");
         }
+    }
+}
+
+/// Counts and logs how a connection ended.
+fn finish(
+    result: Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    metrics: &gw_core::metrics::ProxyMetrics,
+    peer: std::net::SocketAddr,
+) {
+    if let Err(err) = result {
+        if let Some(err) = err.downcast_ref::<hyper::Error>() {
+            if err.is_parse_too_large() {
+                metrics.limit_rejected(Limit::HeaderSize);
+            } else if err.is_timeout() {
+                metrics.limit_rejected(Limit::HeaderTimeout);
+            }
+        }
+        tracing::debug!(error = %err, %peer, "connection ended with an error");
     }
 }

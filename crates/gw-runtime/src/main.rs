@@ -43,6 +43,11 @@ struct Args {
     #[arg(long, env = "GW_PROXY_ADDR", default_value = "0.0.0.0:8080")]
     proxy_addr: SocketAddr,
 
+    /// HTTPS traffic address (for example `0.0.0.0:8443`); no HTTPS listener when unset.
+    /// Certificates are part of the configuration (`kind: Certificate`), chosen by SNI.
+    #[arg(long, env = "GW_HTTPS_ADDR")]
+    https_addr: Option<SocketAddr>,
+
     /// Status and metrics address (`/status`, `/status/ready`, `/metrics`).
     #[arg(long, env = "GW_STATUS_ADDR", default_value = "0.0.0.0:7085")]
     status_addr: SocketAddr,
@@ -134,6 +139,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         options.node_id = node_id;
     }
     options.proxy_addr = args.proxy_addr;
+    options.https_addr = args.https_addr;
     options.status_addr = args.status_addr;
     options.data_dir = Some(args.data_dir);
     options.advertise_address = args.advertise_address;

@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use gw_core::Gateway;
-use gw_core::model::{ApiDefinition, ValidationContext};
-use gw_sync::KIND_API;
+use gw_core::model::{ApiDefinition, CertificateDefinition, ValidationContext};
 use gw_sync::client::Applier;
 use gw_sync::proto::{Resource, ResourceRef};
+use gw_sync::{KIND_API, KIND_CERTIFICATE};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -102,10 +102,60 @@ impl ConfigMetrics {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Installed {
+/// A resource as applied, with the revision of its last change.
+#[derive(Debug)]
+struct Installed<T> {
     revision: i64,
-    api: Arc<ApiDefinition>,
+    definition: Arc<T>,
+}
+
+impl<T> Clone for Installed<T> {
+    fn clone(&self) -> Self {
+        Self {
+            revision: self.revision,
+            definition: Arc::clone(&self.definition),
+        }
+    }
+}
+
+/// Every resource of a configuration, by kind and name.
+#[derive(Debug, Clone, Default)]
+struct Resources {
+    apis: BTreeMap<String, Installed<ApiDefinition>>,
+    certificates: BTreeMap<String, Installed<CertificateDefinition>>,
+}
+
+impl Resources {
+    fn insert(&mut self, parsed: Parsed) {
+        match parsed {
+            Parsed::Api(api) => {
+                self.apis.insert(api.definition.metadata.name.clone(), api);
+            }
+            Parsed::Certificate(certificate) => {
+                self.certificates
+                    .insert(certificate.definition.metadata.name.clone(), certificate);
+            }
+        }
+    }
+
+    fn remove(&mut self, removal: &ResourceRef) {
+        match removal.kind.as_str() {
+            KIND_API => {
+                self.apis.remove(&removal.name);
+            }
+            KIND_CERTIFICATE => {
+                self.certificates.remove(&removal.name);
+            }
+            // a kind this runtime never held
+            _ => {}
+        }
+    }
+}
+
+/// One resource from a controller, parsed.
+enum Parsed {
+    Api(Installed<ApiDefinition>),
+    Certificate(Installed<CertificateDefinition>),
 }
 
 #[derive(Debug, Default)]
@@ -113,7 +163,7 @@ struct Current {
     revision: i64,
     /// The store the revision belongs to (controller and cache origins).
     store_id: String,
-    apis: BTreeMap<String, Installed>,
+    resources: Resources,
 }
 
 /// The applied configuration; see the module docs.
@@ -170,43 +220,55 @@ impl ConfigState {
     }
 
     /// Parses and validates one resource from a controller.
-    fn parse(&self, resource: &Resource) -> Result<Installed, String> {
-        if resource.kind != KIND_API {
-            return Err(format!(
-                "{:?}: unsupported resource kind {:?}",
-                resource.name, resource.kind
-            ));
+    fn parse(&self, resource: &Resource) -> Result<Parsed, String> {
+        match resource.kind.as_str() {
+            KIND_API => {
+                let api =
+                    parse_definition(&resource.name, &resource.body, self.gateway.registry())?;
+                Ok(Parsed::Api(Installed {
+                    revision: resource.revision,
+                    definition: Arc::new(api),
+                }))
+            }
+            KIND_CERTIFICATE => {
+                let certificate = parse_certificate(&resource.name, &resource.body)?;
+                Ok(Parsed::Certificate(Installed {
+                    revision: resource.revision,
+                    definition: Arc::new(certificate),
+                }))
+            }
+            other => Err(format!(
+                "{:?}: unsupported resource kind {other:?}",
+                resource.name
+            )),
         }
-        let api = parse_definition(&resource.name, &resource.body, self.gateway.registry())?;
-        Ok(Installed {
-            revision: resource.revision,
-            api: Arc::new(api),
-        })
     }
 
     /// Applies a whole set of definitions that came from `origin` (and, for the cache, from
-    /// the store `store_id`).
+    /// the store `store_id`), each with the revision of its last change.
     pub async fn replace(
         &self,
         revision: i64,
         store_id: &str,
         apis: Vec<(i64, ApiDefinition)>,
+        certificates: Vec<(i64, CertificateDefinition)>,
         origin: Origin,
     ) -> Result<(), Vec<String>> {
         let mut current = self.current.lock().await;
         current.store_id = store_id.to_string();
-        let next = apis
-            .into_iter()
-            .map(|(revision, api)| {
-                (
-                    api.metadata.name.clone(),
-                    Installed {
-                        revision,
-                        api: Arc::new(api),
-                    },
-                )
-            })
-            .collect();
+        let mut next = Resources::default();
+        for (revision, api) in apis {
+            next.insert(Parsed::Api(Installed {
+                revision,
+                definition: Arc::new(api),
+            }));
+        }
+        for (revision, certificate) in certificates {
+            next.insert(Parsed::Certificate(Installed {
+                revision,
+                definition: Arc::new(certificate),
+            }));
+        }
         self.install(&mut current, revision, next, origin).await
     }
 
@@ -214,26 +276,31 @@ impl ConfigState {
         &self,
         current: &mut Current,
         revision: i64,
-        next: BTreeMap<String, Installed>,
+        next: Resources,
         origin: Origin,
     ) -> Result<(), Vec<String>> {
         let label = origin.as_str();
         let started = std::time::Instant::now();
-        let result = self
-            .gateway
-            .apply(revision, next.values().map(|i| Arc::clone(&i.api)));
+        let result = self.gateway.apply_config(
+            revision,
+            next.apis.values().map(|i| Arc::clone(&i.definition)),
+            next.certificates
+                .values()
+                .map(|i| Arc::clone(&i.definition)),
+        );
         if let Err(err) = result {
             self.count(label, "rejected");
             return Err(err.reasons);
         }
         tracing::info!(
             revision,
-            apis = next.len(),
+            apis = next.apis.len(),
+            certificates = next.certificates.len(),
             source = label,
             elapsed_ms = started.elapsed().as_millis(),
             "configuration applied"
         );
-        current.apis = next;
+        current.resources = next;
         self.record(current, revision, origin);
         if origin == Origin::Controller {
             self.write_cache(current).await;
@@ -272,7 +339,7 @@ impl ConfigState {
         self.metrics.revision.set(revision);
         self.metrics
             .apis
-            .set(i64::try_from(current.apis.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(current.resources.apis.len()).unwrap_or(i64::MAX));
         self.count(label, "applied");
     }
 
@@ -297,12 +364,23 @@ impl ConfigState {
             group: self.group.clone(),
             store_id: current.store_id.clone(),
             revision: current.revision,
+            kinds: vec![KIND_API.to_string(), KIND_CERTIFICATE.to_string()],
             apis: current
+                .resources
                 .apis
                 .values()
                 .map(|i| CachedApi {
                     revision: i.revision,
-                    definition: i.api.to_json(),
+                    definition: i.definition.to_json(),
+                })
+                .collect(),
+            certificates: current
+                .resources
+                .certificates
+                .values()
+                .map(|i| CachedApi {
+                    revision: i.revision,
+                    definition: i.definition.to_json(),
                 })
                 .collect(),
         };
@@ -354,8 +432,26 @@ impl ConfigState {
                 }
             }
         }
+        let mut certificates = Vec::with_capacity(config.certificates.len());
+        for cached in config.certificates {
+            let body = cached.definition.to_string();
+            match parse_certificate("", body.as_bytes()) {
+                Ok(certificate) => certificates.push((cached.revision, certificate)),
+                Err(err) => {
+                    tracing::warn!(cache = %path, error = %err, "ignoring an invalid cache");
+                    return None;
+                }
+            }
+        }
+        // a cache from a runtime that did not apply certificates: served, but resumed from a
+        // snapshot rather than a delta (which would miss the certificates made before it)
+        let store_id = if config.kinds.iter().any(|k| k == KIND_CERTIFICATE) {
+            config.store_id.as_str()
+        } else {
+            ""
+        };
         match self
-            .replace(config.revision, &config.store_id, apis, Origin::Cache)
+            .replace(config.revision, store_id, apis, certificates, Origin::Cache)
             .await
         {
             Ok(()) => {
@@ -398,6 +494,27 @@ fn parse_definition(
     Ok(api)
 }
 
+/// Parses a canonical certificate from a controller or the cache. `expected_name`, when not
+/// empty, must match. Errors never quote the key.
+fn parse_certificate(expected_name: &str, body: &[u8]) -> Result<CertificateDefinition, String> {
+    let label = if expected_name.is_empty() {
+        "certificate"
+    } else {
+        expected_name
+    };
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| format!("certificate {label:?}: invalid JSON: {e}"))?;
+    let certificate = CertificateDefinition::from_value_validated(&value)
+        .map_err(|e| format!("certificate {label:?}: {e}"))?;
+    if !expected_name.is_empty() && certificate.metadata.name != expected_name {
+        return Err(format!(
+            "resource {expected_name:?} holds a certificate named {:?}",
+            certificate.metadata.name
+        ));
+    }
+    Ok(certificate)
+}
+
 #[async_trait]
 impl Applier for ConfigState {
     fn applied(&self) -> (i64, String) {
@@ -416,13 +533,11 @@ impl Applier for ConfigState {
         resources: Vec<Resource>,
     ) -> Result<(), Vec<String>> {
         let mut current = self.current.lock().await;
-        let mut next = BTreeMap::new();
+        let mut next = Resources::default();
         let mut errors = Vec::new();
         for resource in &resources {
             match self.parse(resource) {
-                Ok(installed) => {
-                    next.insert(resource.name.clone(), installed);
-                }
+                Ok(parsed) => next.insert(parsed),
                 Err(err) => errors.push(err),
             }
         }
@@ -447,18 +562,16 @@ impl Applier for ConfigState {
         removals: Vec<ResourceRef>,
     ) -> Result<(), Vec<String>> {
         let mut current = self.current.lock().await;
-        let mut next = current.apis.clone();
+        let mut next = current.resources.clone();
         let mut errors = Vec::new();
         for resource in &upserts {
             match self.parse(resource) {
-                Ok(installed) => {
-                    next.insert(resource.name.clone(), installed);
-                }
+                Ok(parsed) => next.insert(parsed),
                 Err(err) => errors.push(err),
             }
         }
         for removal in &removals {
-            next.remove(&removal.name);
+            next.remove(removal);
         }
         if !errors.is_empty() {
             self.count(Origin::Controller.as_str(), "rejected");

@@ -53,6 +53,10 @@ pub enum StoreError {
         /// The log holds only changes above this revision.
         compacted_through: i64,
     },
+    /// The caller asked for something the store cannot do, whatever the data (such as
+    /// writing a resource of kind `api`, or of an empty kind).
+    #[error("invalid store request: {0}")]
+    InvalidInput(String),
     /// The database URL is not usable.
     #[error("invalid database URL: {0}")]
     InvalidUrl(String),

@@ -12,7 +12,9 @@
 //! change by at most one poll interval and never loses it.
 //!
 //! The store knows nothing of the API model: it stores canonical JSON and the routing keys
-//! the caller derives from it.
+//! the caller derives from it. APIs (kind [`KIND_API`]) have a table of their own because they
+//! own routes; every other kind (such as `certificate`) is a [`ResourceRecord`] keyed by kind
+//! and name, written with the same guarantees and sharing the same revisions and change log.
 #![warn(missing_docs)]
 
 mod error;
@@ -34,6 +36,10 @@ use tokio::sync::watch;
 
 pub use error::StoreError;
 
+/// The kind of APIs, in the change log. APIs are written with [`Store::put_api`], never as a
+/// generic resource.
+pub const KIND_API: &str = "api";
+
 /// An API as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -43,6 +49,24 @@ pub struct ApiRecord {
     /// The canonical definition.
     pub spec: serde_json::Value,
     /// The revision of the last write to this API; also its ETag.
+    pub revision: i64,
+    /// When it was first created.
+    pub created_at: DateTime<Utc>,
+    /// When it was last written.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A resource of a kind other than `api` (such as `certificate`), as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceRecord {
+    /// The resource kind (`certificate`, …); never [`KIND_API`].
+    pub kind: String,
+    /// The resource's name, unique within its kind.
+    pub name: String,
+    /// The canonical definition.
+    pub spec: serde_json::Value,
+    /// The revision of the last write to this resource; also its ETag.
     pub revision: i64,
     /// When it was first created.
     pub created_at: DateTime<Utc>,
@@ -107,6 +131,39 @@ pub struct DeleteOutcome {
     pub previous: ApiRecord,
 }
 
+/// A create-or-replace of a resource.
+#[derive(Debug, Clone)]
+pub struct PutResource {
+    /// The resource kind; neither empty nor [`KIND_API`].
+    pub kind: String,
+    /// The resource's name.
+    pub name: String,
+    /// The canonical definition.
+    pub spec: serde_json::Value,
+    /// What must hold first.
+    pub precondition: Precondition,
+}
+
+/// The result of a put of a resource.
+#[derive(Debug, Clone)]
+pub struct PutResourceOutcome {
+    /// The resource as stored now.
+    pub record: ResourceRecord,
+    /// Whether it did not exist before.
+    pub created: bool,
+    /// The definition it replaced, if any.
+    pub previous: Option<serde_json::Value>,
+}
+
+/// The result of a delete of a resource.
+#[derive(Debug, Clone)]
+pub struct DeleteResourceOutcome {
+    /// The revision of the delete.
+    pub revision: i64,
+    /// The resource as it was.
+    pub previous: ResourceRecord,
+}
+
 /// What a change did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChangeOp {
@@ -121,7 +178,7 @@ pub enum ChangeOp {
 pub struct Change {
     /// Its revision; revisions are dense and increase by one per change.
     pub revision: i64,
-    /// The resource kind (`api`).
+    /// The resource kind ([`KIND_API`], `certificate`, …).
     pub kind: String,
     /// The resource name.
     pub name: String,
@@ -138,6 +195,8 @@ pub struct Snapshot {
     pub revision: i64,
     /// Every API.
     pub apis: Vec<ApiRecord>,
+    /// Every resource of the other kinds, by kind then name.
+    pub resources: Vec<ResourceRecord>,
 }
 
 /// A runtime as the fleet view shows it.
@@ -223,7 +282,32 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// One API.
     async fn get_api(&self, name: &str) -> Result<Option<ApiRecord>, StoreError>;
 
-    /// Every API, by name, and the revision the list is at.
+    /// Creates or replaces a resource of a kind other than [`KIND_API`] and appends the
+    /// change, in one transaction; [`StoreError::InvalidInput`] for kind `api` or an empty
+    /// kind.
+    async fn put_resource(&self, put: PutResource) -> Result<PutResourceOutcome, StoreError>;
+
+    /// Deletes a resource of a kind other than [`KIND_API`] and appends the change, in one
+    /// transaction; [`StoreError::InvalidInput`] for kind `api` or an empty kind.
+    async fn delete_resource(
+        &self,
+        kind: &str,
+        name: &str,
+        precondition: Precondition,
+    ) -> Result<DeleteResourceOutcome, StoreError>;
+
+    /// One resource.
+    async fn get_resource(
+        &self,
+        kind: &str,
+        name: &str,
+    ) -> Result<Option<ResourceRecord>, StoreError>;
+
+    /// Every resource of `kind`, by name.
+    async fn list_resources(&self, kind: &str) -> Result<Vec<ResourceRecord>, StoreError>;
+
+    /// Every API by name and every other resource by kind and name, and the revision they
+    /// are at, all read at one point in time.
     async fn snapshot(&self) -> Result<Snapshot, StoreError>;
 
     /// The newest revision.
@@ -302,6 +386,21 @@ fn check_precondition(
             })
         }
         _ => Ok(()),
+    }
+}
+
+/// Refuses the kinds that cannot be written as a generic resource.
+fn check_resource_kind(kind: &str) -> Result<(), StoreError> {
+    if kind.is_empty() {
+        Err(StoreError::InvalidInput(
+            "a resource kind must not be empty".to_string(),
+        ))
+    } else if kind == KIND_API {
+        Err(StoreError::InvalidInput(format!(
+            "resources of kind {KIND_API:?} are written as APIs (put_api), which own routes"
+        )))
+    } else {
+        Ok(())
     }
 }
 

@@ -29,6 +29,20 @@ macro_rules! impl_store {
                 })
             }
 
+            fn resource_record(row: &$row) -> Result<$crate::ResourceRecord, $crate::StoreError> {
+                use sqlx::Row as _;
+                let sqlx::types::Json(spec): sqlx::types::Json<serde_json::Value> =
+                    row.try_get("spec")?;
+                Ok($crate::ResourceRecord {
+                    kind: row.try_get("kind")?,
+                    name: row.try_get("name")?,
+                    spec,
+                    revision: row.try_get("revision")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            }
+
             fn runtime_record(row: &$row) -> Result<$crate::RuntimeRecord, $crate::StoreError> {
                 use sqlx::Row as _;
                 Ok($crate::RuntimeRecord {
@@ -138,6 +152,7 @@ macro_rules! impl_store {
                 }
                 sqlx::query($crate::sql::INSERT_CHANGE)
                     .bind(revision)
+                    .bind($crate::KIND_API)
                     .bind(&put.name)
                     .bind("upsert")
                     .bind(Some(sqlx::types::Json(&put.spec)))
@@ -191,6 +206,7 @@ macro_rules! impl_store {
                     .await?;
                 sqlx::query($crate::sql::INSERT_CHANGE)
                     .bind(revision)
+                    .bind($crate::KIND_API)
                     .bind(name)
                     .bind("delete")
                     .bind(None::<sqlx::types::Json<serde_json::Value>>)
@@ -213,6 +229,134 @@ macro_rules! impl_store {
                     .transpose()
             }
 
+            async fn put_resource(
+                &self,
+                put: $crate::PutResource,
+            ) -> Result<$crate::PutResourceOutcome, $crate::StoreError> {
+                $crate::check_resource_kind(&put.kind)?;
+                let (mut tx, revision) = self.begin_write().await?;
+                let existing = sqlx::query($crate::sql::SELECT_RESOURCE)
+                    .bind(&put.kind)
+                    .bind(&put.name)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| Self::resource_record(&row))
+                    .transpose()?;
+                $crate::check_precondition(
+                    &put.name,
+                    put.precondition,
+                    existing.as_ref().map(|e| e.revision),
+                )?;
+                let now = $crate::sql::now();
+                let created_at = existing.as_ref().map_or(now, |e| e.created_at);
+                sqlx::query($crate::sql::UPSERT_RESOURCE)
+                    .bind(&put.kind)
+                    .bind(&put.name)
+                    .bind(sqlx::types::Json(&put.spec))
+                    .bind(revision)
+                    .bind(created_at)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query($crate::sql::INSERT_CHANGE)
+                    .bind(revision)
+                    .bind(&put.kind)
+                    .bind(&put.name)
+                    .bind("upsert")
+                    .bind(Some(sqlx::types::Json(&put.spec)))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                self.commit_write(tx, revision).await?;
+                Ok($crate::PutResourceOutcome {
+                    created: existing.is_none(),
+                    previous: existing.map(|e| e.spec),
+                    record: $crate::ResourceRecord {
+                        kind: put.kind,
+                        name: put.name,
+                        spec: put.spec,
+                        revision,
+                        created_at,
+                        updated_at: now,
+                    },
+                })
+            }
+
+            async fn delete_resource(
+                &self,
+                kind: &str,
+                name: &str,
+                precondition: $crate::Precondition,
+            ) -> Result<$crate::DeleteResourceOutcome, $crate::StoreError> {
+                $crate::check_resource_kind(kind)?;
+                let (mut tx, revision) = self.begin_write().await?;
+                let existing = sqlx::query($crate::sql::SELECT_RESOURCE)
+                    .bind(kind)
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| Self::resource_record(&row))
+                    .transpose()?;
+                let Some(previous) = existing else {
+                    return Err(match precondition {
+                        $crate::Precondition::Revision(expected) => {
+                            $crate::StoreError::PreconditionFailed {
+                                name: name.to_string(),
+                                expected,
+                                actual: None,
+                            }
+                        }
+                        _ => $crate::StoreError::NotFound {
+                            name: name.to_string(),
+                        },
+                    });
+                };
+                $crate::check_precondition(name, precondition, Some(previous.revision))?;
+                sqlx::query($crate::sql::DELETE_RESOURCE)
+                    .bind(kind)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query($crate::sql::INSERT_CHANGE)
+                    .bind(revision)
+                    .bind(kind)
+                    .bind(name)
+                    .bind("delete")
+                    .bind(None::<sqlx::types::Json<serde_json::Value>>)
+                    .bind($crate::sql::now())
+                    .execute(&mut *tx)
+                    .await?;
+                self.commit_write(tx, revision).await?;
+                Ok($crate::DeleteResourceOutcome { revision, previous })
+            }
+
+            async fn get_resource(
+                &self,
+                kind: &str,
+                name: &str,
+            ) -> Result<Option<$crate::ResourceRecord>, $crate::StoreError> {
+                sqlx::query($crate::sql::SELECT_RESOURCE)
+                    .bind(kind)
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .map(|row| Self::resource_record(&row))
+                    .transpose()
+            }
+
+            async fn list_resources(
+                &self,
+                kind: &str,
+            ) -> Result<Vec<$crate::ResourceRecord>, $crate::StoreError> {
+                sqlx::query($crate::sql::SELECT_RESOURCES)
+                    .bind(kind)
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(Self::resource_record)
+                    .collect()
+            }
+
             async fn snapshot(&self) -> Result<$crate::Snapshot, $crate::StoreError> {
                 let mut tx = self.begin_read().await?;
                 let revision: i64 = sqlx::query_scalar($crate::sql::SELECT_REVISION)
@@ -224,8 +368,18 @@ macro_rules! impl_store {
                     .iter()
                     .map(Self::api_record)
                     .collect::<Result<Vec<_>, _>>()?;
+                let resources = sqlx::query($crate::sql::SELECT_ALL_RESOURCES)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(Self::resource_record)
+                    .collect::<Result<Vec<_>, _>>()?;
                 tx.commit().await?;
-                Ok($crate::Snapshot { revision, apis })
+                Ok($crate::Snapshot {
+                    revision,
+                    apis,
+                    resources,
+                })
             }
 
             async fn current_revision(&self) -> Result<i64, $crate::StoreError> {
@@ -376,8 +530,19 @@ pub(crate) const INSERT_ROUTE: &str = "INSERT INTO api_routes (grp, host, contex
 pub(crate) const ROUTE_HOLDER: &str =
     "SELECT api_name FROM api_routes WHERE grp = $1 AND host = $2 AND context = $3";
 
+pub(crate) const SELECT_RESOURCE: &str = "SELECT kind, name, spec, revision, created_at, updated_at \
+     FROM resources WHERE kind = $1 AND name = $2";
+pub(crate) const SELECT_RESOURCES: &str = "SELECT kind, name, spec, revision, created_at, updated_at \
+     FROM resources WHERE kind = $1 ORDER BY name";
+pub(crate) const SELECT_ALL_RESOURCES: &str = "SELECT kind, name, spec, revision, created_at, \
+     updated_at FROM resources ORDER BY kind, name";
+pub(crate) const UPSERT_RESOURCE: &str = "INSERT INTO resources (kind, name, spec, revision, \
+     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (kind, name) DO UPDATE \
+     SET spec = excluded.spec, revision = excluded.revision, updated_at = excluded.updated_at";
+pub(crate) const DELETE_RESOURCE: &str = "DELETE FROM resources WHERE kind = $1 AND name = $2";
+
 pub(crate) const INSERT_CHANGE: &str = "INSERT INTO changes (revision, kind, name, op, spec, created_at) \
-     VALUES ($1, 'api', $2, $3, $4, $5)";
+     VALUES ($1, $2, $3, $4, $5, $6)";
 pub(crate) const SELECT_CHANGES: &str = "SELECT revision, kind, name, op, spec, created_at FROM changes \
      WHERE revision > $1 ORDER BY revision LIMIT $2";
 pub(crate) const DELETE_CHANGES: &str = "DELETE FROM changes WHERE revision <= $1";

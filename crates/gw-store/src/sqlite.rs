@@ -27,6 +27,49 @@ pub struct SqliteStore {
     store_id: String,
 }
 
+/// Makes the database file readable by its owner only (it holds certificates' private
+/// keys): created so when missing, tightened when it exists with wider permissions. SQLite
+/// gives its `-wal` and `-shm` files the mode of the database file.
+fn owner_only(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if path.as_os_str().is_empty() || path.to_str().is_some_and(|p| p.starts_with(':')) {
+        return Ok(()); // in memory
+    }
+    let io = |e: std::io::Error| {
+        StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        )))
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "the database file was readable by others; making it owner-only (0600)");
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
+            }
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(_) => {}
+                // another process made it first: SQLite opens it
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(err) => return Err(io(err)),
+            }
+        }
+        Err(err) => return Err(io(err)),
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating it if needed) the database file of `url` (`sqlite://path/to/gw.db`)
     /// and runs the migrations.
@@ -38,6 +81,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(options.timeout);
+        owner_only(connect.get_filename())?;
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.clamp(1, 8))
             .acquire_timeout(options.timeout)

@@ -8,7 +8,8 @@ use chrono::Utc;
 use gw_store::feed::{ChangeFeed, FeedEvent};
 use gw_store::testing::TestDatabase;
 use gw_store::{
-    ChangeOp, Precondition, PutApi, RouteKey, RuntimeRecord, Store, StoreError, StoreOptions,
+    ChangeOp, KIND_API, Precondition, PutApi, PutResource, RouteKey, RuntimeRecord, Store,
+    StoreError, StoreOptions,
 };
 use serde_json::json;
 
@@ -58,6 +59,17 @@ fn put(name: &str, context: &str, precondition: Precondition) -> PutApi {
     }
 }
 
+const CERT: &str = "certificate";
+
+fn cert(name: &str, serial: u32, precondition: Precondition) -> PutResource {
+    PutResource {
+        kind: CERT.into(),
+        name: name.into(),
+        spec: json!({"name": name, "serial": serial}),
+        precondition,
+    }
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -76,6 +88,12 @@ both_backends!(
     change_log_and_compaction,
     feed_delivers_in_order_and_resyncs_after_compaction,
     fleet,
+    resource_crud,
+    resource_preconditions,
+    resource_changes_are_logged_with_their_kind,
+    snapshot_holds_apis_and_resources_at_one_revision,
+    resource_kind_api_is_refused,
+    resources_share_revisions_with_apis,
 );
 
 async fn crud_and_revisions(f: Fixture) {
@@ -354,4 +372,348 @@ async fn bad_urls_are_refused_with_a_clear_error() {
         .await
         .unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
+}
+
+async fn resource_crud(f: Fixture) {
+    let s = &f.store;
+    assert!(s.get_resource(CERT, "web").await.unwrap().is_none());
+    assert!(s.list_resources(CERT).await.unwrap().is_empty());
+
+    let created = s
+        .put_resource(cert("web", 1, Precondition::None))
+        .await
+        .unwrap();
+    assert!(created.created);
+    assert_eq!(created.previous, None);
+    assert_eq!(created.record.kind, CERT);
+    assert_eq!(created.record.revision, 1);
+    assert_eq!(created.record.created_at, created.record.updated_at);
+
+    let updated = s
+        .put_resource(cert("web", 2, Precondition::None))
+        .await
+        .unwrap();
+    assert!(!updated.created);
+    assert_eq!(updated.record.revision, 2);
+    assert_eq!(updated.record.created_at, created.record.created_at);
+    assert_eq!(updated.previous, Some(created.record.spec.clone()));
+    // what a write returns is what a read gives back
+    assert_eq!(
+        s.get_resource(CERT, "web").await.unwrap(),
+        Some(updated.record.clone())
+    );
+
+    s.put_resource(cert("api", 1, Precondition::None))
+        .await
+        .unwrap();
+    // same name, another kind: a resource of its own
+    s.put_resource(PutResource {
+        kind: "consumer".into(),
+        ..cert("web", 9, Precondition::None)
+    })
+    .await
+    .unwrap();
+    let listed = s.list_resources(CERT).await.unwrap();
+    let names: Vec<_> = listed.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["api", "web"]);
+    assert!(listed.iter().all(|r| r.kind == CERT));
+    assert_eq!(listed[1].spec["serial"], 2);
+    assert_eq!(s.list_resources("consumer").await.unwrap().len(), 1);
+    // a resource named like an API is not an API, and the reverse
+    assert!(s.get_api("api").await.unwrap().is_none());
+    assert!(s.get_resource(KIND_API, "api").await.unwrap().is_none());
+
+    let deleted = s
+        .delete_resource(CERT, "web", Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(deleted.revision, 5);
+    assert_eq!(deleted.previous, updated.record);
+    assert!(s.get_resource(CERT, "web").await.unwrap().is_none());
+    assert!(s.get_resource("consumer", "web").await.unwrap().is_some());
+    match s.delete_resource(CERT, "web", Precondition::None).await {
+        Err(StoreError::NotFound { name }) => assert_eq!(name, "web"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    // a failed write does not consume a revision
+    assert_eq!(s.current_revision().await.unwrap(), 5);
+}
+
+async fn resource_preconditions(f: Fixture) {
+    let s = &f.store;
+    s.put_resource(cert("a", 1, Precondition::Absent))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.put_resource(cert("a", 2, Precondition::Absent)).await,
+        Err(StoreError::AlreadyExists { name }) if name == "a"
+    ));
+    assert!(matches!(
+        s.put_resource(cert("a", 2, Precondition::Revision(7)))
+            .await,
+        Err(StoreError::PreconditionFailed {
+            expected: 7,
+            actual: Some(1),
+            ..
+        })
+    ));
+    s.put_resource(cert("a", 2, Precondition::Revision(1)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.delete_resource(CERT, "a", Precondition::Revision(1))
+            .await,
+        Err(StoreError::PreconditionFailed {
+            actual: Some(2),
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.put_resource(cert("b", 1, Precondition::Revision(1)))
+            .await,
+        Err(StoreError::PreconditionFailed { actual: None, .. })
+    ));
+    // a missing resource with a revision precondition: as for APIs
+    assert!(matches!(
+        s.delete_resource(CERT, "b", Precondition::Revision(1))
+            .await,
+        Err(StoreError::PreconditionFailed {
+            expected: 1,
+            actual: None,
+            ..
+        })
+    ));
+    // the precondition is per kind: no certificate "a" exists as a consumer
+    assert!(matches!(
+        s.put_resource(PutResource {
+            kind: "consumer".into(),
+            ..cert("a", 1, Precondition::Revision(2))
+        })
+        .await,
+        Err(StoreError::PreconditionFailed { actual: None, .. })
+    ));
+    assert_eq!(
+        s.get_resource(CERT, "a").await.unwrap().unwrap().spec["serial"],
+        2
+    );
+    assert!(s.get_resource(CERT, "b").await.unwrap().is_none());
+    s.delete_resource(CERT, "a", Precondition::Revision(2))
+        .await
+        .unwrap();
+    assert_eq!(s.current_revision().await.unwrap(), 3);
+}
+
+async fn resource_changes_are_logged_with_their_kind(f: Fixture) {
+    let s = &f.store;
+    s.put_api(put("orders", "/orders", Precondition::None))
+        .await
+        .unwrap();
+    let put = s
+        .put_resource(cert("web", 1, Precondition::None))
+        .await
+        .unwrap();
+    s.delete_resource(CERT, "web", Precondition::None)
+        .await
+        .unwrap();
+    s.delete_api("orders", Precondition::None).await.unwrap();
+
+    let changes = s.changes_since(0, 100).await.unwrap();
+    let summary: Vec<(i64, &str, &str, bool)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c.revision,
+                c.kind.as_str(),
+                c.name.as_str(),
+                matches!(c.op, ChangeOp::Delete),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, KIND_API, "orders", false),
+            (2, CERT, "web", false),
+            (3, CERT, "web", true),
+            (4, KIND_API, "orders", true),
+        ]
+    );
+    assert_eq!(changes[1].op, ChangeOp::Upsert(put.record.spec));
+    assert_eq!(changes[1].at, put.record.updated_at);
+}
+
+async fn snapshot_holds_apis_and_resources_at_one_revision(f: Fixture) {
+    let s = &f.store;
+    let empty = s.snapshot().await.unwrap();
+    assert_eq!(empty.revision, 0);
+    assert!(empty.apis.is_empty() && empty.resources.is_empty());
+
+    s.put_resource(cert("web", 1, Precondition::None))
+        .await
+        .unwrap();
+    s.put_api(put("orders", "/orders", Precondition::None))
+        .await
+        .unwrap();
+    s.put_resource(PutResource {
+        kind: "consumer".into(),
+        ..cert("alice", 1, Precondition::None)
+    })
+    .await
+    .unwrap();
+    s.put_resource(cert("admin", 1, Precondition::None))
+        .await
+        .unwrap();
+    s.put_resource(cert("web", 2, Precondition::None))
+        .await
+        .unwrap();
+
+    let snap = s.snapshot().await.unwrap();
+    assert_eq!(snap.revision, 5);
+    assert_eq!(snap.apis.len(), 1);
+    assert_eq!(snap.apis[0].name, "orders");
+    let keys: Vec<(&str, &str, i64)> = snap
+        .resources
+        .iter()
+        .map(|r| (r.kind.as_str(), r.name.as_str(), r.revision))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            (CERT, "admin", 4),
+            (CERT, "web", 5),
+            ("consumer", "alice", 3)
+        ]
+    );
+    assert_eq!(snap.resources[1].spec["serial"], 2);
+    assert_eq!(
+        snap.resources[1],
+        s.get_resource(CERT, "web").await.unwrap().unwrap()
+    );
+
+    s.delete_resource(CERT, "web", Precondition::None)
+        .await
+        .unwrap();
+    let snap = s.snapshot().await.unwrap();
+    assert_eq!(snap.revision, 6);
+    assert_eq!(snap.resources.len(), 2);
+    assert!(snap.resources.iter().all(|r| r.name != "web"));
+}
+
+async fn resource_kind_api_is_refused(f: Fixture) {
+    let s = &f.store;
+    s.put_api(put("orders", "/orders", Precondition::None))
+        .await
+        .unwrap();
+    for kind in [KIND_API, ""] {
+        let err = s
+            .put_resource(PutResource {
+                kind: kind.into(),
+                ..cert("orders", 1, Precondition::None)
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+        let err = s
+            .delete_resource(kind, "orders", Precondition::None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    }
+    let err = s
+        .put_resource(PutResource {
+            kind: KIND_API.into(),
+            ..cert("orders", 1, Precondition::None)
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("put_api"), "{err}");
+    // nothing was written: the API is untouched and no revision was taken
+    assert_eq!(s.current_revision().await.unwrap(), 1);
+    assert_eq!(
+        s.get_api("orders").await.unwrap().unwrap().spec["context"],
+        "/orders"
+    );
+    assert!(s.snapshot().await.unwrap().resources.is_empty());
+    assert_eq!(s.changes_since(0, 100).await.unwrap().len(), 1);
+}
+
+async fn resources_share_revisions_with_apis(f: Fixture) {
+    let s = &f.store;
+    let mut revisions = Vec::new();
+    for i in 0..3 {
+        let api = s
+            .put_api(put(
+                &format!("api-{i}"),
+                &format!("/c{i}"),
+                Precondition::None,
+            ))
+            .await
+            .unwrap();
+        revisions.push(api.record.revision);
+        let cert = s
+            .put_resource(cert(&format!("cert-{i}"), i, Precondition::None))
+            .await
+            .unwrap();
+        revisions.push(cert.record.revision);
+    }
+    revisions.push(
+        s.delete_resource(CERT, "cert-0", Precondition::None)
+            .await
+            .unwrap()
+            .revision,
+    );
+    revisions.push(
+        s.delete_api("api-0", Precondition::None)
+            .await
+            .unwrap()
+            .revision,
+    );
+    assert_eq!(revisions, [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(s.current_revision().await.unwrap(), 8);
+    let logged: Vec<i64> = s
+        .changes_since(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.revision)
+        .collect();
+    assert_eq!(logged, revisions);
+}
+
+/// The SQLite file holds certificates' private keys: it, and the journal files SQLite makes
+/// beside it, are readable by their owner only, even under a permissive umask, and an
+/// existing file with wider permissions is tightened.
+#[tokio::test]
+async fn the_sqlite_file_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new/gw.db");
+    let store = gw_store::open(
+        &format!("sqlite://{}", path.display()),
+        &StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    store
+        .put_resource(cert("site", 1, Precondition::None))
+        .await
+        .unwrap();
+    assert_eq!(mode(&path), 0o600);
+    let wal = dir.path().join("new/gw.db-wal");
+    assert!(wal.exists());
+    assert_eq!(mode(&wal), 0o600);
+    drop(store);
+
+    let loose = dir.path().join("loose.db");
+    std::fs::write(&loose, b"").unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _store = gw_store::open(
+        &format!("sqlite://{}", loose.display()),
+        &StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(mode(&loose), 0o600);
 }

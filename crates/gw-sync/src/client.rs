@@ -62,6 +62,9 @@ pub struct ClientOptions {
     pub runtime_version: String,
     /// The policies it can build.
     pub supported_policies: Vec<String>,
+    /// Resource kinds the applier can apply (default: APIs and certificates); the controller
+    /// sends no other kind.
+    pub supported_kinds: Vec<String>,
     /// Where it serves traffic (informational, shown in the fleet view).
     pub advertise_address: String,
     /// Time allowed to open a connection.
@@ -90,6 +93,10 @@ impl ClientOptions {
             group,
             runtime_version: String::new(),
             supported_policies: Vec::new(),
+            supported_kinds: vec![
+                crate::KIND_API.to_string(),
+                crate::KIND_CERTIFICATE.to_string(),
+            ],
             advertise_address: String::new(),
             connect_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
@@ -245,6 +252,7 @@ impl<A: Applier> SyncClient<A> {
                 .saturating_mul(1_000_000)
                 .saturating_add(session),
             supported_policies: self.options.supported_policies.clone(),
+            supported_kinds: self.options.supported_kinds.clone(),
             advertise_address: self.options.advertise_address.clone(),
             heartbeat_interval_ms: u32::try_from(self.options.heartbeat_interval.as_millis())
                 .unwrap_or(u32::MAX),

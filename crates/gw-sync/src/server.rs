@@ -282,7 +282,9 @@ impl ConfigSync for SyncServer {
             ms => Duration::from_millis(u64::from(ms))
                 .clamp(Duration::from_secs(1), Duration::from_mins(1)),
         };
+        let kinds = supported_kinds(&hello);
         let session = Session {
+            kinds,
             info: SessionInfo {
                 session_id: format!(
                     "{}-{}-{:08x}",
@@ -349,6 +351,22 @@ struct Session {
     stopping: watch::Receiver<bool>,
     authority: Option<Arc<dyn RevisionAuthority>>,
     store_id: Arc<str>,
+    /// The resource kinds the runtime applies; others are never sent to it.
+    kinds: Vec<String>,
+}
+
+/// The kinds a Hello declares; none declared: APIs only (a runtime that predates the field).
+fn supported_kinds(hello: &Hello) -> Vec<String> {
+    if hello.supported_kinds.is_empty() {
+        vec![crate::KIND_API.to_string()]
+    } else {
+        hello.supported_kinds.clone()
+    }
+}
+
+/// Whether a runtime that applies `kinds` is sent resources of `kind`.
+fn sent(kinds: &[String], kind: &str) -> bool {
+    kinds.iter().any(|k| k == kind)
 }
 
 /// Why a session ended.
@@ -529,20 +547,26 @@ impl Session {
         } else {
             None
         };
+        let kinds = &self.kinds;
         let (revision, message) = match delta {
-            Some(delta) => (
-                delta.revision,
-                controller_message::Message::Delta(Delta {
-                    nonce: nonce.clone(),
-                    from_revision: self.acked,
-                    revision: delta.revision,
-                    upserts: delta.upserts,
-                    removals: delta.removals,
-                    store_id: self.store_id.to_string(),
-                }),
-            ),
+            Some(mut delta) => {
+                delta.upserts.retain(|r| sent(kinds, &r.kind));
+                delta.removals.retain(|r| sent(kinds, &r.kind));
+                (
+                    delta.revision,
+                    controller_message::Message::Delta(Delta {
+                        nonce: nonce.clone(),
+                        from_revision: self.acked,
+                        revision: delta.revision,
+                        upserts: delta.upserts,
+                        removals: delta.removals,
+                        store_id: self.store_id.to_string(),
+                    }),
+                )
+            }
             None => {
-                let (revision, resources) = self.state.snapshot(group);
+                let (revision, mut resources) = self.state.snapshot(group);
+                resources.retain(|r| sent(kinds, &r.kind));
                 (
                     revision,
                     controller_message::Message::Snapshot(Snapshot {

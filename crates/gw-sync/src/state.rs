@@ -46,6 +46,8 @@ pub struct Entry {
 pub struct StateChange {
     /// Its revision.
     pub revision: i64,
+    /// The resource kind ([`crate::KIND_API`], [`crate::KIND_CERTIFICATE`]).
+    pub kind: String,
     /// The resource name.
     pub name: String,
     /// The new resource, or `None` for a deletion.
@@ -63,12 +65,15 @@ pub struct GroupDelta {
     pub removals: Vec<ResourceRef>,
 }
 
+/// A resource's identity: its kind and name.
+type Key = (String, String);
+
 #[derive(Debug, Default)]
 struct Inner {
     revision: i64,
-    resources: HashMap<String, Entry>,
-    /// `(revision, name, groups touched)`, ascending by revision.
-    history: VecDeque<(i64, String, Groups)>,
+    resources: HashMap<Key, Entry>,
+    /// `(revision, resource, groups touched)`, ascending by revision.
+    history: VecDeque<(i64, Key, Groups)>,
     /// Deltas can be computed from any revision at or above this one.
     floor: i64,
 }
@@ -104,24 +109,27 @@ impl DesiredState {
     }
 
     /// Replaces the whole state with `entries` at `revision`. `history` lists changes at or
-    /// below `revision` that the entries already reflect (`(revision, name)`, ascending);
-    /// deltas can then be computed from `history_floor`, the revision just before the first
-    /// of them (pass `revision` and no history when there is none).
+    /// below `revision` that the entries already reflect (`(revision, kind, name)`,
+    /// ascending); deltas can then be computed from `history_floor`, the revision just before
+    /// the first of them (pass `revision` and no history when there is none).
     pub fn reset(
         &self,
         revision: i64,
-        entries: impl IntoIterator<Item = (String, Entry)>,
-        history: impl IntoIterator<Item = (i64, String)>,
+        entries: impl IntoIterator<Item = Entry>,
+        history: impl IntoIterator<Item = (i64, String, String)>,
         history_floor: i64,
     ) {
         {
             let mut inner = self.write();
             inner.revision = revision;
-            inner.resources = entries.into_iter().collect();
+            inner.resources = entries
+                .into_iter()
+                .map(|e| ((e.resource.kind.clone(), e.resource.name.clone()), e))
+                .collect();
             inner.history = history
                 .into_iter()
-                .filter(|(r, _)| *r > history_floor && *r <= revision)
-                .map(|(r, name)| (r, name, Groups::All))
+                .filter(|(r, _, _)| *r > history_floor && *r <= revision)
+                .map(|(r, kind, name)| (r, (kind, name), Groups::All))
                 .collect();
             inner.floor = history_floor.min(revision);
             self.trim(&mut inner);
@@ -138,18 +146,19 @@ impl DesiredState {
                 if change.revision <= inner.revision {
                     continue;
                 }
+                let key = (change.kind, change.name);
                 let mut touched: Vec<String> = inner
                     .resources
-                    .get(&change.name)
+                    .get(&key)
                     .map(|e| e.groups.clone())
                     .unwrap_or_default();
                 match change.entry {
                     Some(entry) => {
                         touched.extend(entry.groups.iter().cloned());
-                        inner.resources.insert(change.name.clone(), entry);
+                        inner.resources.insert(key.clone(), entry);
                     }
                     None => {
-                        inner.resources.remove(&change.name);
+                        inner.resources.remove(&key);
                     }
                 }
                 touched.sort();
@@ -157,7 +166,7 @@ impl DesiredState {
                 inner.revision = change.revision;
                 inner
                     .history
-                    .push_back((change.revision, change.name, Groups::Known(touched)));
+                    .push_back((change.revision, key, Groups::Known(touched)));
             }
             self.trim(&mut inner);
             inner.revision
@@ -205,7 +214,7 @@ impl DesiredState {
             .filter(|e| e.groups.iter().any(|g| g == group))
             .map(|e| e.resource.clone())
             .collect();
-        resources.sort_by(|a, b| a.name.cmp(&b.name));
+        resources.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
         (inner.revision, resources)
     }
 
@@ -217,24 +226,24 @@ impl DesiredState {
             return None;
         }
         let start = inner.history.partition_point(|(r, _, _)| *r <= from);
-        let names: BTreeSet<&str> = inner
+        let keys: BTreeSet<&Key> = inner
             .history
             .range(start..)
             .filter(|(_, _, groups)| groups.contains(group))
-            .map(|(_, name, _)| name.as_str())
+            .map(|(_, key, _)| key)
             .collect();
         let mut delta = GroupDelta {
             revision: inner.revision,
             ..GroupDelta::default()
         };
-        for name in names {
-            match inner.resources.get(name) {
+        for key in keys {
+            match inner.resources.get(key) {
                 Some(entry) if entry.groups.iter().any(|g| g == group) => {
                     delta.upserts.push(entry.resource.clone());
                 }
                 _ => delta.removals.push(ResourceRef {
-                    kind: crate::KIND_API.to_string(),
-                    name: name.to_string(),
+                    kind: key.0.clone(),
+                    name: key.1.clone(),
                 }),
             }
         }
@@ -261,6 +270,7 @@ mod tests {
     fn change(revision: i64, name: &str, groups: Option<&[&str]>) -> StateChange {
         StateChange {
             revision,
+            kind: "api".into(),
             name: name.into(),
             entry: groups.map(|g| entry(name, g, revision)),
         }
@@ -330,8 +340,11 @@ mod tests {
         state.apply([change(1, "old", Some(&["default"]))]);
         state.reset(
             10,
-            [("a".to_string(), entry("a", &["default"], 9))],
-            [(8, "gone".to_string()), (9, "a".to_string())],
+            [entry("a", &["default"], 9)],
+            [
+                (8, "api".to_string(), "gone".to_string()),
+                (9, "api".to_string(), "a".to_string()),
+            ],
             7,
         );
         assert_eq!(state.revision(), 10);
@@ -341,6 +354,37 @@ mod tests {
         // changes already covered by the reset are ignored
         state.apply([change(10, "late", Some(&["default"]))]);
         assert_eq!(state.snapshot("default").1.len(), 1);
+    }
+
+    #[test]
+    fn kinds_are_separate_resources() {
+        let state = DesiredState::new(100);
+        let mut certificate = change(2, "shared", Some(&["default"]));
+        certificate.kind = "certificate".into();
+        if let Some(entry) = &mut certificate.entry {
+            entry.resource.kind = "certificate".into();
+        }
+        state.apply([change(1, "shared", Some(&["default"])), certificate]);
+        let (_, all) = state.snapshot("default");
+        assert_eq!(
+            all.iter()
+                .map(|r| (r.kind.as_str(), r.name.as_str()))
+                .collect::<Vec<_>>(),
+            [("api", "shared"), ("certificate", "shared")]
+        );
+        // deleting the certificate leaves the API, and the removal names the kind
+        state.apply([StateChange {
+            revision: 3,
+            kind: "certificate".into(),
+            name: "shared".into(),
+            entry: None,
+        }]);
+        let d = state.delta("default", 2).unwrap();
+        assert!(d.upserts.is_empty());
+        assert_eq!(d.removals.len(), 1);
+        assert_eq!(d.removals[0].kind, "certificate");
+        assert_eq!(state.snapshot("default").1.len(), 1);
+        assert_eq!(state.snapshot("default").1[0].kind, "api");
     }
 
     #[tokio::test]

@@ -138,6 +138,7 @@ impl FleetObserver for Events {
 fn change(revision: i64, name: &str, groups: &[&str]) -> StateChange {
     StateChange {
         revision,
+        kind: "api".into(),
         name: name.into(),
         entry: Some(Entry {
             groups: groups.iter().map(ToString::to_string).collect(),
@@ -154,6 +155,7 @@ fn change(revision: i64, name: &str, groups: &[&str]) -> StateChange {
 fn delete(revision: i64, name: &str) -> StateChange {
     StateChange {
         revision,
+        kind: "api".into(),
         name: name.into(),
         entry: None,
     }
@@ -252,6 +254,61 @@ async fn snapshot_then_deltas_per_group_with_acks() {
     state.apply([change(5, "b", &["edge"])]);
     eventually("the empty delta", || rt.revision() == 5).await;
     assert_eq!(rt.names(), ["c"]);
+}
+
+/// `change`, for a certificate.
+fn certificate(revision: i64, name: &str, groups: &[&str]) -> StateChange {
+    let mut change = change(revision, name, groups);
+    change.kind = "certificate".into();
+    if let Some(entry) = &mut change.entry {
+        entry.resource.kind = "certificate".into();
+    }
+    change
+}
+
+#[tokio::test]
+async fn runtimes_are_sent_only_the_kinds_they_apply() {
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([
+        change(1, "a", &["default"]),
+        certificate(2, "site", &["default"]),
+    ]);
+    let events = Arc::new(Events::default());
+    let ctl = controller("ctl-a", &state, &events).await;
+    let current = Arc::new(MemoryApplier::default());
+    let _current = client(vec![ctl.address.clone()], "rt-new", "default", &current);
+    // a runtime that predates certificates: its Hello declares no kinds
+    let older = Arc::new(MemoryApplier::default());
+    let mut options =
+        ClientOptions::new(vec![ctl.address.clone()], "rt-old".into(), "default".into());
+    options.supported_kinds = Vec::new();
+    let _older = tokio::spawn(SyncClient::new(options, Arc::clone(&older)).run());
+
+    eventually("both snapshots", || {
+        current.revision() == 2 && older.revision() == 2
+    })
+    .await;
+    assert_eq!(current.names(), ["a", "site"]);
+    assert_eq!(older.names(), ["a"]);
+
+    // a certificate named like the API comes and goes: the older runtime, which removes by
+    // name, must never see that removal (it would drop its API)
+    state.apply([
+        certificate(3, "a", &["default"]),
+        StateChange {
+            revision: 4,
+            kind: "certificate".into(),
+            name: "a".into(),
+            entry: None,
+        },
+        change(5, "b", &["default"]),
+    ]);
+    eventually("both deltas", || {
+        current.revision() == 5 && older.revision() == 5
+    })
+    .await;
+    assert_eq!(older.names(), ["a", "b"]);
+    assert_eq!(*older.kinds().last().unwrap(), "delta");
 }
 
 #[tokio::test]

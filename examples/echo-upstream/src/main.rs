@@ -17,6 +17,11 @@
 //! - `GET /_echo/bytes?n=N` streams N bytes (`x`), 64 KiB at a time;
 //! - a request with `x-echo-trailer: V` gets its answer with a trailer `x-echo-trailer: V`
 //!   (as gRPC sends `grpc-status`).
+//!
+//! With `--tls-cert FILE --tls-key FILE` it serves HTTPS instead (ALPN `h2` and
+//! `http/1.1`), and with `--tls-client-ca FILE` it also requires a client certificate
+//! signed by that CA. The description then says what TLS brought: the server name the client
+//! sent, the ALPN protocol and whether a client certificate was shown.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,6 +42,9 @@ struct Args {
     addr: SocketAddr,
     name: String,
     json_log: bool,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    tls_client_ca: Option<String>,
 }
 
 /// What the controls change.
@@ -53,6 +61,9 @@ fn args() -> Result<Args, String> {
         addr: SocketAddr::from(([127, 0, 0, 1], 9001)),
         name: "echo".to_string(),
         json_log: false,
+        tls_cert: None,
+        tls_key: None,
+        tls_client_ca: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -64,16 +75,68 @@ fn args() -> Result<Args, String> {
             }
             "--name" => parsed.name = value()?,
             "--log-format" => parsed.json_log = value()? == "json",
+            "--tls-cert" => parsed.tls_cert = Some(value()?),
+            "--tls-key" => parsed.tls_key = Some(value()?),
+            "--tls-client-ca" => parsed.tls_client_ca = Some(value()?),
             "--help" | "-h" => {
                 return Err(
-                    "usage: echo-upstream [--addr 127.0.0.1:9001] [--name echo] [--log-format text|json]"
+                    "usage: echo-upstream [--addr 127.0.0.1:9001] [--name echo] [--log-format text|json] \
+                     [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]"
                         .to_string()
                 );
             }
             other => return Err(format!("unknown argument {other}; see --help")),
         }
     }
+    if parsed.tls_cert.is_some() != parsed.tls_key.is_some() {
+        return Err("--tls-cert and --tls-key go together".to_string());
+    }
+    if parsed.tls_client_ca.is_some() && parsed.tls_cert.is_none() {
+        return Err("--tls-client-ca needs --tls-cert and --tls-key".to_string());
+    }
     Ok(parsed)
+}
+
+/// The TLS acceptor of `--tls-cert`, `--tls-key` and `--tls-client-ca`.
+fn tls_acceptor(args: &Args) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| format!("--tls-cert {cert}: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("--tls-key {key}: {e}"))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(std::sync::Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match &args.tls_client_ca {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for der in CertificateDer::pem_file_iter(path).map_err(|e| format!("{path}: {e}"))? {
+                roots
+                    .add(der.map_err(|e| format!("{path}: {e}"))?)
+                    .map_err(|e| format!("{path}: {e}"))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+        config,
+    ))))
 }
 
 /// The status in `?status=N`, if valid.
@@ -152,7 +215,11 @@ impl hyper::body::Body for Generated {
     }
 }
 
-async fn serve(state: &State, request: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
+async fn serve(
+    state: &State,
+    tls: Option<&serde_json::Value>,
+    request: Request<Incoming>,
+) -> Response<BoxBody<Bytes, Infallible>> {
     if request.method() == hyper::Method::GET && request.uri().path() == "/_echo/bytes" {
         let n = request
             .uri()
@@ -169,7 +236,7 @@ async fn serve(state: &State, request: Request<Incoming>) -> Response<BoxBody<By
         );
     }
     let trailer = request.headers().get("x-echo-trailer").cloned();
-    let response = echo(state, request).await;
+    let response = echo(state, tls, request).await;
     match trailer {
         None => response.map(BodyExt::boxed),
         Some(value) => response.map(|body| {
@@ -181,7 +248,11 @@ async fn serve(state: &State, request: Request<Incoming>) -> Response<BoxBody<By
     }
 }
 
-async fn echo(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn echo(
+    state: &State,
+    tls: Option<&serde_json::Value>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if let Some(response) = control(state, &request) {
         return response;
     }
@@ -210,6 +281,7 @@ async fn echo(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>
         .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
         .collect();
     let description = serde_json::json!({
+        "tls": tls,
         "upstream": name,
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
@@ -237,6 +309,13 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let tls = match tls_acceptor(&args) {
+        Ok(tls) => tls,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
     let listener = match TcpListener::bind(args.addr).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -248,7 +327,11 @@ async fn main() {
     if args.json_log {
         eprintln!(
             "{}",
-            serde_json::json!({"message": "listening", "listener": "http", "addr": local.to_string()})
+            serde_json::json!({
+                "message": "listening",
+                "listener": if tls.is_some() { "https" } else { "http" },
+                "addr": local.to_string(),
+            })
         );
     } else {
         println!("echo-upstream {} listening on {local}", args.name);
@@ -264,9 +347,29 @@ async fn main() {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| async move {
-                Ok::<_, Infallible>(serve(state, request).await)
+            let Some(acceptor) = tls else {
+                let service = service_fn(move |request| async move {
+                    Ok::<_, Infallible>(serve(state, None, request).await)
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                return;
+            };
+            let Ok(stream) = acceptor.accept(stream).await else {
+                return;
+            };
+            let (_, session) = stream.get_ref();
+            let described = std::sync::Arc::new(serde_json::json!({
+                "serverName": session.server_name(),
+                "alpn": session.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+                "clientCertificate": session.peer_certificates().is_some_and(|c| !c.is_empty()),
+            }));
+            let service = service_fn(move |request| {
+                let described = std::sync::Arc::clone(&described);
+                async move { Ok::<_, Infallible>(serve(state, Some(&described), request).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)

@@ -53,9 +53,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ctx = ValidationContext {
         policies: Some(&policies),
     };
-    let apis = model::parse_set(&text, Format::Yaml, &ctx)?;
+    let set = model::parse_set(&text, Format::Yaml, &ctx)?;
     let gateway = Arc::new(Gateway::new(policies, ProxyMetrics::unregistered()));
-    gateway.apply(1, apis.into_iter().map(Arc::new))?;
+    gateway.apply_config(
+        1,
+        set.apis.into_iter().map(Arc::new),
+        set.certificates.into_iter().map(Arc::new),
+    )?;
 
     let app = Router::new()
         .route(

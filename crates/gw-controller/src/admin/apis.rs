@@ -26,12 +26,12 @@ use crate::watcher::groups_of;
 
 /// `?wait=applied&timeout=…`
 #[derive(Debug, Default)]
-struct WriteParams {
+pub(super) struct WriteParams {
     wait: Option<Duration>,
 }
 
 impl WriteParams {
-    fn parse(query: Option<&str>, state: &AppState) -> Result<Self, ApiError> {
+    pub(super) fn parse(query: Option<&str>, state: &AppState) -> Result<Self, ApiError> {
         let mut wait = false;
         let mut timeout = None;
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -83,7 +83,7 @@ impl WriteParams {
     }
 }
 
-fn check_name(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub(super) fn check_name(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(name) = name.map_err(|e| ApiError::field("name", e.body_text()))?;
     model::validate_name(&name).map_err(|message| ApiError::field("name", message))?;
     Ok(name)
@@ -114,7 +114,7 @@ fn route_keys(api: &ApiDefinition) -> Vec<RouteKey> {
 }
 
 /// `If-Match: "<revision>"` and `If-None-Match: *`.
-fn precondition(headers: &HeaderMap) -> Result<Option<Precondition>, ApiError> {
+pub(super) fn precondition(headers: &HeaderMap) -> Result<Option<Precondition>, ApiError> {
     if let Some(value) = headers.get(header::IF_MATCH) {
         let text = value.to_str().unwrap_or("").trim();
         let tag = text.trim_start_matches("W/").trim_matches('"');
@@ -139,7 +139,7 @@ fn precondition(headers: &HeaderMap) -> Result<Option<Precondition>, ApiError> {
     Ok(None)
 }
 
-fn etag(revision: i64) -> HeaderValue {
+pub(super) fn etag(revision: i64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
@@ -155,7 +155,7 @@ fn summary(record: &ApiRecord) -> serde_json::Value {
 
 /// Waits for `revision` on the runtimes of `groups` when asked to; a timeout or a rejection
 /// becomes an error that still says the write was stored.
-async fn wait_if_asked(
+pub(super) async fn wait_if_asked(
     state: &AppState,
     params: &WriteParams,
     groups: &[String],
@@ -231,6 +231,52 @@ async fn wait_if_asked(
     Ok(Some(report))
 }
 
+/// An API that shows a client certificate to its upstream needs that certificate deployed
+/// to every group of the API (runtimes would refuse the API otherwise).
+async fn check_client_certificate(
+    store: &dyn gw_store::Store,
+    api: &ApiDefinition,
+) -> Result<(), ApiError> {
+    const FIELD: &str = "spec.upstream.tls.clientCertificate";
+    let Some(name) = api
+        .spec
+        .upstream
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_certificate.as_deref())
+    else {
+        return Ok(());
+    };
+    let record = store
+        .get_resource(gw_sync::KIND_CERTIFICATE, name)
+        .await
+        .map_err(ApiError::from_store)?;
+    let Some(record) = record else {
+        return Err(ApiError::field(
+            FIELD,
+            format!("certificate {name:?} does not exist; deploy it first"),
+        ));
+    };
+    let deployed = groups_of(&record.spec);
+    let missing: Vec<&str> = api
+        .spec
+        .groups
+        .iter()
+        .filter(|g| !deployed.contains(g))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::field(
+            FIELD,
+            format!(
+                "certificate {name:?} is not deployed to group(s) {} of this API",
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 async fn write(
     state: &AppState,
     api: ApiDefinition,
@@ -239,6 +285,7 @@ async fn write(
     params: WriteParams,
 ) -> Result<Response, ApiError> {
     let store = state.store()?;
+    check_client_certificate(store.as_ref(), &api).await?;
     let spec = api.to_json();
     let outcome = store
         .put_api(PutApi {
@@ -258,28 +305,93 @@ async fn write(
         })?;
     let record = outcome.record;
     tracing::info!(api = %record.name, revision = record.revision, created = outcome.created, "API deployed");
-    let mut groups = api.spec.groups.clone();
-    if let Some(previous) = &outcome.previous {
+    written(
+        state,
+        &params,
+        Written {
+            groups: api.spec.groups.clone(),
+            previous: outcome.previous.as_ref(),
+            revision: record.revision,
+            created: outcome.created,
+            body: summary(&record),
+            location: format!("/api/v1/apis/{}", record.name),
+        },
+    )
+    .await
+}
+
+/// A write the store committed, as the answer describes it.
+pub(super) struct Written<'a> {
+    /// The groups of the resource now.
+    pub(super) groups: Vec<String>,
+    /// The definition it replaced, whose groups are waited for too.
+    pub(super) previous: Option<&'a serde_json::Value>,
+    pub(super) revision: i64,
+    pub(super) created: bool,
+    /// What the answer shows of the resource.
+    pub(super) body: serde_json::Value,
+    pub(super) location: String,
+}
+
+/// Answers a committed write: waits for the runtimes of the groups the resource was and is
+/// in when asked, then 201 (created) or 200 with the ETag and the Location.
+pub(super) async fn written(
+    state: &AppState,
+    params: &WriteParams,
+    write: Written<'_>,
+) -> Result<Response, ApiError> {
+    let mut groups = write.groups;
+    if let Some(previous) = write.previous {
         groups.extend(groups_of(previous));
     }
     groups.sort();
     groups.dedup();
-    let report = wait_if_asked(state, &params, &groups, record.revision).await?;
-    let mut body = summary(&record);
+    let report = wait_if_asked(state, params, &groups, write.revision).await?;
+    let mut body = write.body;
     if let Some(report) = report {
         body["applied"] = json!(report.applied);
     }
-    let status = if outcome.created {
+    let status = if write.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     let mut response = (status, axum::Json(body)).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::ETAG, etag(record.revision));
-    if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/apis/{}", record.name)) {
+    headers.insert(header::ETAG, etag(write.revision));
+    if let Ok(location) = HeaderValue::from_str(&write.location) {
         headers.insert(header::LOCATION, location);
     }
+    Ok(response)
+}
+
+/// The precondition of a DELETE: `If-Match` only.
+pub(super) fn delete_precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    match precondition(headers)? {
+        Some(Precondition::Absent) => {
+            Err(ApiError::field("If-None-Match", "not supported on DELETE"))
+        }
+        other => Ok(other.unwrap_or_default()),
+    }
+}
+
+/// Answers a committed delete: waits for the runtimes of the groups the resource was in
+/// when asked, then 200 with the revision of the delete as ETag.
+pub(super) async fn deleted(
+    state: &AppState,
+    params: &WriteParams,
+    name: &str,
+    revision: i64,
+    previous: &serde_json::Value,
+) -> Result<Response, ApiError> {
+    let groups = groups_of(previous);
+    let report = wait_if_asked(state, params, &groups, revision).await?;
+    let mut body = json!({"name": name, "revision": revision, "deleted": true});
+    if let Some(report) = report {
+        body["applied"] = json!(report.applied);
+    }
+    let mut response = axum::Json(body).into_response();
+    response.headers_mut().insert(header::ETAG, etag(revision));
     Ok(response)
 }
 
@@ -375,27 +487,19 @@ pub(super) async fn delete(
 ) -> Result<Response, ApiError> {
     let name = check_name(name)?;
     let params = WriteParams::parse(query.as_deref(), &state)?;
-    let precondition = match precondition(&headers)? {
-        Some(Precondition::Absent) => {
-            return Err(ApiError::field("If-None-Match", "not supported on DELETE"));
-        }
-        other => other.unwrap_or_default(),
-    };
+    let precondition = delete_precondition(&headers)?;
     let outcome = state
         .store()?
         .delete_api(&name, precondition)
         .await
         .map_err(ApiError::from_store)?;
     tracing::info!(api = %name, revision = outcome.revision, "API deleted");
-    let groups = groups_of(&outcome.previous.spec);
-    let report = wait_if_asked(&state, &params, &groups, outcome.revision).await?;
-    let mut body = json!({"name": name, "revision": outcome.revision, "deleted": true});
-    if let Some(report) = report {
-        body["applied"] = json!(report.applied);
-    }
-    let mut response = axum::Json(body).into_response();
-    response
-        .headers_mut()
-        .insert(header::ETAG, etag(outcome.revision));
-    Ok(response)
+    deleted(
+        &state,
+        &params,
+        &name,
+        outcome.revision,
+        &outcome.previous.spec,
+    )
+    .await
 }

@@ -80,7 +80,7 @@ impl ApiError {
             ModelError::Invalid(details) => Self::new(
                 StatusCode::BAD_REQUEST,
                 "validation_failed",
-                format!("the API definition has {} problem(s)", details.len()),
+                format!("the document has {} problem(s)", details.len()),
             )
             .with_details(details),
         }
@@ -108,7 +108,7 @@ impl ApiError {
             StoreError::PreconditionFailed { .. } => Self::new(
                 StatusCode::PRECONDITION_FAILED,
                 "precondition_failed",
-                format!("{err}; fetch the API again and retry with its current ETag"),
+                format!("{err}; read it again and retry with its current ETag"),
             ),
             StoreError::RouteConflict { .. } => {
                 Self::new(StatusCode::CONFLICT, "route_conflict", err.to_string())

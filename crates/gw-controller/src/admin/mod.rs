@@ -5,6 +5,7 @@
 //! Errors are JSON: `{"error": {"code", "message", "details": [{"field", "message"}]}}`.
 
 mod apis;
+mod certificates;
 mod error;
 mod format;
 mod runtimes;
@@ -87,8 +88,19 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/apis/{name}",
             get(apis::get).put(apis::put).delete(apis::delete),
         )
+        .route(
+            "/certificates",
+            get(certificates::list).post(certificates::create),
+        )
+        .route(
+            "/certificates/{name}",
+            get(certificates::get)
+                .put(certificates::put)
+                .delete(certificates::delete),
+        )
         .route("/runtimes", get(runtimes::list))
         .route("/schema/api", get(schema))
+        .route("/schema/certificate", get(certificate_schema))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             authenticate,
@@ -208,6 +220,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 async fn schema() -> Response {
     axum::Json(gw_core::model::schema::api_schema()).into_response()
+}
+
+async fn certificate_schema() -> Response {
+    axum::Json(gw_core::model::schema::certificate_schema()).into_response()
 }
 
 async fn not_found() -> ApiError {

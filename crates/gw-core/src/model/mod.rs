@@ -21,6 +21,7 @@
 //! assert_eq!(api.spec.groups, vec!["default".to_string()]);
 //! ```
 
+mod certificate;
 mod duration;
 pub mod schema;
 mod upstream;
@@ -32,13 +33,17 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use certificate::{
+    CertificateDefinition, CertificateSpec, KIND_CERTIFICATE, ParsedCertificate, parse_pem,
+};
 pub use duration::{DurationError, HumanDuration};
 pub use upstream::{
     Algorithm, CircuitBreaker, Endpoint, HashOn, HealthCheck, HostHeader, LoadBalancing,
-    OutlierDetection, Retries, Timeouts, UpstreamProtocol, UpstreamSpec,
+    OutlierDetection, Retries, Timeouts, UpstreamProtocol, UpstreamSpec, UpstreamTls,
 };
 pub use validate::{
-    Collision, RouteKey, ValidationContext, check_collisions, validate, validate_name,
+    Collision, RouteKey, ValidationContext, check_collisions, validate, validate_certificate,
+    validate_name,
 };
 
 /// The only `apiVersion` this release understands.
@@ -201,7 +206,7 @@ pub enum ModelError {
         message: String,
     },
     /// The document parsed but its content is invalid.
-    #[error("invalid API definition: {}", join_errors(.0))]
+    #[error("invalid definition: {}", join_errors(.0))]
     Invalid(Vec<FieldError>),
 }
 
@@ -269,24 +274,8 @@ impl ApiDefinition {
         }
     }
 
-    /// The definition (unless a type error stopped deserialization) and the shape errors.
     fn deserialize_tracked(value: &serde_json::Value) -> (Option<Self>, Vec<FieldError>) {
-        let mut errors = Vec::new();
-        let mut track = serde_path_to_error::Track::new();
-        let result = {
-            let de = serde_path_to_error::Deserializer::new(value, &mut track);
-            serde_ignored::deserialize(de, |path| {
-                errors.push(FieldError::new(ignored_path(&path), "unknown field"));
-            })
-        };
-        match result {
-            Ok(api) => (Some(api), errors),
-            Err(err) => {
-                let path = track.path().to_string();
-                errors.push(type_error(&path, &err.to_string()));
-                (None, errors)
-            }
-        }
+        deserialize_tracked(value)
     }
 
     /// Puts the definition in the one form the gateway stores and compares: methods upper
@@ -326,6 +315,38 @@ impl ApiDefinition {
     pub fn route_keys(&self) -> Vec<RouteKey> {
         validate::route_keys(self)
     }
+}
+
+/// A document (unless a type error stopped deserialization) and its shape errors: every
+/// unknown field by its path, and the first type error by its path.
+fn deserialize_tracked<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+) -> (Option<T>, Vec<FieldError>) {
+    let mut errors = Vec::new();
+    let mut track = serde_path_to_error::Track::new();
+    let result = {
+        let de = serde_path_to_error::Deserializer::new(value, &mut track);
+        serde_ignored::deserialize(de, |path| {
+            errors.push(FieldError::new(ignored_path(&path), "unknown field"));
+        })
+    };
+    match result {
+        Ok(document) => (Some(document), errors),
+        Err(err) => {
+            let path = track.path().to_string();
+            errors.push(type_error(&path, &err.to_string()));
+            (None, errors)
+        }
+    }
+}
+
+/// The documents of a configuration file, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DocumentSet {
+    /// The APIs, in file order.
+    pub apis: Vec<ApiDefinition>,
+    /// The certificates, in file order.
+    pub certificates: Vec<CertificateDefinition>,
 }
 
 /// The largest file of several definitions ([`parse_set`]) accepted, in bytes.
@@ -371,15 +392,16 @@ fn check_size(bytes: &[u8], limit: usize) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Parses a set of definitions, as a standalone runtime reads them from a file: a YAML
-/// stream of documents separated by `---`, a JSON array, or a single document. Every problem
-/// of every document is reported, with paths prefixed by `documents[i].`, and so are
-/// duplicate names and route collisions across documents.
+/// Parses a set of documents (`kind: Api` or `kind: Certificate`), as a standalone runtime
+/// reads them from a file: a YAML stream of documents separated by `---`, a JSON array, or
+/// a single document. Every problem of every document is reported, with paths prefixed by
+/// `documents[i].`, and so are duplicate names (per kind) and route collisions across
+/// documents.
 pub fn parse_set(
     bytes: &[u8],
     format: Format,
     ctx: &ValidationContext<'_>,
-) -> Result<Vec<ApiDefinition>, ModelError> {
+) -> Result<DocumentSet, ModelError> {
     check_size(bytes, MAX_SET_BYTES)?;
     let documents: Vec<serde_json::Value> = match format {
         Format::Json => {
@@ -410,6 +432,7 @@ pub fn parse_set(
     };
     let mut errors = Vec::new();
     let mut apis = Vec::with_capacity(documents.len());
+    let mut certificates = Vec::new();
     for (i, document) in documents.iter().enumerate() {
         let prefix = |e: &FieldError| {
             let field = if e.field.is_empty() {
@@ -419,9 +442,24 @@ pub fn parse_set(
             };
             FieldError::new(field, e.message.clone())
         };
-        match ApiDefinition::from_value_validated(document, ctx) {
-            Ok(api) => apis.push((i, api)),
-            Err(err) => errors.extend(err.field_errors().iter().map(prefix)),
+        let parsed = if document.get("kind").and_then(|k| k.as_str()) == Some(KIND_CERTIFICATE) {
+            CertificateDefinition::from_value_validated(document)
+                .map(|certificate| certificates.push((i, certificate)))
+        } else {
+            ApiDefinition::from_value_validated(document, ctx).map(|api| apis.push((i, api)))
+        };
+        if let Err(err) = parsed {
+            errors.extend(err.field_errors().iter().map(prefix));
+        }
+    }
+    let mut certificate_names = std::collections::HashMap::new();
+    for (i, certificate) in &certificates {
+        let name = certificate.metadata.name.as_str();
+        if let Some(first) = certificate_names.insert(name, *i) {
+            errors.push(FieldError::new(
+                format!("documents[{i}].metadata.name"),
+                format!("certificate name {name:?} is already used by documents[{first}]"),
+            ));
         }
     }
     let mut names = std::collections::HashMap::new();
@@ -450,7 +488,10 @@ pub fn parse_set(
         ));
     }
     if errors.is_empty() {
-        Ok(apis.into_iter().map(|(_, api)| api).collect())
+        Ok(DocumentSet {
+            apis: apis.into_iter().map(|(_, api)| api).collect(),
+            certificates: certificates.into_iter().map(|(_, c)| c).collect(),
+        })
     } else {
         Err(ModelError::Invalid(errors))
     }

@@ -1,7 +1,7 @@
-//! The JSON Schema of the API definition, generated from the Rust types so that it cannot
+//! The JSON Schemas of the API and certificate definitions, generated from the Rust types so that it cannot
 //! drift from what the parser accepts.
 
-use super::ApiDefinition;
+use super::{ApiDefinition, CertificateDefinition};
 
 /// The JSON Schema (draft 2020-12) of [`ApiDefinition`].
 ///
@@ -9,5 +9,11 @@ use super::ApiDefinition;
 /// URLs, names) are checked by [`super::validate`] and listed in `docs/api-definition.md`.
 pub fn api_schema() -> serde_json::Value {
     let schema = schemars::schema_for!(ApiDefinition);
+    serde_json::to_value(&schema).unwrap_or(serde_json::Value::Null)
+}
+
+/// The JSON Schema (draft 2020-12) of [`CertificateDefinition`].
+pub fn certificate_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(CertificateDefinition);
     serde_json::to_value(&schema).unwrap_or(serde_json::Value::Null)
 }

@@ -280,12 +280,16 @@ fn sets_of_documents() {
             .replace("name: orders", "name: users")
             .replace("/orders/v1", "/users")
     );
-    let apis = parse_set(two.as_bytes(), Format::Yaml, &ValidationContext::default()).unwrap();
+    let apis = parse_set(two.as_bytes(), Format::Yaml, &ValidationContext::default())
+        .unwrap()
+        .apis;
     assert_eq!(apis.len(), 2);
 
     let json = serde_json::to_vec(&[apis[0].to_json(), apis[1].to_json()]).unwrap();
     assert_eq!(
-        parse_set(&json, Format::Json, &ValidationContext::default()).unwrap(),
+        parse_set(&json, Format::Json, &ValidationContext::default())
+            .unwrap()
+            .apis,
         apis
     );
 
@@ -465,5 +469,138 @@ fn upstream_behaviour_errors_are_all_reported() {
     assert_eq!(
         field_names(&err),
         vec!["spec.upstream.loadBalancing.hashOn"]
+    );
+}
+
+fn certificate_value(cert: &str, key: &str, sni: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "gw/v1",
+        "kind": "Certificate",
+        "metadata": {"name": "site"},
+        "spec": {"certificate": cert, "privateKey": key, "sni": sni},
+    })
+}
+
+fn self_signed(names: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .unwrap();
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+#[test]
+fn certificates_are_validated_with_field_paths() {
+    let (cert, key) = self_signed(&["Api.Example.com"]);
+    let ok =
+        CertificateDefinition::from_value_validated(&certificate_value(&cert, &key, &[])).unwrap();
+    let parsed = ok.parse_pem().unwrap();
+    assert_eq!(parsed.dns_names, ["api.example.com"]);
+    assert_eq!(ok.server_names(&parsed), ["api.example.com"]);
+    assert_eq!(ok.spec.groups, ["default"]);
+    assert!(ok.to_public_json()["spec"].get("privateKey").is_none());
+    assert!(
+        !format!("{ok:?}").contains("PRIVATE KEY"),
+        "Debug shows no key"
+    );
+
+    let fields = |value: serde_json::Value| -> Vec<String> {
+        CertificateDefinition::from_value_validated(&value)
+            .unwrap_err()
+            .field_errors()
+            .iter()
+            .map(|e| e.field.clone())
+            .collect()
+    };
+    let (_, other_key) = self_signed(&["b.test"]);
+    assert_eq!(
+        fields(certificate_value(&cert, &other_key, &[])),
+        ["spec.privateKey"]
+    );
+    assert_eq!(
+        fields(certificate_value("not pem", &key, &[])),
+        ["spec.certificate"]
+    );
+    assert_eq!(
+        fields(certificate_value(&cert, "", &[])),
+        ["spec.privateKey"]
+    );
+    assert_eq!(
+        fields(certificate_value(&cert, &key, &["bad name!", "*"])),
+        ["spec.sni[0]"]
+    );
+    // a certificate without DNS names needs its server names listed
+    let (ip_only, ip_key) = self_signed(&["127.0.0.1"]);
+    assert_eq!(
+        fields(certificate_value(&ip_only, &ip_key, &[])),
+        ["spec.sni"]
+    );
+    assert!(
+        CertificateDefinition::from_value_validated(&certificate_value(&ip_only, &ip_key, &["*"]))
+            .is_ok()
+    );
+    let mut unknown = certificate_value(&cert, &key, &[]);
+    unknown["spec"]["passphrase"] = "x".into();
+    assert_eq!(fields(unknown), ["spec.passphrase"]);
+}
+
+#[test]
+fn a_set_holds_apis_and_certificates() {
+    let (cert, key) = self_signed(&["a.test"]);
+    let text = format!(
+        "{}\n---\n{}\n---\n{}\n",
+        "apiVersion: gw/v1\nkind: Api\nmetadata: {name: site}\nspec:\n  context: /a\n  upstream:\n    endpoints: [{url: 'https://a.internal'}]\n    tls: {serverName: a.internal}",
+        certificate_value(&cert, &key, &[]),
+        certificate_value(&cert, &key, &[]),
+    );
+    let err = parse_set(text.as_bytes(), Format::Yaml, &ValidationContext::default()).unwrap_err();
+    assert_eq!(err.field_errors().len(), 1, "{err}");
+    assert_eq!(err.field_errors()[0].field, "documents[2].metadata.name");
+
+    let first_two: Vec<&str> = text.split("\n---\n").take(2).collect();
+    let set = parse_set(
+        first_two.join("\n---\n").as_bytes(),
+        Format::Yaml,
+        &ValidationContext::default(),
+    )
+    .unwrap();
+    assert_eq!((set.apis.len(), set.certificates.len()), (1, 1));
+    // an API and a certificate may share a name
+    assert_eq!(set.apis[0].metadata.name, set.certificates[0].metadata.name);
+}
+
+#[test]
+fn upstream_tls_needs_an_https_endpoint_and_valid_fields() {
+    let yaml = |url: &str, tls: &str| {
+        format!(
+            "apiVersion: gw/v1\nkind: Api\nmetadata: {{name: a}}\nspec:\n  context: /a\n  upstream:\n    endpoints: [{{url: '{url}'}}]\n    tls: {tls}\n"
+        )
+    };
+    let fields = |text: String| -> Vec<String> {
+        ApiDefinition::parse(text.as_bytes(), Format::Yaml).map_or_else(
+            |e| e.field_errors().iter().map(|f| f.field.clone()).collect(),
+            |_| Vec::new(),
+        )
+    };
+    assert!(fields(yaml("https://a.internal:8443/base", "{}")).is_empty());
+    assert_eq!(
+        fields(yaml("http://a.internal", "{}")),
+        ["spec.upstream.tls"]
+    );
+    assert_eq!(
+        fields(yaml("https://a.internal", "{ca: 'not pem'}")),
+        ["spec.upstream.tls.ca"]
+    );
+    assert_eq!(
+        fields(yaml("https://a.internal", "{serverName: 'bad name'}")),
+        ["spec.upstream.tls.serverName"]
+    );
+    assert_eq!(
+        fields(yaml("https://a.internal", "{clientCertificate: Bad_Name}")),
+        ["spec.upstream.tls.clientCertificate"]
+    );
+    assert_eq!(
+        fields(yaml("ftp://a.internal", "{}")),
+        ["spec.upstream.endpoints[0].url", "spec.upstream.tls"]
     );
 }

@@ -40,6 +40,28 @@ pub struct UpstreamSpec {
     /// The protocol spoken to the endpoints (default `http1`).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// How `https://` endpoints are verified, and the client certificate they are shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS to the `https://` endpoints of an upstream. The upstream's certificate is always
+/// verified: against the system's CA certificates, or against `ca` when it is set.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM CA certificates trusted instead of the system's (for a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// The name sent in SNI and verified against the certificate (default: the endpoint's
+    /// host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// The name of a `Certificate` (deployed to the same groups) presented when the upstream
+    /// asks for a client certificate (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
 }
 
 /// The protocol spoken to an upstream.
@@ -49,8 +71,8 @@ pub enum UpstreamProtocol {
     #[default]
     #[serde(rename = "http1")]
     Http1,
-    /// HTTP/2 with prior knowledge (h2c): one multiplexed connection per endpoint. Needed
-    /// for gRPC.
+    /// HTTP/2: with prior knowledge (h2c) to `http://` endpoints, negotiated by ALPN to
+    /// `https://` ones; one multiplexed connection per endpoint. Needed for gRPC.
     #[serde(rename = "h2")]
     H2,
 }

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::{
-    API_VERSION, Algorithm, ApiDefinition, FieldError, HashOn, HostHeader, HumanDuration, KIND_API,
-    PolicyRef,
+    API_VERSION, Algorithm, ApiDefinition, CertificateDefinition, FieldError, HashOn, HostHeader,
+    HumanDuration, KIND_API, KIND_CERTIFICATE, PolicyRef,
 };
 use crate::policy::PolicyRegistry;
 
@@ -463,6 +463,42 @@ impl Validator {
             breaker.max_pending,
             0..=1_000_000,
         );
+        self.upstream_tls(api);
+    }
+
+    fn upstream_tls(&mut self, api: &ApiDefinition) {
+        let upstream = &api.spec.upstream;
+        let Some(tls) = &upstream.tls else {
+            return;
+        };
+        if !upstream.endpoints.iter().any(|e| {
+            e.url
+                .get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        }) {
+            self.err(
+                "spec.upstream.tls",
+                "applies to https:// endpoints, and the upstream has none",
+            );
+        }
+        if let Some(ca) = &tls.ca
+            && let Err(message) = check_ca_pem(ca)
+        {
+            self.err("spec.upstream.tls.ca", message);
+        }
+        if let Some(name) = &tls.server_name
+            && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            self.err(
+                "spec.upstream.tls.serverName",
+                format!("{name:?} is not a valid DNS name or IP address"),
+            );
+        }
+        if let Some(name) = &tls.client_certificate
+            && let Err(message) = validate_name(name)
+        {
+            self.err("spec.upstream.tls.clientCertificate", message);
+        }
     }
 
     fn operations(&mut self, api: &ApiDefinition, ctx: ValidationContext<'_>) {
@@ -567,6 +603,83 @@ impl Validator {
     }
 }
 
+/// Validates a certificate document: its identity, its groups, its PEM (the key must belong
+/// to the certificate) and its server names. Returns every problem found.
+pub fn validate_certificate(certificate: &CertificateDefinition) -> Vec<FieldError> {
+    let mut v = Validator::default();
+    if certificate.api_version != API_VERSION {
+        v.err(
+            "apiVersion",
+            format!(
+                "unsupported version {:?}; expected {API_VERSION:?}",
+                certificate.api_version
+            ),
+        );
+    }
+    if certificate.kind != KIND_CERTIFICATE {
+        v.err(
+            "kind",
+            format!(
+                "unsupported kind {:?}; expected {KIND_CERTIFICATE:?}",
+                certificate.kind
+            ),
+        );
+    }
+    if let Err(message) = validate_name(&certificate.metadata.name) {
+        v.err("metadata.name", message);
+    }
+    v.labels(&certificate.metadata.labels);
+    v.groups(&certificate.spec.groups);
+    let spec = &certificate.spec;
+    if spec.sni.len() > MAX_HOSTS {
+        v.err("spec.sni", format!("more than {MAX_HOSTS} names"));
+    }
+    let mut seen = HashSet::new();
+    for (i, name) in spec.sni.iter().enumerate() {
+        let field = format!("spec.sni[{i}]");
+        if name != "*"
+            && let Err(message) = check_host(name)
+        {
+            v.err(field, message);
+        } else if !seen.insert(name.as_str()) {
+            v.err(field, format!("{name:?} is listed twice"));
+        }
+    }
+    match certificate.parse_pem() {
+        Ok(parsed) => {
+            if spec.sni.is_empty() && parsed.dns_names.is_empty() {
+                v.err(
+                    "spec.sni",
+                    "the certificate names no DNS host (subject alternative name): list the server names it is for",
+                );
+            }
+        }
+        Err(errors) => v.errors.extend(errors),
+    }
+    v.errors
+}
+
+/// Checks PEM text of CA certificates: at least one, each valid X.509.
+fn check_ca_pem(pem: &str) -> Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    if pem.len() > 1024 * 1024 {
+        return Err("longer than 1 MiB".to_string());
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|err| format!("is not valid PEM: {err}"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_string());
+    }
+    for (i, der) in certs.iter().enumerate() {
+        if let Err(err) = x509_parser::parse_x509_certificate(der.as_ref()) {
+            return Err(format!("certificate {} is not valid X.509: {err}", i + 1));
+        }
+    }
+    Ok(())
+}
+
 /// `pchar` of RFC 3986 without `%`: percent-encoding is not allowed in contexts and
 /// templates, so that one route has exactly one spelling.
 fn is_path_char(c: char) -> bool {
@@ -620,11 +733,8 @@ fn check_probe_path(path: &str) -> Result<(), String> {
 fn check_endpoint_url(raw: &str) -> Result<(), String> {
     let url = url::Url::parse(raw).map_err(|err| format!("{raw:?} is not a valid URL: {err}"))?;
     match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err("https upstreams are not supported yet; use an http:// URL".to_string());
-        }
-        other => return Err(format!("unsupported scheme {other:?}; use http")),
+        "http" | "https" => {}
+        other => return Err(format!("unsupported scheme {other:?}; use http or https")),
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err("the URL has no host".to_string());

@@ -19,6 +19,8 @@ use tokio::time::Instant;
 use crate::body::Body;
 use crate::metrics::EndpointMetrics;
 use crate::model::Endpoint;
+use crate::tls::UpstreamTlsClient;
+use rustls::pki_types::ServerName;
 
 /// Where an endpoint is, parsed once.
 #[derive(Debug)]
@@ -29,6 +31,8 @@ pub(super) struct Target {
     pub(super) host_header: HeaderValue,
     /// Base path without a trailing slash; empty for the root.
     pub(super) base_path: Box<str>,
+    /// Whether the endpoint speaks TLS (`https://`).
+    pub(super) https: bool,
     /// The host to resolve (an IP literal is used as is).
     host: Box<str>,
     port: u16,
@@ -37,16 +41,20 @@ pub(super) struct Target {
 impl Target {
     pub(super) fn parse(url: &str) -> Result<Self, String> {
         let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
-        if parsed.scheme() != "http" {
-            return Err(format!("unsupported scheme {:?}", parsed.scheme()));
-        }
+        let https = match parsed.scheme() {
+            "http" => false,
+            "https" => true,
+            other => return Err(format!("unsupported scheme {other:?}")),
+        };
         let host = match parsed.host() {
             Some(url::Host::Domain(domain)) => domain.to_string(),
             Some(url::Host::Ipv4(ip)) => ip.to_string(),
             Some(url::Host::Ipv6(ip)) => ip.to_string(),
             None => return Err("no host".to_string()),
         };
-        let port = parsed.port_or_known_default().unwrap_or(80);
+        let port = parsed
+            .port_or_known_default()
+            .unwrap_or(if https { 443 } else { 80 });
         let uri: Uri = url
             .parse()
             .map_err(|e: http::uri::InvalidUri| e.to_string())?;
@@ -56,9 +64,34 @@ impl Target {
             base_path: uri.path().trim_end_matches('/').into(),
             authority,
             host_header,
+            https,
             host: host.into(),
             port,
         })
+    }
+
+    /// The URI scheme of requests to the endpoint.
+    pub(super) fn scheme(&self) -> http::uri::Scheme {
+        if self.https {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        }
+    }
+}
+
+/// TLS to one endpoint: the upstream's client configuration and the name verified.
+#[derive(Clone)]
+pub(super) struct EndpointTls {
+    connector: tokio_rustls::TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for EndpointTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -132,15 +165,37 @@ pub(super) struct EndpointState {
     /// Set when the upstream is retired: connections are no longer kept for reuse.
     pub(super) retired: AtomicBool,
     resolved: Mutex<Option<Resolved>>,
+    /// For an `https://` endpoint.
+    tls: Option<EndpointTls>,
     pub(super) metrics: EndpointMetrics,
 }
 
 impl EndpointState {
-    pub(super) fn new(spec: &Endpoint, metrics: EndpointMetrics) -> Result<Self, String> {
+    /// The state of `spec`; `tls` is the upstream's TLS client, needed by an `https://`
+    /// endpoint.
+    pub(super) fn new(
+        spec: &Endpoint,
+        tls: Option<&UpstreamTlsClient>,
+        metrics: EndpointMetrics,
+    ) -> Result<Self, String> {
+        let target = Target::parse(&spec.url)?;
+        let tls = match (target.https, tls) {
+            (false, _) => None,
+            (true, None) => return Err("an https:// endpoint needs a TLS client".to_string()),
+            (true, Some(client)) => Some(EndpointTls {
+                connector: client.connector.clone(),
+                server_name: match &client.server_name {
+                    Some(name) => name.clone(),
+                    None => ServerName::try_from(target.host.to_string())
+                        .map_err(|e| format!("host {:?}: {e}", target.host))?,
+                },
+            }),
+        };
         metrics.healthy.set(1);
         Ok(Self {
             url: spec.url.as_str().into(),
-            target: Target::parse(&spec.url)?,
+            target,
+            tls,
             weight: spec.weight.max(1),
             in_flight: AtomicUsize::new(0),
             consecutive_failures: AtomicU32::new(0),
@@ -312,8 +367,9 @@ impl EndpointState {
             })
     }
 
-    /// Opens a connection (HTTP/2 with prior knowledge when `h2`, else HTTP/1.1) and starts
-    /// its task; `on_close` runs when it ends.
+    /// Opens a connection (HTTP/2 when `h2`, else HTTP/1.1; over TLS to an `https://`
+    /// endpoint) and starts its task; `on_close` runs when it ends. `timeout` bounds the TCP
+    /// connect and the TLS handshake, each.
     pub(super) async fn connect(
         &self,
         h2: bool,
@@ -325,7 +381,43 @@ impl EndpointState {
             .connect_tcp(timeout, dns_refresh)
             .await
             .map_err(ConnectError)?;
-        let io = TokioIo::new(stream);
+        let Some(tls) = &self.tls else {
+            return self.handshake(TokioIo::new(stream), h2, on_close).await;
+        };
+        let handshake = tls.connector.connect(tls.server_name.clone(), stream);
+        let stream = match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                return Err(ConnectError(io::Error::new(
+                    err.kind(),
+                    format!("TLS handshake: {err}"),
+                )));
+            }
+            Err(_) => {
+                return Err(ConnectError(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no TLS handshake within {} ms", timeout.as_millis()),
+                )));
+            }
+        };
+        if h2 && stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(ConnectError(io::Error::other(
+                "the upstream did not agree to HTTP/2 in the TLS handshake (ALPN h2)",
+            )));
+        }
+        self.handshake(TokioIo::new(stream), h2, on_close).await
+    }
+
+    /// Starts HTTP/1.1 or HTTP/2 on an open connection.
+    async fn handshake<T>(
+        &self,
+        io: TokioIo<T>,
+        h2: bool,
+        on_close: impl FnOnce() + Send + 'static,
+    ) -> Result<Sender, ConnectError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let connections = self.metrics.connections.clone();
         let handshake_error = |e: hyper::Error| ConnectError(io::Error::other(e));
         let sender = if h2 {

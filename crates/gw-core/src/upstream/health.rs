@@ -6,16 +6,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, StatusCode};
-use http_body_util::Empty;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::{Request, StatusCode, Uri};
 use tokio::task::AbortHandle;
 
 use super::Upstream;
+use crate::body;
 use crate::model::HealthCheck;
 
 /// Starts the tasks of a new upstream; none when there is no Tokio runtime (the upstream
@@ -138,31 +135,42 @@ async fn check_endpoint(upstream: Weak<Upstream>, index: usize, probe: Probe) {
     }
 }
 
-/// One probe: a `GET` of the path on a new connection; healthy on 2xx or 3xx.
+/// One probe: a `GET` of the path on a new connection, in the upstream's protocol (over TLS
+/// to an `https://` endpoint); healthy on 2xx or 3xx.
 async fn run_probe(upstream: &Upstream, index: usize, probe: &Probe) -> Result<(), String> {
     let endpoint = &upstream.endpoints[index];
     let exchange = async {
-        let stream = endpoint
-            .connect_tcp(probe.timeout, upstream.dns_refresh)
+        let mut sender = endpoint
+            .connect(upstream.h2, probe.timeout, upstream.dns_refresh, || {})
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, connection) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        sender
+            .ready()
             .await
             .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(connection);
-        let mut request = Request::new(Empty::new());
-        *request.uri_mut() = probe.path.clone().into();
-        let headers = request.headers_mut();
-        headers.insert(header::HOST, endpoint.target.host_header.clone());
-        headers.insert(
+        let mut request = Request::new(body::empty());
+        request.headers_mut().insert(
             header::USER_AGENT,
             HeaderValue::from_static("gw-health-check"),
         );
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if upstream.h2 {
+            // the host goes in `:authority`
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(endpoint.target.scheme());
+            parts.authority = Some(endpoint.target.authority.clone());
+            parts.path_and_query = Some(probe.path.clone());
+            *request.uri_mut() = Uri::from_parts(parts).map_err(|e| e.to_string())?;
+            *request.version_mut() = http::Version::HTTP_2;
+        } else {
+            *request.uri_mut() = probe.path.clone().into();
+            let headers = request.headers_mut();
+            headers.insert(header::HOST, endpoint.target.host_header.clone());
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let response = sender
-            .send_request(request)
+            .send(request)
             .await
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| format!("request: {}", e.error()))?;
         Ok::<StatusCode, String>(response.status())
     };
     match tokio::time::timeout(probe.timeout, exchange).await {

@@ -39,6 +39,7 @@ use crate::error::GatewayError;
 use crate::gateway::ConnInfo;
 use crate::metrics::{AttemptError, ProxyMetrics, UpstreamMetrics};
 use crate::model::{HostHeader, OutlierDetection, UpstreamProtocol, UpstreamSpec};
+use crate::tls::{CertificateSet, ServedCertificate, UpstreamTlsClient};
 use balance::{Balancer, Usable};
 use endpoint::{EndpointState, Sender};
 use retry::{RetryPolicy, is_idempotent};
@@ -69,6 +70,8 @@ pub struct Upstream {
     /// Health checks and idle-connection expiry; aborted when the upstream is retired from
     /// the configuration or dropped.
     tasks: Mutex<Vec<AbortHandle>>,
+    /// The client certificate shown to `https://` endpoints, if any.
+    client_certificate: Option<Arc<ServedCertificate>>,
     /// Serializes ejection decisions, so that `maxEjectedPercent` holds under races.
     ejecting: Mutex<()>,
 }
@@ -140,11 +143,18 @@ enum CheckoutError {
 }
 
 impl Upstream {
+    /// The client certificate this upstream shows, as built.
+    pub fn client_certificate(&self) -> Option<&Arc<ServedCertificate>> {
+        self.client_certificate.as_ref()
+    }
+
     /// Builds the upstream of a validated spec, and starts its background tasks when called
     /// within a Tokio runtime.
+    /// `certificates` holds the client certificate that `spec.tls` may name.
     pub fn new(
         spec: &UpstreamSpec,
         api: &str,
+        certificates: &CertificateSet,
         metrics: &ProxyMetrics,
     ) -> Result<Arc<Self>, UpstreamError> {
         if spec.endpoints.is_empty() || spec.endpoints.len() > 64 {
@@ -153,13 +163,35 @@ impl Upstream {
                 message: "an upstream needs 1 to 64 endpoints".to_string(),
             });
         }
+        let any_https = spec.endpoints.iter().any(|e| {
+            e.url
+                .get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        });
+        let tls = if any_https {
+            let h2 = spec.protocol == UpstreamProtocol::H2;
+            Some(
+                UpstreamTlsClient::build(spec.tls.as_ref(), h2, certificates).map_err(
+                    |message| UpstreamError {
+                        url: String::new(),
+                        message,
+                    },
+                )?,
+            )
+        } else {
+            None
+        };
         let mut endpoints = Vec::with_capacity(spec.endpoints.len());
         for endpoint in &spec.endpoints {
-            let state = EndpointState::new(endpoint, metrics.for_endpoint(api, &endpoint.url))
-                .map_err(|message| UpstreamError {
-                    url: endpoint.url.clone(),
-                    message,
-                })?;
+            let state = EndpointState::new(
+                endpoint,
+                tls.as_ref(),
+                metrics.for_endpoint(api, &endpoint.url),
+            )
+            .map_err(|message| UpstreamError {
+                url: endpoint.url.clone(),
+                message,
+            })?;
             endpoints.push(state);
         }
         let urls: Vec<&str> = spec.endpoints.iter().map(|e| e.url.as_str()).collect();
@@ -196,6 +228,7 @@ impl Upstream {
             epoch: std::time::Instant::now(),
             metrics: metrics.for_upstream(api),
             tasks: Mutex::new(Vec::new()),
+            client_certificate: tls.and_then(|t| t.client_certificate),
             ejecting: Mutex::new(()),
         });
         let tasks = health::spawn(&upstream, spec.health_check.as_ref());
@@ -391,7 +424,7 @@ impl Upstream {
             let authority = http::uri::Authority::try_from(host.as_bytes())
                 .unwrap_or_else(|_| endpoint.target.authority.clone());
             let mut parts = uri.into_parts();
-            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.scheme = Some(endpoint.target.scheme());
             parts.authority = Some(authority);
             uri = Uri::from_parts(parts)
                 .map_err(|e| GatewayError::BadUpstreamRequest(e.to_string()))?;
