@@ -78,9 +78,14 @@ async fn refused(ca: &TestCa, addr: SocketAddr, name: &str) -> bool {
 
 type HeldSender = hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>;
 
-/// An HTTP/1.1 connection held open by the test: the certificate it was served and its
-/// request sender.
-async fn held_connection(ca: &TestCa, addr: SocketAddr, name: &str) -> (Vec<u8>, HeldSender) {
+/// An HTTP/1.1 connection held open by the test (TLS 1.2 only when `tls12`, else 1.3): the
+/// certificate it was served and its request sender.
+async fn held_connection(
+    ca: &TestCa,
+    addr: SocketAddr,
+    name: &str,
+    tls12: bool,
+) -> (Vec<u8>, HeldSender) {
     let mut roots = rustls::RootCertStore::empty();
     for der in rustls::pki_types::pem::PemObject::pem_slice_iter(ca.pem.as_bytes()) {
         roots.add(der.unwrap()).unwrap();
@@ -88,7 +93,11 @@ async fn held_connection(ca: &TestCa, addr: SocketAddr, name: &str) -> (Vec<u8>,
     let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(&[if tls12 {
+        &rustls::version::TLS12
+    } else {
+        &rustls::version::TLS13
+    }])
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
@@ -97,7 +106,14 @@ async fn held_connection(ca: &TestCa, addr: SocketAddr, name: &str) -> (Vec<u8>,
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
     let stream = connector.connect(server_name, tcp).await.unwrap();
-    let peer = stream.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let session = stream.get_ref().1;
+    let expected = if tls12 {
+        rustls::ProtocolVersion::TLSv1_2
+    } else {
+        rustls::ProtocolVersion::TLSv1_3
+    };
+    assert_eq!(session.protocol_version(), Some(expected));
+    let peer = session.peer_certificates().unwrap()[0].to_vec();
     let (sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -188,9 +204,13 @@ async fn sni_chooses_the_certificate_alpn_the_protocol_and_rotation_needs_no_res
     assert_eq!((status, version), (200, reqwest::Version::HTTP_11));
     assert_eq!(peer, site_a.der);
     // a connection the test holds open across the changes below
-    let (held_peer, mut held) = held_connection(&ca, https, "a.test").await;
+    let (held_peer, mut held) = held_connection(&ca, https, "a.test", false).await;
     assert_eq!(held_peer, site_a.der);
     assert_eq!(send_held(&mut held, "a.test", "/tls/before").await, 200);
+    // TLS 1.2 clients are served too
+    let (peer, mut tls12) = held_connection(&ca, https, "x.b.test", true).await;
+    assert_eq!(peer, site_b.der);
+    assert_eq!(send_held(&mut tls12, "x.b.test", "/tls/").await, 200);
 
     // without a catch-all, an unknown name fails the handshake, and it is counted
     let only_a = config(&upstream, &[("site-a", &site_a, &[])]);

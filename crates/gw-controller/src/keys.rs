@@ -99,6 +99,11 @@ impl fmt::Debug for EncryptionKey {
 }
 
 impl EncryptionKey {
+    /// A key of these bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     /// The raw key bytes.
     pub fn bytes(&self) -> &[u8; 32] {
         &self.0

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod fleet;
 pub mod keys;
+pub mod sealed;
 pub mod watcher;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 use crate::admin::{AdminOptions, AppState};
 use crate::fleet::FleetRecorder;
 use crate::keys::KeyError;
+use crate::sealed::Sealer;
 
 /// The runtime that all-in-one mode runs in process.
 #[derive(Debug, Clone)]
@@ -288,13 +290,13 @@ pub async fn run(
         path: options.data_dir.clone(),
         source,
     })?;
-    // Loaded and checked now so that a bad key stops the controller at start; secrets
-    // encryption (consumers and credentials) uses it.
-    let _encryption_key = keys::encryption_key(
+    // loaded and checked now, so that a bad key stops the controller at start
+    let encryption_key = keys::encryption_key(
         options.dev,
         options.encryption_key.as_deref(),
         &options.data_dir,
     )?;
+    let sealer = Arc::new(Sealer::new(&encryption_key));
     let database_url = options
         .database_url
         .clone()
@@ -325,6 +327,7 @@ pub async fn run(
         stopping,
         all_in_one: options.all_in_one.is_some(),
         embedded: OnceLock::new(),
+        sealer: Arc::clone(&sealer),
     });
     let admin_listener = bind("admin", options.admin_addr).await?;
     tracing::info!(listener = "admin", addr = %admin_listener.local_addr().unwrap_or(options.admin_addr), "listening");
@@ -352,7 +355,7 @@ pub async fn run(
     let revision = {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match watcher::load(&store, &desired).await {
+            match watcher::load(&store, &desired, &sealer).await {
                 Ok(revision) => break revision,
                 Err(err) if err.is_unavailable() => {
                     tracing::warn!(error = %err, "cannot load the desired state; retrying");
@@ -373,6 +376,7 @@ pub async fn run(
         tokio::spawn(watcher::follow(
             Arc::clone(&store),
             Arc::clone(&desired),
+            Arc::clone(&sealer),
             revision,
             options.poll_interval,
             feed_healthy,

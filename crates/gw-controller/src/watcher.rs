@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use gw_store::feed::{ChangeFeed, FeedEvent};
 use gw_store::{ApiRecord, Change, ChangeOp, ResourceRecord, Snapshot, Store, StoreError};
-use gw_sync::KIND_API;
 use gw_sync::proto::Resource;
 use gw_sync::state::{DesiredState, Entry, StateChange};
+use gw_sync::{KIND_API, KIND_CERTIFICATE};
+
+use crate::sealed::Sealer;
 
 /// How many past changes are kept for deltas.
 pub const HISTORY: usize = 10_000;
@@ -51,22 +53,48 @@ fn api_entry(record: &ApiRecord) -> Entry {
     entry(KIND_API, &record.name, record.revision, &record.spec)
 }
 
-fn resource_entry(record: &ResourceRecord) -> Entry {
-    entry(&record.kind, &record.name, record.revision, &record.spec)
+/// A stored resource as runtimes receive it: a certificate with its private key opened.
+/// A key that does not open (another controller's key, a damaged row) leaves the
+/// certificate out, loudly: runtimes then stop serving it rather than refuse their whole
+/// configuration.
+fn opened_entry(
+    sealer: &Sealer,
+    kind: &str,
+    name: &str,
+    revision: i64,
+    spec: &serde_json::Value,
+) -> Option<Entry> {
+    if kind != KIND_CERTIFICATE {
+        return Some(entry(kind, name, revision, spec));
+    }
+    match sealer.open_certificate(spec, name) {
+        Ok(opened) => Some(entry(kind, name, revision, &opened)),
+        Err(err) => {
+            tracing::error!(certificate = %name, revision, error = %err, "cannot open the private key of a certificate; runtimes will not serve it");
+            None
+        }
+    }
 }
 
 /// Every resource of a snapshot, APIs and the other kinds.
-fn snapshot_entries(snapshot: &Snapshot) -> impl Iterator<Item = Entry> + '_ {
+fn snapshot_entries<'a>(
+    snapshot: &'a Snapshot,
+    sealer: &'a Sealer,
+) -> impl Iterator<Item = Entry> + 'a {
     snapshot
         .apis
         .iter()
         .map(api_entry)
-        .chain(snapshot.resources.iter().map(resource_entry))
+        .chain(snapshot.resources.iter().filter_map(|r: &ResourceRecord| {
+            opened_entry(sealer, &r.kind, &r.name, r.revision, &r.spec)
+        }))
 }
 
-fn state_change(change: Change) -> StateChange {
+fn state_change(change: Change, sealer: &Sealer) -> StateChange {
     let entry = match &change.op {
-        ChangeOp::Upsert(spec) => Some(entry(&change.kind, &change.name, change.revision, spec)),
+        ChangeOp::Upsert(spec) => {
+            opened_entry(sealer, &change.kind, &change.name, change.revision, spec)
+        }
         ChangeOp::Delete => None,
     };
     StateChange {
@@ -79,7 +107,11 @@ fn state_change(change: Change) -> StateChange {
 
 /// Loads the state at the store's newest revision, with as much recent history as the change
 /// log holds (up to [`HISTORY`]); returns that revision.
-pub async fn load(store: &Arc<dyn Store>, state: &DesiredState) -> Result<i64, StoreError> {
+pub async fn load(
+    store: &Arc<dyn Store>,
+    state: &DesiredState,
+    sealer: &Sealer,
+) -> Result<i64, StoreError> {
     let snapshot = store.snapshot().await?;
     let revision = snapshot.revision;
     let mut floor = (revision - i64::try_from(HISTORY).unwrap_or(i64::MAX)).max(0);
@@ -103,7 +135,12 @@ pub async fn load(store: &Arc<dyn Store>, state: &DesiredState) -> Result<i64, S
         .filter(|c| c.revision <= revision)
         .map(|c| (c.revision, c.kind, c.name))
         .collect();
-    state.reset(revision, snapshot_entries(&snapshot), history, floor);
+    state.reset(
+        revision,
+        snapshot_entries(&snapshot, sealer),
+        history,
+        floor,
+    );
     tracing::info!(
         revision,
         apis = snapshot.apis.len(),
@@ -117,6 +154,7 @@ pub async fn load(store: &Arc<dyn Store>, state: &DesiredState) -> Result<i64, S
 pub async fn follow(
     store: Arc<dyn Store>,
     state: Arc<DesiredState>,
+    sealer: Arc<Sealer>,
     revision: i64,
     poll_interval: Duration,
     healthy: Arc<std::sync::atomic::AtomicBool>,
@@ -127,7 +165,7 @@ pub async fn follow(
         match feed.next().await {
             Ok(FeedEvent::Changes(changes)) => {
                 let last = changes.last().map_or(0, |c| c.revision);
-                state.apply(changes.into_iter().map(state_change));
+                state.apply(changes.into_iter().map(|c| state_change(c, &sealer)));
                 tracing::debug!(revision = last, "desired state advanced");
                 backoff = Duration::from_millis(100);
                 healthy.store(true, std::sync::atomic::Ordering::Release);
@@ -139,7 +177,7 @@ pub async fn follow(
                 );
                 state.reset(
                     snapshot.revision,
-                    snapshot_entries(&snapshot),
+                    snapshot_entries(&snapshot, &sealer),
                     [],
                     snapshot.revision,
                 );

@@ -9,6 +9,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use chrono::Utc;
 use gw_controller::admin::{self, AdminOptions, AppState};
+use gw_controller::keys::EncryptionKey;
+use gw_controller::sealed::Sealer;
 use gw_core::policy::PolicyRegistry;
 use gw_store::{RuntimeRecord, Store, StoreOptions};
 use gw_sync::state::DesiredState;
@@ -38,6 +40,7 @@ fn state(store: Option<Arc<dyn Store>>) -> (Arc<AppState>, tokio::sync::watch::S
         stopping,
         all_in_one: false,
         embedded: OnceLock::new(),
+        sealer: Arc::new(Sealer::new(&EncryptionKey::from_bytes([7; 32]))),
     });
     (state, stop)
 }
@@ -276,4 +279,72 @@ async fn wait_applied_names_the_runtimes_that_lag_or_reject() {
         .unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "apply_unconfirmed");
+}
+
+/// A certificate's private key is stored sealed: the database row, and the change log
+/// runtimes are fed from, never hold it in the clear; reads show the certificate without it.
+#[tokio::test]
+async fn certificate_keys_are_sealed_at_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    let (state, _stop) = state(Some(Arc::clone(&store)));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["site.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let document = serde_json::json!({
+        "apiVersion": "gw/v1",
+        "kind": "Certificate",
+        "metadata": {"name": "site"},
+        "spec": {"certificate": cert.pem(), "privateKey": key.serialize_pem()},
+    });
+    let (status, body) = send(
+        &state,
+        Request::put("/api/v1/certificates/site")
+            .header("content-type", "application/json")
+            .body(Body::from(document.to_string()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["serverNames"], serde_json::json!(["site.test"]));
+
+    let row = store
+        .get_resource("certificate", "site")
+        .await
+        .unwrap()
+        .unwrap();
+    let stored = row.spec["spec"]["privateKey"].as_str().unwrap();
+    assert!(stored.starts_with("gw-sealed:v1:"), "{stored}");
+    assert!(!row.spec.to_string().contains("PRIVATE KEY"));
+    let logged = store.changes_since(0, 10).await.unwrap();
+    assert!(!format!("{logged:?}").contains("PRIVATE KEY"));
+    // it opens with the key, for this resource only
+    let opened = state.sealer.open_certificate(&row.spec, "site").unwrap();
+    assert_eq!(opened["spec"]["privateKey"], document["spec"]["privateKey"]);
+    assert!(state.sealer.open_certificate(&row.spec, "other").is_err());
+
+    let (status, list) = send(
+        &state,
+        Request::get("/api/v1/certificates")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        list["items"][0]["serverNames"],
+        serde_json::json!(["site.test"])
+    );
+    assert!(list["items"][0].get("error").is_none(), "{list}");
+    let (status, shown) = send(
+        &state,
+        Request::get("/api/v1/certificates/site")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(shown["spec"].get("privateKey").is_none(), "{shown}");
 }

@@ -15,6 +15,9 @@
 //! - `GET /_echo/health` answers 200, or the status set with `POST /_echo/health?status=N`;
 //! - `GET /_echo/stats` counts the requests and health probes received;
 //! - `GET /_echo/bytes?n=N` streams N bytes (`x`), 64 KiB at a time;
+//! - `GET /_echo/sse` answers `text/event-stream` with one event at once and a second one
+//!   only after `POST /_echo/release` (at most 60 s later), to show that events are not held
+//!   back on the way;
 //! - a request with `x-echo-trailer: V` gets its answer with a trailer `x-echo-trailer: V`
 //!   (as gRPC sends `grpc-status`).
 //!
@@ -54,6 +57,9 @@ struct State {
     health_status: AtomicU16,
     requests: AtomicU64,
     probes: AtomicU64,
+    /// `POST /_echo/release` calls, and their wake-up.
+    releases: AtomicU64,
+    released: tokio::sync::Notify,
 }
 
 fn args() -> Result<Args, String> {
@@ -175,6 +181,11 @@ fn control(state: &State, request: &Request<Incoming>) -> Option<Response<Full<B
         }
         ("POST", "/_echo/health") => set(&state.health_status),
         ("POST", "/_echo/respond") => set(&state.respond_status),
+        ("POST", "/_echo/release") => {
+            state.releases.fetch_add(1, Ordering::SeqCst);
+            state.released.notify_waiters();
+            plain(StatusCode::NO_CONTENT, String::new())
+        }
         ("GET", "/_echo/stats") => plain(
             StatusCode::OK,
             serde_json::json!({
@@ -186,6 +197,61 @@ fn control(state: &State, request: &Request<Incoming>) -> Option<Response<Full<B
         ),
         _ => return None,
     })
+}
+
+/// A body fed by a channel, each piece sent as one frame as soon as it arrives.
+struct Channel(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Channel {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|piece| piece.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
+    }
+}
+
+/// `GET /_echo/sse`: one event now, the second after the next `POST /_echo/release`.
+fn events(state: &'static State) -> Response<BoxBody<Bytes, Infallible>> {
+    let start = state.releases.load(Ordering::SeqCst);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        if tx
+            .send(Bytes::from_static(b"data: first\n\n"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let released = async {
+            loop {
+                let notified = state.released.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if state.releases.load(Ordering::SeqCst) > start {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_mins(1), released)
+            .await
+            .is_ok()
+        {
+            let _ = tx.send(Bytes::from_static(b"data: second\n\n")).await;
+        }
+    });
+    let mut response = Response::new(Channel(rx).boxed());
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
+    response
 }
 
 /// A body of `remaining` bytes of `x`, made 64 KiB at a time as it is read.
@@ -216,7 +282,7 @@ impl hyper::body::Body for Generated {
 }
 
 async fn serve(
-    state: &State,
+    state: &'static State,
     tls: Option<&serde_json::Value>,
     request: Request<Incoming>,
 ) -> Response<BoxBody<Bytes, Infallible>> {
@@ -234,6 +300,9 @@ async fn serve(
             }
             .boxed(),
         );
+    }
+    if request.method() == hyper::Method::GET && request.uri().path() == "/_echo/sse" {
+        return events(state);
     }
     let trailer = request.headers().get("x-echo-trailer").cloned();
     let response = echo(state, tls, request).await;
@@ -342,6 +411,8 @@ async fn main() {
         health_status: AtomicU16::new(200),
         requests: AtomicU64::new(0),
         probes: AtomicU64::new(0),
+        releases: AtomicU64::new(0),
+        released: tokio::sync::Notify::new(),
     }));
     loop {
         let Ok((stream, _)) = listener.accept().await else {

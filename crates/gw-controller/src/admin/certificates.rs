@@ -36,14 +36,21 @@ fn not_found(name: &str) -> ApiError {
 }
 
 /// What a listing shows of a certificate: never its key.
-fn summary(record: &ResourceRecord) -> serde_json::Value {
+fn summary(state: &AppState, record: &ResourceRecord) -> serde_json::Value {
     let mut item = json!({
         "name": record.name,
         "revision": record.revision,
         "createdAt": record.created_at,
         "updatedAt": record.updated_at,
     });
-    match CertificateDefinition::from_value_validated(&record.spec) {
+    let opened = match state.sealer.open_certificate(&record.spec, &record.name) {
+        Ok(opened) => opened,
+        Err(err) => {
+            item["error"] = json!(format!("spec.privateKey: {err}"));
+            return item;
+        }
+    };
+    match CertificateDefinition::from_value_validated(&opened) {
         Ok(certificate) => {
             item["groups"] = json!(certificate.spec.groups);
             if let Ok(parsed) = certificate.parse_pem() {
@@ -97,11 +104,16 @@ async fn write(
             ),
         ));
     }
+    // the private key is stored sealed under the controller's encryption key
+    let mut spec = certificate.to_json();
+    state
+        .sealer
+        .seal_certificate(&mut spec, &certificate.metadata.name);
     let outcome = store
         .put_resource(PutResource {
             kind: KIND_CERTIFICATE.to_string(),
             name: certificate.metadata.name.clone(),
-            spec: certificate.to_json(),
+            spec,
             precondition,
         })
         .await
@@ -128,7 +140,7 @@ async fn write(
             previous: outcome.previous.as_ref(),
             revision: record.revision,
             created: outcome.created,
-            body: summary(&record),
+            body: summary(state, &record),
             location: format!("/api/v1/certificates/{}", record.name),
         },
     )
@@ -224,7 +236,7 @@ pub(super) async fn list(State(state): State<Arc<AppState>>) -> Result<Response,
         .resources
         .iter()
         .filter(|r| r.kind == KIND_CERTIFICATE)
-        .map(summary)
+        .map(|record| summary(&state, record))
         .collect();
     Ok(axum::Json(json!({"revision": snapshot.revision, "items": items})).into_response())
 }

@@ -66,6 +66,8 @@ pub struct AppState {
     pub all_in_one: bool,
     /// The in-process runtime's state (all-in-one mode).
     pub embedded: OnceLock<Arc<gw_runtime::state::ConfigState>>,
+    /// Seals secrets before they are stored (certificates' private keys).
+    pub sealer: Arc<crate::sealed::Sealer>,
 }
 
 impl AppState {

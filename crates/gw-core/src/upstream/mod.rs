@@ -346,10 +346,17 @@ impl Upstream {
                 // the slot is released when the connection closes, or here if connecting
                 // fails or is abandoned
                 let on_close = move || drop(slot);
-                return endpoint
-                    .connect(false, self.connect_timeout, self.dns_refresh, on_close)
-                    .await
-                    .map_err(CheckoutError::Connect);
+                // boxed: the connect state machine (TCP, TLS, the HTTP handshake) is
+                // large, and it would otherwise be part of every request's future and be
+                // moved with it, for the few requests that open a connection
+                return Box::pin(endpoint.connect(
+                    false,
+                    self.connect_timeout,
+                    self.dns_refresh,
+                    on_close,
+                ))
+                .await
+                .map_err(CheckoutError::Connect);
             }
             if waiting.is_none() {
                 if limits.pending.fetch_add(1, Ordering::SeqCst) >= limits.max_pending {
@@ -384,10 +391,11 @@ impl Upstream {
         }
         let slot = OpenSlot::acquire(&self.limits).ok_or(CheckoutError::Overflow)?;
         let on_close = move || drop(slot);
-        let sender = endpoint
-            .connect(true, self.connect_timeout, self.dns_refresh, on_close)
-            .await
-            .map_err(CheckoutError::Connect)?;
+        // boxed, as above
+        let sender =
+            Box::pin(endpoint.connect(true, self.connect_timeout, self.dns_refresh, on_close))
+                .await
+                .map_err(CheckoutError::Connect)?;
         if let Sender::H2(h2) = &sender {
             endpoint.set_h2(Some(h2.clone()));
         }
