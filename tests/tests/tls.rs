@@ -414,7 +414,12 @@ async fn certificates_deployed_through_the_controller_rotate_and_survive_in_the_
         served(&ca, https, "api.test").await == renewed.der
     })
     .await;
-    assert!(rt.logged("serving the last-known-good configuration"));
+    eventually(
+        "the cache to be named in the log",
+        Duration::from_secs(10),
+        || async { rt.logged("serving the last-known-good configuration") },
+    )
+    .await;
 
     // deleted: the name is no longer served
     ctl.restart(&[
@@ -533,7 +538,13 @@ async fn upstream_tls_is_verified_against_a_private_ca_with_a_client_certificate
     ] {
         let (status, body) = gw_e2e::call(&http, proxy, path).await;
         assert_eq!(status, 502, "{path}: {body}");
-        assert!(runtime.logged(cause), "{path}: {cause} not logged");
+        // the log line reaches the harness through a pipe, maybe after the answer
+        eventually(
+            &format!("{cause} in the log"),
+            Duration::from_secs(10),
+            || async { runtime.logged(cause) },
+        )
+        .await;
     }
 
     // the health check probes over TLS too

@@ -110,11 +110,11 @@ impl Sealer {
         String::from_utf8(plaintext.to_vec()).map_err(|_| SealError::Damaged)
     }
 
-    /// Seals the `spec.privateKey` of a certificate document in place.
+    /// Seals the `spec.privateKey` of a certificate document in place, whatever it holds
+    /// (a value that merely looks sealed is sealed too: it came from a client).
     pub fn seal_certificate(&self, spec: &mut serde_json::Value, name: &str) {
         if let Some(key) = spec.pointer_mut("/spec/privateKey")
             && let Some(text) = key.as_str()
-            && !Self::is_sealed(text)
         {
             *key = serde_json::Value::String(self.seal(text, &certificate_context(name)));
         }
@@ -191,11 +191,13 @@ mod tests {
         sealer.seal_certificate(&mut stored, "site");
         assert_ne!(stored["spec"]["privateKey"], "K");
         assert_eq!(stored["spec"]["certificate"], "C");
-        // sealing twice changes nothing
-        let once = stored.clone();
-        sealer.seal_certificate(&mut stored, "site");
-        assert_eq!(stored, once);
         assert_eq!(sealer.open_certificate(&stored, "site").unwrap(), plain);
+        // a client's value that looks sealed is sealed all the same, never stored as is
+        let mut forged = serde_json::json!({"spec": {"privateKey": "gw-sealed:v1:x\n-----BEGIN PRIVATE KEY-----"}});
+        let original = forged.clone();
+        sealer.seal_certificate(&mut forged, "site");
+        assert_ne!(forged, original);
+        assert_eq!(sealer.open_certificate(&forged, "site").unwrap(), original);
         assert!(sealer.open_certificate(&stored, "other").is_err());
     }
 }

@@ -15,7 +15,7 @@ use gw_sync::proto::Resource;
 use gw_sync::state::{DesiredState, Entry, StateChange};
 use gw_sync::{KIND_API, KIND_CERTIFICATE};
 
-use crate::sealed::Sealer;
+use crate::sealed::{SealError, Sealer};
 
 /// How many past changes are kept for deltas.
 pub const HISTORY: usize = 10_000;
@@ -53,56 +53,70 @@ fn api_entry(record: &ApiRecord) -> Entry {
     entry(KIND_API, &record.name, record.revision, &record.spec)
 }
 
+/// A certificate whose private key does not open with this controller's key.
+#[derive(Debug, thiserror::Error)]
+#[error("certificate {name:?} (revision {revision}): {source}")]
+pub struct Unopened {
+    name: String,
+    revision: i64,
+    #[source]
+    source: SealError,
+}
+
 /// A stored resource as runtimes receive it: a certificate with its private key opened.
-/// A key that does not open (another controller's key, a damaged row) leaves the
-/// certificate out, loudly: runtimes then stop serving it rather than refuse their whole
-/// configuration.
+/// A key that does not open (another controller's key, a damaged row) is an error: this
+/// controller must not serve a state that differs from its peers' at the same revision.
 fn opened_entry(
     sealer: &Sealer,
     kind: &str,
     name: &str,
     revision: i64,
     spec: &serde_json::Value,
-) -> Option<Entry> {
+) -> Result<Entry, Unopened> {
     if kind != KIND_CERTIFICATE {
-        return Some(entry(kind, name, revision, spec));
+        return Ok(entry(kind, name, revision, spec));
     }
-    match sealer.open_certificate(spec, name) {
-        Ok(opened) => Some(entry(kind, name, revision, &opened)),
-        Err(err) => {
-            tracing::error!(certificate = %name, revision, error = %err, "cannot open the private key of a certificate; runtimes will not serve it");
-            None
-        }
-    }
+    let opened = sealer
+        .open_certificate(spec, name)
+        .map_err(|source| Unopened {
+            name: name.to_string(),
+            revision,
+            source,
+        })?;
+    Ok(entry(kind, name, revision, &opened))
 }
 
 /// Every resource of a snapshot, APIs and the other kinds.
-fn snapshot_entries<'a>(
-    snapshot: &'a Snapshot,
-    sealer: &'a Sealer,
-) -> impl Iterator<Item = Entry> + 'a {
+fn snapshot_entries(snapshot: &Snapshot, sealer: &Sealer) -> Result<Vec<Entry>, Unopened> {
     snapshot
         .apis
         .iter()
-        .map(api_entry)
-        .chain(snapshot.resources.iter().filter_map(|r: &ResourceRecord| {
-            opened_entry(sealer, &r.kind, &r.name, r.revision, &r.spec)
-        }))
+        .map(|api| Ok(api_entry(api)))
+        .chain(
+            snapshot.resources.iter().map(|r: &ResourceRecord| {
+                opened_entry(sealer, &r.kind, &r.name, r.revision, &r.spec)
+            }),
+        )
+        .collect()
 }
 
-fn state_change(change: Change, sealer: &Sealer) -> StateChange {
+fn state_change(change: Change, sealer: &Sealer) -> Result<StateChange, Unopened> {
     let entry = match &change.op {
-        ChangeOp::Upsert(spec) => {
-            opened_entry(sealer, &change.kind, &change.name, change.revision, spec)
-        }
+        ChangeOp::Upsert(spec) => Some(opened_entry(
+            sealer,
+            &change.kind,
+            &change.name,
+            change.revision,
+            spec,
+        )?),
         ChangeOp::Delete => None,
     };
-    StateChange {
+    Ok(StateChange {
         revision: change.revision,
         kind: change.kind,
         name: change.name,
         entry,
-    }
+    })
 }
 
 /// Loads the state at the store's newest revision, with as much recent history as the change
@@ -135,12 +149,10 @@ pub async fn load(
         .filter(|c| c.revision <= revision)
         .map(|c| (c.revision, c.kind, c.name))
         .collect();
-    state.reset(
-        revision,
-        snapshot_entries(&snapshot, sealer),
-        history,
-        floor,
-    );
+    // a key that does not open stops the controller at start, with the reason
+    let entries =
+        snapshot_entries(&snapshot, sealer).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    state.reset(revision, entries, history, floor);
     tracing::info!(
         revision,
         apis = snapshot.apis.len(),
@@ -159,29 +171,29 @@ pub async fn follow(
     poll_interval: Duration,
     healthy: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let mut feed = ChangeFeed::new(store, revision, poll_interval);
+    let mut feed = ChangeFeed::new(Arc::clone(&store), revision, poll_interval);
     let mut backoff = Duration::from_millis(100);
     loop {
-        match feed.next().await {
+        let opened = match feed.next().await {
             Ok(FeedEvent::Changes(changes)) => {
                 let last = changes.last().map_or(0, |c| c.revision);
-                state.apply(changes.into_iter().map(|c| state_change(c, &sealer)));
-                tracing::debug!(revision = last, "desired state advanced");
-                backoff = Duration::from_millis(100);
-                healthy.store(true, std::sync::atomic::Ordering::Release);
+                changes
+                    .into_iter()
+                    .map(|c| state_change(c, &sealer))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|changes| {
+                        state.apply(changes);
+                        tracing::debug!(revision = last, "desired state advanced");
+                    })
             }
             Ok(FeedEvent::Resync(snapshot)) => {
-                tracing::warn!(
-                    revision = snapshot.revision,
-                    "change log compacted past this controller's position; reloaded the full state"
-                );
-                state.reset(
-                    snapshot.revision,
-                    snapshot_entries(&snapshot, &sealer),
-                    [],
-                    snapshot.revision,
-                );
-                healthy.store(true, std::sync::atomic::Ordering::Release);
+                snapshot_entries(&snapshot, &sealer).map(|entries| {
+                    tracing::warn!(
+                        revision = snapshot.revision,
+                        "change log compacted past this controller's position; reloaded the full state"
+                    );
+                    state.reset(snapshot.revision, entries, [], snapshot.revision);
+                })
             }
             Err(err) => {
                 if healthy.swap(false, std::sync::atomic::Ordering::AcqRel) {
@@ -189,6 +201,21 @@ pub async fn follow(
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        match opened {
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                healthy.store(true, std::sync::atomic::Ordering::Release);
+            }
+            Err(err) => {
+                // this controller cannot serve what its peers serve at this revision: it
+                // stays at the last state it could open, unready, and reads again
+                healthy.store(false, std::sync::atomic::Ordering::Release);
+                tracing::error!(error = %err, revision = state.revision(), "cannot open a stored secret: this controller's GW_ENCRYPTION_KEY must be the one the others use; serving the last state it could open");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                feed = ChangeFeed::new(Arc::clone(&store), state.revision(), poll_interval);
             }
         }
     }

@@ -348,3 +348,45 @@ async fn certificate_keys_are_sealed_at_rest() {
     assert_eq!(status, StatusCode::OK);
     assert!(shown["spec"].get("privateKey").is_none(), "{shown}");
 }
+
+/// A controller whose encryption key differs from the one that sealed a certificate does not
+/// start with a state that lacks it: loading fails and says which key is wrong.
+#[tokio::test]
+async fn a_controller_with_another_key_refuses_to_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    let (state, _stop) = state(Some(Arc::clone(&store)));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["site.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let document = serde_json::json!({
+        "apiVersion": "gw/v1",
+        "kind": "Certificate",
+        "metadata": {"name": "site"},
+        "spec": {"certificate": cert.pem(), "privateKey": key.serialize_pem()},
+    });
+    let (status, _) = send(
+        &state,
+        Request::put("/api/v1/certificates/site")
+            .header("content-type", "application/json")
+            .body(Body::from(document.to_string()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let same = DesiredState::new(100);
+    gw_controller::watcher::load(&store, &same, &state.sealer)
+        .await
+        .unwrap();
+    assert_eq!(same.snapshot("default").1.len(), 1);
+
+    let other = Sealer::new(&EncryptionKey::from_bytes([8; 32]));
+    let err = gw_controller::watcher::load(&store, &DesiredState::new(100), &other)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("GW_ENCRYPTION_KEY"), "{err}");
+    assert!(err.to_string().contains("\"site\""), "{err}");
+}

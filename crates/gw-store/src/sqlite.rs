@@ -27,13 +27,18 @@ pub struct SqliteStore {
     store_id: String,
 }
 
+/// Whether a SQLite URL names an in-memory database (no file to protect).
+fn in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
 /// Makes the database file readable by its owner only (it holds certificates' private
 /// keys): created so when missing, tightened when it exists with wider permissions. SQLite
 /// gives its `-wal` and `-shm` files the mode of the database file.
 fn owner_only(path: &std::path::Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if path.as_os_str().is_empty() || path.to_str().is_some_and(|p| p.starts_with(':')) {
-        return Ok(()); // in memory
+    if path.as_os_str().is_empty() {
+        return Ok(());
     }
     let io = |e: std::io::Error| {
         StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
@@ -47,6 +52,18 @@ fn owner_only(path: &std::path::Path) -> Result<(), StoreError> {
                 tracing::warn!(path = %path.display(), "the database file was readable by others; making it owner-only (0600)");
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                     .map_err(io)?;
+            }
+            // journal files left from a time the database was wider
+            for suffix in ["-wal", "-shm"] {
+                let mut journal = path.as_os_str().to_owned();
+                journal.push(suffix);
+                let journal = std::path::PathBuf::from(journal);
+                if let Ok(meta) = std::fs::metadata(&journal)
+                    && meta.permissions().mode() & 0o077 != 0
+                {
+                    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o600))
+                        .map_err(io)?;
+                }
             }
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -81,7 +98,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(options.timeout);
-        owner_only(connect.get_filename())?;
+        if !in_memory(url) {
+            owner_only(connect.get_filename())?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.clamp(1, 8))
             .acquire_timeout(options.timeout)

@@ -717,3 +717,27 @@ async fn the_sqlite_file_is_owner_only() {
     .unwrap();
     assert_eq!(mode(&loose), 0o600);
 }
+
+/// An in-memory database leaves no file behind.
+#[tokio::test]
+async fn an_in_memory_sqlite_store_makes_no_file() {
+    let here = std::env::current_dir().unwrap();
+    let in_memory_files = || {
+        std::fs::read_dir(&here)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().contains("memory"))
+            })
+            .count()
+    };
+    let _store = gw_store::open("sqlite::memory:", &StoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        in_memory_files(),
+        0,
+        "a file appeared in {}",
+        here.display()
+    );
+}

@@ -16,8 +16,8 @@
 //! - `GET /_echo/stats` counts the requests and health probes received;
 //! - `GET /_echo/bytes?n=N` streams N bytes (`x`), 64 KiB at a time;
 //! - `GET /_echo/sse` answers `text/event-stream` with one event at once and a second one
-//!   only after `POST /_echo/release` (at most 60 s later), to show that events are not held
-//!   back on the way;
+//!   only after `POST /_echo/release` (at most 60 s later), then keeps the stream open (up to
+//!   60 s more), to show that events are not held back on the way;
 //! - a request with `x-echo-trailer: V` gets its answer with a trailer `x-echo-trailer: V`
 //!   (as gRPC sends `grpc-status`).
 //!
@@ -242,8 +242,14 @@ fn events(state: &'static State) -> Response<BoxBody<Bytes, Infallible>> {
         if tokio::time::timeout(Duration::from_mins(1), released)
             .await
             .is_ok()
+            && tx
+                .send(Bytes::from_static(b"data: second\n\n"))
+                .await
+                .is_ok()
         {
-            let _ = tx.send(Bytes::from_static(b"data: second\n\n")).await;
+            // the stream stays open, as an event stream does: a proxy that held the last
+            // event until the end would be caught
+            let _ = tokio::time::timeout(Duration::from_mins(1), tx.closed()).await;
         }
     });
     let mut response = Response::new(Channel(rx).boxed());
