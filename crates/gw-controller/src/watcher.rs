@@ -211,7 +211,7 @@ pub async fn follow(
             }
             Err(err) => {
                 // this controller cannot serve what its peers serve at this revision: it
-                // stays at the last state it could open, unready, and reads again
+                // stays at the last state it could open and reads again
                 healthy.store(false, std::sync::atomic::Ordering::Release);
                 tracing::error!(error = %err, revision = state.revision(), "cannot open a stored secret: this controller's GW_ENCRYPTION_KEY must be the one the others use; serving the last state it could open");
                 tokio::time::sleep(Duration::from_secs(5)).await;
