@@ -216,6 +216,13 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGHUP (a standalone runtime reloads its configuration file at once).
+    pub fn reload(&self) {
+        let _ = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status();
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(&mut self) -> Option<i32> {
         let _ = Command::new("kill")
@@ -575,6 +582,20 @@ pub async fn call(
         }
         Err(_) => (0, serde_json::Value::Null),
     }
+}
+
+/// The value of the first line of `status`'s `/metrics` that starts with `line_start` (a
+/// metric name with its labels); `None` when there is none or the endpoint does not answer.
+pub async fn metric<T: std::str::FromStr>(status: SocketAddr, line_start: &str) -> Option<T> {
+    let text = reqwest::get(format!("http://{status}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// The median of some durations.

@@ -43,16 +43,7 @@ fn body(text: &str) -> serde_json::Value {
 }
 
 async fn metric(status: SocketAddr, line_start: &str) -> u64 {
-    let text = reqwest::get(format!("http://{status}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
+    gw_e2e::metric(status, line_start).await.unwrap_or(0)
 }
 
 /// Every spelling of a path is refused, or routed exactly as its normalized form.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use gw_e2e::{
     Admin, ControllerSpec, Issued, Process, TestCa, api_yaml, certificate_document, controller,
-    echo_upstream, eventually, runtime_with, standalone,
+    echo_upstream, eventually, metric, runtime_with, standalone,
 };
 
 /// A client that trusts `ca`, sends every name to `addr`, and reports the peer certificate.
@@ -137,19 +137,6 @@ async fn send_held(sender: &mut HeldSender, host: &str, path: &str) -> u16 {
         .as_u16()
 }
 
-async fn metric(status: SocketAddr, line_start: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{status}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 fn config(upstream: &Process, certificates: &[(&str, &Issued, &[&str])]) -> String {
     let mut yaml = api_yaml("tls", "/tls", &format!("http://{}", upstream.addr("http")));
     for (name, issued, sni) in certificates {
@@ -215,16 +202,14 @@ async fn sni_chooses_the_certificate_alpn_the_protocol_and_rotation_needs_no_res
     // without a catch-all, an unknown name fails the handshake, and it is counted
     let only_a = config(&upstream, &[("site-a", &site_a, &[])]);
     std::fs::write(dir.path().join("apis.yaml"), only_a).unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-HUP", &runtime.pid().to_string()])
-        .status();
+    runtime.reload();
     eventually(
         "the catch-all certificate to go",
         Duration::from_secs(20),
         || async { refused(&ca, https, "other.test").await },
     )
     .await;
-    let failures = metric(runtime.addr("status"), "gw_tls_handshake_failures_total")
+    let failures = metric::<f64>(runtime.addr("status"), "gw_tls_handshake_failures_total")
         .await
         .unwrap_or(0.0);
     assert!(failures >= 1.0, "handshake failures counted: {failures}");
@@ -237,9 +222,7 @@ async fn sni_chooses_the_certificate_alpn_the_protocol_and_rotation_needs_no_res
         config(&upstream, &[("site-a", &renewed, &[])]),
     )
     .unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-HUP", &runtime.pid().to_string()])
-        .status();
+    runtime.reload();
     eventually(
         "the renewed certificate",
         Duration::from_secs(20),
@@ -251,7 +234,7 @@ async fn sni_chooses_the_certificate_alpn_the_protocol_and_rotation_needs_no_res
         200,
         "a connection opened before the rotation still works"
     );
-    let expiry = metric(
+    let expiry = metric::<f64>(
         runtime.addr("status"),
         "gw_tls_certificate_expiry_timestamp_seconds{certificate=\"site-a\"}",
     )
@@ -287,9 +270,7 @@ async fn a_malformed_certificate_in_the_file_keeps_the_previous_configuration() 
         config(&upstream, &[("site", &mismatched, &[])]),
     )
     .unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-HUP", &runtime.pid().to_string()])
-        .status();
+    runtime.reload();
     eventually(
         "the refusal to be logged",
         Duration::from_secs(20),
@@ -567,9 +548,7 @@ async fn upstream_tls_is_verified_against_a_private_ca_with_a_client_certificate
     );
     assert_ne!(renewed, yaml);
     std::fs::write(config.path().join("apis.yaml"), renewed).unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-HUP", &runtime.pid().to_string()])
-        .status();
+    runtime.reload();
     eventually(
         "the renewed client certificate in use",
         Duration::from_secs(20),

@@ -281,6 +281,21 @@ async fn wait_applied_names_the_runtimes_that_lag_or_reject() {
     assert_eq!(body["error"]["code"], "apply_unconfirmed");
 }
 
+/// A `Certificate` document named `site`, for `site.test`, self-signed.
+fn certificate_document() -> serde_json::Value {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["site.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    serde_json::json!({
+        "apiVersion": "gw/v1",
+        "kind": "Certificate",
+        "metadata": {"name": "site"},
+        "spec": {"certificate": cert.pem(), "privateKey": key.serialize_pem()},
+    })
+}
+
 /// A certificate's private key is stored sealed: the database row, and the change log
 /// runtimes are fed from, never hold it in the clear; reads show the certificate without it.
 #[tokio::test]
@@ -288,17 +303,7 @@ async fn certificate_keys_are_sealed_at_rest() {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite(&dir).await;
     let (state, _stop) = state(Some(Arc::clone(&store)));
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["site.test".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let document = serde_json::json!({
-        "apiVersion": "gw/v1",
-        "kind": "Certificate",
-        "metadata": {"name": "site"},
-        "spec": {"certificate": cert.pem(), "privateKey": key.serialize_pem()},
-    });
+    let document = certificate_document();
     let (status, body) = send(
         &state,
         Request::put("/api/v1/certificates/site")
@@ -356,17 +361,7 @@ async fn a_controller_with_another_key_refuses_to_load() {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite(&dir).await;
     let (state, _stop) = state(Some(Arc::clone(&store)));
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["site.test".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let document = serde_json::json!({
-        "apiVersion": "gw/v1",
-        "kind": "Certificate",
-        "metadata": {"name": "site"},
-        "spec": {"certificate": cert.pem(), "privateKey": key.serialize_pem()},
-    });
+    let document = certificate_document();
     let (status, _) = send(
         &state,
         Request::put("/api/v1/certificates/site")
