@@ -106,7 +106,7 @@ impl ControllerOptions {
             heartbeat_interval: Duration::from_secs(10),
             change_retention: 100_000,
             runtime_retention: Duration::from_hours(1),
-            policies: PolicyRegistry::new(),
+            policies: PolicyRegistry::builtin(),
             admin: AdminOptions {
                 max_body_bytes: gw_core::model::MAX_DOCUMENT_BYTES,
                 default_wait: Duration::from_secs(30),

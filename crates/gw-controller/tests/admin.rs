@@ -30,7 +30,7 @@ fn state(store: Option<Arc<dyn Store>>) -> (Arc<AppState>, tokio::sync::watch::S
         loaded: AtomicBool::new(loaded),
         desired: Arc::new(DesiredState::new(100)),
         token: None,
-        policies: PolicyRegistry::new(),
+        policies: PolicyRegistry::builtin(),
         controller_id: "ctl".into(),
         options: AdminOptions {
             max_body_bytes: 64 * 1024,

@@ -24,7 +24,9 @@ use crate::error::GatewayError;
 use crate::metrics::{ApiMetrics, Limit, ProxyMetrics};
 use crate::model::{ApiDefinition, CertificateDefinition, check_collisions};
 use crate::path;
-use crate::policy::{PolicyRegistry, RouteService, build_stack, effective_policies};
+use crate::policy::{
+    OperationContext, PolicyContext, PolicyRegistry, RouteService, build_stack, effective_policies,
+};
 use crate::router::{self, Router};
 use crate::tls::CertificateSet;
 use crate::upstream::{Upstream, UpstreamService};
@@ -49,8 +51,51 @@ pub struct BuiltApi {
     operation_router: matchit::Router<usize>,
     operations: Vec<OperationRoute>,
     metrics: ApiMetrics,
-    log_gate: LogGate,
+    rescuer: Arc<Rescuer>,
     upstream: Arc<Upstream>,
+}
+
+/// Turns an error of a route's stack into a response (the "rescue"): gateway errors keep
+/// their status, a body over its limit is a 413, anything else is a 502. It runs right
+/// around the upstream call, so that policies see (and may decorate) the 502s and 504s, and
+/// again at the edge for errors of the policies themselves. Upstream failures are logged
+/// with their cause, at most once a second per API, so that an outage does not flood the
+/// log (the metrics count every one).
+#[derive(Debug)]
+pub(crate) struct Rescuer {
+    api: Box<str>,
+    log_gate: LogGate,
+    metrics: ProxyMetrics,
+}
+
+impl Rescuer {
+    pub(crate) fn rescue(&self, error: BoxError) -> Response<Body> {
+        let too_large = matches!(
+            error.downcast_ref::<GatewayError>(),
+            Some(GatewayError::PayloadTooLarge)
+        ) || body::is_length_limit(error.as_ref());
+        if too_large {
+            self.metrics.limit_rejected(Limit::BodySize);
+            return GatewayError::PayloadTooLarge.into_response();
+        }
+        let error = match error.downcast::<GatewayError>() {
+            Ok(error) => *error,
+            Err(other) => {
+                if self.log_gate.allow() {
+                    tracing::warn!(api = %self.api, error = %crate::error::chain(other.as_ref()), "request failed in the route stack");
+                }
+                return crate::error::json_error(
+                    http::StatusCode::BAD_GATEWAY,
+                    "gateway_error",
+                    "the request failed in the gateway",
+                );
+            }
+        };
+        if error.is_upstream() && self.log_gate.allow() {
+            tracing::warn!(api = %self.api, error = %crate::error::chain(&error), "upstream request failed");
+        }
+        error.into_response()
+    }
 }
 
 /// Lets one log line through per second.
@@ -97,20 +142,34 @@ impl BuiltApi {
         } else {
             spec.context.len()
         };
-        let base = RouteService::new(UpstreamService::new(Arc::clone(&upstream), context_len));
+        let rescuer = Arc::new(Rescuer {
+            api: definition.metadata.name.as_str().into(),
+            log_gate: LogGate::default(),
+            metrics: metrics.clone(),
+        });
+        let base = RouteService::new(
+            UpstreamService::new(Arc::clone(&upstream), context_len)
+                .with_rescue(Arc::clone(&rescuer)),
+        );
 
         let mut built = Self {
             service: None,
             operation_router: matchit::Router::new(),
             operations: Vec::new(),
             metrics: metrics.for_api(&definition.metadata.name),
-            log_gate: LogGate::default(),
+            rescuer,
             upstream,
             definition: Arc::clone(definition),
         };
+        let api_context = PolicyContext {
+            api: &definition.metadata.name,
+            context: &spec.context,
+            operation: None,
+        };
         if spec.operations.is_empty() {
             let policies = effective_policies(&spec.policies, &[]);
-            let stack = build_stack(registry, &policies, base).map_err(|e| e.to_string())?;
+            let stack =
+                build_stack(registry, &policies, &api_context, base).map_err(|e| e.to_string())?;
             built.service = Some(stack);
             return Ok(built);
         }
@@ -119,8 +178,15 @@ impl BuiltApi {
             let method = Method::from_bytes(op.method.as_bytes())
                 .map_err(|_| format!("invalid method {:?}", op.method))?;
             let policies = effective_policies(&spec.policies, &op.policies);
-            let stack =
-                build_stack(registry, &policies, base.clone()).map_err(|e| e.to_string())?;
+            let ctx = PolicyContext {
+                operation: Some(OperationContext {
+                    method: &op.method,
+                    path: &op.path,
+                }),
+                ..api_context
+            };
+            let stack = build_stack(registry, &policies, &ctx, base.clone())
+                .map_err(|e| format!("operation {} {}: {e}", op.method, op.path))?;
             let index = match by_path.get(op.path.as_str()) {
                 Some(&index) => index,
                 None => {
@@ -148,30 +214,6 @@ impl BuiltApi {
                 .join(", ");
         }
         Ok(built)
-    }
-
-    /// Turns an error out of the API's stack into a response (the "rescue" at the edge):
-    /// gateway errors keep their status, anything else is a 502. Upstream failures are
-    /// logged with their cause, at most once a second per API, so that an outage does not
-    /// flood the log (the metrics count every one).
-    fn rescue(&self, error: BoxError) -> Response<Body> {
-        let error = match error.downcast::<GatewayError>() {
-            Ok(error) => *error,
-            Err(other) => {
-                if self.log_gate.allow() {
-                    tracing::warn!(api = %self.definition.metadata.name, error = %other, "request failed in the route stack");
-                }
-                return crate::error::json_error(
-                    http::StatusCode::BAD_GATEWAY,
-                    "gateway_error",
-                    "the request failed in the gateway",
-                );
-            }
-        };
-        if error.is_upstream() && self.log_gate.allow() {
-            tracing::warn!(api = %self.definition.metadata.name, error = %crate::error::chain(&error), "upstream request failed");
-        }
-        error.into_response()
     }
 
     /// The stack for a method and the path after the context.
@@ -500,18 +542,7 @@ impl Gateway {
         request.extensions_mut().insert(conn);
         let response = match call_route(service, request).await {
             Ok(response) => response,
-            Err(error) => {
-                let too_large = matches!(
-                    error.downcast_ref::<GatewayError>(),
-                    Some(GatewayError::PayloadTooLarge)
-                ) || body::is_length_limit(error.as_ref());
-                if too_large {
-                    self.metrics.limit_rejected(Limit::BodySize);
-                    GatewayError::PayloadTooLarge.into_response()
-                } else {
-                    api.rescue(error)
-                }
-            }
+            Err(error) => api.rescuer.rescue(error),
         };
         api.metrics.observe(response.status(), start.elapsed());
         response

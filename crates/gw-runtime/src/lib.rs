@@ -107,7 +107,7 @@ impl RuntimeOptions {
             status_addr: SocketAddr::from(([0, 0, 0, 0], 7085)),
             data_dir: None,
             advertise_address: None,
-            policies: PolicyRegistry::new(),
+            policies: PolicyRegistry::builtin(),
             listener: ListenerOptions::default(),
             max_uri_bytes: gw_core::gateway::DEFAULT_MAX_URI_BYTES,
             file_poll_interval: Duration::from_secs(2),

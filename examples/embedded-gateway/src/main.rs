@@ -49,7 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let text = std::fs::read(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
 
     // your own policies would be registered here
-    let policies = PolicyRegistry::new();
+    let policies = PolicyRegistry::builtin();
     let ctx = ValidationContext {
         policies: Some(&policies),
     };

@@ -319,7 +319,7 @@ impl ApiDefinition {
 
 /// A document (unless a type error stopped deserialization) and its shape errors: every
 /// unknown field by its path, and the first type error by its path.
-fn deserialize_tracked<T: serde::de::DeserializeOwned>(
+pub(crate) fn deserialize_tracked<T: serde::de::DeserializeOwned>(
     value: &serde_json::Value,
 ) -> (Option<T>, Vec<FieldError>) {
     let mut errors = Vec::new();

@@ -2,42 +2,75 @@
 //!
 //! A [`PolicyRegistry`] maps a policy name to a [`PolicyFactory`], which validates the
 //! policy's params at deploy time and builds its layer when a configuration is applied,
-//! never per request. Embedders register their own policies next to the built-in ones.
+//! never per request. [`PolicyRegistry::builtin`] holds gw's own policies; embedders
+//! register theirs next to them, usually by implementing [`Policy`], whose params are a
+//! serde type: unknown fields and type errors are then reported with their field paths.
 //!
 //! The per-route stack is built by [`build_stack`]: the API-level policies, with an
 //! operation-level policy of the same name replacing the API-level one, in the order they
 //! are listed, the first one outermost, around the upstream service.
 //!
 //! ```
-//! use gw_core::policy::{PolicyFactory, PolicyRegistry, RouteLayer};
-//! use gw_core::model::FieldError;
+//! use gw_core::policy::{Policy, PolicyContext, PolicyRegistry, RouteLayer};
 //!
 //! /// A policy that accepts no params and adds nothing: a starting point.
 //! #[derive(Debug)]
 //! struct Noop;
 //!
-//! impl PolicyFactory for Noop {
-//!     fn validate(&self, params: &serde_json::Value) -> Vec<FieldError> {
-//!         if params.is_null() { vec![] } else { vec![FieldError::new("", "takes no params")] }
-//!     }
-//!     fn build(&self, _params: &serde_json::Value) -> Result<RouteLayer, String> {
+//! #[derive(serde::Deserialize, schemars::JsonSchema)]
+//! #[serde(deny_unknown_fields)]
+//! struct NoParams {}
+//!
+//! impl Policy for Noop {
+//!     type Params = NoParams;
+//!     fn layer(&self, _params: NoParams, _ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
 //!         Ok(RouteLayer::new(tower::layer::util::Identity::new()))
 //!     }
 //! }
 //!
-//! let registry = PolicyRegistry::new().register("noop", Noop);
+//! let registry = PolicyRegistry::builtin().register_policy("noop", Noop);
 //! assert!(registry.contains("noop"));
+//! assert!(registry.contains("request-headers"));
 //! ```
+
+mod cidr;
+mod filter;
+mod headers;
+mod template;
+mod termination;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use tower::util::{BoxCloneSyncService, BoxCloneSyncServiceLayer};
 
 use crate::body::{Body, BoxError};
 use crate::model::{FieldError, PolicyRef};
+
+pub use cidr::{Cidr, client_ip};
+pub use filter::{Filter, filter_layer};
+pub use template::Template;
+
+/// The consumer a request was authenticated as: authentication policies put it in the
+/// request's extensions, and later policies (ACLs, rate limits per consumer, header
+/// templates, the access log) read it from there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    /// The consumer's name.
+    pub name: Arc<str>,
+    /// The consumer's groups, used by ACLs.
+    pub groups: Arc<[String]>,
+    /// The id of the credential it presented, when it has one.
+    pub credential: Option<Arc<str>>,
+}
+
+/// The request's id, put in the request's extensions by `correlation-id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub HeaderValue);
 
 /// The service at every level of a per-route stack.
 pub type RouteService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
@@ -46,13 +79,111 @@ pub type RouteService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxEr
 pub type RouteLayer =
     BoxCloneSyncServiceLayer<RouteService, Request<Body>, Response<Body>, BoxError>;
 
-/// Validates a policy's params and builds its layer.
+/// Where a policy is attached: what its layer may need to know about its route when it is
+/// built (it is built once per route and configuration, never per request).
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyContext<'a> {
+    /// The API's name.
+    pub api: &'a str,
+    /// The API's context path (`/orders/v1`, or `/`).
+    pub context: &'a str,
+    /// The operation, for a route of an API with operations.
+    pub operation: Option<OperationContext<'a>>,
+}
+
+/// The operation a policy is attached to.
+#[derive(Debug, Clone, Copy)]
+pub struct OperationContext<'a> {
+    /// The method, upper case.
+    pub method: &'a str,
+    /// The path template under the context (`/items/{id}`).
+    pub path: &'a str,
+}
+
+/// Validates a policy's params and builds its layer. Most policies implement [`Policy`]
+/// instead, which derives both from a serde params type.
 pub trait PolicyFactory: Send + Sync + fmt::Debug + 'static {
     /// Every problem in `params`, with field paths relative to `params` (empty when valid).
     fn validate(&self, params: &serde_json::Value) -> Vec<FieldError>;
 
     /// Builds the layer from params that [`PolicyFactory::validate`] accepted.
-    fn build(&self, params: &serde_json::Value) -> Result<RouteLayer, String>;
+    fn build(
+        &self,
+        params: &serde_json::Value,
+        ctx: &PolicyContext<'_>,
+    ) -> Result<RouteLayer, String>;
+
+    /// The JSON Schema of the params, when the policy has one.
+    fn schema(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+/// A policy whose params are a serde type. Parsing reports unknown fields and type errors
+/// with their paths (`allow[2]`); [`Policy::check`] adds the rules a type cannot say.
+/// Params that are absent (`null`) parse as an empty object.
+pub trait Policy: Send + Sync + fmt::Debug + 'static {
+    /// The params, as written under `params:` in the API definition.
+    type Params: serde::de::DeserializeOwned + schemars::JsonSchema;
+
+    /// Problems the params type cannot express (ranges, one-of rules, patterns).
+    fn check(&self, params: &Self::Params) -> Vec<FieldError> {
+        let _ = params;
+        Vec::new()
+    }
+
+    /// Builds the layer from checked params.
+    fn layer(&self, params: Self::Params, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String>;
+}
+
+/// Adapts a [`Policy`] to a [`PolicyFactory`].
+#[derive(Debug)]
+struct Typed<P>(P);
+
+impl<P: Policy> Typed<P> {
+    fn tracked(params: &serde_json::Value) -> (Option<P::Params>, Vec<FieldError>) {
+        let empty = serde_json::Value::Object(serde_json::Map::new());
+        let value = if params.is_null() { &empty } else { params };
+        crate::model::deserialize_tracked::<P::Params>(value)
+    }
+
+    fn parse(params: &serde_json::Value) -> Result<P::Params, Vec<FieldError>> {
+        match Self::tracked(params) {
+            (Some(parsed), errors) if errors.is_empty() => Ok(parsed),
+            (_, errors) => Err(errors),
+        }
+    }
+}
+
+impl<P: Policy> PolicyFactory for Typed<P> {
+    fn validate(&self, params: &serde_json::Value) -> Vec<FieldError> {
+        let (parsed, mut errors) = Self::tracked(params);
+        if let Some(parsed) = parsed {
+            errors.extend(self.0.check(&parsed));
+        }
+        errors
+    }
+
+    fn build(
+        &self,
+        params: &serde_json::Value,
+        ctx: &PolicyContext<'_>,
+    ) -> Result<RouteLayer, String> {
+        let parsed = Self::parse(params).map_err(|errors| join(&errors))?;
+        self.0.layer(parsed, ctx)
+    }
+
+    fn schema(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(schemars::schema_for!(P::Params)).ok()
+    }
+}
+
+fn join(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The policies a runtime or controller knows, by name.
@@ -77,11 +208,25 @@ impl PolicyRegistry {
         Self::default()
     }
 
+    /// gw's built-in policies (docs/policies.md).
+    pub fn builtin() -> Self {
+        Self::new()
+            .register_policy("request-headers", headers::RequestHeaders)
+            .register_policy("response-headers", headers::ResponseHeaders)
+            .register_policy("request-termination", termination::RequestTermination)
+    }
+
     /// Adds (or replaces) the policy `name`.
     #[must_use]
     pub fn register(mut self, name: impl Into<String>, factory: impl PolicyFactory) -> Self {
         self.factories.insert(name.into(), Arc::new(factory));
         self
+    }
+
+    /// Adds (or replaces) the policy `name`, whose params are a serde type.
+    #[must_use]
+    pub fn register_policy(self, name: impl Into<String>, policy: impl Policy) -> Self {
+        self.register(name, Typed(policy))
     }
 
     /// Whether `name` is registered.
@@ -94,6 +239,11 @@ impl PolicyRegistry {
         self.factories.keys().cloned().collect()
     }
 
+    /// The JSON Schema of the params of policy `name`, if it is registered and has one.
+    pub fn schema(&self, name: &str) -> Option<serde_json::Value> {
+        self.factories.get(name).and_then(|f| f.schema())
+    }
+
     /// Validates the params of policy `name`; an unknown name is one error.
     pub fn validate_params(&self, name: &str, params: &serde_json::Value) -> Vec<FieldError> {
         match self.factories.get(name) {
@@ -103,7 +253,11 @@ impl PolicyRegistry {
     }
 
     /// Builds the layer of one policy.
-    pub fn build(&self, policy: &PolicyRef) -> Result<RouteLayer, PolicyError> {
+    pub fn build(
+        &self,
+        policy: &PolicyRef,
+        ctx: &PolicyContext<'_>,
+    ) -> Result<RouteLayer, PolicyError> {
         let error = |message: String| PolicyError {
             name: policy.name.clone(),
             message,
@@ -114,10 +268,9 @@ impl PolicyRegistry {
             .ok_or_else(|| error("unknown policy".to_string()))?;
         let problems = factory.validate(&policy.params);
         if !problems.is_empty() {
-            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            return Err(error(list.join("; ")));
+            return Err(error(join(&problems)));
         }
-        factory.build(&policy.params).map_err(error)
+        factory.build(&policy.params, ctx).map_err(error)
     }
 }
 
@@ -144,11 +297,12 @@ pub fn effective_policies<'a>(
 pub fn build_stack(
     registry: &PolicyRegistry,
     policies: &[&PolicyRef],
+    ctx: &PolicyContext<'_>,
     inner: RouteService,
 ) -> Result<RouteService, PolicyError> {
     let mut service = inner;
     for policy in policies.iter().rev() {
-        let layer = registry.build(policy)?;
+        let layer = registry.build(policy, ctx)?;
         service = tower::Layer::layer(&layer, service);
     }
     Ok(service)
@@ -179,7 +333,12 @@ mod tests {
     #[test]
     fn unknown_policy_does_not_build() {
         let registry = PolicyRegistry::new();
-        let err = registry.build(&p("nope", 0)).unwrap_err();
+        let ctx = PolicyContext {
+            api: "a",
+            context: "/",
+            operation: None,
+        };
+        let err = registry.build(&p("nope", 0), &ctx).unwrap_err();
         assert_eq!(err.name, "nope");
     }
 }

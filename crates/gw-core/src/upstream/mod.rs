@@ -957,6 +957,8 @@ fn upstream_uri(base_path: &str, uri: &Uri, context_len: usize) -> Result<Uri, G
 pub struct UpstreamService {
     upstream: Arc<Upstream>,
     context_len: usize,
+    /// Turns failures into responses right here, so that the policies around see them.
+    rescue: Option<Arc<crate::gateway::Rescuer>>,
 }
 
 impl UpstreamService {
@@ -965,7 +967,14 @@ impl UpstreamService {
         Self {
             upstream,
             context_len,
+            rescue: None,
         }
+    }
+
+    /// Answers failures with the response `rescue` makes, instead of an error.
+    pub(crate) fn with_rescue(mut self, rescue: Arc<crate::gateway::Rescuer>) -> Self {
+        self.rescue = Some(rescue);
+        self
     }
 }
 
@@ -981,11 +990,15 @@ impl tower::Service<Request<Body>> for UpstreamService {
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let upstream = Arc::clone(&self.upstream);
         let context_len = self.context_len;
+        let rescue = self.rescue.clone();
         Box::pin(async move {
-            upstream
-                .forward(request, context_len)
-                .await
-                .map_err(BoxError::from)
+            match upstream.forward(request, context_len).await {
+                Ok(response) => Ok(response),
+                Err(error) => match rescue {
+                    Some(rescue) => Ok(rescue.rescue(error.into())),
+                    None => Err(error.into()),
+                },
+            }
         })
     }
 }

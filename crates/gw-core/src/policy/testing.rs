@@ -1,0 +1,59 @@
+//! Test helpers for policies: a context and an inner service that records the request.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response};
+
+use super::{PolicyContext, RouteLayer, RouteService};
+use crate::body::{self, Body};
+
+/// The context of a policy on API `orders` at `/orders`.
+pub(crate) fn ctx() -> PolicyContext<'static> {
+    PolicyContext {
+        api: "orders",
+        context: "/orders",
+        operation: None,
+    }
+}
+
+/// Calls `layer` around an upstream that answers 200 with `server: upstream` and body
+/// `upstream`; returns the request the upstream saw (`None` when the policy answered) and
+/// the response.
+pub(crate) async fn call_seen(
+    layer: &RouteLayer,
+    request: Request<Body>,
+) -> (Option<Request<Body>>, Response<Body>) {
+    let seen: Arc<Mutex<Option<Request<Body>>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let inner = RouteService::new(tower::service_fn(move |request: Request<Body>| {
+        let record = Arc::clone(&record);
+        async move {
+            *record.lock().unwrap() = Some(request);
+            let mut response = Response::new(body::full("upstream"));
+            response
+                .headers_mut()
+                .insert("server", http::HeaderValue::from_static("upstream"));
+            Ok::<_, crate::body::BoxError>(response)
+        }
+    }));
+    let service = tower::Layer::layer(layer, inner);
+    let response = tower::ServiceExt::oneshot(service, request).await.unwrap();
+    let seen = seen.lock().unwrap().take();
+    (seen, response)
+}
+
+/// [`call_seen`] where the upstream must have been called.
+pub(crate) async fn call(
+    layer: &RouteLayer,
+    request: Request<Body>,
+) -> (Request<Body>, Response<Body>) {
+    let (seen, response) = call_seen(layer, request).await;
+    (seen.expect("the upstream was not called"), response)
+}
+
+/// The body of a response, as text.
+pub(crate) async fn text(response: Response<Body>) -> String {
+    use http_body_util::BodyExt as _;
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
