@@ -163,8 +163,13 @@ pub fn validate(api: &ApiDefinition, ctx: &ValidationContext<'_>) -> Vec<FieldEr
             format!("must be between 1 and {MAX_BODY_LIMIT} (1 TiB)"),
         );
     }
-    v.operations(api, *ctx);
-    v.policies("spec.policies", &spec.policies, *ctx);
+    let attached = crate::policy::PolicyContext {
+        api: &api.metadata.name,
+        context: &spec.context,
+        operation: None,
+    };
+    v.operations(api, *ctx, &attached);
+    v.policies("spec.policies", &spec.policies, *ctx, &attached);
     v.errors
 }
 
@@ -501,7 +506,12 @@ impl Validator {
         }
     }
 
-    fn operations(&mut self, api: &ApiDefinition, ctx: ValidationContext<'_>) {
+    fn operations(
+        &mut self,
+        api: &ApiDefinition,
+        ctx: ValidationContext<'_>,
+        attached: &crate::policy::PolicyContext<'_>,
+    ) {
         let ops = &api.spec.operations;
         if ops.len() > MAX_OPERATIONS {
             self.err(
@@ -559,11 +569,24 @@ impl Validator {
                     },
                 }
             }
-            self.policies(&format!("{field}.policies"), &op.policies, ctx);
+            let attached = crate::policy::PolicyContext {
+                operation: Some(crate::policy::OperationContext {
+                    method: &op.method,
+                    path: &op.path,
+                }),
+                ..*attached
+            };
+            self.policies(&format!("{field}.policies"), &op.policies, ctx, &attached);
         }
     }
 
-    fn policies(&mut self, field: &str, policies: &[PolicyRef], ctx: ValidationContext<'_>) {
+    fn policies(
+        &mut self,
+        field: &str,
+        policies: &[PolicyRef],
+        ctx: ValidationContext<'_>,
+        attached: &crate::policy::PolicyContext<'_>,
+    ) {
         if policies.len() > MAX_POLICIES {
             self.err(field, format!("more than {MAX_POLICIES} policies"));
             return;
@@ -591,7 +614,7 @@ impl Validator {
                 );
                 continue;
             };
-            for error in registry.validate_params(&policy.name, &policy.params) {
+            for error in registry.validate_params(&policy.name, &policy.params, attached) {
                 let path = if error.field.is_empty() {
                     format!("{item}.params")
                 } else {

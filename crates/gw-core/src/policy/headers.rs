@@ -206,7 +206,7 @@ impl Filter for RequestHeaderFilter {
 impl Policy for RequestHeaders {
     type Params = HeaderParams;
 
-    fn check(&self, params: &HeaderParams) -> Vec<FieldError> {
+    fn check(&self, params: &HeaderParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         params.check(true)
     }
 
@@ -238,7 +238,7 @@ impl Filter for ResponseHeaderFilter {
 impl Policy for ResponseHeaders {
     type Params = HeaderParams;
 
-    fn check(&self, params: &HeaderParams) -> Vec<FieldError> {
+    fn check(&self, params: &HeaderParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         params.check(false)
     }
 
@@ -271,6 +271,7 @@ mod tests {
                 "rename": {"host": "x-host"},
                 "extra": 1
             }),
+            &ctx(),
         );
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
@@ -289,13 +290,18 @@ mod tests {
             registry
                 .validate_params(
                     "response-headers",
-                    &serde_json::json!({"set": {"host": "x"}})
+                    &serde_json::json!({"set": {"host": "x"}}),
+                    &ctx()
                 )
                 .is_empty()
         );
         assert!(
             registry
-                .validate_params("request-headers", &serde_json::json!({"set": {"x-n": 1}}))
+                .validate_params(
+                    "request-headers",
+                    &serde_json::json!({"set": {"x-n": 1}}),
+                    &ctx()
+                )
                 .iter()
                 .any(|e| e.field == "set.x-n")
         );

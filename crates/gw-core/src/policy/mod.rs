@@ -100,11 +100,41 @@ pub struct OperationContext<'a> {
     pub path: &'a str,
 }
 
+/// Where a policy runs in a route's stack, outermost first. Whatever order policies are
+/// listed in, a route's stack runs them phase by phase (so that, for example, a rate limit
+/// per consumer always runs after authentication has found the consumer); within a phase
+/// they run in the order listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// Request ids, access logs: they see every request and every response.
+    Observe,
+    /// CORS: preflights are answered before authentication, which browsers do not send
+    /// with them.
+    Cors,
+    /// Cheap refusals before any credential is checked: IP filters, size limits.
+    Admission,
+    /// Authentication: finds the consumer.
+    Authenticate,
+    /// Authorization of the consumer: ACLs.
+    Authorize,
+    /// Rate limits.
+    RateLimit,
+    /// Request and response transforms, redirects, mocks, timeouts; the default.
+    Transform,
+}
+
 /// Validates a policy's params and builds its layer. Most policies implement [`Policy`]
 /// instead, which derives both from a serde params type.
 pub trait PolicyFactory: Send + Sync + fmt::Debug + 'static {
     /// Every problem in `params`, with field paths relative to `params` (empty when valid).
-    fn validate(&self, params: &serde_json::Value) -> Vec<FieldError>;
+    /// `ctx` says where the policy is attached; an API-level policy is validated without an
+    /// operation.
+    fn validate(&self, params: &serde_json::Value, ctx: &PolicyContext<'_>) -> Vec<FieldError>;
+
+    /// Where the policy runs in a route's stack; see [`Phase`].
+    fn phase(&self) -> Phase {
+        Phase::Transform
+    }
 
     /// Builds the layer from params that [`PolicyFactory::validate`] accepted.
     fn build(
@@ -126,10 +156,16 @@ pub trait Policy: Send + Sync + fmt::Debug + 'static {
     /// The params, as written under `params:` in the API definition.
     type Params: serde::de::DeserializeOwned + schemars::JsonSchema;
 
-    /// Problems the params type cannot express (ranges, one-of rules, patterns).
-    fn check(&self, params: &Self::Params) -> Vec<FieldError> {
-        let _ = params;
+    /// Problems the params type cannot express (ranges, one-of rules, patterns, references
+    /// to the operation's path parameters).
+    fn check(&self, params: &Self::Params, ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+        let _ = (params, ctx);
         Vec::new()
+    }
+
+    /// Where the policy runs in a route's stack; see [`Phase`].
+    fn phase(&self) -> Phase {
+        Phase::Transform
     }
 
     /// Builds the layer from checked params.
@@ -156,12 +192,16 @@ impl<P: Policy> Typed<P> {
 }
 
 impl<P: Policy> PolicyFactory for Typed<P> {
-    fn validate(&self, params: &serde_json::Value) -> Vec<FieldError> {
+    fn validate(&self, params: &serde_json::Value, ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         let (parsed, mut errors) = Self::tracked(params);
         if let Some(parsed) = parsed {
-            errors.extend(self.0.check(&parsed));
+            errors.extend(self.0.check(&parsed, ctx));
         }
         errors
+    }
+
+    fn phase(&self) -> Phase {
+        self.0.phase()
     }
 
     fn build(
@@ -239,15 +279,28 @@ impl PolicyRegistry {
         self.factories.keys().cloned().collect()
     }
 
+    /// The phase of policy `name` ([`Phase::Transform`] when it is unknown).
+    pub fn phase(&self, name: &str) -> Phase {
+        self.factories
+            .get(name)
+            .map_or(Phase::Transform, |f| f.phase())
+    }
+
     /// The JSON Schema of the params of policy `name`, if it is registered and has one.
     pub fn schema(&self, name: &str) -> Option<serde_json::Value> {
         self.factories.get(name).and_then(|f| f.schema())
     }
 
-    /// Validates the params of policy `name`; an unknown name is one error.
-    pub fn validate_params(&self, name: &str, params: &serde_json::Value) -> Vec<FieldError> {
+    /// Validates the params of policy `name` attached at `ctx`; an unknown name is one
+    /// error.
+    pub fn validate_params(
+        &self,
+        name: &str,
+        params: &serde_json::Value,
+        ctx: &PolicyContext<'_>,
+    ) -> Vec<FieldError> {
         match self.factories.get(name) {
-            Some(factory) => factory.validate(params),
+            Some(factory) => factory.validate(params, ctx),
             None => vec![FieldError::new("", format!("unknown policy {name:?}"))],
         }
     }
@@ -266,7 +319,7 @@ impl PolicyRegistry {
             .factories
             .get(&policy.name)
             .ok_or_else(|| error("unknown policy".to_string()))?;
-        let problems = factory.validate(&policy.params);
+        let problems = factory.validate(&policy.params, ctx);
         if !problems.is_empty() {
             return Err(error(join(&problems)));
         }
@@ -293,15 +346,18 @@ pub fn effective_policies<'a>(
     out
 }
 
-/// Wraps `inner` in the layers of `policies`, the first policy outermost.
+/// Wraps `inner` in the layers of `policies`, phase by phase ([`Phase`]), in the order
+/// listed within a phase, the first outermost.
 pub fn build_stack(
     registry: &PolicyRegistry,
     policies: &[&PolicyRef],
     ctx: &PolicyContext<'_>,
     inner: RouteService,
 ) -> Result<RouteService, PolicyError> {
+    let mut ordered: Vec<&PolicyRef> = policies.to_vec();
+    ordered.sort_by_key(|p| registry.phase(&p.name));
     let mut service = inner;
-    for policy in policies.iter().rev() {
+    for policy in ordered.iter().rev() {
         let layer = registry.build(policy, ctx)?;
         service = tower::Layer::layer(&layer, service);
     }

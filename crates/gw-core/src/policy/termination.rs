@@ -50,7 +50,7 @@ pub(crate) struct RequestTermination;
 impl Policy for RequestTermination {
     type Params = TerminationParams;
 
-    fn check(&self, params: &TerminationParams) -> Vec<FieldError> {
+    fn check(&self, params: &TerminationParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if !(200..=599).contains(&params.status) {
             errors.push(FieldError::new("status", "must be 200 to 599"));
@@ -175,6 +175,7 @@ mod tests {
         let errors = registry.validate_params(
             "request-termination",
             &serde_json::json!({"status": 99, "message": "m", "body": "b", "headers": {"content-length": "1"}}),
+            &ctx(),
         );
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
@@ -184,7 +185,7 @@ mod tests {
         );
         assert!(
             registry
-                .validate_params("request-termination", &serde_json::Value::Null)
+                .validate_params("request-termination", &serde_json::Value::Null, &ctx())
                 .is_empty()
         );
     }
