@@ -274,6 +274,12 @@ pub struct ControllerSpec {
 /// Starts a controller with every address on `127.0.0.1:0`. Production mode gets the test
 /// token and key.
 pub fn controller(spec: &ControllerSpec, data_dir: &Path) -> Process {
+    controller_from("gw-controller", spec, data_dir)
+}
+
+/// [`controller`] from another binary of the workspace: a custom build of the controller
+/// (`gw_controller::cli`), such as `examples/custom-policy`'s.
+pub fn controller_from(binary_name: &str, spec: &ControllerSpec, data_dir: &Path) -> Process {
     let data_dir = data_dir.display().to_string();
     let mut args = strings(&[
         "--data-dir",
@@ -313,7 +319,7 @@ pub fn controller(spec: &ControllerSpec, data_dir: &Path) -> Process {
             ("GW_SYNC_TOKEN".to_string(), SYNC_TOKEN.to_string()),
         ]
     };
-    Process::start(&spec.node_id, &binary("gw-controller"), &args, &envs)
+    Process::start(&spec.node_id, &binary(binary_name), &args, &envs)
 }
 
 /// A runtime's arguments: its configuration source (`--controller LIST` or `--config
@@ -345,11 +351,23 @@ pub fn runtime_with(
     data_dir: &Path,
     extra: &[&str],
 ) -> Process {
+    runtime_from("gw-runtime", node_id, controllers, data_dir, extra)
+}
+
+/// [`runtime_with`] from another binary of the workspace: a custom build of the runtime
+/// (`gw_runtime::cli`), such as `examples/custom-policy`'s.
+pub fn runtime_from(
+    binary_name: &str,
+    node_id: &str,
+    controllers: &[SocketAddr],
+    data_dir: &Path,
+    extra: &[&str],
+) -> Process {
     let list: Vec<String> = controllers.iter().map(ToString::to_string).collect();
     let mut args = runtime_args(["--controller", &list.join(",")], node_id, data_dir);
     args.extend(strings(extra));
     let envs = [("GW_SYNC_TOKEN".to_string(), SYNC_TOKEN.to_string())];
-    Process::start(node_id, &binary("gw-runtime"), &args, &envs)
+    Process::start(node_id, &binary(binary_name), &args, &envs)
 }
 
 /// Starts a runtime in standalone mode, serving the APIs of the file `config`, with extra

@@ -118,6 +118,10 @@ impl LogGate {
 #[derive(Debug)]
 struct OperationRoute {
     methods: Vec<(Method, RouteService)>,
+    /// The methods whose stack answers CORS preflights (a `Phase::Cors` policy): an
+    /// `OPTIONS` preflight for one of them runs that stack even though the operation is not
+    /// `OPTIONS`.
+    preflight: Vec<Method>,
     /// Value of the `Allow` header for a 405 on this path.
     allow: String,
 }
@@ -197,13 +201,21 @@ impl BuiltApi {
                         .map_err(|e| format!("operation path {:?}: {e}", op.path))?;
                     built.operations.push(OperationRoute {
                         methods: Vec::new(),
+                        preflight: Vec::new(),
                         allow: String::new(),
                     });
                     by_path.insert(&op.path, index);
                     index
                 }
             };
-            built.operations[index].methods.push((method, stack));
+            let route = &mut built.operations[index];
+            if policies
+                .iter()
+                .any(|p| registry.phase(&p.name) == crate::policy::Phase::Cors)
+            {
+                route.preflight.push(method.clone());
+            }
+            route.methods.push((method, stack));
         }
         for route in &mut built.operations {
             route.allow = route
@@ -217,7 +229,8 @@ impl BuiltApi {
     }
 
     /// The stack for a method and the path after the context.
-    fn select(&self, method: &Method, rest: &str) -> Result<&RouteService, GatewayError> {
+    fn select<B>(&self, request: &Request<B>, rest: &str) -> Result<&RouteService, GatewayError> {
+        let method = request.method();
         if let Some(service) = &self.service {
             return Ok(service);
         }
@@ -227,14 +240,23 @@ impl BuiltApi {
             .at(path)
             .map_err(|_| GatewayError::NoRoute)?;
         let route = &self.operations[*matched.value];
-        route
-            .methods
-            .iter()
-            .find(|(m, _)| m == method)
-            .map(|(_, service)| service)
-            .ok_or_else(|| GatewayError::MethodNotAllowed {
-                allow: route.allow.clone(),
-            })
+        if let Some((_, service)) = route.methods.iter().find(|(m, _)| m == method) {
+            return Ok(service);
+        }
+        // a CORS preflight for an operation whose stack answers it
+        if method == Method::OPTIONS
+            && let Some(requested) = request
+                .headers()
+                .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+                .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
+            && route.preflight.contains(&requested)
+            && let Some((_, service)) = route.methods.iter().find(|(m, _)| *m == requested)
+        {
+            return Ok(service);
+        }
+        Err(GatewayError::MethodNotAllowed {
+            allow: route.allow.clone(),
+        })
     }
 }
 
@@ -566,7 +588,7 @@ impl Gateway {
                 .lookup(host.as_deref(), &path)
                 .ok_or(GatewayError::NoRoute)?;
             let api = found.value;
-            let service = api.select(request.method(), &path[found.context_len..])?;
+            let service = api.select(&request, &path[found.context_len..])?;
             let normalized = match path {
                 std::borrow::Cow::Owned(p) => Some(p),
                 std::borrow::Cow::Borrowed(_) => None,

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod cli;
 pub mod file_source;
 pub mod listener;
 pub mod logging;

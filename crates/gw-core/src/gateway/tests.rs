@@ -57,7 +57,11 @@ fn api(name: &str, context: &str, upstream: &str, extra: &str) -> Arc<ApiDefinit
     let doc = format!(
         "apiVersion: gw/v1\nkind: Api\nmetadata: {{name: {name}}}\nspec:\n  context: {context}\n  upstream:\n    endpoints: [{{url: '{upstream}'}}]\n    timeouts: {{request: 300ms}}\n{extra}"
     );
-    Arc::new(ApiDefinition::parse(doc.as_bytes(), Format::Yaml).unwrap())
+    let registry = test_registry();
+    let ctx = crate::model::ValidationContext {
+        policies: Some(&registry),
+    };
+    Arc::new(ApiDefinition::parse_with(doc.as_bytes(), Format::Yaml, &ctx).unwrap())
 }
 
 fn gateway() -> Gateway {
@@ -205,4 +209,144 @@ async fn in_flight_requests_survive_a_swap() {
     // routed before the swap, so served by the old configuration
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(call(&gw, "GET", "/s/x").await.0, StatusCode::NOT_FOUND);
+}
+
+/// A test policy: answers with `status` at the gateway when the request lacks `x-pass`
+/// (or, for `answer-preflight`, when it is an `OPTIONS`), in the phase it is registered
+/// with.
+#[derive(Debug)]
+struct Gate {
+    phase: crate::policy::Phase,
+    preflight_only: bool,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct GateParams {
+    status: u16,
+}
+
+#[derive(Debug)]
+struct GateFilter {
+    status: StatusCode,
+    preflight_only: bool,
+}
+
+impl crate::policy::Filter for GateFilter {
+    type State = ();
+
+    fn request(&self, request: &mut Request<Body>) -> Result<(), Response<Body>> {
+        let answer = if self.preflight_only {
+            request.method() == Method::OPTIONS
+        } else {
+            !request.headers().contains_key("x-pass")
+        };
+        if answer {
+            Err(crate::error::json_error(self.status, "gate", "gate"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl crate::policy::Policy for Gate {
+    type Params = GateParams;
+
+    fn phase(&self) -> crate::policy::Phase {
+        self.phase
+    }
+
+    fn layer(
+        &self,
+        params: GateParams,
+        _ctx: &crate::policy::PolicyContext<'_>,
+    ) -> Result<crate::policy::RouteLayer, String> {
+        Ok(crate::policy::filter_layer(GateFilter {
+            status: StatusCode::from_u16(params.status).map_err(|e| e.to_string())?,
+            preflight_only: self.preflight_only,
+        }))
+    }
+}
+
+/// The built-in policies and the test's `gate` and `answer-preflight`.
+fn test_registry() -> PolicyRegistry {
+    PolicyRegistry::builtin()
+        .register_policy(
+            "gate",
+            Gate {
+                phase: crate::policy::Phase::Admission,
+                preflight_only: false,
+            },
+        )
+        .register_policy(
+            "answer-preflight",
+            Gate {
+                phase: crate::policy::Phase::Cors,
+                preflight_only: true,
+            },
+        )
+}
+
+fn policy_gateway() -> Gateway {
+    Gateway::new(test_registry(), ProxyMetrics::unregistered())
+}
+
+#[tokio::test]
+async fn policies_run_phase_by_phase_whatever_their_order() {
+    let up = upstream("A").await;
+    let gw = policy_gateway();
+    let extra = "  policies:\n    - {name: request-termination, params: {status: 418}}\n    - {name: gate, params: {status: 403}}\n";
+    gw.apply(1, [api("p", "/p", &format!("http://{up}"), extra)])
+        .unwrap();
+    // the admission gate runs first though it is listed second
+    let (status, _) = call(&gw, "GET", "/p/x").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let req = Request::builder()
+        .uri("/p/x")
+        .header("x-pass", "1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = gw.handle(req, conn()).await;
+    assert_eq!(resp.status(), StatusCode::IM_A_TEAPOT);
+}
+
+#[tokio::test]
+async fn policies_see_the_gateways_own_upstream_errors() {
+    // nothing listens on port 9 of loopback: a connect failure, rescued into a 502 that the
+    // response-headers policy decorates
+    let gw = policy_gateway();
+    let extra =
+        "  policies:\n    - {name: response-headers, params: {set: {x-seen: '${api.name}'}}}\n";
+    gw.apply(1, [api("down", "/down", "http://127.0.0.1:9", extra)])
+        .unwrap();
+    let req = Request::builder()
+        .uri("/down/x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = gw.handle(req, conn()).await;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(resp.headers()["x-seen"], "down");
+}
+
+#[tokio::test]
+async fn a_preflight_runs_the_stack_of_the_operation_it_asks_for() {
+    let up = upstream("A").await;
+    let gw = policy_gateway();
+    let extra = "  operations:\n    - method: GET\n      path: /items/{id}\n      policies: [{name: answer-preflight, params: {status: 204}}]\n    - {method: POST, path: '/items/{id}'}\n";
+    gw.apply(1, [api("ops", "/ops", &format!("http://{up}"), extra)])
+        .unwrap();
+    let preflight = |requested: Option<&str>| {
+        let mut req = Request::builder().method("OPTIONS").uri("/ops/items/1");
+        if let Some(requested) = requested {
+            req = req.header("access-control-request-method", requested);
+        }
+        req.body(Full::new(Bytes::new())).unwrap()
+    };
+    let resp = gw.handle(preflight(Some("GET")), conn()).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    // POST has no CORS policy, and a plain OPTIONS is no preflight: both stay 405
+    let resp = gw.handle(preflight(Some("POST")), conn()).await;
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let resp = gw.handle(preflight(None), conn()).await;
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers()["allow"], "GET, POST");
 }
