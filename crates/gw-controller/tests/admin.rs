@@ -385,3 +385,44 @@ async fn a_controller_with_another_key_refuses_to_load() {
     assert!(err.to_string().contains("GW_ENCRYPTION_KEY"), "{err}");
     assert!(err.to_string().contains("\"site\""), "{err}");
 }
+
+#[tokio::test]
+async fn policies_are_listed_with_their_schemas_and_their_params_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _stop) = state(Some(sqlite(&dir).await));
+    let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+
+    let (status, body) = send(&state, get("/api/v1/policies")).await;
+    assert_eq!(status, StatusCode::OK);
+    let items = body["items"].as_array().unwrap();
+    assert!(
+        items.iter().any(|p| p["name"] == "request-headers" && p["phase"] == "transform"),
+        "{body}"
+    );
+    let (status, body) = send(&state, get("/api/v1/policies/request-headers")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["paramsSchema"]["properties"]["set"].is_object(), "{body}");
+    let (status, body) = send(&state, get("/api/v1/policies/nope")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+
+    // params are checked at deploy time with their field paths; nothing is stored
+    let doc = format!(
+        "{}  policies:\n    - name: request-headers\n      params: {{set: {{x-t: '${{nope}}'}}, extra: 1}}\n",
+        api("p", "/p", "[default]")
+    );
+    let (status, body) = send(&state, put("/api/v1/apis/p", doc)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let fields: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["field"].as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        ["spec.policies[0].params.extra", "spec.policies[0].params.set.x-t"],
+        "{body}"
+    );
+    let (status, _) = send(&state, get("/api/v1/apis/p")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

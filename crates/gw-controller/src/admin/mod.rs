@@ -103,6 +103,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/runtimes", get(runtimes::list))
         .route("/schema/api", get(schema))
         .route("/schema/certificate", get(certificate_schema))
+        .route("/policies", get(policies))
+        .route("/policies/{name}", get(policy))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             authenticate,
@@ -226,6 +228,37 @@ async fn schema() -> Response {
 
 async fn certificate_schema() -> Response {
     axum::Json(gw_core::model::schema::certificate_schema()).into_response()
+}
+
+/// `GET /api/v1/policies`: the policies this controller accepts, with their phase.
+async fn policies(State(state): State<Arc<AppState>>) -> Response {
+    let items: Vec<serde_json::Value> = state
+        .policies
+        .names()
+        .into_iter()
+        .map(|name| {
+            let phase = state.policies.phase(&name).as_str();
+            serde_json::json!({"name": name, "phase": phase})
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "items": items })).into_response()
+}
+
+/// `GET /api/v1/policies/{name}`: one policy, with the JSON Schema of its params.
+async fn policy(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    if !state.policies.contains(&name) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no policy named {name:?}; GET /api/v1/policies lists them"),
+        ));
+    }
+    let phase = state.policies.phase(&name).as_str();
+    let schema = state.policies.schema(&name);
+    Ok(axum::Json(serde_json::json!({"name": name, "phase": phase, "paramsSchema": schema})).into_response())
 }
 
 async fn not_found() -> ApiError {

@@ -123,6 +123,21 @@ pub enum Phase {
     Transform,
 }
 
+impl Phase {
+    /// The phase's name in the admin API and the docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Observe => "observe",
+            Phase::Cors => "cors",
+            Phase::Admission => "admission",
+            Phase::Authenticate => "authenticate",
+            Phase::Authorize => "authorize",
+            Phase::RateLimit => "rate-limit",
+            Phase::Transform => "transform",
+        }
+    }
+}
+
 /// Validates a policy's params and builds its layer. Most policies implement [`Policy`]
 /// instead, which derives both from a serde params type.
 pub trait PolicyFactory: Send + Sync + fmt::Debug + 'static {
