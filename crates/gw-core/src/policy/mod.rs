@@ -34,8 +34,12 @@
 //! ```
 
 mod cidr;
+mod correlation;
+mod cors;
 mod filter;
 mod headers;
+mod redirect;
+mod rewrite;
 mod template;
 mod termination;
 #[cfg(test)]
@@ -269,6 +273,10 @@ impl PolicyRegistry {
             .register_policy("request-headers", headers::RequestHeaders)
             .register_policy("response-headers", headers::ResponseHeaders)
             .register_policy("request-termination", termination::RequestTermination)
+            .register_policy("cors", cors::CorsPolicy)
+            .register_policy("correlation-id", correlation::CorrelationId)
+            .register_policy("redirect", redirect::Redirect)
+            .register_policy("rewrite", rewrite::Rewrite)
     }
 
     /// Adds (or replaces) the policy `name`.
