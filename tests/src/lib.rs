@@ -419,7 +419,7 @@ pub fn echo_upstream(name: &str) -> Process {
 }
 
 /// An upstream on loopback that answers every request with
-/// `{"upstream": tag, "path": …, "query": …, "headers": {…}}`.
+/// `{"upstream": tag, "method": …, "path": …, "query": …, "headers": {…}}`.
 #[derive(Debug)]
 pub struct Upstream {
     /// Where it listens.
@@ -450,6 +450,7 @@ impl Upstream {
                             .collect();
                         let body = serde_json::json!({
                             "upstream": tag,
+                            "method": request.method().as_str(),
                             "path": request.uri().path(),
                             "query": request.uri().query(),
                             "headers": headers,

@@ -76,3 +76,151 @@ async fn header_transforms_and_termination() {
     assert_eq!(body["error"]["code"], "request_terminated");
     assert_eq!(body["error"]["message"], "down for maintenance");
 }
+
+#[tokio::test]
+async fn cors_and_correlation_ids() {
+    let upstream = Upstream::start("u").await;
+    let yaml = [
+        api(
+            "web",
+            "/web",
+            &upstream,
+            "  policies:
+    - name: correlation-id
+    - name: cors
+      params:
+        allowOrigins: [https://app.example.com]
+        allowOriginPatterns: ['https://*.preview.example.com']
+        allowMethods: [GET, POST]
+        exposeHeaders: [x-total]
+        allowCredentials: true
+        maxAge: 600
+  operations:
+    - {method: GET, path: '/items/{id}'}",
+        ),
+    ]
+    .concat();
+    let (runtime, _dir) = standalone(&yaml, &[]);
+    let proxy = runtime.addr("proxy");
+    let client = reqwest::Client::new();
+
+    // a preflight on an operation that is not OPTIONS, answered at the gateway
+    let preflight = |origin: &str, method: &str| {
+        client
+            .request(reqwest::Method::OPTIONS, format!("http://{proxy}/web/items/1"))
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let response = preflight("https://a.preview.example.com", "GET").await.unwrap();
+    assert_eq!(response.status(), 204);
+    let headers = response.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://a.preview.example.com"
+    );
+    assert_eq!(headers["access-control-allow-credentials"], "true");
+    assert_eq!(headers["access-control-max-age"], "600");
+    assert_eq!(headers["access-control-allow-headers"], "authorization");
+    // the request id is on the gateway's own answers too (observe runs outermost)
+    assert!(headers.contains_key("x-request-id"));
+    let response = preflight("https://evil.example.net", "GET").await.unwrap();
+    assert_eq!(response.status(), 403);
+    // no DELETE operation on this path: the preflight is a 405 like a DELETE would be
+    let response = preflight("https://app.example.com", "DELETE").await.unwrap();
+    assert_eq!(response.status(), 405);
+
+    // a simple request from an allowed origin goes upstream and gets the CORS headers
+    let response = client
+        .get(format!("http://{proxy}/web/items/1"))
+        .header("origin", "https://app.example.com")
+        .header("x-request-id", "client-id-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(headers["access-control-expose-headers"], "x-total");
+    assert_eq!(headers["x-request-id"], "client-id-1");
+    assert!(headers["vary"].to_str().unwrap().contains("Origin"));
+    let seen: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-request-id"], "client-id-1", "{seen}");
+
+    // a disallowed origin: proxied, without CORS headers; a fresh id when none was sent
+    let response = client
+        .get(format!("http://{proxy}/web/items/2"))
+        .header("origin", "https://evil.example.net")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(!response.headers().contains_key("access-control-allow-origin"));
+    let generated = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+    let seen: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-request-id"], generated.as_str(), "{seen}");
+}
+
+#[tokio::test]
+async fn redirects_and_rewrites() {
+    let upstream = Upstream::start("u").await;
+    let yaml = [
+        api(
+            "moved",
+            "/moved",
+            &upstream,
+            "  policies:
+    - name: redirect
+      params: {location: '/new${request.path}', status: 308, keepQuery: true}",
+        ),
+        api(
+            "shop",
+            "/shop",
+            &upstream,
+            "  operations:
+    - method: GET
+      path: '/items/{id}'
+      policies: [{name: rewrite, params: {path: '/v2/products/{id}/detail'}}]
+    - method: POST
+      path: /items/search
+      policies: [{name: rewrite, params: {path: /items, method: GET}}]",
+        ),
+    ]
+    .concat();
+    let (runtime, _dir) = standalone(&yaml, &[]);
+    let proxy = runtime.addr("proxy");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    let response = client
+        .get(format!("http://{proxy}/moved/a/b?x=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 308);
+    assert_eq!(response.headers()["location"], "/new/moved/a/b?x=1");
+
+    let response = client
+        .get(format!("http://{proxy}/shop/items/a%20b?full=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(seen["path"], "/v2/products/a%20b/detail", "{seen}");
+    assert_eq!(seen["query"], "full=1", "{seen}");
+
+    let response = client
+        .post(format!("http://{proxy}/shop/items/search"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(seen["path"], "/items", "{seen}");
+    assert_eq!(seen["method"], "GET", "{seen}");
+}
