@@ -36,10 +36,14 @@
 mod cidr;
 mod filter;
 mod headers;
+mod ipfilter;
+mod ratelimit;
+mod sizelimit;
 mod template;
 mod termination;
 #[cfg(test)]
 pub(crate) mod testing;
+mod timeout;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -254,6 +258,10 @@ impl PolicyRegistry {
             .register_policy("request-headers", headers::RequestHeaders)
             .register_policy("response-headers", headers::ResponseHeaders)
             .register_policy("request-termination", termination::RequestTermination)
+            .register_policy("ip-filter", ipfilter::IpFilter)
+            .register_policy("request-size-limit", sizelimit::RequestSizeLimit)
+            .register_policy("rate-limit", ratelimit::RateLimit)
+            .register_policy("timeout", timeout::Timeout)
     }
 
     /// Adds (or replaces) the policy `name`.
