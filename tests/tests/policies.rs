@@ -80,12 +80,11 @@ async fn header_transforms_and_termination() {
 #[tokio::test]
 async fn cors_and_correlation_ids() {
     let upstream = Upstream::start("u").await;
-    let yaml = [
-        api(
-            "web",
-            "/web",
-            &upstream,
-            "  policies:
+    let yaml = [api(
+        "web",
+        "/web",
+        &upstream,
+        "  policies:
     - name: correlation-id
     - name: cors
       params:
@@ -97,8 +96,7 @@ async fn cors_and_correlation_ids() {
         maxAge: 600
   operations:
     - {method: GET, path: '/items/{id}'}",
-        ),
-    ]
+    )]
     .concat();
     let (runtime, _dir) = standalone(&yaml, &[]);
     let proxy = runtime.addr("proxy");
@@ -107,13 +105,18 @@ async fn cors_and_correlation_ids() {
     // a preflight on an operation that is not OPTIONS, answered at the gateway
     let preflight = |origin: &str, method: &str| {
         client
-            .request(reqwest::Method::OPTIONS, format!("http://{proxy}/web/items/1"))
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("http://{proxy}/web/items/1"),
+            )
             .header("origin", origin)
             .header("access-control-request-method", method)
             .header("access-control-request-headers", "authorization")
             .send()
     };
-    let response = preflight("https://a.preview.example.com", "GET").await.unwrap();
+    let response = preflight("https://a.preview.example.com", "GET")
+        .await
+        .unwrap();
     assert_eq!(response.status(), 204);
     let headers = response.headers();
     assert_eq!(
@@ -128,7 +131,9 @@ async fn cors_and_correlation_ids() {
     let response = preflight("https://evil.example.net", "GET").await.unwrap();
     assert_eq!(response.status(), 403);
     // no DELETE operation on this path: the preflight is a 405 like a DELETE would be
-    let response = preflight("https://app.example.com", "DELETE").await.unwrap();
+    let response = preflight("https://app.example.com", "DELETE")
+        .await
+        .unwrap();
     assert_eq!(response.status(), 405);
 
     // a simple request from an allowed origin goes upstream and gets the CORS headers
@@ -141,7 +146,10 @@ async fn cors_and_correlation_ids() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let headers = response.headers().clone();
-    assert_eq!(headers["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
     assert_eq!(headers["access-control-expose-headers"], "x-total");
     assert_eq!(headers["x-request-id"], "client-id-1");
     assert!(headers["vary"].to_str().unwrap().contains("Origin"));
@@ -156,11 +164,22 @@ async fn cors_and_correlation_ids() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert!(!response.headers().contains_key("access-control-allow-origin"));
-    let generated = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+    let generated = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(generated.len(), 36, "a UUID: {generated}");
     let seen: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(seen["headers"]["x-request-id"], generated.as_str(), "{seen}");
+    assert_eq!(
+        seen["headers"]["x-request-id"],
+        generated.as_str(),
+        "{seen}"
+    );
 }
 
 #[tokio::test]

@@ -396,14 +396,22 @@ async fn policies_are_listed_with_their_schemas_and_their_params_checked() {
     assert_eq!(status, StatusCode::OK);
     let items = body["items"].as_array().unwrap();
     assert!(
-        items.iter().any(|p| p["name"] == "request-headers" && p["phase"] == "transform"),
+        items
+            .iter()
+            .any(|p| p["name"] == "request-headers" && p["phase"] == "transform"),
         "{body}"
     );
     let (status, body) = send(&state, get("/api/v1/policies/request-headers")).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(body["paramsSchema"]["properties"]["set"].is_object(), "{body}");
+    assert!(
+        body["paramsSchema"]["properties"]["set"].is_object(),
+        "{body}"
+    );
     let (status, body) = send(&state, get("/api/v1/policies/nope")).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
 
     // params are checked at deploy time with their field paths; nothing is stored
     let doc = format!(
@@ -420,7 +428,10 @@ async fn policies_are_listed_with_their_schemas_and_their_params_checked() {
         .collect();
     assert_eq!(
         fields,
-        ["spec.policies[0].params.extra", "spec.policies[0].params.set.x-t"],
+        [
+            "spec.policies[0].params.extra",
+            "spec.policies[0].params.set.x-t"
+        ],
         "{body}"
     );
     let (status, _) = send(&state, get("/api/v1/apis/p")).await;

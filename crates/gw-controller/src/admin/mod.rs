@@ -258,7 +258,10 @@ async fn policy(
     }
     let phase = state.policies.phase(&name).as_str();
     let schema = state.policies.schema(&name);
-    Ok(axum::Json(serde_json::json!({"name": name, "phase": phase, "paramsSchema": schema})).into_response())
+    Ok(
+        axum::Json(serde_json::json!({"name": name, "phase": phase, "paramsSchema": schema}))
+            .into_response(),
+    )
 }
 
 async fn not_found() -> ApiError {

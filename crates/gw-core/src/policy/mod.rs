@@ -38,12 +38,16 @@ mod correlation;
 mod cors;
 mod filter;
 mod headers;
+mod ipfilter;
+mod ratelimit;
 mod redirect;
 mod rewrite;
+mod sizelimit;
 mod template;
 mod termination;
 #[cfg(test)]
 pub(crate) mod testing;
+mod timeout;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -277,6 +281,10 @@ impl PolicyRegistry {
             .register_policy("correlation-id", correlation::CorrelationId)
             .register_policy("redirect", redirect::Redirect)
             .register_policy("rewrite", rewrite::Rewrite)
+            .register_policy("ip-filter", ipfilter::IpFilter)
+            .register_policy("request-size-limit", sizelimit::RequestSizeLimit)
+            .register_policy("rate-limit", ratelimit::RateLimit)
+            .register_policy("timeout", timeout::Timeout)
     }
 
     /// Adds (or replaces) the policy `name`.

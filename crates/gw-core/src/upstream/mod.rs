@@ -48,6 +48,12 @@ use retry::{RetryPolicy, is_idempotent};
 /// again without counting as retries, at most this many times.
 const MAX_STALE_RESENDS: u32 = 3;
 
+/// The time a request's upstream response headers are allowed (from the start of the
+/// upstream call, retries included), replacing `spec.upstream.timeouts.request` for that
+/// request: the `timeout` policy puts it in the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RequestTimeout(pub(crate) Duration);
+
 /// An API's upstream: endpoints, balancer, retries, outlier detection, limits.
 #[derive(Debug)]
 pub struct Upstream {
@@ -447,6 +453,10 @@ impl Upstream {
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
         let conn = parts.extensions.get::<ConnInfo>().copied();
+        let request_timeout = parts
+            .extensions
+            .get::<RequestTimeout>()
+            .map_or(self.request_timeout, |t| t.0);
         let key = self.balancer.key(&parts.headers, conn.map(|c| c.peer.ip()));
         let original_host = headers::original_host(&parts.headers, &parts.uri);
         let upgrade = headers::upgrade_of(&parts.headers).and_then(|protocol| {
@@ -475,7 +485,7 @@ impl Upstream {
             && is_idempotent(&parts.method)
             && body.is_end_stream();
         self.retry.deposit();
-        let deadline = Instant::now() + self.request_timeout;
+        let deadline = Instant::now() + request_timeout;
 
         let mut pending = Some((parts, body));
         let mut tried = 0u64;
@@ -494,7 +504,7 @@ impl Upstream {
                     // waiting for a connection (breaker queue, or a connect that its own
                     // timeout has not ended yet): not a verdict on the endpoint
                     endpoint.metrics.failed(AttemptError::Timeout);
-                    return Err(self.timeout_error(endpoint));
+                    return Err(Self::timeout_error(endpoint, request_timeout));
                 }
                 Ok(Err(CheckoutError::Overflow)) => {
                     self.metrics.overflows.inc();
@@ -573,7 +583,7 @@ impl Upstream {
                     if lease.body_sent() {
                         self.record_failure(index);
                     }
-                    return Err(self.timeout_error(endpoint));
+                    return Err(Self::timeout_error(endpoint, request_timeout));
                 }
                 Ok(Err(mut err)) => {
                     lease.sender = None;
@@ -649,10 +659,10 @@ impl Upstream {
         true
     }
 
-    fn timeout_error(&self, endpoint: &EndpointState) -> GatewayError {
+    fn timeout_error(endpoint: &EndpointState, timeout: Duration) -> GatewayError {
         GatewayError::UpstreamTimeout {
             endpoint: endpoint.target.authority.to_string(),
-            timeout_ms: self.request_timeout.as_millis(),
+            timeout_ms: timeout.as_millis(),
         }
     }
 }
