@@ -243,3 +243,159 @@ async fn redirects_and_rewrites() {
     assert_eq!(seen["path"], "/items", "{seen}");
     assert_eq!(seen["method"], "GET", "{seen}");
 }
+
+#[tokio::test]
+async fn ip_filters_and_size_limits() {
+    let upstream = Upstream::start("u").await;
+    let yaml = [
+        api(
+            "denied",
+            "/denied",
+            &upstream,
+            "  policies: [{name: ip-filter, params: {deny: [127.0.0.0/8]}}]",
+        ),
+        api(
+            "proxied",
+            "/proxied",
+            &upstream,
+            "  policies: [{name: ip-filter, params: {allow: [203.0.113.0/24], trustedProxies: [127.0.0.1]}}]",
+        ),
+        api(
+            "untrusted",
+            "/untrusted",
+            &upstream,
+            "  policies: [{name: ip-filter, params: {allow: [203.0.113.0/24]}}]",
+        ),
+        api(
+            "small",
+            "/small",
+            &upstream,
+            "  policies: [{name: request-size-limit, params: {maxBytes: 10}}]",
+        ),
+    ]
+    .concat();
+    let (runtime, _dir) = standalone(&yaml, &[]);
+    let proxy = runtime.addr("proxy");
+    let client = reqwest::Client::new();
+    let get = |path: &str, forwarded: Option<&str>| {
+        let mut request = client.get(format!("http://{proxy}{path}"));
+        if let Some(forwarded) = forwarded {
+            request = request.header("x-forwarded-for", forwarded);
+        }
+        request.send()
+    };
+
+    let response = get("/denied/x", None).await.unwrap();
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "ip_forbidden");
+    // from a trusted proxy, the forwarded client address decides
+    assert_eq!(
+        get("/proxied/x", Some("203.0.113.5"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        get("/proxied/x", Some("198.51.100.1"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    // a client's own X-Forwarded-For, from an untrusted peer, is not believed
+    assert_eq!(
+        get("/untrusted/x", Some("203.0.113.5"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+
+    let post = |body: &'static str| {
+        client
+            .post(format!("http://{proxy}/small/x"))
+            .body(body)
+            .send()
+    };
+    assert_eq!(post("0123456789").await.unwrap().status(), 200);
+    let response = post("0123456789x").await.unwrap();
+    assert_eq!(response.status(), 413);
+    // a chunked body that grows past the limit
+    let (status, text) = gw_e2e::raw_http(
+        proxy,
+        b"POST /small/x HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n14\r\n01234567890123456789\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("payload_too_large"), "{text}");
+}
+
+#[tokio::test]
+async fn rate_limits_count_the_whole_api_and_timeouts_apply_per_operation() {
+    let echo = gw_e2e::echo_upstream("echo");
+    let yaml = format!(
+        "apiVersion: gw/v1
+kind: Api
+metadata: {{name: limited}}
+spec:
+  context: /limited
+  upstream:
+    endpoints: [{{url: 'http://{echo}'}}]
+    timeouts: {{request: 10s}}
+  policies:
+    - name: rate-limit
+      params: {{key: api, limits: [{{requests: 3, window: minute}}, {{requests: 100, window: hour}}]}}
+  operations:
+    - {{method: GET, path: /a}}
+    - method: GET
+      path: /b
+      policies: [{{name: timeout, params: {{request: 300ms}}}}]
+",
+        echo = echo.addr("http")
+    );
+    let (runtime, _dir) = standalone(&yaml, &[]);
+    let proxy = runtime.addr("proxy");
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(format!("http://{proxy}{path}")).send();
+
+    // three requests across two operations use up the API's limit of 3 per minute
+    let first = get("/limited/a").await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["ratelimit-limit"], "3");
+    assert_eq!(first.headers()["ratelimit-remaining"], "2");
+    assert_eq!(get("/limited/b").await.unwrap().status(), 200);
+    assert_eq!(get("/limited/a").await.unwrap().status(), 200);
+    let refused = get("/limited/b").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&retry_after), "{retry_after}");
+    assert_eq!(refused.headers()["ratelimit-remaining"], "0");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+
+    // the operation's timeout (300 ms) replaces the upstream's 10 s: a second-long answer
+    // is a 504 there and a 200 on the other operation; a new runtime so that the limit above does not interfere
+    let yaml = yaml.replace(
+        "requests: 3, window: minute",
+        "requests: 100, window: minute",
+    );
+    let (runtime, _dir) = standalone(&yaml, &[]);
+    let proxy = runtime.addr("proxy");
+    let slow = |path: &str| {
+        client
+            .get(format!("http://{proxy}{path}"))
+            .header("x-echo-delay-ms", "1000")
+            .send()
+    };
+    let response = slow("/limited/b").await.unwrap();
+    assert_eq!(response.status(), 504);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+    assert_eq!(slow("/limited/a").await.unwrap().status(), 200);
+}

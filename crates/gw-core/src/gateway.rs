@@ -25,7 +25,7 @@ use crate::metrics::{ApiMetrics, Limit, ProxyMetrics};
 use crate::model::{ApiDefinition, CertificateDefinition, check_collisions};
 use crate::path;
 use crate::policy::{
-    OperationContext, PolicyContext, PolicyRegistry, RouteService, build_stack, effective_policies,
+    OperationContext, PolicyContext, PolicyRegistry, RouteService, effective_policies,
 };
 use crate::router::{self, Router};
 use crate::tls::CertificateSet;
@@ -170,11 +170,17 @@ impl BuiltApi {
             context: &spec.context,
             operation: None,
         };
+        // API-level policies are built once, and their layers shared by every operation
+        // that does not replace them
+        let api_layers = spec
+            .policies
+            .iter()
+            .map(|policy| registry.build(policy, &api_context))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
         if spec.operations.is_empty() {
-            let policies = effective_policies(&spec.policies, &[]);
-            let stack =
-                build_stack(registry, &policies, &api_context, base).map_err(|e| e.to_string())?;
-            built.service = Some(stack);
+            let layers = spec.policies.iter().zip(api_layers).collect();
+            built.service = Some(crate::policy::stack(registry, layers, base));
             return Ok(built);
         }
         let mut by_path: BTreeMap<&str, usize> = BTreeMap::new();
@@ -189,8 +195,19 @@ impl BuiltApi {
                 }),
                 ..api_context
             };
-            let stack = build_stack(registry, &policies, &ctx, base.clone())
+            let layers = policies
+                .iter()
+                .map(|policy| {
+                    let shared = spec.policies.iter().position(|p| std::ptr::eq(p, *policy));
+                    let layer = match shared {
+                        Some(i) => api_layers[i].clone(),
+                        None => registry.build(policy, &ctx)?,
+                    };
+                    Ok((*policy, layer))
+                })
+                .collect::<Result<Vec<_>, crate::policy::PolicyError>>()
                 .map_err(|e| format!("operation {} {}: {e}", op.method, op.path))?;
+            let stack = crate::policy::stack(registry, layers, base.clone());
             let index = match by_path.get(op.path.as_str()) {
                 Some(&index) => index,
                 None => {

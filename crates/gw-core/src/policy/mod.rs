@@ -385,14 +385,28 @@ pub fn build_stack(
     ctx: &PolicyContext<'_>,
     inner: RouteService,
 ) -> Result<RouteService, PolicyError> {
-    let mut ordered: Vec<&PolicyRef> = policies.to_vec();
-    ordered.sort_by_key(|p| registry.phase(&p.name));
+    let layers = policies
+        .iter()
+        .map(|policy| Ok((*policy, registry.build(policy, ctx)?)))
+        .collect::<Result<Vec<_>, PolicyError>>()?;
+    Ok(stack(registry, layers, inner))
+}
+
+/// Wraps `inner` in built layers, phase by phase ([`Phase`]), in the given order within a
+/// phase, the first outermost. A layer may be shared by several stacks (an API-level
+/// policy's layer wraps every operation of the API, so that, for example, its rate limit
+/// counts the API's requests, not each operation's).
+pub fn stack(
+    registry: &PolicyRegistry,
+    mut layers: Vec<(&PolicyRef, RouteLayer)>,
+    inner: RouteService,
+) -> RouteService {
+    layers.sort_by_key(|(policy, _)| registry.phase(&policy.name));
     let mut service = inner;
-    for policy in ordered.iter().rev() {
-        let layer = registry.build(policy, ctx)?;
-        service = tower::Layer::layer(&layer, service);
+    for (_, layer) in layers.iter().rev() {
+        service = tower::Layer::layer(layer, service);
     }
-    Ok(service)
+    service
 }
 
 #[cfg(test)]
@@ -415,6 +429,38 @@ mod tests {
             .map(|x| (x.name.clone(), x.params.as_i64().unwrap()))
             .collect();
         assert_eq!(got, vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 2)]);
+    }
+
+    /// Every built-in policy has its section in docs/policies.md, and every param of its
+    /// schema appears there.
+    #[test]
+    fn every_builtin_policy_is_documented() {
+        let doc = include_str!("../../../../docs/policies.md");
+        let registry = PolicyRegistry::builtin();
+        let mut missing = Vec::new();
+        for name in registry.names() {
+            let heading = format!("\n## {name}\n");
+            let Some(start) = doc.find(&heading) else {
+                missing.push(name);
+                continue;
+            };
+            let rest = &doc[start + heading.len()..];
+            let section = &rest[..rest.find("\n## ").unwrap_or(rest.len())];
+            let schema = registry.schema(&name).expect("built-ins have schemas");
+            for param in schema["properties"]
+                .as_object()
+                .into_iter()
+                .flat_map(|p| p.keys())
+            {
+                if !section.contains(&format!("`{param}`")) {
+                    missing.push(format!("{name}.{param}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "not documented in docs/policies.md: {missing:?}"
+        );
     }
 
     #[test]

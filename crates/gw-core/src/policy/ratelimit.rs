@@ -28,8 +28,10 @@
 //! # State
 //!
 //! The `local` backend keeps the `TAT`s in this process, in [`SHARDS`] maps behind
-//! their own mutexes, keyed by the request's key. Each policy attachment (each route) has
-//! its own state, which lasts as long as the route's configuration. A key whose `TAT`s are
+//! their own mutexes, keyed by the request's key. Each attachment has its own state: an
+//! API-level policy's layer is built once and shared by every operation of the API (one
+//! count for the API), an operation-level one counts that operation. The state lasts as long
+//! as the API's configuration. A key whose `TAT`s are
 //! all past is the same as an absent one: such keys are swept when a shard reaches its
 //! share of [`CAPACITY`], and if the shard is still nearly full, the keys with the
 //! smallest `TAT` (those closest to being forgotten anyway) are evicted, so that the
@@ -63,7 +65,8 @@ pub(crate) struct RateLimitParams {
     /// or the client address when there is none), `credential` (the consumer's
     /// credential id, or the client address), `ip` (the client address), `header` (the
     /// value of the header named by `header`, or the client address when the request does
-    /// not have it), or `api` (one count for the whole route).
+    /// not have it), or `api` (one count for everything the policy is attached to: the
+    /// whole API at API level, the operation at operation level).
     #[serde(default)]
     pub key: KeyKind,
     /// The header whose value is the key, with `key: header`.
@@ -136,7 +139,7 @@ pub(crate) enum KeyKind {
     Ip,
     /// The value of the header `header`; the client address without it.
     Header,
-    /// One count for the route.
+    /// One count for everything the policy is attached to.
     Api,
 }
 
