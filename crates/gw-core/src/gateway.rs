@@ -20,9 +20,10 @@ use bytes::Bytes;
 use http::{Method, Request, Response};
 
 use crate::body::{self, Body, BoxError};
+use crate::consumers::{ConsumerSet, ConsumerStore};
 use crate::error::GatewayError;
 use crate::metrics::{ApiMetrics, Limit, ProxyMetrics};
-use crate::model::{ApiDefinition, CertificateDefinition, check_collisions};
+use crate::model::{ApiDefinition, CertificateDefinition, ConsumerDefinition, check_collisions};
 use crate::path;
 use crate::policy::{
     OperationContext, PolicyContext, PolicyRegistry, RouteService, effective_policies,
@@ -132,6 +133,7 @@ impl BuiltApi {
         certificates: &CertificateSet,
         registry: &PolicyRegistry,
         metrics: &ProxyMetrics,
+        consumers: &ConsumerStore,
     ) -> Result<Self, String> {
         let spec = &definition.spec;
         let upstream = Upstream::new(
@@ -169,6 +171,7 @@ impl BuiltApi {
             api: &definition.metadata.name,
             context: &spec.context,
             operation: None,
+            consumers,
         };
         // API-level policies are built once, and their layers shared by every operation
         // that does not replace them
@@ -285,6 +288,18 @@ pub struct GatewayConfig {
     apis: BTreeMap<String, Arc<BuiltApi>>,
     router: Router<Arc<BuiltApi>>,
     certificates: Arc<CertificateSet>,
+    consumers: Arc<ConsumerSet>,
+}
+
+/// What a configuration is built from: validated definitions of each kind.
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    /// The APIs.
+    pub apis: Vec<Arc<ApiDefinition>>,
+    /// The TLS certificates.
+    pub certificates: Vec<Arc<CertificateDefinition>>,
+    /// The consumers, sealed ([`ConsumerDefinition::seal`]).
+    pub consumers: Vec<Arc<ConsumerDefinition>>,
 }
 
 /// Why a configuration could not be built; the gateway keeps the previous one.
@@ -299,15 +314,22 @@ impl GatewayConfig {
     /// Builds a configuration from validated definitions, reusing from `previous` every API
     /// whose definition is unchanged (its upstream pool included) and every unchanged
     /// certificate.
+    ///
+    /// Authentication policies built for it read their consumers from `consumer_store`,
+    /// which the caller fills with [`GatewayConfig::consumers`] when it serves the result.
     pub fn build(
         revision: i64,
-        definitions: impl IntoIterator<Item = Arc<ApiDefinition>>,
-        certificates: impl IntoIterator<Item = Arc<CertificateDefinition>>,
+        resources: Resources,
         previous: Option<&GatewayConfig>,
         registry: &PolicyRegistry,
         metrics: &ProxyMetrics,
+        consumer_store: &ConsumerStore,
     ) -> Result<Self, ApplyError> {
-        let definitions: Vec<Arc<ApiDefinition>> = definitions.into_iter().collect();
+        let Resources {
+            apis: definitions,
+            certificates,
+            consumers,
+        } = resources;
         let mut reasons: Vec<String> = check_collisions(definitions.iter().map(AsRef::as_ref))
             .into_iter()
             .map(|c| {
@@ -317,6 +339,13 @@ impl GatewayConfig {
                 )
             })
             .collect();
+        let consumers = match ConsumerSet::build(consumers) {
+            Ok(set) => Arc::new(set),
+            Err(mut problems) => {
+                reasons.append(&mut problems);
+                return Err(ApplyError { reasons });
+            }
+        };
         let certificates =
             match CertificateSet::build(certificates, previous.map(|p| &*p.certificates)) {
                 Ok(set) => Arc::new(set),
@@ -335,7 +364,13 @@ impl GatewayConfig {
                 .cloned();
             let built = match reused {
                 Some(built) => built,
-                None => match BuiltApi::build(&definition, &certificates, registry, metrics) {
+                None => match BuiltApi::build(
+                    &definition,
+                    &certificates,
+                    registry,
+                    metrics,
+                    consumer_store,
+                ) {
                     Ok(built) => Arc::new(built),
                     Err(reason) => {
                         reasons.push(format!("API {name:?}: {reason}"));
@@ -361,7 +396,13 @@ impl GatewayConfig {
             apis,
             router,
             certificates,
+            consumers,
         })
+    }
+
+    /// The consumers served.
+    pub fn consumers(&self) -> &Arc<ConsumerSet> {
+        &self.consumers
     }
 
     /// The TLS certificates served.
@@ -413,6 +454,8 @@ pub struct Gateway {
     config: ArcSwap<GatewayConfig>,
     /// The certificates of `config`, also read by the TLS listeners' resolver.
     certificates: Arc<ArcSwap<CertificateSet>>,
+    /// The consumers of `config`, read by authentication policies.
+    consumers: ConsumerStore,
     registry: PolicyRegistry,
     metrics: ProxyMetrics,
     max_uri_bytes: usize,
@@ -427,6 +470,7 @@ impl Gateway {
         Self {
             config: ArcSwap::from_pointee(GatewayConfig::default()),
             certificates: Arc::new(ArcSwap::from_pointee(CertificateSet::default())),
+            consumers: ConsumerStore::default(),
             registry,
             metrics,
             max_uri_bytes: DEFAULT_MAX_URI_BYTES,
@@ -475,14 +519,30 @@ impl Gateway {
         self.apply_config(revision, definitions, [])
     }
 
-    /// Builds a configuration from API and certificate definitions and swaps it in; on
-    /// error the current one stays. Series of APIs and endpoints that left the
-    /// configuration are dropped from the metrics.
+    /// Builds a configuration from API and certificate definitions (and no consumers) and
+    /// swaps it in; see [`Gateway::apply_resources`].
     pub fn apply_config(
         &self,
         revision: i64,
         definitions: impl IntoIterator<Item = Arc<ApiDefinition>>,
         certificates: impl IntoIterator<Item = Arc<CertificateDefinition>>,
+    ) -> Result<Arc<GatewayConfig>, ApplyError> {
+        self.apply_resources(
+            revision,
+            Resources {
+                apis: definitions.into_iter().collect(),
+                certificates: certificates.into_iter().collect(),
+                consumers: Vec::new(),
+            },
+        )
+    }
+
+    /// Builds a configuration and swaps it in; on error the current one stays. Series of
+    /// APIs and endpoints that left the configuration are dropped from the metrics.
+    pub fn apply_resources(
+        &self,
+        revision: i64,
+        resources: Resources,
     ) -> Result<Arc<GatewayConfig>, ApplyError> {
         let _applying = self
             .applying
@@ -491,12 +551,15 @@ impl Gateway {
         let previous = self.config.load_full();
         let next = Arc::new(GatewayConfig::build(
             revision,
-            definitions,
-            certificates,
+            resources,
             Some(&previous),
             &self.registry,
             &self.metrics,
+            &self.consumers,
         )?);
+        // the consumers first: a new API's authentication sees its consumers from its
+        // first request
+        self.consumers.store(Arc::clone(&next.consumers));
         self.config.store(Arc::clone(&next));
         self.certificates.store(Arc::clone(&next.certificates));
         for served in next.certificates.iter() {

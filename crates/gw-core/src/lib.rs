@@ -4,6 +4,7 @@
 //! - [`path`]: request path normalization, so that no spelling of a path reaches a route
 //!   its plain form would not.
 //! - [`router`]: host, then context (longest prefix), then operation.
+//! - [`consumers`]: the consumers served, indexed by credential, for authentication.
 //! - [`policy`]: the registry that maps a policy name and its params to a `tower::Layer`.
 //! - [`upstream`]: endpoints, round robin, the pooled HTTP client and the proxying service.
 //! - [`gateway`]: the configuration built from a set of APIs, swapped atomically, and the
@@ -14,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod body;
+pub mod consumers;
 pub mod error;
 pub mod gateway;
 pub mod metrics;

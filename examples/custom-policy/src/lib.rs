@@ -113,6 +113,7 @@ mod tests {
     #[test]
     fn params_are_checked_with_their_paths() {
         let ctx = PolicyContext {
+            consumers: gw_core::consumers::ConsumerStore::empty(),
             api: "a",
             context: "/",
             operation: None,

@@ -22,6 +22,7 @@
 //! ```
 
 mod certificate;
+mod consumer;
 mod duration;
 pub mod schema;
 mod upstream;
@@ -36,11 +37,17 @@ use serde::{Deserialize, Serialize};
 pub use certificate::{
     CertificateDefinition, CertificateSpec, KIND_CERTIFICATE, ParsedCertificate, parse_pem,
 };
+pub use consumer::{
+    ConsumerDefinition, ConsumerSpec, Credential, CredentialClaim, CredentialType, KIND_CONSUMER,
+    MAX_CREDENTIALS, MIN_KEY_LEN, MIN_PASSWORD_LEN, api_key_digest, api_key_hash,
+    conflicting_claims, generate_api_key, hash_password, parse_key_hash, verify_password,
+};
 pub use duration::{DurationError, HumanDuration};
 pub use upstream::{
     Algorithm, CircuitBreaker, Endpoint, HashOn, HealthCheck, HostHeader, LoadBalancing,
     OutlierDetection, Retries, Timeouts, UpstreamProtocol, UpstreamSpec, UpstreamTls,
 };
+pub(crate) use validate::is_param_name;
 pub use validate::{
     Collision, RouteKey, ValidationContext, check_collisions, validate, validate_certificate,
     validate_name,

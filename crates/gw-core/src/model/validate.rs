@@ -126,32 +126,18 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 /// [`ApiDefinition::parse`] makes it.
 pub fn validate(api: &ApiDefinition, ctx: &ValidationContext<'_>) -> Vec<FieldError> {
     let mut v = Validator::default();
-    if api.api_version != API_VERSION {
-        v.err(
-            "apiVersion",
-            format!(
-                "unsupported version {:?}; expected {API_VERSION:?}",
-                api.api_version
-            ),
-        );
-    }
-    if api.kind != KIND_API {
-        v.err(
-            "kind",
-            format!("unsupported kind {:?}; expected {KIND_API:?}", api.kind),
-        );
-    }
-    if let Err(message) = validate_name(&api.metadata.name) {
-        v.err("metadata.name", message);
-    }
-    v.labels(&api.metadata.labels);
+    v.document(
+        &api.api_version,
+        (&api.kind, KIND_API),
+        &api.metadata,
+        &api.spec.groups,
+    );
 
     let spec = &api.spec;
     v.text("spec.displayName", spec.display_name.as_deref());
     v.text("spec.version", spec.version.as_deref());
     v.context(&spec.context);
     v.hosts(&spec.hosts);
-    v.groups(&spec.groups);
     v.endpoints(api);
     v.timeouts(api);
     v.upstream_behaviour(api);
@@ -164,6 +150,7 @@ pub fn validate(api: &ApiDefinition, ctx: &ValidationContext<'_>) -> Vec<FieldEr
         );
     }
     let attached = crate::policy::PolicyContext {
+        consumers: crate::consumers::ConsumerStore::empty(),
         api: &api.metadata.name,
         context: &spec.context,
         operation: None,
@@ -181,6 +168,34 @@ struct Validator {
 impl Validator {
     fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.errors.push(FieldError::new(field, message));
+    }
+
+    /// The parts every resource document shares: `apiVersion`, `kind` (against the
+    /// expected one), `metadata` and `spec.groups`.
+    fn document(
+        &mut self,
+        api_version: &str,
+        (kind, expected): (&str, &str),
+        metadata: &super::Metadata,
+        groups: &[String],
+    ) {
+        if api_version != API_VERSION {
+            self.err(
+                "apiVersion",
+                format!("unsupported version {api_version:?}; expected {API_VERSION:?}"),
+            );
+        }
+        if kind != expected {
+            self.err(
+                "kind",
+                format!("unsupported kind {kind:?}; expected {expected:?}"),
+            );
+        }
+        if let Err(message) = validate_name(&metadata.name) {
+            self.err("metadata.name", message);
+        }
+        self.labels(&metadata.labels);
+        self.groups(groups);
     }
 
     fn text(&mut self, field: &str, value: Option<&str>) {
@@ -630,29 +645,12 @@ impl Validator {
 /// to the certificate) and its server names. Returns every problem found.
 pub fn validate_certificate(certificate: &CertificateDefinition) -> Vec<FieldError> {
     let mut v = Validator::default();
-    if certificate.api_version != API_VERSION {
-        v.err(
-            "apiVersion",
-            format!(
-                "unsupported version {:?}; expected {API_VERSION:?}",
-                certificate.api_version
-            ),
-        );
-    }
-    if certificate.kind != KIND_CERTIFICATE {
-        v.err(
-            "kind",
-            format!(
-                "unsupported kind {:?}; expected {KIND_CERTIFICATE:?}",
-                certificate.kind
-            ),
-        );
-    }
-    if let Err(message) = validate_name(&certificate.metadata.name) {
-        v.err("metadata.name", message);
-    }
-    v.labels(&certificate.metadata.labels);
-    v.groups(&certificate.spec.groups);
+    v.document(
+        &certificate.api_version,
+        (&certificate.kind, KIND_CERTIFICATE),
+        &certificate.metadata,
+        &certificate.spec.groups,
+    );
     let spec = &certificate.spec;
     if spec.sni.len() > MAX_HOSTS {
         v.err("spec.sni", format!("more than {MAX_HOSTS} names"));
@@ -799,12 +797,7 @@ fn check_template(path: &str) -> Result<(), String> {
             return Err("must not contain '.' or '..' segments".to_string());
         }
         if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            let valid = name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
+            if !is_param_name(name) {
                 return Err(format!(
                     "parameter {segment:?} must be a name of letters, digits and '_'"
                 ));
@@ -819,4 +812,33 @@ fn check_template(path: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether `name` is a path template parameter's name: a letter or `_`, then letters,
+/// digits and `_`.
+pub(crate) fn is_param_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Validates a consumer document: its identity, its gateway and ACL groups, and its
+/// credentials (see [`ConsumerDefinition::from_value_validated`]).
+pub(crate) fn validate_consumer(
+    consumer: &super::ConsumerDefinition,
+    allow_missing_keys: bool,
+) -> Vec<FieldError> {
+    let mut v = Validator::default();
+    v.document(
+        &consumer.api_version,
+        (&consumer.kind, super::KIND_CONSUMER),
+        &consumer.metadata,
+        &consumer.spec.groups,
+    );
+    v.errors.extend(super::consumer::check_spec(
+        &consumer.spec,
+        allow_missing_keys,
+    ));
+    v.errors
 }

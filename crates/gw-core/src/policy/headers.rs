@@ -42,15 +42,8 @@ const MANAGED: &[&str] = &[
     "trailer",
 ];
 
-/// The check context: templates are parsed for their syntax only.
-const CHECK_CONTEXT: PolicyContext<'static> = PolicyContext {
-    api: "api",
-    context: "/",
-    operation: None,
-};
-
 impl HeaderParams {
-    fn check(&self, request_side: bool) -> Vec<FieldError> {
+    fn check(&self, ctx: &PolicyContext<'_>, request_side: bool) -> Vec<FieldError> {
         let mut errors = Vec::new();
         let mut name = |field: String, name: &str| {
             if let Err(message) = header_name(name, request_side) {
@@ -71,7 +64,7 @@ impl HeaderParams {
         }
         for (key, map) in [("set", &self.set), ("add", &self.add)] {
             for (header, value) in map {
-                if let Err(message) = Template::parse(value, &CHECK_CONTEXT) {
+                if let Err(message) = Template::parse(value, ctx) {
                     errors.push(FieldError::new(format!("{key}.{header}"), message));
                 }
             }
@@ -206,8 +199,8 @@ impl Filter for RequestHeaderFilter {
 impl Policy for RequestHeaders {
     type Params = HeaderParams;
 
-    fn check(&self, params: &HeaderParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
-        params.check(true)
+    fn check(&self, params: &HeaderParams, ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+        params.check(ctx, true)
     }
 
     fn layer(&self, params: HeaderParams, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
@@ -238,8 +231,8 @@ impl Filter for ResponseHeaderFilter {
 impl Policy for ResponseHeaders {
     type Params = HeaderParams;
 
-    fn check(&self, params: &HeaderParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
-        params.check(false)
+    fn check(&self, params: &HeaderParams, ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+        params.check(ctx, false)
     }
 
     fn layer(&self, params: HeaderParams, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {

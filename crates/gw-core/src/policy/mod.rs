@@ -57,6 +57,7 @@ use http::{HeaderValue, Request, Response};
 use tower::util::{BoxCloneSyncService, BoxCloneSyncServiceLayer};
 
 use crate::body::{Body, BoxError};
+use crate::consumers::ConsumerStore;
 use crate::model::{FieldError, PolicyRef};
 
 pub use cidr::{Cidr, client_ip};
@@ -97,6 +98,10 @@ pub struct PolicyContext<'a> {
     pub context: &'a str,
     /// The operation, for a route of an API with operations.
     pub operation: Option<OperationContext<'a>>,
+    /// The gateway's consumers, for authentication policies: keep a clone and
+    /// [`ConsumerStore::load`] it per request, so that credentials added or revoked take
+    /// effect without rebuilding the policy.
+    pub consumers: &'a ConsumerStore,
 }
 
 /// The operation a policy is attached to.
@@ -467,6 +472,7 @@ mod tests {
     fn unknown_policy_does_not_build() {
         let registry = PolicyRegistry::new();
         let ctx = PolicyContext {
+            consumers: crate::consumers::ConsumerStore::empty(),
             api: "a",
             context: "/",
             operation: None,

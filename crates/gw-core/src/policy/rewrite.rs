@@ -147,12 +147,7 @@ fn parse_path(text: &str, ctx: &PolicyContext<'_>) -> Result<Vec<Part>, String> 
         let end = after.find('}').ok_or("'{' without '}'")?;
         let raw = &after[..end];
         let name = raw.strip_prefix('*').unwrap_or(raw);
-        let valid = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
+        if !crate::model::is_param_name(name) {
             return Err(format!(
                 "placeholder {{{raw}}} must be a parameter name of letters, digits and '_'"
             ));
@@ -311,6 +306,7 @@ mod tests {
 
     fn op(context: &'static str, path: &'static str) -> PolicyContext<'static> {
         PolicyContext {
+            consumers: crate::consumers::ConsumerStore::empty(),
             api: "orders",
             context,
             operation: Some(OperationContext {
@@ -425,6 +421,7 @@ mod tests {
         assert_eq!(seen.method(), Method::GET);
 
         let root = PolicyContext {
+            consumers: crate::consumers::ConsumerStore::empty(),
             context: "/",
             ..ctx()
         };

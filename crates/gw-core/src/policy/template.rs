@@ -169,6 +169,7 @@ mod tests {
 
     fn ctx() -> PolicyContext<'static> {
         PolicyContext {
+            consumers: crate::consumers::ConsumerStore::empty(),
             api: "orders",
             context: "/orders",
             operation: None,

@@ -10,6 +10,7 @@ use crate::body::{self, Body};
 /// The context of a policy on API `orders` at `/orders`.
 pub(crate) fn ctx() -> PolicyContext<'static> {
     PolicyContext {
+        consumers: crate::consumers::ConsumerStore::empty(),
         api: "orders",
         context: "/orders",
         operation: None,
