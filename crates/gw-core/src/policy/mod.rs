@@ -33,6 +33,9 @@
 //! assert!(registry.contains("request-headers"));
 //! ```
 
+mod acl;
+mod apikey;
+mod basicauth;
 mod cidr;
 mod correlation;
 mod cors;
@@ -279,6 +282,9 @@ impl PolicyRegistry {
     /// gw's built-in policies (docs/policies.md).
     pub fn builtin() -> Self {
         Self::new()
+            .register_policy("acl", acl::Acl)
+            .register_policy("api-key", apikey::ApiKey)
+            .register_policy("basic-auth", basicauth::BasicAuth)
             .register_policy("request-headers", headers::RequestHeaders)
             .register_policy("response-headers", headers::ResponseHeaders)
             .register_policy("request-termination", termination::RequestTermination)

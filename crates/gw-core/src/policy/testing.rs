@@ -58,3 +58,18 @@ pub(crate) async fn text(response: Response<Body>) -> String {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
 }
+
+/// A consumer store holding `alice` (ACL group `gold`) with `credentials`, sealed.
+#[allow(clippy::needless_pass_by_value)] // json! literals read better passed by value
+pub(crate) fn store_with(credentials: serde_json::Value) -> crate::consumers::ConsumerStore {
+    let value = serde_json::json!({
+        "apiVersion": "gw/v1", "kind": "Consumer", "metadata": {"name": "alice"},
+        "spec": {"aclGroups": ["gold"], "credentials": credentials}
+    });
+    let mut definition =
+        crate::model::ConsumerDefinition::from_value_validated(&value, false).unwrap();
+    definition.seal().unwrap();
+    crate::consumers::ConsumerStore::new(
+        crate::consumers::ConsumerSet::build([Arc::new(definition)]).unwrap(),
+    )
+}

@@ -1,0 +1,422 @@
+//! `basic-auth`: authenticates a request by `Authorization: Basic`, against the consumers'
+//! `basic-auth` credentials (argon2 or bcrypt hashes).
+//!
+//! Password hashes are slow on purpose, so the policy remembers the credentials it verified:
+//! a request with the same user name and password as an earlier successful one, while that
+//! credential's hash is unchanged, is accepted without hashing. The cache is keyed by a
+//! keyed SHA-256 of the pair (never the password itself), bounded, and a revoked or changed
+//! credential misses it. Verifications run on the blocking pool, at most a few at a time,
+//! so a flood of wrong passwords cannot take the async threads.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use sha2::Digest as _;
+use tokio::sync::Semaphore;
+
+use super::apikey::unauthorized;
+use super::{Consumer, Phase, Policy, PolicyContext, RouteLayer, RouteService};
+use crate::body::{Body, BoxError};
+use crate::consumers::ConsumerStore;
+use crate::model::FieldError;
+
+/// Successful verifications remembered per policy.
+const CACHE_CAPACITY: usize = 10_000;
+/// How long a request waits for a verification slot before a 503.
+const VERIFY_WAIT: Duration = Duration::from_secs(5);
+/// The longest `Authorization` value looked at.
+const MAX_AUTHORIZATION: usize = 4096;
+
+/// The params of `basic-auth`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub(crate) struct BasicAuthParams {
+    /// The realm named in the `WWW-Authenticate` challenge (default `gw`).
+    #[serde(default = "default_realm")]
+    pub realm: String,
+}
+
+fn default_realm() -> String {
+    "gw".to_string()
+}
+
+/// `basic-auth`.
+#[derive(Debug)]
+pub(crate) struct BasicAuth;
+
+impl Policy for BasicAuth {
+    type Params = BasicAuthParams;
+
+    fn check(&self, params: &BasicAuthParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+        if params.realm.is_empty()
+            || params.realm.len() > 128
+            || !params
+                .realm
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ')
+        {
+            vec![FieldError::new(
+                "realm",
+                "must be 1 to 128 visible ASCII characters, without '\"' or '\\'",
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Authenticate
+    }
+
+    fn layer(
+        &self,
+        params: BasicAuthParams,
+        ctx: &PolicyContext<'_>,
+    ) -> Result<RouteLayer, String> {
+        let challenge = HeaderValue::from_str(&format!(
+            "Basic realm=\"{}\", charset=\"UTF-8\"",
+            params.realm
+        ))
+        .map_err(|e| e.to_string())?;
+        let slots = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let shared = Arc::new(Shared {
+            challenge,
+            consumers: ctx.consumers.clone(),
+            cache: Mutex::new(HashMap::new()),
+            cache_key: rand::random(),
+            verifying: Arc::new(Semaphore::new(slots.max(2))),
+        });
+        Ok(RouteLayer::new(tower::layer::layer_fn(move |inner| {
+            BasicAuthService {
+                inner,
+                shared: Arc::clone(&shared),
+            }
+        })))
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    challenge: HeaderValue,
+    consumers: ConsumerStore,
+    /// keyed digest of (user name, password) -> the hash it was verified against
+    cache: Mutex<HashMap<[u8; 32], Arc<str>>>,
+    cache_key: [u8; 32],
+    verifying: Arc<Semaphore>,
+}
+
+/// What the request's credentials lead to without hashing.
+enum Decision {
+    Refuse(Response<Body>),
+    Accept(Consumer),
+    Verify {
+        consumer: Consumer,
+        hash: Arc<str>,
+        password: Vec<u8>,
+        digest: [u8; 32],
+    },
+}
+
+impl Shared {
+    fn decide(&self, request: &Request<Body>) -> Decision {
+        let refuse = |code: &str, message: &str| {
+            Decision::Refuse(unauthorized(code, message, &self.challenge))
+        };
+        let Some(value) = request.headers().get(http::header::AUTHORIZATION) else {
+            return refuse("missing_credentials", "credentials are required");
+        };
+        let Some((username, password)) = parse_basic(value.as_bytes()) else {
+            return refuse("invalid_credentials", "the credentials are not valid");
+        };
+        let consumers = self.consumers.load();
+        let Some(credential) = std::str::from_utf8(&username)
+            .ok()
+            .and_then(|name| consumers.by_username(name))
+        else {
+            return refuse("invalid_credentials", "the credentials are not valid");
+        };
+        let digest = self.digest(&username, &password);
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&digest)
+            .cloned();
+        if cached.is_some_and(|hash| hash == credential.hash) {
+            return Decision::Accept(credential.consumer.clone());
+        }
+        Decision::Verify {
+            consumer: credential.consumer.clone(),
+            hash: Arc::clone(&credential.hash),
+            password,
+            digest,
+        }
+    }
+
+    /// A keyed digest of the pair: the cache never holds a password, and its keys are
+    /// useless outside this process.
+    fn digest(&self, username: &[u8], password: &[u8]) -> [u8; 32] {
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(self.cache_key);
+        hasher.update((username.len() as u64).to_le_bytes());
+        hasher.update(username);
+        hasher.update(password);
+        hasher.finalize().into()
+    }
+
+    fn remember(&self, digest: [u8; 32], hash: Arc<str>) {
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= CACHE_CAPACITY {
+            // forget about half, whichever the map yields first: cheaper than tracking age,
+            // and a forgotten entry only costs one more verification
+            let drop: Vec<[u8; 32]> = cache.keys().take(CACHE_CAPACITY / 2).copied().collect();
+            for key in drop {
+                cache.remove(&key);
+            }
+        }
+        cache.insert(digest, hash);
+    }
+}
+
+/// The user name and password of a `Basic` authorization value.
+fn parse_basic(value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    if value.len() > MAX_AUTHORIZATION {
+        return None;
+    }
+    let (scheme, rest) = value.split_at(value.iter().position(|&b| b == b' ')?);
+    if !scheme.eq_ignore_ascii_case(b"basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim_ascii())
+        .ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some((decoded[..colon].to_vec(), decoded[colon + 1..].to_vec()))
+}
+
+#[derive(Clone)]
+struct BasicAuthService {
+    inner: RouteService,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for BasicAuthService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuthService").finish_non_exhaustive()
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+/// Marks the request as the consumer's and removes the password before it goes upstream.
+fn admit(request: &mut Request<Body>, consumer: Consumer) {
+    request.extensions_mut().insert(consumer);
+    request.headers_mut().remove(http::header::AUTHORIZATION);
+}
+
+impl tower::Service<Request<Body>> for BasicAuthService {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> BoxFuture {
+        match self.shared.decide(&request) {
+            Decision::Refuse(response) => Box::pin(std::future::ready(Ok(response))),
+            Decision::Accept(consumer) => {
+                admit(&mut request, consumer);
+                self.inner.call(request)
+            }
+            Decision::Verify {
+                consumer,
+                hash,
+                password,
+                digest,
+            } => {
+                // the ready service goes with the future; a clone stays for the next call
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let shared = Arc::clone(&self.shared);
+                Box::pin(async move {
+                    let permit = tokio::time::timeout(
+                        VERIFY_WAIT,
+                        Arc::clone(&shared.verifying).acquire_owned(),
+                    )
+                    .await;
+                    let Ok(Ok(permit)) = permit else {
+                        return Ok(crate::error::json_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "authentication_busy",
+                            "too many authentication attempts; try again",
+                        ));
+                    };
+                    let checked = Arc::clone(&hash);
+                    let valid = tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        crate::model::verify_password(&password, &checked)
+                    })
+                    .await
+                    .unwrap_or(false);
+                    if !valid {
+                        return Ok(unauthorized(
+                            "invalid_credentials",
+                            "the credentials are not valid",
+                            &shared.challenge,
+                        ));
+                    }
+                    shared.remember(digest, hash);
+                    admit(&mut request, consumer);
+                    inner.call(request).await
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body;
+    use crate::policy::testing::{call_seen, store_with, text};
+
+    fn layer(store: &ConsumerStore) -> RouteLayer {
+        let ctx = PolicyContext {
+            consumers: store,
+            ..crate::policy::testing::ctx()
+        };
+        BasicAuth
+            .layer(
+                BasicAuthParams {
+                    realm: "shop".into(),
+                },
+                &ctx,
+            )
+            .unwrap()
+    }
+
+    fn request(authorization: Option<&str>) -> Request<Body> {
+        let mut builder = Request::builder().uri("/orders");
+        if let Some(value) = authorization {
+            builder = builder.header("authorization", value);
+        }
+        builder.body(body::empty()).unwrap()
+    }
+
+    fn basic(user: &str, password: &str) -> String {
+        let pair = format!("{user}:{password}");
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    }
+
+    #[tokio::test]
+    async fn verifies_caches_and_refuses() {
+        let store = store_with(serde_json::json!([
+            {"type": "basic-auth", "id": "b1", "username": "alice", "password": "correct horse"}
+        ]));
+        let layer = layer(&store);
+
+        let (seen, response) = call_seen(&layer, request(None)).await;
+        assert!(seen.is_none());
+        assert_eq!(response.status(), 401);
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "Basic realm=\"shop\", charset=\"UTF-8\""
+        );
+        assert!(text(response).await.contains("missing_credentials"));
+
+        for wrong in [
+            basic("alice", "wrong horse"),
+            basic("bob", "correct horse"),
+            "Bearer abc".to_string(),
+            "Basic !!!".to_string(),
+        ] {
+            let (seen, response) = call_seen(&layer, request(Some(&wrong))).await;
+            assert!(seen.is_none(), "{wrong}");
+            assert_eq!(response.status(), 401, "{wrong}");
+        }
+
+        let good = basic("alice", "correct horse");
+        let (seen, _) = call_seen(&layer, request(Some(&good))).await;
+        let seen = seen.expect("the right password passes");
+        assert!(
+            seen.headers().get("authorization").is_none(),
+            "not forwarded"
+        );
+        let consumer = seen.extensions().get::<Consumer>().unwrap();
+        assert_eq!(
+            (&*consumer.name, consumer.credential.as_deref()),
+            ("alice", Some("b1"))
+        );
+
+        // remembered: the next one is decided without hashing
+        match layer_shared_decision(&store, &good) {
+            Some(true) => {}
+            other => panic!("expected a cache hit, got {other:?}"),
+        }
+    }
+
+    /// Whether a fresh policy decides `authorization` from its cache after one success.
+    fn layer_shared_decision(store: &ConsumerStore, authorization: &str) -> Option<bool> {
+        let shared = Shared {
+            challenge: HeaderValue::from_static("Basic"),
+            consumers: store.clone(),
+            cache: Mutex::new(HashMap::new()),
+            cache_key: [7; 32],
+            verifying: Arc::new(Semaphore::new(1)),
+        };
+        let request = request(Some(authorization));
+        let Decision::Verify { hash, digest, .. } = shared.decide(&request) else {
+            return None;
+        };
+        shared.remember(digest, hash);
+        Some(matches!(shared.decide(&request), Decision::Accept(_)))
+    }
+
+    #[tokio::test]
+    async fn a_changed_password_misses_the_cache() {
+        let store = store_with(serde_json::json!([
+            {"type": "basic-auth", "id": "b1", "username": "alice", "password": "correct horse"}
+        ]));
+        let layer = layer(&store);
+        let old = basic("alice", "correct horse");
+        assert!(call_seen(&layer, request(Some(&old))).await.0.is_some());
+        // the password changes: the remembered success no longer counts
+        let changed = store_with(serde_json::json!([
+            {"type": "basic-auth", "id": "b1", "username": "alice", "password": "battery staple"}
+        ]));
+        store.store(Arc::clone(&*changed.load()));
+        let (seen, response) = call_seen(&layer, request(Some(&old))).await;
+        assert!(seen.is_none());
+        assert_eq!(response.status(), 401);
+        let new = basic("alice", "battery staple");
+        assert!(call_seen(&layer, request(Some(&new))).await.0.is_some());
+    }
+
+    #[test]
+    fn parses_basic_values() {
+        assert_eq!(
+            parse_basic(b"basic YTpiOmM="),
+            Some((b"a".to_vec(), b"b:c".to_vec()))
+        );
+        assert_eq!(parse_basic(b"Basic"), None);
+        assert_eq!(parse_basic(b"Basic bm9jb2xvbg=="), None);
+    }
+}
