@@ -254,10 +254,10 @@ impl BuiltApi {
         if let Some(service) = &self.service {
             return Ok(service);
         }
-        let path = if rest.is_empty() { "/" } else { rest };
+        let path = crate::path::without_parameters(if rest.is_empty() { "/" } else { rest });
         let matched = self
             .operation_router
-            .at(path)
+            .at(&path)
             .map_err(|_| GatewayError::NoRoute)?;
         let route = &self.operations[*matched.value];
         if let Some((_, service)) = route.methods.iter().find(|(m, _)| m == method) {
@@ -265,6 +265,7 @@ impl BuiltApi {
         }
         // a CORS preflight for an operation whose stack answers it
         if method == Method::OPTIONS
+            && request.headers().contains_key(http::header::ORIGIN)
             && let Some(requested) = request
                 .headers()
                 .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)

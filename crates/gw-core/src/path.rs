@@ -6,7 +6,9 @@
 //! and spellings whose meaning depends on who decodes them are refused: encoded `/` and `\`
 //! (`%2F`, `%5C`), a raw `\`, encoded dots that form a `.` or `..` segment, `.` or `..`
 //! segments with `;` parameters (`..;`, which Java servers read as `..`), and `..` that climbs
-//! above the root.
+//! above the root. Percent-encoded unreserved characters (letters, digits, `-._~`) are
+//! decoded and other escapes are written with upper-case hex (RFC 3986, 6.2.2), so that
+//! `/items/%61dmin` is `/items/admin` to routing and policies, as it is to the upstream.
 
 use std::borrow::Cow;
 
@@ -51,14 +53,24 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if bytes.contains(&b'\\') {
         return Err(PathError::Backslash);
     }
+    let mut decoded: Option<String> = None;
     if bytes.contains(&b'%') {
         check_encodings(path)?;
+        decoded = normalize_escapes(path);
     }
     if bytes.contains(&b';') {
         check_parameters(path)?;
     }
-    if !needs_rewrite(bytes) {
-        return Ok(Cow::Borrowed(path));
+    let Some(rewritten) = resolve_segments(decoded.as_deref().unwrap_or(path))? else {
+        return Ok(decoded.map_or(Cow::Borrowed(path), Cow::Owned));
+    };
+    Ok(Cow::Owned(rewritten))
+}
+
+/// The path with `//`, `.` and `..` segments resolved; `None` when it has none.
+fn resolve_segments(path: &str) -> Result<Option<String>, PathError> {
+    if !needs_rewrite(path.as_bytes()) {
+        return Ok(None);
     }
     let trailing_slash = path.len() > 1 && (path.ends_with('/') || ends_with_dot_segment(path));
     let mut segments: Vec<&str> = Vec::new();
@@ -81,7 +93,67 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if out.is_empty() || (trailing_slash && !segments.is_empty()) {
         out.push('/');
     }
-    Ok(Cow::Owned(out))
+    Ok(Some(out))
+}
+
+/// Decodes escapes of unreserved characters and upper-cases the hex of the others; `None`
+/// when nothing changes.
+fn normalize_escapes(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out: Option<Vec<u8>> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex_value),
+                bytes.get(i + 2).copied().and_then(hex_value),
+            )
+        {
+            let byte = h * 16 + l;
+            let unreserved =
+                byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~');
+            let upper = [
+                b'%',
+                bytes[i + 1].to_ascii_uppercase(),
+                bytes[i + 2].to_ascii_uppercase(),
+            ];
+            if unreserved || upper != bytes[i..i + 3] {
+                let buffer = out.get_or_insert_with(|| bytes[..i].to_vec());
+                if unreserved {
+                    buffer.push(byte);
+                } else {
+                    buffer.extend_from_slice(&upper);
+                }
+            } else if let Some(buffer) = &mut out {
+                buffer.extend_from_slice(&bytes[i..i + 3]);
+            }
+            i += 3;
+            continue;
+        }
+        if let Some(buffer) = &mut out {
+            buffer.push(bytes[i]);
+        }
+        i += 1;
+    }
+    // only ASCII was replaced by ASCII: still UTF-8
+    out.map(|b| String::from_utf8(b).unwrap_or_else(|_| path.to_string()))
+}
+
+/// The path without the `;parameters` of its segments (`/items/admin;x=1` is
+/// `/items/admin`), for matching operations: servers such as Tomcat drop them, so a policy
+/// on `/items/admin` must not be skipped by adding one.
+pub fn without_parameters(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(segment.split_once(';').map_or(segment, |(name, _)| name));
+    }
+    Cow::Owned(out)
 }
 
 /// Whether the path has `//`, a `.` or `..` segment.
@@ -183,7 +255,7 @@ mod tests {
             ("/a/%2e%2e/b", Err(PathError::EncodedDotSegment)),
             ("/a/.%2E/b", Err(PathError::EncodedDotSegment)),
             ("/a/%2e/b", Err(PathError::EncodedDotSegment)),
-            ("/a/file%2etxt", Ok("/a/file%2etxt")),
+            ("/a/file%2etxt", Ok("/a/file.txt")),
             ("/a/%20b", Ok("/a/%20b")),
             ("/a/...", Ok("/a/...")),
             ("/a/..;/admin", Err(PathError::DotSegmentParameter)),
@@ -221,5 +293,26 @@ mod tests {
                 prop_assert!(!normal.split('/').any(dot_segment));
             }
         }
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_and_others_upper_cased() {
+        assert_eq!(normalize("/items/%61dmin").unwrap(), "/items/admin");
+        assert_eq!(normalize("/a/%7euser/%2d").unwrap(), "/a/~user/-");
+        assert_eq!(normalize("/a%20b/%c3%a9").unwrap(), "/a%20b/%C3%A9");
+        assert!(matches!(normalize("/a%20b").unwrap(), Cow::Borrowed(_)));
+        assert_eq!(normalize("/a/%61/../b").unwrap(), "/a/b");
+        assert_eq!(normalize("/a/b%2e/c").unwrap(), "/a/b./c");
+        assert_eq!(normalize("/a%zz").unwrap(), "/a%zz");
+        // still refused, as before
+        assert!(normalize("/a/%2e%2e/b").is_err());
+        assert!(normalize("/a%2fb").is_err());
+    }
+
+    #[test]
+    fn parameters_are_ignored_for_matching() {
+        assert_eq!(without_parameters("/items/admin;x=1"), "/items/admin");
+        assert_eq!(without_parameters("/a;p/b;q=1;r/c"), "/a/b/c");
+        assert!(matches!(without_parameters("/plain"), Cow::Borrowed(_)));
     }
 }

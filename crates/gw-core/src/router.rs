@@ -137,11 +137,29 @@ pub fn request_host<B>(req: &http::Request<B>) -> Option<std::borrow::Cow<'_, st
         }
     };
     let raw = raw.trim_end_matches('.');
+    if !is_host_name(raw) {
+        // not a name or an address: no host (`evil.com?.example.com` must not match
+        // `*.example.com`, nor be echoed by `${request.host}`)
+        return None;
+    }
     if raw.bytes().any(|b| b.is_ascii_uppercase()) {
         Some(std::borrow::Cow::Owned(raw.to_ascii_lowercase()))
     } else {
         Some(std::borrow::Cow::Borrowed(raw))
     }
+}
+
+/// Whether `host` is a DNS name (letters, digits, `-`, `_`, `.`) or an IP address
+/// (`[v6]` in brackets).
+fn is_host_name(host: &str) -> bool {
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn strip_port(host: &str) -> &str {
@@ -236,8 +254,8 @@ mod tests {
             Some("example.com")
         );
         assert_eq!(request_host(&req("[::1]:80")).as_deref(), Some("[::1]"));
-        assert_eq!(request_host(&req("[")).as_deref(), Some("["));
-        assert_eq!(request_host(&req("[::1")).as_deref(), Some("[::1"));
+        assert_eq!(request_host(&req("[")).as_deref(), None);
+        assert_eq!(request_host(&req("[::1")).as_deref(), None);
         let h2 = http::Request::builder()
             .uri("http://h2.example/x")
             .body(())
@@ -269,5 +287,33 @@ mod tests {
                 prop_assert!(rest.is_empty() || rest.starts_with('/'));
             }
         }
+    }
+
+    #[test]
+    fn hosts_that_are_not_names_are_no_hosts() {
+        let host = |value: &str| {
+            let request = http::Request::builder()
+                .uri("/x")
+                .header("host", value)
+                .body(())
+                .unwrap();
+            request_host(&request).map(std::borrow::Cow::into_owned)
+        };
+        assert_eq!(
+            host("API.Example.com:8080").as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(host("[::1]:8080").as_deref(), Some("[::1]"));
+        assert_eq!(host("evil.com?.example.com"), None);
+        assert_eq!(host("evil.com/.example.com"), None);
+        assert_eq!(host("a@b.example.com"), None);
+        assert_eq!(host("[nope]"), None);
+        // routed as a request without a host: to the APIs of any host, never the wildcard's
+        let r = router();
+        assert_eq!(
+            r.lookup(host("evil.com?.example.com").as_deref(), "/wild")
+                .map(|m| *m.value),
+            Some("root")
+        );
     }
 }

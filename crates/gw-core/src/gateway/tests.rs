@@ -335,7 +335,10 @@ async fn a_preflight_runs_the_stack_of_the_operation_it_asks_for() {
     gw.apply(1, [api("ops", "/ops", &format!("http://{up}"), extra)])
         .unwrap();
     let preflight = |requested: Option<&str>| {
-        let mut req = Request::builder().method("OPTIONS").uri("/ops/items/1");
+        let mut req = Request::builder()
+            .method("OPTIONS")
+            .uri("/ops/items/1")
+            .header("origin", "https://app.example.com");
         if let Some(requested) = requested {
             req = req.header("access-control-request-method", requested);
         }
@@ -349,4 +352,33 @@ async fn a_preflight_runs_the_stack_of_the_operation_it_asks_for() {
     let resp = gw.handle(preflight(None), conn()).await;
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(resp.headers()["allow"], "GET, POST");
+    // without Origin it is no preflight either: the GET stack is not reachable by OPTIONS
+    let no_origin = Request::builder()
+        .method("OPTIONS")
+        .uri("/ops/items/1")
+        .header("access-control-request-method", "GET")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = gw.handle(no_origin, conn()).await;
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn operation_policies_cannot_be_skipped_by_spelling_the_path_differently() {
+    let up = upstream("A").await;
+    let gw = policy_gateway();
+    let extra = "  operations:\n    - {method: GET, path: '/items/{id}'}\n    - method: GET\n      path: /items/admin\n      policies: [{name: gate, params: {status: 403}}]\n";
+    gw.apply(1, [api("ops", "/ops", &format!("http://{up}"), extra)])
+        .unwrap();
+    for spelling in [
+        "/ops/items/admin",
+        "/ops/items/%61dmin",
+        "/ops/items/admin;x=1",
+        "/ops/items/%61dmin;jsessionid=1",
+    ] {
+        let (status, body) = call(&gw, "GET", spelling).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{spelling}: {body}");
+    }
+    let (status, _) = call(&gw, "GET", "/ops/items/7").await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -97,23 +97,20 @@ impl fmt::Display for Cidr {
 
 /// The client's address: the connection's peer, unless the peer is a trusted proxy, in which
 /// case `X-Forwarded-For` is read from the right, skipping trusted proxies, and the first
-/// address that is not one is the client. A malformed entry stops the walk at the last
-/// address that was believed (a client cannot forge its way past a trusted proxy, which
-/// appends the address it saw).
+/// address that is not one is the client (a client cannot forge its way past a trusted
+/// proxy, which appends the address it saw). When the walk ends on a trusted proxy (no
+/// header, only trusted hops, or a malformed entry), the client is unknown: the unspecified
+/// address `::`, which no allow list of real addresses matches, rather than the proxy's own
+/// address, which an allow list of internal addresses might.
 pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[Cidr]) -> IpAddr {
     let mut ip = peer.to_canonical();
     if !trusted.iter().any(|c| c.contains(ip)) {
         return ip;
     }
-    let lines: Vec<&[u8]> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .map(http::HeaderValue::as_bytes)
-        .collect();
-    for line in lines.iter().rev() {
-        for entry in line.rsplit(|&b| b == b',') {
+    for line in headers.get_all("x-forwarded-for").iter().rev() {
+        for entry in line.as_bytes().rsplit(|&b| b == b',') {
             let Some(next) = parse_forwarded(entry) else {
-                return ip;
+                return UNKNOWN_CLIENT;
             };
             ip = next;
             if !trusted.iter().any(|c| c.contains(ip)) {
@@ -121,8 +118,11 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[Cidr]) -> IpAddr 
             }
         }
     }
-    ip
+    UNKNOWN_CLIENT
 }
+
+/// The client address when trusted proxies do not say it.
+pub const UNKNOWN_CLIENT: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
 
 /// One `X-Forwarded-For` entry: an address, perhaps with a port (`1.2.3.4:80`,
 /// `[::1]:80`).
@@ -183,10 +183,20 @@ mod tests {
             client_ip(&headers, ip("10.0.0.1"), &trusted),
             ip("203.0.113.9")
         );
-        // garbage stops the walk at the last believed address
+        // garbage, or no header from a trusted proxy: unknown, never the proxy itself
         let mut bad = HeaderMap::new();
         bad.append("x-forwarded-for", "6.6.6.6, junk".parse().unwrap());
-        assert_eq!(client_ip(&bad, ip("10.0.0.1"), &trusted), ip("10.0.0.1"));
+        assert_eq!(client_ip(&bad, ip("10.0.0.1"), &trusted), UNKNOWN_CLIENT);
+        assert_eq!(
+            client_ip(&HeaderMap::new(), ip("10.0.0.1"), &trusted),
+            UNKNOWN_CLIENT
+        );
+        let mut internal = HeaderMap::new();
+        internal.append("x-forwarded-for", "10.0.0.3".parse().unwrap());
+        assert_eq!(
+            client_ip(&internal, ip("10.0.0.1"), &trusted),
+            UNKNOWN_CLIENT
+        );
         // ports are allowed
         let mut port = HeaderMap::new();
         port.append("x-forwarded-for", "[2001:db8::1]:443".parse().unwrap());

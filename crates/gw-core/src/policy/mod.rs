@@ -63,7 +63,7 @@ use crate::body::{Body, BoxError};
 use crate::consumers::ConsumerStore;
 use crate::model::{FieldError, PolicyRef};
 
-pub use cidr::{Cidr, client_ip};
+pub use cidr::{Cidr, UNKNOWN_CLIENT, client_ip};
 pub use filter::{Filter, filter_layer};
 pub use template::Template;
 

@@ -632,9 +632,10 @@ impl Limiter {
             }
             None => {
                 buf[0] = address_tag;
-                let octets = match request_ip(request, &self.trusted) {
+                let octets = match request_ip(request, &self.trusted).to_canonical() {
                     IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-                    IpAddr::V6(v6) => v6.octets(),
+                    // per /64: a subscriber's block, whose addresses it can rotate freely
+                    IpAddr::V6(v6) => (u128::from(v6) & !u128::from(u64::MAX)).to_be_bytes(),
                 };
                 buf[1..].copy_from_slice(&octets);
                 &buf[..]
@@ -1027,6 +1028,33 @@ mod tests {
         assert_eq!(response.status(), 429);
         assert_eq!(response.headers()["retry-after"], "86400");
         assert!(response.headers().get("ratelimit-remaining").is_none());
+    }
+
+    #[tokio::test]
+    async fn ipv6_clients_are_counted_per_64() {
+        let one = serde_json::json!([{"requests": 1, "window": "day"}]);
+        let by_ip = layer(serde_json::json!({"limits": one, "key": "ip"}));
+        assert_eq!(
+            status(&by_ip, request("[2001:db8:1:2::1]", None, &[])).await,
+            200
+        );
+        // another address of the same /64: the same count
+        assert_eq!(
+            status(&by_ip, request("[2001:db8:1:2:ffff::9]", None, &[])).await,
+            429
+        );
+        // another /64: its own count
+        assert_eq!(
+            status(&by_ip, request("[2001:db8:1:3::1]", None, &[])).await,
+            200
+        );
+        // IPv4, mapped or not, per address
+        assert_eq!(status(&by_ip, request("192.0.2.1", None, &[])).await, 200);
+        assert_eq!(
+            status(&by_ip, request("[::ffff:192.0.2.1]", None, &[])).await,
+            429
+        );
+        assert_eq!(status(&by_ip, request("192.0.2.2", None, &[])).await, 200);
     }
 
     #[tokio::test]

@@ -139,6 +139,24 @@ fn check_location(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a location that is an absolute URL has a non-empty host.
+fn has_host_if_absolute(location: &[u8]) -> bool {
+    let after = [&b"https://"[..], b"http://"].iter().find_map(|scheme| {
+        (location.len() >= scheme.len() && location[..scheme.len()].eq_ignore_ascii_case(scheme))
+            .then(|| &location[scheme.len()..])
+    });
+    match after {
+        None => true,
+        Some(rest) => {
+            let end = rest
+                .iter()
+                .position(|b| matches!(b, b'/' | b'?' | b'#' | b'\\'))
+                .unwrap_or(rest.len());
+            end > 0 && !rest[..end].starts_with(b":")
+        }
+    }
+}
+
 #[derive(Debug)]
 struct RedirectFilter {
     location: Template,
@@ -187,6 +205,15 @@ impl Filter for RedirectFilter {
                 "the redirect location could not be built",
             ));
         };
+        if !has_host_if_absolute(location.as_bytes()) {
+            // `https://${request.host}/...` for a request without a (valid) host: the
+            // browser would read the path's first segment as the host
+            return Err(json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_host",
+                "the request has no valid Host to redirect to",
+            ));
+        }
         let mut response = Response::new(body::empty());
         *response.status_mut() = self.status;
         response.headers_mut().insert(LOCATION, location);
@@ -311,5 +338,25 @@ mod tests {
             );
             assert_eq!(location(&redirect, "/orders?").await.1, target);
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_valid_host_is_not_redirected_elsewhere() {
+        let layer =
+            layer(serde_json::json!({"location": "https://${request.host}${request.path}"}));
+        for host in [None, Some("evil.com?.example.com")] {
+            let mut builder = Request::builder().uri("/evil.com/x");
+            if let Some(host) = host {
+                builder = builder.header("host", host);
+            }
+            let (seen, response) = call_seen(&layer, builder.body(body::empty()).unwrap()).await;
+            assert!(seen.is_none());
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{host:?}");
+            assert!(response.headers().get(LOCATION).is_none());
+        }
+        assert!(has_host_if_absolute(b"/relative"));
+        assert!(has_host_if_absolute(b"HTTPS://a.example/x"));
+        assert!(!has_host_if_absolute(b"https:///evil.com/x"));
+        assert!(!has_host_if_absolute(b"http://:80/x"));
     }
 }

@@ -1,5 +1,10 @@
 //! The stock `gw-runtime`, with `require-header` registered.
 
+/// The allocator of the stock binary (see docs/PERFORMANCE.md): a custom build chooses its
+/// own.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     gw_runtime::cli::main_with(custom_policy::registry())
 }
