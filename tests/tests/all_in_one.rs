@@ -89,7 +89,7 @@ async fn deploy_call_replace_upstream_delete() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("gw_requests_total{api=\"down\",class=\"5xx\"} 1"),
+        metrics.contains("gw_requests_total{api=\"down\",operation=\"*\",class=\"5xx\"} 1"),
         "{metrics}"
     );
 }

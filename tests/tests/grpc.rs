@@ -66,7 +66,7 @@ async fn a_bidirectional_grpc_stream_passes_through_the_gateway() {
     .await;
     let answered: Option<f64> = gw_e2e::metric(
         edge.addr("status"),
-        "gw_requests_total{api=\"sync\",class=\"2xx\"}",
+        "gw_requests_total{api=\"sync\",operation=\"*\",class=\"2xx\"}",
     )
     .await;
     assert!(answered.is_some_and(|n| n >= 1.0), "{answered:?}");

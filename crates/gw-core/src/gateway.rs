@@ -26,7 +26,8 @@ use crate::metrics::{ApiMetrics, Limit, ProxyMetrics};
 use crate::model::{ApiDefinition, CertificateDefinition, ConsumerDefinition, check_collisions};
 use crate::path;
 use crate::policy::{
-    OperationContext, PolicyContext, PolicyRegistry, RouteService, effective_policies,
+    Exchange, OperationContext, Phase, PolicyContext, PolicyRegistry, RouteService,
+    effective_policies,
 };
 use crate::router::{self, Router};
 use crate::tls::CertificateSet;
@@ -46,12 +47,11 @@ pub struct ConnInfo {
 #[derive(Debug)]
 pub struct BuiltApi {
     definition: Arc<ApiDefinition>,
-    /// The stack of an API without operations.
-    service: Option<RouteService>,
+    /// The route of an API without operations.
+    service: Option<Route>,
     /// Template -> index into `operations`, for an API with operations.
     operation_router: matchit::Router<usize>,
     operations: Vec<OperationRoute>,
-    metrics: ApiMetrics,
     rescuer: Arc<Rescuer>,
     upstream: Arc<Upstream>,
 }
@@ -116,9 +116,40 @@ impl LogGate {
     }
 }
 
+/// One route: its pre-built stack and what the edge records for it.
+#[derive(Debug)]
+struct Route {
+    service: RouteService,
+    metrics: ApiMetrics,
+    /// Whether its requests carry an [`Exchange`] (an authentication or observation policy
+    /// fills it).
+    observed: bool,
+}
+
+impl Route {
+    fn new(
+        service: RouteService,
+        policies: &[&crate::model::PolicyRef],
+        registry: &PolicyRegistry,
+        metrics: ApiMetrics,
+    ) -> Self {
+        let observed = policies.iter().any(|p| {
+            matches!(
+                registry.phase(&p.name),
+                Phase::Authenticate | Phase::Observe
+            )
+        });
+        Self {
+            service,
+            metrics,
+            observed,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct OperationRoute {
-    methods: Vec<(Method, RouteService)>,
+    methods: Vec<(Method, Route)>,
     /// The methods whose stack answers CORS preflights (a `Phase::Cors` policy): an
     /// `OPTIONS` preflight for one of them runs that stack even though the operation is not
     /// `OPTIONS`.
@@ -162,7 +193,6 @@ impl BuiltApi {
             service: None,
             operation_router: matchit::Router::new(),
             operations: Vec::new(),
-            metrics: metrics.for_api(&definition.metadata.name),
             rescuer,
             upstream,
             definition: Arc::clone(definition),
@@ -181,9 +211,16 @@ impl BuiltApi {
             .map(|policy| registry.build(policy, &api_context))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
+        let name = &definition.metadata.name;
         if spec.operations.is_empty() {
             let layers = spec.policies.iter().zip(api_layers).collect();
-            built.service = Some(crate::policy::stack(registry, layers, base));
+            let policies: Vec<&crate::model::PolicyRef> = spec.policies.iter().collect();
+            built.service = Some(Route::new(
+                crate::policy::stack(registry, layers, base),
+                &policies,
+                registry,
+                metrics.for_route(name, crate::metrics::ANY_OPERATION),
+            ));
             return Ok(built);
         }
         let mut by_path: BTreeMap<&str, usize> = BTreeMap::new();
@@ -210,7 +247,12 @@ impl BuiltApi {
                 })
                 .collect::<Result<Vec<_>, crate::policy::PolicyError>>()
                 .map_err(|e| format!("operation {} {}: {e}", op.method, op.path))?;
-            let stack = crate::policy::stack(registry, layers, base.clone());
+            let stack = Route::new(
+                crate::policy::stack(registry, layers, base.clone()),
+                &policies,
+                registry,
+                metrics.for_route(name, &operation_label(&op.method, &op.path)),
+            );
             let index = match by_path.get(op.path.as_str()) {
                 Some(&index) => index,
                 None => {
@@ -249,19 +291,29 @@ impl BuiltApi {
     }
 
     /// The stack for a method and the path after the context.
-    fn select<B>(&self, request: &Request<B>, rest: &str) -> Result<&RouteService, GatewayError> {
+    /// The route at `at`.
+    fn route(&self, at: RouteRef) -> &Route {
+        match (at, &self.service) {
+            (RouteRef::Operation(op, method), _) => &self.operations[op].methods[method].1,
+            (RouteRef::Single, Some(route)) => route,
+            (RouteRef::Single, None) => unreachable!("a single route exists when referenced"),
+        }
+    }
+
+    fn select<B>(&self, request: &Request<B>, rest: &str) -> Result<RouteRef, GatewayError> {
         let method = request.method();
-        if let Some(service) = &self.service {
-            return Ok(service);
+        if self.service.is_some() {
+            return Ok(RouteRef::Single);
         }
         let path = crate::path::without_parameters(if rest.is_empty() { "/" } else { rest });
         let matched = self
             .operation_router
             .at(&path)
             .map_err(|_| GatewayError::NoRoute)?;
-        let route = &self.operations[*matched.value];
-        if let Some((_, service)) = route.methods.iter().find(|(m, _)| m == method) {
-            return Ok(service);
+        let op = *matched.value;
+        let route = &self.operations[op];
+        if let Some(i) = route.methods.iter().position(|(m, _)| m == method) {
+            return Ok(RouteRef::Operation(op, i));
         }
         // a CORS preflight for an operation whose stack answers it
         if method == Method::OPTIONS
@@ -271,9 +323,9 @@ impl BuiltApi {
                 .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
                 .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
             && route.preflight.contains(&requested)
-            && let Some((_, service)) = route.methods.iter().find(|(m, _)| *m == requested)
+            && let Some(i) = route.methods.iter().position(|(m, _)| *m == requested)
         {
-            return Ok(service);
+            return Ok(RouteRef::Operation(op, i));
         }
         Err(GatewayError::MethodNotAllowed {
             allow: route.allow.clone(),
@@ -583,6 +635,12 @@ impl Gateway {
             if kept.is_none() {
                 self.metrics.remove_api(name);
             }
+            let labels_now = kept.map(|api| route_labels(&api.definition));
+            for label in route_labels(&old.definition) {
+                if !labels_now.as_ref().is_some_and(|now| now.contains(&label)) {
+                    self.metrics.remove_route(name, &label);
+                }
+            }
             for endpoint in &old.definition.spec.upstream.endpoints {
                 let still_there = kept.is_some_and(|api| {
                     api.definition
@@ -596,6 +654,19 @@ impl Gateway {
                     self.metrics.remove_endpoint(name, &endpoint.url);
                 }
             }
+        }
+        // consumers or APIs gone: their consumer series go (all of them: the family cannot
+        // be walked), and the next requests make them again
+        let consumer_gone = previous
+            .consumers
+            .iter()
+            .any(|c| next.consumers.get(&c.metadata.name).is_none());
+        let api_gone = previous
+            .apis
+            .keys()
+            .any(|name| !next.apis.contains_key(name));
+        if consumer_gone || api_gone {
+            self.metrics.clear_consumers();
         }
         Ok(next)
     }
@@ -620,7 +691,13 @@ impl Gateway {
             self.metrics.unrouted(error.status());
             return error.into_response();
         }
-        let (mut request, service, api) = match self.route(request) {
+        let Routed {
+            mut request,
+            service,
+            api,
+            at,
+            exchange,
+        } = match self.route(request) {
             Ok(found) => found,
             Err(error) => {
                 self.metrics.unrouted(error.status());
@@ -636,32 +713,41 @@ impl Gateway {
             if declared.is_some_and(|len| len > limit) {
                 self.metrics.limit_rejected(Limit::BodySize);
                 let response = GatewayError::PayloadTooLarge.into_response();
-                api.metrics.observe(response.status(), start.elapsed());
+                api.route(at)
+                    .metrics
+                    .observe(response.status(), start.elapsed());
                 return response;
             }
             let (parts, body) = request.into_parts();
             request = Request::from_parts(parts, body::limited(body, limit));
         }
         request.extensions_mut().insert(conn);
+        crate::trace::ensure(request.headers_mut());
         let response = match call_route(service, request).await {
             Ok(response) => response,
             Err(error) => api.rescuer.rescue(error),
         };
-        api.metrics.observe(response.status(), start.elapsed());
+        api.route(at)
+            .metrics
+            .observe(response.status(), start.elapsed());
+        if let Some(consumer) = exchange.as_ref().and_then(|e| e.consumer()) {
+            self.metrics.consumer_request(
+                &api.definition.metadata.name,
+                &consumer.name,
+                response.status(),
+            );
+        }
         response
     }
 
     /// Finds the stack for a request and rewrites its path to the normalized form.
-    fn route<B>(
-        &self,
-        request: Request<B>,
-    ) -> Result<(Request<Body>, RouteService, Arc<BuiltApi>), GatewayError>
+    fn route<B>(&self, request: Request<B>) -> Result<Routed, GatewayError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let config = self.config.load();
-        let (service, api, normalized) = {
+        let (service, observed, api, normalized) = {
             let path = path::normalize(request.uri().path())?;
             let host = router::request_host(&request);
             let found = config
@@ -669,20 +755,75 @@ impl Gateway {
                 .lookup(host.as_deref(), &path)
                 .ok_or(GatewayError::NoRoute)?;
             let api = found.value;
-            let service = api.select(&request, &path[found.context_len..])?;
+            let at = api.select(&request, &path[found.context_len..])?;
+            let route = api.route(at);
             let normalized = match path {
                 std::borrow::Cow::Owned(p) => Some(p),
                 std::borrow::Cow::Borrowed(_) => None,
             };
-            (service.clone(), Arc::clone(api), normalized)
+            (
+                (route.service.clone(), at),
+                route.observed,
+                Arc::clone(api),
+                normalized,
+            )
         };
+        let (service, at) = service;
         let mut request = request.map(body::boxed);
         if let Some(normalized) = normalized {
             let uri = with_path(request.uri(), &normalized)?;
             *request.uri_mut() = uri;
         }
-        Ok((request, service, api))
+        let exchange = observed.then(|| {
+            let exchange = Arc::new(Exchange::default());
+            request.extensions_mut().insert(Arc::clone(&exchange));
+            exchange
+        });
+        Ok(Routed {
+            request,
+            service,
+            api,
+            at,
+            exchange,
+        })
     }
+}
+
+/// A routed request: its stack, its API, and the exchange its policies fill.
+struct Routed {
+    request: Request<Body>,
+    service: RouteService,
+    api: Arc<BuiltApi>,
+    at: RouteRef,
+    exchange: Option<Arc<Exchange>>,
+}
+
+/// Where a route is in its API.
+#[derive(Debug, Clone, Copy)]
+enum RouteRef {
+    /// The route of an API without operations.
+    Single,
+    /// Operation path index, method index.
+    Operation(usize, usize),
+}
+
+/// The `operation` labels of an API's routes.
+fn route_labels(definition: &ApiDefinition) -> Vec<String> {
+    if definition.spec.operations.is_empty() {
+        vec![crate::metrics::ANY_OPERATION.to_string()]
+    } else {
+        definition
+            .spec
+            .operations
+            .iter()
+            .map(|op| operation_label(&op.method, &op.path))
+            .collect()
+    }
+}
+
+/// The `operation` label of an operation: `GET /items/{id}`.
+fn operation_label(method: &str, path: &str) -> String {
+    format!("{method} {path}")
 }
 
 /// Waits for the stack to be ready and calls it. A named future type (rather than

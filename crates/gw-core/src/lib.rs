@@ -24,6 +24,7 @@ pub mod path;
 pub mod policy;
 pub mod router;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 pub use body::{Body, BoxError};

@@ -1,7 +1,8 @@
 //! Request metrics, registered into a registry the caller passes in (never a global).
 //!
-//! Label cardinality is bounded by the configuration: one series set per API and status
-//! class, removed when the API is.
+//! Label cardinality is bounded: one series set per API, operation and status class (bounded
+//! by the configuration, removed with the API or operation), and per consumer up to
+//! [`MAX_CONSUMER_SERIES`] consumers, the others counted as `other`.
 
 use std::time::Duration;
 
@@ -16,8 +17,23 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     api: String,
+    /// `GET /items/{id}`, or `*` for an API without operations.
+    operation: String,
     class: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConsumerLabels {
+    api: String,
+    consumer: String,
+    class: &'static str,
+}
+
+/// The most consumers with series of their own; requests of others count as `other`.
+pub const MAX_CONSUMER_SERIES: usize = 1000;
+
+/// The `operation` label of an API without operations.
+pub const ANY_OPERATION: &str = "*";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ApiLabels {
@@ -61,6 +77,9 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug, Clone)]
 pub struct ProxyMetrics {
     requests: Family<RequestLabels, Counter>,
+    consumer_requests: Family<ConsumerLabels, Counter>,
+    /// The consumers that have series of their own.
+    consumers_seen: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
     duration: Family<ApiLabels, Histogram, fn() -> Histogram>,
     unrouted: Family<StatusLabels, Counter>,
     limits: Family<LimitLabels, Counter>,
@@ -122,8 +141,13 @@ impl ProxyMetrics {
         let metrics = Self::unregistered();
         registry.register(
             "gw_requests",
-            "Requests answered, by API and status class",
+            "Requests answered, by API, operation and status class",
             metrics.requests.clone(),
+        );
+        registry.register(
+            "gw_consumer_requests",
+            "Requests of authenticated consumers, by API, consumer and status class (at most 1000 consumers; the others as `other`)",
+            metrics.consumer_requests.clone(),
         );
         registry.register(
             "gw_request_duration_seconds",
@@ -204,6 +228,8 @@ impl ProxyMetrics {
     pub fn unregistered() -> Self {
         Self {
             requests: Family::default(),
+            consumer_requests: Family::default(),
+            consumers_seen: std::sync::Arc::default(),
             duration: Family::new_with_constructor(latency_histogram),
             unrouted: Family::default(),
             limits: Family::default(),
@@ -223,12 +249,14 @@ impl ProxyMetrics {
         }
     }
 
-    /// The handles of one API, resolved once when its configuration is built.
-    pub fn for_api(&self, api: &str) -> ApiMetrics {
+    /// The handles of one route of an API (`operation` is `GET /items/{id}`, or
+    /// [`ANY_OPERATION`]), resolved once when its configuration is built.
+    pub fn for_route(&self, api: &str, operation: &str) -> ApiMetrics {
         let classes = CLASSES.map(|class| {
             self.requests
                 .get_or_create(&RequestLabels {
                     api: api.to_string(),
+                    operation: operation.to_string(),
                     class,
                 })
                 .clone()
@@ -242,14 +270,60 @@ impl ProxyMetrics {
         ApiMetrics { classes, duration }
     }
 
-    /// Drops the series of an API that left the configuration.
-    pub fn remove_api(&self, api: &str) {
+    /// Drops the series of a route that left the configuration.
+    pub fn remove_route(&self, api: &str, operation: &str) {
         for class in CLASSES {
             self.requests.remove(&RequestLabels {
                 api: api.to_string(),
+                operation: operation.to_string(),
                 class,
             });
         }
+    }
+
+    /// Counts a request of an authenticated consumer.
+    pub fn consumer_request(&self, api: &str, consumer: &str, status: StatusCode) {
+        let known = self
+            .consumers_seen
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(consumer);
+        let label = if known {
+            consumer
+        } else {
+            let mut seen = self
+                .consumers_seen
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if seen.len() < MAX_CONSUMER_SERIES {
+                seen.insert(consumer.to_string());
+                consumer
+            } else {
+                "other"
+            }
+        };
+        self.consumer_requests
+            .get_or_create(&ConsumerLabels {
+                api: api.to_string(),
+                consumer: label.to_string(),
+                class: class_of(status),
+            })
+            .inc();
+    }
+
+    /// Drops every consumer series (when consumers leave the configuration), so that
+    /// removed consumers do not keep series, nor their places among the 1000.
+    pub fn clear_consumers(&self) {
+        self.consumer_requests.clear();
+        self.consumers_seen
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Drops the series of an API that left the configuration (its routes' series are
+    /// dropped with [`ProxyMetrics::remove_route`]).
+    pub fn remove_api(&self, api: &str) {
         self.duration.remove(&ApiLabels {
             api: api.to_string(),
         });
@@ -363,7 +437,11 @@ impl ProxyMetrics {
     }
 }
 
-/// The metric handles of one API; recording is lock-free.
+fn class_of(status: StatusCode) -> &'static str {
+    CLASSES[usize::from(status.as_u16() / 100).clamp(1, 5) - 1]
+}
+
+/// The metric handles of one route; recording is lock-free.
 #[derive(Debug, Clone)]
 pub struct ApiMetrics {
     classes: [Counter; 5],

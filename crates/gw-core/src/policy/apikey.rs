@@ -160,7 +160,7 @@ impl Filter for ApiKeyFilter {
                 &self.challenge,
             ));
         };
-        request.extensions_mut().insert(consumer.clone());
+        super::authenticate(request, consumer.clone());
         // the key never goes upstream
         if let Some(name) = &self.header {
             request.headers_mut().remove(name);

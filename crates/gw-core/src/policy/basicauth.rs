@@ -223,7 +223,7 @@ type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> +
 
 /// Marks the request as the consumer's and removes the password before it goes upstream.
 fn admit(request: &mut Request<Body>, consumer: Consumer) {
-    request.extensions_mut().insert(consumer);
+    super::authenticate(request, consumer);
     request.headers_mut().remove(http::header::AUTHORIZATION);
 }
 

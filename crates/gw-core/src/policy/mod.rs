@@ -33,6 +33,7 @@
 //! assert!(registry.contains("request-headers"));
 //! ```
 
+mod accesslog;
 mod acl;
 mod apikey;
 mod basicauth;
@@ -78,6 +79,43 @@ pub struct Consumer {
     pub groups: Arc<[String]>,
     /// The id of the credential it presented, when it has one.
     pub credential: Option<Arc<str>>,
+}
+
+/// What the gateway learns about a request while its stack runs, for the metrics and the
+/// access log, which look at it once the response is made: the consumer that authentication
+/// found and the upstream endpoint that answered. The gateway puts one in the request's
+/// extensions on routes that have an authentication or observation policy.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    consumer: std::sync::OnceLock<Consumer>,
+    endpoint: std::sync::OnceLock<Arc<str>>,
+}
+
+impl Exchange {
+    /// The authenticated consumer, if any.
+    pub fn consumer(&self) -> Option<&Consumer> {
+        self.consumer.get()
+    }
+
+    /// The upstream endpoint (its URL) that answered, if one did.
+    pub fn endpoint(&self) -> Option<&Arc<str>> {
+        self.endpoint.get()
+    }
+
+    pub(crate) fn set_endpoint(&self, endpoint: &Arc<str>) {
+        let _ = self.endpoint.set(Arc::clone(endpoint));
+    }
+}
+
+/// Marks a request as the consumer's: later policies find the [`Consumer`] in its
+/// extensions, and the metrics and the access log in its [`Exchange`]. Authentication
+/// policies (built-in or your own) call this on success.
+pub fn authenticate(request: &mut Request<Body>, consumer: Consumer) {
+    if let Some(exchange) = request.extensions().get::<Arc<Exchange>>() {
+        // the first authentication to succeed names the consumer in the metrics
+        let _ = exchange.consumer.set(consumer.clone());
+    }
+    request.extensions_mut().insert(consumer);
 }
 
 /// The request's id, put in the request's extensions by `correlation-id`.
@@ -282,6 +320,7 @@ impl PolicyRegistry {
     /// gw's built-in policies (docs/policies.md).
     pub fn builtin() -> Self {
         Self::new()
+            .register_policy("access-log", accesslog::AccessLog)
             .register_policy("acl", acl::Acl)
             .register_policy("api-key", apikey::ApiKey)
             .register_policy("basic-auth", basicauth::BasicAuth)

@@ -143,7 +143,7 @@ pub(super) struct Idle {
 #[derive(Debug)]
 pub(super) struct EndpointState {
     /// The URL as configured (the metrics label).
-    pub(super) url: Box<str>,
+    pub(super) url: std::sync::Arc<str>,
     pub(super) target: Target,
     pub(super) weight: u32,
     pub(super) in_flight: AtomicUsize,

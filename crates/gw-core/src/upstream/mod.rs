@@ -453,6 +453,10 @@ impl Upstream {
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
         let conn = parts.extensions.get::<ConnInfo>().copied();
+        let exchange = parts
+            .extensions
+            .get::<Arc<crate::policy::Exchange>>()
+            .cloned();
         let request_timeout = parts
             .extensions
             .get::<RequestTimeout>()
@@ -635,6 +639,9 @@ impl Upstream {
                 lease.sender = None;
                 let count = tunnel_count.unwrap_or_else(|| TunnelCount::new(&lease));
                 return Ok(tunnel(response, protocol, downstream, lease, count));
+            }
+            if let Some(exchange) = exchange.as_ref() {
+                exchange.set_endpoint(&endpoint.url);
             }
             let (mut parts, incoming) = response.into_parts();
             // the client connection speaks its own version (an HTTP/1.0 upstream must not
