@@ -399,3 +399,83 @@ spec:
     assert_eq!(body["error"]["code"], "upstream_timeout");
     assert_eq!(slow("/limited/a").await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn access_logs_metrics_and_trace_context() {
+    let upstream = Upstream::start("u").await;
+    let yaml = api(
+        "logged",
+        "/logged",
+        &upstream,
+        "  policies:
+    - name: correlation-id
+    - name: access-log
+  operations:
+    - {method: GET, path: '/items/{id}'}",
+    );
+    let (runtime, _dir) = standalone(&yaml, &[]);
+    let proxy = runtime.addr("proxy");
+    let client = reqwest::Client::new();
+
+    // no traceparent: one is made; a valid one goes through unchanged
+    let seen: serde_json::Value = client
+        .get(format!("http://{proxy}/logged/items/7?secret=1"))
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let made = seen["headers"]["traceparent"].as_str().unwrap().to_string();
+    assert_eq!(made.len(), 55, "{seen}");
+    let trace_id = &made[3..35];
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let seen: serde_json::Value = client
+        .get(format!("http://{proxy}/logged/items/8"))
+        .header("traceparent", given)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["headers"]["traceparent"], given);
+
+    // one access line per request, with the operation, ids, endpoint and bytes; no query
+    let line = |needle: &str| {
+        runtime
+            .log()
+            .lines()
+            .find(|l| l.contains("\"access_log\"") && l.contains(needle))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    };
+    gw_e2e::eventually(
+        "the access line",
+        std::time::Duration::from_secs(5),
+        || async { line("req-42").is_some() },
+    )
+    .await;
+    let entry = line("req-42").unwrap();
+    assert_eq!(entry["api"], "logged", "{entry}");
+    assert_eq!(entry["operation"], "GET /items/{id}", "{entry}");
+    assert_eq!(entry["path"], "/logged/items/7", "{entry}");
+    assert_eq!(entry["status"], 200, "{entry}");
+    assert_eq!(entry["trace_id"], trace_id, "{entry}");
+    assert_eq!(entry["completed"], true, "{entry}");
+    assert_eq!(
+        entry["upstream"],
+        upstream.url("/").trim_end_matches('/'),
+        "{entry}"
+    );
+    assert!(entry["bytes"].as_u64().unwrap() > 0, "{entry}");
+    assert!(!entry.to_string().contains("secret"), "{entry}");
+
+    // the requests are counted by operation
+    let count: Option<u64> = gw_e2e::metric(
+        runtime.addr("status"),
+        "gw_requests_total{api=\"logged\",operation=\"GET /items/{id}\",class=\"2xx\"}",
+    )
+    .await;
+    assert_eq!(count, Some(2));
+}

@@ -121,6 +121,8 @@ impl LogGate {
 struct Route {
     service: RouteService,
     metrics: ApiMetrics,
+    /// `GET /items/{id}`, or `*`.
+    label: Arc<str>,
     /// Whether its requests carry an [`Exchange`] (an authentication or observation policy
     /// fills it).
     observed: bool,
@@ -131,7 +133,7 @@ impl Route {
         service: RouteService,
         policies: &[&crate::model::PolicyRef],
         registry: &PolicyRegistry,
-        metrics: ApiMetrics,
+        (metrics, label): (ApiMetrics, &str),
     ) -> Self {
         let observed = policies.iter().any(|p| {
             matches!(
@@ -142,6 +144,7 @@ impl Route {
         Self {
             service,
             metrics,
+            label: Arc::from(label),
             observed,
         }
     }
@@ -219,7 +222,10 @@ impl BuiltApi {
                 crate::policy::stack(registry, layers, base),
                 &policies,
                 registry,
-                metrics.for_route(name, crate::metrics::ANY_OPERATION),
+                (
+                    metrics.for_route(name, crate::metrics::ANY_OPERATION),
+                    crate::metrics::ANY_OPERATION,
+                ),
             ));
             return Ok(built);
         }
@@ -247,11 +253,12 @@ impl BuiltApi {
                 })
                 .collect::<Result<Vec<_>, crate::policy::PolicyError>>()
                 .map_err(|e| format!("operation {} {}: {e}", op.method, op.path))?;
+            let label = operation_label(&op.method, &op.path);
             let stack = Route::new(
                 crate::policy::stack(registry, layers, base.clone()),
                 &policies,
                 registry,
-                metrics.for_route(name, &operation_label(&op.method, &op.path)),
+                (metrics.for_route(name, &label), &label),
             );
             let index = match by_path.get(op.path.as_str()) {
                 Some(&index) => index,
@@ -763,7 +770,7 @@ impl Gateway {
             };
             (
                 (route.service.clone(), at),
-                route.observed,
+                route.observed.then(|| Arc::clone(&route.label)),
                 Arc::clone(api),
                 normalized,
             )
@@ -774,8 +781,8 @@ impl Gateway {
             let uri = with_path(request.uri(), &normalized)?;
             *request.uri_mut() = uri;
         }
-        let exchange = observed.then(|| {
-            let exchange = Arc::new(Exchange::default());
+        let exchange = observed.map(|label| {
+            let exchange = Arc::new(Exchange::new(label));
             request.extensions_mut().insert(Arc::clone(&exchange));
             exchange
         });

@@ -53,13 +53,10 @@ impl Policy for AccessLog {
         params: AccessLogParams,
         ctx: &PolicyContext<'_>,
     ) -> Result<RouteLayer, String> {
-        let operation = ctx.operation.map_or_else(
-            || crate::metrics::ANY_OPERATION.to_string(),
-            |op| format!("{} {}", op.method, op.path),
-        );
+        // the operation is read per request from the exchange: an API-level access log is
+        // one layer shared by all the API's operations
         Ok(filter_layer(AccessLogFilter {
             api: Arc::from(ctx.api),
-            operation: Arc::from(operation.as_str()),
             include_query: params.include_query,
         }))
     }
@@ -68,7 +65,6 @@ impl Policy for AccessLog {
 #[derive(Debug)]
 struct AccessLogFilter {
     api: Arc<str>,
-    operation: Arc<str>,
     include_query: bool,
 }
 
@@ -76,7 +72,6 @@ struct AccessLogFilter {
 #[derive(Debug)]
 struct Entry {
     api: Arc<str>,
-    operation: Arc<str>,
     time: SystemTime,
     start: Instant,
     method: Method,
@@ -101,7 +96,6 @@ impl Filter for AccessLogFilter {
         };
         Ok(Box::new(Entry {
             api: Arc::clone(&self.api),
-            operation: Arc::clone(&self.operation),
             time: SystemTime::now(),
             start: Instant::now(),
             method: request.method().clone(),
@@ -164,7 +158,7 @@ fn write(entry: &Entry, completed: bool) {
         target: "access_log",
         time = %time,
         api = %entry.api,
-        operation = %entry.operation,
+        operation = entry.exchange.as_ref().map_or("", |e| &**e.operation()),
         consumer = consumer.unwrap_or(""),
         method = %entry.method,
         path = %entry.path,

@@ -87,11 +87,26 @@ pub struct Consumer {
 /// extensions on routes that have an authentication or observation policy.
 #[derive(Debug, Default)]
 pub struct Exchange {
+    operation: Arc<str>,
     consumer: std::sync::OnceLock<Consumer>,
     endpoint: std::sync::OnceLock<Arc<str>>,
 }
 
 impl Exchange {
+    /// The exchange of a request routed to `operation` (`GET /items/{id}`, or `*`).
+    pub fn new(operation: Arc<str>) -> Self {
+        Self {
+            operation,
+            ..Self::default()
+        }
+    }
+
+    /// The operation the request was routed to: `GET /items/{id}`, or `*` for an API
+    /// without operations.
+    pub fn operation(&self) -> &Arc<str> {
+        &self.operation
+    }
+
     /// The authenticated consumer, if any.
     pub fn consumer(&self) -> Option<&Consumer> {
         self.consumer.get()
