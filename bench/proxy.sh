@@ -8,6 +8,13 @@
 # Prints requests/s, p50 and p99 per run, the medians, the gw/nginx ratio, and gw's memory
 # (RSS idle and its peak under load).
 #
+# With POLICIES=1 (the default), a second gw-runtime runs the case Kong and API7 publish:
+# 100 APIs (`/api0/` to `/api99/`), 100 consumers with an API key each, and on every API
+# `api-key` + a local `rate-limit` per consumer (high enough never to trigger) +
+# `request-headers` (one templated header). Every target is then driven with the same wrk
+# script, which spreads requests over the 100 APIs and the 100 keys; the ratio printed for
+# it is gw-with-policies over nginx's plain proxy.
+#
 # Usage: bench/proxy.sh            (ROUNDS=3 DURATION=6 CONNECTIONS=50 by default)
 #        ROUNDS=5 DURATION=10 CONNECTIONS=100 bench/proxy.sh
 # Needs: nginx and wrk (installed with apt-get when missing and run as root), cargo.
@@ -20,6 +27,9 @@ UPSTREAM_PORT=${UPSTREAM_PORT:-28081}
 NGINX_PORT=${NGINX_PORT:-28082}
 GW_PORT=${GW_PORT:-28083}
 GW_STATUS_PORT=${GW_STATUS_PORT:-28084}
+GWP_PORT=${GWP_PORT:-28085}
+GWP_STATUS_PORT=${GWP_STATUS_PORT:-28086}
+POLICIES=${POLICIES:-1}
 
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -38,16 +48,67 @@ bench_api "$UPSTREAM_PORT"
 bench_nginx_conf proxy "upstream up { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
     server { listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 
+# the policies case: 100 APIs and 100 consumers
+{
+    for i in $(seq 0 99); do
+        cat <<YAML
+apiVersion: gw/v1
+kind: Api
+metadata: {name: api$i}
+spec:
+  context: /api$i
+  upstream:
+    endpoints: [{url: 'http://127.0.0.1:$UPSTREAM_PORT'}]
+  policies:
+    - {name: api-key}
+    - name: rate-limit
+      params: {key: consumer, limits: [{requests: 100000000, window: second}]}
+    - name: request-headers
+      params: {set: {x-consumer: '\${consumer.name}'}}
+---
+apiVersion: gw/v1
+kind: Consumer
+metadata: {name: consumer$i}
+spec:
+  credentials: [{type: api-key, id: key, key: bench-key-$i-0123456789abcdef}]
+---
+YAML
+    done
+} >"$work/policies.yaml"
+# every target gets the same requests: a random API and a random key
+cat >"$work/spread.lua" <<'LUA'
+math.randomseed(os.time())
+request = function()
+  local i = math.random(0, 99)
+  local k = math.random(0, 99)
+  return wrk.format("GET", "/api" .. i .. "/", { ["X-API-Key"] = "bench-key-" .. k .. "-0123456789abcdef" })
+end
+LUA
+
 "$NGINX" -c "$work/proxy/nginx.conf" -p "$work/proxy" & pids+=($!)
 "$GW" --config "$work/api.yaml" --proxy-addr "127.0.0.1:$GW_PORT" \
     --status-addr "127.0.0.1:$GW_STATUS_PORT" --data-dir "$work/gw" \
     --worker-threads 1 --log-format json >"$work/gw.log" 2>&1 & gw_pid=$!
 pids+=("$gw_pid")
 
+if [ "$POLICIES" = 1 ]; then
+    "$GW" --config "$work/policies.yaml" --proxy-addr "127.0.0.1:$GWP_PORT" \
+        --status-addr "127.0.0.1:$GWP_STATUS_PORT" --data-dir "$work/gwp" \
+        --worker-threads 1 --log-format json >"$work/gwp.log" 2>&1 & gwp_pid=$!
+    pids+=("$gwp_pid")
+fi
+
 bench_wait_ok "http://127.0.0.1:$UPSTREAM_PORT/"
 bench_wait_ok "http://127.0.0.1:$NGINX_PORT/"
 bench_wait_ok "http://127.0.0.1:$GW_STATUS_PORT/status/ready"
 bench_wait_ok "http://127.0.0.1:$GW_PORT/"
+if [ "$POLICIES" = 1 ]; then
+    bench_wait_ok "http://127.0.0.1:$GWP_STATUS_PORT/status/ready"
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H 'X-API-Key: bench-key-7-0123456789abcdef' "http://127.0.0.1:$GWP_PORT/api42/")
+    [ "$code" = 200 ] || { echo "the policies gateway answered $code" >&2; cat "$work/gwp.log" >&2; exit 1; }
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GWP_PORT/api42/")
+    [ "$code" = 401 ] || { echo "the policies gateway let a request without a key through ($code)" >&2; exit 1; }
+fi
 
 rss_kb() { awk -v k="$2" '$1 == k":" { print $2 }' "/proc/$1/status"; }
 idle_rss=$(rss_kb "$gw_pid" VmRSS)
@@ -61,9 +122,10 @@ to_ms() {
     }'
 }
 
-run() { # name, port -> "rps p50 p99"
-    local out
-    out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$2/")
+run() { # name, port, [wrk script] -> "rps p50 p99"
+    local out script=()
+    [ -n "${3:-}" ] && script=(-s "$3")
+    out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${script[@]}" "http://127.0.0.1:$2/")
     if echo "$out" | grep -q "Non-2xx or 3xx responses"; then
         echo "$1: wrk saw non-2xx responses:" >&2
         echo "$out" >&2
@@ -81,14 +143,21 @@ median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]
 echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s, $ROUNDS rounds, $(nproc) cores"
 printf "%-6s %-7s %10s %9s %9s\n" round target "req/s" "p50 ms" "p99 ms"
 declare -A results
+targets=(direct nginx gw)
+[ "$POLICIES" = 1 ] && targets+=(direct-s nginx-s gw-pol)
 for round in $(seq 1 "$ROUNDS"); do
-    for target in direct nginx gw; do
+    for target in "${targets[@]}"; do
+        script=
         case $target in
             direct) port=$UPSTREAM_PORT ;;
             nginx) port=$NGINX_PORT ;;
             gw) port=$GW_PORT ;;
+            # the same spread requests (100 APIs, 100 keys) for the policies case
+            direct-s) port=$UPSTREAM_PORT script=$work/spread.lua ;;
+            nginx-s) port=$NGINX_PORT script=$work/spread.lua ;;
+            gw-pol) port=$GWP_PORT script=$work/spread.lua ;;
         esac
-        read -r rps p50 p99 < <(run "$target" "$port")
+        read -r rps p50 p99 < <(run "$target" "$port" "$script")
         results[$target.rps]+="$rps "
         results[$target.p50]+="$p50 "
         results[$target.p99]+="$p99 "
@@ -100,14 +169,18 @@ peak_rss=$(rss_kb "$gw_pid" VmHWM)
 echo
 echo "medians over $ROUNDS rounds"
 printf "%-7s %10s %9s %9s\n" target "req/s" "p50 ms" "p99 ms"
-for target in direct nginx gw; do
+for target in "${targets[@]}"; do
     rps=$(echo "${results[$target.rps]}" | tr ' ' '\n' | grep . | median)
     p50=$(echo "${results[$target.p50]}" | tr ' ' '\n' | grep . | median)
     p99=$(echo "${results[$target.p99]}" | tr ' ' '\n' | grep . | median)
     printf "%-7s %10.0f %9s %9s\n" "$target" "$rps" "$p50" "$p99"
-    declare "median_${target}_rps=$rps" "median_${target}_p99=$p99"
+    declare "median_${target//-/_}_rps=$rps" "median_${target//-/_}_p99=$p99"
 done
 echo
 awk -v g="$median_gw_rps" -v n="$median_nginx_rps" 'BEGIN { printf "gw/nginx requests/s: %.2fx\n", g / n }'
 echo "p99: gw ${median_gw_p99} ms, nginx ${median_nginx_p99} ms"
+if [ "$POLICIES" = 1 ]; then
+    awk -v g="$median_gw_pol_rps" -v n="$median_nginx_s_rps" 'BEGIN { printf "gw with 100 APIs, 100 consumers, api-key + rate-limit + request-headers / nginx plain proxy (same requests): %.2fx\n", g / n }'
+    echo "p99: gw with policies ${median_gw_pol_p99} ms, nginx ${median_nginx_s_p99} ms"
+fi
 echo "gw-runtime RSS: idle $((idle_rss / 1024)) MB, peak under load $((peak_rss / 1024)) MB"
