@@ -40,6 +40,8 @@ pub struct ConsumerSet {
     users: HashMap<String, PasswordCredential>,
     /// (claim, subject) -> bindings, the issuer-bound ones first.
     subjects: HashMap<(String, String), Vec<SubjectBinding>>,
+    /// The claims that `subjects` binds, `sub` first, then by name.
+    subject_claims: Vec<String>,
 }
 
 impl ConsumerSet {
@@ -130,6 +132,10 @@ impl ConsumerSet {
             }
             set.by_name.insert(name, definition);
         }
+        let mut claims: Vec<String> = set.subjects.keys().map(|(c, _)| c.clone()).collect();
+        claims.sort_by(|a, b| (a != "sub", a).cmp(&(b != "sub", b)));
+        claims.dedup();
+        set.subject_claims = claims;
         if errors.is_empty() {
             Ok(set)
         } else {
@@ -160,6 +166,12 @@ impl ConsumerSet {
             .iter()
             .find(|b| b.issuer.is_none() || b.issuer.as_deref() == issuer)
             .map(|b| &b.consumer)
+    }
+
+    /// The JWT claims that some consumer's `jwt` credential binds, `sub` first, then by
+    /// name: the claims a `jwt` policy looks up with [`ConsumerSet::by_subject`].
+    pub fn subject_claims(&self) -> &[String] {
+        &self.subject_claims
     }
 
     /// A consumer by name.

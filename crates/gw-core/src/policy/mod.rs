@@ -43,6 +43,7 @@ mod cors;
 mod filter;
 mod headers;
 mod ipfilter;
+mod jwt;
 mod ratelimit;
 mod redirect;
 mod rewrite;
@@ -339,6 +340,7 @@ impl PolicyRegistry {
             .register_policy("acl", acl::Acl)
             .register_policy("api-key", apikey::ApiKey)
             .register_policy("basic-auth", basicauth::BasicAuth)
+            .register_policy("jwt", jwt::Jwt)
             .register_policy("request-headers", headers::RequestHeaders)
             .register_policy("response-headers", headers::ResponseHeaders)
             .register_policy("request-termination", termination::RequestTermination)

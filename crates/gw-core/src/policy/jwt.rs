@@ -1,0 +1,1008 @@
+//! `jwt`: authenticates a request by a signed JSON Web Token (RFC 7519), a bearer token
+//! (RFC 6750) in `Authorization`, in another header or in a cookie.
+//!
+//! Keys come from an inline JWKS, a JWKS URL (see [`remote`]), PEM public keys or a shared
+//! HS256 secret; each key verifies exactly one algorithm ([`keys`]), and a token is only
+//! checked against keys of its header's `alg`. After the signature, the claims: `exp`
+//! (required unless `requireExp: false`), `nbf`, `iss`, `aud`, required claims, then scopes
+//! (403). A valid token names a consumer through the consumers' `jwt` credentials; its
+//! claims may be forwarded as headers; the token itself never goes upstream.
+//!
+//! The request path reads the keys without locking and allocates little beyond what the
+//! signature check needs: the JOSE header is decoded on the stack, and of the payload only
+//! the claims the policy looks at are kept. A token is never logged.
+
+mod keys;
+mod remote;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::Value;
+
+use self::keys::{AlgorithmSet, JwtAlgorithm, Key, KeySet, Origin};
+use self::remote::Remote;
+use super::headers::header_name;
+use super::{Consumer, Phase, Policy, PolicyContext, RouteLayer, RouteService};
+use crate::body::{Body, BoxError};
+use crate::consumers::{ConsumerSet, ConsumerStore};
+use crate::model::{FieldError, HumanDuration};
+
+/// The longest token looked at, in bytes.
+const MAX_TOKEN: usize = 16 * 1024;
+/// The largest JOSE header, decoded, in bytes.
+const MAX_JOSE_HEADER: usize = 1024;
+/// The most keys one token is checked against.
+const MAX_ATTEMPTS: usize = 8;
+/// The largest `leeway`.
+const MAX_LEEWAY: Duration = Duration::from_mins(5);
+
+/// A PEM public key and the one algorithm it verifies.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub(crate) struct PublicKeyParams {
+    /// The key: PEM `PUBLIC KEY` (SPKI), `RSA PUBLIC KEY` or `CERTIFICATE`.
+    pub pem: String,
+    /// `RS256` (an RSA key), `ES256` (a P-256 key) or `EdDSA` (an Ed25519 key).
+    pub algorithm: JwtAlgorithm,
+    /// The `kid` that tokens signed with this key carry, if they carry one.
+    #[serde(default)]
+    pub kid: Option<String>,
+}
+
+/// The params of `jwt`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub(crate) struct JwtParams {
+    /// The algorithms accepted: `RS256`, `ES256`, `EdDSA`, `HS256` (at least one; never
+    /// `none`).
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// An inline JWKS: `{"keys": [...]}`.
+    #[serde(default)]
+    pub jwks: Option<Value>,
+    /// A URL (http or https) serving the identity provider's JWKS.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// How often the JWKS is fetched again (default `10m`).
+    #[serde(default = "default_refresh")]
+    pub refresh_interval: HumanDuration,
+    /// The least time between two fetches asked for by tokens naming an unknown `kid`
+    /// (default `30s`).
+    #[serde(default = "default_min_refresh")]
+    pub min_refresh_interval: HumanDuration,
+    /// PEM public keys.
+    #[serde(default)]
+    pub public_keys: Vec<PublicKeyParams>,
+    /// An HS256 shared secret, in base64 (at least 32 bytes). Stored in the API
+    /// definition: for tests and simple setups.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// The accepted issuers (`iss`); any issuer when empty.
+    #[serde(default)]
+    pub issuer: Vec<String>,
+    /// The accepted audiences: the token's `aud` must hold one; any when empty.
+    #[serde(default)]
+    pub audience: Vec<String>,
+    /// Whether tokens must have `exp` (default true).
+    #[serde(default = "yes")]
+    pub require_exp: bool,
+    /// Clock skew allowed on `exp` and `nbf` (default `30s`, at most `5m`).
+    #[serde(default = "default_leeway")]
+    pub leeway: HumanDuration,
+    /// Claims that must be present (and not null).
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Scopes the token must have (in `scope` or `scp`), else 403.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Claims forwarded upstream: claim name -> request header name.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    /// The header carrying the token (default `Authorization`, with the `Bearer` scheme;
+    /// another header carries the bare token); `""` for none.
+    #[serde(default = "default_header")]
+    pub header: String,
+    /// A cookie carrying the token, looked at when the header has none.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Whether a valid token must name a consumer (default false).
+    #[serde(default)]
+    pub consumer_required: bool,
+}
+
+fn default_refresh() -> HumanDuration {
+    HumanDuration::from_secs(600)
+}
+
+fn default_min_refresh() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+fn default_leeway() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+fn default_header() -> String {
+    "Authorization".to_string()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `jwt`.
+#[derive(Debug)]
+pub(crate) struct Jwt;
+
+impl Policy for Jwt {
+    type Params = JwtParams;
+
+    fn check(&self, params: &JwtParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let mut err = |field: String, message: String| errors.push(FieldError::new(field, message));
+        let algorithms: AlgorithmSet = params.algorithms.iter().copied().collect();
+        if params.algorithms.is_empty() {
+            err("algorithms".into(), "give at least one algorithm".into());
+        }
+        if params.jwks.is_none()
+            && params.jwks_url.is_none()
+            && params.public_keys.is_empty()
+            && params.secret.is_none()
+        {
+            err(
+                "jwks".into(),
+                "give keys: jwks, jwksUrl, publicKeys or secret".into(),
+            );
+        }
+        if let Some(jwks) = &params.jwks {
+            match keys::from_jwks(jwks, Origin::Inline, Some(algorithms)) {
+                Ok((_, problems)) => {
+                    for (i, reason) in problems {
+                        err(format!("jwks.keys[{i}]"), reason);
+                    }
+                }
+                Err(reason) => err("jwks".into(), reason),
+            }
+        }
+        if let Some(url) = &params.jwks_url
+            && let Err(reason) = Remote::check_url(url)
+        {
+            err("jwksUrl".into(), reason);
+        }
+        let refresh = params.refresh_interval.as_duration();
+        if !(Duration::from_mins(1)..=Duration::from_hours(24)).contains(&refresh) {
+            err("refreshInterval".into(), "must be 1m to 24h".into());
+        }
+        let min_refresh = params.min_refresh_interval.as_duration();
+        if min_refresh < Duration::from_secs(1) || min_refresh > refresh {
+            err(
+                "minRefreshInterval".into(),
+                "must be at least 1s and at most refreshInterval".into(),
+            );
+        }
+        for (i, key) in params.public_keys.iter().enumerate() {
+            if !algorithms.contains(key.algorithm) {
+                err(
+                    format!("publicKeys[{i}].algorithm"),
+                    "is not in algorithms".into(),
+                );
+            } else if let Err(reason) = keys::from_pem(&key.pem, key.algorithm, None) {
+                err(format!("publicKeys[{i}].pem"), reason);
+            }
+            if key.kid.as_deref().is_some_and(str::is_empty) {
+                err(format!("publicKeys[{i}].kid"), "must not be empty".into());
+            }
+        }
+        if let Some(secret) = &params.secret {
+            if !algorithms.contains(JwtAlgorithm::Hs256) {
+                err("secret".into(), "needs HS256 in algorithms".into());
+            }
+            if let Err(reason) = keys::from_secret(secret) {
+                err("secret".into(), reason);
+            }
+        }
+        for (field, list) in [("issuer", &params.issuer), ("audience", &params.audience)] {
+            for (i, value) in list.iter().enumerate() {
+                if value.is_empty() {
+                    err(format!("{field}[{i}]"), "must not be empty".into());
+                }
+            }
+        }
+        if params.leeway.as_duration() > MAX_LEEWAY {
+            err("leeway".into(), "must be at most 5m".into());
+        }
+        for (i, claim) in params.required_claims.iter().enumerate() {
+            if claim.is_empty() {
+                err(format!("requiredClaims[{i}]"), "must not be empty".into());
+            }
+        }
+        for (i, scope) in params.scopes.iter().enumerate() {
+            // RFC 6749, section 3.3: a scope token
+            if scope.is_empty()
+                || !scope
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            {
+                err(
+                    format!("scopes[{i}]"),
+                    "must be visible ASCII characters without '\"' or '\\'".into(),
+                );
+            }
+        }
+        for (claim, header) in &params.forward_claims {
+            if claim.is_empty() {
+                err(
+                    "forwardClaims".into(),
+                    "a claim name must not be empty".into(),
+                );
+            }
+            if let Err(reason) = forward_header(header, &params.header) {
+                err(format!("forwardClaims.{claim}"), reason);
+            }
+        }
+        if !params.header.is_empty()
+            && let Err(reason) = header_name(&params.header, true)
+        {
+            err("header".into(), reason);
+        }
+        if let Some(cookie) = &params.cookie
+            && (cookie.is_empty()
+                || !cookie
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)))
+        {
+            err("cookie".into(), "is not a cookie name".into());
+        }
+        if params.header.is_empty() && params.cookie.is_none() {
+            err("header".into(), "give a header, a cookie or both".into());
+        }
+        errors
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Authenticate
+    }
+
+    fn layer(&self, params: JwtParams, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
+        let shared = Arc::new(Shared::build(params, ctx)?);
+        Ok(RouteLayer::new(tower::layer::layer_fn(move |inner| {
+            JwtService {
+                inner,
+                shared: Arc::clone(&shared),
+            }
+        })))
+    }
+}
+
+/// A forwarded claim's header: a request header that is not the token's own.
+fn forward_header(name: &str, token_header: &str) -> Result<HeaderName, String> {
+    let parsed = header_name(name, true)?;
+    if parsed == http::header::AUTHORIZATION
+        || parsed == http::header::COOKIE
+        || parsed.as_str().eq_ignore_ascii_case(token_header)
+    {
+        return Err(format!("{name:?} cannot carry a claim"));
+    }
+    Ok(parsed)
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reject {
+    Missing,
+    Several,
+    Malformed,
+    Algorithm,
+    KeyAlgorithm,
+    UnknownKey,
+    NoKey,
+    Signature,
+    NoExpiry,
+    Expired,
+    NotYetValid,
+    Issuer,
+    Audience,
+    MissingClaim,
+    UnknownConsumer,
+    Scope,
+}
+
+/// An RFC 6750 `invalid_token` refusal: its description and its challenge.
+macro_rules! invalid_token {
+    ($description:literal) => {
+        (
+            $description,
+            concat!(
+                "Bearer realm=\"gw\", error=\"invalid_token\", error_description=\"",
+                $description,
+                "\""
+            ),
+        )
+    };
+}
+
+impl Reject {
+    /// The JSON code, the description and the `WWW-Authenticate` challenge.
+    fn describe(self) -> (&'static str, &'static str, &'static str) {
+        let (description, challenge) = match self {
+            Reject::Missing => ("a bearer token is required", "Bearer realm=\"gw\""),
+            Reject::Several => invalid_token!("the request carries more than one token"),
+            Reject::Malformed => invalid_token!("the token is malformed"),
+            Reject::Algorithm => invalid_token!("the token's algorithm is not accepted"),
+            Reject::KeyAlgorithm => invalid_token!("the token's algorithm is not its key's"),
+            Reject::UnknownKey => invalid_token!("the token's key is unknown"),
+            Reject::NoKey => invalid_token!("no key verifies the token's algorithm"),
+            Reject::Signature => invalid_token!("the token's signature is not valid"),
+            Reject::NoExpiry => invalid_token!("the token has no expiry"),
+            Reject::Expired => invalid_token!("the token has expired"),
+            Reject::NotYetValid => invalid_token!("the token is not valid yet"),
+            Reject::Issuer => invalid_token!("the token's issuer is not accepted"),
+            Reject::Audience => invalid_token!("the token's audience is not accepted"),
+            Reject::MissingClaim => invalid_token!("the token lacks a required claim"),
+            Reject::UnknownConsumer => invalid_token!("the token names no known consumer"),
+            Reject::Scope => ("the token lacks a required scope", ""),
+        };
+        let code = match self {
+            Reject::Missing => "missing_credentials",
+            Reject::UnknownConsumer => "unknown_consumer",
+            Reject::Scope => "insufficient_scope",
+            _ => "invalid_token",
+        };
+        (code, description, challenge)
+    }
+}
+
+/// What a request's token leads to.
+enum Verdict {
+    Admit(Admission),
+    Refuse(Reject),
+    /// Wait for the JWKS URL's first fetch, then decide again.
+    Settle,
+    /// Fetch the JWKS again for this `kid`, then decide again.
+    Refetch(Box<str>),
+}
+
+/// What an admitted request gets.
+struct Admission {
+    consumer: Option<Consumer>,
+    forward: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// The policy, built once per configuration.
+struct Shared {
+    api: Box<str>,
+    algorithms: AlgorithmSet,
+    /// The keys of `jwks`, `publicKeys` and `secret`.
+    keys: KeySet,
+    remote: Option<Arc<Remote>>,
+    /// The header carrying the token, and whether it is `Authorization: Bearer`.
+    header: Option<(HeaderName, bool)>,
+    cookie: Option<Box<str>>,
+    issuers: Box<[Box<str>]>,
+    audiences: Box<[Box<str>]>,
+    require_exp: bool,
+    leeway: u64,
+    required_claims: Box<[Box<str>]>,
+    scopes: Box<[Box<str>]>,
+    forward: Box<[(Box<str>, HeaderName)]>,
+    consumer_required: bool,
+    consumers: ConsumerStore,
+    scope_challenge: HeaderValue,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Jwt")
+            .field("api", &self.api)
+            .field("keys", &self.keys.keys.len())
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
+    }
+}
+
+fn boxed(list: Vec<String>) -> Box<[Box<str>]> {
+    list.into_iter().map(String::into_boxed_str).collect()
+}
+
+impl Shared {
+    fn build(params: JwtParams, ctx: &PolicyContext<'_>) -> Result<Self, String> {
+        let algorithms: AlgorithmSet = params.algorithms.iter().copied().collect();
+        let mut keys = KeySet::default();
+        if let Some(jwks) = &params.jwks {
+            let (set, problems) = keys::from_jwks(jwks, Origin::Inline, Some(algorithms))
+                .map_err(|reason| format!("jwks: {reason}"))?;
+            if let Some((i, reason)) = problems.into_iter().next() {
+                return Err(format!("jwks.keys[{i}]: {reason}"));
+            }
+            keys.keys.extend(set.keys);
+        }
+        for (i, key) in params.public_keys.iter().enumerate() {
+            keys.keys.push(
+                keys::from_pem(&key.pem, key.algorithm, key.kid.as_deref())
+                    .map_err(|reason| format!("publicKeys[{i}].pem: {reason}"))?,
+            );
+        }
+        if let Some(secret) = &params.secret {
+            keys.keys
+                .push(keys::from_secret(secret).map_err(|reason| format!("secret: {reason}"))?);
+        }
+        let remote = match &params.jwks_url {
+            Some(url) => {
+                let url = Remote::check_url(url).map_err(|reason| format!("jwksUrl: {reason}"))?;
+                Some(
+                    Remote::shared(
+                        &url,
+                        params.refresh_interval.as_duration(),
+                        params.min_refresh_interval.as_duration(),
+                    )
+                    .map_err(|reason| format!("jwksUrl: {reason}"))?,
+                )
+            }
+            None => None,
+        };
+        let header = if params.header.is_empty() {
+            None
+        } else {
+            let name = header_name(&params.header, true)?;
+            let bearer = name == http::header::AUTHORIZATION;
+            Some((name, bearer))
+        };
+        let forward = params
+            .forward_claims
+            .iter()
+            .map(|(claim, header)| {
+                Ok((
+                    claim.clone().into_boxed_str(),
+                    forward_header(header, &params.header)?,
+                ))
+            })
+            .collect::<Result<_, String>>()?;
+        let scope_challenge = HeaderValue::from_str(&format!(
+            "Bearer realm=\"gw\", error=\"insufficient_scope\", error_description=\"the token lacks a required scope\", scope=\"{}\"",
+            params.scopes.join(" ")
+        ))
+        .map_err(|_| "scopes: not valid in a header".to_string())?;
+        Ok(Self {
+            api: ctx.api.into(),
+            algorithms,
+            keys,
+            remote,
+            header,
+            cookie: params.cookie.map(String::into_boxed_str),
+            issuers: boxed(params.issuer),
+            audiences: boxed(params.audience),
+            require_exp: params.require_exp,
+            leeway: params.leeway.as_duration().as_secs(),
+            required_claims: boxed(params.required_claims),
+            scopes: boxed(params.scopes),
+            forward,
+            consumer_required: params.consumer_required,
+            consumers: ctx.consumers.clone(),
+            scope_challenge,
+        })
+    }
+
+    /// The response to a refused request.
+    fn refuse(&self, reject: Reject) -> Response<Body> {
+        let (code, description, challenge) = reject.describe();
+        tracing::debug!(api = %self.api, reason = description, "jwt: request refused");
+        let status = if reject == Reject::Scope {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        let mut response = crate::error::json_error(status, code, description);
+        let challenge = if reject == Reject::Scope {
+            self.scope_challenge.clone()
+        } else {
+            HeaderValue::from_static(challenge)
+        };
+        response
+            .headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, challenge);
+        response
+    }
+
+    /// The token of the request: in the header, else in the cookie.
+    fn token<'r>(&self, headers: &'r HeaderMap) -> Result<&'r str, Reject> {
+        if let Some((name, bearer)) = &self.header {
+            let mut values = headers.get_all(name).iter();
+            if let Some(value) = values.next() {
+                if values.next().is_some() {
+                    return Err(Reject::Several);
+                }
+                let bytes = value.as_bytes();
+                let token = if *bearer {
+                    bearer_token(bytes)
+                } else {
+                    Some(bytes.trim_ascii())
+                };
+                if let Some(token) = token.filter(|t| !t.is_empty()) {
+                    return as_token(token);
+                }
+            }
+        }
+        if let Some(cookie) = &self.cookie
+            && let Some(token) = cookie_value(headers, cookie.as_bytes())
+        {
+            return as_token(token);
+        }
+        Err(Reject::Missing)
+    }
+
+    /// The verdict on a request; `retry` after a JWKS fetch made for it.
+    fn decide(&self, headers: &HeaderMap, retry: bool) -> Verdict {
+        let token = match self.token(headers) {
+            Ok(token) => token,
+            Err(reject) => return Verdict::Refuse(reject),
+        };
+        let consumers = self.consumers.load();
+        match self.verify(token, &consumers, retry) {
+            Ok(verdict) => verdict,
+            Err(reject) => Verdict::Refuse(reject),
+        }
+    }
+
+    fn verify(&self, token: &str, consumers: &ConsumerSet, retry: bool) -> Result<Verdict, Reject> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Reject::Malformed);
+        };
+        let message = &token[..header.len() + 1 + payload.len()];
+
+        let mut buf = [0u8; MAX_JOSE_HEADER];
+        let len = URL_SAFE_NO_PAD
+            .decode_slice(header, &mut buf)
+            .map_err(|_| Reject::Malformed)?;
+        let jose: JoseHeader<'_> =
+            serde_json::from_slice(&buf[..len]).map_err(|_| Reject::Malformed)?;
+        if jose.crit.is_some() {
+            // no extension is understood, so none can be critical
+            return Err(Reject::Malformed);
+        }
+        let alg = JwtAlgorithm::from_name(&jose.alg)
+            .filter(|alg| self.algorithms.contains(*alg))
+            .ok_or(Reject::Algorithm)?;
+        if signature.is_empty() {
+            return Err(Reject::Signature);
+        }
+
+        let remote_keys = self.remote.as_ref().map(|remote| remote.keys());
+        let fetched: &[Key] = remote_keys.as_ref().map_or(&[], |set| &set.keys);
+        let all = || self.keys.keys.iter().chain(fetched);
+        let verifies = |key: &&Key| {
+            jsonwebtoken::crypto::verify(
+                signature,
+                message.as_bytes(),
+                &key.verifier,
+                alg.jsonwebtoken(),
+            )
+            .unwrap_or(false)
+        };
+        let pending = !retry && self.remote.as_ref().is_some_and(|r| r.pending());
+        match jose.kid.as_deref() {
+            Some(kid) if all().any(|k| k.kid.as_deref() == Some(kid)) => {
+                let mut named = all()
+                    .filter(|k| k.kid.as_deref() == Some(kid) && k.alg == alg)
+                    .take(MAX_ATTEMPTS)
+                    .peekable();
+                if named.peek().is_none() {
+                    return Err(Reject::KeyAlgorithm);
+                }
+                if !named.any(|k| verifies(&k)) {
+                    return Err(Reject::Signature);
+                }
+            }
+            Some(kid) => {
+                // no key by that name: keys without a name may still have signed it
+                let verified = all()
+                    .filter(|k| k.kid.is_none() && k.alg == alg)
+                    .take(MAX_ATTEMPTS)
+                    .any(|k| verifies(&k));
+                if !verified {
+                    if pending {
+                        return Ok(Verdict::Settle);
+                    }
+                    if !retry && self.remote.as_ref().is_some_and(|r| r.may_refetch()) {
+                        return Ok(Verdict::Refetch(kid.into()));
+                    }
+                    return Err(Reject::UnknownKey);
+                }
+            }
+            None => {
+                let mut candidates = all().filter(|k| k.alg == alg).take(MAX_ATTEMPTS).peekable();
+                let any = candidates.peek().is_some();
+                if !candidates.any(|k| verifies(&k)) {
+                    if pending {
+                        return Ok(Verdict::Settle);
+                    }
+                    return Err(if any {
+                        Reject::Signature
+                    } else {
+                        Reject::NoKey
+                    });
+                }
+            }
+        }
+        drop(remote_keys);
+
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| Reject::Malformed)?;
+        let wanted = |name: &str| {
+            self.required_claims.iter().any(|c| &**c == name)
+                || self.forward.iter().any(|(c, _)| &**c == name)
+                || consumers.subject_claims().iter().any(|c| c == name)
+        };
+        let claims = Claims::parse(&payload, &wanted).map_err(|_| Reject::Malformed)?;
+        self.validate(&claims)?;
+
+        let issuer = claims.get("iss").and_then(Value::as_str);
+        let consumer = consumers.subject_claims().iter().find_map(|claim| {
+            let subject: Cow<'_, str> = match claims.get(claim)? {
+                Value::String(s) => Cow::Borrowed(s),
+                Value::Number(n) => Cow::Owned(n.to_string()),
+                _ => return None,
+            };
+            consumers.by_subject(claim, &subject, issuer).cloned()
+        });
+        if consumer.is_none() && self.consumer_required {
+            return Err(Reject::UnknownConsumer);
+        }
+        if !self.scopes.is_empty() && !self.has_scopes(&claims) {
+            return Err(Reject::Scope);
+        }
+        let forward = self
+            .forward
+            .iter()
+            .filter_map(|(claim, header)| {
+                let value = match claims.get(claim)? {
+                    Value::Null => return None,
+                    Value::String(s) => HeaderValue::from_str(s),
+                    other @ (Value::Number(_) | Value::Bool(_)) => {
+                        HeaderValue::from_str(&other.to_string())
+                    }
+                    other => HeaderValue::from_str(&serde_json::to_string(other).ok()?),
+                };
+                Some((header.clone(), value.ok()?))
+            })
+            .collect();
+        Ok(Verdict::Admit(Admission { consumer, forward }))
+    }
+
+    /// The time claims, the issuer, the audience and the required claims.
+    fn validate(&self, claims: &Claims<'_>) -> Result<(), Reject> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        #[allow(clippy::cast_precision_loss)] // at most 300
+        let leeway = self.leeway as f64;
+        match claims.get("exp") {
+            Some(exp) => {
+                let exp = exp.as_f64().ok_or(Reject::Malformed)?;
+                if now >= exp + leeway {
+                    return Err(Reject::Expired);
+                }
+            }
+            None if self.require_exp => return Err(Reject::NoExpiry),
+            None => {}
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            let nbf = nbf.as_f64().ok_or(Reject::Malformed)?;
+            if now + leeway < nbf {
+                return Err(Reject::NotYetValid);
+            }
+        }
+        if !self.issuers.is_empty() {
+            let iss = claims.get("iss").and_then(Value::as_str);
+            if !iss.is_some_and(|iss| self.issuers.iter().any(|i| &**i == iss)) {
+                return Err(Reject::Issuer);
+            }
+        }
+        if !self.audiences.is_empty() {
+            let accepted = |aud: &str| self.audiences.iter().any(|a| &**a == aud);
+            let ok = match claims.get("aud") {
+                Some(Value::String(aud)) => accepted(aud),
+                Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(accepted),
+                _ => false,
+            };
+            if !ok {
+                return Err(Reject::Audience);
+            }
+        }
+        if self
+            .required_claims
+            .iter()
+            .any(|c| claims.get(c).is_none_or(Value::is_null))
+        {
+            return Err(Reject::MissingClaim);
+        }
+        Ok(())
+    }
+
+    /// Whether every required scope is in `scope` (space-separated) or `scp` (a list, or
+    /// space-separated).
+    fn has_scopes(&self, claims: &Claims<'_>) -> bool {
+        let granted = |wanted: &str| {
+            ["scope", "scp"]
+                .into_iter()
+                .filter_map(|name| claims.get(name))
+                .any(|value| match value {
+                    Value::String(s) => s.split_ascii_whitespace().any(|s| s == wanted),
+                    Value::Array(list) => list.iter().any(|s| s.as_str() == Some(wanted)),
+                    _ => false,
+                })
+        };
+        self.scopes.iter().all(|scope| granted(scope))
+    }
+
+    /// Marks the request as admitted: the consumer, the forwarded claims (any copy the
+    /// client sent removed first), and no token left for the upstream.
+    fn admit(&self, request: &mut Request<Body>, admission: Admission) {
+        let headers = request.headers_mut();
+        if let Some((name, _)) = &self.header {
+            headers.remove(name);
+        }
+        if let Some(cookie) = &self.cookie {
+            strip_cookie(headers, cookie.as_bytes());
+        }
+        for (_, name) in &self.forward {
+            headers.remove(name);
+        }
+        for (name, value) in admission.forward {
+            headers.append(name, value);
+        }
+        if let Some(consumer) = admission.consumer {
+            request.extensions_mut().insert(consumer);
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer` value (the scheme in any case).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| rest.trim_ascii())
+}
+
+fn as_token(bytes: &[u8]) -> Result<&str, Reject> {
+    if bytes.len() > MAX_TOKEN {
+        return Err(Reject::Malformed);
+    }
+    std::str::from_utf8(bytes).map_err(|_| Reject::Malformed)
+}
+
+/// The value of cookie `name` (without surrounding quotes), from the first `Cookie` header
+/// that has it.
+fn cookie_value<'h>(headers: &'h HeaderMap, name: &[u8]) -> Option<&'h [u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            if pair[..eq].trim_ascii() != name {
+                return None;
+            }
+            let value = pair[eq + 1..].trim_ascii();
+            Some(
+                value
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(value),
+            )
+        })
+        .filter(|value| !value.is_empty())
+}
+
+/// Removes cookie `name` from the `Cookie` headers, keeping the others as sent.
+fn strip_cookie(headers: &mut HeaderMap, name: &[u8]) {
+    let is_it = |pair: &[u8]| {
+        let pair = pair.trim_ascii();
+        let end = pair.iter().position(|&b| b == b'=').unwrap_or(pair.len());
+        pair[..end].trim_ascii() == name
+    };
+    let cookies = headers.get_all(http::header::COOKIE);
+    if !cookies
+        .iter()
+        .any(|v| v.as_bytes().split(|&b| b == b';').any(is_it))
+    {
+        return;
+    }
+    let kept: Vec<HeaderValue> = cookies
+        .iter()
+        .filter_map(|value| {
+            let pairs: Vec<&[u8]> = value
+                .as_bytes()
+                .split(|&b| b == b';')
+                .map(<[u8]>::trim_ascii)
+                .filter(|pair| !pair.is_empty() && !is_it(pair))
+                .collect();
+            if pairs.is_empty() {
+                return None;
+            }
+            HeaderValue::from_bytes(&pairs.join(&b"; "[..])).ok()
+        })
+        .collect();
+    headers.remove(http::header::COOKIE);
+    for value in kept {
+        headers.append(http::header::COOKIE, value);
+    }
+}
+
+/// The fields of a JOSE header that gw reads; the others are ignored.
+#[derive(Deserialize)]
+struct JoseHeader<'a> {
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
+    #[serde(default, borrow)]
+    kid: Option<Cow<'a, str>>,
+    #[serde(default)]
+    crit: Option<IgnoredAny>,
+}
+
+/// The claims of a payload that the policy looks at; the others are skipped unparsed.
+#[derive(Debug)]
+struct Claims<'a> {
+    kept: Vec<(Cow<'a, str>, Value)>,
+}
+
+/// The registered claims the policy reads.
+const READ: [&str; 6] = ["exp", "nbf", "iss", "aud", "scope", "scp"];
+
+impl<'a> Claims<'a> {
+    fn parse(payload: &'a [u8], wanted: &dyn Fn(&str) -> bool) -> Result<Self, serde_json::Error> {
+        let mut deserializer = serde_json::Deserializer::from_slice(payload);
+        let claims = ClaimsSeed { wanted }.deserialize(&mut deserializer)?;
+        deserializer.end()?;
+        Ok(claims)
+    }
+
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.kept.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+}
+
+struct ClaimsSeed<'w> {
+    wanted: &'w dyn Fn(&str) -> bool,
+}
+
+impl<'de> DeserializeSeed<'de> for ClaimsSeed<'_> {
+    type Value = Claims<'de>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Claims<'de>, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ClaimsSeed<'_> {
+    type Value = Claims<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object of claims")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Claims<'de>, A::Error> {
+        let mut kept: Vec<(Cow<'de, str>, Value)> = Vec::new();
+        while let Some(Name(name)) = map.next_key()? {
+            if READ.contains(&&*name) || (self.wanted)(&name) {
+                if kept.iter().any(|(n, _)| *n == name) {
+                    return Err(de::Error::custom("a claim appears twice"));
+                }
+                let value: Value = map.next_value()?;
+                kept.push((name, value));
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Claims { kept })
+    }
+}
+
+/// A claim name, borrowed from the payload when it has no escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a claim name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v.to_string())))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
+
+#[derive(Clone)]
+struct JwtService {
+    inner: RouteService,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for JwtService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtService").finish_non_exhaustive()
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+impl tower::Service<Request<Body>> for JwtService {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> BoxFuture {
+        if let Some(remote) = &self.shared.remote {
+            remote.start();
+        }
+        let wait = match self.shared.decide(request.headers(), false) {
+            Verdict::Admit(admission) => {
+                self.shared.admit(&mut request, admission);
+                return self.inner.call(request);
+            }
+            Verdict::Refuse(reject) => {
+                return Box::pin(std::future::ready(Ok(self.shared.refuse(reject))));
+            }
+            Verdict::Settle => None,
+            Verdict::Refetch(kid) => Some(kid),
+        };
+        // the ready service goes with the future; a clone stays for the next call
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move {
+            if let Some(remote) = &shared.remote {
+                match &wait {
+                    Some(kid) => remote.refetch_for(kid).await,
+                    None => remote.settle().await,
+                }
+            }
+            match shared.decide(request.headers(), true) {
+                Verdict::Admit(admission) => {
+                    shared.admit(&mut request, admission);
+                    inner.call(request).await
+                }
+                Verdict::Refuse(reject) => Ok(shared.refuse(reject)),
+                Verdict::Settle | Verdict::Refetch(_) => Ok(shared.refuse(Reject::UnknownKey)),
+            }
+        })
+    }
+}
