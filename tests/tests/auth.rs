@@ -25,7 +25,10 @@ async fn put(admin: &Admin, path: &str, yaml: &str) -> (u16, serde_json::Value) 
         .await
         .unwrap();
     let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
 }
 
 #[tokio::test]
@@ -86,7 +89,10 @@ spec:
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    let alice_key = body["generatedKeys"][0]["key"].as_str().unwrap().to_string();
+    let alice_key = body["generatedKeys"][0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(body["generatedKeys"][0]["id"], "k1", "{body}");
     let (status, body) = put(
         &admin,
@@ -105,7 +111,10 @@ spec:
     // reads never show a secret or a hash
     let (_, alice) = admin.get_json("/api/v1/consumers/alice").await;
     let text = alice.to_string();
-    assert!(!text.contains(&alice_key) && !text.contains("sha256:") && !text.contains("argon2"), "{text}");
+    assert!(
+        !text.contains(&alice_key) && !text.contains("sha256:") && !text.contains("argon2"),
+        "{text}"
+    );
 
     let get = |path: &str, key: Option<&str>| {
         let mut request = client.get(format!("http://{proxy}{path}"));
@@ -118,11 +127,26 @@ spec:
     assert_eq!(response.status(), 200);
     let seen: serde_json::Value = response.json().await.unwrap();
     assert_eq!(seen["headers"]["x-consumer"], "alice", "{seen}");
-    assert!(seen["headers"].get("x-api-key").is_none(), "the key went upstream: {seen}");
+    assert!(
+        seen["headers"].get("x-api-key").is_none(),
+        "the key went upstream: {seen}"
+    );
     // bob is authenticated but not in the allowed group; no key and a wrong key are 401
-    assert_eq!(get("/shop/a", Some("bob-key-0123456789abcdef")).await.unwrap().status(), 403);
+    assert_eq!(
+        get("/shop/a", Some("bob-key-0123456789abcdef"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
     assert_eq!(get("/shop/a", None).await.unwrap().status(), 401);
-    assert_eq!(get("/shop/a", Some("not-a-key-0123456789")).await.unwrap().status(), 401);
+    assert_eq!(
+        get("/shop/a", Some("not-a-key-0123456789"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
 
     // basic auth, with the password never forwarded
     let response = client
@@ -153,13 +177,22 @@ spec:
     // revoke alice's key: refused once the runtime has applied the revision
     let started = Instant::now();
     let response = admin
-        .request(Method::DELETE, "/api/v1/consumers/alice/credentials/k1?wait=applied")
+        .request(
+            Method::DELETE,
+            "/api/v1/consumers/alice/credentials/k1?wait=applied",
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    assert_eq!(get("/shop/a", Some(&alice_key)).await.unwrap().status(), 401);
-    println!("revocation: key refused {:?} after the DELETE was sent", started.elapsed());
+    assert_eq!(
+        get("/shop/a", Some(&alice_key)).await.unwrap().status(),
+        401
+    );
+    println!(
+        "revocation: key refused {:?} after the DELETE was sent",
+        started.elapsed()
+    );
     // her password still works: only the key was revoked
     let response = client
         .get(format!("http://{proxy}/partners/x"))
@@ -176,13 +209,17 @@ spec:
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    eventually("the password to stop working", Duration::from_secs(5), || async {
-        client
-            .get(format!("http://{proxy}/partners/x"))
-            .basic_auth("alice", Some("correct horse battery"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 401)
-    })
+    eventually(
+        "the password to stop working",
+        Duration::from_secs(5),
+        || async {
+            client
+                .get(format!("http://{proxy}/partners/x"))
+                .basic_auth("alice", Some("correct horse battery"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 401)
+        },
+    )
     .await;
 }

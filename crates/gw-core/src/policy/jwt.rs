@@ -772,7 +772,7 @@ impl Shared {
             headers.append(name, value);
         }
         if let Some(consumer) = admission.consumer {
-            request.extensions_mut().insert(consumer);
+            super::authenticate(request, consumer);
         }
     }
 }
