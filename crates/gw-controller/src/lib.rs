@@ -329,6 +329,7 @@ pub async fn run(
         all_in_one: options.all_in_one.is_some(),
         embedded: OnceLock::new(),
         sealer: Arc::clone(&sealer),
+        consumer_writes: tokio::sync::Mutex::new(()),
     });
     let admin_listener = bind("admin", options.admin_addr).await?;
     tracing::info!(listener = "admin", addr = %admin_listener.local_addr().unwrap_or(options.admin_addr), "listening");

@@ -35,8 +35,8 @@ pub fn groups_of(spec: &serde_json::Value) -> Vec<String> {
         )
 }
 
-/// A stored resource of any kind (`api`, `certificate`) as sent to runtimes: its canonical
-/// JSON, to the groups it names.
+/// A stored resource of any kind (`api`, `certificate`, `consumer`) as sent to runtimes: its
+/// canonical JSON (a consumer's is sealed as stored), to the groups it names.
 fn entry(kind: &str, name: &str, revision: i64, spec: &serde_json::Value) -> Entry {
     Entry {
         groups: groups_of(spec),

@@ -41,6 +41,7 @@ fn state(store: Option<Arc<dyn Store>>) -> (Arc<AppState>, tokio::sync::watch::S
         all_in_one: false,
         embedded: OnceLock::new(),
         sealer: Arc::new(Sealer::new(&EncryptionKey::from_bytes([7; 32]))),
+        consumer_writes: tokio::sync::Mutex::new(()),
     });
     (state, stop)
 }
@@ -420,12 +421,7 @@ async fn policies_are_listed_with_their_schemas_and_their_params_checked() {
     );
     let (status, body) = send(&state, put("/api/v1/apis/p", doc)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    let fields: Vec<&str> = body["error"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|d| d["field"].as_str())
-        .collect();
+    let fields = detail_fields(&body);
     assert_eq!(
         fields,
         [
@@ -435,5 +431,509 @@ async fn policies_are_listed_with_their_schemas_and_their_params_checked() {
         "{body}"
     );
     let (status, _) = send(&state, get("/api/v1/apis/p")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// `send`, with the response's headers and its body as text.
+async fn send_raw(
+    state: &Arc<AppState>,
+    request: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, String) {
+    let response = admin::router(Arc::clone(state))
+        .oneshot(request)
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+fn json_request(method: &str, path: &str, body: &serde_json::Value) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+fn put_json(path: &str, body: &serde_json::Value) -> Request<Body> {
+    json_request("PUT", path, body)
+}
+
+fn post_json(path: &str, body: &serde_json::Value) -> Request<Body> {
+    json_request("POST", path, body)
+}
+
+/// The fields of an error's details.
+fn detail_fields(body: &serde_json::Value) -> Vec<&str> {
+    body["error"]["details"]
+        .as_array()
+        .map(|details| details.iter().filter_map(|d| d["field"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// A consumer document with these credentials.
+fn consumer(name: &str, credentials: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "gw/v1", "kind": "Consumer", "metadata": {"name": name},
+        "spec": {"credentials": credentials}
+    })
+}
+
+/// The stored (sealed) consumer.
+async fn stored(store: &Arc<dyn Store>, name: &str) -> serde_json::Value {
+    store
+        .get_resource("consumer", name)
+        .await
+        .unwrap()
+        .unwrap()
+        .spec
+}
+
+/// Asserts that no read shows a secret or a hash: neither the fields nor `secrets`.
+async fn assert_reads_hide(state: &Arc<AppState>, name: &str, secrets: &[&str]) {
+    let path = format!("/api/v1/consumers/{name}");
+    let yaml = Request::get(&path)
+        .header("accept", "application/yaml")
+        .body(Body::empty())
+        .unwrap();
+    for request in [get(&path), yaml, get("/api/v1/consumers")] {
+        let (status, _, text) = send_raw(state, request).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        for hidden in [
+            "keyHash",
+            "passwordHash",
+            "\"key\"",
+            "password:",
+            "\"password\"",
+            "sha256:",
+            "$argon2",
+        ]
+        .iter()
+        .chain(secrets)
+        {
+            assert!(!text.contains(hidden), "{hidden} in {text}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn consumers_are_stored_sealed_and_generated_keys_are_shown_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    let (state, _stop) = state(Some(Arc::clone(&store)));
+    let yaml = "apiVersion: gw/v1\nkind: Consumer\nmetadata: {name: alice}\nspec:\n  aclGroups: [gold]\n  credentials:\n    - {type: api-key, id: generated}\n    - {type: api-key, id: given, key: alice-given-key-0123}\n    - {type: basic-auth, id: pw, username: alice, password: 'correct horse'}\n    - {type: jwt, id: sso, subject: alice@example.com}\n";
+    let (status, headers, text) = send_raw(&state, put("/api/v1/consumers/alice", yaml)).await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    assert_eq!(headers["etag"], "\"1\"");
+    assert_eq!(headers["location"], "/api/v1/consumers/alice");
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let generated = body["generatedKeys"].as_array().unwrap();
+    assert_eq!(generated.len(), 1, "{body}");
+    assert_eq!(generated[0]["id"], "generated");
+    let key = generated[0]["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("gwk_"), "{key}");
+    assert_eq!(body["aclGroups"], serde_json::json!(["gold"]));
+    assert_eq!(body["credentials"].as_array().unwrap().len(), 4);
+    for hidden in [
+        "keyHash",
+        "passwordHash",
+        "alice-given-key",
+        "correct horse",
+    ] {
+        assert!(!text.contains(hidden), "{hidden} in {text}");
+    }
+
+    // stored, and in the change log runtimes are fed from: hashes only
+    let row = stored(&store, "alice").await;
+    let credentials = &row["spec"]["credentials"];
+    assert_eq!(
+        credentials[0]["keyHash"],
+        gw_core::model::api_key_hash(&key)
+    );
+    assert_eq!(
+        credentials[1]["keyHash"],
+        gw_core::model::api_key_hash("alice-given-key-0123")
+    );
+    let hash = credentials[2]["passwordHash"].as_str().unwrap();
+    assert!(gw_core::model::verify_password(b"correct horse", hash));
+    let logged = format!("{:?}", store.changes_since(0, 10).await.unwrap());
+    for secret in [key.as_str(), "alice-given-key-0123", "correct horse"] {
+        assert!(!row.to_string().contains(secret));
+        assert!(!logged.contains(secret));
+    }
+    // the desired state sends it to the runtimes of its groups, sealed
+    let desired = DesiredState::new(100);
+    gw_controller::watcher::load(&store, &desired, &state.sealer)
+        .await
+        .unwrap();
+    let (_, resources) = desired.snapshot("default");
+    assert_eq!(resources.len(), 1);
+    assert_eq!(resources[0].kind, gw_sync::KIND_CONSUMER);
+    let sent = String::from_utf8(resources[0].body.clone()).unwrap();
+    assert!(sent.contains("keyHash") && !sent.contains(&key), "{sent}");
+    assert!(desired.snapshot("edge").1.is_empty());
+
+    // the key is never shown again
+    assert_reads_hide(&state, "alice", &[&key, "alice-given-key", "correct horse"]).await;
+    let (status, _, text) = send_raw(&state, get("/api/v1/consumers/alice")).await;
+    assert_eq!(status, StatusCode::OK);
+    let shown: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(shown["spec"]["credentials"][2]["username"], "alice");
+    assert_eq!(
+        shown["spec"]["credentials"][3]["subject"],
+        "alice@example.com"
+    );
+
+    // POST creates, and refuses a taken name
+    let bob = consumer("bob", &serde_json::json!([{"type": "api-key", "id": "k"}]));
+    let (status, body) = send(&state, post_json("/api/v1/consumers", &bob)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["generatedKeys"][0]["id"], "k");
+    let (status, body) = send(&state, post_json("/api/v1/consumers", &bob)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "already_exists");
+    let (status, body) = send(&state, get("/api/v1/consumers")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["revision"], 2);
+    assert_eq!(body["items"].as_array().unwrap().len(), 2);
+
+    // delete
+    let delete = Request::delete("/api/v1/consumers/bob?wait=applied")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body) = send(&state, delete).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["deleted"], true);
+    let (status, body) = send(&state, get("/api/v1/consumers/bob")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let delete = Request::delete("/api/v1/consumers/bob")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&state, delete).await.0, StatusCode::NOT_FOUND);
+
+    let (status, body) = send(&state, get("/api/v1/schema/consumer")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["title"], "gw consumer");
+}
+
+#[tokio::test]
+async fn get_edit_put_keeps_the_stored_keys_and_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    let (state, _stop) = state(Some(Arc::clone(&store)));
+    let alice = consumer(
+        "alice",
+        &serde_json::json!([
+            {"type": "api-key", "id": "k"},
+            {"type": "basic-auth", "id": "pw", "username": "alice", "password": "correct horse"}
+        ]),
+    );
+    let (status, body) = send(&state, put_json("/api/v1/consumers/alice", &alice)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let before = stored(&store, "alice").await;
+
+    // GET, edit, PUT with the ETag: nothing regenerated, nothing rehashed
+    let (_, headers, text) = send_raw(&state, get("/api/v1/consumers/alice")).await;
+    let mut edited: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edited["spec"]["aclGroups"] = serde_json::json!(["gold"]);
+    let mut request = put_json("/api/v1/consumers/alice", &edited);
+    request
+        .headers_mut()
+        .insert("if-match", headers["etag"].clone());
+    let (status, body) = send(&state, request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("generatedKeys").is_none(), "{body}");
+    let after = stored(&store, "alice").await;
+    assert_eq!(after["spec"]["aclGroups"], serde_json::json!(["gold"]));
+    assert_eq!(
+        after["spec"]["credentials"], before["spec"]["credentials"],
+        "the stored keyHash and passwordHash are unchanged"
+    );
+
+    // the same through YAML, without If-Match
+    let yaml = Request::get("/api/v1/consumers/alice")
+        .header("accept", "application/yaml")
+        .body(Body::empty())
+        .unwrap();
+    let (_, _, text) = send_raw(&state, yaml).await;
+    let (status, body) = send(&state, put("/api/v1/consumers/alice", text)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        stored(&store, "alice").await["spec"]["credentials"],
+        before["spec"]["credentials"]
+    );
+
+    // a stale ETag
+    let mut request = put_json("/api/v1/consumers/alice", &edited);
+    request
+        .headers_mut()
+        .insert("if-match", headers["etag"].clone());
+    let (status, body) = send(&state, request).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{body}");
+
+    // a renamed basic-auth user needs its password; nothing is written
+    let mut renamed = edited.clone();
+    renamed["spec"]["credentials"][1]["username"] = "alicia".into();
+    let (status, body) = send(&state, put_json("/api/v1/consumers/alice", &renamed)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let details = &body["error"]["details"];
+    assert_eq!(
+        details[0]["field"], "spec.credentials[1].password",
+        "{body}"
+    );
+    assert!(
+        details[0]["message"].as_str().unwrap().contains("username"),
+        "{body}"
+    );
+    // with the password it is fine
+    renamed["spec"]["credentials"][1]["password"] = "another horse".into();
+    let (status, body) = send(&state, put_json("/api/v1/consumers/alice", &renamed)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // an api-key whose id changed is a new credential: a new key, shown once
+    let mut new_id = edited;
+    new_id["spec"]["credentials"] = serde_json::json!([{"type": "api-key", "id": "k2"}]);
+    let (status, body) = send(&state, put_json("/api/v1/consumers/alice", &new_id)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["generatedKeys"][0]["id"], "k2");
+    assert_ne!(
+        stored(&store, "alice").await["spec"]["credentials"][0]["keyHash"],
+        before["spec"]["credentials"][0]["keyHash"]
+    );
+}
+
+#[tokio::test]
+async fn a_credential_belongs_to_one_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _stop) = state(Some(sqlite(&dir).await));
+    let alice = consumer(
+        "alice",
+        &serde_json::json!([
+            {"type": "api-key", "id": "k", "key": "the-shared-key-0123"},
+            {"type": "basic-auth", "id": "pw", "username": "alice", "passwordHash": "$2b$04$abcdefghijklmnopqrstuuHdZUpzlAKgZ8uWFxTQXYIHjGhsQUjkS"},
+            {"type": "jwt", "id": "sso", "subject": "alice@example.com"}
+        ]),
+    );
+    let (status, body) = send(&state, put_json("/api/v1/consumers/alice", &alice)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // alice may write her own credentials again
+    let (status, body) = send(&state, put_json("/api/v1/consumers/alice", &alice)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    for (credential, what) in [
+        (
+            serde_json::json!({"type": "api-key", "id": "k", "key": "the-shared-key-0123"}),
+            "API key",
+        ),
+        (
+            serde_json::json!({"type": "basic-auth", "id": "pw", "username": "alice", "password": "bobs password"}),
+            "user name",
+        ),
+        (
+            serde_json::json!({"type": "jwt", "id": "sso", "subject": "alice@example.com"}),
+            "JWT",
+        ),
+    ] {
+        let bob = consumer(
+            "bob",
+            &serde_json::json!([{"type": "jwt", "id": "own", "subject": "bob"}, credential]),
+        );
+        let (status, _, text) = send_raw(&state, put_json("/api/v1/consumers/bob", &bob)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{text}");
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["error"]["code"], "credential_conflict", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("\"alice\""),
+            "{body}"
+        );
+        assert_eq!(
+            body["error"]["details"][0]["field"], "spec.credentials[1]",
+            "{body}"
+        );
+        assert!(
+            body["error"]["details"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains(what),
+            "{body}"
+        );
+        assert!(!text.contains("the-shared-key"), "{text}");
+    }
+    let (status, _) = send(&state, get("/api/v1/consumers/bob")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was written");
+
+    // nor through the credentials endpoint
+    let bob = consumer("bob", &serde_json::json!([]));
+    let (status, body) = send(&state, put_json("/api/v1/consumers/bob", &bob)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = send(
+        &state,
+        post_json(
+            "/api/v1/consumers/bob/credentials",
+            &serde_json::json!({"type": "api-key", "id": "k", "key": "the-shared-key-0123"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "credential_conflict");
+    assert_eq!(body["error"]["details"][0]["field"], "", "{body}");
+}
+
+#[tokio::test]
+async fn credentials_are_added_and_revoked_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    let (state, _stop) = state(Some(Arc::clone(&store)));
+    let alice = consumer(
+        "alice",
+        &serde_json::json!([{"type": "jwt", "id": "sso", "subject": "alice"}]),
+    );
+    let (status, _) = send(&state, put_json("/api/v1/consumers/alice", &alice)).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let add = |body: serde_json::Value| {
+        post_json("/api/v1/consumers/alice/credentials?wait=applied", &body)
+    };
+    let (status, headers, text) = send_raw(
+        &state,
+        add(serde_json::json!({"type": "api-key", "id": "k2"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    assert_eq!(headers["etag"], "\"2\"");
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let key = body["key"].as_str().unwrap().to_string();
+    assert_eq!(
+        body["credential"],
+        serde_json::json!({"type": "api-key", "id": "k2"})
+    );
+    assert_eq!(body["applied"], serde_json::json!([]));
+    let row = stored(&store, "alice").await;
+    assert_eq!(
+        row["spec"]["credentials"][1]["keyHash"],
+        gw_core::model::api_key_hash(&key)
+    );
+    assert_eq!(
+        row["spec"]["credentials"][0]["subject"], "alice",
+        "the others stay"
+    );
+    assert_reads_hide(&state, "alice", &[&key]).await;
+
+    // a taken id, an invalid credential (paths into the body), a stale If-Match
+    let (status, body) = send(
+        &state,
+        add(serde_json::json!({"type": "jwt", "id": "k2", "subject": "x"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = send(
+        &state,
+        add(serde_json::json!({"type": "basic-auth", "id": "b", "username": "a:b", "colour": 1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let fields = detail_fields(&body);
+    assert_eq!(fields, ["colour", "username", "password"], "{body}");
+    let mut stale = add(serde_json::json!({"type": "jwt", "id": "j", "subject": "y"}));
+    stale
+        .headers_mut()
+        .insert("if-match", "\"1\"".parse().unwrap());
+    let (status, body) = send(&state, stale).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{body}");
+    let (status, _) = send(
+        &state,
+        post_json(
+            "/api/v1/consumers/nobody/credentials",
+            &serde_json::json!({"type": "jwt", "id": "j", "subject": "y"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // revoke
+    let revoke = |path: &str| Request::delete(path).body(Body::empty()).unwrap();
+    let (status, body) = send(
+        &state,
+        revoke("/api/v1/consumers/alice/credentials/k2?wait=applied"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["revoked"], true);
+    assert_eq!(body["revision"], 3);
+    let row = stored(&store, "alice").await;
+    assert_eq!(row["spec"]["credentials"].as_array().unwrap().len(), 1);
+    assert_eq!(row["spec"]["credentials"][0]["id"], "sso");
+    let (status, body) = send(&state, revoke("/api/v1/consumers/alice/credentials/k2")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = send(&state, revoke("/api/v1/consumers/alice/credentials/Bad_Id")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["details"][0]["field"], "id");
+}
+
+#[tokio::test]
+async fn bad_consumer_documents_give_field_paths_and_never_quote_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _stop) = state(Some(sqlite(&dir).await));
+    let bad = serde_json::json!({
+        "apiVersion": "gw/v1", "kind": "Consumer", "metadata": {"name": "alice"},
+        "spec": {
+            "aclGroups": ["Gold"],
+            "credentials": [
+                {"type": "api-key", "id": "k", "key": "short"},
+                {"type": "jwt", "id": "j", "subject": "s", "password": "p"}
+            ]
+        }
+    });
+    let (status, body) = send(&state, put_json("/api/v1/consumers/alice", &bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let fields = detail_fields(&body);
+    assert_eq!(
+        fields,
+        [
+            "spec.aclGroups[0]",
+            "spec.credentials[0].key",
+            "spec.credentials[1].password"
+        ],
+        "{body}"
+    );
+
+    // the name in the URL
+    let other = consumer("bob", &serde_json::json!([]));
+    let (status, body) = send(&state, put_json("/api/v1/consumers/alice", &other)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["details"][0]["field"], "metadata.name");
+
+    // a password of the wrong type, and YAML that does not parse: no quote of either
+    let typed = consumer(
+        "alice",
+        &serde_json::json!([{"type": "basic-auth", "id": "b", "username": "a", "password": 987_654_321}]),
+    );
+    let (status, _, text) = send_raw(&state, put_json("/api/v1/consumers/alice", &typed)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("spec.credentials[0].password"), "{text}");
+    assert!(!text.contains("987654321"), "{text}");
+    let broken = "apiVersion: gw/v1\nkind: Consumer\nmetadata: {name: alice}\nspec:\n  credentials:\n    - {type: basic-auth, id: b, username: a, password: 'a very secret one'\n";
+    let (status, _, text) = send_raw(&state, put("/api/v1/consumers/alice", broken)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(
+        text.contains("invalid_document") && text.contains("line"),
+        "{text}"
+    );
+    assert!(!text.contains("very secret"), "{text}");
+    let (status, _) = send(&state, get("/api/v1/consumers/alice")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -48,9 +48,12 @@ pub struct CachedConfig {
     /// owner only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CachedApi>,
+    /// Every consumer, canonical and sealed (API keys and passwords as hashes only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<CachedApi>,
 }
 
-/// One cached resource (an API or a certificate).
+/// One cached resource (an API, a certificate or a consumer).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CachedApi {
     /// The revision of its last change.
@@ -131,8 +134,9 @@ impl CacheFile {
         fs::create_dir_all(dir).map_err(|e| self.io(e))?;
         let tmp = self.path.with_extension("tmp");
         {
-            // owner-only: the cache holds private keys of certificates (a leftover temporary
-            // file is removed first, as the mode applies only to a file being created)
+            // owner-only: the cache holds private keys of certificates and consumers' key and
+            // password hashes (a leftover temporary file is removed first, as the mode
+            // applies only to a file being created)
             let _ = fs::remove_file(&tmp);
             let mut file = fs::OpenOptions::new()
                 .write(true)
@@ -216,8 +220,12 @@ mod tests {
             group: "default".into(),
             store_id: "s".into(),
             revision: 7,
-            kinds: vec!["api".into(), "certificate".into()],
+            kinds: vec!["api".into(), "certificate".into(), "consumer".into()],
             certificates: Vec::new(),
+            consumers: vec![CachedApi {
+                revision: 6,
+                definition: serde_json::json!({"metadata": {"name": "c"}}),
+            }],
             apis: vec![CachedApi {
                 revision: 7,
                 definition: serde_json::json!({"metadata": {"name": "a"}}),

@@ -1,15 +1,20 @@
-//! Standalone mode: the APIs and TLS certificates of a YAML or JSON file, reloaded when the file changes (checked
-//! every poll interval, and at once on SIGHUP). A file that does not parse or validate is
-//! reported with every error and its field path, and the previous configuration stays.
+//! Standalone mode: the APIs, TLS certificates and consumers of a YAML or JSON file, reloaded
+//! when the file changes (checked every poll interval, and at once on SIGHUP). A file that
+//! does not parse or validate is reported with every error and its field path, and the
+//! previous configuration stays.
+//!
+//! Consumers in the file may give their API keys and passwords in the clear; they are sealed
+//! (hashed, argon2id for passwords) at each load, on a blocking thread. Since the file may
+//! hold secrets, errors are reported without quoting it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gw_core::model::{self, Format, ModelError, ValidationContext};
+use gw_core::model::{self, ConsumerDefinition, Format, ModelError, ValidationContext};
 use sha2::{Digest, Sha256};
 
-use crate::state::{ConfigState, Origin};
+use crate::state::{ConfigState, Definitions, Origin};
 
 /// Why the configuration file could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -103,30 +108,36 @@ impl FileSource {
         let set = model::parse_set(&bytes, format_of(&self.path), &ctx).map_err(|source| {
             FileError::Invalid {
                 path: self.path.clone(),
-                source,
+                source: source.redacted(),
             }
         })?;
         let revision = self.revision + 1;
-        let (apis, certificates) = (set.apis.len(), set.certificates.len());
+        let (apis, certificates, consumers) =
+            (set.apis.len(), set.certificates.len(), set.consumers.len());
+        let rejected = |reasons| FileError::Rejected {
+            path: self.path.clone(),
+            reasons,
+        };
+        let sealed = match seal(set.consumers).await {
+            Ok(sealed) => sealed,
+            Err(reasons) => {
+                // (rejections by the gateway are counted by the state)
+                self.state.count_rejection(Origin::File);
+                return Err(rejected(reasons));
+            }
+        };
         self.state
             .replace(
                 revision,
                 "",
-                set.apis.into_iter().map(|api| (revision, api)).collect(),
-                set.certificates
-                    .into_iter()
-                    .map(|certificate| (revision, certificate))
-                    .collect(),
+                Definitions::at(revision, set.apis, set.certificates, sealed),
                 Origin::File,
             )
             .await
-            .map_err(|reasons| FileError::Rejected {
-                path: self.path.clone(),
-                reasons,
-            })?;
+            .map_err(rejected)?;
         self.revision = revision;
         self.digest = Some(digest);
-        tracing::info!(path = %self.path.display(), apis, certificates, revision, "configuration file loaded");
+        tracing::info!(path = %self.path.display(), apis, certificates, consumers, revision, "configuration file loaded");
         Ok(true)
     }
 
@@ -155,6 +166,34 @@ impl FileSource {
             }
         }
     }
+}
+
+/// Hashes the clear keys and passwords of `consumers`, off the async threads (argon2 takes
+/// tens of milliseconds a password, by design).
+async fn seal(
+    mut consumers: Vec<ConsumerDefinition>,
+) -> Result<Vec<ConsumerDefinition>, Vec<String>> {
+    if consumers.iter().all(ConsumerDefinition::is_sealed) {
+        return Ok(consumers);
+    }
+    tokio::task::spawn_blocking(move || {
+        let errors: Vec<String> = consumers
+            .iter_mut()
+            .filter_map(|consumer| {
+                consumer
+                    .seal()
+                    .err()
+                    .map(|e| format!("consumer {:?}: {e}", consumer.metadata.name))
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(consumers)
+        } else {
+            Err(errors)
+        }
+    })
+    .await
+    .map_err(|err| vec![format!("sealing the consumers failed: {err}")])?
 }
 
 /// SIGHUP as a stream of `()`; never fires where signals are unavailable.

@@ -53,7 +53,8 @@ use crate::status::StatusContext;
 pub enum ConfigSource {
     /// The sync stream of one of these controllers (`host:port` or `http://host:port`).
     Controllers(Vec<String>),
-    /// A YAML or JSON file of API definitions, reloaded when it changes.
+    /// A YAML or JSON file of API, certificate and consumer documents, reloaded when it
+    /// changes.
     File(PathBuf),
 }
 
@@ -313,6 +314,8 @@ impl Runtime {
                     ClientOptions::new(controllers, options.node_id.clone(), options.group.clone());
                 client_options.runtime_version = env!("CARGO_PKG_VERSION").to_string();
                 client_options.supported_policies = options.policies.names();
+                client_options.supported_kinds =
+                    state::KINDS.iter().map(ToString::to_string).collect();
                 client_options.advertise_address =
                     options.advertise_address.clone().unwrap_or_default();
                 client_options.heartbeat_interval = options.heartbeat_interval;

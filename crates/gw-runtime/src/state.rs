@@ -1,11 +1,15 @@
 //! What the runtime serves, and how a new configuration gets in.
 //!
-//! [`ConfigState`] holds the applied APIs and their revision. Every source goes through it:
+//! [`ConfigState`] holds the applied resources (APIs, TLS certificates, consumers) and their
+//! revision. Every source goes through it:
 //! the controller stream (it is the sync client's [`Applier`]), the configuration file and the
 //! last-known-good cache. An apply parses and validates each resource, builds the new
 //! gateway configuration off the request path (reusing every unchanged API), swaps it in,
 //! then writes the cache. Anything it cannot apply is refused as a whole with the reasons, and
 //! the previous configuration stays in service.
+//!
+//! Consumers from a controller or the cache must be sealed (keys and passwords as hashes):
+//! a configuration with a clear secret in it is refused.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -13,10 +17,11 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use gw_core::Gateway;
-use gw_core::model::{ApiDefinition, CertificateDefinition, ValidationContext};
+use gw_core::gateway::Resources as GatewayResources;
+use gw_core::model::{ApiDefinition, CertificateDefinition, ConsumerDefinition, ValidationContext};
 use gw_sync::client::Applier;
 use gw_sync::proto::{Resource, ResourceRef};
-use gw_sync::{KIND_API, KIND_CERTIFICATE};
+use gw_sync::{KIND_API, KIND_CERTIFICATE, KIND_CONSUMER};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -118,11 +123,17 @@ impl<T> Clone for Installed<T> {
     }
 }
 
+/// The resource kinds this runtime applies: what it declares to controllers and what its
+/// cache lists. A cache that lacks one of them is served, but its revision is not trusted
+/// for a delta (the resources of the missing kind made before it were never sent).
+pub const KINDS: [&str; 3] = [KIND_API, KIND_CERTIFICATE, KIND_CONSUMER];
+
 /// Every resource of a configuration, by kind and name.
 #[derive(Debug, Clone, Default)]
 struct Resources {
     apis: BTreeMap<String, Installed<ApiDefinition>>,
     certificates: BTreeMap<String, Installed<CertificateDefinition>>,
+    consumers: BTreeMap<String, Installed<ConsumerDefinition>>,
 }
 
 impl Resources {
@@ -135,6 +146,10 @@ impl Resources {
                 self.certificates
                     .insert(certificate.definition.metadata.name.clone(), certificate);
             }
+            Parsed::Consumer(consumer) => {
+                self.consumers
+                    .insert(consumer.definition.metadata.name.clone(), consumer);
+            }
         }
     }
 
@@ -146,8 +161,26 @@ impl Resources {
             KIND_CERTIFICATE => {
                 self.certificates.remove(&removal.name);
             }
+            KIND_CONSUMER => {
+                self.consumers.remove(&removal.name);
+            }
             // a kind this runtime never held
             _ => {}
+        }
+    }
+
+    /// What the gateway builds its configuration from.
+    fn definitions(&self) -> GatewayResources {
+        fn all<T>(installed: &BTreeMap<String, Installed<T>>) -> Vec<Arc<T>> {
+            installed
+                .values()
+                .map(|i| Arc::clone(&i.definition))
+                .collect()
+        }
+        GatewayResources {
+            apis: all(&self.apis),
+            certificates: all(&self.certificates),
+            consumers: all(&self.consumers),
         }
     }
 }
@@ -156,6 +189,38 @@ impl Resources {
 enum Parsed {
     Api(Installed<ApiDefinition>),
     Certificate(Installed<CertificateDefinition>),
+    Consumer(Installed<ConsumerDefinition>),
+}
+
+/// A whole configuration handed to [`ConfigState::replace`]: validated definitions of each
+/// kind, each with the revision of its last change. Consumers must be sealed.
+#[derive(Debug, Clone, Default)]
+pub struct Definitions {
+    /// The APIs.
+    pub apis: Vec<(i64, ApiDefinition)>,
+    /// The TLS certificates.
+    pub certificates: Vec<(i64, CertificateDefinition)>,
+    /// The consumers, sealed ([`ConsumerDefinition::seal`]).
+    pub consumers: Vec<(i64, ConsumerDefinition)>,
+}
+
+impl Definitions {
+    /// Definitions that all changed last at `revision` (a configuration file's).
+    pub fn at(
+        revision: i64,
+        apis: Vec<ApiDefinition>,
+        certificates: Vec<CertificateDefinition>,
+        consumers: Vec<ConsumerDefinition>,
+    ) -> Self {
+        fn at<T>(revision: i64, items: Vec<T>) -> Vec<(i64, T)> {
+            items.into_iter().map(|item| (revision, item)).collect()
+        }
+        Self {
+            apis: at(revision, apis),
+            certificates: at(revision, certificates),
+            consumers: at(revision, consumers),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -237,6 +302,13 @@ impl ConfigState {
                     definition: Arc::new(certificate),
                 }))
             }
+            KIND_CONSUMER => {
+                let consumer = parse_consumer(&resource.name, &resource.body)?;
+                Ok(Parsed::Consumer(Installed {
+                    revision: resource.revision,
+                    definition: Arc::new(consumer),
+                }))
+            }
             other => Err(format!(
                 "{:?}: unsupported resource kind {other:?}",
                 resource.name
@@ -245,29 +317,41 @@ impl ConfigState {
     }
 
     /// Applies a whole set of definitions that came from `origin` (and, for the cache, from
-    /// the store `store_id`), each with the revision of its last change.
+    /// the store `store_id`). A consumer that is not sealed refuses the whole set.
     pub async fn replace(
         &self,
         revision: i64,
         store_id: &str,
-        apis: Vec<(i64, ApiDefinition)>,
-        certificates: Vec<(i64, CertificateDefinition)>,
+        definitions: Definitions,
         origin: Origin,
     ) -> Result<(), Vec<String>> {
+        fn installed<T>(revision: i64, definition: T) -> Installed<T> {
+            Installed {
+                revision,
+                definition: Arc::new(definition),
+            }
+        }
+        let unsealed: Vec<String> = definitions
+            .consumers
+            .iter()
+            .filter(|(_, c)| !c.is_sealed())
+            .map(|(_, c)| unsealed_reason(&c.metadata.name))
+            .collect();
+        if !unsealed.is_empty() {
+            self.count(origin.as_str(), "rejected");
+            return Err(unsealed);
+        }
         let mut current = self.current.lock().await;
         current.store_id = store_id.to_string();
         let mut next = Resources::default();
-        for (revision, api) in apis {
-            next.insert(Parsed::Api(Installed {
-                revision,
-                definition: Arc::new(api),
-            }));
+        for (revision, api) in definitions.apis {
+            next.insert(Parsed::Api(installed(revision, api)));
         }
-        for (revision, certificate) in certificates {
-            next.insert(Parsed::Certificate(Installed {
-                revision,
-                definition: Arc::new(certificate),
-            }));
+        for (revision, certificate) in definitions.certificates {
+            next.insert(Parsed::Certificate(installed(revision, certificate)));
+        }
+        for (revision, consumer) in definitions.consumers {
+            next.insert(Parsed::Consumer(installed(revision, consumer)));
         }
         self.install(&mut current, revision, next, origin).await
     }
@@ -281,13 +365,7 @@ impl ConfigState {
     ) -> Result<(), Vec<String>> {
         let label = origin.as_str();
         let started = std::time::Instant::now();
-        let result = self.gateway.apply_config(
-            revision,
-            next.apis.values().map(|i| Arc::clone(&i.definition)),
-            next.certificates
-                .values()
-                .map(|i| Arc::clone(&i.definition)),
-        );
+        let result = self.gateway.apply_resources(revision, next.definitions());
         if let Err(err) = result {
             self.count(label, "rejected");
             return Err(err.reasons);
@@ -296,6 +374,7 @@ impl ConfigState {
             revision,
             apis = next.apis.len(),
             certificates = next.certificates.len(),
+            consumers = next.consumers.len(),
             source = label,
             elapsed_ms = started.elapsed().as_millis(),
             "configuration applied"
@@ -360,29 +439,16 @@ impl ConfigState {
         let Some(cache) = self.cache.clone() else {
             return;
         };
+        let resources = &current.resources;
         let config = CachedConfig {
             group: self.group.clone(),
             store_id: current.store_id.clone(),
             revision: current.revision,
-            kinds: vec![KIND_API.to_string(), KIND_CERTIFICATE.to_string()],
-            apis: current
-                .resources
-                .apis
-                .values()
-                .map(|i| CachedApi {
-                    revision: i.revision,
-                    definition: i.definition.to_json(),
-                })
-                .collect(),
-            certificates: current
-                .resources
-                .certificates
-                .values()
-                .map(|i| CachedApi {
-                    revision: i.revision,
-                    definition: i.definition.to_json(),
-                })
-                .collect(),
+            kinds: KINDS.iter().map(ToString::to_string).collect(),
+            apis: cached(&resources.apis, ApiDefinition::to_json),
+            certificates: cached(&resources.certificates, CertificateDefinition::to_json),
+            // sealed: hashes only
+            consumers: cached(&resources.consumers, ConsumerDefinition::to_json),
         };
         let written = tokio::task::spawn_blocking(move || cache.write(&config)).await;
         match written {
@@ -421,37 +487,26 @@ impl ConfigState {
             );
             return None;
         }
-        let mut apis = Vec::with_capacity(config.apis.len());
-        for cached in config.apis {
-            let body = cached.definition.to_string();
-            match parse_definition("", body.as_bytes(), self.gateway.registry()) {
-                Ok(api) => apis.push((cached.revision, api)),
-                Err(err) => {
-                    tracing::warn!(cache = %path, error = %err, "ignoring an invalid cache");
-                    return None;
-                }
+        let definitions = match cached_definitions(&config, self.gateway.registry()) {
+            Ok(definitions) => definitions,
+            Err(err) => {
+                tracing::warn!(cache = %path, error = %err, "ignoring an invalid cache");
+                return None;
             }
-        }
-        let mut certificates = Vec::with_capacity(config.certificates.len());
-        for cached in config.certificates {
-            let body = cached.definition.to_string();
-            match parse_certificate("", body.as_bytes()) {
-                Ok(certificate) => certificates.push((cached.revision, certificate)),
-                Err(err) => {
-                    tracing::warn!(cache = %path, error = %err, "ignoring an invalid cache");
-                    return None;
-                }
-            }
-        }
-        // a cache from a runtime that did not apply certificates: served, but resumed from a
-        // snapshot rather than a delta (which would miss the certificates made before it)
-        let store_id = if config.kinds.iter().any(|k| k == KIND_CERTIFICATE) {
+        };
+        // a cache from a runtime that did not apply every kind this one does: served, but
+        // resumed from a snapshot rather than a delta (which would miss the resources of
+        // that kind made before it)
+        let store_id = if KINDS
+            .iter()
+            .all(|kind| config.kinds.iter().any(|k| k == kind))
+        {
             config.store_id.as_str()
         } else {
             ""
         };
         match self
-            .replace(config.revision, store_id, apis, certificates, Origin::Cache)
+            .replace(config.revision, store_id, definitions, Origin::Cache)
             .await
         {
             Ok(()) => {
@@ -513,6 +568,80 @@ fn parse_certificate(expected_name: &str, body: &[u8]) -> Result<CertificateDefi
         ));
     }
     Ok(certificate)
+}
+
+/// Resources as cached, each with the revision of its last change.
+fn cached<T>(
+    installed: &BTreeMap<String, Installed<T>>,
+    to_json: impl Fn(&T) -> serde_json::Value,
+) -> Vec<CachedApi> {
+    installed
+        .values()
+        .map(|i| CachedApi {
+            revision: i.revision,
+            definition: to_json(&i.definition),
+        })
+        .collect()
+}
+
+/// Every resource of a cache, parsed and validated like those from a controller.
+fn cached_definitions(
+    config: &CachedConfig,
+    registry: &gw_core::policy::PolicyRegistry,
+) -> Result<Definitions, String> {
+    Ok(Definitions {
+        apis: parse_cached(&config.apis, |body| parse_definition("", body, registry))?,
+        certificates: parse_cached(&config.certificates, |body| parse_certificate("", body))?,
+        consumers: parse_cached(&config.consumers, |body| parse_consumer("", body))?,
+    })
+}
+
+/// Parses cached resources with `parse`, each with its revision; the first error stops.
+fn parse_cached<T>(
+    cached: &[CachedApi],
+    parse: impl Fn(&[u8]) -> Result<T, String>,
+) -> Result<Vec<(i64, T)>, String> {
+    cached
+        .iter()
+        .map(|c| Ok((c.revision, parse(c.definition.to_string().as_bytes())?)))
+        .collect()
+}
+
+fn unsealed_reason(name: &str) -> String {
+    format!(
+        "consumer {name:?} carries a key or password in the clear; a controller sends \
+         consumers sealed (keyHash, passwordHash): upgrade the controller"
+    )
+}
+
+/// Parses a canonical consumer from a controller or the cache, which must be sealed: every
+/// api-key credential has its `keyHash`, and no clear key or password is accepted.
+/// `expected_name`, when not empty, must match. Errors never quote a secret or a hash.
+fn parse_consumer(expected_name: &str, body: &[u8]) -> Result<ConsumerDefinition, String> {
+    let label = if expected_name.is_empty() {
+        "consumer"
+    } else {
+        expected_name
+    };
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "consumer {label:?}: invalid JSON at line {} column {}",
+            e.line(),
+            e.column()
+        )
+    })?;
+    let consumer = ConsumerDefinition::from_value_validated(&value, false)
+        .map_err(|e| format!("consumer {label:?}: {}", e.redacted()))?;
+    if !expected_name.is_empty() && consumer.metadata.name != expected_name {
+        return Err(format!(
+            "resource {expected_name:?} holds a consumer named {:?}",
+            consumer.metadata.name
+        ));
+    }
+    if !consumer.is_sealed() {
+        return Err(unsealed_reason(&consumer.metadata.name));
+    }
+    Ok(consumer)
 }
 
 #[async_trait]
@@ -586,5 +715,149 @@ impl Applier for ConfigState {
         }
         self.install(&mut current, revision, next, Origin::Controller)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gw_core::metrics::ProxyMetrics;
+    use gw_core::policy::PolicyRegistry;
+
+    use super::*;
+    use crate::cache::DEFAULT_MAX_BYTES;
+
+    const KEY: &str = "alice-key-0123456789";
+
+    fn state(cache: Option<CacheFile>) -> ConfigState {
+        let gateway = Gateway::new(PolicyRegistry::builtin(), ProxyMetrics::unregistered());
+        ConfigState::new(
+            Arc::new(gateway),
+            "default".into(),
+            cache,
+            &mut Registry::default(),
+        )
+    }
+
+    /// Consumer `alice` with an API key: in the clear, or sealed as a controller sends it.
+    fn alice(sealed: bool) -> ConsumerDefinition {
+        let value = serde_json::json!({
+            "apiVersion": "gw/v1", "kind": "Consumer", "metadata": {"name": "alice"},
+            "spec": {"aclGroups": ["gold"], "credentials": [{"type": "api-key", "id": "k", "key": KEY}]}
+        });
+        let mut consumer = ConsumerDefinition::from_value_validated(&value, false).unwrap();
+        if sealed {
+            consumer.seal().unwrap();
+        }
+        consumer
+    }
+
+    fn resource(revision: i64, consumer: &ConsumerDefinition) -> Resource {
+        Resource {
+            kind: KIND_CONSUMER.into(),
+            name: consumer.metadata.name.clone(),
+            revision,
+            body: serde_json::to_vec(&consumer.to_json()).unwrap(),
+        }
+    }
+
+    fn served(state: &ConfigState) -> Option<String> {
+        let config = state.gateway().config();
+        config
+            .consumers()
+            .by_api_key(KEY.as_bytes())
+            .map(|c| c.name.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_consumer_from_a_controller_must_be_sealed() {
+        let state = state(None);
+        state
+            .apply_snapshot(1, "s", vec![resource(1, &alice(true))])
+            .await
+            .unwrap();
+        assert_eq!(served(&state).as_deref(), Some("alice"));
+
+        let errors = state
+            .apply_delta(2, vec![resource(2, &alice(false))], Vec::new())
+            .await
+            .unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("in the clear") && errors[0].contains("sends consumers sealed"),
+            "{errors:?}"
+        );
+        assert!(!errors[0].contains(KEY), "{errors:?}");
+        assert_eq!(state.revision(), 1, "the previous configuration stays");
+        assert_eq!(served(&state).as_deref(), Some("alice"));
+
+        // nor may a caller of replace hand one over
+        let errors = state
+            .replace(
+                3,
+                "",
+                Definitions {
+                    consumers: vec![(3, alice(false))],
+                    ..Definitions::default()
+                },
+                Origin::File,
+            )
+            .await
+            .unwrap_err();
+        assert!(errors[0].contains("in the clear"), "{errors:?}");
+        assert_eq!(state.revision(), 1);
+
+        // a removal of the kind takes the consumer out
+        state
+            .apply_delta(
+                4,
+                Vec::new(),
+                vec![ResourceRef {
+                    kind: KIND_CONSUMER.into(),
+                    name: "alice".into(),
+                }],
+            )
+            .await
+            .unwrap();
+        assert_eq!(served(&state), None);
+    }
+
+    #[tokio::test]
+    async fn the_cache_keeps_consumers_sealed_and_lists_their_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheFile::new(dir.path().join("cache.json"), DEFAULT_MAX_BYTES);
+        let first = state(Some(cache.clone()));
+        first
+            .apply_snapshot(5, "store-1", vec![resource(5, &alice(true))])
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(cache.path()).unwrap();
+        assert!(text.contains("keyHash") && !text.contains(KEY), "{text}");
+        let cached = cache.read().unwrap().unwrap();
+        assert!(cached.kinds.iter().any(|k| k == KIND_CONSUMER));
+        assert_eq!(cached.consumers.len(), 1);
+
+        // a restart serves the consumer from the cache and resumes from its revision
+        let second = state(Some(cache.clone()));
+        assert_eq!(second.load_cache().await, Some(5));
+        assert_eq!(served(&second).as_deref(), Some("alice"));
+        assert_eq!(second.applied(), (5, "store-1".to_string()));
+
+        // a cache written before consumers existed is served, but its revision is not
+        // trusted for a delta: the runtime asks for a snapshot
+        let mut old = cached.clone();
+        old.kinds = vec![KIND_API.into(), KIND_CERTIFICATE.into()];
+        old.consumers.clear();
+        cache.write(&old).unwrap();
+        let third = state(Some(cache.clone()));
+        assert_eq!(third.load_cache().await, Some(5));
+        assert_eq!(third.applied(), (5, String::new()));
+
+        // a cache holding a clear key is not served at all
+        let mut clear = cached;
+        clear.consumers[0].definition = alice(false).to_json();
+        cache.write(&clear).unwrap();
+        let fourth = state(Some(cache));
+        assert_eq!(fourth.load_cache().await, None);
+        assert_eq!(served(&fourth), None);
     }
 }

@@ -9,6 +9,7 @@ use gw_core::Gateway;
 use gw_core::metrics::ProxyMetrics;
 use gw_core::policy::PolicyRegistry;
 use gw_runtime::cache::{CacheFile, DEFAULT_MAX_BYTES};
+use gw_runtime::file_source::FileSource;
 use gw_runtime::state::{ConfigState, Origin};
 use gw_runtime::{ConfigSource, Runtime, RuntimeError, RuntimeOptions};
 use gw_sync::client::Applier;
@@ -225,4 +226,73 @@ async fn the_cache_restores_the_last_applied_config() {
     let third = config_state(Some(CacheFile::new(&path, DEFAULT_MAX_BYTES)));
     assert_eq!(third.load_cache().await, None);
     assert!(third.gateway().config().is_empty());
+}
+
+const CONSUMER: &str = "apiVersion: gw/v1\nkind: Consumer\nmetadata: {name: alice}\nspec:\n  credentials:\n    - {type: api-key, id: k, key: alice-clear-key-0123}\n    - {type: basic-auth, id: b, username: alice, password: 'correct horse'}\n";
+
+/// Standalone mode: consumers in the file may give clear keys and passwords; they are
+/// sealed at load (no clear secret reaches the gateway), and a file whose api-key has no key
+/// is refused with the field path, without quoting the file.
+#[tokio::test]
+async fn a_file_s_consumers_are_sealed_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, format!("{}---\n{CONSUMER}", api("a", "/a", ""))).unwrap();
+    let state = Arc::new(config_state(None));
+    let mut source = FileSource::new(path.clone(), Arc::clone(&state));
+    assert!(source.load().await.unwrap());
+    let config = state.gateway().config();
+    let consumers = config.consumers();
+    assert_eq!(
+        consumers
+            .by_api_key(b"alice-clear-key-0123")
+            .map(|c| c.name.to_string())
+            .as_deref(),
+        Some("alice")
+    );
+    let alice = consumers.get("alice").unwrap();
+    assert!(alice.is_sealed());
+    let hash = consumers.by_username("alice").unwrap().hash.to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+
+    // an api-key without a key: there is no controller to generate one
+    std::fs::write(
+        &path,
+        CONSUMER.replace("key: alice-clear-key-0123", "label: x"),
+    )
+    .unwrap();
+    let err = source.load().await.unwrap_err().to_string();
+    assert!(
+        err.contains("documents[0].spec.credentials[0].key"),
+        "{err}"
+    );
+    assert!(
+        err.contains("documents[0].spec.credentials[0].label"),
+        "{err}"
+    );
+
+    // a syntax error is reported by position, without the line that holds the password
+    std::fs::write(
+        &path,
+        CONSUMER.replace("password: 'correct horse'}", "password: 'correct horse'"),
+    )
+    .unwrap();
+    let err = source.load().await.unwrap_err().to_string();
+    assert!(err.contains("line"), "{err}");
+    assert!(!err.contains("correct horse"), "{err}");
+
+    // two consumers with one key: refused, naming them and not the key
+    let bob = CONSUMER
+        .replace("name: alice", "name: bob")
+        .replace("username: alice", "username: bob");
+    std::fs::write(&path, format!("{CONSUMER}---\n{bob}")).unwrap();
+    let err = source.load().await.unwrap_err().to_string();
+    assert!(
+        err.contains("\"alice\" and \"bob\" share the same API key"),
+        "{err}"
+    );
+    assert!(!err.contains("alice-clear-key"), "{err}");
+
+    // the first file is still served
+    assert!(state.gateway().config().consumers().get("alice").is_some());
 }

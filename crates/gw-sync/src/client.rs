@@ -62,8 +62,8 @@ pub struct ClientOptions {
     pub runtime_version: String,
     /// The policies it can build.
     pub supported_policies: Vec<String>,
-    /// Resource kinds the applier can apply (default: APIs and certificates); the controller
-    /// sends no other kind.
+    /// Resource kinds the applier can apply (default: APIs, certificates and consumers); the
+    /// controller sends no other kind.
     pub supported_kinds: Vec<String>,
     /// Where it serves traffic (informational, shown in the fleet view).
     pub advertise_address: String,
@@ -96,6 +96,7 @@ impl ClientOptions {
             supported_kinds: vec![
                 crate::KIND_API.to_string(),
                 crate::KIND_CERTIFICATE.to_string(),
+                crate::KIND_CONSUMER.to_string(),
             ],
             advertise_address: String::new(),
             connect_timeout: Duration::from_secs(2),

@@ -29,6 +29,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const KIND_API: &str = "api";
 /// The kind of a TLS certificate resource.
 pub const KIND_CERTIFICATE: &str = "certificate";
+/// The kind of a consumer resource (sent sealed: keys and passwords as hashes only).
+pub const KIND_CONSUMER: &str = "consumer";
 
 /// The largest message either side accepts: a Snapshot holds a whole group's configuration.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;

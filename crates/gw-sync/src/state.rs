@@ -46,7 +46,8 @@ pub struct Entry {
 pub struct StateChange {
     /// Its revision.
     pub revision: i64,
-    /// The resource kind ([`crate::KIND_API`], [`crate::KIND_CERTIFICATE`]).
+    /// The resource kind ([`crate::KIND_API`], [`crate::KIND_CERTIFICATE`],
+    /// [`crate::KIND_CONSUMER`]).
     pub kind: String,
     /// The resource name.
     pub name: String,

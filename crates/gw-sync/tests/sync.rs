@@ -220,6 +220,20 @@ fn client_with_token(
     tokio::spawn(client.run())
 }
 
+/// A runtime of group `default` that declares `kinds` in its Hello (none: a runtime that
+/// predates the field).
+fn client_of_kinds(
+    controller: &str,
+    node: &str,
+    kinds: &[&str],
+    applier: &Arc<MemoryApplier>,
+) -> JoinHandle<()> {
+    let mut options =
+        ClientOptions::new(vec![controller.to_string()], node.into(), "default".into());
+    options.supported_kinds = kinds.iter().map(ToString::to_string).collect();
+    tokio::spawn(SyncClient::new(options, Arc::clone(applier)).run())
+}
+
 async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !condition() {
@@ -256,14 +270,83 @@ async fn snapshot_then_deltas_per_group_with_acks() {
     assert_eq!(rt.names(), ["c"]);
 }
 
-/// `change`, for a certificate.
-fn certificate(revision: i64, name: &str, groups: &[&str]) -> StateChange {
+/// `change`, for a resource of `kind`.
+fn of_kind(kind: &str, revision: i64, name: &str, groups: &[&str]) -> StateChange {
     let mut change = change(revision, name, groups);
-    change.kind = "certificate".into();
+    change.kind = kind.into();
     if let Some(entry) = &mut change.entry {
-        entry.resource.kind = "certificate".into();
+        entry.resource.kind = kind.into();
     }
     change
+}
+
+/// `change`, for a certificate.
+fn certificate(revision: i64, name: &str, groups: &[&str]) -> StateChange {
+    of_kind(gw_sync::KIND_CERTIFICATE, revision, name, groups)
+}
+
+/// `change`, for a consumer.
+fn consumer(revision: i64, name: &str, groups: &[&str]) -> StateChange {
+    of_kind(gw_sync::KIND_CONSUMER, revision, name, groups)
+}
+
+/// Consumers go to the runtimes of the groups they name, and only to runtimes that declare
+/// the kind: a runtime of the certificate era (which would refuse an unknown kind) gets
+/// everything else, and never a consumer's removal either.
+#[tokio::test]
+async fn consumers_go_to_their_groups_and_only_to_runtimes_that_apply_them() {
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([
+        change(1, "a", &["default", "edge"]),
+        consumer(2, "alice", &["default"]),
+        consumer(3, "bob", &["edge"]),
+    ]);
+    let events = Arc::new(Events::default());
+    let ctl = controller("ctl-a", &state, &events).await;
+    let current = Arc::new(MemoryApplier::default());
+    let _current = client(vec![ctl.address.clone()], "rt-new", "default", &current);
+    let edge = Arc::new(MemoryApplier::default());
+    let _edge = client(vec![ctl.address.clone()], "rt-edge", "edge", &edge);
+    let older = Arc::new(MemoryApplier::default());
+    let _older = client_of_kinds(
+        &ctl.address,
+        "rt-old",
+        &[gw_sync::KIND_API, gw_sync::KIND_CERTIFICATE],
+        &older,
+    );
+
+    eventually("the snapshots", || {
+        current.revision() == 3 && edge.revision() == 3 && older.revision() == 3
+    })
+    .await;
+    assert_eq!(current.names(), ["a", "alice"]);
+    assert_eq!(edge.names(), ["a", "bob"]);
+    assert_eq!(older.names(), ["a"]);
+
+    // alice moves to edge; a consumer named like the API comes and goes
+    state.apply([
+        consumer(4, "alice", &["edge"]),
+        consumer(5, "a", &["default"]),
+        StateChange {
+            revision: 6,
+            kind: gw_sync::KIND_CONSUMER.into(),
+            name: "a".into(),
+            entry: None,
+        },
+    ]);
+    eventually("the deltas", || {
+        current.revision() == 6 && edge.revision() == 6 && older.revision() == 6
+    })
+    .await;
+    // (this applier keys by name only, so consumer a's removal also drops API a here)
+    assert!(!current.names().contains(&"alice".to_string()));
+    assert_eq!(edge.names(), ["a", "alice", "bob"]);
+    assert_eq!(
+        older.names(),
+        ["a"],
+        "the API stays: no consumer removal reached it"
+    );
+    assert_eq!(*older.kinds().last().unwrap(), "delta");
 }
 
 #[tokio::test]
@@ -279,10 +362,7 @@ async fn runtimes_are_sent_only_the_kinds_they_apply() {
     let _current = client(vec![ctl.address.clone()], "rt-new", "default", &current);
     // a runtime that predates certificates: its Hello declares no kinds
     let older = Arc::new(MemoryApplier::default());
-    let mut options =
-        ClientOptions::new(vec![ctl.address.clone()], "rt-old".into(), "default".into());
-    options.supported_kinds = Vec::new();
-    let _older = tokio::spawn(SyncClient::new(options, Arc::clone(&older)).run());
+    let _older = client_of_kinds(&ctl.address, "rt-old", &[], &older);
 
     eventually("both snapshots", || {
         current.revision() == 2 && older.revision() == 2

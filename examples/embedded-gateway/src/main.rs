@@ -19,6 +19,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use gw_core::gateway::Resources;
 use gw_core::metrics::ProxyMetrics;
 use gw_core::model::{self, Format, ValidationContext};
 use gw_core::policy::PolicyRegistry;
@@ -53,12 +54,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ctx = ValidationContext {
         policies: Some(&policies),
     };
-    let set = model::parse_set(&text, Format::Yaml, &ctx)?;
+    let mut set = model::parse_set(&text, Format::Yaml, &ctx)?;
+    // consumers' clear keys and passwords are hashed before they are served (argon2 is slow
+    // by design: in a running service, do this off the async threads)
+    for consumer in &mut set.consumers {
+        consumer.seal().map_err(|e| e.to_string())?;
+    }
     let gateway = Arc::new(Gateway::new(policies, ProxyMetrics::unregistered()));
-    gateway.apply_config(
+    gateway.apply_resources(
         1,
-        set.apis.into_iter().map(Arc::new),
-        set.certificates.into_iter().map(Arc::new),
+        Resources {
+            apis: set.apis.into_iter().map(Arc::new).collect(),
+            certificates: set.certificates.into_iter().map(Arc::new).collect(),
+            consumers: set.consumers.into_iter().map(Arc::new).collect(),
+        },
     )?;
 
     let app = Router::new()

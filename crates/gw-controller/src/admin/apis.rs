@@ -407,15 +407,7 @@ pub(super) async fn put(
     let params = WriteParams::parse(query.as_deref(), &state)?;
     let precondition = precondition(&headers)?;
     let api = parse_definition(&state, &headers, body).await?;
-    if api.metadata.name != name {
-        return Err(ApiError::field(
-            "metadata.name",
-            format!(
-                "{:?} does not match the name in the URL ({name:?})",
-                api.metadata.name
-            ),
-        ));
-    }
+    super::resources::check_document_name(&api.metadata.name, &name)?;
     // with If-None-Match: *, an existing API fails the precondition (412), where a POST
     // reports a conflict (409)
     let precondition_header = precondition == Some(Precondition::Absent);

@@ -13,27 +13,26 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use gw_core::model::{CertificateDefinition, FieldError, parse_value};
-use gw_store::{Precondition, PutResource, ResourceRecord, StoreError};
+use gw_store::{Precondition, ResourceRecord};
 use gw_sync::KIND_CERTIFICATE;
 use serde_json::json;
 
 use super::apis::{
-    WriteParams, Written, check_name, delete_precondition, deleted, etag, precondition, written,
+    WriteParams, Written, check_name, delete_precondition, deleted, precondition, written,
 };
-use super::format::{document, read_body, request_format, wants_yaml};
+use super::format::{read_body, request_format};
+use super::resources::{ResourceKind, check_document_name, shown};
 use super::{ApiError, AppState};
 use crate::watcher::groups_of;
 
-fn not_found(name: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("certificate {name:?} does not exist"),
-    )
-}
+const CERTIFICATES: ResourceKind = ResourceKind {
+    kind: KIND_CERTIFICATE,
+    noun: "certificate",
+    collection: "certificates",
+};
 
 /// What a listing shows of a certificate: never its key.
 fn summary(state: &AppState, record: &ResourceRecord) -> serde_json::Value {
@@ -109,27 +108,15 @@ async fn write(
     state
         .sealer
         .seal_certificate(&mut spec, &certificate.metadata.name);
-    let outcome = store
-        .put_resource(PutResource {
-            kind: KIND_CERTIFICATE.to_string(),
-            name: certificate.metadata.name.clone(),
+    let outcome = CERTIFICATES
+        .put(
+            state,
+            &certificate.metadata.name,
             spec,
             precondition,
-        })
-        .await
-        .map_err(|err| match err {
-            StoreError::AlreadyExists { name } if exists_is_412 => ApiError::new(
-                StatusCode::PRECONDITION_FAILED,
-                "precondition_failed",
-                format!("certificate {name:?} already exists (If-None-Match: *)"),
-            ),
-            StoreError::AlreadyExists { name } => ApiError::new(
-                StatusCode::CONFLICT,
-                "already_exists",
-                format!("certificate {name:?} already exists"),
-            ),
-            other => ApiError::from_store(other),
-        })?;
+            exists_is_412,
+        )
+        .await?;
     let record = outcome.record;
     tracing::info!(certificate = %record.name, revision = record.revision, created = outcome.created, "certificate deployed");
     written(
@@ -141,7 +128,7 @@ async fn write(
             revision: record.revision,
             created: outcome.created,
             body: summary(state, &record),
-            location: format!("/api/v1/certificates/{}", record.name),
+            location: CERTIFICATES.location(&record.name),
         },
     )
     .await
@@ -193,15 +180,7 @@ pub(super) async fn put(
     let params = WriteParams::parse(query.as_deref(), &state)?;
     let precondition = precondition(&headers)?;
     let certificate = parse_certificate(&state, &headers, body).await?;
-    if certificate.metadata.name != name {
-        return Err(ApiError::field(
-            "metadata.name",
-            format!(
-                "{:?} does not match the name in the URL ({name:?})",
-                certificate.metadata.name
-            ),
-        ));
-    }
+    check_document_name(&certificate.metadata.name, &name)?;
     let precondition_header = precondition == Some(Precondition::Absent);
     write(
         &state,
@@ -227,18 +206,9 @@ pub(super) async fn create(
 
 /// `GET /api/v1/certificates`: every certificate with its names and validity.
 pub(super) async fn list(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let snapshot = state
-        .store()?
-        .snapshot()
+    CERTIFICATES
+        .list(&state, |record| summary(&state, record))
         .await
-        .map_err(ApiError::from_store)?;
-    let items: Vec<_> = snapshot
-        .resources
-        .iter()
-        .filter(|r| r.kind == KIND_CERTIFICATE)
-        .map(|record| summary(&state, record))
-        .collect();
-    Ok(axum::Json(json!({"revision": snapshot.revision, "items": items})).into_response())
 }
 
 /// `GET /api/v1/certificates/{name}`: the document without its private key, in JSON or YAML
@@ -249,21 +219,12 @@ pub(super) async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let name = check_name(name)?;
-    let record = state
-        .store()?
-        .get_resource(KIND_CERTIFICATE, &name)
-        .await
-        .map_err(ApiError::from_store)?
-        .ok_or_else(|| not_found(&name))?;
-    let mut shown = record.spec.clone();
-    if let Some(spec) = shown.get_mut("spec").and_then(|s| s.as_object_mut()) {
+    let record = CERTIFICATES.get(&state, &name).await?;
+    let mut public = record.spec.clone();
+    if let Some(spec) = public.get_mut("spec").and_then(|s| s.as_object_mut()) {
         spec.remove("privateKey");
     }
-    let mut response = document(StatusCode::OK, &shown, wants_yaml(&headers));
-    response
-        .headers_mut()
-        .insert(header::ETAG, etag(record.revision));
-    Ok(response)
+    Ok(shown(&headers, &public, record.revision))
 }
 
 /// `DELETE /api/v1/certificates/{name}`; 409 while an API presents it to its upstream.
@@ -303,13 +264,7 @@ pub(super) async fn delete(
                 .collect(),
         ));
     }
-    let outcome = store
-        .delete_resource(KIND_CERTIFICATE, &name, precondition)
-        .await
-        .map_err(|err| match err {
-            StoreError::NotFound { .. } => not_found(&name),
-            other => ApiError::from_store(other),
-        })?;
+    let outcome = CERTIFICATES.delete(&state, &name, precondition).await?;
     tracing::info!(certificate = %name, revision = outcome.revision, "certificate deleted");
     deleted(
         &state,

@@ -56,6 +56,15 @@ impl ApiError {
         self
     }
 
+    /// A 500 that says no more than to read the controller's log (where the cause is).
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the controller failed; see its log",
+        )
+    }
+
     /// A 400 for one field.
     pub fn field(field: &str, message: impl Into<String>) -> Self {
         Self::new(
@@ -116,11 +125,7 @@ impl ApiError {
             }
             other => {
                 tracing::error!(error = %other, "store error");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "the controller failed; see its log",
-                )
+                Self::internal()
             }
         }
     }

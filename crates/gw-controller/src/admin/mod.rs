@@ -6,8 +6,10 @@
 
 mod apis;
 mod certificates;
+mod consumers;
 mod error;
 mod format;
+mod resources;
 mod runtimes;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +70,9 @@ pub struct AppState {
     pub embedded: OnceLock<Arc<gw_runtime::state::ConfigState>>,
     /// Seals secrets before they are stored (certificates' private keys).
     pub sealer: Arc<crate::sealed::Sealer>,
+    /// Serializes this controller's consumer writes from their uniqueness check to their
+    /// commit (see `admin/consumers.rs`).
+    pub consumer_writes: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -100,9 +105,25 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .put(certificates::put)
                 .delete(certificates::delete),
         )
+        .route("/consumers", get(consumers::list).post(consumers::create))
+        .route(
+            "/consumers/{name}",
+            get(consumers::get)
+                .put(consumers::put)
+                .delete(consumers::delete),
+        )
+        .route(
+            "/consumers/{name}/credentials",
+            axum::routing::post(consumers::add_credential),
+        )
+        .route(
+            "/consumers/{name}/credentials/{id}",
+            axum::routing::delete(consumers::revoke_credential),
+        )
         .route("/runtimes", get(runtimes::list))
         .route("/schema/api", get(schema))
         .route("/schema/certificate", get(certificate_schema))
+        .route("/schema/consumer", get(consumer_schema))
         .route("/policies", get(policies))
         .route("/policies/{name}", get(policy))
         .route_layer(middleware::from_fn_with_state(
@@ -120,12 +141,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn(log_request))
         // a bug in a handler answers 500 instead of dropping the connection
         .layer(CatchPanicLayer::custom(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the controller failed; see its log",
-            )
-            .into_response()
+            ApiError::internal().into_response()
         }))
         // the token is redacted wherever a request is printed
         .layer(SetSensitiveRequestHeadersLayer::new([
@@ -228,6 +244,10 @@ async fn schema() -> Response {
 
 async fn certificate_schema() -> Response {
     axum::Json(gw_core::model::schema::certificate_schema()).into_response()
+}
+
+async fn consumer_schema() -> Response {
+    axum::Json(gw_core::model::schema::consumer_schema()).into_response()
 }
 
 /// `GET /api/v1/policies`: the policies this controller accepts, with their phase.

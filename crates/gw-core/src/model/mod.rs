@@ -225,7 +225,38 @@ impl ModelError {
             _ => &[],
         }
     }
+
+    /// The error without anything the document said, for documents that may hold secrets
+    /// (consumers' keys and passwords): a syntax error keeps its position and loses the
+    /// excerpt of the text that the YAML parser quotes, and a type error on a secret field
+    /// (`key`, `keyHash`, `password`, `passwordHash`), whose message quotes the value, says
+    /// only what was expected.
+    #[must_use]
+    pub fn redacted(self) -> Self {
+        match self {
+            ModelError::Syntax { format, message } => ModelError::Syntax {
+                format,
+                message: message.lines().next().unwrap_or_default().to_string(),
+            },
+            ModelError::Invalid(errors) => ModelError::Invalid(
+                errors
+                    .into_iter()
+                    .map(|mut error| {
+                        let last = error.field.rsplit('.').next().unwrap_or_default();
+                        if SECRET_FIELDS.contains(&last) && error.message.starts_with("invalid") {
+                            error.message = "must be a string".to_string();
+                        }
+                        error
+                    })
+                    .collect(),
+            ),
+            other @ ModelError::TooLarge { .. } => other,
+        }
+    }
 }
+
+/// The fields of a document whose values are secret (or hashes of secrets).
+const SECRET_FIELDS: [&str; 4] = ["key", "keyHash", "password", "passwordHash"];
 
 fn join_errors(errors: &[FieldError]) -> String {
     errors
@@ -354,6 +385,9 @@ pub struct DocumentSet {
     pub apis: Vec<ApiDefinition>,
     /// The certificates, in file order.
     pub certificates: Vec<CertificateDefinition>,
+    /// The consumers, in file order, as written: their clear keys and passwords are not
+    /// sealed yet ([`ConsumerDefinition::seal`]).
+    pub consumers: Vec<ConsumerDefinition>,
 }
 
 /// The largest file of several definitions ([`parse_set`]) accepted, in bytes.
@@ -399,11 +433,16 @@ fn check_size(bytes: &[u8], limit: usize) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Parses a set of documents (`kind: Api` or `kind: Certificate`), as a standalone runtime
-/// reads them from a file: a YAML stream of documents separated by `---`, a JSON array, or
-/// a single document. Every problem of every document is reported, with paths prefixed by
-/// `documents[i].`, and so are duplicate names (per kind) and route collisions across
-/// documents.
+/// Parses a set of documents (`kind: Api`, `kind: Certificate` or `kind: Consumer`), as a
+/// standalone runtime reads them from a file: a YAML stream of documents separated by `---`,
+/// a JSON array, or a single document. Every problem of every document is reported, with
+/// paths prefixed by `documents[i].`, and so are duplicate names (per kind) and route
+/// collisions across documents.
+///
+/// Consumers may carry clear keys and passwords (there is no controller to generate a
+/// missing key: an api-key credential needs `key` or `keyHash`); seal them before serving.
+/// A credential claimed by two consumers is refused when the set is applied
+/// ([`crate::consumers::ConsumerSet::build`]).
 pub fn parse_set(
     bytes: &[u8],
     format: Format,
@@ -440,6 +479,7 @@ pub fn parse_set(
     let mut errors = Vec::new();
     let mut apis = Vec::with_capacity(documents.len());
     let mut certificates = Vec::new();
+    let mut consumers = Vec::new();
     for (i, document) in documents.iter().enumerate() {
         let prefix = |e: &FieldError| {
             let field = if e.field.is_empty() {
@@ -449,38 +489,29 @@ pub fn parse_set(
             };
             FieldError::new(field, e.message.clone())
         };
-        let parsed = if document.get("kind").and_then(|k| k.as_str()) == Some(KIND_CERTIFICATE) {
-            CertificateDefinition::from_value_validated(document)
-                .map(|certificate| certificates.push((i, certificate)))
-        } else {
-            ApiDefinition::from_value_validated(document, ctx).map(|api| apis.push((i, api)))
+        let parsed = match document.get("kind").and_then(|k| k.as_str()) {
+            Some(KIND_CERTIFICATE) => CertificateDefinition::from_value_validated(document)
+                .map(|certificate| certificates.push((i, certificate))),
+            Some(KIND_CONSUMER) => ConsumerDefinition::from_value_validated(document, false)
+                .map(|consumer| consumers.push((i, consumer))),
+            _ => ApiDefinition::from_value_validated(document, ctx).map(|api| apis.push((i, api))),
         };
         if let Err(err) = parsed {
             errors.extend(err.field_errors().iter().map(prefix));
         }
     }
-    let mut certificate_names = std::collections::HashMap::new();
-    for (i, certificate) in &certificates {
-        let name = certificate.metadata.name.as_str();
-        if let Some(first) = certificate_names.insert(name, *i) {
-            errors.push(FieldError::new(
-                format!("documents[{i}].metadata.name"),
-                format!("certificate name {name:?} is already used by documents[{first}]"),
-            ));
-        }
-    }
-    let mut names = std::collections::HashMap::new();
-    for (i, api) in &apis {
-        if let Some(first) = names.insert(api.metadata.name.as_str(), *i) {
-            errors.push(FieldError::new(
-                format!("documents[{i}].metadata.name"),
-                format!(
-                    "name {:?} is already used by documents[{first}]",
-                    api.metadata.name
-                ),
-            ));
-        }
-    }
+    errors.extend(duplicate_names(
+        "certificate",
+        certificates.iter().map(|(i, c)| (*i, &c.metadata)),
+    ));
+    errors.extend(duplicate_names(
+        "consumer",
+        consumers.iter().map(|(i, c)| (*i, &c.metadata)),
+    ));
+    errors.extend(duplicate_names(
+        "API",
+        apis.iter().map(|(i, api)| (*i, &api.metadata)),
+    ));
     for collision in check_collisions(apis.iter().map(|(_, api)| api)) {
         errors.push(FieldError::new(
             "",
@@ -498,10 +529,31 @@ pub fn parse_set(
         Ok(DocumentSet {
             apis: apis.into_iter().map(|(_, api)| api).collect(),
             certificates: certificates.into_iter().map(|(_, c)| c).collect(),
+            consumers: consumers.into_iter().map(|(_, c)| c).collect(),
         })
     } else {
         Err(ModelError::Invalid(errors))
     }
+}
+
+/// A document of kind `kind` named like an earlier one, for each of `documents` (index in
+/// the file, metadata).
+fn duplicate_names<'a>(
+    kind: &str,
+    documents: impl IntoIterator<Item = (usize, &'a Metadata)>,
+) -> Vec<FieldError> {
+    let mut first_of = std::collections::HashMap::new();
+    let mut errors = Vec::new();
+    for (i, metadata) in documents {
+        let name = metadata.name.as_str();
+        if let Some(first) = first_of.insert(name, i) {
+            errors.push(FieldError::new(
+                format!("documents[{i}].metadata.name"),
+                format!("{kind} name {name:?} is already used by documents[{first}]"),
+            ));
+        }
+    }
+    errors
 }
 
 /// Formats a `serde_ignored` path as `spec.upstream.endpoints[0].url`.

@@ -1,7 +1,7 @@
-//! The JSON Schemas of the API and certificate definitions, generated from the Rust types so that it cannot
+//! The JSON Schemas of the API, certificate and consumer definitions, generated from the Rust types so that it cannot
 //! drift from what the parser accepts.
 
-use super::{ApiDefinition, CertificateDefinition};
+use super::{ApiDefinition, CertificateDefinition, ConsumerDefinition};
 
 /// The JSON Schema (draft 2020-12) of [`ApiDefinition`].
 ///
@@ -15,5 +15,13 @@ pub fn api_schema() -> serde_json::Value {
 /// The JSON Schema (draft 2020-12) of [`CertificateDefinition`].
 pub fn certificate_schema() -> serde_json::Value {
     let schema = schemars::schema_for!(CertificateDefinition);
+    serde_json::to_value(&schema).unwrap_or(serde_json::Value::Null)
+}
+
+/// The JSON Schema (draft 2020-12) of [`ConsumerDefinition`]. Which fields a credential
+/// takes depends on its `type`; that rule, and the rest listed in `docs/consumers.md`, are
+/// checked by the validation.
+pub fn consumer_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(ConsumerDefinition);
     serde_json::to_value(&schema).unwrap_or(serde_json::Value::Null)
 }

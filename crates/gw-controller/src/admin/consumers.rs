@@ -1,0 +1,666 @@
+//! `/api/v1/consumers`: deploy, read and delete consumers, and add or revoke one credential.
+//!
+//! Secrets go in and never come out. A write may carry API keys and passwords in the clear;
+//! they are sealed before anything is stored (a key as its SHA-256 `keyHash`, a password as
+//! an argon2id `passwordHash`, hashed on a blocking thread), and only the sealed document is
+//! stored, logged in the change log and sent to runtimes. An api-key credential given with
+//! neither `key` nor `keyHash` gets a generated key, which the write's answer shows once
+//! (`generatedKeys`; `key` when one credential is added). Reads show no key, password or
+//! hash, and no error quotes a document (which may hold a secret).
+//!
+//! GET, edit, PUT: since reads leave the secrets out, a document written back lacks them. A
+//! credential that gives no secret keeps the stored one when the stored consumer has a
+//! credential with the same `id` and `type` (for basic-auth, only with the same `username`:
+//! a renamed user needs its password again). An api-key credential with no such namesake
+//! gets a generated key. A new key therefore comes from giving it, from a new `id`, or from
+//! revoking the credential and adding another.
+//!
+//! An API key, a basic-auth user name or a JWT subject belongs to one consumer: a write that
+//! would give one to a second consumer is refused (409 `credential_conflict`, naming the
+//! other consumer, never the key).
+//!
+//! A write that builds on the stored consumer (any PUT over one, a credential added or
+//! revoked) is conditional on the revision it read: a change in between answers 409
+//! `concurrent_change` (412 when the client's own `If-Match` is stale) rather than being
+//! lost.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use gw_core::model::{
+    self, ConsumerDefinition, CredentialType, FieldError, ModelError, conflicting_claims,
+    generate_api_key, parse_value,
+};
+use gw_store::{Precondition, PutResourceOutcome, ResourceRecord, StoreError};
+use gw_sync::KIND_CONSUMER;
+use serde_json::{Value, json};
+
+use super::apis::{
+    WriteParams, Written, check_name, delete_precondition, deleted, precondition, written,
+};
+use super::format::{read_body, request_format};
+use super::resources::{ResourceKind, check_document_name, shown};
+use super::{ApiError, AppState};
+
+const CONSUMERS: ResourceKind = ResourceKind {
+    kind: KIND_CONSUMER,
+    noun: "consumer",
+    collection: "consumers",
+};
+
+/// The fields of a credential that hold a secret or its hash.
+const SECRETS: [&str; 4] = ["key", "keyHash", "password", "passwordHash"];
+
+/// A key generated for an api-key credential, shown once in the write's answer.
+struct GeneratedKey {
+    id: String,
+    key: String,
+}
+
+/// What filling in a document's missing secrets did.
+#[derive(Default)]
+struct Completion {
+    generated: Vec<GeneratedKey>,
+    /// The basic-auth credentials (by index) that give no password while their stored
+    /// namesake has another user name.
+    renamed: Vec<usize>,
+}
+
+/// A consumer ready to be written: completed, validated and sealed.
+struct Prepared {
+    consumer: ConsumerDefinition,
+    generated: Vec<GeneratedKey>,
+}
+
+/// Where a write's precondition comes from, which decides the answer when it fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Basis {
+    /// The client's `If-Match` or `If-None-Match`: 412.
+    Client,
+    /// A POST, which creates: a taken name is a 409 `already_exists`.
+    Create,
+    /// The read the write builds on: a change since is a concurrent write, 409
+    /// `concurrent_change`.
+    Read,
+}
+
+/// Reads the request body into a JSON value; syntax errors do not quote the body.
+async fn read_document(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Value, ApiError> {
+    let format = request_format(headers)?;
+    let bytes = read_body(headers, body, state.options.max_body_bytes).await?;
+    parse_value(&bytes, format).map_err(|err| ApiError::from_model(err.redacted()))
+}
+
+/// Fills in the secrets that the credentials of a consumer document (about to be validated)
+/// do not give: the stored hash of the `stored` credential with the same `id` and `type`
+/// (for basic-auth, only with the same `username`), or else, for an api-key, a generated
+/// key.
+fn complete(document: &mut Value, stored: Option<&ConsumerDefinition>) -> Completion {
+    let mut completion = Completion::default();
+    let Some(credentials) = document
+        .pointer_mut("/spec/credentials")
+        .and_then(Value::as_array_mut)
+    else {
+        return completion;
+    };
+    for (i, credential) in credentials.iter_mut().enumerate() {
+        let Some(fields) = credential.as_object_mut() else {
+            continue;
+        };
+        // an explicit null gives no secret
+        for secret in SECRETS {
+            if fields.get(secret).is_some_and(Value::is_null) {
+                fields.remove(secret);
+            }
+        }
+        let id = fields
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let kind = fields
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let namesake = |kind: CredentialType| {
+            stored.and_then(|c| {
+                c.spec
+                    .credentials
+                    .iter()
+                    .find(|s| s.kind == kind && s.id == id)
+            })
+        };
+        if kind == CredentialType::ApiKey.as_str()
+            && !fields.contains_key("key")
+            && !fields.contains_key("keyHash")
+        {
+            if let Some(hash) = namesake(CredentialType::ApiKey).and_then(|s| s.key_hash.clone()) {
+                fields.insert("keyHash".into(), Value::String(hash));
+            } else {
+                let key = generate_api_key();
+                fields.insert("key".into(), Value::String(key.clone()));
+                completion.generated.push(GeneratedKey { id, key });
+            }
+        } else if kind == CredentialType::BasicAuth.as_str()
+            && !fields.contains_key("password")
+            && !fields.contains_key("passwordHash")
+            && let Some(stored) = namesake(CredentialType::BasicAuth)
+        {
+            let username = fields.get("username").and_then(Value::as_str);
+            match &stored.password_hash {
+                Some(hash) if username == stored.username.as_deref() => {
+                    fields.insert("passwordHash".into(), Value::String(hash.clone()));
+                }
+                _ => completion.renamed.push(i),
+            }
+        }
+    }
+    completion
+}
+
+/// Validates a completed document, with the errors' field paths passed through `path`;
+/// the `renamed` credentials are told that they need their password.
+fn validate(
+    document: &Value,
+    renamed: &[usize],
+    path: &(dyn Fn(&str) -> String + Sync),
+) -> Result<ConsumerDefinition, ApiError> {
+    let mut err = match ConsumerDefinition::from_value_validated(document, true) {
+        Ok(consumer) => return Ok(consumer),
+        Err(err) => err.redacted(),
+    };
+    if let ModelError::Invalid(errors) = &mut err {
+        for &i in renamed {
+            let field = format!("spec.credentials[{i}].password");
+            let message = "the username differs from the stored credential's: give the \
+                           password (the stored one is kept only for the same username)";
+            match errors.iter_mut().find(|e| e.field == field) {
+                Some(error) => message.clone_into(&mut error.message),
+                None => errors.push(FieldError::new(field, message)),
+            }
+        }
+        for error in errors.iter_mut() {
+            error.field = path(&error.field);
+        }
+    }
+    Err(ApiError::from_model(err))
+}
+
+/// Completes, validates and seals a consumer document. `stored` is the consumer it replaces,
+/// whose hashes the credentials that give no secret keep; `path` maps field paths in errors.
+async fn prepare(
+    mut document: Value,
+    stored: Option<&ConsumerDefinition>,
+    path: &(dyn Fn(&str) -> String + Sync),
+) -> Result<Prepared, ApiError> {
+    let completion = complete(&mut document, stored);
+    let consumer = validate(&document, &completion.renamed, path)?;
+    let consumer = seal(consumer).await?;
+    Ok(Prepared {
+        consumer,
+        generated: completion.generated,
+    })
+}
+
+/// Hashes the clear secrets of `consumer` on a blocking thread (argon2 is slow by design).
+async fn seal(mut consumer: ConsumerDefinition) -> Result<ConsumerDefinition, ApiError> {
+    tokio::task::spawn_blocking(move || consumer.seal().map(|()| consumer))
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "sealing a consumer failed");
+            ApiError::internal()
+        })?
+        .map_err(|err| {
+            // the message is the hasher's, never the password
+            tracing::error!(field = %err.field, error = %err.message, "sealing a consumer failed");
+            ApiError::internal()
+        })
+}
+
+/// A stored consumer (sealed, valid).
+fn stored_definition(record: &ResourceRecord) -> Result<ConsumerDefinition, ApiError> {
+    ConsumerDefinition::from_value_validated(&record.spec, false).map_err(|err| {
+        tracing::error!(consumer = %record.name, revision = record.revision, error = %err.redacted(), "a stored consumer does not validate");
+        ApiError::internal()
+    })
+}
+
+fn quoted(names: &BTreeSet<String>) -> String {
+    names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Refuses (409 `credential_conflict`) a consumer that claims what another stored consumer
+/// claims: the same API key, basic-auth user name or JWT subject. `path` maps the field
+/// paths of the details (one per credential in conflict).
+///
+/// The other consumers are read outside the write's transaction, like the certificate
+/// checks of APIs. This controller serializes its consumer writes from this check to their
+/// commit (`AppState::consumer_writes`), but two controllers writing clashing consumers at
+/// the same moment can both pass it. Runtimes then refuse the configuration that holds both
+/// (an ambiguous credential is never served), keep serving the previous one and report the
+/// rejection (`GET /api/v1/runtimes`) until one of the two consumers is changed.
+async fn check_unique(
+    state: &AppState,
+    consumer: &ConsumerDefinition,
+    path: &(dyn Fn(&str) -> String + Sync),
+) -> Result<(), ApiError> {
+    let ours = &consumer.metadata.name;
+    let records = state
+        .store()?
+        .list_resources(KIND_CONSUMER)
+        .await
+        .map_err(ApiError::from_store)?;
+    let others: Vec<ConsumerDefinition> = records
+        .iter()
+        .filter(|r| r.name != *ours)
+        .filter_map(|r| stored_definition(r).ok())
+        .collect();
+    let mut holders = BTreeSet::new();
+    let mut details = Vec::new();
+    for (claim, names) in conflicting_claims(others.iter().chain([consumer])) {
+        if !names.contains(ours) {
+            continue;
+        }
+        let theirs: BTreeSet<String> = names.into_iter().filter(|n| n != ours).collect();
+        for (i, credential) in consumer.spec.credentials.iter().enumerate() {
+            if credential.claim().as_ref() == Some(&claim) {
+                details.push(FieldError::new(
+                    path(&format!("spec.credentials[{i}]")),
+                    format!(
+                        "consumer {} already has {}",
+                        quoted(&theirs),
+                        claim.describe()
+                    ),
+                ));
+            }
+        }
+        holders.extend(theirs);
+    }
+    if holders.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "credential_conflict",
+        format!(
+            "consumer {} already holds a credential given here; a credential belongs to one consumer",
+            quoted(&holders)
+        ),
+    )
+    .with_details(details))
+}
+
+/// The answer to a failed write of consumer `name`.
+fn write_error(name: &str, err: StoreError, basis: Basis) -> ApiError {
+    match (basis, err) {
+        (
+            Basis::Read,
+            StoreError::PreconditionFailed { .. }
+            | StoreError::AlreadyExists { .. }
+            | StoreError::NotFound { .. },
+        ) => ApiError::new(
+            StatusCode::CONFLICT,
+            "concurrent_change",
+            format!("consumer {name:?} changed while this write was prepared; read it and retry"),
+        ),
+        (basis, err) => CONSUMERS.put_error(err, basis == Basis::Client),
+    }
+}
+
+/// Checks the uniqueness of the prepared consumer's credentials and writes it under
+/// `precondition`.
+async fn commit(
+    state: &AppState,
+    consumer: &ConsumerDefinition,
+    precondition: Precondition,
+    basis: Basis,
+    path: &(dyn Fn(&str) -> String + Sync),
+) -> Result<PutResourceOutcome, ApiError> {
+    let name = &consumer.metadata.name;
+    let _serialized = state.consumer_writes.lock().await;
+    check_unique(state, consumer, path).await?;
+    CONSUMERS
+        .put_raw(state, name, consumer.to_json(), precondition)
+        .await?
+        .map_err(|err| write_error(name, err, basis))
+}
+
+/// What a listing or a write shows of a consumer: its groups and credentials, without any
+/// secret or hash.
+fn summary(record: &ResourceRecord) -> Value {
+    let mut item = json!({
+        "name": record.name,
+        "revision": record.revision,
+        "createdAt": record.created_at,
+        "updatedAt": record.updated_at,
+    });
+    match ConsumerDefinition::from_value_validated(&record.spec, false) {
+        Ok(consumer) => {
+            let public = consumer.to_public_json();
+            item["groups"] = public["spec"]["groups"].clone();
+            item["aclGroups"] = json!(consumer.spec.acl_groups);
+            item["credentials"] = public["spec"]
+                .get("credentials")
+                .cloned()
+                .unwrap_or_else(|| json!([]));
+        }
+        Err(err) => item["error"] = json!(err.redacted().to_string()),
+    }
+    item
+}
+
+/// Writes a whole consumer (PUT, POST) and answers with the keys generated for it.
+async fn write(
+    state: &AppState,
+    params: &WriteParams,
+    prepared: &Prepared,
+    precondition: Precondition,
+    basis: Basis,
+) -> Result<Response, ApiError> {
+    let Prepared {
+        consumer,
+        generated,
+    } = prepared;
+    let outcome = commit(state, consumer, precondition, basis, &same_path).await?;
+    let record = &outcome.record;
+    tracing::info!(consumer = %record.name, revision = record.revision, created = outcome.created, generated_keys = generated.len(), "consumer deployed");
+    let mut body = summary(record);
+    if !generated.is_empty() {
+        body["generatedKeys"] = generated
+            .iter()
+            .map(|g| json!({"id": g.id, "key": g.key}))
+            .collect();
+    }
+    written(
+        state,
+        params,
+        Written {
+            groups: consumer.spec.groups.clone(),
+            previous: outcome.previous.as_ref(),
+            revision: record.revision,
+            created: outcome.created,
+            body,
+            location: CONSUMERS.location(&record.name),
+        },
+    )
+    .await
+}
+
+fn same_path(field: &str) -> String {
+    field.to_string()
+}
+
+/// `PUT /api/v1/consumers/{name}`: create or replace. Credentials that give no secret keep
+/// the stored ones (see the module docs).
+pub(super) async fn put(
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = check_name(name)?;
+    let params = WriteParams::parse(query.as_deref(), &state)?;
+    let client = precondition(&headers)?;
+    let document = read_document(&state, &headers, body).await?;
+    // (a document without a name is reported by the validation)
+    if let Some(given) = document.pointer("/metadata/name").and_then(Value::as_str) {
+        check_document_name(given, &name)?;
+    }
+    let record = CONSUMERS.find(&state, &name).await?;
+    // the write builds on the record read: it is conditional on it
+    let (precondition, basis) = match (client.unwrap_or_default(), &record) {
+        (Precondition::Revision(expected), _) => {
+            let actual = record.as_ref().map(|r| r.revision);
+            if actual != Some(expected) {
+                return Err(ApiError::from_store(StoreError::PreconditionFailed {
+                    name,
+                    expected,
+                    actual,
+                }));
+            }
+            (Precondition::Revision(expected), Basis::Client)
+        }
+        (Precondition::Absent, Some(_)) => {
+            return Err(CONSUMERS.put_error(StoreError::AlreadyExists { name }, true));
+        }
+        (Precondition::Absent, None) => (Precondition::Absent, Basis::Client),
+        (Precondition::None, Some(record)) => {
+            (Precondition::Revision(record.revision), Basis::Read)
+        }
+        (Precondition::None, None) => (Precondition::Absent, Basis::Read),
+    };
+    let stored = record.as_ref().map(stored_definition).transpose()?;
+    let prepared = prepare(document, stored.as_ref(), &same_path).await?;
+    write(&state, &params, &prepared, precondition, basis).await
+}
+
+/// `POST /api/v1/consumers`: create; 409 if the name is taken.
+pub(super) async fn create(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let params = WriteParams::parse(query.as_deref(), &state)?;
+    let document = read_document(&state, &headers, body).await?;
+    let prepared = prepare(document, None, &same_path).await?;
+    write(
+        &state,
+        &params,
+        &prepared,
+        Precondition::Absent,
+        Basis::Create,
+    )
+    .await
+}
+
+/// `GET /api/v1/consumers`: every consumer with its groups and credentials (no secrets).
+pub(super) async fn list(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    CONSUMERS.list(&state, summary).await
+}
+
+/// `GET /api/v1/consumers/{name}`: the document without keys, passwords or hashes, in JSON
+/// or YAML (`Accept`), with its ETag.
+pub(super) async fn get(
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let name = check_name(name)?;
+    let record = CONSUMERS.get(&state, &name).await?;
+    let consumer = stored_definition(&record)?;
+    Ok(shown(&headers, &consumer.to_public_json(), record.revision))
+}
+
+/// `DELETE /api/v1/consumers/{name}`: the consumer and every credential it has.
+pub(super) async fn delete(
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let name = check_name(name)?;
+    let params = WriteParams::parse(query.as_deref(), &state)?;
+    let precondition = delete_precondition(&headers)?;
+    let outcome = CONSUMERS.delete(&state, &name, precondition).await?;
+    tracing::info!(consumer = %name, revision = outcome.revision, "consumer deleted");
+    deleted(
+        &state,
+        &params,
+        &name,
+        outcome.revision,
+        &outcome.previous.spec,
+    )
+    .await
+}
+
+/// The stored consumer a credential call changes, and where the write's precondition comes
+/// from: the client's `If-Match`, which must name the stored revision, or else the read.
+async fn read_for_change(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<(ResourceRecord, ConsumerDefinition, Basis), ApiError> {
+    let client = match precondition(headers)? {
+        Some(Precondition::Absent) => {
+            return Err(ApiError::field(
+                "If-None-Match",
+                "not supported on credentials: the consumer must exist",
+            ));
+        }
+        other => other,
+    };
+    let record = CONSUMERS.get(state, name).await?;
+    let basis = match client {
+        Some(Precondition::Revision(expected)) if expected != record.revision => {
+            return Err(ApiError::from_store(StoreError::PreconditionFailed {
+                name: name.to_string(),
+                expected,
+                actual: Some(record.revision),
+            }));
+        }
+        Some(_) => Basis::Client,
+        None => Basis::Read,
+    };
+    let consumer = stored_definition(&record)?;
+    Ok((record, consumer, basis))
+}
+
+/// `POST /api/v1/consumers/{name}/credentials`: adds one credential (the body); an api-key
+/// without a key gets a generated one, shown once in the answer as `key`.
+pub(super) async fn add_credential(
+    State(state): State<Arc<AppState>>,
+    name: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = check_name(name)?;
+    let params = WriteParams::parse(query.as_deref(), &state)?;
+    let credential = read_document(&state, &headers, body).await?;
+    let (record, stored, basis) = read_for_change(&state, &headers, &name).await?;
+    if let Some(id) = credential.get("id").and_then(Value::as_str)
+        && stored.spec.credentials.iter().any(|c| c.id == id)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_exists",
+            format!(
+                "consumer {name:?} already has a credential {id:?}; revoke it first, or PUT the consumer"
+            ),
+        )
+        .with_details(vec![FieldError::new("id", "already used by this consumer")]));
+    }
+    let index = stored.spec.credentials.len();
+    let mut document = stored.to_json();
+    match document.pointer_mut("/spec/credentials") {
+        Some(Value::Array(credentials)) => credentials.push(credential),
+        _ => document["spec"]["credentials"] = json!([credential]),
+    }
+    // errors about the new credential are reported with paths into the body
+    let prefix = format!("spec.credentials[{index}]");
+    let path = |field: &str| match field.strip_prefix(&prefix) {
+        Some(rest) => rest.trim_start_matches('.').to_string(),
+        None => field.to_string(),
+    };
+    let prepared = prepare(document, None, &path).await?;
+    let outcome = commit(
+        &state,
+        &prepared.consumer,
+        Precondition::Revision(record.revision),
+        basis,
+        &path,
+    )
+    .await?;
+    let record = &outcome.record;
+    let id = prepared
+        .consumer
+        .spec
+        .credentials
+        .get(index)
+        .map(|c| c.id.clone())
+        .unwrap_or_default();
+    tracing::info!(consumer = %name, credential = %id, revision = record.revision, "credential added");
+    let mut body = json!({
+        "name": name,
+        "revision": record.revision,
+        "credential": prepared.consumer.to_public_json()["spec"]["credentials"][index],
+    });
+    if let Some(generated) = prepared.generated.first() {
+        body["key"] = json!(generated.key);
+    }
+    written(
+        &state,
+        &params,
+        Written {
+            groups: prepared.consumer.spec.groups.clone(),
+            previous: outcome.previous.as_ref(),
+            revision: record.revision,
+            created: true,
+            body,
+            location: CONSUMERS.location(&name),
+        },
+    )
+    .await
+}
+
+/// `DELETE /api/v1/consumers/{name}/credentials/{id}`: revokes one credential.
+pub(super) async fn revoke_credential(
+    State(state): State<Arc<AppState>>,
+    names: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path((name, id)) = names.map_err(|e| ApiError::field("name", e.body_text()))?;
+    model::validate_name(&name).map_err(|message| ApiError::field("name", message))?;
+    model::validate_name(&id).map_err(|message| ApiError::field("id", message))?;
+    let params = WriteParams::parse(query.as_deref(), &state)?;
+    let (record, mut consumer, basis) = read_for_change(&state, &headers, &name).await?;
+    let before = consumer.spec.credentials.len();
+    consumer.spec.credentials.retain(|c| c.id != id);
+    if consumer.spec.credentials.len() == before {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("consumer {name:?} has no credential {id:?}"),
+        ));
+    }
+    let outcome = CONSUMERS
+        .put_raw(
+            &state,
+            &name,
+            consumer.to_json(),
+            Precondition::Revision(record.revision),
+        )
+        .await?
+        .map_err(|err| write_error(&name, err, basis))?;
+    let revision = outcome.record.revision;
+    tracing::info!(consumer = %name, credential = %id, revision, "credential revoked");
+    written(
+        &state,
+        &params,
+        Written {
+            groups: consumer.spec.groups.clone(),
+            previous: outcome.previous.as_ref(),
+            revision,
+            created: false,
+            body: json!({"name": name, "revision": revision, "credential": id, "revoked": true}),
+            location: CONSUMERS.location(&name),
+        },
+    )
+    .await
+}
