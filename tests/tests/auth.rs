@@ -223,3 +223,102 @@ spec:
     )
     .await;
 }
+
+/// An HS256 JWT of `claims`, signed with `secret`.
+fn hs256(claims: &serde_json::Value, secret: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = b64.encode(claims.to_string());
+    let signing_input = format!("{header}.{payload}");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let signature = b64.encode(ring::hmac::sign(&key, signing_input.as_bytes()).as_ref());
+    format!("{signing_input}.{signature}")
+}
+
+#[tokio::test]
+async fn jwt_through_a_standalone_runtime_with_consumers_from_the_file() {
+    use base64::Engine as _;
+    let upstream = Upstream::start("u").await;
+    let secret = b"0123456789abcdef0123456789abcdef-e2e";
+    let yaml = format!(
+        "apiVersion: gw/v1
+kind: Api
+metadata: {{name: tokens}}
+spec:
+  context: /tokens
+  upstream: {{endpoints: [{{url: '{}'}}]}}
+  policies:
+    - name: jwt
+      params:
+        algorithms: [HS256]
+        secret: '{}'
+        issuer: [https://idp.test]
+        audience: [orders]
+        scopes: [orders.read]
+        forwardClaims: {{sub: x-subject}}
+        consumerRequired: true
+    - name: acl
+      params: {{allow: [gold]}}
+---
+apiVersion: gw/v1
+kind: Consumer
+metadata: {{name: carol}}
+spec:
+  aclGroups: [gold]
+  credentials: [{{type: jwt, id: j1, subject: carol@idp, issuer: https://idp.test}}]
+",
+        upstream.url("/"),
+        base64::engine::general_purpose::STANDARD.encode(secret)
+    );
+    let (runtime, _dir) = gw_e2e::standalone(&yaml, &[]);
+    let proxy = runtime.addr("proxy");
+    let client = reqwest::Client::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = |sub: &str, exp: u64| {
+        serde_json::json!({
+            "iss": "https://idp.test", "aud": "orders", "sub": sub, "exp": exp,
+            "scope": "orders.read orders.write"
+        })
+    };
+    let call = |token: String| {
+        client
+            .get(format!("http://{proxy}/tokens/x"))
+            .bearer_auth(token)
+            .send()
+    };
+
+    let response = call(hs256(&claims("carol@idp", now + 300), secret))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-subject"], "carol@idp", "{seen}");
+    assert!(seen["headers"].get("authorization").is_none(), "{seen}");
+
+    // expired, another key, a subject no consumer has
+    assert_eq!(
+        call(hs256(&claims("carol@idp", now - 3600), secret))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let other = b"another-secret-another-secret-0000";
+    assert_eq!(
+        call(hs256(&claims("carol@idp", now + 300), other))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let response = call(hs256(&claims("mallory@idp", now + 300), secret))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unknown_consumer");
+}
