@@ -937,3 +937,51 @@ async fn bad_consumer_documents_give_field_paths_and_never_quote_secrets() {
     let (status, _) = send(&state, get("/api/v1/consumers/alice")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_generated_key_is_shown_even_when_waiting_for_it_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    let (state, _stop) = state(Some(Arc::clone(&store)));
+    // a connected runtime of the group that never applies anything
+    store
+        .register_runtime(&runtime("slow", "default", 0))
+        .await
+        .unwrap();
+    let document = consumer("acme", &serde_json::json!([{"type": "api-key", "id": "k"}]));
+    let (status, body) = send(
+        &state,
+        put_json(
+            "/api/v1/consumers/acme?wait=applied&timeout=300ms",
+            &document,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["error"]["code"], "apply_timeout");
+    let key = body["generatedKeys"][0]["key"].as_str().unwrap_or_default();
+    assert!(
+        key.starts_with("gwk_"),
+        "the committed key must be shown: {body}"
+    );
+    // and it is the stored one
+    let stored = stored(&store, "acme").await;
+    let hash = stored["spec"]["credentials"][0]["keyHash"]
+        .as_str()
+        .unwrap();
+    assert_eq!(hash, gw_core::model::api_key_hash(key));
+
+    let (status, body) = send(
+        &state,
+        post_json(
+            "/api/v1/consumers/acme/credentials?wait=applied&timeout=300ms",
+            &serde_json::json!({"type": "api-key", "id": "k2"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(
+        body["key"].as_str().is_some_and(|k| k.starts_with("gwk_")),
+        "{body}"
+    );
+}

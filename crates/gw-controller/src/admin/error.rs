@@ -15,11 +15,16 @@ pub struct ApiError {
     details: Vec<FieldError>,
     /// Sent as `ETag` (when a write succeeded but waiting for it failed).
     etag: Option<i64>,
+    /// Fields beside `error` in the body: what a committed write must still show (the keys
+    /// it generated) when waiting for it failed.
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Serialize)]
 struct Body<'a> {
     error: Inner<'a>,
+    #[serde(flatten)]
+    extra: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -39,7 +44,15 @@ impl ApiError {
             message: message.into(),
             details: Vec::new(),
             etag: None,
+            extra: serde_json::Map::new(),
         }
+    }
+
+    /// Adds a field beside `error` in the body.
+    #[must_use]
+    pub fn with_extra(mut self, field: &str, value: serde_json::Value) -> Self {
+        self.extra.insert(field.to_string(), value);
+        self
     }
 
     /// Adds per-field details.
@@ -139,6 +152,7 @@ impl IntoResponse for ApiError {
                 message: &self.message,
                 details: &self.details,
             },
+            extra: &self.extra,
         };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(revision) = self.etag

@@ -33,6 +33,10 @@ const MAX_PASSWORD_LEN: usize = 1024;
 const MAX_USERNAME_LEN: usize = 128;
 const MAX_SUBJECT_LEN: usize = 512;
 const KEY_HASH_PREFIX: &str = "sha256:";
+/// The most memory an imported argon2 hash may ask per verification (64 MiB).
+const MAX_ARGON2_MEMORY_KIB: u32 = 65_536;
+const MAX_ARGON2_PASSES: u32 = 10;
+const MAX_BCRYPT_COST: u32 = 14;
 
 /// A consumer as deployed: `apiVersion`, `kind`, `metadata` and `spec`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -241,17 +245,26 @@ fn check_password_hash(hash: &str) -> Result<(), String> {
             .map_err(|e| format!("not a valid argon2 PHC string: {e}"))?;
         argon2::Algorithm::try_from(parsed.algorithm)
             .map_err(|_| "unknown argon2 variant".to_string())?;
+        // every login attempt pays this cost: bound it
+        let param = |name: &str| parsed.params.get_decimal(name).unwrap_or(u32::MAX);
+        if param("m") > MAX_ARGON2_MEMORY_KIB || param("t") > MAX_ARGON2_PASSES || param("p") > 4 {
+            return Err(format!(
+                "argon2 parameters above the limits (m <= {MAX_ARGON2_MEMORY_KIB}, t <= {MAX_ARGON2_PASSES}, p <= 4)"
+            ));
+        }
         Ok(())
     } else if is_bcrypt(hash) {
         // $2b$<cost>$<53 characters of salt and hash>
         let cost = hash.get(4..6).and_then(|c| c.parse::<u32>().ok());
         if hash.len() == 60
             && hash.as_bytes()[6] == b'$'
-            && cost.is_some_and(|c| (4..=31).contains(&c))
+            && cost.is_some_and(|c| (4..=MAX_BCRYPT_COST).contains(&c))
         {
             Ok(())
         } else {
-            Err("not a valid bcrypt hash".to_string())
+            Err(format!(
+                "not a valid bcrypt hash (cost 4 to {MAX_BCRYPT_COST})"
+            ))
         }
     } else {
         Err("must be an argon2 ($argon2id$...) or bcrypt ($2b$...) hash".to_string())
@@ -703,6 +716,12 @@ mod tests {
         assert!(verify_password(b"imported pw", &hash));
         assert!(!verify_password(b"imported px", &hash));
         assert!(check_password_hash("$2b$04$short").is_err());
+        // costs that would make every login attempt a denial of service
+        let costly = hash.replacen("$2b$04$", "$2b$20$", 1);
+        assert!(check_password_hash(&costly).is_err());
+        let huge =
+            "$argon2id$v=19$m=4194304,t=50,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNo";
+        assert!(check_password_hash(huge).unwrap_err().contains("limits"));
         assert!(!verify_password(b"x", "$md5$nope"));
     }
 

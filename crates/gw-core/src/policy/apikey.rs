@@ -110,15 +110,16 @@ pub(super) fn unauthorized(code: &str, message: &str, challenge: &HeaderValue) -
 }
 
 impl ApiKeyFilter {
-    /// The key of the query parameter, and the query without it.
+    /// The first key of the query parameter, and the query without any occurrence of it
+    /// (`None` when the parameter is absent).
     fn key_in_query<'a>(&self, query: &'a str) -> Option<(&'a str, String)> {
         let name = self.query.as_deref()?;
         let mut key = None;
         let mut rest = String::new();
         for pair in query.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if key.is_none() && k == name {
-                key = Some(v);
+            if k == name {
+                key.get_or_insert(v);
                 continue;
             }
             if !rest.is_empty() {
@@ -134,23 +135,24 @@ impl Filter for ApiKeyFilter {
     type State = ();
 
     fn request(&self, request: &mut Request<Body>) -> Result<(), Response<Body>> {
+        // every copy of the query parameter goes, whichever key is used: none reaches the
+        // upstream
+        let in_query = request.uri().query().and_then(|q| self.key_in_query(q));
         let from_header = self
             .header
             .as_ref()
             .and_then(|name| request.headers().get(name))
             .map(|v| v.as_bytes().to_vec());
-        let (key, new_query): (Vec<u8>, Option<String>) = match from_header {
-            Some(key) => (key, None),
-            None => match request.uri().query().and_then(|q| self.key_in_query(q)) {
-                Some((key, rest)) => (percent_decode(key), Some(rest)),
-                None => {
-                    return Err(unauthorized(
-                        "missing_credentials",
-                        "an API key is required",
-                        &self.challenge,
-                    ));
-                }
-            },
+        let (key, new_query): (Vec<u8>, Option<String>) = match (from_header, in_query) {
+            (Some(key), in_query) => (key, in_query.map(|(_, rest)| rest)),
+            (None, Some((key, rest))) => (percent_decode(key), Some(rest)),
+            (None, None) => {
+                return Err(unauthorized(
+                    "missing_credentials",
+                    "an API key is required",
+                    &self.challenge,
+                ));
+            }
         };
         let consumers = self.consumers.load();
         let Some(consumer) = consumers.by_api_key(&key) else {
@@ -256,6 +258,10 @@ mod tests {
         assert!(seen.extensions().get::<Consumer>().is_some());
         let (seen, _) = call(&layer, request(&format!("/orders/1?apikey={KEY}"), None)).await;
         assert_eq!(seen.uri().to_string(), "/orders/1");
+        // a key in the header: the query's copies (another key, repeats) go too
+        let uri = format!("/orders/1?apikey=other-key-0123456789&x=1&apikey={KEY}");
+        let (seen, _) = call(&layer, request(&uri, Some(KEY))).await;
+        assert_eq!(seen.uri().query(), Some("x=1"));
     }
 
     #[tokio::test]

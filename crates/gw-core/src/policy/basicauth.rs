@@ -29,6 +29,20 @@ use crate::body::{Body, BoxError};
 use crate::consumers::ConsumerStore;
 use crate::model::FieldError;
 
+/// Verifications running at once, for the whole process (every basic-auth policy of every
+/// API): one per core, at least two. Each argon2 verification holds about 19 MiB.
+static VERIFYING: std::sync::LazyLock<Arc<Semaphore>> = std::sync::LazyLock::new(|| {
+    let slots = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    Arc::new(Semaphore::new(slots.max(2)))
+});
+
+/// What an unknown user name is verified against, so that it takes as long as a known one
+/// (no user enumeration by timing).
+static DUMMY_HASH: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| {
+    let hash = crate::model::hash_password("gw dummy password").unwrap_or_default();
+    Arc::from(hash.as_str())
+});
+
 /// Successful verifications remembered per policy.
 const CACHE_CAPACITY: usize = 10_000;
 /// How long a request waits for a verification slot before a 503.
@@ -88,13 +102,12 @@ impl Policy for BasicAuth {
             params.realm
         ))
         .map_err(|e| e.to_string())?;
-        let slots = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         let shared = Arc::new(Shared {
             challenge,
             consumers: ctx.consumers.clone(),
             cache: Mutex::new(HashMap::new()),
             cache_key: rand::random(),
-            verifying: Arc::new(Semaphore::new(slots.max(2))),
+            verifying: Arc::clone(&VERIFYING),
         });
         Ok(RouteLayer::new(tower::layer::layer_fn(move |inner| {
             BasicAuthService {
@@ -120,7 +133,8 @@ enum Decision {
     Refuse(Response<Body>),
     Accept(Consumer),
     Verify {
-        consumer: Consumer,
+        /// `None` for an unknown user name: verified against a dummy hash, then refused.
+        consumer: Option<Consumer>,
         hash: Arc<str>,
         password: Vec<u8>,
         digest: [u8; 32],
@@ -139,13 +153,18 @@ impl Shared {
             return refuse("invalid_credentials", "the credentials are not valid");
         };
         let consumers = self.consumers.load();
+        let digest = self.digest(&username, &password);
         let Some(credential) = std::str::from_utf8(&username)
             .ok()
             .and_then(|name| consumers.by_username(name))
         else {
-            return refuse("invalid_credentials", "the credentials are not valid");
+            return Decision::Verify {
+                consumer: None,
+                hash: Arc::clone(&DUMMY_HASH),
+                password,
+                digest,
+            };
         };
-        let digest = self.digest(&username, &password);
         let cached = self
             .cache
             .lock()
@@ -156,7 +175,7 @@ impl Shared {
             return Decision::Accept(credential.consumer.clone());
         }
         Decision::Verify {
-            consumer: credential.consumer.clone(),
+            consumer: Some(credential.consumer.clone()),
             hash: Arc::clone(&credential.hash),
             password,
             digest,
@@ -273,13 +292,13 @@ impl tower::Service<Request<Body>> for BasicAuthService {
                     })
                     .await
                     .unwrap_or(false);
-                    if !valid {
+                    let Some(consumer) = consumer.filter(|_| valid) else {
                         return Ok(unauthorized(
                             "invalid_credentials",
                             "the credentials are not valid",
                             &shared.challenge,
                         ));
-                    }
+                    };
                     shared.remember(digest, hash);
                     admit(&mut request, consumer);
                     inner.call(request).await

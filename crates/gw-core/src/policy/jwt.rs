@@ -656,7 +656,14 @@ impl Shared {
         let claims = Claims::parse(&payload, &wanted).map_err(|_| Reject::Malformed)?;
         self.validate(&claims)?;
 
-        let issuer = claims.get("iss").and_then(Value::as_str);
+        // A binding to an issuer matches only for an issuer this policy lists: the token's
+        // `iss` is only as trustworthy as the keys that verified it, and a key of another
+        // identity provider (or a shared secret) could sign any `iss`. Without a listed
+        // issuer, only bindings to no issuer match.
+        let issuer = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .filter(|iss| self.issuers.iter().any(|listed| &**listed == *iss));
         let consumer = consumers.subject_claims().iter().find_map(|claim| {
             let subject: Cow<'_, str> = match claims.get(claim)? {
                 Value::String(s) => Cow::Borrowed(s),

@@ -622,6 +622,19 @@ async fn tokens_name_consumers() {
     let layer = layer_in(p, &store);
     let (seen, _) = call(&layer, bearer(&ec.sign(None, &c))).await;
     assert!(seen.extensions().get::<Consumer>().is_none());
+    // a binding to an issuer needs the policy to list that issuer: the same token on a
+    // policy that accepts any issuer names no consumer through it (but through j2's email)
+    let layer = layer_in(
+        params(&json!({"jwks": {"keys": [ec.jwk("k")]}, "issuer": []})),
+        &store,
+    );
+    let (seen, _) = call(&layer, bearer(&ec.sign(None, &claims()))).await;
+    let consumer = seen.extensions().get::<Consumer>().unwrap();
+    assert_eq!(consumer.credential.as_deref(), Some("j2"));
+    let mut only_sub = claims();
+    only_sub.as_object_mut().unwrap().remove("email");
+    let (seen, _) = call(&layer, bearer(&ec.sign(None, &only_sub))).await;
+    assert!(seen.extensions().get::<Consumer>().is_none());
 }
 
 #[test]
