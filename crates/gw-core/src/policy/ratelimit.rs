@@ -36,6 +36,13 @@
 //! share of [`CAPACITY`], and if the shard is still nearly full, the keys with the
 //! smallest `TAT` (those closest to being forgotten anyway) are evicted, so that the
 //! memory stays bounded whatever the number of clients.
+//!
+//! The `redis` backend ([`redis`]) keeps them in Redis instead, shared by every gateway
+//! process that names the same server: the same GCRA, run by one Lua script per request.
+//! The local backend decides synchronously in a [`Filter`]; the Redis one is a service of
+//! its own that awaits the script, so that the local path never pays for it.
+
+mod redis;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -47,6 +54,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use self::redis::{RedisLimit, RedisParams};
 use super::ipfilter::{parse_cidrs, request_ip};
 use super::{Cidr, Consumer, Filter, Phase, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::Body;
@@ -80,10 +88,20 @@ pub(crate) struct RateLimitParams {
     /// `RateLimit-Reset` (default true). `Retry-After` is always sent with a 429.
     #[serde(default = "default_true")]
     pub headers: bool,
-    /// Where the counts are kept: `local` (in each gateway process; the default and, for
-    /// now, the only backend).
+    /// Where the counts are kept: `local` (in each gateway process; the default) or
+    /// `redis` (in the Redis server named by `redis`, shared by every gateway process that
+    /// names it).
     #[serde(default)]
     pub backend: BackendKind,
+    /// The Redis server and how to use it, with `backend: redis` (and only then).
+    #[serde(default)]
+    pub redis: Option<RedisParams>,
+    /// With `backend: redis`: what happens when Redis does not answer in time. `true`: each
+    /// gateway process enforces the limits on its own (as with `backend: local`) until
+    /// Redis answers again; `false` (the default): the request gets 503
+    /// `rate_limit_unavailable`.
+    #[serde(default)]
+    pub fail_open: Option<bool>,
 }
 
 fn default_true() -> bool {
@@ -116,6 +134,16 @@ pub(crate) enum Window {
 }
 
 impl Window {
+    /// The window's name, as written in the params.
+    fn as_str(self) -> &'static str {
+        match self {
+            Window::Second => "second",
+            Window::Minute => "minute",
+            Window::Hour => "hour",
+            Window::Day => "day",
+        }
+    }
+
     fn duration(self) -> Duration {
         Duration::from_secs(match self {
             Window::Second => 1,
@@ -150,6 +178,8 @@ pub(crate) enum BackendKind {
     /// In this gateway process.
     #[default]
     Local,
+    /// In Redis, shared by every gateway process that uses the same server.
+    Redis,
 }
 
 /// The most limits a policy has: one per window.
@@ -207,13 +237,26 @@ impl Policy for RateLimit {
             _ => {}
         }
         parse_cidrs("trustedProxies", &params.trusted_proxies, &mut errors);
+        match (params.backend, &params.redis) {
+            (BackendKind::Redis, None) => {
+                errors.push(FieldError::new("redis", "required with backend: redis"));
+            }
+            (BackendKind::Redis, Some(redis)) => errors.extend(redis.check("redis")),
+            (BackendKind::Local, Some(_)) => {
+                errors.push(FieldError::new("redis", "only with backend: redis"));
+            }
+            (BackendKind::Local, None) => {}
+        }
+        if params.fail_open.is_some() && params.backend != BackendKind::Redis {
+            errors.push(FieldError::new("failOpen", "only with backend: redis"));
+        }
         errors
     }
 
     fn layer(
         &self,
         params: RateLimitParams,
-        _ctx: &PolicyContext<'_>,
+        ctx: &PolicyContext<'_>,
     ) -> Result<RouteLayer, String> {
         let mut errors = Vec::new();
         let trusted = parse_cidrs("trustedProxies", &params.trusted_proxies, &mut errors);
@@ -238,16 +281,30 @@ impl Policy for RateLimit {
                 )
             }
         };
-        let backend = match params.backend {
-            BackendKind::Local => Backend::Local(LocalLimiter::new(&quotas, SHARDS, CAPACITY)?),
-        };
-        Ok(filter_layer(Limiter {
-            backend,
+        let keys = Keys {
             source,
             trusted,
-            headers: params.headers,
             digest: [RandomState::new(), RandomState::new()],
-        }))
+        };
+        let local = || LocalLimiter::new(&quotas, SHARDS, CAPACITY);
+        match (params.backend, params.redis) {
+            (BackendKind::Redis, Some(redis)) => {
+                let fallback = params.fail_open.unwrap_or(false).then(local).transpose()?;
+                let limits: Vec<(u64, Window)> = params
+                    .limits
+                    .iter()
+                    .map(|l| (l.requests, l.window))
+                    .collect();
+                RedisLimit::new(&redis, ctx, &limits, keys, params.headers, fallback)
+                    .map(RedisLimit::into_layer)
+            }
+            (BackendKind::Redis, None) => Err("redis: required with backend: redis".to_string()),
+            (BackendKind::Local, _) => Ok(filter_layer(Limiter {
+                local: local()?,
+                keys,
+                headers: params.headers,
+            })),
+        }
     }
 }
 
@@ -548,24 +605,6 @@ fn make_room(map: &mut HashMap<Box<[u8]>, Tats>, capacity: usize, now: u64) {
     });
 }
 
-/// Where the counts are kept and the decision made.
-///
-/// `Local` decides synchronously, in the request's task. A cluster-wide backend (Redis)
-/// is another variant here; as its decision is a network round trip, it will also need
-/// the layer to await it instead of deciding in [`Filter::request`].
-#[derive(Debug)]
-enum Backend {
-    Local(LocalLimiter),
-}
-
-impl Backend {
-    fn decide(&self, key: &[u8]) -> Decision {
-        match self {
-            Backend::Local(local) => local.decide(key, local.now()),
-        }
-    }
-}
-
 /// Where a request's key comes from.
 #[derive(Debug)]
 enum KeySource {
@@ -576,15 +615,31 @@ enum KeySource {
     Api,
 }
 
-/// The layer's filter.
+/// What a request is counted by, before it is written as a key: one count for the
+/// attachment, a name (a consumer's, a credential id, a header value), or the client's
+/// address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Identity<'a> {
+    Api,
+    Named(&'a [u8]),
+    Address(IpAddr),
+}
+
+/// Where a request's key comes from, and how it is written.
 #[derive(Debug)]
-struct Limiter {
-    backend: Backend,
+struct Keys {
     source: KeySource,
     trusted: Vec<Cidr>,
-    headers: bool,
     /// Two independently keyed hashers: the digest of a long key, secret to clients.
     digest: [RandomState; 2],
+}
+
+/// The layer's filter, with `backend: local`.
+#[derive(Debug)]
+struct Limiter {
+    local: LocalLimiter,
+    keys: Keys,
+    headers: bool,
 }
 
 /// A key made for the request rather than borrowed from it: a tag byte, then an address
@@ -595,16 +650,20 @@ type KeyBuf = [u8; 17];
 /// instead, so that the state's memory is bounded per key as well as in keys.
 const MAX_KEY_BYTES: usize = 64;
 
-impl Limiter {
-    /// The request's key, borrowed from the request where it can be (no allocation), or
-    /// written into `buf`: a client address, or the digest of a long name or header value.
-    /// The key of a policy is either what it names (a consumer, credential or header
-    /// value) or the client address; made keys start with a byte that named keys cannot
-    /// contain (0xFF and 0xFE never occur in UTF-8 names, 0x00 and 0x01 never in header
-    /// values), so that a name never shares the count of an address or of a digest.
-    fn key<'a>(&self, request: &'a Request<Body>, buf: &'a mut KeyBuf) -> &'a [u8] {
+/// The 16 bytes an address is counted by: an IPv4 address as IPv4-mapped IPv6, an IPv6
+/// address per /64 (a subscriber's block, whose addresses it can rotate freely).
+fn address_octets(ip: IpAddr) -> [u8; 16] {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => (u128::from(v6) & !u128::from(u64::MAX)).to_be_bytes(),
+    }
+}
+
+impl Keys {
+    /// What the request is counted by.
+    fn identity<'a>(&self, request: &'a Request<Body>) -> Identity<'a> {
         let named = match &self.source {
-            KeySource::Api => return &[],
+            KeySource::Api => return Identity::Api,
             KeySource::Ip => None,
             KeySource::Consumer => request
                 .extensions()
@@ -617,31 +676,67 @@ impl Limiter {
                 .map(str::as_bytes),
             KeySource::Header(name) => request.headers().get(name).map(HeaderValue::as_bytes),
         };
+        match named {
+            Some(named) => Identity::Named(named),
+            None => Identity::Address(request_ip(request, &self.trusted)),
+        }
+    }
+
+    /// The request's key in this process's state, borrowed from the request where it can be
+    /// (no allocation), or written into `buf`: a client address, or the digest of a long
+    /// name or header value. The key of a policy is either what it names (a consumer,
+    /// credential or header value) or the client address; made keys start with a byte that
+    /// named keys cannot contain (0xFF and 0xFE never occur in UTF-8 names, 0x00 and 0x01
+    /// never in header values), so that a name never shares the count of an address or of
+    /// a digest.
+    fn local<'a>(&self, request: &'a Request<Body>, buf: &'a mut KeyBuf) -> &'a [u8] {
         let (address_tag, digest_tag) = if matches!(self.source, KeySource::Header(_)) {
             (0x00, 0x01)
         } else {
             (0xFF, 0xFE)
         };
-        match named {
-            Some(named) if named.len() <= MAX_KEY_BYTES => named,
-            Some(long) => {
+        match self.identity(request) {
+            Identity::Api => &[],
+            Identity::Named(named) if named.len() <= MAX_KEY_BYTES => named,
+            Identity::Named(long) => {
                 buf[0] = digest_tag;
                 buf[1..9].copy_from_slice(&self.digest[0].hash_one(long).to_le_bytes());
                 buf[9..].copy_from_slice(&self.digest[1].hash_one(long).to_le_bytes());
                 &buf[..]
             }
-            None => {
+            Identity::Address(ip) => {
                 buf[0] = address_tag;
-                let octets = match request_ip(request, &self.trusted).to_canonical() {
-                    IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-                    // per /64: a subscriber's block, whose addresses it can rotate freely
-                    IpAddr::V6(v6) => (u128::from(v6) & !u128::from(u64::MAX)).to_be_bytes(),
-                };
-                buf[1..].copy_from_slice(&octets);
+                buf[1..].copy_from_slice(&address_octets(ip));
                 &buf[..]
             }
         }
     }
+
+    /// What a name is called in a Redis key: the kind of the key.
+    fn kind(&self) -> &'static str {
+        match self.source {
+            KeySource::Consumer => "consumer",
+            KeySource::Credential => "credential",
+            KeySource::Header(_) => "header",
+            KeySource::Ip => "ip",
+            KeySource::Api => "api",
+        }
+    }
+}
+
+/// The 429 for a refused `decision`, with the `RateLimit-*` headers when `headers`.
+fn refusal(decision: &Decision, headers: bool) -> Response<Body> {
+    let mut response = crate::error::json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many requests: the rate limit is exceeded",
+    );
+    let map = response.headers_mut();
+    map.insert(http::header::RETRY_AFTER, decimal(decision.retry_after));
+    if headers {
+        decision.write_headers(map);
+    }
+    response
 }
 
 impl Filter for Limiter {
@@ -650,21 +745,13 @@ impl Filter for Limiter {
 
     fn request(&self, request: &mut Request<Body>) -> Result<Self::State, Response<Body>> {
         let mut buf = KeyBuf::default();
-        let decision = self.backend.decide(self.key(request, &mut buf));
+        let decision = self
+            .local
+            .decide(self.keys.local(request, &mut buf), self.local.now());
         if decision.allowed {
             return Ok(self.headers.then_some(decision));
         }
-        let mut response = crate::error::json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many requests: the rate limit is exceeded",
-        );
-        let headers = response.headers_mut();
-        headers.insert(http::header::RETRY_AFTER, decimal(decision.retry_after));
-        if self.headers {
-            decision.write_headers(headers);
-        }
-        Err(response)
+        Err(refusal(&decision, self.headers))
     }
 
     fn response(&self, state: Self::State, response: &mut Response<Body>) {
@@ -821,18 +908,16 @@ mod tests {
 
     #[test]
     fn long_keys_are_counted_by_digest() {
-        let make = |source| Limiter {
-            backend: Backend::Local(limiter(&[quota(1, Window::Day)])),
+        let make = |source| Keys {
             source,
             trusted: Vec::new(),
-            headers: true,
             digest: [RandomState::new(), RandomState::new()],
         };
         let by_header = make(KeySource::Header(HeaderName::from_static("x-key")));
-        let key_of = |limiter: &Limiter, value: &str| -> Vec<u8> {
+        let key_of = |keys: &Keys, value: &str| -> Vec<u8> {
             let request = self::request("192.0.2.1", None, &[("x-key", value)]);
             let mut buf = KeyBuf::default();
-            limiter.key(&request, &mut buf).to_vec()
+            keys.local(&request, &mut buf).to_vec()
         };
         let short = "k".repeat(MAX_KEY_BYTES);
         assert_eq!(key_of(&by_header, &short), short.as_bytes());
@@ -845,18 +930,18 @@ mod tests {
         // without the header: the address, behind its own tag
         let request = self::request("192.0.2.1", None, &[]);
         let mut buf = KeyBuf::default();
-        let address = by_header.key(&request, &mut buf);
+        let address = by_header.local(&request, &mut buf);
         assert_eq!(address[0], 0x00);
         assert_eq!(&address[13..], [192, 0, 2, 1]);
 
         let by_consumer = make(KeySource::Consumer);
         let long_name = "n".repeat(100);
         let request = self::request("192.0.2.1", Some(&long_name), &[]);
-        assert_eq!(by_consumer.key(&request, &mut buf)[0], 0xFE);
+        assert_eq!(by_consumer.local(&request, &mut buf)[0], 0xFE);
         let request = self::request("192.0.2.1", Some("alice"), &[]);
-        assert_eq!(by_consumer.key(&request, &mut buf), b"alice");
+        assert_eq!(by_consumer.local(&request, &mut buf), b"alice");
         let request = self::request("192.0.2.1", None, &[]);
-        assert_eq!(by_consumer.key(&request, &mut buf)[0], 0xFF);
+        assert_eq!(by_consumer.local(&request, &mut buf)[0], 0xFF);
     }
 
     #[test]
@@ -938,7 +1023,32 @@ mod tests {
         );
         assert_eq!(
             fields(serde_json::json!({"limits": one, "backend": "redis"})),
+            ["redis"]
+        );
+        assert_eq!(
+            fields(serde_json::json!({"limits": one, "backend": "memcached"})),
             ["backend"]
+        );
+        assert_eq!(
+            fields(serde_json::json!({
+                "limits": one, "failOpen": true, "redis": {"url": "redis://127.0.0.1/"}
+            })),
+            ["redis", "failOpen"]
+        );
+        assert_eq!(
+            fields(serde_json::json!({
+                "limits": one, "backend": "redis",
+                "redis": {"url": "http://x", "timeout": "0ms", "keyprefix": "a"}
+            })),
+            ["redis.keyprefix", "redis.url", "redis.timeout"]
+        );
+        assert!(
+            fields(serde_json::json!({
+                "limits": one, "backend": "redis", "failOpen": true,
+                "redis": {"url": "redis://:secret@127.0.0.1:6379/0", "keyPrefix": "app:",
+                          "timeout": "20ms"}
+            }))
+            .is_empty()
         );
         assert!(
             fields(serde_json::json!({
