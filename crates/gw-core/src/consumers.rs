@@ -16,13 +16,34 @@ use crate::model::{
 };
 use crate::policy::Consumer;
 
-/// A basic-auth credential: its consumer and its password hash.
-#[derive(Debug, Clone)]
+/// A basic-auth credential: its consumer and its password hash (never in `Debug`).
+#[derive(Clone)]
 pub struct PasswordCredential {
     /// Who it authenticates.
     pub consumer: Consumer,
     /// The argon2 or bcrypt hash of its password.
     pub hash: Arc<str>,
+}
+
+impl std::fmt::Debug for PasswordCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordCredential")
+            .field("consumer", &self.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ConsumerSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.by_name.keys().collect();
+        names.sort();
+        f.debug_struct("ConsumerSet")
+            .field("consumers", &names)
+            .field("api_keys", &self.api_keys.len())
+            .field("users", &self.users.len())
+            .field("subjects", &self.subjects.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A JWT subject binding.
@@ -32,8 +53,9 @@ struct SubjectBinding {
     consumer: Consumer,
 }
 
-/// The consumers of one configuration, indexed by credential.
-#[derive(Debug, Default)]
+/// The consumers of one configuration, indexed by credential. `Debug` shows names and
+/// counts, never a key digest or a password hash.
+#[derive(Default)]
 pub struct ConsumerSet {
     by_name: HashMap<String, Arc<ConsumerDefinition>>,
     api_keys: HashMap<[u8; 32], Consumer>,
@@ -294,6 +316,25 @@ mod tests {
             errors,
             ["consumers \"alice\" and \"thief\" share the same API key"]
         );
+    }
+
+    #[test]
+    fn debug_output_shows_no_digest_and_no_hash() {
+        let alice = consumer(
+            "alice",
+            serde_json::json!([
+                {"type": "api-key", "id": "k1", "key": "alice-key-0123456789"},
+                {"type": "basic-auth", "id": "b1", "username": "alice", "password": "correct horse"}
+            ]),
+        );
+        let set = ConsumerSet::build([alice]).unwrap();
+        let debug = format!("{set:?} {:?}", set.by_username("alice").unwrap());
+        assert!(debug.contains("alice"), "{debug}");
+        assert!(!debug.contains("argon2"), "{debug}");
+        // the digest as a derived Debug would print it
+        let digest = crate::model::api_key_digest(b"alice-key-0123456789");
+        let shown = format!("{:?}", &digest[..4]);
+        assert!(!debug.contains(shown.trim_end_matches(']')), "{debug}");
     }
 
     #[test]

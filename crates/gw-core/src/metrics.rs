@@ -2,7 +2,7 @@
 //!
 //! Label cardinality is bounded: one series set per API, operation and status class (bounded
 //! by the configuration, removed with the API or operation), and per consumer up to
-//! [`MAX_CONSUMER_SERIES`] consumers, the others counted as `other`.
+//! [`MAX_CONSUMER_SERIES`] consumers, the others counted as `_other`.
 
 use std::time::Duration;
 
@@ -29,7 +29,11 @@ struct ConsumerLabels {
     class: &'static str,
 }
 
-/// The most consumers with series of their own; requests of others count as `other`.
+/// The `consumer` label of the consumers beyond [`MAX_CONSUMER_SERIES`]; `_` cannot start
+/// a consumer's name.
+pub const OTHER_CONSUMERS: &str = "_other";
+
+/// The most consumers with series of their own; requests of others count as `_other`.
 pub const MAX_CONSUMER_SERIES: usize = 1000;
 
 /// The `operation` label of an API without operations.
@@ -146,7 +150,7 @@ impl ProxyMetrics {
         );
         registry.register(
             "gw_consumer_requests",
-            "Requests of authenticated consumers, by API, consumer and status class (at most 1000 consumers; the others as `other`)",
+            "Requests of authenticated consumers, by API, consumer and status class (at most 1000 consumers; the others as `_other`)",
             metrics.consumer_requests.clone(),
         );
         registry.register(
@@ -299,7 +303,7 @@ impl ProxyMetrics {
                 seen.insert(consumer.to_string());
                 consumer
             } else {
-                "other"
+                OTHER_CONSUMERS
             }
         };
         self.consumer_requests

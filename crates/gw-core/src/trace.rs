@@ -7,10 +7,21 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-/// Whether `value` is a valid version-00 `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`,
-/// lower case, with a trace id and a span id that are not all zeros.
+/// Whether `value` is a valid `traceparent`: `<version>-<32 hex>-<16 hex>-<2 hex>`, lower
+/// case, with a trace id and a span id that are not all zeros. Version `00` is exactly that;
+/// a later version (but `ff`, which is invalid) is read by its first 55 characters when
+/// what follows starts with `-` (W3C Trace Context, version compatibility).
 pub fn is_valid(value: &[u8]) -> bool {
-    if value.len() != 55 || &value[..3] != b"00-" || value[35] != b'-' || value[52] != b'-' {
+    let hex = |part: &[u8]| part.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if value.len() < 55 || !hex(&value[..2]) || &value[..2] == b"ff" || value[2] != b'-' {
+        return false;
+    }
+    let later = &value[..2] != b"00";
+    if value.len() > 55 && !(later && value[55] == b'-') {
+        return false;
+    }
+    let value = &value[..55];
+    if value[35] != b'-' || value[52] != b'-' {
         return false;
     }
     let hex = |part: &[u8]| part.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
@@ -47,9 +58,8 @@ pub fn ensure(headers: &mut HeaderMap) {
         _ => false,
     };
     if !valid {
-        if headers.contains_key(&TRACEPARENT) {
-            headers.remove(&TRACESTATE);
-        }
+        // a tracestate belongs to the trace of its traceparent: with a new trace, it goes
+        headers.remove(&TRACESTATE);
         headers.insert(TRACEPARENT, generate());
     }
 }
@@ -60,7 +70,7 @@ pub fn trace_id(headers: &HeaderMap) -> Option<&str> {
     if !is_valid(value.as_bytes()) {
         return None;
     }
-    value.to_str().ok().map(|v| &v[3..35])
+    value.to_str().ok().and_then(|v| v.get(3..35))
 }
 
 #[cfg(test)]
@@ -83,7 +93,8 @@ mod tests {
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "garbage",
         ] {
             let mut headers = HeaderMap::new();
@@ -95,6 +106,17 @@ mod tests {
             assert_ne!(now, bad.as_bytes());
             assert!(headers.get(&TRACESTATE).is_none(), "{bad}");
         }
+        // a later version is kept, with what follows its first 55 characters
+        let later = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds";
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_static(later));
+        ensure(&mut headers);
+        assert_eq!(headers[&TRACEPARENT], later);
+        // a tracestate without a traceparent belongs to no trace
+        let mut orphan = HeaderMap::new();
+        orphan.insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
+        ensure(&mut orphan);
+        assert!(orphan.get(&TRACESTATE).is_none());
         let mut empty = HeaderMap::new();
         ensure(&mut empty);
         assert!(is_valid(empty[&TRACEPARENT].as_bytes()));

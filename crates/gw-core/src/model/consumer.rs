@@ -373,8 +373,21 @@ pub(super) fn check_spec(spec: &ConsumerSpec, allow_missing_keys: bool) -> Vec<F
         );
     }
     let mut ids = HashSet::new();
+    let mut claims: Vec<(CredentialClaim, usize)> = Vec::new();
     for (i, credential) in spec.credentials.iter().enumerate() {
         let field = |name: &str| format!("spec.credentials[{i}].{name}");
+        // the same key, user name or subject twice in one consumer: one would silently
+        // shadow the other
+        if let Some(claim) = credential.claim() {
+            if let Some((_, first)) = claims.iter().find(|(c, _)| *c == claim) {
+                err(
+                    format!("spec.credentials[{i}]"),
+                    format!("{} is already spec.credentials[{first}]", claim.describe()),
+                );
+            } else {
+                claims.push((claim, i));
+            }
+        }
         if let Err(message) = super::validate_name(&credential.id) {
             err(field("id"), message);
         } else if !ids.insert(credential.id.as_str()) {
@@ -667,6 +680,34 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn a_credential_is_not_repeated_within_a_consumer() {
+        let got = fields(parse(
+            serde_json::json!({"credentials": [
+                {"type": "basic-auth", "id": "a", "username": "ops", "password": "password-1"},
+                {"type": "basic-auth", "id": "b", "username": "ops", "password": "password-2"},
+                {"type": "api-key", "id": "c", "key": "same-key-0123456789"},
+                {"type": "api-key", "id": "d", "keyHash": api_key_hash("same-key-0123456789")}
+            ]}),
+            false,
+        ));
+        assert_eq!(got, ["spec.credentials[1]", "spec.credentials[3]"]);
+    }
+
+    #[test]
+    fn errors_never_quote_a_credential() {
+        let value = serde_json::json!({
+            "apiVersion": "gw/v1", "kind": "Consumer", "metadata": {"name": "alice"},
+            "spec": {"credentials": ["gwk_secret_value_0123456789"]}
+        });
+        let error = ConsumerDefinition::from_value_validated(&value, false)
+            .unwrap_err()
+            .redacted()
+            .to_string();
+        assert!(!error.contains("gwk_secret"), "{error}");
+        assert!(error.contains("spec.credentials[0]"), "{error}");
     }
 
     #[test]

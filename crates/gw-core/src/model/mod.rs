@@ -245,6 +245,16 @@ impl ModelError {
                         let last = error.field.rsplit('.').next().unwrap_or_default();
                         if SECRET_FIELDS.contains(&last) && error.message.starts_with("invalid") {
                             error.message = "must be a string".to_string();
+                        } else if error.field.starts_with("spec.credentials")
+                            && error.message.starts_with("invalid")
+                        {
+                            // `invalid type: string "<a key>", expected struct Credential`:
+                            // the value goes, what was expected stays
+                            let kind = error.message.split(':').next().unwrap_or("invalid");
+                            error.message = match error.message.find(", expected") {
+                                Some(i) => format!("{kind}{}", &error.message[i..]),
+                                None => kind.to_string(),
+                            };
                         }
                         error
                     })

@@ -86,15 +86,29 @@ struct Entry {
     bytes: u64,
 }
 
+/// The entry while the request is in the stack: written as `status: 0`, `completed: false`
+/// if the exchange ends before a response reaches this policy (the client left while the
+/// upstream was still working, or the stack failed).
+#[derive(Debug)]
+struct Pending(Option<Box<Entry>>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(entry) = self.0.take() {
+            write(&entry, false);
+        }
+    }
+}
+
 impl Filter for AccessLogFilter {
-    type State = Box<Entry>;
+    type State = Pending;
 
     fn request(&self, request: &mut Request<Body>) -> Result<Self::State, Response<Body>> {
         let path = match (self.include_query, request.uri().query()) {
             (true, Some(query)) => format!("{}?{query}", request.uri().path()),
             _ => request.uri().path().to_string(),
         };
-        Ok(Box::new(Entry {
+        Ok(Pending(Some(Box::new(Entry {
             api: Arc::clone(&self.api),
             time: SystemTime::now(),
             start: Instant::now(),
@@ -113,10 +127,13 @@ impl Filter for AccessLogFilter {
             status: 0,
             latency_ms: 0.0,
             bytes: 0,
-        }))
+        }))))
     }
 
-    fn response(&self, mut entry: Self::State, response: &mut Response<Body>) {
+    fn response(&self, mut pending: Self::State, response: &mut Response<Body>) {
+        let Some(mut entry) = pending.0.take() else {
+            return;
+        };
         entry.status = response.status().as_u16();
         entry.latency_ms = entry.start.elapsed().as_secs_f64() * 1000.0;
         let inner = std::mem::replace(response.body_mut(), body::empty());
@@ -143,11 +160,8 @@ impl Counted {
 
 fn write(entry: &Entry, completed: bool) {
     let time = humantime_rfc3339(entry.time);
-    let consumer = entry
-        .exchange
-        .as_ref()
-        .and_then(|e| e.consumer())
-        .map(|c| &*c.name);
+    let consumer = entry.exchange.as_ref().and_then(|e| e.consumer());
+    let consumer = consumer.as_ref().map(|c| &*c.name);
     let endpoint = entry
         .exchange
         .as_ref()

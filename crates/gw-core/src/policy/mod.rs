@@ -89,7 +89,7 @@ pub struct Consumer {
 #[derive(Debug, Default)]
 pub struct Exchange {
     operation: Arc<str>,
-    consumer: std::sync::OnceLock<Consumer>,
+    consumer: std::sync::Mutex<Option<Consumer>>,
     endpoint: std::sync::OnceLock<Arc<str>>,
 }
 
@@ -108,9 +108,13 @@ impl Exchange {
         &self.operation
     }
 
-    /// The authenticated consumer, if any.
-    pub fn consumer(&self) -> Option<&Consumer> {
-        self.consumer.get()
+    /// The authenticated consumer, if any: the one later policies see (the last
+    /// authentication to succeed).
+    pub fn consumer(&self) -> Option<Consumer> {
+        self.consumer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The upstream endpoint (its URL) that answered, if one did.
@@ -128,8 +132,11 @@ impl Exchange {
 /// policies (built-in or your own) call this on success.
 pub fn authenticate(request: &mut Request<Body>, consumer: Consumer) {
     if let Some(exchange) = request.extensions().get::<Arc<Exchange>>() {
-        // the first authentication to succeed names the consumer in the metrics
-        let _ = exchange.consumer.set(consumer.clone());
+        // the same consumer as the request's extension: the one ACLs and limits use
+        *exchange
+            .consumer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(consumer.clone());
     }
     request.extensions_mut().insert(consumer);
 }

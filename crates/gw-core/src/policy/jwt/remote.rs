@@ -212,8 +212,15 @@ impl Remote {
     pub(crate) fn check_url(url: &str) -> Result<url::Url, String> {
         let parsed = url::Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
         match parsed.scheme() {
-            "https" | "http" => {}
-            _ => return Err("must be an http:// or https:// URL".to_string()),
+            "https" => {}
+            // whoever is on the network path of a plain-HTTP JWKS can mint tokens
+            "http" if is_loopback(&parsed) => {}
+            "http" => {
+                return Err(
+                    "must be an https:// URL (http:// only on a loopback address)".to_string(),
+                );
+            }
+            _ => return Err("must be an https:// URL".to_string()),
         }
         if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err("must not carry a user name or password".to_string());
@@ -361,7 +368,10 @@ impl Remote {
             tracing::debug!(url = %self.target.shown, index, reason, "JWKS key skipped");
         }
         if set.keys.is_empty() {
-            tracing::warn!(url = %self.target.shown, "the JWKS holds no usable key");
+            // a failure, not a new truth: the last good keys stay in use
+            return Err(FetchError::Invalid(
+                "the JWKS holds no usable key".to_string(),
+            ));
         }
         Ok(set)
     }
@@ -445,5 +455,15 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Whether the URL's host is a loopback address (or `localhost`).
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
     }
 }

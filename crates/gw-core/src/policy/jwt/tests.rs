@@ -720,8 +720,16 @@ fn params_are_checked() {
         .is_empty()
     );
     assert_eq!(
-        fields(json!({"algorithms": ["RS256"], "header": "", "jwksUrl": "http://idp/jwks"})),
+        fields(json!({"algorithms": ["RS256"], "header": "", "jwksUrl": "https://idp/jwks"})),
         ["header"]
+    );
+    // plain HTTP only on loopback: anyone on the path could serve their own keys
+    assert_eq!(
+        fields(json!({"algorithms": ["RS256"], "jwksUrl": "http://idp.example/jwks"})),
+        ["jwksUrl"]
+    );
+    assert!(
+        fields(json!({"algorithms": ["RS256"], "jwksUrl": "http://127.0.0.1:9/jwks"})).is_empty()
     );
 }
 
@@ -857,6 +865,8 @@ async fn a_failing_jwks_url_keeps_the_last_good_keys() {
         (500, json!({"keys": [k2.jwk("k2")]})),
         (200, json!("not a JWKS")),
         (302, json!({})),
+        // a JWKS with no usable key (empty, or encryption keys only) is a failed fetch too
+        (200, json!({"keys": []})),
     ] {
         server.answer(status, &body);
         let before = server.hits();
