@@ -9,8 +9,6 @@
 //! so a flood of wrong passwords cannot take the async threads.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -238,7 +236,7 @@ impl std::fmt::Debug for BasicAuthService {
     }
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+use super::RouteFuture as BoxFuture;
 
 /// Marks the request as the consumer's and removes the password before it goes upstream.
 fn admit(request: &mut Request<Body>, consumer: Consumer) {

@@ -78,7 +78,7 @@ impl<F> Clone for FilterService<F> {
     }
 }
 
-type Inner = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+type Inner = super::RouteFuture;
 
 impl<F: Filter> tower::Service<Request<Body>> for FilterService<F> {
     type Response = Response<Body>;

@@ -20,8 +20,6 @@ mod tests;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -965,7 +963,7 @@ impl fmt::Debug for JwtService {
     }
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+use super::RouteFuture as BoxFuture;
 
 impl tower::Service<Request<Body>> for JwtService {
     type Response = Response<Body>;

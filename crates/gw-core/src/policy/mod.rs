@@ -145,6 +145,10 @@ pub fn authenticate(request: &mut Request<Body>, consumer: Consumer) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(pub HeaderValue);
 
+/// The future of a [`RouteService`] call, for policies written as services of their own.
+pub type RouteFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
 /// The service at every level of a per-route stack.
 pub type RouteService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 

@@ -43,9 +43,7 @@
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
-use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
@@ -693,7 +691,7 @@ impl fmt::Debug for RedisLimitService {
     }
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+use crate::policy::RouteFuture as BoxFuture;
 
 impl tower::Service<Request<Body>> for RedisLimitService {
     type Response = Response<Body>;
