@@ -479,3 +479,50 @@ async fn access_logs_metrics_and_trace_context() {
     .await;
     assert_eq!(count, Some(2));
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_response_still_gets_its_access_line() {
+    let echo = gw_e2e::echo_upstream("slow");
+    let yaml = format!(
+        "apiVersion: gw/v1
+kind: Api
+metadata: {{name: slow}}
+spec:
+  context: /slow
+  upstream: {{endpoints: [{{url: 'http://{}'}}], timeouts: {{request: 30s}}}}
+  policies: [{{name: correlation-id}}, {{name: access-log}}]
+",
+        echo.addr("http")
+    );
+    let (runtime, _dir) = standalone(&yaml, &[]);
+    let proxy = runtime.addr("proxy");
+    // the client gives up long before the upstream answers
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let result = client
+        .get(format!("http://{proxy}/slow/x"))
+        .header("x-request-id", "gone-early")
+        .header("x-echo-delay-ms", "5000")
+        .send()
+        .await;
+    assert!(result.is_err(), "the client was meant to time out");
+    let line = || {
+        runtime
+            .log()
+            .lines()
+            .find(|l| l.contains("\"access_log\"") && l.contains("gone-early"))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    };
+    gw_e2e::eventually(
+        "the access line of the abandoned request",
+        std::time::Duration::from_secs(5),
+        || async { line().is_some() },
+    )
+    .await;
+    let entry = line().unwrap();
+    assert_eq!(entry["status"], 0, "{entry}");
+    assert_eq!(entry["completed"], false, "{entry}");
+    assert_eq!(entry["api"], "slow", "{entry}");
+}
