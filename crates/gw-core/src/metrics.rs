@@ -36,6 +36,16 @@ pub const OTHER_CONSUMERS: &str = "_other";
 /// The most consumers with series of their own; requests of others count as `_other`.
 pub const MAX_CONSUMER_SERIES: usize = 1000;
 
+/// The per-consumer counters resolved so far.
+#[derive(Debug, Default)]
+struct ConsumerCounters {
+    /// The consumers that have series of their own (at most [`MAX_CONSUMER_SERIES`]).
+    named: std::collections::HashSet<String>,
+    /// API -> consumer -> the counters of each status class (those of `_other` for the
+    /// consumers beyond the bound).
+    by_api: std::collections::HashMap<String, std::collections::HashMap<String, [Counter; 5]>>,
+}
+
 /// The `operation` label of an API without operations.
 pub const ANY_OPERATION: &str = "*";
 
@@ -83,7 +93,7 @@ pub struct ProxyMetrics {
     requests: Family<RequestLabels, Counter>,
     consumer_requests: Family<ConsumerLabels, Counter>,
     /// The consumers that have series of their own.
-    consumers_seen: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+    consumers: std::sync::Arc<std::sync::RwLock<ConsumerCounters>>,
     duration: Family<ApiLabels, Histogram, fn() -> Histogram>,
     unrouted: Family<StatusLabels, Counter>,
     limits: Family<LimitLabels, Counter>,
@@ -233,7 +243,7 @@ impl ProxyMetrics {
         Self {
             requests: Family::default(),
             consumer_requests: Family::default(),
-            consumers_seen: std::sync::Arc::default(),
+            consumers: std::sync::Arc::default(),
             duration: Family::new_with_constructor(latency_histogram),
             unrouted: Family::default(),
             limits: Family::default(),
@@ -285,44 +295,56 @@ impl ProxyMetrics {
         }
     }
 
-    /// Counts a request of an authenticated consumer.
+    /// Counts a request of an authenticated consumer. The counters of an (API, consumer)
+    /// pair are resolved once, then found under a read lock without allocating.
     pub fn consumer_request(&self, api: &str, consumer: &str, status: StatusCode) {
-        let known = self
-            .consumers_seen
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(consumer);
-        let label = if known {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        let consumers = &self.consumers;
+        {
+            let cache = consumers
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(counters) = cache.by_api.get(api).and_then(|c| c.get(consumer)) {
+                counters[class].inc();
+                return;
+            }
+        }
+        let mut cache = consumers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let label = if cache.named.contains(consumer) || cache.named.len() < MAX_CONSUMER_SERIES {
+            cache.named.insert(consumer.to_string());
             consumer
         } else {
-            let mut seen = self
-                .consumers_seen
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if seen.len() < MAX_CONSUMER_SERIES {
-                seen.insert(consumer.to_string());
-                consumer
-            } else {
-                OTHER_CONSUMERS
-            }
+            OTHER_CONSUMERS
         };
-        self.consumer_requests
-            .get_or_create(&ConsumerLabels {
-                api: api.to_string(),
-                consumer: label.to_string(),
-                class: class_of(status),
-            })
-            .inc();
+        let counters = CLASSES.map(|class| {
+            self.consumer_requests
+                .get_or_create(&ConsumerLabels {
+                    api: api.to_string(),
+                    consumer: label.to_string(),
+                    class,
+                })
+                .clone()
+        });
+        counters[class].inc();
+        cache
+            .by_api
+            .entry(api.to_string())
+            .or_default()
+            .insert(consumer.to_string(), counters);
     }
 
     /// Drops every consumer series (when consumers leave the configuration), so that
     /// removed consumers do not keep series, nor their places among the 1000.
     pub fn clear_consumers(&self) {
-        self.consumer_requests.clear();
-        self.consumers_seen
+        let mut cache = self
+            .consumers
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.consumer_requests.clear();
+        cache.named.clear();
+        cache.by_api.clear();
     }
 
     /// Drops the series of an API that left the configuration (its routes' series are
@@ -441,10 +463,6 @@ impl ProxyMetrics {
     }
 }
 
-fn class_of(status: StatusCode) -> &'static str {
-    CLASSES[usize::from(status.as_u16() / 100).clamp(1, 5) - 1]
-}
-
 /// The metric handles of one route; recording is lock-free.
 #[derive(Debug, Clone)]
 pub struct ApiMetrics {
@@ -516,5 +534,48 @@ impl EndpointMetrics {
             AttemptError::Status => 3,
         };
         self.errors[index].inc();
+    }
+}
+
+#[cfg(test)]
+mod consumer_tests {
+    use super::*;
+
+    fn text(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn consumer_series_are_bounded_and_counted() {
+        let mut registry = Registry::default();
+        let metrics = ProxyMetrics::register(&mut registry);
+        for i in 0..=MAX_CONSUMER_SERIES {
+            metrics.consumer_request("a", &format!("c{i}"), StatusCode::OK);
+        }
+        // the cached path counts too, and another class is its own series
+        metrics.consumer_request("a", "c0", StatusCode::OK);
+        metrics.consumer_request("a", "c0", StatusCode::NOT_FOUND);
+        metrics.consumer_request("a", &format!("c{MAX_CONSUMER_SERIES}"), StatusCode::OK);
+        let out = text(&registry);
+        assert!(
+            out.contains("gw_consumer_requests_total{api=\"a\",consumer=\"c0\",class=\"2xx\"} 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gw_consumer_requests_total{api=\"a\",consumer=\"c0\",class=\"4xx\"} 1")
+        );
+        assert!(
+            out.contains(
+                "gw_consumer_requests_total{api=\"a\",consumer=\"_other\",class=\"2xx\"} 2"
+            )
+        );
+        assert!(!out.contains(&format!("consumer=\"c{MAX_CONSUMER_SERIES}\"")));
+        metrics.clear_consumers();
+        metrics.consumer_request("a", "c5", StatusCode::OK);
+        let out = text(&registry);
+        assert!(out.contains("consumer=\"c5\",class=\"2xx\"} 1"), "{out}");
+        assert!(!out.contains("consumer=\"c0\""), "{out}");
     }
 }
