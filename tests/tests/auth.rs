@@ -42,33 +42,20 @@ async fn api_keys_basic_auth_acls_and_revocation() {
     let client = reqwest::Client::new();
 
     let shop = format!(
-        "apiVersion: gw/v1
-kind: Api
-metadata: {{name: shop}}
-spec:
-  context: /shop
-  upstream: {{endpoints: [{{url: '{}'}}]}}
-  policies:
+        "{}  policies:
     - name: api-key
     - name: acl
       params: {{allow: [gold]}}
     - name: request-headers
       params: {{set: {{x-consumer: '${{consumer.name}}'}}}}
 ",
-        upstream.url("/")
+        gw_e2e::api_yaml("shop", "/shop", &upstream.url("/"))
     );
     let (status, body) = put(&admin, "/api/v1/apis/shop?wait=applied", &shop).await;
     assert_eq!(status, 201, "{body}");
     let partners = format!(
-        "apiVersion: gw/v1
-kind: Api
-metadata: {{name: partners}}
-spec:
-  context: /partners
-  upstream: {{endpoints: [{{url: '{}'}}]}}
-  policies: [{{name: basic-auth}}]
-",
-        upstream.url("/")
+        "{}  policies: [{{name: basic-auth}}]\n",
+        gw_e2e::api_yaml("partners", "/partners", &upstream.url("/"))
     );
     let (status, body) = put(&admin, "/api/v1/apis/partners?wait=applied", &partners).await;
     assert_eq!(status, 201, "{body}");
@@ -242,13 +229,7 @@ async fn jwt_through_a_standalone_runtime_with_consumers_from_the_file() {
     let upstream = Upstream::start("u").await;
     let secret = b"0123456789abcdef0123456789abcdef-e2e";
     let yaml = format!(
-        "apiVersion: gw/v1
-kind: Api
-metadata: {{name: tokens}}
-spec:
-  context: /tokens
-  upstream: {{endpoints: [{{url: '{}'}}]}}
-  policies:
+        "{}  policies:
     - name: jwt
       params:
         algorithms: [HS256]
@@ -268,7 +249,7 @@ spec:
   aclGroups: [gold]
   credentials: [{{type: jwt, id: j1, subject: carol@idp, issuer: https://idp.test}}]
 ",
-        upstream.url("/"),
+        gw_e2e::api_yaml("tokens", "/tokens", &upstream.url("/")),
         base64::engine::general_purpose::STANDARD.encode(secret)
     );
     let (runtime, _dir) = gw_e2e::standalone(&yaml, &[]);

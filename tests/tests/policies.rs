@@ -3,12 +3,12 @@
 
 use gw_e2e::{Upstream, standalone};
 
-/// An API document named `name` at `context` with `policies` (YAML flow or block text
-/// indented for `spec`) in front of `upstream`.
+/// An API document named `name` at `context` with `policies` (YAML text indented for
+/// `spec`) in front of `upstream`, ending with a document separator.
 fn api(name: &str, context: &str, upstream: &Upstream, policies: &str) -> String {
     format!(
-        "apiVersion: gw/v1\nkind: Api\nmetadata: {{name: {name}}}\nspec:\n  context: {context}\n  upstream:\n    endpoints: [{{url: '{}'}}]\n{policies}\n---\n",
-        upstream.url("/")
+        "{}{policies}\n---\n",
+        gw_e2e::api_yaml(name, context, &upstream.url("/"))
     )
 }
 

@@ -6,9 +6,11 @@
 //! register theirs next to them, usually by implementing [`Policy`], whose params are a
 //! serde type: unknown fields and type errors are then reported with their field paths.
 //!
-//! The per-route stack is built by [`build_stack`]: the API-level policies, with an
-//! operation-level policy of the same name replacing the API-level one, in the order they
-//! are listed, the first one outermost, around the upstream service.
+//! A route's stack is assembled by [`stack`] from the layers of [`effective_policies`]
+//! (each built with [`PolicyRegistry::build`]): the API-level policies, with an
+//! operation-level policy of the same name replacing the API-level one, run phase by phase
+//! ([`Phase`]) and in the listed order within a phase, the first one outermost, around the
+//! upstream service.
 //!
 //! ```
 //! use gw_core::policy::{Policy, PolicyContext, PolicyRegistry, RouteLayer};
@@ -453,21 +455,6 @@ pub fn effective_policies<'a>(
             .filter(|o| !api.iter().any(|p| p.name == o.name)),
     );
     out
-}
-
-/// Wraps `inner` in the layers of `policies`, phase by phase ([`Phase`]), in the order
-/// listed within a phase, the first outermost.
-pub fn build_stack(
-    registry: &PolicyRegistry,
-    policies: &[&PolicyRef],
-    ctx: &PolicyContext<'_>,
-    inner: RouteService,
-) -> Result<RouteService, PolicyError> {
-    let layers = policies
-        .iter()
-        .map(|policy| Ok((*policy, registry.build(policy, ctx)?)))
-        .collect::<Result<Vec<_>, PolicyError>>()?;
-    Ok(stack(registry, layers, inner))
 }
 
 /// Wraps `inner` in built layers, phase by phase ([`Phase`]), in the given order within a

@@ -763,13 +763,10 @@ impl Filter for Limiter {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
-    use crate::body;
-    use crate::gateway::ConnInfo;
     use crate::policy::PolicyRegistry;
-    use crate::policy::testing::{call, call_seen, ctx, text};
+    use crate::policy::testing::{call, call_seen, ctx, request_from, text};
 
     const MS: u64 = 1_000_000;
     const SEC: u64 = 1_000 * MS;
@@ -915,7 +912,7 @@ mod tests {
         };
         let by_header = make(KeySource::Header(HeaderName::from_static("x-key")));
         let key_of = |keys: &Keys, value: &str| -> Vec<u8> {
-            let request = self::request("192.0.2.1", None, &[("x-key", value)]);
+            let request = request_from("192.0.2.1", None, &[("x-key", value)]);
             let mut buf = KeyBuf::default();
             keys.local(&request, &mut buf).to_vec()
         };
@@ -928,7 +925,7 @@ mod tests {
         assert_eq!(key_of(&by_header, &long), digest);
         assert_ne!(key_of(&by_header, &format!("{long}x")), digest);
         // without the header: the address, behind its own tag
-        let request = self::request("192.0.2.1", None, &[]);
+        let request = request_from("192.0.2.1", None, &[]);
         let mut buf = KeyBuf::default();
         let address = by_header.local(&request, &mut buf);
         assert_eq!(address[0], 0x00);
@@ -936,11 +933,11 @@ mod tests {
 
         let by_consumer = make(KeySource::Consumer);
         let long_name = "n".repeat(100);
-        let request = self::request("192.0.2.1", Some(&long_name), &[]);
+        let request = request_from("192.0.2.1", Some(&long_name), &[]);
         assert_eq!(by_consumer.local(&request, &mut buf)[0], 0xFE);
-        let request = self::request("192.0.2.1", Some("alice"), &[]);
+        let request = request_from("192.0.2.1", Some("alice"), &[]);
         assert_eq!(by_consumer.local(&request, &mut buf), b"alice");
-        let request = self::request("192.0.2.1", None, &[]);
+        let request = request_from("192.0.2.1", None, &[]);
         assert_eq!(by_consumer.local(&request, &mut buf)[0], 0xFF);
     }
 
@@ -1066,44 +1063,24 @@ mod tests {
         RateLimit.layer(params, &ctx()).unwrap()
     }
 
-    /// A request from `peer`, as `consumer` when given, with `headers`.
-    fn request(peer: &str, consumer: Option<&str>, headers: &[(&str, &str)]) -> Request<Body> {
-        let mut builder = Request::builder().uri("/orders");
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
-        let mut request = builder.body(body::empty()).unwrap();
-        request.extensions_mut().insert(ConnInfo {
-            peer: format!("{peer}:40000").parse().unwrap(),
-            secure: false,
-        });
-        if let Some(name) = consumer {
-            request.extensions_mut().insert(Consumer {
-                name: name.into(),
-                groups: Arc::from(Vec::new()),
-                credential: Some(format!("{name}-key").into()),
-            });
-        }
-        request
-    }
-
     async fn status(layer: &RouteLayer, request: Request<Body>) -> u16 {
         call_seen(layer, request).await.1.status().as_u16()
     }
 
-    #[tokio::test]
-    async fn allowed_requests_carry_the_headers_and_refused_ones_get_429() {
-        let layer = layer(serde_json::json!({"limits": [{"requests": 2, "window": "hour"}]}));
-        let (_, response) = call(&layer, request("192.0.2.1", Some("alice"), &[])).await;
+    /// With a limit of 2 per hour for `alice`: two requests pass with their `RateLimit-*`
+    /// headers, the third is a 429 that names when to come back. Shared by both backends.
+    pub(super) async fn two_per_hour_then_429(layer: &RouteLayer) {
+        let (_, response) = call(layer, request_from("192.0.2.1", Some("alice"), &[])).await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["ratelimit-limit"], "2");
         assert_eq!(response.headers()["ratelimit-remaining"], "1");
         assert_eq!(response.headers()["ratelimit-reset"], "1800");
         assert_eq!(text(response).await, "upstream");
-        let (_, response) = call(&layer, request("192.0.2.1", Some("alice"), &[])).await;
+        let (_, response) = call(layer, request_from("192.0.2.1", Some("alice"), &[])).await;
         assert_eq!(response.headers()["ratelimit-remaining"], "0");
 
-        let (seen, response) = call_seen(&layer, request("192.0.2.1", Some("alice"), &[])).await;
+        let (seen, response) =
+            call_seen(layer, request_from("192.0.2.1", Some("alice"), &[])).await;
         assert!(seen.is_none(), "the upstream must not be called");
         assert_eq!(response.status(), 429);
         // the next request conforms in T = 30 min
@@ -1113,17 +1090,35 @@ mod tests {
         assert_eq!(response.headers()["ratelimit-reset"], "3600");
         assert_eq!(response.headers()["content-type"], "application/json");
         assert!(text(response).await.contains("\"rate_limited\""));
+    }
+
+    #[tokio::test]
+    async fn allowed_requests_carry_the_headers_and_refused_ones_get_429() {
+        let layer = layer(serde_json::json!({"limits": [{"requests": 2, "window": "hour"}]}));
+        two_per_hour_then_429(&layer).await;
 
         // another consumer, from the same address, has its own count
         assert_eq!(
-            status(&layer, request("192.0.2.1", Some("bob"), &[])).await,
+            status(&layer, request_from("192.0.2.1", Some("bob"), &[])).await,
             200
         );
         // without a consumer, the address is the key
-        assert_eq!(status(&layer, request("192.0.2.1", None, &[])).await, 200);
-        assert_eq!(status(&layer, request("192.0.2.1", None, &[])).await, 200);
-        assert_eq!(status(&layer, request("192.0.2.1", None, &[])).await, 429);
-        assert_eq!(status(&layer, request("192.0.2.2", None, &[])).await, 200);
+        assert_eq!(
+            status(&layer, request_from("192.0.2.1", None, &[])).await,
+            200
+        );
+        assert_eq!(
+            status(&layer, request_from("192.0.2.1", None, &[])).await,
+            200
+        );
+        assert_eq!(
+            status(&layer, request_from("192.0.2.1", None, &[])).await,
+            429
+        );
+        assert_eq!(
+            status(&layer, request_from("192.0.2.2", None, &[])).await,
+            200
+        );
     }
 
     #[tokio::test]
@@ -1132,9 +1127,9 @@ mod tests {
             "limits": [{"requests": 1, "window": "day"}],
             "headers": false
         }));
-        let (_, response) = call(&layer, request("192.0.2.1", None, &[])).await;
+        let (_, response) = call(&layer, request_from("192.0.2.1", None, &[])).await;
         assert!(response.headers().get("ratelimit-limit").is_none());
-        let (_, response) = call_seen(&layer, request("192.0.2.1", None, &[])).await;
+        let (_, response) = call_seen(&layer, request_from("192.0.2.1", None, &[])).await;
         assert_eq!(response.status(), 429);
         assert_eq!(response.headers()["retry-after"], "86400");
         assert!(response.headers().get("ratelimit-remaining").is_none());
@@ -1145,26 +1140,32 @@ mod tests {
         let one = serde_json::json!([{"requests": 1, "window": "day"}]);
         let by_ip = layer(serde_json::json!({"limits": one, "key": "ip"}));
         assert_eq!(
-            status(&by_ip, request("[2001:db8:1:2::1]", None, &[])).await,
+            status(&by_ip, request_from("[2001:db8:1:2::1]", None, &[])).await,
             200
         );
         // another address of the same /64: the same count
         assert_eq!(
-            status(&by_ip, request("[2001:db8:1:2:ffff::9]", None, &[])).await,
+            status(&by_ip, request_from("[2001:db8:1:2:ffff::9]", None, &[])).await,
             429
         );
         // another /64: its own count
         assert_eq!(
-            status(&by_ip, request("[2001:db8:1:3::1]", None, &[])).await,
+            status(&by_ip, request_from("[2001:db8:1:3::1]", None, &[])).await,
             200
         );
         // IPv4, mapped or not, per address
-        assert_eq!(status(&by_ip, request("192.0.2.1", None, &[])).await, 200);
         assert_eq!(
-            status(&by_ip, request("[::ffff:192.0.2.1]", None, &[])).await,
+            status(&by_ip, request_from("192.0.2.1", None, &[])).await,
+            200
+        );
+        assert_eq!(
+            status(&by_ip, request_from("[::ffff:192.0.2.1]", None, &[])).await,
             429
         );
-        assert_eq!(status(&by_ip, request("192.0.2.2", None, &[])).await, 200);
+        assert_eq!(
+            status(&by_ip, request_from("192.0.2.2", None, &[])).await,
+            200
+        );
     }
 
     #[tokio::test]
@@ -1173,23 +1174,23 @@ mod tests {
 
         let by_credential = layer(serde_json::json!({"limits": one, "key": "credential"}));
         assert_eq!(
-            status(&by_credential, request("192.0.2.1", Some("a"), &[])).await,
+            status(&by_credential, request_from("192.0.2.1", Some("a"), &[])).await,
             200
         );
         assert_eq!(
-            status(&by_credential, request("192.0.2.9", Some("a"), &[])).await,
+            status(&by_credential, request_from("192.0.2.9", Some("a"), &[])).await,
             429
         );
         assert_eq!(
-            status(&by_credential, request("192.0.2.1", Some("b"), &[])).await,
+            status(&by_credential, request_from("192.0.2.1", Some("b"), &[])).await,
             200
         );
         assert_eq!(
-            status(&by_credential, request("192.0.2.1", None, &[])).await,
+            status(&by_credential, request_from("192.0.2.1", None, &[])).await,
             200
         );
         assert_eq!(
-            status(&by_credential, request("192.0.2.1", None, &[])).await,
+            status(&by_credential, request_from("192.0.2.1", None, &[])).await,
             429
         );
 
@@ -1198,24 +1199,24 @@ mod tests {
         }));
         let tenant = |t: &'static str| [("x-tenant", t)];
         assert_eq!(
-            status(&by_header, request("192.0.2.1", None, &tenant("t1"))).await,
+            status(&by_header, request_from("192.0.2.1", None, &tenant("t1"))).await,
             200
         );
         assert_eq!(
-            status(&by_header, request("192.0.2.2", None, &tenant("t1"))).await,
+            status(&by_header, request_from("192.0.2.2", None, &tenant("t1"))).await,
             429
         );
         assert_eq!(
-            status(&by_header, request("192.0.2.1", None, &tenant("t2"))).await,
+            status(&by_header, request_from("192.0.2.1", None, &tenant("t2"))).await,
             200
         );
         // without the header: by address
         assert_eq!(
-            status(&by_header, request("192.0.2.1", None, &[])).await,
+            status(&by_header, request_from("192.0.2.1", None, &[])).await,
             200
         );
         assert_eq!(
-            status(&by_header, request("192.0.2.1", None, &[])).await,
+            status(&by_header, request_from("192.0.2.1", None, &[])).await,
             429
         );
 
@@ -1224,32 +1225,47 @@ mod tests {
         }));
         let via = |client: &'static str| [("x-forwarded-for", client)];
         assert_eq!(
-            status(&by_ip, request("10.0.0.1", Some("a"), &via("203.0.113.5"))).await,
+            status(
+                &by_ip,
+                request_from("10.0.0.1", Some("a"), &via("203.0.113.5"))
+            )
+            .await,
             200
         );
         // the same client through another trusted proxy
         assert_eq!(
-            status(&by_ip, request("10.0.0.2", Some("b"), &via("203.0.113.5"))).await,
+            status(
+                &by_ip,
+                request_from("10.0.0.2", Some("b"), &via("203.0.113.5"))
+            )
+            .await,
             429
         );
         assert_eq!(
-            status(&by_ip, request("10.0.0.1", None, &via("203.0.113.6"))).await,
+            status(&by_ip, request_from("10.0.0.1", None, &via("203.0.113.6"))).await,
             200
         );
         // an untrusted peer's header is ignored: its own address is the key
         assert_eq!(
-            status(&by_ip, request("198.51.100.1", None, &via("203.0.113.7"))).await,
+            status(
+                &by_ip,
+                request_from("198.51.100.1", None, &via("203.0.113.7"))
+            )
+            .await,
             200
         );
-        assert_eq!(status(&by_ip, request("203.0.113.7", None, &[])).await, 200);
+        assert_eq!(
+            status(&by_ip, request_from("203.0.113.7", None, &[])).await,
+            200
+        );
 
         let by_route = layer(serde_json::json!({"limits": one, "key": "api"}));
         assert_eq!(
-            status(&by_route, request("192.0.2.1", Some("a"), &[])).await,
+            status(&by_route, request_from("192.0.2.1", Some("a"), &[])).await,
             200
         );
         assert_eq!(
-            status(&by_route, request("192.0.2.2", Some("b"), &[])).await,
+            status(&by_route, request_from("192.0.2.2", Some("b"), &[])).await,
             429
         );
     }

@@ -73,3 +73,29 @@ pub(crate) fn store_with(credentials: serde_json::Value) -> crate::consumers::Co
         crate::consumers::ConsumerSet::build([Arc::new(definition)]).unwrap(),
     )
 }
+
+/// A request for `/orders` from `peer` (an address without port), as `consumer` (with the
+/// credential `<consumer>-key`) when given, with `headers`.
+pub(crate) fn request_from(
+    peer: &str,
+    consumer: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Request<Body> {
+    let mut builder = Request::builder().uri("/orders");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let mut request = builder.body(body::empty()).unwrap();
+    request.extensions_mut().insert(crate::gateway::ConnInfo {
+        peer: format!("{peer}:40000").parse().unwrap(),
+        secure: false,
+    });
+    if let Some(name) = consumer {
+        request.extensions_mut().insert(super::Consumer {
+            name: name.into(),
+            groups: Arc::from(Vec::new()),
+            credential: Some(format!("{name}-key").into()),
+        });
+    }
+    request
+}

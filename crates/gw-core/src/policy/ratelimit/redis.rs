@@ -715,11 +715,8 @@ mod tests {
     use std::hash::RandomState;
 
     use super::*;
-    use crate::body;
-    use crate::gateway::ConnInfo;
-    use crate::policy::Consumer;
     use crate::policy::ratelimit::{RateLimit, RateLimitParams};
-    use crate::policy::testing::{call, call_seen, ctx, text};
+    use crate::policy::testing::{call, call_seen, ctx, request_from, text};
     use crate::policy::{OperationContext, Policy};
 
     /// The Redis the tests use: `GW_TEST_REDIS_URL`, else the local server.
@@ -901,27 +898,6 @@ mod tests {
         assert_eq!(get(&minute).await, counted);
     }
 
-    /// A request from `peer`, as `consumer` when given, with `headers`.
-    fn request(peer: &str, consumer: Option<&str>, headers: &[(&str, &str)]) -> Request<Body> {
-        let mut builder = Request::builder().uri("/orders");
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
-        let mut request = builder.body(body::empty()).unwrap();
-        request.extensions_mut().insert(ConnInfo {
-            peer: format!("{peer}:40000").parse().unwrap(),
-            secure: false,
-        });
-        if let Some(name) = consumer {
-            request.extensions_mut().insert(Consumer {
-                name: name.into(),
-                groups: Arc::from(Vec::new()),
-                credential: Some(format!("{name}-key").into()),
-            });
-        }
-        request
-    }
-
     fn layer(params: serde_json::Value) -> RouteLayer {
         let params: RateLimitParams = serde_json::from_value(params).unwrap();
         assert!(RateLimit.check(&params, &ctx()).is_empty());
@@ -935,28 +911,12 @@ mod tests {
             "backend": "redis",
             "redis": {"url": redis_url(), "keyPrefix": prefix(), "timeout": "2s"}
         }));
-        let (_, response) = call(&layer, request("192.0.2.1", Some("alice"), &[])).await;
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.headers()["ratelimit-limit"], "2");
-        assert_eq!(response.headers()["ratelimit-remaining"], "1");
-        assert_eq!(response.headers()["ratelimit-reset"], "1800");
-        assert_eq!(text(response).await, "upstream");
-        let (_, response) = call(&layer, request("192.0.2.1", Some("alice"), &[])).await;
-        assert_eq!(response.headers()["ratelimit-remaining"], "0");
-
-        let (seen, response) = call_seen(&layer, request("192.0.2.1", Some("alice"), &[])).await;
-        assert!(seen.is_none(), "the upstream must not be called");
-        assert_eq!(response.status(), 429);
-        assert_eq!(response.headers()["retry-after"], "1800");
-        assert_eq!(response.headers()["ratelimit-limit"], "2");
-        assert_eq!(response.headers()["ratelimit-remaining"], "0");
-        assert_eq!(response.headers()["ratelimit-reset"], "3600");
-        assert!(text(response).await.contains("\"rate_limited\""));
+        crate::policy::ratelimit::tests::two_per_hour_then_429(&layer).await;
 
         // another consumer has its own count; without one, the address is the key
-        let (_, response) = call(&layer, request("192.0.2.1", Some("bob"), &[])).await;
+        let (_, response) = call(&layer, request_from("192.0.2.1", Some("bob"), &[])).await;
         assert_eq!(response.headers()["ratelimit-remaining"], "1");
-        let (_, response) = call(&layer, request("192.0.2.1", None, &[])).await;
+        let (_, response) = call(&layer, request_from("192.0.2.1", None, &[])).await;
         assert_eq!(response.headers()["ratelimit-remaining"], "1");
     }
 
@@ -975,15 +935,15 @@ mod tests {
             "redis": {"url": url, "timeout": "20ms"}
         }));
         // failOpen: the local limit, with its headers
-        let (_, response) = call(&open, request("192.0.2.1", None, &[])).await;
+        let (_, response) = call(&open, request_from("192.0.2.1", None, &[])).await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["ratelimit-remaining"], "0");
-        let (seen, response) = call_seen(&open, request("192.0.2.1", None, &[])).await;
+        let (seen, response) = call_seen(&open, request_from("192.0.2.1", None, &[])).await;
         assert!(seen.is_none());
         assert_eq!(response.status(), 429);
         // not failOpen: 503
         for _ in 0..3 {
-            let (seen, response) = call_seen(&closed, request("192.0.2.1", None, &[])).await;
+            let (seen, response) = call_seen(&closed, request_from("192.0.2.1", None, &[])).await;
             assert!(seen.is_none());
             assert_eq!(response.status(), 503);
             assert_eq!(response.headers()["retry-after"], "1");
@@ -1011,7 +971,7 @@ mod tests {
         }));
         for _ in 0..3 {
             let start = Instant::now();
-            let (seen, response) = call_seen(&closed, request("192.0.2.1", None, &[])).await;
+            let (seen, response) = call_seen(&closed, request_from("192.0.2.1", None, &[])).await;
             assert!(seen.is_none());
             assert_eq!(response.status(), 503);
             // no request waits much longer than the timeout
@@ -1103,17 +1063,17 @@ mod tests {
         };
         let api = ctx();
         let by_consumer = make(KeySource::Consumer, &api);
-        let part = by_consumer.part(&request("192.0.2.1", Some("alice"), &[]));
+        let part = by_consumer.part(&request_from("192.0.2.1", Some("alice"), &[]));
         assert_eq!(part, "consumer=alice");
         assert_eq!(
             by_consumer.key(&part, "minute"),
             "gw:rl:{orders|*|consumer=alice}:minute"
         );
-        let part = by_consumer.part(&request("192.0.2.1", None, &[]));
+        let part = by_consumer.part(&request_from("192.0.2.1", None, &[]));
         assert_eq!(part, "ip=192.0.2.1");
-        let part = by_consumer.part(&request("[2001:db8:1:2::9]", None, &[]));
+        let part = by_consumer.part(&request_from("[2001:db8:1:2::9]", None, &[]));
         assert_eq!(part, "ip=2001:db8:1:2::/64");
-        let part = by_consumer.part(&request("192.0.2.1", Some("zoë"), &[]));
+        let part = by_consumer.part(&request_from("192.0.2.1", Some("zoë"), &[]));
         assert!(
             part.starts_with("consumer#") && part.len() == 9 + 32,
             "{part}"
@@ -1130,14 +1090,14 @@ mod tests {
             KeySource::Header(http::HeaderName::from_static("x-api-key")),
             &operation,
         );
-        let part = by_header.part(&request("192.0.2.1", None, &[("x-api-key", "k-123")]));
+        let part = by_header.part(&request_from("192.0.2.1", None, &[("x-api-key", "k-123")]));
         // a header value may be a secret: only its digest is written
         assert!(
             part.starts_with("header#") && !part.contains("k-123"),
             "{part}"
         );
         assert_eq!(
-            by_header.part(&request("192.0.2.1", None, &[("x-api-key", "k-123")])),
+            by_header.part(&request_from("192.0.2.1", None, &[("x-api-key", "k-123")])),
             part
         );
         assert_eq!(
@@ -1145,7 +1105,10 @@ mod tests {
             format!("gw:rl:{{orders|GET /items/{{id}}|{part}}}:second")
         );
         let by_route = make(KeySource::Api, &api);
-        assert_eq!(by_route.part(&request("192.0.2.1", Some("a"), &[])), "api");
+        assert_eq!(
+            by_route.part(&request_from("192.0.2.1", Some("a"), &[])),
+            "api"
+        );
     }
 
     #[test]
