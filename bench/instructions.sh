@@ -8,7 +8,11 @@
 # instrumentation on, sends REQUESTS requests on one keep-alive connection, and prints the
 # instructions counted divided by REQUESTS, with the top functions.
 #
-# Usage: bench/instructions.sh           (REQUESTS=2000 WARMUP=200 by default)
+# With POLICIES=1, gw-runtime serves the policies case of bench/proxy.sh instead (100 APIs,
+# 100 consumers, api-key + rate-limit + request-headers), and the requests go round the 100
+# APIs and the 100 keys.
+#
+# Usage: bench/instructions.sh           (REQUESTS=2000 WARMUP=200 POLICIES=0 by default)
 # Needs: valgrind, nginx (installed with apt-get when missing and run as root), python3.
 # KEEP=1 keeps the work directory (the callgrind output) for callgrind_annotate.
 set -euo pipefail
@@ -18,6 +22,7 @@ WARMUP=${WARMUP:-200}
 UPSTREAM_PORT=${UPSTREAM_PORT:-28181}
 GW_PORT=${GW_PORT:-28183}
 GW_STATUS_PORT=${GW_STATUS_PORT:-28184}
+POLICIES=${POLICIES:-0}
 
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -32,19 +37,29 @@ GW="$root/target/profiling/gw-runtime"
 bench_workdir gw-instr
 bench_upstream "$UPSTREAM_PORT"
 bench_api "$UPSTREAM_PORT"
+config=$work/api.yaml
+if [ "$POLICIES" = 1 ]; then
+    bench_policies_api "$UPSTREAM_PORT"
+    config=$work/policies.yaml
+fi
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.out" \
-    "$GW" --config "$work/api.yaml" --proxy-addr "127.0.0.1:$GW_PORT" \
+    "$GW" --config "$config" --proxy-addr "127.0.0.1:$GW_PORT" \
     --status-addr "127.0.0.1:$GW_STATUS_PORT" --data-dir "$work/gw" \
     --worker-threads 1 --log-format json >"$work/gw.log" 2>&1 & gw_pid=$!
 pids+=("$gw_pid")
 
 send() { # count
-    python3 - "$GW_PORT" "$1" <<'EOF'
+    python3 - "$GW_PORT" "$1" "$POLICIES" <<'EOF'
 import http.client, sys
-port, count = int(sys.argv[1]), int(sys.argv[2])
+port, count, policies = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-for _ in range(count):
-    conn.request("GET", "/items/42?q=1")
+for i in range(count):
+    if policies:
+        # every API and every key in turn (7 and 100 are coprime: all pairs come round)
+        key = f"bench-key-{(i * 7) % 100}-0123456789abcdef"
+        conn.request("GET", f"/api{i % 100}/items/42?q=1", headers={"X-API-Key": key})
+    else:
+        conn.request("GET", "/items/42?q=1")
     response = conn.getresponse()
     response.read()
     if response.status != 200:
@@ -65,7 +80,7 @@ wait "$gw_pid" 2>/dev/null || true
 # covers the time after it, with instrumentation off)
 dump=$(grep -l "^totals: [1-9]" "$work"/callgrind.out* | head -1)
 total=$(awk '/^totals:/ { print $2; exit }' "$dump")
-echo "requests: $REQUESTS (after $WARMUP to warm up), one keep-alive connection"
+echo "requests: $REQUESTS (after $WARMUP to warm up), one keep-alive connection, policies case: $POLICIES"
 echo "instructions per request: $((total / REQUESTS))"
 echo
 callgrind_annotate --inclusive=no "$dump" 2>/dev/null | grep -E "^ *[0-9,]+ \(" | head -25

@@ -84,3 +84,37 @@ bench_wait_ok() { # url
     echo "no 200 from $1" >&2
     exit 1
 }
+
+# The policies case Kong and API7 publish, as $work/policies.yaml: 100 APIs (`/api0/` to
+# `/api99/`) proxying to the upstream on PORT, 100 consumers with the API key
+# `bench-key-N-0123456789abcdef` each, and on every API `api-key`, a local `rate-limit` per
+# consumer (high enough never to trigger) and `request-headers` (one templated header).
+bench_policies_api() { # port
+    local UPSTREAM_PORT=$1
+    {
+        for i in $(seq 0 99); do
+            cat <<YAML
+apiVersion: gw/v1
+kind: Api
+metadata: {name: api$i}
+spec:
+  context: /api$i
+  upstream:
+    endpoints: [{url: 'http://127.0.0.1:$UPSTREAM_PORT'}]
+  policies:
+    - {name: api-key}
+    - name: rate-limit
+      params: {key: consumer, limits: [{requests: 100000000, window: second}]}
+    - name: request-headers
+      params: {set: {x-consumer: '\${consumer.name}'}}
+---
+apiVersion: gw/v1
+kind: Consumer
+metadata: {name: consumer$i}
+spec:
+  credentials: [{type: api-key, id: key, key: bench-key-$i-0123456789abcdef}]
+---
+YAML
+        done
+    } >"$work/policies.yaml"
+}

@@ -48,33 +48,7 @@ bench_api "$UPSTREAM_PORT"
 bench_nginx_conf proxy "upstream up { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
     server { listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 
-# the policies case: 100 APIs and 100 consumers
-{
-    for i in $(seq 0 99); do
-        cat <<YAML
-apiVersion: gw/v1
-kind: Api
-metadata: {name: api$i}
-spec:
-  context: /api$i
-  upstream:
-    endpoints: [{url: 'http://127.0.0.1:$UPSTREAM_PORT'}]
-  policies:
-    - {name: api-key}
-    - name: rate-limit
-      params: {key: consumer, limits: [{requests: 100000000, window: second}]}
-    - name: request-headers
-      params: {set: {x-consumer: '\${consumer.name}'}}
----
-apiVersion: gw/v1
-kind: Consumer
-metadata: {name: consumer$i}
-spec:
-  credentials: [{type: api-key, id: key, key: bench-key-$i-0123456789abcdef}]
----
-YAML
-    done
-} >"$work/policies.yaml"
+bench_policies_api "$UPSTREAM_PORT"
 # every target gets the same requests: a random API and a random key
 cat >"$work/spread.lua" <<'LUA'
 math.randomseed(os.time())

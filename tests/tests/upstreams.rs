@@ -509,6 +509,39 @@ async fn the_host_header_follows_the_configured_mode() {
     );
 }
 
+/// Two APIs in front of the same plain-HTTP endpoint share its idle connections: one
+/// connection serves both, one request after the other.
+#[tokio::test]
+async fn apis_at_the_same_address_share_idle_connections() {
+    let a = echo_upstream("a");
+    let label = format!("endpoint=\"http://{}\"", a.addr("http"));
+    let yaml = format!(
+        "{}---\n{}",
+        api("shop", "/shop", &[endpoint(&a, 1)], ""),
+        api("cart", "/cart", &[endpoint(&a, 1)], "")
+    );
+    let gw = Gateway::start(&yaml);
+    for _ in 0..3 {
+        assert_eq!(gw.get("/shop/x").await, (200, "a".to_string()));
+        assert_eq!(gw.get("/cart/x").await, (200, "a".to_string()));
+    }
+    // the gauges count connections by the API that opened them: shop opened the one
+    // connection, cart reused it
+    let opened = |api: &'static str| {
+        let gw = &gw;
+        let label = label.clone();
+        async move {
+            gw.metric(
+                "gw_upstream_connections",
+                &[&format!("api=\"{api}\""), &label],
+            )
+            .await
+        }
+    };
+    assert_eq!(opened("shop").await, Some(1.0));
+    assert_eq!(opened("cart").await, Some(0.0));
+}
+
 #[tokio::test]
 async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     let a = echo_upstream("a");

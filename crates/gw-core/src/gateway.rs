@@ -26,7 +26,7 @@ use crate::metrics::{ApiMetrics, Limit, ProxyMetrics};
 use crate::model::{ApiDefinition, CertificateDefinition, ConsumerDefinition, check_collisions};
 use crate::path;
 use crate::policy::{
-    Exchange, OperationContext, Phase, PolicyContext, PolicyRegistry, RouteService,
+    Exchange, OperationContext, Phase, PolicyContext, PolicyRegistry, RouteService, RouteStack,
     effective_policies,
 };
 use crate::router::{self, Router};
@@ -119,7 +119,7 @@ impl LogGate {
 /// One route: its pre-built stack and what the edge records for it.
 #[derive(Debug)]
 struct Route {
-    service: RouteService,
+    service: RouteStack,
     metrics: ApiMetrics,
     /// `GET /items/{id}`, or `*`.
     label: Arc<str>,
@@ -130,7 +130,7 @@ struct Route {
 
 impl Route {
     fn new(
-        service: RouteService,
+        service: RouteStack,
         policies: &[&crate::model::PolicyRef],
         registry: &PolicyRegistry,
         (metrics, label): (ApiMetrics, &str),
@@ -799,7 +799,7 @@ impl Gateway {
 /// A routed request: its stack, its API, and the exchange its policies fill.
 struct Routed {
     request: Request<Body>,
-    service: RouteService,
+    service: RouteStack,
     api: Arc<BuiltApi>,
     at: RouteRef,
     exchange: Option<Arc<Exchange>>,
@@ -836,7 +836,7 @@ fn operation_label(method: &str, path: &str) -> String {
 /// Waits for the stack to be ready and calls it. A named future type (rather than
 /// `ServiceExt::oneshot`) keeps `Gateway::handle` provably `Send`.
 async fn call_route(
-    mut service: RouteService,
+    mut service: RouteStack,
     request: Request<Body>,
 ) -> Result<Response<Body>, BoxError> {
     std::future::poll_fn(|cx| tower::Service::poll_ready(&mut service, cx)).await?;

@@ -1,16 +1,15 @@
 //! [`Filter`]: the shape of most policies (look at or change the request, perhaps answer it
-//! at the gateway, then look at or change the response) as one `tower::Layer`.
+//! at the gateway, then look at or change the response), run by a route's stack without a
+//! service or a future of its own.
 
+use std::any::Any;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::{Request, Response};
 
-use super::{RouteLayer, RouteService};
-use crate::body::{Body, BoxError};
+use super::RouteLayer;
+use crate::body::Body;
 
 /// A policy that works on the request before the upstream call and on the response after
 /// it. Whatever [`Filter::request`] needs to pass to [`Filter::response`] (an origin, a
@@ -33,110 +32,31 @@ pub trait Filter: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// The layer of a [`Filter`].
+/// The layer of a [`Filter`]. In a route's stack, filters next to each other run in one
+/// service with one future (see [`stack`](super::stack)).
 pub fn filter_layer<F: Filter>(filter: F) -> RouteLayer {
-    RouteLayer::new(FilterLayer {
-        filter: Arc::new(filter),
-    })
+    RouteLayer::filter(Arc::new(filter))
 }
 
-#[derive(Debug)]
-struct FilterLayer<F> {
-    filter: Arc<F>,
+/// A [`Filter`] with its state type erased, so that a route's stack can hold any mix of
+/// them. A state whose type has no size (most filters' `()`) is boxed without allocating.
+pub(super) trait ErasedFilter: Send + Sync + fmt::Debug {
+    #[allow(clippy::result_large_err)]
+    fn request(&self, request: &mut Request<Body>) -> Result<Box<dyn Any + Send>, Response<Body>>;
+
+    fn response(&self, state: Box<dyn Any + Send>, response: &mut Response<Body>);
 }
 
-impl<F> Clone for FilterLayer<F> {
-    fn clone(&self) -> Self {
-        Self {
-            filter: Arc::clone(&self.filter),
+impl<F: Filter> ErasedFilter for F {
+    fn request(&self, request: &mut Request<Body>) -> Result<Box<dyn Any + Send>, Response<Body>> {
+        Filter::request(self, request).map(|state| Box::new(state) as Box<dyn Any + Send>)
+    }
+
+    fn response(&self, state: Box<dyn Any + Send>, response: &mut Response<Body>) {
+        // the state is always this filter's own: the stack hands each state back to the
+        // filter that made it
+        if let Ok(state) = state.downcast::<F::State>() {
+            Filter::response(self, *state, response);
         }
-    }
-}
-
-impl<F: Filter> tower::Layer<RouteService> for FilterLayer<F> {
-    type Service = FilterService<F>;
-
-    fn layer(&self, inner: RouteService) -> Self::Service {
-        FilterService {
-            inner,
-            filter: Arc::clone(&self.filter),
-        }
-    }
-}
-
-struct FilterService<F> {
-    inner: RouteService,
-    filter: Arc<F>,
-}
-
-impl<F> Clone for FilterService<F> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            filter: Arc::clone(&self.filter),
-        }
-    }
-}
-
-type Inner = super::RouteFuture;
-
-impl<F: Filter> tower::Service<Request<Body>> for FilterService<F> {
-    type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = FilterFuture<F>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
-        match self.filter.request(&mut request) {
-            Ok(state) => FilterFuture::Inner {
-                future: self.inner.call(request),
-                state: Some(state),
-                filter: Arc::clone(&self.filter),
-            },
-            Err(response) => FilterFuture::Answered(Some(response)),
-        }
-    }
-}
-
-/// The future of a [`Filter`]'s service: the inner call, then the response half.
-pub(crate) enum FilterFuture<F: Filter> {
-    Answered(Option<Response<Body>>),
-    Inner {
-        future: Inner,
-        state: Option<F::State>,
-        filter: Arc<F>,
-    },
-}
-
-impl<F: Filter> Future for FilterFuture<F> {
-    type Output = Result<Response<Body>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            FilterFuture::Answered(response) => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => Poll::Ready(Err("filter future polled after completion".into())),
-            },
-            FilterFuture::Inner {
-                future,
-                state,
-                filter,
-            } => {
-                let mut response = std::task::ready!(future.as_mut().poll(cx))?;
-                if let Some(state) = state.take() {
-                    filter.response(state, &mut response);
-                }
-                Poll::Ready(Ok(response))
-            }
-        }
-    }
-}
-
-impl<F> fmt::Debug for FilterService<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FilterService").finish_non_exhaustive()
     }
 }

@@ -10,7 +10,8 @@
 //! (each built with [`PolicyRegistry::build`]): the API-level policies, with an
 //! operation-level policy of the same name replacing the API-level one, run phase by phase
 //! ([`Phase`]) and in the listed order within a phase, the first one outermost, around the
-//! upstream service.
+//! upstream service. Policies written as [`Filter`]s that sit next to each other in a stack
+//! run in one service with one future: no service clone or boxed future per policy.
 //!
 //! ```
 //! use gw_core::policy::{Policy, PolicyContext, PolicyRegistry, RouteLayer};
@@ -50,6 +51,7 @@ mod ratelimit;
 mod redirect;
 mod rewrite;
 mod sizelimit;
+mod stack;
 mod template;
 mod termination;
 #[cfg(test)]
@@ -61,7 +63,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response};
-use tower::util::{BoxCloneSyncService, BoxCloneSyncServiceLayer};
+use tower::util::BoxCloneSyncService;
 
 use crate::body::{Body, BoxError};
 use crate::consumers::ConsumerStore;
@@ -69,6 +71,7 @@ use crate::model::{FieldError, PolicyRef};
 
 pub use cidr::{Cidr, UNKNOWN_CLIENT, client_ip};
 pub use filter::{Filter, filter_layer};
+pub use stack::{RouteLayer, RouteStack, StackFuture, stack};
 pub use template::Template;
 
 /// The consumer a request was authenticated as: authentication policies put it in the
@@ -153,10 +156,6 @@ pub type RouteFuture =
 
 /// The service at every level of a per-route stack.
 pub type RouteService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
-
-/// A policy's layer, type-erased so that a stack can hold any mix of policies.
-pub type RouteLayer =
-    BoxCloneSyncServiceLayer<RouteService, Request<Body>, Response<Body>, BoxError>;
 
 /// Where a policy is attached: what its layer may need to know about its route when it is
 /// built (it is built once per route and configuration, never per request).
@@ -455,23 +454,6 @@ pub fn effective_policies<'a>(
             .filter(|o| !api.iter().any(|p| p.name == o.name)),
     );
     out
-}
-
-/// Wraps `inner` in built layers, phase by phase ([`Phase`]), in the given order within a
-/// phase, the first outermost. A layer may be shared by several stacks (an API-level
-/// policy's layer wraps every operation of the API, so that, for example, its rate limit
-/// counts the API's requests, not each operation's).
-pub fn stack(
-    registry: &PolicyRegistry,
-    mut layers: Vec<(&PolicyRef, RouteLayer)>,
-    inner: RouteService,
-) -> RouteService {
-    layers.sort_by_key(|(policy, _)| registry.phase(&policy.name));
-    let mut service = inner;
-    for (_, layer) in layers.iter().rev() {
-        service = tower::Layer::layer(layer, service);
-    }
-    service
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::Limits;
 use crate::body::Body;
 use crate::metrics::EndpointMetrics;
 use crate::model::Endpoint;
@@ -137,6 +138,72 @@ impl Sender {
 pub(super) struct Idle {
     pub(super) sender: http1::SendRequest<Body>,
     pub(super) since: Instant,
+    /// The connection limits of the upstream that opened it: its connection holds one of
+    /// them until it closes, and its return wakes that upstream's waiting requests.
+    pub(super) opener: Arc<Limits>,
+}
+
+/// Idle HTTP/1.1 connections to one endpoint.
+///
+/// A plain-HTTP endpoint's pool is shared by every upstream of the process with an endpoint
+/// at the same address (scheme, host and port) and the same idle timeout: a hundred APIs in
+/// front of one backend keep one set of connections to it, as they would with one nginx
+/// `upstream` block, and a redeployed API finds its connections open. The pool goes (and
+/// its connections close) with the last upstream that uses it. An `https://` endpoint's
+/// pool is its upstream's own: its connections carry that upstream's TLS settings (trusted
+/// CAs, client certificate, server name).
+#[derive(Debug, Default)]
+pub(super) struct IdlePool {
+    conns: Mutex<Vec<Idle>>,
+    /// Whether other upstreams may share it.
+    shared: bool,
+}
+
+/// What makes two plain-HTTP endpoints' connections interchangeable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    /// `host:port`, the host lower case.
+    address: String,
+    idle_timeout: Duration,
+}
+
+/// The shared pools of the process, by address; an entry outlives its pool by at most
+/// until the next pool is made.
+static SHARED_POOLS: std::sync::LazyLock<
+    Mutex<std::collections::HashMap<PoolKey, std::sync::Weak<IdlePool>>>,
+> = std::sync::LazyLock::new(Mutex::default);
+
+impl IdlePool {
+    /// The pool of an endpoint at `target`: the shared one of its address for plain HTTP,
+    /// a new one of its own for HTTPS.
+    fn for_target(target: &Target, idle_timeout: Duration) -> Arc<Self> {
+        if target.https {
+            return Arc::new(Self::default());
+        }
+        let key = PoolKey {
+            address: format!("{}:{}", target.host.to_ascii_lowercase(), target.port),
+            idle_timeout,
+        };
+        let mut pools = SHARED_POOLS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(pool) = pools.get(&key).and_then(std::sync::Weak::upgrade) {
+            return pool;
+        }
+        pools.retain(|_, pool| pool.strong_count() > 0);
+        let pool = Arc::new(Self {
+            conns: Mutex::default(),
+            shared: true,
+        });
+        pools.insert(key, Arc::downgrade(&pool));
+        pool
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// One endpoint and its state.
@@ -156,7 +223,7 @@ pub(super) struct EndpointState {
     pub(super) ejected_until_ms: AtomicU64,
     /// The active health check's verdict (true without a health check).
     pub(super) healthy: AtomicBool,
-    pub(super) idle: Mutex<Vec<Idle>>,
+    pub(super) idle: Arc<IdlePool>,
     /// The HTTP/2 connection, shared (`protocol: h2`).
     pub(super) h2: Mutex<Option<http2::SendRequest<Body>>>,
     /// Held while an HTTP/2 connection is being opened, so that concurrent requests wait
@@ -176,9 +243,11 @@ impl EndpointState {
     pub(super) fn new(
         spec: &Endpoint,
         tls: Option<&UpstreamTlsClient>,
+        idle_timeout: Duration,
         metrics: EndpointMetrics,
     ) -> Result<Self, String> {
         let target = Target::parse(&spec.url)?;
+        let idle = IdlePool::for_target(&target, idle_timeout);
         let tls = match (target.https, tls) {
             (false, _) => None,
             (true, None) => return Err("an https:// endpoint needs a TLS client".to_string()),
@@ -202,7 +271,7 @@ impl EndpointState {
             ejections_in_row: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
-            idle: Mutex::new(Vec::new()),
+            idle,
             h2: Mutex::new(None),
             h2_connecting: tokio::sync::Mutex::new(()),
             retired: AtomicBool::new(false),
@@ -226,32 +295,31 @@ impl EndpointState {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
-    /// Takes an idle connection that is still open and not past `idle_timeout`.
-    pub(super) fn take_idle(&self, idle_timeout: Duration) -> Option<http1::SendRequest<Body>> {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// Takes an idle connection that is still open and not past `idle_timeout`, with the
+    /// limits of the upstream that opened it.
+    pub(super) fn take_idle(
+        &self,
+        idle_timeout: Duration,
+    ) -> Option<(http1::SendRequest<Body>, Arc<Limits>)> {
+        let mut idle = self.idle.lock();
         while let Some(conn) = idle.pop() {
             if !conn.sender.is_closed() && conn.since.elapsed() < idle_timeout {
-                return Some(conn.sender);
+                return Some((conn.sender, conn.opener));
             }
         }
         None
     }
 
-    /// Puts a connection back for reuse.
-    pub(super) fn put_idle(&self, sender: http1::SendRequest<Body>) {
-        if sender.is_closed() || self.retired.load(Ordering::Acquire) {
+    /// Puts a connection back for reuse. A retired upstream keeps no connection of its
+    /// own pool; a shared pool keeps it for the other upstreams at the same address.
+    pub(super) fn put_idle(&self, sender: http1::SendRequest<Body>, opener: Arc<Limits>) {
+        if sender.is_closed() || (!self.idle.shared && self.retired.load(Ordering::Acquire)) {
             return;
         }
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        idle.push(Idle {
+        self.idle.lock().push(Idle {
             sender,
             since: Instant::now(),
+            opener,
         });
     }
 
@@ -275,29 +343,30 @@ impl EndpointState {
     /// Stops keeping connections: closes the idle ones and refuses new ones.
     pub(super) fn retire(&self) {
         self.retired.store(true, Ordering::Release);
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        if !self.idle.shared {
+            self.idle.lock().clear();
+        }
         self.set_h2(None);
     }
 
-    /// Closes one idle connection; whether there was one.
-    pub(super) fn drop_one_idle(&self) -> bool {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        idle.pop().is_some()
+    /// Closes one idle connection opened by the upstream of `limits` (which frees one of
+    /// its connections); whether there was one.
+    pub(super) fn drop_one_idle(&self, limits: &Arc<Limits>) -> bool {
+        let mut idle = self.idle.lock();
+        match idle.iter().position(|c| Arc::ptr_eq(&c.opener, limits)) {
+            Some(i) => {
+                idle.swap_remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Closes the idle connections unused for `idle_timeout`.
     pub(super) fn expire_idle(&self, idle_timeout: Duration) {
-        let mut idle = self
-            .idle
+        self.idle
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        idle.retain(|conn| !conn.sender.is_closed() && conn.since.elapsed() < idle_timeout);
+            .retain(|conn| !conn.sender.is_closed() && conn.since.elapsed() < idle_timeout);
     }
 
     /// The endpoint's addresses, resolved again once `refresh` has passed.
@@ -482,5 +551,34 @@ mod tests {
         let t = Target::parse("http://backend.internal:8080").unwrap();
         assert_eq!(&*t.host, "backend.internal");
         assert!(Target::parse("ftp://x").is_err());
+    }
+
+    /// Plain-HTTP endpoints at one address (whatever their base paths or host spelling)
+    /// share one pool when their idle timeouts match; HTTPS endpoints never share, and a
+    /// pool goes with its last user.
+    #[test]
+    fn idle_pools_are_shared_by_address_and_idle_timeout() {
+        let second = Duration::from_secs(1);
+        let pool = |url: &str, idle| IdlePool::for_target(&Target::parse(url).unwrap(), idle);
+        let a = pool("http://127.0.0.1:39411/a", second);
+        let b = pool("http://127.0.0.1:39411/b/", second);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(a.shared);
+        let upper = pool("http://LOCALHOST:39411", second);
+        assert!(Arc::ptr_eq(&upper, &pool("http://localhost:39411", second)));
+        assert!(!Arc::ptr_eq(&a, &pool("http://127.0.0.1:39412/a", second)));
+        assert!(!Arc::ptr_eq(
+            &a,
+            &pool("http://127.0.0.1:39411/a", 2 * second)
+        ));
+        let tls = pool("https://127.0.0.1:39411", second);
+        assert!(!tls.shared);
+        assert!(!Arc::ptr_eq(&tls, &pool("https://127.0.0.1:39411", second)));
+        // once its users are gone, the next endpoint at the address gets a new pool
+        let weak = Arc::downgrade(&a);
+        drop((a, b));
+        assert!(weak.upgrade().is_none());
+        let fresh = pool("http://127.0.0.1:39411/a", second);
+        assert!(fresh.lock().is_empty());
     }
 }

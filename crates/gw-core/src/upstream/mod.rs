@@ -2,10 +2,12 @@
 //! bottom of every per-route stack.
 //!
 //! An [`Upstream`] is built once per API definition and shared by the API's routes. It owns
-//! its endpoints' keep-alive connections, its load balancer, its retry budget, its outlier
-//! detection and its health-check tasks; all of them live exactly as long as the
-//! configurations that use the API unchanged, and are released (tasks stopped, idle
-//! connections closed) when the last of those is replaced and its requests are done.
+//! its load balancer, its retry budget, its outlier detection and its health-check tasks;
+//! all of them live exactly as long as the configurations that use the API unchanged, and
+//! are released (tasks stopped) when the last of those is replaced and its requests are
+//! done. Idle keep-alive connections to a plain-HTTP endpoint are shared by every upstream
+//! with an endpoint at the same address (see `endpoint::IdlePool`), and close with the last
+//! of them; an `https://` endpoint's are its upstream's own and close with it.
 //!
 //! [`UpstreamService`] rewrites the request for the upstream (context stripped, base path
 //! prefixed, query kept byte for byte, hop-by-hop headers removed, `X-Forwarded-*` added),
@@ -192,6 +194,7 @@ impl Upstream {
             let state = EndpointState::new(
                 endpoint,
                 tls.as_ref(),
+                spec.timeouts.idle.as_duration(),
                 metrics.for_endpoint(api, &endpoint.url),
             )
             .map_err(|message| UpstreamError {
@@ -326,12 +329,13 @@ impl Upstream {
     }
 
     /// A connection to endpoint `index`: an idle one, a new one, or (at the connection
-    /// limit) the next one released.
-    async fn checkout(&self, index: usize) -> Result<Sender, CheckoutError> {
+    /// limit) the next one released; with the limits of the upstream that opened it.
+    async fn checkout(&self, index: usize) -> Result<(Sender, Arc<Limits>), CheckoutError> {
         let endpoint = &self.endpoints[index];
         let limits = &self.limits;
         if self.h2 {
-            return self.checkout_h2(endpoint).await;
+            let sender = self.checkout_h2(endpoint).await?;
+            return Ok((sender, Arc::clone(limits)));
         }
         let mut waiting = None;
         loop {
@@ -342,10 +346,10 @@ impl Upstream {
             if waiting.is_some() {
                 notified.as_mut().enable();
             }
-            while let Some(sender) = endpoint.take_idle(self.idle_timeout) {
+            while let Some((sender, opener)) = endpoint.take_idle(self.idle_timeout) {
                 let mut sender = Sender::H1(sender);
                 if sender.ready().await.is_ok() {
-                    return Ok(sender);
+                    return Ok((sender, opener));
                 }
             }
             if let Some(slot) = OpenSlot::acquire(limits) {
@@ -355,14 +359,15 @@ impl Upstream {
                 // boxed: the connect state machine (TCP, TLS, the HTTP handshake) is
                 // large, and it would otherwise be part of every request's future and be
                 // moved with it, for the few requests that open a connection
-                return Box::pin(endpoint.connect(
+                let sender = Box::pin(endpoint.connect(
                     false,
                     self.connect_timeout,
                     self.dns_refresh,
                     on_close,
                 ))
                 .await
-                .map_err(CheckoutError::Connect);
+                .map_err(CheckoutError::Connect)?;
+                return Ok((sender, Arc::clone(limits)));
             }
             if waiting.is_none() {
                 if limits.pending.fetch_add(1, Ordering::SeqCst) >= limits.max_pending {
@@ -408,10 +413,11 @@ impl Upstream {
         Ok(sender)
     }
 
-    /// Closes one idle connection of an endpoint other than `index`, if there is one.
+    /// Closes one idle connection this upstream opened to an endpoint other than `index`,
+    /// if there is one.
     fn evict_idle_elsewhere(&self, index: usize) {
         for (i, endpoint) in self.endpoints.iter().enumerate() {
-            if i != index && endpoint.drop_one_idle() {
+            if i != index && endpoint.drop_one_idle(&self.limits) {
                 return;
             }
         }
@@ -529,7 +535,10 @@ impl Upstream {
                         source: Box::new(err),
                     });
                 }
-                Ok(Ok(sender)) => sender,
+                Ok(Ok((sender, opener))) => {
+                    lease.opener = Some(opener);
+                    sender
+                }
             };
             let Some((mut parts, body)) = pending.take() else {
                 return Err(GatewayError::BadUpstreamRequest(
@@ -753,6 +762,9 @@ struct Lease {
     upstream: Arc<Upstream>,
     index: usize,
     sender: Option<Sender>,
+    /// The limits of the upstream that opened the connection (this one, or another at the
+    /// same address that shares its idle connections).
+    opener: Option<Arc<Limits>>,
     /// Set when the request has a body: whether it has been sent to the end.
     body_done: Option<Arc<AtomicBool>>,
 }
@@ -766,6 +778,7 @@ impl Lease {
             upstream: Arc::clone(upstream),
             index,
             sender: None,
+            opener: None,
             body_done: None,
         }
     }
@@ -786,9 +799,13 @@ impl Lease {
             self.sender = None;
             return;
         }
-        if let Some(Sender::H1(sender)) = self.sender.take() {
-            self.upstream.endpoints[self.index].put_idle(sender);
-            self.upstream.limits.release();
+        if let (Some(Sender::H1(sender)), Some(opener)) = (self.sender.take(), self.opener.take()) {
+            self.upstream.endpoints[self.index].put_idle(sender, Arc::clone(&opener));
+            // the opener's waiting requests, and this upstream's, may take it
+            opener.release();
+            if !Arc::ptr_eq(&opener, &self.upstream.limits) {
+                self.upstream.limits.release();
+            }
         }
     }
 }
