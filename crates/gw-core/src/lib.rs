@@ -18,6 +18,7 @@ pub mod body;
 pub mod consumers;
 pub mod error;
 pub mod gateway;
+mod http_client;
 pub mod metrics;
 pub mod model;
 pub mod path;
