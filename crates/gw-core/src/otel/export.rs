@@ -275,7 +275,12 @@ impl Handle {
             return;
         }
         let abort = self.task.abort_handle();
-        if tokio::time::timeout_at(deadline, self.task).await.is_err() {
+        // a moment past the deadline, for the task to count what it could not send
+        let grace = Duration::from_millis(100);
+        if tokio::time::timeout_at(deadline + grace, self.task)
+            .await
+            .is_err()
+        {
             abort.abort();
             tracing::warn!("the final trace export did not finish in time");
         }
