@@ -100,6 +100,9 @@ impl Process {
             .env_remove("GW_DATABASE_URL")
             .env_remove("GW_DEV")
             .env_remove("GW_SYNC_TOKEN")
+            // no trace export unless a test asks for one
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_HEADERS")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -519,6 +519,8 @@ pub struct Gateway {
     registry: PolicyRegistry,
     metrics: ProxyMetrics,
     max_uri_bytes: usize,
+    /// The trace export, if one is installed ([`Gateway::with_tracing`]).
+    tracing: Option<crate::otel::Tracing>,
     /// Serializes [`Gateway::apply`]: each build reuses (and retires) the APIs of the
     /// configuration it replaces.
     applying: std::sync::Mutex<()>,
@@ -534,6 +536,7 @@ impl Gateway {
             registry,
             metrics,
             max_uri_bytes: DEFAULT_MAX_URI_BYTES,
+            tracing: None,
             applying: std::sync::Mutex::new(()),
         }
     }
@@ -544,6 +547,19 @@ impl Gateway {
     pub fn with_max_uri_bytes(mut self, limit: usize) -> Self {
         self.max_uri_bytes = limit;
         self
+    }
+
+    /// Exports a span per request with `tracing` ([`crate::otel`]); without it, the
+    /// gateway only keeps or makes each request's `traceparent`.
+    #[must_use]
+    pub fn with_tracing(mut self, tracing: crate::otel::Tracing) -> Self {
+        self.tracing = Some(tracing);
+        self
+    }
+
+    /// The trace export, if one is installed (to flush it at shutdown).
+    pub fn tracing(&self) -> Option<&crate::otel::Tracing> {
+        self.tracing.as_ref()
     }
 
     /// The metrics the gateway records into.
@@ -729,7 +745,9 @@ impl Gateway {
             request = Request::from_parts(parts, body::limited(body, limit));
         }
         request.extensions_mut().insert(conn);
-        crate::trace::ensure(request.headers_mut());
+        let span = crate::otel::begin(self.tracing.as_ref(), &mut request, start, || {
+            (&api.definition, &api.route(at).label)
+        });
         let response = match call_route(service, request).await {
             Ok(response) => response,
             Err(error) => api.rescuer.rescue(error),
@@ -737,6 +755,7 @@ impl Gateway {
         api.route(at)
             .metrics
             .observe(response.status(), start.elapsed());
+        span.end(response.status());
         if let Some(consumer) = exchange.as_ref().and_then(|e| e.consumer()) {
             self.metrics.consumer_request(
                 &api.definition.metadata.name,

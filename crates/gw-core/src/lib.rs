@@ -10,6 +10,8 @@
 //! - [`gateway`]: the configuration built from a set of APIs, swapped atomically, and the
 //!   request entry point that routes, runs the per-route stack and turns errors into
 //!   responses.
+//! - [`trace`]: W3C trace context (`traceparent`) kept, made and passed on to upstreams.
+//! - [`otel`]: OpenTelemetry trace export (OTLP/HTTP), off unless installed on the gateway.
 //!
 //! This crate does no database or gRPC work; it is what runtimes and embedders build on.
 #![warn(missing_docs)]
@@ -18,8 +20,10 @@ pub mod body;
 pub mod consumers;
 pub mod error;
 pub mod gateway;
+mod http_client;
 pub mod metrics;
 pub mod model;
+pub mod otel;
 pub mod path;
 pub mod policy;
 pub mod router;

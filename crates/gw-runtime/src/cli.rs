@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use gw_core::model::HumanDuration;
+use gw_core::otel::{OtelConfig, OtelHeader};
 use gw_core::policy::PolicyRegistry;
 
 use crate::logging::{self, LogFormat};
@@ -112,6 +114,115 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "GW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    #[command(flatten)]
+    otel: OtelArgs,
+}
+
+/// OpenTelemetry trace export: off unless `--otel-endpoint` (or its variable) is set; the
+/// other settings are ignored then.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "OpenTelemetry trace export")]
+struct OtelArgs {
+    /// OTLP/HTTP collector to export a span per request to (`http://127.0.0.1:4318`, or
+    /// `https://`): protobuf POSTed to `{endpoint}/v1/traces`. No export when unset.
+    #[arg(
+        long = "otel-endpoint",
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    endpoint: Option<String>,
+
+    /// A header sent with every export, `name=value` (the value percent-decoded), for the
+    /// collector's authentication; repeat it, or give a comma-separated list in the
+    /// variable, which is better for secrets: a flag shows in `ps`.
+    #[arg(
+        long = "otel-header",
+        env = "OTEL_EXPORTER_OTLP_HEADERS",
+        value_name = "NAME=VALUE",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    header: Vec<Secret>,
+
+    /// The spans' `service.name`.
+    #[arg(
+        long = "otel-service-name",
+        env = "OTEL_SERVICE_NAME",
+        value_name = "NAME",
+        default_value = gw_core::otel::DEFAULT_SERVICE_NAME
+    )]
+    service_name: String,
+
+    /// The share of new traces that are sampled, from 0 to 1; a request with a valid
+    /// `traceparent` follows its sampled flag instead.
+    #[arg(
+        long = "otel-sample-ratio",
+        env = "GW_OTEL_SAMPLE_RATIO",
+        default_value_t = 1.0,
+        value_name = "RATIO",
+        value_parser = sample_ratio
+    )]
+    sample_ratio: f64,
+
+    /// How often finished spans are sent (at once when 512 are waiting): `5s`, `500ms`.
+    #[arg(
+        long = "otel-batch-interval",
+        env = "GW_OTEL_BATCH_INTERVAL",
+        default_value = "5s",
+        value_name = "DURATION"
+    )]
+    batch_interval: HumanDuration,
+}
+
+/// A value that may be a secret: parsed later, so that no error message quotes it, and
+/// never shown by `Debug`.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+fn sample_ratio(value: &str) -> Result<f64, String> {
+    let ratio: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| "must be a number from 0 to 1".to_string())?;
+    gw_core::otel::check_sample_ratio(ratio).map_err(|e| e.to_string())
+}
+
+impl OtelArgs {
+    /// The export's settings, or `None` without an endpoint.
+    fn config(self) -> anyhow::Result<Option<OtelConfig>> {
+        let Some(endpoint) = self.endpoint.filter(|e| !e.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let mut config = OtelConfig::new(&endpoint).context("--otel-endpoint")?;
+        config.headers = self
+            .header
+            .iter()
+            .filter(|h| !h.0.trim().is_empty())
+            .map(|h| OtelHeader::parse(&h.0))
+            .collect::<Result<_, _>>()
+            .context("--otel-header")?;
+        config.service_name = self.service_name;
+        config.service_version = env!("CARGO_PKG_VERSION").to_string();
+        config.sample_ratio = self.sample_ratio;
+        config.batch_interval = self.batch_interval.as_duration();
+        config.validate().context("OpenTelemetry trace export")?;
+        Ok(Some(config))
+    }
 }
 
 /// Parses the command line and runs a runtime that knows `policies` until SIGTERM or
@@ -143,6 +254,7 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
         None => ConfigSource::Controllers(args.controller),
     };
     let mut options = RuntimeOptions::new(source);
+    options.otel = args.otel.config()?;
     options.policies = policies;
     options.group = args.group;
     if let Some(node_id) = args.node_id {
@@ -168,4 +280,93 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     let runtime = Runtime::bind(options).await?;
     runtime.run(crate::shutdown_signal()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(otel: &[&str]) -> Result<Args, clap::Error> {
+        let base = ["gw-runtime", "--config", "apis.yaml"];
+        Args::try_parse_from(base.iter().chain(otel))
+    }
+
+    #[test]
+    fn otel_flags_make_the_export_settings() {
+        let args = parse(&[
+            "--otel-endpoint",
+            "https://otlp.example.com/otlp",
+            "--otel-header",
+            "x-team=edge, authorization=Bearer%20s3cr3t",
+            "--otel-header",
+            "x-more=1",
+            "--otel-sample-ratio",
+            "0.25",
+            "--otel-batch-interval",
+            "250ms",
+            "--otel-service-name",
+            "edge",
+        ])
+        .unwrap();
+        assert!(!format!("{args:?}").contains("s3cr3t"));
+        let config = args.otel.config().unwrap().expect("an endpoint: an export");
+        assert_eq!(
+            config.traces_url().as_str(),
+            "https://otlp.example.com/otlp/v1/traces"
+        );
+        let names: Vec<&str> = config.headers.iter().map(|h| h.name().as_str()).collect();
+        assert_eq!(names, ["x-team", "authorization", "x-more"]);
+        assert!((config.sample_ratio - 0.25).abs() < f64::EPSILON);
+        assert_eq!(config.batch_interval, Duration::from_millis(250));
+        assert_eq!(config.service_name, "edge");
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn bad_otel_flags_are_refused_without_quoting_secrets() {
+        let refused = |otel: &[&str]| match parse(otel) {
+            Err(err) => err.to_string(),
+            Ok(args) => format!("{:#}", args.otel.config().unwrap_err()),
+        };
+        let endpoint = ["--otel-endpoint", "http://127.0.0.1:4318"];
+        for (flags, reason) in [
+            (
+                vec!["--otel-endpoint", "ftp://collector"],
+                "http:// or https://",
+            ),
+            (
+                vec!["--otel-endpoint", "http://me:s3cr3t@collector:4318"],
+                "user name or password",
+            ),
+            (
+                [&endpoint[..], &["--otel-header", "s3cr3t"]].concat(),
+                "name=value",
+            ),
+            (
+                [&endpoint[..], &["--otel-header", "bad name=s3cr3t"]].concat(),
+                "not a valid header name",
+            ),
+            (
+                [&endpoint[..], &["--otel-sample-ratio", "1.5"]].concat(),
+                "from 0 to 1",
+            ),
+            (
+                [&endpoint[..], &["--otel-sample-ratio", "half"]].concat(),
+                "from 0 to 1",
+            ),
+            (
+                [&endpoint[..], &["--otel-batch-interval", "5ms"]].concat(),
+                "at least 10ms",
+            ),
+        ] {
+            let message = refused(&flags);
+            assert!(message.contains(reason), "{flags:?}: {message}");
+            assert!(!message.contains("s3cr3t"), "{message}");
+        }
+        // the other settings alone export nothing
+        if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() {
+            let args = parse(&["--otel-sample-ratio", "0.5"]).unwrap();
+            assert!(args.otel.config().unwrap().is_none());
+        }
+    }
 }

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use gw_core::Gateway;
 use gw_core::metrics::ProxyMetrics;
+use gw_core::otel::{OtelConfig, OtelMetrics, Tracing};
 use gw_core::policy::PolicyRegistry;
 use gw_sync::SyncToken;
 use gw_sync::client::{ClientOptions, SyncClient};
@@ -94,6 +95,9 @@ pub struct RuntimeOptions {
     /// After the shutdown signal, how long the runtime keeps serving while `/status/ready`
     /// says 503, so that load balancers take it out before it stops accepting connections.
     pub drain_period: Duration,
+    /// OpenTelemetry trace export (`None`: no export). An empty `service_instance_id` is
+    /// filled with the node id.
+    pub otel: Option<OtelConfig>,
 }
 
 impl RuntimeOptions {
@@ -116,6 +120,7 @@ impl RuntimeOptions {
             heartbeat_interval: Duration::from_secs(10),
             sync_token: None,
             drain_period: Duration::ZERO,
+            otel: None,
         }
     }
 }
@@ -158,6 +163,20 @@ pub fn default_node_id() -> String {
     format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
+/// Starts the trace export of `config`, its `service.instance.id` the node id unless it has
+/// one, its metrics in `registry`.
+fn start_tracing(
+    config: &OtelConfig,
+    node_id: &str,
+    registry: &mut Registry,
+) -> Result<Tracing, RuntimeError> {
+    let mut config = config.clone();
+    if config.service_instance_id.is_empty() {
+        node_id.clone_into(&mut config.service_instance_id);
+    }
+    Ok(Tracing::start(&config, OtelMetrics::register(registry))?)
+}
+
 /// Why a runtime could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -178,6 +197,9 @@ pub enum RuntimeError {
     /// The options are inconsistent.
     #[error("invalid options: {0}")]
     Options(String),
+    /// The trace export cannot start.
+    #[error(transparent)]
+    Otel(#[from] gw_core::otel::OtelError),
 }
 
 /// A runtime with its listeners bound and its first configuration (cache or file) applied.
@@ -224,10 +246,12 @@ impl Runtime {
 
         let mut registry = Registry::default();
         let metrics = ProxyMetrics::register(&mut registry);
-        let gateway = Arc::new(
-            Gateway::new(options.policies.clone(), metrics)
-                .with_max_uri_bytes(options.max_uri_bytes),
-        );
+        let mut gateway = Gateway::new(options.policies.clone(), metrics)
+            .with_max_uri_bytes(options.max_uri_bytes);
+        if let Some(config) = &options.otel {
+            gateway = gateway.with_tracing(start_tracing(config, &options.node_id, &mut registry)?);
+        }
+        let gateway = Arc::new(gateway);
         let cache = match (&options.source, &options.data_dir) {
             (ConfigSource::Controllers(_), Some(dir)) => Some(CacheFile::new(
                 dir.join("config-cache.json"),
@@ -393,6 +417,10 @@ impl Runtime {
         tokio::join!(stopper, plain, secure);
         source_task.abort();
         status_task.abort();
+        if let Some(tracing) = state.gateway().tracing() {
+            // the spans of the last requests
+            tracing.shutdown().await;
+        }
         tracing::info!("runtime stopped");
         Ok(())
     }

@@ -9,23 +9,18 @@
 //! logged with the URL's scheme, host and path only (a query may carry a secret).
 
 use std::collections::HashMap;
-use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
-use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
+use http::{StatusCode, header};
+use http_body_util::Empty;
 use tokio::time::Instant;
 
 use super::keys::{self, KeySet, Origin};
-use crate::body::BoxError;
+use crate::http_client::{self, ClientError, Target};
 
 /// How long one fetch may take, connection included.
 pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,89 +32,19 @@ const MIN_RETRY: Duration = Duration::from_secs(1);
 /// Why a fetch failed. The messages name no key material and no URL query.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FetchError {
-    /// No TCP connection.
-    #[error("cannot connect: {0}")]
-    Connect(#[source] io::Error),
-    /// The TLS handshake failed (an unknown issuer, a name mismatch).
-    #[error("TLS handshake failed: {0}")]
-    Tls(#[source] io::Error),
-    /// The HTTP exchange failed.
-    #[error("HTTP exchange failed: {0}")]
-    Http(#[source] hyper::Error),
+    /// The exchange itself failed: no connection, TLS, HTTP, or a body over
+    /// [`MAX_JWKS_BYTES`].
+    #[error(transparent)]
+    Client(#[from] ClientError),
     /// Not a 200 (redirects are not followed).
     #[error("answered {0}, not 200 OK (redirects are not followed)")]
     Status(StatusCode),
-    /// The body is larger than [`MAX_JWKS_BYTES`].
-    #[error("the JWKS is larger than {MAX_JWKS_BYTES} bytes")]
-    TooLarge,
-    /// The body could not be read.
-    #[error("the body could not be read: {0}")]
-    Body(#[source] BoxError),
     /// No answer within [`FETCH_TIMEOUT`].
     #[error("no answer within {} s", FETCH_TIMEOUT.as_secs())]
     Timeout,
     /// The body is not a JWKS.
     #[error("the body is not a JWKS: {0}")]
     Invalid(String),
-}
-
-/// Where to fetch from, parsed once.
-struct Target {
-    /// The host to resolve (an IPv6 address without brackets).
-    host: String,
-    port: u16,
-    /// The `Host` header.
-    authority: String,
-    path_and_query: String,
-    /// `scheme://authority/path`, for logs.
-    shown: String,
-    /// For `https`: the TLS client and the name to verify.
-    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
-}
-
-impl Target {
-    fn parse(url: &url::Url) -> Result<Self, String> {
-        let https = match url.scheme() {
-            "https" => true,
-            "http" => false,
-            _ => return Err("must be an http:// or https:// URL".to_string()),
-        };
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err("must not carry a user name or password".to_string());
-        }
-        let (host, name) = match url.host() {
-            Some(url::Host::Domain(domain)) => (domain.to_string(), domain.to_string()),
-            Some(url::Host::Ipv4(ip)) => (ip.to_string(), ip.to_string()),
-            Some(url::Host::Ipv6(ip)) => (ip.to_string(), ip.to_string()),
-            None => return Err("must name a host".to_string()),
-        };
-        let port = url
-            .port_or_known_default()
-            .ok_or_else(|| "must name a port".to_string())?;
-        let authority = url[url::Position::BeforeHost..url::Position::AfterPort].to_string();
-        let path_and_query = url[url::Position::BeforePath..url::Position::AfterQuery].to_string();
-        let shown = format!("{}://{authority}{}", url.scheme(), url.path());
-        let tls = if https {
-            let server_name = ServerName::try_from(name)
-                .map_err(|_| "has a host that is not a valid TLS server name".to_string())?;
-            let client = crate::tls::UpstreamTlsClient::build(
-                None,
-                false,
-                &crate::tls::CertificateSet::default(),
-            )?;
-            Some((client.connector, server_name))
-        } else {
-            None
-        };
-        Ok(Self {
-            host,
-            port,
-            authority,
-            path_and_query,
-            shown,
-            tls,
-        })
-    }
 }
 
 /// What the fetches so far have done.
@@ -154,7 +79,7 @@ pub(crate) struct Remote {
 impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Remote")
-            .field("url", &self.target.shown)
+            .field("url", &self.target.shown())
             .field("refresh", &self.refresh)
             .field("min_refresh", &self.min_refresh)
             .finish_non_exhaustive()
@@ -346,11 +271,11 @@ impl Remote {
         state.succeeded = result.is_ok();
         match result {
             Ok(set) => {
-                tracing::debug!(url = %self.target.shown, keys = set.keys.len(), "JWKS fetched");
+                tracing::debug!(url = %self.target.shown(), keys = set.keys.len(), "JWKS fetched");
                 self.keys.store(Arc::new(set));
             }
             Err(err) => tracing::warn!(
-                url = %self.target.shown,
+                url = %self.target.shown(),
                 error = %crate::error::chain(&err),
                 "JWKS fetch failed; the last good keys stay in use"
             ),
@@ -365,7 +290,7 @@ impl Remote {
         let (set, problems) =
             keys::from_jwks(&value, Origin::Fetched, None).map_err(FetchError::Invalid)?;
         for (index, reason) in problems {
-            tracing::debug!(url = %self.target.shown, index, reason, "JWKS key skipped");
+            tracing::debug!(url = %self.target.shown(), index, reason, "JWKS key skipped");
         }
         if set.keys.is_empty() {
             // a failure, not a new truth: the last good keys stay in use
@@ -377,84 +302,19 @@ impl Remote {
     }
 
     async fn exchange(&self) -> Result<Bytes, FetchError> {
-        let stream = self.connect().await.map_err(FetchError::Connect)?;
-        match &self.target.tls {
-            None => self.get(TokioIo::new(stream)).await,
-            Some((connector, name)) => {
-                let stream = connector
-                    .connect(name.clone(), stream)
-                    .await
-                    .map_err(FetchError::Tls)?;
-                self.get(TokioIo::new(stream)).await
-            }
-        }
-    }
-
-    async fn connect(&self) -> io::Result<TcpStream> {
-        let mut last = None;
-        for addr in tokio::net::lookup_host((self.target.host.as_str(), self.target.port)).await? {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    return Ok(stream);
-                }
-                Err(err) => last = Some(err),
-            }
-        }
-        Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
-    }
-
-    async fn get<T>(&self, io: TokioIo<T>) -> Result<Bytes, FetchError>
-    where
-        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (mut sender, connection) = http1::handshake(io).await.map_err(FetchError::Http)?;
-        let driver = AbortOnDrop(tokio::spawn(async move {
-            let _ = connection.await;
-        }));
-        let request = Request::get(self.target.path_and_query.as_str())
-            .header(header::HOST, self.target.authority.as_str())
+        let mut connection = self.target.connect::<Empty<Bytes>>().await?;
+        let request = self
+            .target
+            .request(http::Method::GET)
             .header(header::ACCEPT, "application/jwk-set+json, application/json")
             .header(header::USER_AGENT, "gw")
             .body(Empty::<Bytes>::new())
             .map_err(|e| FetchError::Invalid(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(FetchError::Http)?;
+        let response = connection.send(request).await?;
         if response.status() != StatusCode::OK {
             return Err(FetchError::Status(response.status()));
         }
-        let declared = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > MAX_JWKS_BYTES as u64) {
-            return Err(FetchError::TooLarge);
-        }
-        let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
-            .collect()
-            .await
-            .map_err(|e| {
-                if crate::body::is_length_limit(&*e) {
-                    FetchError::TooLarge
-                } else {
-                    FetchError::Body(e)
-                }
-            })?
-            .to_bytes();
-        drop(driver);
-        Ok(body)
-    }
-}
-
-/// Aborts the connection's task when the fetch ends or is cancelled.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+        Ok(http_client::read_body(response, MAX_JWKS_BYTES).await?)
     }
 }
 

@@ -1,0 +1,278 @@
+//! The record of one request's span, filled on the request path with what is cheap to take
+//! (ids, clocks, shared handles), and turned into an OTLP span off the request path, with
+//! the names of the OpenTelemetry semantic conventions for HTTP servers.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{Method, Request, StatusCode};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{Span, SpanFlags, Status, span, status};
+
+use crate::body::Body;
+use crate::gateway::ConnInfo;
+use crate::model::ApiDefinition;
+use crate::policy::Exchange;
+use crate::trace::TraceParent;
+
+/// The `error.type` of a span whose client left before its response was ready.
+pub(super) const CANCELLED: &str = "cancelled";
+
+/// A request's span: started when its route's stack is about to run, ended when the
+/// response head is ready.
+#[derive(Debug)]
+pub(crate) struct SpanRecord {
+    /// The trace id, the gateway's span id (as `parent_id`: the parent of the upstream's
+    /// spans) and the flags passed on.
+    context: TraceParent,
+    /// The client's span, when the request came with a valid `traceparent`.
+    parent_id: Option<u64>,
+    /// The client's `tracestate`, with its `traceparent`.
+    trace_state: Option<String>,
+    start_unix_nanos: u64,
+    started: Instant,
+    duration: Duration,
+    method: Method,
+    /// The path as routed (normalized); never the query, which may carry a credential.
+    path: String,
+    secure: bool,
+    host: Option<String>,
+    client: Option<IpAddr>,
+    api: Arc<ApiDefinition>,
+    /// `GET /items/{id}`, or `*` for an API without operations.
+    operation: Arc<str>,
+    /// Where the stack records the consumer and the endpoint.
+    exchange: Arc<Exchange>,
+    /// `None` while the request runs, and for one whose client left.
+    status: Option<StatusCode>,
+}
+
+impl SpanRecord {
+    /// The record of a request whose stack is about to run. `started` is when the gateway
+    /// received it; a request without an [`Exchange`] gets one, so that the upstream
+    /// endpoint is known.
+    pub(super) fn start(
+        request: &mut Request<Body>,
+        context: TraceParent,
+        parent_id: Option<u64>,
+        (api, operation): (Arc<ApiDefinition>, Arc<str>),
+        started: Instant,
+    ) -> Self {
+        let since_epoch = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(started.elapsed());
+        let trace_state = parent_id.and_then(|_| trace_state(request.headers()));
+        let conn = request.extensions().get::<ConnInfo>().copied();
+        let exchange = match request.extensions().get::<Arc<Exchange>>() {
+            Some(exchange) => Arc::clone(exchange),
+            None => {
+                let exchange = Arc::new(Exchange::new(Arc::clone(&operation)));
+                request.extensions_mut().insert(Arc::clone(&exchange));
+                exchange
+            }
+        };
+        Self {
+            context,
+            parent_id,
+            trace_state,
+            start_unix_nanos: nanos(since_epoch),
+            started,
+            duration: Duration::ZERO,
+            method: request.method().clone(),
+            path: request.uri().path().to_string(),
+            secure: conn.is_some_and(|c| c.secure),
+            host: crate::router::request_host(request).map(std::borrow::Cow::into_owned),
+            client: conn.map(|c| c.peer.ip()),
+            api,
+            operation,
+            exchange,
+            status: None,
+        }
+    }
+
+    /// Ends the span now, with the response's status (`None`: the client left first).
+    pub(super) fn end(&mut self, status: Option<StatusCode>) {
+        self.duration = self.started.elapsed();
+        self.status = status;
+    }
+
+    /// The OTLP span.
+    pub(super) fn to_proto(&self) -> Span {
+        let route = http_route(&self.api.spec.context, &self.operation);
+        let known = known_method(&self.method);
+        let mut attributes = Vec::with_capacity(14);
+        let mut text = |key: &str, value: &str| attributes.push(string(key, value));
+        text("http.request.method", known.unwrap_or("_OTHER"));
+        if known.is_none() {
+            text("http.request.method_original", self.method.as_str());
+        }
+        text("url.path", &self.path);
+        text("url.scheme", if self.secure { "https" } else { "http" });
+        if let Some(host) = &self.host {
+            text("server.address", host);
+        }
+        if let Some(client) = self.client {
+            text("client.address", &client.to_string());
+        }
+        text("http.route", &route);
+        text("gw.api", &self.api.metadata.name);
+        if &*self.operation != crate::metrics::ANY_OPERATION {
+            text("gw.operation", &self.operation);
+        }
+        if let Some(consumer) = self.exchange.consumer() {
+            text("gw.consumer", &consumer.name);
+        }
+        if let Some(endpoint) = self.exchange.endpoint() {
+            text("gw.upstream.endpoint", endpoint);
+        }
+        let error = match self.status {
+            Some(status) if status.is_server_error() => Some(status.as_str().to_string()),
+            Some(_) => None,
+            None => Some(CANCELLED.to_string()),
+        };
+        if let Some(error) = &error {
+            text("error.type", error);
+        }
+        if let Some(status) = self.status {
+            attributes.push(KeyValue {
+                key: "http.response.status_code".to_string(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::IntValue(i64::from(status.as_u16()))),
+                }),
+                ..KeyValue::default()
+            });
+        }
+        let remote = if self.parent_id.is_some() {
+            SpanFlags::ContextIsRemoteMask as u32
+        } else {
+            0
+        };
+        Span {
+            trace_id: self.context.trace_id.to_be_bytes().to_vec(),
+            span_id: self.context.parent_id.to_be_bytes().to_vec(),
+            trace_state: self.trace_state.clone().unwrap_or_default(),
+            parent_span_id: self
+                .parent_id
+                .map(|id| id.to_be_bytes().to_vec())
+                .unwrap_or_default(),
+            flags: u32::from(self.context.flags)
+                | SpanFlags::ContextHasIsRemoteMask as u32
+                | remote,
+            name: format!("{} {route}", known.unwrap_or("HTTP")),
+            kind: span::SpanKind::Server as i32,
+            start_time_unix_nano: self.start_unix_nanos,
+            end_time_unix_nano: self.start_unix_nanos.saturating_add(nanos(self.duration)),
+            attributes,
+            status: Some(span_status(self.status)),
+            ..Span::default()
+        }
+    }
+}
+
+/// ERROR for a 5xx and for a request whose client left; else unset (a 4xx is the client's
+/// error, not the server's).
+fn span_status(status: Option<StatusCode>) -> Status {
+    match status {
+        Some(status) if status.is_server_error() => Status {
+            code: status::StatusCode::Error as i32,
+            message: String::new(),
+        },
+        Some(_) => Status::default(),
+        None => Status {
+            code: status::StatusCode::Error as i32,
+            message: "the client left before the response was ready".to_string(),
+        },
+    }
+}
+
+/// The route's template under the API's context: `/orders/v1/items/{id}`, or the context for
+/// an API without operations.
+fn http_route(context: &str, operation: &str) -> String {
+    let template = operation.split_once(' ').map_or("/", |(_, path)| path);
+    match (context, template) {
+        ("/", template) => template.to_string(),
+        (context, "/") => context.to_string(),
+        (context, template) => format!("{context}{template}"),
+    }
+}
+
+/// The method's name when the semantic conventions know it (else `_OTHER`).
+fn known_method(method: &Method) -> Option<&'static str> {
+    Some(match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::CONNECT => "CONNECT",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::PATCH => "PATCH",
+        _ => return None,
+    })
+}
+
+/// The request's `tracestate`, its header lines joined.
+fn trace_state(headers: &http::HeaderMap) -> Option<String> {
+    let mut parts = headers
+        .get_all(crate::trace::TRACESTATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    let first = parts.next()?.to_string();
+    Some(parts.fold(first, |mut all, part| {
+        all.push(',');
+        all.push_str(part);
+        all
+    }))
+}
+
+/// A string attribute.
+pub(super) fn string(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+        ..KeyValue::default()
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_join_the_context_and_the_template() {
+        assert_eq!(
+            http_route("/orders/v1", "GET /items/{id}"),
+            "/orders/v1/items/{id}"
+        );
+        assert_eq!(http_route("/", "GET /items/{id}"), "/items/{id}");
+        assert_eq!(http_route("/orders/v1", "*"), "/orders/v1");
+        assert_eq!(http_route("/orders/v1", "GET /"), "/orders/v1");
+        assert_eq!(http_route("/", "*"), "/");
+    }
+
+    #[test]
+    fn trace_state_lines_are_joined() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(trace_state(&headers), None);
+        headers.append("tracestate", "a=1".parse().unwrap());
+        headers.append("tracestate", " b=2 ".parse().unwrap());
+        assert_eq!(trace_state(&headers).as_deref(), Some("a=1,b=2"));
+    }
+
+    #[test]
+    fn known_methods_and_others() {
+        assert_eq!(known_method(&Method::PATCH), Some("PATCH"));
+        assert_eq!(known_method(&Method::from_bytes(b"PURGE").unwrap()), None);
+    }
+}
