@@ -525,9 +525,8 @@ async fn apis_at_the_same_address_share_idle_connections() {
         assert_eq!(gw.get("/shop/x").await, (200, "a".to_string()));
         assert_eq!(gw.get("/cart/x").await, (200, "a".to_string()));
     }
-    // the gauges count connections by the API that opened them: shop opened the one
-    // connection, cart reused it
-    let opened = |api: &'static str| {
+    // a connection counts for the API that holds it: cart, which used it last
+    let held = |api: &'static str| {
         let gw = &gw;
         let label = label.clone();
         async move {
@@ -538,8 +537,8 @@ async fn apis_at_the_same_address_share_idle_connections() {
             .await
         }
     };
-    assert_eq!(opened("shop").await, Some(1.0));
-    assert_eq!(opened("cart").await, Some(0.0));
+    assert_eq!(held("shop").await, Some(0.0));
+    assert_eq!(held("cart").await, Some(1.0));
 }
 
 #[tokio::test]

@@ -221,7 +221,7 @@ impl ProxyMetrics {
         );
         registry.register(
             "gw_upstream_connections",
-            "Open connections to an endpoint",
+            "Open connections to an endpoint that count for the API (opened by it, or idle ones taken over from another API at the same address)",
             upstream.connections.clone(),
         );
         registry.register(

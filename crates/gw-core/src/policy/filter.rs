@@ -19,7 +19,8 @@ pub trait Filter: Send + Sync + fmt::Debug + 'static {
     type State: Send + Unpin + 'static;
 
     /// Looks at or changes the request. `Err` answers the request at the gateway with that
-    /// response: the inner layers and the upstream are not called.
+    /// response: the inner layers and the upstream are not called, and the response halves
+    /// of the filters outside this one run on the answer at once.
     // The refusal is a whole response by design: it is moved into the layer's future as it
     // is, and boxing it would add an allocation to every refusal for nothing.
     #[allow(clippy::result_large_err)]
@@ -55,8 +56,9 @@ impl<F: Filter> ErasedFilter for F {
     fn response(&self, state: Box<dyn Any + Send>, response: &mut Response<Body>) {
         // the state is always this filter's own: the stack hands each state back to the
         // filter that made it
-        if let Ok(state) = state.downcast::<F::State>() {
-            Filter::response(self, *state, response);
+        match state.downcast::<F::State>() {
+            Ok(state) => Filter::response(self, *state, response),
+            Err(_) => debug_assert!(false, "a filter was handed another filter's state"),
         }
     }
 }

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::Limits;
+use super::{Limits, Owner};
 use crate::body::Body;
 use crate::metrics::EndpointMetrics;
 use crate::model::Endpoint;
@@ -138,9 +138,8 @@ impl Sender {
 pub(super) struct Idle {
     pub(super) sender: http1::SendRequest<Body>,
     pub(super) since: Instant,
-    /// The connection limits of the upstream that opened it: its connection holds one of
-    /// them until it closes, and its return wakes that upstream's waiting requests.
-    pub(super) opener: Arc<Limits>,
+    /// The upstream it counts for.
+    pub(super) owner: Owner,
 }
 
 /// Idle HTTP/1.1 connections to one endpoint.
@@ -148,7 +147,10 @@ pub(super) struct Idle {
 /// A plain-HTTP endpoint's pool is shared by every upstream of the process with an endpoint
 /// at the same address (scheme, host and port) and the same idle timeout: a hundred APIs in
 /// front of one backend keep one set of connections to it, as they would with one nginx
-/// `upstream` block, and a redeployed API finds its connections open. The pool goes (and
+/// `upstream` block, and a redeployed API finds its connections open. A connection counts
+/// for the upstream that holds it (see [`Owner`]): taking another upstream's idle connection
+/// takes one of the taker's `maxConnections`, or leaves the connection when the taker is at
+/// its limit. The pool goes (and
 /// its connections close) with the last upstream that uses it. An `https://` endpoint's
 /// pool is its upstream's own: its connections carry that upstream's TLS settings (trusted
 /// CAs, client certificate, server name).
@@ -295,31 +297,41 @@ impl EndpointState {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
-    /// Takes an idle connection that is still open and not past `idle_timeout`, with the
-    /// limits of the upstream that opened it.
+    /// Takes an idle connection that is still open and not past `idle_timeout`, for the
+    /// upstream of `limits`: one it holds, or another upstream's that it takes over while it
+    /// is under its limit.
     pub(super) fn take_idle(
         &self,
         idle_timeout: Duration,
-    ) -> Option<(http1::SendRequest<Body>, Arc<Limits>)> {
+        limits: &Arc<Limits>,
+    ) -> Option<(http1::SendRequest<Body>, Owner)> {
         let mut idle = self.idle.lock();
+        let mut left: Vec<Idle> = Vec::new();
+        let mut found = None;
         while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() && conn.since.elapsed() < idle_timeout {
-                return Some((conn.sender, conn.opener));
+            if conn.sender.is_closed() || conn.since.elapsed() >= idle_timeout {
+                continue;
             }
+            if conn.owner.is(limits) || conn.owner.take_over(limits, &self.metrics.connections) {
+                found = Some((conn.sender, conn.owner));
+                break;
+            }
+            // at this upstream's limit: another upstream's connection stays for it
+            left.push(conn);
         }
-        None
+        idle.extend(left.into_iter().rev());
+        found
     }
 
-    /// Puts a connection back for reuse. A retired upstream keeps no connection of its
-    /// own pool; a shared pool keeps it for the other upstreams at the same address.
-    pub(super) fn put_idle(&self, sender: http1::SendRequest<Body>, opener: Arc<Limits>) {
-        if sender.is_closed() || (!self.idle.shared && self.retired.load(Ordering::Acquire)) {
+    /// Puts a connection back for reuse (a retired upstream closes it instead).
+    pub(super) fn put_idle(&self, sender: http1::SendRequest<Body>, owner: Owner) {
+        if sender.is_closed() || self.retired.load(Ordering::Acquire) {
             return;
         }
         self.idle.lock().push(Idle {
             sender,
             since: Instant::now(),
-            opener,
+            owner,
         });
     }
 
@@ -349,11 +361,11 @@ impl EndpointState {
         self.set_h2(None);
     }
 
-    /// Closes one idle connection opened by the upstream of `limits` (which frees one of
-    /// its connections); whether there was one.
+    /// Closes one idle connection that counts for the upstream of `limits` (which frees one
+    /// of its connections); whether there was one.
     pub(super) fn drop_one_idle(&self, limits: &Arc<Limits>) -> bool {
         let mut idle = self.idle.lock();
-        match idle.iter().position(|c| Arc::ptr_eq(&c.opener, limits)) {
+        match idle.iter().position(|c| c.owner.is(limits)) {
             Some(i) => {
                 idle.swap_remove(i);
                 true
@@ -487,7 +499,6 @@ impl EndpointState {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let connections = self.metrics.connections.clone();
         let handshake_error = |e: hyper::Error| ConnectError(io::Error::other(e));
         let sender = if h2 {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
@@ -499,12 +510,10 @@ impl EndpointState {
                 .handshake(io)
                 .await
                 .map_err(handshake_error)?;
-            connections.inc();
             tokio::spawn(async move {
                 if let Err(err) = connection.await {
                     tracing::debug!(error = %err, "upstream connection ended with an error");
                 }
-                connections.dec();
                 on_close();
             });
             Sender::H2(sender)
@@ -513,13 +522,11 @@ impl EndpointState {
                 .handshake(io)
                 .await
                 .map_err(handshake_error)?;
-            connections.inc();
             tokio::spawn(async move {
                 // with upgrades: a 101 answer hands the connection over to the tunnel
                 if let Err(err) = connection.with_upgrades().await {
                     tracing::debug!(error = %err, "upstream connection ended with an error");
                 }
-                connections.dec();
                 on_close();
             });
             Sender::H1(sender)

@@ -32,6 +32,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -133,6 +134,77 @@ impl Drop for OpenSlot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
         self.0.release();
+    }
+}
+
+/// What a connection counts for: one of the `maxConnections` of the upstream that holds it,
+/// and that upstream's gauge of open connections to the endpoint. Shared by the
+/// connection's task, which lets go of the count when the connection closes, and by the
+/// idle pool: another upstream at the same address that takes the idle connection over
+/// takes the count over (the previous holder gets its slot back).
+#[derive(Clone)]
+struct Owner(Arc<Mutex<Option<Hold>>>);
+
+struct Hold {
+    slot: OpenSlot,
+    gauge: Gauge,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+impl Owner {
+    /// A connection (or an attempt to open one) that holds `slot`, counted in `gauge`.
+    fn new(slot: OpenSlot, gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(Arc::new(Mutex::new(Some(Hold {
+            slot,
+            gauge: gauge.clone(),
+        }))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Hold>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the connection counts for the upstream of `limits`.
+    fn is(&self, limits: &Arc<Limits>) -> bool {
+        self.lock()
+            .as_ref()
+            .is_some_and(|hold| Arc::ptr_eq(&hold.slot.0, limits))
+    }
+
+    /// Moves the count to the upstream of `limits` (counted in `gauge`), unless that one is
+    /// at its limit; whether it did.
+    fn take_over(&self, limits: &Arc<Limits>, gauge: &Gauge) -> bool {
+        let Some(slot) = OpenSlot::acquire(limits) else {
+            return false;
+        };
+        gauge.inc();
+        let previous = self.lock().replace(Hold {
+            slot,
+            gauge: gauge.clone(),
+        });
+        // the previous holder's slot and gauge go now (its waiting requests are woken)
+        drop(previous);
+        true
+    }
+
+    /// The connection closed.
+    fn close(&self) {
+        let hold = self.lock().take();
+        drop(hold);
+    }
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Owner").finish_non_exhaustive()
     }
 }
 
@@ -329,13 +401,13 @@ impl Upstream {
     }
 
     /// A connection to endpoint `index`: an idle one, a new one, or (at the connection
-    /// limit) the next one released; with the limits of the upstream that opened it.
-    async fn checkout(&self, index: usize) -> Result<(Sender, Arc<Limits>), CheckoutError> {
+    /// limit) the next one released; with what it counts for, when it may be pooled.
+    async fn checkout(&self, index: usize) -> Result<(Sender, Option<Owner>), CheckoutError> {
         let endpoint = &self.endpoints[index];
         let limits = &self.limits;
         if self.h2 {
             let sender = self.checkout_h2(endpoint).await?;
-            return Ok((sender, Arc::clone(limits)));
+            return Ok((sender, None));
         }
         let mut waiting = None;
         loop {
@@ -346,16 +418,20 @@ impl Upstream {
             if waiting.is_some() {
                 notified.as_mut().enable();
             }
-            while let Some((sender, opener)) = endpoint.take_idle(self.idle_timeout) {
+            while let Some((sender, owner)) = endpoint.take_idle(self.idle_timeout, limits) {
                 let mut sender = Sender::H1(sender);
                 if sender.ready().await.is_ok() {
-                    return Ok((sender, opener));
+                    return Ok((sender, Some(owner)));
                 }
             }
             if let Some(slot) = OpenSlot::acquire(limits) {
                 // the slot is released when the connection closes, or here if connecting
                 // fails or is abandoned
-                let on_close = move || drop(slot);
+                let owner = Owner::new(slot, &endpoint.metrics.connections);
+                let on_close = {
+                    let owner = owner.clone();
+                    move || owner.close()
+                };
                 // boxed: the connect state machine (TCP, TLS, the HTTP handshake) is
                 // large, and it would otherwise be part of every request's future and be
                 // moved with it, for the few requests that open a connection
@@ -367,7 +443,7 @@ impl Upstream {
                 ))
                 .await
                 .map_err(CheckoutError::Connect)?;
-                return Ok((sender, Arc::clone(limits)));
+                return Ok((sender, Some(owner)));
             }
             if waiting.is_none() {
                 if limits.pending.fetch_add(1, Ordering::SeqCst) >= limits.max_pending {
@@ -401,7 +477,8 @@ impl Upstream {
             return Ok(Sender::H2(sender));
         }
         let slot = OpenSlot::acquire(&self.limits).ok_or(CheckoutError::Overflow)?;
-        let on_close = move || drop(slot);
+        let owner = Owner::new(slot, &endpoint.metrics.connections);
+        let on_close = move || owner.close();
         // boxed, as above
         let sender =
             Box::pin(endpoint.connect(true, self.connect_timeout, self.dns_refresh, on_close))
@@ -413,8 +490,8 @@ impl Upstream {
         Ok(sender)
     }
 
-    /// Closes one idle connection this upstream opened to an endpoint other than `index`,
-    /// if there is one.
+    /// Closes one idle connection that counts for this upstream on an endpoint other than
+    /// `index`, if there is one.
     fn evict_idle_elsewhere(&self, index: usize) {
         for (i, endpoint) in self.endpoints.iter().enumerate() {
             if i != index && endpoint.drop_one_idle(&self.limits) {
@@ -535,8 +612,8 @@ impl Upstream {
                         source: Box::new(err),
                     });
                 }
-                Ok(Ok((sender, opener))) => {
-                    lease.opener = Some(opener);
+                Ok(Ok((sender, owner))) => {
+                    lease.owner = owner;
                     sender
                 }
             };
@@ -762,9 +839,8 @@ struct Lease {
     upstream: Arc<Upstream>,
     index: usize,
     sender: Option<Sender>,
-    /// The limits of the upstream that opened the connection (this one, or another at the
-    /// same address that shares its idle connections).
-    opener: Option<Arc<Limits>>,
+    /// What an HTTP/1.1 connection counts for: this upstream.
+    owner: Option<Owner>,
     /// Set when the request has a body: whether it has been sent to the end.
     body_done: Option<Arc<AtomicBool>>,
 }
@@ -778,7 +854,7 @@ impl Lease {
             upstream: Arc::clone(upstream),
             index,
             sender: None,
-            opener: None,
+            owner: None,
             body_done: None,
         }
     }
@@ -799,13 +875,9 @@ impl Lease {
             self.sender = None;
             return;
         }
-        if let (Some(Sender::H1(sender)), Some(opener)) = (self.sender.take(), self.opener.take()) {
-            self.upstream.endpoints[self.index].put_idle(sender, Arc::clone(&opener));
-            // the opener's waiting requests, and this upstream's, may take it
-            opener.release();
-            if !Arc::ptr_eq(&opener, &self.upstream.limits) {
-                self.upstream.limits.release();
-            }
+        if let (Some(Sender::H1(sender)), Some(owner)) = (self.sender.take(), self.owner.take()) {
+            self.upstream.endpoints[self.index].put_idle(sender, owner);
+            self.upstream.limits.release();
         }
     }
 }
@@ -934,7 +1006,7 @@ fn tunnel(
 /// A tunnel's place among the upstream's open connections.
 struct TunnelCount {
     limits: Arc<Limits>,
-    gauge: prometheus_client::metrics::gauge::Gauge,
+    gauge: Gauge,
 }
 
 impl TunnelCount {
@@ -1040,6 +1112,44 @@ impl tower::Service<Request<Body>> for UpstreamService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limits(max_connections: u32) -> Arc<Limits> {
+        Arc::new(Limits {
+            max_connections,
+            max_pending: 0,
+            open: AtomicU32::new(0),
+            pending: AtomicU32::new(0),
+            released: Notify::new(),
+        })
+    }
+
+    /// A connection counts for one upstream at a time: taking it over moves the slot and
+    /// the gauge, never beyond the taker's limit, and closing it frees whoever holds it.
+    #[test]
+    fn a_connection_counts_for_the_upstream_that_holds_it() {
+        let (a, b) = (limits(1), limits(1));
+        let (gauge_a, gauge_b) = (Gauge::default(), Gauge::default());
+        let owner = Owner::new(OpenSlot::acquire(&a).unwrap(), &gauge_a);
+        assert!(owner.is(&a) && !owner.is(&b));
+        assert_eq!((a.open.load(Ordering::SeqCst), gauge_a.get()), (1, 1));
+
+        assert!(owner.take_over(&b, &gauge_b));
+        assert!(owner.is(&b) && !owner.is(&a));
+        assert_eq!((a.open.load(Ordering::SeqCst), gauge_a.get()), (0, 0));
+        assert_eq!((b.open.load(Ordering::SeqCst), gauge_b.get()), (1, 1));
+
+        // a at its limit (another connection of its own) cannot take it back
+        let other = Owner::new(OpenSlot::acquire(&a).unwrap(), &gauge_a);
+        assert!(!owner.take_over(&a, &gauge_a));
+        assert!(owner.is(&b));
+        assert_eq!(a.open.load(Ordering::SeqCst), 1);
+
+        owner.close();
+        assert!(!owner.is(&b));
+        assert_eq!((b.open.load(Ordering::SeqCst), gauge_b.get()), (0, 0));
+        drop(other);
+        assert_eq!((a.open.load(Ordering::SeqCst), gauge_a.get()), (0, 0));
+    }
 
     #[test]
     fn strips_context_and_prefixes_base_path() {
