@@ -141,11 +141,15 @@ impl Filter for ApiKeyFilter {
         let from_header = self
             .header
             .as_ref()
-            .and_then(|name| request.headers().get(name))
-            .map(|v| v.as_bytes().to_vec());
-        let (key, new_query): (Vec<u8>, Option<String>) = match (from_header, in_query) {
-            (Some(key), in_query) => (key, in_query.map(|(_, rest)| rest)),
-            (None, Some((key, rest))) => (percent_decode(key), Some(rest)),
+            .and_then(|name| request.headers().get(name));
+        let consumers = self.consumers.load();
+        // the key is looked up where it is (a header's bytes need no copy)
+        let (found, new_query) = match (from_header, in_query) {
+            (Some(key), in_query) => (
+                consumers.by_api_key(key.as_bytes()),
+                in_query.map(|(_, rest)| rest),
+            ),
+            (None, Some((key, rest))) => (consumers.by_api_key(&percent_decode(key)), Some(rest)),
             (None, None) => {
                 return Err(unauthorized(
                     "missing_credentials",
@@ -154,15 +158,14 @@ impl Filter for ApiKeyFilter {
                 ));
             }
         };
-        let consumers = self.consumers.load();
-        let Some(consumer) = consumers.by_api_key(&key) else {
+        let Some(consumer) = found.cloned() else {
             return Err(unauthorized(
                 "invalid_credentials",
                 "the API key is not valid",
                 &self.challenge,
             ));
         };
-        super::authenticate(request, consumer.clone());
+        super::authenticate(request, consumer);
         // the key never goes upstream
         if let Some(name) = &self.header {
             request.headers_mut().remove(name);

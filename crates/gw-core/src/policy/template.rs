@@ -21,6 +21,47 @@ pub(crate) const VARIABLES: &[&str] = &[
     "header.<name>",
 ];
 
+/// A rendered value: on the stack up to [`Rendered::INLINE`] bytes, on the heap beyond.
+struct Rendered {
+    inline: [u8; Rendered::INLINE],
+    len: usize,
+    spilled: Vec<u8>,
+}
+
+impl Default for Rendered {
+    fn default() -> Self {
+        Self {
+            inline: [0; Self::INLINE],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+}
+
+impl Rendered {
+    const INLINE: usize = 128;
+
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        if self.spilled.is_empty() && self.len + bytes.len() <= Self::INLINE {
+            self.inline[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+            self.len += bytes.len();
+            return;
+        }
+        if self.spilled.is_empty() {
+            self.spilled.extend_from_slice(&self.inline[..self.len]);
+        }
+        self.spilled.extend_from_slice(bytes);
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        if self.spilled.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Literal(String),
@@ -121,7 +162,8 @@ impl Template {
         if let Some(constant) = &self.constant {
             return Some(constant.clone());
         }
-        let mut out: Vec<u8> = Vec::with_capacity(64);
+        // rendered on the stack, then copied once into the value
+        let mut out = Rendered::default();
         for part in &self.parts {
             match part {
                 Part::Literal(text) => out.extend_from_slice(text.as_bytes()),
@@ -156,7 +198,7 @@ impl Template {
                 }
             }
         }
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
+        HeaderValue::from_bytes(out.as_slice()).ok()
     }
 }
 
@@ -214,6 +256,21 @@ mod tests {
             t.render(&request).unwrap(),
             "alice|192.0.2.1|POST /orders/1|b|r-1"
         );
+    }
+
+    /// Values longer than the stack buffer render whole, whichever part crosses it.
+    #[test]
+    fn long_values_render_whole() {
+        let t = Template::parse("${header.x-a}-${request.path}", &ctx()).unwrap();
+        for (header, path) in [(100, 100), (127, 1), (128, 1), (10, 300), (0, 2000)] {
+            let request = Request::builder()
+                .uri(format!("/{}", "p".repeat(path)))
+                .header("x-a", "h".repeat(header))
+                .body(body::empty())
+                .unwrap();
+            let expected = format!("{}-/{}", "h".repeat(header), "p".repeat(path));
+            assert_eq!(t.render(&request).unwrap(), expected.as_str());
+        }
     }
 
     #[test]
