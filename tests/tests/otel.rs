@@ -132,9 +132,11 @@ fn upstream_traceparent(echo: &serde_json::Value) -> String {
 async fn spans_are_exported_and_the_upstream_nests_under_them() {
     let receiver = Receiver::start().await;
     let upstream = Upstream::start("u").await;
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // an upstream port held by a socket that is bound but never listens: connections are
+    // refused, and no other process can take the port during the test
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let nowhere = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
     let yaml = format!(
         "{}  operations:\n    - {{method: GET, path: '/items/{{id}}'}}\n---\n{}---\n{}  policies:\n    - name: api-key\n---\napiVersion: gw/v1\nkind: Consumer\nmetadata: {{name: acme}}\nspec:\n  credentials: [{{type: api-key, id: k1, key: acme-key-0123456789abcdef}}]\n",
         gw_e2e::api_yaml("orders", "/orders", &upstream.url("/")),
@@ -297,10 +299,26 @@ async fn spans_are_exported_and_the_upstream_nests_under_them() {
             .iter()
             .any(|s| hex(&s.trace_id) == UNSAMPLED_TRACE)
     );
-    let exported: u64 = metric(status, "gw_otel_spans_exported_total")
-        .await
-        .unwrap();
-    assert!(exported >= 4, "{exported}");
+    // the exporter counts a batch once it has read the receiver's answer: wait until it has
+    // counted every span the receiver got (no traffic is under way), so that no answer is
+    // still in flight when the receiver goes
+    let exported = std::cell::Cell::new(0u64);
+    eventually(
+        "every span the receiver got counted as exported",
+        Duration::from_secs(20),
+        || {
+            let (got, exported) = (receiver.spans().len() as u64, &exported);
+            async move {
+                let counted = metric(status, "gw_otel_spans_exported_total")
+                    .await
+                    .unwrap_or(0);
+                exported.set(counted);
+                counted == got
+            }
+        },
+    )
+    .await;
+    assert!(exported.get() >= 4, "{}", exported.get());
 
     // the receiver goes away: traffic goes on, and the lost batches are counted
     drop(receiver);
@@ -323,7 +341,11 @@ async fn spans_are_exported_and_the_upstream_nests_under_them() {
         },
     )
     .await;
-    assert!(runtime.logged("trace export failed"));
+    // the counter goes up before the line is written, and the line comes through a reader
+    eventually("the failure logged", Duration::from_secs(20), || {
+        std::future::ready(runtime.logged("trace export failed"))
+    })
+    .await;
     runtime.terminate();
     assert!(!runtime.log().contains(SECRET), "a header value was logged");
 }

@@ -129,9 +129,10 @@ struct OtelArgs {
     #[arg(
         long = "otel-endpoint",
         env = "OTEL_EXPORTER_OTLP_ENDPOINT",
-        value_name = "URL"
+        value_name = "URL",
+        hide_env_values = true
     )]
-    endpoint: Option<String>,
+    endpoint: Option<Endpoint>,
 
     /// A header sent with every export, `name=value` (the value percent-decoded), for the
     /// collector's authentication; repeat it, or give a comma-separated list in the
@@ -194,6 +195,25 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// The endpoint as given; `Debug` shows it without its query or user information, as logs
+/// do (either could hold a credential).
+#[derive(Clone)]
+struct Endpoint(String);
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&gw_core::otel::redact_endpoint(&self.0))
+    }
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
 fn sample_ratio(value: &str) -> Result<f64, String> {
     let ratio: f64 = value
         .trim()
@@ -205,7 +225,7 @@ fn sample_ratio(value: &str) -> Result<f64, String> {
 impl OtelArgs {
     /// The export's settings, or `None` without an endpoint.
     fn config(self) -> anyhow::Result<Option<OtelConfig>> {
-        let Some(endpoint) = self.endpoint.filter(|e| !e.trim().is_empty()) else {
+        let Some(Endpoint(endpoint)) = self.endpoint.filter(|e| !e.0.trim().is_empty()) else {
             return Ok(None);
         };
         let mut config = OtelConfig::new(&endpoint).context("--otel-endpoint")?;
@@ -286,9 +306,27 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// The export's flags, each with the value that means "not set" (or its default), so
+    /// that a test never reads an `OTEL_*` or `GW_OTEL_*` variable of its environment: clap
+    /// only falls back to a variable for a flag that is not given.
+    const OTEL_UNSET: [(&str, &str); 5] = [
+        ("--otel-endpoint", ""),
+        ("--otel-header", ""),
+        ("--otel-service-name", gw_core::otel::DEFAULT_SERVICE_NAME),
+        ("--otel-sample-ratio", "1"),
+        ("--otel-batch-interval", "5s"),
+    ];
+
+    /// `otel` with every export flag it leaves out set to [`OTEL_UNSET`]'s value.
     fn parse(otel: &[&str]) -> Result<Args, clap::Error> {
-        let base = ["gw-runtime", "--config", "apis.yaml"];
-        Args::try_parse_from(base.iter().chain(otel))
+        let mut line = vec!["gw-runtime", "--config", "apis.yaml"];
+        line.extend_from_slice(otel);
+        for (flag, unset) in OTEL_UNSET {
+            if !otel.contains(&flag) {
+                line.extend([flag, unset]);
+            }
+        }
+        Args::try_parse_from(line)
     }
 
     #[test]
@@ -364,9 +402,26 @@ mod tests {
             assert!(!message.contains("s3cr3t"), "{message}");
         }
         // the other settings alone export nothing
-        if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() {
-            let args = parse(&["--otel-sample-ratio", "0.5"]).unwrap();
-            assert!(args.otel.config().unwrap().is_none());
-        }
+        let args = parse(&["--otel-sample-ratio", "0.5"]).unwrap();
+        assert!(args.otel.config().unwrap().is_none());
+    }
+
+    #[test]
+    fn the_endpoint_is_shown_without_its_query_or_user_information() {
+        let args = parse(&[
+            "--otel-endpoint",
+            "https://me:s3cr3t@otlp.example.com/otlp?key=s3cr3t",
+        ])
+        .unwrap();
+        let shown = format!("{args:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("https://otlp.example.com/otlp"), "{shown}");
+        let args = parse(&[
+            "--otel-endpoint",
+            "https://otlp.example.com/otlp?key=s3cr3t",
+        ])
+        .unwrap();
+        let config = args.otel.config().unwrap().unwrap();
+        assert!(!format!("{config:?}").contains("s3cr3t"));
     }
 }

@@ -127,7 +127,10 @@ impl OtelHeader {
 /// assert_eq!(config.traces_url().as_str(), "https://otlp.example.com:4318/v1/traces");
 /// assert!(!format!("{config:?}").contains("secret"));
 /// ```
-#[derive(Debug, Clone)]
+///
+/// `Debug` shows the endpoint as logs do (scheme, host, port and path: never its query or
+/// user information, which could hold a credential) and no header value.
+#[derive(Clone)]
 pub struct OtelConfig {
     /// The OTLP/HTTP endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`): spans are POSTed to
     /// `{endpoint}/v1/traces`.
@@ -154,6 +157,24 @@ pub struct OtelConfig {
     pub export_timeout: Duration,
     /// The longest the final flush may take at shutdown.
     pub shutdown_timeout: Duration,
+}
+
+impl fmt::Debug for OtelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtelConfig")
+            .field("endpoint", &shown_url(&self.endpoint))
+            .field("headers", &self.headers)
+            .field("service_name", &self.service_name)
+            .field("service_version", &self.service_version)
+            .field("service_instance_id", &self.service_instance_id)
+            .field("sample_ratio", &self.sample_ratio)
+            .field("batch_interval", &self.batch_interval)
+            .field("max_batch", &self.max_batch)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("export_timeout", &self.export_timeout)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
 }
 
 impl OtelConfig {
@@ -241,6 +262,30 @@ fn check_endpoint(url: &url::Url) -> Result<(), OtelError> {
     Ok(())
 }
 
+/// An endpoint as logs show it: `scheme://host:port/path`, without user information or
+/// query (either could hold a credential); `<not a URL>` for a value that does not parse.
+///
+/// ```
+/// assert_eq!(
+///     gw_core::otel::redact_endpoint("https://me:pw@otlp.example.com:4318/otlp?key=secret"),
+///     "https://otlp.example.com:4318/otlp"
+/// );
+/// ```
+pub fn redact_endpoint(endpoint: &str) -> String {
+    url::Url::parse(endpoint.trim())
+        .map_or_else(|_| "<not a URL>".to_string(), |url| shown_url(&url))
+}
+
+/// `scheme://host:port/path` of a URL.
+fn shown_url(url: &url::Url) -> String {
+    format!(
+        "{}://{}{}",
+        url.scheme(),
+        &url[url::Position::BeforeHost..url::Position::AfterPort],
+        url.path()
+    )
+}
+
 /// A sample ratio: a number from 0 to 1.
 pub fn check_sample_ratio(ratio: f64) -> Result<f64, OtelError> {
     if (0.0..=1.0).contains(&ratio) {
@@ -307,6 +352,27 @@ mod tests {
         ] {
             assert_refused(OtelHeader::parse(bad), bad, reason);
         }
+    }
+
+    #[test]
+    fn debug_shows_neither_the_query_nor_user_information() {
+        let mut config =
+            OtelConfig::new("https://otlp.example.com:4318/otlp?token=s3cr3t").unwrap();
+        // validate refuses user information, but the field is public
+        config.endpoint =
+            url::Url::parse("https://me:s3cr3t@otlp.example.com:4318/otlp?token=s3cr3t").unwrap();
+        config
+            .headers
+            .push(OtelHeader::parse("x-api-key=s3cr3t").unwrap());
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(
+            shown.contains("\"https://otlp.example.com:4318/otlp\""),
+            "{shown}"
+        );
+        assert!(shown.contains("x-api-key"), "{shown}");
+        assert_eq!(redact_endpoint("http://[::1]:4318"), "http://[::1]:4318/");
+        assert_eq!(redact_endpoint("s3cr3t"), "<not a URL>");
     }
 
     #[test]

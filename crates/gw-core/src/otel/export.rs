@@ -4,9 +4,16 @@
 //! connection.
 //!
 //! A batch that fails (no connection, a timeout, a status other than 2xx) is dropped and
-//! counted, never retried: the next one goes out on time. Failures are logged when they
-//! start, at most once a minute while they last, and when they end; logs show the
-//! endpoint's scheme, host and path only, never a header.
+//! counted, never retried: the next one goes out on time. The one exception: a batch whose
+//! kept-alive connection turns out to be closed is sent once more on a new connection; if
+//! the collector had received it and only its answer was lost, it gets the batch twice.
+//! Failures are logged when they start, at most once a minute while they last, and when
+//! they end; logs show the endpoint's scheme, host and path only, never a header.
+//!
+//! A stop (shutdown) is seen even while a batch is out: that export goes on until its
+//! answer, its own timeout or the stop's deadline, whichever comes first, and then what is
+//! queued goes out by the deadline. Spans that cannot go by then are counted as dropped at
+//! shutdown, the batch cut short included.
 
 use std::time::Duration;
 
@@ -35,13 +42,15 @@ const PROTOBUF: HeaderValue = HeaderValue::from_static("application/x-protobuf")
 
 /// Why one export failed.
 #[derive(Debug, thiserror::Error)]
-enum ExportError {
+pub(super) enum ExportError {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error("the export request could not be built: {0}")]
     Request(#[source] http::Error),
     #[error("the collector answered {0}")]
     Status(StatusCode),
+    /// No answer within the time allowed: the export timeout, or less when the shutdown
+    /// deadline came first.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
 }
@@ -104,24 +113,37 @@ impl Exporter {
         self.target.shown()
     }
 
-    /// Sends `batch` (emptied) within the export timeout, or by `deadline` if that is
-    /// sooner, and counts the outcome.
-    async fn export(&mut self, batch: &mut Vec<SpanRecord>, deadline: Option<Instant>) {
+    /// Sends `batch` (emptied) within the export timeout, or by the stop's deadline if that
+    /// is sooner (a stop that arrives meanwhile counts too), and counts the outcome: the
+    /// error, if the batch was not sent.
+    pub(super) async fn export(
+        &mut self,
+        batch: &mut Vec<SpanRecord>,
+        stop: &mut Stop,
+    ) -> Result<(), ExportError> {
         if batch.is_empty() {
-            return;
+            return Ok(());
         }
         let count = batch.len() as u64;
         let body = self.encode(batch);
-        let mut until = Instant::now() + self.timeout;
-        if let Some(deadline) = deadline {
-            until = until.min(deadline);
-        }
-        let result = match tokio::time::timeout_at(until, self.post(body)).await {
-            Ok(result) => result,
-            Err(_) => {
-                // the connection may be mid-exchange
-                self.connection = None;
-                Err(ExportError::Timeout(self.timeout))
+        let started = Instant::now();
+        let timeout_at = started + self.timeout;
+        // (the result, and whether the shutdown deadline cut the export short)
+        let (result, cut_short) = {
+            let post = self.post(body);
+            tokio::pin!(post);
+            loop {
+                let until = stop.deadline().map_or(timeout_at, |d| d.min(timeout_at));
+                tokio::select! {
+                    biased;
+                    result = &mut post => break (result, false),
+                    () = tokio::time::sleep_until(until) => {
+                        let allowed = until.saturating_duration_since(started);
+                        break (Err(ExportError::Timeout(allowed)), until < timeout_at);
+                    }
+                    // the export goes on, now bounded by the stop's deadline too
+                    _ = stop.stopped() => {}
+                }
             }
         };
         match result {
@@ -132,10 +154,26 @@ impl Exporter {
                     self.metrics.dropped(DropReason::Rejected, rejected);
                 }
                 self.failures.succeeded(self.target.shown());
+                Ok(())
             }
             Err(error) => {
-                self.metrics.dropped(DropReason::ExportFailed, count);
-                self.failures.failed(self.target.shown(), &error, count);
+                if matches!(error, ExportError::Timeout(_)) {
+                    // the connection may be mid-exchange
+                    self.connection = None;
+                }
+                if cut_short {
+                    self.metrics.dropped(DropReason::Shutdown, count);
+                    tracing::warn!(
+                        endpoint = self.target.shown(),
+                        error = %crate::error::chain(&error),
+                        spans = count,
+                        "the trace export was cut short by the shutdown deadline; the batch is dropped"
+                    );
+                } else {
+                    self.metrics.dropped(DropReason::ExportFailed, count);
+                    self.failures.failed(self.target.shown(), &error, count);
+                }
+                Err(error)
             }
         }
     }
@@ -275,7 +313,8 @@ impl Handle {
             return;
         }
         let abort = self.task.abort_handle();
-        // a moment past the deadline, for the task to count what it could not send
+        // the task ends by the deadline, an export under way included; a moment more, for
+        // it to count what it could not send
         let grace = Duration::from_millis(100);
         if tokio::time::timeout_at(deadline + grace, self.task)
             .await
@@ -284,6 +323,39 @@ impl Handle {
             abort.abort();
             tracing::warn!("the final trace export did not finish in time");
         }
+    }
+}
+
+/// The stop signal, as the export task sees it.
+#[derive(Debug)]
+pub(super) enum Stop {
+    /// Running: the stop's deadline comes here. If the [`Handle`] goes without a stop, the
+    /// task stops with this much time for the final flush.
+    Running(oneshot::Receiver<Instant>, Duration),
+    /// Stopping: everything must be sent by this.
+    By(Instant),
+}
+
+impl Stop {
+    /// The deadline, once stopping.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match self {
+            Stop::Running(..) => None,
+            Stop::By(deadline) => Some(*deadline),
+        }
+    }
+
+    /// Waits for the stop and returns its deadline; never returns once stopping. Cancel-safe.
+    async fn stopped(&mut self) -> Instant {
+        let deadline = match self {
+            Stop::Running(receiver, shutdown_timeout) => {
+                let timeout = *shutdown_timeout;
+                receiver.await.unwrap_or_else(|_| Instant::now() + timeout)
+            }
+            Stop::By(_) => return std::future::pending().await,
+        };
+        *self = Stop::By(deadline);
+        deadline
     }
 }
 
@@ -298,9 +370,8 @@ pub(super) fn spawn(
     let task = runtime.spawn(run(
         exporter,
         queue,
-        stopped,
+        Stop::Running(stopped, config.shutdown_timeout),
         (config.batch_interval, config.max_batch),
-        config.shutdown_timeout,
     ));
     Handle {
         stop,
@@ -314,28 +385,35 @@ pub(super) fn spawn(
 async fn run(
     mut exporter: Exporter,
     mut queue: mpsc::Receiver<SpanRecord>,
-    mut stop: oneshot::Receiver<Instant>,
+    mut stop: Stop,
     (interval, max_batch): (Duration, usize),
-    shutdown_timeout: Duration,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = loop {
+        // a stop seen during an export ends the loop too
+        if let Some(deadline) = stop.deadline() {
+            break deadline;
+        }
         let room = max_batch - batch.len();
         tokio::select! {
             biased;
-            deadline = &mut stop => break deadline.unwrap_or_else(|_| Instant::now() + shutdown_timeout),
+            deadline = stop.stopped() => break deadline,
             received = queue.recv_many(&mut batch, room) => {
                 if received == 0 {
-                    break Instant::now() + shutdown_timeout;
+                    let Stop::Running(_, shutdown_timeout) = stop else { continue };
+                    stop = Stop::By(Instant::now() + shutdown_timeout);
+                    continue;
                 }
                 if batch.len() >= max_batch {
-                    exporter.export(&mut batch, None).await;
+                    let _ = exporter.export(&mut batch, &mut stop).await;
                     ticks.reset();
                 }
             }
-            _ = ticks.tick() => exporter.export(&mut batch, None).await,
+            _ = ticks.tick() => {
+                let _ = exporter.export(&mut batch, &mut stop).await;
+            }
         }
     };
     flush(&mut exporter, &mut queue, batch, (deadline, max_batch)).await;
@@ -350,6 +428,7 @@ async fn flush(
     (deadline, max_batch): (Instant, usize),
 ) {
     queue.close();
+    let mut stop = Stop::By(deadline);
     loop {
         while batch.len() < max_batch
             && let Ok(record) = queue.try_recv()
@@ -360,10 +439,14 @@ async fn flush(
             return;
         }
         if Instant::now() >= deadline {
-            let left = batch.len() + queue.len();
-            exporter.metrics.dropped(DropReason::Shutdown, left as u64);
+            let left = (batch.len() + queue.len()) as u64;
+            exporter.metrics.dropped(DropReason::Shutdown, left);
+            tracing::warn!(
+                spans = left,
+                "spans still queued at the trace export's shutdown deadline are dropped"
+            );
             return;
         }
-        exporter.export(&mut batch, Some(deadline)).await;
+        let _ = exporter.export(&mut batch, &mut stop).await;
     }
 }

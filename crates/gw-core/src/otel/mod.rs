@@ -5,9 +5,12 @@
 //! then, for each routed request:
 //!
 //! - the gateway's span gets a new span id; it continues the trace of the client's valid
-//!   `traceparent` (the client's span as its parent, its `tracestate` kept) or starts a new
-//!   trace, and the upstream receives a `traceparent` whose parent-id is the gateway's span,
-//!   so that the upstream's spans nest under it;
+//!   `traceparent` (the client's span as its parent, its `tracestate` kept: upstream as
+//!   sent, on the span within W3C's bounds) or starts a new trace, and the upstream receives
+//!   a `traceparent` whose parent-id is the gateway's span, so that the upstream's spans
+//!   nest under it;
+//! - what a span keeps of the request is bounded (the `tracestate`, the path, an unknown
+//!   method, the host: the limits are in `span.rs`), so that a full queue's memory is bounded;
 //! - sampling is parent-based: the client's `sampled` flag decides; a new trace is sampled
 //!   with [`OtelConfig::sample_ratio`] (by its trace id, so every participant that uses the
 //!   same ratio rule agrees); an unsampled span is not recorded and `00` is propagated;
@@ -39,7 +42,7 @@ use crate::trace::TraceParent;
 pub use config::{
     DEFAULT_BATCH_INTERVAL, DEFAULT_EXPORT_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_QUEUE_CAPACITY,
     DEFAULT_SERVICE_NAME, DEFAULT_SHUTDOWN_TIMEOUT, OtelConfig, OtelError, OtelHeader,
-    check_sample_ratio, parse_endpoint,
+    check_sample_ratio, parse_endpoint, redact_endpoint,
 };
 use span::SpanRecord;
 
@@ -52,7 +55,8 @@ pub(crate) enum DropReason {
     ExportFailed = 1,
     /// The collector answered but rejected some spans (an OTLP partial success).
     Rejected = 2,
-    /// The span ended after the export had stopped, or the final flush ran out of time.
+    /// The span ended after the export had stopped, or the final flush (or an export under
+    /// way at shutdown) ran out of time.
     Shutdown = 3,
 }
 
@@ -189,8 +193,9 @@ impl Tracing {
     }
 
     /// Sends what is queued and stops the export, waiting at most the configured shutdown
-    /// timeout. Spans that end afterwards are dropped (and counted). Later calls return at
-    /// once.
+    /// timeout (an export under way included: it is cut short at the deadline). What cannot
+    /// be sent by then, and spans that end afterwards, are dropped and counted. Later calls
+    /// return at once.
     pub async fn shutdown(&self) {
         let handle = self
             .shared

@@ -19,6 +19,21 @@ use crate::trace::TraceParent;
 /// The `error.type` of a span whose client left before its response was ready.
 pub(super) const CANCELLED: &str = "cancelled";
 
+/// The longest `tracestate` recorded on a span, in bytes (its lines joined with commas):
+/// W3C Trace Context's 512 characters that every participant should propagate. A longer
+/// one, or one of more than [`MAX_TRACE_STATE_MEMBERS`], is left off the span (the
+/// upstream still gets the client's header).
+pub(super) const MAX_TRACE_STATE_BYTES: usize = 512;
+/// The most list members of a valid `tracestate` (W3C Trace Context).
+pub(super) const MAX_TRACE_STATE_MEMBERS: usize = 32;
+/// The longest `url.path` recorded, in bytes; a longer path is cut there.
+pub(super) const MAX_PATH_BYTES: usize = 1024;
+/// The longest `http.request.method_original` recorded, in bytes; a longer method is cut
+/// there.
+pub(super) const MAX_METHOD_BYTES: usize = 64;
+/// The longest `server.address` recorded, in bytes (a DNS name is at most 253).
+pub(super) const MAX_HOST_BYTES: usize = 255;
+
 /// A request's span: started when its route's stack is about to run, ended when the
 /// response head is ready.
 #[derive(Debug)]
@@ -28,15 +43,21 @@ pub(crate) struct SpanRecord {
     context: TraceParent,
     /// The client's span, when the request came with a valid `traceparent`.
     parent_id: Option<u64>,
-    /// The client's `tracestate`, with its `traceparent`.
+    /// The client's `tracestate`, with its `traceparent`, when it is at most
+    /// [`MAX_TRACE_STATE_BYTES`] and [`MAX_TRACE_STATE_MEMBERS`].
     trace_state: Option<String>,
     start_unix_nanos: u64,
     started: Instant,
     duration: Duration,
-    method: Method,
-    /// The path as routed (normalized); never the query, which may carry a credential.
+    /// The method's name when the semantic conventions know it; else the method as sent,
+    /// at most [`MAX_METHOD_BYTES`].
+    method: Result<&'static str, String>,
+    /// The path as routed (normalized), at most [`MAX_PATH_BYTES`]; never the query, which
+    /// may carry a credential.
     path: String,
     secure: bool,
+    /// The request's host without its port, nor the brackets of an IPv6 address; at most
+    /// [`MAX_HOST_BYTES`].
     host: Option<String>,
     client: Option<IpAddr>,
     api: Arc<ApiDefinition>,
@@ -80,10 +101,11 @@ impl SpanRecord {
             start_unix_nanos: nanos(since_epoch),
             started,
             duration: Duration::ZERO,
-            method: request.method().clone(),
-            path: request.uri().path().to_string(),
+            method: known_method(request.method())
+                .ok_or_else(|| bounded(request.method().as_str(), MAX_METHOD_BYTES).to_string()),
+            path: bounded(request.uri().path(), MAX_PATH_BYTES).to_string(),
             secure: conn.is_some_and(|c| c.secure),
-            host: crate::router::request_host(request).map(std::borrow::Cow::into_owned),
+            host: crate::router::request_host(request).map(|host| server_address(&host)),
             client: conn.map(|c| c.peer.ip()),
             api,
             operation,
@@ -101,12 +123,12 @@ impl SpanRecord {
     /// The OTLP span.
     pub(super) fn to_proto(&self) -> Span {
         let route = http_route(&self.api.spec.context, &self.operation);
-        let known = known_method(&self.method);
+        let known = self.method.as_ref().ok().copied();
         let mut attributes = Vec::with_capacity(14);
         let mut text = |key: &str, value: &str| attributes.push(string(key, value));
         text("http.request.method", known.unwrap_or("_OTHER"));
-        if known.is_none() {
-            text("http.request.method_original", self.method.as_str());
+        if let Err(original) = &self.method {
+            text("http.request.method_original", original);
         }
         text("url.path", &self.path);
         text("url.scheme", if self.secure { "https" } else { "http" });
@@ -214,20 +236,62 @@ fn known_method(method: &Method) -> Option<&'static str> {
     })
 }
 
-/// The request's `tracestate`, its header lines joined.
+/// The request's `tracestate`, its header lines joined; `None` when it is longer than
+/// [`MAX_TRACE_STATE_BYTES`] or has more than [`MAX_TRACE_STATE_MEMBERS`] list members
+/// (checked before anything is copied).
 fn trace_state(headers: &http::HeaderMap) -> Option<String> {
-    let mut parts = headers
-        .get_all(crate::trace::TRACESTATE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty());
-    let first = parts.next()?.to_string();
-    Some(parts.fold(first, |mut all, part| {
-        all.push(',');
-        all.push_str(part);
-        all
-    }))
+    let parts = || {
+        headers
+            .get_all(crate::trace::TRACESTATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let (mut bytes, mut members) = (0usize, 0usize);
+    for (i, part) in parts().enumerate() {
+        bytes += part.len() + usize::from(i > 0);
+        if bytes > MAX_TRACE_STATE_BYTES {
+            return None;
+        }
+        members += part
+            .split(',')
+            .filter(|member| !member.trim().is_empty())
+            .count();
+        if members > MAX_TRACE_STATE_MEMBERS {
+            return None;
+        }
+    }
+    let mut joined = String::with_capacity(bytes);
+    for part in parts() {
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        joined.push_str(part);
+    }
+    (!joined.is_empty()).then_some(joined)
+}
+
+/// `server.address`: a host without the brackets of an IPv6 address, at most
+/// [`MAX_HOST_BYTES`].
+fn server_address(host: &str) -> String {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bounded(host, MAX_HOST_BYTES).to_string()
+}
+
+/// `value`, cut to at most `max` bytes (on a character boundary).
+fn bounded(value: &str, max: usize) -> &str {
+    if value.len() <= max {
+        return value;
+    }
+    let mut end = max;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
 }
 
 /// A string attribute.
@@ -268,6 +332,94 @@ mod tests {
         headers.append("tracestate", "a=1".parse().unwrap());
         headers.append("tracestate", " b=2 ".parse().unwrap());
         assert_eq!(trace_state(&headers).as_deref(), Some("a=1,b=2"));
+    }
+
+    #[test]
+    fn trace_state_is_recorded_only_within_the_w3c_bounds() {
+        let of = |lines: &[String]| {
+            let mut headers = http::HeaderMap::new();
+            for line in lines {
+                headers.append("tracestate", line.parse().unwrap());
+            }
+            trace_state(&headers)
+        };
+        // 512 bytes, commas included: kept; one more: left off
+        let member = |i: usize, len: usize| format!("k{i:02}={}", "v".repeat(len - 4));
+        let at_limit: Vec<String> = (0..8)
+            .map(|i| member(i, if i == 0 { 64 } else { 63 }))
+            .collect();
+        let joined = of(&at_limit).unwrap();
+        assert_eq!(joined.len(), MAX_TRACE_STATE_BYTES);
+        let mut over = at_limit.clone();
+        over[0].push('v');
+        assert_eq!(of(&over), None);
+        // a single huge line is not copied
+        assert_eq!(of(&[format!("big={}", "x".repeat(60_000))]), None);
+        // at most 32 list members, however short
+        let members = |n: usize| {
+            (0..n)
+                .map(|i| format!("k{i}=1"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert!(of(&[members(32)]).is_some());
+        assert_eq!(of(&[members(33)]), None);
+        assert_eq!(of(&[members(20), members(13)]), None);
+    }
+
+    #[test]
+    fn client_strings_are_bounded() {
+        assert_eq!(server_address("[2001:db8::1]"), "2001:db8::1");
+        assert_eq!(server_address("api.example.com"), "api.example.com");
+        assert_eq!(bounded("abcdef", 4), "abcd");
+        assert_eq!(bounded("ab", 4), "ab");
+        assert_eq!(bounded("aé", 2), "a", "cut on a character boundary");
+
+        let method = format!("X{}", "Y".repeat(300));
+        let path = format!("/{}", "p".repeat(5000));
+        let mut request = Request::builder()
+            .method(method.as_str())
+            .uri(path.as_str())
+            .header("host", "[2001:db8::1]:8443")
+            .body(crate::body::boxed(http_body_util::Full::new(
+                bytes::Bytes::new(),
+            )))
+            .unwrap();
+        let api = Arc::new(
+            ApiDefinition::parse(
+                b"apiVersion: gw/v1\nkind: Api\nmetadata: {name: a}\nspec:\n  context: /\n  upstream:\n    endpoints: [{url: 'http://127.0.0.1:9'}]\n",
+                crate::model::Format::Yaml,
+            )
+            .unwrap(),
+        );
+        let context = TraceParent {
+            trace_id: 1,
+            parent_id: 2,
+            flags: 1,
+        };
+        let record = SpanRecord::start(
+            &mut request,
+            context,
+            None,
+            (api, Arc::from("*")),
+            Instant::now(),
+        );
+        let span = record.to_proto();
+        let attr = |key: &str| {
+            span.attributes
+                .iter()
+                .find(|kv| kv.key == key)
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    any_value::Value::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                })
+        };
+        assert_eq!(attr("url.path").unwrap(), path[..MAX_PATH_BYTES]);
+        assert_eq!(
+            attr("http.request.method_original").unwrap(),
+            method[..MAX_METHOD_BYTES]
+        );
+        assert_eq!(attr("server.address").as_deref(), Some("2001:db8::1"));
     }
 
     #[test]

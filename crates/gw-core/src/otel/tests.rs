@@ -239,11 +239,9 @@ fn spans_carry_the_http_and_gateway_attributes() {
     // an authentication policy's exchange, and the consumer it found
     r.extensions_mut()
         .insert(Arc::new(Exchange::new(Arc::clone(&op))));
-    let before = std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let span = tracing.span(&mut r, &api, &op, Instant::now());
+    // received a second ago (by the monotonic clock)
+    let received = Instant::now().checked_sub(Duration::from_secs(1)).unwrap();
+    let span = tracing.span(&mut r, &api, &op, received);
     crate::policy::authenticate(
         &mut r,
         Consumer {
@@ -276,8 +274,19 @@ fn spans_carry_the_http_and_gateway_attributes() {
     assert!(!format!("{span:?}").contains("s3cr3t"));
     let status = span.status.unwrap();
     assert_eq!(status.code, status::StatusCode::Error as i32);
-    assert!(u128::from(span.start_time_unix_nano) >= before - 1_000_000);
-    assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
+    // the span lasts from when the request was received: its duration is the monotonic
+    // clock's; its start is the wall clock's, so only checked to be about a second ago
+    // (give or take a minute, in case the wall clock is stepped meanwhile)
+    let lasted = span.end_time_unix_nano - span.start_time_unix_nano;
+    assert!(lasted >= 1_000_000_000, "{lasted}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap();
+    let start = Duration::from_nanos(span.start_time_unix_nano);
+    assert!(
+        start.abs_diff(now) < Duration::from_secs(61),
+        "{start:?} {now:?}"
+    );
 
     // a 4xx is not the server's error; an unknown method is _OTHER; no operation, no
     // consumer: no such attributes; the span gets an exchange of its own
@@ -370,6 +379,52 @@ fn spans_of(requests: &[Request<Bytes>]) -> Vec<Vec<Span>> {
             message.resource_spans[0].scope_spans[0].spans.clone()
         })
         .collect()
+}
+
+/// A loopback address where connections are refused: the socket holding its port (bound,
+/// never listening) and the address.
+fn refused_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
+/// A collector that reads each request, keeps it, and holds its answer until `release`
+/// turns true (a 200 then), or forever.
+async fn holding_collector() -> (
+    SocketAddr,
+    Arc<Mutex<Vec<Request<Bytes>>>>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let store = Arc::clone(&received);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (store, released) = (Arc::clone(&store), released.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let (store, mut released) = (Arc::clone(&store), released.clone());
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        store.lock().unwrap().push(Request::from_parts(parts, body));
+                        if released.wait_for(|released| *released).await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, received, release)
 }
 
 async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
@@ -479,9 +534,9 @@ async fn shutdown_flushes_and_failures_are_counted() {
 
     // a collector that refuses, and one that is not there: the batches are dropped and counted
     let (refusing, _) = collector(StatusCode::SERVICE_UNAVAILABLE).await;
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gone = closed.local_addr().unwrap();
-    drop(closed);
+    // a port held by a socket that is bound but not listening: a connection is refused,
+    // and no other process can take the port meanwhile
+    let (_held, gone) = refused_port();
     for endpoint in [refusing, gone] {
         let mut registry = Registry::default();
         let mut settings = config(&format!("http://{endpoint}"));
@@ -495,4 +550,101 @@ async fn shutdown_flushes_and_failures_are_counted() {
         assert!(text(&registry).contains("gw_otel_spans_exported_total 0"));
         tracing.shutdown().await;
     }
+}
+
+/// The export counters: (exported, dropped by reason in [`DropReason::ALL`]'s order).
+fn counts(registry: &Registry) -> (u64, [u64; 4]) {
+    let out = text(registry);
+    let value = |prefix: &str| -> u64 {
+        out.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {out}"))
+    };
+    let dropped = DropReason::ALL.map(|reason| {
+        value(&format!(
+            "gw_otel_spans_dropped_total{{reason=\"{}\"}}",
+            reason.label()
+        ))
+    });
+    (value("gw_otel_spans_exported_total "), dropped)
+}
+
+#[tokio::test]
+async fn a_shutdown_during_an_export_ends_by_its_deadline_and_counts_every_span() {
+    const SHUTDOWN: Duration = Duration::from_millis(500);
+    // the shutdown's timeout, the 100ms the task has to count, and some room for a busy
+    // machine: far below the export timeout, which shutdown used to wait for
+    const BY: Duration = Duration::from_secs(1);
+    for answers in [false, true] {
+        let (listening, received, release) = holding_collector().await;
+        let mut registry = Registry::default();
+        let mut settings = config(&format!("http://{listening}"));
+        settings.batch_interval = Duration::from_millis(20);
+        settings.export_timeout = Duration::from_secs(30);
+        settings.shutdown_timeout = SHUTDOWN;
+        let tracing = Tracing::start(&settings, OtelMetrics::register(&mut registry)).unwrap();
+        served(&tracing, None);
+        eventually("an export under way", || {
+            received.lock().unwrap().len() == 1
+        })
+        .await;
+        // queued behind the export that waits for its answer
+        for _ in 0..3 {
+            served(&tracing, None);
+        }
+        let started = std::time::Instant::now();
+        let stopping = tokio::spawn({
+            let tracing = tracing.clone();
+            async move { tracing.shutdown().await }
+        });
+        if answers {
+            // the collector answers once the shutdown is under way: the batch counts, and
+            // the queued spans go out in the time left
+            tokio::task::yield_now().await;
+            release.send_replace(true);
+        }
+        stopping.await.unwrap();
+        let took = started.elapsed();
+        assert!(took < BY, "the shutdown took {took:?}");
+        let (exported, dropped) = counts(&registry);
+        let [queue_full, export_failed, rejected, shutdown] = dropped;
+        assert_eq!(queue_full + export_failed + rejected, 0, "{dropped:?}");
+        assert_eq!(
+            exported + shutdown,
+            4,
+            "no span vanishes: {exported} {dropped:?}"
+        );
+        if answers {
+            assert_eq!(exported, 4, "{dropped:?}");
+        } else {
+            // the batch under way was cut short at the deadline, and the rest is counted
+            assert_eq!(shutdown, 4);
+        }
+        drop(release);
+    }
+}
+
+#[tokio::test]
+async fn an_export_cut_short_by_the_deadline_reports_the_time_it_had() {
+    let (listening, received, _release) = holding_collector().await;
+    let mut registry = Registry::default();
+    let mut settings = config(&format!("http://{listening}"));
+    settings.export_timeout = Duration::from_secs(30);
+    let mut exporter =
+        export::Exporter::new(&settings, OtelMetrics::register(&mut registry)).unwrap();
+    let (tracing, mut queue, _) = tracer(1.0, 4);
+    served(&tracing, None);
+    let mut batch = vec![queue.try_recv().unwrap()];
+    let allowed = Duration::from_millis(300);
+    let mut stop = export::Stop::By(tokio::time::Instant::now() + allowed);
+    let error = exporter.export(&mut batch, &mut stop).await.unwrap_err();
+    assert_eq!(received.lock().unwrap().len(), 1, "the batch was sent");
+    match error {
+        export::ExportError::Timeout(had) => {
+            assert!(had > Duration::ZERO && had <= allowed, "{had:?}");
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(counts(&registry), (0, [0, 0, 0, 1]), "dropped at shutdown");
 }
