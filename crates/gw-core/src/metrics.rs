@@ -221,7 +221,7 @@ impl ProxyMetrics {
         );
         registry.register(
             "gw_upstream_connections",
-            "Open connections to an endpoint that count for the API (opened by it, or idle ones taken over from another API at the same address)",
+            "Connections to an endpoint that count for the API: those it holds (idle ones included, and idle ones taken over from another API at the same address), connects under way, WebSocket tunnels",
             upstream.connections.clone(),
         );
         registry.register(

@@ -53,12 +53,20 @@ impl Rendered {
         self.spilled.extend_from_slice(bytes);
     }
 
-    fn as_slice(&self) -> &[u8] {
+    /// The header value: the stack bytes copied once, or the spilled buffer handed over.
+    fn into_value(self) -> Option<HeaderValue> {
         if self.spilled.is_empty() {
-            &self.inline[..self.len]
+            HeaderValue::from_bytes(&self.inline[..self.len]).ok()
         } else {
-            &self.spilled
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(self.spilled)).ok()
         }
+    }
+}
+
+impl std::fmt::Write for Rendered {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.extend_from_slice(text.as_bytes());
+        Ok(())
     }
 }
 
@@ -181,9 +189,7 @@ impl Template {
                 }
                 Part::ClientIp => {
                     if let Some(conn) = request.extensions().get::<ConnInfo>() {
-                        let mut text = String::new();
-                        let _ = write!(text, "{}", conn.peer.ip().to_canonical());
-                        out.extend_from_slice(text.as_bytes());
+                        let _ = write!(out, "{}", conn.peer.ip().to_canonical());
                     }
                 }
                 Part::ConsumerName => {
@@ -198,7 +204,7 @@ impl Template {
                 }
             }
         }
-        HeaderValue::from_bytes(out.as_slice()).ok()
+        out.into_value()
     }
 }
 

@@ -308,24 +308,31 @@ impl EndpointState {
         let mut idle = self.idle.lock();
         let mut left: Vec<Idle> = Vec::new();
         let mut found = None;
+        // at its limit, an upstream takes only its own connections (checked once, rather
+        // than by a slot asked for and handed back per connection)
+        let may_take_over = limits.has_room();
         while let Some(conn) = idle.pop() {
             if conn.sender.is_closed() || conn.since.elapsed() >= idle_timeout {
                 continue;
             }
-            if conn.owner.is(limits) || conn.owner.take_over(limits, &self.metrics.connections) {
+            if conn.owner.is(limits)
+                || (may_take_over && conn.owner.take_over(limits, &self.metrics.connections))
+            {
                 found = Some((conn.sender, conn.owner));
                 break;
             }
-            // at this upstream's limit: another upstream's connection stays for it
+            // another upstream's connection stays for it
             left.push(conn);
         }
         idle.extend(left.into_iter().rev());
         found
     }
 
-    /// Puts a connection back for reuse (a retired upstream closes it instead).
+    /// Puts a connection back for reuse. A retired upstream closes the connections of its
+    /// own pool; a shared pool keeps them for the upstreams at the same address (the one
+    /// that replaced it, often), which take them over.
     pub(super) fn put_idle(&self, sender: http1::SendRequest<Body>, owner: Owner) {
-        if sender.is_closed() || self.retired.load(Ordering::Acquire) {
+        if sender.is_closed() || (!self.idle.shared && self.retired.load(Ordering::Acquire)) {
             return;
         }
         self.idle.lock().push(Idle {
@@ -367,7 +374,8 @@ impl EndpointState {
         let mut idle = self.idle.lock();
         match idle.iter().position(|c| c.owner.is(limits)) {
             Some(i) => {
-                idle.swap_remove(i);
+                // `remove`, not `swap_remove`: the newest connections stay on top
+                idle.remove(i);
                 true
             }
             None => false,

@@ -104,6 +104,11 @@ struct Limits {
 }
 
 impl Limits {
+    /// Whether a connection slot is free now.
+    fn has_room(&self) -> bool {
+        self.open.load(Ordering::Acquire) < self.max_connections
+    }
+
     /// Wakes the requests waiting for a connection (a connection was returned or closed).
     fn release(&self) {
         // pairs with the waiter's count-then-check: either it sees the connection, or this
@@ -120,12 +125,23 @@ impl Limits {
 struct OpenSlot(Arc<Limits>);
 
 impl OpenSlot {
+    /// A slot, if one is free. The count never goes past the limit, even for a moment, so
+    /// that a concurrent request never sees a free slot as taken.
     fn acquire(limits: &Arc<Limits>) -> Option<Self> {
-        if limits.open.fetch_add(1, Ordering::AcqRel) < limits.max_connections {
-            Some(Self(Arc::clone(limits)))
-        } else {
-            limits.open.fetch_sub(1, Ordering::AcqRel);
-            None
+        let mut open = limits.open.load(Ordering::Acquire);
+        loop {
+            if open >= limits.max_connections {
+                return None;
+            }
+            match limits.open.compare_exchange_weak(
+                open,
+                open + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(Self(Arc::clone(limits))),
+                Err(now) => open = now,
+            }
         }
     }
 }
