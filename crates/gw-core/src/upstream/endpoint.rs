@@ -150,10 +150,9 @@ pub(super) struct Idle {
 /// `upstream` block, and a redeployed API finds its connections open. A connection counts
 /// for the upstream that holds it (see [`Owner`]): taking another upstream's idle connection
 /// takes one of the taker's `maxConnections`, or leaves the connection when the taker is at
-/// its limit. The pool goes (and
-/// its connections close) with the last upstream that uses it. An `https://` endpoint's
-/// pool is its upstream's own: its connections carry that upstream's TLS settings (trusted
-/// CAs, client certificate, server name).
+/// its limit. The pool goes (and its connections close) with the last upstream that uses
+/// it. An `https://` endpoint's pool is its upstream's own: its connections carry that
+/// upstream's TLS settings (trusted CAs, client certificate, server name).
 #[derive(Debug, Default)]
 pub(super) struct IdlePool {
     conns: Mutex<Vec<Idle>>,
@@ -359,7 +358,8 @@ impl EndpointState {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = sender;
     }
 
-    /// Stops keeping connections: closes the idle ones and refuses new ones.
+    /// Stops keeping connections of its own pool: closes the idle ones and refuses new ones
+    /// (a shared pool keeps them for the other upstreams at the address).
     pub(super) fn retire(&self) {
         self.retired.store(true, Ordering::Release);
         if !self.idle.shared {
