@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use gw_e2e::{
     Admin, ControllerSpec, Process, TOKEN, TestDatabase, Upstream, api_yaml, call, controller,
-    eventually, runtime,
+    eventually, runtime_with,
 };
 
 /// A controller on its own database and a runtime connected to it, with their directories.
@@ -18,6 +18,11 @@ struct Cluster {
 }
 
 async fn cluster() -> Cluster {
+    cluster_with(&[]).await
+}
+
+/// [`cluster`], the runtime started with `extra` arguments.
+async fn cluster_with(extra: &[&str]) -> Cluster {
     let db = TestDatabase::create().await;
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let spec = ControllerSpec {
@@ -29,7 +34,7 @@ async fn cluster() -> Cluster {
     let ctl = controller(&spec, dirs[0].path());
     let admin = Admin::new(ctl.addr("admin"), Some(TOKEN));
     admin.wait_ready().await;
-    let rt = runtime("rt-1", &[ctl.addr("sync")], dirs[1].path());
+    let rt = runtime_with("rt-1", &[ctl.addr("sync")], dirs[1].path(), extra);
     eventually(
         "the runtime to connect",
         Duration::from_secs(20),
@@ -144,4 +149,60 @@ async fn controller_restart_keeps_revisions() {
     )
     .await;
     assert_eq!(call(&client, proxy, "/a").await.0, 200);
+}
+
+/// `--ready-requires-controller`: ready only while connected to a controller; traffic goes on
+/// without one, and readiness comes back with the controller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_can_require_a_controller() {
+    let Cluster {
+        mut ctl,
+        admin,
+        rt,
+        _dirs,
+        _db,
+    } = cluster_with(&["--ready-requires-controller"]).await;
+    let admin_addr = ctl.addr("admin");
+    let sync_addr = ctl.addr("sync");
+    let up = Upstream::start("up").await;
+    let client = reqwest::Client::new();
+    let status = rt.addr("status");
+    let response = admin
+        .put_api(
+            "one",
+            &api_yaml("one", "/one", &up.url("")),
+            "?wait=applied",
+        )
+        .await;
+    assert!(response.status().is_success());
+    let (code, ready) = call(&client, status, "/status/ready").await;
+    assert_eq!(
+        (code, &ready["controller"].is_string()),
+        (200, &true),
+        "{ready}"
+    );
+
+    ctl.kill();
+    eventually(
+        "readiness to turn 503 without a controller",
+        Duration::from_secs(20),
+        || async {
+            let (code, ready) = call(&client, status, "/status/ready").await;
+            code == 503 && ready["reason"] == "no controller connected"
+        },
+    )
+    .await;
+    // not ready, yet serving its configuration
+    assert_eq!(call(&client, rt.addr("proxy"), "/one").await.0, 200);
+
+    ctl.restart(&[
+        ("--admin-addr", admin_addr.to_string()),
+        ("--sync-addr", sync_addr.to_string()),
+    ]);
+    eventually(
+        "readiness to come back with the controller",
+        Duration::from_secs(30),
+        || async { call(&client, status, "/status/ready").await.0 == 200 },
+    )
+    .await;
 }

@@ -82,6 +82,12 @@ pub struct Args {
     #[arg(long, env = "GW_DRAIN_TIMEOUT", default_value_t = 30)]
     drain_timeout: u64,
 
+    /// `/status/ready` answers 200 only while connected to a controller (besides having a
+    /// configuration): for operators who take a runtime that lost its control plane out of
+    /// rotation. By default a runtime serving its last-known-good configuration is ready.
+    #[arg(long, env = "GW_READY_REQUIRES_CONTROLLER", conflicts_with = "config")]
+    ready_requires_controller: bool,
+
     /// Heartbeat interval of the sync stream, in seconds (the controller adopts it).
     #[arg(long, env = "GW_HEARTBEAT_SECONDS", default_value_t = 10)]
     heartbeat_seconds: u64,
@@ -291,6 +297,7 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     options.listener.max_connections = usize::try_from(args.max_connections)?;
     options.max_uri_bytes = usize::try_from(args.max_uri_bytes)?;
     options.drain_period = Duration::from_secs(args.drain_seconds);
+    options.ready_requires_controller = args.ready_requires_controller;
     options.heartbeat_interval = Duration::from_secs(args.heartbeat_seconds.clamp(1, 60));
     // from the environment only: a flag would show in `ps`
     options.sync_token = std::env::var("GW_SYNC_TOKEN")

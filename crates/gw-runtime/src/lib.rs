@@ -95,6 +95,11 @@ pub struct RuntimeOptions {
     /// After the shutdown signal, how long the runtime keeps serving while `/status/ready`
     /// says 503, so that load balancers take it out before it stops accepting connections.
     pub drain_period: Duration,
+    /// Whether `/status/ready` also requires a live connection to a controller (controller
+    /// mode): the stricter meaning API7 documents, for operators who would rather take a
+    /// runtime that lost its control plane out of rotation. By default a runtime with a
+    /// configuration is ready, connected or not (it serves its last-known-good one).
+    pub ready_requires_controller: bool,
     /// OpenTelemetry trace export (`None`: no export). An empty `service_instance_id` is
     /// filled with the node id.
     pub otel: Option<OtelConfig>,
@@ -120,6 +125,7 @@ impl RuntimeOptions {
             heartbeat_interval: Duration::from_secs(10),
             sync_token: None,
             drain_period: Duration::ZERO,
+            ready_requires_controller: false,
             otel: None,
         }
     }
@@ -361,6 +367,7 @@ impl Runtime {
             state: Arc::clone(&state),
             sync: sync_status,
             draining: std::sync::atomic::AtomicBool::new(false),
+            requires_controller: options.ready_requires_controller,
             registry,
         });
         let status_task = tokio::spawn(status::serve(status, Arc::clone(&context)));

@@ -32,6 +32,8 @@ pub struct StatusContext {
     pub sync: Option<watch::Receiver<ClientStatus>>,
     /// Set when the runtime is shutting down: readiness turns false.
     pub draining: AtomicBool,
+    /// Whether readiness also requires a connected controller (controller mode only).
+    pub requires_controller: bool,
     /// The metrics.
     pub registry: Registry,
 }
@@ -48,6 +50,8 @@ impl StatusContext {
             Some("draining")
         } else if config.is_empty() {
             Some("no configuration applied yet")
+        } else if self.requires_controller && self.sync.is_some() && controller.is_none() {
+            Some("no controller connected")
         } else {
             None
         };
