@@ -206,3 +206,36 @@ async fn readiness_can_require_a_controller() {
     )
     .await;
 }
+
+/// `POST /status/drain` (from loopback): not ready at once, traffic served through the drain
+/// period, then a clean exit; other methods are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_request_turns_the_runtime_unready_then_stops_it() {
+    let up = Upstream::start("up").await;
+    let (mut rt, _dir) = gw_e2e::standalone(
+        &api_yaml("one", "/one", &up.url("")),
+        &["--drain-seconds", "5"],
+    );
+    let client = reqwest::Client::new();
+    let (status, proxy) = (rt.addr("status"), rt.addr("proxy"));
+    assert_eq!(call(&client, proxy, "/one").await.0, 200);
+    let url = format!("http://{status}/status/drain");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 405);
+    assert_eq!(call(&client, status, "/status/ready").await.0, 200);
+
+    let response = client.post(&url).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    eventually("readiness to turn 503", Duration::from_secs(10), || async {
+        let (code, ready) = call(&client, status, "/status/ready").await;
+        code == 503 && ready["reason"] == "draining"
+    })
+    .await;
+    // still serving while load balancers take it out
+    assert_eq!(call(&client, proxy, "/one").await.0, 200);
+    assert_eq!(
+        rt.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        rt.log()
+    );
+}

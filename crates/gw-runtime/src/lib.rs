@@ -318,9 +318,9 @@ impl Runtime {
         &self.state
     }
 
-    /// Serves until `shutdown` completes; then turns unready, keeps serving for the drain
-    /// period, stops accepting connections, waits for in-flight requests (at most the
-    /// listener's drain timeout) and returns.
+    /// Serves until `shutdown` completes (or `POST /status/drain` arrives from loopback);
+    /// then turns unready, keeps serving for the drain period, stops accepting connections,
+    /// waits for in-flight requests (at most the listener's drain timeout) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RuntimeError> {
         let proxy_addr = self.proxy_addr();
         let status_addr = self.status_addr();
@@ -368,6 +368,7 @@ impl Runtime {
             sync: sync_status,
             draining: std::sync::atomic::AtomicBool::new(false),
             requires_controller: options.ready_requires_controller,
+            drain: tokio::sync::Notify::new(),
             registry,
         });
         let status_task = tokio::spawn(status::serve(status, Arc::clone(&context)));
@@ -381,7 +382,10 @@ impl Runtime {
         let draining = Arc::clone(&context);
         let drain_period = options.drain_period;
         let shutdown = async move {
-            shutdown.await;
+            tokio::select! {
+                () = shutdown => {}
+                () = draining.drain.notified() => {}
+            }
             draining.draining.store(true, Ordering::Release);
             if !drain_period.is_zero() {
                 tracing::info!(

@@ -1,7 +1,9 @@
-//! The status server: `/status` (alive), `/status/ready` (serving a real configuration) and
-//! `/metrics` (Prometheus text format).
+//! The status server: `/status` (alive), `/status/ready` (serving a real configuration),
+//! `/metrics` (Prometheus text format) and `POST /status/drain` (drain and stop, as on
+//! SIGTERM; from loopback only).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -34,6 +36,8 @@ pub struct StatusContext {
     pub draining: AtomicBool,
     /// Whether readiness also requires a connected controller (controller mode only).
     pub requires_controller: bool,
+    /// Notified by `POST /status/drain`: the runtime drains and stops, as on SIGTERM.
+    pub drain: tokio::sync::Notify,
     /// The metrics.
     pub registry: Registry,
 }
@@ -91,7 +95,35 @@ impl StatusContext {
         })
     }
 
-    fn respond<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+    /// `POST /status/drain` from `peer`: from loopback only (a preStop hook, an operator on
+    /// the host), since the status port has no authentication.
+    fn drain(&self, peer: SocketAddr) -> Response<Full<Bytes>> {
+        if !peer.ip().to_canonical().is_loopback() {
+            return json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({
+                    "error": {"code": "forbidden", "message": "a drain is accepted from loopback addresses only"}
+                }),
+            );
+        }
+        tracing::info!(%peer, "drain requested over the status API");
+        // a permit is kept if the runtime is not waiting yet; a second request changes nothing
+        self.drain.notify_one();
+        json(StatusCode::ACCEPTED, &serde_json::json!({"draining": true}))
+    }
+
+    fn respond<B>(&self, request: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        if request.uri().path() == "/status/drain" {
+            if request.method() == Method::POST {
+                return self.drain(peer);
+            }
+            return json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &serde_json::json!({
+                    "error": {"code": "method_not_allowed", "message": "use POST"}
+                }),
+            );
+        }
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -145,14 +177,14 @@ fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
 /// Serves the status endpoints on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, context: Arc<StatusContext>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let context = Arc::clone(&context);
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let response = context.respond(&request);
+                let response = context.respond(&request, peer);
                 async move { Ok::<_, Infallible>(response) }
             });
             let _ = http1::Builder::new()
