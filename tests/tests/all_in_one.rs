@@ -80,6 +80,14 @@ async fn deploy_call_replace_upstream_delete() {
     let (code, ready) = call(&client, status_addr, "/status/ready").await;
     assert_eq!(code, 200);
     assert_eq!(ready["source"], "controller");
+    // the process stops as a whole: its runtime has no drain endpoint
+    let drain = client
+        .post(format!("http://{status_addr}/status/drain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drain.status(), 404);
+    assert_eq!(call(&client, status_addr, "/status/ready").await.0, 200);
     let metrics = client
         .get(format!("http://{status_addr}/metrics"))
         .send()

@@ -428,6 +428,8 @@ pub async fn run(
             runtime_options.policies = options.policies.clone();
             runtime_options.heartbeat_interval = options.heartbeat_interval;
             runtime_options.sync_token = options.sync_token.clone();
+            // the process stops as a whole, on its own signal
+            runtime_options.drain_endpoint = false;
             let runtime = Runtime::bind(runtime_options).await?;
             let _ = state.embedded.set(Arc::clone(runtime.config_state()));
             Some(tokio::spawn(runtime.run(stopped())))

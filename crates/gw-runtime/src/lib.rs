@@ -100,6 +100,10 @@ pub struct RuntimeOptions {
     /// runtime that lost its control plane out of rotation. By default a runtime with a
     /// configuration is ready, connected or not (it serves its last-known-good one).
     pub ready_requires_controller: bool,
+    /// Whether `POST /status/drain` (from loopback) drains and stops the runtime. Off where
+    /// the runtime is part of a larger process (the controller's all-in-one mode), which
+    /// has its own shutdown.
+    pub drain_endpoint: bool,
     /// OpenTelemetry trace export (`None`: no export). An empty `service_instance_id` is
     /// filled with the node id.
     pub otel: Option<OtelConfig>,
@@ -126,6 +130,7 @@ impl RuntimeOptions {
             sync_token: None,
             drain_period: Duration::ZERO,
             ready_requires_controller: false,
+            drain_endpoint: true,
             otel: None,
         }
     }
@@ -368,7 +373,7 @@ impl Runtime {
             sync: sync_status,
             draining: std::sync::atomic::AtomicBool::new(false),
             requires_controller: options.ready_requires_controller,
-            drain: tokio::sync::Notify::new(),
+            drain: options.drain_endpoint.then(tokio::sync::Notify::new),
             registry,
         });
         let status_task = tokio::spawn(status::serve(status, Arc::clone(&context)));
@@ -382,9 +387,15 @@ impl Runtime {
         let draining = Arc::clone(&context);
         let drain_period = options.drain_period;
         let shutdown = async move {
+            let requested = async {
+                match &draining.drain {
+                    Some(drain) => drain.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown => {}
-                () = draining.drain.notified() => {}
+                () = requested => {}
             }
             draining.draining.store(true, Ordering::Release);
             if !drain_period.is_zero() {

@@ -36,8 +36,9 @@ pub struct StatusContext {
     pub draining: AtomicBool,
     /// Whether readiness also requires a connected controller (controller mode only).
     pub requires_controller: bool,
-    /// Notified by `POST /status/drain`: the runtime drains and stops, as on SIGTERM.
-    pub drain: tokio::sync::Notify,
+    /// Notified by `POST /status/drain`: the runtime drains and stops, as on SIGTERM
+    /// (`None`: no drain endpoint).
+    pub drain: Option<tokio::sync::Notify>,
     /// The metrics.
     pub registry: Registry,
 }
@@ -98,6 +99,14 @@ impl StatusContext {
     /// `POST /status/drain` from `peer`: from loopback only (a preStop hook, an operator on
     /// the host), since the status port has no authentication.
     fn drain(&self, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let Some(drain) = &self.drain else {
+            return json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({
+                    "error": {"code": "not_found", "message": "this runtime has no drain endpoint (all-in-one: stop the process with SIGTERM)"}
+                }),
+            );
+        };
         if !peer.ip().to_canonical().is_loopback() {
             return json(
                 StatusCode::FORBIDDEN,
@@ -108,7 +117,7 @@ impl StatusContext {
         }
         tracing::info!(%peer, "drain requested over the status API");
         // a permit is kept if the runtime is not waiting yet; a second request changes nothing
-        self.drain.notify_one();
+        drain.notify_one();
         json(StatusCode::ACCEPTED, &serde_json::json!({"draining": true}))
     }
 
