@@ -280,9 +280,23 @@ pub fn controller(spec: &ControllerSpec, data_dir: &Path) -> Process {
     controller_from("gw-controller", spec, data_dir)
 }
 
+/// [`controller`] with extra command-line arguments.
+pub fn controller_with(spec: &ControllerSpec, data_dir: &Path, extra: &[&str]) -> Process {
+    controller_args_from("gw-controller", spec, data_dir, extra)
+}
+
 /// [`controller`] from another binary of the workspace: a custom build of the controller
 /// (`gw_controller::cli`), such as `examples/custom-policy`'s.
 pub fn controller_from(binary_name: &str, spec: &ControllerSpec, data_dir: &Path) -> Process {
+    controller_args_from(binary_name, spec, data_dir, &[])
+}
+
+fn controller_args_from(
+    binary_name: &str,
+    spec: &ControllerSpec,
+    data_dir: &Path,
+    extra: &[&str],
+) -> Process {
     let data_dir = data_dir.display().to_string();
     let mut args = strings(&[
         "--data-dir",
@@ -313,6 +327,7 @@ pub fn controller_from(binary_name: &str, spec: &ControllerSpec, data_dir: &Path
             "127.0.0.1:0",
         ]));
     }
+    args.extend(strings(extra));
     let envs = if spec.dev {
         vec![]
     } else {
