@@ -10,8 +10,13 @@ use clap::Parser;
 use gw_core::policy::PolicyRegistry;
 use gw_runtime::logging::{self, LogFormat};
 
+use crate::bundles::BundleOptions;
 use crate::{AllInOne, ControllerOptions};
+use gw_bundle::SigningKey;
+use gw_bundle::storage::{BundleTarget, S3Options};
+use gw_core::model::HumanDuration;
 use gw_sync::SyncToken;
+use std::sync::Arc;
 
 /// gw control plane: operators deploy APIs through its admin REST API; it stores them
 /// (PostgreSQL, or an embedded SQLite file) and keeps every connected runtime in sync.
@@ -80,6 +85,113 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "GW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    #[command(flatten)]
+    bundles: BundleArgs,
+}
+
+/// Signed fallback bundles: off unless `--bundle-dir` or `--bundle-url` is set.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Fallback bundles")]
+struct BundleArgs {
+    /// Export every gateway group's configuration as a signed bundle into this directory
+    /// (`<dir>/<group>/<revision>.gwb`), for runtimes that start while no controller answers.
+    #[arg(
+        long = "bundle-dir",
+        env = "GW_BUNDLE_DIR",
+        value_name = "DIR",
+        conflicts_with = "url"
+    )]
+    dir: Option<PathBuf>,
+
+    /// Export them to S3-compatible object storage instead: `s3://bucket/prefix`.
+    /// Credentials come from the AWS_* environment variables (AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, or the instance's role).
+    #[arg(long = "bundle-url", env = "GW_BUNDLE_URL", value_name = "URL")]
+    url: Option<String>,
+
+    /// The file of the key that signs bundles: an Ed25519 private key in PKCS#8 PEM
+    /// (`openssl genpkey -algorithm ed25519`) or an HMAC secret of at least 32 bytes. Or
+    /// give the key itself in GW_BUNDLE_SIGNING_KEY.
+    #[arg(
+        long = "bundle-signing-key",
+        env = "GW_BUNDLE_SIGNING_KEY_FILE",
+        value_name = "FILE"
+    )]
+    signing_key: Option<PathBuf>,
+
+    /// How often to check for a new revision to export (`30s`, `5m`).
+    #[arg(
+        long = "bundle-interval",
+        env = "GW_BUNDLE_INTERVAL",
+        default_value = "30s",
+        value_name = "DURATION"
+    )]
+    interval: HumanDuration,
+
+    /// Bundles kept per group; older ones are deleted after each export.
+    #[arg(long = "bundle-keep", env = "GW_BUNDLE_KEEP", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    keep: u32,
+
+    /// The endpoint of an S3-compatible service (MinIO, Ceph, …), for example
+    /// `http://127.0.0.1:9000` (default: AWS, or AWS_ENDPOINT_URL).
+    #[arg(
+        long = "bundle-s3-endpoint",
+        env = "GW_BUNDLE_S3_ENDPOINT",
+        value_name = "URL"
+    )]
+    s3_endpoint: Option<String>,
+
+    /// The S3 region (default: AWS_REGION, or us-east-1).
+    #[arg(
+        long = "bundle-s3-region",
+        env = "GW_BUNDLE_S3_REGION",
+        value_name = "REGION"
+    )]
+    s3_region: Option<String>,
+}
+
+impl BundleArgs {
+    /// The export's settings, or `None` when no target is given.
+    fn options(self) -> anyhow::Result<Option<BundleOptions>> {
+        let s3 = S3Options {
+            endpoint: self.s3_endpoint,
+            region: self.s3_region,
+        };
+        let target = match (self.dir, self.url) {
+            (Some(dir), _) => Some(BundleTarget::Dir(dir)),
+            (None, Some(url)) if url.trim_start().starts_with("s3://") => {
+                Some(BundleTarget::parse(&url, &s3).context("--bundle-url")?)
+            }
+            (None, Some(_)) => {
+                anyhow::bail!(
+                    "--bundle-url takes s3://bucket/prefix; use --bundle-dir for a directory"
+                )
+            }
+            (None, None) => None,
+        };
+        let key = gw_bundle::key::key_bytes(self.signing_key.as_deref(), "GW_BUNDLE_SIGNING_KEY")
+            .context("the bundle signing key")?;
+        let (target, key) = match (target, key) {
+            (Some(target), Some(key)) => (target, key),
+            (None, None) => return Ok(None),
+            (Some(_), None) => anyhow::bail!(
+                "bundles must be signed: give --bundle-signing-key FILE (or the key in \
+                 GW_BUNDLE_SIGNING_KEY) with --bundle-dir or --bundle-url"
+            ),
+            (None, Some(_)) => anyhow::bail!(
+                "a bundle signing key is set but no --bundle-dir or --bundle-url to export to"
+            ),
+        };
+        let key = SigningKey::parse(&key).context("the bundle signing key")?;
+        Ok(Some(BundleOptions {
+            target,
+            key: Arc::new(key),
+            interval: self.interval.as_duration().max(Duration::from_secs(1)),
+            keep: usize::try_from(self.keep)?,
+        }))
+    }
 }
 
 /// Parses the command line and runs a controller (and, with `--all-in-one`, its runtime)
@@ -116,6 +228,7 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     options.store_timeout = Duration::from_millis(args.store_timeout_ms.max(100));
     options.poll_interval = Duration::from_millis(args.poll_interval_ms.max(100));
     options.heartbeat_interval = Duration::from_secs(args.heartbeat_seconds.clamp(1, 60));
+    options.bundles = args.bundles.options()?;
     if args.all_in_one {
         options.all_in_one = Some(AllInOne {
             proxy_addr: args.proxy_addr,

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod bundles;
 pub mod cli;
 pub mod fleet;
 pub mod keys;
@@ -32,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{AdminOptions, AppState};
+use crate::bundles::{BundleExporter, BundleMetrics, BundleOptions};
 use crate::fleet::FleetRecorder;
 use crate::keys::KeyError;
 use crate::sealed::Sealer;
@@ -86,6 +88,8 @@ pub struct ControllerOptions {
     pub policies: PolicyRegistry,
     /// Admin API limits.
     pub admin: AdminOptions,
+    /// The export of signed fallback bundles (`None`: no export).
+    pub bundles: Option<BundleOptions>,
 }
 
 impl ControllerOptions {
@@ -113,6 +117,7 @@ impl ControllerOptions {
                 default_wait: Duration::from_secs(30),
                 max_wait: Duration::from_mins(5),
             },
+            bundles: None,
         }
     }
 }
@@ -141,6 +146,7 @@ impl std::fmt::Debug for ControllerOptions {
             .field("runtime_retention", &self.runtime_retention)
             .field("policies", &self.policies.names())
             .field("admin", &self.admin)
+            .field("bundles", &self.bundles)
             .finish()
     }
 }
@@ -317,6 +323,8 @@ pub async fn run(
     };
 
     let desired = Arc::new(DesiredState::new(watcher::HISTORY));
+    let mut metrics = prometheus_client::registry::Registry::default();
+    let bundle_metrics = BundleMetrics::register(&mut metrics);
     let state = Arc::new(AppState {
         store: OnceLock::new(),
         loaded: AtomicBool::new(false),
@@ -330,6 +338,8 @@ pub async fn run(
         embedded: OnceLock::new(),
         sealer: Arc::clone(&sealer),
         consumer_writes: tokio::sync::Mutex::new(()),
+        bundles: OnceLock::new(),
+        metrics,
     });
     let admin_listener = bind("admin", options.admin_addr).await?;
     tracing::info!(listener = "admin", addr = %admin_listener.local_addr().unwrap_or(options.admin_addr), "listening");
@@ -393,6 +403,24 @@ pub async fn run(
             options.runtime_retention,
         )),
     ];
+    if let Some(bundle_options) = options.bundles.clone() {
+        tracing::info!(
+            bundles = %bundle_options.target,
+            algorithm = bundle_options.key.algorithm(),
+            interval = ?bundle_options.interval,
+            keep = bundle_options.keep,
+            "exporting fallback bundles"
+        );
+        let exporter = Arc::new(BundleExporter::new(
+            Arc::clone(&desired),
+            bundle_options,
+            store.store_id(),
+            &options.node_id,
+            bundle_metrics,
+        ));
+        let _ = state.bundles.set(Arc::clone(&exporter));
+        tasks.push(tokio::spawn(exporter.run()));
+    }
     let recorder = Arc::new(FleetRecorder::new(options.node_id.clone()));
     tasks.push(tokio::spawn(
         Arc::clone(&recorder).write_loop(Arc::clone(&store)),

@@ -19,9 +19,13 @@ use gw_core::model::HumanDuration;
 use gw_core::otel::{OtelConfig, OtelHeader};
 use gw_core::policy::PolicyRegistry;
 
+use crate::fallback::FallbackOptions;
 use crate::logging::{self, LogFormat};
 use crate::{ConfigSource, Runtime, RuntimeOptions};
+use gw_bundle::VerifyKey;
+use gw_bundle::storage::{BundleTarget, S3Options};
 use gw_sync::SyncToken;
+use std::sync::Arc;
 
 /// gw data plane: proxies API traffic with the configuration it receives from a controller
 /// (or reads from a file), and keeps serving when controllers are down.
@@ -123,6 +127,51 @@ pub struct Args {
 
     #[command(flatten)]
     otel: OtelArgs,
+
+    #[command(flatten)]
+    fallback: FallbackArgs,
+}
+
+/// Signed fallback bundles: off unless `--fallback-bundle` is set.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Fallback bundles")]
+struct FallbackArgs {
+    /// Where the controllers export signed bundles (a directory, or `s3://bucket/prefix`):
+    /// started with no last-known-good cache while no controller answers, the runtime serves
+    /// the newest bundle of its group that verifies. S3 credentials come from the AWS_*
+    /// environment variables.
+    #[arg(
+        long,
+        env = "GW_FALLBACK_BUNDLE",
+        value_name = "DIR|URL",
+        conflicts_with = "config"
+    )]
+    fallback_bundle: Option<String>,
+
+    /// The file of the key bundles must verify with: the Ed25519 public key in PEM
+    /// (`openssl pkey -in KEY -pubout`), or the controllers' HMAC secret. Or give the key
+    /// itself in GW_BUNDLE_VERIFY_KEY.
+    #[arg(long, env = "GW_BUNDLE_VERIFY_KEY_FILE", value_name = "FILE")]
+    bundle_verify_key: Option<PathBuf>,
+
+    /// The longest wait for a controller before the bundle is served (sooner when every
+    /// controller has been tried and none answered): `5s`, `500ms`.
+    #[arg(
+        long,
+        env = "GW_FALLBACK_WAIT",
+        default_value = "5s",
+        value_name = "DURATION"
+    )]
+    fallback_wait: HumanDuration,
+
+    /// The endpoint of an S3-compatible service (`http://127.0.0.1:9000`; default: AWS, or
+    /// AWS_ENDPOINT_URL).
+    #[arg(long, env = "GW_BUNDLE_S3_ENDPOINT", value_name = "URL")]
+    bundle_s3_endpoint: Option<String>,
+
+    /// The S3 region (default: AWS_REGION, or us-east-1).
+    #[arg(long, env = "GW_BUNDLE_S3_REGION", value_name = "REGION")]
+    bundle_s3_region: Option<String>,
 }
 
 /// OpenTelemetry trace export: off unless `--otel-endpoint` (or its variable) is set; the
@@ -180,6 +229,40 @@ struct OtelArgs {
         value_name = "DURATION"
     )]
     batch_interval: HumanDuration,
+}
+
+impl FallbackArgs {
+    /// The fallback's settings, or `None` without `--fallback-bundle`.
+    fn options(self) -> anyhow::Result<Option<FallbackOptions>> {
+        let key =
+            gw_bundle::key::key_bytes(self.bundle_verify_key.as_deref(), "GW_BUNDLE_VERIFY_KEY")
+                .context("the bundle verification key")?;
+        let Some(location) = self.fallback_bundle.filter(|l| !l.trim().is_empty()) else {
+            if key.is_some() {
+                tracing::warn!(
+                    "a bundle verification key is set but no --fallback-bundle: it is not used"
+                );
+            }
+            return Ok(None);
+        };
+        let Some(key) = key else {
+            anyhow::bail!(
+                "--fallback-bundle needs the key bundles are verified with: \
+                 --bundle-verify-key FILE, or the key in GW_BUNDLE_VERIFY_KEY"
+            );
+        };
+        let key = VerifyKey::parse(&key).context("the bundle verification key")?;
+        let s3 = S3Options {
+            endpoint: self.bundle_s3_endpoint,
+            region: self.bundle_s3_region,
+        };
+        let target = BundleTarget::parse(&location, &s3).context("--fallback-bundle")?;
+        Ok(Some(FallbackOptions {
+            target,
+            key: Arc::new(key),
+            wait: self.fallback_wait.as_duration(),
+        }))
+    }
 }
 
 /// A value that may be a secret: parsed later, so that no error message quotes it, and
@@ -281,6 +364,7 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     };
     let mut options = RuntimeOptions::new(source);
     options.otel = args.otel.config()?;
+    options.fallback = args.fallback.options()?;
     options.policies = policies;
     options.group = args.group;
     if let Some(node_id) = args.node_id {

@@ -21,6 +21,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod fallback;
 pub mod file_source;
 pub mod listener;
 pub mod logging;
@@ -44,6 +45,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::cache::CacheFile;
+use crate::fallback::FallbackOptions;
 use crate::file_source::{FileError, FileSource};
 use crate::listener::ListenerOptions;
 use crate::state::ConfigState;
@@ -107,6 +109,9 @@ pub struct RuntimeOptions {
     /// OpenTelemetry trace export (`None`: no export). An empty `service_instance_id` is
     /// filled with the node id.
     pub otel: Option<OtelConfig>,
+    /// Signed fallback bundles to serve when the runtime starts with no cache while no
+    /// controller answers (controller mode; `None`: none).
+    pub fallback: Option<FallbackOptions>,
 }
 
 impl RuntimeOptions {
@@ -132,6 +137,7 @@ impl RuntimeOptions {
             ready_requires_controller: false,
             drain_endpoint: true,
             otel: None,
+            fallback: None,
         }
     }
 }
@@ -345,6 +351,7 @@ impl Runtime {
                 (tokio::spawn(file.watch(options.file_poll_interval)), None)
             }
             (ConfigSource::Controllers(controllers), _) => {
+                let count = controllers.len();
                 let mut client_options =
                     ClientOptions::new(controllers, options.node_id.clone(), options.group.clone());
                 client_options.runtime_version = env!("CARGO_PKG_VERSION").to_string();
@@ -357,7 +364,18 @@ impl Runtime {
                 client_options.token.clone_from(&options.sync_token);
                 let client = SyncClient::new(client_options, Arc::clone(&state));
                 let sync_status = client.status();
-                (tokio::spawn(client.run()), Some(sync_status))
+                let source = match options.fallback.clone() {
+                    // no cache was loaded: the bundle, should no controller answer
+                    Some(fallback) if state.origin() == state::Origin::None => {
+                        let bundle =
+                            fallback::run(Arc::clone(&state), sync_status.clone(), count, fallback);
+                        tokio::spawn(async move {
+                            tokio::join!(client.run(), bundle);
+                        })
+                    }
+                    _ => tokio::spawn(client.run()),
+                };
+                (source, Some(sync_status))
             }
             (ConfigSource::File(_), None) => {
                 return Err(RuntimeError::Options(

@@ -41,6 +41,8 @@ pub enum Origin {
     Cache,
     /// The configuration file (standalone mode).
     File,
+    /// A signed fallback bundle, at start-up, while no controller answered.
+    Bundle,
 }
 
 impl Origin {
@@ -51,6 +53,7 @@ impl Origin {
             Origin::Controller => "controller",
             Origin::Cache => "cache",
             Origin::File => "file",
+            Origin::Bundle => "bundle",
         }
     }
 }
@@ -100,7 +103,7 @@ impl ConfigMetrics {
         );
         registry.register(
             "gw_config_source",
-            "1 for the source of the configuration served (controller, cache, file)",
+            "1 for the source of the configuration served (controller, cache, bundle, file)",
             metrics.served_from.clone(),
         );
         metrics
@@ -269,6 +272,11 @@ impl ConfigState {
     /// The gateway configurations are applied to.
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
+    }
+
+    /// The group served.
+    pub fn group(&self) -> &str {
+        &self.group
     }
 
     /// The revision served.
@@ -497,14 +505,7 @@ impl ConfigState {
         // a cache from a runtime that did not apply every kind this one does: served, but
         // resumed from a snapshot rather than a delta (which would miss the resources of
         // that kind made before it)
-        let store_id = if KINDS
-            .iter()
-            .all(|kind| config.kinds.iter().any(|k| k == kind))
-        {
-            config.store_id.as_str()
-        } else {
-            ""
-        };
+        let store_id = resumable_store(&config.kinds, &config.store_id);
         match self
             .replace(config.revision, store_id, definitions, Origin::Cache)
             .await
@@ -518,6 +519,72 @@ impl ConfigState {
                 None
             }
         }
+    }
+}
+
+impl ConfigState {
+    /// Parses `resources` (a whole configuration of the store `store_id` at `revision`)
+    /// and installs them; on error the previous configuration and its store stay.
+    async fn install_whole(
+        &self,
+        current: &mut Current,
+        revision: i64,
+        store_id: &str,
+        resources: &[Resource],
+        origin: Origin,
+    ) -> Result<(), Vec<String>> {
+        let mut next = Resources::default();
+        let mut errors = Vec::new();
+        for resource in resources {
+            match self.parse(resource) {
+                Ok(parsed) => next.insert(parsed),
+                Err(err) => errors.push(err),
+            }
+        }
+        if !errors.is_empty() {
+            self.count(origin.as_str(), "rejected");
+            return Err(errors);
+        }
+        let previous_store = std::mem::replace(&mut current.store_id, store_id.to_string());
+        let result = self.install(current, revision, next, origin).await;
+        if result.is_err() {
+            current.store_id = previous_store;
+        }
+        result
+    }
+
+    /// Serves a verified fallback bundle's configuration (`resources` of the store
+    /// `store_id` at `revision`, holding every resource of `kinds`), unless a configuration
+    /// is served already (a controller answered meanwhile, or the cache was loaded): then
+    /// nothing changes and `Ok(false)` is returned. The bundle's revision and store are sent
+    /// in the next Hello, so that a controller of that store resumes with a delta.
+    pub async fn apply_bundle(
+        &self,
+        revision: i64,
+        store_id: &str,
+        kinds: &[String],
+        resources: &[Resource],
+    ) -> Result<bool, Vec<String>> {
+        let mut current = self.current.lock().await;
+        if self.origin() != Origin::None {
+            return Ok(false);
+        }
+        let store_id = resumable_store(kinds, store_id);
+        self.install_whole(&mut current, revision, store_id, resources, Origin::Bundle)
+            .await
+            .map(|()| true)
+    }
+}
+
+/// The store id under which a configuration holding every resource of `kinds` may be
+/// resumed with a delta: `store_id` when `kinds` covers every kind this runtime applies;
+/// otherwise none (a delta would miss the resources of the missing kind made before it, so
+/// the controller must send a snapshot).
+fn resumable_store<'a>(kinds: &[String], store_id: &'a str) -> &'a str {
+    if KINDS.iter().all(|kind| kinds.iter().any(|k| k == kind)) {
+        store_id
+    } else {
+        ""
     }
 }
 
@@ -662,26 +729,14 @@ impl Applier for ConfigState {
         resources: Vec<Resource>,
     ) -> Result<(), Vec<String>> {
         let mut current = self.current.lock().await;
-        let mut next = Resources::default();
-        let mut errors = Vec::new();
-        for resource in &resources {
-            match self.parse(resource) {
-                Ok(parsed) => next.insert(parsed),
-                Err(err) => errors.push(err),
-            }
-        }
-        if !errors.is_empty() {
-            self.count(Origin::Controller.as_str(), "rejected");
-            return Err(errors);
-        }
-        let previous_store = std::mem::replace(&mut current.store_id, store_id.to_string());
-        let result = self
-            .install(&mut current, revision, next, Origin::Controller)
-            .await;
-        if result.is_err() {
-            current.store_id = previous_store;
-        }
-        result
+        self.install_whole(
+            &mut current,
+            revision,
+            store_id,
+            &resources,
+            Origin::Controller,
+        )
+        .await
     }
 
     async fn apply_delta(

@@ -118,6 +118,9 @@ pub struct ClientStatus {
     pub last_error: Option<String>,
     /// The last refusal reason from a controller (incompatible runtime).
     pub refused: Option<String>,
+    /// Attempts in a row that ended without a working stream (0 once one works): when it
+    /// reaches the number of controllers, each has been tried and none answered.
+    pub failed_attempts: u32,
 }
 
 /// Why a session ended.
@@ -206,6 +209,7 @@ impl<A: Applier> SyncClient<A> {
             } else {
                 failures.saturating_add(1)
             };
+            self.status.send_modify(|s| s.failed_attempts = failures);
             index = index.wrapping_add(1);
             tokio::time::sleep(self.backoff(failures)).await;
         }

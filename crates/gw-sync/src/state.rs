@@ -219,6 +219,17 @@ impl DesiredState {
         (inner.revision, resources)
     }
 
+    /// Every group that holds at least one resource, sorted.
+    pub fn groups(&self) -> Vec<String> {
+        let inner = self.read();
+        let groups: BTreeSet<&String> = inner
+            .resources
+            .values()
+            .flat_map(|e| e.groups.iter())
+            .collect();
+        groups.into_iter().cloned().collect()
+    }
+
     /// What changed in `group` after revision `from`; `None` when the history no longer
     /// reaches back that far (or `from` is ahead of the state), and a snapshot is needed.
     pub fn delta(&self, group: &str, from: i64) -> Option<GroupDelta> {
@@ -295,6 +306,7 @@ mod tests {
         assert_eq!(state.revision(), 3);
         let (rev, all) = state.snapshot("default");
         assert_eq!(rev, 3);
+        assert_eq!(state.groups(), ["default", "edge"]);
         assert_eq!(
             all.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
             ["a", "c"]

@@ -5,6 +5,7 @@
 //! Errors are JSON: `{"error": {"code", "message", "details": [{"field", "message"}]}}`.
 
 mod apis;
+mod bundles;
 mod certificates;
 mod consumers;
 mod error;
@@ -73,6 +74,11 @@ pub struct AppState {
     /// Serializes this controller's consumer writes from their uniqueness check to their
     /// commit (see `admin/consumers.rs`).
     pub consumer_writes: tokio::sync::Mutex<()>,
+    /// The fallback bundle exporter, once the store is open (never, when no export is
+    /// configured).
+    pub bundles: OnceLock<Arc<crate::bundles::BundleExporter>>,
+    /// The controller's metrics (`GET /metrics`).
+    pub metrics: prometheus_client::registry::Registry,
 }
 
 impl AppState {
@@ -121,6 +127,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::delete(consumers::revoke_credential),
         )
         .route("/runtimes", get(runtimes::list))
+        .route("/bundles", axum::routing::post(bundles::export))
         .route("/schema/api", get(schema))
         .route("/schema/certificate", get(certificate_schema))
         .route("/schema/consumer", get(consumer_schema))
@@ -136,6 +143,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(log_request))
@@ -196,6 +204,23 @@ async fn log_request(request: Request, next: Next) -> Response {
         tracing::info!(%method, %path, status, elapsed_ms, "admin request");
     }
     response
+}
+
+/// `GET /metrics`: the controller's metrics in Prometheus text format (no credentials, like
+/// the health endpoints: counters only, no configuration).
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut text = String::new();
+    if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &state.metrics) {
+        tracing::warn!(error = %err, "could not encode metrics");
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {

@@ -1,0 +1,543 @@
+//! Where bundles live: a directory, or a bucket (and prefix) of S3-compatible object storage.
+//!
+//! Each group has a folder (a key prefix on S3) and each bundle is named by its revision,
+//! zero-padded so that names sort like revisions:
+//!
+//! ```text
+//! <dir or s3://bucket/prefix>/<group>/00000000000000000042.gwb
+//! ```
+//!
+//! Two controllers of one store that export the same group at the same revision write the
+//! same name with the same resources: the later write replaces the earlier whole (a rename in
+//! a directory, a single PUT on S3), so concurrent exports are harmless. A reader never sees
+//! a partial file: a directory write goes to a temporary file that is synced and renamed.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt as _, PutPayload, RetryConfig};
+
+use crate::{BundleError, MAX_BYTES};
+
+/// The extension of bundle files.
+pub const EXTENSION: &str = "gwb";
+
+/// S3 settings that may come from flags; the rest (credentials, and these when not given)
+/// come from the usual `AWS_*` environment variables.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// The endpoint of an S3-compatible service (`http://127.0.0.1:9000`); `None`: AWS, or
+    /// `AWS_ENDPOINT_URL`.
+    pub endpoint: Option<String>,
+    /// The region; `None`: `AWS_REGION`, or the default.
+    pub region: Option<String>,
+}
+
+/// A bundle storage location; see the module docs.
+#[derive(Clone)]
+pub enum BundleTarget {
+    /// A directory.
+    Dir(PathBuf),
+    /// A bucket and key prefix.
+    S3 {
+        /// The client.
+        store: Arc<AmazonS3>,
+        /// `s3://bucket/prefix`, for messages.
+        url: String,
+        /// The key prefix (may be empty).
+        prefix: String,
+    },
+}
+
+impl std::fmt::Debug for BundleTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // the S3 client holds credentials: only the location is shown
+        match self {
+            Self::Dir(dir) => f.debug_tuple("Dir").field(dir).finish(),
+            Self::S3 { url, .. } => f.debug_tuple("S3").field(url).finish(),
+        }
+    }
+}
+
+impl std::fmt::Display for BundleTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(dir) => write!(f, "{}", dir.display()),
+            Self::S3 { url, .. } => f.write_str(url),
+        }
+    }
+}
+
+/// The file name of the bundle of `revision`.
+pub fn file_name(revision: i64) -> String {
+    format!("{revision:020}.{EXTENSION}")
+}
+
+/// The revision a bundle file name stands for; `None` for any other name (a temporary file).
+pub fn revision_of(name: &str) -> Option<i64> {
+    let digits = name.strip_suffix(&format!(".{EXTENSION}"))?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// Whether `group` can name a folder: what gw accepts as a group name, never `.` or `..`.
+fn check_group(group: &str) -> Result<(), BundleError> {
+    let valid = !group.is_empty()
+        && group.len() <= 253
+        && !group.starts_with('.')
+        && group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(BundleError::Location(format!("invalid group {group:?}")))
+    }
+}
+
+static TEMPORARY: AtomicU64 = AtomicU64::new(0);
+
+impl BundleTarget {
+    /// `s3://bucket/prefix`, or else a directory path.
+    pub fn parse(location: &str, s3: &S3Options) -> Result<Self, BundleError> {
+        let location = location.trim();
+        if location.is_empty() {
+            return Err(BundleError::Location("empty location".into()));
+        }
+        if let Some(rest) = location.strip_prefix("s3://") {
+            return Self::s3(rest, s3);
+        }
+        if location.contains("://") {
+            return Err(BundleError::Location(format!(
+                "{location:?}: use a directory path or s3://bucket/prefix"
+            )));
+        }
+        Ok(Self::Dir(PathBuf::from(location)))
+    }
+
+    fn s3(rest: &str, options: &S3Options) -> Result<Self, BundleError> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() || bucket.contains(['@', '?', '#', ':']) {
+            return Err(BundleError::Location(
+                "use s3://bucket/prefix (credentials come from the AWS_* environment variables)"
+                    .into(),
+            ));
+        }
+        if prefix.contains(['?', '#']) {
+            return Err(BundleError::Location(
+                "the S3 prefix cannot hold '?' or '#'".into(),
+            ));
+        }
+        let prefix = prefix.trim_matches('/').to_string();
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(RetryConfig {
+                max_retries: 2,
+                retry_timeout: Duration::from_secs(15),
+                ..RetryConfig::default()
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_mins(1)),
+            );
+        let endpoint = options.endpoint.clone().or_else(|| {
+            std::env::var("AWS_ENDPOINT_URL")
+                .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                .ok()
+        });
+        if let Some(endpoint) = endpoint.filter(|e| !e.trim().is_empty()) {
+            // an operator who names a plain-HTTP endpoint (a local S3-compatible service)
+            // means it
+            let http = endpoint.starts_with("http://");
+            builder = builder.with_endpoint(endpoint).with_allow_http(http);
+        }
+        if let Some(region) = &options.region {
+            builder = builder.with_region(region);
+        }
+        let store = builder.build().map_err(|source| BundleError::ObjectStore {
+            what: "cannot use",
+            location: format!("s3://{bucket}"),
+            source,
+        })?;
+        let url = if prefix.is_empty() {
+            format!("s3://{bucket}")
+        } else {
+            format!("s3://{bucket}/{prefix}")
+        };
+        Ok(Self::S3 {
+            store: Arc::new(store),
+            url,
+            prefix,
+        })
+    }
+
+    /// The key of an object below the prefix.
+    fn key(prefix: &str, parts: &[&str]) -> ObjectPath {
+        let mut key = prefix.to_string();
+        for part in parts {
+            if !key.is_empty() {
+                key.push('/');
+            }
+            key.push_str(part);
+        }
+        ObjectPath::from(key)
+    }
+
+    /// Where the bundle of `group` at `revision` is (or would be).
+    pub fn location(&self, group: &str, revision: i64) -> String {
+        format!("{self}/{group}/{}", file_name(revision))
+    }
+
+    /// Writes the bundle of `group` at `revision`; returns its location.
+    pub async fn write(
+        &self,
+        group: &str,
+        revision: i64,
+        bytes: Vec<u8>,
+    ) -> Result<String, BundleError> {
+        check_group(group)?;
+        let location = self.location(group, revision);
+        match self {
+            Self::Dir(dir) => {
+                let folder = dir.join(group);
+                let file = folder.join(file_name(revision));
+                tokio::task::spawn_blocking(move || write_atomically(&folder, &file, &bytes))
+                    .await
+                    .map_err(|e| BundleError::Io {
+                        what: "cannot write",
+                        path: location.clone(),
+                        source: std::io::Error::other(e),
+                    })??;
+            }
+            Self::S3 { store, prefix, .. } => {
+                let key = Self::key(prefix, &[group, &file_name(revision)]);
+                store
+                    .put(&key, PutPayload::from(bytes))
+                    .await
+                    .map_err(|source| BundleError::ObjectStore {
+                        what: "cannot write",
+                        location: location.clone(),
+                        source,
+                    })?;
+            }
+        }
+        Ok(location)
+    }
+
+    /// The revisions of `group`'s bundles, newest first.
+    pub async fn revisions(&self, group: &str) -> Result<Vec<i64>, BundleError> {
+        check_group(group)?;
+        let mut revisions: Vec<i64> = match self {
+            Self::Dir(dir) => {
+                let folder = dir.join(group);
+                let names = tokio::task::spawn_blocking(move || list_dir(&folder, false))
+                    .await
+                    .map_err(|e| BundleError::Io {
+                        what: "cannot list",
+                        path: dir.join(group).display().to_string(),
+                        source: std::io::Error::other(e),
+                    })??;
+                names.iter().filter_map(|n| revision_of(n)).collect()
+            }
+            Self::S3 { store, prefix, .. } => {
+                let folder = Self::key(prefix, &[group]);
+                let listed = store
+                    .list_with_delimiter(Some(&folder))
+                    .await
+                    .map_err(|source| BundleError::ObjectStore {
+                        what: "cannot list",
+                        location: format!("{self}/{group}/"),
+                        source,
+                    })?;
+                listed
+                    .objects
+                    .iter()
+                    .filter_map(|o| o.location.filename().and_then(revision_of))
+                    .collect()
+            }
+        };
+        revisions.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(revisions)
+    }
+
+    /// The groups that have a folder.
+    pub async fn groups(&self) -> Result<Vec<String>, BundleError> {
+        let mut groups: Vec<String> = match self {
+            Self::Dir(dir) => {
+                let dir = dir.clone();
+                let path = dir.display().to_string();
+                tokio::task::spawn_blocking(move || list_dir(&dir, true))
+                    .await
+                    .map_err(|e| BundleError::Io {
+                        what: "cannot list",
+                        path,
+                        source: std::io::Error::other(e),
+                    })??
+            }
+            Self::S3 { store, prefix, .. } => {
+                let root = (!prefix.is_empty()).then(|| ObjectPath::from(prefix.as_str()));
+                let listed = store
+                    .list_with_delimiter(root.as_ref())
+                    .await
+                    .map_err(|source| BundleError::ObjectStore {
+                        what: "cannot list",
+                        location: self.to_string(),
+                        source,
+                    })?;
+                listed
+                    .common_prefixes
+                    .iter()
+                    .filter_map(|p| p.parts().next_back().map(|s| s.as_ref().to_string()))
+                    .collect()
+            }
+        };
+        groups.retain(|g| check_group(g).is_ok());
+        groups.sort();
+        Ok(groups)
+    }
+
+    /// Reads the bundle of `group` at `revision` (at most [`MAX_BYTES`]).
+    pub async fn read(&self, group: &str, revision: i64) -> Result<Vec<u8>, BundleError> {
+        check_group(group)?;
+        let location = self.location(group, revision);
+        match self {
+            Self::Dir(dir) => {
+                let file = dir.join(group).join(file_name(revision));
+                tokio::task::spawn_blocking(move || read_bounded(&file))
+                    .await
+                    .map_err(|e| BundleError::Io {
+                        what: "cannot read",
+                        path: location.clone(),
+                        source: std::io::Error::other(e),
+                    })?
+            }
+            Self::S3 { store, prefix, .. } => {
+                let key = Self::key(prefix, &[group, &file_name(revision)]);
+                let failed = |source| BundleError::ObjectStore {
+                    what: "cannot read",
+                    location: location.clone(),
+                    source,
+                };
+                let object = store.get(&key).await.map_err(failed)?;
+                if object.meta.size > MAX_BYTES as u64 {
+                    return Err(BundleError::TooLarge(object.meta.size));
+                }
+                let bytes = object.bytes().await.map_err(failed)?;
+                Ok(bytes.to_vec())
+            }
+        }
+    }
+
+    /// Deletes all but the `keep` newest bundles of `group`; returns the revisions deleted.
+    /// A bundle already gone (another controller pruned it) counts as deleted.
+    pub async fn prune(&self, group: &str, keep: usize) -> Result<Vec<i64>, BundleError> {
+        let revisions = self.revisions(group).await?;
+        let old: Vec<i64> = revisions.into_iter().skip(keep.max(1)).collect();
+        for &revision in &old {
+            let location = self.location(group, revision);
+            match self {
+                Self::Dir(dir) => {
+                    let file = dir.join(group).join(file_name(revision));
+                    match std::fs::remove_file(&file) {
+                        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(BundleError::Io {
+                                what: "cannot delete",
+                                path: location,
+                                source: err,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+                Self::S3 { store, prefix, .. } => {
+                    let key = Self::key(prefix, &[group, &file_name(revision)]);
+                    match store.delete(&key).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(source) => {
+                            return Err(BundleError::ObjectStore {
+                                what: "cannot delete",
+                                location,
+                                source,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(old)
+    }
+}
+
+/// Writes `bytes` to `file` in `folder` through a temporary file of its own (so that
+/// concurrent writers never mix), synced before the rename, the folder synced after.
+/// Owner-only: a bundle holds certificates' private keys.
+fn write_atomically(folder: &Path, file: &Path, bytes: &[u8]) -> Result<(), BundleError> {
+    let io = |what, path: &Path, source| BundleError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(folder).map_err(|e| io("cannot create", folder, e))?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = folder.join(format!(
+        ".{name}.{}-{nanos}-{}.tmp",
+        std::process::id(),
+        TEMPORARY.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        out.write_all(bytes)?;
+        out.sync_all()?;
+        std::fs::rename(&tmp, file)
+    })();
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io("cannot write", file, err));
+    }
+    if let Ok(dir) = std::fs::File::open(folder) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// The names in `dir`: its folders (`folders`) or its files; none if it does not exist.
+fn list_dir(dir: &Path, folders: bool) -> Result<Vec<String>, BundleError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(BundleError::Io {
+                what: "cannot list",
+                path: dir.display().to_string(),
+                source,
+            });
+        }
+    };
+    Ok(entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir() == folders))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect())
+}
+
+fn read_bounded(file: &Path) -> Result<Vec<u8>, BundleError> {
+    let io = |source| BundleError::Io {
+        what: "cannot read",
+        path: file.display().to_string(),
+        source,
+    };
+    let size = std::fs::metadata(file).map_err(io)?.len();
+    if size > MAX_BYTES as u64 {
+        return Err(BundleError::TooLarge(size));
+    }
+    std::fs::read(file).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_like_revisions() {
+        assert_eq!(file_name(42), "00000000000000000042.gwb");
+        assert_eq!(revision_of(&file_name(42)), Some(42));
+        assert_eq!(revision_of(&file_name(i64::MAX)), Some(i64::MAX));
+        assert!(file_name(9) < file_name(10));
+        for other in [
+            "42.gwb",
+            ".00000000000000000042.gwb.1-2-3.tmp",
+            "00000000000000000042.json",
+            "0000000000000000004x.gwb",
+        ] {
+            assert_eq!(revision_of(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn locations_are_parsed() {
+        let dir = BundleTarget::parse("/var/lib/gw/bundles", &S3Options::default()).unwrap();
+        assert!(matches!(dir, BundleTarget::Dir(_)));
+        assert_eq!(
+            dir.location("edge", 7),
+            "/var/lib/gw/bundles/edge/00000000000000000007.gwb"
+        );
+        let s3 = BundleTarget::parse(
+            "s3://bucket/gw/bundles/",
+            &S3Options {
+                endpoint: Some("http://127.0.0.1:1".into()),
+                region: Some("us-east-1".into()),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            s3.location("edge", 7),
+            "s3://bucket/gw/bundles/edge/00000000000000000007.gwb"
+        );
+        assert_eq!(format!("{s3:?}"), "S3(\"s3://bucket/gw/bundles\")");
+        for bad in [
+            "",
+            "gs://bucket",
+            "s3://",
+            "s3://user:secret@bucket/x",
+            "s3://b/p?x=1",
+        ] {
+            let err = BundleTarget::parse(bad, &S3Options::default()).unwrap_err();
+            assert!(!err.to_string().contains("secret"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_directory_keeps_the_newest_bundles() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = BundleTarget::Dir(dir.path().join("bundles"));
+        assert!(target.groups().await.unwrap().is_empty());
+        assert!(target.revisions("edge").await.unwrap().is_empty());
+        for revision in [3, 11, 7, 5] {
+            let at = target
+                .write("edge", revision, format!("r{revision}").into_bytes())
+                .await
+                .unwrap();
+            assert!(at.ends_with(&file_name(revision)), "{at}");
+        }
+        target.write("default", 1, b"d".to_vec()).await.unwrap();
+        // the same name again: replaced whole
+        target
+            .write("edge", 11, b"r11 again".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(target.read("edge", 11).await.unwrap(), b"r11 again");
+        let file = dir.path().join("bundles/edge").join(file_name(11));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&file).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        // a leftover temporary file is not a bundle
+        std::fs::write(dir.path().join("bundles/edge/.x.gwb.1-2-3.tmp"), b"x").unwrap();
+        assert_eq!(target.groups().await.unwrap(), ["default", "edge"]);
+        assert_eq!(target.revisions("edge").await.unwrap(), [11, 7, 5, 3]);
+        assert_eq!(target.prune("edge", 2).await.unwrap(), [5, 3]);
+        assert_eq!(target.revisions("edge").await.unwrap(), [11, 7]);
+        assert!(target.read("edge", 3).await.is_err());
+        // groups cannot escape the directory
+        assert!(target.write("../x", 1, Vec::new()).await.is_err());
+        assert!(target.revisions("..").await.is_err());
+    }
+}

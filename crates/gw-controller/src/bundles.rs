@@ -1,0 +1,365 @@
+//! The export of signed fallback bundles ([`gw_bundle`]): every gateway group's whole
+//! configuration, as a runtime's Snapshot would carry it, signed and written to a directory
+//! or S3-compatible object storage, periodically and on demand (`POST /api/v1/bundles`).
+//!
+//! The exporter only reads the desired state this controller already serves; it never waits
+//! on the store, the admin API or the sync server, and its failures touch neither: they are
+//! logged (at most once a minute, with a count of the others) and counted in
+//! `gw_bundle_exports_total{result="failed"}`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gw_bundle::storage::BundleTarget;
+use gw_bundle::{Bundle, BundleError, SigningKey};
+use gw_sync::state::DesiredState;
+use gw_sync::{KIND_API, KIND_CERTIFICATE, KIND_CONSUMER};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+/// The resource kinds a bundle holds: all that the sync protocol carries.
+const KINDS: [&str; 3] = [KIND_API, KIND_CERTIFICATE, KIND_CONSUMER];
+
+/// The shortest interval between two failure log lines.
+const LOG_EVERY: Duration = Duration::from_mins(1);
+
+/// How bundles are exported.
+#[derive(Clone)]
+pub struct BundleOptions {
+    /// Where to.
+    pub target: BundleTarget,
+    /// What signs them.
+    pub key: Arc<SigningKey>,
+    /// How often the exporter checks for a new revision to export.
+    pub interval: Duration,
+    /// Bundles kept per group (at least 1); older ones are deleted after each export.
+    pub keep: usize,
+}
+
+impl std::fmt::Debug for BundleOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleOptions")
+            .field("target", &self.target)
+            .field("key", &self.key)
+            .field("interval", &self.interval)
+            .field("keep", &self.keep)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// The exporter's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct BundleMetrics {
+    exports: Family<ResultLabels, Counter>,
+    revision: Gauge,
+}
+
+impl BundleMetrics {
+    /// Registers the metrics in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "gw_bundle_exports",
+            "Bundles exported (one per group), by result (written, failed)",
+            metrics.exports.clone(),
+        );
+        registry.register(
+            "gw_bundle_exported_revision",
+            "Revision of the last complete export of every group",
+            metrics.revision.clone(),
+        );
+        metrics
+    }
+
+    fn count(&self, result: &'static str) {
+        self.exports.get_or_create(&ResultLabels { result }).inc();
+    }
+}
+
+/// One bundle written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Exported {
+    /// Its group.
+    pub group: String,
+    /// Its revision.
+    pub revision: i64,
+    /// Where it was written.
+    pub location: String,
+    /// Its size.
+    pub bytes: usize,
+    /// Resources in it.
+    pub resources: usize,
+    /// Older bundles of the group deleted after it was written.
+    pub pruned: Vec<i64>,
+}
+
+/// Failure logging at a bounded rate.
+#[derive(Debug, Default)]
+struct LogLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct BundleExporter {
+    state: Arc<DesiredState>,
+    options: BundleOptions,
+    store_id: String,
+    controller_id: String,
+    metrics: BundleMetrics,
+    /// The revision of the last complete export; held during an export, so that exports of
+    /// this controller never overlap.
+    exported: tokio::sync::Mutex<i64>,
+    log: Mutex<LogLimit>,
+}
+
+impl BundleExporter {
+    /// An exporter of `state` (of the store `store_id`), made by `controller_id`.
+    pub fn new(
+        state: Arc<DesiredState>,
+        options: BundleOptions,
+        store_id: &str,
+        controller_id: &str,
+        metrics: BundleMetrics,
+    ) -> Self {
+        Self {
+            state,
+            options,
+            store_id: store_id.to_string(),
+            controller_id: controller_id.to_string(),
+            metrics,
+            exported: tokio::sync::Mutex::new(0),
+            log: Mutex::new(LogLimit::default()),
+        }
+    }
+
+    /// Where bundles go.
+    pub fn target(&self) -> &BundleTarget {
+        &self.options.target
+    }
+
+    /// Exports every group now: the groups that have resources, and those that have bundles
+    /// already (a group emptied since gets an empty bundle rather than keep a stale one).
+    /// Stops at the first failure, which is logged and counted.
+    pub async fn export(&self) -> Result<Vec<Exported>, BundleError> {
+        let mut exported = self.exported.lock().await;
+        let revision = self.state.revision();
+        let result = self.export_all().await;
+        match &result {
+            Ok(written) => {
+                *exported = revision;
+                self.metrics.revision.set(revision);
+                if !written.is_empty() {
+                    tracing::info!(
+                        revision,
+                        groups = written.len(),
+                        bundles = %self.options.target,
+                        "bundles exported"
+                    );
+                }
+            }
+            Err(err) => self.log_failure(err),
+        }
+        result
+    }
+
+    async fn export_all(&self) -> Result<Vec<Exported>, BundleError> {
+        if self.state.revision() == 0 {
+            // nothing was ever deployed (or the state is not loaded): nothing to fall back on
+            return Ok(Vec::new());
+        }
+        let mut groups = self.state.groups();
+        groups.extend(self.options.target.groups().await.inspect_err(|_| {
+            self.metrics.count("failed");
+        })?);
+        groups.sort();
+        groups.dedup();
+        let mut written = Vec::with_capacity(groups.len());
+        for group in groups {
+            match self.export_group(&group).await {
+                Ok(one) => {
+                    self.metrics.count("written");
+                    written.push(one);
+                }
+                Err(err) => {
+                    self.metrics.count("failed");
+                    return Err(err);
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    async fn export_group(&self, group: &str) -> Result<Exported, BundleError> {
+        let (revision, resources) = self.state.snapshot(group);
+        let bundle = Bundle::new(
+            group,
+            &self.store_id,
+            revision,
+            &self.controller_id,
+            &KINDS,
+            &resources,
+        )?;
+        let bytes = gw_bundle::seal(&bundle, &self.options.key)?;
+        let size = bytes.len();
+        let target = &self.options.target;
+        let location = target.write(group, revision, bytes).await?;
+        let pruned = target.prune(group, self.options.keep).await?;
+        tracing::debug!(group, revision, %location, bytes = size, ?pruned, "bundle written");
+        Ok(Exported {
+            group: group.to_string(),
+            revision,
+            location,
+            bytes: size,
+            resources: resources.len(),
+            pruned,
+        })
+    }
+
+    fn log_failure(&self, err: &BundleError) {
+        let mut log = self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if log.last.is_some_and(|last| last.elapsed() < LOG_EVERY) {
+            log.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            error = %err,
+            bundles = %self.options.target,
+            suppressed = log.suppressed,
+            "bundle export failed (sync and the admin API are not affected)"
+        );
+        log.last = Some(Instant::now());
+        log.suppressed = 0;
+    }
+
+    /// Exports every `interval` when the desired state has moved since the last complete
+    /// export (and at once, for a controller that has just started), until the task is
+    /// dropped.
+    pub async fn run(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(self.options.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let last = *self.exported.lock().await;
+            if self.state.revision() > last {
+                // logged and counted inside
+                let _ = self.export().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gw_sync::proto::Resource;
+    use gw_sync::state::{Entry, StateChange};
+
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn change(revision: i64, name: &str, groups: &[&str]) -> StateChange {
+        StateChange {
+            revision,
+            kind: KIND_API.into(),
+            name: name.into(),
+            entry: Some(Entry {
+                groups: groups.iter().map(ToString::to_string).collect(),
+                resource: Resource {
+                    kind: KIND_API.into(),
+                    name: name.into(),
+                    revision,
+                    body: format!(r#"{{"metadata":{{"name":"{name}"}}}}"#).into_bytes(),
+                },
+            }),
+        }
+    }
+
+    fn exporter(state: &Arc<DesiredState>, target: BundleTarget) -> BundleExporter {
+        let options = BundleOptions {
+            target,
+            key: Arc::new(SigningKey::parse(SECRET).unwrap()),
+            interval: Duration::from_mins(1),
+            keep: 2,
+        };
+        BundleExporter::new(
+            Arc::clone(state),
+            options,
+            "store-1",
+            "ctl-a",
+            BundleMetrics::register(&mut Registry::default()),
+        )
+    }
+
+    #[tokio::test]
+    async fn every_group_is_exported_signed_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = BundleTarget::Dir(dir.path().to_path_buf());
+        let state = Arc::new(DesiredState::new(100));
+        let exporter = exporter(&state, target.clone());
+        assert!(exporter.export().await.unwrap().is_empty(), "nothing yet");
+
+        state.apply([change(1, "a", &["default"]), change(2, "b", &["edge"])]);
+        let written = exporter.export().await.unwrap();
+        let groups: Vec<(&str, i64)> = written
+            .iter()
+            .map(|e| (e.group.as_str(), e.revision))
+            .collect();
+        assert_eq!(groups, [("default", 2), ("edge", 2)]);
+        let key = gw_bundle::VerifyKey::parse(SECRET).unwrap();
+        let bundle = gw_bundle::open(&target.read("edge", 2).await.unwrap(), &key).unwrap();
+        assert_eq!(bundle.group, "edge");
+        assert_eq!(bundle.store_id, "store-1");
+        assert_eq!(bundle.created_by, "ctl-a");
+        assert_eq!(bundle.resources.len(), 1);
+        assert_eq!(bundle.resources[0].name, "b");
+        assert_eq!(bundle.kinds, KINDS);
+
+        // b leaves edge: edge still gets a bundle, an empty one; only two are kept
+        state.apply([change(3, "b", &["default"])]);
+        exporter.export().await.unwrap();
+        state.apply([change(4, "c", &["default"])]);
+        let written = exporter.export().await.unwrap();
+        assert_eq!(written[1].group, "edge");
+        assert_eq!(written[1].resources, 0);
+        assert_eq!(written[1].pruned, [2]);
+        assert_eq!(target.revisions("edge").await.unwrap(), [4, 3]);
+        assert_eq!(target.revisions("default").await.unwrap(), [4, 3]);
+    }
+
+    #[tokio::test]
+    async fn failures_are_reported_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        // a file where the directory should be
+        let blocked = dir.path().join("file");
+        std::fs::write(&blocked, b"x").unwrap();
+        let state = Arc::new(DesiredState::new(100));
+        state.apply([change(1, "a", &["default"])]);
+        let exporter = exporter(&state, BundleTarget::Dir(blocked));
+        let err = exporter.export().await.unwrap_err();
+        assert!(err.to_string().contains("cannot"), "{err}");
+        assert_eq!(
+            exporter
+                .metrics
+                .exports
+                .get_or_create(&ResultLabels { result: "failed" })
+                .get(),
+            1
+        );
+        assert_eq!(*exporter.exported.lock().await, 0, "not exported");
+    }
+}

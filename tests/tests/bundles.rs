@@ -1,0 +1,596 @@
+//! Signed fallback bundles, end to end: a controller exports each group's configuration to a
+//! directory or to S3-compatible object storage (moto's server on loopback), and a runtime
+//! that starts with no cache while no controller answers serves the newest bundle that
+//! verifies, refusing tampered, unsigned and foreign ones.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use gw_e2e::{
+    Admin, ControllerSpec, ENCRYPTION_KEY, Process, SYNC_TOKEN, TOKEN, Upstream, api_yaml, binary,
+    call, controller_with, eventually, metric, runtime_with,
+};
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A fresh Ed25519 key pair in PEM files (`signing.pem`, `verify.pem`) in `dir`, as
+/// `openssl genpkey -algorithm ed25519` and `openssl pkey -pubout` write them.
+fn ed25519_keys(dir: &Path) -> (String, String) {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let b64 = |der: &[u8]| base64::engine::general_purpose::STANDARD.encode(der);
+    // SubjectPublicKeyInfo of an Ed25519 key (RFC 8410)
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    spki.extend_from_slice(pair.public_key().as_ref());
+    let signing = dir.join("signing.pem");
+    let verify = dir.join("verify.pem");
+    std::fs::write(
+        &signing,
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            b64(pkcs8.as_ref())
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &verify,
+        format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            b64(&spki)
+        ),
+    )
+    .unwrap();
+    (signing.display().to_string(), verify.display().to_string())
+}
+
+/// A loopback address where nothing listens (connections are refused).
+fn dead_address() -> SocketAddr {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn spec(node_id: &str) -> ControllerSpec {
+    ControllerSpec {
+        database_url: None,
+        dev: false,
+        all_in_one: false,
+        node_id: node_id.to_string(),
+    }
+}
+
+/// `/status/ready`'s status and body.
+async fn ready(status: SocketAddr) -> (u16, serde_json::Value) {
+    call(&reqwest::Client::new(), status, "/status/ready").await
+}
+
+/// Waits until the runtime serves `source` at `revision`.
+async fn wait_source(runtime: &Process, source: &str, revision: i64) {
+    let status = runtime.addr("status");
+    eventually(
+        &format!("the runtime to serve revision {revision} from {source}"),
+        WAIT,
+        || async move {
+            let (code, body) = ready(status).await;
+            code == 200 && body["source"] == source && body["revision"] == revision
+        },
+    )
+    .await;
+}
+
+/// The bundle files of `group` in `dir`, by revision, newest first.
+fn bundle_files(dir: &Path, group: &str) -> Vec<(i64, std::path::PathBuf)> {
+    let mut files: Vec<(i64, std::path::PathBuf)> = std::fs::read_dir(dir.join(group))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    let revision = name.strip_suffix(".gwb")?.parse().ok()?;
+                    Some((revision, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    files
+}
+
+/// `POST /api/v1/bundles`: the status and body.
+async fn export(admin: &Admin) -> (u16, serde_json::Value) {
+    let response = admin
+        .request(reqwest::Method::POST, "/api/v1/bundles")
+        .send()
+        .await
+        .expect("admin API answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_runtime_with_no_cache_and_no_controller_serves_the_newest_bundle_that_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundles = dir.path().join("bundles");
+    let (signing, verify) = ed25519_keys(dir.path());
+    let upstream = Upstream::start("bundled").await;
+    let bundle_dir = bundles.display().to_string();
+    let mut controller = controller_with(
+        &spec("bundle-ctl"),
+        &dir.path().join("ctl"),
+        &[
+            "--bundle-dir",
+            &bundle_dir,
+            "--bundle-signing-key",
+            &signing,
+            "--bundle-interval",
+            "200ms",
+            "--bundle-keep",
+            "3",
+        ],
+    );
+    let admin = Admin::new(controller.addr("admin"), Some(TOKEN));
+    admin.wait_ready().await;
+    let sync = controller.addr("sync");
+    let admin_addr = controller.addr("admin");
+
+    // on demand, with nothing deployed: nothing to export
+    let (code, body) = export(&admin).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["items"], serde_json::json!([]), "{body}");
+    // the route is authenticated like the others
+    let anonymous = Admin::new(controller.addr("admin"), None);
+    let (code, _) = export(&anonymous).await;
+    assert_eq!(code, 401);
+
+    let response = admin
+        .put_api("items", &api_yaml("items", "/items", &upstream.url("")), "")
+        .await;
+    assert!(response.status().is_success(), "{}", response.status());
+    let edge = "apiVersion: gw/v1\nkind: Api\nmetadata: {name: edge-only}\nspec:\n  context: /edge\n  groups: [edge]\n  upstream: {endpoints: [{url: 'http://127.0.0.1:9'}]}\n";
+    let response = admin.put_api("edge-only", edge, "").await;
+    assert!(response.status().is_success(), "{}", response.status());
+    let revision: i64 = response
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim_matches(['"', 'W', '/']).parse().unwrap())
+        .expect("an ETag with the revision");
+
+    // the periodic export writes both groups at the newest revision
+    eventually("the periodic export", WAIT, || {
+        let bundles = bundles.clone();
+        async move {
+            bundle_files(&bundles, "default").first().map(|f| f.0) == Some(revision)
+                && bundle_files(&bundles, "edge").first().map(|f| f.0) == Some(revision)
+        }
+    })
+    .await;
+    // and on demand, answering what it wrote
+    let (code, body) = export(&admin).await;
+    assert_eq!(code, 200, "{body}");
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{body}");
+    assert_eq!(items[0]["group"], "default");
+    assert_eq!(items[0]["revision"], revision);
+    assert_eq!(items[0]["resources"], 1);
+    let location = items[0]["location"].as_str().unwrap();
+    assert!(
+        location.ends_with(&format!("default/{revision:020}.gwb")),
+        "{location}"
+    );
+    assert!(Path::new(location).exists(), "{location}");
+    let good = std::fs::read(location).unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(location).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    // the controller counts its exports
+    let metrics = admin
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gw_bundle_exports_total{result=\"written\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("gw_bundle_exported_revision {revision}")),
+        "{metrics}"
+    );
+    controller.kill();
+
+    // newer bundles that must all be refused: tampered, unsigned, another group's
+    let good_text = String::from_utf8(good.clone()).unwrap();
+    // the same length, so that only the signature can tell
+    let tampered = good_text.replace("/items", "/stole");
+    assert_ne!(tampered, good_text);
+    let folder = bundles.join("default");
+    std::fs::write(
+        folder.join(format!("{:020}.gwb", revision + 1)),
+        tampered.as_bytes(),
+    )
+    .unwrap();
+    let (_, content) = good_text.split_once('\n').unwrap();
+    std::fs::write(folder.join(format!("{:020}.gwb", revision + 2)), content).unwrap();
+    let foreign = std::fs::read(&bundle_files(&bundles, "edge")[0].1).unwrap();
+    std::fs::write(folder.join(format!("{:020}.gwb", revision + 3)), foreign).unwrap();
+
+    // a fresh runtime (empty data dir) whose controller is down
+    let started = Instant::now();
+    let runtime = runtime_with(
+        "bundle-rt",
+        &[sync],
+        &dir.path().join("rt"),
+        &[
+            "--fallback-bundle",
+            &bundle_dir,
+            "--bundle-verify-key",
+            &verify,
+        ],
+    );
+    wait_source(&runtime, "bundle", revision).await;
+    let loaded_in = started.elapsed();
+    println!("time from start to serving the bundle: {loaded_in:?}");
+    let proxy = runtime.addr("proxy");
+    let (code, body) = call(&reqwest::Client::new(), proxy, "/items/1").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["upstream"], "bundled");
+    let (code, _) = call(&reqwest::Client::new(), proxy, "/stole/1").await;
+    assert_eq!(code, 404);
+    assert_eq!(
+        metric::<i64>(
+            runtime.addr("status"),
+            "gw_config_source{source=\"bundle\"}"
+        )
+        .await,
+        Some(1)
+    );
+    assert!(
+        runtime.logged("for group \\\"edge\\\""),
+        "{}",
+        runtime.log()
+    );
+    assert!(
+        runtime.logged("not a signed gw bundle"),
+        "{}",
+        runtime.log()
+    );
+    assert!(runtime.logged("bad signature"), "{}", runtime.log());
+    assert!(runtime.logged("serving a fallback bundle"));
+    assert_eq!(
+        metric::<i64>(
+            runtime.addr("status"),
+            "gw_config_applies_total{source=\"bundle\",result=\"rejected\"}"
+        )
+        .await,
+        Some(3)
+    );
+
+    // the controller returns (same store): its configuration replaces the bundle's, resumed
+    // from the bundle's revision
+    controller.restart(&[
+        ("--sync-addr", sync.to_string()),
+        ("--admin-addr", admin_addr.to_string()),
+    ]);
+    admin.wait_ready().await;
+    wait_source(&runtime, "controller", revision).await;
+    assert!(
+        controller.logged(&format!("\"applied\":{revision}")),
+        "the Hello carried the bundle's revision:\n{}",
+        controller.log()
+    );
+    let response = admin
+        .put_api(
+            "more",
+            &api_yaml("more", "/more", &upstream.url("")),
+            "?wait=applied",
+        )
+        .await;
+    assert!(response.status().is_success(), "{}", response.status());
+    let (code, _) = call(&reqwest::Client::new(), proxy, "/more/1").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric::<i64>(
+            runtime.addr("status"),
+            "gw_config_source{source=\"bundle\"}"
+        )
+        .await,
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn a_runtime_refuses_bundles_it_cannot_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundles = dir.path().join("bundles");
+    let (signing, _) = ed25519_keys(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let (_, wrong_verify) = ed25519_keys(other.path());
+    let bundle_dir = bundles.display().to_string();
+    let mut controller = controller_with(
+        &spec("refuse-ctl"),
+        &dir.path().join("ctl"),
+        &[
+            "--bundle-dir",
+            &bundle_dir,
+            "--bundle-signing-key",
+            &signing,
+            "--bundle-interval",
+            "1h",
+        ],
+    );
+    let admin = Admin::new(controller.addr("admin"), Some(TOKEN));
+    admin.wait_ready().await;
+    let response = admin
+        .put_api(
+            "items",
+            &api_yaml("items", "/items", "http://127.0.0.1:9"),
+            "",
+        )
+        .await;
+    assert!(response.status().is_success());
+    let (code, body) = export(&admin).await;
+    assert_eq!(code, 200, "{body}");
+    controller.kill();
+
+    // signed with another key: refused, nothing served, and it says why
+    let runtime = runtime_with(
+        "refuse-rt",
+        &[dead_address()],
+        &dir.path().join("rt"),
+        &[
+            "--fallback-bundle",
+            &bundle_dir,
+            "--bundle-verify-key",
+            &wrong_verify,
+        ],
+    );
+    let status = runtime.addr("status");
+    eventually("the refusal", WAIT, || async {
+        runtime.logged("refusing fallback bundle") && runtime.logged("bad signature")
+    })
+    .await;
+    assert!(runtime.logged("no fallback bundle could be loaded"));
+    let (code, body) = ready(status).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["source"], "none");
+
+    // a bad key, or none, stops the runtime at start with the reason
+    let mut no_key = runtime_with(
+        "nokey-rt",
+        &[dead_address()],
+        &dir.path().join("rt2"),
+        &["--fallback-bundle", &bundle_dir],
+    );
+    assert_ne!(no_key.wait_exit(WAIT), Some(0));
+    assert!(no_key.logged("--bundle-verify-key"), "{}", no_key.log());
+    let mut private = runtime_with(
+        "private-rt",
+        &[dead_address()],
+        &dir.path().join("rt3"),
+        &[
+            "--fallback-bundle",
+            &bundle_dir,
+            "--bundle-verify-key",
+            &signing,
+        ],
+    );
+    assert_ne!(private.wait_exit(WAIT), Some(0));
+    assert!(private.logged("public key only"), "{}", private.log());
+}
+
+/// moto's S3-compatible server on a free loopback port, killed on drop.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start() -> Self {
+        let installed = Command::new("sh")
+            .args(["-c", "command -v moto_server"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/install");
+            let status = Command::new(script)
+                .arg("moto_server")
+                .status()
+                .expect("tests/peers/install runs");
+            assert!(status.success(), "installing moto_server failed");
+        }
+        let port = dead_address().port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let moto = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_mins(1);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        moto
+    }
+
+    /// Creates a bucket (moto accepts any credentials).
+    async fn create_bucket(&self, bucket: &str) {
+        let response = reqwest::Client::new()
+            .put(format!("{}/{bucket}", self.endpoint))
+            .send()
+            .await
+            .expect("moto answers");
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+
+    /// The keys under `prefix` in `bucket` (ListObjectsV2, from the XML).
+    async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let xml = reqwest::get(format!(
+            "{}/{bucket}?list-type=2&prefix={prefix}",
+            self.endpoint
+        ))
+        .await
+        .expect("moto answers")
+        .text()
+        .await
+        .unwrap();
+        xml.split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split_once("</Key>").map(|(k, _)| k.to_string()))
+            .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn bundles_round_trip_through_s3_compatible_storage() {
+    let moto = Moto::start();
+    moto.create_bucket("gw-bundles").await;
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start("from-s3").await;
+    let secret = "s3-bundle-hmac-secret-0123456789abcdef";
+    let aws = |extra: &[(&str, &str)]| {
+        let mut envs: Vec<(String, String)> = [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
+        envs.push(("GW_SYNC_TOKEN".into(), SYNC_TOKEN.into()));
+        envs
+    };
+    let url = "s3://gw-bundles/prod/gw";
+    let ctl_dir = dir.path().join("ctl").display().to_string();
+    let mut controller_envs = aws(&[("GW_BUNDLE_SIGNING_KEY", secret)]);
+    controller_envs.extend([
+        ("GW_ADMIN_TOKEN".to_string(), TOKEN.to_string()),
+        ("GW_ENCRYPTION_KEY".to_string(), ENCRYPTION_KEY.to_string()),
+    ]);
+    let mut controller = Process::start(
+        "s3-ctl",
+        &binary("gw-controller"),
+        &[
+            "--data-dir",
+            &ctl_dir,
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--sync-addr",
+            "127.0.0.1:0",
+            "--node-id",
+            "s3-ctl",
+            "--bundle-url",
+            url,
+            "--bundle-s3-endpoint",
+            &moto.endpoint,
+            "--bundle-interval",
+            "1h",
+        ]
+        .map(String::from),
+        &controller_envs,
+    );
+    let admin = Admin::new(controller.addr("admin"), Some(TOKEN));
+    admin.wait_ready().await;
+    assert!(
+        !controller.log().contains(secret),
+        "the key never reaches a log"
+    );
+    let response = admin
+        .put_api("items", &api_yaml("items", "/items", &upstream.url("")), "")
+        .await;
+    assert!(response.status().is_success());
+
+    let (code, body) = export(&admin).await;
+    assert_eq!(code, 200, "{body}");
+    let item = &body["items"][0];
+    let revision = item["revision"].as_i64().unwrap();
+    assert_eq!(
+        item["location"],
+        format!("{url}/default/{revision:020}.gwb"),
+        "{body}"
+    );
+    assert_eq!(
+        moto.keys("gw-bundles", "prod/gw/").await,
+        [format!("prod/gw/default/{revision:020}.gwb")]
+    );
+    controller.kill();
+
+    let runtime_args = |node: &str, data: &str| -> Vec<String> {
+        [
+            "--controller",
+            &dead_address().to_string(),
+            "--node-id",
+            node,
+            "--proxy-addr",
+            "127.0.0.1:0",
+            "--status-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+            "--fallback-bundle",
+            url,
+            "--bundle-s3-endpoint",
+            &moto.endpoint,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let started = Instant::now();
+    let runtime = Process::start(
+        "s3-rt",
+        &binary("gw-runtime"),
+        &runtime_args("s3-rt", &dir.path().join("rt").display().to_string()),
+        &aws(&[("GW_BUNDLE_VERIFY_KEY", secret)]),
+    );
+    wait_source(&runtime, "bundle", revision).await;
+    println!(
+        "time from start to serving the bundle from S3: {:?}",
+        started.elapsed()
+    );
+    let (code, body) = call(&reqwest::Client::new(), runtime.addr("proxy"), "/items/1").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["upstream"], "from-s3");
+    assert!(!runtime.log().contains(secret));
+
+    // another secret: refused
+    let wrong = Process::start(
+        "s3-wrong",
+        &binary("gw-runtime"),
+        &runtime_args("s3-wrong", &dir.path().join("rt2").display().to_string()),
+        &aws(&[(
+            "GW_BUNDLE_VERIFY_KEY",
+            "another-hmac-secret-0123456789abcdef",
+        )]),
+    );
+    eventually("the refusal", WAIT, || async {
+        wrong.logged("bad signature")
+    })
+    .await;
+    let (code, body) = ready(wrong.addr("status")).await;
+    assert_eq!(code, 503, "{body}");
+}
