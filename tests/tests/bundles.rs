@@ -8,45 +8,21 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use gw_e2e::{
     Admin, ControllerSpec, ENCRYPTION_KEY, Process, SYNC_TOKEN, TOKEN, Upstream, api_yaml, binary,
     call, controller_with, eventually, metric, runtime_with,
 };
-use ring::signature::{Ed25519KeyPair, KeyPair as _};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A fresh Ed25519 key pair in PEM files (`signing.pem`, `verify.pem`) in `dir`, as
-/// `openssl genpkey -algorithm ed25519` and `openssl pkey -pubout` write them.
+/// `openssl genpkey -algorithm ed25519` and `openssl pkey -pubout` write them; their paths.
 fn ed25519_keys(dir: &Path) -> (String, String) {
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-    let b64 = |der: &[u8]| base64::engine::general_purpose::STANDARD.encode(der);
-    // SubjectPublicKeyInfo of an Ed25519 key (RFC 8410)
-    let mut spki = vec![
-        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-    ];
-    spki.extend_from_slice(pair.public_key().as_ref());
+    let (private, public) = gw_bundle::key::testing::ed25519_pem();
     let signing = dir.join("signing.pem");
     let verify = dir.join("verify.pem");
-    std::fs::write(
-        &signing,
-        format!(
-            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-            b64(pkcs8.as_ref())
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        &verify,
-        format!(
-            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-            b64(&spki)
-        ),
-    )
-    .unwrap();
+    std::fs::write(&signing, private).unwrap();
+    std::fs::write(&verify, public).unwrap();
     (signing.display().to_string(), verify.display().to_string())
 }
 
@@ -289,6 +265,13 @@ async fn a_runtime_with_no_cache_and_no_controller_serves_the_newest_bundle_that
         "the Hello carried the bundle's revision:\n{}",
         controller.log()
     );
+    // ... and the runtime's cache now holds it
+    let cache = dir.path().join("rt").join("config-cache.json");
+    eventually("the cache to be written", WAIT, || {
+        let cache = cache.clone();
+        async move { cache.exists() }
+    })
+    .await;
     let response = admin
         .put_api(
             "more",

@@ -229,22 +229,24 @@ pub fn key_bytes(
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
+/// Keys for tests.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    use base64::Engine as _;
+    use ring::signature::{Ed25519KeyPair, KeyPair as _};
 
     /// A fresh Ed25519 key pair in PEM: the private key (PKCS#8 v2, as ring makes it) and
     /// the public key.
-    pub(crate) fn ed25519_pem() -> (String, String) {
+    pub fn ed25519_pem() -> (String, String) {
         let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).expect("the system's random source works");
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("ring reads the key it made");
         let b64 = |der: &[u8]| base64::engine::general_purpose::STANDARD.encode(der);
         let private = format!(
             "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
             b64(pkcs8.as_ref())
         );
-        let mut spki = ED25519_SPKI_PREFIX.to_vec();
+        let mut spki = super::ED25519_SPKI_PREFIX.to_vec();
         spki.extend_from_slice(pair.public_key().as_ref());
         let public = format!(
             "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
@@ -252,6 +254,12 @@ pub(crate) mod tests {
         );
         (private, public)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::ed25519_pem;
+    use super::*;
 
     /// What `openssl genpkey -algorithm ed25519` writes (PKCS#8 v1, no public key), with its
     /// public key from `openssl pkey -pubout` (RFC 8410's example key).

@@ -312,7 +312,7 @@ mod tests {
     }
 
     fn keys() -> Vec<(SigningKey, VerifyKey)> {
-        let (private, public) = key::tests::ed25519_pem();
+        let (private, public) = key::testing::ed25519_pem();
         vec![
             (
                 SigningKey::parse(private.as_bytes()).unwrap(),
@@ -387,7 +387,7 @@ mod tests {
             Err(BundleError::BadSignature)
         ));
         // an Ed25519 key does not accept an HMAC bundle, whatever its signature
-        let (_, public) = key::tests::ed25519_pem();
+        let (_, public) = key::testing::ed25519_pem();
         let err = open(&sealed, &VerifyKey::parse(public.as_bytes()).unwrap()).unwrap_err();
         assert!(matches!(err, BundleError::Algorithm { .. }), "{err}");
         assert!(err.to_string().contains("hmac-sha256"), "{err}");

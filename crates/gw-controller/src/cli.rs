@@ -239,3 +239,75 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     crate::run(options, gw_runtime::shutdown_signal()).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle_options(flags: &[&str]) -> anyhow::Result<Option<BundleOptions>> {
+        let mut line = vec!["gw-controller"];
+        line.extend_from_slice(flags);
+        Args::try_parse_from(line)?.bundles.options()
+    }
+
+    #[test]
+    fn bundle_flags_make_the_export_settings_or_say_what_is_wrong() {
+        assert!(
+            bundle_options(&[]).unwrap().is_none(),
+            "no export by default"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "0123456789abcdef0123456789abcdef";
+        let key = dir.path().join("hmac.key");
+        std::fs::write(&key, format!("{secret}\n")).unwrap();
+        let key = key.to_str().unwrap();
+        let options = bundle_options(&[
+            "--bundle-dir",
+            "/var/lib/gw/bundles",
+            "--bundle-signing-key",
+            key,
+            "--bundle-interval",
+            "10ms",
+            "--bundle-keep",
+            "3",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(options.interval, Duration::from_secs(1), "at least 1s");
+        assert_eq!(options.keep, 3);
+        assert_eq!(options.key.algorithm(), "hmac-sha256");
+        assert!(!format!("{options:?}").contains(secret));
+
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "s3cr3t").unwrap();
+        let short = short.to_str().unwrap();
+        for (flags, reason) in [
+            (vec!["--bundle-dir", "/b"], "must be signed"),
+            (vec!["--bundle-signing-key", key], "no --bundle-dir"),
+            (
+                vec!["--bundle-url", "/b", "--bundle-signing-key", key],
+                "use --bundle-dir",
+            ),
+            (
+                vec!["--bundle-dir", "/b", "--bundle-url", "s3://b/p"],
+                "cannot be used with",
+            ),
+            (
+                vec!["--bundle-dir", "/b", "--bundle-signing-key", short],
+                "at least 32 bytes",
+            ),
+            (
+                vec!["--bundle-dir", "/b", "--bundle-signing-key", "/no/such/key"],
+                "cannot read the key file /no/such/key",
+            ),
+            (vec!["--bundle-keep", "0"], "0 is not in 1..=10000"),
+        ] {
+            let message = match bundle_options(&flags) {
+                Ok(_) => panic!("{flags:?} accepted"),
+                Err(err) => format!("{err:#}"),
+            };
+            assert!(message.contains(reason), "{flags:?}: {message}");
+            assert!(!message.contains("s3cr3t"), "{message}");
+        }
+    }
+}

@@ -59,7 +59,9 @@ pub async fn run(
     let deadline = tokio::time::Instant::now() + options.wait;
     let given_up = |s: &ClientStatus| s.failed_attempts as usize >= controllers.max(1);
     loop {
-        if state.origin() != Origin::None || sync.borrow().connected_to.is_some() {
+        // a controller that answers serves its configuration (even an empty one); one that
+        // connects but whose configuration is rejected leaves the bundle to be loaded
+        if state.origin() != Origin::None {
             return;
         }
         if given_up(&sync.borrow_and_update()) {

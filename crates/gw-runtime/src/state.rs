@@ -765,7 +765,13 @@ impl Applier for ConfigState {
             // nothing changed for this group: only the revision moves; the gateway and the
             // cache keep what they have (a restart resumes from the cached revision, which
             // the controller's delta covers)
+            let from_elsewhere = self.origin() != Origin::Controller;
             self.record(&mut current, revision, Origin::Controller);
+            if from_elsewhere {
+                // a configuration loaded from a bundle (or the cache) is now the
+                // controller's: the cache gets it, at this revision
+                self.write_cache(&current).await;
+            }
             return Ok(());
         }
         self.install(&mut current, revision, next, Origin::Controller)
@@ -874,6 +880,55 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(served(&state), None);
+    }
+
+    #[tokio::test]
+    async fn a_bundle_is_served_only_when_nothing_else_is_and_resumes_like_a_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheFile::new(dir.path().join("cache.json"), DEFAULT_MAX_BYTES);
+        let kinds: Vec<String> = KINDS.iter().map(ToString::to_string).collect();
+        let state = state(Some(cache.clone()));
+        assert_eq!(
+            state
+                .apply_bundle(7, "store-1", &kinds, &[resource(6, &alice(true))])
+                .await,
+            Ok(true)
+        );
+        assert_eq!(state.origin(), Origin::Bundle);
+        assert_eq!(served(&state).as_deref(), Some("alice"));
+        // resumed from the bundle's revision and store
+        assert_eq!(state.applied(), (7, "store-1".to_string()));
+        // the bundle is not the runtime's cache
+        assert!(cache.read().unwrap().is_none());
+        // a second bundle (or a late one) does not replace what is served
+        assert_eq!(
+            state.apply_bundle(9, "store-1", &kinds, &[]).await,
+            Ok(false)
+        );
+        assert_eq!(state.revision(), 7);
+
+        // the controller's empty delta makes the configuration its own, and cached
+        state.apply_delta(8, Vec::new(), Vec::new()).await.unwrap();
+        assert_eq!(state.origin(), Origin::Controller);
+        assert_eq!(cache.read().unwrap().map(|c| c.revision), Some(8));
+
+        // a bundle that lacks a kind is served, but resumed from a snapshot
+        let partial = self::state(None);
+        let only_apis = vec![KIND_API.to_string()];
+        assert_eq!(
+            partial.apply_bundle(3, "store-1", &only_apis, &[]).await,
+            Ok(true)
+        );
+        assert_eq!(partial.applied(), (3, String::new()));
+
+        // a bundle with a clear key is refused whole
+        let refused = self::state(None);
+        let errors = refused
+            .apply_bundle(3, "store-1", &kinds, &[resource(3, &alice(false))])
+            .await
+            .unwrap_err();
+        assert!(errors[0].contains("in the clear"), "{errors:?}");
+        assert_eq!(refused.origin(), Origin::None);
     }
 
     #[tokio::test]
