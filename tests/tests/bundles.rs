@@ -469,34 +469,37 @@ async fn bundles_round_trip_through_s3_compatible_storage() {
         envs
     };
     let url = "s3://gw-bundles/prod/gw";
-    let ctl_dir = dir.path().join("ctl").display().to_string();
-    let mut controller_envs = aws(&[("GW_BUNDLE_SIGNING_KEY", secret)]);
-    controller_envs.extend([
-        ("GW_ADMIN_TOKEN".to_string(), TOKEN.to_string()),
-        ("GW_ENCRYPTION_KEY".to_string(), ENCRYPTION_KEY.to_string()),
-    ]);
-    let mut controller = Process::start(
-        "s3-ctl",
-        &binary("gw-controller"),
-        &[
-            "--data-dir",
-            &ctl_dir,
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--sync-addr",
-            "127.0.0.1:0",
-            "--node-id",
-            "s3-ctl",
-            "--bundle-url",
-            url,
-            "--bundle-s3-endpoint",
-            &moto.endpoint,
-            "--bundle-interval",
-            "1h",
-        ]
-        .map(String::from),
-        &controller_envs,
-    );
+    let start_controller = |name: &str, bundle_url: &str| {
+        let mut envs = aws(&[("GW_BUNDLE_SIGNING_KEY", secret)]);
+        envs.extend([
+            ("GW_ADMIN_TOKEN".to_string(), TOKEN.to_string()),
+            ("GW_ENCRYPTION_KEY".to_string(), ENCRYPTION_KEY.to_string()),
+        ]);
+        let data = dir.path().join(name).display().to_string();
+        Process::start(
+            name,
+            &binary("gw-controller"),
+            &[
+                "--data-dir",
+                &data,
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--sync-addr",
+                "127.0.0.1:0",
+                "--node-id",
+                name,
+                "--bundle-url",
+                bundle_url,
+                "--bundle-s3-endpoint",
+                &moto.endpoint,
+                "--bundle-interval",
+                "1h",
+            ]
+            .map(String::from),
+            &envs,
+        )
+    };
+    let mut controller = start_controller("s3-ctl", url);
     let admin = Admin::new(controller.addr("admin"), Some(TOKEN));
     admin.wait_ready().await;
     assert!(
@@ -576,4 +579,45 @@ async fn bundles_round_trip_through_s3_compatible_storage() {
     .await;
     let (code, body) = ready(wrong.addr("status")).await;
     assert_eq!(code, 503, "{body}");
+
+    // a failing export (no such bucket) is an error of its own: the admin API and the sync
+    // stream carry on
+    let broken = start_controller("s3-broken", "s3://no-such-bucket/gw");
+    let admin = Admin::new(broken.addr("admin"), Some(TOKEN));
+    admin.wait_ready().await;
+    let response = admin
+        .put_api("items", &api_yaml("items", "/items", &upstream.url("")), "")
+        .await;
+    assert!(response.status().is_success());
+    let (code, body) = export(&admin).await;
+    assert_eq!(code, 502, "{body}");
+    assert_eq!(body["error"]["code"], "bundle_export_failed");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("s3://no-such-bucket/gw"),
+        "{body}"
+    );
+    let metrics = admin
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gw_bundle_exports_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(admin.get_json("/readyz").await.0, 200);
+    let synced = runtime_with(
+        "s3-synced",
+        &[broken.addr("sync")],
+        &dir.path().join("rt3"),
+        &[],
+    );
+    wait_source(&synced, "controller", 1).await;
+    assert!(!broken.log().contains(secret));
 }

@@ -361,5 +361,42 @@ mod tests {
             1
         );
         assert_eq!(*exporter.exported.lock().await, 0, "not exported");
+        // the next failure within a minute is counted, not logged
+        exporter.export().await.unwrap_err();
+        assert_eq!(exporter.log.lock().unwrap().suppressed, 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_exports_of_two_controllers_are_harmless() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = BundleTarget::Dir(dir.path().to_path_buf());
+        let state = Arc::new(DesiredState::new(100));
+        let a = exporter(&state, target.clone());
+        let b = exporter(&state, target.clone());
+        let key = gw_bundle::VerifyKey::parse(SECRET).unwrap();
+        for revision in 1..=20 {
+            state.apply([change(revision, &format!("api{revision}"), &["default"])]);
+            let (left, right) = tokio::join!(a.export(), b.export());
+            left.unwrap();
+            right.unwrap();
+            let newest = target.revisions("default").await.unwrap();
+            assert_eq!(newest[0], revision);
+            assert!(newest.len() <= 2, "{newest:?}");
+            let bundle =
+                gw_bundle::open(&target.read("default", revision).await.unwrap(), &key).unwrap();
+            assert_eq!(bundle.resources.len(), usize::try_from(revision).unwrap());
+        }
+        // no temporary file is left behind
+        let leftovers = std::fs::read_dir(dir.path().join("default"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tmp")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
     }
 }

@@ -19,7 +19,7 @@ use gw_bundle::storage::BundleTarget;
 use gw_sync::client::ClientStatus;
 use tokio::sync::watch;
 
-use crate::state::{ConfigState, Origin};
+use crate::state::{ConfigState, KINDS, Origin};
 
 /// How often a runtime that could not load any bundle tries again.
 pub const RETRY: Duration = Duration::from_secs(10);
@@ -141,13 +141,12 @@ pub async fn load_newest(state: &ConfigState, target: &BundleTarget, key: &Verif
             tracing::warn!(bundle = %location, %reason, "refusing fallback bundle; trying an older one");
             continue;
         }
+        // kinds this runtime does not apply (a newer controller's) are left out, as a
+        // controller leaves them out of this runtime's stream
+        let mut resources = bundle.to_resources();
+        resources.retain(|r| KINDS.contains(&r.kind.as_str()));
         match state
-            .apply_bundle(
-                bundle.revision,
-                &bundle.store_id,
-                &bundle.kinds,
-                &bundle.to_resources(),
-            )
+            .apply_bundle(bundle.revision, &bundle.store_id, &bundle.kinds, &resources)
             .await
         {
             Ok(true) => {
