@@ -78,6 +78,43 @@ fn bundle_files(dir: &Path, group: &str) -> Vec<(i64, std::path::PathBuf)> {
     files
 }
 
+/// A controller on SQLite that exports to `bundles` (a directory), signed with the key file
+/// `signing`, every `interval`.
+fn dir_controller(
+    name: &str,
+    data_dir: &Path,
+    bundles: &Path,
+    signing: &str,
+    interval: &str,
+) -> Process {
+    controller_with(
+        &spec(name),
+        data_dir,
+        &[
+            "--bundle-dir",
+            &bundles.display().to_string(),
+            "--bundle-signing-key",
+            signing,
+            "--bundle-interval",
+            interval,
+            "--bundle-keep",
+            "3",
+        ],
+    )
+}
+
+/// The controller's `GET /metrics`.
+async fn controller_metrics(admin: &Admin) -> String {
+    admin
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("admin API answers")
+        .text()
+        .await
+        .expect("a text body")
+}
+
 /// `POST /api/v1/bundles`: the status and body.
 async fn export(admin: &Admin) -> (u16, serde_json::Value) {
     let response = admin
@@ -96,19 +133,12 @@ async fn a_runtime_with_no_cache_and_no_controller_serves_the_newest_bundle_that
     let (signing, verify) = ed25519_keys(dir.path());
     let upstream = Upstream::start("bundled").await;
     let bundle_dir = bundles.display().to_string();
-    let mut controller = controller_with(
-        &spec("bundle-ctl"),
+    let mut controller = dir_controller(
+        "bundle-ctl",
         &dir.path().join("ctl"),
-        &[
-            "--bundle-dir",
-            &bundle_dir,
-            "--bundle-signing-key",
-            &signing,
-            "--bundle-interval",
-            "200ms",
-            "--bundle-keep",
-            "3",
-        ],
+        &bundles,
+        &signing,
+        "200ms",
     );
     let admin = Admin::new(controller.addr("admin"), Some(TOKEN));
     admin.wait_ready().await;
@@ -167,14 +197,7 @@ async fn a_runtime_with_no_cache_and_no_controller_serves_the_newest_bundle_that
     );
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     // the controller counts its exports
-    let metrics = admin
-        .request(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = controller_metrics(&admin).await;
     assert!(
         metrics.contains("gw_bundle_exports_total{result=\"written\"}"),
         "{metrics}"
@@ -300,17 +323,12 @@ async fn a_runtime_refuses_bundles_it_cannot_verify() {
     let other = tempfile::tempdir().unwrap();
     let (_, wrong_verify) = ed25519_keys(other.path());
     let bundle_dir = bundles.display().to_string();
-    let mut controller = controller_with(
-        &spec("refuse-ctl"),
+    let mut controller = dir_controller(
+        "refuse-ctl",
         &dir.path().join("ctl"),
-        &[
-            "--bundle-dir",
-            &bundle_dir,
-            "--bundle-signing-key",
-            &signing,
-            "--bundle-interval",
-            "1h",
-        ],
+        &bundles,
+        &signing,
+        "1h",
     );
     let admin = Admin::new(controller.addr("admin"), Some(TOKEN));
     admin.wait_ready().await;
@@ -599,14 +617,7 @@ async fn bundles_round_trip_through_s3_compatible_storage() {
             .contains("s3://no-such-bucket/gw"),
         "{body}"
     );
-    let metrics = admin
-        .request(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = controller_metrics(&admin).await;
     assert!(
         metrics.contains("gw_bundle_exports_total{result=\"failed\"} 1"),
         "{metrics}"

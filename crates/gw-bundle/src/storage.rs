@@ -28,14 +28,28 @@ use crate::{BundleError, MAX_BYTES};
 /// The extension of bundle files.
 pub const EXTENSION: &str = "gwb";
 
-/// S3 settings that may come from flags; the rest (credentials, and these when not given)
-/// come from the usual `AWS_*` environment variables.
-#[derive(Debug, Clone, Default)]
+/// S3 settings that may come from flags (the same on the controller and the runtime: flatten
+/// it into a clap parser); the rest (credentials, and these when not given) come from the
+/// usual `AWS_*` environment variables.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct S3Options {
-    /// The endpoint of an S3-compatible service (`http://127.0.0.1:9000`); `None`: AWS, or
-    /// `AWS_ENDPOINT_URL`.
+    /// The endpoint of an S3-compatible service (MinIO, Ceph, …), for example
+    /// `http://127.0.0.1:9000` (default: AWS, or AWS_ENDPOINT_URL).
+    #[arg(
+        id = "bundle_s3_endpoint",
+        long = "bundle-s3-endpoint",
+        env = "GW_BUNDLE_S3_ENDPOINT",
+        value_name = "URL"
+    )]
     pub endpoint: Option<String>,
-    /// The region; `None`: `AWS_REGION`, or the default.
+
+    /// The S3 region (default: AWS_REGION, or us-east-1).
+    #[arg(
+        id = "bundle_s3_region",
+        long = "bundle-s3-region",
+        env = "GW_BUNDLE_S3_REGION",
+        value_name = "REGION"
+    )]
     pub region: Option<String>,
 }
 

@@ -134,35 +134,17 @@ struct BundleArgs {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     keep: u32,
 
-    /// The endpoint of an S3-compatible service (MinIO, Ceph, …), for example
-    /// `http://127.0.0.1:9000` (default: AWS, or AWS_ENDPOINT_URL).
-    #[arg(
-        long = "bundle-s3-endpoint",
-        env = "GW_BUNDLE_S3_ENDPOINT",
-        value_name = "URL"
-    )]
-    s3_endpoint: Option<String>,
-
-    /// The S3 region (default: AWS_REGION, or us-east-1).
-    #[arg(
-        long = "bundle-s3-region",
-        env = "GW_BUNDLE_S3_REGION",
-        value_name = "REGION"
-    )]
-    s3_region: Option<String>,
+    #[command(flatten)]
+    s3: S3Options,
 }
 
 impl BundleArgs {
     /// The export's settings, or `None` when no target is given.
     fn options(self) -> anyhow::Result<Option<BundleOptions>> {
-        let s3 = S3Options {
-            endpoint: self.s3_endpoint,
-            region: self.s3_region,
-        };
         let target = match (self.dir, self.url) {
             (Some(dir), _) => Some(BundleTarget::Dir(dir)),
             (None, Some(url)) if url.trim_start().starts_with("s3://") => {
-                Some(BundleTarget::parse(&url, &s3).context("--bundle-url")?)
+                Some(BundleTarget::parse(&url, &self.s3).context("--bundle-url")?)
             }
             (None, Some(_)) => {
                 anyhow::bail!(
@@ -248,6 +230,11 @@ mod tests {
         let mut line = vec!["gw-controller"];
         line.extend_from_slice(flags);
         Args::try_parse_from(line)?.bundles.options()
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        <Args as clap::CommandFactory>::command().debug_assert();
     }
 
     #[test]

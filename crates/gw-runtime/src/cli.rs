@@ -164,14 +164,8 @@ struct FallbackArgs {
     )]
     fallback_wait: HumanDuration,
 
-    /// The endpoint of an S3-compatible service (`http://127.0.0.1:9000`; default: AWS, or
-    /// AWS_ENDPOINT_URL).
-    #[arg(long, env = "GW_BUNDLE_S3_ENDPOINT", value_name = "URL")]
-    bundle_s3_endpoint: Option<String>,
-
-    /// The S3 region (default: AWS_REGION, or us-east-1).
-    #[arg(long, env = "GW_BUNDLE_S3_REGION", value_name = "REGION")]
-    bundle_s3_region: Option<String>,
+    #[command(flatten)]
+    s3: S3Options,
 }
 
 /// OpenTelemetry trace export: off unless `--otel-endpoint` (or its variable) is set; the
@@ -252,11 +246,7 @@ impl FallbackArgs {
             );
         };
         let key = VerifyKey::parse(&key).context("the bundle verification key")?;
-        let s3 = S3Options {
-            endpoint: self.bundle_s3_endpoint,
-            region: self.bundle_s3_region,
-        };
-        let target = BundleTarget::parse(&location, &s3).context("--fallback-bundle")?;
+        let target = BundleTarget::parse(&location, &self.s3).context("--fallback-bundle")?;
         Ok(Some(FallbackOptions {
             target,
             key: Arc::new(key),
@@ -418,6 +408,11 @@ mod tests {
             }
         }
         Args::try_parse_from(line)
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        <Args as clap::CommandFactory>::command().debug_assert();
     }
 
     #[test]
