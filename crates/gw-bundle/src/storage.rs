@@ -351,9 +351,14 @@ impl BundleTarget {
     }
 
     /// Deletes all but the `keep` newest bundles of `group`; returns the revisions deleted.
-    /// A bundle already gone (another controller pruned it) counts as deleted.
+    /// A bundle already gone (another controller pruned it) counts as deleted. In a
+    /// directory, temporary files older than an hour (left by a writer that crashed) go too.
     pub async fn prune(&self, group: &str, keep: usize) -> Result<Vec<i64>, BundleError> {
         let revisions = self.revisions(group).await?;
+        if let Self::Dir(dir) = self {
+            let folder = dir.join(group);
+            let _ = tokio::task::spawn_blocking(move || remove_stale_temporaries(&folder)).await;
+        }
         let old: Vec<i64> = revisions.into_iter().skip(keep.max(1)).collect();
         for &revision in &old {
             let location = self.location(group, revision);
@@ -431,6 +436,35 @@ fn write_atomically(folder: &Path, file: &Path, bytes: &[u8]) -> Result<(), Bund
     }
     Ok(())
 }
+
+/// Removes the temporary files of `folder` that are older than [`STALE`].
+fn remove_stale_temporaries(folder: &Path) {
+    let Ok(names) = list_dir(folder, false) else {
+        return;
+    };
+    for name in names {
+        // our own names: `.<bundle>.<pid>-<nanos>-<n>.tmp`, never another case
+        let temporary = name.starts_with('.')
+            && Path::new(&name)
+                .extension()
+                .is_some_and(|extension| extension == "tmp");
+        if !temporary {
+            continue;
+        }
+        let path = folder.join(&name);
+        let stale = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age > STALE);
+        if stale {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// The age past which a temporary file is a crashed writer's.
+const STALE: Duration = Duration::from_hours(1);
 
 /// The names in `dir`: its folders (`folders`) or its files; none if it does not exist.
 fn list_dir(dir: &Path, folders: bool) -> Result<Vec<String>, BundleError> {
@@ -543,12 +577,22 @@ mod tests {
             &std::fs::metadata(&file).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
-        // a leftover temporary file is not a bundle
-        std::fs::write(dir.path().join("bundles/edge/.x.gwb.1-2-3.tmp"), b"x").unwrap();
+        // a leftover temporary file is not a bundle; an old one is removed by pruning
+        let fresh = dir.path().join("bundles/edge/.x.gwb.1-2-3.tmp");
+        let old = dir.path().join("bundles/edge/.x.gwb.1-2-4.tmp");
+        std::fs::write(&fresh, b"x").unwrap();
+        std::fs::write(&old, b"x").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_hours(2))
+            .unwrap();
         assert_eq!(target.groups().await.unwrap(), ["default", "edge"]);
         assert_eq!(target.revisions("edge").await.unwrap(), [11, 7, 5, 3]);
         assert_eq!(target.prune("edge", 2).await.unwrap(), [5, 3]);
         assert_eq!(target.revisions("edge").await.unwrap(), [11, 7]);
+        assert!(fresh.exists() && !old.exists());
         assert!(target.read("edge", 3).await.is_err());
         // groups cannot escape the directory
         assert!(target.write("../x", 1, Vec::new()).await.is_err());
