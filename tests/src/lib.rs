@@ -26,6 +26,8 @@ use tokio::task::JoinHandle;
 
 pub use gw_store::testing::TestDatabase;
 
+pub mod cluster;
+
 /// The admin token the tests use in production mode.
 pub const TOKEN: &str = "e2e-test-token-0123456789abcdef";
 /// The encryption key the tests use in production mode (32 bytes of 0x07, base64).
@@ -228,10 +230,15 @@ impl Process {
 
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(&mut self) -> Option<i32> {
+        self.send_term();
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn send_term(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        self.wait_exit(Duration::from_secs(30))
     }
 
     /// Starts the same command again, with `replace` applied to its arguments (to pin the

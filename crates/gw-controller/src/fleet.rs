@@ -169,6 +169,7 @@ impl FleetObserver for FleetRecorder {
             last_seen: now,
             last_error: None,
             last_error_revision: None,
+            refused: None,
         };
         self.local
             .lock()
@@ -210,8 +211,33 @@ impl FleetObserver for FleetRecorder {
         }
     }
 
-    fn refused(&self, node_id: &str, reason: &str) {
-        tracing::warn!(node = %node_id, %reason, "runtime refused");
+    fn refused(&self, runtime: &SessionInfo, applied_revision: i64, reason: &str) {
+        tracing::warn!(node = %runtime.node_id, %reason, "runtime refused");
+        // a Hello refused for its node id cannot be listed under it
+        if gw_sync::validate_node_id(&runtime.node_id).is_err() {
+            return;
+        }
+        let now = Utc::now();
+        let clip = |text: &str, max: usize| text.chars().take(max).collect::<String>();
+        let record = RuntimeRecord {
+            node_id: runtime.node_id.clone(),
+            group: clip(&runtime.group, 128),
+            controller_id: self.controller_id.clone(),
+            session_id: runtime.session_id.clone(),
+            session_epoch: i64::try_from(runtime.session_epoch).unwrap_or(i64::MAX),
+            heartbeat_interval_ms: i64::try_from(runtime.heartbeat_interval.as_millis())
+                .unwrap_or(i64::MAX),
+            address: clip(&runtime.address, 256),
+            runtime_version: clip(&runtime.runtime_version, 128),
+            applied_revision: applied_revision.max(0),
+            connected: false,
+            connected_at: now,
+            last_seen: now,
+            last_error: None,
+            last_error_revision: None,
+            refused: Some(clip(reason, 4000)),
+        };
+        self.mark(record, true);
     }
 }
 
@@ -223,7 +249,8 @@ pub struct RuntimeView {
     #[serde(flatten)]
     pub record: RuntimeRecord,
     /// `connected`, `stale` (connected, but silent for three heartbeat intervals: its
-    /// controller may be gone) or `disconnected`.
+    /// controller may be gone), `disconnected`, or `refused` (a controller refused its Hello;
+    /// `refused` says why).
     pub status: &'static str,
     /// How many revisions it is behind the newest.
     pub lag: i64,
@@ -243,6 +270,7 @@ pub fn view(record: RuntimeRecord, newest: i64, now: SystemTime) -> RuntimeView 
     let now: DateTime<Utc> = now.into();
     let silent = (now - record.last_seen).to_std().unwrap_or_default();
     let status = match (record.connected, silent > stale_after(&record)) {
+        _ if record.refused.is_some() => "refused",
         (true, false) => "connected",
         (true, true) => "stale",
         (false, _) => "disconnected",

@@ -96,6 +96,7 @@ fn runtime(node: &str, group: &str, applied: i64) -> RuntimeRecord {
         last_seen: now,
         last_error: None,
         last_error_revision: None,
+        refused: None,
     }
 }
 

@@ -232,6 +232,9 @@ pub struct RuntimeRecord {
     pub last_error: Option<String>,
     /// The revision it rejected.
     pub last_error_revision: Option<i64>,
+    /// Why a controller refused its last Hello (an incompatible protocol version, say); then
+    /// it has no session.
+    pub refused: Option<String>,
 }
 
 /// Which database a store runs on.

@@ -60,6 +60,7 @@ macro_rules! impl_store {
                     last_seen: row.try_get("last_seen")?,
                     last_error: row.try_get("last_error")?,
                     last_error_revision: row.try_get("last_error_revision")?,
+                    refused: row.try_get("refused")?,
                 })
             }
 
@@ -450,6 +451,7 @@ macro_rules! impl_store {
                     .bind(r.last_error_revision)
                     .bind(r.session_epoch)
                     .bind(r.heartbeat_interval_ms)
+                    .bind(&r.refused)
                     .execute(&self.pool)
                     .await?
                     .rows_affected();
@@ -549,21 +551,21 @@ pub(crate) const DELETE_CHANGES: &str = "DELETE FROM changes WHERE revision <= $
 
 pub(crate) const UPSERT_RUNTIME: &str = "INSERT INTO runtimes (node_id, grp, controller_id, \
      session_id, address, runtime_version, applied_revision, connected, connected_at, last_seen, \
-     last_error, last_error_revision, session_epoch, heartbeat_ms) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+     last_error, last_error_revision, session_epoch, heartbeat_ms, refused) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
      ON CONFLICT (node_id) DO UPDATE SET grp = excluded.grp, controller_id = excluded.controller_id, \
      session_id = excluded.session_id, address = excluded.address, \
      runtime_version = excluded.runtime_version, applied_revision = excluded.applied_revision, \
      connected = excluded.connected, connected_at = excluded.connected_at, \
      last_seen = excluded.last_seen, last_error = excluded.last_error, \
      last_error_revision = excluded.last_error_revision, session_epoch = excluded.session_epoch, \
-     heartbeat_ms = excluded.heartbeat_ms \
+     heartbeat_ms = excluded.heartbeat_ms, refused = excluded.refused \
      WHERE excluded.session_epoch >= runtimes.session_epoch";
 pub(crate) const UPDATE_RUNTIME: &str = "UPDATE runtimes SET applied_revision = $3, connected = $4, \
      last_seen = $5, last_error = $6, last_error_revision = $7 \
      WHERE node_id = $1 AND session_id = $2";
 pub(crate) const SELECT_RUNTIMES: &str = "SELECT node_id, grp, controller_id, session_id, address, \
      runtime_version, applied_revision, connected, connected_at, last_seen, last_error, \
-     last_error_revision, session_epoch, heartbeat_ms FROM runtimes ORDER BY node_id";
+     last_error_revision, session_epoch, heartbeat_ms, refused FROM runtimes ORDER BY node_id";
 pub(crate) const SELECT_STORE_ID: &str = "SELECT store_id FROM gw_meta WHERE id = 1";
 pub(crate) const PRUNE_RUNTIMES: &str = "DELETE FROM runtimes WHERE last_seen < $1";

@@ -317,6 +317,7 @@ async fn fleet(f: Fixture) {
         last_seen: now,
         last_error: None,
         last_error_revision: None,
+        refused: None,
     };
     assert!(s.register_runtime(&r).await.unwrap());
     r.applied_revision = 4;
