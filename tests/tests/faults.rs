@@ -543,15 +543,15 @@ async fn b_database_outage_fails_writes_fast_and_no_request() {
     let stopped = Instant::now();
     fleet.pg.stop();
     let client = reqwest::Client::new();
-    // both controllers say they are not ready
-    let mut unready = Vec::new();
-    for admin in &fleet.admins {
+    // both controllers say they are not ready (each timed on its own)
+    let unready = futures_util::future::join_all(fleet.admins.iter().map(|admin| async move {
         eventually("/readyz to turn false", Duration::from_secs(10), || async {
             admin.get_json("/readyz").await.0 == 503
         })
         .await;
-        unready.push(stopped.elapsed());
-    }
+        stopped.elapsed()
+    }))
+    .await;
     // the controllers keep their sync streams through the outage
     let connected_before = fleet.connections().await;
     assert!(connected_before.iter().all(Option::is_some));
