@@ -80,8 +80,14 @@ impl std::fmt::Debug for PgCluster {
 impl PgCluster {
     /// Creates the cluster, starts it and creates the database `gw`.
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("a temporary directory");
         let as_postgres = is_root();
+        // the postgres user must reach the directory: /tmp, whatever TMPDIR says
+        let dir = if as_postgres {
+            tempfile::Builder::new().prefix("gw-pg-").tempdir_in("/tmp")
+        } else {
+            tempfile::Builder::new().prefix("gw-pg-").tempdir()
+        }
+        .expect("a temporary directory");
         if as_postgres {
             run(
                 Command::new("chown")
@@ -187,6 +193,9 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- PostgreSQL's log -----\n{}\n-----", self.log());
+        }
         // ignore "not running": a test may leave it stopped
         let _ = self
             .command("pg_ctl")
@@ -212,14 +221,14 @@ pub fn ensure_peer(binary: &str) {
     }
 }
 
-/// An HAProxy load balancer on 127.0.0.1 in front of some runtimes, checking each one's
-/// `/status/ready` every 100 ms; killed on drop.
+/// An HAProxy load balancer on 127.0.0.1 in front of some servers, checking each one with an
+/// HTTP GET every 100 ms; killed on drop.
 pub struct HaProxy {
     child: Child,
     /// Where clients connect.
     pub addr: SocketAddr,
     stats: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for HaProxy {
@@ -231,58 +240,72 @@ impl std::fmt::Debug for HaProxy {
 }
 
 impl HaProxy {
-    /// Balances over `backends`: `(name, proxy address, status address)`. A backend takes
-    /// traffic after two passed checks and leaves after one failed check.
-    pub fn start(backends: &[(&str, SocketAddr, SocketAddr)]) -> Self {
+    /// Balances over `backends`: `(name, address, address checked)`, each checked with
+    /// `GET check_path`. A server takes traffic after two passed checks and leaves after two
+    /// failed ones (a check may take 1 s). No request is retried on another server: what
+    /// the clients see is what the servers answered.
+    pub fn start(check_path: &str, backends: &[(&str, SocketAddr, SocketAddr)]) -> Self {
         ensure_peer("haproxy");
         let dir = tempfile::tempdir().expect("a temporary directory");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let stats = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut config = format!(
             "global\n  maxconn 2000\n\
-             defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
-             frontend gateways\n  bind {addr}\n  default_backend runtimes\n\
+             defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  \
+             timeout check 1s\n  retries 0\n\
+             frontend front\n  bind {addr}\n  default_backend servers\n\
              listen stats\n  bind {stats}\n  stats enable\n  stats uri /stats\n\
-             backend runtimes\n  balance roundrobin\n  option httpchk GET /status/ready\n  \
-             http-check expect status 200\n  default-server inter 100ms fall 1 rise 2\n"
+             backend servers\n  balance roundrobin\n  option httpchk GET {check_path}\n  \
+             http-check expect status 200\n  default-server inter 100ms fall 2 rise 2\n"
         );
-        for (name, proxy, status) in backends {
+        for (name, server, checked) in backends {
             let _ = writeln!(
                 config,
-                "  server {name} {proxy} check port {}",
-                status.port()
+                "  server {name} {server} check addr {} port {}",
+                checked.ip(),
+                checked.port()
             );
         }
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, config).expect("write haproxy.cfg");
+        let log = std::fs::File::create(dir.path().join("haproxy.log")).expect("haproxy.log");
         let child = Command::new("haproxy")
             .arg("-f")
             .arg(&path)
             .arg("-db")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().expect("haproxy.log"))
+            .stderr(log)
             .spawn()
             .expect("haproxy starts");
         Self {
             child,
             addr,
             stats,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// What HAProxy printed.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
     }
 
     /// Each backend's state as HAProxy's statistics page lists it (`UP`, `DOWN`, ...), or
     /// nothing while HAProxy does not answer.
     pub async fn states(&self) -> Vec<(String, String)> {
         let url = format!("http://{}/stats;csv", self.stats);
-        let Ok(response) = reqwest::get(url).await else {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("an HTTP client");
+        let Ok(response) = client.get(url).send().await else {
             return Vec::new();
         };
         let text = response.text().await.unwrap_or_default();
         // columns: pxname, svname, ..., status is the 18th
         text.lines()
-            .filter(|l| l.starts_with("runtimes,"))
+            .filter(|l| l.starts_with("servers,"))
             .filter_map(|line| {
                 let fields: Vec<&str> = line.split(',').collect();
                 let (name, status) = (*fields.get(1)?, *fields.get(17)?);
@@ -304,7 +327,8 @@ impl HaProxy {
             }
             assert!(
                 Instant::now() < deadline,
-                "HAProxy did not list {name} as {state} within {timeout:?}: {states:?}"
+                "HAProxy did not list {name} as {state} within {timeout:?}: {states:?}\n{}",
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -522,7 +522,11 @@ impl Admin {
     /// A client of the admin API at `addr`, sending `token` when given.
     pub fn new(addr: SocketAddr, token: Option<&str>) -> Self {
         Self {
-            client: reqwest::Client::new(),
+            // longer than any `?wait=applied` of the tests, so that nothing hangs for ever
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_mins(2))
+                .build()
+                .expect("an HTTP client"),
             base: format!("http://{addr}"),
             token: token.map(str::to_string),
         }
@@ -631,7 +635,12 @@ pub async fn call(
 /// The value of the first line of `status`'s `/metrics` that starts with `line_start` (a
 /// metric name with its labels); `None` when there is none or the endpoint does not answer.
 pub async fn metric<T: std::str::FromStr>(status: SocketAddr, line_start: &str) -> Option<T> {
-    let text = reqwest::get(format!("http://{status}/metrics"))
+    let text = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .ok()?
+        .get(format!("http://{status}/metrics"))
+        .send()
         .await
         .ok()?
         .text()

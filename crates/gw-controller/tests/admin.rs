@@ -42,6 +42,7 @@ fn state(store: Option<Arc<dyn Store>>) -> (Arc<AppState>, tokio::sync::watch::S
         embedded: OnceLock::new(),
         sealer: Arc::new(Sealer::new(&EncryptionKey::from_bytes([7; 32]))),
         consumer_writes: tokio::sync::Mutex::new(()),
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
     (state, stop)
 }

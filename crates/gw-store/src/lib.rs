@@ -329,6 +329,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// has since left); returns whether it wrote.
     async fn register_runtime(&self, runtime: &RuntimeRecord) -> Result<bool, StoreError>;
 
+    /// Records that a controller refused a runtime (`runtime.refused`), replacing its row only
+    /// when that holds no live session: one that is disconnected, or silent since
+    /// `live_since`. Returns whether it wrote.
+    async fn record_refusal(
+        &self,
+        runtime: &RuntimeRecord,
+        live_since: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
     /// Updates a runtime's row if its session is still the current one; returns whether it
     /// did (a runtime that moved to another controller is no longer ours to update).
     async fn update_runtime(&self, runtime: &RuntimeRecord) -> Result<bool, StoreError>;

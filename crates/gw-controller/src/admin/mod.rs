@@ -73,6 +73,8 @@ pub struct AppState {
     /// Serializes this controller's consumer writes from their uniqueness check to their
     /// commit (see `admin/consumers.rs`).
     pub consumer_writes: tokio::sync::Mutex<()>,
+    /// The controller is stopping: `/readyz` answers 503 while the drain period runs.
+    pub draining: AtomicBool,
 }
 
 impl AppState {
@@ -206,6 +208,7 @@ async fn healthz() -> Response {
 /// embedded runtime serves it).
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let reason = match state.store.get() {
+        _ if state.draining.load(Ordering::Acquire) => Some("draining".to_string()),
         None => Some("connecting to the database".to_string()),
         Some(_) if !state.loaded.load(Ordering::Acquire) => {
             Some("loading the desired state".to_string())
