@@ -327,6 +327,25 @@ pub struct ApplyReport {
     pub pending: Vec<(String, i64)>,
     /// Runtimes that rejected it, with their reason.
     pub rejected: Vec<(String, String)>,
+    /// Runtimes of the groups that no controller serves (a refused Hello), with the reason:
+    /// they cannot apply it until they are upgraded or fixed.
+    pub refused: Vec<(String, String)>,
+}
+
+impl ApplyReport {
+    /// Adds the report to a write's answer: `applied`, and `refused` when some runtimes of
+    /// the groups are refused.
+    pub fn describe(self, body: &mut serde_json::Value) {
+        body["applied"] = serde_json::json!(self.applied);
+        if !self.refused.is_empty() {
+            let refused: Vec<_> = self
+                .refused
+                .into_iter()
+                .map(|(node, reason)| serde_json::json!({"nodeId": node, "reason": reason}))
+                .collect();
+            body["refused"] = serde_json::Value::Array(refused);
+        }
+    }
 }
 
 /// Waits until every connected runtime of `groups` has applied `revision` (or rejected it),
@@ -346,6 +365,11 @@ pub async fn wait_applied(
                 continue;
             }
             let runtime = view(record, revision, now);
+            if runtime.status == "refused" {
+                let reason = runtime.record.refused.unwrap_or_default();
+                report.refused.push((runtime.record.node_id, reason));
+                continue;
+            }
             if runtime.status != "connected" {
                 continue;
             }
