@@ -26,6 +26,8 @@ use tokio::task::JoinHandle;
 
 pub use gw_store::testing::TestDatabase;
 
+pub mod cluster;
+
 /// The admin token the tests use in production mode.
 pub const TOKEN: &str = "e2e-test-token-0123456789abcdef";
 /// The encryption key the tests use in production mode (32 bytes of 0x07, base64).
@@ -228,10 +230,15 @@ impl Process {
 
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(&mut self) -> Option<i32> {
+        self.send_term();
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn send_term(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        self.wait_exit(Duration::from_secs(30))
     }
 
     /// Starts the same command again, with `replace` applied to its arguments (to pin the
@@ -515,7 +522,11 @@ impl Admin {
     /// A client of the admin API at `addr`, sending `token` when given.
     pub fn new(addr: SocketAddr, token: Option<&str>) -> Self {
         Self {
-            client: reqwest::Client::new(),
+            // longer than any `?wait=applied` of the tests, so that nothing hangs for ever
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_mins(2))
+                .build()
+                .expect("an HTTP client"),
             base: format!("http://{addr}"),
             token: token.map(str::to_string),
         }
@@ -624,7 +635,12 @@ pub async fn call(
 /// The value of the first line of `status`'s `/metrics` that starts with `line_start` (a
 /// metric name with its labels); `None` when there is none or the endpoint does not answer.
 pub async fn metric<T: std::str::FromStr>(status: SocketAddr, line_start: &str) -> Option<T> {
-    let text = reqwest::get(format!("http://{status}/metrics"))
+    let text = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .ok()?
+        .get(format!("http://{status}/metrics"))
+        .send()
         .await
         .ok()?
         .text()

@@ -4,9 +4,11 @@
 use std::time::{Duration, Instant};
 
 use gw_e2e::{
-    Admin, ControllerSpec, TOKEN, TestDatabase, Upstream, api_yaml, call, controller, eventually,
-    median, runtime,
+    Admin, ControllerSpec, SYNC_TOKEN, TOKEN, TestDatabase, Upstream, api_yaml, call, controller,
+    eventually, median, runtime,
 };
+use gw_sync::proto::config_sync_client::ConfigSyncClient;
+use gw_sync::proto::{Hello, RuntimeMessage, controller_message, runtime_message};
 
 fn spec(db: &TestDatabase, node_id: &str) -> ControllerSpec {
     ControllerSpec {
@@ -100,4 +102,81 @@ async fn deploy_through_one_controller_reaches_a_runtime_on_another() {
     let (_, fleet) = admin_b.get_json("/api/v1/runtimes").await;
     assert_eq!(fleet["items"][0]["appliedRevision"], 10);
     assert_eq!(fleet["items"][0]["lag"], 0);
+}
+
+/// Version skew: a runtime that speaks another protocol version is refused with the reason,
+/// and every controller lists it as refused, with that reason, until a compatible session
+/// of the same runtime replaces the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_of_another_protocol_version_is_listed_as_refused() {
+    let db = TestDatabase::create().await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = controller(&spec(&db, "ctl-a"), dirs[0].path());
+    let b = controller(&spec(&db, "ctl-b"), dirs[1].path());
+    let admin_b = Admin::new(b.addr("admin"), Some(TOKEN));
+    Admin::new(a.addr("admin"), Some(TOKEN)).wait_ready().await;
+    admin_b.wait_ready().await;
+
+    // what a runtime of the next protocol version would say
+    let mut client = ConfigSyncClient::connect(format!("http://{}", a.addr("sync")))
+        .await
+        .unwrap();
+    let hello = Hello {
+        node_id: "rt-next".into(),
+        group: "default".into(),
+        runtime_version: "9.0.0".into(),
+        protocol_version: gw_sync::PROTOCOL_VERSION + 1,
+        session_epoch: 1,
+        ..Hello::default()
+    };
+    let mut request = tonic::Request::new(tokio_stream::iter([RuntimeMessage {
+        message: Some(runtime_message::Message::Hello(hello)),
+    }]));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {SYNC_TOKEN}").parse().unwrap(),
+    );
+    let mut inbound = client.stream(request).await.unwrap().into_inner();
+    let refusal = match inbound.message().await.unwrap().and_then(|m| m.message) {
+        Some(controller_message::Message::Refusal(refusal)) => refusal.reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let version = format!("protocol version {}", gw_sync::PROTOCOL_VERSION + 1);
+    assert!(refusal.contains(&version), "{refusal}");
+
+    // the other controller lists it too, from the store
+    eventually(
+        "the refused runtime in the fleet view",
+        Duration::from_secs(20),
+        || async {
+            let (_, fleet) = admin_b.get_json("/api/v1/runtimes").await;
+            fleet["items"].as_array().is_some_and(|items| {
+                items.iter().any(|r| {
+                    r["nodeId"] == "rt-next"
+                        && r["status"] == "refused"
+                        && r["refused"] == refusal.as_str()
+                        && r["controllerId"] == "ctl-a"
+                        && r["runtimeVersion"] == "9.0.0"
+                })
+            })
+        },
+    )
+    .await;
+
+    // the same node, upgraded: its session replaces the refusal
+    let rt = runtime("rt-next", &[a.addr("sync")], dirs[2].path());
+    eventually(
+        "the upgraded runtime to be listed as connected",
+        Duration::from_secs(20),
+        || async {
+            let (_, fleet) = admin_b.get_json("/api/v1/runtimes").await;
+            fleet["items"].as_array().is_some_and(|items| {
+                items.iter().any(|r| {
+                    r["nodeId"] == "rt-next" && r["status"] == "connected" && r["refused"].is_null()
+                })
+            })
+        },
+    )
+    .await;
+    drop(rt);
 }

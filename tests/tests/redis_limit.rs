@@ -184,7 +184,8 @@ impl RedisServer {
     /// (Re)starts the server on its port and waits until it answers.
     fn restart(&mut self) {
         self.kill();
-        let child = Command::new("/usr/bin/redis-server")
+        gw_e2e::cluster::ensure_peer("redis-server");
+        let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])

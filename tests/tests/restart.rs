@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use gw_e2e::{
     Admin, ControllerSpec, Process, TOKEN, TestDatabase, Upstream, api_yaml, call, controller,
-    eventually, runtime_with,
+    eventually, metric, runtime_with,
 };
 
 /// A controller on its own database and a runtime connected to it, with their directories.
@@ -181,6 +181,12 @@ async fn readiness_can_require_a_controller() {
         (200, &true),
         "{ready}"
     );
+    eventually(
+        "gw_sync_connected to be 1",
+        Duration::from_secs(10),
+        || async { metric::<i64>(status, "gw_sync_connected ").await == Some(1) },
+    )
+    .await;
 
     ctl.kill();
     eventually(
@@ -194,6 +200,12 @@ async fn readiness_can_require_a_controller() {
     .await;
     // not ready, yet serving its configuration
     assert_eq!(call(&client, rt.addr("proxy"), "/one").await.0, 200);
+    eventually(
+        "gw_sync_connected to be 0",
+        Duration::from_secs(10),
+        || async { metric::<i64>(status, "gw_sync_connected ").await == Some(0) },
+    )
+    .await;
 
     ctl.restart(&[
         ("--admin-addr", admin_addr.to_string()),
@@ -203,6 +215,12 @@ async fn readiness_can_require_a_controller() {
         "readiness to come back with the controller",
         Duration::from_secs(30),
         || async { call(&client, status, "/status/ready").await.0 == 200 },
+    )
+    .await;
+    eventually(
+        "gw_sync_connected to be 1",
+        Duration::from_secs(10),
+        || async { metric::<i64>(status, "gw_sync_connected ").await == Some(1) },
     )
     .await;
 }

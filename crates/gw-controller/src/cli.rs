@@ -82,6 +82,11 @@ pub struct Args {
     #[arg(long, env = "GW_HEARTBEAT_SECONDS", default_value_t = 10)]
     heartbeat_seconds: u64,
 
+    /// On SIGTERM, seconds during which /readyz answers 503 while the controller still serves
+    /// its admin API and its runtimes, so that load balancers send calls elsewhere first.
+    #[arg(long, env = "GW_DRAIN_SECONDS", default_value_t = 0)]
+    drain_seconds: u64,
+
     /// Log format.
     #[arg(long, env = "GW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -211,6 +216,7 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     options.poll_interval = Duration::from_millis(args.poll_interval_ms.max(100));
     options.heartbeat_interval = Duration::from_secs(args.heartbeat_seconds.clamp(1, 60));
     options.bundles = args.bundles.options()?;
+    options.drain_period = Duration::from_secs(args.drain_seconds);
     if args.all_in_one {
         options.all_in_one = Some(AllInOne {
             proxy_addr: args.proxy_addr,

@@ -20,6 +20,8 @@ struct Pending {
     record: RuntimeRecord,
     /// A new session: replace the row instead of updating it.
     register: bool,
+    /// A refusal: replace the row only if it holds no session seen since then.
+    refusal: Option<DateTime<Utc>>,
 }
 
 /// Records fleet events; see the module docs.
@@ -71,8 +73,29 @@ impl FleetRecorder {
             || dirty
                 .get(&record.node_id)
                 .is_some_and(|p| p.register && p.record.session_id == record.session_id);
-        dirty.insert(record.node_id.clone(), Pending { record, register });
+        dirty.insert(
+            record.node_id.clone(),
+            Pending {
+                record,
+                register,
+                refusal: None,
+            },
+        );
         drop(dirty);
+        self.wake.notify_one();
+    }
+
+    /// Queues a refusal, unless a session's record is waiting to be written: that wins.
+    fn mark_refusal(&self, record: RuntimeRecord, live_since: DateTime<Utc>) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(record.node_id.clone())
+            .or_insert(Pending {
+                record,
+                register: false,
+                refusal: Some(live_since),
+            });
         self.wake.notify_one();
     }
 
@@ -103,7 +126,9 @@ impl FleetRecorder {
                 }
                 let mut failed = Vec::new();
                 for mut pending in batch {
-                    let result = if pending.register {
+                    let result = if let Some(live_since) = pending.refusal {
+                        store.record_refusal(&pending.record, live_since).await
+                    } else if pending.register {
                         store.register_runtime(&pending.record).await
                     } else {
                         match store.update_runtime(&pending.record).await {
@@ -169,6 +194,7 @@ impl FleetObserver for FleetRecorder {
             last_seen: now,
             last_error: None,
             last_error_revision: None,
+            refused: None,
         };
         self.local
             .lock()
@@ -210,8 +236,43 @@ impl FleetObserver for FleetRecorder {
         }
     }
 
-    fn refused(&self, node_id: &str, reason: &str) {
-        tracing::warn!(node = %node_id, %reason, "runtime refused");
+    fn refused(&self, runtime: &SessionInfo, applied_revision: i64, reason: &str) {
+        // a Hello refused for its node id cannot be listed under it, and a runtime holding a
+        // session here is not replaced by another process that claims its id
+        if gw_sync::validate_node_id(&runtime.node_id).is_err()
+            || self
+                .local
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains_key(&runtime.node_id)
+        {
+            return;
+        }
+        let now = Utc::now();
+        let clip = |text: &str, max: usize| text.chars().take(max).collect::<String>();
+        let record = RuntimeRecord {
+            node_id: runtime.node_id.clone(),
+            group: clip(&runtime.group, 128),
+            controller_id: self.controller_id.clone(),
+            session_id: runtime.session_id.clone(),
+            // no session: any later one of this runtime replaces the record
+            session_epoch: 0,
+            heartbeat_interval_ms: i64::try_from(runtime.heartbeat_interval.as_millis())
+                .unwrap_or(i64::MAX),
+            address: clip(&runtime.address, 256),
+            runtime_version: runtime.runtime_version.clone(),
+            applied_revision: applied_revision.max(0),
+            connected: false,
+            connected_at: now,
+            last_seen: now,
+            last_error: None,
+            last_error_revision: None,
+            refused: Some(clip(reason, 4000)),
+        };
+        // a session is live while it is not stale (see `view`)
+        let live_since =
+            now - chrono::Duration::from_std(stale_after(&record)).unwrap_or(chrono::Duration::MAX);
+        self.mark_refusal(record, live_since);
     }
 }
 
@@ -223,7 +284,8 @@ pub struct RuntimeView {
     #[serde(flatten)]
     pub record: RuntimeRecord,
     /// `connected`, `stale` (connected, but silent for three heartbeat intervals: its
-    /// controller may be gone) or `disconnected`.
+    /// controller may be gone), `disconnected`, or `refused` (a controller refused its Hello;
+    /// `refused` says why).
     pub status: &'static str,
     /// How many revisions it is behind the newest.
     pub lag: i64,
@@ -243,6 +305,7 @@ pub fn view(record: RuntimeRecord, newest: i64, now: SystemTime) -> RuntimeView 
     let now: DateTime<Utc> = now.into();
     let silent = (now - record.last_seen).to_std().unwrap_or_default();
     let status = match (record.connected, silent > stale_after(&record)) {
+        (false, _) if record.refused.is_some() => "refused",
         (true, false) => "connected",
         (true, true) => "stale",
         (false, _) => "disconnected",
@@ -264,6 +327,25 @@ pub struct ApplyReport {
     pub pending: Vec<(String, i64)>,
     /// Runtimes that rejected it, with their reason.
     pub rejected: Vec<(String, String)>,
+    /// Runtimes of the groups that no controller serves (a refused Hello), with the reason:
+    /// they cannot apply it until they are upgraded or fixed.
+    pub refused: Vec<(String, String)>,
+}
+
+impl ApplyReport {
+    /// Adds the report to a write's answer: `applied`, and `refused` when some runtimes of
+    /// the groups are refused.
+    pub fn describe(self, body: &mut serde_json::Value) {
+        body["applied"] = serde_json::json!(self.applied);
+        if !self.refused.is_empty() {
+            let refused: Vec<_> = self
+                .refused
+                .into_iter()
+                .map(|(node, reason)| serde_json::json!({"nodeId": node, "reason": reason}))
+                .collect();
+            body["refused"] = serde_json::Value::Array(refused);
+        }
+    }
 }
 
 /// Waits until every connected runtime of `groups` has applied `revision` (or rejected it),
@@ -283,6 +365,11 @@ pub async fn wait_applied(
                 continue;
             }
             let runtime = view(record, revision, now);
+            if runtime.status == "refused" {
+                let reason = runtime.record.refused.unwrap_or_default();
+                report.refused.push((runtime.record.node_id, reason));
+                continue;
+            }
             if runtime.status != "connected" {
                 continue;
             }

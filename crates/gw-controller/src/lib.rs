@@ -19,7 +19,7 @@ pub mod watcher;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -84,6 +84,10 @@ pub struct ControllerOptions {
     pub change_retention: i64,
     /// Runtimes not seen for this long are removed from the fleet view.
     pub runtime_retention: Duration,
+    /// On shutdown, how long `/readyz` answers 503 (`draining`) while the controller still
+    /// serves its admin API and its runtimes, so that load balancers send calls elsewhere
+    /// first.
+    pub drain_period: Duration,
     /// The policies deployments may use (and the all-in-one runtime can build).
     pub policies: PolicyRegistry,
     /// Admin API limits.
@@ -111,6 +115,7 @@ impl ControllerOptions {
             heartbeat_interval: Duration::from_secs(10),
             change_retention: 100_000,
             runtime_retention: Duration::from_hours(1),
+            drain_period: Duration::ZERO,
             policies: PolicyRegistry::builtin(),
             admin: AdminOptions {
                 max_body_bytes: gw_core::model::MAX_DOCUMENT_BYTES,
@@ -143,6 +148,7 @@ impl std::fmt::Debug for ControllerOptions {
             .field("poll_interval", &self.poll_interval)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("change_retention", &self.change_retention)
+            .field("drain_period", &self.drain_period)
             .field("runtime_retention", &self.runtime_retention)
             .field("policies", &self.policies.names())
             .field("admin", &self.admin)
@@ -310,10 +316,6 @@ pub async fn run(
         .unwrap_or_else(|| format!("sqlite://{}", options.data_dir.join("gw.db").display()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        stop_tx.send_replace(true);
-    });
     let stopping = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -340,6 +342,21 @@ pub async fn run(
         consumer_writes: tokio::sync::Mutex::new(()),
         bundles: OnceLock::new(),
         metrics,
+        draining: AtomicBool::new(false),
+    });
+    let drain_period = options.drain_period;
+    let draining = Arc::clone(&state);
+    tokio::spawn(async move {
+        shutdown.await;
+        draining.draining.store(true, Ordering::Release);
+        if !drain_period.is_zero() {
+            tracing::info!(
+                ?drain_period,
+                "shutting down: /readyz answers 503; still serving for the drain period"
+            );
+            tokio::time::sleep(drain_period).await;
+        }
+        stop_tx.send_replace(true);
     });
     let admin_listener = bind("admin", options.admin_addr).await?;
     tracing::info!(listener = "admin", addr = %admin_listener.local_addr().unwrap_or(options.admin_addr), "listening");

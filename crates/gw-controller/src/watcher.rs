@@ -200,7 +200,9 @@ pub async fn follow(
                     tracing::warn!(error = %err, revision = feed.last_revision(), "cannot read the change log; serving the last known state and retrying");
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                // short: after an outage the state catches up within a second of the
+                // database's return
+                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };

@@ -44,6 +44,7 @@ fn state(store: Option<Arc<dyn Store>>) -> (Arc<AppState>, tokio::sync::watch::S
         consumer_writes: tokio::sync::Mutex::new(()),
         bundles: OnceLock::new(),
         metrics: prometheus_client::registry::Registry::default(),
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
     (state, stop)
 }
@@ -98,6 +99,7 @@ fn runtime(node: &str, group: &str, applied: i64) -> RuntimeRecord {
         last_seen: now,
         last_error: None,
         last_error_revision: None,
+        refused: None,
     }
 }
 
@@ -202,6 +204,16 @@ async fn wait_applied_names_the_runtimes_that_lag_or_reject() {
     let mut gone = runtime("gone", "default", 0);
     gone.connected = false;
     store.register_runtime(&gone).await.unwrap();
+    // a refused one (another protocol version) cannot apply it: it is named, not waited for
+    let mut refused = runtime("old", "default", 0);
+    refused.connected = false;
+    refused.refused = Some("protocol version 0 is not supported".into());
+    assert!(
+        store
+            .record_refusal(&refused, chrono::Utc::now())
+            .await
+            .unwrap()
+    );
     // no connected runtime in the group: nothing to wait for
     let (status, body) = send(
         &state,
@@ -210,6 +222,10 @@ async fn wait_applied_names_the_runtimes_that_lag_or_reject() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["applied"], serde_json::json!([]));
+    assert_eq!(
+        body["refused"],
+        serde_json::json!([{"nodeId": "old", "reason": "protocol version 0 is not supported"}])
+    );
 
     // one that lags
     store

@@ -77,8 +77,9 @@ pub struct Args {
     #[arg(long, env = "GW_ADVERTISE_ADDRESS")]
     advertise_address: Option<String>,
 
-    /// On SIGTERM, seconds to keep serving while /status/ready answers 503, so that load
-    /// balancers stop sending traffic before the listener closes.
+    /// On SIGTERM (or `POST /status/drain` from loopback, for a preStop hook), seconds to
+    /// keep serving while /status/ready answers 503, so that load balancers stop sending
+    /// traffic before the listener closes.
     #[arg(long, env = "GW_DRAIN_SECONDS", default_value_t = 0)]
     drain_seconds: u64,
 

@@ -384,6 +384,26 @@ impl Runtime {
             }
         };
 
+        let mut registry = registry;
+        if let Some(status) = &sync_status {
+            let connected = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+            registry.register(
+                "gw_sync_connected",
+                "1 while a sync stream to a controller is open (controller mode)",
+                connected.clone(),
+            );
+            let mut status = status.clone();
+            // follows the client's status; ends with the client
+            tokio::spawn(async move {
+                loop {
+                    let open = status.borrow_and_update().connected_to.is_some();
+                    connected.set(i64::from(open));
+                    if status.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         let context = Arc::new(StatusContext {
             node_id: options.node_id.clone(),
             group: options.group.clone(),

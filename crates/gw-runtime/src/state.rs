@@ -69,9 +69,17 @@ struct SourceLabels {
     source: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpdateLabels {
+    /// `snapshot` or `delta`
+    kind: &'static str,
+}
+
 #[derive(Debug, Clone, Default)]
 struct ConfigMetrics {
     revision: Gauge,
+    /// Updates received from controllers, by kind.
+    updates: Family<UpdateLabels, Counter>,
     apis: Gauge,
     applies: Family<ApplyLabels, Counter>,
     cache_writes_failed: Counter,
@@ -95,6 +103,12 @@ impl ConfigMetrics {
             "gw_config_applies",
             "Configurations applied or rejected, by source",
             metrics.applies.clone(),
+        );
+        registry.register(
+            "gw_sync_updates",
+            "Configuration updates received from controllers, by kind (snapshot: the whole \
+             configuration; delta: the changes since the revision served)",
+            metrics.updates.clone(),
         );
         registry.register(
             "gw_config_cache_write_failures",
@@ -436,6 +450,13 @@ impl ConfigState {
         self.count(origin.as_str(), "rejected");
     }
 
+    fn count_update(&self, kind: &'static str) {
+        self.metrics
+            .updates
+            .get_or_create(&UpdateLabels { kind })
+            .inc();
+    }
+
     fn count(&self, source: &'static str, result: &'static str) {
         self.metrics
             .applies
@@ -728,6 +749,7 @@ impl Applier for ConfigState {
         store_id: &str,
         resources: Vec<Resource>,
     ) -> Result<(), Vec<String>> {
+        self.count_update("snapshot");
         let mut current = self.current.lock().await;
         self.install_whole(
             &mut current,
@@ -745,6 +767,7 @@ impl Applier for ConfigState {
         upserts: Vec<Resource>,
         removals: Vec<ResourceRef>,
     ) -> Result<(), Vec<String>> {
+        self.count_update("delta");
         let mut current = self.current.lock().await;
         let mut next = current.resources.clone();
         let mut errors = Vec::new();

@@ -150,6 +150,25 @@ async fn unknown_policies_are_rejected_and_the_old_config_stays() {
     assert_eq!(state.revision(), 1);
     assert_eq!(state.gateway().config().apis().len(), 1);
 
+    // so is a field this runtime does not know (a newer controller's), and a kind
+    let errors = state
+        .apply_delta(
+            2,
+            vec![resource("b", "/b", 2, "  retryBudget: 3\n")],
+            vec![],
+        )
+        .await
+        .unwrap_err();
+    assert!(errors[0].contains("retryBudget"), "{errors:?}");
+    let mut unknown_kind = resource("b", "/b", 2, "");
+    unknown_kind.kind = "plugin".into();
+    let errors = state
+        .apply_delta(2, vec![unknown_kind], vec![])
+        .await
+        .unwrap_err();
+    assert!(errors[0].contains("plugin"), "{errors:?}");
+    assert_eq!(state.revision(), 1);
+
     // a resource whose body names another API is refused too
     let mut mislabeled = resource("c", "/c", 3, "");
     mislabeled.name = "d".into();

@@ -232,6 +232,9 @@ pub struct RuntimeRecord {
     pub last_error: Option<String>,
     /// The revision it rejected.
     pub last_error_revision: Option<i64>,
+    /// Why a controller refused its last Hello (an incompatible protocol version, say); then
+    /// it has no session.
+    pub refused: Option<String>,
 }
 
 /// Which database a store runs on.
@@ -325,6 +328,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// the row holds a later session (this write comes late, from a controller the runtime
     /// has since left); returns whether it wrote.
     async fn register_runtime(&self, runtime: &RuntimeRecord) -> Result<bool, StoreError>;
+
+    /// Records that a controller refused a runtime (`runtime.refused`), replacing its row only
+    /// when that holds no live session: one that is disconnected, or silent since
+    /// `live_since`. Returns whether it wrote.
+    async fn record_refusal(
+        &self,
+        runtime: &RuntimeRecord,
+        live_since: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 
     /// Updates a runtime's row if its session is still the current one; returns whether it
     /// did (a runtime that moved to another controller is no longer ours to update).

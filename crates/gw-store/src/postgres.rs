@@ -48,7 +48,11 @@ impl PgStore {
             .acquire_timeout(options.timeout)
             .connect_with(connect)
             .await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        // an older controller keeps working on a schema a newer one migrated (a rolling
+        // upgrade, or a rollback): migrations only ever add
+        let mut migrator = sqlx::migrate!("./migrations/postgres");
+        migrator.set_ignore_missing(true);
+        migrator.run(&pool).await?;
         let store_id = sqlx::query_scalar(sql::SELECT_STORE_ID)
             .fetch_one(&pool)
             .await?;
@@ -107,6 +111,10 @@ impl PgStore {
 
 /// Listens for change notifications until the store is dropped; bumps `hints` for each,
 /// and after every (re)connect.
+/// The longest wait between attempts to listen again: after a database outage, changes made
+/// through other controllers arrive by notification again within it.
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(1);
+
 async fn listen(pool: PgPool, hints: watch::Sender<u64>) {
     let bump = || hints.send_modify(|n| *n = n.wrapping_add(1));
     let mut backoff = Duration::from_millis(100);
@@ -116,14 +124,14 @@ async fn listen(pool: PgPool, hints: watch::Sender<u64>) {
             Err(err) => {
                 tracing::warn!(error = %err, "change listener cannot connect; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(LISTEN_RETRY_MAX);
                 continue;
             }
         };
         if let Err(err) = listener.listen(NOTIFY_CHANNEL).await {
             tracing::warn!(error = %err, "LISTEN failed; retrying");
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = (backoff * 2).min(LISTEN_RETRY_MAX);
             continue;
         }
         backoff = Duration::from_millis(100);

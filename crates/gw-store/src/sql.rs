@@ -43,6 +43,37 @@ macro_rules! impl_store {
                 })
             }
 
+            /// Binds a runtime's columns, in [`write_runtime`]'s order, to `query`.
+            fn bind_runtime<'q>(
+                query: sqlx::query::Query<
+                    'q,
+                    <$row as sqlx::Row>::Database,
+                    <<$row as sqlx::Row>::Database as sqlx::Database>::Arguments<'q>,
+                >,
+                r: &'q $crate::RuntimeRecord,
+            ) -> sqlx::query::Query<
+                'q,
+                <$row as sqlx::Row>::Database,
+                <<$row as sqlx::Row>::Database as sqlx::Database>::Arguments<'q>,
+            > {
+                query
+                    .bind(&r.node_id)
+                    .bind(&r.group)
+                    .bind(&r.controller_id)
+                    .bind(&r.session_id)
+                    .bind(&r.address)
+                    .bind(&r.runtime_version)
+                    .bind(r.applied_revision)
+                    .bind(r.connected)
+                    .bind(r.connected_at)
+                    .bind(r.last_seen)
+                    .bind(&r.last_error)
+                    .bind(r.last_error_revision)
+                    .bind(r.session_epoch)
+                    .bind(r.heartbeat_interval_ms)
+                    .bind(&r.refused)
+            }
+
             fn runtime_record(row: &$row) -> Result<$crate::RuntimeRecord, $crate::StoreError> {
                 use sqlx::Row as _;
                 Ok($crate::RuntimeRecord {
@@ -60,6 +91,7 @@ macro_rules! impl_store {
                     last_seen: row.try_get("last_seen")?,
                     last_error: row.try_get("last_error")?,
                     last_error_revision: row.try_get("last_error_revision")?,
+                    refused: row.try_get("refused")?,
                 })
             }
 
@@ -435,21 +467,20 @@ macro_rules! impl_store {
                 &self,
                 r: &$crate::RuntimeRecord,
             ) -> Result<bool, $crate::StoreError> {
-                let written = sqlx::query($crate::sql::UPSERT_RUNTIME)
-                    .bind(&r.node_id)
-                    .bind(&r.group)
-                    .bind(&r.controller_id)
-                    .bind(&r.session_id)
-                    .bind(&r.address)
-                    .bind(&r.runtime_version)
-                    .bind(r.applied_revision)
-                    .bind(r.connected)
-                    .bind(r.connected_at)
-                    .bind(r.last_seen)
-                    .bind(&r.last_error)
-                    .bind(r.last_error_revision)
-                    .bind(r.session_epoch)
-                    .bind(r.heartbeat_interval_ms)
+                let written = Self::bind_runtime(sqlx::query($crate::sql::UPSERT_RUNTIME), r)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok(written > 0)
+            }
+
+            async fn record_refusal(
+                &self,
+                r: &$crate::RuntimeRecord,
+                live_since: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::StoreError> {
+                let written = Self::bind_runtime(sqlx::query($crate::sql::REFUSE_RUNTIME), r)
+                    .bind(live_since)
                     .execute(&self.pool)
                     .await?
                     .rows_affected();
@@ -547,23 +578,39 @@ pub(crate) const SELECT_CHANGES: &str = "SELECT revision, kind, name, op, spec, 
      WHERE revision > $1 ORDER BY revision LIMIT $2";
 pub(crate) const DELETE_CHANGES: &str = "DELETE FROM changes WHERE revision <= $1";
 
-pub(crate) const UPSERT_RUNTIME: &str = "INSERT INTO runtimes (node_id, grp, controller_id, \
-     session_id, address, runtime_version, applied_revision, connected, connected_at, last_seen, \
-     last_error, last_error_revision, session_epoch, heartbeat_ms) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-     ON CONFLICT (node_id) DO UPDATE SET grp = excluded.grp, controller_id = excluded.controller_id, \
-     session_id = excluded.session_id, address = excluded.address, \
-     runtime_version = excluded.runtime_version, applied_revision = excluded.applied_revision, \
-     connected = excluded.connected, connected_at = excluded.connected_at, \
-     last_seen = excluded.last_seen, last_error = excluded.last_error, \
-     last_error_revision = excluded.last_error_revision, session_epoch = excluded.session_epoch, \
-     heartbeat_ms = excluded.heartbeat_ms \
-     WHERE excluded.session_epoch >= runtimes.session_epoch";
+/// Writes a runtime's whole row; the statements that use it add the condition under which an
+/// existing row is replaced.
+macro_rules! write_runtime {
+    ($condition:literal) => {
+        concat!(
+            "INSERT INTO runtimes (node_id, grp, controller_id, session_id, address, \
+             runtime_version, applied_revision, connected, connected_at, last_seen, last_error, \
+             last_error_revision, session_epoch, heartbeat_ms, refused) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             ON CONFLICT (node_id) DO UPDATE SET grp = excluded.grp, \
+             controller_id = excluded.controller_id, session_id = excluded.session_id, \
+             address = excluded.address, runtime_version = excluded.runtime_version, \
+             applied_revision = excluded.applied_revision, connected = excluded.connected, \
+             connected_at = excluded.connected_at, last_seen = excluded.last_seen, \
+             last_error = excluded.last_error, last_error_revision = excluded.last_error_revision, \
+             session_epoch = excluded.session_epoch, heartbeat_ms = excluded.heartbeat_ms, \
+             refused = excluded.refused ",
+            $condition
+        )
+    };
+}
+/// A new session replaces the row unless the row holds a later session.
+pub(crate) const UPSERT_RUNTIME: &str =
+    write_runtime!("WHERE excluded.session_epoch >= runtimes.session_epoch");
+/// A refusal replaces the row only when it holds no live session: one not connected, or
+/// silent since `$16`.
+pub(crate) const REFUSE_RUNTIME: &str =
+    write_runtime!("WHERE NOT runtimes.connected OR runtimes.last_seen < $16");
 pub(crate) const UPDATE_RUNTIME: &str = "UPDATE runtimes SET applied_revision = $3, connected = $4, \
      last_seen = $5, last_error = $6, last_error_revision = $7 \
      WHERE node_id = $1 AND session_id = $2";
 pub(crate) const SELECT_RUNTIMES: &str = "SELECT node_id, grp, controller_id, session_id, address, \
      runtime_version, applied_revision, connected, connected_at, last_seen, last_error, \
-     last_error_revision, session_epoch, heartbeat_ms FROM runtimes ORDER BY node_id";
+     last_error_revision, session_epoch, heartbeat_ms, refused FROM runtimes ORDER BY node_id";
 pub(crate) const SELECT_STORE_ID: &str = "SELECT store_id FROM gw_meta WHERE id = 1";
 pub(crate) const PRUNE_RUNTIMES: &str = "DELETE FROM runtimes WHERE last_seen < $1";

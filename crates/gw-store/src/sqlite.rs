@@ -106,7 +106,11 @@ impl SqliteStore {
             .acquire_timeout(options.timeout)
             .connect_with(connect)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        // an older controller keeps working on a schema a newer one migrated (a rolling
+        // upgrade, or a rollback): migrations only ever add
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
+        migrator.set_ignore_missing(true);
+        migrator.run(&pool).await?;
         let store_id = sqlx::query_scalar(sql::SELECT_STORE_ID)
             .fetch_one(&pool)
             .await?;

@@ -317,6 +317,7 @@ async fn fleet(f: Fixture) {
         last_seen: now,
         last_error: None,
         last_error_revision: None,
+        refused: None,
     };
     assert!(s.register_runtime(&r).await.unwrap());
     r.applied_revision = 4;
@@ -341,6 +342,42 @@ async fn fleet(f: Fixture) {
     assert_eq!(listed[0].controller_id, "ctl-b");
     assert!(listed[0].connected);
     assert_eq!(listed[0].last_error.as_deref(), Some("unknown policy"));
+
+    // a refusal (another process claiming the id, say) does not replace a live session...
+    let mut refusal = moved.clone();
+    refusal.controller_id = "ctl-a".into();
+    refusal.session_id = "r1".into();
+    refusal.session_epoch = 0;
+    refusal.connected = false;
+    refusal.refused = Some("protocol version 2 is not supported".into());
+    let live_since = now - chrono::Duration::seconds(35);
+    assert!(!s.record_refusal(&refusal, live_since).await.unwrap());
+    assert_eq!(s.list_runtimes().await.unwrap()[0].refused, None);
+    // ...but one that has gone silent
+    assert!(
+        s.record_refusal(&refusal, now + chrono::Duration::milliseconds(1))
+            .await
+            .unwrap()
+    );
+    let listed = s.list_runtimes().await.unwrap();
+    assert_eq!(listed[0].session_id, "r1");
+    assert_eq!(
+        listed[0].refused.as_deref(),
+        Some("protocol version 2 is not supported")
+    );
+    assert!(!listed[0].connected);
+    // refusals repeat while the runtime retries
+    assert!(s.record_refusal(&refusal, live_since).await.unwrap());
+    // the runtime, upgraded, connects: its session replaces the refusal
+    let mut upgraded = moved.clone();
+    upgraded.session_id = "s3".into();
+    upgraded.session_epoch = 12;
+    assert!(s.register_runtime(&upgraded).await.unwrap());
+    let listed = s.list_runtimes().await.unwrap();
+    assert_eq!(
+        (listed[0].session_id.as_str(), listed[0].refused.as_deref()),
+        ("s3", None)
+    );
 
     assert_eq!(
         s.prune_runtimes(now - chrono::Duration::seconds(1))

@@ -82,8 +82,14 @@ pub fn validate_node_id(node_id: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
+        let shown: String = node_id.chars().take(64).collect();
+        let cut = if shown.len() < node_id.len() {
+            "..."
+        } else {
+            ""
+        };
         Err(format!(
-            "invalid node id {node_id:?}: use 1 to 253 letters, digits, '-', '_', '.' or ':'"
+            "invalid node id {shown:?}{cut}: use 1 to 253 letters, digits, '-', '_', '.' or ':'"
         ))
     }
 }

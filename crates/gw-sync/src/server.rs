@@ -65,8 +65,10 @@ pub trait FleetObserver: Send + Sync + 'static {
     fn seen(&self, session: &SessionInfo, applied_revision: i64);
     /// Its stream ended.
     fn disconnected(&self, session: &SessionInfo, applied_revision: i64);
-    /// It was refused before a session started (bad Hello, incompatible protocol).
-    fn refused(&self, node_id: &str, reason: &str);
+    /// It was refused before a session started (bad Hello, incompatible protocol), saying
+    /// it serves `applied_revision`. `runtime` describes it as its Hello did, with a session
+    /// id of its own; its node id may be invalid (that can be the reason).
+    fn refused(&self, runtime: &SessionInfo, applied_revision: i64, reason: &str);
 }
 
 /// The source of truth for revisions (the controllers' store). When a runtime says it serves
@@ -228,6 +230,13 @@ impl SyncServer {
     }
 }
 
+/// `text` cut to at most `max` characters.
+fn clip(text: &str, max: usize) -> &str {
+    text.char_indices()
+        .nth(max)
+        .map_or(text, |(end, _)| &text[..end])
+}
+
 /// The largest message a controller accepts from a runtime.
 const MAX_INBOUND_BYTES: usize = 1024 * 1024;
 
@@ -266,9 +275,32 @@ impl ConfigSync for SyncServer {
             return Err(Status::invalid_argument("the first message must be Hello"));
         };
         let (tx, rx) = mpsc::channel(4);
+        let number = self.sessions.fetch_add(1, Ordering::Relaxed);
+        let heartbeat_interval = match hello.heartbeat_interval_ms {
+            0 => self.options.heartbeat_interval,
+            ms => Duration::from_millis(u64::from(ms))
+                .clamp(Duration::from_secs(1), Duration::from_mins(1)),
+        };
+        let info = SessionInfo {
+            session_id: format!(
+                "{}-{}-{:08x}",
+                self.controller_id,
+                number,
+                rand::random::<u32>()
+            ),
+            address: advertised_or_peer(&hello.advertise_address, peer),
+            node_id: hello.node_id.clone(),
+            group: hello.group.clone(),
+            runtime_version: clip(&hello.runtime_version, 128).to_string(),
+            connected_at: SystemTime::now(),
+            heartbeat_interval,
+            session_epoch: hello.session_epoch,
+        };
         if let Err(reason) = Self::check_hello(&hello) {
-            tracing::warn!(node = %hello.node_id, %reason, "refusing runtime");
-            self.observer.refused(&hello.node_id, &reason);
+            // the node id may be what is wrong with the Hello: logged cut short and escaped
+            tracing::warn!(node = ?clip(&hello.node_id, 64), %reason, "refusing runtime");
+            self.observer
+                .refused(&info, hello.applied_revision, &reason);
             let refusal = ControllerMessage {
                 message: Some(controller_message::Message::Refusal(Refusal { reason })),
             };
@@ -276,30 +308,10 @@ impl ConfigSync for SyncServer {
             let _ = tx.try_send(Ok(refusal));
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
         }
-        let number = self.sessions.fetch_add(1, Ordering::Relaxed);
-        let heartbeat_interval = match hello.heartbeat_interval_ms {
-            0 => self.options.heartbeat_interval,
-            ms => Duration::from_millis(u64::from(ms))
-                .clamp(Duration::from_secs(1), Duration::from_mins(1)),
-        };
         let kinds = supported_kinds(&hello);
         let session = Session {
             kinds,
-            info: SessionInfo {
-                session_id: format!(
-                    "{}-{}-{:08x}",
-                    self.controller_id,
-                    number,
-                    rand::random::<u32>()
-                ),
-                address: advertised_or_peer(&hello.advertise_address, peer),
-                node_id: hello.node_id,
-                group: hello.group,
-                runtime_version: hello.runtime_version,
-                connected_at: SystemTime::now(),
-                heartbeat_interval,
-                session_epoch: hello.session_epoch,
-            },
+            info,
             // a configuration from another store (or of unknown origin) is replaced whole
             acked: if hello.applied_revision > 0 && *hello.store_id == *self.store_id {
                 hello.applied_revision

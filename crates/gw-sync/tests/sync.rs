@@ -127,11 +127,11 @@ impl FleetObserver for Events {
             .unwrap()
             .push(format!("disconnected {} {applied}", s.node_id));
     }
-    fn refused(&self, node_id: &str, reason: &str) {
+    fn refused(&self, s: &SessionInfo, applied: i64, reason: &str) {
         self.0
             .lock()
             .unwrap()
-            .push(format!("refused {node_id} {reason}"));
+            .push(format!("refused {} {applied} {reason}", s.node_id));
     }
 }
 
@@ -455,6 +455,50 @@ async fn incompatible_runtime_is_refused_with_a_reason() {
     let _client = client(vec![ctl.address.clone()], "bad node id!", "default", &rt);
     eventually("the refusal", || events.contains("refused bad node id!")).await;
     assert_eq!(rt.revision(), 0);
+}
+
+/// A runtime of another protocol version (a version skew during an upgrade) is told why it
+/// is refused, and the fleet hears of it with the revision it serves.
+#[tokio::test]
+async fn a_runtime_of_another_protocol_version_is_refused_with_the_versions() {
+    use gw_sync::proto::config_sync_client::ConfigSyncClient;
+    use gw_sync::proto::{Hello, RuntimeMessage, controller_message, runtime_message};
+
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([change(1, "a", &["default"])]);
+    let events = Arc::new(Events::default());
+    let ctl = controller("ctl-a", &state, &events).await;
+    let mut client = ConfigSyncClient::connect(ctl.address.clone())
+        .await
+        .unwrap();
+    let hello = Hello {
+        node_id: "rt-next".into(),
+        group: "default".into(),
+        runtime_version: "9.0.0".into(),
+        protocol_version: gw_sync::PROTOCOL_VERSION + 1,
+        applied_revision: 7,
+        ..Hello::default()
+    };
+    let outbound = tokio_stream::iter([RuntimeMessage {
+        message: Some(runtime_message::Message::Hello(hello)),
+    }]);
+    let mut inbound = client.stream(outbound).await.unwrap().into_inner();
+    let Some(controller_message::Message::Refusal(refusal)) =
+        inbound.message().await.unwrap().and_then(|m| m.message)
+    else {
+        panic!("no refusal");
+    };
+    let expected = format!(
+        "protocol version {} is not supported by this controller (it speaks {})",
+        gw_sync::PROTOCOL_VERSION + 1,
+        gw_sync::PROTOCOL_VERSION
+    );
+    assert!(refusal.reason.starts_with(&expected), "{}", refusal.reason);
+    // the stream ends after the refusal
+    assert!(inbound.message().await.unwrap().is_none());
+    assert!(events.contains(&format!("refused rt-next 7 {expected}")));
+    // nothing was sent but the refusal: no configuration reached it
+    assert!(!events.contains("connected rt-next"));
 }
 
 #[tokio::test]

@@ -360,7 +360,7 @@ pub(super) async fn written(
     };
     let mut body = write.body;
     if let Some(report) = report {
-        body["applied"] = json!(report.applied);
+        report.describe(&mut body);
     }
     let status = if write.created {
         StatusCode::CREATED
@@ -399,7 +399,7 @@ pub(super) async fn deleted(
     let report = wait_if_asked(state, params, &groups, revision).await?;
     let mut body = json!({"name": name, "revision": revision, "deleted": true});
     if let Some(report) = report {
-        body["applied"] = json!(report.applied);
+        report.describe(&mut body);
     }
     let mut response = axum::Json(body).into_response();
     response.headers_mut().insert(header::ETAG, etag(revision));

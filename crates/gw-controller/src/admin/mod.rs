@@ -79,6 +79,8 @@ pub struct AppState {
     pub bundles: OnceLock<Arc<crate::bundles::BundleExporter>>,
     /// The controller's metrics (`GET /metrics`).
     pub metrics: prometheus_client::registry::Registry,
+    /// The controller is stopping: `/readyz` answers 503 while the drain period runs.
+    pub draining: AtomicBool,
 }
 
 impl AppState {
@@ -231,6 +233,7 @@ async fn healthz() -> Response {
 /// embedded runtime serves it).
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let reason = match state.store.get() {
+        _ if state.draining.load(Ordering::Acquire) => Some("draining".to_string()),
         None => Some("connecting to the database".to_string()),
         Some(_) if !state.loaded.load(Ordering::Acquire) => {
             Some("loading the desired state".to_string())
