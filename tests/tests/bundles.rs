@@ -283,6 +283,17 @@ async fn a_runtime_with_no_cache_and_no_controller_serves_the_newest_bundle_that
     ]);
     admin.wait_ready().await;
     wait_source(&runtime, "controller", revision).await;
+    // a delta from the bundle's revision, no snapshot
+    let status = runtime.addr("status");
+    assert_eq!(
+        metric::<i64>(status, "gw_sync_updates_total{kind=\"snapshot\"}").await,
+        None
+    );
+    assert!(
+        metric::<i64>(status, "gw_sync_updates_total{kind=\"delta\"}")
+            .await
+            .is_some_and(|n| n >= 1)
+    );
     assert!(
         controller.logged(&format!("\"applied\":{revision}")),
         "the Hello carried the bundle's revision:\n{}",
