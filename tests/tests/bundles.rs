@@ -283,6 +283,25 @@ async fn a_runtime_with_no_cache_and_no_controller_serves_the_newest_bundle_that
     ]);
     admin.wait_ready().await;
     wait_source(&runtime, "controller", revision).await;
+    // it exports again at once: the names planted above its revision are left alone, and
+    // its own bundle survives pruning (keep 3) rather than give way to them
+    eventually("the export of the restarted controller", WAIT, || async {
+        controller_metrics(&admin)
+            .await
+            .contains(&format!("gw_bundle_exported_revision {revision}"))
+    })
+    .await;
+    assert!(
+        controller.logged("bundle names above the revision just written"),
+        "{}",
+        controller.log()
+    );
+    let newest_valid = folder.join(format!("{revision:020}.gwb"));
+    assert!(
+        newest_valid.exists(),
+        "{:?}",
+        bundle_files(&bundles, "default")
+    );
     // a delta from the bundle's revision, no snapshot
     let status = runtime.addr("status");
     assert_eq!(

@@ -350,16 +350,31 @@ impl BundleTarget {
         }
     }
 
-    /// Deletes all but the `keep` newest bundles of `group`; returns the revisions deleted.
-    /// A bundle already gone (another controller pruned it) counts as deleted. In a
-    /// directory, temporary files older than an hour (left by a writer that crashed) go too.
-    pub async fn prune(&self, group: &str, keep: usize) -> Result<Vec<i64>, BundleError> {
+    /// Deletes the bundles of `group` older than `written` (the revision just written) but
+    /// for the `keep` newest (`written` counting as one); never `written` itself, nor a name
+    /// above it: those were not written by this export (junk, a store whose revisions run
+    /// ahead, a recreated database) and are returned in [`Pruned::newer`] for the caller to
+    /// warn about. A bundle already gone (another controller pruned it) counts as deleted.
+    /// In a directory, temporary files older than an hour (left by a writer that crashed) go
+    /// too.
+    pub async fn prune(
+        &self,
+        group: &str,
+        written: i64,
+        keep: usize,
+    ) -> Result<Pruned, BundleError> {
         let revisions = self.revisions(group).await?;
         if let Self::Dir(dir) = self {
             let folder = dir.join(group);
             let _ = tokio::task::spawn_blocking(move || remove_stale_temporaries(&folder)).await;
         }
-        let old: Vec<i64> = revisions.into_iter().skip(keep.max(1)).collect();
+        let newer: Vec<i64> = revisions.iter().copied().filter(|&r| r > written).collect();
+        // `written` is kept whether or not the listing shows it yet
+        let old: Vec<i64> = revisions
+            .into_iter()
+            .filter(|&r| r < written)
+            .skip(keep.max(1) - 1)
+            .collect();
         for &revision in &old {
             let location = self.location(group, revision);
             match self {
@@ -391,8 +406,20 @@ impl BundleTarget {
                 }
             }
         }
-        Ok(old)
+        Ok(Pruned {
+            deleted: old,
+            newer,
+        })
     }
+}
+
+/// What [`BundleTarget::prune`] did and saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// The revisions deleted, newest first.
+    pub deleted: Vec<i64>,
+    /// The names above the revision just written, newest first: left alone.
+    pub newer: Vec<i64>,
 }
 
 /// Writes `bytes` to `file` in `folder` through a temporary file of its own (so that
@@ -466,7 +493,8 @@ fn remove_stale_temporaries(folder: &Path) {
 /// The age past which a temporary file is a crashed writer's.
 const STALE: Duration = Duration::from_hours(1);
 
-/// The names in `dir`: its folders (`folders`) or its files; none if it does not exist.
+/// The names in `dir`: its folders (`folders`) or its regular files; none if it does not
+/// exist. Symbolic links, FIFOs, sockets and devices are neither: they are left out.
 fn list_dir(dir: &Path, folders: bool) -> Result<Vec<String>, BundleError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -481,22 +509,55 @@ fn list_dir(dir: &Path, folders: bool) -> Result<Vec<String>, BundleError> {
     };
     Ok(entries
         .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir() == folders))
+        // the entry's own type: a symbolic link is not followed
+        .filter(|e| {
+            e.file_type()
+                .is_ok_and(|t| if folders { t.is_dir() } else { t.is_file() })
+        })
         .filter_map(|e| e.file_name().into_string().ok())
         .collect())
 }
 
+/// Reads `file`, a regular file (never through a symbolic link, never a FIFO or a device)
+/// of at most [`MAX_BYTES`]: the limit holds for what is read, not for what `stat` said
+/// before (the file can grow in between).
 fn read_bounded(file: &Path) -> Result<Vec<u8>, BundleError> {
+    read_limited(file, MAX_BYTES)
+}
+
+/// [`read_bounded`] with another limit.
+fn read_limited(file: &Path, limit: usize) -> Result<Vec<u8>, BundleError> {
+    use std::io::Read as _;
+
     let io = |source| BundleError::Io {
         what: "cannot read",
         path: file.display().to_string(),
         source,
     };
-    let size = std::fs::metadata(file).map_err(io)?.len();
-    if size > MAX_BYTES as u64 {
-        return Err(BundleError::TooLarge(size));
+    let not_regular = || {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
+    };
+    // checked before the open (opening a FIFO would block until a writer comes), and again
+    // on the handle (the name may have been replaced in between)
+    if !std::fs::symlink_metadata(file).map_err(io)?.is_file() {
+        return Err(not_regular());
     }
-    std::fs::read(file).map_err(io)
+    let handle = std::fs::File::open(file).map_err(io)?;
+    if !handle.metadata().map_err(io)?.is_file() {
+        return Err(not_regular());
+    }
+    let mut bytes = Vec::new();
+    handle
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() > limit {
+        return Err(BundleError::TooLarge(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -590,12 +651,88 @@ mod tests {
             .unwrap();
         assert_eq!(target.groups().await.unwrap(), ["default", "edge"]);
         assert_eq!(target.revisions("edge").await.unwrap(), [11, 7, 5, 3]);
-        assert_eq!(target.prune("edge", 2).await.unwrap(), [5, 3]);
+        assert_eq!(target.prune("edge", 11, 2).await.unwrap().deleted, [5, 3]);
         assert_eq!(target.revisions("edge").await.unwrap(), [11, 7]);
         assert!(fresh.exists() && !old.exists());
         assert!(target.read("edge", 3).await.is_err());
         // groups cannot escape the directory
         assert!(target.write("../x", 1, Vec::new()).await.is_err());
         assert!(target.revisions("..").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn links_fifos_and_oversized_files_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = BundleTarget::Dir(dir.path().join("bundles"));
+        target.write("edge", 1, b"real".to_vec()).await.unwrap();
+        let folder = dir.path().join("bundles/edge");
+        // a link to a real bundle, a link to an endless device, a FIFO no one writes to
+        std::os::unix::fs::symlink(folder.join(file_name(1)), folder.join(file_name(2))).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", folder.join(file_name(3))).unwrap();
+        let fifo = folder.join(file_name(4));
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // a linked group folder is not a group
+        std::os::unix::fs::symlink(&folder, dir.path().join("bundles/linked")).unwrap();
+        std::fs::write(folder.join(file_name(5)), b"0123456789").unwrap();
+
+        let bounded = Duration::from_secs(20);
+        let checks = async {
+            assert_eq!(target.groups().await.unwrap(), ["edge"]);
+            assert_eq!(target.revisions("edge").await.unwrap(), [5, 1]);
+            for revision in [2, 3, 4] {
+                let err = target.read("edge", revision).await.unwrap_err();
+                assert!(err.to_string().contains("not a regular file"), "{err}");
+            }
+            // the limit holds for what is read
+            let ten = folder.join(file_name(5));
+            assert!(matches!(
+                read_limited(&ten, 9),
+                Err(BundleError::TooLarge(10))
+            ));
+            assert_eq!(read_limited(&ten, 10).unwrap(), b"0123456789");
+            assert_eq!(target.read("edge", 1).await.unwrap(), b"real");
+        };
+        tokio::time::timeout(bounded, checks)
+            .await
+            .expect("no read hangs");
+    }
+
+    #[tokio::test]
+    async fn pruning_never_deletes_the_bundle_just_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = BundleTarget::Dir(dir.path().to_path_buf());
+        for revision in [3, 5, 7] {
+            target
+                .write("edge", revision, b"old".to_vec())
+                .await
+                .unwrap();
+        }
+        // junk (or another store's bundles) with higher names
+        let folder = dir.path().join("edge");
+        for junk in [i64::MAX, 9_000, 8] {
+            std::fs::write(folder.join(file_name(junk)), b"junk").unwrap();
+        }
+        target.write("edge", 7, b"fresh".to_vec()).await.unwrap();
+        let pruned = target.prune("edge", 7, 2).await.unwrap();
+        assert_eq!(pruned.deleted, [3]);
+        assert_eq!(pruned.newer, [i64::MAX, 9_000, 8]);
+        assert_eq!(target.read("edge", 7).await.unwrap(), b"fresh");
+        assert_eq!(
+            target.revisions("edge").await.unwrap(),
+            [i64::MAX, 9_000, 8, 7, 5]
+        );
+        // keep 1: only the fresh one is left below the junk
+        let pruned = target.prune("edge", 7, 1).await.unwrap();
+        assert_eq!(pruned.deleted, [5]);
+        assert_eq!(target.read("edge", 7).await.unwrap(), b"fresh");
+        // the revision written counts as one of `keep` even when the listing does not show
+        // it yet (an S3 listing that lags)
+        std::fs::write(folder.join(file_name(4)), b"older").unwrap();
+        assert!(target.prune("edge", 6, 2).await.unwrap().deleted.is_empty());
+        assert_eq!(target.prune("edge", 6, 1).await.unwrap().deleted, [4]);
     }
 }

@@ -215,7 +215,19 @@ impl BundleExporter {
         let size = bytes.len();
         let target = &self.options.target;
         let location = target.write(group, revision, bytes).await?;
-        let pruned = target.prune(group, self.options.keep).await?;
+        let pruned = target.prune(group, revision, self.options.keep).await?;
+        if let Some(newest) = pruned.newer.first() {
+            tracing::warn!(
+                group,
+                revision,
+                newest,
+                others = pruned.newer.len() - 1,
+                bundles = %target,
+                "bundle names above the revision just written (junk, another store's \
+                 bundles, or a recreated database): left alone, and runtimes try them first"
+            );
+        }
+        let pruned = pruned.deleted;
         tracing::debug!(group, revision, %location, bytes = size, ?pruned, "bundle written");
         Ok(Exported {
             group: group.to_string(),
