@@ -398,6 +398,26 @@ pub async fn run(
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     };
+    // the exporter is in place before the admin API says loaded: `POST /api/v1/bundles`
+    // never answers `bundles_not_configured` on a controller that exports
+    let exporter = options.bundles.clone().map(|bundle_options| {
+        tracing::info!(
+            bundles = %bundle_options.target,
+            algorithm = bundle_options.key.algorithm(),
+            interval = ?bundle_options.interval,
+            keep = bundle_options.keep,
+            "exporting fallback bundles"
+        );
+        let exporter = Arc::new(BundleExporter::new(
+            Arc::clone(&desired),
+            bundle_options,
+            store.store_id(),
+            &options.node_id,
+            bundle_metrics,
+        ));
+        let _ = state.bundles.set(Arc::clone(&exporter));
+        exporter
+    });
     admin::mark_loaded(&state);
 
     let feed_healthy = Arc::new(AtomicBool::new(true));
@@ -420,22 +440,7 @@ pub async fn run(
             options.runtime_retention,
         )),
     ];
-    if let Some(bundle_options) = options.bundles.clone() {
-        tracing::info!(
-            bundles = %bundle_options.target,
-            algorithm = bundle_options.key.algorithm(),
-            interval = ?bundle_options.interval,
-            keep = bundle_options.keep,
-            "exporting fallback bundles"
-        );
-        let exporter = Arc::new(BundleExporter::new(
-            Arc::clone(&desired),
-            bundle_options,
-            store.store_id(),
-            &options.node_id,
-            bundle_metrics,
-        ));
-        let _ = state.bundles.set(Arc::clone(&exporter));
+    if let Some(exporter) = exporter {
         tasks.push(tokio::spawn(exporter.run()));
     }
     let recorder = Arc::new(FleetRecorder::new(options.node_id.clone()));
