@@ -26,10 +26,30 @@ fn ed25519_keys(dir: &Path) -> (String, String) {
     (signing.display().to_string(), verify.display().to_string())
 }
 
-/// A loopback address where nothing listens (connections are refused).
-fn dead_address() -> SocketAddr {
-    let listener = StdListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+/// A loopback address where nothing listens (connections are refused) for as long as it is
+/// held: the port stays bound (never listening), so that no other test's process takes it.
+struct DeadAddress {
+    _socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+fn dead_address() -> DeadAddress {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    DeadAddress {
+        _socket: socket,
+        addr,
+    }
+}
+
+/// A loopback port free now (for a server of another program to bind).
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spec(node_id: &str) -> ControllerSpec {
@@ -115,6 +135,15 @@ async fn controller_metrics(admin: &Admin) -> String {
         .expect("a text body")
 }
 
+/// The controller's `gw_bundle_exports_total{result="failed"}` (0 before the first).
+async fn failures(admin: &Admin) -> u64 {
+    controller_metrics(admin)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("gw_bundle_exports_total{result=\"failed\"} "))
+        .map_or(0, |n| n.parse().expect("a count"))
+}
+
 /// `POST /api/v1/bundles`: the status and body.
 async fn export(admin: &Admin) -> (u16, serde_json::Value) {
     let response = admin
@@ -180,6 +209,7 @@ async fn a_runtime_with_no_cache_and_no_controller_serves_the_newest_bundle_that
     // and on demand, answering what it wrote
     let (code, body) = export(&admin).await;
     assert_eq!(code, 200, "{body}");
+    assert_eq!(body["failed"], serde_json::json!([]), "{body}");
     let items = body["items"].as_array().unwrap();
     assert_eq!(items.len(), 2, "{body}");
     assert_eq!(items[0]["group"], "default");
@@ -375,9 +405,10 @@ async fn a_runtime_refuses_bundles_it_cannot_verify() {
     controller.kill();
 
     // signed with another key: refused, nothing served, and it says why
+    let dead = dead_address();
     let runtime = runtime_with(
         "refuse-rt",
-        &[dead_address()],
+        &[dead.addr],
         &dir.path().join("rt"),
         &[
             "--fallback-bundle",
@@ -387,11 +418,12 @@ async fn a_runtime_refuses_bundles_it_cannot_verify() {
         ],
     );
     let status = runtime.addr("status");
-    eventually("the refusal", WAIT, || async {
-        runtime.logged("refusing fallback bundle") && runtime.logged("bad signature")
+    eventually("the refusal, then the end of the attempt", WAIT, || async {
+        runtime.logged("refusing fallback bundle")
+            && runtime.logged("bad signature")
+            && runtime.logged("no fallback bundle could be loaded")
     })
     .await;
-    assert!(runtime.logged("no fallback bundle could be loaded"));
     let (code, body) = ready(status).await;
     assert_eq!(code, 503, "{body}");
     assert_eq!(body["source"], "none");
@@ -399,7 +431,7 @@ async fn a_runtime_refuses_bundles_it_cannot_verify() {
     // a bad key, or none, stops the runtime at start with the reason
     let mut no_key = runtime_with(
         "nokey-rt",
-        &[dead_address()],
+        &[dead.addr],
         &dir.path().join("rt2"),
         &["--fallback-bundle", &bundle_dir],
     );
@@ -407,7 +439,7 @@ async fn a_runtime_refuses_bundles_it_cannot_verify() {
     assert!(no_key.logged("--bundle-verify-key"), "{}", no_key.log());
     let mut private = runtime_with(
         "private-rt",
-        &[dead_address()],
+        &[dead.addr],
         &dir.path().join("rt3"),
         &[
             "--fallback-bundle",
@@ -424,41 +456,66 @@ async fn a_runtime_refuses_bundles_it_cannot_verify() {
 struct Moto {
     child: Child,
     endpoint: String,
+    /// Its stderr, for the failure messages.
+    log: tempfile::NamedTempFile,
 }
 
 impl Moto {
-    fn start() -> Self {
-        let installed = Command::new("sh")
-            .args(["-c", "command -v moto_server"])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/install");
-            let status = Command::new(script)
-                .arg("moto_server")
+    /// Installs moto_server when missing and starts it (the blocking parts off the async
+    /// workers), waiting until it listens or exits.
+    async fn start() -> Self {
+        tokio::task::spawn_blocking(|| {
+            let installed = Command::new("sh")
+                .args(["-c", "command -v moto_server"])
+                .stdout(Stdio::null())
                 .status()
-                .expect("tests/peers/install runs");
-            assert!(status.success(), "installing moto_server failed");
-        }
-        let port = dead_address().port();
+                .is_ok_and(|s| s.success());
+            if !installed {
+                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/install");
+                let status = Command::new(script)
+                    .arg("moto_server")
+                    .status()
+                    .expect("tests/peers/install runs");
+                assert!(status.success(), "installing moto_server failed");
+            }
+        })
+        .await
+        .expect("the installation does not panic");
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .expect("moto_server starts");
-        let moto = Self {
+        let mut moto = Self {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
+            log,
         };
         let deadline = Instant::now() + Duration::from_mins(1);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not listen");
-            std::thread::sleep(Duration::from_millis(50));
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                panic!("moto_server exited ({status}):\n{}", moto.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen:\n{}",
+                moto.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         moto
+    }
+
+    /// What moto_server wrote to stderr so far.
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     /// Creates a bucket (moto accepts any credentials).
@@ -498,7 +555,7 @@ impl Drop for Moto {
 
 #[tokio::test]
 async fn bundles_round_trip_through_s3_compatible_storage() {
-    let moto = Moto::start();
+    let moto = Moto::start().await;
     moto.create_bucket("gw-bundles").await;
     let dir = tempfile::tempdir().unwrap();
     let upstream = Upstream::start("from-s3").await;
@@ -574,10 +631,11 @@ async fn bundles_round_trip_through_s3_compatible_storage() {
     );
     controller.kill();
 
+    let dead = dead_address();
     let runtime_args = |node: &str, data: &str| -> Vec<String> {
         [
             "--controller",
-            &dead_address().to_string(),
+            &dead.addr.to_string(),
             "--node-id",
             node,
             "--proxy-addr",
@@ -637,6 +695,7 @@ async fn bundles_round_trip_through_s3_compatible_storage() {
         .put_api("items", &api_yaml("items", "/items", &upstream.url("")), "")
         .await;
     assert!(response.status().is_success());
+    let failed_before = failures(&admin).await;
     let (code, body) = export(&admin).await;
     assert_eq!(code, 502, "{body}");
     assert_eq!(body["error"]["code"], "bundle_export_failed");
@@ -647,10 +706,11 @@ async fn bundles_round_trip_through_s3_compatible_storage() {
             .contains("s3://no-such-bucket/gw"),
         "{body}"
     );
-    let metrics = controller_metrics(&admin).await;
+    // counted (a periodic tick may have failed as well: compared, not equal)
+    let failed_after = failures(&admin).await;
     assert!(
-        metrics.contains("gw_bundle_exports_total{result=\"failed\"} 1"),
-        "{metrics}"
+        failed_after > failed_before,
+        "{failed_before} -> {failed_after}"
     );
     assert_eq!(admin.get_json("/readyz").await.0, 200);
     let synced = runtime_with(

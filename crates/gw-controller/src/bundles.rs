@@ -103,6 +103,41 @@ pub struct Exported {
     pub pruned: Vec<i64>,
 }
 
+/// A group whose bundle could not be exported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupFailure {
+    /// The group; `None` when the target's groups could not be listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Why (locations, never credentials).
+    pub error: String,
+}
+
+impl std::fmt::Display for GroupFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.group {
+            Some(group) => write!(f, "group {group:?}: {}", self.error),
+            None => write!(f, "listing the groups: {}", self.error),
+        }
+    }
+}
+
+/// What one export did, group by group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportReport {
+    /// The bundles written, by group name.
+    pub written: Vec<Exported>,
+    /// The failures, by group name.
+    pub failed: Vec<GroupFailure>,
+}
+
+impl ExportReport {
+    /// Whether there were failures and nothing was written.
+    pub fn all_failed(&self) -> bool {
+        self.written.is_empty() && !self.failed.is_empty()
+    }
+}
+
 /// Failure logging at a bounded rate.
 #[derive(Debug, Default)]
 struct LogLimit {
@@ -151,54 +186,67 @@ impl BundleExporter {
 
     /// Exports every group now: the groups that have resources, and those that have bundles
     /// already (a group emptied since gets an empty bundle rather than keep a stale one).
-    /// Stops at the first failure, which is logged and counted.
-    pub async fn export(&self) -> Result<Vec<Exported>, BundleError> {
+    /// A group that fails does not stop the others: each failure is in the report, logged
+    /// and counted. A target whose groups cannot be listed is a failure too, and the groups
+    /// of the desired state are exported all the same.
+    pub async fn export(&self) -> ExportReport {
         let mut exported = self.exported.lock().await;
         let revision = self.state.revision();
-        let result = self.export_all().await;
-        match &result {
-            Ok(written) => {
-                *exported = revision;
-                self.metrics.revision.set(revision);
-                if !written.is_empty() {
-                    tracing::info!(
-                        revision,
-                        groups = written.len(),
-                        bundles = %self.options.target,
-                        "bundles exported"
-                    );
-                }
-            }
-            Err(err) => self.log_failure(err),
+        let report = self.export_all().await;
+        for failure in &report.failed {
+            self.log_failure(failure);
         }
-        result
+        if report.failed.is_empty() {
+            *exported = revision;
+            self.metrics.revision.set(revision);
+        }
+        if !report.written.is_empty() {
+            tracing::info!(
+                revision,
+                groups = report.written.len(),
+                failed = report.failed.len(),
+                bundles = %self.options.target,
+                "bundles exported"
+            );
+        }
+        report
     }
 
-    async fn export_all(&self) -> Result<Vec<Exported>, BundleError> {
+    async fn export_all(&self) -> ExportReport {
+        let mut report = ExportReport::default();
         if self.state.revision() == 0 {
             // nothing was ever deployed (or the state is not loaded): nothing to fall back on
-            return Ok(Vec::new());
+            return report;
         }
         let mut groups = self.state.groups();
-        groups.extend(self.options.target.groups().await.inspect_err(|_| {
-            self.metrics.count("failed");
-        })?);
+        match self.options.target.groups().await {
+            Ok(stored) => groups.extend(stored),
+            Err(err) => {
+                self.metrics.count("failed");
+                report.failed.push(GroupFailure {
+                    group: None,
+                    error: err.to_string(),
+                });
+            }
+        }
         groups.sort();
         groups.dedup();
-        let mut written = Vec::with_capacity(groups.len());
         for group in groups {
             match self.export_group(&group).await {
                 Ok(one) => {
                     self.metrics.count("written");
-                    written.push(one);
+                    report.written.push(one);
                 }
                 Err(err) => {
                     self.metrics.count("failed");
-                    return Err(err);
+                    report.failed.push(GroupFailure {
+                        group: Some(group),
+                        error: err.to_string(),
+                    });
                 }
             }
         }
-        Ok(written)
+        report
     }
 
     async fn export_group(&self, group: &str) -> Result<Exported, BundleError> {
@@ -239,7 +287,7 @@ impl BundleExporter {
         })
     }
 
-    fn log_failure(&self, err: &BundleError) {
+    fn log_failure(&self, failure: &GroupFailure) {
         let mut log = self
             .log
             .lock()
@@ -249,7 +297,7 @@ impl BundleExporter {
             return;
         }
         tracing::warn!(
-            error = %err,
+            error = %failure,
             bundles = %self.options.target,
             suppressed = log.suppressed,
             "bundle export failed (sync and the admin API are not affected)"
@@ -323,10 +371,14 @@ mod tests {
         let target = BundleTarget::Dir(dir.path().to_path_buf());
         let state = Arc::new(DesiredState::new(100));
         let exporter = exporter(&state, target.clone());
-        assert!(exporter.export().await.unwrap().is_empty(), "nothing yet");
+        assert_eq!(
+            exporter.export().await,
+            ExportReport::default(),
+            "nothing yet"
+        );
 
         state.apply([change(1, "a", &["default"]), change(2, "b", &["edge"])]);
-        let written = exporter.export().await.unwrap();
+        let written = exporter.export().await.written;
         let groups: Vec<(&str, i64)> = written
             .iter()
             .map(|e| (e.group.as_str(), e.revision))
@@ -343,9 +395,9 @@ mod tests {
 
         // b leaves edge: edge still gets a bundle, an empty one; only two are kept
         state.apply([change(3, "b", &["default"])]);
-        exporter.export().await.unwrap();
+        assert!(exporter.export().await.failed.is_empty());
         state.apply([change(4, "c", &["default"])]);
-        let written = exporter.export().await.unwrap();
+        let written = exporter.export().await.written;
         assert_eq!(written[1].group, "edge");
         assert_eq!(written[1].resources, 0);
         assert_eq!(written[1].pruned, [2]);
@@ -362,20 +414,56 @@ mod tests {
         let state = Arc::new(DesiredState::new(100));
         state.apply([change(1, "a", &["default"])]);
         let exporter = exporter(&state, BundleTarget::Dir(blocked));
-        let err = exporter.export().await.unwrap_err();
-        assert!(err.to_string().contains("cannot"), "{err}");
+        let report = exporter.export().await;
+        assert!(report.all_failed(), "{report:?}");
+        // the listing, then the group of the desired state all the same
+        let groups: Vec<Option<&str>> = report.failed.iter().map(|f| f.group.as_deref()).collect();
+        assert_eq!(groups, [None, Some("default")]);
+        assert!(report.failed[1].error.contains("cannot"), "{report:?}");
         assert_eq!(
             exporter
                 .metrics
                 .exports
                 .get_or_create(&ResultLabels { result: "failed" })
                 .get(),
-            1
+            2
         );
         assert_eq!(*exporter.exported.lock().await, 0, "not exported");
-        // the next failure within a minute is counted, not logged
-        exporter.export().await.unwrap_err();
-        assert_eq!(exporter.log.lock().unwrap().suppressed, 1);
+        // the next failures within a minute are counted, not logged
+        assert!(exporter.export().await.all_failed());
+        assert_eq!(exporter.log.lock().unwrap().suppressed, 3);
+    }
+
+    #[tokio::test]
+    async fn a_failing_group_does_not_stop_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = BundleTarget::Dir(dir.path().to_path_buf());
+        // edge's folder cannot be made: a file has its name
+        std::fs::write(dir.path().join("edge"), b"x").unwrap();
+        let state = Arc::new(DesiredState::new(100));
+        state.apply([
+            change(1, "a", &["default"]),
+            change(2, "b", &["edge"]),
+            change(3, "c", &["zone"]),
+        ]);
+        let exporter = exporter(&state, target.clone());
+        let report = exporter.export().await;
+        assert!(!report.all_failed());
+        let written: Vec<&str> = report.written.iter().map(|e| e.group.as_str()).collect();
+        assert_eq!(written, ["default", "zone"]);
+        assert_eq!(report.failed.len(), 1, "{report:?}");
+        assert_eq!(report.failed[0].group.as_deref(), Some("edge"));
+        assert_eq!(target.revisions("zone").await.unwrap(), [3]);
+        let count = |result| {
+            exporter
+                .metrics
+                .exports
+                .get_or_create(&ResultLabels { result })
+                .get()
+        };
+        assert_eq!((count("written"), count("failed")), (2, 1));
+        // an incomplete export is not the last complete one: the next tick tries again
+        assert_eq!(*exporter.exported.lock().await, 0);
     }
 
     #[tokio::test]
@@ -389,8 +477,8 @@ mod tests {
         for revision in 1..=20 {
             state.apply([change(revision, &format!("api{revision}"), &["default"])]);
             let (left, right) = tokio::join!(a.export(), b.export());
-            left.unwrap();
-            right.unwrap();
+            assert!(left.failed.is_empty(), "{left:?}");
+            assert!(right.failed.is_empty(), "{right:?}");
             let newest = target.revisions("default").await.unwrap();
             assert_eq!(newest[0], revision);
             assert!(newest.len() <= 2, "{newest:?}");

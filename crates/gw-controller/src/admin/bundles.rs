@@ -14,8 +14,11 @@ use super::{ApiError, AppState};
 const CATCH_UP: Duration = Duration::from_secs(5);
 
 /// `POST /api/v1/bundles`: exports every group's bundle now and answers what was written
-/// (`{"revision", "target", "items": [{"group", "revision", "location", "bytes",
-/// "resources", "pruned"}]}`).
+/// and what failed, group by group (`{"revision", "target", "items": [{"group",
+/// "revision", "location", "bytes", "resources", "pruned"}], "failed": [{"group",
+/// "error"}]}`, a failure without a group being the listing of the target's groups): 200
+/// when at least one group was written (or there was nothing to export), 502
+/// `bundle_export_failed` when every attempt failed.
 pub(super) async fn export(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     if !state.loaded.load(Ordering::Acquire) {
         state.store()?;
@@ -50,18 +53,24 @@ pub(super) async fn export(State(state): State<Arc<AppState>>) -> Result<Respons
             ),
         ));
     }
-    let items = exporter.export().await.map_err(|err| {
-        ApiError::new(
+    let report = exporter.export().await;
+    if report.all_failed() {
+        let failures: Vec<String> = report.failed.iter().map(ToString::to_string).collect();
+        return Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
             "bundle_export_failed",
-            format!("the bundle export failed: {err}"),
-        )
-    })?;
-    let revision = items.iter().map(|i| i.revision).max().unwrap_or(0);
+            format!(
+                "the bundle export failed for every group: {}",
+                failures.join("; ")
+            ),
+        ));
+    }
+    let revision = report.written.iter().map(|i| i.revision).max().unwrap_or(0);
     Ok(axum::Json(serde_json::json!({
         "revision": revision,
         "target": exporter.target().to_string(),
-        "items": items,
+        "items": report.written,
+        "failed": report.failed,
     }))
     .into_response())
 }
