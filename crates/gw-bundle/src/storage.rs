@@ -116,6 +116,20 @@ fn check_group(group: &str) -> Result<(), BundleError> {
     }
 }
 
+/// `url` without the user name and password of its authority (`scheme://user:pass@host/p`
+/// is `scheme://host/p`), for messages.
+fn without_user_info(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}{path}")
+}
+
 static TEMPORARY: AtomicU64 = AtomicU64::new(0);
 
 impl BundleTarget {
@@ -130,7 +144,8 @@ impl BundleTarget {
         }
         if location.contains("://") {
             return Err(BundleError::Location(format!(
-                "{location:?}: use a directory path or s3://bucket/prefix"
+                "{:?}: use a directory path or s3://bucket/prefix",
+                without_user_info(location)
             )));
         }
         Ok(Self::Dir(PathBuf::from(location)))
@@ -611,6 +626,20 @@ mod tests {
             let err = BundleTarget::parse(bad, &S3Options::default()).unwrap_err();
             assert!(!err.to_string().contains("secret"), "{err}");
         }
+    }
+
+    #[test]
+    fn credentials_in_a_refused_url_are_not_quoted() {
+        let err = BundleTarget::parse("https://user:token@host/b", &S3Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("token") && !err.contains("user"), "{err}");
+        assert!(err.contains("\"https://host/b\""), "{err}");
+        assert_eq!(
+            without_user_info("http://host:9/p?q=a@b"),
+            "http://host:9/p?q=a@b"
+        );
+        assert_eq!(without_user_info("ftp://a@b@host"), "ftp://host");
     }
 
     #[tokio::test]
