@@ -12,17 +12,14 @@ use std::time::{Duration, Instant};
 
 use gw_bundle::storage::BundleTarget;
 use gw_bundle::{Bundle, BundleError, SigningKey};
+use gw_sync::KINDS;
 use gw_sync::state::DesiredState;
-use gw_sync::{KIND_API, KIND_CERTIFICATE, KIND_CONSUMER};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-
-/// The resource kinds a bundle holds: all that the sync protocol carries.
-const KINDS: [&str; 3] = [KIND_API, KIND_CERTIFICATE, KIND_CONSUMER];
 
 /// The shortest interval between two failure log lines.
 const LOG_EVERY: Duration = Duration::from_mins(1);
@@ -325,6 +322,7 @@ impl BundleExporter {
 
 #[cfg(test)]
 mod tests {
+    use gw_sync::KIND_API;
     use gw_sync::proto::Resource;
     use gw_sync::state::{Entry, StateChange};
 

@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use gw_bundle::VerifyKey;
 use gw_bundle::storage::BundleTarget;
+use gw_sync::KINDS;
 use gw_sync::client::ClientStatus;
 use tokio::sync::watch;
 
-use crate::state::{ConfigState, KINDS, Origin};
+use crate::state::{ConfigState, Origin};
 
 /// How often a runtime that could not load any bundle tries again.
 pub const RETRY: Duration = Duration::from_secs(10);

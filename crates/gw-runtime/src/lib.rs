@@ -357,7 +357,7 @@ impl Runtime {
                 client_options.runtime_version = env!("CARGO_PKG_VERSION").to_string();
                 client_options.supported_policies = options.policies.names();
                 client_options.supported_kinds =
-                    state::KINDS.iter().map(ToString::to_string).collect();
+                    gw_sync::KINDS.iter().map(ToString::to_string).collect();
                 client_options.advertise_address =
                     options.advertise_address.clone().unwrap_or_default();
                 client_options.heartbeat_interval = options.heartbeat_interval;

@@ -21,7 +21,7 @@ use gw_core::gateway::Resources as GatewayResources;
 use gw_core::model::{ApiDefinition, CertificateDefinition, ConsumerDefinition, ValidationContext};
 use gw_sync::client::Applier;
 use gw_sync::proto::{Resource, ResourceRef};
-use gw_sync::{KIND_API, KIND_CERTIFICATE, KIND_CONSUMER};
+use gw_sync::{KIND_API, KIND_CERTIFICATE, KIND_CONSUMER, KINDS};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -139,11 +139,6 @@ impl<T> Clone for Installed<T> {
         }
     }
 }
-
-/// The resource kinds this runtime applies: what it declares to controllers and what its
-/// cache lists. A cache that lacks one of them is served, but its revision is not trusted
-/// for a delta (the resources of the missing kind made before it were never sent).
-pub const KINDS: [&str; 3] = [KIND_API, KIND_CERTIFICATE, KIND_CONSUMER];
 
 /// Every resource of a configuration, by kind and name.
 #[derive(Debug, Clone, Default)]

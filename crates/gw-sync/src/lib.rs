@@ -32,6 +32,12 @@ pub const KIND_CERTIFICATE: &str = "certificate";
 /// The kind of a consumer resource (sent sealed: keys and passwords as hashes only).
 pub const KIND_CONSUMER: &str = "consumer";
 
+/// Every resource kind the sync protocol carries: what a controller sends and a bundle holds,
+/// and what a runtime of this version applies, declares to controllers and lists in its
+/// cache. A cache that lacks one of them is served, but its revision is not trusted for a
+/// delta (the resources of the missing kind made before it were never sent).
+pub const KINDS: [&str; 3] = [KIND_API, KIND_CERTIFICATE, KIND_CONSUMER];
+
 /// The largest message either side accepts: a Snapshot holds a whole group's configuration.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
