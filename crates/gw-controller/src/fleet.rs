@@ -270,8 +270,10 @@ impl FleetObserver for FleetRecorder {
             refused: Some(clip(reason, 4000)),
         };
         // a session is live while it is not stale (see `view`)
-        let live_since =
-            now - chrono::Duration::from_std(stale_after(&record)).unwrap_or(chrono::Duration::MAX);
+        let live_since = chrono::Duration::from_std(stale_after(&record))
+            .ok()
+            .and_then(|stale| now.checked_sub_signed(stale))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         self.mark_refusal(record, live_since);
     }
 }
