@@ -18,6 +18,11 @@ pub enum PathError {
     /// The path does not start with `/`.
     #[error("the path must start with '/'")]
     NotAbsolute,
+    /// A `%` not followed by two hex digits. Decoding around it could make a new escape
+    /// (`%%330` reads `%30` once decoded, and `0` twice), so that routing and the upstream
+    /// would read different paths.
+    #[error("'%' must be followed by two hex digits in the path")]
+    InvalidEscape,
     /// `%2F` or `%5C`: a separator hidden from routing.
     #[error("encoded '/' or '\\' is not allowed in the path")]
     EncodedSeparator,
@@ -171,12 +176,15 @@ fn ends_with_dot_segment(path: &str) -> bool {
 fn check_encodings(path: &str) -> Result<(), PathError> {
     let bytes = path.as_bytes();
     for (i, _) in path.match_indices('%') {
-        let hex = bytes.get(i + 1..i + 3);
-        if let Some([a, b]) = hex {
-            let code = (hex_value(*a), hex_value(*b));
-            if matches!(code, (Some(2), Some(0xF)) | (Some(5), Some(0xC))) {
+        let Some([a, b]) = bytes.get(i + 1..i + 3) else {
+            return Err(PathError::InvalidEscape);
+        };
+        match (hex_value(*a), hex_value(*b)) {
+            (Some(2), Some(0xF)) | (Some(5), Some(0xC)) => {
                 return Err(PathError::EncodedSeparator);
             }
+            (Some(_), Some(_)) => {}
+            _ => return Err(PathError::InvalidEscape),
         }
     }
     for segment in path.split('/') {
@@ -257,6 +265,10 @@ mod tests {
             ("/a/%2e/b", Err(PathError::EncodedDotSegment)),
             ("/a/file%2etxt", Ok("/a/file.txt")),
             ("/a/%20b", Ok("/a/%20b")),
+            ("/%%330", Err(PathError::InvalidEscape)),
+            ("/a%", Err(PathError::InvalidEscape)),
+            ("/a%2", Err(PathError::InvalidEscape)),
+            ("/a%zz", Err(PathError::InvalidEscape)),
             ("/a/...", Ok("/a/...")),
             ("/a/..;/admin", Err(PathError::DotSegmentParameter)),
             ("/a/..;x=1/admin", Err(PathError::DotSegmentParameter)),
@@ -303,7 +315,8 @@ mod tests {
         assert!(matches!(normalize("/a%20b").unwrap(), Cow::Borrowed(_)));
         assert_eq!(normalize("/a/%61/../b").unwrap(), "/a/b");
         assert_eq!(normalize("/a/b%2e/c").unwrap(), "/a/b./c");
-        assert_eq!(normalize("/a%zz").unwrap(), "/a%zz");
+        // a malformed escape is refused, not kept: decoding around it could make a new one
+        assert_eq!(normalize("/a%zz"), Err(PathError::InvalidEscape));
         // still refused, as before
         assert!(normalize("/a/%2e%2e/b").is_err());
         assert!(normalize("/a%2fb").is_err());
