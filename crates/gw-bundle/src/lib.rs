@@ -138,6 +138,9 @@ pub enum BundleError {
     /// Larger than [`MAX_BYTES`].
     #[error("the bundle is {0} bytes, over the limit of {MAX_BYTES}")]
     TooLarge(u64),
+    /// Grew past [`MAX_BYTES`] while it was read.
+    #[error("the bundle grew past the limit of {MAX_BYTES} bytes while it was read")]
+    Grew,
     /// A directory operation failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -156,13 +159,23 @@ pub enum BundleError {
         what: &'static str,
         /// The object or prefix.
         location: String,
-        /// The cause.
+        /// The cause, summed up: never the response body (an S3 error body can carry the
+        /// access key id, the canonical request and a session token).
         #[source]
-        source: object_store::Error,
+        source: storage::StoreFailure,
     },
     /// The storage location is not usable.
     #[error("invalid bundle location: {0}")]
     Location(String),
+}
+
+impl BundleError {
+    /// Whether the object storage could not be reached or did not answer in time (a
+    /// connection refused or reset, a timeout): the next request to it would most likely
+    /// fail the same way.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, Self::ObjectStore { source, .. } if source.transport)
+    }
 }
 
 impl Bundle {

@@ -116,18 +116,113 @@ fn check_group(group: &str) -> Result<(), BundleError> {
     }
 }
 
-/// `url` without the user name and password of its authority (`scheme://user:pass@host/p`
-/// is `scheme://host/p`), for messages.
-fn without_user_info(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    format!("{scheme}://{host}{path}")
+/// What an object storage request failed with, summed up for messages, logs and API
+/// answers: the kind of error, the HTTP status and S3's error code when there are, and
+/// whether the service could not be reached. Never the response body, nor the request: an
+/// S3 error body (`SignatureDoesNotMatch`) carries the access key id and the canonical
+/// request, and can carry a session token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFailure {
+    /// What kind of error (`permission denied`, `not found`, `timed out`, …).
+    pub kind: &'static str,
+    /// The HTTP status of the answer, if any.
+    pub status: Option<u16>,
+    /// S3's error code (`<Code>` of the answer), if any.
+    pub code: Option<String>,
+    /// Whether the service could not be reached or did not answer in time.
+    pub transport: bool,
+}
+
+impl StoreFailure {
+    /// The summary of `err`.
+    pub fn of(err: &object_store::Error) -> Self {
+        use object_store::Error as E;
+        use object_store::client::{HttpError, HttpErrorKind};
+
+        let mut kind = match err {
+            E::NotFound { .. } => "not found",
+            E::InvalidPath { .. } => "invalid path",
+            E::JoinError { .. } => "task failed",
+            E::NotSupported { .. } => "not supported",
+            E::AlreadyExists { .. } => "already exists",
+            E::Precondition { .. } => "precondition failed",
+            E::NotModified { .. } => "not modified",
+            E::NotImplemented { .. } => "not implemented",
+            E::PermissionDenied { .. } => "permission denied",
+            E::Unauthenticated { .. } => "unauthenticated",
+            E::UnknownConfigurationKey { .. } => "unknown configuration key",
+            _ => "request failed",
+        };
+        let mut transport = false;
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(error) = cause {
+            if let Some(http) = error.downcast_ref::<HttpError>() {
+                match http.kind() {
+                    HttpErrorKind::Connect => (kind, transport) = ("cannot connect", true),
+                    HttpErrorKind::Timeout => (kind, transport) = ("timed out", true),
+                    HttpErrorKind::Request | HttpErrorKind::Interrupted => {
+                        (kind, transport) = ("connection failed", true);
+                    }
+                    _ => kind = "bad response",
+                }
+            }
+            cause = error.source();
+        }
+        // the text is only searched, never shown
+        let text = err.to_string();
+        let status = text
+            .split_once("status code: ")
+            .and_then(|(_, rest)| rest.get(..3))
+            .and_then(|digits| digits.parse::<u16>().ok())
+            .filter(|status| (100..600).contains(status));
+        let code = text
+            .split_once("<Code>")
+            .and_then(|(_, rest)| rest.split_once("</Code>"))
+            .map(|(code, _)| code)
+            .filter(|code| {
+                (1..=64).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric())
+            })
+            .map(str::to_string);
+        Self {
+            kind,
+            status,
+            code,
+            transport,
+        }
+    }
+
+    /// A client that cannot be built from the settings.
+    fn configuration() -> Self {
+        Self {
+            kind: "invalid S3 settings (bucket, endpoint, region or AWS_* variables)",
+            status: None,
+            code: None,
+            transport: false,
+        }
+    }
+}
+
+impl std::fmt::Display for StoreFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind)?;
+        match (self.status, &self.code) {
+            (Some(status), Some(code)) => write!(f, " (HTTP {status}, S3 code {code})"),
+            (Some(status), None) => write!(f, " (HTTP {status})"),
+            (None, Some(code)) => write!(f, " (S3 code {code})"),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for StoreFailure {}
+
+/// [`BundleError::ObjectStore`] for `err`, summed up.
+fn store_error(what: &'static str, location: String, err: &object_store::Error) -> BundleError {
+    BundleError::ObjectStore {
+        what,
+        location,
+        source: StoreFailure::of(err),
+    }
 }
 
 static TEMPORARY: AtomicU64 = AtomicU64::new(0);
@@ -142,10 +237,20 @@ impl BundleTarget {
         if let Some(rest) = location.strip_prefix("s3://") {
             return Self::s3(rest, s3);
         }
-        if location.contains("://") {
+        if let Some((scheme, _)) = location.split_once("://") {
+            // only the scheme: the rest can hold a password, whose '/', '?' or '#' (left
+            // unencoded) no parse can tell from the path
+            let scheme = if (1..=16).contains(&scheme.len())
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+            {
+                scheme
+            } else {
+                "this scheme"
+            };
             return Err(BundleError::Location(format!(
-                "{:?}: use a directory path or s3://bucket/prefix",
-                without_user_info(location)
+                "{scheme}:// is not supported: use a directory path or s3://bucket/prefix"
             )));
         }
         Ok(Self::Dir(PathBuf::from(location)))
@@ -191,10 +296,11 @@ impl BundleTarget {
         if let Some(region) = &options.region {
             builder = builder.with_region(region);
         }
-        let store = builder.build().map_err(|source| BundleError::ObjectStore {
+        // the builder's message can quote a URL given in the environment: not shown
+        let store = builder.build().map_err(|_| BundleError::ObjectStore {
             what: "cannot use",
             location: format!("s3://{bucket}"),
-            source,
+            source: StoreFailure::configuration(),
         })?;
         let url = if prefix.is_empty() {
             format!("s3://{bucket}")
@@ -251,11 +357,7 @@ impl BundleTarget {
                 store
                     .put(&key, PutPayload::from(bytes))
                     .await
-                    .map_err(|source| BundleError::ObjectStore {
-                        what: "cannot write",
-                        location: location.clone(),
-                        source,
-                    })?;
+                    .map_err(|err| store_error("cannot write", location.clone(), &err))?;
             }
         }
         Ok(location)
@@ -281,11 +383,7 @@ impl BundleTarget {
                 let listed = store
                     .list_with_delimiter(Some(&folder))
                     .await
-                    .map_err(|source| BundleError::ObjectStore {
-                        what: "cannot list",
-                        location: format!("{self}/{group}/"),
-                        source,
-                    })?;
+                    .map_err(|err| store_error("cannot list", format!("{self}/{group}/"), &err))?;
                 listed
                     .objects
                     .iter()
@@ -316,11 +414,7 @@ impl BundleTarget {
                 let listed = store
                     .list_with_delimiter(root.as_ref())
                     .await
-                    .map_err(|source| BundleError::ObjectStore {
-                        what: "cannot list",
-                        location: self.to_string(),
-                        source,
-                    })?;
+                    .map_err(|err| store_error("cannot list", self.to_string(), &err))?;
                 listed
                     .common_prefixes
                     .iter()
@@ -350,11 +444,7 @@ impl BundleTarget {
             }
             Self::S3 { store, prefix, .. } => {
                 let key = Self::key(prefix, &[group, &file_name(revision)]);
-                let failed = |source| BundleError::ObjectStore {
-                    what: "cannot read",
-                    location: location.clone(),
-                    source,
-                };
+                let failed = |err| store_error("cannot read", location.clone(), &err);
                 let object = store.get(&key).await.map_err(failed)?;
                 if object.meta.size > MAX_BYTES as u64 {
                     return Err(BundleError::TooLarge(object.meta.size));
@@ -410,13 +500,7 @@ impl BundleTarget {
                     let key = Self::key(prefix, &[group, &file_name(revision)]);
                     match store.delete(&key).await {
                         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                        Err(source) => {
-                            return Err(BundleError::ObjectStore {
-                                what: "cannot delete",
-                                location,
-                                source,
-                            });
-                        }
+                        Err(err) => return Err(store_error("cannot delete", location, &err)),
                     }
                 }
             }
@@ -534,8 +618,8 @@ fn list_dir(dir: &Path, folders: bool) -> Result<Vec<String>, BundleError> {
 }
 
 /// Reads `file`, a regular file (never through a symbolic link, never a FIFO or a device)
-/// of at most [`MAX_BYTES`]: the limit holds for what is read, not for what `stat` said
-/// before (the file can grow in between).
+/// of at most [`MAX_BYTES`]: a larger file is refused from its `fstat` without being read,
+/// and the limit holds for what is read too (the file can grow in between).
 fn read_bounded(file: &Path) -> Result<Vec<u8>, BundleError> {
     read_limited(file, MAX_BYTES)
 }
@@ -549,30 +633,48 @@ fn read_limited(file: &Path, limit: usize) -> Result<Vec<u8>, BundleError> {
         path: file.display().to_string(),
         source,
     };
-    let not_regular = || {
-        io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ))
-    };
-    // checked before the open (opening a FIFO would block until a writer comes), and again
-    // on the handle (the name may have been replaced in between)
-    if !std::fs::symlink_metadata(file).map_err(io)?.is_file() {
-        return Err(not_regular());
+    // one open that follows no link (a final symbolic link fails with ELOOP) and never
+    // blocks (a FIFO opens at once, without waiting for a writer); what was opened is then
+    // checked on the handle, so nothing can be swapped in between
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(file)
+        .map_err(|err| {
+            if err.raw_os_error() == Some(libc::ELOOP) {
+                not_regular(file)
+            } else {
+                io(err)
+            }
+        })?;
+    let metadata = handle.metadata().map_err(io)?;
+    if !metadata.is_file() {
+        return Err(not_regular(file));
     }
-    let handle = std::fs::File::open(file).map_err(io)?;
-    if !handle.metadata().map_err(io)?.is_file() {
-        return Err(not_regular());
+    // refused before a byte is read: a sparse file of 100 GB is not read to find out
+    if metadata.len() > limit as u64 {
+        return Err(BundleError::TooLarge(metadata.len()));
     }
-    let mut bytes = Vec::new();
+    let expected = usize::try_from(metadata.len()).unwrap_or(limit);
+    let mut bytes = Vec::with_capacity(expected + 1);
+    // the file can grow after the `fstat`: the limit holds for what is read too
     handle
         .take(limit as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(io)?;
     if bytes.len() > limit {
-        return Err(BundleError::TooLarge(bytes.len() as u64));
+        return Err(BundleError::Grew);
     }
     Ok(bytes)
+}
+
+/// The error for a name that is not a regular file.
+fn not_regular(file: &Path) -> BundleError {
+    BundleError::Io {
+        what: "cannot read",
+        path: file.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+    }
 }
 
 #[cfg(test)]
@@ -630,16 +732,77 @@ mod tests {
 
     #[test]
     fn credentials_in_a_refused_url_are_not_quoted() {
-        let err = BundleTarget::parse("https://user:token@host/b", &S3Options::default())
+        for url in [
+            "https://user:token@host/b",
+            "https://u:p/ss@host",
+            "https://u:p?ss@host/b",
+            "https://u:p#ss@host",
+        ] {
+            let err = BundleTarget::parse(url, &S3Options::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                !err.contains("token") && !err.contains("ss") && !err.contains("host"),
+                "{err}"
+            );
+            assert!(err.contains("https:// is not supported"), "{err}");
+        }
+        let err = BundleTarget::parse("a:secret@b://c", &S3Options::default())
             .unwrap_err()
             .to_string();
-        assert!(!err.contains("token") && !err.contains("user"), "{err}");
-        assert!(err.contains("\"https://host/b\""), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn object_storage_errors_are_summed_up_without_the_body() {
+        let body = "Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?>\
+            <Error><Code>SignatureDoesNotMatch</Code><AWSAccessKeyId>AKIAEXAMPLEKEY</AWSAccessKeyId>\
+            <CanonicalRequest>PUT /b/k x-amz-security-token:SESSIONTOKEN</CanonicalRequest></Error>";
+        let err = object_store::Error::PermissionDenied {
+            path: "edge/00000000000000000007.gwb".into(),
+            source: body.into(),
+        };
+        let failure = StoreFailure::of(&err);
+        assert_eq!(failure.status, Some(403));
+        assert_eq!(failure.code.as_deref(), Some("SignatureDoesNotMatch"));
+        assert!(!failure.transport);
+        let shown = store_error("cannot write", "s3://b/edge/x.gwb".into(), &err);
+        let mut text = format!("{shown} {shown:?}");
+        let mut cause = std::error::Error::source(&shown);
+        while let Some(inner) = cause {
+            text.push_str(&inner.to_string());
+            cause = inner.source();
+        }
+        for secret in [
+            "AWSAccessKeyId",
+            "AKIAEXAMPLEKEY",
+            "SESSIONTOKEN",
+            "Canonical",
+        ] {
+            assert!(!text.contains(secret), "{text}");
+        }
         assert_eq!(
-            without_user_info("http://host:9/p?q=a@b"),
-            "http://host:9/p?q=a@b"
+            shown.to_string(),
+            "cannot write s3://b/edge/x.gwb: permission denied (HTTP 403, S3 code SignatureDoesNotMatch)"
         );
-        assert_eq!(without_user_info("ftp://a@b@host"), "ftp://host");
+        // a code that is not a plain word is left out
+        let odd = object_store::Error::Generic {
+            store: "S3",
+            source: "<Code>a b AWSAccessKeyId</Code>".into(),
+        };
+        assert_eq!(StoreFailure::of(&odd).to_string(), "request failed");
+        // a service that cannot be reached is a transport failure
+        let refused = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(object_store::client::HttpError::new(
+                object_store::client::HttpErrorKind::Connect,
+                std::io::Error::other("connection refused"),
+            )),
+        };
+        let failure = StoreFailure::of(&refused);
+        assert!(failure.transport, "{failure:?}");
+        assert!(store_error("cannot list", "s3://b".into(), &refused).is_transport());
+        assert_eq!(failure.to_string(), "cannot connect");
     }
 
     #[tokio::test]
@@ -716,13 +879,24 @@ mod tests {
                 let err = target.read("edge", revision).await.unwrap_err();
                 assert!(err.to_string().contains("not a regular file"), "{err}");
             }
-            // the limit holds for what is read
+            // the limit holds for the size the handle has, before a byte is read
             let ten = folder.join(file_name(5));
             assert!(matches!(
                 read_limited(&ten, 9),
                 Err(BundleError::TooLarge(10))
             ));
             assert_eq!(read_limited(&ten, 10).unwrap(), b"0123456789");
+            // a sparse file of 100 GB is refused from its size, not read
+            let sparse = folder.join(file_name(6));
+            std::fs::File::create(&sparse)
+                .unwrap()
+                .set_len(100 << 30)
+                .unwrap();
+            let err = target.read("edge", 6).await.unwrap_err();
+            assert!(
+                matches!(err, BundleError::TooLarge(size) if size == 100 << 30),
+                "{err}"
+            );
             assert_eq!(target.read("edge", 1).await.unwrap(), b"real");
         };
         tokio::time::timeout(bounded, checks)

@@ -6,7 +6,14 @@
 //! on the store, the admin API or the sync server, and its failures touch neither: they are
 //! logged (at most once a minute, with a count of the others) and counted in
 //! `gw_bundle_exports_total{result="failed"}`.
+//!
+//! The periodic export retries only the groups whose last bundle written is behind the
+//! desired state: a group that keeps failing does not make every tick rewrite (and prune)
+//! the others. An object storage that cannot be reached (a refused connection, a timeout)
+//! ends the round: the groups left are reported as not attempted rather than each waiting
+//! for its own timeout.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,6 +105,10 @@ pub struct Exported {
     pub resources: usize,
     /// Older bundles of the group deleted after it was written.
     pub pruned: Vec<i64>,
+    /// Why the older bundles could not be pruned (listed or deleted), if so: the bundle is
+    /// written all the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune_error: Option<String>,
 }
 
 /// A group whose bundle could not be exported.
@@ -135,25 +146,62 @@ impl ExportReport {
     }
 }
 
-/// Failure logging at a bounded rate.
+/// Warning lines at a bounded rate.
 #[derive(Debug, Default)]
 struct LogLimit {
     last: Option<Instant>,
     suppressed: u64,
 }
 
+impl LogLimit {
+    /// Whether a line may be logged now, with the number of lines left out since the last
+    /// one; `None` (and one more left out) within [`LOG_EVERY`] of it.
+    fn admit(limit: &Mutex<Self>) -> Option<u64> {
+        let mut log = limit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if log.last.is_some_and(|last| last.elapsed() < LOG_EVERY) {
+            log.suppressed += 1;
+            return None;
+        }
+        log.last = Some(Instant::now());
+        Some(std::mem::take(&mut log.suppressed))
+    }
+}
+
+/// What this controller has exported.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The revision of the last complete export.
+    complete: i64,
+    /// The revision of the last bundle written, by group.
+    groups: HashMap<String, i64>,
+}
+
 /// See the module docs.
-#[derive(Debug)]
 pub struct BundleExporter {
     state: Arc<DesiredState>,
     options: BundleOptions,
     store_id: String,
     controller_id: String,
     metrics: BundleMetrics,
-    /// The revision of the last complete export; held during an export, so that exports of
-    /// this controller never overlap.
-    exported: tokio::sync::Mutex<i64>,
+    /// Held during an export, so that exports of this controller never overlap.
+    exported: tokio::sync::Mutex<Progress>,
+    /// Export failures.
     log: Mutex<LogLimit>,
+    /// Names above the revision written.
+    above: Mutex<LogLimit>,
+}
+
+impl std::fmt::Debug for BundleExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // not the desired state: it holds certificates' private keys
+        f.debug_struct("BundleExporter")
+            .field("options", &self.options)
+            .field("store_id", &self.store_id)
+            .field("controller_id", &self.controller_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BundleExporter {
@@ -171,8 +219,9 @@ impl BundleExporter {
             store_id: store_id.to_string(),
             controller_id: controller_id.to_string(),
             metrics,
-            exported: tokio::sync::Mutex::new(0),
+            exported: tokio::sync::Mutex::new(Progress::default()),
             log: Mutex::new(LogLimit::default()),
+            above: Mutex::new(LogLimit::default()),
         }
     }
 
@@ -183,18 +232,25 @@ impl BundleExporter {
 
     /// Exports every group now: the groups that have resources, and those that have bundles
     /// already (a group emptied since gets an empty bundle rather than keep a stale one).
-    /// A group that fails does not stop the others: each failure is in the report, logged
-    /// and counted. A target whose groups cannot be listed is a failure too, and the groups
-    /// of the desired state are exported all the same.
+    /// A group that fails does not stop the others, but for an object storage that cannot
+    /// be reached: the groups left are then reported as not attempted. Each failure is in
+    /// the report, logged and counted. A target whose groups cannot be listed is a failure
+    /// too, and the groups of the desired state are exported all the same.
     pub async fn export(&self) -> ExportReport {
-        let mut exported = self.exported.lock().await;
+        self.round(false).await
+    }
+
+    /// One export of every group (`behind_only`: of the groups whose last bundle written is
+    /// older than the desired state).
+    async fn round(&self, behind_only: bool) -> ExportReport {
+        let mut progress = self.exported.lock().await;
         let revision = self.state.revision();
-        let report = self.export_all().await;
+        let report = self.export_all(&mut progress, revision, behind_only).await;
         for failure in &report.failed {
             self.log_failure(failure);
         }
-        if report.failed.is_empty() {
-            *exported = revision;
+        if report.failed.is_empty() && revision > 0 {
+            progress.complete = revision;
             self.metrics.revision.set(revision);
         }
         if !report.written.is_empty() {
@@ -209,17 +265,27 @@ impl BundleExporter {
         report
     }
 
-    async fn export_all(&self) -> ExportReport {
+    async fn export_all(
+        &self,
+        progress: &mut Progress,
+        revision: i64,
+        behind_only: bool,
+    ) -> ExportReport {
         let mut report = ExportReport::default();
-        if self.state.revision() == 0 {
+        if revision == 0 {
             // nothing was ever deployed (or the state is not loaded): nothing to fall back on
             return report;
         }
+        // set once the object storage could not be reached: the rest is not attempted
+        let mut unreachable: Option<String> = None;
         let mut groups = self.state.groups();
         match self.options.target.groups().await {
             Ok(stored) => groups.extend(stored),
             Err(err) => {
                 self.metrics.count("failed");
+                if err.is_transport() {
+                    unreachable = Some(err.to_string());
+                }
                 report.failed.push(GroupFailure {
                     group: None,
                     error: err.to_string(),
@@ -229,13 +295,43 @@ impl BundleExporter {
         groups.sort();
         groups.dedup();
         for group in groups {
+            if behind_only && progress.groups.get(&group).is_some_and(|&r| r >= revision) {
+                continue;
+            }
+            if let Some(cause) = &unreachable {
+                self.metrics.count("failed");
+                report.failed.push(GroupFailure {
+                    group: Some(group),
+                    error: format!("not attempted: the object storage is unreachable ({cause})"),
+                });
+                continue;
+            }
             match self.export_group(&group).await {
-                Ok(one) => {
+                Ok((mut one, prune_error)) => {
                     self.metrics.count("written");
+                    progress.groups.insert(group, one.revision);
+                    if let Some(err) = prune_error {
+                        if err.is_transport() {
+                            unreachable = Some(err.to_string());
+                        }
+                        if let Some(suppressed) = LogLimit::admit(&self.log) {
+                            tracing::warn!(
+                                group = one.group,
+                                error = %err,
+                                bundles = %self.options.target,
+                                suppressed,
+                                "bundle written, but older bundles could not be pruned"
+                            );
+                        }
+                        one.prune_error = Some(err.to_string());
+                    }
                     report.written.push(one);
                 }
                 Err(err) => {
                     self.metrics.count("failed");
+                    if err.is_transport() {
+                        unreachable = Some(err.to_string());
+                    }
                     report.failed.push(GroupFailure {
                         group: Some(group),
                         error: err.to_string(),
@@ -246,7 +342,12 @@ impl BundleExporter {
         report
     }
 
-    async fn export_group(&self, group: &str) -> Result<Exported, BundleError> {
+    /// Writes the bundle of `group`, then prunes: the error of the pruning, if any, comes
+    /// with the bundle written.
+    async fn export_group(
+        &self,
+        group: &str,
+    ) -> Result<(Exported, Option<BundleError>), BundleError> {
         let (revision, resources) = self.state.snapshot(group);
         let bundle = Bundle::new(
             group,
@@ -260,61 +361,86 @@ impl BundleExporter {
         let size = bytes.len();
         let target = &self.options.target;
         let location = target.write(group, revision, bytes).await?;
-        let pruned = target.prune(group, revision, self.options.keep).await?;
-        if let Some(newest) = pruned.newer.first() {
-            tracing::warn!(
-                group,
-                revision,
-                newest,
-                others = pruned.newer.len() - 1,
-                bundles = %target,
-                "bundle names above the revision just written (junk, another store's \
-                 bundles, or a recreated database): left alone, and runtimes try them first"
-            );
-        }
-        let pruned = pruned.deleted;
+        let (pruned, prune_error) = match target.prune(group, revision, self.options.keep).await {
+            Ok(pruned) => {
+                self.warn_above(group, revision, &pruned.newer);
+                (pruned.deleted, None)
+            }
+            Err(err) => (Vec::new(), Some(err)),
+        };
         tracing::debug!(group, revision, %location, bytes = size, ?pruned, "bundle written");
-        Ok(Exported {
+        let exported = Exported {
             group: group.to_string(),
             revision,
             location,
             bytes: size,
             resources: resources.len(),
             pruned,
-        })
+            prune_error: None,
+        };
+        Ok((exported, prune_error))
+    }
+
+    /// Logs the names above `revision` (just written) of `group`: at debug when they are no
+    /// further ahead than this controller's state now or one revision (a peer controller
+    /// that exported a newer revision first), else as a warning at a bounded rate.
+    fn warn_above(&self, group: &str, revision: i64, newer: &[i64]) {
+        let Some(&newest) = newer.first() else {
+            return;
+        };
+        let others = newer.len() - 1;
+        let target = &self.options.target;
+        let peer = newest <= self.state.revision().max(revision.saturating_add(1));
+        if peer {
+            tracing::debug!(
+                group,
+                revision,
+                newest,
+                others,
+                bundles = %target,
+                "a newer bundle (a peer controller's) is above the revision just written"
+            );
+            return;
+        }
+        if let Some(suppressed) = LogLimit::admit(&self.above) {
+            tracing::warn!(
+                group,
+                revision,
+                newest,
+                others,
+                bundles = %target,
+                suppressed,
+                "bundle names above the revision just written (junk, another store's \
+                 bundles, or a recreated database): left alone, and runtimes try them first \
+                 (at most 100 names per attempt: with 100 or more above, runtimes never \
+                 reach this controller's bundles)"
+            );
+        }
     }
 
     fn log_failure(&self, failure: &GroupFailure) {
-        let mut log = self
-            .log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if log.last.is_some_and(|last| last.elapsed() < LOG_EVERY) {
-            log.suppressed += 1;
-            return;
+        if let Some(suppressed) = LogLimit::admit(&self.log) {
+            tracing::warn!(
+                error = %failure,
+                bundles = %self.options.target,
+                suppressed,
+                "bundle export failed (sync and the admin API are not affected)"
+            );
         }
-        tracing::warn!(
-            error = %failure,
-            bundles = %self.options.target,
-            suppressed = log.suppressed,
-            "bundle export failed (sync and the admin API are not affected)"
-        );
-        log.last = Some(Instant::now());
-        log.suppressed = 0;
     }
 
     /// Exports every `interval` when the desired state has moved since the last complete
     /// export (and at once, for a controller that has just started), until the task is
-    /// dropped.
+    /// dropped: only the groups behind are exported again.
     pub async fn run(self: Arc<Self>) {
         let mut ticks = tokio::time::interval(self.options.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let last = *self.exported.lock().await;
+            let last = self.exported.lock().await.complete;
             if self.state.revision() > last {
                 // logged and counted inside
-                let _ = self.export().await;
+                let _ = self.round(true).await;
             }
         }
     }
@@ -426,7 +552,7 @@ mod tests {
                 .get(),
             2
         );
-        assert_eq!(*exporter.exported.lock().await, 0, "not exported");
+        assert_eq!(exporter.exported.lock().await.complete, 0, "not exported");
         // the next failures within a minute are counted, not logged
         assert!(exporter.export().await.all_failed());
         assert_eq!(exporter.log.lock().unwrap().suppressed, 3);
@@ -461,7 +587,60 @@ mod tests {
         };
         assert_eq!((count("written"), count("failed")), (2, 1));
         // an incomplete export is not the last complete one: the next tick tries again
-        assert_eq!(*exporter.exported.lock().await, 0);
+        assert_eq!(exporter.exported.lock().await.complete, 0);
+    }
+
+    #[tokio::test]
+    async fn the_periodic_export_retries_only_the_groups_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = BundleTarget::Dir(dir.path().to_path_buf());
+        let blocked = dir.path().join("edge");
+        std::fs::write(&blocked, b"x").unwrap();
+        let state = Arc::new(DesiredState::new(100));
+        state.apply([change(1, "a", &["default"]), change(2, "b", &["edge"])]);
+        let exporter = exporter(&state, target.clone());
+        let count = |result| {
+            exporter
+                .metrics
+                .exports
+                .get_or_create(&ResultLabels { result })
+                .get()
+        };
+        let first = exporter.round(true).await;
+        assert_eq!(first.written.len(), 1, "{first:?}");
+        assert_eq!(first.failed.len(), 1, "{first:?}");
+        // the next tick tries edge alone: default is not written (nor pruned) again
+        let second = exporter.round(true).await;
+        assert!(second.all_failed(), "{second:?}");
+        assert_eq!(second.failed[0].group.as_deref(), Some("edge"));
+        assert_eq!((count("written"), count("failed")), (1, 2));
+        assert_eq!(exporter.exported.lock().await.complete, 0);
+        // edge can be written again: it is, alone, and the export is complete
+        std::fs::remove_file(&blocked).unwrap();
+        let third = exporter.round(true).await;
+        let written: Vec<&str> = third.written.iter().map(|e| e.group.as_str()).collect();
+        assert_eq!(written, ["edge"], "{third:?}");
+        assert!(third.failed.is_empty(), "{third:?}");
+        assert_eq!(exporter.exported.lock().await.complete, 2);
+        assert!(exporter.round(true).await.written.is_empty());
+        // an export on demand writes every group
+        assert_eq!(exporter.export().await.written.len(), 2);
+        assert_eq!(count("written"), 4);
+    }
+
+    #[test]
+    fn the_debug_output_leaves_the_desired_state_out() {
+        let state = Arc::new(DesiredState::new(100));
+        let mut secret = change(1, "a", &["default"]);
+        if let Some(entry) = secret.entry.as_mut() {
+            entry.resource.body = b"-----BEGIN PRIVATE KEY-----".to_vec();
+        }
+        state.apply([secret]);
+        let exporter = exporter(&state, BundleTarget::Dir("/nonexistent".into()));
+        let shown = format!("{exporter:?}");
+        assert!(shown.contains("store-1"), "{shown}");
+        assert!(!shown.contains("PRIVATE"), "{shown}");
+        assert!(!shown.contains("state"), "{shown}");
     }
 
     #[tokio::test]
