@@ -606,7 +606,7 @@ async fn bundles_round_trip_through_s3_compatible_storage() {
         envs
     };
     let url = "s3://gw-bundles/prod/gw";
-    let start_controller = |name: &str, bundle_url: &str| {
+    let start_controller = |name: &str, bundle_url: &str, endpoint: &str| {
         let mut envs = aws(&[("GW_BUNDLE_SIGNING_KEY", secret)]);
         envs.extend([
             ("GW_ADMIN_TOKEN".to_string(), TOKEN.to_string()),
@@ -628,7 +628,7 @@ async fn bundles_round_trip_through_s3_compatible_storage() {
                 "--bundle-url",
                 bundle_url,
                 "--bundle-s3-endpoint",
-                &moto.endpoint,
+                endpoint,
                 "--bundle-interval",
                 "1h",
             ]
@@ -636,7 +636,7 @@ async fn bundles_round_trip_through_s3_compatible_storage() {
             &envs,
         )
     };
-    let mut controller = start_controller("s3-ctl", url);
+    let mut controller = start_controller("s3-ctl", url, &moto.endpoint);
     let admin = Admin::new(controller.addr("admin"), Some(TOKEN));
     admin.wait_ready().await;
     assert!(
@@ -720,7 +720,7 @@ async fn bundles_round_trip_through_s3_compatible_storage() {
 
     // a failing export (no such bucket) is an error of its own: the admin API and the sync
     // stream carry on
-    let broken = start_controller("s3-broken", "s3://no-such-bucket/gw");
+    let broken = start_controller("s3-broken", "s3://no-such-bucket/gw", &moto.endpoint);
     let admin = Admin::new(broken.addr("admin"), Some(TOKEN));
     admin.wait_ready().await;
     let response = admin
@@ -757,4 +757,23 @@ async fn bundles_round_trip_through_s3_compatible_storage() {
     );
     wait_source(&synced, "controller", 1).await;
     assert!(!broken.log().contains(secret));
+
+    // an object storage that refuses connections: the round stops at the listing, and the
+    // group is reported as not attempted rather than tried against it too
+    let dead = dead_address();
+    let unreachable = start_controller("s3-unreachable", url, &format!("http://{}", dead.addr));
+    let admin = Admin::new(unreachable.addr("admin"), Some(TOKEN));
+    admin.wait_ready().await;
+    let response = admin
+        .put_api("items", &api_yaml("items", "/items", &upstream.url("")), "")
+        .await;
+    assert!(response.status().is_success());
+    let (code, body) = export(&admin).await;
+    assert_eq!(code, 502, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("cannot connect"), "{body}");
+    assert!(
+        message.contains("group \"default\": not attempted"),
+        "{body}"
+    );
 }
