@@ -3,11 +3,12 @@
 //! that starts with no cache while no controller answers serves the newest bundle that
 //! verifies, refusing tampered, unsigned and foreign ones.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gw_e2e::cluster::{ensure_peer, free_port};
 use gw_e2e::{
     Admin, ControllerSpec, ENCRYPTION_KEY, Process, SYNC_TOKEN, TOKEN, Upstream, api_yaml, binary,
     call, controller_with, eventually, metric, runtime_with,
@@ -41,15 +42,6 @@ fn dead_address() -> DeadAddress {
         _socket: socket,
         addr,
     }
-}
-
-/// A loopback port free now (for a server of another program to bind).
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn spec(node_id: &str) -> ControllerSpec {
@@ -477,23 +469,9 @@ impl Moto {
     /// Installs moto_server when missing and starts it (the blocking parts off the async
     /// workers), waiting until it listens or exits.
     async fn start() -> Self {
-        tokio::task::spawn_blocking(|| {
-            let installed = Command::new("sh")
-                .args(["-c", "command -v moto_server"])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !installed {
-                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/install");
-                let status = Command::new(script)
-                    .arg("moto_server")
-                    .status()
-                    .expect("tests/peers/install runs");
-                assert!(status.success(), "installing moto_server failed");
-            }
-        })
-        .await
-        .expect("the installation does not panic");
+        tokio::task::spawn_blocking(|| ensure_peer("moto_server"))
+            .await
+            .expect("the installation does not panic");
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new("moto_server")

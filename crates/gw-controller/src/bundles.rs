@@ -31,8 +31,8 @@ use serde::Serialize;
 /// The shortest interval between two failure log lines.
 const LOG_EVERY: Duration = Duration::from_mins(1);
 
-/// How bundles are exported.
-#[derive(Clone)]
+/// How bundles are exported. Its `Debug` shows no key material: the keys' `Debug` is redacted.
+#[derive(Clone, Debug)]
 pub struct BundleOptions {
     /// Where to.
     pub target: BundleTarget,
@@ -42,17 +42,6 @@ pub struct BundleOptions {
     pub interval: Duration,
     /// Bundles kept per group (at least 1); older ones are deleted after each export.
     pub keep: usize,
-}
-
-impl std::fmt::Debug for BundleOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BundleOptions")
-            .field("target", &self.target)
-            .field("key", &self.key)
-            .field("interval", &self.interval)
-            .field("keep", &self.keep)
-            .finish()
-    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -249,7 +249,7 @@ impl FleetObserver for FleetRecorder {
             return;
         }
         let now = Utc::now();
-        let clip = |text: &str, max: usize| text.chars().take(max).collect::<String>();
+        let clip = |text: &str, max: usize| gw_sync::clip(text, max).to_string();
         let record = RuntimeRecord {
             node_id: runtime.node_id.clone(),
             group: clip(&runtime.group, 128),

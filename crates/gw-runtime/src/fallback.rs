@@ -28,8 +28,8 @@ pub const RETRY: Duration = Duration::from_secs(10);
 /// The most bundles tried, newest first, in one attempt.
 const MAX_TRIED: usize = 100;
 
-/// Where the bundles are and how they are verified.
-#[derive(Clone)]
+/// Where the bundles are and how they are verified. Its `Debug` shows no key material: the keys' `Debug` is redacted.
+#[derive(Clone, Debug)]
 pub struct FallbackOptions {
     /// The directory or bucket the controllers export to.
     pub target: BundleTarget,
@@ -37,16 +37,6 @@ pub struct FallbackOptions {
     pub key: Arc<VerifyKey>,
     /// The longest wait for a controller before the bundle is loaded.
     pub wait: Duration,
-}
-
-impl std::fmt::Debug for FallbackOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FallbackOptions")
-            .field("target", &self.target)
-            .field("key", &self.key)
-            .field("wait", &self.wait)
-            .finish()
-    }
 }
 
 /// Waits for the rule of the module docs, then loads the newest valid bundle, retrying until

@@ -88,7 +88,7 @@ pub fn validate_node_id(node_id: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
-        let shown: String = node_id.chars().take(64).collect();
+        let shown = clip(node_id, 64);
         let cut = if shown.len() < node_id.len() {
             "..."
         } else {
@@ -100,9 +100,38 @@ pub fn validate_node_id(node_id: &str) -> Result<(), String> {
     }
 }
 
+/// `text` cut to at most `max` characters, for a client-controlled string that reaches a
+/// log, an error or the fleet view.
+pub fn clip(text: &str, max: usize) -> &str {
+    text.char_indices()
+        .nth(max)
+        .map_or(text, |(end, _)| &text[..end])
+}
+
 /// Milliseconds since the Unix epoch, for heartbeats.
 fn unix_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{clip, validate_node_id};
+
+    #[test]
+    fn clip_cuts_at_a_character_boundary() {
+        assert_eq!(clip("rt-1", 64), "rt-1");
+        assert_eq!(clip("ééé", 2), "éé");
+        assert_eq!(clip("", 3), "");
+    }
+
+    #[test]
+    fn an_invalid_node_id_is_quoted_cut_short() {
+        let long = "x y".repeat(100);
+        let err = validate_node_id(&long).unwrap_err();
+        assert!(err.contains(&format!("{:?}...", clip(&long, 64))), "{err}");
+        assert!(err.len() < 200, "{err}");
+        assert!(validate_node_id("rt-1.example:7").is_ok());
+    }
 }

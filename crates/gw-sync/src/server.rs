@@ -230,13 +230,6 @@ impl SyncServer {
     }
 }
 
-/// `text` cut to at most `max` characters.
-fn clip(text: &str, max: usize) -> &str {
-    text.char_indices()
-        .nth(max)
-        .map_or(text, |(end, _)| &text[..end])
-}
-
 /// The largest message a controller accepts from a runtime.
 const MAX_INBOUND_BYTES: usize = 1024 * 1024;
 
@@ -291,14 +284,14 @@ impl ConfigSync for SyncServer {
             address: advertised_or_peer(&hello.advertise_address, peer),
             node_id: hello.node_id.clone(),
             group: hello.group.clone(),
-            runtime_version: clip(&hello.runtime_version, 128).to_string(),
+            runtime_version: crate::clip(&hello.runtime_version, 128).to_string(),
             connected_at: SystemTime::now(),
             heartbeat_interval,
             session_epoch: hello.session_epoch,
         };
         if let Err(reason) = Self::check_hello(&hello) {
             // the node id may be what is wrong with the Hello: logged cut short and escaped
-            tracing::warn!(node = ?clip(&hello.node_id, 64), %reason, "refusing runtime");
+            tracing::warn!(node = ?crate::clip(&hello.node_id, 64), %reason, "refusing runtime");
             self.observer
                 .refused(&info, hello.applied_revision, &reason);
             let refusal = ControllerMessage {
