@@ -1,5 +1,7 @@
 //! gw's data plane core.
 //!
+//! - [`conn`]: connection admission (in total and per client address) and the deadlines of
+//!   a connection's first and idle requests, shared by every listener.
 //! - [`model`]: the API definition, its parsing, validation and JSON Schema.
 //! - [`path`]: request path normalization, so that no spelling of a path reaches a route
 //!   its plain form would not.
@@ -17,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod body;
+pub mod conn;
 pub mod consumers;
 pub mod error;
 pub mod gateway;
