@@ -71,15 +71,23 @@ pub enum GatewayError {
     /// The upstream URI could not be built (a bug or an invalid request).
     #[error("could not build the upstream request: {0}")]
     BadUpstreamRequest(String),
+    /// The request body stopped arriving, or arrived too slowly, before the upstream
+    /// answered.
+    #[error(transparent)]
+    SlowRequestBody(crate::upstream::SlowBody),
+    /// The request body could not be read (the client broke it off).
+    #[error("the request body could not be read: {0}")]
+    ClientBody(String),
 }
 
 impl GatewayError {
     /// The status code the client receives.
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::BadPath(_) | GatewayError::BadUpstreamRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            GatewayError::BadPath(_)
+            | GatewayError::BadUpstreamRequest(_)
+            | GatewayError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            GatewayError::SlowRequestBody(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -108,6 +116,8 @@ impl GatewayError {
             GatewayError::BadUpstreamRequest(_) => "bad_request",
             GatewayError::NoHealthyEndpoint => "no_healthy_endpoint",
             GatewayError::CircuitOpen { .. } => "circuit_open",
+            GatewayError::SlowRequestBody(_) => "request_timeout",
+            GatewayError::ClientBody(_) => "bad_request_body",
         }
     }
 
@@ -124,6 +134,7 @@ impl GatewayError {
             }
             GatewayError::Upstream { .. } => "the upstream service failed to answer".to_string(),
             GatewayError::BadUpstreamRequest(_) => "the request cannot be forwarded".to_string(),
+            GatewayError::ClientBody(_) => "the request body could not be read".to_string(),
             GatewayError::NoHealthyEndpoint => {
                 "no endpoint of the upstream service is healthy".to_string()
             }
@@ -156,6 +167,15 @@ impl GatewayError {
             && let Ok(value) = HeaderValue::from_str(allow)
         {
             response.headers_mut().insert(header::ALLOW, value);
+        }
+        if matches!(
+            self,
+            GatewayError::SlowRequestBody(_) | GatewayError::ClientBody(_)
+        ) {
+            // the rest of the body was not read: the connection cannot carry another request
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

@@ -31,7 +31,7 @@ use crate::policy::{
 };
 use crate::router::{self, Router};
 use crate::tls::CertificateSet;
-use crate::upstream::{Upstream, UpstreamService};
+use crate::upstream::{Traffic, TrafficLimits, Upstream, UpstreamService};
 
 /// What the gateway knows about the connection a request came on; the edge puts it in the
 /// request's extensions for policies and the upstream call.
@@ -168,6 +168,7 @@ impl BuiltApi {
         registry: &PolicyRegistry,
         metrics: &ProxyMetrics,
         consumers: &ConsumerStore,
+        traffic: &Arc<Traffic>,
     ) -> Result<Self, String> {
         let spec = &definition.spec;
         let upstream = Upstream::new(
@@ -175,6 +176,7 @@ impl BuiltApi {
             &definition.metadata.name,
             certificates,
             metrics,
+            traffic,
         )
         .map_err(|e| e.to_string())?;
         let context_len = if spec.context == "/" {
@@ -377,6 +379,7 @@ impl GatewayConfig {
     ///
     /// Authentication policies built for it read their consumers from `consumer_store`,
     /// which the caller fills with [`GatewayConfig::consumers`] when it serves the result.
+    /// `traffic` bounds what clients' request bodies and tunnels may hold.
     pub fn build(
         revision: i64,
         resources: Resources,
@@ -384,6 +387,7 @@ impl GatewayConfig {
         registry: &PolicyRegistry,
         metrics: &ProxyMetrics,
         consumer_store: &ConsumerStore,
+        traffic: &Arc<Traffic>,
     ) -> Result<Self, ApplyError> {
         let Resources {
             apis: definitions,
@@ -430,6 +434,7 @@ impl GatewayConfig {
                     registry,
                     metrics,
                     consumer_store,
+                    traffic,
                 ) {
                     Ok(built) => Arc::new(built),
                     Err(reason) => {
@@ -524,12 +529,16 @@ pub struct Gateway {
     /// Serializes [`Gateway::apply`]: each build reuses (and retires) the APIs of the
     /// configuration it replaces.
     applying: std::sync::Mutex<()>,
+    /// What clients' request bodies and tunnels may hold.
+    traffic: Arc<Traffic>,
 }
 
 impl Gateway {
     /// A gateway with an empty configuration (every request gets 404).
     pub fn new(registry: PolicyRegistry, metrics: ProxyMetrics) -> Self {
+        let traffic = Traffic::new(TrafficLimits::default(), metrics.clone());
         Self {
+            traffic,
             config: ArcSwap::from_pointee(GatewayConfig::default()),
             certificates: Arc::new(ArcSwap::from_pointee(CertificateSet::default())),
             consumers: ConsumerStore::default(),
@@ -547,6 +556,20 @@ impl Gateway {
     pub fn with_max_uri_bytes(mut self, limit: usize) -> Self {
         self.max_uri_bytes = limit;
         self
+    }
+
+    /// Sets what clients' request bodies and tunnels may hold (default
+    /// [`TrafficLimits::default`]); see [`crate::upstream::TrafficLimits`]. Set it before the
+    /// first configuration is applied: the APIs built keep the limits they were built with.
+    #[must_use]
+    pub fn with_traffic_limits(mut self, limits: TrafficLimits) -> Self {
+        self.traffic = Traffic::new(limits, self.metrics.clone());
+        self
+    }
+
+    /// The limits of clients' request bodies and tunnels, and what read-ahead holds now.
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        &self.traffic
     }
 
     /// Exports a span per request with `tracing` ([`crate::otel`]); without it, the
@@ -632,6 +655,7 @@ impl Gateway {
             &self.registry,
             &self.metrics,
             &self.consumers,
+            &self.traffic,
         )?);
         // the consumers first: a new API's authentication sees its consumers from its
         // first request

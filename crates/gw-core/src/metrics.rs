@@ -122,6 +122,23 @@ pub enum Limit {
     HeaderTimeout,
     /// A connection beyond the connection limit was closed at once.
     Connections,
+    /// A connection beyond the limit of one client address was closed at once.
+    ConnectionsPerAddress,
+    /// A request beyond the limit of requests in flight from one client address (429).
+    RequestsPerAddress,
+    /// A connection closed because its first request (TLS handshake and protocol detection
+    /// included) did not arrive within the header read timeout.
+    FirstRequestTimeout,
+    /// A connection closed after nothing was in flight on it for the idle timeout.
+    IdleTimeout,
+    /// A request body that stopped arriving for the body read timeout (408).
+    BodyTimeout,
+    /// A request body that arrived slower than the minimum rate (408).
+    BodyRate,
+    /// A WebSocket tunnel closed after nothing crossed it for the tunnel idle timeout.
+    TunnelIdle,
+    /// A WebSocket tunnel closed at the end of its longest lifetime.
+    TunnelLifetime,
 }
 
 impl Limit {
@@ -132,6 +149,14 @@ impl Limit {
             Limit::BodySize => "body_size",
             Limit::HeaderTimeout => "header_timeout",
             Limit::Connections => "connections",
+            Limit::ConnectionsPerAddress => "connections_per_address",
+            Limit::RequestsPerAddress => "requests_per_address",
+            Limit::FirstRequestTimeout => "first_request_timeout",
+            Limit::IdleTimeout => "idle_timeout",
+            Limit::BodyTimeout => "body_timeout",
+            Limit::BodyRate => "body_rate",
+            Limit::TunnelIdle => "tunnel_idle",
+            Limit::TunnelLifetime => "tunnel_lifetime",
         }
     }
 }
@@ -175,7 +200,7 @@ impl ProxyMetrics {
         );
         registry.register(
             "gw_limit_rejections",
-            "Requests and connections refused by a limit: header_size, uri_length, body_size, header_timeout, connections",
+            "Requests, connections and tunnels refused or closed by a limit: header_size, uri_length, body_size, header_timeout, connections, connections_per_address, requests_per_address, first_request_timeout, idle_timeout, body_timeout, body_rate, tunnel_idle, tunnel_lifetime",
             metrics.limits.clone(),
         );
         registry.register(

@@ -18,6 +18,7 @@ use clap::Parser;
 use gw_core::model::HumanDuration;
 use gw_core::otel::{OtelConfig, OtelHeader};
 use gw_core::policy::PolicyRegistry;
+use gw_core::upstream::TrafficLimits;
 
 use crate::fallback::FallbackOptions;
 use crate::logging::{self, LogFormat};
@@ -131,6 +132,128 @@ pub struct Args {
 
     #[command(flatten)]
     fallback: FallbackArgs,
+
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// What one client can hold: connections, requests, request bodies, tunnels.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Client limits")]
+struct LimitArgs {
+    /// A client connection with no request in flight for this long is closed (HTTP/1.1
+    /// keep-alive connections wait at most the header read timeout for their next request).
+    #[arg(
+        long,
+        env = "GW_IDLE_TIMEOUT",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    idle_timeout: HumanDuration,
+
+    /// Open connections from one client address (an IPv6 client: its /64); 0: no limit.
+    /// Leave it at 0 behind a load balancer that does not keep client addresses.
+    #[arg(long, env = "GW_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 0)]
+    max_connections_per_address: u64,
+
+    /// Requests in flight from one client address, over all its connections (429 beyond
+    /// it); 0: no limit.
+    #[arg(long, env = "GW_MAX_REQUESTS_PER_ADDRESS", default_value_t = 0)]
+    max_requests_per_address: u64,
+
+    /// Concurrent HTTP/2 streams per client connection.
+    #[arg(long, env = "GW_HTTP2_MAX_STREAMS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    http2_max_streams: u32,
+
+    /// HTTP/2 keep-alive: a ping this often, and the connection is closed when one is not
+    /// answered as long; `0s`: no pings.
+    #[arg(
+        long,
+        env = "GW_HTTP2_KEEPALIVE",
+        default_value = "20s",
+        value_name = "DURATION"
+    )]
+    http2_keepalive: HumanDuration,
+
+    /// Bytes of a request body read before an upstream connection is taken (a body of
+    /// unknown length: until its first bytes), so that a client that does not send its body
+    /// holds no upstream connection.
+    #[arg(long, env = "GW_REQUEST_READ_AHEAD", default_value_t = 1024 * 1024,
+          value_name = "BYTES")]
+    request_read_ahead: u64,
+
+    /// Bytes that read-ahead may hold over every request together; past it, bodies stream
+    /// as they come.
+    #[arg(long, env = "GW_REQUEST_BUFFER_MEMORY", default_value_t = 256 * 1024 * 1024,
+          value_name = "BYTES")]
+    request_buffer_memory: u64,
+
+    /// Until the upstream answers, a request body that sends nothing for this long is cut
+    /// with 408.
+    #[arg(
+        long,
+        env = "GW_REQUEST_BODY_TIMEOUT",
+        default_value = "30s",
+        value_name = "DURATION"
+    )]
+    request_body_timeout: HumanDuration,
+
+    /// Until the upstream answers, a request body that arrives slower than this many bytes
+    /// per second on average (5 s of grace) is cut with 408; 0: no minimum.
+    #[arg(
+        long,
+        env = "GW_REQUEST_BODY_MIN_RATE",
+        default_value_t = 1024,
+        value_name = "BYTES_PER_SECOND"
+    )]
+    request_body_min_rate: u64,
+
+    /// A WebSocket tunnel that nothing crosses, either way, for this long is closed.
+    #[arg(
+        long,
+        env = "GW_TUNNEL_IDLE_TIMEOUT",
+        default_value = "5m",
+        value_name = "DURATION"
+    )]
+    tunnel_idle_timeout: HumanDuration,
+
+    /// A WebSocket tunnel is closed after this long, used or not.
+    #[arg(
+        long,
+        env = "GW_TUNNEL_LIFETIME",
+        default_value = "24h",
+        value_name = "DURATION"
+    )]
+    tunnel_lifetime: HumanDuration,
+}
+
+impl LimitArgs {
+    /// Sets the listener and traffic limits of `options`.
+    fn apply(&self, options: &mut RuntimeOptions) -> anyhow::Result<()> {
+        let positive = |value: HumanDuration, flag: &str| {
+            let value = value.as_duration();
+            if value.is_zero() {
+                anyhow::bail!("{flag} must be longer than 0s");
+            }
+            Ok(value)
+        };
+        options.listener.idle_timeout = positive(self.idle_timeout, "--idle-timeout")?;
+        options.listener.max_connections_per_address =
+            usize::try_from(self.max_connections_per_address)?;
+        options.listener.max_requests_per_address = usize::try_from(self.max_requests_per_address)?;
+        options.listener.http2_max_streams = self.http2_max_streams;
+        options.listener.http2_keepalive = self.http2_keepalive.as_duration();
+        options.traffic = TrafficLimits {
+            body_read_ahead: usize::try_from(self.request_read_ahead)?,
+            body_buffer_memory: usize::try_from(self.request_buffer_memory)?,
+            body_timeout: positive(self.request_body_timeout, "--request-body-timeout")?,
+            body_min_rate: self.request_body_min_rate,
+            tunnel_idle_timeout: positive(self.tunnel_idle_timeout, "--tunnel-idle-timeout")?,
+            tunnel_lifetime: positive(self.tunnel_lifetime, "--tunnel-lifetime")?,
+        };
+        Ok(())
+    }
 }
 
 /// Signed fallback bundles: off unless `--fallback-bundle` is set.
@@ -370,6 +493,7 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     options.listener.header_read_timeout = Duration::from_secs(args.header_read_timeout.max(1));
     options.listener.max_header_bytes = usize::try_from(args.max_header_bytes)?;
     options.listener.max_connections = usize::try_from(args.max_connections)?;
+    args.limits.apply(&mut options)?;
     options.max_uri_bytes = usize::try_from(args.max_uri_bytes)?;
     options.drain_period = Duration::from_secs(args.drain_seconds);
     options.ready_requires_controller = args.ready_requires_controller;

@@ -38,6 +38,7 @@ use gw_core::Gateway;
 use gw_core::metrics::ProxyMetrics;
 use gw_core::otel::{OtelConfig, OtelMetrics, Tracing};
 use gw_core::policy::PolicyRegistry;
+use gw_core::upstream::TrafficLimits;
 use gw_sync::SyncToken;
 use gw_sync::client::{ClientOptions, SyncClient};
 use prometheus_client::registry::Registry;
@@ -112,6 +113,9 @@ pub struct RuntimeOptions {
     /// Signed fallback bundles to serve when the runtime starts with no cache while no
     /// controller answers (controller mode; `None`: none).
     pub fallback: Option<FallbackOptions>,
+    /// What clients' request bodies and WebSocket tunnels may hold: read-ahead, the pace
+    /// of request bodies, tunnel idle timeout and lifetime.
+    pub traffic: TrafficLimits,
 }
 
 impl RuntimeOptions {
@@ -138,6 +142,7 @@ impl RuntimeOptions {
             drain_endpoint: true,
             otel: None,
             fallback: None,
+            traffic: TrafficLimits::default(),
         }
     }
 }
@@ -264,7 +269,8 @@ impl Runtime {
         let mut registry = Registry::default();
         let metrics = ProxyMetrics::register(&mut registry);
         let mut gateway = Gateway::new(options.policies.clone(), metrics)
-            .with_max_uri_bytes(options.max_uri_bytes);
+            .with_max_uri_bytes(options.max_uri_bytes)
+            .with_traffic_limits(options.traffic);
         if let Some(config) = &options.otel {
             gateway = gateway.with_tracing(start_tracing(config, &options.node_id, &mut registry)?);
         }
@@ -454,24 +460,15 @@ impl Runtime {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let plain = listener::serve(
-            proxy,
-            Arc::clone(state.gateway()),
-            options.listener.clone(),
-            None,
-            stopped(stop_rx.clone()),
-        );
+        let listeners =
+            listener::Listeners::new(Arc::clone(state.gateway()), options.listener.clone());
+        let plain = listeners.serve(proxy, None, stopped(stop_rx.clone()));
         let secure = async {
             if let Some(https) = https {
                 let acceptor = TlsAcceptor::from(state.gateway().tls_server_config());
-                listener::serve(
-                    https,
-                    Arc::clone(state.gateway()),
-                    options.listener.clone(),
-                    Some(acceptor),
-                    stopped(stop_rx),
-                )
-                .await;
+                listeners
+                    .serve(https, Some(acceptor), stopped(stop_rx))
+                    .await;
             }
         };
         tokio::join!(stopper, plain, secure);

@@ -1,34 +1,78 @@
 //! The traffic listeners: accept connections (plain, or TLS with the certificate chosen by
 //! SNI), serve HTTP/1.1 (with `Upgrade`, such as WebSocket) and HTTP/2 (prior knowledge, or
 //! ALPN over TLS) through the [`Gateway`], and drain in-flight requests on shutdown.
+//!
+//! Every connection is bounded in time and number, whatever the client does or fails to do:
+//!
+//! - slots: at most [`ListenerOptions::max_connections`] open connections over every
+//!   listener of the gateway, and optionally at most
+//!   [`ListenerOptions::max_connections_per_address`] from one client address; a WebSocket
+//!   tunnel keeps its connection's slot until it closes;
+//! - the first request (TLS handshake and protocol detection included) must arrive within
+//!   the header read timeout of the accept, or the connection is closed: a socket that sends
+//!   nothing, or only the HTTP/2 preface, holds its slot for that long at most;
+//! - a connection with nothing in flight for [`ListenerOptions::idle_timeout`] is closed
+//!   (gracefully: an HTTP/2 `GOAWAY`); HTTP/1.1 keep-alive connections also wait at most the
+//!   header read timeout for their next request;
+//! - HTTP/2: at most [`ListenerOptions::http2_max_streams`] concurrent streams per
+//!   connection, keep-alive pings, the header list bounded by the header size limit, and
+//!   hyper's guards against rapid reset (a connection that resets more than 20 streams
+//!   before they are accepted is closed) and CONTINUATION floods;
+//! - optionally, at most [`ListenerOptions::max_requests_per_address`] requests in flight
+//!   from one client address (429 beyond it).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use gw_core::metrics::Limit;
-use gw_core::{ConnInfo, Gateway};
+use bytes::Bytes;
+use gw_core::conn::{
+    AddressGuard, ConnLimiter, ConnRefused, ConnSlot, Expired, InFlight, PerAddress,
+};
+use gw_core::metrics::{Limit, ProxyMetrics};
+use gw_core::{Body, BoxError, ConnInfo, Gateway};
+use http::{Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 /// Limits of the downstream connections.
 #[derive(Debug, Clone)]
 pub struct ListenerOptions {
-    /// Time allowed for a client to send a request's headers (slowloris guard). The clock
-    /// also runs while a keep-alive connection waits for its next request, so it is the
-    /// idle timeout of client connections as well.
+    /// Time allowed for a client to send a request's headers (slowloris guard). A
+    /// connection's first request counts from the accept (TLS handshake and protocol
+    /// detection included); an HTTP/1.1 keep-alive connection's next request counts from
+    /// the end of the previous one.
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
     /// The largest request head (request line and headers), in bytes; 431 beyond it. At
     /// least 8192.
     pub max_header_bytes: usize,
-    /// Open client connections, over every listener of the gateway together; a connection
-    /// beyond it is closed at once.
+    /// Open client connections, over every listener of the gateway together (WebSocket
+    /// tunnels included); a connection beyond it is closed at once.
     pub max_connections: usize,
+    /// Open connections from one client address (an IPv6 client: its `/64`); 0: no limit.
+    /// Behind a load balancer that does not keep client addresses, every connection comes
+    /// from the balancer: leave it at 0 there.
+    pub max_connections_per_address: usize,
+    /// Requests in flight from one client address, over all its connections (429 beyond
+    /// it); 0: no limit.
+    pub max_requests_per_address: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub http2_max_streams: u32,
+    /// HTTP/2 keep-alive: a ping this often, and the connection is closed when one is not
+    /// answered within the same time; zero: no pings.
+    pub http2_keepalive: Duration,
     /// Longest wait for in-flight requests after shutdown begins.
     pub drain_timeout: Duration,
 }
@@ -37,133 +81,322 @@ impl Default for ListenerOptions {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_mins(1),
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
+            max_connections_per_address: 0,
+            max_requests_per_address: 0,
+            http2_max_streams: 100,
+            http2_keepalive: Duration::from_secs(20),
             drain_timeout: Duration::from_secs(30),
         }
     }
 }
 
-/// Holds one of the connection slots. The open-connections gauge is the count itself: it is
-/// the gateway's, shared by every listener, so `max_connections` bounds them together.
-struct Slot(Gauge);
+/// How long a connection closed for idleness may take to say goodbye (an HTTP/2 `GOAWAY`
+/// exchange) before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.dec();
+/// The traffic listeners of one gateway: they share its connection slots and the counts of
+/// requests per client address.
+#[derive(Debug)]
+pub struct Listeners {
+    gateway: Arc<Gateway>,
+    options: ListenerOptions,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    connections: ConnLimiter,
+    requests: PerAddress,
+}
+
+impl Listeners {
+    /// Listeners for `gateway` with `options`; the gateway's open-connections gauge counts
+    /// their connections.
+    pub fn new(gateway: Arc<Gateway>, options: ListenerOptions) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout)
+            .max_buf_size(options.max_header_bytes.max(8192));
+        let keepalive = (!options.http2_keepalive.is_zero()).then_some(options.http2_keepalive);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(options.http2_max_streams.max(1))
+            .keep_alive_interval(keepalive)
+            .keep_alive_timeout(options.http2_keepalive)
+            // hyper's defaults, stated: a connection that resets this many streams before
+            // they are accepted (rapid reset), or makes the gateway reset this many, is closed
+            .max_pending_accept_reset_streams(Some(20))
+            .max_local_error_reset_streams(Some(1024));
+        let connections = ConnLimiter::new(
+            options.max_connections,
+            options.max_connections_per_address,
+            gateway.metrics().connections().clone(),
+        );
+        Self {
+            gateway,
+            options,
+            builder: Arc::new(builder),
+            connections,
+            requests: PerAddress::new(),
+        }
+    }
+
+    /// The connection slots (open connections, in total and per address).
+    pub fn connections(&self) -> &ConnLimiter {
+        &self.connections
+    }
+
+    /// Serves `listener` until `shutdown` completes, then stops accepting and waits for open
+    /// connections to finish their requests, at most [`ListenerOptions::drain_timeout`].
+    /// With `tls`, every connection starts with a TLS handshake (within the header read
+    /// timeout) and HTTP/2 or HTTP/1.1 follows as ALPN chose.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let metrics = self.gateway.metrics();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // out of file descriptors and the like: wait a little, keep serving
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let slot = match self.connections.try_acquire(peer.ip()) {
+                Ok(slot) => slot,
+                Err(refused) => {
+                    metrics.limit_rejected(match refused {
+                        ConnRefused::Total => Limit::Connections,
+                        ConnRefused::PerAddress => Limit::ConnectionsPerAddress,
+                    });
+                    drop(stream);
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = Connection {
+                info: ConnInfo {
+                    peer,
+                    secure: tls.is_some(),
+                },
+                slot,
+                gateway: Arc::clone(&self.gateway),
+                builder: Arc::clone(&self.builder),
+                requests: self.requests.clone(),
+                options: self.options.clone(),
+                stop: stop_rx.clone(),
+            };
+            match &tls {
+                None => {
+                    let first = self.options.header_read_timeout;
+                    tokio::spawn(conn.drive(stream, first));
+                }
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    tokio::spawn(async move {
+                        let started = tokio::time::Instant::now();
+                        let first = conn.options.header_read_timeout;
+                        let stream = match tokio::time::timeout(first, handshake).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(err)) => {
+                                conn.gateway.metrics().tls_handshake_failed();
+                                tracing::debug!(error = %err, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                conn.gateway
+                                    .metrics()
+                                    .limit_rejected(Limit::FirstRequestTimeout);
+                                tracing::debug!(%peer, "no TLS handshake within the header read timeout");
+                                return;
+                            }
+                        };
+                        let left = first.saturating_sub(started.elapsed());
+                        conn.drive(stream, left).await;
+                    });
+                }
+            }
+        }
+        drop(listener);
+        tracing::info!("draining open connections");
+        let _ = stop_tx.send(true);
+        if self.connections.drained(self.options.drain_timeout).await {
+            tracing::info!("all connections drained");
+        } else {
+            tracing::warn!("drain timeout reached; closing the remaining connections");
+        }
     }
 }
 
-/// Serves `listener` until `shutdown` completes, then stops accepting and waits for open
-/// connections to finish their requests, at most [`ListenerOptions::drain_timeout`]. With
-/// `tls`, every connection starts with a TLS handshake (bounded by the header read timeout)
-/// and HTTP/2 or HTTP/1.1 follows as ALPN chose.
-pub async fn serve(
-    listener: TcpListener,
+/// One accepted connection and what serving it needs.
+struct Connection {
+    info: ConnInfo,
+    slot: ConnSlot,
     gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    requests: PerAddress,
     options: ListenerOptions,
-    tls: Option<TlsAcceptor>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
-        .max_buf_size(options.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
-    let metrics = gateway.metrics().clone();
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // out of file descriptors and the like: wait a little, keep serving
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let slot = Slot(metrics.connections().clone());
-        let before = slot.0.inc();
-        if usize::try_from(before).unwrap_or(usize::MAX) >= options.max_connections {
-            drop(slot);
-            metrics.limit_rejected(Limit::Connections);
-            drop(stream);
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        let conn = ConnInfo {
-            peer,
-            secure: tls.is_some(),
-        };
-        let gateway = Arc::clone(&gateway);
-        let service = service_fn(move |request| {
+    stop: watch::Receiver<bool>,
+}
+
+/// Why a connection's task stopped serving it before it ended by itself.
+enum Ending {
+    Expired(Expired),
+    Stop,
+}
+
+impl Connection {
+    /// Serves the connection until it ends, its first request is overdue (`first` from
+    /// now), it has been idle too long, or the listener stops.
+    async fn drive<I>(self, io: I, first: Duration)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            info,
+            slot,
+            gateway,
+            builder,
+            requests,
+            options,
+            mut stop,
+        } = self;
+        let activity = gw_core::conn::Activity::new();
+        let metrics = gateway.metrics().clone();
+        let service = {
+            let activity = Arc::clone(&activity);
             let gateway = Arc::clone(&gateway);
-            async move { Ok::<_, Infallible>(gateway.handle(request, conn).await) }
-        });
-        let metrics = metrics.clone();
-        match &tls {
-            None => {
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    finish(connection.await, &metrics, peer);
-                });
-            }
-            Some(acceptor) => {
-                let handshake = acceptor.accept(stream);
-                let watcher = graceful.watcher();
-                let builder = Arc::clone(&builder);
-                let timeout = options.header_read_timeout;
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let stream = match tokio::time::timeout(timeout, handshake).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(err)) => {
-                            metrics.tls_handshake_failed();
-                            tracing::debug!(error = %err, %peer, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            metrics.limit_rejected(Limit::HeaderTimeout);
-                            tracing::debug!(%peer, "no TLS handshake within the header read timeout");
-                            return;
-                        }
+            let max_requests = options.max_requests_per_address;
+            service_fn(move |mut request: Request<Incoming>| {
+                let in_flight = activity.begin();
+                // `None`: over the limit of the client's address
+                let address = if max_requests > 0 {
+                    requests.try_acquire(info.peer.ip(), max_requests).map(Some)
+                } else {
+                    Some(None)
+                };
+                if address.is_some() && request.headers().contains_key(http::header::UPGRADE) {
+                    // a protocol switch becomes a tunnel that outlives this connection's
+                    // task: it keeps the connection's slot
+                    request.extensions_mut().insert(slot.clone());
+                }
+                let gateway = Arc::clone(&gateway);
+                async move {
+                    let Some(address) = address else {
+                        gateway.metrics().limit_rejected(Limit::RequestsPerAddress);
+                        return Ok(too_many_requests().map(|body| Tracked {
+                            inner: body,
+                            _in_flight: None,
+                            _address: None,
+                        }));
                     };
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    finish(watcher.watch(connection).await, &metrics, peer);
-                });
+                    let response = gateway.handle(request, info).await;
+                    Ok::<_, Infallible>(response.map(|body| Tracked {
+                        inner: body,
+                        _in_flight: Some(in_flight),
+                        _address: address,
+                    }))
+                }
+            })
+        };
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let ending = tokio::select! {
+            result = connection.as_mut() => {
+                finish(result, &metrics, info.peer);
+                return;
+            }
+            expired = activity.expired(first, options.idle_timeout) => Ending::Expired(expired),
+            () = stopped(&mut stop) => Ending::Stop,
+        };
+        match ending {
+            Ending::Expired(Expired::NoRequest) => {
+                metrics.limit_rejected(Limit::FirstRequestTimeout);
+                tracing::debug!(peer = %info.peer, "no request within the header read timeout; closing");
+            }
+            Ending::Expired(Expired::Idle) => {
+                metrics.limit_rejected(Limit::IdleTimeout);
+                connection.as_mut().graceful_shutdown();
+                if let Ok(result) = tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await {
+                    finish(result, &metrics, info.peer);
+                }
+            }
+            Ending::Stop if !activity.started() => {}
+            Ending::Stop => {
+                connection.as_mut().graceful_shutdown();
+                finish(connection.await, &metrics, info.peer);
             }
         }
     }
-    drop(listener);
-    tracing::info!("draining open connections");
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(options.drain_timeout) => {
-            tracing::warn!("drain timeout reached; closing the remaining connections");
-        }
+}
+
+/// Completes once `stop` turns true (never, if its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// 429 for a request over the limit of its client address.
+fn too_many_requests() -> Response<Body> {
+    let mut response = gw_core::error::json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_requests",
+        "too many requests in flight from this address",
+    );
+    response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    response
+}
+
+/// A response body that keeps its request counted as in flight (on its connection, and for
+/// its client address) until it is sent or dropped.
+struct Tracked {
+    inner: Body,
+    _in_flight: Option<InFlight>,
+    _address: Option<AddressGuard>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
 /// Counts and logs how a connection ended.
 fn finish(
     result: Result<(), Box<dyn std::error::Error + Send + Sync>>,
-    metrics: &gw_core::metrics::ProxyMetrics,
-    peer: std::net::SocketAddr,
+    metrics: &ProxyMetrics,
+    peer: SocketAddr,
 ) {
     if let Err(err) = result {
         if let Some(err) = err.downcast_ref::<hyper::Error>() {

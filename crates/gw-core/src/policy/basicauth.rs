@@ -29,10 +29,21 @@ use crate::model::FieldError;
 
 /// Verifications running at once, for the whole process (every basic-auth policy of every
 /// API): one per core, at least two. Each argon2 verification holds about 19 MiB.
-static VERIFYING: std::sync::LazyLock<Arc<Semaphore>> = std::sync::LazyLock::new(|| {
-    let slots = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-    Arc::new(Semaphore::new(slots.max(2)))
-});
+static VERIFYING: std::sync::LazyLock<Arc<Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(Semaphore::new(process_slots())));
+
+/// The verification slots of the process: one per core, at least two.
+fn process_slots() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, std::num::NonZero::get)
+        .max(2)
+}
+
+/// The verifications one policy may run at once by default: half the process's slots, so
+/// that one API under a flood of bad passwords leaves the others room.
+fn default_policy_slots() -> u32 {
+    u32::try_from(process_slots() / 2).unwrap_or(1).max(1)
+}
 
 /// What an unknown user name is verified against, so that it takes as long as a known one
 /// (no user enumeration by timing).
@@ -56,6 +67,13 @@ pub(crate) struct BasicAuthParams {
     /// The realm named in the `WWW-Authenticate` challenge (default `gw`).
     #[serde(default = "default_realm")]
     pub realm: String,
+    /// Password verifications this policy runs at once (1 to 64); more wait (at most 5 s,
+    /// then 503). Verifications are slow on purpose: the default, half the process's
+    /// verification slots (one per core), keeps one API under a flood of bad passwords from
+    /// taking every slot. Requests over a `rate-limit` with `beforeAuthentication` cost no
+    /// verification at all.
+    #[serde(default)]
+    pub max_concurrent_verifications: Option<u32>,
 }
 
 fn default_realm() -> String {
@@ -70,6 +88,15 @@ impl Policy for BasicAuth {
     type Params = BasicAuthParams;
 
     fn check(&self, params: &BasicAuthParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+        if params
+            .max_concurrent_verifications
+            .is_some_and(|n| !(1..=64).contains(&n))
+        {
+            return vec![FieldError::new(
+                "maxConcurrentVerifications",
+                "must be 1 to 64",
+            )];
+        }
         if params.realm.is_empty()
             || params.realm.len() > 128
             || !params
@@ -106,14 +133,21 @@ impl Policy for BasicAuth {
             cache: Mutex::new(HashMap::new()),
             cache_key: rand::random(),
             verifying: Arc::clone(&VERIFYING),
+            own: Arc::new(Semaphore::new(
+                params
+                    .max_concurrent_verifications
+                    .unwrap_or_else(default_policy_slots) as usize,
+            )),
         });
-        Ok(RouteLayer::new(tower::layer::layer_fn(move |inner| {
-            BasicAuthService {
-                inner,
-                shared: Arc::clone(&shared),
-            }
-        })))
+        Ok(layer_of(shared))
     }
+}
+
+fn layer_of(shared: Arc<Shared>) -> RouteLayer {
+    RouteLayer::new(tower::layer::layer_fn(move |inner| BasicAuthService {
+        inner,
+        shared: Arc::clone(&shared),
+    }))
 }
 
 #[derive(Debug)]
@@ -123,7 +157,10 @@ struct Shared {
     /// keyed digest of (user name, password) -> the hash it was verified against
     cache: Mutex<HashMap<[u8; 32], Arc<str>>>,
     cache_key: [u8; 32],
+    /// The process's verification slots.
     verifying: Arc<Semaphore>,
+    /// This policy's share of them.
+    own: Arc<Semaphore>,
 }
 
 /// What the request's credentials lead to without hashing.
@@ -271,12 +308,15 @@ impl tower::Service<Request<Body>> for BasicAuthService {
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let shared = Arc::clone(&self.shared);
                 Box::pin(async move {
-                    let permit = tokio::time::timeout(
-                        VERIFY_WAIT,
-                        Arc::clone(&shared.verifying).acquire_owned(),
-                    )
+                    // this policy's share first, then one of the process's slots, both
+                    // within the wait
+                    let permits = tokio::time::timeout(VERIFY_WAIT, async {
+                        let own = Arc::clone(&shared.own).acquire_owned().await?;
+                        let process = Arc::clone(&shared.verifying).acquire_owned().await?;
+                        Ok::<_, tokio::sync::AcquireError>((own, process))
+                    })
                     .await;
-                    let Ok(Ok(permit)) = permit else {
+                    let Ok(Ok(permit)) = permits else {
                         return Ok(crate::error::json_error(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "authentication_busy",
@@ -321,6 +361,7 @@ mod tests {
             .layer(
                 BasicAuthParams {
                     realm: "shop".into(),
+                    max_concurrent_verifications: None,
                 },
                 &ctx,
             )
@@ -398,6 +439,7 @@ mod tests {
             cache: Mutex::new(HashMap::new()),
             cache_key: [7; 32],
             verifying: Arc::new(Semaphore::new(1)),
+            own: Arc::new(Semaphore::new(1)),
         };
         let request = request(Some(authorization));
         let Decision::Verify { hash, digest, .. } = shared.decide(&request) else {
@@ -425,6 +467,57 @@ mod tests {
         assert_eq!(response.status(), 401);
         let new = basic("alice", "battery staple");
         assert!(call_seen(&layer, request(Some(&new))).await.0.is_some());
+    }
+
+    /// One policy under a flood of wrong passwords takes its own share of the process's
+    /// verification slots, not all of them: another API's login is verified among the
+    /// first, not after the whole flood.
+    #[tokio::test]
+    async fn a_flooded_policy_leaves_verification_slots_to_the_others() {
+        let store = store_with(serde_json::json!([
+            {"type": "basic-auth", "id": "b1", "username": "alice", "password": "correct horse"}
+        ]));
+        let process = Arc::new(Semaphore::new(2));
+        let policy = |own: usize| {
+            layer_of(Arc::new(Shared {
+                challenge: HeaderValue::from_static("Basic"),
+                consumers: store.clone(),
+                cache: Mutex::new(HashMap::new()),
+                cache_key: [7; 32],
+                verifying: Arc::clone(&process),
+                own: Arc::new(Semaphore::new(own)),
+            }))
+        };
+        let (flooded, quiet) = (policy(1), policy(1));
+        let order = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        // local tasks (the verifications themselves run on the blocking pool, in parallel)
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let mut tasks = Vec::new();
+                for i in 0..8 {
+                    let (layer, order) = (flooded.clone(), std::rc::Rc::clone(&order));
+                    tasks.push(tokio::task::spawn_local(async move {
+                        let guess = basic("alice", &format!("guess {i}"));
+                        let (_, response) = call_seen(&layer, request(Some(&guess))).await;
+                        assert_eq!(response.status(), 401);
+                        order.borrow_mut().push("flood");
+                    }));
+                }
+                // the flood is queued: one verifies, seven wait for the flooded policy's share
+                tokio::task::yield_now().await;
+                let good = basic("alice", "correct horse");
+                let (seen, _) = call_seen(&quiet, request(Some(&good))).await;
+                assert!(seen.is_some());
+                order.borrow_mut().push("login");
+                for task in tasks {
+                    task.await.unwrap();
+                }
+            })
+            .await;
+        let order = order.borrow();
+        let position = order.iter().position(|who| *who == "login").unwrap();
+        assert!(position <= 2, "the login waited for the flood: {order:?}");
     }
 
     #[test]

@@ -233,6 +233,13 @@ pub trait PolicyFactory: Send + Sync + fmt::Debug + 'static {
         Phase::Transform
     }
 
+    /// Where the policy runs with these params (a rate limit may run before
+    /// authentication); [`PolicyFactory::phase`] unless the factory says otherwise.
+    fn phase_of(&self, params: &serde_json::Value) -> Phase {
+        let _ = params;
+        self.phase()
+    }
+
     /// Builds the layer from params that [`PolicyFactory::validate`] accepted.
     fn build(
         &self,
@@ -263,6 +270,13 @@ pub trait Policy: Send + Sync + fmt::Debug + 'static {
     /// Where the policy runs in a route's stack; see [`Phase`].
     fn phase(&self) -> Phase {
         Phase::Transform
+    }
+
+    /// Where the policy runs with these params; [`Policy::phase`] unless the policy says
+    /// otherwise.
+    fn phase_of(&self, params: &Self::Params) -> Phase {
+        let _ = params;
+        self.phase()
     }
 
     /// Builds the layer from checked params.
@@ -299,6 +313,13 @@ impl<P: Policy> PolicyFactory for Typed<P> {
 
     fn phase(&self) -> Phase {
         self.0.phase()
+    }
+
+    fn phase_of(&self, params: &serde_json::Value) -> Phase {
+        match Self::parse(params) {
+            Ok(parsed) => self.0.phase_of(&parsed),
+            Err(_) => self.0.phase(),
+        }
     }
 
     fn build(
@@ -394,6 +415,14 @@ impl PolicyRegistry {
         self.factories
             .get(name)
             .map_or(Phase::Transform, |f| f.phase())
+    }
+
+    /// The phase of `policy` with its params (a `rate-limit` with `beforeAuthentication`
+    /// runs in [`Phase::Admission`]); [`Phase::Transform`] when it is unknown.
+    pub fn phase_of(&self, policy: &PolicyRef) -> Phase {
+        self.factories
+            .get(&policy.name)
+            .map_or(Phase::Transform, |f| f.phase_of(&policy.params))
     }
 
     /// The JSON Schema of the params of policy `name`, if it is registered and has one.

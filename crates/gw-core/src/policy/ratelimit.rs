@@ -102,6 +102,13 @@ pub(crate) struct RateLimitParams {
     /// `rate_limit_unavailable`.
     #[serde(default)]
     pub fail_open: Option<bool>,
+    /// Count and refuse requests before authentication runs (with `key: ip`, `header` or
+    /// `api`): failed attempts count too, and a refused request costs no credential check
+    /// (no password hash, no key lookup), which throttles password guessing and keeps a
+    /// flood of bad credentials from taking the verification capacity. Default false: after
+    /// authentication, where the consumer is known.
+    #[serde(default)]
+    pub before_authentication: bool,
 }
 
 fn default_true() -> bool {
@@ -202,8 +209,25 @@ impl Policy for RateLimit {
         Phase::RateLimit
     }
 
+    fn phase_of(&self, params: &RateLimitParams) -> Phase {
+        if params.before_authentication {
+            Phase::Admission
+        } else {
+            Phase::RateLimit
+        }
+    }
+
     fn check(&self, params: &RateLimitParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         let mut errors = Vec::new();
+        if params.before_authentication
+            && matches!(params.key, KeyKind::Consumer | KeyKind::Credential)
+        {
+            errors.push(FieldError::new(
+                "key",
+                "with beforeAuthentication, use key ip, header or api: no consumer is known \
+                 before authentication",
+            ));
+        }
         if params.limits.is_empty() {
             errors.push(FieldError::new("limits", "give at least one limit"));
         }
@@ -1055,6 +1079,31 @@ mod tests {
             .is_empty()
         );
         assert_eq!(registry.phase("rate-limit"), Phase::RateLimit);
+        // before authentication: counted by address (or header, or API), never by consumer
+        assert_eq!(
+            fields(serde_json::json!({"limits": one, "beforeAuthentication": true})),
+            ["key"]
+        );
+        assert_eq!(
+            fields(serde_json::json!({
+                "limits": one, "beforeAuthentication": true, "key": "credential"
+            })),
+            ["key"]
+        );
+        let before = crate::model::PolicyRef {
+            name: "rate-limit".to_string(),
+            params: serde_json::json!({"limits": one, "beforeAuthentication": true, "key": "ip"}),
+        };
+        assert!(
+            fields(before.params.clone()).is_empty(),
+            "a valid pre-authentication limit"
+        );
+        assert_eq!(registry.phase_of(&before), Phase::Admission);
+        let after = crate::model::PolicyRef {
+            name: "rate-limit".to_string(),
+            params: serde_json::json!({"limits": one}),
+        };
+        assert_eq!(registry.phase_of(&after), Phase::RateLimit);
     }
 
     fn layer(params: serde_json::Value) -> RouteLayer {

@@ -78,7 +78,8 @@ impl fmt::Debug for RouteLayer {
     }
 }
 
-/// Wraps `inner` in built layers, phase by phase ([`Phase`](super::Phase)), in the given
+/// Wraps `inner` in built layers, phase by phase ([`Phase`](super::Phase), as
+/// [`PolicyRegistry::phase_of`] tells for each policy and its params), in the given
 /// order within a phase, the first outermost. A layer may be shared by several stacks (an
 /// API-level policy's layer wraps every operation of the API, so that, for example, its
 /// rate limit counts the API's requests, not each operation's).
@@ -87,7 +88,7 @@ pub fn stack(
     mut layers: Vec<(&PolicyRef, RouteLayer)>,
     inner: RouteService,
 ) -> RouteStack {
-    layers.sort_by_key(|(policy, _)| registry.phase(&policy.name));
+    layers.sort_by_key(|(policy, _)| registry.phase_of(policy));
     let mut service = inner;
     // the filters met since the last other layer, innermost first
     let mut run: Vec<Arc<dyn ErasedFilter>> = Vec::new();

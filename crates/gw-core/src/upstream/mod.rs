@@ -17,7 +17,9 @@ mod balance;
 mod endpoint;
 mod headers;
 mod health;
+mod pace;
 mod retry;
+mod tunnel;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,7 +33,6 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
@@ -43,9 +44,12 @@ use crate::gateway::ConnInfo;
 use crate::metrics::{AttemptError, ProxyMetrics, UpstreamMetrics};
 use crate::model::{HostHeader, OutlierDetection, UpstreamProtocol, UpstreamSpec};
 use crate::tls::{CertificateSet, ServedCertificate, UpstreamTlsClient};
+pub use pace::{RATE_GRACE, SlowBody, Traffic, TrafficLimits};
+
 use balance::{Balancer, Usable};
 use endpoint::{EndpointState, Sender};
 use retry::{RetryPolicy, is_idempotent};
+use tunnel::TunnelCount;
 
 /// Requests that found their pooled connection closed before anything was written are sent
 /// again without counting as retries, at most this many times.
@@ -83,6 +87,9 @@ pub struct Upstream {
     client_certificate: Option<Arc<ServedCertificate>>,
     /// Serializes ejection decisions, so that `maxEjectedPercent` holds under races.
     ejecting: Mutex<()>,
+    /// What clients' request bodies and tunnels may hold (shared by the gateway's
+    /// upstreams).
+    traffic: Arc<Traffic>,
 }
 
 #[derive(Debug)]
@@ -246,12 +253,14 @@ impl Upstream {
 
     /// Builds the upstream of a validated spec, and starts its background tasks when called
     /// within a Tokio runtime.
-    /// `certificates` holds the client certificate that `spec.tls` may name.
+    /// `certificates` holds the client certificate that `spec.tls` may name; `traffic`
+    /// bounds what its clients' request bodies and tunnels may hold.
     pub fn new(
         spec: &UpstreamSpec,
         api: &str,
         certificates: &CertificateSet,
         metrics: &ProxyMetrics,
+        traffic: &Arc<Traffic>,
     ) -> Result<Arc<Self>, UpstreamError> {
         if spec.endpoints.is_empty() || spec.endpoints.len() > 64 {
             return Err(UpstreamError {
@@ -327,6 +336,7 @@ impl Upstream {
             tasks: Mutex::new(Vec::new()),
             client_certificate: tls.and_then(|t| t.client_certificate),
             ejecting: Mutex::new(()),
+            traffic: Arc::clone(traffic),
         });
         let tasks = health::spawn(&upstream, spec.health_check.as_ref());
         *upstream
@@ -566,6 +576,10 @@ impl Upstream {
             let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
             Some((protocol, on_upgrade))
         });
+        // the client connection's slot, which a tunnel keeps
+        let slot = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<crate::conn::ConnSlot>());
         // the client's URI: every attempt rewrites it for its endpoint
         let client_uri = parts.uri.clone();
         headers::prepare_request(
@@ -588,6 +602,17 @@ impl Upstream {
             && is_idempotent(&parts.method)
             && body.is_end_stream();
         self.retry.deposit();
+        // the body is read ahead (and its pace watched until the upstream answers), so
+        // that a client that does not send it holds no upstream connection
+        let answered = Arc::new(AtomicBool::new(false));
+        let body = if body.is_end_stream() {
+            body
+        } else {
+            match pace::ReadAhead::read(body, &self.traffic, Arc::clone(&answered)).await {
+                Ok(ahead) => body::boxed(ahead),
+                Err(error) => return Err(client_body_error(error.as_ref())),
+            }
+        };
         let deadline = Instant::now() + request_timeout;
 
         let mut pending = Some((parts, body));
@@ -697,6 +722,10 @@ impl Upstream {
                         // the client's fault, not the endpoint's
                         return Err(GatewayError::PayloadTooLarge);
                     }
+                    if let Some(slow) = pace::slow_body(err.error()) {
+                        // the client's too: its body was cut, the connection with it
+                        return Err(GatewayError::SlowRequestBody(slow));
+                    }
                     if let Some(unsent) = err.take_message() {
                         // the pooled connection closed before the request was written
                         if pending.is_none() {
@@ -720,6 +749,7 @@ impl Upstream {
                 }
                 Ok(Ok(response)) => response,
             };
+            answered.store(true, Ordering::Release);
             endpoint.metrics.answered(started.elapsed());
             let status = response.status().as_u16();
             if (502..=504).contains(&status) {
@@ -740,7 +770,9 @@ impl Upstream {
                 // the upstream's connection leaves the pool for good: it becomes the tunnel
                 lease.sender = None;
                 let count = tunnel_count.unwrap_or_else(|| TunnelCount::new(&lease));
-                return Ok(tunnel(response, protocol, downstream, lease, count));
+                return Ok(tunnel::tunnel(
+                    response, protocol, downstream, lease, count, slot,
+                ));
             }
             if let Some(exchange) = exchange.as_ref() {
                 exchange.set_endpoint(&endpoint.url);
@@ -982,67 +1014,14 @@ impl EndHook for Lease {
     }
 }
 
-/// Answers a protocol switch (`101 Switching Protocols`) to the client and, once both sides
-/// have switched, copies bytes both ways until either side closes. The lease (the endpoint's
-/// in-flight count) lives as long as the tunnel.
-fn tunnel(
-    mut response: Response<Incoming>,
-    protocol: HeaderValue,
-    downstream: hyper::upgrade::OnUpgrade,
-    lease: Lease,
-    count: TunnelCount,
-) -> Response<Body> {
-    let upstream = hyper::upgrade::on(&mut response);
-    let (mut parts, _) = response.into_parts();
-    parts.version = Version::default();
-    headers::prepare_response(&mut parts.headers);
-    headers::set_upgrade(&mut parts.headers, protocol);
-    let api = lease.upstream.api.clone();
-    // the tunnel occupies its connection: counted in maxConnections and the gauge until it
-    // closes
-    tokio::spawn(async move {
-        let _lease = lease;
-        let _count = count;
-        let (upstream, downstream) = match tokio::try_join!(upstream, downstream) {
-            Ok(both) => both,
-            Err(err) => {
-                tracing::debug!(%api, error = %err, "protocol switch failed");
-                return;
-            }
-        };
-        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-        let mut downstream = hyper_util::rt::TokioIo::new(downstream);
-        if let Err(err) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
-            tracing::debug!(%api, error = %err, "tunnel closed with an error");
-        }
-    });
-    Response::from_parts(parts, body::empty())
-}
-
-/// A tunnel's place among the upstream's open connections.
-struct TunnelCount {
-    limits: Arc<Limits>,
-    gauge: Gauge,
-}
-
-impl TunnelCount {
-    fn new(lease: &Lease) -> Self {
-        let limits = Arc::clone(&lease.upstream.limits);
-        limits.open.fetch_add(1, Ordering::AcqRel);
-        let gauge = lease.upstream.endpoints[lease.index]
-            .metrics
-            .connections
-            .clone();
-        gauge.inc();
-        Self { limits, gauge }
-    }
-}
-
-impl Drop for TunnelCount {
-    fn drop(&mut self) {
-        self.gauge.dec();
-        self.limits.open.fetch_sub(1, Ordering::AcqRel);
-        self.limits.release();
+/// The error of a request body that could not be read ahead.
+fn client_body_error(error: &(dyn std::error::Error + 'static)) -> GatewayError {
+    if let Some(slow) = pace::slow_body(error) {
+        GatewayError::SlowRequestBody(slow)
+    } else if body::is_length_limit(error) {
+        GatewayError::PayloadTooLarge
+    } else {
+        GatewayError::ClientBody(crate::error::chain(error))
     }
 }
 
