@@ -733,3 +733,35 @@ async fn failed_logins_are_throttled_before_authentication() {
         "200"
     );
 }
+
+/// A client that asks for a large response and reads none of it (a slow reader) has its
+/// connection closed after the send timeout, and the upstream exchange behind it ends.
+#[tokio::test]
+async fn a_client_that_does_not_read_is_closed_after_the_send_timeout() {
+    let upstream = echo_upstream("up");
+    let (runtime, _dir) = standalone(&api(&upstream, ""), &["--send-timeout", "2s"]);
+    let proxy = runtime.addr("proxy");
+    served_within(proxy, "/up/ready", Duration::from_secs(30)).await;
+    let status = runtime.addr("status");
+    let pooled = metric(status, "gw_upstream_connections{").await;
+    let mut socket = connect_from("127.0.0.2", proxy).await;
+    socket
+        .write_all(b"GET /up/_echo/bytes?n=200000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // nothing is read: the socket buffers fill, then the gateway waits on the client
+    gw_e2e::eventually(
+        "the gateway to close the slow reader",
+        Duration::from_secs(30),
+        || async { metric(status, &limit_metric("send_timeout")).await == 1 },
+    )
+    .await;
+    gw_e2e::eventually(
+        "the upstream exchange to end",
+        Duration::from_secs(10),
+        || async { metric(status, "gw_upstream_connections{").await <= pooled },
+    )
+    .await;
+    // what was sent before the close can still be read, then the connection ends
+    assert!(closed_within(&mut socket, Duration::from_secs(10)).await);
+}

@@ -139,6 +139,9 @@ pub enum Limit {
     TunnelIdle,
     /// A WebSocket tunnel closed at the end of its longest lifetime.
     TunnelLifetime,
+    /// A connection closed because the client read nothing of what the gateway had to send
+    /// for the send timeout.
+    SendTimeout,
 }
 
 impl Limit {
@@ -157,6 +160,7 @@ impl Limit {
             Limit::BodyRate => "body_rate",
             Limit::TunnelIdle => "tunnel_idle",
             Limit::TunnelLifetime => "tunnel_lifetime",
+            Limit::SendTimeout => "send_timeout",
         }
     }
 }
@@ -200,7 +204,7 @@ impl ProxyMetrics {
         );
         registry.register(
             "gw_limit_rejections",
-            "Requests, connections and tunnels refused or closed by a limit: header_size, uri_length, body_size, header_timeout, connections, connections_per_address, requests_per_address, first_request_timeout, idle_timeout, body_timeout, body_rate, tunnel_idle, tunnel_lifetime",
+            "Requests, connections and tunnels refused or closed by a limit: header_size, uri_length, body_size, header_timeout, connections, connections_per_address, requests_per_address, first_request_timeout, idle_timeout, body_timeout, body_rate, tunnel_idle, tunnel_lifetime, send_timeout",
             metrics.limits.clone(),
         );
         registry.register(

@@ -209,6 +209,17 @@ struct LimitArgs {
     )]
     request_body_min_rate: u64,
 
+    /// A client connection that reads nothing of what the gateway has to send for this long
+    /// is closed (a slow reader would otherwise hold it, and the upstream connection behind
+    /// it).
+    #[arg(
+        long,
+        env = "GW_SEND_TIMEOUT",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    send_timeout: HumanDuration,
+
     /// A WebSocket tunnel that nothing crosses, either way, for this long is closed.
     #[arg(
         long,
@@ -244,6 +255,7 @@ impl LimitArgs {
         options.listener.max_requests_per_address = usize::try_from(self.max_requests_per_address)?;
         options.listener.http2_max_streams = self.http2_max_streams;
         options.listener.http2_keepalive = self.http2_keepalive.as_duration();
+        options.listener.send_timeout = positive(self.send_timeout, "--send-timeout")?;
         options.traffic = TrafficLimits {
             body_read_ahead: usize::try_from(self.request_read_ahead)?,
             body_buffer_memory: usize::try_from(self.request_buffer_memory)?,

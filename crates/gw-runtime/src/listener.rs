@@ -19,7 +19,10 @@
 //!   hyper's guards against rapid reset (a connection that resets more than 20 streams
 //!   before they are accepted is closed) and CONTINUATION floods;
 //! - optionally, at most [`ListenerOptions::max_requests_per_address`] requests in flight
-//!   from one client address (429 beyond it).
+//!   from one client address (429 beyond it);
+//! - a client that reads nothing of what the gateway has to send for
+//!   [`ListenerOptions::send_timeout`] (a slow reader) has its connection closed, and the
+//!   upstream exchange behind it ends.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -73,6 +76,10 @@ pub struct ListenerOptions {
     /// HTTP/2 keep-alive: a ping this often, and the connection is closed when one is not
     /// answered within the same time; zero: no pings.
     pub http2_keepalive: Duration,
+    /// A connection whose client reads nothing of what the gateway has to send for this
+    /// long is closed (a client that asks for a large response and never reads it would
+    /// otherwise hold the connection, and the upstream connection behind it, for ever).
+    pub send_timeout: Duration,
     /// Longest wait for in-flight requests after shutdown begins.
     pub drain_timeout: Duration,
 }
@@ -88,6 +95,7 @@ impl Default for ListenerOptions {
             max_requests_per_address: 0,
             http2_max_streams: 100,
             http2_keepalive: Duration::from_secs(20),
+            send_timeout: Duration::from_mins(1),
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -276,6 +284,7 @@ impl Connection {
         } = self;
         let activity = gw_core::conn::Activity::new();
         let metrics = gateway.metrics().clone();
+        let io = SendDeadline::new(io, options.send_timeout, metrics.clone());
         let service = {
             let activity = Arc::clone(&activity);
             let gateway = Arc::clone(&gateway);
@@ -389,6 +398,105 @@ impl http_body::Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A client connection whose writes fail once one has waited for the client to read for
+/// the send timeout. Nothing is allocated until a write first has to wait.
+struct SendDeadline<I> {
+    io: I,
+    timeout: Duration,
+    /// Armed while a write waits.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
+    metrics: ProxyMetrics,
+}
+
+impl<I> SendDeadline<I> {
+    fn new(io: I, timeout: Duration, metrics: ProxyMetrics) -> Self {
+        Self {
+            io,
+            timeout,
+            timer: None,
+            waiting: false,
+            metrics,
+        }
+    }
+
+    /// Follows a write's progress: `Err` once it has waited for the send timeout.
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.waiting = false;
+            return polled;
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if !self.waiting {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.waiting = true;
+        if timer.as_mut().poll(cx).is_ready() {
+            self.metrics.limit_rejected(Limit::SendTimeout);
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read nothing for the send timeout",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for SendDeadline<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for SendDeadline<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, data);
+        self.check(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.check(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.check(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
