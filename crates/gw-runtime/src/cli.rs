@@ -98,8 +98,10 @@ pub struct Args {
     #[arg(long, env = "GW_HEARTBEAT_SECONDS", default_value_t = 10)]
     heartbeat_seconds: u64,
 
-    /// Time allowed for a client to send a request's headers, in seconds; also the idle
-    /// timeout of keep-alive client connections.
+    /// Time allowed for a client to send a request's headers, in seconds. A connection's
+    /// first request counts from the accept (TLS handshake included), so a socket that sends
+    /// nothing is closed after it; an HTTP/1.1 keep-alive connection waits at most this long
+    /// for its next request.
     #[arg(long, env = "GW_HEADER_READ_TIMEOUT", default_value_t = 30)]
     header_read_timeout: u64,
 
@@ -220,6 +222,13 @@ struct LimitArgs {
     )]
     send_timeout: HumanDuration,
 
+    /// Connections the kernel queues for the traffic listeners before they are accepted
+    /// (capped by net.core.somaxconn): a short queue drops connection attempts in a burst,
+    /// and their clients wait a second or more to retry.
+    #[arg(long, env = "GW_LISTEN_BACKLOG", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    listen_backlog: u32,
+
     /// A WebSocket tunnel that nothing crosses, either way, for this long is closed.
     #[arg(
         long,
@@ -256,6 +265,7 @@ impl LimitArgs {
         options.listener.http2_max_streams = self.http2_max_streams;
         options.listener.http2_keepalive = self.http2_keepalive.as_duration();
         options.listener.send_timeout = positive(self.send_timeout, "--send-timeout")?;
+        options.listener.listen_backlog = self.listen_backlog;
         options.traffic = TrafficLimits {
             body_read_ahead: usize::try_from(self.request_read_ahead)?,
             body_buffer_memory: usize::try_from(self.request_buffer_memory)?,

@@ -254,17 +254,20 @@ impl Runtime {
             gw_sync::validate_node_id(&options.node_id)
                 .map_err(|reason| RuntimeError::Options(format!("--node-id: {reason}")))?;
         }
-        let bind = |what, addr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| RuntimeError::Bind { what, addr, source })
+        let bind = |what, addr, backlog| {
+            listener::bind(addr, backlog).map_err(|source| RuntimeError::Bind {
+                what,
+                addr,
+                source,
+            })
         };
-        let proxy = bind("proxy", options.proxy_addr).await?;
+        let backlog = options.listener.listen_backlog;
+        let proxy = bind("proxy", options.proxy_addr, backlog)?;
         let https = match options.https_addr {
-            Some(addr) => Some(bind("https", addr).await?),
+            Some(addr) => Some(bind("https", addr, backlog)?),
             None => None,
         };
-        let status = bind("status", options.status_addr).await?;
+        let status = bind("status", options.status_addr, 128)?;
 
         let mut registry = Registry::default();
         let metrics = ProxyMetrics::register(&mut registry);

@@ -80,6 +80,11 @@ pub struct ListenerOptions {
     /// long is closed (a client that asks for a large response and never reads it would
     /// otherwise hold the connection, and the upstream connection behind it, for ever).
     pub send_timeout: Duration,
+    /// Connections the kernel queues for the listener before the gateway accepts them
+    /// (capped by `net.core.somaxconn`). A short queue overflows in a burst of new
+    /// connections, and the clients whose connection attempts are dropped wait a second or
+    /// more for their retry.
+    pub listen_backlog: u32,
     /// Longest wait for in-flight requests after shutdown begins.
     pub drain_timeout: Duration,
 }
@@ -96,9 +101,23 @@ impl Default for ListenerOptions {
             http2_max_streams: 100,
             http2_keepalive: Duration::from_secs(20),
             send_timeout: Duration::from_mins(1),
+            listen_backlog: 4096,
             drain_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// A listener on `addr` whose kernel queue holds `backlog` connections (the standard
+/// library's `bind` queues 128).
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog.max(1))
 }
 
 /// How long a connection closed for idleness may take to say goodbye (an HTTP/2 `GOAWAY`
