@@ -558,6 +558,8 @@ pub struct Gateway {
     registry: PolicyRegistry,
     metrics: ProxyMetrics,
     max_uri_bytes: usize,
+    /// Peers whose forwarding headers are believed ([`Gateway::with_trusted_proxies`]).
+    trusted_proxies: Arc<[crate::policy::Cidr]>,
     /// The trace export, if one is installed ([`Gateway::with_tracing`]).
     tracing: Option<crate::otel::Tracing>,
     /// Serializes [`Gateway::apply`]: each build reuses (and retires) the APIs of the
@@ -575,6 +577,7 @@ impl Gateway {
             registry,
             metrics,
             max_uri_bytes: DEFAULT_MAX_URI_BYTES,
+            trusted_proxies: Arc::from([]),
             tracing: None,
             applying: std::sync::Mutex::new(()),
         }
@@ -585,6 +588,19 @@ impl Gateway {
     #[must_use]
     pub fn with_max_uri_bytes(mut self, limit: usize) -> Self {
         self.max_uri_bytes = limit;
+        self
+    }
+
+    /// Believes the forwarding headers of these peers (the load balancers or proxies in
+    /// front of the gateway; default: none): from one of them, `X-Forwarded-For` is
+    /// extended with the peer's address, `X-Forwarded-Proto`, `X-Forwarded-Host` and
+    /// `Forwarded` are kept (`Forwarded` gets an element for this hop), and `X-Real-IP` is
+    /// the client as [`crate::policy::client_ip`] finds it. From any other peer, those
+    /// headers are replaced by what the gateway knows: a client cannot plant an address or
+    /// a host that the upstream would believe.
+    #[must_use]
+    pub fn with_trusted_proxies(mut self, proxies: Vec<crate::policy::Cidr>) -> Self {
+        self.trusted_proxies = Arc::from(proxies);
         self
     }
 
@@ -734,12 +750,20 @@ impl Gateway {
     }
 
     /// Serves one request: route, run the route's stack, answer errors in JSON.
-    pub async fn handle<B>(&self, request: Request<B>, conn: ConnInfo) -> Response<Body>
+    pub async fn handle<B>(&self, mut request: Request<B>, conn: ConnInfo) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let start = Instant::now();
+        // hop-by-hop headers off before anything reads the request: no policy sees them,
+        // and `Connection` cannot name a header that a policy sets (see `crate::arrival`)
+        let arrival = crate::upstream::arrive(
+            request.headers_mut(),
+            Some(conn.peer.ip()),
+            &self.trusted_proxies,
+        );
+        request.extensions_mut().insert(arrival);
         let uri_len = request
             .uri()
             .path_and_query()

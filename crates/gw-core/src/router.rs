@@ -303,7 +303,7 @@ pub fn request_host<B>(req: &http::Request<B>) -> Option<std::borrow::Cow<'_, st
 
 /// Whether `host` is a DNS name (letters, digits, `-`, `_`, `.`) or an IP address
 /// (`[v6]` in brackets).
-fn is_host_name(host: &str) -> bool {
+pub(crate) fn is_host_name(host: &str) -> bool {
     if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         return inner.parse::<std::net::Ipv6Addr>().is_ok();
     }
