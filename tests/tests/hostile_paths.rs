@@ -234,12 +234,15 @@ async fn the_upstream_is_told_the_host_the_request_was_routed_on() {
     assert_eq!(status, 404, "{text}");
 }
 
-const FORGED: [(&str, &str); 5] = [
+const FORGED: [(&str, &str); 7] = [
     ("X-Forwarded-For", "6.6.6.6, 203.0.113.9"),
     ("X-Real-IP", "6.6.6.6"),
     ("Forwarded", "for=203.0.113.9;proto=https;host=api.example"),
     ("X-Forwarded-Proto", "https"),
     ("X-Forwarded-Host", "api.example"),
+    // what Symfony and IIS route on, what Spring builds links from
+    ("X-Original-URL", "/admin/users"),
+    ("X-Forwarded-Prefix", "/evil"),
 ];
 
 /// A client's forwarding headers never reach the upstream as the client wrote them.
@@ -258,6 +261,8 @@ async fn a_clients_forwarding_headers_are_replaced() {
         seen["forwarded"], "for=127.0.0.1;proto=http;host=gw.test",
         "{seen}"
     );
+    assert!(seen.get("x-original-url").is_none(), "{seen}");
+    assert!(seen.get("x-forwarded-prefix").is_none(), "{seen}");
 }
 
 /// A trusted proxy's forwarding headers are believed and extended; a client next to it is
@@ -277,6 +282,7 @@ async fn a_trusted_proxys_forwarding_headers_are_believed() {
     assert_eq!(seen["x-real-ip"], "203.0.113.9", "{seen}");
     assert_eq!(seen["x-forwarded-proto"], "https", "{seen}");
     assert_eq!(seen["x-forwarded-host"], "api.example", "{seen}");
+    assert_eq!(seen["x-forwarded-prefix"], "/evil", "{seen}");
     assert_eq!(
         seen["forwarded"],
         "for=203.0.113.9;proto=https;host=api.example, for=127.0.0.2;proto=http;host=gw.test",

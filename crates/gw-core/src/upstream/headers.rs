@@ -39,6 +39,25 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// How many names [`PROXY_CLAIMS`] lists.
+const CLAIM_COUNT: usize = 8;
+
+/// Other headers by which a proxy tells its upstream about the original request, which some
+/// frameworks believe: Symfony, Laminas and IIS route on `X-Original-URL` and
+/// `X-Rewrite-URL`, Spring and others build links from `X-Forwarded-Prefix` and
+/// `X-Forwarded-Port`. A peer that is not a trusted proxy may not send them: they are
+/// removed on arrival (a policy may set them after).
+const PROXY_CLAIMS: [HeaderName; CLAIM_COUNT] = [
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-original-host"),
+];
+
 /// The host the request is for, as `host[:port]`, for `X-Forwarded-Host`, `Forwarded`
 /// and `hostHeader: preserve`: the authority of the request target when it has one
 /// (HTTP/2, or an absolute-form target, where RFC 9112 says to ignore `Host`), otherwise
@@ -122,9 +141,10 @@ fn remove_hop_headers(headers: &mut HeaderMap, transfer_encoding: bool) {
 /// Takes a request's hop-by-hop headers off on arrival, before any policy sees it: those
 /// `Connection` names (but `Host`, `Content-Length` and `Transfer-Encoding`, which the
 /// gateway needs and sets for the upstream itself) and the hop-by-hop ones, keeping what
-/// they said in the returned [`Arrival`]. `peer` is the connection's peer (if known);
-/// `trusted` the gateway's trusted proxies. Allocates nothing for a request without a
-/// `Connection` header that names another header.
+/// they said in the returned [`Arrival`]; and from a peer that is not a trusted proxy, the
+/// [`PROXY_CLAIMS`]. `peer` is the connection's peer (if known); `trusted` the gateway's
+/// trusted proxies. Allocates nothing for a request without a `Connection` header that
+/// names another header.
 pub(crate) fn arrive(headers: &mut HeaderMap, peer: Option<IpAddr>, trusted: &[Cidr]) -> Arrival {
     let websocket = wants_websocket(headers);
     let te_trailers = headers
@@ -136,6 +156,9 @@ pub(crate) fn arrive(headers: &mut HeaderMap, peer: Option<IpAddr>, trusted: &[C
     remove_hop_headers(headers, false);
     let peer = peer.map(|ip| ip.to_canonical());
     let trusted_peer = peer.is_some_and(|ip| trusted.iter().any(|c| c.contains(ip)));
+    if !trusted_peer {
+        remove_proxy_claims(headers);
+    }
     let client = match peer {
         Some(ip) if trusted_peer => Some(client_ip(headers, ip, trusted)),
         other => other,
@@ -146,6 +169,26 @@ pub(crate) fn arrive(headers: &mut HeaderMap, peer: Option<IpAddr>, trusted: &[C
         te_trailers,
         trusted_peer,
         client,
+    }
+}
+
+/// Removes the [`PROXY_CLAIMS`] present: one pass over the names, then a removal for each
+/// one found (usually none).
+fn remove_proxy_claims(headers: &mut HeaderMap) {
+    let mut present = [false; CLAIM_COUNT];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = PROXY_CLAIMS.iter().position(|claim| claim == name) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if any {
+        for (i, name) in PROXY_CLAIMS.iter().enumerate() {
+            if present[i] {
+                headers.remove(name);
+            }
+        }
     }
 }
 
@@ -455,6 +498,8 @@ mod tests {
         h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
         h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
         h.insert("x-kept", HeaderValue::from_static("yes"));
+        h.insert("x-original-url", HeaderValue::from_static("/admin"));
+        h.insert("x-forwarded-prefix", HeaderValue::from_static("/evil"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         let conn = conn("192.0.2.7:5555");
         let host = original_host(&h, &Uri::from_static("/"));
@@ -463,7 +508,14 @@ mod tests {
         // they said is kept; the framing headers stay for the gateway
         assert!(arrival.te_trailers && !arrival.websocket && !arrival.trusted_peer);
         assert_eq!(arrival.client, Some(conn.peer.ip()));
-        for gone in ["connection", "x-secret-hop", "keep-alive", "te"] {
+        for gone in [
+            "connection",
+            "x-secret-hop",
+            "keep-alive",
+            "te",
+            "x-original-url",
+            "x-forwarded-prefix",
+        ] {
             assert!(h.get(gone).is_none(), "{gone}");
         }
         assert!(h.get(header::HOST).is_some() && h.get(header::TRANSFER_ENCODING).is_some());
@@ -501,11 +553,13 @@ mod tests {
             "forwarded",
             HeaderValue::from_static("for=203.0.113.9;proto=https;host=api.example"),
         );
+        h.insert("x-forwarded-prefix", HeaderValue::from_static("/api"));
         let conn = conn("10.1.2.3:4444");
         let host = original_host(&h, &Uri::from_static("/"));
         let arrival = arrive(&mut h, Some(conn.peer.ip()), &trusted());
         assert!(arrival.trusted_peer);
         assert_eq!(arrival.client, Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(h["x-forwarded-prefix"], "/api");
         prepare_request(&mut h, Some(&conn), &arrival, host, false);
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 203.0.113.9, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
