@@ -70,6 +70,17 @@ pub struct Args {
     #[arg(long, env = "GW_STATUS_ADDR", default_value = "127.0.0.1:7085")]
     status_addr: SocketAddr,
 
+    /// The load balancers or proxies in front of the all-in-one runtime, as addresses or
+    /// CIDR blocks, comma-separated: their forwarding headers are believed (see
+    /// `gw-runtime --trusted-proxies`). Default: none.
+    #[arg(
+        long,
+        env = "GW_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    trusted_proxies: Vec<String>,
+
     /// Longest wait for the database, in milliseconds, before a call answers 503.
     #[arg(long, env = "GW_STORE_TIMEOUT_MS", default_value_t = 5000)]
     store_timeout_ms: u64,
@@ -222,6 +233,7 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
             proxy_addr: args.proxy_addr,
             https_addr: args.https_addr,
             status_addr: args.status_addr,
+            trusted_proxies: gw_runtime::cli::trusted_proxies(&args.trusted_proxies)?,
         });
     }
     crate::run(options, gw_runtime::shutdown_signal()).await?;

@@ -47,6 +47,9 @@ pub struct AllInOne {
     pub https_addr: Option<SocketAddr>,
     /// Its status address.
     pub status_addr: SocketAddr,
+    /// The proxies in front of it whose forwarding headers are believed
+    /// (`gw-runtime --trusted-proxies`).
+    pub trusted_proxies: Vec<gw_core::policy::Cidr>,
 }
 
 /// Everything a controller needs. Its `Debug` output hides the secrets.
@@ -474,6 +477,7 @@ pub async fn run(
             runtime_options.proxy_addr = aio.proxy_addr;
             runtime_options.https_addr = aio.https_addr;
             runtime_options.status_addr = aio.status_addr;
+            runtime_options.trusted_proxies = aio.trusted_proxies.clone();
             runtime_options.data_dir = Some(options.data_dir.join("runtime"));
             runtime_options.policies = options.policies.clone();
             runtime_options.heartbeat_interval = options.heartbeat_interval;

@@ -152,6 +152,9 @@ impl Route {
 
 #[derive(Debug)]
 struct OperationRoute {
+    /// The path template as the first of its operations spells it: a request's segments
+    /// that its literal ones matched are spelled so before the request goes on.
+    template: Box<str>,
     methods: Vec<(Method, Route)>,
     /// The methods whose stack answers CORS preflights (a `Phase::Cors` policy): an
     /// `OPTIONS` preflight for one of them runs that stack even though the operation is not
@@ -231,7 +234,7 @@ impl BuiltApi {
             ));
             return Ok(built);
         }
-        let mut by_path: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut by_path: BTreeMap<String, usize> = BTreeMap::new();
         for op in &spec.operations {
             let method = Method::from_bytes(op.method.as_bytes())
                 .map_err(|_| format!("invalid method {:?}", op.method))?;
@@ -262,20 +265,22 @@ impl BuiltApi {
                 registry,
                 (metrics.for_route(name, &label), &label),
             );
-            let index = match by_path.get(op.path.as_str()) {
+            let routed = crate::model::routed_template(&op.path, spec.case_insensitive);
+            let index = match by_path.get(routed.as_ref()) {
                 Some(&index) => index,
                 None => {
                     let index = built.operations.len();
                     built
                         .operation_router
-                        .insert(op.path.as_str(), index)
+                        .insert(routed.as_ref(), index)
                         .map_err(|e| format!("operation path {:?}: {e}", op.path))?;
                     built.operations.push(OperationRoute {
+                        template: op.path.as_str().into(),
                         methods: Vec::new(),
                         preflight: Vec::new(),
                         allow: String::new(),
                     });
-                    by_path.insert(&op.path, index);
+                    by_path.insert(routed.into_owned(), index);
                     index
                 }
             };
@@ -299,7 +304,6 @@ impl BuiltApi {
         Ok(built)
     }
 
-    /// The stack for a method and the path after the context.
     /// The route at `at`.
     fn route(&self, at: RouteRef) -> &Route {
         match (at, &self.service) {
@@ -309,18 +313,52 @@ impl BuiltApi {
         }
     }
 
-    fn select<B>(&self, request: &Request<B>, rest: &str) -> Result<RouteRef, GatewayError> {
+    /// The route for a request and its path after the context (`rest`, normalized), with
+    /// `rest` respelled as the operation's template spells its literal segments when it is
+    /// not already ([`path::respell`]). Operations are matched on the
+    /// [`path::routing_form`] of `rest`, case-folded for a case-insensitive API.
+    fn select<B>(
+        &self,
+        request: &Request<B>,
+        rest: &str,
+    ) -> Result<(RouteRef, Option<String>), GatewayError> {
         let method = request.method();
         if self.service.is_some() {
-            return Ok(RouteRef::Single);
+            return Ok((RouteRef::Single, None));
         }
-        let path = crate::path::without_parameters(if rest.is_empty() { "/" } else { rest });
+        let rest = if rest.is_empty() { "/" } else { rest };
+        let form = path::routing_form(rest);
+        let folded;
+        let key: &str = if self.definition.spec.case_insensitive {
+            folded = path::case_fold(&form);
+            &folded
+        } else {
+            &form
+        };
         let matched = self
             .operation_router
-            .at(&path)
+            .at(key)
             .map_err(|_| GatewayError::NoRoute)?;
         let op = *matched.value;
         let route = &self.operations[op];
+        // matched as written, on an exact template: its literal segments are the
+        // template's already
+        let respelled = if key == rest && !self.definition.spec.case_insensitive {
+            None
+        } else {
+            path::respell(rest, &route.template)
+        };
+        let at = Self::method_of(route, op, request, method)?;
+        Ok((at, respelled))
+    }
+
+    /// The route of `method` among an operation path's methods.
+    fn method_of<B>(
+        route: &OperationRoute,
+        op: usize,
+        request: &Request<B>,
+        method: &Method,
+    ) -> Result<RouteRef, GatewayError> {
         if let Some(i) = route.methods.iter().position(|(m, _)| m == method) {
             return Ok(RouteRef::Operation(op, i));
         }
@@ -450,11 +488,12 @@ impl GatewayConfig {
         }
         let router = Router::build(apis.values().map(|api| {
             let spec = &api.definition.spec;
-            (
-                spec.hosts.as_slice(),
-                spec.context.as_str(),
-                Arc::clone(api),
-            )
+            router::Entry {
+                hosts: spec.hosts.as_slice(),
+                context: spec.context.as_str(),
+                case_insensitive: spec.case_insensitive,
+                value: Arc::clone(api),
+            }
         }));
         Ok(Self {
             revision,
@@ -524,6 +563,8 @@ pub struct Gateway {
     registry: PolicyRegistry,
     metrics: ProxyMetrics,
     max_uri_bytes: usize,
+    /// Peers whose forwarding headers are believed ([`Gateway::with_trusted_proxies`]).
+    trusted_proxies: Arc<[crate::policy::Cidr]>,
     /// The trace export, if one is installed ([`Gateway::with_tracing`]).
     tracing: Option<crate::otel::Tracing>,
     /// Serializes [`Gateway::apply`]: each build reuses (and retires) the APIs of the
@@ -545,6 +586,7 @@ impl Gateway {
             registry,
             metrics,
             max_uri_bytes: DEFAULT_MAX_URI_BYTES,
+            trusted_proxies: Arc::from([]),
             tracing: None,
             applying: std::sync::Mutex::new(()),
         }
@@ -570,6 +612,19 @@ impl Gateway {
     /// The limits of clients' request bodies and tunnels, and what read-ahead holds now.
     pub fn traffic(&self) -> &Arc<Traffic> {
         &self.traffic
+    }
+
+    /// Believes the forwarding headers of these peers (the load balancers or proxies in
+    /// front of the gateway; default: none): from one of them, `X-Forwarded-For` is
+    /// extended with the peer's address, `X-Forwarded-Proto`, `X-Forwarded-Host` and
+    /// `Forwarded` are kept (`Forwarded` gets an element for this hop), and `X-Real-IP` is
+    /// the client as [`crate::policy::client_ip`] finds it. From any other peer, those
+    /// headers are replaced by what the gateway knows: a client cannot plant an address or
+    /// a host that the upstream would believe.
+    #[must_use]
+    pub fn with_trusted_proxies(mut self, proxies: Vec<crate::policy::Cidr>) -> Self {
+        self.trusted_proxies = Arc::from(proxies);
+        self
     }
 
     /// Exports a span per request with `tracing` ([`crate::otel`]); without it, the
@@ -719,12 +774,20 @@ impl Gateway {
     }
 
     /// Serves one request: route, run the route's stack, answer errors in JSON.
-    pub async fn handle<B>(&self, request: Request<B>, conn: ConnInfo) -> Response<Body>
+    pub async fn handle<B>(&self, mut request: Request<B>, conn: ConnInfo) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let start = Instant::now();
+        // hop-by-hop headers off before anything reads the request: no policy sees them,
+        // and `Connection` cannot name a header that a policy sets (see `crate::arrival`)
+        let arrival = crate::upstream::arrive(
+            request.headers_mut(),
+            Some(conn.peer.ip()),
+            &self.trusted_proxies,
+        );
+        request.extensions_mut().insert(arrival);
         let uri_len = request
             .uri()
             .path_and_query()
@@ -790,7 +853,11 @@ impl Gateway {
         response
     }
 
-    /// Finds the stack for a request and rewrites its path to the normalized form.
+    /// Finds the stack for a request and rewrites its path to the normalized form, with
+    /// the context and the operation's literal segments spelled as the API spells them
+    /// (`/APP/Admin;x/Items/7` is `/app/admin/items/7` for a case-insensitive API on
+    /// `/app/admin` with the operation `/items/{id}`): routing decides on the path the
+    /// upstream serves, and every policy sees that path.
     fn route<B>(&self, request: Request<B>) -> Result<Routed, GatewayError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -802,14 +869,21 @@ impl Gateway {
             let host = router::request_host(&request);
             let found = config
                 .router
-                .lookup(host.as_deref(), &path)
+                .lookup(host.as_deref(), &path)?
                 .ok_or(GatewayError::NoRoute)?;
             let api = found.value;
-            let at = api.select(&request, &path[found.context_len..])?;
+            let (covered, rest) = path.split_at(found.context_len);
+            let (at, respelled) = api.select(&request, rest)?;
             let route = api.route(at);
-            let normalized = match path {
-                std::borrow::Cow::Owned(p) => Some(p),
-                std::borrow::Cow::Borrowed(_) => None,
+            let context = api.definition.spec.context.as_str();
+            let context = if context == "/" { "" } else { context };
+            let normalized = if covered != context || respelled.is_some() {
+                Some(format!("{context}{}", respelled.as_deref().unwrap_or(rest)))
+            } else {
+                match path {
+                    std::borrow::Cow::Owned(p) => Some(p),
+                    std::borrow::Cow::Borrowed(_) => None,
+                }
             };
             (
                 (route.service.clone(), at),
@@ -900,5 +974,7 @@ fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, GatewayError> {
     http::Uri::from_parts(parts).map_err(|e| GatewayError::BadUpstreamRequest(e.to_string()))
 }
 
+#[cfg(test)]
+mod path_tests;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,7 @@
 //! gw's data plane core.
 //!
+//! - [`arrival`]: what the gateway learned about a request on arrival (its hop-by-hop
+//!   headers, whether its peer is a trusted proxy), carried in its extensions.
 //! - [`conn`]: connection admission (in total and per client address) and the deadlines of
 //!   a connection's first and idle requests, shared by every listener.
 //! - [`model`]: the API definition, its parsing, validation and JSON Schema.
@@ -18,6 +20,7 @@
 //! This crate does no database or gRPC work; it is what runtimes and embedders build on.
 #![warn(missing_docs)]
 
+pub mod arrival;
 pub mod body;
 pub mod conn;
 pub mod consumers;

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use gw_core::model::HumanDuration;
 use gw_core::otel::{OtelConfig, OtelHeader};
-use gw_core::policy::PolicyRegistry;
+use gw_core::policy::{Cidr, PolicyRegistry};
 use gw_core::upstream::TrafficLimits;
 
 use crate::fallback::FallbackOptions;
@@ -109,6 +109,18 @@ pub struct Args {
     #[arg(long, env = "GW_MAX_HEADER_BYTES", default_value_t = 65_536,
           value_parser = clap::value_parser!(u64).range(8192..=16_777_216))]
     max_header_bytes: u64,
+
+    /// The load balancers or proxies in front of this runtime, as addresses or CIDR blocks,
+    /// comma-separated (`10.0.0.0/8,2001:db8::/32`): their `X-Forwarded-For`,
+    /// `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` headers are believed and
+    /// extended. Every other peer's are replaced by what the runtime sees. Default: none.
+    #[arg(
+        long,
+        env = "GW_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    trusted_proxies: Vec<String>,
 
     /// The longest request URI in bytes; 414 beyond it.
     #[arg(long, env = "GW_MAX_URI_BYTES", default_value_t = 8192,
@@ -470,6 +482,21 @@ impl OtelArgs {
     }
 }
 
+/// The blocks of `--trusted-proxies` (empty entries, as an empty variable gives, ignored).
+///
+/// # Errors
+///
+/// When an entry is not an address or a CIDR block (or has host bits set).
+pub fn trusted_proxies(entries: &[String]) -> anyhow::Result<Vec<Cidr>> {
+    entries
+        .iter()
+        .map(|entry| entry.trim())
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| entry.parse::<Cidr>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()
+        .context("--trusted-proxies")
+}
+
 /// Parses the command line and runs a runtime that knows `policies` until SIGTERM or
 /// SIGINT.
 pub fn main_with(policies: PolicyRegistry) -> anyhow::Result<()> {
@@ -517,6 +544,7 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     options.listener.max_connections = usize::try_from(args.max_connections)?;
     args.limits.apply(&mut options)?;
     options.max_uri_bytes = usize::try_from(args.max_uri_bytes)?;
+    options.trusted_proxies = trusted_proxies(&args.trusted_proxies)?;
     options.drain_period = Duration::from_secs(args.drain_seconds);
     options.ready_requires_controller = args.ready_requires_controller;
     options.heartbeat_interval = Duration::from_secs(args.heartbeat_seconds.clamp(1, 60));
@@ -555,6 +583,18 @@ mod tests {
             }
         }
         Args::try_parse_from(line)
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidr_blocks() {
+        let args = parse(&["--trusted-proxies", "10.0.0.0/8, 192.0.2.7,,2001:db8::/32"]).unwrap();
+        let blocks = trusted_proxies(&args.trusted_proxies).unwrap();
+        let shown: Vec<String> = blocks.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+        assert!(trusted_proxies(&[String::new()]).unwrap().is_empty());
+        let err = trusted_proxies(&["10.1.2.3/8".to_string()]).unwrap_err();
+        assert!(format!("{err:#}").contains("--trusted-proxies"), "{err:#}");
+        assert!(format!("{err:#}").contains("host bits"), "{err:#}");
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct RuntimeOptions {
     pub listener: ListenerOptions,
     /// The longest request URI accepted; 414 beyond it.
     pub max_uri_bytes: usize,
+    /// The proxies in front of the runtime whose forwarding headers are believed
+    /// ([`Gateway::with_trusted_proxies`]); empty: none.
+    pub trusted_proxies: Vec<gw_core::policy::Cidr>,
     /// How often the configuration file is checked for changes.
     pub file_poll_interval: Duration,
     /// Heartbeat interval of the sync stream.
@@ -134,6 +137,7 @@ impl RuntimeOptions {
             policies: PolicyRegistry::builtin(),
             listener: ListenerOptions::default(),
             max_uri_bytes: gw_core::gateway::DEFAULT_MAX_URI_BYTES,
+            trusted_proxies: Vec::new(),
             file_poll_interval: Duration::from_secs(2),
             heartbeat_interval: Duration::from_secs(10),
             sync_token: None,
@@ -273,7 +277,8 @@ impl Runtime {
         let metrics = ProxyMetrics::register(&mut registry);
         let mut gateway = Gateway::new(options.policies.clone(), metrics)
             .with_max_uri_bytes(options.max_uri_bytes)
-            .with_traffic_limits(options.traffic);
+            .with_traffic_limits(options.traffic)
+            .with_trusted_proxies(options.trusted_proxies.clone());
         if let Some(config) = &options.otel {
             gateway = gateway.with_tracing(start_tracing(config, &options.node_id, &mut registry)?);
         }

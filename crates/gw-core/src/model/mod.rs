@@ -47,11 +47,11 @@ pub use upstream::{
     Algorithm, CircuitBreaker, Endpoint, HashOn, HealthCheck, HostHeader, LoadBalancing,
     OutlierDetection, Retries, Timeouts, UpstreamProtocol, UpstreamSpec, UpstreamTls,
 };
-pub(crate) use validate::is_param_name;
 pub use validate::{
     Collision, RouteKey, ValidationContext, check_collisions, validate, validate_certificate,
     validate_name,
 };
+pub(crate) use validate::{is_param_name, routed_template};
 
 /// The only `apiVersion` this release understands.
 pub const API_VERSION: &str = "gw/v1";
@@ -104,6 +104,13 @@ pub struct ApiSpec {
     /// Base path the API is served under, such as `/orders/v1`. Unique per host within a
     /// group. It is stripped before the request goes upstream.
     pub context: String,
+    /// Whether the context and the operations' paths match ignoring case, as an upstream
+    /// that ignores case (IIS) reads a path: ASCII case, trailing dots and spaces of a
+    /// segment, and the few letters outside ASCII that fold to ASCII ones. A request that
+    /// reaches such an API while another API or operation matches the path better when
+    /// read that way is refused with 400. Default `false`: paths match exactly.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub case_insensitive: bool,
     /// Virtual hosts (`api.example.com`, `*.example.com`); empty means any host.
     #[serde(default)]
     pub hosts: Vec<String>,
@@ -360,6 +367,8 @@ impl ApiDefinition {
     }
 
     /// The `(group, host, context)` keys this API occupies; two APIs may not share one.
+    /// The context of a key is its [`crate::path::case_fold`]: two contexts of a host that
+    /// a case-insensitive server reads as one are one place.
     pub fn route_keys(&self) -> Vec<RouteKey> {
         validate::route_keys(self)
     }

@@ -218,6 +218,66 @@ fn collisions_within_a_group_and_host() {
 }
 
 #[test]
+fn contexts_collide_when_their_case_folds_are_equal() {
+    let base = ApiDefinition::parse(ORDERS.as_bytes(), Format::Yaml).unwrap();
+    let variant = |name: &str, context: &str, case_insensitive: bool| {
+        let mut api = base.clone();
+        api.metadata.name = name.into();
+        api.spec.context = context.into();
+        api.spec.case_insensitive = case_insensitive;
+        api
+    };
+    let upper = variant("upper", "/Orders/V1", false);
+    let dotted = variant("dotted", "/orders/v1.", true);
+    let other = variant("other", "/orders/v2", true);
+    let collisions = check_collisions([&base, &upper, &dotted, &other]);
+    let others: Vec<&str> = collisions.iter().map(|c| c.other.as_str()).collect();
+    assert_eq!(others, ["upper", "dotted"]);
+    assert_eq!(collisions[0].key.context, "/orders/v1");
+    assert_eq!(base.route_keys()[0].context, "/orders/v1");
+}
+
+#[test]
+fn case_insensitive_apis_parse_and_fold_their_operations() {
+    let doc = ORDERS.replace("  hosts: []", "  hosts: []\n  caseInsensitive: true");
+    let api = ApiDefinition::parse(doc.as_bytes(), Format::Yaml).unwrap();
+    assert!(api.spec.case_insensitive);
+    assert_eq!(api.to_json()["spec"]["caseInsensitive"], true);
+    // false is the default, and not written
+    let plain = ApiDefinition::parse(ORDERS.as_bytes(), Format::Yaml).unwrap();
+    assert!(plain.to_json()["spec"].get("caseInsensitive").is_none());
+    // operations that differ only in case are one path of a case-insensitive API
+    let twice = doc.replace(
+        "    - {method: POST, path: /items}",
+        "    - {method: POST, path: /items}\n    - {method: POST, path: /ITEMS}\n    - {method: PUT, path: /Items.}",
+    );
+    let err = ApiDefinition::parse(twice.as_bytes(), Format::Yaml).unwrap_err();
+    assert_eq!(field_names(&err), ["spec.operations[2]"], "{err}");
+    assert!(
+        ApiDefinition::parse(
+            twice.replace("  caseInsensitive: true\n", "").as_bytes(),
+            Format::Yaml
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn semicolons_are_refused_in_contexts_and_operation_paths() {
+    let doc = ORDERS
+        .replace("context: /orders/v1", "context: /orders;v=1")
+        .replace("path: /items}", "path: '/items;x'}");
+    let err = ApiDefinition::parse(doc.as_bytes(), Format::Yaml).unwrap_err();
+    let found = fields(&err);
+    assert_eq!(
+        found.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(),
+        ["spec.context", "spec.operations[1].path"],
+        "{err}"
+    );
+    assert!(found.iter().all(|(_, m)| m.contains("path parameters")));
+}
+
+#[test]
 fn schema_describes_the_model() {
     let schema = schema::api_schema();
     let spec = &schema["$defs"]["ApiSpec"];

@@ -39,7 +39,8 @@ pub struct RouteKey {
     pub group: String,
     /// Host name, or `*` for an API that serves any host.
     pub host: String,
-    /// The API's context.
+    /// The API's context, case-folded ([`crate::path::case_fold`]): `/App/Admin.` and
+    /// `/app/admin` are one place.
     pub context: String,
 }
 
@@ -56,20 +57,21 @@ pub struct Collision {
 
 pub(super) fn route_keys(api: &ApiDefinition) -> Vec<RouteKey> {
     let spec = &api.spec;
+    let context = crate::path::case_fold(&spec.context).into_owned();
     let mut keys = Vec::with_capacity(spec.groups.len() * spec.hosts.len().max(1));
     for group in &spec.groups {
         if spec.hosts.is_empty() {
             keys.push(RouteKey {
                 group: group.clone(),
                 host: "*".to_string(),
-                context: spec.context.clone(),
+                context: context.clone(),
             });
         }
         for host in &spec.hosts {
             keys.push(RouteKey {
                 group: group.clone(),
                 host: host.clone(),
-                context: spec.context.clone(),
+                context: context.clone(),
             });
         }
     }
@@ -250,6 +252,10 @@ impl Validator {
             }
             if segment == "." || segment == ".." {
                 self.err(FIELD, "must not contain '.' or '..' segments");
+                return;
+            }
+            if segment.contains(';') {
+                self.err(FIELD, PARAMETERS_IGNORED);
                 return;
             }
             if let Some(bad) = segment.chars().find(|&c| !is_path_char(c)) {
@@ -538,7 +544,7 @@ impl Validator {
         // Insert every template into a router exactly as the data plane will, so that a
         // definition that validates always builds.
         let mut router = matchit::Router::new();
-        let mut by_template: HashMap<&str, (usize, Vec<&str>)> = HashMap::new();
+        let mut by_template: HashMap<String, (usize, Vec<&str>)> = HashMap::new();
         for (i, op) in ops.iter().enumerate() {
             let field = format!("spec.operations[{i}]");
             if !METHODS.contains(&op.method.as_str()) {
@@ -558,8 +564,9 @@ impl Validator {
                     false
                 }
             };
+            let routed = routed_template(&op.path, api.spec.case_insensitive);
             if path_ok {
-                match by_template.get_mut(op.path.as_str()) {
+                match by_template.get_mut(routed.as_ref()) {
                     Some((first, methods)) => {
                         if methods.contains(&op.method.as_str()) {
                             self.err(
@@ -573,9 +580,9 @@ impl Validator {
                             methods.push(&op.method);
                         }
                     }
-                    None => match router.insert(op.path.as_str(), i) {
+                    None => match router.insert(routed.as_ref(), i) {
                         Ok(()) => {
-                            by_template.insert(&op.path, (i, vec![op.method.as_str()]));
+                            by_template.insert(routed.into_owned(), (i, vec![op.method.as_str()]));
                         }
                         Err(err) => self.err(
                             format!("{field}.path"),
@@ -701,6 +708,29 @@ fn check_ca_pem(pem: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a `;` is refused in a context or an operation path.
+const PARAMETERS_IGNORED: &str = "must not contain ';': it starts path parameters, which routing ignores (as servlet containers do)";
+
+/// An operation path as the data plane's operation router holds it: as written, or for a
+/// case-insensitive API with its literal segments case-folded (parameters keep their
+/// names).
+pub(crate) fn routed_template(path: &str, case_insensitive: bool) -> std::borrow::Cow<'_, str> {
+    if !case_insensitive {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let folded: Vec<std::borrow::Cow<'_, str>> = path
+        .split('/')
+        .map(|segment| {
+            if segment.starts_with('{') {
+                std::borrow::Cow::Borrowed(segment)
+            } else {
+                crate::path::case_fold(segment)
+            }
+        })
+        .collect();
+    std::borrow::Cow::Owned(folded.join("/"))
+}
+
 /// `pchar` of RFC 3986 without `%`: percent-encoding is not allowed in contexts and
 /// templates, so that one route has exactly one spelling.
 fn is_path_char(c: char) -> bool {
@@ -805,6 +835,8 @@ fn check_template(path: &str) -> Result<(), String> {
             if !params.insert(name) {
                 return Err(format!("parameter {{{name}}} is used twice"));
             }
+        } else if segment.contains(';') {
+            return Err(PARAMETERS_IGNORED.to_string());
         } else if let Some(bad) = segment.chars().find(|&c| !is_path_char(c)) {
             return Err(format!(
                 "character {bad:?} is not allowed; a parameter takes a whole segment, like /items/{{id}}"

@@ -249,7 +249,10 @@ impl RewriteFilter {
             NewPath::Captured { router, parts } => {
                 let rest = uri.path().strip_prefix(&*self.prefix)?;
                 let rest = if rest.is_empty() { "/" } else { rest };
-                let matched = router.at(rest).ok()?;
+                // matched as the gateway matched it: `;` parameters ignored (the gateway
+                // spelled the context and the literal segments as the API does)
+                let rest = crate::path::without_parameters(rest);
+                let matched = router.at(&rest).ok()?;
                 let mut out =
                     String::with_capacity(self.prefix.len() + rest.len() + query_len + 32);
                 out.push_str(&self.prefix);

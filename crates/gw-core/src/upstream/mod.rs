@@ -10,7 +10,8 @@
 //! of them; an `https://` endpoint's are its upstream's own and close with it.
 //!
 //! [`UpstreamService`] rewrites the request for the upstream (context stripped, base path
-//! prefixed, query kept byte for byte, hop-by-hop headers removed, `X-Forwarded-*` added),
+//! prefixed, query kept byte for byte, hop-by-hop headers removed, the forwarding headers
+//! written from what the gateway knows),
 //! sends it, retries where that is safe, and maps failures to [`GatewayError`]s.
 
 mod balance;
@@ -20,6 +21,8 @@ mod health;
 mod pace;
 mod retry;
 mod tunnel;
+
+pub(crate) use headers::arrive;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -572,7 +575,13 @@ impl Upstream {
             .map_or(self.request_timeout, |t| t.0);
         let key = self.balancer.key(&parts.headers, conn.map(|c| c.peer.ip()));
         let original_host = headers::original_host(&parts.headers, &parts.uri);
-        let upgrade = headers::upgrade_of(&parts.headers).and_then(|protocol| {
+        // what the hop-by-hop headers said, read on arrival (by the gateway, or here for a
+        // request that did not come through one)
+        let arrival = match parts.extensions.get::<crate::arrival::Arrival>() {
+            Some(arrival) => *arrival,
+            None => headers::arrive(&mut parts.headers, conn.map(|c| c.peer.ip()), &[]),
+        };
+        let upgrade = headers::upgrade_of(&arrival).and_then(|protocol| {
             let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
             Some((protocol, on_upgrade))
         });
@@ -585,6 +594,7 @@ impl Upstream {
         headers::prepare_request(
             &mut parts.headers,
             conn.as_ref(),
+            &arrival,
             original_host.clone(),
             self.h2,
         );
