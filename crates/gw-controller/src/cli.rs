@@ -211,7 +211,9 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     options.sync_token = std::env::var("GW_SYNC_TOKEN")
         .ok()
         .as_deref()
-        .and_then(SyncToken::new);
+        .map(SyncToken::new)
+        .transpose()?
+        .flatten();
     options.store_timeout = Duration::from_millis(args.store_timeout_ms.max(100));
     options.poll_interval = Duration::from_millis(args.poll_interval_ms.max(100));
     options.heartbeat_interval = Duration::from_secs(args.heartbeat_seconds.clamp(1, 60));

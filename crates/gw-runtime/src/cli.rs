@@ -378,7 +378,9 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     options.sync_token = std::env::var("GW_SYNC_TOKEN")
         .ok()
         .as_deref()
-        .and_then(SyncToken::new);
+        .map(SyncToken::new)
+        .transpose()?
+        .flatten();
     let runtime = Runtime::bind(options).await?;
     runtime.run(crate::shutdown_signal()).await?;
     Ok(())
