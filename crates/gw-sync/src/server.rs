@@ -296,6 +296,7 @@ impl SyncServer {
             idle: options.connection_idle_timeout,
             metrics: self.metrics.clone(),
             stopping: self.stopping.subscribe(),
+            warned: Arc::default(),
         };
         let keepalive = options.keepalive_interval.max(Duration::from_secs(1));
         tonic::transport::Server::builder()

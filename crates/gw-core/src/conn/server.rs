@@ -86,13 +86,18 @@ const LIMITS: [&str; 6] = [
 pub struct ServerMetrics {
     connections: Gauge,
     rejections: Family<LimitLabels, Counter>,
+    /// The prefix, naming the server in logs.
+    prefix: Arc<str>,
 }
 
 impl ServerMetrics {
     /// Registers the metrics of the server `what` (for the help text) under `prefix` (such
     /// as `gw_admin`).
     pub fn register(registry: &mut Registry, prefix: &str, what: &str) -> Self {
-        let metrics = Self::default();
+        let metrics = Self {
+            prefix: Arc::from(prefix),
+            ..Self::default()
+        };
         registry.register(
             format!("{prefix}_connections"),
             format!("Open connections of the {what}"),
@@ -151,6 +156,8 @@ pub async fn serve<M, S, B>(
         metrics.connections.clone(),
     );
     let graceful = GracefulShutdown::new();
+    // refusals are logged at warning level at most once a minute
+    let mut warned: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -172,7 +179,17 @@ pub async fn serve<M, S, B>(
                     ConnRefused::Total => "connections",
                     ConnRefused::PerAddress => "connections_per_address",
                 });
-                tracing::debug!(%peer, ?refused, "connection refused: limit reached");
+                if warned.is_none_or(|at| at.elapsed() >= Duration::from_mins(1)) {
+                    warned = Some(tokio::time::Instant::now());
+                    tracing::warn!(
+                        %peer, ?refused,
+                        "connection refused: limit reached (counted in {}_limit_rejections_total; \
+                         logged once a minute)",
+                        metrics.prefix
+                    );
+                } else {
+                    tracing::debug!(%peer, ?refused, "connection refused: limit reached");
+                }
                 continue;
             }
         };

@@ -160,6 +160,8 @@ pub(crate) struct Admission {
     pub(crate) metrics: SyncMetrics,
     /// Turns true when the server stops.
     pub(crate) stopping: watch::Receiver<bool>,
+    /// When a refusal was last logged at warning level (seconds since the Unix epoch).
+    pub(crate) warned: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Admission {
@@ -173,7 +175,25 @@ impl Admission {
                     ConnRefused::PerAddress => SyncLimit::ConnectionsPerAddress,
                 };
                 self.metrics.rejected(limit);
-                tracing::debug!(%peer, ?refused, "sync connection refused: limit reached");
+                // at most one warning a minute: a flood must not flood the log too
+                let now = crate::unix_millis() / 1000;
+                let last = self.warned.load(Ordering::Relaxed);
+                let now = u64::try_from(now).unwrap_or(0);
+                if now >= last + 60
+                    && self
+                        .warned
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        %peer, ?refused,
+                        "sync connection refused: limit reached (--sync-max-connections, \
+                         --sync-max-connections-per-address; counted in \
+                         gw_sync_limit_rejections_total; logged once a minute)"
+                    );
+                } else {
+                    tracing::debug!(%peer, ?refused, "sync connection refused: limit reached");
+                }
                 None
             }
         }
