@@ -4,7 +4,9 @@
 //!
 //! - `Host` must name a loopback address, `localhost`, or a name given with
 //!   `--dev-allowed-hosts` (421 otherwise): a page whose own name an attacker rebinds to
-//!   127.0.0.1 (DNS rebinding) sends its own name, and is refused.
+//!   127.0.0.1 (DNS rebinding) sends its own name, and is refused. The health endpoints,
+//!   which tell nothing, answer whatever the `Host` (container health checks use names of
+//!   their own).
 //! - A write with a body must say what it sends, and the admin API must accept it (415
 //!   otherwise): the types a page may post without a CORS preflight (`text/plain`, forms, or
 //!   none at all) are all refused, and the admin API answers no preflight.
@@ -80,6 +82,14 @@ pub(super) async fn guard(
     let Some(guard) = &state.dev_guard else {
         return next.run(request).await;
     };
+    let path = request.uri().path();
+    let health = matches!(
+        path,
+        "/healthz" | "/readyz" | "/api/v1/healthz" | "/api/v1/readyz"
+    );
+    if health && matches!(*request.method(), Method::GET | Method::HEAD) {
+        return next.run(request).await;
+    }
     let host = request
         .headers()
         .get(header::HOST)
