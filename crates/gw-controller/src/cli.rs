@@ -243,7 +243,7 @@ struct SyncArgs {
 
     /// Longest wait for a runtime to acknowledge (or reject) a snapshot or delta; one that
     /// does neither is disconnected. Above the time your largest configuration takes to
-    /// apply.
+    /// reach a runtime and be applied.
     #[arg(
         long = "sync-ack-timeout",
         env = "GW_SYNC_ACK_TIMEOUT",
