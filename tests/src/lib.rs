@@ -102,6 +102,7 @@ impl Process {
             .env_remove("GW_DATABASE_URL")
             .env_remove("GW_DEV")
             .env_remove("GW_SYNC_TOKEN")
+            .env_remove("GW_DRAIN_TOKEN")
             // no trace export unless a test asks for one
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_HEADERS")
@@ -398,13 +399,28 @@ pub fn runtime_from(
 /// Starts a runtime in standalone mode, serving the APIs of the file `config`, with extra
 /// command-line arguments.
 pub fn file_runtime(node_id: &str, config: &Path, data_dir: &Path, extra: &[&str]) -> Process {
+    file_runtime_env(node_id, config, data_dir, extra, &[])
+}
+
+/// [`file_runtime`] with environment variables (`GW_DRAIN_TOKEN`, say).
+pub fn file_runtime_env(
+    node_id: &str,
+    config: &Path,
+    data_dir: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Process {
     let mut args = runtime_args(
         ["--config", &config.display().to_string()],
         node_id,
         data_dir,
     );
     args.extend(strings(extra));
-    Process::start(node_id, &binary("gw-runtime"), &args, &[])
+    let envs: Vec<(String, String)> = envs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
+    Process::start(node_id, &binary("gw-runtime"), &args, &envs)
 }
 
 /// Sends `request` as raw bytes on a new connection and reads until the server closes it
@@ -428,10 +444,19 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
 /// A standalone runtime serving `yaml` (one or more API documents) from a file in a
 /// temporary directory, which lives as long as the returned guard.
 pub fn standalone(yaml: &str, extra: &[&str]) -> (Process, tempfile::TempDir) {
+    standalone_env(yaml, extra, &[])
+}
+
+/// [`standalone`] with environment variables.
+pub fn standalone_env(
+    yaml: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> (Process, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let config = dir.path().join("apis.yaml");
     std::fs::write(&config, yaml).expect("write the configuration");
-    let runtime = file_runtime("edge", &config, &dir.path().join("data"), extra);
+    let runtime = file_runtime_env("edge", &config, &dir.path().join("data"), extra, envs);
     (runtime, dir)
 }
 

@@ -225,23 +225,39 @@ async fn readiness_can_require_a_controller() {
     .await;
 }
 
-/// `POST /status/drain` (from loopback): not ready at once, traffic served through the drain
-/// period, then a clean exit; other methods are refused.
+/// `POST /status/drain` with the drain token: not ready at once, traffic served through the
+/// drain period, then a clean exit; without the token, or with another method, refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_request_turns_the_runtime_unready_then_stops_it() {
+    const DRAIN_TOKEN: &str = "e2e-drain-token-0123456789";
     let up = Upstream::start("up").await;
-    let (mut rt, _dir) = gw_e2e::standalone(
+    let (mut rt, _dir) = gw_e2e::standalone_env(
         &api_yaml("one", "/one", &up.url("")),
         &["--drain-seconds", "5"],
+        &[("GW_DRAIN_TOKEN", DRAIN_TOKEN)],
     );
     let client = reqwest::Client::new();
     let (status, proxy) = (rt.addr("status"), rt.addr("proxy"));
     assert_eq!(call(&client, proxy, "/one").await.0, 200);
     let url = format!("http://{status}/status/drain");
     assert_eq!(client.get(&url).send().await.unwrap().status(), 405);
+    // a local process (or a sidecar that forwards anyone's request) without the token
+    for token in [None, Some("wrong-token-0123456789")] {
+        let mut request = client.post(&url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{token:?}");
+    }
     assert_eq!(call(&client, status, "/status/ready").await.0, 200);
 
-    let response = client.post(&url).send().await.unwrap();
+    let response = client
+        .post(&url)
+        .bearer_auth(DRAIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 202);
     eventually("readiness to turn 503", Duration::from_secs(10), || async {
         let (code, ready) = call(&client, status, "/status/ready").await;
@@ -256,4 +272,36 @@ async fn a_drain_request_turns_the_runtime_unready_then_stops_it() {
         "{}",
         rt.log()
     );
+    assert!(!rt.log().contains(DRAIN_TOKEN), "the token reached the log");
+}
+
+/// Without `GW_DRAIN_TOKEN` the drain endpoint is off, from loopback too: a local proxy or
+/// sidecar would otherwise turn it into a remote stop switch. `--drain-endpoint loopback`
+/// restores the old behaviour for hosts without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_drain_endpoint_is_off() {
+    let up = Upstream::start("up").await;
+    let yaml = api_yaml("one", "/one", &up.url(""));
+    let client = reqwest::Client::new();
+    let (rt, _dir) = gw_e2e::standalone(&yaml, &[]);
+    let url = format!("http://{}/status/drain", rt.addr("status"));
+    let response = client.post(&url).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("GW_DRAIN_TOKEN"),
+        "{body}"
+    );
+    assert_eq!(
+        call(&client, rt.addr("status"), "/status/ready").await.0,
+        200
+    );
+
+    let (mut local, _dir) = gw_e2e::standalone(&yaml, &["--drain-endpoint", "loopback"]);
+    let url = format!("http://{}/status/drain", local.addr("status"));
+    assert_eq!(client.post(&url).send().await.unwrap().status(), 202);
+    assert_eq!(local.wait_exit(Duration::from_secs(30)), Some(0));
 }

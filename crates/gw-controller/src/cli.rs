@@ -14,8 +14,10 @@ use crate::bundles::BundleOptions;
 use crate::{AllInOne, ControllerOptions};
 use gw_bundle::SigningKey;
 use gw_bundle::storage::{BundleTarget, S3Options};
+use gw_core::conn::server::ServerLimits;
 use gw_core::model::HumanDuration;
 use gw_sync::SyncToken;
+use gw_sync::server::ServerOptions;
 use std::sync::Arc;
 
 /// gw control plane: operators deploy APIs through its admin REST API; it stores them
@@ -49,9 +51,27 @@ pub struct Args {
     node_id: Option<String>,
 
     /// Development mode: the admin API may run without a token, an encryption key is
-    /// generated into the data dir. Never in production.
+    /// generated into the data dir. Never in production. Without GW_ADMIN_TOKEN, the admin
+    /// API then answers only requests for localhost or a loopback address, and refuses
+    /// bodies without a Content-Type.
     #[arg(long, env = "GW_DEV")]
     dev: bool,
+
+    /// Development mode: let the admin API listen on an address other than loopback
+    /// (refused otherwise).
+    #[arg(long, env = "GW_DEV_ALLOW_REMOTE", requires = "dev")]
+    dev_allow_remote: bool,
+
+    /// Development mode without GW_ADMIN_TOKEN: more `Host` names (or addresses) the admin
+    /// API answers, besides localhost and loopback addresses; comma-separated.
+    #[arg(
+        long,
+        env = "GW_DEV_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_name = "HOST",
+        requires = "dev"
+    )]
+    dev_allowed_hosts: Vec<String>,
 
     /// Also run a runtime in this process (single-node topology).
     #[arg(long, env = "GW_ALL_IN_ONE")]
@@ -103,7 +123,189 @@ pub struct Args {
     log_format: LogFormat,
 
     #[command(flatten)]
+    admin: AdminArgs,
+
+    #[command(flatten)]
+    sync: SyncArgs,
+
+    #[command(flatten)]
     bundles: BundleArgs,
+}
+
+/// The admin server's connection limits.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Admin API connections")]
+#[allow(
+    clippy::struct_field_names,
+    reason = "clap needs ids unique over the whole command line"
+)]
+struct AdminArgs {
+    /// Open connections to the admin API; one beyond it is closed at once.
+    #[arg(long = "admin-max-connections", env = "GW_ADMIN_MAX_CONNECTIONS",
+          default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    admin_max_connections: u32,
+
+    /// Open connections to the admin API from one client address (IPv6: one /64); 0: no
+    /// limit.
+    #[arg(
+        long = "admin-max-connections-per-address",
+        env = "GW_ADMIN_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256
+    )]
+    admin_max_connections_per_address: u32,
+
+    /// Time allowed for a request head, the first one counted from the connection's start
+    /// (a connection that sends nothing is closed then); also the keep-alive idle timeout
+    /// of HTTP/1.1 connections.
+    #[arg(
+        long = "admin-header-read-timeout",
+        env = "GW_ADMIN_HEADER_READ_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    admin_header_read_timeout: HumanDuration,
+
+    /// A connection with no request in flight for this long is closed (HTTP/2, and any).
+    #[arg(
+        long = "admin-idle-timeout",
+        env = "GW_ADMIN_IDLE_TIMEOUT",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    admin_idle_timeout: HumanDuration,
+}
+
+impl AdminArgs {
+    fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.admin_max_connections as usize,
+            max_connections_per_address: self.admin_max_connections_per_address as usize,
+            header_read_timeout: at_least_100ms(self.admin_header_read_timeout),
+            idle_timeout: at_least_100ms(self.admin_idle_timeout),
+            ..ServerLimits::default()
+        }
+    }
+}
+
+/// The sync port's limits.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Sync port limits")]
+#[allow(
+    clippy::struct_field_names,
+    reason = "clap needs ids unique over the whole command line"
+)]
+struct SyncArgs {
+    /// Open connections on the sync port; one beyond it is closed at once.
+    #[arg(long = "sync-max-connections", env = "GW_SYNC_MAX_CONNECTIONS",
+          default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    sync_max_connections: u32,
+
+    /// Open connections on the sync port from one client address (IPv6: one /64); 0: no
+    /// limit. Runtimes behind one NAT share an address.
+    #[arg(
+        long = "sync-max-connections-per-address",
+        env = "GW_SYNC_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256
+    )]
+    sync_max_connections_per_address: u32,
+
+    /// Concurrent streams per sync connection (a runtime uses one).
+    #[arg(long = "sync-max-streams-per-connection", env = "GW_SYNC_MAX_STREAMS_PER_CONNECTION",
+          default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    sync_max_streams_per_connection: u32,
+
+    /// A sync connection that opens no authenticated stream within this time is closed.
+    #[arg(
+        long = "sync-first-stream-timeout",
+        env = "GW_SYNC_FIRST_STREAM_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    sync_first_stream_timeout: HumanDuration,
+
+    /// A sync connection with no stream open for this long is closed.
+    #[arg(
+        long = "sync-idle-timeout",
+        env = "GW_SYNC_IDLE_TIMEOUT",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    sync_idle_timeout: HumanDuration,
+
+    /// HTTP/2 keep-alive pings on sync connections this often; a peer that does not answer
+    /// one within the same time is disconnected (at least 1s).
+    #[arg(
+        long = "sync-keepalive-interval",
+        env = "GW_SYNC_KEEPALIVE_INTERVAL",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    sync_keepalive_interval: HumanDuration,
+
+    /// Longest wait for a runtime to take a message; one that does not read is
+    /// disconnected.
+    #[arg(
+        long = "sync-send-timeout",
+        env = "GW_SYNC_SEND_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    sync_send_timeout: HumanDuration,
+
+    /// Longest wait for a runtime to acknowledge (or reject) a snapshot or delta; one that
+    /// does neither is disconnected. Above the time your largest configuration takes to
+    /// reach a runtime and be applied.
+    #[arg(
+        long = "sync-ack-timeout",
+        env = "GW_SYNC_ACK_TIMEOUT",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    sync_ack_timeout: HumanDuration,
+
+    /// Bytes of snapshots and deltas sent and not yet acknowledged, over every runtime: the
+    /// bound on the memory they hold. A runtime waits for room; a configuration larger than
+    /// this takes all of it.
+    #[arg(long = "sync-max-inflight-bytes", env = "GW_SYNC_MAX_INFLIGHT_BYTES",
+          default_value_t = 268_435_456,
+          value_parser = clap::value_parser!(u64).range(65_536..=1_099_511_627_776))]
+    sync_max_inflight_bytes: u64,
+
+    /// Snapshots and deltas not yet acknowledged from one client address (IPv6: one /64),
+    /// so that one address cannot take every byte in flight; 0: no limit.
+    #[arg(
+        long = "sync-max-inflight-per-address",
+        env = "GW_SYNC_MAX_INFLIGHT_PER_ADDRESS",
+        default_value_t = 16
+    )]
+    sync_max_inflight_per_address: u32,
+}
+
+impl SyncArgs {
+    fn options(&self) -> anyhow::Result<ServerOptions> {
+        Ok(ServerOptions {
+            max_connections: self.sync_max_connections as usize,
+            max_connections_per_address: self.sync_max_connections_per_address as usize,
+            max_streams_per_connection: self.sync_max_streams_per_connection,
+            first_stream_timeout: at_least_100ms(self.sync_first_stream_timeout),
+            connection_idle_timeout: at_least_100ms(self.sync_idle_timeout),
+            keepalive_interval: self
+                .sync_keepalive_interval
+                .as_duration()
+                .max(Duration::from_secs(1)),
+            send_timeout: at_least_100ms(self.sync_send_timeout),
+            ack_timeout: at_least_100ms(self.sync_ack_timeout),
+            max_inflight_bytes: usize::try_from(self.sync_max_inflight_bytes)
+                .context("--sync-max-inflight-bytes")?,
+            max_inflight_per_address: self.sync_max_inflight_per_address as usize,
+            ..ServerOptions::default()
+        })
+    }
+}
+
+/// A timeout of at least 100 ms (a shorter one would close everything).
+fn at_least_100ms(duration: HumanDuration) -> Duration {
+    duration.as_duration().max(Duration::from_millis(100))
 }
 
 /// Signed fallback bundles: off unless `--bundle-dir` or `--bundle-url` is set.
@@ -216,13 +418,19 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
         options.node_id = node_id;
     }
     options.dev = args.dev;
+    options.dev_allow_remote = args.dev_allow_remote;
+    options.dev_allowed_hosts = args.dev_allowed_hosts;
+    options.admin_server = args.admin.limits();
+    options.sync = args.sync.options()?;
     // secrets come from the environment only: a flag would show in `ps`
     options.admin_token = std::env::var("GW_ADMIN_TOKEN").ok();
     options.encryption_key = std::env::var("GW_ENCRYPTION_KEY").ok();
     options.sync_token = std::env::var("GW_SYNC_TOKEN")
         .ok()
         .as_deref()
-        .and_then(SyncToken::new);
+        .map(SyncToken::new)
+        .transpose()?
+        .flatten();
     options.store_timeout = Duration::from_millis(args.store_timeout_ms.max(100));
     options.poll_interval = Duration::from_millis(args.poll_interval_ms.max(100));
     options.heartbeat_interval = Duration::from_secs(args.heartbeat_seconds.clamp(1, 60));
@@ -253,6 +461,56 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         <Args as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn limit_flags_make_the_server_options() {
+        let args = Args::try_parse_from([
+            "gw-controller",
+            "--admin-max-connections",
+            "8",
+            "--admin-max-connections-per-address",
+            "0",
+            "--admin-header-read-timeout",
+            "2s",
+            "--admin-idle-timeout",
+            "1ms",
+            "--sync-max-streams-per-connection",
+            "1",
+            "--sync-ack-timeout",
+            "5s",
+            "--sync-max-inflight-bytes",
+            "1048576",
+        ])
+        .unwrap();
+        let admin = args.admin.limits();
+        assert_eq!(admin.max_connections, 8);
+        assert_eq!(admin.max_connections_per_address, 0);
+        assert_eq!(admin.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(
+            admin.idle_timeout,
+            Duration::from_millis(100),
+            "at least 100ms"
+        );
+        let sync = args.sync.options().unwrap();
+        assert_eq!(sync.max_streams_per_connection, 1);
+        assert_eq!(sync.ack_timeout, Duration::from_secs(5));
+        assert_eq!(sync.max_inflight_bytes, 1_048_576);
+        assert_eq!(sync.max_connections, 4096, "the default");
+        for (flags, reason) in [
+            (
+                vec!["--sync-max-streams-per-connection", "0"],
+                "0 is not in 1..=1000",
+            ),
+            (vec!["--sync-max-inflight-bytes", "1000"], "1000 is not in"),
+            (vec!["--admin-max-connections", "0"], "0 is not in 1.."),
+            (vec!["--dev-allow-remote"], "--dev"),
+        ] {
+            let mut line = vec!["gw-controller"];
+            line.extend_from_slice(&flags);
+            let err = Args::try_parse_from(line).unwrap_err().to_string();
+            assert!(err.contains(reason), "{flags:?}: {err}");
+        }
     }
 
     #[test]

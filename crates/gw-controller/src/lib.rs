@@ -23,16 +23,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use gw_core::conn::server::{ServerLimits, ServerMetrics};
 use gw_core::policy::PolicyRegistry;
 use gw_runtime::{ConfigSource, Runtime, RuntimeOptions};
 use gw_store::{Store, StoreError, StoreOptions};
 use gw_sync::SyncToken;
-use gw_sync::server::{RevisionAuthority, ServerOptions, SyncServer};
+use gw_sync::server::{RevisionAuthority, ServerOptions, SyncMetrics, SyncServer};
 use gw_sync::state::DesiredState;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::{AdminOptions, AppState};
+use crate::admin::{AdminOptions, AppState, DevGuard};
 use crate::bundles::{BundleExporter, BundleMetrics, BundleOptions};
 use crate::fleet::FleetRecorder;
 use crate::keys::KeyError;
@@ -67,6 +68,11 @@ pub struct ControllerOptions {
     pub node_id: String,
     /// Development mode: no admin token needed, a generated encryption key.
     pub dev: bool,
+    /// Development mode: let the admin API listen on an address other than loopback.
+    pub dev_allow_remote: bool,
+    /// Development mode without an admin token: `Host` names accepted besides `localhost`
+    /// and loopback addresses (see [`DevGuard`]).
+    pub dev_allowed_hosts: Vec<String>,
     /// The admin bearer token (`GW_ADMIN_TOKEN`).
     pub admin_token: Option<String>,
     /// The encryption key, base64 (`GW_ENCRYPTION_KEY`).
@@ -95,6 +101,11 @@ pub struct ControllerOptions {
     pub policies: PolicyRegistry,
     /// Admin API limits.
     pub admin: AdminOptions,
+    /// The admin server's connection limits.
+    pub admin_server: ServerLimits,
+    /// The sync port's limits and timings; its heartbeat interval is
+    /// [`ControllerOptions::heartbeat_interval`].
+    pub sync: ServerOptions,
     /// The export of signed fallback bundles (`None`: no export).
     pub bundles: Option<BundleOptions>,
 }
@@ -109,6 +120,8 @@ impl ControllerOptions {
             sync_addr: SocketAddr::from(([127, 0, 0, 1], 18000)),
             node_id: gw_runtime::default_node_id(),
             dev: false,
+            dev_allow_remote: false,
+            dev_allowed_hosts: Vec::new(),
             admin_token: None,
             encryption_key: None,
             sync_token: None,
@@ -125,6 +138,8 @@ impl ControllerOptions {
                 default_wait: Duration::from_secs(30),
                 max_wait: Duration::from_mins(5),
             },
+            admin_server: ServerLimits::default(),
+            sync: ServerOptions::default(),
             bundles: None,
         }
     }
@@ -143,6 +158,8 @@ impl std::fmt::Debug for ControllerOptions {
             .field("sync_addr", &self.sync_addr)
             .field("node_id", &self.node_id)
             .field("dev", &self.dev)
+            .field("dev_allow_remote", &self.dev_allow_remote)
+            .field("dev_allowed_hosts", &self.dev_allowed_hosts)
             .field("admin_token", &set(self.admin_token.is_some()))
             .field("encryption_key", &set(self.encryption_key.is_some()))
             .field("sync_token", &set(self.sync_token.is_some()))
@@ -155,6 +172,8 @@ impl std::fmt::Debug for ControllerOptions {
             .field("runtime_retention", &self.runtime_retention)
             .field("policies", &self.policies.names())
             .field("admin", &self.admin)
+            .field("admin_server", &self.admin_server)
+            .field("sync", &self.sync)
             .field("bundles", &self.bundles)
             .finish()
     }
@@ -239,9 +258,6 @@ pub enum ControllerError {
     /// The in-process runtime failed.
     #[error("the all-in-one runtime failed: {0}")]
     Runtime(#[from] gw_runtime::RuntimeError),
-    /// The admin server failed.
-    #[error("the admin server failed: {0}")]
-    Admin(std::io::Error),
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ControllerError> {
@@ -292,6 +308,7 @@ pub async fn run(
     }
     gw_sync::validate_node_id(&options.node_id)
         .map_err(|reason| ControllerError::Options(format!("--node-id: {reason}")))?;
+    check_dev_admin_addr(&options)?;
     let token = keys::admin_token(options.dev, options.admin_token.as_deref())?;
     if token.is_none() {
         tracing::warn!("no GW_ADMIN_TOKEN: the admin API accepts unauthenticated calls");
@@ -330,6 +347,11 @@ pub async fn run(
     let desired = Arc::new(DesiredState::new(watcher::HISTORY));
     let mut metrics = prometheus_client::registry::Registry::default();
     let bundle_metrics = BundleMetrics::register(&mut metrics);
+    let admin_metrics = ServerMetrics::register(&mut metrics, "gw_admin", "admin API");
+    let sync_metrics = SyncMetrics::register(&mut metrics);
+    // without a token, the admin API answers anyone who reaches it: keep web pages out
+    let dev_guard =
+        (options.dev && token.is_none()).then(|| DevGuard::new(&options.dev_allowed_hosts));
     let state = Arc::new(AppState {
         store: OnceLock::new(),
         loaded: AtomicBool::new(false),
@@ -346,6 +368,7 @@ pub async fn run(
         bundles: OnceLock::new(),
         metrics,
         draining: AtomicBool::new(false),
+        dev_guard,
     });
     let drain_period = options.drain_period;
     let draining = Arc::clone(&state);
@@ -363,11 +386,14 @@ pub async fn run(
     });
     let admin_listener = bind("admin", options.admin_addr).await?;
     tracing::info!(listener = "admin", addr = %admin_listener.local_addr().unwrap_or(options.admin_addr), "listening");
-    let admin = tokio::spawn(
-        axum::serve(admin_listener, admin::router(Arc::clone(&state)))
-            .with_graceful_shutdown(stopped())
-            .into_future(),
-    );
+    let router = admin::router(Arc::clone(&state));
+    let admin = tokio::spawn(gw_core::conn::server::serve(
+        admin_listener,
+        options.admin_server.clone(),
+        admin_metrics,
+        move |_peer| hyper_util::service::TowerToHyperService::new(router.clone()),
+        stopped(),
+    ));
 
     let store_options = StoreOptions {
         timeout: options.store_timeout,
@@ -460,9 +486,10 @@ pub async fn run(
         recorder,
         ServerOptions {
             heartbeat_interval: options.heartbeat_interval,
-            ..ServerOptions::default()
+            ..options.sync.clone()
         },
     )
+    .with_metrics(sync_metrics)
     .with_token(options.sync_token.clone())
     .with_store_id(store.store_id())
     .with_authority(Arc::new(StoreAuthority(Arc::clone(&store))));
@@ -506,14 +533,31 @@ pub async fn run(
     if let Ok(Err(err)) = sync.await {
         tracing::warn!(error = %err, "the sync server failed while stopping");
     }
-    if let Ok(Err(err)) = admin.await {
-        return Err(ControllerError::Admin(err));
+    if let Err(err) = admin.await {
+        tracing::warn!(error = %err, "the admin server panicked");
     }
     for task in tasks {
         task.abort();
     }
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// In development mode the admin API may run without credentials: it listens on loopback
+/// addresses only, unless [`ControllerOptions::dev_allow_remote`] says otherwise.
+fn check_dev_admin_addr(options: &ControllerOptions) -> Result<(), ControllerError> {
+    let addr = options.admin_addr;
+    if !options.dev || options.dev_allow_remote || addr.ip().to_canonical().is_loopback() {
+        return Ok(());
+    }
+    Err(ControllerError::Options(format!(
+        "--dev: the admin API listens on loopback addresses only, since development mode may \
+         run it without credentials, and --admin-addr {addr} is not one. Use --admin-addr \
+         127.0.0.1:{port}, or pass --dev-allow-remote (GW_DEV_ALLOW_REMOTE=true) to listen on \
+         {addr} anyway (then set GW_ADMIN_TOKEN, or list the names clients use in \
+         --dev-allowed-hosts)",
+        port = addr.port()
+    )))
 }
 
 /// The store as the authority on revisions, for sessions whose runtime is ahead of this
@@ -542,6 +586,28 @@ async fn prune_runtimes(store: Arc<dyn Store>, retention: Duration) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dev_mode_binds_the_admin_api_to_loopback_unless_told_otherwise() {
+        let mut options = super::ControllerOptions::new();
+        options.dev = true;
+        for addr in ["127.0.0.1:9090", "[::1]:9090", "127.0.0.2:0"] {
+            options.admin_addr = addr.parse().unwrap();
+            assert!(super::check_dev_admin_addr(&options).is_ok(), "{addr}");
+        }
+        options.admin_addr = "0.0.0.0:9090".parse().unwrap();
+        let err = super::check_dev_admin_addr(&options)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--dev-allow-remote"), "{err}");
+        assert!(err.contains("127.0.0.1:9090"), "{err}");
+        options.dev_allow_remote = true;
+        assert!(super::check_dev_admin_addr(&options).is_ok());
+        // production mode requires a token anyway
+        options.dev = false;
+        options.dev_allow_remote = false;
+        assert!(super::check_dev_admin_addr(&options).is_ok());
+    }
+
     #[test]
     fn passwords_are_redacted_from_database_urls() {
         assert_eq!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use chrono::Utc;
-use gw_controller::admin::{self, AdminOptions, AppState};
+use gw_controller::admin::{self, AdminOptions, AppState, DevGuard};
 use gw_controller::keys::EncryptionKey;
 use gw_controller::sealed::Sealer;
 use gw_core::policy::PolicyRegistry;
@@ -19,6 +19,14 @@ use tower::ServiceExt;
 
 /// The handlers' state, and the sender that signals the controller's shutdown.
 fn state(store: Option<Arc<dyn Store>>) -> (Arc<AppState>, tokio::sync::watch::Sender<bool>) {
+    state_with(store, None)
+}
+
+/// [`state`], in development mode without a token when `dev_guard` is given.
+fn state_with(
+    store: Option<Arc<dyn Store>>,
+    dev_guard: Option<DevGuard>,
+) -> (Arc<AppState>, tokio::sync::watch::Sender<bool>) {
     let cell = OnceLock::new();
     let loaded = store.is_some();
     if let Some(store) = store {
@@ -45,6 +53,7 @@ fn state(store: Option<Arc<dyn Store>>) -> (Arc<AppState>, tokio::sync::watch::S
         bundles: OnceLock::new(),
         metrics: prometheus_client::registry::Registry::default(),
         draining: std::sync::atomic::AtomicBool::new(false),
+        dev_guard,
     });
     (state, stop)
 }
@@ -122,6 +131,86 @@ async fn without_a_store_writes_answer_503_and_readyz_is_false() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// Development mode without a token: a web page on the developer's machine can neither reach
+/// the admin API under its own name (DNS rebinding) nor post to it without a preflight.
+#[tokio::test]
+async fn development_mode_without_a_token_keeps_web_pages_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = DevGuard::new(&["gw.test".to_string()]);
+    let (state, _stop) = state_with(Some(sqlite(&dir).await), Some(guard));
+    let request = |method: &str, host: Option<&str>, content_type: Option<&str>, body: &str| {
+        let mut builder = Request::builder().method(method).uri("/api/v1/apis/a");
+        if let Some(host) = host {
+            builder = builder.header("host", host);
+        }
+        if let Some(content_type) = content_type {
+            builder = builder.header("content-type", content_type);
+        }
+        builder.body(Body::from(body.to_string())).unwrap()
+    };
+    let yaml = api("a", "/a", "[default]");
+
+    // the health endpoints tell nothing: any Host (a container's health check)
+    let healthz = Request::get("/healthz")
+        .header("host", "gw-controller:9090")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&state, healthz).await.0, StatusCode::OK);
+    for host in [Some("evil.example"), Some("evil.example:9090"), None] {
+        let (status, body) = send(&state, request("GET", host, None, "")).await;
+        assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{host:?}");
+        assert_eq!(body["error"]["code"], "host_not_allowed");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("--dev-allowed-hosts"),
+            "{body}"
+        );
+    }
+    let refused = [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+    ];
+    for content_type in refused {
+        for method in ["PUT", "POST", "PATCH", "DELETE"] {
+            let (status, body) = send(
+                &state,
+                request(method, Some("localhost:9090"), content_type, &yaml),
+            )
+            .await;
+            assert_eq!(
+                status,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{method} {content_type:?}: {body}"
+            );
+            assert_eq!(body["error"]["code"], "unsupported_media_type");
+        }
+    }
+    let (status, body) = send(
+        &state,
+        request(
+            "PUT",
+            Some("localhost:9090"),
+            Some("application/yaml"),
+            &yaml,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = send(
+        &state,
+        request("PUT", Some("gw.test:9090"), Some("application/yaml"), &yaml),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // a write without a body needs no type
+    let (status, body) = send(&state, request("DELETE", Some("[::1]:9090"), None, "")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]

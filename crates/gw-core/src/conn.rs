@@ -13,7 +13,12 @@
 //!   or only the HTTP/2 preface) is closed once the first request is overdue, and one that
 //!   has nothing in flight for the idle timeout is closed too.
 //!
+//! - [`server`]: a small HTTP server whose connections are bounded by all of the above, for
+//!   the control surfaces (admin API, status port).
+//!
 //! Nothing here allocates per request; a refused connection costs one map lookup.
+
+pub mod server;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};

@@ -66,9 +66,51 @@ pub struct Args {
     #[arg(long, env = "GW_HTTPS_ADDR")]
     https_addr: Option<SocketAddr>,
 
-    /// Status and metrics address (`/status`, `/status/ready`, `/metrics`).
-    #[arg(long, env = "GW_STATUS_ADDR", default_value = "0.0.0.0:7085")]
+    /// Status and metrics address (`/status`, `/status/ready`, `/metrics`). Loopback by
+    /// default, since `/metrics` names upstream URLs and consumers: give `0.0.0.0:7085` where
+    /// load balancers or Kubernetes probes check it from elsewhere.
+    #[arg(long, env = "GW_STATUS_ADDR", default_value = "127.0.0.1:7085")]
     status_addr: SocketAddr,
+
+    /// Open connections to the status server; one beyond it is closed at once.
+    #[arg(long, env = "GW_STATUS_MAX_CONNECTIONS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    status_max_connections: u32,
+
+    /// Open connections to the status server from one client address (IPv6: one /64); 0:
+    /// no limit.
+    #[arg(
+        long,
+        env = "GW_STATUS_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 64
+    )]
+    status_max_connections_per_address: u32,
+
+    /// Time allowed for a request head on the status server, the first one counted from the
+    /// connection's start; also its keep-alive idle timeout.
+    #[arg(
+        long,
+        env = "GW_STATUS_HEADER_READ_TIMEOUT",
+        default_value = "5s",
+        value_name = "DURATION"
+    )]
+    status_header_read_timeout: HumanDuration,
+
+    /// A status connection with no request in flight for this long is closed.
+    #[arg(
+        long,
+        env = "GW_STATUS_IDLE_TIMEOUT",
+        default_value = "30s",
+        value_name = "DURATION"
+    )]
+    status_idle_timeout: HumanDuration,
+
+    /// Who may `POST /status/drain`: `token` (whoever sends `Authorization: Bearer
+    /// <GW_DRAIN_TOKEN>`; off while GW_DRAIN_TOKEN is unset), `loopback` (any local process,
+    /// and the token too when set; only where no local proxy or sidecar forwards to the
+    /// status port), or `off`.
+    #[arg(long, env = "GW_DRAIN_ENDPOINT", value_enum, default_value_t = DrainEndpoint::Token)]
+    drain_endpoint: DrainEndpoint,
 
     /// Directory of the last-known-good configuration cache.
     #[arg(long, env = "GW_DATA_DIR", default_value = "./gw-data")]
@@ -78,7 +120,7 @@ pub struct Args {
     #[arg(long, env = "GW_ADVERTISE_ADDRESS")]
     advertise_address: Option<String>,
 
-    /// On SIGTERM (or `POST /status/drain` from loopback, for a preStop hook), seconds to
+    /// On SIGTERM (or an accepted `POST /status/drain`, for a preStop hook), seconds to
     /// keep serving while /status/ready answers 503, so that load balancers stop sending
     /// traffic before the listener closes.
     #[arg(long, env = "GW_DRAIN_SECONDS", default_value_t = 0)]
@@ -288,6 +330,17 @@ impl LimitArgs {
         };
         Ok(())
     }
+}
+
+/// Who may `POST /status/drain` (see `--drain-endpoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DrainEndpoint {
+    /// Whoever presents GW_DRAIN_TOKEN; off without it.
+    Token,
+    /// Any process on the host (and the token too, when set).
+    Loopback,
+    /// Nobody: stop the runtime with SIGTERM.
+    Off,
 }
 
 /// Signed fallback bundles: off unless `--fallback-bundle` is set.
@@ -536,6 +589,34 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     options.proxy_addr = args.proxy_addr;
     options.https_addr = args.https_addr;
     options.status_addr = args.status_addr;
+    options.status_limits.max_connections = args.status_max_connections as usize;
+    options.status_limits.max_connections_per_address =
+        args.status_max_connections_per_address as usize;
+    options.status_limits.header_read_timeout = args
+        .status_header_read_timeout
+        .as_duration()
+        .max(Duration::from_millis(100));
+    options.status_limits.idle_timeout = args
+        .status_idle_timeout
+        .as_duration()
+        .max(Duration::from_millis(100));
+    // from the environment only: a flag would show in `ps`
+    let drain_token = std::env::var("GW_DRAIN_TOKEN")
+        .ok()
+        .as_deref()
+        .map(crate::status::DrainToken::new)
+        .transpose()?
+        .flatten();
+    options.drain_endpoint = args.drain_endpoint != DrainEndpoint::Off;
+    options.drain_access = crate::status::DrainAccess {
+        token: drain_token,
+        from_loopback: args.drain_endpoint == DrainEndpoint::Loopback,
+    };
+    if args.drain_endpoint == DrainEndpoint::Token && options.drain_access.token.is_none() {
+        tracing::info!(
+            "POST /status/drain is off: set GW_DRAIN_TOKEN to enable it (SIGTERM drains too)"
+        );
+    }
     options.data_dir = Some(args.data_dir);
     options.advertise_address = args.advertise_address;
     options.listener.drain_timeout = Duration::from_secs(args.drain_timeout);
@@ -552,7 +633,9 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     options.sync_token = std::env::var("GW_SYNC_TOKEN")
         .ok()
         .as_deref()
-        .and_then(SyncToken::new);
+        .map(SyncToken::new)
+        .transpose()?
+        .flatten();
     let runtime = Runtime::bind(options).await?;
     runtime.run(crate::shutdown_signal()).await?;
     Ok(())
@@ -600,6 +683,32 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         <Args as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn the_status_server_is_on_loopback_and_drains_only_with_a_token_by_default() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.status_addr, "127.0.0.1:7085".parse().unwrap());
+        assert_eq!(args.drain_endpoint, DrainEndpoint::Token);
+        assert_eq!(args.status_max_connections, 256);
+        assert_eq!(
+            args.status_header_read_timeout.as_duration(),
+            Duration::from_secs(5)
+        );
+        let args = parse(&[
+            "--drain-endpoint",
+            "loopback",
+            "--status-idle-timeout",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(args.drain_endpoint, DrainEndpoint::Loopback);
+        assert_eq!(
+            args.status_idle_timeout.as_duration(),
+            Duration::from_secs(2)
+        );
+        assert!(parse(&["--drain-endpoint", "anyone"]).is_err());
+        assert!(parse(&["--status-max-connections", "0"]).is_err());
     }
 
     #[test]

@@ -76,8 +76,11 @@ pub struct RuntimeOptions {
     /// HTTPS traffic address (`None`: no HTTPS listener). The certificates come with the
     /// configuration (`kind: Certificate`).
     pub https_addr: Option<SocketAddr>,
-    /// Status and metrics address.
+    /// Status and metrics address (default: loopback; `/metrics` names upstream URLs and
+    /// consumers, so expose it only where probes and Prometheus need it).
     pub status_addr: SocketAddr,
+    /// The status server's connection limits.
+    pub status_limits: gw_core::conn::server::ServerLimits,
     /// Where the last-known-good cache lives (controller mode); `None`: no cache.
     pub data_dir: Option<PathBuf>,
     /// The address shown for this runtime in the fleet view (default: as the controller sees
@@ -106,10 +109,13 @@ pub struct RuntimeOptions {
     /// runtime that lost its control plane out of rotation. By default a runtime with a
     /// configuration is ready, connected or not (it serves its last-known-good one).
     pub ready_requires_controller: bool,
-    /// Whether `POST /status/drain` (from loopback) drains and stops the runtime. Off where
-    /// the runtime is part of a larger process (the controller's all-in-one mode), which
-    /// has its own shutdown.
+    /// Whether `POST /status/drain` may drain and stop the runtime (as `drain_access`
+    /// allows). Off where the runtime is part of a larger process (the controller's
+    /// all-in-one mode), which has its own shutdown.
     pub drain_endpoint: bool,
+    /// Who may drain: with a token, whoever presents it; from loopback, any local process.
+    /// Neither (the default): the endpoint is off.
+    pub drain_access: status::DrainAccess,
     /// OpenTelemetry trace export (`None`: no export). An empty `service_instance_id` is
     /// filled with the node id.
     pub otel: Option<OtelConfig>,
@@ -123,7 +129,7 @@ pub struct RuntimeOptions {
 
 impl RuntimeOptions {
     /// Options with the defaults: group `default`, traffic on `0.0.0.0:8080`, status on
-    /// `0.0.0.0:7085`, no cache.
+    /// `127.0.0.1:7085`, no cache.
     pub fn new(source: ConfigSource) -> Self {
         Self {
             source,
@@ -131,7 +137,8 @@ impl RuntimeOptions {
             node_id: default_node_id(),
             proxy_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
             https_addr: None,
-            status_addr: SocketAddr::from(([0, 0, 0, 0], 7085)),
+            status_addr: SocketAddr::from(([127, 0, 0, 1], 7085)),
+            status_limits: status_limits(),
             data_dir: None,
             advertise_address: None,
             policies: PolicyRegistry::builtin(),
@@ -144,10 +151,24 @@ impl RuntimeOptions {
             drain_period: Duration::ZERO,
             ready_requires_controller: false,
             drain_endpoint: true,
+            drain_access: status::DrainAccess::default(),
             otel: None,
             fallback: None,
             traffic: TrafficLimits::default(),
         }
+    }
+}
+
+/// The status server's default limits: 256 connections, 64 per client address, 5 s for a
+/// request head, 30 s idle.
+pub fn status_limits() -> gw_core::conn::server::ServerLimits {
+    gw_core::conn::server::ServerLimits {
+        max_connections: 256,
+        max_connections_per_address: 64,
+        header_read_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(30),
+        max_header_bytes: 16 * 1024,
+        drain_timeout: Duration::from_secs(1),
     }
 }
 
@@ -343,7 +364,7 @@ impl Runtime {
         &self.state
     }
 
-    /// Serves until `shutdown` completes (or `POST /status/drain` arrives from loopback);
+    /// Serves until `shutdown` completes (or `POST /status/drain` is accepted);
     /// then turns unready, keeps serving for the drain period, stops accepting connections,
     /// waits for in-flight requests (at most the listener's drain timeout) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RuntimeError> {
@@ -418,6 +439,12 @@ impl Runtime {
                 }
             });
         }
+        let status_metrics = gw_core::conn::server::ServerMetrics::register(
+            &mut registry,
+            "gw_status",
+            "status server",
+        );
+        let drain_requests = status::DrainMetrics::register(&mut registry);
         let context = Arc::new(StatusContext {
             node_id: options.node_id.clone(),
             group: options.group.clone(),
@@ -426,9 +453,16 @@ impl Runtime {
             draining: std::sync::atomic::AtomicBool::new(false),
             requires_controller: options.ready_requires_controller,
             drain: options.drain_endpoint.then(tokio::sync::Notify::new),
+            drain_access: options.drain_access.clone(),
+            drain_requests,
             registry,
         });
-        let status_task = tokio::spawn(status::serve(status, Arc::clone(&context)));
+        let status_task = tokio::spawn(status::serve(
+            status,
+            Arc::clone(&context),
+            options.status_limits.clone(),
+            status_metrics,
+        ));
         tracing::info!(listener = "proxy", addr = %proxy_addr, "listening");
         if let Some(addr) = https_addr {
             tracing::info!(listener = "https", %addr, "listening");

@@ -1,6 +1,11 @@
 //! The status server: `/status` (alive), `/status/ready` (serving a real configuration),
 //! `/metrics` (Prometheus text format) and `POST /status/drain` (drain and stop, as on
-//! SIGTERM; from loopback only).
+//! SIGTERM; see [`DrainAccess`]).
+//!
+//! Its connections are bounded like the admin API's ([`gw_core::conn::server`]): a cap in
+//! total and per client address, a header read timeout, an idle timeout. Nothing here needs
+//! credentials except the drain, so the server listens on loopback by default: `/metrics`
+//! names upstream URLs and consumers.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,12 +13,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use gw_core::conn::server::{ServerLimits, ServerMetrics};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -39,8 +48,99 @@ pub struct StatusContext {
     /// Notified by `POST /status/drain`: the runtime drains and stops, as on SIGTERM
     /// (`None`: no drain endpoint).
     pub drain: Option<tokio::sync::Notify>,
+    /// Who may drain the runtime (with [`StatusContext::drain`]).
+    pub drain_access: DrainAccess,
+    /// `gw_status_drain_requests_total{result}`.
+    pub drain_requests: DrainMetrics,
     /// The metrics.
     pub registry: Registry,
+}
+
+/// The shortest drain token accepted, in characters.
+pub const MIN_DRAIN_TOKEN_LEN: usize = 16;
+
+/// The bearer token `POST /status/drain` requires (`GW_DRAIN_TOKEN`), kept only as its
+/// SHA-256 digest; compared in constant time; its `Debug` output is redacted.
+#[derive(Clone)]
+pub struct DrainToken([u8; 32]);
+
+impl std::fmt::Debug for DrainToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DrainToken(<redacted>)")
+    }
+}
+
+/// A drain token shorter than [`MIN_DRAIN_TOKEN_LEN`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "GW_DRAIN_TOKEN is {0} characters long; it must have at least {MIN_DRAIN_TOKEN_LEN}. Set \
+     it to a random string (for example: openssl rand -hex 32)"
+)]
+pub struct WeakDrainToken(usize);
+
+impl DrainToken {
+    /// Wraps a token: `None` for an empty or blank one, an error for one shorter than
+    /// [`MIN_DRAIN_TOKEN_LEN`] characters (surrounding blanks are not counted).
+    pub fn new(token: &str) -> Result<Option<Self>, WeakDrainToken> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let chars = token.chars().count();
+        if chars < MIN_DRAIN_TOKEN_LEN {
+            return Err(WeakDrainToken(chars));
+        }
+        Ok(Some(Self(Sha256::digest(token.as_bytes()).into())))
+    }
+
+    /// Whether `header` (an `Authorization` value) is `Bearer <this token>`.
+    fn verify(&self, header: &str) -> bool {
+        let presented = header
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token.trim());
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        digest.ct_eq(&self.0).into()
+    }
+}
+
+/// Who may `POST /status/drain`, when the runtime has the endpoint at all
+/// ([`crate::RuntimeOptions::drain_endpoint`]).
+#[derive(Debug, Clone, Default)]
+pub struct DrainAccess {
+    /// Requests must carry `Authorization: Bearer <token>` (from any address).
+    pub token: Option<DrainToken>,
+    /// Requests must come from a loopback address. With neither this nor a token, the
+    /// endpoint is off: a loopback peer may be a local proxy or sidecar that forwards
+    /// anyone's request.
+    pub from_loopback: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DrainLabels {
+    result: &'static str,
+}
+
+/// `gw_status_drain_requests_total{result}`: `accepted`, `unauthorized` (no or a wrong
+/// token), `forbidden` (not from loopback), `off` (no endpoint, or no token configured).
+#[derive(Debug, Clone, Default)]
+pub struct DrainMetrics(Family<DrainLabels, Counter>);
+
+impl DrainMetrics {
+    /// Registers the counter in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "gw_status_drain_requests",
+            "POST /status/drain requests, by result: accepted, unauthorized, forbidden, off",
+            metrics.0.clone(),
+        );
+        metrics
+    }
+
+    fn count(&self, result: &'static str) {
+        self.0.get_or_create(&DrainLabels { result }).inc();
+    }
 }
 
 impl StatusContext {
@@ -96,25 +196,64 @@ impl StatusContext {
         })
     }
 
-    /// `POST /status/drain` from `peer`: from loopback only (a preStop hook, an operator on
-    /// the host), since the status port has no authentication.
-    fn drain(&self, peer: SocketAddr) -> Response<Full<Bytes>> {
+    /// `POST /status/drain` from `peer` (see [`DrainAccess`]). The token is never logged.
+    fn drain<B>(&self, request: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let error = |status: StatusCode, code: &str, message: &str| {
+            json(
+                status,
+                &serde_json::json!({"error": {"code": code, "message": message}}),
+            )
+        };
+        let access = &self.drain_access;
         let Some(drain) = &self.drain else {
-            return json(
+            self.drain_requests.count("off");
+            return error(
                 StatusCode::NOT_FOUND,
-                &serde_json::json!({
-                    "error": {"code": "not_found", "message": "this runtime has no drain endpoint (all-in-one: stop the process with SIGTERM)"}
-                }),
+                "not_found",
+                "this runtime has no drain endpoint (all-in-one, or --drain-endpoint off): stop \
+                 it with SIGTERM",
             );
         };
-        if !peer.ip().to_canonical().is_loopback() {
-            return json(
-                StatusCode::FORBIDDEN,
-                &serde_json::json!({
-                    "error": {"code": "forbidden", "message": "a drain is accepted from loopback addresses only"}
-                }),
+        if access.token.is_none() && !access.from_loopback {
+            self.drain_requests.count("off");
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "the drain endpoint is off: set GW_DRAIN_TOKEN on the runtime and send \
+                 Authorization: Bearer <token>, or stop it with SIGTERM",
             );
         }
+        if access.from_loopback && !peer.ip().to_canonical().is_loopback() {
+            self.drain_requests.count("forbidden");
+            tracing::warn!(%peer, "drain refused: not from a loopback address");
+            return error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a drain is accepted from loopback addresses only",
+            );
+        }
+        if let Some(token) = &access.token {
+            let presented = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !token.verify(presented) {
+                self.drain_requests.count("unauthorized");
+                tracing::warn!(%peer, "drain refused: no valid token");
+                let mut response = error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a drain needs Authorization: Bearer <GW_DRAIN_TOKEN>",
+                );
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"gw-drain\""),
+                );
+                return response;
+            }
+        }
+        self.drain_requests.count("accepted");
         tracing::info!(%peer, "drain requested over the status API");
         // a permit is kept if the runtime is not waiting yet; a second request changes nothing
         drain.notify_one();
@@ -124,7 +263,7 @@ impl StatusContext {
     fn respond<B>(&self, request: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
         if request.uri().path() == "/status/drain" {
             if request.method() == Method::POST {
-                return self.drain(peer);
+                return self.drain(request, peer);
             }
             return json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -183,22 +322,40 @@ fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     response
 }
 
-/// Serves the status endpoints on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, context: Arc<StatusContext>) {
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
+/// Serves the status endpoints on `listener` until the task is dropped, within `limits`.
+pub async fn serve(
+    listener: TcpListener,
+    context: Arc<StatusContext>,
+    limits: ServerLimits,
+    metrics: ServerMetrics,
+) {
+    let make = move |peer: SocketAddr| {
         let context = Arc::clone(&context);
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let response = context.respond(&request, peer);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        service_fn(move |request: Request<hyper::body::Incoming>| {
+            let response = context.respond(&request, peer);
+            async move { Ok::<_, Infallible>(response) }
+        })
+    };
+    gw_core::conn::server::serve(listener, limits, metrics, make, std::future::pending()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_token_has_a_minimum_length_and_is_compared_whole() {
+        assert!(DrainToken::new(" ").unwrap().is_none());
+        let err = DrainToken::new("short-token").unwrap_err();
+        assert!(err.to_string().contains("at least 16"), "{err}");
+        assert!(!err.to_string().contains("short-token"), "{err}");
+        let token = DrainToken::new("drain-0123456789abcdef").unwrap().unwrap();
+        assert!(token.verify("Bearer drain-0123456789abcdef"));
+        assert!(token.verify("bearer  drain-0123456789abcdef "));
+        assert!(!token.verify("Bearer drain-0123456789abcde"));
+        assert!(!token.verify("Basic drain-0123456789abcdef"));
+        assert!(!token.verify("drain-0123456789abcdef"));
+        assert!(!token.verify(""));
+        assert_eq!(format!("{token:?}"), "DrainToken(<redacted>)");
     }
 }

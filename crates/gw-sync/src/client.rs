@@ -394,6 +394,29 @@ async fn send(
     .map_err(|_| SessionError::Closed)
 }
 
+/// At most this many errors go in a Nack, each cut to [`NACK_ERROR_CHARS`] characters, so
+/// that it stays well within what a controller accepts from a runtime (128 KiB).
+const NACK_ERRORS: usize = 50;
+/// See [`NACK_ERRORS`].
+const NACK_ERROR_CHARS: usize = 1024;
+
+/// `errors` cut to fit a Nack, with a last line that says how many were left out.
+fn nack_errors(errors: Vec<String>) -> Vec<String> {
+    let total = errors.len();
+    let mut kept: Vec<String> = errors
+        .into_iter()
+        .take(NACK_ERRORS)
+        .map(|e| match e.char_indices().nth(NACK_ERROR_CHARS) {
+            Some((end, _)) => format!("{}...", &e[..end]),
+            None => e,
+        })
+        .collect();
+    if total > NACK_ERRORS {
+        kept.push(format!("... and {} more errors", total - NACK_ERRORS));
+    }
+    kept
+}
+
 async fn send_nack(
     tx: &mpsc::Sender<RuntimeMessage>,
     nonce: String,
@@ -403,7 +426,7 @@ async fn send_nack(
     let nack = Nack {
         nonce,
         revision,
-        errors,
+        errors: nack_errors(errors),
     };
     send(tx, runtime_message::Message::Nack(nack)).await
 }
@@ -414,5 +437,28 @@ fn normalize_address(address: &str) -> String {
         address.to_string()
     } else {
         format!("http://{address}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    #[test]
+    fn a_nack_fits_what_a_controller_accepts() {
+        let errors: Vec<String> = (0..10_000)
+            .map(|i| format!("{i}: {}", "é".repeat(5000)))
+            .collect();
+        let cut = nack_errors(errors);
+        assert_eq!(cut.len(), NACK_ERRORS + 1);
+        assert_eq!(cut.last().unwrap(), "... and 9950 more errors");
+        let nack = Nack {
+            nonce: "n".repeat(100),
+            revision: 1,
+            errors: cut,
+        };
+        assert!(nack.encoded_len() < 128 * 1024, "{}", nack.encoded_len());
+        assert_eq!(nack_errors(vec!["short".into()]), ["short"]);
     }
 }

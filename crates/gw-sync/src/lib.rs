@@ -52,11 +52,31 @@ impl std::fmt::Debug for SyncToken {
     }
 }
 
+/// The shortest sync token accepted, in characters (as for `GW_ADMIN_TOKEN`).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// A sync token shorter than [`MIN_TOKEN_LEN`]: controllers and runtimes refuse to start with
+/// one, since a short shared secret can be guessed by anyone who reaches the sync port.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "GW_SYNC_TOKEN is {0} characters long; it must have at least {MIN_TOKEN_LEN}. Set it to a \
+     random string (for example: openssl rand -hex 32), the same on every controller and runtime"
+)]
+pub struct WeakSyncToken(usize);
+
 impl SyncToken {
-    /// Wraps a token; `None` for an empty or blank one.
-    pub fn new(token: &str) -> Option<Self> {
+    /// Wraps a token: `None` for an empty or blank one (no token), an error for one shorter
+    /// than [`MIN_TOKEN_LEN`] characters (surrounding blanks are not counted).
+    pub fn new(token: &str) -> Result<Option<Self>, WeakSyncToken> {
         let token = token.trim();
-        (!token.is_empty()).then(|| Self(token.to_string()))
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let chars = token.chars().count();
+        if chars < MIN_TOKEN_LEN {
+            return Err(WeakSyncToken(chars));
+        }
+        Ok(Some(Self(token.to_string())))
     }
 
     /// The metadata value a client sends.
@@ -117,7 +137,26 @@ fn unix_millis() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{clip, validate_node_id};
+    use super::{MIN_TOKEN_LEN, SyncToken, WeakSyncToken, clip, validate_node_id};
+
+    #[test]
+    fn a_sync_token_has_a_minimum_length() {
+        assert!(SyncToken::new("").unwrap().is_none());
+        assert!(SyncToken::new("   ").unwrap().is_none());
+        assert_eq!(SyncToken::new("short").unwrap_err(), WeakSyncToken(5));
+        // blanks around it do not count
+        let fifteen = format!("  {}  ", "x".repeat(MIN_TOKEN_LEN - 1));
+        let err = SyncToken::new(&fifteen).unwrap_err();
+        assert!(err.to_string().contains("at least 16"), "{err}");
+        assert!(
+            !err.to_string().contains("xxx"),
+            "the token is not quoted: {err}"
+        );
+        let token = SyncToken::new(&"y".repeat(MIN_TOKEN_LEN)).unwrap().unwrap();
+        assert!(token.verify(&format!("Bearer {}", "y".repeat(MIN_TOKEN_LEN))));
+        assert!(!token.verify("Bearer yyyy"));
+        assert_eq!(format!("{token:?}"), "SyncToken(<redacted>)");
+    }
 
     #[test]
     fn clip_cuts_at_a_character_boundary() {

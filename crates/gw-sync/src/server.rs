@@ -10,6 +10,20 @@
 //!
 //! Sessions never block on the store: fleet events go to a [`FleetObserver`], whose
 //! implementation records them without waiting on I/O.
+//!
+//! What a client of the sync port can hold is bounded ([`ServerOptions`] has every limit):
+//! connections in total and per client address, streams per connection, a deadline for a
+//! connection's first stream and an idle timeout for one with none, a timeout on every message
+//! sent to a runtime and on the acknowledgement of each configuration message, and one budget
+//! of bytes for the configuration messages in flight over every session (see `budget`). A
+//! session that gives up on its runtime closes the runtime's connection, since that is what
+//! frees a message the runtime did not read (see `transport`).
+
+mod budget;
+mod metrics;
+mod transport;
+
+pub use metrics::SyncMetrics;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -18,10 +32,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::Stream;
+use gw_core::conn::{ConnLimiter, InFlight};
+use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+
+use self::budget::{Budget, Reservation};
+use self::metrics::SyncLimit;
+use self::transport::{Admission, SyncConn};
 
 use crate::proto::config_sync_server::{ConfigSync, ConfigSyncServer};
 use crate::proto::{
@@ -82,7 +103,7 @@ pub trait RevisionAuthority: Send + Sync + 'static {
     async fn newest_revision(&self) -> Option<i64>;
 }
 
-/// Timings of the server side.
+/// Timings and limits of the server side.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// A heartbeat goes to each runtime this often, unless the runtime asks for another
@@ -94,6 +115,33 @@ pub struct ServerOptions {
     /// How long to wait for this controller to catch up with a runtime that is ahead of it
     /// before sending it a snapshot.
     pub catch_up_timeout: Duration,
+    /// Longest wait for a runtime to take a message (a heartbeat, a snapshot, a delta) once
+    /// it is due; a runtime that does not read is disconnected.
+    pub send_timeout: Duration,
+    /// Longest wait for a runtime to acknowledge (or reject) a configuration message; one
+    /// that does neither is disconnected, and the room its message took in flight is freed.
+    pub ack_timeout: Duration,
+    /// Open connections on the sync port (at least 1); one beyond it is closed at once.
+    pub max_connections: usize,
+    /// Open connections from one client address (IPv6: one `/64`); 0: no per-address limit.
+    pub max_connections_per_address: usize,
+    /// Concurrent streams on one connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`); a
+    /// runtime uses one.
+    pub max_streams_per_connection: u32,
+    /// A connection that opens no authenticated stream within this time is closed.
+    pub first_stream_timeout: Duration,
+    /// A connection with no stream open for this long is closed.
+    pub connection_idle_timeout: Duration,
+    /// HTTP/2 keep-alive: a ping this often on every connection; one whose peer does not
+    /// answer within the same time is closed.
+    pub keepalive_interval: Duration,
+    /// Bytes of configuration messages sent and not yet acknowledged, over every session
+    /// (at least 1 KiB): the bound on the memory they hold. A session waits for room (in
+    /// arrival order, holding no message); a message larger than this takes all of it.
+    pub max_inflight_bytes: usize,
+    /// Configuration messages not yet acknowledged from one client address (IPv6: one
+    /// `/64`), so that one address cannot take the whole budget; 0: no per-address limit.
+    pub max_inflight_per_address: usize,
 }
 
 impl Default for ServerOptions {
@@ -102,6 +150,16 @@ impl Default for ServerOptions {
             heartbeat_interval: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(10),
             catch_up_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_mins(1),
+            max_connections: 4096,
+            max_connections_per_address: 256,
+            max_streams_per_connection: 4,
+            first_stream_timeout: Duration::from_secs(10),
+            connection_idle_timeout: Duration::from_mins(1),
+            keepalive_interval: Duration::from_secs(10),
+            max_inflight_bytes: 256 * 1024 * 1024,
+            max_inflight_per_address: 16,
         }
     }
 }
@@ -119,6 +177,9 @@ pub struct SyncServer {
     token: Option<SyncToken>,
     authority: Option<Arc<dyn RevisionAuthority>>,
     store_id: Arc<str>,
+    metrics: SyncMetrics,
+    /// Room for configuration messages in flight, shared by every session.
+    budget: Arc<Budget>,
 }
 
 impl std::fmt::Debug for SyncServer {
@@ -138,7 +199,9 @@ impl SyncServer {
         observer: Arc<dyn FleetObserver>,
         options: ServerOptions,
     ) -> Self {
+        let metrics = SyncMetrics::default();
         Self {
+            budget: Arc::new(Self::budget(&options, &metrics)),
             state,
             observer,
             options,
@@ -148,7 +211,24 @@ impl SyncServer {
             token: None,
             authority: None,
             store_id: Arc::from(""),
+            metrics,
         }
+    }
+
+    fn budget(options: &ServerOptions, metrics: &SyncMetrics) -> Budget {
+        Budget::new(
+            options.max_inflight_bytes,
+            options.max_inflight_per_address,
+            metrics.inflight_bytes.clone(),
+        )
+    }
+
+    /// Counts in `metrics` (registered with [`SyncMetrics::register`]).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: SyncMetrics) -> Self {
+        self.budget = Arc::new(Self::budget(&self.options, &metrics));
+        self.metrics = metrics;
+        self
     }
 
     /// The id of the store this controller serves; a runtime that says it applied a
@@ -191,7 +271,10 @@ impl SyncServer {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// Serves on `listener` until `shutdown` completes, then ends every session.
+    /// Serves on `listener` until `shutdown` completes, then ends every session; connections
+    /// still open a few seconds later are closed. The connection limits, deadlines and
+    /// HTTP/2 settings of [`ServerOptions`] apply to the connections of `listener` only: a
+    /// caller that mounts [`SyncServer::into_service`] on its own server sets its own.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -202,12 +285,28 @@ impl SyncServer {
             shutdown.await;
             stopping.send_replace(true);
         };
+        let options = &self.options;
+        let admission = Admission {
+            limiter: ConnLimiter::new(
+                options.max_connections,
+                options.max_connections_per_address,
+                self.metrics.connections.clone(),
+            ),
+            first_stream: options.first_stream_timeout,
+            idle: options.connection_idle_timeout,
+            metrics: self.metrics.clone(),
+            stopping: self.stopping.subscribe(),
+            warned: Arc::default(),
+        };
+        let keepalive = options.keepalive_interval.max(Duration::from_secs(1));
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(options.max_streams_per_connection.max(1))
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(keepalive))
+            // a runtime sends one header of its own (the token)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .add_service(self.into_service())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(transport::incoming(listener, admission), shutdown)
             .await
     }
 
@@ -230,8 +329,13 @@ impl SyncServer {
     }
 }
 
-/// The largest message a controller accepts from a runtime.
-const MAX_INBOUND_BYTES: usize = 1024 * 1024;
+/// The largest message a controller accepts from a runtime: a Hello, an Ack, a Nack (whose
+/// errors the client cuts to fit) or a Heartbeat. Each stream buffers at most one message
+/// being received, so this bounds what a stream can make the controller hold.
+const MAX_INBOUND_BYTES: usize = 128 * 1024;
+
+/// The largest header list a controller accepts on the sync port.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 type OutboundStream = Pin<Box<dyn Stream<Item = Result<ControllerMessage, Status>> + Send>>;
 
@@ -243,6 +347,12 @@ impl ConfigSync for SyncServer {
         &self,
         request: Request<Streaming<RuntimeMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        // the connection's own view (served by `serve`), or tonic's (mounted elsewhere)
+        let conn = request.extensions().get::<SyncConn>().cloned();
+        let peer = conn
+            .as_ref()
+            .map(|c| c.peer)
+            .or_else(|| request.remote_addr());
         if let Some(token) = &self.token {
             let presented = request
                 .metadata()
@@ -250,13 +360,15 @@ impl ConfigSync for SyncServer {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             if !token.verify(presented) {
-                tracing::warn!(peer = ?request.remote_addr(), "refusing a runtime without a valid sync token");
+                tracing::warn!(peer = ?peer, "refusing a runtime without a valid sync token");
                 return Err(Status::unauthenticated(
                     "a valid sync token is required (GW_SYNC_TOKEN)",
                 ));
             }
         }
-        let peer = request.remote_addr();
+        // an authenticated stream keeps its connection from the first-stream and idle
+        // deadlines for as long as it lives
+        let activity = conn.as_ref().map(|c| c.activity.begin());
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.options.hello_timeout, inbound.message())
             .await
@@ -319,6 +431,12 @@ impl ConfigSync for SyncServer {
             nonces: 0,
             stopping: self.stopping.subscribe(),
             authority: self.authority.clone(),
+            unacked: None,
+            budget: Arc::clone(&self.budget),
+            metrics: self.metrics.clone(),
+            ip: peer.map(|p| p.ip()),
+            conn,
+            _activity: activity,
         };
         tracing::info!(
             node = %session.info.node_id, group = %session.info.group,
@@ -358,6 +476,25 @@ struct Session {
     store_id: Arc<str>,
     /// The resource kinds the runtime applies; others are never sent to it.
     kinds: Vec<String>,
+    /// The configuration message sent and not yet acknowledged, if any.
+    unacked: Option<Unacked>,
+    budget: Arc<Budget>,
+    metrics: SyncMetrics,
+    /// The runtime's address, for its share of the budget.
+    ip: Option<std::net::IpAddr>,
+    /// The runtime's connection (when served by [`SyncServer::serve`]).
+    conn: Option<SyncConn>,
+    /// Keeps the connection from its idle deadline while the session lives.
+    _activity: Option<InFlight>,
+}
+
+/// A configuration message in flight.
+struct Unacked {
+    nonce: String,
+    /// When the runtime must have acknowledged it.
+    deadline: Instant,
+    /// Its room in the budget.
+    _reservation: Reservation,
 }
 
 /// The kinds a Hello declares; none declared: APIs only (a runtime that predates the field).
@@ -377,29 +514,55 @@ fn sent(kinds: &[String], kind: &str) -> bool {
 /// Why a session ended.
 enum End {
     Closed,
-    Idle,
+    /// The runtime sent nothing for three heartbeat intervals.
+    Silent,
     Stopping,
     /// This controller has not reached the runtime's revision.
     Behind,
     Protocol(String),
+    /// The runtime did not take a message within the send timeout.
+    SendTimeout,
+    /// The runtime did not acknowledge a configuration message within the ack timeout.
+    AckTimeout,
+}
+
+/// Counts a session in `gw_sync_sessions` while it lives.
+struct Counted(prometheus_client::metrics::gauge::Gauge);
+
+impl Counted {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Session {
     async fn run(mut self, mut inbound: Streaming<RuntimeMessage>) {
+        let _counted = Counted::new(&self.metrics.sessions);
         self.observer.connected(&self.info, self.acked);
-        let end = self.serve(&mut inbound).await;
-        match end {
-            End::Closed => tracing::info!(node = %self.info.node_id, "runtime disconnected"),
+        let end = match self.serve(&mut inbound).await {
+            Err(end) => end,
+            Ok(never) => match never {},
+        };
+        let node = &self.info.node_id;
+        match &end {
+            End::Closed => tracing::info!(node = %node, "runtime disconnected"),
             End::Stopping => {
-                tracing::info!(node = %self.info.node_id, "controller stopping; closing runtime stream");
+                tracing::info!(node = %node, "controller stopping; closing runtime stream");
             }
-            End::Idle => tracing::warn!(
-                node = %self.info.node_id,
-                "runtime sent nothing for {:?}; closing its stream", self.idle_timeout()
+            End::Silent => tracing::warn!(
+                node = %node,
+                "runtime sent nothing for {:?}; closing its stream", self.silence_timeout()
             ),
             End::Behind => {
                 tracing::warn!(
-                    node = %self.info.node_id, runtime_revision = self.acked,
+                    node = %node, runtime_revision = self.acked,
                     revision = self.state.revision(),
                     "runtime is ahead of this controller; sending it to another one"
                 );
@@ -408,19 +571,48 @@ impl Session {
                 )));
             }
             End::Protocol(reason) => {
-                tracing::warn!(node = %self.info.node_id, %reason, "closing runtime stream");
-                let _ = self.tx.try_send(Err(Status::invalid_argument(reason)));
+                tracing::warn!(node = %node, %reason, "closing runtime stream");
+                let _ = self
+                    .tx
+                    .try_send(Err(Status::invalid_argument(reason.clone())));
             }
+            End::SendTimeout => {
+                self.metrics.rejected(SyncLimit::SendTimeout);
+                tracing::warn!(
+                    node = %node, peer = ?self.ip,
+                    "runtime did not take a message within {:?}; closing its connection",
+                    self.options.send_timeout
+                );
+            }
+            End::AckTimeout => {
+                self.metrics.rejected(SyncLimit::AckTimeout);
+                tracing::warn!(
+                    node = %node, peer = ?self.ip,
+                    "runtime did not acknowledge its configuration within {:?}; closing its connection",
+                    self.options.ack_timeout
+                );
+            }
+        }
+        // What the runtime has not read stays buffered for as long as its stream lives, and
+        // a runtime that does not read never lets the stream end: close the connection.
+        let unacknowledged = self.unacked.take().is_some();
+        if (unacknowledged || matches!(end, End::SendTimeout | End::AckTimeout))
+            && let Some(conn) = &self.conn
+        {
+            conn.control.kill();
         }
         self.observer.disconnected(&self.info, self.acked);
     }
 
-    async fn serve(&mut self, inbound: &mut Streaming<RuntimeMessage>) -> End {
+    async fn serve(
+        &mut self,
+        inbound: &mut Streaming<RuntimeMessage>,
+    ) -> Result<std::convert::Infallible, End> {
         let mut revisions = self.state.subscribe();
         // A runtime ahead of this controller was served by a controller that has seen newer
         // changes: give ours a moment to catch up rather than roll the runtime back. If it
         // does not, roll back only when the store itself is behind the runtime.
-        if self.acked > self.state.revision() && !self.catch_up().await {
+        if self.acked > self.state.revision() && !self.catch_up().await? {
             let truth = match &self.authority {
                 Some(authority) => authority.newest_revision().await,
                 None => None,
@@ -430,39 +622,37 @@ impl Session {
                     node = %self.info.node_id, runtime_revision = self.acked, store_revision = newest,
                     "the store is behind this runtime (restored database?); sending it the store's state"
                 ),
-                _ => return End::Behind,
+                _ => return Err(End::Behind),
             }
         }
         // Always answer the Hello, even with an empty delta: the runtime learns it is in sync.
-        let mut in_flight: Option<(String, i64)> = match self.send_update().await {
-            Some(sent) => Some(sent),
-            None => return End::Closed,
-        };
+        self.send_update().await?;
         let mut rejected: i64 = 0;
         let mut heartbeat = tokio::time::interval(self.info.heartbeat_interval);
         heartbeat.tick().await;
-        let idle_timeout = self.idle_timeout();
-        let mut idle_deadline = tokio::time::Instant::now() + idle_timeout;
+        let silence = self.silence_timeout();
+        let mut silent_at = Instant::now() + silence;
         loop {
+            let ack_deadline = self.unacked.as_ref().map(|u| u.deadline);
             tokio::select! {
                 message = inbound.message() => {
-                    idle_deadline = tokio::time::Instant::now() + idle_timeout;
+                    silent_at = Instant::now() + silence;
                     let message = match message {
                         Ok(Some(RuntimeMessage { message: Some(m) })) => m,
                         Ok(Some(RuntimeMessage { message: None })) => continue,
-                        Ok(None) | Err(_) => return End::Closed,
+                        Ok(None) | Err(_) => return Err(End::Closed),
                     };
                     match message {
                         runtime_message::Message::Ack(ack) => {
-                            if in_flight.as_ref().is_some_and(|(n, _)| *n == ack.nonce) {
-                                in_flight = None;
+                            if self.unacked.as_ref().is_some_and(|u| u.nonce == ack.nonce) {
+                                self.unacked = None;
                                 self.acked = ack.revision;
                                 self.observer.applied(&self.info, ack.revision);
                             }
                         }
                         runtime_message::Message::Nack(nack) => {
-                            if in_flight.as_ref().is_some_and(|(n, _)| *n == nack.nonce) {
-                                in_flight = None;
+                            if self.unacked.as_ref().is_some_and(|u| u.nonce == nack.nonce) {
+                                self.unacked = None;
                                 rejected = nack.revision;
                                 tracing::warn!(
                                     node = %self.info.node_id, revision = nack.revision,
@@ -475,74 +665,132 @@ impl Session {
                             self.observer.seen(&self.info, self.acked);
                         }
                         runtime_message::Message::Hello(_) => {
-                            return End::Protocol("Hello sent twice on one stream".to_string());
+                            return Err(End::Protocol("Hello sent twice on one stream".to_string()));
                         }
                     }
                 }
                 changed = revisions.changed() => {
                     if changed.is_err() {
-                        return End::Closed;
+                        return Err(End::Closed);
                     }
                 }
-                _ = heartbeat.tick() => {
-                    if !self.heartbeat().await {
-                        return End::Closed;
-                    }
-                }
-                () = tokio::time::sleep_until(idle_deadline) => return End::Idle,
-                () = stopped(&mut self.stopping) => return End::Stopping,
+                _ = heartbeat.tick() => self.heartbeat().await?,
+                () = tokio::time::sleep_until(silent_at) => return Err(End::Silent),
+                () = sleep_until_some(ack_deadline) => return Err(End::AckTimeout),
+                () = stopped(&mut self.stopping) => return Err(End::Stopping),
             }
             let newest = self.state.revision();
-            if in_flight.is_none() && newest > self.acked.max(rejected) {
-                match self.send_update().await {
-                    Some(sent) => in_flight = Some(sent),
-                    None => return End::Closed,
-                }
+            if self.unacked.is_none() && newest > self.acked.max(rejected) {
+                self.send_update().await?;
+                // a wait for room in flight is not the runtime's silence: what it sent
+                // meanwhile is read next
+                silent_at = Instant::now() + silence;
             }
         }
     }
 
-    fn idle_timeout(&self) -> Duration {
+    /// How long the runtime may send nothing.
+    fn silence_timeout(&self) -> Duration {
         self.info.heartbeat_interval * 3 + Duration::from_secs(5)
     }
 
-    /// Sends a heartbeat; `false` when the runtime is gone.
-    async fn heartbeat(&self) -> bool {
+    /// Sends `message`, waiting at most the send timeout for the runtime to take it.
+    async fn send(&self, message: ControllerMessage) -> Result<(), End> {
+        match tokio::time::timeout(self.options.send_timeout, self.tx.send(Ok(message))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Closed),
+            Err(_) => Err(End::SendTimeout),
+        }
+    }
+
+    /// Sends a heartbeat.
+    async fn heartbeat(&self) -> Result<(), End> {
         let beat = ControllerMessage {
             message: Some(controller_message::Message::Heartbeat(Heartbeat {
                 revision: self.state.revision(),
                 unix_millis: unix_millis(),
             })),
         };
-        self.tx.send(Ok(beat)).await.is_ok()
+        self.send(beat).await
     }
 
     /// Waits (at most the catch-up timeout) for the desired state to reach the runtime's
     /// revision, with a heartbeat every interval so the runtime knows the controller is
     /// alive meanwhile. Returns whether it got there.
-    async fn catch_up(&self) -> bool {
-        let deadline = tokio::time::Instant::now() + self.options.catch_up_timeout;
+    async fn catch_up(&self) -> Result<bool, End> {
+        let deadline = Instant::now() + self.options.catch_up_timeout;
         loop {
-            if !self.heartbeat().await {
-                return false;
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.heartbeat().await?;
+            let left = deadline.saturating_duration_since(Instant::now());
             if self
                 .state
                 .wait_for(self.acked, left.min(self.info.heartbeat_interval))
                 .await
             {
-                return true;
+                return Ok(true);
             }
             if left <= self.info.heartbeat_interval {
-                return false;
+                return Ok(false);
             }
         }
     }
 
-    /// Sends a Delta from the acknowledged revision, or a Snapshot; returns the nonce and
-    /// revision sent, or `None` when the runtime is gone.
-    async fn send_update(&mut self) -> Option<(String, i64)> {
+    /// Sends a Delta from the acknowledged revision, or a Snapshot, once the budget has room
+    /// for it, and records it as unacknowledged.
+    async fn send_update(&mut self) -> Result<(), End> {
+        let mut reserved: Option<Reservation> = None;
+        loop {
+            let (nonce, message) = self.build_update();
+            let bytes = message.encoded_len();
+            let reservation = match reserved.take() {
+                Some(mut reservation) if self.budget.covers(&reservation, bytes) => {
+                    reservation.resize(bytes);
+                    Ok(reservation)
+                }
+                // the state grew while the session waited: room for the new size
+                Some(_) | None => self.budget.try_reserve(self.ip, bytes),
+            };
+            match reservation {
+                Ok(reservation) => {
+                    self.send(message).await?;
+                    self.unacked = Some(Unacked {
+                        nonce,
+                        deadline: Instant::now() + self.options.ack_timeout,
+                        _reservation: reservation,
+                    });
+                    return Ok(());
+                }
+                Err(limit) => {
+                    // wait holding no message; build it again once there is room
+                    drop(message);
+                    self.metrics.waited(limit);
+                    reserved = Some(self.wait_for_room(bytes).await?);
+                }
+            }
+        }
+    }
+
+    /// Waits for room for a message of `bytes`, with heartbeats meanwhile (often enough for a
+    /// runtime that waits for its first answer).
+    async fn wait_for_room(&self, bytes: usize) -> Result<Reservation, End> {
+        tracing::debug!(node = %self.info.node_id, bytes, "waiting for room among the configurations in flight");
+        let reserve = Arc::clone(&self.budget).reserve(self.ip, bytes);
+        tokio::pin!(reserve);
+        let mut stopping = self.stopping.clone();
+        let mut beat = tokio::time::interval(
+            (self.info.heartbeat_interval / 3).max(Duration::from_millis(500)),
+        );
+        loop {
+            tokio::select! {
+                reservation = &mut reserve => return Ok(reservation),
+                _ = beat.tick() => self.heartbeat().await?,
+                () = stopped(&mut stopping) => return Err(End::Stopping),
+            }
+        }
+    }
+
+    /// A Delta from the acknowledged revision, or a Snapshot, and its nonce.
+    fn build_update(&mut self) -> (String, ControllerMessage) {
         self.nonces += 1;
         let nonce = format!("{}-{}", self.info.session_id, self.nonces);
         let group = &self.info.group;
@@ -553,40 +801,43 @@ impl Session {
             None
         };
         let kinds = &self.kinds;
-        let (revision, message) = match delta {
+        let message = match delta {
             Some(mut delta) => {
                 delta.upserts.retain(|r| sent(kinds, &r.kind));
                 delta.removals.retain(|r| sent(kinds, &r.kind));
-                (
-                    delta.revision,
-                    controller_message::Message::Delta(Delta {
-                        nonce: nonce.clone(),
-                        from_revision: self.acked,
-                        revision: delta.revision,
-                        upserts: delta.upserts,
-                        removals: delta.removals,
-                        store_id: self.store_id.to_string(),
-                    }),
-                )
+                controller_message::Message::Delta(Delta {
+                    nonce: nonce.clone(),
+                    from_revision: self.acked,
+                    revision: delta.revision,
+                    upserts: delta.upserts,
+                    removals: delta.removals,
+                    store_id: self.store_id.to_string(),
+                })
             }
             None => {
                 let (revision, mut resources) = self.state.snapshot(group);
                 resources.retain(|r| sent(kinds, &r.kind));
-                (
+                controller_message::Message::Snapshot(Snapshot {
+                    nonce: nonce.clone(),
                     revision,
-                    controller_message::Message::Snapshot(Snapshot {
-                        nonce: nonce.clone(),
-                        revision,
-                        resources,
-                        store_id: self.store_id.to_string(),
-                    }),
-                )
+                    resources,
+                    store_id: self.store_id.to_string(),
+                })
             }
         };
-        let message = ControllerMessage {
-            message: Some(message),
-        };
-        self.tx.send(Ok(message)).await.ok()?;
-        Some((nonce, revision))
+        (
+            nonce,
+            ControllerMessage {
+                message: Some(message),
+            },
+        )
+    }
+}
+
+/// Completes at `deadline`; never without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -212,7 +212,7 @@ fn client_with_token(
     token: Option<&str>,
 ) -> JoinHandle<()> {
     let mut options = ClientOptions::new(controllers, node.into(), group.into());
-    options.token = token.and_then(SyncToken::new);
+    options.token = token.map(|t| SyncToken::new(t).unwrap().unwrap());
     options.initial_backoff = Duration::from_millis(20);
     options.max_backoff = Duration::from_millis(200);
     options.handshake_timeout = Duration::from_millis(300);
@@ -558,8 +558,8 @@ async fn controllers_with_a_token_refuse_runtimes_without_it() {
     let state = Arc::new(DesiredState::new(1000));
     state.apply([change(1, "a", &["default"])]);
     let events = Arc::new(Events::default());
-    let server =
-        server("ctl-a", &state, &events).with_token(SyncToken::new("sync-secret-0123456789"));
+    let server = server("ctl-a", &state, &events)
+        .with_token(SyncToken::new("sync-secret-0123456789").unwrap());
     let ctl = serve(server).await;
 
     let intruder = Arc::new(MemoryApplier::default());
@@ -568,7 +568,7 @@ async fn controllers_with_a_token_refuse_runtimes_without_it() {
         "intruder",
         "default",
         &intruder,
-        Some("guess"),
+        Some("guessed-but-wrong-token"),
     );
     let anonymous = Arc::new(MemoryApplier::default());
     let _b = client(

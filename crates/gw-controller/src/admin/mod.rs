@@ -8,6 +8,7 @@ mod apis;
 mod bundles;
 mod certificates;
 mod consumers;
+mod dev;
 mod error;
 mod format;
 mod resources;
@@ -29,6 +30,7 @@ use gw_sync::state::DesiredState;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
+pub use dev::DevGuard;
 pub use error::ApiError;
 
 use crate::keys::AdminToken;
@@ -81,6 +83,9 @@ pub struct AppState {
     pub metrics: prometheus_client::registry::Registry,
     /// The controller is stopping: `/readyz` answers 503 while the drain period runs.
     pub draining: AtomicBool,
+    /// Development mode without an admin token: the checks that keep web pages out of the
+    /// admin API (`Host`, and `Content-Type` on writes; see [`DevGuard`]). `None`: none.
+    pub dev_guard: Option<DevGuard>,
 }
 
 impl AppState {
@@ -148,6 +153,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            dev::guard,
+        ))
         .layer(middleware::from_fn(log_request))
         // a bug in a handler answers 500 instead of dropping the connection
         .layer(CatchPanicLayer::custom(|_| {
@@ -246,10 +255,17 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         {
             Some("the embedded runtime has not received its configuration yet".to_string())
         }
+        // no credentials are needed here: the reason is generic, the details are logged
         Some(store) => match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
             Ok(Ok(())) => None,
-            Ok(Err(err)) => Some(format!("the database does not answer: {err}")),
-            Err(_) => Some("the database did not answer within 2s".to_string()),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "readiness: the database does not answer");
+                Some("the database does not answer".to_string())
+            }
+            Err(_) => {
+                tracing::warn!("readiness: the database did not answer within 2s");
+                Some("the database did not answer within 2s".to_string())
+            }
         },
     };
     let body = serde_json::json!({
