@@ -264,6 +264,38 @@ impl Drop for SlotInner {
     }
 }
 
+/// Accepts the next connection from `listener` that `limiter` has a slot for, with
+/// `TCP_NODELAY` set. A failed accept (out of file descriptors, say) is logged and tried
+/// again 50 ms later, so that the listener never stops; a connection over a limit is closed
+/// at once and handed to `refused` with its peer. Cancel-safe: a connection is either
+/// returned with its slot or closed.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    limiter: &ConnLimiter,
+    mut refused: impl FnMut(ConnRefused, std::net::SocketAddr),
+) -> (tokio::net::TcpStream, std::net::SocketAddr, ConnSlot) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match limiter.try_acquire(peer.ip()) {
+            Ok(slot) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer, slot);
+            }
+            Err(why) => {
+                drop(stream);
+                refused(why, peer);
+            }
+        }
+    }
+}
+
 /// The requests of one connection, for its idle and first-request deadlines.
 #[derive(Debug, Default)]
 pub struct Activity {

@@ -190,30 +190,16 @@ impl Listeners {
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::pin!(shutdown);
         loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        // out of file descriptors and the like: wait a little, keep serving
-                        tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let refused = |refused: ConnRefused, _| {
+                metrics.limit_rejected(match refused {
+                    ConnRefused::Total => Limit::Connections,
+                    ConnRefused::PerAddress => Limit::ConnectionsPerAddress,
+                });
+            };
+            let (stream, peer, slot) = tokio::select! {
+                accepted = gw_core::conn::accept(&listener, &self.connections, refused) => accepted,
                 () = &mut shutdown => break,
             };
-            let slot = match self.connections.try_acquire(peer.ip()) {
-                Ok(slot) => slot,
-                Err(refused) => {
-                    metrics.limit_rejected(match refused {
-                        ConnRefused::Total => Limit::Connections,
-                        ConnRefused::PerAddress => Limit::ConnectionsPerAddress,
-                    });
-                    drop(stream);
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
             let conn = Connection {
                 info: ConnInfo {
                     peer,

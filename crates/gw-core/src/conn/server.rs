@@ -160,40 +160,27 @@ pub async fn serve<M, S, B>(
     let mut warned: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // out of file descriptors and the like: wait a little, keep serving
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let slot = match limiter.try_acquire(peer.ip()) {
-            Ok(slot) => slot,
-            Err(refused) => {
-                metrics.rejected(match refused {
-                    ConnRefused::Total => "connections",
-                    ConnRefused::PerAddress => "connections_per_address",
-                });
-                if warned.is_none_or(|at| at.elapsed() >= Duration::from_mins(1)) {
-                    warned = Some(tokio::time::Instant::now());
-                    tracing::warn!(
-                        %peer, ?refused,
-                        "connection refused: limit reached (counted in {}_limit_rejections_total; \
-                         logged once a minute)",
-                        metrics.prefix
-                    );
-                } else {
-                    tracing::debug!(%peer, ?refused, "connection refused: limit reached");
-                }
-                continue;
+        let refused = |refused: ConnRefused, peer: SocketAddr| {
+            metrics.rejected(match refused {
+                ConnRefused::Total => "connections",
+                ConnRefused::PerAddress => "connections_per_address",
+            });
+            if warned.is_none_or(|at| at.elapsed() >= Duration::from_mins(1)) {
+                warned = Some(tokio::time::Instant::now());
+                tracing::warn!(
+                    %peer, ?refused,
+                    "connection refused: limit reached (counted in {}_limit_rejections_total; \
+                     logged once a minute)",
+                    metrics.prefix
+                );
+            } else {
+                tracing::debug!(%peer, ?refused, "connection refused: limit reached");
             }
         };
-        let _ = stream.set_nodelay(true);
+        let (stream, peer, slot) = tokio::select! {
+            accepted = super::accept(&listener, &limiter, refused) => accepted,
+            () = &mut shutdown => break,
+        };
         let activity = Activity::new();
         let inner = make(peer);
         let service = {
