@@ -423,12 +423,32 @@ pub fn file_runtime_env(
     Process::start(node_id, &binary("gw-runtime"), &args, &envs)
 }
 
+/// A connection to `to` from the loopback address `source` (`127.0.0.2`, say): tests of
+/// limits per client address tell an attacker from a well-behaved client (127.0.0.1) so.
+pub async fn connect_from(source: &str, to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    let source: std::net::IpAddr = source.parse().expect("a source address");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind the source address");
+    socket.connect(to).await.expect("connect")
+}
+
 /// Sends `request` as raw bytes on a new connection and reads until the server closes it
 /// (at most 10 s): the status code (0 if none) and the whole response text. For requests
 /// that an HTTP client library would refuse or rewrite.
 pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    exchange(stream, request).await
+}
+
+/// [`raw_http`] on a connection from the loopback address `source`.
+pub async fn raw_http_from(source: &str, addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    exchange(connect_from(source, addr).await, request).await
+}
+
+async fn exchange(mut stream: tokio::net::TcpStream, request: &[u8]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request).await.expect("write the request");
     let mut response = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;

@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gw_e2e::{Process, echo_upstream, raw_http, standalone};
+use gw_e2e::{Process, connect_from, echo_upstream, raw_http, standalone};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -26,13 +26,27 @@ fn api(upstream: &Process, extra_upstream: &str) -> String {
     )
 }
 
-/// A connection to `to` from the loopback address `source`.
-async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().expect("a socket");
-    socket
-        .bind(SocketAddr::new(source.parse().expect("an address"), 0))
-        .expect("bind the source address");
-    socket.connect(to).await.expect("connect")
+/// An echo upstream and a runtime serving [`api`] on it, ready.
+struct Edge {
+    upstream: Process,
+    runtime: Process,
+    proxy: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts an [`Edge`] with `extra_upstream` YAML under `spec.upstream` and `flags`, and waits
+/// until it serves.
+async fn edge(extra_upstream: &str, flags: &[&str]) -> Edge {
+    let upstream = echo_upstream("up");
+    let (runtime, dir) = standalone(&api(&upstream, extra_upstream), flags);
+    let proxy = runtime.addr("proxy");
+    served_within(proxy, "/up/ready", Duration::from_secs(30)).await;
+    Edge {
+        upstream,
+        runtime,
+        proxy,
+        _dir: dir,
+    }
 }
 
 fn get(path: &str) -> Vec<u8> {
@@ -93,13 +107,16 @@ fn rss_kib(pid: u32) -> u64 {
 /// as the attacker likes.
 #[tokio::test]
 async fn idle_connections_of_one_address_lock_nobody_out() {
-    let upstream = echo_upstream("up");
-    let (runtime, _dir) = standalone(
-        &api(&upstream, ""),
+    let Edge {
+        upstream: _upstream,
+        runtime,
+        proxy,
+        _dir,
+    } = edge(
+        "",
         &["--max-connections", "100", "--header-read-timeout", "2"],
-    );
-    let proxy = runtime.addr("proxy");
-    served_within(proxy, "/up/ready", Duration::from_secs(30)).await;
+    )
+    .await;
 
     let mut idle = Vec::new();
     for i in 0..130 {
@@ -133,18 +150,21 @@ async fn idle_connections_of_one_address_lock_nobody_out() {
 /// ones closed at once, and other addresses are never kept out.
 #[tokio::test]
 async fn a_cap_per_address_keeps_one_address_from_taking_every_slot() {
-    let upstream = echo_upstream("up");
-    let (runtime, _dir) = standalone(
-        &api(&upstream, ""),
+    let Edge {
+        upstream: _upstream,
+        runtime,
+        proxy,
+        _dir,
+    } = edge(
+        "",
         &[
             "--max-connections",
             "100",
             "--max-connections-per-address",
             "20",
         ],
-    );
-    let proxy = runtime.addr("proxy");
-    served_within(proxy, "/up/ready", Duration::from_secs(30)).await;
+    )
+    .await;
     let mut idle = Vec::new();
     for _ in 0..130 {
         idle.push(connect_from("127.0.0.2", proxy).await);
@@ -173,13 +193,12 @@ async fn a_cap_per_address_keeps_one_address_from_taking_every_slot() {
 /// overdue; one that stops sending requests is closed after the idle timeout.
 #[tokio::test]
 async fn idle_http2_connections_are_closed() {
-    let upstream = echo_upstream("up");
-    let (runtime, _dir) = standalone(
-        &api(&upstream, ""),
-        &["--header-read-timeout", "2", "--idle-timeout", "2s"],
-    );
-    let proxy = runtime.addr("proxy");
-    served_within(proxy, "/up/ready", Duration::from_secs(30)).await;
+    let Edge {
+        upstream: _upstream,
+        runtime,
+        proxy,
+        _dir,
+    } = edge("", &["--header-read-timeout", "2", "--idle-timeout", "2s"]).await;
 
     let h2 = |stream: TcpStream| {
         hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<Bytes>>(
@@ -229,16 +248,16 @@ async fn idle_http2_connections_are_closed() {
 /// the minimum rate, while a normal request to the same API is served at once.
 #[tokio::test]
 async fn slow_request_bodies_hold_no_upstream_capacity() {
-    let upstream = echo_upstream("up");
-    let (runtime, _dir) = standalone(
-        &api(
-            &upstream,
-            "    circuitBreaker: {maxConnections: 10, maxPending: 10}\n",
-        ),
+    let Edge {
+        upstream,
+        runtime,
+        proxy,
+        _dir,
+    } = edge(
+        "    circuitBreaker: {maxConnections: 10, maxPending: 10}\n",
         &[],
-    );
-    let proxy = runtime.addr("proxy");
-    served_within(proxy, "/up/ready", Duration::from_secs(30)).await;
+    )
+    .await;
     let rss_before = rss_kib(runtime.pid());
 
     // HTTP/1.1: 300 connections, a POST head with Content-Length 100000 and one byte each
@@ -329,18 +348,21 @@ async fn slow_request_bodies_hold_no_upstream_capacity() {
 /// then stalls, it is cut (408), and the upstream connection it held is closed, not pooled.
 #[tokio::test]
 async fn a_long_body_that_stalls_is_cut_and_its_upstream_connection_closed() {
-    let upstream = echo_upstream("up");
-    let (runtime, _dir) = standalone(
-        &api(&upstream, ""),
+    let Edge {
+        upstream: _upstream,
+        runtime,
+        proxy,
+        _dir,
+    } = edge(
+        "",
         &[
             "--request-read-ahead",
             "65536",
             "--request-body-timeout",
             "2s",
         ],
-    );
-    let proxy = runtime.addr("proxy");
-    served_within(proxy, "/up/ready", Duration::from_secs(30)).await;
+    )
+    .await;
     let status = runtime.addr("status");
     let pooled = metric(status, "gw_upstream_connections{").await;
     let mut socket = connect_from("127.0.0.2", proxy).await;
@@ -370,10 +392,12 @@ async fn a_long_body_that_stalls_is_cut_and_its_upstream_connection_closed() {
 /// addresses are served.
 #[tokio::test]
 async fn requests_in_flight_per_address_are_capped() {
-    let upstream = echo_upstream("up");
-    let (runtime, _dir) = standalone(&api(&upstream, ""), &["--max-requests-per-address", "4"]);
-    let proxy = runtime.addr("proxy");
-    served_within(proxy, "/up/ready", Duration::from_secs(30)).await;
+    let Edge {
+        upstream: _upstream,
+        runtime,
+        proxy,
+        _dir,
+    } = edge("", &["--max-requests-per-address", "4"]).await;
     let mut tasks = Vec::new();
     for _ in 0..10 {
         tasks.push(tokio::spawn(async move {
@@ -568,10 +592,12 @@ async fn frames_until_closed(stream: &mut TcpStream, limit: Duration) -> Vec<u8>
 /// header block that never ends).
 #[tokio::test]
 async fn http2_floods_close_the_connection() {
-    let upstream = echo_upstream("up");
-    let (runtime, _dir) = standalone(&api(&upstream, ""), &[]);
-    let proxy = runtime.addr("proxy");
-    served_within(proxy, "/up/ready", Duration::from_secs(30)).await;
+    let Edge {
+        upstream: _upstream,
+        runtime,
+        proxy,
+        _dir,
+    } = edge("", &[]).await;
     let rss_before = rss_kib(runtime.pid());
 
     // rapid reset: 5,000 streams, each opened and reset at once
@@ -643,10 +669,12 @@ async fn http2_floods_close_the_connection() {
 /// streams beyond it are refused.
 #[tokio::test]
 async fn http2_streams_per_connection_are_capped() {
-    let upstream = echo_upstream("up");
-    let (runtime, _dir) = standalone(&api(&upstream, ""), &["--http2-max-streams", "10"]);
-    let proxy = runtime.addr("proxy");
-    served_within(proxy, "/up/ready", Duration::from_secs(30)).await;
+    let Edge {
+        upstream: _upstream,
+        runtime: _runtime,
+        proxy,
+        _dir,
+    } = edge("", &["--http2-max-streams", "10"]).await;
     // 30 streams opened without waiting for the server's SETTINGS: each with a body still to
     // come, so that none ends
     let mut attack = H2_PREFACE.to_vec();
@@ -738,10 +766,12 @@ async fn failed_logins_are_throttled_before_authentication() {
 /// connection closed after the send timeout, and the upstream exchange behind it ends.
 #[tokio::test]
 async fn a_client_that_does_not_read_is_closed_after_the_send_timeout() {
-    let upstream = echo_upstream("up");
-    let (runtime, _dir) = standalone(&api(&upstream, ""), &["--send-timeout", "2s"]);
-    let proxy = runtime.addr("proxy");
-    served_within(proxy, "/up/ready", Duration::from_secs(30)).await;
+    let Edge {
+        upstream: _upstream,
+        runtime,
+        proxy,
+        _dir,
+    } = edge("", &["--send-timeout", "2s"]).await;
     let status = runtime.addr("status");
     let pooled = metric(status, "gw_upstream_connections{").await;
     let mut socket = connect_from("127.0.0.2", proxy).await;
@@ -771,10 +801,12 @@ async fn a_client_that_does_not_read_is_closed_after_the_send_timeout() {
 /// 128, each dropped attempt waits a second or more for its retry).
 #[tokio::test]
 async fn a_burst_of_connections_is_queued_not_dropped() {
-    let upstream = echo_upstream("up");
-    let (runtime, _dir) = standalone(&api(&upstream, ""), &[]);
-    let proxy = runtime.addr("proxy");
-    served_within(proxy, "/up/ready", Duration::from_secs(30)).await;
+    let Edge {
+        upstream: _upstream,
+        runtime: _runtime,
+        proxy,
+        _dir,
+    } = edge("", &[]).await;
     let started = Instant::now();
     let mut burst = tokio::task::JoinSet::new();
     for _ in 0..2000 {
@@ -797,10 +829,12 @@ async fn a_burst_of_connections_is_queued_not_dropped() {
 #[tokio::test]
 #[ignore = "half a minute and 20,000 file descriptors: run by hand for the figure"]
 async fn ten_thousand_idle_sockets_at_the_default_limits() {
-    let upstream = echo_upstream("up");
-    let (runtime, _dir) = standalone(&api(&upstream, ""), &[]);
-    let proxy = runtime.addr("proxy");
-    served_within(proxy, "/up/ready", Duration::from_secs(30)).await;
+    let Edge {
+        upstream: _upstream,
+        runtime,
+        proxy,
+        _dir,
+    } = edge("", &[]).await;
     let status_addr = runtime.addr("status");
     let started = Instant::now();
     let mut idle = Vec::with_capacity(10_000);

@@ -25,7 +25,6 @@ use gw_e2e::{
 use gw_sync::proto::config_sync_client::ConfigSyncClient;
 use gw_sync::proto::{ControllerMessage, Hello, RuntimeMessage, runtime_message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -38,14 +37,6 @@ fn spec(dev: bool, database_url: Option<&str>) -> ControllerSpec {
         all_in_one: false,
         node_id: "ctl".to_string(),
     }
-}
-
-async fn connect_from(addr: SocketAddr, from: &str) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(SocketAddr::new(from.parse().unwrap(), 0))
-        .unwrap();
-    socket.connect(addr).await.unwrap()
 }
 
 /// How an attacker's connection behaves.
@@ -68,7 +59,7 @@ fn idle_sockets(
     (0..count)
         .map(|i| {
             tokio::spawn(async move {
-                let mut stream = connect_from(addr, ATTACKER).await;
+                let mut stream = gw_e2e::connect_from(ATTACKER, addr).await;
                 let slowloris = i % 2 == 1 && matches!(idle, Idle::Http1);
                 if i % 2 == 1 {
                     let greeting: &[u8] = match idle {

@@ -5,11 +5,9 @@
 //! header a policy sets.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::net::SocketAddr;
 
 use gw_e2e::{Process, echo_upstream, raw_http, standalone};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEY: &str = "alice-key-0123456789abcdef";
 
@@ -98,24 +96,6 @@ fn body(text: &str) -> serde_json::Value {
     text.split_once("\r\n\r\n")
         .and_then(|(_, body)| serde_json::from_str(body).ok())
         .unwrap_or_default()
-}
-
-/// [`raw_http`] from another loopback address than 127.0.0.1.
-async fn raw_http_from(source: &str, addr: SocketAddr, request: &[u8]) -> (u16, String) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    let source: IpAddr = source.parse().unwrap();
-    socket.bind(SocketAddr::new(source, 0)).unwrap();
-    let mut stream = socket.connect(addr).await.expect("connect");
-    stream.write_all(request).await.unwrap();
-    let mut response = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, text)
 }
 
 /// `(path, expected status, upstream that answers or error code, path it receives)`; 401 is
@@ -271,7 +251,8 @@ async fn a_clients_forwarding_headers_are_replaced() {
 async fn a_trusted_proxys_forwarding_headers_are_believed() {
     let s = setup(false, &["--trusted-proxies", PROXY_PEER]);
     let proxy = s.runtime.addr("proxy");
-    let (status, text) = raw_http_from(PROXY_PEER, proxy, &request("/app/x", &FORGED)).await;
+    let (status, text) =
+        gw_e2e::raw_http_from(PROXY_PEER, proxy, &request("/app/x", &FORGED)).await;
     assert_eq!(status, 200, "{text}");
     let seen = &body(&text)["headers"];
     assert_eq!(
