@@ -297,18 +297,30 @@ pub async fn accept(
 }
 
 /// The requests of one connection, for its idle and first-request deadlines.
-#[derive(Debug, Default)]
+///
+/// Cheap on the request path: a request's start and end are an atomic add each, and the
+/// end of the last request in flight one clock read; nothing wakes the watcher
+/// ([`Activity::expired`]), which looks when its own timer fires.
+#[derive(Debug)]
 pub struct Activity {
     in_flight: AtomicUsize,
     /// Whether a request has arrived on the connection.
     started: AtomicBool,
-    changed: Notify,
+    /// When the connection was made.
+    opened: tokio::time::Instant,
+    /// When it last had nothing in flight, in milliseconds since it was made.
+    idle_since_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Activity {
-    /// A connection with no request yet.
+    /// A connection with no request yet, made now.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
+            opened: tokio::time::Instant::now(),
+            idle_since_ms: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// A request arrived; it is in flight until the guard is dropped.
@@ -317,7 +329,6 @@ impl Activity {
         if !self.started.load(Ordering::Relaxed) {
             self.started.store(true, Ordering::Release);
         }
-        self.changed.notify_waiters();
         InFlight(Arc::clone(self))
     }
 
@@ -331,38 +342,34 @@ impl Activity {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// Completes when the connection should be closed: no request within `first` of the
-    /// call ([`Expired::NoRequest`]), or later, nothing in flight for `idle`
-    /// ([`Expired::Idle`]). Never completes while a request is in flight.
+    /// Completes when the connection should be closed: no request within `first` of its
+    /// making ([`Expired::NoRequest`]), or later, nothing in flight for `idle`
+    /// ([`Expired::Idle`]). Never completes while a request is in flight. When a request
+    /// outlasts `idle`, the connection's idleness after it is noticed up to `idle` late.
     pub async fn expired(&self, first: Duration, idle: Duration) -> Expired {
-        let first_deadline = tokio::time::Instant::now() + first;
+        let first_deadline = self.opened + first;
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
+            let now = tokio::time::Instant::now();
             if !self.started() {
-                tokio::select! {
-                    () = tokio::time::sleep_until(first_deadline) => {
-                        if !self.started() {
-                            return Expired::NoRequest;
-                        }
-                    }
-                    () = &mut changed => {}
+                if now >= first_deadline {
+                    return Expired::NoRequest;
                 }
+                // a request may come any moment: look again within the idle timeout
+                tokio::time::sleep_until(first_deadline.min(now + idle)).await;
                 continue;
             }
             if self.in_flight() > 0 {
-                changed.await;
+                tokio::time::sleep(idle).await;
                 continue;
             }
-            tokio::select! {
-                () = tokio::time::sleep(idle) => {
-                    if self.in_flight() == 0 {
-                        return Expired::Idle;
-                    }
-                }
-                () = &mut changed => {}
+            let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+            let deadline = self.opened + since + idle;
+            if now < deadline {
+                tokio::time::sleep_until(deadline).await;
+                // a request may have begun (or begun and ended) meanwhile: look again
+                continue;
             }
+            return Expired::Idle;
         }
     }
 }
@@ -382,8 +389,11 @@ pub struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_waiters();
+        let activity = &self.0;
+        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let now = u64::try_from(activity.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+            activity.idle_since_ms.store(now, Ordering::Release);
+        }
     }
 }
 
