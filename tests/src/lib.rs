@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -121,7 +121,7 @@ impl Process {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let (lock, ready) = &*sink;
-                let mut out = lock.lock().unwrap();
+                let mut out = lock.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
                     && json["message"] == "listening"
                     && let (Some(which), Some(addr)) =
@@ -134,7 +134,7 @@ impl Process {
                 ready.notify_all();
             }
             let (lock, ready) = &*sink;
-            lock.lock().unwrap().exited = true;
+            lock.lock().unwrap_or_else(PoisonError::into_inner).exited = true;
             ready.notify_all();
         });
         Self {
@@ -151,25 +151,35 @@ impl Process {
     pub fn addr(&self, listener: &str) -> SocketAddr {
         let (lock, ready) = &*self.output;
         let deadline = Instant::now() + Duration::from_mins(1);
-        let mut out = lock.lock().unwrap();
+        let mut out = lock.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(addr) = out.listening.get(listener) {
                 return *addr;
             }
-            assert!(
-                !out.exited,
-                "{} exited before listening on {listener}:\n{}",
-                self.name,
-                out.lines.join("\n")
-            );
+            // never panic with the lock held: the drop of `self` prints the log with it
+            let failure = if out.exited {
+                Some(format!(
+                    "{} exited before listening on {listener}",
+                    self.name
+                ))
+            } else if deadline.saturating_duration_since(Instant::now()).is_zero() {
+                Some(format!(
+                    "{} did not listen on {listener} in time",
+                    self.name
+                ))
+            } else {
+                None
+            };
+            if let Some(failure) = failure {
+                let log = out.lines.join("\n");
+                drop(out);
+                panic!("{failure}:\n{log}");
+            }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "{} did not listen on {listener} in time:\n{}",
-                self.name,
-                out.lines.join("\n")
-            );
-            out = ready.wait_timeout(out, left).unwrap().0;
+            out = ready
+                .wait_timeout(out, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -178,7 +188,7 @@ impl Process {
         self.output
             .0
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .lines
             .iter()
             .any(|l| l.contains(needle))
@@ -186,7 +196,12 @@ impl Process {
 
     /// Everything logged so far.
     pub fn log(&self) -> String {
-        self.output.0.lock().unwrap().lines.join("\n")
+        self.output
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lines
+            .join("\n")
     }
 
     /// Waits for the process to exit on its own; returns its exit code.
@@ -196,9 +211,12 @@ impl Process {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 // let the reader thread collect the last lines
                 let (lock, ready) = &*self.output;
-                let mut out = lock.lock().unwrap();
+                let mut out = lock.lock().unwrap_or_else(PoisonError::into_inner);
                 while !out.exited {
-                    out = ready.wait_timeout(out, Duration::from_secs(5)).unwrap().0;
+                    out = ready
+                        .wait_timeout(out, Duration::from_secs(5))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
                 }
                 return status.code();
             }

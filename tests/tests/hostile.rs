@@ -101,8 +101,8 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Idle sockets (silent, the HTTP/2 preface only, or half a request head) from one address
-/// fill every connection slot; they are closed once the header read timeout has passed
+/// Idle sockets (silent, or the HTTP/2 preface only) from one address fill every connection
+/// slot; they are closed once the header read timeout has passed
 /// since their accept, so other clients are kept out for that long at most, not for as long
 /// as the attacker likes.
 #[tokio::test]
@@ -118,14 +118,14 @@ async fn idle_connections_of_one_address_lock_nobody_out() {
     )
     .await;
 
+    // silent sockets, and sockets that send only the HTTP/2 preface (half-sent HTTP/1.1
+    // heads met hyper's header read timeout before this release too: tests/limits.rs)
     let mut idle = Vec::new();
     for i in 0..130 {
         let mut socket = connect_from("127.0.0.2", proxy).await;
-        let _ = match i % 3 {
-            0 => Ok(()),
-            1 => socket.write_all(H2_PREFACE).await,
-            _ => socket.write_all(b"GET /up/x HTTP/1.1\r\nHost: x\r\n").await,
-        };
+        if i % 2 == 1 {
+            socket.write_all(H2_PREFACE).await.unwrap();
+        }
         idle.push(socket);
     }
     let lockout = served_within(proxy, "/up/x", Duration::from_secs(15)).await;
@@ -137,12 +137,13 @@ async fn idle_connections_of_one_address_lock_nobody_out() {
     for socket in &mut idle {
         assert!(closed_within(socket, Duration::from_secs(5)).await);
     }
-    // 100 held until their deadline (the half-sent heads may meet hyper's own header
-    // timeout first); 30, and the well-behaved client's tries meanwhile, closed at once
+    // 100 held until their deadline; 30, and the well-behaved client's tries meanwhile,
+    // closed at once
     let status = runtime.addr("status");
-    let timed_out = metric(status, &limit_metric("first_request_timeout")).await
-        + metric(status, &limit_metric("header_timeout")).await;
-    assert_eq!(timed_out, 100);
+    assert_eq!(
+        metric(status, &limit_metric("first_request_timeout")).await,
+        100
+    );
     assert!(metric(status, &limit_metric("connections")).await >= 30);
 }
 

@@ -389,8 +389,10 @@ async fn flood(sync: SocketAddr, connections: usize, streams: usize) -> Vec<Rogu
 struct FloodFigures {
     before_kib: u64,
     peak_kib: u64,
-    inflight: i64,
-    waits: i64,
+    /// `gw_sync_inflight_bytes` (absent before the fix).
+    inflight: Option<i64>,
+    /// `gw_sync_inflight_waits_total{limit="per_address"}` (absent before the fix).
+    waits: Option<i64>,
     served: Duration,
 }
 
@@ -408,8 +410,8 @@ impl FloodFigures {
             self.before_kib / 1024,
             self.peak_kib / 1024,
             self.growth_mib(),
-            self.inflight,
-            self.waits,
+            self.inflight.unwrap_or(0),
+            self.waits.unwrap_or(0),
             self.served
         );
     }
@@ -441,34 +443,26 @@ async fn sync_flood(extra: &[&str]) -> FloodFigures {
 
     let rogues = flood(ctl.addr("sync"), 64, 4).await;
     assert_eq!(rogues.len(), 256, "every stream opened");
+    // every session up (counted in the log, which controllers wrote before the fix too)
     eventually(
         "the controller to hold every session",
         Duration::from_secs(20),
-        || async { metric::<i64>(admin_addr, "gw_sync_sessions ").await >= Some(257) },
+        || async { ctl.log().matches("runtime connected").count() >= 257 },
     )
     .await;
-    // the snapshots in flight, and then a few seconds for the others to pile up if they could
-    eventually("snapshots in flight", Duration::from_secs(10), || async {
-        metric::<i64>(admin_addr, "gw_sync_inflight_bytes ")
-            .await
-            .is_some_and(|n| n > 1_000_000)
-    })
-    .await;
+    // then a few seconds for the snapshots to pile up, if they can
     let mut peak_kib = rss_kib(&ctl);
     let watched = Instant::now();
     while watched.elapsed() < Duration::from_secs(3) {
         peak_kib = peak_kib.max(rss_kib(&ctl));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let inflight = metric::<i64>(admin_addr, "gw_sync_inflight_bytes ")
-        .await
-        .unwrap();
+    let inflight = metric::<i64>(admin_addr, "gw_sync_inflight_bytes ").await;
     let waits = metric::<i64>(
         admin_addr,
         "gw_sync_inflight_waits_total{limit=\"per_address\"}",
     )
-    .await
-    .unwrap();
+    .await;
 
     // a real runtime from another address is served meanwhile
     let started = Instant::now();
@@ -499,12 +493,12 @@ async fn a_sync_stream_flood_leaves_memory_bounded_and_runtimes_served() {
     figures.print("default limits");
     let growth = figures.growth_mib();
     assert!(growth < 100, "the controller grew by {growth} MiB");
+    let inflight = figures.inflight.unwrap_or(0);
     assert!(
-        figures.inflight <= 16 * 1_300_000,
-        "{} bytes in flight",
-        figures.inflight
+        inflight > 1_000_000 && inflight <= 16 * 1_300_000,
+        "{inflight} bytes in flight"
     );
-    assert!(figures.waits > 0);
+    assert!(figures.waits.unwrap_or(0) > 0);
 }
 
 /// The same flood with the limits turned off, as the controller was before: a measurement,
