@@ -96,7 +96,7 @@ for mode in baseline rapid-reset continuation streams; do
     peak=$(printf '%s\n' "${results[@]}" | awk '{print $3}' | sort -n | tail -1)
     flood=$(printf '%s\n' "${results[@]}" | tail -1 | cut -d' ' -f4-)
     [ "$mode" = baseline ] && baseline=$rps
-    ratio=$(awk -v r="$rps" -v b="$baseline" 'BEGIN {printf "%.2f", b > 0 ? r / b : 0}')
+    ratio=$(awk -v r="$rps" -v b="$baseline" 'BEGIN {printf "%.2f", (b > 0 ? r / b : 0)}')
     printf "%-13s %10s %7s %6s %9s  %s\n" "$mode" "$rps" "$ratio" "$cpu" "$peak" "$flood"
 done
 echo "runtime: default limits (--http2-max-streams 100, keep-alive 20s, header list 64 KiB)"
