@@ -244,8 +244,8 @@ async fn idle_http2_connections_are_closed() {
     assert!(metric(status, &limit_metric("idle_timeout")).await >= 1);
 }
 
-/// Requests that declare a body and send one byte of it (over HTTP/1.1 and HTTP/2) hold no
-/// upstream connection: they wait at the gateway, which answers 408 once they fall behind
+/// Requests that declare a body (or start a chunked one) and send one byte of it, over
+/// HTTP/1.1 and HTTP/2, hold no upstream connection: they wait at the gateway, which answers 408 once they fall behind
 /// the minimum rate, while a normal request to the same API is served at once.
 #[tokio::test]
 async fn slow_request_bodies_hold_no_upstream_capacity() {
@@ -261,17 +261,20 @@ async fn slow_request_bodies_hold_no_upstream_capacity() {
     .await;
     let rss_before = rss_kib(runtime.pid());
 
-    // HTTP/1.1: 300 connections, a POST head with Content-Length 100000 and one byte each
+    // HTTP/1.1: 300 connections, a POST head with Content-Length 100000 and one byte each,
+    // and 100 chunked ones with one chunk of one byte
     let mut slow = Vec::new();
-    for _ in 0..300 {
+    for i in 0..400 {
         let mut socket = connect_from("127.0.0.2", proxy).await;
-        socket
-            .write_all(b"POST /up/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx")
-            .await
-            .unwrap();
+        let request: &[u8] = if i < 300 {
+            b"POST /up/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx"
+        } else {
+            b"POST /up/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n"
+        };
+        socket.write_all(request).await.unwrap();
         slow.push(socket);
     }
-    // HTTP/2: 4 connections of 50 such streams
+    // HTTP/2: 4 connections of 50 such streams, half of them without a length
     let mut streams = Vec::new();
     for _ in 0..4 {
         let stream = connect_from("127.0.0.2", proxy).await;
@@ -280,7 +283,7 @@ async fn slow_request_bodies_hold_no_upstream_capacity() {
                 .await
                 .unwrap();
         tokio::spawn(connection);
-        for _ in 0..50 {
+        for i in 0..50 {
             let (tx, rx) =
                 tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(1);
             tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"x"))))
@@ -288,10 +291,11 @@ async fn slow_request_bodies_hold_no_upstream_capacity() {
                 .unwrap();
             let body =
                 http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-            let request = hyper::Request::post(format!("http://{proxy}/up/upload"))
-                .header("content-length", "100000")
-                .body(body)
-                .unwrap();
+            let mut request = hyper::Request::post(format!("http://{proxy}/up/upload"));
+            if i % 2 == 0 {
+                request = request.header("content-length", "100000");
+            }
+            let request = request.body(body).unwrap();
             let mut sender = sender.clone();
             streams.push((
                 tx,
@@ -340,9 +344,9 @@ async fn slow_request_bodies_hold_no_upstream_capacity() {
         drop(tx);
     }
     println!(
-        "runtime RSS: {rss_before} KiB before, {rss_during} KiB during the flood of 500 slow bodies"
+        "runtime RSS: {rss_before} KiB before, {rss_during} KiB during the flood of 600 slow bodies"
     );
-    assert_eq!(metric(status, &limit_metric("body_rate")).await, 500);
+    assert_eq!(metric(status, &limit_metric("body_rate")).await, 600);
 }
 
 /// A body longer than the read-ahead goes upstream once that much of it has arrived; if it
@@ -866,4 +870,89 @@ async fn ten_thousand_idle_sockets_at_the_default_limits() {
     );
     assert!(total <= Duration::from_secs(31), "{total:?}");
     drop(idle);
+}
+
+/// An HTTP/2 client that never opens its flow-control window holds its response, and the
+/// upstream exchange behind it, without the socket ever filling: the gateway notices the
+/// response waiting for the client and closes the connection after the send timeout.
+#[tokio::test]
+async fn an_http2_client_that_opens_no_window_is_closed_after_the_send_timeout() {
+    let Edge {
+        upstream: _upstream,
+        runtime,
+        proxy,
+        _dir,
+    } = edge("", &["--send-timeout", "2s"]).await;
+    let status = runtime.addr("status");
+    let pooled = metric(status, "gw_upstream_connections{").await;
+    let stream = connect_from("127.0.0.2", proxy).await;
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .adaptive_window(false)
+        .handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = hyper::Request::get(format!("http://{proxy}/up/_echo/bytes?n=10000000"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200, "the head is not flow-controlled");
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), connection)
+        .await
+        .expect("the gateway closes the connection")
+        .ok();
+    let held = started.elapsed();
+    assert!(held >= Duration::from_millis(1900), "{held:?}");
+    assert_eq!(metric(status, &limit_metric("send_timeout")).await, 1);
+    gw_e2e::eventually(
+        "the upstream exchange to end",
+        Duration::from_secs(10),
+        || async { metric(status, "gw_upstream_connections{").await <= pooled },
+    )
+    .await;
+    drop(response);
+}
+
+/// A body that the gateway cuts on its way to an HTTP/2 upstream (whose error says only that
+/// the stream was reset) is still the client's failure: 408, and the endpoint is neither
+/// blamed nor ejected.
+#[tokio::test]
+async fn a_body_cut_on_its_way_to_an_http2_upstream_does_not_eject_the_endpoint() {
+    let Edge {
+        upstream: _upstream,
+        runtime,
+        proxy,
+        _dir,
+    } = edge(
+        "    protocol: h2\n    outlierDetection: {consecutiveFailures: 1}\n",
+        &[
+            "--request-read-ahead",
+            "1024",
+            "--request-body-timeout",
+            "2s",
+            "--request-body-min-rate",
+            "0",
+        ],
+    )
+    .await;
+    for _ in 0..2 {
+        // past the read-ahead, so that it goes upstream, then nothing
+        let mut socket = connect_from("127.0.0.2", proxy).await;
+        socket
+            .write_all(b"POST /up/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+            .await
+            .unwrap();
+        socket.write_all(&[b'x'; 5000]).await.unwrap();
+        let mut response = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(20), socket.read_to_end(&mut response)).await;
+        let response = String::from_utf8_lossy(&response);
+        assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    }
+    let status = runtime.addr("status");
+    assert_eq!(metric(status, "gw_upstream_ejections_total{").await, 0);
+    assert_eq!(metric(status, "gw_upstream_errors_total{").await, 0);
+    served_within(proxy, "/up/after", Duration::from_secs(5)).await;
 }

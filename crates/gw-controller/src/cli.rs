@@ -444,6 +444,16 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
             trusted_proxies: gw_runtime::cli::trusted_proxies(&args.trusted_proxies)?,
         });
     }
+    // the admin and sync connections, the all-in-one runtime's (a client connection and an
+    // upstream one each), and some to spare
+    let traffic = if options.all_in_one.is_some() {
+        2 * gw_runtime::listener::ListenerOptions::default().max_connections
+    } else {
+        0
+    };
+    let needed =
+        options.admin_server.max_connections + options.sync.max_connections + traffic + 1024;
+    gw_runtime::raise_open_files_limit(u64::try_from(needed).unwrap_or(u64::MAX));
     crate::run(options, gw_runtime::shutdown_signal()).await?;
     Ok(())
 }

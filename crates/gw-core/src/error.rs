@@ -78,6 +78,10 @@ pub enum GatewayError {
     /// The request body could not be read (the client broke it off).
     #[error("the request body could not be read: {0}")]
     ClientBody(String),
+    /// No room to read the request body ahead (the gateway's read-ahead memory, or this
+    /// client address's share of it, stayed full for the body timeout).
+    #[error("the gateway cannot take this request body now; try again")]
+    RequestBufferFull,
 }
 
 impl GatewayError {
@@ -96,9 +100,9 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::NoHealthyEndpoint | GatewayError::CircuitOpen { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::NoHealthyEndpoint
+            | GatewayError::CircuitOpen { .. }
+            | GatewayError::RequestBufferFull => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -118,6 +122,7 @@ impl GatewayError {
             GatewayError::CircuitOpen { .. } => "circuit_open",
             GatewayError::SlowRequestBody(_) => "request_timeout",
             GatewayError::ClientBody(_) => "bad_request_body",
+            GatewayError::RequestBufferFull => "request_buffer_full",
         }
     }
 
@@ -170,7 +175,9 @@ impl GatewayError {
         }
         if matches!(
             self,
-            GatewayError::SlowRequestBody(_) | GatewayError::ClientBody(_)
+            GatewayError::SlowRequestBody(_)
+                | GatewayError::ClientBody(_)
+                | GatewayError::RequestBufferFull
         ) {
             // the rest of the body was not read: the connection cannot carry another request
             response

@@ -238,7 +238,7 @@ impl BuiltApi {
         for op in &spec.operations {
             let method = Method::from_bytes(op.method.as_bytes())
                 .map_err(|_| format!("invalid method {:?}", op.method))?;
-            let policies = effective_policies(&spec.policies, &op.policies);
+            let policies = effective_policies(registry, &spec.policies, &op.policies);
             let ctx = PolicyContext {
                 operation: Some(OperationContext {
                     method: &op.method,

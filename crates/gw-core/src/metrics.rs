@@ -98,6 +98,8 @@ pub struct ProxyMetrics {
     unrouted: Family<StatusLabels, Counter>,
     limits: Family<LimitLabels, Counter>,
     connections: Gauge,
+    request_buffer: Gauge,
+    request_buffer_overflows: Counter,
     tls_handshake_failures: Counter,
     certificate_expiry: Family<CertificateLabels, Gauge>,
     upstream: UpstreamFamilies,
@@ -213,6 +215,16 @@ impl ProxyMetrics {
             metrics.connections.clone(),
         );
         registry.register(
+            "gw_request_buffer_bytes",
+            "Bytes of request bodies read ahead and not yet sent upstream (bounded by --request-buffer-memory)",
+            metrics.request_buffer.clone(),
+        );
+        registry.register(
+            "gw_request_buffer_overflows",
+            "Requests refused with 503 request_buffer_full: their body found no room in the read-ahead memory (in total or in their address's share) for the body timeout",
+            metrics.request_buffer_overflows.clone(),
+        );
+        registry.register(
             "gw_tls_handshake_failures",
             "TLS handshakes of clients that failed (no certificate for the server name, protocol errors)",
             metrics.tls_handshake_failures.clone(),
@@ -277,6 +289,8 @@ impl ProxyMetrics {
             unrouted: Family::default(),
             limits: Family::default(),
             connections: Gauge::default(),
+            request_buffer: Gauge::default(),
+            request_buffer_overflows: Counter::default(),
             tls_handshake_failures: Counter::default(),
             certificate_expiry: Family::default(),
             upstream: UpstreamFamilies {
@@ -480,6 +494,16 @@ impl ProxyMetrics {
     /// The gauge of open client connections.
     pub fn connections(&self) -> &Gauge {
         &self.connections
+    }
+
+    /// The gauge of request-body bytes read ahead.
+    pub(crate) fn request_buffer(&self) -> &Gauge {
+        &self.request_buffer
+    }
+
+    /// Counts a request body that found no room in the read-ahead memory.
+    pub(crate) fn request_buffer_overflowed(&self) {
+        self.request_buffer_overflows.inc();
     }
 
     /// Counts a request answered before routing (no route, bad path).

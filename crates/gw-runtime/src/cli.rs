@@ -245,6 +245,12 @@ struct LimitArgs {
           value_name = "BYTES")]
     request_buffer_memory: u64,
 
+    /// Bytes that read-ahead may hold for the requests of one client address (an IPv6
+    /// client: its /64); past it, that address's bodies stream as they come.
+    #[arg(long, env = "GW_REQUEST_BUFFER_PER_ADDRESS", default_value_t = 32 * 1024 * 1024,
+          value_name = "BYTES")]
+    request_buffer_per_address: u64,
+
     /// Until the upstream answers, a request body that sends nothing for this long is cut
     /// with 408.
     #[arg(
@@ -320,9 +326,21 @@ impl LimitArgs {
         options.listener.http2_keepalive = self.http2_keepalive.as_duration();
         options.listener.send_timeout = positive(self.send_timeout, "--send-timeout")?;
         options.listener.listen_backlog = self.listen_backlog;
+        if self.request_read_ahead > self.request_buffer_per_address
+            || self.request_buffer_per_address > self.request_buffer_memory
+        {
+            anyhow::bail!(
+                "--request-read-ahead ({}) must be at most --request-buffer-per-address ({}), \
+                 and that at most --request-buffer-memory ({})",
+                self.request_read_ahead,
+                self.request_buffer_per_address,
+                self.request_buffer_memory
+            );
+        }
         options.traffic = TrafficLimits {
             body_read_ahead: usize::try_from(self.request_read_ahead)?,
             body_buffer_memory: usize::try_from(self.request_buffer_memory)?,
+            body_buffer_per_address: usize::try_from(self.request_buffer_per_address)?,
             body_timeout: positive(self.request_body_timeout, "--request-body-timeout")?,
             body_min_rate: self.request_body_min_rate,
             tunnel_idle_timeout: positive(self.tunnel_idle_timeout, "--tunnel-idle-timeout")?,
@@ -636,6 +654,9 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
         .map(SyncToken::new)
         .transpose()?
         .flatten();
+    // a client connection, often an upstream connection for it, and some to spare
+    let connections = u64::try_from(options.listener.max_connections).unwrap_or(u64::MAX);
+    crate::raise_open_files_limit(connections.saturating_mul(2).saturating_add(1024));
     let runtime = Runtime::bind(options).await?;
     runtime.run(crate::shutdown_signal()).await?;
     Ok(())

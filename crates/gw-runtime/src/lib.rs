@@ -188,6 +188,31 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Raises the process's open-files limit to its hard limit, and warns when even that is
+/// below `needed` descriptors (a connection limit that the process cannot reach: accepts
+/// and upstream connects would fail with "too many open files" first). Returns the limit.
+pub fn raise_open_files_limit(needed: u64) -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            if limit < needed {
+                tracing::warn!(
+                    limit,
+                    needed,
+                    "the open-files limit is below what the connection limits need; raise it \
+                     (ulimit -n, LimitNOFILE=) or lower --max-connections"
+                );
+            } else {
+                tracing::debug!(limit, "open-files limit");
+            }
+            Some(limit)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read or raise the open-files limit");
+            None
+        }
+    }
+}
+
 /// A node id that is unique per process: the host name and a random suffix.
 pub fn default_node_id() -> String {
     let host = std::env::var("HOSTNAME")

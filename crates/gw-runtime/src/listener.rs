@@ -268,6 +268,8 @@ struct Connection {
 /// Why a connection's task stopped serving it before it ended by itself.
 enum Ending {
     Expired(Expired),
+    /// An HTTP/2 response waited for the client to take its next frame for the send timeout.
+    Stalled,
     Stop,
 }
 
@@ -288,10 +290,12 @@ impl Connection {
             mut stop,
         } = self;
         let activity = gw_core::conn::Activity::new();
+        let stalls = Arc::new(Stalls::default());
         let metrics = gateway.metrics().clone();
         let io = SendDeadline::new(io, options.send_timeout, metrics.clone());
         let service = {
             let activity = Arc::clone(&activity);
+            let stalls = Arc::clone(&stalls);
             let gateway = Arc::clone(&gateway);
             let max_requests = options.max_requests_per_address;
             service_fn(move |mut request: Request<Incoming>| {
@@ -308,18 +312,28 @@ impl Connection {
                     request.extensions_mut().insert(slot.clone());
                 }
                 let gateway = Arc::clone(&gateway);
+                // an HTTP/2 response is sent only as the client's flow-control window allows:
+                // its clock tells the connection when it waits too long for the client
+                let clock = (request.version() == http::Version::HTTP_2).then(|| stalls.clock());
                 async move {
                     let Some(address) = address else {
                         gateway.metrics().limit_rejected(Limit::RequestsPerAddress);
                         return Ok(too_many_requests().map(|body| Tracked {
                             inner: body,
+                            clock: None,
                             _in_flight: None,
                             _address: None,
                         }));
                     };
                     let response = gateway.handle(request, info).await;
+                    if let Some(clock) = &clock {
+                        // handed to the connection: it waits for the client's window (a
+                        // client that never opens it never has the body polled at all)
+                        clock.set_waiting(!http_body::Body::is_end_stream(response.body()));
+                    }
                     Ok::<_, Infallible>(response.map(|body| Tracked {
                         inner: body,
+                        clock,
                         _in_flight: Some(in_flight),
                         _address: address,
                     }))
@@ -334,6 +348,7 @@ impl Connection {
                 return;
             }
             expired = activity.expired(first, options.idle_timeout) => Ending::Expired(expired),
+            () = stalls.stalled(options.send_timeout) => Ending::Stalled,
             () = stopped(&mut stop) => Ending::Stop,
         };
         match ending {
@@ -347,6 +362,12 @@ impl Connection {
                 if let Ok(result) = tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await {
                     finish(result, &metrics, info.peer);
                 }
+            }
+            Ending::Stalled => {
+                // the client holds the response (and the upstream exchange behind it) by not
+                // reading: the connection goes, with every stream on it
+                metrics.limit_rejected(Limit::SendTimeout);
+                tracing::debug!(peer = %info.peer, "an HTTP/2 response waited for the client for the send timeout; closing");
             }
             Ending::Stop if !activity.started() => {}
             Ending::Stop => {
@@ -379,9 +400,11 @@ fn too_many_requests() -> Response<Body> {
 }
 
 /// A response body that keeps its request counted as in flight (on its connection, and for
-/// its client address) until it is sent or dropped.
+/// its client address) until it is sent or dropped; over HTTP/2, it also tells its
+/// connection's [`Stalls`] when it waits for the client.
 struct Tracked {
     inner: Body,
+    clock: Option<Arc<SendClock>>,
     _in_flight: Option<InFlight>,
     _address: Option<AddressGuard>,
 }
@@ -394,7 +417,15 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(clock) = &self.clock {
+            // polled: the client has room again. A data frame handed on with more to come:
+            // the next poll waits for the client to take it
+            let waits = matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_data())
+                && !self.inner.is_end_stream();
+            clock.set_waiting(waits);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -403,6 +434,92 @@ impl http_body::Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// When an HTTP/2 response body began to wait for the client to take its next frame, in
+/// milliseconds since its connection's [`Stalls`] began (0: it does not wait).
+#[derive(Debug)]
+struct SendClock {
+    waiting_since_ms: std::sync::atomic::AtomicU64,
+    opened: Option<tokio::time::Instant>,
+}
+
+impl SendClock {
+    fn set_waiting(&self, waits: bool) {
+        let value = match (waits, self.opened) {
+            (true, Some(opened)) => u64::try_from(opened.elapsed().as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            _ => 0,
+        };
+        self.waiting_since_ms
+            .store(value, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// The response bodies of one HTTP/2 connection: a client whose flow-control window stays
+/// shut (a slow reader that never lets the socket fill, so the send deadline of the socket
+/// never starts) holds a response and the upstream exchange behind it; this finds it.
+#[derive(Debug)]
+struct Stalls {
+    opened: tokio::time::Instant,
+    bodies: std::sync::Mutex<Vec<std::sync::Weak<SendClock>>>,
+}
+
+impl Default for Stalls {
+    fn default() -> Self {
+        Self {
+            opened: tokio::time::Instant::now(),
+            bodies: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Stalls {
+    /// The clock of a new response body.
+    fn clock(&self) -> Arc<SendClock> {
+        let clock = Arc::new(SendClock {
+            waiting_since_ms: std::sync::atomic::AtomicU64::new(0),
+            opened: Some(self.opened),
+        });
+        let mut bodies = self
+            .bodies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if bodies.len() >= 64 {
+            bodies.retain(|body| body.strong_count() > 0);
+        }
+        bodies.push(Arc::downgrade(&clock));
+        clock
+    }
+
+    /// Completes once a response body has waited for the client for `timeout`; looks every
+    /// half of it (never, for a connection whose bodies never wait).
+    async fn stalled(&self, timeout: Duration) {
+        let tick = (timeout / 2).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let limit = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            let mut bodies = self
+                .bodies
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            bodies.retain(|body| body.strong_count() > 0);
+            let stalled = bodies
+                .iter()
+                .filter_map(std::sync::Weak::upgrade)
+                .any(|clock| {
+                    let since = clock
+                        .waiting_since_ms
+                        .load(std::sync::atomic::Ordering::Acquire);
+                    since != 0 && now.saturating_sub(since) >= limit
+                });
+            if stalled {
+                return;
+            }
+        }
     }
 }
 

@@ -124,7 +124,11 @@ struct DrainLabels {
 /// `gw_status_drain_requests_total{result}`: `accepted`, `unauthorized` (no or a wrong
 /// token), `forbidden` (not from loopback), `off` (no endpoint, or no token configured).
 #[derive(Debug, Clone, Default)]
-pub struct DrainMetrics(Family<DrainLabels, Counter>);
+pub struct DrainMetrics(
+    Family<DrainLabels, Counter>,
+    /// The minute (since the Unix epoch) of the last refusal logged at warning level.
+    Arc<std::sync::atomic::AtomicU64>,
+);
 
 impl DrainMetrics {
     /// Registers the counter in `registry`.
@@ -140,6 +144,15 @@ impl DrainMetrics {
 
     fn count(&self, result: &'static str) {
         self.0.get_or_create(&DrainLabels { result }).inc();
+    }
+
+    /// Whether a refusal may be logged at warning level: once a minute at most, so that a
+    /// flood of refused drains does not flood the log (the counter counts every one).
+    fn warn_refusal(&self) -> bool {
+        let minute = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 60);
+        self.1.swap(minute, Ordering::Relaxed) != minute
     }
 }
 
@@ -225,7 +238,9 @@ impl StatusContext {
         }
         if access.from_loopback && !peer.ip().to_canonical().is_loopback() {
             self.drain_requests.count("forbidden");
-            tracing::warn!(%peer, "drain refused: not from a loopback address");
+            if self.drain_requests.warn_refusal() {
+                tracing::warn!(%peer, "drain refused: not from a loopback address (logged once a minute)");
+            }
             return error(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -240,7 +255,9 @@ impl StatusContext {
                 .unwrap_or("");
             if !token.verify(presented) {
                 self.drain_requests.count("unauthorized");
-                tracing::warn!(%peer, "drain refused: no valid token");
+                if self.drain_requests.warn_refusal() {
+                    tracing::warn!(%peer, "drain refused: no valid token (logged once a minute)");
+                }
                 let mut response = error(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",

@@ -43,6 +43,25 @@ pub struct UpstreamSpec {
     /// How `https://` endpoints are verified, and the client certificate they are shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// Whether request bodies are read ahead before an upstream connection is taken, and
+    /// their pace watched until the upstream answers (default `true`). `false` for an API
+    /// whose clients send nothing until the upstream speaks (a bidirectional stream that the
+    /// server opens): their bodies then go at the client's pace, and a client that declares
+    /// a body and does not send it holds an upstream connection until the request timeout.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub request_buffering: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if"
+)]
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 /// TLS to the `https://` endpoints of an upstream. The upstream's certificate is always

@@ -616,7 +616,9 @@ impl Validator {
         let mut seen = HashSet::new();
         for (i, policy) in policies.iter().enumerate() {
             let item = format!("{field}[{i}]");
-            if !seen.insert(policy.name.as_str()) {
+            // once per phase: a rate limit before authentication and one after are two
+            let phase = ctx.policies.map(|registry| registry.phase_of(policy));
+            if !seen.insert((policy.name.as_str(), phase)) {
                 self.err(
                     format!("{item}.name"),
                     format!("policy {:?} is listed twice", policy.name),

@@ -467,21 +467,23 @@ impl PolicyRegistry {
 }
 
 /// The effective policies of an operation: the API-level list, where an operation-level
-/// policy of the same name replaces the API-level one in place, followed by the remaining
-/// operation-level policies.
+/// policy of the same name and phase replaces the API-level one in place, followed by the
+/// remaining operation-level policies. (A `rate-limit` with `beforeAuthentication` and one
+/// after authentication are two policies: an operation's per-consumer limit does not
+/// replace the API's throttle of logins.)
 pub fn effective_policies<'a>(
+    registry: &PolicyRegistry,
     api: &'a [PolicyRef],
     operation: &'a [PolicyRef],
 ) -> Vec<&'a PolicyRef> {
+    let same = |a: &PolicyRef, b: &PolicyRef| {
+        a.name == b.name && registry.phase_of(a) == registry.phase_of(b)
+    };
     let mut out: Vec<&PolicyRef> = api
         .iter()
-        .map(|p| operation.iter().find(|o| o.name == p.name).unwrap_or(p))
+        .map(|p| operation.iter().find(|o| same(o, p)).unwrap_or(p))
         .collect();
-    out.extend(
-        operation
-            .iter()
-            .filter(|o| !api.iter().any(|p| p.name == o.name)),
-    );
+    out.extend(operation.iter().filter(|o| !api.iter().any(|p| same(p, o))));
     out
 }
 
@@ -500,11 +502,36 @@ mod tests {
     fn operation_policy_replaces_api_policy_of_the_same_name() {
         let api = [p("a", 1), p("b", 1)];
         let op = [p("b", 2), p("c", 2)];
-        let got: Vec<(String, i64)> = effective_policies(&api, &op)
+        let got: Vec<(String, i64)> = effective_policies(&PolicyRegistry::new(), &api, &op)
             .into_iter()
             .map(|x| (x.name.clone(), x.params.as_i64().unwrap()))
             .collect();
         assert_eq!(got, vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 2)]);
+    }
+
+    /// A rate limit before authentication and one after it are two policies: both may be
+    /// listed, and an operation's per-consumer limit replaces the API's, not its throttle of
+    /// logins.
+    #[test]
+    fn a_policy_is_replaced_by_one_of_the_same_name_and_phase() {
+        let registry = PolicyRegistry::builtin();
+        let limit = |before: bool, requests: u64| PolicyRef {
+            name: "rate-limit".to_string(),
+            params: serde_json::json!({
+                "key": if before { "ip" } else { "consumer" },
+                "beforeAuthentication": before,
+                "limits": [{"requests": requests, "window": "second"}],
+            }),
+        };
+        let api = [limit(true, 10), limit(false, 100)];
+        let op = [limit(false, 5)];
+        let got: Vec<u64> = effective_policies(&registry, &api, &op)
+            .into_iter()
+            .map(|p| p.params["limits"][0]["requests"].as_u64().unwrap())
+            .collect();
+        assert_eq!(got, [10, 5]);
+        assert_eq!(registry.phase_of(&api[0]), Phase::Admission);
+        assert_eq!(registry.phase_of(&api[1]), Phase::RateLimit);
     }
 
     /// Every built-in policy has its section in docs/policies.md, and every param of its

@@ -1106,6 +1106,31 @@ mod tests {
         assert_eq!(registry.phase_of(&after), Phase::RateLimit);
     }
 
+    /// A throttle before authentication and a limit per consumer after it, on one API: two
+    /// policies of one name, in two phases. Twice in one phase is still an error.
+    #[test]
+    fn a_limit_before_authentication_and_one_after_may_both_be_listed() {
+        let registry = PolicyRegistry::builtin();
+        let ctx = crate::model::ValidationContext {
+            policies: Some(&registry),
+        };
+        let api = |second_before: bool| {
+            format!(
+                "apiVersion: gw/v1\nkind: Api\nmetadata: {{name: a}}\nspec:\n  context: /a\n  upstream:\n    endpoints: [{{url: 'http://127.0.0.1:9'}}]\n  policies:\n    - name: rate-limit\n      params: {{key: ip, beforeAuthentication: true, limits: [{{requests: 10, window: second}}]}}\n    - name: rate-limit\n      params: {{key: ip, beforeAuthentication: {second_before}, limits: [{{requests: 5, window: second}}]}}\n"
+            )
+        };
+        let parse = |doc: String| {
+            crate::model::ApiDefinition::parse_with(
+                doc.as_bytes(),
+                crate::model::Format::Yaml,
+                &ctx,
+            )
+        };
+        assert!(parse(api(false)).is_ok());
+        let err = parse(api(true)).unwrap_err().to_string();
+        assert!(err.contains("listed twice"), "{err}");
+    }
+
     fn layer(params: serde_json::Value) -> RouteLayer {
         let params: RateLimitParams = serde_json::from_value(params).unwrap();
         assert!(RateLimit.check(&params, &ctx()).is_empty());

@@ -47,7 +47,7 @@ use crate::gateway::ConnInfo;
 use crate::metrics::{AttemptError, ProxyMetrics, UpstreamMetrics};
 use crate::model::{HostHeader, OutlierDetection, UpstreamProtocol, UpstreamSpec};
 use crate::tls::{CertificateSet, ServedCertificate, UpstreamTlsClient};
-pub use pace::{RATE_GRACE, SlowBody, Traffic, TrafficLimits};
+pub use pace::{BufferFull, RATE_GRACE, SlowBody, Traffic, TrafficLimits};
 
 use balance::{Balancer, Usable};
 use endpoint::{EndpointState, Sender};
@@ -93,6 +93,8 @@ pub struct Upstream {
     /// What clients' request bodies and tunnels may hold (shared by the gateway's
     /// upstreams).
     traffic: Arc<Traffic>,
+    /// Whether request bodies are read ahead and paced (`requestBuffering`).
+    request_buffering: bool,
 }
 
 #[derive(Debug)]
@@ -340,6 +342,7 @@ impl Upstream {
             client_certificate: tls.and_then(|t| t.client_certificate),
             ejecting: Mutex::new(()),
             traffic: Arc::clone(traffic),
+            request_buffering: spec.request_buffering,
         });
         let tasks = health::spawn(&upstream, spec.health_check.as_ref());
         *upstream
@@ -614,13 +617,24 @@ impl Upstream {
         self.retry.deposit();
         // the body is read ahead (and its pace watched until the upstream answers), so
         // that a client that does not send it holds no upstream connection
-        let answered = Arc::new(AtomicBool::new(false));
-        let body = if body.is_end_stream() {
+        let state = Arc::new(pace::BodyState::default());
+        let body = if body.is_end_stream() || !self.request_buffering {
             body
         } else {
-            match pace::ReadAhead::read(body, &self.traffic, Arc::clone(&answered)).await {
+            let grpc = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+            let ahead = if grpc {
+                pace::Ahead::GrpcMessage
+            } else {
+                pace::Ahead::Bytes
+            };
+            let peer = conn.map(|c| c.peer.ip());
+            match pace::ReadAhead::read(body, &self.traffic, Arc::clone(&state), peer, ahead).await
+            {
                 Ok(ahead) => body::boxed(ahead),
-                Err(error) => return Err(client_body_error(error.as_ref())),
+                Err(error) => return Err(client_body_error(&state, error.as_ref())),
             }
         };
         let deadline = Instant::now() + request_timeout;
@@ -719,11 +733,15 @@ impl Upstream {
                         // another (this one closes when its last user lets go)
                         endpoint.set_h2(None);
                     }
-                    endpoint.metrics.failed(AttemptError::Timeout);
-                    // a slow client upload is not the endpoint's failure
-                    if lease.body_sent() {
-                        self.record_failure(index);
+                    if !lease.body_sent() {
+                        // the client was still sending its body: a slow upload is its own
+                        // failure, not the endpoint's
+                        let slow = SlowBody::Unfinished(request_timeout);
+                        self.traffic.metrics.limit_rejected(slow.limit());
+                        return Err(GatewayError::SlowRequestBody(slow));
                     }
+                    endpoint.metrics.failed(AttemptError::Timeout);
+                    self.record_failure(index);
                     return Err(Self::timeout_error(endpoint, request_timeout));
                 }
                 Ok(Err(mut err)) => {
@@ -732,9 +750,16 @@ impl Upstream {
                         // the client's fault, not the endpoint's
                         return Err(GatewayError::PayloadTooLarge);
                     }
-                    if let Some(slow) = pace::slow_body(err.error()) {
-                        // the client's too: its body was cut, the connection with it
+                    // the body was cut by the gateway, or broken off by the client: the
+                    // exchange failed on the client's side (an HTTP/2 upstream's error says
+                    // only that the stream was reset)
+                    if let Some(slow) = state.cut().or_else(|| pace::slow_body(err.error())) {
                         return Err(GatewayError::SlowRequestBody(slow));
+                    }
+                    if state.broken() {
+                        return Err(GatewayError::ClientBody(
+                            "the client broke off the request body".to_string(),
+                        ));
                     }
                     if let Some(unsent) = err.take_message() {
                         // the pooled connection closed before the request was written
@@ -759,7 +784,7 @@ impl Upstream {
                 }
                 Ok(Ok(response)) => response,
             };
-            answered.store(true, Ordering::Release);
+            state.answered();
             endpoint.metrics.answered(started.elapsed());
             let status = response.status().as_u16();
             if (502..=504).contains(&status) {
@@ -1025,8 +1050,14 @@ impl EndHook for Lease {
 }
 
 /// The error of a request body that could not be read ahead.
-fn client_body_error(error: &(dyn std::error::Error + 'static)) -> GatewayError {
-    if let Some(slow) = pace::slow_body(error) {
+fn client_body_error(
+    state: &pace::BodyState,
+    error: &(dyn std::error::Error + 'static),
+) -> GatewayError {
+    if error.is::<pace::BufferFull>() {
+        return GatewayError::RequestBufferFull;
+    }
+    if let Some(slow) = state.cut().or_else(|| pace::slow_body(error)) {
         GatewayError::SlowRequestBody(slow)
     } else if body::is_length_limit(error) {
         GatewayError::PayloadTooLarge

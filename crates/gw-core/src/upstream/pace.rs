@@ -1,31 +1,47 @@
 //! What a client can make the gateway hold with a request body it does not send, and with
 //! a tunnel it does not use.
 //!
-//! A request body is read ahead before an upstream connection is taken: a body of known
-//! length up to [`TrafficLimits::body_read_ahead`] bytes is read whole, a longer one up to
-//! that size, and one of unknown length (chunked, or HTTP/2 without `content-length`)
-//! until its first bytes arrive. So only a client that actually sends its body holds
-//! upstream capacity; one that declares a body and sends nothing is answered 408 without
-//! the upstream ever seeing it. What read-ahead holds, over every request together, is
-//! bounded by [`TrafficLimits::body_buffer_memory`]; past it, bodies are not read ahead
-//! any further and stream as they come.
+//! A request body is read ahead before an upstream connection is taken: up to
+//! [`TrafficLimits::body_read_ahead`] bytes of it, all of it when it is shorter, and for a
+//! gRPC request (`content-type: application/grpc...`) its first message (the first
+//! length-prefixed message, at most that many bytes), so that a streaming call starts as soon
+//! as its client has sent something to answer. So only a client that actually sends its body
+//! holds upstream capacity: one that declares a body (or starts a chunked one) and sends
+//! nothing more is answered 408 without the upstream ever hearing of it, and one that wants
+//! to hold an upstream connection with a stalled body must first send the read-ahead size.
+//! What is read ahead is copied into one buffer whose capacity is what counts: over every
+//! request of the gateway, read-ahead holds at most [`TrafficLimits::body_buffer_memory`]
+//! bytes, and the requests of one client address at most
+//! [`TrafficLimits::body_buffer_per_address`]; the buffer grows as the body arrives, so a
+//! client that declares a large body and sends a byte holds a small step of it. A body that
+//! finds no room waits for some (other bodies go upstream and give theirs back) as long as
+//! the body timeout, then is refused with 503 `request_buffer_full` ([`BufferFull`], counted
+//! in `gw_request_buffer_overflows_total`): never sent upstream unread, where a client that
+//! does not send it would hold the connection.
 //!
 //! Until the upstream's response headers arrive, the body's pace is watched ([`Paced`]):
 //! a body that stops arriving for [`TrafficLimits::body_timeout`], or arrives slower than
 //! [`TrafficLimits::body_min_rate`] bytes per second on average (counted over the time
 //! spent waiting for the client, never the time the upstream made the gateway wait; a body
 //! may fall behind that rate by [`RATE_GRACE`] at most), is cut: the client gets 408 and the
-//! upstream connection is closed. Once the upstream has answered, the exchange is a
-//! full-duplex stream (gRPC, say) and the request body goes at the client's pace.
+//! upstream connection is closed, and the upstream endpoint is not blamed. Once the upstream
+//! has answered, the exchange is a full-duplex stream (gRPC, say) and the request body goes
+//! at the client's pace.
+//!
+//! An API whose clients send nothing until they hear from the upstream (a bidirectional
+//! stream that the server opens) turns both off with `upstream.requestBuffering: false`.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
@@ -43,6 +59,9 @@ pub struct TrafficLimits {
     pub body_read_ahead: usize,
     /// Bytes that read-ahead may hold, over every request of the gateway together.
     pub body_buffer_memory: usize,
+    /// Bytes that read-ahead may hold for the requests of one client address (an IPv6
+    /// client: its `/64`).
+    pub body_buffer_per_address: usize,
     /// Longest wait for the next bytes of a request body, until the upstream answers.
     pub body_timeout: Duration,
     /// The slowest average rate of a request body, in bytes per second, until the upstream
@@ -59,6 +78,7 @@ impl Default for TrafficLimits {
         Self {
             body_read_ahead: 1024 * 1024,
             body_buffer_memory: 256 * 1024 * 1024,
+            body_buffer_per_address: 32 * 1024 * 1024,
             body_timeout: Duration::from_secs(30),
             body_min_rate: 1024,
             tunnel_idle_timeout: Duration::from_mins(5),
@@ -67,12 +87,20 @@ impl Default for TrafficLimits {
     }
 }
 
+const SHARDS: usize = 16;
+
 /// The limits and what read-ahead holds now, shared by every upstream of a gateway.
 #[derive(Debug)]
 pub struct Traffic {
     pub(crate) limits: TrafficLimits,
     buffered: AtomicUsize,
+    /// Bytes held per client address.
+    per_address: [Mutex<HashMap<IpAddr, usize>>; SHARDS],
+    hasher: RandomState,
     pub(crate) metrics: ProxyMetrics,
+    /// Signalled when read-ahead memory is given back, for the bodies waiting for room.
+    released: tokio::sync::Notify,
+    waiting: AtomicUsize,
 }
 
 impl Traffic {
@@ -81,7 +109,11 @@ impl Traffic {
         Arc::new(Self {
             limits,
             buffered: AtomicUsize::new(0),
+            per_address: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            hasher: RandomState::new(),
             metrics,
+            released: tokio::sync::Notify::new(),
+            waiting: AtomicUsize::new(0),
         })
     }
 
@@ -90,8 +122,25 @@ impl Traffic {
         self.buffered.load(Ordering::Acquire)
     }
 
-    /// Takes `len` bytes of the read-ahead memory, if that many are free.
-    fn reserve(&self, len: usize) -> bool {
+    /// Bytes held by read-ahead now for the requests of `ip`.
+    pub fn buffered_for(&self, ip: IpAddr) -> usize {
+        let key = crate::conn::address_key(ip);
+        self.shard(&key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn shard(&self, key: &IpAddr) -> &Mutex<HashMap<IpAddr, usize>> {
+        let index = usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
+        &self.per_address[index]
+    }
+
+    /// Takes `len` bytes of the read-ahead memory for a request of `key` (an address key),
+    /// if that many are free in total and in the address's share.
+    fn reserve(&self, key: Option<IpAddr>, len: usize) -> bool {
         let max = self.limits.body_buffer_memory;
         let mut now = self.buffered.load(Ordering::Acquire);
         loop {
@@ -104,18 +153,87 @@ impl Traffic {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return true,
+                Ok(_) => break,
                 Err(actual) => now = actual,
             }
         }
+        if let Some(key) = key {
+            let mut shard = self
+                .shard(&key)
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let held = shard.entry(key).or_insert(0);
+            if held.saturating_add(len) > self.limits.body_buffer_per_address {
+                if *held == 0 {
+                    shard.remove(&key);
+                }
+                drop(shard);
+                self.buffered.fetch_sub(len, Ordering::AcqRel);
+                return false;
+            }
+            *held += len;
+        }
+        self.metrics
+            .request_buffer()
+            .inc_by(i64::try_from(len).unwrap_or(i64::MAX));
+        true
     }
 
-    fn release(&self, len: usize) {
-        if len > 0 {
-            self.buffered.fetch_sub(len, Ordering::AcqRel);
+    /// [`Traffic::reserve`], waiting for room (memory that other requests give back) at
+    /// most `wait`.
+    async fn reserve_waiting(&self, key: Option<IpAddr>, len: usize, wait: Duration) -> bool {
+        if self.reserve(key, len) {
+            return true;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + wait;
+        let reserved = loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.reserve(key, len) {
+                break true;
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                break self.reserve(key, len);
+            }
+        };
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        reserved
+    }
+
+    fn release(&self, key: Option<IpAddr>, len: usize) {
+        if len == 0 {
+            return;
+        }
+        self.buffered.fetch_sub(len, Ordering::AcqRel);
+        self.metrics
+            .request_buffer()
+            .dec_by(i64::try_from(len).unwrap_or(i64::MAX));
+        if let Some(key) = key {
+            let mut shard = self
+                .shard(&key)
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(held) = shard.get_mut(&key) {
+                *held = held.saturating_sub(len);
+                if *held == 0 {
+                    shard.remove(&key);
+                }
+            }
+        }
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.released.notify_waiters();
         }
     }
 }
+
+/// A request body found no room in the read-ahead memory (in total, or in its address's
+/// share) for as long as the body timeout: the request is refused (503), rather than sent
+/// upstream unread, where a client that does not send its body would hold the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no room to read the request body ahead")]
+pub struct BufferFull;
 
 /// Why a request body was cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -126,13 +244,16 @@ pub enum SlowBody {
     /// The average rate fell below the minimum.
     #[error("the request body arrived slower than {0} bytes per second")]
     TooSlow(u64),
+    /// The body was still arriving when the upstream's time was up.
+    #[error("the request body was not complete within the request timeout of {} s", .0.as_secs())]
+    Unfinished(Duration),
 }
 
 impl SlowBody {
     /// The limit that cut the body.
     pub(crate) fn limit(self) -> Limit {
         match self {
-            SlowBody::Stalled(_) => Limit::BodyTimeout,
+            SlowBody::Stalled(_) | SlowBody::Unfinished(_) => Limit::BodyTimeout,
             SlowBody::TooSlow(_) => Limit::BodyRate,
         }
     }
@@ -148,6 +269,33 @@ pub(crate) fn slow_body(error: &(dyn std::error::Error + 'static)) -> Option<Slo
         current = error.source();
     }
     None
+}
+
+/// What a request's body did, told to the upstream call: whether the upstream has answered
+/// (the pace is no longer watched), and whether the gateway cut the body or the client broke
+/// it off (a failure of the exchange that is the client's, never the endpoint's).
+#[derive(Debug, Default)]
+pub(crate) struct BodyState {
+    answered: AtomicBool,
+    cut: OnceLock<SlowBody>,
+    broken: AtomicBool,
+}
+
+impl BodyState {
+    /// The upstream answered: the body goes at the client's pace from now on.
+    pub(crate) fn answered(&self) {
+        self.answered.store(true, Ordering::Release);
+    }
+
+    /// Why the gateway cut the body, if it did.
+    pub(crate) fn cut(&self) -> Option<SlowBody> {
+        self.cut.get().copied()
+    }
+
+    /// Whether the client's body failed (the client reset or aborted it).
+    pub(crate) fn broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
 }
 
 /// The clock of a body's pace: bytes received, time spent waiting for them.
@@ -224,20 +372,20 @@ impl Pace {
     }
 }
 
-/// A request body whose pace is watched until `answered` is set (see the module docs).
+/// A request body whose pace is watched until the upstream answers (see the module docs).
 pub(crate) struct Paced {
     inner: Body,
     pace: Pace,
-    answered: Arc<AtomicBool>,
+    state: Arc<BodyState>,
     metrics: ProxyMetrics,
 }
 
 impl Paced {
-    pub(crate) fn new(inner: Body, traffic: &Traffic, answered: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(inner: Body, traffic: &Traffic, state: Arc<BodyState>) -> Self {
         Self {
             inner,
             pace: Pace::new(&traffic.limits),
-            answered,
+            state,
             metrics: traffic.metrics.clone(),
         }
     }
@@ -253,7 +401,10 @@ impl http_body::Body for Paced {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if this.answered.load(Ordering::Acquire) {
+        if matches!(polled, Poll::Ready(Some(Err(_)))) {
+            this.state.broken.store(true, Ordering::Release);
+        }
+        if this.state.answered.load(Ordering::Acquire) {
             this.pace.timer = None;
             return polled;
         }
@@ -265,6 +416,7 @@ impl http_body::Body for Paced {
             Poll::Pending => {
                 if let Err(slow) = this.pace.pending(cx) {
                     this.metrics.limit_rejected(slow.limit());
+                    let _ = this.state.cut.set(slow);
                     return Poll::Ready(Some(Err(Box::new(slow))));
                 }
             }
@@ -281,82 +433,132 @@ impl http_body::Body for Paced {
     }
 }
 
-/// A body read ahead: the frames read so far, then the rest of the client's body (if it
-/// did not end), paced. The read-ahead memory its frames hold is given back as they go.
+/// How much of a body to read ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ahead {
+    /// Up to the read-ahead size (all of a shorter body).
+    Bytes,
+    /// A gRPC request: its first length-prefixed message (at most the read-ahead size).
+    GrpcMessage,
+}
+
+/// The growth step of the buffer of a body of unknown length.
+const STEP: usize = 16 * 1024;
+
+/// A body read ahead: what was read, in one buffer whose capacity is charged to the
+/// read-ahead memory (given back once it is handed on), then trailers, and the rest of the
+/// client's body, paced.
 pub(crate) struct ReadAhead {
-    frames: VecDeque<Frame<Bytes>>,
+    buffer: Option<Bytes>,
+    trailers: Option<HeaderMap>,
     rest: Option<Paced>,
     reserved: usize,
+    key: Option<IpAddr>,
     traffic: Arc<Traffic>,
 }
 
 impl ReadAhead {
-    /// Reads `body` ahead (see the module docs), pacing it; the body stays paced until
-    /// `answered` is set. A body that is too slow is an error, counted in the metrics.
+    /// Reads `body` ahead (see the module docs) for a client at `peer`, pacing it; the body
+    /// stays paced until `state` says the upstream answered. A body that is too slow, or
+    /// that the client breaks off, is an error.
     pub(crate) async fn read(
         body: Body,
         traffic: &Arc<Traffic>,
-        answered: Arc<AtomicBool>,
+        state: Arc<BodyState>,
+        peer: Option<IpAddr>,
+        ahead: Ahead,
     ) -> Result<Self, BoxError> {
-        let hint = body.size_hint();
-        let known = hint.exact();
-        let mut paced = Paced::new(body, traffic, answered);
-        let mut ahead = Self {
-            frames: VecDeque::new(),
+        let limit = traffic.limits.body_read_ahead;
+        let known = body
+            .size_hint()
+            .exact()
+            .map(|len| usize::try_from(len).unwrap_or(usize::MAX));
+        let target = known.map_or(limit, |len| len.min(limit));
+        let mut paced = Paced::new(body, traffic, state);
+        let mut read = Self {
+            buffer: None,
+            trailers: None,
             rest: None,
             reserved: 0,
+            key: peer.map(crate::conn::address_key),
             traffic: Arc::clone(traffic),
         };
-        let target = match known {
-            Some(len) => usize::try_from(len)
-                .unwrap_or(usize::MAX)
-                .min(traffic.limits.body_read_ahead),
-            // unknown length: until the first bytes (a full-duplex stream must not wait
-            // for more than the client sends before it hears back)
-            None => 1,
-        };
-        let mut read = 0usize;
+        let mut buffer = BytesMut::new();
+        let wait = traffic.limits.body_timeout;
         loop {
-            if read >= target {
+            if buffer.len() >= target || grpc_message_read(ahead, &buffer) {
                 break;
             }
             let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut paced).poll_frame(cx)).await
             else {
-                // the end
-                return Ok(ahead);
+                break;
             };
             let frame = frame?;
-            let len = frame.data_ref().map_or(0, Bytes::len);
-            let room = traffic.reserve(len);
-            if room {
-                ahead.reserved += len;
-            }
-            read += len;
-            ahead.frames.push_back(frame);
-            if !room {
-                // the memory of read-ahead is taken: this body streams from here
-                break;
+            match frame.into_data() {
+                Ok(data) => {
+                    let need = buffer.len() + data.len();
+                    if need > buffer.capacity() {
+                        // the buffer grows with what arrives (a client that declares a body
+                        // and sends a byte holds one step), in steps charged before they are
+                        // taken; a frame past the read-ahead size is taken whole
+                        let want = need.max((buffer.capacity() * 2).max(STEP).min(target));
+                        let more = want - read.reserved;
+                        if !traffic.reserve_waiting(read.key, more, wait).await {
+                            traffic.metrics.request_buffer_overflowed();
+                            return Err(Box::new(BufferFull));
+                        }
+                        read.reserved += more;
+                        let mut bigger = BytesMut::with_capacity(want);
+                        bigger.extend_from_slice(&buffer);
+                        buffer = bigger;
+                    }
+                    buffer.extend_from_slice(&data);
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        read.trailers = Some(trailers);
+                    }
+                }
             }
         }
-        if !paced.is_end_stream() {
-            ahead.rest = Some(paced);
+        if !buffer.is_empty() {
+            read.buffer = Some(buffer.freeze());
+        } else if read.reserved > 0 {
+            traffic.release(read.key, read.reserved);
+            read.reserved = 0;
         }
-        Ok(ahead)
+        if !paced.is_end_stream() && read.trailers.is_none() {
+            read.rest = Some(paced);
+        }
+        Ok(read)
     }
 
-    /// Bytes read ahead.
+    /// Bytes read ahead (in the buffer).
     #[cfg(test)]
     fn read_len(&self) -> usize {
-        self.frames
-            .iter()
-            .map(|f| f.data_ref().map_or(0, Bytes::len))
-            .sum()
+        self.buffer.as_ref().map_or(0, Bytes::len)
+    }
+}
+
+/// Whether `buffer` holds a whole gRPC message (a 5-byte prefix, then the length it says).
+fn grpc_message_read(ahead: Ahead, buffer: &[u8]) -> bool {
+    if ahead != Ahead::GrpcMessage || buffer.len() < 5 {
+        return false;
+    }
+    let len = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]);
+    buffer.len() - 5 >= usize::try_from(len).unwrap_or(usize::MAX)
+}
+
+impl ReadAhead {
+    fn give_back(&mut self) {
+        self.traffic
+            .release(self.key, std::mem::take(&mut self.reserved));
     }
 }
 
 impl Drop for ReadAhead {
     fn drop(&mut self) {
-        self.traffic.release(self.reserved);
+        self.give_back();
     }
 }
 
@@ -369,11 +571,13 @@ impl http_body::Body for ReadAhead {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if let Some(frame) = this.frames.pop_front() {
-            let len = frame.data_ref().map_or(0, Bytes::len).min(this.reserved);
-            this.reserved -= len;
-            this.traffic.release(len);
-            return Poll::Ready(Some(Ok(frame)));
+        if let Some(buffer) = this.buffer.take() {
+            // handed on: the upstream connection writes it out from here
+            this.give_back();
+            return Poll::Ready(Some(Ok(Frame::data(buffer))));
+        }
+        if let Some(trailers) = this.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         match &mut this.rest {
             Some(rest) => Pin::new(rest).poll_frame(cx),
@@ -382,23 +586,21 @@ impl http_body::Body for ReadAhead {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.frames.is_empty() && self.rest.as_ref().is_none_or(Paced::is_end_stream)
+        self.buffer.is_none()
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(Paced::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        let buffered: u64 = self
-            .frames
-            .iter()
-            .map(|f| f.data_ref().map_or(0, |d| d.len() as u64))
-            .sum();
+        let held = self.buffer.as_ref().map_or(0, |b| b.len() as u64);
         match &self.rest {
-            None => SizeHint::with_exact(buffered),
+            None => SizeHint::with_exact(held),
             Some(rest) => {
                 let rest = rest.size_hint();
                 let mut hint = SizeHint::new();
-                hint.set_lower(rest.lower() + buffered);
+                hint.set_lower(rest.lower() + held);
                 if let Some(upper) = rest.upper() {
-                    hint.set_upper(upper + buffered);
+                    hint.set_upper(upper + held);
                 }
                 hint
             }
@@ -445,10 +647,17 @@ mod tests {
         TrafficLimits {
             body_read_ahead: 8,
             body_buffer_memory: 20,
+            body_buffer_per_address: 20,
             body_timeout: Duration::from_secs(30),
             body_min_rate: 10,
             ..TrafficLimits::default()
         }
+    }
+
+    const PEER: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+
+    async fn read(traffic: &Arc<Traffic>, body: Body) -> Result<ReadAhead, BoxError> {
+        ReadAhead::read(body, traffic, Arc::default(), PEER, Ahead::Bytes).await
     }
 
     #[tokio::test(start_paused = true)]
@@ -458,14 +667,13 @@ mod tests {
         tx.send(Bytes::from_static(b"abc")).await.unwrap();
         tx.send(Bytes::from_static(b"def")).await.unwrap();
         drop(tx);
-        let ahead = ReadAhead::read(body, &traffic, Arc::default())
-            .await
-            .unwrap();
+        let ahead = read(&traffic, body).await.unwrap();
         assert_eq!(ahead.read_len(), 6);
         assert_eq!(traffic.buffered(), 6);
         let bytes = ahead.collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"abcdef");
         assert_eq!(traffic.buffered(), 0, "given back as sent");
+        assert_eq!(traffic.buffered_for(PEER.unwrap()), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -474,12 +682,17 @@ mod tests {
         let (tx, body) = channel(Some(100));
         tx.send(Bytes::from_static(b"x")).await.unwrap();
         let started = Instant::now();
-        let Err(error) = ReadAhead::read(body, &traffic, Arc::default()).await else {
+        let state = Arc::new(BodyState::default());
+        let Err(error) =
+            ReadAhead::read(body, &traffic, Arc::clone(&state), PEER, Ahead::Bytes).await
+        else {
             panic!("a stalled body must be cut")
         };
         // one byte at 10 bytes/s earns 0.1 s, after the grace
         assert_eq!(slow_body(error.as_ref()), Some(SlowBody::TooSlow(10)));
+        assert_eq!(state.cut(), Some(SlowBody::TooSlow(10)));
         assert_eq!(started.elapsed(), RATE_GRACE + Duration::from_millis(100));
+        assert_eq!(traffic.buffered(), 0, "nothing held after the cut");
         drop(tx);
 
         // no rate: the body timeout alone
@@ -489,15 +702,21 @@ mod tests {
         });
         let (_tx, body) = channel(Some(100));
         let started = Instant::now();
-        let error = ReadAhead::read(body, &traffic, Arc::default())
-            .await
-            .err()
-            .unwrap();
+        let error = read(&traffic, body).await.err().unwrap();
         assert_eq!(
             slow_body(error.as_ref()),
             Some(SlowBody::Stalled(Duration::from_secs(30)))
         );
         assert_eq!(started.elapsed(), Duration::from_secs(30));
+
+        // a chunked body (no length) that sends a byte and stops is cut the same way: it
+        // does not go upstream on its first byte
+        let traffic = self::traffic(limits());
+        let (tx, body) = channel(None);
+        tx.send(Bytes::from_static(b"x")).await.unwrap();
+        let error = read(&traffic, body).await.err().unwrap();
+        assert_eq!(slow_body(error.as_ref()), Some(SlowBody::TooSlow(10)));
+        drop(tx);
     }
 
     #[tokio::test(start_paused = true)]
@@ -505,6 +724,7 @@ mod tests {
         let traffic = traffic(TrafficLimits {
             body_read_ahead: 1000,
             body_buffer_memory: 1000,
+            body_buffer_per_address: 1000,
             ..limits()
         });
         let (tx, body) = channel(Some(60));
@@ -515,21 +735,21 @@ mod tests {
             }
             tx
         });
-        let ahead = ReadAhead::read(body, &traffic, Arc::default())
-            .await
-            .unwrap();
+        let ahead = read(&traffic, body).await.unwrap();
         assert_eq!(ahead.read_len(), 60);
-        drop(feeder.await.unwrap());
+        drop((ahead, feeder.await.unwrap()));
 
-        // answered: a full-duplex stream, never cut
-        let answered = Arc::new(AtomicBool::new(false));
+        // a gRPC stream: its first message, then answered: full duplex, never cut
+        let state = Arc::new(BodyState::default());
         let (tx, body) = channel(None);
-        tx.send(Bytes::from_static(b"hello")).await.unwrap();
-        let ahead = ReadAhead::read(body, &traffic, Arc::clone(&answered))
+        tx.send(Bytes::from_static(b"\0\0\0\0\x05hello"))
             .await
             .unwrap();
-        assert_eq!(ahead.read_len(), 5, "unknown length: until the first bytes");
-        answered.store(true, Ordering::Release);
+        let ahead = ReadAhead::read(body, &traffic, Arc::clone(&state), PEER, Ahead::GrpcMessage)
+            .await
+            .unwrap();
+        assert_eq!(ahead.read_len(), 10, "the first message");
+        state.answered();
         let reader = tokio::spawn(async move {
             ahead
                 .collect()
@@ -539,48 +759,138 @@ mod tests {
         tokio::time::sleep(Duration::from_hours(1)).await;
         tx.send(Bytes::from_static(b" world")).await.unwrap();
         drop(tx);
-        assert_eq!(&reader.await.unwrap().unwrap()[..], b"hello world");
+        assert_eq!(
+            &reader.await.unwrap().unwrap()[..],
+            b"\0\0\0\0\x05hello world"
+        );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn read_ahead_stops_at_its_size_and_at_its_memory() {
+    async fn read_ahead_stops_at_its_size_and_waits_for_memory() {
         let traffic = traffic(limits());
         let (tx, body) = channel(Some(30));
         for _ in 0..3 {
             tx.send(Bytes::from_static(b"0123456789")).await.unwrap();
         }
-        let first = ReadAhead::read(body, &traffic, Arc::default())
-            .await
-            .unwrap();
+        let first = read(&traffic, body).await.unwrap();
         assert_eq!(
             first.read_len(),
             10,
-            "one frame past the 8 bytes of read-ahead"
+            "the frame that passed the 8 bytes, whole"
         );
         assert!(first.rest.is_some());
         assert_eq!(traffic.buffered(), 10);
 
-        // 10 of 20 bytes of memory left: a second body takes them, a third streams
+        // 10 of 20 bytes of memory left: a second body takes them
         let (tx2, body) = channel(Some(30));
         for _ in 0..2 {
             tx2.send(Bytes::from_static(b"0123456789")).await.unwrap();
         }
-        let second = ReadAhead::read(body, &traffic, Arc::default())
-            .await
-            .unwrap();
+        let second = read(&traffic, body).await.unwrap();
         assert_eq!(traffic.buffered(), 20);
+
+        // a third waits for room: given as the first goes upstream
         let (tx3, body) = channel(Some(30));
         tx3.send(Bytes::from_static(b"0123456789")).await.unwrap();
-        let third = ReadAhead::read(body, &traffic, Arc::default())
-            .await
-            .unwrap();
-        assert_eq!(
-            third.read_len(),
-            10,
-            "read, but not counted: no memory left"
-        );
-        assert_eq!(traffic.buffered(), 20);
-        drop((first, second, third, tx, tx2, tx3));
+        let third = tokio::spawn({
+            let traffic = Arc::clone(&traffic);
+            async move { read(&traffic, body).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!third.is_finished(), "waits for room");
+        drop(first);
+        let third = third.await.unwrap().unwrap();
+        assert_eq!(third.read_len(), 10);
+
+        // a fourth finds none for the body timeout: refused, never sent on unread
+        let (tx4, body) = channel(Some(30));
+        tx4.send(Bytes::from_static(b"0123456789")).await.unwrap();
+        let started = Instant::now();
+        let error = read(&traffic, body).await.err().unwrap();
+        assert!(error.is::<BufferFull>(), "{error}");
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        drop((second, third, tx, tx2, tx3, tx4));
         assert_eq!(traffic.buffered(), 0);
+    }
+
+    /// What is held is what is counted, however the client slices its body: a thousand
+    /// one-byte frames are one buffer of a thousand bytes.
+    #[tokio::test(start_paused = true)]
+    async fn tiny_frames_are_held_in_one_charged_buffer() {
+        let traffic = traffic(TrafficLimits {
+            body_read_ahead: 1000,
+            body_buffer_memory: 4000,
+            body_buffer_per_address: 4000,
+            ..limits()
+        });
+        let (tx, body) = channel(Some(1000));
+        let feeder = tokio::spawn(async move {
+            for _ in 0..1000 {
+                tx.send(Bytes::from_static(b"x")).await.unwrap();
+            }
+        });
+        let ahead = read(&traffic, body).await.unwrap();
+        feeder.await.unwrap();
+        assert_eq!(ahead.read_len(), 1000);
+        assert_eq!(traffic.buffered(), 1000);
+        assert!(ahead.rest.is_none() || ahead.is_end_stream() || ahead.buffer.is_some());
+    }
+
+    /// One address may hold its share of the read-ahead memory, no more: its next body
+    /// waits (and is refused if no room comes), another address's is read ahead; and a body
+    /// that declares a large length and sends a byte holds one step of the buffer, not the
+    /// length it declared.
+    #[tokio::test(start_paused = true)]
+    async fn an_address_holds_its_share_at_most() {
+        let traffic = traffic(TrafficLimits {
+            body_read_ahead: 10,
+            body_buffer_memory: 100,
+            body_buffer_per_address: 15,
+            ..limits()
+        });
+        let full = |len| async move {
+            let (tx, body) = channel(Some(len));
+            tx.send(Bytes::from(vec![b'x'; 10])).await.unwrap();
+            (tx, body)
+        };
+        let (_a, body) = full(10).await;
+        let first = read(&traffic, body).await.unwrap();
+        assert_eq!(first.read_len(), 10);
+        let (_b, body) = full(10).await;
+        let refused = read(&traffic, body).await.err().unwrap();
+        assert!(refused.is::<BufferFull>(), "over the address's share");
+        let (_c, body) = full(10).await;
+        let other = ReadAhead::read(
+            body,
+            &traffic,
+            Arc::default(),
+            Some("10.0.0.9".parse().unwrap()),
+            Ahead::Bytes,
+        )
+        .await
+        .unwrap();
+        assert_eq!(other.read_len(), 10);
+        assert_eq!(traffic.buffered_for(PEER.unwrap()), 10);
+        drop((first, other));
+        assert_eq!(traffic.buffered(), 0);
+        assert_eq!(traffic.buffered_for(PEER.unwrap()), 0);
+
+        // a million bytes declared, one sent: one step held
+        let traffic = self::traffic(TrafficLimits {
+            body_read_ahead: 1024 * 1024,
+            body_buffer_memory: 4 * 1024 * 1024,
+            body_buffer_per_address: 4 * 1024 * 1024,
+            ..limits()
+        });
+        let (tx, body) = channel(Some(1_000_000));
+        tx.send(Bytes::from_static(b"x")).await.unwrap();
+        let reading = tokio::spawn({
+            let traffic = Arc::clone(&traffic);
+            async move { read(&traffic, body).await.is_err() }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(traffic.buffered(), STEP);
+        drop(tx);
+        assert!(reading.await.unwrap() || traffic.buffered() == 0);
     }
 }
