@@ -617,10 +617,11 @@ impl Upstream {
         self.retry.deposit();
         // the body is read ahead (and its pace watched until the upstream answers), so
         // that a client that does not send it holds no upstream connection
-        let state = Arc::new(pace::BodyState::default());
+        let mut state: Option<Arc<pace::BodyState>> = None;
         let body = if body.is_end_stream() || !self.request_buffering {
             body
         } else {
+            let state = state.insert(Arc::default());
             let grpc = parts
                 .headers
                 .get(header::CONTENT_TYPE)
@@ -631,10 +632,9 @@ impl Upstream {
                 pace::Ahead::Bytes
             };
             let peer = conn.map(|c| c.peer.ip());
-            match pace::ReadAhead::read(body, &self.traffic, Arc::clone(&state), peer, ahead).await
-            {
+            match pace::ReadAhead::read(body, &self.traffic, Arc::clone(state), peer, ahead).await {
                 Ok(ahead) => body::boxed(ahead),
-                Err(error) => return Err(client_body_error(&state, error.as_ref())),
+                Err(error) => return Err(client_body_error(state, error.as_ref())),
             }
         };
         let deadline = Instant::now() + request_timeout;
@@ -753,10 +753,11 @@ impl Upstream {
                     // the body was cut by the gateway, or broken off by the client: the
                     // exchange failed on the client's side (an HTTP/2 upstream's error says
                     // only that the stream was reset)
-                    if let Some(slow) = state.cut().or_else(|| pace::slow_body(err.error())) {
+                    let cut = state.as_ref().and_then(|state| state.cut());
+                    if let Some(slow) = cut.or_else(|| pace::slow_body(err.error())) {
                         return Err(GatewayError::SlowRequestBody(slow));
                     }
-                    if state.broken() {
+                    if state.as_ref().is_some_and(|state| state.broken()) {
                         return Err(GatewayError::ClientBody(
                             "the client broke off the request body".to_string(),
                         ));
@@ -784,7 +785,9 @@ impl Upstream {
                 }
                 Ok(Ok(response)) => response,
             };
-            state.answered();
+            if let Some(state) = &state {
+                state.answered();
+            }
             endpoint.metrics.answered(started.elapsed());
             let status = response.status().as_u16();
             if (502..=504).contains(&status) {
