@@ -87,6 +87,24 @@ async fn metric(status: SocketAddr, line_start: &str) -> u64 {
     gw_e2e::metric(status, line_start).await.unwrap_or(0)
 }
 
+/// What the server sends on `socket` until it closes it (at most 20 s), as text.
+async fn response_text(socket: &mut TcpStream) -> String {
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), socket.read_to_end(&mut response)).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// Waits until the API's upstream connections are back to `pooled` (the exchange a test
+/// cut has closed its connection rather than pooled it).
+async fn upstream_connections_back_to(status: SocketAddr, pooled: u64) {
+    gw_e2e::eventually(
+        "the upstream connection to close",
+        Duration::from_secs(10),
+        || async { metric(status, "gw_upstream_connections{").await <= pooled },
+    )
+    .await;
+}
+
 fn limit_metric(limit: &str) -> String {
     format!("gw_limit_rejections_total{{limit=\"{limit}\"}}")
 }
@@ -322,13 +340,9 @@ async fn slow_request_bodies_hold_no_upstream_capacity() {
     // each slow request gets 408 once it falls behind the minimum rate (5 s of grace)
     let mut h1 = Vec::new();
     for mut socket in slow {
-        h1.push(tokio::spawn(async move {
-            let mut response = Vec::new();
-            let _ =
-                tokio::time::timeout(Duration::from_secs(20), socket.read_to_end(&mut response))
-                    .await;
-            String::from_utf8_lossy(&response).into_owned()
-        }));
+        h1.push(tokio::spawn(
+            async move { response_text(&mut socket).await },
+        ));
     }
     for task in h1 {
         let response = task.await.unwrap();
@@ -377,20 +391,13 @@ async fn a_long_body_that_stalls_is_cut_and_its_upstream_connection_closed() {
         .unwrap();
     socket.write_all(&vec![b'x'; 200_000]).await.unwrap();
     let started = Instant::now();
-    let mut response = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(20), socket.read_to_end(&mut response)).await;
-    let response = String::from_utf8_lossy(&response);
+    let response = response_text(&mut socket).await;
     assert!(response.starts_with("HTTP/1.1 408"), "{response}");
     assert!(response.contains("request_timeout"), "{response}");
     assert!(started.elapsed() >= Duration::from_millis(1900));
     assert_eq!(metric(status, &limit_metric("body_timeout")).await, 1);
     // the connection that carried the cut body is closed, not put back in the pool
-    gw_e2e::eventually(
-        "the upstream connection to close",
-        Duration::from_secs(10),
-        || async { metric(status, "gw_upstream_connections{").await <= pooled },
-    )
-    .await;
+    upstream_connections_back_to(status, pooled).await;
 }
 
 /// Requests in flight from one address are capped: beyond the cap, 429 at once; other
@@ -413,10 +420,7 @@ async fn requests_in_flight_per_address_are_capped() {
                 )
                 .await
                 .unwrap();
-            let mut response = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut response))
-                .await;
-            String::from_utf8_lossy(&response)[..12].to_string()
+            response_text(&mut socket).await[..12].to_string()
         }));
     }
     // six are refused at once, four are in flight: another address is served meanwhile
@@ -742,10 +746,8 @@ async fn failed_logins_are_throttled_before_authentication() {
             "GET /up/x HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {credentials}\r\nConnection: close\r\n\r\n"
         );
         socket.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut response)).await;
-        String::from_utf8_lossy(&response)
+        response_text(&mut socket)
+            .await
             .get(9..12)
             .unwrap_or("")
             .to_string()
@@ -791,12 +793,7 @@ async fn a_client_that_does_not_read_is_closed_after_the_send_timeout() {
         || async { metric(status, &limit_metric("send_timeout")).await == 1 },
     )
     .await;
-    gw_e2e::eventually(
-        "the upstream exchange to end",
-        Duration::from_secs(10),
-        || async { metric(status, "gw_upstream_connections{").await <= pooled },
-    )
-    .await;
+    upstream_connections_back_to(status, pooled).await;
     // what was sent before the close can still be read, then the connection ends
     assert!(closed_within(&mut socket, Duration::from_secs(10)).await);
 }
@@ -906,12 +903,7 @@ async fn an_http2_client_that_opens_no_window_is_closed_after_the_send_timeout()
     let held = started.elapsed();
     assert!(held >= Duration::from_millis(1900), "{held:?}");
     assert_eq!(metric(status, &limit_metric("send_timeout")).await, 1);
-    gw_e2e::eventually(
-        "the upstream exchange to end",
-        Duration::from_secs(10),
-        || async { metric(status, "gw_upstream_connections{").await <= pooled },
-    )
-    .await;
+    upstream_connections_back_to(status, pooled).await;
     drop(response);
 }
 
@@ -945,10 +937,7 @@ async fn a_body_cut_on_its_way_to_an_http2_upstream_does_not_eject_the_endpoint(
             .await
             .unwrap();
         socket.write_all(&[b'x'; 5000]).await.unwrap();
-        let mut response = Vec::new();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(20), socket.read_to_end(&mut response)).await;
-        let response = String::from_utf8_lossy(&response);
+        let response = response_text(&mut socket).await;
         assert!(response.starts_with("HTTP/1.1 408"), "{response}");
     }
     let status = runtime.addr("status");
