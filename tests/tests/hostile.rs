@@ -148,9 +148,11 @@ async fn idle_connections_of_one_address_lock_nobody_out() {
     }
     let lockout = served_within(proxy, "/up/x", Duration::from_secs(15)).await;
     println!("lockout by 130 idle sockets, header read timeout 2 s: {lockout:?}");
+    // two seconds of slack for a loaded 2-core machine; unprotected, the sockets held their
+    // slots for as long as the attacker kept them
     assert!(
-        lockout <= Duration::from_secs(3),
-        "kept out for {lockout:?}: longer than the header read timeout plus a second"
+        lockout <= Duration::from_secs(4),
+        "kept out for {lockout:?}: longer than the header read timeout plus two seconds"
     );
     for socket in &mut idle {
         assert!(closed_within(socket, Duration::from_secs(5)).await);

@@ -2,8 +2,9 @@
 //! runtime's status port. Each test is one attack and the outcome it must have:
 //!
 //! - idle and half-sent connections to the admin API and the status port are closed by the
-//!   header read timeout, and lock other clients out for no longer than that (plus a second);
-//!   one address gets only its share of the status port's connections;
+//!   header read timeout, and lock other clients out for no longer than that (plus some
+//!   slack for a loaded machine); one address gets only its share of the status port's
+//!   connections;
 //! - idle connections to the sync port are closed once their first stream is overdue;
 //! - a flood of sync streams that say Hello at revision 0 and never read leaves the
 //!   controller's memory bounded, and real runtimes are still served;
@@ -29,6 +30,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 const ATTACKER: &str = "127.0.0.2";
+
+/// How much later than its timeout a limit may act on a loaded 2-core machine that runs
+/// this file's tests side by side. The unprotected servers held the same connections for
+/// the whole minute the attackers wait.
+const SLACK: Duration = Duration::from_secs(2);
 
 fn spec(dev: bool, database_url: Option<&str>) -> ControllerSpec {
     ControllerSpec {
@@ -104,7 +110,8 @@ async fn attack_in_place(sockets: &[tokio::task::JoinHandle<Instant>], refused: 
 async fn time_to_answer(addr: SocketAddr, path: &str, expected: u16, since: Instant) -> Duration {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(2))
+        // short: an attempt lost to a stalled machine costs little of the measured time
+        .timeout(Duration::from_millis(500))
         .build()
         .unwrap();
     let started = Instant::now();
@@ -133,7 +140,7 @@ async fn all_closed(sockets: Vec<tokio::task::JoinHandle<Instant>>, opened: Inst
 
 /// The admin API: 40 idle or half-sent connections against a cap of 16. The ones over the
 /// cap are closed at once, the others by the 2 s header read timeout; a normal call gets
-/// through within that timeout plus a second.
+/// through within that timeout (plus some slack for a loaded machine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sockets_do_not_lock_the_admin_api_out() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,10 +173,13 @@ async fn idle_sockets_do_not_lock_the_admin_api_out() {
          {longest:?}"
     );
     assert!(
-        lockout <= Duration::from_secs(3),
+        lockout <= Duration::from_secs(2) + SLACK,
         "locked out for {lockout:?}"
     );
-    assert!(longest <= Duration::from_secs(3), "open for {longest:?}");
+    assert!(
+        longest <= Duration::from_secs(2) + SLACK,
+        "open for {longest:?}"
+    );
     let timeouts = metric::<i64>(
         admin_addr,
         "gw_admin_limit_rejections_total{limit=\"first_request_timeout\"}",
@@ -219,8 +229,12 @@ async fn the_status_port_bounds_idle_sockets_and_drains_only_with_the_token() {
          all, header read timeout 2s): a probe from another address answered after {probe:?}; \
          the last attacker connection closed after {longest:?}"
     );
-    assert!(probe <= Duration::from_secs(1), "probe took {probe:?}");
-    assert!(longest <= Duration::from_secs(3), "open for {longest:?}");
+    // before the header read timeout frees any of the attacker's slots
+    assert!(probe < Duration::from_millis(1500), "probe took {probe:?}");
+    assert!(
+        longest <= Duration::from_secs(2) + SLACK,
+        "open for {longest:?}"
+    );
     assert_eq!(
         metric::<i64>(
             status,
@@ -293,7 +307,10 @@ async fn idle_sockets_do_not_lock_runtimes_out_of_the_sync_port() {
          the last one closed after {longest:?}, runtime served after {:?}",
         opened.elapsed()
     );
-    assert!(longest <= Duration::from_secs(3), "open for {longest:?}");
+    assert!(
+        longest <= Duration::from_secs(2) + SLACK,
+        "open for {longest:?}"
+    );
     assert_eq!(
         metric::<i64>(
             ctl.addr("admin"),
