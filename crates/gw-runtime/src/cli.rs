@@ -57,8 +57,9 @@ pub struct Args {
     #[arg(long, env = "GW_NODE_ID")]
     node_id: Option<String>,
 
-    /// Traffic address.
-    #[arg(long, env = "GW_PROXY_ADDR", default_value = "0.0.0.0:8080")]
+    /// Traffic address. Loopback by default, as every address of gw is: give `0.0.0.0:8080`
+    /// (or the address of one interface) to take traffic from other hosts.
+    #[arg(long, env = "GW_PROXY_ADDR", default_value = "127.0.0.1:8080")]
     proxy_addr: SocketAddr,
 
     /// HTTPS traffic address (for example `0.0.0.0:8443`); no HTTPS listener when unset.
@@ -704,6 +705,16 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         <Args as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn every_listener_is_on_loopback_by_default() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.proxy_addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(args.status_addr, "127.0.0.1:7085".parse().unwrap());
+        assert_eq!(args.https_addr, None);
+        let options = crate::RuntimeOptions::new(crate::ConfigSource::Controllers(Vec::new()));
+        assert!(options.proxy_addr.ip().is_loopback() && options.status_addr.ip().is_loopback());
     }
 
     #[test]

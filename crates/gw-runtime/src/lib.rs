@@ -128,14 +128,14 @@ pub struct RuntimeOptions {
 }
 
 impl RuntimeOptions {
-    /// Options with the defaults: group `default`, traffic on `0.0.0.0:8080`, status on
-    /// `127.0.0.1:7085`, no cache.
+    /// Options with the defaults: group `default`, traffic on `127.0.0.1:8080`, status
+    /// on `127.0.0.1:7085` (loopback, as every default address of gw), no cache.
     pub fn new(source: ConfigSource) -> Self {
         Self {
             source,
             group: "default".to_string(),
             node_id: default_node_id(),
-            proxy_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            proxy_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             https_addr: None,
             status_addr: SocketAddr::from(([127, 0, 0, 1], 7085)),
             status_limits: status_limits(),
