@@ -117,10 +117,11 @@ async fn readme_standalone_example() {
     let start = example.find("-----BEGIN CERTIFICATE-----").unwrap();
     let end =
         example.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
-    let pem: String = example[start..end]
-        .lines()
-        .map(|line| format!("{}\n", line.trim()))
-        .collect();
+    let mut pem = String::new();
+    for line in example[start..end].lines() {
+        pem.push_str(line.trim());
+        pem.push('\n');
+    }
     let https = runtime.addr("https");
     let client = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
