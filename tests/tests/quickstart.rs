@@ -7,8 +7,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use gw_e2e::cluster::free_port;
 use gw_e2e::{
-    Admin, ControllerSpec, binary, call, controller, echo_upstream, eventually, file_runtime,
+    Admin, ControllerSpec, TestDatabase, binary, call, controller, echo_upstream, eventually,
+    file_runtime,
 };
 
 #[tokio::test]
@@ -138,4 +140,111 @@ async fn readme_standalone_example() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+}
+
+/// The README's high-availability walk on one machine, run as written: its shell blocks,
+/// pasted into bash in order, with only the ports, the database and the binaries' directory
+/// swapped for the test's own. Two controllers on one PostgreSQL database, two runtimes, a
+/// deploy through one controller served by both runtimes, a controller stopped, a delete
+/// that still reaches both.
+#[tokio::test]
+async fn readme_high_availability_on_one_machine() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme
+        .find("## High availability with PostgreSQL")
+        .expect("the README's HA section");
+    let end = start
+        + readme[start..]
+            .find("**Across machines**")
+            .expect("the one-machine part ends where the multi-host one starts");
+    let mut script = String::from("set -e\n");
+    for block in readme[start..end].split("```sh\n").skip(1) {
+        script.push_str(block.split("```").next().unwrap());
+    }
+    assert!(
+        script.contains("kill $CTL_A"),
+        "the walk stops a controller:\n{script}"
+    );
+
+    // the database: the test's own instead of the README's `gw`, created here
+    let db = TestDatabase::create().await;
+    let create = "psql -h 127.0.0.1 -U postgres -c 'CREATE DATABASE gw'";
+    assert!(script.contains(create), "{script}");
+    script = script.replace(create, "true");
+    let url = "GW_DATABASE_URL=postgres://postgres@127.0.0.1:5432/gw";
+    assert!(script.contains(url), "{script}");
+    script = script.replace(url, &format!("GW_DATABASE_URL={}", db.url()));
+    // ports: the test's own free ones
+    for port in [9090, 9091, 18000, 18001, 8080, 8081, 7085, 7086] {
+        let written = format!("127.0.0.1:{port}");
+        assert!(script.contains(&written), "{written} in:\n{script}");
+        script = script.replace(&written, &format!("127.0.0.1:{}", free_port()));
+    }
+    // every port was written as an address, so none escaped the swap
+    for port in [
+        "9090", "9091", "18000", "18001", "8080", "8081", "7085", "7086",
+    ] {
+        assert!(!script.contains(port), "port {port} left in:\n{script}");
+    }
+    // stop whatever the walk left running
+    script.push_str("\nkill $(jobs -p) 2>/dev/null; wait\n");
+
+    // a directory laid out like the repository: target/release holds this build's binaries,
+    // and the example API points at the test's echo upstream
+    let dir = tempfile::tempdir().unwrap();
+    let echo = echo_upstream("echo");
+    std::fs::create_dir_all(dir.path().join("target")).unwrap();
+    std::os::unix::fs::symlink(
+        binary("gw-controller").parent().unwrap(),
+        dir.path().join("target/release"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("examples")).unwrap();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/orders-api.yaml"
+    ))
+    .unwrap();
+    std::fs::write(
+        dir.path().join("examples/orders-api.yaml"),
+        example.replace("127.0.0.1:9001", &echo.addr("http").to_string()),
+    )
+    .unwrap();
+
+    let output = tokio::process::Command::new("timeout")
+        .args(["120", "bash", "-c", &script])
+        .current_dir(dir.path())
+        .env_remove("GW_ADMIN_TOKEN")
+        .env_remove("GW_SYNC_TOKEN")
+        .env_remove("GW_ENCRYPTION_KEY")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let logs = ["ctl-a", "ctl-b", "rt-1", "rt-2"]
+        .map(|name| {
+            std::fs::read_to_string(dir.path().join(format!("ha/{name}.log"))).unwrap_or_default()
+        })
+        .join("\n");
+    let context = format!(
+        "status {}\nstdout:\n{stdout}\nstderr:\n{}\nlogs:\n{logs}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{context}");
+    // the deploy answered once both runtimes applied it, and both served it
+    assert!(stdout.contains(r#""applied":["rt-1","rt-2"]"#), "{context}");
+    assert_eq!(
+        stdout.matches(r#""path":"/api/items/42""#).count(),
+        2,
+        "{context}"
+    );
+    // after ctl-a stopped: the delete reached both runtimes, rt-1 through ctl-b
+    assert!(
+        stdout.contains(r#"{"applied":["rt-1","rt-2"],"deleted":true"#),
+        "{context}"
+    );
+    assert!(stdout.contains(r#""code":"no_route""#), "{context}");
 }
