@@ -51,6 +51,25 @@ pub fn binary(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
         let mut build = Command::new(cargo);
         build.args(["build", "--workspace", "--bins", "--quiet"]);
+        // what cargo sets for the test process (CARGO_PKG_NAME and the like), handed down,
+        // changes the environment of build scripts that watch it (ring's): the build would
+        // recompile them and everything above them, twice per test binary, instead of
+        // finding the binaries fresh
+        for (key, _) in std::env::vars_os() {
+            let Some(key) = key.to_str() else { continue };
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|prefix| key.starts_with(prefix))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&key)
+            {
+                build.env_remove(key);
+            }
+        }
         if release {
             build.arg("--release");
         }
