@@ -3,7 +3,8 @@
 //!
 //! A controller serves the admin REST API ([`admin`]), keeps its desired state equal to the
 //! store through the change feed ([`watcher`]), serves that state to runtimes over the sync
-//! protocol, and records the fleet ([`fleet`]). Several controllers share one PostgreSQL
+//! protocol, and records the fleet ([`fleet`]). `GET /metrics` on the admin address tells an
+//! operator how all of that goes ([`metrics`]). Several controllers share one PostgreSQL
 //! database; a deploy through any of them reaches the runtimes of all of them. With
 //! [`ControllerOptions::all_in_one`] it also runs a runtime in process (the single-node
 //! topology, on the embedded SQLite store by default).

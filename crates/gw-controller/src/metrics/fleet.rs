@@ -40,8 +40,9 @@ impl FleetMetrics {
         );
         registry.register(
             "gw_fleet_refusals",
-            "Runtimes this controller refused at their Hello (another protocol version, an \
-             invalid node id or group); the runtime gets no configuration from it",
+            "Hellos this controller refused (another protocol version, an invalid node id or \
+             group; a runtime that tries again counts again); the runtime gets no configuration \
+             from it",
             metrics.refusals.clone(),
         );
         metrics
@@ -64,7 +65,7 @@ impl FleetMetrics {
         self.rejections.get_or_create(&self.group(group)).inc();
     }
 
-    /// This controller refused a runtime's Hello.
+    /// This controller refused a runtime's Hello (each attempt counts).
     pub fn refused(&self) {
         self.refusals.inc();
     }
