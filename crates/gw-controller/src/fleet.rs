@@ -15,6 +15,8 @@ use gw_sync::server::{FleetObserver, SessionInfo};
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use crate::metrics::FleetMetrics;
+
 #[derive(Debug)]
 struct Pending {
     record: RuntimeRecord,
@@ -32,6 +34,7 @@ pub struct FleetRecorder {
     local: Mutex<HashMap<String, RuntimeRecord>>,
     dirty: Mutex<HashMap<String, Pending>>,
     wake: Notify,
+    metrics: FleetMetrics,
 }
 
 impl FleetRecorder {
@@ -42,7 +45,16 @@ impl FleetRecorder {
             local: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            metrics: FleetMetrics::default(),
         }
+    }
+
+    /// Counts rejections and refusals in `metrics` (registered with
+    /// [`FleetMetrics::register`]).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: FleetMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Changes this controller's record of a session and queues it for the store.
@@ -177,6 +189,7 @@ impl FleetRecorder {
 
 impl FleetObserver for FleetRecorder {
     fn connected(&self, session: &SessionInfo, applied_revision: i64) {
+        self.metrics.connected(&session.group);
         let now = Utc::now();
         let record = RuntimeRecord {
             node_id: session.node_id.clone(),
@@ -208,6 +221,7 @@ impl FleetObserver for FleetRecorder {
     }
 
     fn rejected(&self, session: &SessionInfo, revision: i64, errors: &[String]) {
+        self.metrics.rejected(&session.group);
         let message: String = errors.join("; ").chars().take(4000).collect();
         self.update(session, |r| {
             r.last_error = Some(message);
@@ -237,6 +251,7 @@ impl FleetObserver for FleetRecorder {
     }
 
     fn refused(&self, runtime: &SessionInfo, applied_revision: i64, reason: &str) {
+        self.metrics.refused();
         // a Hello refused for its node id cannot be listed under it, and a runtime holding a
         // session here is not replaced by another process that claims its id
         if gw_sync::validate_node_id(&runtime.node_id).is_err()

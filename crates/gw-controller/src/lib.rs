@@ -3,7 +3,8 @@
 //!
 //! A controller serves the admin REST API ([`admin`]), keeps its desired state equal to the
 //! store through the change feed ([`watcher`]), serves that state to runtimes over the sync
-//! protocol, and records the fleet ([`fleet`]). Several controllers share one PostgreSQL
+//! protocol, and records the fleet ([`fleet`]). `GET /metrics` on the admin address tells an
+//! operator how all of that goes ([`metrics`]). Several controllers share one PostgreSQL
 //! database; a deploy through any of them reaches the runtimes of all of them. With
 //! [`ControllerOptions::all_in_one`] it also runs a runtime in process (the single-node
 //! topology, on the embedded SQLite store by default).
@@ -14,6 +15,7 @@ pub mod bundles;
 pub mod cli;
 pub mod fleet;
 pub mod keys;
+pub mod metrics;
 pub mod sealed;
 pub mod watcher;
 
@@ -37,6 +39,7 @@ use crate::admin::{AdminOptions, AppState, DevGuard};
 use crate::bundles::{BundleExporter, BundleMetrics, BundleOptions};
 use crate::fleet::FleetRecorder;
 use crate::keys::KeyError;
+use crate::metrics::{ControllerMetrics, MeasuredStore};
 use crate::sealed::Sealer;
 
 /// The runtime that all-in-one mode runs in process.
@@ -349,6 +352,7 @@ pub async fn run(
     let bundle_metrics = BundleMetrics::register(&mut metrics);
     let admin_metrics = ServerMetrics::register(&mut metrics, "gw_admin", "admin API");
     let sync_metrics = SyncMetrics::register(&mut metrics);
+    let controller_metrics = ControllerMetrics::register(&mut metrics);
     // without a token, the admin API answers anyone who reaches it: keep web pages out
     let dev_guard =
         (options.dev && token.is_none()).then(|| DevGuard::new(&options.dev_allowed_hosts));
@@ -367,6 +371,8 @@ pub async fn run(
         consumer_writes: tokio::sync::Mutex::new(()),
         bundles: OnceLock::new(),
         metrics,
+        requests: controller_metrics.admin.clone(),
+        sampler: Arc::clone(&controller_metrics.sampler),
         draining: AtomicBool::new(false),
         dev_guard,
     });
@@ -409,6 +415,9 @@ pub async fn run(
         store = open_store(&database_url, &store_options) => store?,
         () = stopped() => return Ok(()),
     };
+    // every operation, whoever calls it, is measured
+    let store: Arc<dyn Store> =
+        Arc::new(MeasuredStore::new(store, controller_metrics.store.clone()));
     let _ = state.store.set(Arc::clone(&store));
     let revision = {
         let mut backoff = Duration::from_millis(200);
@@ -472,7 +481,9 @@ pub async fn run(
     if let Some(exporter) = exporter {
         tasks.push(tokio::spawn(exporter.run()));
     }
-    let recorder = Arc::new(FleetRecorder::new(options.node_id.clone()));
+    let recorder = Arc::new(
+        FleetRecorder::new(options.node_id.clone()).with_metrics(controller_metrics.fleet.clone()),
+    );
     tasks.push(tokio::spawn(
         Arc::clone(&recorder).write_loop(Arc::clone(&store)),
     ));

@@ -10,6 +10,7 @@ use axum::http::{Request, StatusCode};
 use chrono::Utc;
 use gw_controller::admin::{self, AdminOptions, AppState, DevGuard};
 use gw_controller::keys::EncryptionKey;
+use gw_controller::metrics::{ControllerMetrics, MeasuredStore};
 use gw_controller::sealed::Sealer;
 use gw_core::policy::PolicyRegistry;
 use gw_store::{RuntimeRecord, Store, StoreOptions};
@@ -29,10 +30,13 @@ fn state_with(
 ) -> (Arc<AppState>, tokio::sync::watch::Sender<bool>) {
     let cell = OnceLock::new();
     let loaded = store.is_some();
-    if let Some(store) = store {
-        let _ = cell.set(store);
-    }
     let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ControllerMetrics::register(&mut registry);
+    if let Some(store) = store {
+        let measured: Arc<dyn Store> = Arc::new(MeasuredStore::new(store, metrics.store));
+        let _ = cell.set(measured);
+    }
     let state = Arc::new(AppState {
         store: cell,
         loaded: AtomicBool::new(loaded),
@@ -51,7 +55,9 @@ fn state_with(
         sealer: Arc::new(Sealer::new(&EncryptionKey::from_bytes([7; 32]))),
         consumer_writes: tokio::sync::Mutex::new(()),
         bundles: OnceLock::new(),
-        metrics: prometheus_client::registry::Registry::default(),
+        metrics: registry,
+        requests: metrics.admin,
+        sampler: metrics.sampler,
         draining: std::sync::atomic::AtomicBool::new(false),
         dev_guard,
     });
@@ -1090,5 +1096,196 @@ async fn a_generated_key_is_shown_even_when_waiting_for_it_fails() {
     assert!(
         body["key"].as_str().is_some_and(|k| k.starts_with("gwk_")),
         "{body}"
+    );
+}
+
+/// The lines of `/metrics` that start with `prefix`.
+fn series<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+/// The value of the series named exactly `name_and_labels`.
+fn value(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+/// `/metrics` counts admin requests by route template, never by raw path, and reads the
+/// change feed's lag and the fleet by group and state from the store at the scrape.
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_read_the_feed_and_the_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    let (state, _stop) = state(Some(Arc::clone(&store)));
+
+    let requests = [
+        (get("/api/v1/apis/missing-api"), 404),
+        (put("/api/v1/apis/bad", "spec: [not an api"), 400),
+        (put("/api/v1/apis/a", api("a", "/a", "[default]")), 201),
+        (put("/api/v1/apis/b", api("b", "/b", "[default]")), 201),
+        (get("/no/such/path"), 404),
+        (get("/api/v1/no-such-thing"), 404),
+        (
+            Request::patch("/api/v1/apis/a")
+                .body(Body::empty())
+                .unwrap(),
+            405,
+        ),
+        (get("/api/v1/apis"), 200),
+    ];
+    for (request, expected) in requests {
+        let what = format!("{} {}", request.method(), request.uri());
+        let (status, body) = send(&state, request).await;
+        assert_eq!(status.as_u16(), expected, "{what}: {body}");
+    }
+
+    // the fleet as controllers record it: two connected runtimes of `default`, one a revision
+    // behind; a stale and a disconnected one of `edge`; one refused whose group is not a name
+    let mut stale = runtime("rt-stale", "edge", 2);
+    stale.last_seen = Utc::now() - chrono::Duration::hours(1);
+    let mut gone = runtime("rt-gone", "edge", 2);
+    gone.connected = false;
+    for record in [
+        runtime("rt-current", "default", 2),
+        runtime("rt-behind", "default", 1),
+        stale,
+        gone,
+    ] {
+        assert!(store.register_runtime(&record).await.unwrap());
+    }
+    let mut refused = runtime("rt-refused", "Not A Group\"}", 0);
+    refused.connected = false;
+    refused.refused = Some("protocol version 99 is not supported".into());
+    assert!(store.record_refusal(&refused, Utc::now()).await.unwrap());
+
+    let (status, headers, text) = send_raw(&state, get("/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers[axum::http::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+        "{headers:?}"
+    );
+
+    let route = "route=\"/api/v1/apis/{name}\"";
+    for (labels, count) in [
+        (format!("{route},method=\"GET\",status=\"404\""), 1.0),
+        (format!("{route},method=\"PUT\",status=\"400\""), 1.0),
+        (format!("{route},method=\"PUT\",status=\"201\""), 2.0),
+        (format!("{route},method=\"PATCH\",status=\"405\""), 1.0),
+        (
+            "route=\"/api/v1/apis\",method=\"GET\",status=\"200\"".to_string(),
+            1.0,
+        ),
+        (
+            "route=\"unmatched\",method=\"GET\",status=\"404\"".to_string(),
+            2.0,
+        ),
+    ] {
+        let name = format!("gw_admin_requests_total{{{labels}}}");
+        assert_eq!(value(&text, &name), Some(count), "{name}:\n{text}");
+    }
+    // six series, no more: the raw paths never became labels
+    assert_eq!(series(&text, "gw_admin_requests_total{").len(), 6, "{text}");
+    assert!(
+        !text.contains("missing-api") && !text.contains("no-such"),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("gw_admin_request_duration_seconds_count{{{route},method=\"PUT\"}}")
+        ),
+        Some(3.0),
+        "{text}"
+    );
+
+    // the store: two writes (the 400 never reached it), no failures, the pool
+    assert_eq!(
+        value(
+            &text,
+            "gw_store_operation_duration_seconds_count{operation=\"put_api\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        series(&text, "gw_store_errors_total{")
+            .iter()
+            .all(|l| l.ends_with(" 0")),
+        "{text}"
+    );
+    assert_eq!(value(&text, "gw_store_pool_max_connections"), Some(8.0));
+    let idle = value(&text, "gw_store_pool_connections{state=\"idle\"}").unwrap();
+    let in_use = value(&text, "gw_store_pool_connections{state=\"in_use\"}").unwrap();
+    assert!(idle + in_use >= 1.0 && idle + in_use <= 8.0, "{text}");
+
+    // no watcher runs here: the desired state is still at revision 0, two behind the store
+    assert_eq!(value(&text, "gw_store_revision"), Some(2.0), "{text}");
+    assert_eq!(value(&text, "gw_controller_revision"), Some(0.0), "{text}");
+    assert_eq!(
+        value(&text, "gw_controller_feed_lag_revisions"),
+        Some(2.0),
+        "{text}"
+    );
+    let lag_seconds = value(&text, "gw_controller_feed_lag_seconds").unwrap();
+    assert!((0.0..60.0).contains(&lag_seconds), "{text}");
+
+    for (group, state, count) in [
+        ("default", "connected", 2.0),
+        ("default", "stale", 0.0),
+        ("default", "disconnected", 0.0),
+        ("default", "refused", 0.0),
+        ("edge", "connected", 0.0),
+        ("edge", "stale", 1.0),
+        ("edge", "disconnected", 1.0),
+        ("edge", "refused", 0.0),
+        ("_invalid", "connected", 0.0),
+        ("_invalid", "refused", 1.0),
+    ] {
+        let name = format!("gw_fleet_runtimes{{group=\"{group}\",state=\"{state}\"}}");
+        assert_eq!(value(&text, &name), Some(count), "{name}:\n{text}");
+    }
+    assert_eq!(series(&text, "gw_fleet_runtimes{").len(), 12, "{text}");
+    assert!(!text.contains("Not A Group"), "{text}");
+    // only connected runtimes count: the stale one is not behind, it is silent
+    assert_eq!(
+        value(&text, "gw_fleet_revision_lag_max{group=\"default\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "gw_fleet_revision_lag_max{group=\"edge\"}"),
+        Some(0.0),
+        "{text}"
+    );
+}
+
+/// Before the store is open, `/metrics` answers with what it knows, and nothing read from
+/// the store.
+#[tokio::test]
+async fn metrics_without_a_store_leave_out_what_the_store_tells() {
+    let (state, _stop) = state(None);
+    let (status, _, text) = send_raw(&state, get("/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    for absent in [
+        "gw_store_revision",
+        "gw_controller_revision",
+        "gw_controller_feed_lag",
+        "gw_fleet_runtimes",
+        "gw_store_pool",
+    ] {
+        assert!(series(&text, absent).is_empty(), "{absent}:\n{text}");
+    }
+    // the store's error series exist from the start
+    assert_eq!(
+        value(
+            &text,
+            "gw_store_errors_total{operation=\"ping\",kind=\"unavailable\"}"
+        ),
+        Some(0.0),
+        "{text}"
     );
 }

@@ -237,6 +237,17 @@ pub struct RuntimeRecord {
     pub refused: Option<String>,
 }
 
+/// The connection pool of a store, at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections open, in use or idle.
+    pub open: u32,
+    /// Open connections that no operation is using.
+    pub idle: u32,
+    /// The most connections the pool opens.
+    pub max: u32,
+}
+
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -268,6 +279,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// The id of this database, random and fixed when it was created.
     fn store_id(&self) -> &str;
+
+    /// Its connection pool now, read without waiting; `None` for a store without one.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

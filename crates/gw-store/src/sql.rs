@@ -123,6 +123,14 @@ macro_rules! impl_store {
                 &self.store_id
             }
 
+            fn pool_status(&self) -> Option<$crate::PoolStatus> {
+                Some($crate::PoolStatus {
+                    open: self.pool.size(),
+                    idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+                    max: self.pool.options().get_max_connections(),
+                })
+            }
+
             async fn ping(&self) -> Result<(), $crate::StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
                 Ok(())

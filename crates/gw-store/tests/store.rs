@@ -94,6 +94,7 @@ both_backends!(
     snapshot_holds_apis_and_resources_at_one_revision,
     resource_kind_api_is_refused,
     resources_share_revisions_with_apis,
+    pool_status_counts_connections,
 );
 
 async fn crud_and_revisions(f: Fixture) {
@@ -777,4 +778,35 @@ async fn an_in_memory_sqlite_store_makes_no_file() {
         "a file appeared in {}",
         here.display()
     );
+}
+
+/// The pool's status is read without waiting: its bound, the connections open and those idle.
+/// (A connection goes back to the pool in a task of its own, so idle ones show up shortly
+/// after an operation ends. On PostgreSQL the change listener holds one at all times.)
+async fn pool_status_counts_connections(f: Fixture) {
+    let status = f.store.pool_status().expect("both backends have a pool");
+    let max = match f.store.backend() {
+        gw_store::Backend::Postgres => StoreOptions::default().max_connections,
+        gw_store::Backend::Sqlite => StoreOptions::default().max_connections.clamp(1, 8),
+    };
+    assert_eq!(status.max, max);
+    assert!(status.open >= 1 && status.open <= max, "{status:?}");
+    assert!(status.idle <= status.open, "{status:?}");
+    f.store.ping().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = f.store.pool_status().unwrap();
+        assert!(
+            status.idle <= status.open && status.open <= max,
+            "{status:?}"
+        );
+        if status.idle >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no idle connection after an operation: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -81,6 +81,11 @@ pub struct AppState {
     pub bundles: OnceLock<Arc<crate::bundles::BundleExporter>>,
     /// The controller's metrics (`GET /metrics`).
     pub metrics: prometheus_client::registry::Registry,
+    /// Counts the admin API's requests (registered in [`AppState::metrics`]).
+    pub requests: crate::metrics::AdminMetrics,
+    /// Reads the store and the fleet for each scrape of `GET /metrics` (registered in
+    /// [`AppState::metrics`]).
+    pub sampler: Arc<crate::metrics::Sampler>,
     /// The controller is stopping: `/readyz` answers 503 while the drain period runs.
     pub draining: AtomicBool,
     /// Development mode without an admin token: the checks that keep web pages out of the
@@ -166,6 +171,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
         ]))
+        // outermost: answers of every layer count, a handler's panic included
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), measure))
         .with_state(state)
 }
 
@@ -217,9 +224,35 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
+/// Counts every request by its route template (never its raw path: the label stays
+/// bounded), method and status.
+async fn measure(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(crate::metrics::UNMATCHED, MatchedPath::as_str)
+        .to_string();
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.requests.observe(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
 /// `GET /metrics`: the controller's metrics in Prometheus text format (no credentials, like
-/// the health endpoints: counters only, no configuration).
+/// the health endpoints: counts and revisions, no configuration). The store and the fleet are
+/// read for it, at most once a second whoever asks.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let desired = state
+        .loaded
+        .load(Ordering::Acquire)
+        .then_some(state.desired.as_ref());
+    state.sampler.refresh(state.store.get(), desired).await;
     let mut text = String::new();
     if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &state.metrics) {
         tracing::warn!(error = %err, "could not encode metrics");

@@ -1,0 +1,475 @@
+//! Store operations: `gw_store_operation_duration_seconds{operation}` and
+//! `gw_store_errors_total{operation, kind}`, measured by a decorator around any [`Store`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use gw_store::{
+    Backend, Change, DeleteOutcome, DeleteResourceOutcome, PoolStatus, Precondition, PutApi,
+    PutOutcome, PutResource, PutResourceOutcome, ResourceRecord, RuntimeRecord, Snapshot, Store,
+    StoreError,
+};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+/// The `operation` label values: the [`Store`] methods that reach the database.
+pub(crate) const OPERATIONS: [&str; 17] = [
+    "ping",
+    "put_api",
+    "delete_api",
+    "get_api",
+    "put_resource",
+    "delete_resource",
+    "get_resource",
+    "list_resources",
+    "snapshot",
+    "current_revision",
+    "changes_since",
+    "compact",
+    "register_runtime",
+    "record_refusal",
+    "update_runtime",
+    "list_runtimes",
+    "prune_runtimes",
+];
+
+/// The `kind` label values of `gw_store_errors_total`.
+const ERROR_KINDS: [&str; 2] = ["unavailable", "error"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    operation: &'static str,
+    kind: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    // 0.25 ms to about 8 s (the default store timeout is 5 s)
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// The store's metrics. [`StoreMetrics::default`] counts without exporting.
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    errors: Family<ErrorLabels, Counter>,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        Self {
+            duration: Family::new_with_constructor(duration_histogram),
+            errors: Family::default(),
+        }
+    }
+}
+
+impl StoreMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "gw_store_operation_duration_seconds",
+            "Store operations, by Store method, from the call to its result (an operation its \
+             caller gave up on counts with the time it ran)",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "gw_store_errors",
+            "Store operations that failed: unavailable (the database did not answer in time, or \
+             refused the connection) or error (it refused a statement, or stored data could not \
+             be read). Answers such as not found or a failed precondition are not errors",
+            metrics.errors.clone(),
+        );
+        // every series exists from the start, at 0, so that the first failure shows in a rate
+        for operation in OPERATIONS {
+            for kind in ERROR_KINDS {
+                let _ = metrics
+                    .errors
+                    .get_or_create(&ErrorLabels { operation, kind });
+            }
+        }
+        metrics
+    }
+
+    fn observe(&self, operation: &'static str, started: Instant, error: Option<&StoreError>) {
+        self.duration
+            .get_or_create(&OperationLabels { operation })
+            .observe(started.elapsed().as_secs_f64());
+        if let Some(kind) = error.and_then(error_kind) {
+            self.errors
+                .get_or_create(&ErrorLabels { operation, kind })
+                .inc();
+        }
+    }
+}
+
+/// The `kind` of a failure; `None` for an answer that is not one (the caller's request
+/// could not be met: not found, already exists, a failed precondition, a route conflict, a
+/// compacted change log).
+fn error_kind(error: &StoreError) -> Option<&'static str> {
+    match error {
+        StoreError::Unavailable(_) => Some("unavailable"),
+        StoreError::Database(_)
+        | StoreError::Corrupt(_)
+        | StoreError::Migration(_)
+        | StoreError::InvalidInput(_)
+        | StoreError::InvalidUrl(_) => Some("error"),
+        StoreError::NotFound { .. }
+        | StoreError::AlreadyExists { .. }
+        | StoreError::PreconditionFailed { .. }
+        | StoreError::RouteConflict { .. }
+        | StoreError::Compacted { .. } => None,
+    }
+}
+
+/// Records an operation when it ends, or when its caller drops it unfinished.
+struct Measure<'a> {
+    metrics: &'a StoreMetrics,
+    operation: &'static str,
+    started: Instant,
+    done: bool,
+}
+
+impl Measure<'_> {
+    fn finish<T>(mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.done = true;
+        self.metrics
+            .observe(self.operation, self.started, result.as_ref().err());
+        result
+    }
+}
+
+impl Drop for Measure<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics.observe(self.operation, self.started, None);
+        }
+    }
+}
+
+/// A [`Store`] that measures every operation of the store it wraps, under the method's name.
+#[derive(Debug)]
+pub struct MeasuredStore {
+    inner: Arc<dyn Store>,
+    metrics: StoreMetrics,
+}
+
+impl MeasuredStore {
+    /// Measures `inner` into `metrics`.
+    pub fn new(inner: Arc<dyn Store>, metrics: StoreMetrics) -> Self {
+        Self { inner, metrics }
+    }
+
+    fn start(&self, operation: &'static str) -> Measure<'_> {
+        Measure {
+            metrics: &self.metrics,
+            operation,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MeasuredStore {
+    fn backend(&self) -> Backend {
+        self.inner.backend()
+    }
+
+    fn hints(&self) -> watch::Receiver<u64> {
+        self.inner.hints()
+    }
+
+    fn store_id(&self) -> &str {
+        self.inner.store_id()
+    }
+
+    fn pool_status(&self) -> Option<PoolStatus> {
+        self.inner.pool_status()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let measure = self.start("ping");
+        measure.finish(self.inner.ping().await)
+    }
+
+    async fn put_api(&self, put: PutApi) -> Result<PutOutcome, StoreError> {
+        let measure = self.start("put_api");
+        measure.finish(self.inner.put_api(put).await)
+    }
+
+    async fn delete_api(
+        &self,
+        name: &str,
+        precondition: Precondition,
+    ) -> Result<DeleteOutcome, StoreError> {
+        let measure = self.start("delete_api");
+        measure.finish(self.inner.delete_api(name, precondition).await)
+    }
+
+    async fn get_api(&self, name: &str) -> Result<Option<gw_store::ApiRecord>, StoreError> {
+        let measure = self.start("get_api");
+        measure.finish(self.inner.get_api(name).await)
+    }
+
+    async fn put_resource(&self, put: PutResource) -> Result<PutResourceOutcome, StoreError> {
+        let measure = self.start("put_resource");
+        measure.finish(self.inner.put_resource(put).await)
+    }
+
+    async fn delete_resource(
+        &self,
+        kind: &str,
+        name: &str,
+        precondition: Precondition,
+    ) -> Result<DeleteResourceOutcome, StoreError> {
+        let measure = self.start("delete_resource");
+        measure.finish(self.inner.delete_resource(kind, name, precondition).await)
+    }
+
+    async fn get_resource(
+        &self,
+        kind: &str,
+        name: &str,
+    ) -> Result<Option<ResourceRecord>, StoreError> {
+        let measure = self.start("get_resource");
+        measure.finish(self.inner.get_resource(kind, name).await)
+    }
+
+    async fn list_resources(&self, kind: &str) -> Result<Vec<ResourceRecord>, StoreError> {
+        let measure = self.start("list_resources");
+        measure.finish(self.inner.list_resources(kind).await)
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let measure = self.start("snapshot");
+        measure.finish(self.inner.snapshot().await)
+    }
+
+    async fn current_revision(&self) -> Result<i64, StoreError> {
+        let measure = self.start("current_revision");
+        measure.finish(self.inner.current_revision().await)
+    }
+
+    async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
+        let measure = self.start("changes_since");
+        measure.finish(self.inner.changes_since(after, limit).await)
+    }
+
+    async fn compact(&self, through: i64) -> Result<u64, StoreError> {
+        let measure = self.start("compact");
+        measure.finish(self.inner.compact(through).await)
+    }
+
+    async fn register_runtime(&self, runtime: &RuntimeRecord) -> Result<bool, StoreError> {
+        let measure = self.start("register_runtime");
+        measure.finish(self.inner.register_runtime(runtime).await)
+    }
+
+    async fn record_refusal(
+        &self,
+        runtime: &RuntimeRecord,
+        live_since: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let measure = self.start("record_refusal");
+        measure.finish(self.inner.record_refusal(runtime, live_since).await)
+    }
+
+    async fn update_runtime(&self, runtime: &RuntimeRecord) -> Result<bool, StoreError> {
+        let measure = self.start("update_runtime");
+        measure.finish(self.inner.update_runtime(runtime).await)
+    }
+
+    async fn list_runtimes(&self) -> Result<Vec<RuntimeRecord>, StoreError> {
+        let measure = self.start("list_runtimes");
+        measure.finish(self.inner.list_runtimes().await)
+    }
+
+    async fn prune_runtimes(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let measure = self.start("prune_runtimes");
+        measure.finish(self.inner.prune_runtimes(cutoff).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use gw_store::{Precondition, PutApi, PutResource, Store, StoreOptions};
+    use prometheus_client::registry::Registry;
+    use sqlx::Connection as _;
+
+    use super::{MeasuredStore, OPERATIONS, StoreMetrics};
+
+    fn encode(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    /// The `operation` labels of the duration histogram's `_count` series and their values.
+    fn counts(text: &str) -> Vec<(String, u64)> {
+        text.lines()
+            .filter_map(|l| {
+                l.strip_prefix("gw_store_operation_duration_seconds_count{operation=\"")
+            })
+            .map(|rest| {
+                let (operation, value) = rest.split_once("\"} ").unwrap();
+                (operation.to_string(), value.parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// Every method that reaches the database is measured under its own name, once per
+    /// call; answers that are not failures are not errors.
+    #[tokio::test]
+    async fn every_operation_is_measured_under_its_method_name() {
+        let mut registry = Registry::default();
+        let metrics = StoreMetrics::register(&mut registry);
+        let inner = gw_store::open("sqlite::memory:", &StoreOptions::default())
+            .await
+            .unwrap();
+        let store: Arc<dyn Store> = Arc::new(MeasuredStore::new(inner, metrics));
+        assert!(store.pool_status().is_some());
+
+        let spec = serde_json::json!({"name": "a"});
+        store.ping().await.unwrap();
+        store
+            .put_api(PutApi {
+                name: "a".into(),
+                spec: spec.clone(),
+                routes: vec![],
+                precondition: Precondition::None,
+            })
+            .await
+            .unwrap();
+        store.get_api("a").await.unwrap();
+        store
+            .put_resource(PutResource {
+                kind: "certificate".into(),
+                name: "c".into(),
+                spec,
+                precondition: Precondition::None,
+            })
+            .await
+            .unwrap();
+        store.get_resource("certificate", "c").await.unwrap();
+        store.list_resources("certificate").await.unwrap();
+        store.snapshot().await.unwrap();
+        store.current_revision().await.unwrap();
+        store.changes_since(0, 10).await.unwrap();
+        let now = chrono::Utc::now();
+        let runtime = gw_store::RuntimeRecord {
+            node_id: "rt".into(),
+            group: "default".into(),
+            controller_id: "ctl".into(),
+            session_id: "s".into(),
+            session_epoch: 1,
+            heartbeat_interval_ms: 1000,
+            address: "127.0.0.1:1".into(),
+            runtime_version: "0".into(),
+            applied_revision: 0,
+            connected: true,
+            connected_at: now,
+            last_seen: now,
+            last_error: None,
+            last_error_revision: None,
+            refused: None,
+        };
+        store.register_runtime(&runtime).await.unwrap();
+        store.update_runtime(&runtime).await.unwrap();
+        store.record_refusal(&runtime, now).await.unwrap();
+        store.list_runtimes().await.unwrap();
+        store.prune_runtimes(now).await.unwrap();
+        store
+            .delete_resource("certificate", "c", Precondition::None)
+            .await
+            .unwrap();
+        // a failed precondition is an answer, not a failure
+        assert!(
+            store
+                .delete_api("a", Precondition::Revision(99))
+                .await
+                .is_err()
+        );
+        store.delete_api("a", Precondition::None).await.unwrap();
+        store.compact(1).await.unwrap();
+
+        let text = encode(&registry);
+        let measured = counts(&text);
+        let names: BTreeSet<&str> = measured.iter().map(|(op, _)| op.as_str()).collect();
+        assert_eq!(names, OPERATIONS.into_iter().collect(), "{text}");
+        for (operation, count) in &measured {
+            let expected = if operation == "delete_api" { 2 } else { 1 };
+            assert_eq!(*count, expected, "{operation}: {text}");
+        }
+        // every error series exists, and none moved
+        let errors: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("gw_store_errors_total{"))
+            .collect();
+        assert_eq!(errors.len(), OPERATIONS.len() * 2, "{text}");
+        assert!(errors.iter().all(|l| l.ends_with(" 0")), "{text}");
+    }
+
+    /// A store that does not answer counts as `unavailable`, under the operation that failed.
+    #[tokio::test]
+    async fn failures_are_counted_by_operation_and_kind() {
+        let mut registry = Registry::default();
+        let metrics = StoreMetrics::register(&mut registry);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.db");
+        let inner = gw_store::open(
+            &format!("sqlite://{}", path.display()),
+            &StoreOptions {
+                timeout: std::time::Duration::from_millis(200),
+                ..StoreOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let store = MeasuredStore::new(inner, metrics);
+        // another writer holds the database's write lock past the store's timeout
+        let mut blocker = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut blocker)
+            .await
+            .unwrap();
+        let err = store
+            .put_api(PutApi {
+                name: "a".into(),
+                spec: serde_json::json!({}),
+                routes: vec![],
+                precondition: Precondition::None,
+            })
+            .await
+            .unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        let text = encode(&registry);
+        assert!(
+            text.lines().any(
+                |l| l == "gw_store_errors_total{operation=\"put_api\",kind=\"unavailable\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == "gw_store_errors_total{operation=\"put_api\",kind=\"error\"} 0"),
+            "{text}"
+        );
+    }
+}
