@@ -127,10 +127,13 @@ impl ApiError {
             StoreError::AlreadyExists { .. } => {
                 Self::new(StatusCode::CONFLICT, "already_exists", err.to_string())
             }
-            StoreError::PreconditionFailed { .. } => Self::new(
+            StoreError::PreconditionFailed { actual, .. } => Self::new(
                 StatusCode::PRECONDITION_FAILED,
                 "precondition_failed",
-                format!("{err}; read it again and retry with its current ETag"),
+                match actual {
+                    Some(_) => format!("{err}; read it again and retry with its current ETag"),
+                    None => format!("{err}; it was deleted, or never created"),
+                },
             ),
             StoreError::RouteConflict { .. } => {
                 Self::new(StatusCode::CONFLICT, "route_conflict", err.to_string())

@@ -199,7 +199,10 @@ pub fn parse_pem(
         }
         Ok(chain) => chain,
         Err(err) => {
-            errors.push(FieldError::new(CERT, format!("is not valid PEM: {err}")));
+            errors.push(FieldError::new(
+                CERT,
+                format!("is not valid PEM: {}", super::messages::pem_error(&err)),
+            ));
             Vec::new()
         }
     };
@@ -226,8 +229,9 @@ pub fn parse_pem(
             Err(err) => errors.push(FieldError::new(
                 CERT,
                 format!(
-                    "certificate {} of the chain is not valid X.509: {err}",
-                    i + 1
+                    "certificate {} of the chain is not valid X.509: {}",
+                    i + 1,
+                    super::messages::x509_error(&err)
                 ),
             )),
         }

@@ -24,6 +24,7 @@
 mod certificate;
 mod consumer;
 mod duration;
+mod messages;
 pub mod schema;
 mod upstream;
 mod validate;
@@ -255,7 +256,7 @@ impl ModelError {
                         } else if error.field.starts_with("spec.credentials")
                             && error.message.starts_with("invalid")
                         {
-                            // `invalid type: string "<a key>", expected struct Credential`:
+                            // `invalid type: string "<a key>", expected a mapping`:
                             // the value goes, what was expected stays
                             let kind = error.message.split(':').next().unwrap_or("invalid");
                             error.message = match error.message.find(", expected") {
@@ -429,7 +430,7 @@ pub fn parse_value(bytes: &[u8], format: Format) -> Result<serde_json::Value, Mo
             let value: serde_json::Value =
                 serde_saphyr::from_str(text).map_err(|err| ModelError::Syntax {
                     format: "YAML",
-                    message: err.to_string(),
+                    message: messages::yaml_error(&err),
                 })?;
             if value.is_null() {
                 return Err(ModelError::Syntax {
@@ -488,7 +489,7 @@ pub fn parse_set(
             serde_saphyr::from_multiple::<serde_json::Value>(text)
                 .map_err(|err| ModelError::Syntax {
                     format: "YAML",
-                    message: err.to_string(),
+                    message: messages::yaml_error(&err),
                 })?
                 .into_iter()
                 .filter(|doc| !doc.is_null())
@@ -608,7 +609,7 @@ fn type_error(path: &str, message: &str) -> FieldError {
         };
         return FieldError::new(full, "required field is missing");
     }
-    FieldError::new(path, message)
+    FieldError::new(path, messages::type_error_text(message))
 }
 
 #[cfg(test)]
