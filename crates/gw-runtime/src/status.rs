@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use gw_sync::client::ClientStatus;
 
+use crate::file_source::LastRejection;
 use crate::state::ConfigState;
 
 /// What the status endpoints report.
@@ -41,6 +42,9 @@ pub struct StatusContext {
     pub state: Arc<ConfigState>,
     /// The sync client's status, in controller mode.
     pub sync: Option<watch::Receiver<ClientStatus>>,
+    /// The last rejected reload of the configuration file, in standalone mode: shown as
+    /// `lastRejectedReload` by `/status` and `/status/ready`.
+    pub file_rejection: Option<Arc<LastRejection>>,
     /// Set when the runtime is shutting down: readiness turns false.
     pub draining: AtomicBool,
     /// Whether readiness also requires a connected controller (controller mode only).
@@ -173,7 +177,7 @@ impl StatusContext {
         } else {
             None
         };
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "ready": reason.is_none(),
             "reason": reason,
             "revision": self.state.revision(),
@@ -181,6 +185,7 @@ impl StatusContext {
             "source": self.state.origin().as_str(),
             "controller": controller,
         });
+        self.add_file_rejection(&mut body);
         let status = if reason.is_none() {
             StatusCode::OK
         } else {
@@ -198,7 +203,7 @@ impl StatusContext {
                 "refused": s.refused,
             })
         });
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "status": "alive",
             "nodeId": self.node_id,
             "group": self.group,
@@ -206,7 +211,17 @@ impl StatusContext {
             "revision": self.state.revision(),
             "source": self.state.origin().as_str(),
             "sync": sync,
-        })
+        });
+        self.add_file_rejection(&mut body);
+        body
+    }
+
+    /// Standalone mode: `lastRejectedReload`, `null` while no reload was rejected.
+    fn add_file_rejection(&self, body: &mut serde_json::Value) {
+        if let Some(rejection) = &self.file_rejection {
+            body["lastRejectedReload"] =
+                serde_json::to_value(rejection.get()).unwrap_or(serde_json::Value::Null);
+        }
     }
 
     /// `POST /status/drain` from `peer` (see [`DrainAccess`]). The token is never logged.
