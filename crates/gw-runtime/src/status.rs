@@ -1,6 +1,8 @@
 //! The status server: `/status` (alive), `/status/ready` (serving a real configuration),
 //! `/metrics` (Prometheus text format) and `POST /status/drain` (drain and stop, as on
-//! SIGTERM; see [`DrainAccess`]).
+//! SIGTERM; see [`DrainAccess`]). In standalone mode, `/status` and `/status/ready` also show
+//! the last rejected reload of the file (`lastRejectedReload`, see
+//! [`crate::file_source::RejectedReload`]).
 //!
 //! Its connections are bounded like the admin API's ([`gw_core::conn::server`]): a cap in
 //! total and per client address, a header read timeout, an idle timeout. Nothing here needs
