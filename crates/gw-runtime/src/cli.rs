@@ -649,7 +649,13 @@ fn error_text(err: &anyhow::Error) -> String {
 pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     let source = match args.config {
         Some(path) => ConfigSource::File(path),
-        None => ConfigSource::Controllers(args.controller),
+        // `--controller ""` (or an unset variable's empty value) is no address
+        None => ConfigSource::Controllers(
+            args.controller
+                .into_iter()
+                .filter(|address| !address.trim().is_empty())
+                .collect(),
+        ),
     };
     let mut options = RuntimeOptions::new(source);
     options.otel = args.otel.config()?;

@@ -85,7 +85,7 @@ impl WriteParams {
 }
 
 pub(super) fn check_name(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(name) = name.map_err(|e| ApiError::field("name", e.body_text()))?;
+    let Path(name) = name.map_err(|e| ApiError::from_path(&e))?;
     model::validate_name(&name).map_err(|message| ApiError::field("name", message))?;
     Ok(name)
 }

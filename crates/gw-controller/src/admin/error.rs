@@ -88,6 +88,13 @@ impl ApiError {
         .with_details(vec![FieldError::new(field, message)])
     }
 
+    /// The response to a path whose names did not decode (percent-encoded bytes that are
+    /// not UTF-8).
+    pub fn from_path(rejection: &axum::extract::rejection::PathRejection) -> Self {
+        tracing::debug!(%rejection, "path rejected");
+        Self::field("name", "the path is not UTF-8 text once percent-decoded")
+    }
+
     /// The response to a document that did not parse or validate.
     pub fn from_model(err: ModelError) -> Self {
         match err {

@@ -331,7 +331,7 @@ impl ApiDefinition {
     }
 
     fn deserialize_tracked(value: &serde_json::Value) -> (Option<Self>, Vec<FieldError>) {
-        deserialize_tracked(value)
+        deserialize_document(value)
     }
 
     /// Puts the definition in the one form the gateway stores and compares: methods upper
@@ -396,6 +396,24 @@ pub(crate) fn deserialize_tracked<T: serde::de::DeserializeOwned>(
             (None, errors)
         }
     }
+}
+
+/// [`deserialize_tracked`] for a whole document, which must be a mapping (serde would read a
+/// sequence as the fields in order, and report `[0]` for a list of numbers).
+pub(crate) fn deserialize_document<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+) -> (Option<T>, Vec<FieldError>) {
+    let found = match value {
+        serde_json::Value::Object(_) => return deserialize_tracked(value),
+        serde_json::Value::Array(_) => "a sequence",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Null => "null",
+    };
+    let message =
+        format!("the document is {found}; it must be a mapping (apiVersion, kind, metadata, spec)");
+    (None, vec![FieldError::new("", message)])
 }
 
 /// The documents of a configuration file, by kind.
