@@ -615,8 +615,8 @@ const NO_SOURCE: &str = "say where the configuration comes from: --controller AD
                          or JSON file, standalone: no controller)";
 
 /// What a binary's `main` returns for the outcome of [`main_with`]: on an error, prints
-/// `error: ` and the error with its causes, each said once, to stderr, and exits with status
-/// 1. (A `main` that returned the `anyhow::Result` itself would print Rust's debug
+/// `error: ` and the error with its causes, each said once, to stderr, and exits with
+/// status 1. (A `main` that returned the `anyhow::Result` itself would print Rust's debug
 /// rendering, with a stack backtrace whenever `RUST_BACKTRACE` is set.)
 pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
