@@ -1,5 +1,6 @@
 //! The command line of `gw-controller`, as a library: a custom build (a controller that
-//! accepts your own policies) is `gw_controller::cli::main_with(registry)` in its `main`.
+//! accepts your own policies) is `gw_controller::cli::main_with(registry)` in its `main`, and
+//! [`exit`] prints its error as the stock binary does.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -404,6 +405,13 @@ pub fn main_with(policies: PolicyRegistry) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(run(args, policies))
+}
+
+/// What a binary's `main` returns for the outcome of [`main_with`]: on an error, `error: `
+/// and the error with its causes on stderr, and exit status 1 (see
+/// [`gw_runtime::cli::exit`]).
+pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
+    gw_runtime::cli::exit(result)
 }
 
 /// Runs a controller configured by `args` that knows `policies`.

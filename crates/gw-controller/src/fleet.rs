@@ -350,9 +350,43 @@ pub struct ApplyReport {
 }
 
 impl ApplyReport {
-    /// Adds the report to a write's answer: `applied`, and `refused` when some runtimes of
-    /// the groups are refused.
-    pub fn describe(self, body: &mut serde_json::Value) {
+    /// Whether no runtime took part: no connected runtime serves the groups (or each one
+    /// that would is refused), so nothing applied the revision and nothing was waited for.
+    pub fn reached_nobody(&self) -> bool {
+        self.applied.is_empty() && self.pending.is_empty() && self.rejected.is_empty()
+    }
+
+    /// Adds the report of `revision` on the runtimes of `groups` to a write's answer:
+    /// `applied`, `refused` when some runtimes of the groups are refused, and `warning`
+    /// (`{"code": "no_runtime", "message"}`) when no runtime took part. Returns the text of
+    /// that warning for a `Warning` header (plain words, no quotes).
+    pub fn describe(
+        self,
+        groups: &[String],
+        revision: i64,
+        body: &mut serde_json::Value,
+    ) -> Option<String> {
+        let warning = self.reached_nobody().then(|| {
+            let (noun, quoted, plain) = group_words(groups);
+            let message = if self.refused.is_empty() {
+                format!(
+                    "no connected runtime serves {noun} {quoted}: revision {revision} is \
+                     stored, and no runtime has applied it; runtimes of the {noun} get it when \
+                     they connect"
+                )
+            } else {
+                format!(
+                    "no runtime of {noun} {quoted} can apply revision {revision}: {} refused \
+                     (see refused); the revision is stored, and runtimes of the {noun} get it \
+                     when they are served",
+                    self.refused.len()
+                )
+            };
+            body["warning"] = serde_json::json!({"code": "no_runtime", "message": message});
+            format!(
+                "no connected runtime serves {noun} {plain}; nothing applied revision {revision}"
+            )
+        });
         body["applied"] = serde_json::json!(self.applied);
         if !self.refused.is_empty() {
             let refused: Vec<_> = self
@@ -362,7 +396,15 @@ impl ApplyReport {
                 .collect();
             body["refused"] = serde_json::Value::Array(refused);
         }
+        warning
     }
+}
+
+/// `group`/`groups`, the names quoted (`"a", "b"`), and plain (`a, b`).
+fn group_words(groups: &[String]) -> (&'static str, String, String) {
+    let noun = if groups.len() == 1 { "group" } else { "groups" };
+    let quoted: Vec<String> = groups.iter().map(|g| format!("{g:?}")).collect();
+    (noun, quoted.join(", "), groups.join(", "))
 }
 
 /// Waits until every connected runtime of `groups` has applied `revision` (or rejected it),

@@ -116,7 +116,8 @@ impl EncryptionKey {
         };
         let bytes = STANDARD
             .decode(text.trim())
-            .map_err(|e| invalid(format!("not base64 ({e})")))?;
+            // (the decoder's message would quote a character of the key)
+            .map_err(|_| invalid("it is not base64".to_string()))?;
         let key: [u8; 32] = bytes
             .try_into()
             .map_err(|b: Vec<u8>| invalid(format!("it decodes to {} bytes", b.len())))?;

@@ -2,6 +2,6 @@
 
 use gw_core::policy::PolicyRegistry;
 
-fn main() -> anyhow::Result<()> {
-    gw_controller::cli::main_with(PolicyRegistry::builtin())
+fn main() -> std::process::ExitCode {
+    gw_controller::cli::exit(gw_controller::cli::main_with(PolicyRegistry::builtin()))
 }

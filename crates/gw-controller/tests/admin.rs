@@ -321,6 +321,13 @@ async fn wait_applied_names_the_runtimes_that_lag_or_reject() {
         body["refused"],
         serde_json::json!([{"nodeId": "old", "reason": "protocol version 0 is not supported"}])
     );
+    // and the answer says that nothing applied it
+    assert_eq!(body["warning"]["code"], "no_runtime", "{body}");
+    let warning = body["warning"]["message"].as_str().unwrap();
+    assert!(
+        warning.contains("group \"default\"") && warning.contains("1 refused"),
+        "{warning}"
+    );
 
     // one that lags
     store

@@ -1,11 +1,12 @@
 //! The command line of `gw-runtime`, as a library: a custom build (your own policies in the
-//! stock runtime) is `gw_runtime::cli::main_with(registry)` in its `main`.
+//! stock runtime) is `gw_runtime::cli::main_with(registry)` in its `main`, and [`exit`]
+//! prints its error as the stock binary does.
 //!
 //! ```no_run
-//! fn main() -> anyhow::Result<()> {
+//! fn main() -> std::process::ExitCode {
 //!     let policies = gw_core::policy::PolicyRegistry::builtin();
 //!     // .register_policy("my-policy", MyPolicy)
-//!     gw_runtime::cli::main_with(policies)
+//!     gw_runtime::cli::exit(gw_runtime::cli::main_with(policies))
 //! }
 //! ```
 
@@ -32,6 +33,12 @@ use std::sync::Arc;
 /// (or reads from a file), and keeps serving when controllers are down.
 #[derive(Debug, Parser)]
 #[command(name = "gw-runtime", version)]
+#[command(group(
+    clap::ArgGroup::new("source")
+        .args(["controller", "config"])
+        .required(true)
+        .multiple(false)
+))]
 pub struct Args {
     /// Controller sync addresses, comma-separated (`host:port`); the runtime connects to one
     /// at a time and moves to another when it fails.
@@ -39,14 +46,13 @@ pub struct Args {
         long,
         env = "GW_CONTROLLER",
         value_delimiter = ',',
-        required_unless_present = "config",
-        conflicts_with = "config"
+        value_name = "ADDRESSES"
     )]
     controller: Vec<String>,
 
     /// Standalone mode: serve the APIs of this YAML or JSON file, reloaded when it changes
     /// (and on SIGHUP).
-    #[arg(long, env = "GW_CONFIG")]
+    #[arg(long, env = "GW_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
     /// The gateway group whose APIs this runtime serves.
@@ -572,7 +578,7 @@ pub fn trusted_proxies(entries: &[String]) -> anyhow::Result<Vec<Cidr>> {
 /// Parses the command line and runs a runtime that knows `policies` until SIGTERM or
 /// SIGINT.
 pub fn main_with(policies: PolicyRegistry) -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = parse_args();
     logging::init(args.log_format);
     // one worker: the current-thread scheduler, which skips the work-stealing machinery
     let mut builder = match args.worker_threads {
@@ -591,11 +597,66 @@ pub fn main_with(policies: PolicyRegistry) -> anyhow::Result<()> {
     runtime.block_on(run(args, policies))
 }
 
+/// The command line; a missing source (the only required argument) is explained in words:
+/// which two flags there are and what each one is for.
+fn parse_args() -> Args {
+    Args::try_parse().unwrap_or_else(|err| {
+        if err.kind() == clap::error::ErrorKind::MissingRequiredArgument {
+            <Args as clap::CommandFactory>::command()
+                .error(clap::error::ErrorKind::MissingRequiredArgument, NO_SOURCE)
+                .exit()
+        }
+        err.exit()
+    })
+}
+
+/// What `gw-runtime` says when it is given neither `--controller` nor `--config`.
+const NO_SOURCE: &str = "say where the configuration comes from: --controller ADDRESSES \
+                         (host:port of controllers, comma-separated) or --config FILE (a YAML \
+                         or JSON file, standalone: no controller)";
+
+/// What a binary's `main` returns for the outcome of [`main_with`]: on an error, prints
+/// `error: ` and the error with its causes, each said once, to stderr, and exits with
+/// status 1. (A `main` that returned the `anyhow::Result` itself would print Rust's debug
+/// rendering, with a stack backtrace whenever `RUST_BACKTRACE` is set.)
+pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", error_text(&err));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line; a cause whose text the line already holds (an
+/// error that prints its source) is not repeated.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
 /// Runs a runtime configured by `args` that knows `policies`.
 pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     let source = match args.config {
         Some(path) => ConfigSource::File(path),
-        None => ConfigSource::Controllers(args.controller),
+        // `--controller ""` (or an unset variable's empty value) is no address
+        None => ConfigSource::Controllers(
+            args.controller
+                .into_iter()
+                .filter(|address| !address.trim().is_empty())
+                .collect(),
+        ),
     };
     let mut options = RuntimeOptions::new(source);
     options.otel = args.otel.config()?;
@@ -688,6 +749,42 @@ mod tests {
             }
         }
         Args::try_parse_from(line)
+    }
+
+    #[test]
+    fn the_source_is_one_of_two_flags() {
+        // (neither GW_CONTROLLER nor GW_CONFIG is set where the tests run)
+        let err = Args::try_parse_from(["gw-runtime"]).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "{err}"
+        );
+        for flag in ["--controller", "--config"] {
+            assert!(NO_SOURCE.contains(flag), "{NO_SOURCE}");
+        }
+        let err = Args::try_parse_from(["gw-runtime", "--config", "a.yaml", "--controller", "b:1"])
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{err}"
+        );
+        assert!(Args::try_parse_from(["gw-runtime", "--controller", "b:1"]).is_ok());
+    }
+
+    #[test]
+    fn errors_print_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = anyhow::Error::new(crate::file_source::FileError::Read {
+            path: "apis.yaml".into(),
+            source: io,
+        })
+        .context("cannot start");
+        assert_eq!(
+            error_text(&err),
+            "cannot start: cannot read apis.yaml: no such file"
+        );
     }
 
     #[test]

@@ -6,11 +6,16 @@
 //! Consumers in the file may give their API keys and passwords in the clear; they are sealed
 //! (hashed, argon2id for passwords) at each load, on a blocking thread. Since the file may
 //! hold secrets, errors are reported without quoting it.
+//!
+//! The last change of the file that was not applied is kept ([`LastRejection`]) for the
+//! status server, which shows it as `lastRejectedReload`: a rejected reload is visible
+//! without reading the log.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use gw_core::model::{self, ConsumerDefinition, Format, ModelError, ValidationContext};
 use sha2::{Digest, Sha256};
 
@@ -47,6 +52,77 @@ pub enum FileError {
     },
 }
 
+impl FileError {
+    /// Why the file was not applied, without its path: every problem, joined by `; `.
+    pub fn reason(&self) -> String {
+        match self {
+            FileError::Read { source, .. } => format!("cannot read the file: {source}"),
+            FileError::Invalid { source, .. } => source.to_string(),
+            FileError::Rejected { reasons, .. } => reasons.join("; "),
+        }
+    }
+}
+
+/// The longest reason [`LastRejection`] keeps, in characters.
+const MAX_REASON_CHARS: usize = 8192;
+
+/// A change of the configuration file that was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectedReload {
+    /// When it was refused (RFC 3339, UTC).
+    pub at: String,
+    /// The file.
+    pub file: String,
+    /// Why (every problem, with its field path; at most 8192 characters).
+    pub reason: String,
+    /// Whether the file was read since and holds what the runtime serves: a later version
+    /// was applied, or the file went back to the content served. `false`: the file still
+    /// holds the refused content (or could still not be read).
+    pub superseded: bool,
+}
+
+/// The last rejected reload of a [`FileSource`], shared with the status server: kept until
+/// the next rejection replaces it, and marked `superseded` once the file holds what the
+/// runtime serves again.
+#[derive(Debug, Default)]
+pub struct LastRejection(Mutex<Option<RejectedReload>>);
+
+impl LastRejection {
+    /// The last rejected reload, if any.
+    pub fn get(&self) -> Option<RejectedReload> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, path: &Path, error: &FileError, at: DateTime<Utc>) {
+        let reason = error.reason();
+        let reason = match reason.char_indices().nth(MAX_REASON_CHARS) {
+            Some((cut, _)) => format!("{}…", &reason[..cut]),
+            None => reason,
+        };
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(RejectedReload {
+            at: at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            file: path.display().to_string(),
+            reason,
+            superseded: false,
+        });
+    }
+
+    fn supersede(&self) {
+        if let Some(last) = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            last.superseded = true;
+        }
+    }
+}
+
 /// `.json` files are JSON; anything else is YAML (which also reads JSON).
 fn format_of(path: &Path) -> Format {
     match path.extension().and_then(|e| e.to_str()) {
@@ -65,6 +141,7 @@ pub struct FileSource {
     /// The content last refused (reported once, not at every poll).
     refused: Option<Vec<u8>>,
     revision: i64,
+    last_rejection: Arc<LastRejection>,
 }
 
 impl FileSource {
@@ -76,15 +153,24 @@ impl FileSource {
             digest: None,
             refused: None,
             revision: 0,
+            last_rejection: Arc::default(),
         }
     }
 
+    /// The last rejected reload, as the status server shows it.
+    pub fn last_rejection(&self) -> Arc<LastRejection> {
+        Arc::clone(&self.last_rejection)
+    }
+
     /// Reads the file and applies it if it changed since the last load (successful or
-    /// not); returns whether it applied a new configuration.
+    /// not); returns whether it applied a new configuration. A content that was refused is
+    /// refused once: it is not read again until the file changes.
     pub async fn load(&mut self) -> Result<bool, FileError> {
         let result = self.load_changed().await;
-        if result.is_ok() {
-            self.refused = None;
+        match &result {
+            Ok(true) => self.last_rejection.supersede(),
+            Ok(false) => {}
+            Err(err) => self.last_rejection.record(&self.path, err, Utc::now()),
         }
         result
     }
@@ -97,7 +183,13 @@ impl FileSource {
                 source,
             })?;
         let digest = Sha256::digest(&bytes).to_vec();
-        if self.digest.as_ref() == Some(&digest) || self.refused.as_ref() == Some(&digest) {
+        if self.digest.as_ref() == Some(&digest) {
+            // back to the content served: a refused one is new again when it comes back
+            self.refused = None;
+            self.last_rejection.supersede();
+            return Ok(false);
+        }
+        if self.refused.as_ref() == Some(&digest) {
             return Ok(false);
         }
         // refused until it applies; a content that fails is reported once
@@ -137,6 +229,7 @@ impl FileSource {
             .map_err(rejected)?;
         self.revision = revision;
         self.digest = Some(digest);
+        self.refused = None;
         tracing::info!(path = %self.path.display(), apis, certificates, consumers, revision, "configuration file loaded");
         Ok(true)
     }

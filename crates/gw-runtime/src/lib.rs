@@ -406,6 +406,7 @@ impl Runtime {
             file,
         } = self;
 
+        let file_rejection = file.as_ref().map(FileSource::last_rejection);
         let (source_task, sync_status) = match (options.source, file) {
             (ConfigSource::File(_), Some(file)) => {
                 (tokio::spawn(file.watch(options.file_poll_interval)), None)
@@ -475,6 +476,7 @@ impl Runtime {
             group: options.group.clone(),
             state: Arc::clone(&state),
             sync: sync_status,
+            file_rejection,
             draining: std::sync::atomic::AtomicBool::new(false),
             requires_controller: options.ready_requires_controller,
             drain: options.drain_endpoint.then(tokio::sync::Notify::new),

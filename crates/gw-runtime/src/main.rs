@@ -7,6 +7,6 @@ use gw_core::policy::PolicyRegistry;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
-    gw_runtime::cli::main_with(PolicyRegistry::builtin())
+fn main() -> std::process::ExitCode {
+    gw_runtime::cli::exit(gw_runtime::cli::main_with(PolicyRegistry::builtin()))
 }

@@ -1,6 +1,8 @@
 //! The status server: `/status` (alive), `/status/ready` (serving a real configuration),
 //! `/metrics` (Prometheus text format) and `POST /status/drain` (drain and stop, as on
-//! SIGTERM; see [`DrainAccess`]).
+//! SIGTERM; see [`DrainAccess`]). In standalone mode, `/status` and `/status/ready` also show
+//! the last rejected reload of the file (`lastRejectedReload`, see
+//! [`crate::file_source::RejectedReload`]).
 //!
 //! Its connections are bounded like the admin API's ([`gw_core::conn::server`]): a cap in
 //! total and per client address, a header read timeout, an idle timeout. Nothing here needs
@@ -28,6 +30,7 @@ use tokio::sync::watch;
 
 use gw_sync::client::ClientStatus;
 
+use crate::file_source::LastRejection;
 use crate::state::ConfigState;
 
 /// What the status endpoints report.
@@ -41,6 +44,9 @@ pub struct StatusContext {
     pub state: Arc<ConfigState>,
     /// The sync client's status, in controller mode.
     pub sync: Option<watch::Receiver<ClientStatus>>,
+    /// The last rejected reload of the configuration file, in standalone mode: shown as
+    /// `lastRejectedReload` by `/status` and `/status/ready`.
+    pub file_rejection: Option<Arc<LastRejection>>,
     /// Set when the runtime is shutting down: readiness turns false.
     pub draining: AtomicBool,
     /// Whether readiness also requires a connected controller (controller mode only).
@@ -173,7 +179,7 @@ impl StatusContext {
         } else {
             None
         };
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "ready": reason.is_none(),
             "reason": reason,
             "revision": self.state.revision(),
@@ -181,6 +187,7 @@ impl StatusContext {
             "source": self.state.origin().as_str(),
             "controller": controller,
         });
+        self.add_file_rejection(&mut body);
         let status = if reason.is_none() {
             StatusCode::OK
         } else {
@@ -198,7 +205,7 @@ impl StatusContext {
                 "refused": s.refused,
             })
         });
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "status": "alive",
             "nodeId": self.node_id,
             "group": self.group,
@@ -206,7 +213,17 @@ impl StatusContext {
             "revision": self.state.revision(),
             "source": self.state.origin().as_str(),
             "sync": sync,
-        })
+        });
+        self.add_file_rejection(&mut body);
+        body
+    }
+
+    /// Standalone mode: `lastRejectedReload`, `null` while no reload was rejected.
+    fn add_file_rejection(&self, body: &mut serde_json::Value) {
+        if let Some(rejection) = &self.file_rejection {
+            body["lastRejectedReload"] =
+                serde_json::to_value(rejection.get()).unwrap_or(serde_json::Value::Null);
+        }
     }
 
     /// `POST /status/drain` from `peer` (see [`DrainAccess`]). The token is never logged.

@@ -120,6 +120,60 @@ async fn an_invalid_file_at_start_is_an_error_with_field_paths() {
     assert!(message.contains("documents[0].spec.colour"), "{message}");
 }
 
+/// A refused file is reported once (not again at every other poll), and kept for the status
+/// server with the file, the reason and the time, until the file holds what is served again.
+#[tokio::test]
+async fn a_refused_reload_is_reported_once_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apis.yaml");
+    let good = api("a", "/a", "");
+    std::fs::write(&path, &good).unwrap();
+    let state = Arc::new(config_state(None));
+    let mut source = FileSource::new(path.clone(), Arc::clone(&state));
+    let last = source.last_rejection();
+    assert!(source.load().await.unwrap());
+    assert_eq!(last.get(), None);
+
+    std::fs::write(&path, api("a", "no-slash", "")).unwrap();
+    let before = chrono::Utc::now();
+    assert!(source.load().await.is_err());
+    let rejected = last.get().expect("the rejection is kept");
+    assert_eq!(rejected.file, path.display().to_string());
+    assert!(
+        rejected.reason.contains("documents[0].spec.context"),
+        "{rejected:?}"
+    );
+    assert!(!rejected.superseded);
+    let at = chrono::DateTime::parse_from_rfc3339(&rejected.at).expect("RFC 3339");
+    assert!(at >= before - chrono::Duration::seconds(1), "{rejected:?}");
+    // the same content again: not re-read, not reported again
+    for _ in 0..3 {
+        assert!(!source.load().await.unwrap());
+    }
+    assert_eq!(last.get().as_ref(), Some(&rejected));
+
+    // a good file applies; the rejection stays, marked superseded
+    std::fs::write(&path, api("b", "/b", "")).unwrap();
+    assert!(source.load().await.unwrap());
+    let superseded = last.get().unwrap();
+    assert!(superseded.superseded);
+    assert_eq!(superseded.reason, rejected.reason);
+
+    // a refused file, then back to the content served: superseded without an apply
+    std::fs::write(&path, "spec: [").unwrap();
+    assert!(source.load().await.is_err());
+    let syntax = last.get().unwrap();
+    assert!(!syntax.superseded);
+    assert!(syntax.reason.contains("malformed YAML"), "{syntax:?}");
+    std::fs::write(&path, api("b", "/b", "")).unwrap();
+    assert!(!source.load().await.unwrap());
+    assert!(last.get().unwrap().superseded);
+    // and the refused content, when it comes back, is refused (and reported) again
+    std::fs::write(&path, "spec: [").unwrap();
+    assert!(source.load().await.is_err());
+    assert!(!last.get().unwrap().superseded);
+}
+
 fn config_state(cache: Option<CacheFile>) -> ConfigState {
     let gateway = Arc::new(Gateway::new(
         PolicyRegistry::new(),

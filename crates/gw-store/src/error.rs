@@ -20,7 +20,7 @@ pub enum StoreError {
         name: String,
     },
     /// The resource is not at the revision the write required.
-    #[error("{name:?} is at revision {actual:?}, not {expected}")]
+    #[error("{}", precondition_text(name, *expected, *actual))]
     PreconditionFailed {
         /// The resource name.
         name: String,
@@ -71,6 +71,15 @@ pub enum StoreError {
     Database(#[source] sqlx::Error),
 }
 
+/// The text of [`StoreError::PreconditionFailed`]: the revision the resource is at, or that
+/// it does not exist.
+fn precondition_text(name: &str, expected: i64, actual: Option<i64>) -> String {
+    match actual {
+        Some(actual) => format!("{name:?} is at revision {actual}, not {expected}"),
+        None => format!("{name:?} does not exist (the request expected it at revision {expected})"),
+    }
+}
+
 impl StoreError {
     /// Whether the error means the database is unreachable (so the caller should answer
     /// 503 and try again later) rather than that the request was wrong.
@@ -108,5 +117,29 @@ impl From<sqlx::Error> for StoreError {
             }
             _ => StoreError::Database(err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    #[test]
+    fn a_failed_precondition_reads_as_a_sentence() {
+        let stale = StoreError::PreconditionFailed {
+            name: "petstore".into(),
+            expected: 1,
+            actual: Some(2),
+        };
+        assert_eq!(stale.to_string(), "\"petstore\" is at revision 2, not 1");
+        let gone = StoreError::PreconditionFailed {
+            name: "petstore".into(),
+            expected: 2,
+            actual: None,
+        };
+        assert_eq!(
+            gone.to_string(),
+            "\"petstore\" does not exist (the request expected it at revision 2)"
+        );
     }
 }

@@ -5,7 +5,8 @@
 //! answer carries the revision as `ETag`; `If-Match` with a stale ETag gives 412. With
 //! `?wait=applied` the answer comes once every connected runtime of the API's groups (before
 //! and after the change) has applied the revision, or after `timeout` (default 30s) with the
-//! runtimes that have not, or that rejected it.
+//! runtimes that have not, or that rejected it. When no connected runtime serves those groups
+//! there is nothing to wait for: the answer says so (`warning`, and a `Warning` header).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,7 +85,7 @@ impl WriteParams {
 }
 
 pub(super) fn check_name(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(name) = name.map_err(|e| ApiError::field("name", e.body_text()))?;
+    let Path(name) = name.map_err(|e| ApiError::from_path(&e))?;
     model::validate_name(&name).map_err(|message| ApiError::field("name", message))?;
     Ok(name)
 }
@@ -359,9 +360,7 @@ pub(super) async fn written(
         }
     };
     let mut body = write.body;
-    if let Some(report) = report {
-        report.describe(&mut body);
-    }
+    let warning = report.and_then(|report| report.describe(&groups, write.revision, &mut body));
     let status = if write.created {
         StatusCode::CREATED
     } else {
@@ -369,6 +368,7 @@ pub(super) async fn written(
     };
     let mut response = (status, axum::Json(body)).into_response();
     let headers = response.headers_mut();
+    add_warning(headers, warning.as_deref());
     headers.insert(header::ETAG, etag(write.revision));
     if let Ok(location) = HeaderValue::from_str(&write.location) {
         headers.insert(header::LOCATION, location);
@@ -398,12 +398,21 @@ pub(super) async fn deleted(
     let groups = groups_of(previous);
     let report = wait_if_asked(state, params, &groups, revision).await?;
     let mut body = json!({"name": name, "revision": revision, "deleted": true});
-    if let Some(report) = report {
-        report.describe(&mut body);
-    }
+    let warning = report.and_then(|report| report.describe(&groups, revision, &mut body));
     let mut response = axum::Json(body).into_response();
+    add_warning(response.headers_mut(), warning.as_deref());
     response.headers_mut().insert(header::ETAG, etag(revision));
     Ok(response)
+}
+
+/// `Warning: 299 gw "<text>"` (a miscellaneous persistent warning, RFC 7234), for clients
+/// that show warnings of a successful answer.
+fn add_warning(headers: &mut HeaderMap, text: Option<&str>) {
+    if let Some(text) = text
+        && let Ok(value) = HeaderValue::from_str(&format!("299 gw \"{}\"", text.replace('"', "'")))
+    {
+        headers.insert(header::WARNING, value);
+    }
 }
 
 /// `PUT /api/v1/apis/{name}`: create or replace.

@@ -625,7 +625,7 @@ pub(super) async fn revoke_credential(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Path((name, id)) = names.map_err(|e| ApiError::field("name", e.body_text()))?;
+    let Path((name, id)) = names.map_err(|e| ApiError::from_path(&e))?;
     model::validate_name(&name).map_err(|message| ApiError::field("name", message))?;
     model::validate_name(&id).map_err(|message| ApiError::field("id", message))?;
     let params = WriteParams::parse(query.as_deref(), &state)?;

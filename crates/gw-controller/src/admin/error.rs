@@ -88,6 +88,13 @@ impl ApiError {
         .with_details(vec![FieldError::new(field, message)])
     }
 
+    /// The response to a path whose names did not decode (percent-encoded bytes that are
+    /// not UTF-8).
+    pub fn from_path(rejection: &axum::extract::rejection::PathRejection) -> Self {
+        tracing::debug!(%rejection, "path rejected");
+        Self::field("name", "the path is not UTF-8 text once percent-decoded")
+    }
+
     /// The response to a document that did not parse or validate.
     pub fn from_model(err: ModelError) -> Self {
         match err {
@@ -127,10 +134,13 @@ impl ApiError {
             StoreError::AlreadyExists { .. } => {
                 Self::new(StatusCode::CONFLICT, "already_exists", err.to_string())
             }
-            StoreError::PreconditionFailed { .. } => Self::new(
+            StoreError::PreconditionFailed { actual, .. } => Self::new(
                 StatusCode::PRECONDITION_FAILED,
                 "precondition_failed",
-                format!("{err}; read it again and retry with its current ETag"),
+                match actual {
+                    Some(_) => format!("{err}; read it again and retry with its current ETag"),
+                    None => format!("{err}; it was deleted, or never created"),
+                },
             ),
             StoreError::RouteConflict { .. } => {
                 Self::new(StatusCode::CONFLICT, "route_conflict", err.to_string())

@@ -344,8 +344,10 @@ async fn policies(State(state): State<Arc<AppState>>) -> Response {
 /// `GET /api/v1/policies/{name}`: one policy, with the JSON Schema of its params.
 async fn policy(
     State(state): State<Arc<AppState>>,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    name: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Response, ApiError> {
+    // (a rejected path is answered in JSON, like every other error)
+    let axum::extract::Path(name) = name.map_err(|e| ApiError::from_path(&e))?;
     if !state.policies.contains(&name) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -8,7 +8,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{FieldError, Metadata, ModelError, default_groups, deserialize_tracked};
+use super::{FieldError, Metadata, ModelError, default_groups, deserialize_document};
 
 /// The `kind` of a certificate document.
 pub const KIND_CERTIFICATE: &str = "Certificate";
@@ -104,7 +104,7 @@ impl CertificateDefinition {
     /// Deserializes, canonicalizes and validates a parsed document (see
     /// [`ApiDefinition::from_value_validated`](super::ApiDefinition::from_value_validated)).
     pub fn from_value_validated(value: &serde_json::Value) -> Result<Self, ModelError> {
-        let (definition, mut errors) = deserialize_tracked::<Self>(value);
+        let (definition, mut errors) = deserialize_document::<Self>(value);
         let Some(mut definition) = definition else {
             return Err(ModelError::Invalid(errors));
         };
@@ -199,7 +199,10 @@ pub fn parse_pem(
         }
         Ok(chain) => chain,
         Err(err) => {
-            errors.push(FieldError::new(CERT, format!("is not valid PEM: {err}")));
+            errors.push(FieldError::new(
+                CERT,
+                format!("is not valid PEM: {}", super::messages::pem_error(&err)),
+            ));
             Vec::new()
         }
     };
@@ -226,8 +229,9 @@ pub fn parse_pem(
             Err(err) => errors.push(FieldError::new(
                 CERT,
                 format!(
-                    "certificate {} of the chain is not valid X.509: {err}",
-                    i + 1
+                    "certificate {} of the chain is not valid X.509: {}",
+                    i + 1,
+                    super::messages::x509_error(&err)
                 ),
             )),
         }

@@ -16,7 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
-use super::{FieldError, Metadata, ModelError, default_groups, deserialize_tracked};
+use super::{FieldError, Metadata, ModelError, default_groups, deserialize_document};
 
 /// The `kind` of a consumer document.
 pub const KIND_CONSUMER: &str = "Consumer";
@@ -279,7 +279,7 @@ impl ConsumerDefinition {
         value: &serde_json::Value,
         allow_missing_keys: bool,
     ) -> Result<Self, ModelError> {
-        let (definition, mut errors) = deserialize_tracked::<Self>(value);
+        let (definition, mut errors) = deserialize_document::<Self>(value);
         let Some(definition) = definition else {
             return Err(ModelError::Invalid(errors));
         };

@@ -24,6 +24,7 @@
 mod certificate;
 mod consumer;
 mod duration;
+mod messages;
 pub mod schema;
 mod upstream;
 mod validate;
@@ -255,7 +256,7 @@ impl ModelError {
                         } else if error.field.starts_with("spec.credentials")
                             && error.message.starts_with("invalid")
                         {
-                            // `invalid type: string "<a key>", expected struct Credential`:
+                            // `invalid type: string "<a key>", expected a mapping`:
                             // the value goes, what was expected stays
                             let kind = error.message.split(':').next().unwrap_or("invalid");
                             error.message = match error.message.find(", expected") {
@@ -330,7 +331,7 @@ impl ApiDefinition {
     }
 
     fn deserialize_tracked(value: &serde_json::Value) -> (Option<Self>, Vec<FieldError>) {
-        deserialize_tracked(value)
+        deserialize_document(value)
     }
 
     /// Puts the definition in the one form the gateway stores and compares: methods upper
@@ -397,6 +398,24 @@ pub(crate) fn deserialize_tracked<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// [`deserialize_tracked`] for a whole document, which must be a mapping (serde would read a
+/// sequence as the fields in order, and report `[0]` for a list of numbers).
+pub(crate) fn deserialize_document<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+) -> (Option<T>, Vec<FieldError>) {
+    let found = match value {
+        serde_json::Value::Object(_) => return deserialize_tracked(value),
+        serde_json::Value::Array(_) => "a sequence",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Null => "null",
+    };
+    let message =
+        format!("the document is {found}; it must be a mapping (apiVersion, kind, metadata, spec)");
+    (None, vec![FieldError::new("", message)])
+}
+
 /// The documents of a configuration file, by kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DocumentSet {
@@ -429,7 +448,7 @@ pub fn parse_value(bytes: &[u8], format: Format) -> Result<serde_json::Value, Mo
             let value: serde_json::Value =
                 serde_saphyr::from_str(text).map_err(|err| ModelError::Syntax {
                     format: "YAML",
-                    message: err.to_string(),
+                    message: messages::yaml_error(&err),
                 })?;
             if value.is_null() {
                 return Err(ModelError::Syntax {
@@ -488,7 +507,7 @@ pub fn parse_set(
             serde_saphyr::from_multiple::<serde_json::Value>(text)
                 .map_err(|err| ModelError::Syntax {
                     format: "YAML",
-                    message: err.to_string(),
+                    message: messages::yaml_error(&err),
                 })?
                 .into_iter()
                 .filter(|doc| !doc.is_null())
@@ -608,7 +627,7 @@ fn type_error(path: &str, message: &str) -> FieldError {
         };
         return FieldError::new(full, "required field is missing");
     }
-    FieldError::new(path, message)
+    FieldError::new(path, messages::type_error_text(message))
 }
 
 #[cfg(test)]

@@ -698,13 +698,17 @@ fn check_ca_pem(pem: &str) -> Result<(), String> {
     }
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|err| format!("is not valid PEM: {err}"))?;
+        .map_err(|err| format!("is not valid PEM: {}", super::messages::pem_error(&err)))?;
     if certs.is_empty() {
         return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_string());
     }
     for (i, der) in certs.iter().enumerate() {
         if let Err(err) = x509_parser::parse_x509_certificate(der.as_ref()) {
-            return Err(format!("certificate {} is not valid X.509: {err}", i + 1));
+            return Err(format!(
+                "certificate {} is not valid X.509: {}",
+                i + 1,
+                super::messages::x509_error(&err)
+            ));
         }
     }
     Ok(())

@@ -6,6 +6,6 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
-    gw_controller::cli::main_with(custom_policy::registry())
+fn main() -> std::process::ExitCode {
+    gw_controller::cli::exit(gw_controller::cli::main_with(custom_policy::registry()))
 }

@@ -5,6 +5,6 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
-    gw_runtime::cli::main_with(custom_policy::registry())
+fn main() -> std::process::ExitCode {
+    gw_runtime::cli::exit(gw_runtime::cli::main_with(custom_policy::registry()))
 }
