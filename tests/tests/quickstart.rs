@@ -39,6 +39,19 @@ async fn readme_quickstart() {
     );
     let admin = Admin::new(ctl.addr("admin"), None);
     admin.wait_ready().await;
+    // before the deploy the runtime serves the controller's configuration, which has no API:
+    // not ready, and it says why in those words
+    let client = reqwest::Client::new();
+    let status = ctl.addr("status");
+    eventually(
+        "the empty configuration to be applied",
+        Duration::from_secs(10),
+        || async {
+            let (code, ready) = call(&client, status, "/status/ready").await;
+            code == 503 && ready["reason"] == "no API in the configuration served"
+        },
+    )
+    .await;
 
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -50,7 +63,6 @@ async fn readme_quickstart() {
     let response = admin.put_api("orders", &example, "").await;
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
 
-    let client = reqwest::Client::new();
     let proxy = ctl.addr("proxy");
     eventually("the API to be served", Duration::from_secs(10), || async {
         call(&client, proxy, "/orders/v1/items/42").await.0 == 200
@@ -61,6 +73,7 @@ async fn readme_quickstart() {
     assert_eq!(seen["method"], "GET");
     // an operation the API does not declare
     assert_eq!(call(&client, proxy, "/orders/v1/other").await.0, 404);
+    assert_eq!(call(&client, status, "/status/ready").await.0, 200);
     let _ = echo.kill();
     let _ = echo.wait();
 }

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use gw_sync::client::ClientStatus;
 
 use crate::file_source::LastRejection;
-use crate::state::ConfigState;
+use crate::state::{ConfigState, Origin};
 
 /// What the status endpoints report.
 #[derive(Debug)]
@@ -172,8 +172,11 @@ impl StatusContext {
             .and_then(|s| s.borrow().connected_to.clone());
         let reason = if draining {
             Some("draining")
-        } else if config.is_empty() {
+        } else if self.state.origin() == Origin::None {
             Some("no configuration applied yet")
+        } else if config.is_empty() {
+            // a configuration applied, but the group has no API (yet, or any more)
+            Some("no API in the configuration served")
         } else if self.requires_controller && self.sync.is_some() && controller.is_none() {
             Some("no controller connected")
         } else {
