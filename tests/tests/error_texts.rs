@@ -192,6 +192,9 @@ impl Texts {
         for (case, text) in &self.0 {
             eprintln!("{case}: {text}");
         }
+        let mut cases: Vec<&str> = self.0.iter().map(|(case, _)| case.as_str()).collect();
+        cases.dedup();
+        eprintln!("{} texts of {} cases checked", self.0.len(), cases.len());
         let failures: Vec<String> = self
             .0
             .iter()

@@ -101,6 +101,14 @@ async fn wait_applied_to_a_group_nobody_serves_says_so() {
     assert_eq!(body["warning"]["code"], "no_runtime", "{body}");
 }
 
+/// Replaces `file` at once, as an editor or a deploy tool should (a write in place can be
+/// read half done, and a half file refused or served).
+fn replace(file: &std::path::Path, text: impl AsRef<[u8]>) -> std::io::Result<()> {
+    let next = file.with_extension("next");
+    std::fs::write(&next, text)?;
+    std::fs::rename(next, file)
+}
+
 /// A standalone runtime that refuses a change of its file shows the refusal (time, file,
 /// reason) in `/status` and `/status/ready`, keeps serving the previous configuration and
 /// stays ready; once the file is fixed, the refusal is kept, marked superseded.
@@ -126,7 +134,7 @@ async fn a_rejected_reload_shows_in_status() {
     );
 
     // a change the runtime refuses: a context without its slash
-    std::fs::write(
+    replace(
         &file,
         api_yaml("pets", "pets-without-slash", &upstream.url("")),
     )
@@ -165,7 +173,7 @@ async fn a_rejected_reload_shows_in_status() {
         "{good}---\n{}",
         api_yaml("toys", "/toys", &upstream.url(""))
     );
-    std::fs::write(&file, fixed).unwrap();
+    replace(&file, fixed).unwrap();
     rt.reload();
     eventually(
         "the fixed file to be served",
