@@ -3,9 +3,13 @@
 //!
 //! Sync sessions report events to [`FleetRecorder`] without waiting: it updates the record in
 //! memory and marks it dirty, and one writer task persists the newest record of each dirty
-//! runtime (coalescing bursts, retrying while the store is unreachable).
+//! runtime (coalescing bursts, retrying while the store is unreachable). A stopping controller
+//! calls [`FleetRecorder::stop`] once its sessions have ended, and waits for the writer to
+//! persist what is left: the runtimes it served are then recorded as disconnected, not left
+//! connected until they turn stale.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +36,8 @@ pub struct FleetRecorder {
     local: Mutex<HashMap<String, RuntimeRecord>>,
     dirty: Mutex<HashMap<String, Pending>>,
     wake: Notify,
+    /// Set by [`FleetRecorder::stop`]: the writer returns once nothing is left to write.
+    stopping: AtomicBool,
 }
 
 impl FleetRecorder {
@@ -42,7 +48,15 @@ impl FleetRecorder {
             local: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            stopping: AtomicBool::new(false),
         }
+    }
+
+    /// Makes [`FleetRecorder::write_loop`] return once it has written every pending record
+    /// (it keeps retrying while the store fails: bound the wait).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 
     /// Changes this controller's record of a session and queues it for the store.
@@ -108,10 +122,20 @@ impl FleetRecorder {
             .is_some_and(|r| r.session_id == record.session_id)
     }
 
-    /// Persists dirty records until the task is dropped.
+    /// Persists dirty records until the task is dropped, or until [`FleetRecorder::stop`]
+    /// was called and none is left.
     pub async fn write_loop(self: Arc<Self>, store: Arc<dyn Store>) {
         let mut backoff = Duration::from_millis(100);
         loop {
+            if self.stopping.load(Ordering::Acquire)
+                && self
+                    .dirty
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .is_empty()
+            {
+                return;
+            }
             self.wake.notified().await;
             loop {
                 let batch: Vec<Pending> = {
