@@ -22,7 +22,7 @@ fn sqlite_controller(node_id: &str, dir: &Path) -> Process {
     controller(&spec, dir)
 }
 
-/// A runtime of `controllers` on `dir` with no `--node-id` (nor `GW_NODE_ID`).
+/// A runtime of `controllers` on `dir` with no `--node-id` (the harness removes `GW_NODE_ID`).
 fn runtime_without_id(name: &str, controllers: &str, dir: &Path) -> Process {
     let args: Vec<String> = [
         "--controller",
@@ -38,10 +38,7 @@ fn runtime_without_id(name: &str, controllers: &str, dir: &Path) -> Process {
     ]
     .map(String::from)
     .to_vec();
-    let envs = [
-        ("GW_SYNC_TOKEN".to_string(), SYNC_TOKEN.to_string()),
-        ("GW_NODE_ID".to_string(), String::new()),
-    ];
+    let envs = [("GW_SYNC_TOKEN".to_string(), SYNC_TOKEN.to_string())];
     Process::start(name, &binary("gw-runtime"), &args, &envs)
 }
 
@@ -84,6 +81,7 @@ async fn a_second_process_on_a_data_dir_is_refused() {
     let up = Upstream::start("up").await;
     let client = reqwest::Client::new();
     let rt = runtime("rt-1", &[ctl.addr("sync")], dirs[1].path());
+    wait_for_fleet(&admin, "the runtime to connect", &[("rt-1", "connected")]).await;
     assert_eq!(admin.deploy("one", "/one", &up.url("")).await.status(), 201);
     assert_eq!(call(&client, rt.addr("proxy"), "/one").await.0, 200);
 
@@ -173,8 +171,7 @@ async fn a_restarted_all_in_one_controller_keeps_its_ids() {
     ]
     .map(String::from)
     .to_vec();
-    let envs = [("GW_NODE_ID".to_string(), String::new())];
-    let mut ctl = Process::start("aio", &binary("gw-controller"), &args, &envs);
+    let mut ctl = Process::start("aio", &binary("gw-controller"), &args, &[]);
     let admin = Admin::new(ctl.addr("admin"), None);
     admin.wait_ready().await;
     let (_, ready) = admin.get_json("/readyz").await;
