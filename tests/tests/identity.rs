@@ -257,6 +257,32 @@ async fn a_stopped_runtime_is_disconnected_at_once() {
     assert_eq!(goodbyes, 1, "a killed runtime said goodbye?\n{}", ctl.log());
 }
 
+/// A runtime whose controller no longer answers (frozen here; cut off by the network alike)
+/// still stops at once: its goodbye waits at most a second for the controller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_whose_controller_hangs_still_stops() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let ctl = sqlite_controller("ctl", dirs[0].path());
+    let admin = Admin::new(ctl.addr("admin"), Some(TOKEN));
+    admin.wait_ready().await;
+    let mut rt = runtime("rt-1", &[ctl.addr("sync")], dirs[1].path());
+    wait_for_fleet(&admin, "the runtime to connect", &[("rt-1", "connected")]).await;
+
+    let signal = |which: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([which, &ctl.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {which}");
+    };
+    signal("-STOP");
+    rt.send_term();
+    let code = rt.wait_exit(Duration::from_secs(10));
+    signal("-CONT");
+    assert_eq!(code, Some(0), "{}", rt.log());
+    assert!(rt.logged("sync stream ended: stopping"), "{}", rt.log());
+}
+
 /// A controller that stops records the end of its runtimes' sessions before it exits: the
 /// other controllers' fleet view shows them disconnected, not connected until they turn
 /// stale.

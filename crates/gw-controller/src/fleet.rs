@@ -52,8 +52,9 @@ impl FleetRecorder {
         }
     }
 
-    /// Makes [`FleetRecorder::write_loop`] return once it has written every pending record
-    /// (it keeps retrying while the store fails: bound the wait).
+    /// Makes [`FleetRecorder::write_loop`] return once it has written every pending record,
+    /// or once a write fails (no retries then; each write still waits for the store as long
+    /// as the store's timeout allows: bound the wait).
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         self.wake.notify_one();
@@ -179,6 +180,14 @@ impl FleetRecorder {
                 if failed.is_empty() {
                     backoff = Duration::from_millis(100);
                     continue;
+                }
+                if self.stopping.load(Ordering::Acquire) {
+                    // the store fails while the controller stops: no retries to wait for
+                    tracing::warn!(
+                        runtimes = failed.len(),
+                        "stopping without recording the last state of some runtimes"
+                    );
+                    return;
                 }
                 {
                     let mut dirty = self

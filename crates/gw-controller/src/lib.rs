@@ -543,21 +543,25 @@ pub async fn run(
     // process exits, or the fleet view would show them connected until they turn stale
     recorder.stop();
     let mut fleet_writer = fleet_writer;
-    if tokio::time::timeout(options.store_timeout, &mut fleet_writer)
+    let flush = options.store_timeout.min(FLEET_FLUSH_TIMEOUT);
+    if tokio::time::timeout(flush, &mut fleet_writer)
         .await
         .is_err()
     {
         fleet_writer.abort();
         tracing::warn!(
-            "could not record the runtimes' disconnection within {:?}; the fleet view shows \
-             them as connected until they reconnect or turn stale",
-            options.store_timeout
+            "could not record the runtimes' disconnection within {flush:?}; the fleet view \
+             shows them as connected until they reconnect or turn stale"
         );
     }
     tracing::info!("controller stopped");
     drop(data_dir);
     Ok(())
 }
+
+/// The longest a stopping controller waits for the store to record the end of its runtimes'
+/// sessions (less when the store timeout is shorter).
+const FLEET_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// In development mode the admin API may run without credentials: it listens on loopback
 /// addresses only, unless [`ControllerOptions::dev_allow_remote`] says otherwise.
