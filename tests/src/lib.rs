@@ -122,6 +122,7 @@ impl Process {
             .env_remove("GW_DEV")
             .env_remove("GW_SYNC_TOKEN")
             .env_remove("GW_DRAIN_TOKEN")
+            .env_remove("GW_NODE_ID")
             // no trace export unless a test asks for one
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_HEADERS")

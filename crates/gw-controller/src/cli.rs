@@ -35,7 +35,8 @@ pub struct Args {
     #[arg(long, env = "GW_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
 
-    /// Data directory (SQLite file, development key, all-in-one runtime cache).
+    /// Data directory (SQLite file, development key, node id, all-in-one runtime cache).
+    /// One directory per controller: a second process on a directory in use is refused.
     #[arg(long, env = "GW_DATA_DIR", default_value = "./gw-data")]
     data_dir: PathBuf,
 
@@ -47,7 +48,9 @@ pub struct Args {
     #[arg(long, env = "GW_SYNC_ADDR", default_value = "127.0.0.1:18000")]
     sync_addr: SocketAddr,
 
-    /// This controller's id (default: host name and a random suffix).
+    /// This controller's id. Default: the id kept in the data directory
+    /// (`<data-dir>/node-id`), generated there at the first start (host name and a random
+    /// suffix).
     #[arg(long, env = "GW_NODE_ID")]
     node_id: Option<String>,
 
@@ -422,9 +425,7 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     options.data_dir = args.data_dir;
     options.admin_addr = args.admin_addr;
     options.sync_addr = args.sync_addr;
-    if let Some(node_id) = args.node_id {
-        options.node_id = node_id;
-    }
+    options.node_id = args.node_id.filter(|id| !id.is_empty());
     options.dev = args.dev;
     options.dev_allow_remote = args.dev_allow_remote;
     options.dev_allowed_hosts = args.dev_allowed_hosts;

@@ -3,9 +3,13 @@
 //!
 //! Sync sessions report events to [`FleetRecorder`] without waiting: it updates the record in
 //! memory and marks it dirty, and one writer task persists the newest record of each dirty
-//! runtime (coalescing bursts, retrying while the store is unreachable).
+//! runtime (coalescing bursts, retrying while the store is unreachable). A stopping controller
+//! calls [`FleetRecorder::stop`] once its sessions have ended, and waits for the writer to
+//! persist what is left: the runtimes it served are then recorded as disconnected, not left
+//! connected until they turn stale.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -35,6 +39,8 @@ pub struct FleetRecorder {
     dirty: Mutex<HashMap<String, Pending>>,
     wake: Notify,
     metrics: FleetMetrics,
+    /// Set by [`FleetRecorder::stop`]: the writer returns once nothing is left to write.
+    stopping: AtomicBool,
 }
 
 impl FleetRecorder {
@@ -46,6 +52,7 @@ impl FleetRecorder {
             dirty: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             metrics: FleetMetrics::default(),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -55,6 +62,14 @@ impl FleetRecorder {
     pub fn with_metrics(mut self, metrics: FleetMetrics) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// Makes [`FleetRecorder::write_loop`] return once it has written every pending record,
+    /// or once a write fails (no retries then; each write still waits for the store as long
+    /// as the store's timeout allows: bound the wait).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 
     /// Changes this controller's record of a session and queues it for the store.
@@ -120,10 +135,20 @@ impl FleetRecorder {
             .is_some_and(|r| r.session_id == record.session_id)
     }
 
-    /// Persists dirty records until the task is dropped.
+    /// Persists dirty records until the task is dropped, or until [`FleetRecorder::stop`]
+    /// was called and none is left.
     pub async fn write_loop(self: Arc<Self>, store: Arc<dyn Store>) {
         let mut backoff = Duration::from_millis(100);
         loop {
+            if self.stopping.load(Ordering::Acquire)
+                && self
+                    .dirty
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .is_empty()
+            {
+                return;
+            }
             self.wake.notified().await;
             loop {
                 let batch: Vec<Pending> = {
@@ -167,6 +192,14 @@ impl FleetRecorder {
                 if failed.is_empty() {
                     backoff = Duration::from_millis(100);
                     continue;
+                }
+                if self.stopping.load(Ordering::Acquire) {
+                    // the store fails while the controller stops: no retries to wait for
+                    tracing::warn!(
+                        runtimes = failed.len(),
+                        "stopping without recording the last state of some runtimes"
+                    );
+                    return;
                 }
                 {
                     let mut dirty = self

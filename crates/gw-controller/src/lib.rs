@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use gw_core::conn::server::{ServerLimits, ServerMetrics};
 use gw_core::policy::PolicyRegistry;
+use gw_runtime::data_dir::{DataDir, DataDirError};
 use gw_runtime::{ConfigSource, Runtime, RuntimeOptions};
 use gw_store::{Store, StoreError, StoreOptions};
 use gw_sync::SyncToken;
@@ -61,14 +62,16 @@ pub struct AllInOne {
 pub struct ControllerOptions {
     /// `postgres://…` or `sqlite://…`; `None`: `sqlite://<data-dir>/gw.db`.
     pub database_url: Option<String>,
-    /// Where the SQLite file, the development key and the all-in-one runtime's cache live.
+    /// Where the SQLite file, the development key, the node id and the all-in-one runtime's
+    /// cache live; locked against other processes while the controller runs.
     pub data_dir: PathBuf,
     /// Admin API address.
     pub admin_addr: SocketAddr,
     /// Sync (gRPC) address for runtimes.
     pub sync_addr: SocketAddr,
-    /// This controller's id.
-    pub node_id: String,
+    /// This controller's id. `None`: the id kept in the data directory
+    /// (`<data_dir>/node-id`, generated there at the first start).
+    pub node_id: Option<String>,
     /// Development mode: no admin token needed, a generated encryption key.
     pub dev: bool,
     /// Development mode: let the admin API listen on an address other than loopback.
@@ -121,7 +124,7 @@ impl ControllerOptions {
             data_dir: PathBuf::from("./gw-data"),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             sync_addr: SocketAddr::from(([127, 0, 0, 1], 18000)),
-            node_id: gw_runtime::default_node_id(),
+            node_id: None,
             dev: false,
             dev_allow_remote: false,
             dev_allowed_hosts: Vec::new(),
@@ -243,15 +246,10 @@ pub enum ControllerError {
         #[source]
         source: std::io::Error,
     },
-    /// The data directory is not usable.
-    #[error("cannot use the data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The data directory cannot be created, is in use by another process, or holds an
+    /// invalid node id.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     /// The store cannot be used (bad URL, failed migration); retrying will not help.
     #[error(transparent)]
     Store(StoreError),
@@ -309,8 +307,10 @@ pub async fn run(
              generated into the data directory; never use --dev in production"
         );
     }
-    gw_sync::validate_node_id(&options.node_id)
-        .map_err(|reason| ControllerError::Options(format!("--node-id: {reason}")))?;
+    if let Some(node_id) = &options.node_id {
+        gw_sync::validate_node_id(node_id)
+            .map_err(|reason| ControllerError::Options(format!("--node-id: {reason}")))?;
+    }
     check_dev_admin_addr(&options)?;
     let token = keys::admin_token(options.dev, options.admin_token.as_deref())?;
     if token.is_none() {
@@ -322,10 +322,12 @@ pub async fn run(
              keep that port on a private network or set GW_SYNC_TOKEN on controllers and runtimes"
         );
     }
-    std::fs::create_dir_all(&options.data_dir).map_err(|source| ControllerError::DataDir {
-        path: options.data_dir.clone(),
-        source,
-    })?;
+    // held until the controller stops: a second process on the directory is refused
+    let data_dir = DataDir::open(&options.data_dir)?;
+    let node_id = match &options.node_id {
+        Some(node_id) => node_id.clone(),
+        None => data_dir.node_id()?,
+    };
     // loaded and checked now, so that a bad key stops the controller at start
     let encryption_key = keys::encryption_key(
         options.dev,
@@ -362,7 +364,7 @@ pub async fn run(
         desired: Arc::clone(&desired),
         token,
         policies: options.policies.clone(),
-        controller_id: options.node_id.clone(),
+        controller_id: node_id.clone(),
         options: options.admin.clone(),
         stopping,
         all_in_one: options.all_in_one.is_some(),
@@ -410,7 +412,7 @@ pub async fn run(
     } else {
         "postgres"
     };
-    tracing::info!(backend, node = %options.node_id, "controller starting");
+    tracing::info!(backend, node = %node_id, "controller starting");
     let store = tokio::select! {
         store = open_store(&database_url, &store_options) => store?,
         () = stopped() => return Ok(()),
@@ -450,7 +452,7 @@ pub async fn run(
             Arc::clone(&desired),
             bundle_options,
             store.store_id(),
-            &options.node_id,
+            &node_id,
             bundle_metrics,
         ));
         let _ = state.bundles.set(Arc::clone(&exporter));
@@ -482,19 +484,17 @@ pub async fn run(
         tasks.push(tokio::spawn(exporter.run()));
     }
     let recorder = Arc::new(
-        FleetRecorder::new(options.node_id.clone()).with_metrics(controller_metrics.fleet.clone()),
+        FleetRecorder::new(node_id.clone()).with_metrics(controller_metrics.fleet.clone()),
     );
-    tasks.push(tokio::spawn(
-        Arc::clone(&recorder).write_loop(Arc::clone(&store)),
-    ));
+    let fleet_writer = tokio::spawn(Arc::clone(&recorder).write_loop(Arc::clone(&store)));
 
     let sync_listener = bind("sync", options.sync_addr).await?;
     let sync_addr = sync_listener.local_addr().unwrap_or(options.sync_addr);
     tracing::info!(listener = "sync", addr = %sync_addr, "listening");
     let server = SyncServer::new(
-        &options.node_id,
+        &node_id,
         Arc::clone(&desired),
-        recorder,
+        recorder.clone(),
         ServerOptions {
             heartbeat_interval: options.heartbeat_interval,
             ..options.sync.clone()
@@ -511,7 +511,7 @@ pub async fn run(
             let mut runtime_options = RuntimeOptions::new(ConfigSource::Controllers(vec![
                 reachable(sync_addr).to_string(),
             ]));
-            runtime_options.node_id = format!("{}-runtime", options.node_id);
+            runtime_options.node_id = Some(format!("{node_id}-runtime"));
             runtime_options.proxy_addr = aio.proxy_addr;
             runtime_options.https_addr = aio.https_addr;
             runtime_options.status_addr = aio.status_addr;
@@ -550,9 +550,29 @@ pub async fn run(
     for task in tasks {
         task.abort();
     }
+    // the runtimes' sessions have ended: their last state reaches the store before the
+    // process exits, or the fleet view would show them connected until they turn stale
+    recorder.stop();
+    let mut fleet_writer = fleet_writer;
+    let flush = options.store_timeout.min(FLEET_FLUSH_TIMEOUT);
+    if tokio::time::timeout(flush, &mut fleet_writer)
+        .await
+        .is_err()
+    {
+        fleet_writer.abort();
+        tracing::warn!(
+            "could not record the runtimes' disconnection within {flush:?}; the fleet view \
+             shows them as connected until they reconnect or turn stale"
+        );
+    }
     tracing::info!("controller stopped");
+    drop(data_dir);
     Ok(())
 }
+
+/// The longest a stopping controller waits for the store to record the end of its runtimes'
+/// sessions (less when the store timeout is shorter).
+const FLEET_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// In development mode the admin API may run without credentials: it listens on loopback
 /// addresses only, unless [`ControllerOptions::dev_allow_remote`] says otherwise.

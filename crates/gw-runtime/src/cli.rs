@@ -59,7 +59,9 @@ pub struct Args {
     #[arg(long, env = "GW_GROUP", default_value = "default")]
     group: String,
 
-    /// This runtime's id in the fleet view (default: host name and a random suffix).
+    /// This runtime's id in the fleet view. Default: the id kept in the data directory
+    /// (`<data-dir>/node-id`), generated there at the first start (host name and a random
+    /// suffix); standalone mode (`--config`) generates one at every start.
     #[arg(long, env = "GW_NODE_ID")]
     node_id: Option<String>,
 
@@ -119,7 +121,9 @@ pub struct Args {
     #[arg(long, env = "GW_DRAIN_ENDPOINT", value_enum, default_value_t = DrainEndpoint::Token)]
     drain_endpoint: DrainEndpoint,
 
-    /// Directory of the last-known-good configuration cache.
+    /// Directory of the last-known-good configuration cache and of the node id (controller
+    /// mode; standalone mode does not use it). One directory per runtime: a second process
+    /// on a directory in use is refused.
     #[arg(long, env = "GW_DATA_DIR", default_value = "./gw-data")]
     data_dir: PathBuf,
 
@@ -663,9 +667,7 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     options.fallback = args.fallback.options()?;
     options.policies = policies;
     options.group = args.group;
-    if let Some(node_id) = args.node_id {
-        options.node_id = node_id;
-    }
+    options.node_id = args.node_id.filter(|id| !id.is_empty());
     options.proxy_addr = args.proxy_addr;
     options.https_addr = args.https_addr;
     options.status_addr = args.status_addr;

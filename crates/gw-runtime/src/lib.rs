@@ -21,6 +21,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod data_dir;
 pub mod fallback;
 pub mod file_source;
 pub mod listener;
@@ -46,6 +47,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::cache::CacheFile;
+use crate::data_dir::DataDir;
 use crate::fallback::FallbackOptions;
 use crate::file_source::{FileError, FileSource};
 use crate::listener::ListenerOptions;
@@ -69,8 +71,10 @@ pub struct RuntimeOptions {
     pub source: ConfigSource,
     /// The gateway group served (controller mode).
     pub group: String,
-    /// This runtime's id in the fleet view.
-    pub node_id: String,
+    /// This runtime's id in the fleet view. `None`: the id kept in the data directory
+    /// (`<data_dir>/node-id`, generated there at the first start) in controller mode, a new
+    /// one at every start without a data directory or in standalone mode.
+    pub node_id: Option<String>,
     /// Traffic address.
     pub proxy_addr: SocketAddr,
     /// HTTPS traffic address (`None`: no HTTPS listener). The certificates come with the
@@ -81,7 +85,9 @@ pub struct RuntimeOptions {
     pub status_addr: SocketAddr,
     /// The status server's connection limits.
     pub status_limits: gw_core::conn::server::ServerLimits,
-    /// Where the last-known-good cache lives (controller mode); `None`: no cache.
+    /// Where the last-known-good cache and the node id live (controller mode), locked
+    /// against other processes while the runtime runs ([`data_dir::DataDir`]); `None`: no
+    /// cache.
     pub data_dir: Option<PathBuf>,
     /// The address shown for this runtime in the fleet view (default: as the controller sees
     /// it).
@@ -129,12 +135,13 @@ pub struct RuntimeOptions {
 
 impl RuntimeOptions {
     /// Options with the defaults: group `default`, traffic on `127.0.0.1:8080`, status
-    /// on `127.0.0.1:7085` (loopback, as every default address of gw), no cache.
+    /// on `127.0.0.1:7085` (loopback, as every default address of gw), no cache, a node id
+    /// generated at start.
     pub fn new(source: ConfigSource) -> Self {
         Self {
             source,
             group: "default".to_string(),
-            node_id: default_node_id(),
+            node_id: None,
             proxy_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             https_addr: None,
             status_addr: SocketAddr::from(([127, 0, 0, 1], 7085)),
@@ -249,6 +256,10 @@ fn start_tracing(
     Ok(Tracing::start(&config, OtelMetrics::register(registry))?)
 }
 
+/// How long a stopping runtime waits for its controller to end the sync stream after
+/// ending its own side (see [`gw_sync::client`]).
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Why a runtime could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -272,12 +283,19 @@ pub enum RuntimeError {
     /// The trace export cannot start.
     #[error(transparent)]
     Otel(#[from] gw_core::otel::OtelError),
+    /// The data directory is held by another process, or its node id file is invalid.
+    #[error(transparent)]
+    DataDir(#[from] data_dir::DataDirError),
 }
 
 /// A runtime with its listeners bound and its first configuration (cache or file) applied.
 #[derive(Debug)]
 pub struct Runtime {
     options: RuntimeOptions,
+    /// The node id: given, kept in the data directory, or generated.
+    node_id: String,
+    /// The data directory, locked until [`Runtime::run`] returns (controller mode).
+    data_dir: Option<DataDir>,
     proxy: TcpListener,
     https: Option<TcpListener>,
     status: TcpListener,
@@ -301,9 +319,22 @@ impl Runtime {
             // an endless reconnect loop
             gw_core::model::validate_name(&options.group)
                 .map_err(|reason| RuntimeError::Options(format!("--group: {reason}")))?;
-            gw_sync::validate_node_id(&options.node_id)
-                .map_err(|reason| RuntimeError::Options(format!("--node-id: {reason}")))?;
+            if let Some(node_id) = &options.node_id {
+                gw_sync::validate_node_id(node_id)
+                    .map_err(|reason| RuntimeError::Options(format!("--node-id: {reason}")))?;
+            }
         }
+        // before the listeners: a second process on the directory is told so, whatever else
+        // the two share
+        let data_dir = match (&options.source, &options.data_dir) {
+            (ConfigSource::Controllers(_), Some(dir)) => Some(DataDir::open(dir)?),
+            _ => None,
+        };
+        let node_id = match (&options.node_id, &data_dir) {
+            (Some(node_id), _) => node_id.clone(),
+            (None, Some(dir)) => dir.node_id()?,
+            (None, None) => default_node_id(),
+        };
         let bind = |what, addr, backlog| {
             listener::bind(addr, backlog).map_err(|source| RuntimeError::Bind {
                 what,
@@ -326,16 +357,15 @@ impl Runtime {
             .with_traffic_limits(options.traffic)
             .with_trusted_proxies(options.trusted_proxies.clone());
         if let Some(config) = &options.otel {
-            gateway = gateway.with_tracing(start_tracing(config, &options.node_id, &mut registry)?);
+            gateway = gateway.with_tracing(start_tracing(config, &node_id, &mut registry)?);
         }
         let gateway = Arc::new(gateway);
-        let cache = match (&options.source, &options.data_dir) {
-            (ConfigSource::Controllers(_), Some(dir)) => Some(CacheFile::new(
-                dir.join("config-cache.json"),
+        let cache = data_dir.as_ref().map(|dir| {
+            CacheFile::new(
+                dir.path().join("config-cache.json"),
                 cache::DEFAULT_MAX_BYTES,
-            )),
-            _ => None,
-        };
+            )
+        });
         let state = Arc::new(ConfigState::new(
             gateway,
             options.group.clone(),
@@ -355,6 +385,8 @@ impl Runtime {
         };
         Ok(Self {
             options,
+            node_id,
+            data_dir,
             proxy,
             https,
             status,
@@ -362,6 +394,11 @@ impl Runtime {
             registry,
             file,
         })
+    }
+
+    /// This runtime's node id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// Where traffic is served.
@@ -398,6 +435,8 @@ impl Runtime {
         let https_addr = self.https_addr();
         let Self {
             options,
+            node_id,
+            data_dir,
             proxy,
             https,
             status,
@@ -407,6 +446,11 @@ impl Runtime {
         } = self;
 
         let file_rejection = file.as_ref().map(FileSource::last_rejection);
+        // the sync client stops after the listeners, with a goodbye to its controller
+        let (goodbye, farewell) = tokio::sync::oneshot::channel::<()>();
+        let farewell = async move {
+            let _ = farewell.await;
+        };
         let (source_task, sync_status) = match (options.source, file) {
             (ConfigSource::File(_), Some(file)) => {
                 (tokio::spawn(file.watch(options.file_poll_interval)), None)
@@ -414,7 +458,7 @@ impl Runtime {
             (ConfigSource::Controllers(controllers), _) => {
                 let count = controllers.len();
                 let mut client_options =
-                    ClientOptions::new(controllers, options.node_id.clone(), options.group.clone());
+                    ClientOptions::new(controllers, node_id.clone(), options.group.clone());
                 client_options.runtime_version = env!("CARGO_PKG_VERSION").to_string();
                 client_options.supported_policies = options.policies.names();
                 client_options.supported_kinds =
@@ -423,6 +467,7 @@ impl Runtime {
                     options.advertise_address.clone().unwrap_or_default();
                 client_options.heartbeat_interval = options.heartbeat_interval;
                 client_options.token.clone_from(&options.sync_token);
+                client_options.goodbye_timeout = GOODBYE_TIMEOUT;
                 let client = SyncClient::new(client_options, Arc::clone(&state));
                 let sync_status = client.status();
                 let source = match options.fallback.clone() {
@@ -431,10 +476,10 @@ impl Runtime {
                         let bundle =
                             fallback::run(Arc::clone(&state), sync_status.clone(), count, fallback);
                         tokio::spawn(async move {
-                            tokio::join!(client.run(), bundle);
+                            tokio::join!(client.run_until(farewell), bundle);
                         })
                     }
-                    _ => tokio::spawn(client.run()),
+                    _ => tokio::spawn(client.run_until(farewell)),
                 };
                 (source, Some(sync_status))
             }
@@ -472,7 +517,7 @@ impl Runtime {
         );
         let drain_requests = status::DrainMetrics::register(&mut registry);
         let context = Arc::new(StatusContext {
-            node_id: options.node_id.clone(),
+            node_id: node_id.clone(),
             group: options.group.clone(),
             state: Arc::clone(&state),
             sync: sync_status,
@@ -495,7 +540,7 @@ impl Runtime {
             tracing::info!(listener = "https", %addr, "listening");
         }
         tracing::info!(listener = "status", addr = %status_addr, "listening");
-        tracing::info!(node = %options.node_id, group = %options.group, "runtime started");
+        tracing::info!(node = %node_id, group = %options.group, "runtime started");
 
         let draining = Arc::clone(&context);
         let drain_period = options.drain_period;
@@ -541,8 +586,19 @@ impl Runtime {
             }
         };
         tokio::join!(stopper, plain, secure);
-        source_task.abort();
         status_task.abort();
+        // the client ends its stream and waits (boundedly) for the controller to take note;
+        // a configuration being applied meanwhile is given as long
+        let _ = goodbye.send(());
+        let mut source_task = source_task;
+        if context.sync.is_none()
+            || tokio::time::timeout(GOODBYE_TIMEOUT * 2, &mut source_task)
+                .await
+                .is_err()
+        {
+            source_task.abort();
+        }
+        drop(data_dir);
         if let Some(tracing) = state.gateway().tracing() {
             // the spans of the last requests
             tracing.shutdown().await;

@@ -6,6 +6,12 @@
 //! the controller goes silent for three heartbeat intervals, it moves to the next address
 //! after a backoff with full jitter (short after a healthy session, growing while nothing
 //! answers).
+//!
+//! [`SyncClient::run_until`] stops it cleanly: an open stream is ended from the runtime's side
+//! (its last message followed by the end of the stream, no error), which is how a runtime says
+//! it stops; the controller records it as disconnected at once and ends its side, which the
+//! client waits for (at most [`ClientOptions::goodbye_timeout`]) so that the controller has
+//! taken note before the process exits.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +84,9 @@ pub struct ClientOptions {
     pub heartbeat_interval: Duration,
     /// The token controllers require, if they require one.
     pub token: Option<SyncToken>,
+    /// When the client stops with a stream open, the longest wait for the controller to end
+    /// its side of the stream after the runtime ended its own.
+    pub goodbye_timeout: Duration,
     /// First backoff after a failure.
     pub initial_backoff: Duration,
     /// Longest backoff.
@@ -103,6 +112,7 @@ impl ClientOptions {
             handshake_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(10),
             token: None,
+            goodbye_timeout: Duration::from_secs(1),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
         }
@@ -178,18 +188,45 @@ impl<A: Applier> SyncClient<A> {
 
     /// Runs until the task is dropped or aborted.
     pub async fn run(self) {
+        self.run_until(std::future::pending()).await;
+    }
+
+    /// Runs until `shutdown` completes, then ends the open stream, if any, as a runtime that
+    /// stops does (see the module docs), and returns. A configuration being applied is
+    /// applied first.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        let (stop, stopping) = watch::channel(false);
+        let signal = async move {
+            shutdown.await;
+            stop.send_replace(true);
+            // kept alive, so that the receivers wait for the flag only
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            () = self.serve(stopping) => {}
+            () = signal => {}
+        }
+    }
+
+    async fn serve(&self, mut stopping: watch::Receiver<bool>) {
         let count = self.options.controllers.len();
         if count == 0 {
             tracing::error!("no controller address configured; the sync client is idle");
-            return std::future::pending().await;
+            return stopped(&mut stopping).await;
         }
         let mut index = rand::random_range(0..count);
         let mut failures: u32 = 0;
         loop {
             let address = normalize_address(&self.options.controllers[index % count]);
             let mut healthy = false;
-            let result = self.session(&address, &mut healthy).await;
+            let result = self.session(&address, &mut healthy, &mut stopping).await;
             self.status.send_modify(|s| s.connected_to = None);
+            if *stopping.borrow() {
+                if let Err(err) = result {
+                    tracing::debug!(controller = %address, error = %err, "sync stream ended while stopping");
+                }
+                return;
+            }
             match result {
                 Ok(()) => {
                     tracing::info!(controller = %address, "sync stream closed by the controller");
@@ -211,7 +248,10 @@ impl<A: Applier> SyncClient<A> {
             };
             self.status.send_modify(|s| s.failed_attempts = failures);
             index = index.wrapping_add(1);
-            tokio::time::sleep(self.backoff(failures)).await;
+            tokio::select! {
+                () = tokio::time::sleep(self.backoff(failures)) => {}
+                () = stopped(&mut stopping) => return,
+            }
         }
     }
 
@@ -228,7 +268,14 @@ impl<A: Applier> SyncClient<A> {
         Duration::from_millis(rand::random_range(millis / 2..=millis))
     }
 
-    async fn session(&self, address: &str, healthy: &mut bool) -> Result<(), SessionError> {
+    /// One stream to `address`, until it fails, the controller ends it, or `stopping` turns
+    /// true (then the stream is ended from this side).
+    async fn session(
+        &self,
+        address: &str,
+        healthy: &mut bool,
+        stopping: &mut watch::Receiver<bool>,
+    ) -> Result<(), SessionError> {
         let endpoint = Endpoint::from_shared(address.to_string())
             .map_err(|_| SessionError::Address(address.to_string()))?
             .connect_timeout(self.options.connect_timeout)
@@ -236,7 +283,10 @@ impl<A: Applier> SyncClient<A> {
             .http2_keep_alive_interval(self.options.heartbeat_interval)
             .keep_alive_timeout(self.options.heartbeat_interval)
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await?;
+        let channel = tokio::select! {
+            channel = endpoint.connect() => channel?,
+            () = stopped(stopping) => return Ok(()),
+        };
         let mut client =
             ConfigSyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel::<RuntimeMessage>(8);
@@ -273,10 +323,13 @@ impl<A: Applier> SyncClient<A> {
                 .map_err(|_| SessionError::Token)?;
             request.metadata_mut().insert("authorization", value);
         }
-        let mut inbound = tokio::time::timeout(handshake, client.stream(request))
-            .await
-            .map_err(|_| SessionError::Silent(handshake))??
-            .into_inner();
+        let mut inbound = tokio::select! {
+            opened = tokio::time::timeout(handshake, client.stream(request)) => {
+                opened.map_err(|_| SessionError::Silent(handshake))??.into_inner()
+            }
+            // no session yet: nothing to end
+            () = stopped(stopping) => return Ok(()),
+        };
 
         // Three heartbeat intervals without a word from the controller end the stream; until
         // its first answer, the (shorter) handshake timeout applies.
@@ -311,8 +364,22 @@ impl<A: Applier> SyncClient<A> {
                 () = tokio::time::sleep_until(last_heard + limit) => {
                     return Err(SessionError::Silent(limit));
                 }
+                () = stopped(stopping) => break,
             }
         }
+        // Stopping: end the stream from this side, which tells the controller that this
+        // runtime stops (not that it was cut off), and wait for the controller to end its
+        // side, which it does once it has taken note.
+        drop(tx);
+        let closed = async { while let Ok(Some(_)) = inbound.message().await {} };
+        if tokio::time::timeout(self.options.goodbye_timeout, closed)
+            .await
+            .is_err()
+        {
+            tracing::debug!(controller = %address, "the controller did not end the stream in time");
+        }
+        tracing::info!(controller = %address, "sync stream ended: stopping");
+        Ok(())
     }
 
     async fn handle(
@@ -380,6 +447,13 @@ impl<A: Applier> SyncClient<A> {
                 send_nack(tx, nonce, revision, errors).await
             }
         }
+    }
+}
+
+/// Completes once `stopping` turns true (never, if its sender is gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    if stopping.wait_for(|stopping| *stopping).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -513,6 +513,9 @@ fn sent(kinds: &[String], kind: &str) -> bool {
 
 /// Why a session ended.
 enum End {
+    /// The runtime ended its stream: it stops.
+    Goodbye,
+    /// The stream failed (the runtime's connection closed or was reset).
     Closed,
     /// The runtime sent nothing for three heartbeat intervals.
     Silent,
@@ -552,6 +555,7 @@ impl Session {
         };
         let node = &self.info.node_id;
         match &end {
+            End::Goodbye => tracing::info!(node = %node, "runtime stopped: it ended its stream"),
             End::Closed => tracing::info!(node = %node, "runtime disconnected"),
             End::Stopping => {
                 tracing::info!(node = %node, "controller stopping; closing runtime stream");
@@ -640,7 +644,8 @@ impl Session {
                     let message = match message {
                         Ok(Some(RuntimeMessage { message: Some(m) })) => m,
                         Ok(Some(RuntimeMessage { message: None })) => continue,
-                        Ok(None) | Err(_) => return Err(End::Closed),
+                        Ok(None) => return Err(End::Goodbye),
+                        Err(_) => return Err(End::Closed),
                     };
                     match message {
                         runtime_message::Message::Ack(ack) => {

@@ -525,6 +525,62 @@ async fn stopping_the_server_ends_the_streams() {
     eventually("the disconnect", || events.contains("disconnected rt-1")).await;
 }
 
+/// A client stopped through `run_until` ends its stream itself and returns once the
+/// controller has ended its side: by then the controller has recorded the disconnection.
+/// Stopped while no controller answers, it returns at once.
+#[tokio::test]
+async fn a_stopped_client_ends_its_stream_and_the_controller_records_it_first() {
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([change(1, "a", &["default"])]);
+    let events = Arc::new(Events::default());
+    let ctl = controller("ctl-a", &state, &events).await;
+    let rt = Arc::new(MemoryApplier::default());
+    let options = ClientOptions::new(vec![ctl.address.clone()], "rt-1".into(), "default".into());
+    let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
+    let client = tokio::spawn(
+        SyncClient::new(options, Arc::clone(&rt)).run_until(async move {
+            let _ = stopping.await;
+        }),
+    );
+    eventually("the ack", || events.contains("applied rt-1 1")).await;
+    assert!(!events.contains("disconnected rt-1"));
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), client)
+        .await
+        .expect("the client stops")
+        .unwrap();
+    assert!(
+        events.contains("disconnected rt-1 1"),
+        "the client returned before the controller recorded its end"
+    );
+
+    // nothing to say goodbye to: a black hole never answers the Hello
+    let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_address = format!("http://{}", hole.local_addr().unwrap());
+    let (accepted, mut connected) = tokio::sync::mpsc::channel(8);
+    let _holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = hole.accept().await {
+            held.push(stream);
+            let _ = accepted.try_send(());
+        }
+    });
+    let options = ClientOptions::new(vec![hole_address], "rt-2".into(), "default".into());
+    let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
+    let client = tokio::spawn(SyncClient::new(options, rt).run_until(async move {
+        let _ = stopping.await;
+    }));
+    tokio::time::timeout(Duration::from_secs(5), connected.recv())
+        .await
+        .expect("the client connects");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_millis(500), client)
+        .await
+        .expect("a client waiting for an answer stops at once")
+        .unwrap();
+    ctl.task.abort();
+}
+
 #[tokio::test]
 async fn a_controller_that_accepts_but_never_answers_is_left_for_another() {
     // a black hole: accepts connections and holds them without a word

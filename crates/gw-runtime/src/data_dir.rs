@@ -1,0 +1,258 @@
+//! A process's data directory: held with an exclusive lock for as long as the process runs,
+//! and home of the node id that identifies the process in the fleet across restarts.
+//!
+//! Two gw processes on one directory would overwrite each other's files (the last-known-good
+//! cache, a controller's SQLite database) and share a node id, so the second one is refused:
+//! [`DataDir::open`] takes an advisory lock (`flock`) on `<dir>/lock` and writes the process id
+//! into the file for the message another process shows. The kernel releases the lock when the
+//! process ends, however it ends, so the `lock` file that stays behind is harmless; it is never
+//! removed, since removing a lock file opens a race between two starting processes.
+//!
+//! [`DataDir::node_id`] reads `<dir>/node-id`, or, at the first start, generates an id
+//! ([`crate::default_node_id`]) and writes it there (temporary file, fsync, rename), so that a
+//! restarted process is the same node. A file that does not hold a valid id is an error, never
+//! silently replaced: the id names the node in the fleet view and in its history.
+
+use std::fs::{self, File, TryLockError};
+use std::io::{self, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+
+/// The lock file, relative to the data directory.
+pub const LOCK_FILE: &str = "lock";
+/// The node id file, relative to the data directory.
+pub const NODE_ID_FILE: &str = "node-id";
+
+/// Why a data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// Another process holds the directory's lock.
+    #[error(
+        "the data directory {} is in use by another gw process{}; give each process its own \
+         data directory (--data-dir)",
+        .path.display(),
+        .pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    InUse {
+        /// The directory.
+        path: PathBuf,
+        /// The process that holds it, as its lock file says (`None` when the file does not
+        /// say yet: that process is starting).
+        pid: Option<u32>,
+    },
+    /// A file or the directory itself cannot be read or written.
+    #[error("cannot {action} {}: {source}", .path.display())]
+    Io {
+        /// What was being done (`create the data directory`, `lock`, `read`, ...).
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The node id file does not hold a valid node id.
+    #[error(
+        "{} does not hold a valid node id ({reason}); correct it, delete it to have a new id \
+         generated, or give the id with --node-id",
+        .path.display()
+    )]
+    NodeId {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with its content.
+        reason: String,
+    },
+}
+
+/// A data directory locked by this process; the lock is released when the value is dropped
+/// (or the process ends).
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    /// Holds the lock.
+    _lock: File,
+}
+
+impl DataDir {
+    /// Creates the directory if needed and takes its lock, or says which process holds it.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, DataDirError> {
+        let path = path.into();
+        let io = |action, file: &Path, source| DataDirError::Io {
+            action,
+            path: file.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(&path).map_err(|e| io("create the data directory", &path, e))?;
+        let lock_path = path.join(LOCK_FILE);
+        let mut lock = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| io("open", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(DataDirError::InUse {
+                    pid: holder(&lock_path),
+                    path,
+                });
+            }
+            Err(TryLockError::Error(source)) => return Err(io("lock", &lock_path, source)),
+        }
+        // for the message of a process refused later; the lock itself is what counts
+        lock.set_len(0)
+            .and_then(|()| writeln!(lock, "{}", std::process::id()))
+            .map_err(|e| io("write", &lock_path, e))?;
+        Ok(Self { path, _lock: lock })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The node id kept in the directory; at the first start, a new one
+    /// ([`crate::default_node_id`]) written there.
+    pub fn node_id(&self) -> Result<String, DataDirError> {
+        let path = self.path.join(NODE_ID_FILE);
+        let mut bytes = Vec::new();
+        match File::open(&path) {
+            // an id is at most 253 bytes: more is not an id, and is not read whole
+            Ok(file) => file.take(1024).read_to_end(&mut bytes),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                let id = crate::default_node_id();
+                write_atomically(&path, format!("{id}\n").as_bytes()).map_err(|source| {
+                    DataDirError::Io {
+                        action: "write",
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                tracing::info!(node = %id, file = %path.display(), "generated this node's id");
+                return Ok(id);
+            }
+            Err(err) => Err(err),
+        }
+        .map_err(|source| DataDirError::Io {
+            action: "read",
+            path: path.clone(),
+            source,
+        })?;
+        let invalid = |reason: String| DataDirError::NodeId {
+            path: path.clone(),
+            reason,
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|_| invalid("it is not text".into()))?;
+        let id = text.trim();
+        gw_sync::validate_node_id(id).map_err(invalid)?;
+        Ok(id.to_string())
+    }
+}
+
+/// The process id a lock file names, if it names one.
+fn holder(lock_path: &Path) -> Option<u32> {
+    let mut text = String::new();
+    File::open(lock_path)
+        .ok()?
+        .take(64)
+        .read_to_string(&mut text)
+        .ok()?;
+    text.trim().parse().ok()
+}
+
+/// Writes `bytes` to `path` so that the file is either absent or whole: a temporary file,
+/// fsync, rename, fsync of the directory.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent()
+        && let Ok(dir) = File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_with_the_first_ones_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let first = DataDir::open(&path).unwrap();
+        let err = DataDir::open(&path).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            matches!(err, DataDirError::InUse { pid: Some(pid), .. } if pid == std::process::id()),
+            "{message}"
+        );
+        assert_eq!(
+            message,
+            format!(
+                "the data directory {} is in use by another gw process (pid {}); give each \
+                 process its own data directory (--data-dir)",
+                path.display(),
+                std::process::id()
+            )
+        );
+        drop(first);
+        // released with its holder; the lock file stays
+        let again = DataDir::open(&path).unwrap();
+        assert!(path.join(LOCK_FILE).exists());
+        drop(again);
+    }
+
+    #[test]
+    fn the_node_id_is_generated_once_then_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        let id = data.node_id().unwrap();
+        assert!(gw_sync::validate_node_id(&id).is_ok(), "{id}");
+        assert_eq!(
+            fs::read_to_string(dir.path().join(NODE_ID_FILE)).unwrap(),
+            format!("{id}\n")
+        );
+        assert!(!dir.path().join("node-id.tmp").exists());
+        assert_eq!(
+            data.node_id().unwrap(),
+            id,
+            "read back, not generated again"
+        );
+        drop(data);
+        assert_eq!(DataDir::open(dir.path()).unwrap().node_id().unwrap(), id);
+        // an operator's own id, with the line end an editor adds
+        fs::write(dir.path().join(NODE_ID_FILE), "edge-7\r\n").unwrap();
+        assert_eq!(
+            DataDir::open(dir.path()).unwrap().node_id().unwrap(),
+            "edge-7"
+        );
+    }
+
+    #[test]
+    fn an_invalid_node_id_file_is_an_error_and_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        let file = dir.path().join(NODE_ID_FILE);
+        for content in [&b""[..], b"\n", b"two words", b"\xff\xfe", &[b'a'; 2000]] {
+            fs::write(&file, content).unwrap();
+            let err = data.node_id().unwrap_err();
+            assert!(matches!(err, DataDirError::NodeId { .. }), "{err}");
+            let message = err.to_string();
+            assert!(
+                message.contains("does not hold a valid node id"),
+                "{message}"
+            );
+            assert!(message.contains("--node-id"), "{message}");
+            assert_eq!(fs::read(&file).unwrap(), content, "never replaced");
+        }
+    }
+}
