@@ -598,12 +598,13 @@ impl Runtime {
         {
             source_task.abort();
         }
-        drop(data_dir);
         if let Some(tracing) = state.gateway().tracing() {
             // the spans of the last requests
             tracing.shutdown().await;
         }
         tracing::info!("runtime stopped");
+        // the directory's lock goes last
+        drop(data_dir);
         Ok(())
     }
 }
