@@ -254,7 +254,7 @@ async fn readme_high_availability_on_one_machine() {
         2,
         "{context}"
     );
-    // after ctl-a stopped: the delete reached both runtimes, rt-1 through ctl-b
+    // after ctl-a stopped: the delete reached both runtimes, through ctl-b
     assert!(
         stdout.contains(r#"{"applied":["rt-1","rt-2"],"deleted":true"#),
         "{context}"
