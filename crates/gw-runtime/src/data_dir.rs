@@ -12,10 +12,32 @@
 //! ([`crate::default_node_id`]) and writes it there (temporary file, fsync, rename), so that a
 //! restarted process is the same node. A file that does not hold a valid id is an error, never
 //! silently replaced: the id names the node in the fleet view and in its history.
+//!
+//! The directory is created readable by its owner only, its files likewise, and none of them
+//! is opened through a symbolic link or as anything but a regular file: whoever can write into
+//! a data directory could otherwise hold its lock, choose the node's id, or make gw truncate a
+//! file elsewhere. A directory that every user may write into is refused.
 
 use std::fs::{self, File, TryLockError};
 use std::io::{self, Read as _, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+
+/// `open(2)` flags: never through a symbolic link, and never wait on a FIFO.
+const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
+const O_NONBLOCK: i32 = libc::O_NONBLOCK;
+
+/// Opens `path` with `options`, refusing a symbolic link and anything but a regular file.
+fn open_regular(options: &mut fs::OpenOptions, path: &Path) -> io::Result<File> {
+    let file = options.custom_flags(O_NOFOLLOW | O_NONBLOCK).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
 
 /// The lock file, relative to the data directory.
 pub const LOCK_FILE: &str = "lock";
@@ -82,15 +104,33 @@ impl DataDir {
             path: file.to_path_buf(),
             source,
         };
-        fs::create_dir_all(&path).map_err(|e| io("create the data directory", &path, e))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| io("create the data directory", &path, e))?;
+        let meta = fs::metadata(&path).map_err(|e| io("read", &path, e))?;
+        if meta.permissions().mode() & 0o002 != 0 {
+            return Err(io(
+                "use",
+                &path,
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "every user may write into it; give gw a directory of its own (chmod o-w)",
+                ),
+            ));
+        }
         let lock_path = path.join(LOCK_FILE);
-        let mut lock = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|e| io("open", &lock_path, e))?;
+        let mut lock = open_regular(
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600),
+            &lock_path,
+        )
+        .map_err(|e| io("open", &lock_path, e))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -118,7 +158,7 @@ impl DataDir {
     pub fn node_id(&self) -> Result<String, DataDirError> {
         let path = self.path.join(NODE_ID_FILE);
         let mut bytes = Vec::new();
-        match File::open(&path) {
+        match open_regular(fs::OpenOptions::new().read(true), &path) {
             // an id is at most 253 bytes: more is not an id, and is not read whole
             Ok(file) => file.take(1024).read_to_end(&mut bytes),
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
@@ -166,8 +206,18 @@ fn holder(lock_path: &Path) -> Option<u32> {
 /// fsync, rename, fsync of the directory.
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
+    // a leftover of a crash (or anything planted there) is removed, never written through
+    match fs::remove_file(&tmp) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
     {
-        let mut file = File::create(&tmp)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(O_NOFOLLOW)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
     }
@@ -254,5 +304,43 @@ mod tests {
             assert!(message.contains("--node-id"), "{message}");
             assert_eq!(fs::read(&file).unwrap(), content, "never replaced");
         }
+    }
+
+    #[test]
+    fn nothing_is_opened_through_a_link_and_others_cannot_write_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "precious\n").unwrap();
+
+        // a lock file that is a link to another file: refused, the other file untouched
+        let linked = dir.path().join("linked");
+        std::fs::create_dir(&linked).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, linked.join(LOCK_FILE)).unwrap();
+        let err = DataDir::open(&linked).unwrap_err().to_string();
+        assert!(err.contains("lock"), "{err}");
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "precious\n");
+
+        // a node-id that is a link: refused, not followed
+        let planted = dir.path().join("planted");
+        let data = DataDir::open(&planted).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, planted.join(NODE_ID_FILE)).unwrap();
+        assert!(data.node_id().is_err());
+        drop(data);
+
+        // a directory every user may write into: refused
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = DataDir::open(&open).unwrap_err().to_string();
+        assert!(err.contains("every user may write"), "{err}");
+
+        // a new one is its owner's only, and so are its files
+        let fresh = dir.path().join("fresh");
+        let data = DataDir::open(&fresh).unwrap();
+        data.node_id().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&fresh), 0o700);
+        assert_eq!(mode(&fresh.join(LOCK_FILE)), 0o600);
+        assert_eq!(mode(&fresh.join(NODE_ID_FILE)), 0o600);
     }
 }

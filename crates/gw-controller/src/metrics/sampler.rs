@@ -108,6 +108,9 @@ impl Sampler {
         if refreshed.is_some_and(|at| at.elapsed() < MIN_REFRESH_INTERVAL) {
             return;
         }
+        // stamped before the reads: a scrape cancelled mid-read (a client that disconnects
+        // or resets its stream) must not let the next one read the store again at once
+        *refreshed = Some(Instant::now());
         // before the reads below, which take connections of their own
         let pool = store.and_then(|s| s.pool_status());
         let read = match store {
@@ -135,7 +138,6 @@ impl Sampler {
             store: read,
         };
         *self.sample.lock().unwrap_or_else(PoisonError::into_inner) = sample;
-        *refreshed = Some(Instant::now());
     }
 
     async fn read(
