@@ -824,3 +824,41 @@ pub fn certificate_document(name: &str, issued: &Issued, sni: &[&str]) -> String
     })
     .to_string()
 }
+
+/// Says Hello to the controller at `sync` as a runtime `node_id` of the next protocol
+/// version would, and returns the reason of the refusal the controller answers with.
+pub async fn refused_hello(sync: SocketAddr, node_id: &str) -> String {
+    use gw_sync::proto::config_sync_client::ConfigSyncClient;
+    use gw_sync::proto::{Hello, RuntimeMessage, controller_message, runtime_message};
+
+    let mut client = ConfigSyncClient::connect(format!("http://{sync}"))
+        .await
+        .expect("connect to the sync port");
+    let hello = Hello {
+        node_id: node_id.into(),
+        group: "default".into(),
+        runtime_version: "9.0.0".into(),
+        protocol_version: gw_sync::PROTOCOL_VERSION + 1,
+        session_epoch: 1,
+        ..Hello::default()
+    };
+    let mut request = tonic::Request::new(tokio_stream::iter([RuntimeMessage {
+        message: Some(runtime_message::Message::Hello(hello)),
+    }]));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {SYNC_TOKEN}")
+            .parse()
+            .expect("a header value"),
+    );
+    let mut inbound = client.stream(request).await.expect("a stream").into_inner();
+    match inbound
+        .message()
+        .await
+        .expect("an answer")
+        .and_then(|m| m.message)
+    {
+        Some(controller_message::Message::Refusal(refusal)) => refusal.reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

@@ -6,11 +6,9 @@ use std::time::Duration;
 
 use gw_e2e::cluster::PgCluster;
 use gw_e2e::{
-    Admin, ControllerSpec, SYNC_TOKEN, TOKEN, TestDatabase, Upstream, api_yaml, controller,
-    controller_from, controller_with, runtime,
+    Admin, ControllerSpec, TOKEN, TestDatabase, Upstream, api_yaml, controller, controller_from,
+    controller_with, refused_hello, runtime,
 };
-use gw_sync::proto::config_sync_client::ConfigSyncClient;
-use gw_sync::proto::{Hello, RuntimeMessage, controller_message, runtime_message};
 
 /// The controller's `/metrics` text; empty when it does not answer.
 async fn scrape(admin: std::net::SocketAddr) -> String {
@@ -51,33 +49,6 @@ async fn wait_for(admin: std::net::SocketAddr, what: &str, expected: &[(&str, f6
             "{what}: {wrong:#?}\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A Hello of a runtime of the next protocol version, which the controller refuses.
-async fn refused_hello(sync: std::net::SocketAddr, node_id: &str) {
-    let mut client = ConfigSyncClient::connect(format!("http://{sync}"))
-        .await
-        .unwrap();
-    let hello = Hello {
-        node_id: node_id.into(),
-        group: "default".into(),
-        runtime_version: "9.0.0".into(),
-        protocol_version: gw_sync::PROTOCOL_VERSION + 1,
-        session_epoch: 1,
-        ..Hello::default()
-    };
-    let mut request = tonic::Request::new(tokio_stream::iter([RuntimeMessage {
-        message: Some(runtime_message::Message::Hello(hello)),
-    }]));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {SYNC_TOKEN}").parse().unwrap(),
-    );
-    let mut inbound = client.stream(request).await.unwrap().into_inner();
-    match inbound.message().await.unwrap().and_then(|m| m.message) {
-        Some(controller_message::Message::Refusal(_)) => {}
-        other => panic!("expected a refusal, got {other:?}"),
     }
 }
 

@@ -4,11 +4,9 @@
 use std::time::{Duration, Instant};
 
 use gw_e2e::{
-    Admin, ControllerSpec, SYNC_TOKEN, TOKEN, TestDatabase, Upstream, api_yaml, call, controller,
-    eventually, median, runtime,
+    Admin, ControllerSpec, TOKEN, TestDatabase, Upstream, api_yaml, call, controller, eventually,
+    median, refused_hello, runtime,
 };
-use gw_sync::proto::config_sync_client::ConfigSyncClient;
-use gw_sync::proto::{Hello, RuntimeMessage, controller_message, runtime_message};
 
 fn spec(db: &TestDatabase, node_id: &str) -> ControllerSpec {
     ControllerSpec {
@@ -118,29 +116,7 @@ async fn a_runtime_of_another_protocol_version_is_listed_as_refused() {
     admin_b.wait_ready().await;
 
     // what a runtime of the next protocol version would say
-    let mut client = ConfigSyncClient::connect(format!("http://{}", a.addr("sync")))
-        .await
-        .unwrap();
-    let hello = Hello {
-        node_id: "rt-next".into(),
-        group: "default".into(),
-        runtime_version: "9.0.0".into(),
-        protocol_version: gw_sync::PROTOCOL_VERSION + 1,
-        session_epoch: 1,
-        ..Hello::default()
-    };
-    let mut request = tonic::Request::new(tokio_stream::iter([RuntimeMessage {
-        message: Some(runtime_message::Message::Hello(hello)),
-    }]));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {SYNC_TOKEN}").parse().unwrap(),
-    );
-    let mut inbound = client.stream(request).await.unwrap().into_inner();
-    let refusal = match inbound.message().await.unwrap().and_then(|m| m.message) {
-        Some(controller_message::Message::Refusal(refusal)) => refusal.reason,
-        other => panic!("expected a refusal, got {other:?}"),
-    };
+    let refusal = refused_hello(a.addr("sync"), "rt-next").await;
     let version = format!("protocol version {}", gw_sync::PROTOCOL_VERSION + 1);
     assert!(refusal.contains(&version), "{refusal}");
 

@@ -15,7 +15,6 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -132,29 +131,13 @@ impl CacheFile {
         let digest = hex(&Sha256::digest(&payload));
         let dir = self.path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(|e| self.io(e))?;
-        let tmp = self.path.with_extension("tmp");
-        {
-            // owner-only: the cache holds private keys of certificates and consumers' key and
-            // password hashes (a leftover temporary file is removed first, as the mode
-            // applies only to a file being created)
-            let _ = fs::remove_file(&tmp);
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| self.io(e))?;
-            writeln!(file, "{MAGIC} {FORMAT} {} {digest}", payload.len())
-                .map_err(|e| self.io(e))?;
-            file.write_all(&payload).map_err(|e| self.io(e))?;
-            file.sync_all().map_err(|e| self.io(e))?;
-        }
-        fs::rename(&tmp, &self.path).map_err(|e| self.io(e))?;
-        // make the rename itself durable
-        if let Ok(dir) = fs::File::open(dir) {
-            let _ = dir.sync_all();
-        }
+        // owner-only: the cache holds private keys of certificates and consumers' key and
+        // password hashes
+        crate::data_dir::write_atomically(&self.path, |file| {
+            writeln!(file, "{MAGIC} {FORMAT} {} {digest}", payload.len())?;
+            file.write_all(&payload)
+        })
+        .map_err(|e| self.io(e))?;
         Ok(())
     }
 

@@ -163,7 +163,7 @@ impl DataDir {
             Ok(file) => file.take(1024).read_to_end(&mut bytes),
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
                 let id = crate::default_node_id();
-                write_atomically(&path, format!("{id}\n").as_bytes()).map_err(|source| {
+                write_atomically(&path, |file| writeln!(file, "{id}")).map_err(|source| {
                     DataDirError::Io {
                         action: "write",
                         path: path.clone(),
@@ -202,9 +202,13 @@ fn holder(lock_path: &Path) -> Option<u32> {
     text.trim().parse().ok()
 }
 
-/// Writes `bytes` to `path` so that the file is either absent or whole: a temporary file,
-/// fsync, rename, fsync of the directory.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes the file at `path` with `write` so that it is either absent or whole, and readable
+/// by its owner only: a temporary file beside it (created new, never through a link), fsync,
+/// rename, fsync of the directory. Blocking.
+pub(crate) fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     // a leftover of a crash (or anything planted there) is removed, never written through
     match fs::remove_file(&tmp) {
@@ -218,7 +222,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .mode(0o600)
             .custom_flags(O_NOFOLLOW)
             .open(&tmp)?;
-        file.write_all(bytes)?;
+        write(&mut file)?;
         file.sync_all()?;
     }
     fs::rename(&tmp, path)?;
