@@ -426,12 +426,12 @@ fn the_documentation_covers_every_schema_field() {
     for (schema, doc, path) in [
         (
             schema::api_schema(),
-            include_str!("../../../../docs/api-definition.md"),
+            include_str!("../../../docs/api-definition.md"),
             "docs/api-definition.md",
         ),
         (
             schema::consumer_schema(),
-            include_str!("../../../../docs/consumers.md"),
+            include_str!("../../../docs/consumers.md"),
             "docs/consumers.md",
         ),
     ] {

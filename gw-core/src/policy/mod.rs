@@ -538,7 +538,7 @@ mod tests {
     /// schema appears there.
     #[test]
     fn every_builtin_policy_is_documented() {
-        let doc = include_str!("../../../../docs/policies.md");
+        let doc = include_str!("../../../docs/policies.md");
         let registry = PolicyRegistry::builtin();
         let mut missing = Vec::new();
         for name in registry.names() {
