@@ -16,6 +16,7 @@
 # it is gw-with-policies over nginx's plain proxy.
 #
 # Usage: bench/proxy.sh            (ROUNDS=3 DURATION=6 CONNECTIONS=50 by default)
+#        GW_BIN=path/to/gw-runtime bench/proxy.sh   (a binary built elsewhere; no build)
 #        ROUNDS=5 DURATION=10 CONNECTIONS=100 bench/proxy.sh
 # Needs: nginx and wrk (installed with apt-get when missing and run as root), cargo.
 set -euo pipefail
@@ -38,9 +39,13 @@ root=$(pwd)
 bench_need nginx:nginx-light wrk:wrk
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-echo "building gw-runtime (release)" >&2
-cargo build --release -q -p gw-runtime
-GW="$root/target/release/gw-runtime"
+if [ -n "${GW_BIN:-}" ]; then
+    GW=$GW_BIN # a binary built elsewhere (another checkout, for a before/after comparison)
+else
+    echo "building gw-runtime (release)" >&2
+    cargo build --release -q -p gw-runtime
+    GW="$root/target/release/gw-runtime"
+fi
 
 bench_workdir gw-bench
 bench_upstream "$UPSTREAM_PORT"
