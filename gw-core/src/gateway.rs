@@ -51,11 +51,12 @@ use http::{Method, Request, Response};
 use crate::body::{self, Body, BoxError};
 use crate::consumers::{ConsumerSet, ConsumerStore};
 use crate::error::GatewayError;
+use crate::extensions::Exchange;
 use crate::metrics::{ApiMetrics, Limit, ProxyMetrics};
 use crate::model::{ApiDefinition, CertificateDefinition, ConsumerDefinition, check_collisions};
 use crate::path;
 use crate::policy::{
-    Exchange, OperationContext, Phase, PolicyContext, PolicyRegistry, RouteService, RouteStack,
+    OperationContext, Phase, PolicyContext, PolicyRegistry, RouteService, RouteStack,
     effective_policies,
 };
 use crate::router::{self, Router};
