@@ -801,7 +801,9 @@ impl Gateway {
         Ok(next)
     }
 
-    /// Serves one request: route, run the route's stack, answer errors in JSON.
+    /// Serves one request that came on `conn`: route, run the route's stack, answer errors
+    /// in JSON. [`GatewayService`] is the same as a `tower::Service`, with the connection
+    /// taken from the request's extensions.
     pub async fn handle<B>(&self, mut request: Request<B>, conn: ConnInfo) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,

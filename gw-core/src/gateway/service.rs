@@ -34,10 +34,8 @@ use crate::body::{Body, BoxError};
 /// The mistake shows at the first request, not in production traffic.
 ///
 /// ```
-/// use std::convert::Infallible;
 /// use std::sync::Arc;
 ///
-/// use gw_core::gateway::GatewayService;
 /// use gw_core::metrics::ProxyMetrics;
 /// use gw_core::policy::PolicyRegistry;
 /// use gw_core::{ConnInfo, Gateway};
