@@ -11,10 +11,10 @@ use std::sync::{Arc, LazyLock};
 
 use arc_swap::ArcSwap;
 
+use crate::extensions::Consumer;
 use crate::model::{
     ConsumerDefinition, CredentialClaim, CredentialType, conflicting_claims, parse_key_hash,
 };
-use crate::policy::Consumer;
 
 /// A basic-auth credential: its consumer and its password hash (never in `Debug`).
 #[derive(Clone)]

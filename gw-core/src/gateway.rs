@@ -9,9 +9,38 @@
 //!
 //! [`Gateway::handle`] is the edge: it normalizes the path, routes, runs the route's stack,
 //! turns errors into JSON responses and records metrics.
+//!
+//! For embedders:
+//!
+//! - [`GatewayService`] ([`Gateway::service`]) is the gateway as a `tower::Service`, reading
+//!   the connection's information ([`ConnInfo`]) from the request's extensions: an axum app
+//!   mounts it with `Router::fallback_service` (with the `axum` feature, axum's own
+//!   `ConnectInfo<SocketAddr>` is read too). A request that carries neither is refused with
+//!   a 500, never served with a made-up client address.
+//! - [`Gateway::apply_definitions`] serves a YAML or JSON set of definitions in one call:
+//!   it validates them against the gateway's policies and hashes consumers' clear keys and
+//!   passwords off the async threads ([`Resources::from_set`] is the blocking step alone).
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use gw_core::Gateway;
+//! use gw_core::metrics::ProxyMetrics;
+//! use gw_core::policy::PolicyRegistry;
+//!
+//! # async fn serve(definitions: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+//! let gateway = Arc::new(Gateway::new(PolicyRegistry::builtin(), ProxyMetrics::unregistered()));
+//! gateway.apply_definitions(1, definitions, gw_core::model::Format::Yaml).await?;
+//! let service = gateway.service(); // Clone, always ready, never fails
+//! # let _ = service;
+//! // axum (gw-core's `axum` feature):
+//! //     let app = Router::new().route(...).fallback_service(gateway.service());
+//! //     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,26 +51,24 @@ use http::{Method, Request, Response};
 use crate::body::{self, Body, BoxError};
 use crate::consumers::{ConsumerSet, ConsumerStore};
 use crate::error::GatewayError;
+use crate::extensions::Exchange;
 use crate::metrics::{ApiMetrics, Limit, ProxyMetrics};
 use crate::model::{ApiDefinition, CertificateDefinition, ConsumerDefinition, check_collisions};
 use crate::path;
 use crate::policy::{
-    Exchange, OperationContext, Phase, PolicyContext, PolicyRegistry, RouteService, RouteStack,
+    OperationContext, Phase, PolicyContext, PolicyRegistry, RouteService, RouteStack,
     effective_policies,
 };
 use crate::router::{self, Router};
 use crate::tls::CertificateSet;
 use crate::upstream::{Traffic, TrafficLimits, Upstream, UpstreamService};
 
-/// What the gateway knows about the connection a request came on; the edge puts it in the
-/// request's extensions for policies and the upstream call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnInfo {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// Whether the connection is TLS.
-    pub secure: bool,
-}
+pub use crate::extensions::ConnInfo;
+pub use definitions::DefinitionsError;
+pub use service::{GatewayService, ResponseFuture};
+
+mod definitions;
+mod service;
 
 /// An API ready to serve: its definition, upstream and pre-built stacks.
 #[derive(Debug)]
@@ -391,7 +418,8 @@ pub struct GatewayConfig {
     consumers: Arc<ConsumerSet>,
 }
 
-/// What a configuration is built from: validated definitions of each kind.
+/// What a configuration is built from: validated definitions of each kind
+/// ([`Resources::from_set`] makes them from a parsed set).
 #[derive(Debug, Clone, Default)]
 pub struct Resources {
     /// The APIs.
@@ -773,7 +801,9 @@ impl Gateway {
         Ok(next)
     }
 
-    /// Serves one request: route, run the route's stack, answer errors in JSON.
+    /// Serves one request that came on `conn`: route, run the route's stack, answer errors
+    /// in JSON. [`GatewayService`] is the same as a `tower::Service`, with the connection
+    /// taken from the request's extensions.
     pub async fn handle<B>(&self, mut request: Request<B>, conn: ConnInfo) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,

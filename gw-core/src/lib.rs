@@ -2,6 +2,8 @@
 //!
 //! - [`arrival`]: what the gateway learned about a request on arrival (its hop-by-hop
 //!   headers, whether its peer is a trusted proxy), carried in its extensions.
+//! - [`extensions`]: the types that travel in request extensions (connection info,
+//!   consumer, exchange, request id, timeout): a leaf every layer may use.
 //! - [`conn`]: connection admission (in total and per client address) and the deadlines of
 //!   a connection's first and idle requests, shared by every listener.
 //! - [`model`]: the API definition, its parsing, validation and JSON Schema.
@@ -25,6 +27,7 @@ pub mod body;
 pub mod conn;
 pub mod consumers;
 pub mod error;
+pub mod extensions;
 pub mod gateway;
 mod http_client;
 pub mod metrics;
@@ -39,5 +42,5 @@ pub mod upstream;
 
 pub use body::{Body, BoxError};
 pub use error::GatewayError;
-pub use gateway::{ConnInfo, Gateway, GatewayConfig};
+pub use gateway::{ConnInfo, Gateway, GatewayConfig, GatewayService};
 pub use model::ApiDefinition;

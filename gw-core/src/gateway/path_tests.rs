@@ -13,6 +13,7 @@
 //! ```
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use http::StatusCode;

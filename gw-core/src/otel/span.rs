@@ -11,9 +11,8 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, SpanFlags, Status, span, status};
 
 use crate::body::Body;
-use crate::gateway::ConnInfo;
+use crate::extensions::{ConnInfo, Exchange};
 use crate::model::ApiDefinition;
-use crate::policy::Exchange;
 use crate::trace::TraceParent;
 
 /// The `error.type` of a span whose client left before its response was ready.

@@ -15,10 +15,10 @@ use prost::Message as _;
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::gateway::ConnInfo;
+use crate::extensions::{ConnInfo, Consumer, Exchange};
 use crate::metrics::ProxyMetrics;
 use crate::model::Format;
-use crate::policy::{Consumer, Exchange, PolicyRegistry};
+use crate::policy::PolicyRegistry;
 
 const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const PARENT_UNSAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";

@@ -62,93 +62,18 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use tower::util::BoxCloneSyncService;
 
 use crate::body::{Body, BoxError};
 use crate::consumers::ConsumerStore;
 use crate::model::{FieldError, PolicyRef};
 
+pub use crate::extensions::{Consumer, Exchange, RequestId, authenticate};
 pub use cidr::{Cidr, UNKNOWN_CLIENT, client_ip};
 pub use filter::{Filter, filter_layer};
 pub use stack::{RouteLayer, RouteStack, StackFuture, stack};
 pub use template::Template;
-
-/// The consumer a request was authenticated as: authentication policies put it in the
-/// request's extensions, and later policies (ACLs, rate limits per consumer, header
-/// templates, the access log) read it from there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Consumer {
-    /// The consumer's name.
-    pub name: Arc<str>,
-    /// The consumer's groups, used by ACLs.
-    pub groups: Arc<[String]>,
-    /// The id of the credential it presented, when it has one.
-    pub credential: Option<Arc<str>>,
-}
-
-/// What the gateway learns about a request while its stack runs, for the metrics and the
-/// access log, which look at it once the response is made: the consumer that authentication
-/// found and the upstream endpoint that answered. The gateway puts one in the request's
-/// extensions on routes that have an authentication or observation policy.
-#[derive(Debug, Default)]
-pub struct Exchange {
-    operation: Arc<str>,
-    consumer: std::sync::Mutex<Option<Consumer>>,
-    endpoint: std::sync::OnceLock<Arc<str>>,
-}
-
-impl Exchange {
-    /// The exchange of a request routed to `operation` (`GET /items/{id}`, or `*`).
-    pub fn new(operation: Arc<str>) -> Self {
-        Self {
-            operation,
-            ..Self::default()
-        }
-    }
-
-    /// The operation the request was routed to: `GET /items/{id}`, or `*` for an API
-    /// without operations.
-    pub fn operation(&self) -> &Arc<str> {
-        &self.operation
-    }
-
-    /// The authenticated consumer, if any: the one later policies see (the last
-    /// authentication to succeed).
-    pub fn consumer(&self) -> Option<Consumer> {
-        self.consumer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The upstream endpoint (its URL) that answered, if one did.
-    pub fn endpoint(&self) -> Option<&Arc<str>> {
-        self.endpoint.get()
-    }
-
-    pub(crate) fn set_endpoint(&self, endpoint: &Arc<str>) {
-        let _ = self.endpoint.set(Arc::clone(endpoint));
-    }
-}
-
-/// Marks a request as the consumer's: later policies find the [`Consumer`] in its
-/// extensions, and the metrics and the access log in its [`Exchange`]. Authentication
-/// policies (built-in or your own) call this on success.
-pub fn authenticate(request: &mut Request<Body>, consumer: Consumer) {
-    if let Some(exchange) = request.extensions().get::<Arc<Exchange>>() {
-        // the same consumer as the request's extension: the one ACLs and limits use
-        *exchange
-            .consumer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(consumer.clone());
-    }
-    request.extensions_mut().insert(consumer);
-}
-
-/// The request's id, put in the request's extensions by `correlation-id`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub HeaderValue);
 
 /// The future of a [`RouteService`] call, for policies written as services of their own.
 pub type RouteFuture =

@@ -58,11 +58,7 @@ use tunnel::TunnelCount;
 /// again without counting as retries, at most this many times.
 const MAX_STALE_RESENDS: u32 = 3;
 
-/// The time a request's upstream response headers are allowed (from the start of the
-/// upstream call, retries included), replacing `spec.upstream.timeouts.request` for that
-/// request: the `timeout` policy puts it in the request's extensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RequestTimeout(pub(crate) Duration);
+pub(crate) use crate::extensions::RequestTimeout;
 
 /// An API's upstream: endpoints, balancer, retries, outlier detection, limits.
 #[derive(Debug)]
