@@ -74,6 +74,33 @@ pub struct ResourceRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+impl From<ResourceRecord> for ApiRecord {
+    /// An API read as a resource of kind [`KIND_API`] (its kind is dropped).
+    fn from(record: ResourceRecord) -> Self {
+        Self {
+            name: record.name,
+            spec: record.spec,
+            revision: record.revision,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        }
+    }
+}
+
+impl From<ApiRecord> for ResourceRecord {
+    /// An API as a resource of kind [`KIND_API`], for code that treats every kind alike.
+    fn from(record: ApiRecord) -> Self {
+        Self {
+            kind: KIND_API.to_string(),
+            name: record.name,
+            spec: record.spec,
+            revision: record.revision,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        }
+    }
+}
+
 /// A place in the routing table: a context on a host (`*` for any) within a group.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RouteKey {
@@ -111,24 +138,49 @@ pub struct PutApi {
     pub precondition: Precondition,
 }
 
-/// The result of a put.
+/// The result of a put: of an API ([`ApiRecord`], the default) or of another resource
+/// ([`PutResourceOutcome`]).
 #[derive(Debug, Clone)]
-pub struct PutOutcome {
-    /// The API as stored now.
-    pub record: ApiRecord,
+pub struct PutOutcome<R = ApiRecord> {
+    /// The resource as stored now.
+    pub record: R,
     /// Whether it did not exist before.
     pub created: bool,
     /// The definition it replaced, if any.
     pub previous: Option<serde_json::Value>,
 }
 
-/// The result of a delete.
+impl<R> PutOutcome<R> {
+    /// The same outcome with its record as another type.
+    #[must_use]
+    pub fn into_record<T: From<R>>(self) -> PutOutcome<T> {
+        PutOutcome {
+            record: self.record.into(),
+            created: self.created,
+            previous: self.previous,
+        }
+    }
+}
+
+/// The result of a delete: of an API ([`ApiRecord`], the default) or of another resource
+/// ([`DeleteResourceOutcome`]).
 #[derive(Debug, Clone)]
-pub struct DeleteOutcome {
+pub struct DeleteOutcome<R = ApiRecord> {
     /// The revision of the delete.
     pub revision: i64,
-    /// The API as it was.
-    pub previous: ApiRecord,
+    /// The resource as it was.
+    pub previous: R,
+}
+
+impl<R> DeleteOutcome<R> {
+    /// The same outcome with its record as another type.
+    #[must_use]
+    pub fn into_record<T: From<R>>(self) -> DeleteOutcome<T> {
+        DeleteOutcome {
+            revision: self.revision,
+            previous: self.previous.into(),
+        }
+    }
 }
 
 /// A create-or-replace of a resource.
@@ -145,24 +197,10 @@ pub struct PutResource {
 }
 
 /// The result of a put of a resource.
-#[derive(Debug, Clone)]
-pub struct PutResourceOutcome {
-    /// The resource as stored now.
-    pub record: ResourceRecord,
-    /// Whether it did not exist before.
-    pub created: bool,
-    /// The definition it replaced, if any.
-    pub previous: Option<serde_json::Value>,
-}
+pub type PutResourceOutcome = PutOutcome<ResourceRecord>;
 
 /// The result of a delete of a resource.
-#[derive(Debug, Clone)]
-pub struct DeleteResourceOutcome {
-    /// The revision of the delete.
-    pub revision: i64,
-    /// The resource as it was.
-    pub previous: ResourceRecord,
-}
+pub type DeleteResourceOutcome = DeleteOutcome<ResourceRecord>;
 
 /// What a change did.
 #[derive(Debug, Clone, PartialEq)]
@@ -414,6 +452,21 @@ fn check_precondition(
             })
         }
         _ => Ok(()),
+    }
+}
+
+/// The error of a write that needs an existing row and found none: the precondition's
+/// failure when it named a revision, else [`StoreError::NotFound`].
+fn missing(name: &str, precondition: Precondition) -> StoreError {
+    match precondition {
+        Precondition::Revision(expected) => StoreError::PreconditionFailed {
+            name: name.to_string(),
+            expected,
+            actual: None,
+        },
+        _ => StoreError::NotFound {
+            name: name.to_string(),
+        },
     }
 }
 

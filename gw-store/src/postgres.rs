@@ -15,7 +15,7 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use crate::sql::{self, impl_store};
+use crate::sql::impl_store;
 use crate::{Backend, NOTIFY_CHANNEL, StoreError, StoreOptions};
 
 /// The PostgreSQL store.
@@ -48,14 +48,7 @@ impl PgStore {
             .acquire_timeout(options.timeout)
             .connect_with(connect)
             .await?;
-        // an older controller keeps working on a schema a newer one migrated (a rolling
-        // upgrade, or a rollback): migrations only ever add
-        let mut migrator = sqlx::migrate!("./migrations/postgres");
-        migrator.set_ignore_missing(true);
-        migrator.run(&pool).await?;
-        let store_id = sqlx::query_scalar(sql::SELECT_STORE_ID)
-            .fetch_one(&pool)
-            .await?;
+        let store_id = Self::migrate(&pool, sqlx::migrate!("./migrations/postgres")).await?;
         let (hints, _) = watch::channel(0);
         let listener = tokio::spawn(listen(pool.clone(), hints.clone())).abort_handle();
         Ok(Self {
@@ -68,18 +61,10 @@ impl PgStore {
 
     const KIND: Backend = Backend::Postgres;
 
-    fn hint_receiver(&self) -> watch::Receiver<u64> {
-        self.hints.subscribe()
-    }
-
-    /// Starts a write: the revision bump is the first statement and holds the `gw_meta` row
-    /// lock until commit, which serializes writers.
-    async fn begin_write(&self) -> Result<(Transaction<'static, Postgres>, i64), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let revision: i64 = sqlx::query_scalar(sql::NEXT_REVISION)
-            .fetch_one(&mut *tx)
-            .await?;
-        Ok((tx, revision))
+    /// Starts a transaction that writes. A write's first statement, the revision bump, holds
+    /// the `gw_meta` row lock until commit, which serializes writers.
+    async fn begin_writer(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
     }
 
     async fn begin_read(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
@@ -87,10 +72,6 @@ impl PgStore {
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?)
-    }
-
-    async fn begin_maintenance(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        Ok(self.pool.begin().await?)
     }
 
     /// Notifies listeners (delivered at commit) and commits.

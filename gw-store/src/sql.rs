@@ -5,22 +5,84 @@
 //! each backend's type, whose pool and row types differ. What differs between the databases
 //! lives in each backend's inherent methods, which the macro calls:
 //!
-//! - `begin_write()`: start a write transaction that serializes writers and returns it with
-//!   the new revision taken in it;
+//! - `begin_writer()`: start a transaction that writes; with the revision bump that the
+//!   macro's `begin_write` makes its first statement, writers are serialized;
 //! - `commit_write(tx, revision)`: announce the change (NOTIFY, or the in-process hint) and
 //!   commit;
 //! - `begin_read()`: start a read transaction that sees one consistent snapshot;
-//! - `KIND` and `hint_receiver()`.
+//! - `KIND`, and a `hints` field (a `watch::Sender<u64>`) besides `pool` and `store_id`.
+//!
+//! Every kind is written through one path (`write`, `remove` in the macro): what differs
+//! between APIs and the other kinds (the table, its key, an API's routes) is data, a
+//! [`Table`].
 
 /// Implements [`crate::Store`] for a backend type with a `pool` field.
 macro_rules! impl_store {
     ($store:ty, $row:ty) => {
         impl $store {
-            fn api_record(row: &$row) -> Result<$crate::ApiRecord, $crate::StoreError> {
+            /// Runs `migrator` on `pool` and reads the store's id. An older controller keeps
+            /// working on a schema a newer one migrated (a rolling upgrade, or a rollback):
+            /// migrations only ever add, and the ones it does not know are let be.
+            async fn migrate(
+                pool: &sqlx::Pool<<$row as sqlx::Row>::Database>,
+                mut migrator: sqlx::migrate::Migrator,
+            ) -> Result<String, $crate::StoreError> {
+                migrator.set_ignore_missing(true);
+                migrator.run(pool).await?;
+                Ok(sqlx::query_scalar($crate::sql::SELECT_STORE_ID)
+                    .fetch_one(pool)
+                    .await?)
+            }
+
+            /// Every row that `query` reads in `executor`, as `record` maps it.
+            async fn fetch_all<'e, 'q, E, T>(
+                executor: E,
+                query: sqlx::query::Query<
+                    'q,
+                    <$row as sqlx::Row>::Database,
+                    <<$row as sqlx::Row>::Database as sqlx::Database>::Arguments<'q>,
+                >,
+                record: fn(&$row) -> Result<T, $crate::StoreError>,
+            ) -> Result<Vec<T>, $crate::StoreError>
+            where
+                E: sqlx::Executor<'e, Database = <$row as sqlx::Row>::Database>,
+            {
+                query
+                    .fetch_all(executor)
+                    .await?
+                    .iter()
+                    .map(record)
+                    .collect()
+            }
+
+            /// Starts a write: a transaction of the backend's `begin_writer()` whose first
+            /// statement takes the next revision.
+            async fn begin_write(
+                &self,
+            ) -> Result<
+                (
+                    sqlx::Transaction<'static, <$row as sqlx::Row>::Database>,
+                    i64,
+                ),
+                $crate::StoreError,
+            > {
+                let mut tx = self.begin_writer().await?;
+                let revision: i64 = sqlx::query_scalar($crate::sql::NEXT_REVISION)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                Ok((tx, revision))
+            }
+
+            /// A row of `table` (an API's or a resource's) as a record of `kind`.
+            fn record(
+                kind: String,
+                row: &$row,
+            ) -> Result<$crate::ResourceRecord, $crate::StoreError> {
                 use sqlx::Row as _;
                 let sqlx::types::Json(spec): sqlx::types::Json<serde_json::Value> =
                     row.try_get("spec")?;
-                Ok($crate::ApiRecord {
+                Ok($crate::ResourceRecord {
+                    kind,
                     name: row.try_get("name")?,
                     spec,
                     revision: row.try_get("revision")?,
@@ -29,18 +91,189 @@ macro_rules! impl_store {
                 })
             }
 
+            /// A row of the `resources` table, which names its kind.
             fn resource_record(row: &$row) -> Result<$crate::ResourceRecord, $crate::StoreError> {
                 use sqlx::Row as _;
-                let sqlx::types::Json(spec): sqlx::types::Json<serde_json::Value> =
-                    row.try_get("spec")?;
-                Ok($crate::ResourceRecord {
-                    kind: row.try_get("kind")?,
-                    name: row.try_get("name")?,
+                Self::record(row.try_get("kind")?, row)
+            }
+
+            /// A row of the `apis` table.
+            fn api_record(row: &$row) -> Result<$crate::ApiRecord, $crate::StoreError> {
+                Self::record($crate::KIND_API.to_string(), row).map(Into::into)
+            }
+
+            /// Binds the key of a row of `table` (its kind where the table holds several,
+            /// then its name) to `query`, whose other parameters follow.
+            fn bind_key<'q>(
+                query: sqlx::query::Query<
+                    'q,
+                    <$row as sqlx::Row>::Database,
+                    <<$row as sqlx::Row>::Database as sqlx::Database>::Arguments<'q>,
+                >,
+                table: &$crate::sql::Table,
+                kind: &'q str,
+                name: &'q str,
+            ) -> sqlx::query::Query<
+                'q,
+                <$row as sqlx::Row>::Database,
+                <<$row as sqlx::Row>::Database as sqlx::Database>::Arguments<'q>,
+            > {
+                if table.keyed_by_kind {
+                    query.bind(kind).bind(name)
+                } else {
+                    query.bind(name)
+                }
+            }
+
+            /// One row of `table`, read in `tx` or from the pool.
+            async fn find_row<'e, E>(
+                executor: E,
+                table: &$crate::sql::Table,
+                kind: &str,
+                name: &str,
+            ) -> Result<Option<$crate::ResourceRecord>, $crate::StoreError>
+            where
+                E: sqlx::Executor<'e, Database = <$row as sqlx::Row>::Database>,
+            {
+                Self::bind_key(sqlx::query(table.select), table, kind, name)
+                    .fetch_optional(executor)
+                    .await?
+                    .map(|row| Self::record(kind.to_string(), &row))
+                    .transpose()
+            }
+
+            /// Appends a change to the log in `tx`: `spec` for an upsert, `None` for a delete.
+            async fn append_change(
+                tx: &mut sqlx::Transaction<'static, <$row as sqlx::Row>::Database>,
+                revision: i64,
+                kind: &str,
+                name: &str,
+                spec: Option<&serde_json::Value>,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query($crate::sql::INSERT_CHANGE)
+                    .bind(revision)
+                    .bind(kind)
+                    .bind(name)
+                    .bind(if spec.is_some() { "upsert" } else { "delete" })
+                    .bind(spec.map(sqlx::types::Json))
+                    .bind(at)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+
+            /// Gives the API `name` the routing keys `routes` in `tx`, in place of the ones it
+            /// had; [`StoreError::RouteConflict`] names the API that holds one already.
+            ///
+            /// [`StoreError::RouteConflict`]: $crate::StoreError::RouteConflict
+            async fn claim_routes(
+                tx: &mut sqlx::Transaction<'static, <$row as sqlx::Row>::Database>,
+                name: &str,
+                routes: &[$crate::RouteKey],
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query($crate::sql::DELETE_ROUTES)
+                    .bind(name)
+                    .execute(&mut **tx)
+                    .await?;
+                for key in routes {
+                    let inserted = sqlx::query($crate::sql::INSERT_ROUTE)
+                        .bind(&key.group)
+                        .bind(&key.host)
+                        .bind(&key.context)
+                        .bind(name)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected();
+                    if inserted == 0 {
+                        let holder: String = sqlx::query_scalar($crate::sql::ROUTE_HOLDER)
+                            .bind(&key.group)
+                            .bind(&key.host)
+                            .bind(&key.context)
+                            .fetch_one(&mut **tx)
+                            .await?;
+                        return Err($crate::StoreError::RouteConflict {
+                            group: key.group.clone(),
+                            host: key.host.clone(),
+                            context: key.context.clone(),
+                            holder,
+                        });
+                    }
+                }
+                Ok(())
+            }
+
+            /// The one write path of every kind: creates or replaces the row of `write` in
+            /// its table under its precondition, gives an API its routes, and appends the
+            /// change, in one transaction under the next revision.
+            async fn write(
+                &self,
+                write: $crate::sql::Write<'_>,
+            ) -> Result<$crate::PutResourceOutcome, $crate::StoreError> {
+                let $crate::sql::Write {
+                    table,
+                    kind,
+                    name,
                     spec,
-                    revision: row.try_get("revision")?,
-                    created_at: row.try_get("created_at")?,
-                    updated_at: row.try_get("updated_at")?,
+                    routes,
+                    precondition,
+                } = write;
+                let (mut tx, revision) = self.begin_write().await?;
+                let existing = Self::find_row(&mut *tx, table, kind, &name).await?;
+                $crate::check_precondition(
+                    &name,
+                    precondition,
+                    existing.as_ref().map(|e| e.revision),
+                )?;
+                let now = $crate::sql::now();
+                let created_at = existing.as_ref().map_or(now, |e| e.created_at);
+                Self::bind_key(sqlx::query(table.upsert), table, kind, &name)
+                    .bind(sqlx::types::Json(&spec))
+                    .bind(revision)
+                    .bind(created_at)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                if table.owns_routes {
+                    Self::claim_routes(&mut tx, &name, routes).await?;
+                }
+                Self::append_change(&mut tx, revision, kind, &name, Some(&spec), now).await?;
+                self.commit_write(tx, revision).await?;
+                Ok($crate::PutOutcome {
+                    created: existing.is_none(),
+                    previous: existing.map(|e| e.spec),
+                    record: $crate::ResourceRecord {
+                        kind: kind.to_string(),
+                        name,
+                        spec,
+                        revision,
+                        created_at,
+                        updated_at: now,
+                    },
                 })
+            }
+
+            /// The one delete path of every kind: deletes the row of `kind`/`name` from
+            /// `table` under `precondition` and appends the change, in one transaction.
+            async fn remove(
+                &self,
+                table: &$crate::sql::Table,
+                kind: &str,
+                name: &str,
+                precondition: $crate::Precondition,
+            ) -> Result<$crate::DeleteResourceOutcome, $crate::StoreError> {
+                let (mut tx, revision) = self.begin_write().await?;
+                let Some(previous) = Self::find_row(&mut *tx, table, kind, name).await? else {
+                    return Err($crate::missing(name, precondition));
+                };
+                $crate::check_precondition(name, precondition, Some(previous.revision))?;
+                Self::bind_key(sqlx::query(table.delete), table, kind, name)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::append_change(&mut tx, revision, kind, name, None, $crate::sql::now())
+                    .await?;
+                self.commit_write(tx, revision).await?;
+                Ok($crate::DeleteOutcome { revision, previous })
             }
 
             /// Binds a runtime's columns, in [`write_runtime`]'s order, to `query`.
@@ -72,6 +305,22 @@ macro_rules! impl_store {
                     .bind(r.session_epoch)
                     .bind(r.heartbeat_interval_ms)
                     .bind(&r.refused)
+            }
+
+            /// Writes a runtime's whole row with `statement` ([`write_runtime`]'s, whose
+            /// condition may take `live_since` as its last parameter); returns whether it
+            /// wrote.
+            async fn write_runtime(
+                &self,
+                statement: &'static str,
+                r: &$crate::RuntimeRecord,
+                live_since: Option<chrono::DateTime<chrono::Utc>>,
+            ) -> Result<bool, $crate::StoreError> {
+                let mut query = Self::bind_runtime(sqlx::query(statement), r);
+                if let Some(at) = live_since {
+                    query = query.bind(at);
+                }
+                Ok(query.execute(&self.pool).await?.rows_affected() > 0)
             }
 
             fn runtime_record(row: &$row) -> Result<$crate::RuntimeRecord, $crate::StoreError> {
@@ -116,7 +365,7 @@ macro_rules! impl_store {
             }
 
             fn hints(&self) -> tokio::sync::watch::Receiver<u64> {
-                self.hint_receiver()
+                self.hints.subscribe()
             }
 
             fn store_id(&self) -> &str {
@@ -140,77 +389,16 @@ macro_rules! impl_store {
                 &self,
                 put: $crate::PutApi,
             ) -> Result<$crate::PutOutcome, $crate::StoreError> {
-                let (mut tx, revision) = self.begin_write().await?;
-                let existing = sqlx::query($crate::sql::SELECT_API)
-                    .bind(&put.name)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|row| Self::api_record(&row))
-                    .transpose()?;
-                $crate::check_precondition(
-                    &put.name,
-                    put.precondition,
-                    existing.as_ref().map(|e| e.revision),
-                )?;
-                let now = $crate::sql::now();
-                let created_at = existing.as_ref().map_or(now, |e| e.created_at);
-                sqlx::query($crate::sql::UPSERT_API)
-                    .bind(&put.name)
-                    .bind(sqlx::types::Json(&put.spec))
-                    .bind(revision)
-                    .bind(created_at)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query($crate::sql::DELETE_ROUTES)
-                    .bind(&put.name)
-                    .execute(&mut *tx)
-                    .await?;
-                for key in &put.routes {
-                    let inserted = sqlx::query($crate::sql::INSERT_ROUTE)
-                        .bind(&key.group)
-                        .bind(&key.host)
-                        .bind(&key.context)
-                        .bind(&put.name)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    if inserted == 0 {
-                        let holder: String = sqlx::query_scalar($crate::sql::ROUTE_HOLDER)
-                            .bind(&key.group)
-                            .bind(&key.host)
-                            .bind(&key.context)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                        return Err($crate::StoreError::RouteConflict {
-                            group: key.group.clone(),
-                            host: key.host.clone(),
-                            context: key.context.clone(),
-                            holder,
-                        });
-                    }
-                }
-                sqlx::query($crate::sql::INSERT_CHANGE)
-                    .bind(revision)
-                    .bind($crate::KIND_API)
-                    .bind(&put.name)
-                    .bind("upsert")
-                    .bind(Some(sqlx::types::Json(&put.spec)))
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                self.commit_write(tx, revision).await?;
-                Ok($crate::PutOutcome {
-                    created: existing.is_none(),
-                    previous: existing.map(|e| e.spec),
-                    record: $crate::ApiRecord {
-                        name: put.name,
-                        spec: put.spec,
-                        revision,
-                        created_at,
-                        updated_at: now,
-                    },
+                self.write($crate::sql::Write {
+                    table: &$crate::sql::APIS,
+                    kind: $crate::KIND_API,
+                    name: put.name,
+                    spec: put.spec,
+                    routes: &put.routes,
+                    precondition: put.precondition,
                 })
+                .await
+                .map($crate::PutOutcome::into_record)
             }
 
             async fn delete_api(
@@ -218,55 +406,20 @@ macro_rules! impl_store {
                 name: &str,
                 precondition: $crate::Precondition,
             ) -> Result<$crate::DeleteOutcome, $crate::StoreError> {
-                let (mut tx, revision) = self.begin_write().await?;
-                let existing = sqlx::query($crate::sql::SELECT_API)
-                    .bind(name)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|row| Self::api_record(&row))
-                    .transpose()?;
-                let Some(previous) = existing else {
-                    return Err(match precondition {
-                        $crate::Precondition::Revision(expected) => {
-                            $crate::StoreError::PreconditionFailed {
-                                name: name.to_string(),
-                                expected,
-                                actual: None,
-                            }
-                        }
-                        _ => $crate::StoreError::NotFound {
-                            name: name.to_string(),
-                        },
-                    });
-                };
-                $crate::check_precondition(name, precondition, Some(previous.revision))?;
-                sqlx::query($crate::sql::DELETE_API)
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query($crate::sql::INSERT_CHANGE)
-                    .bind(revision)
-                    .bind($crate::KIND_API)
-                    .bind(name)
-                    .bind("delete")
-                    .bind(None::<sqlx::types::Json<serde_json::Value>>)
-                    .bind($crate::sql::now())
-                    .execute(&mut *tx)
-                    .await?;
-                self.commit_write(tx, revision).await?;
-                Ok($crate::DeleteOutcome { revision, previous })
+                self.remove(&$crate::sql::APIS, $crate::KIND_API, name, precondition)
+                    .await
+                    .map($crate::DeleteOutcome::into_record)
             }
 
             async fn get_api(
                 &self,
                 name: &str,
             ) -> Result<Option<$crate::ApiRecord>, $crate::StoreError> {
-                sqlx::query($crate::sql::SELECT_API)
-                    .bind(name)
-                    .fetch_optional(&self.pool)
-                    .await?
-                    .map(|row| Self::api_record(&row))
-                    .transpose()
+                Ok(
+                    Self::find_row(&self.pool, &$crate::sql::APIS, $crate::KIND_API, name)
+                        .await?
+                        .map(Into::into),
+                )
             }
 
             async fn put_resource(
@@ -274,52 +427,15 @@ macro_rules! impl_store {
                 put: $crate::PutResource,
             ) -> Result<$crate::PutResourceOutcome, $crate::StoreError> {
                 $crate::check_resource_kind(&put.kind)?;
-                let (mut tx, revision) = self.begin_write().await?;
-                let existing = sqlx::query($crate::sql::SELECT_RESOURCE)
-                    .bind(&put.kind)
-                    .bind(&put.name)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|row| Self::resource_record(&row))
-                    .transpose()?;
-                $crate::check_precondition(
-                    &put.name,
-                    put.precondition,
-                    existing.as_ref().map(|e| e.revision),
-                )?;
-                let now = $crate::sql::now();
-                let created_at = existing.as_ref().map_or(now, |e| e.created_at);
-                sqlx::query($crate::sql::UPSERT_RESOURCE)
-                    .bind(&put.kind)
-                    .bind(&put.name)
-                    .bind(sqlx::types::Json(&put.spec))
-                    .bind(revision)
-                    .bind(created_at)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query($crate::sql::INSERT_CHANGE)
-                    .bind(revision)
-                    .bind(&put.kind)
-                    .bind(&put.name)
-                    .bind("upsert")
-                    .bind(Some(sqlx::types::Json(&put.spec)))
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                self.commit_write(tx, revision).await?;
-                Ok($crate::PutResourceOutcome {
-                    created: existing.is_none(),
-                    previous: existing.map(|e| e.spec),
-                    record: $crate::ResourceRecord {
-                        kind: put.kind,
-                        name: put.name,
-                        spec: put.spec,
-                        revision,
-                        created_at,
-                        updated_at: now,
-                    },
+                self.write($crate::sql::Write {
+                    table: &$crate::sql::RESOURCES,
+                    kind: &put.kind,
+                    name: put.name,
+                    spec: put.spec,
+                    routes: &[],
+                    precondition: put.precondition,
                 })
+                .await
             }
 
             async fn delete_resource(
@@ -329,45 +445,8 @@ macro_rules! impl_store {
                 precondition: $crate::Precondition,
             ) -> Result<$crate::DeleteResourceOutcome, $crate::StoreError> {
                 $crate::check_resource_kind(kind)?;
-                let (mut tx, revision) = self.begin_write().await?;
-                let existing = sqlx::query($crate::sql::SELECT_RESOURCE)
-                    .bind(kind)
-                    .bind(name)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|row| Self::resource_record(&row))
-                    .transpose()?;
-                let Some(previous) = existing else {
-                    return Err(match precondition {
-                        $crate::Precondition::Revision(expected) => {
-                            $crate::StoreError::PreconditionFailed {
-                                name: name.to_string(),
-                                expected,
-                                actual: None,
-                            }
-                        }
-                        _ => $crate::StoreError::NotFound {
-                            name: name.to_string(),
-                        },
-                    });
-                };
-                $crate::check_precondition(name, precondition, Some(previous.revision))?;
-                sqlx::query($crate::sql::DELETE_RESOURCE)
-                    .bind(kind)
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query($crate::sql::INSERT_CHANGE)
-                    .bind(revision)
-                    .bind(kind)
-                    .bind(name)
-                    .bind("delete")
-                    .bind(None::<sqlx::types::Json<serde_json::Value>>)
-                    .bind($crate::sql::now())
-                    .execute(&mut *tx)
-                    .await?;
-                self.commit_write(tx, revision).await?;
-                Ok($crate::DeleteResourceOutcome { revision, previous })
+                self.remove(&$crate::sql::RESOURCES, kind, name, precondition)
+                    .await
             }
 
             async fn get_resource(
@@ -375,26 +454,19 @@ macro_rules! impl_store {
                 kind: &str,
                 name: &str,
             ) -> Result<Option<$crate::ResourceRecord>, $crate::StoreError> {
-                sqlx::query($crate::sql::SELECT_RESOURCE)
-                    .bind(kind)
-                    .bind(name)
-                    .fetch_optional(&self.pool)
-                    .await?
-                    .map(|row| Self::resource_record(&row))
-                    .transpose()
+                Self::find_row(&self.pool, &$crate::sql::RESOURCES, kind, name).await
             }
 
             async fn list_resources(
                 &self,
                 kind: &str,
             ) -> Result<Vec<$crate::ResourceRecord>, $crate::StoreError> {
-                sqlx::query($crate::sql::SELECT_RESOURCES)
-                    .bind(kind)
-                    .fetch_all(&self.pool)
-                    .await?
-                    .iter()
-                    .map(Self::resource_record)
-                    .collect()
+                Self::fetch_all(
+                    &self.pool,
+                    sqlx::query($crate::sql::SELECT_RESOURCES).bind(kind),
+                    Self::resource_record,
+                )
+                .await
             }
 
             async fn snapshot(&self) -> Result<$crate::Snapshot, $crate::StoreError> {
@@ -402,18 +474,18 @@ macro_rules! impl_store {
                 let revision: i64 = sqlx::query_scalar($crate::sql::SELECT_REVISION)
                     .fetch_one(&mut *tx)
                     .await?;
-                let apis = sqlx::query($crate::sql::SELECT_APIS)
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .iter()
-                    .map(Self::api_record)
-                    .collect::<Result<Vec<_>, _>>()?;
-                let resources = sqlx::query($crate::sql::SELECT_ALL_RESOURCES)
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .iter()
-                    .map(Self::resource_record)
-                    .collect::<Result<Vec<_>, _>>()?;
+                let apis = Self::fetch_all(
+                    &mut *tx,
+                    sqlx::query($crate::sql::SELECT_APIS),
+                    Self::api_record,
+                )
+                .await?;
+                let resources = Self::fetch_all(
+                    &mut *tx,
+                    sqlx::query($crate::sql::SELECT_ALL_RESOURCES),
+                    Self::resource_record,
+                )
+                .await?;
                 tx.commit().await?;
                 Ok($crate::Snapshot {
                     revision,
@@ -453,7 +525,7 @@ macro_rules! impl_store {
             }
 
             async fn compact(&self, through: i64) -> Result<u64, $crate::StoreError> {
-                let mut tx = self.begin_maintenance().await?;
+                let mut tx = self.begin_writer().await?;
                 let revision: i64 = sqlx::query_scalar($crate::sql::SELECT_REVISION)
                     .fetch_one(&mut *tx)
                     .await?;
@@ -475,11 +547,8 @@ macro_rules! impl_store {
                 &self,
                 r: &$crate::RuntimeRecord,
             ) -> Result<bool, $crate::StoreError> {
-                let written = Self::bind_runtime(sqlx::query($crate::sql::UPSERT_RUNTIME), r)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-                Ok(written > 0)
+                self.write_runtime($crate::sql::UPSERT_RUNTIME, r, None)
+                    .await
             }
 
             async fn record_refusal(
@@ -487,12 +556,8 @@ macro_rules! impl_store {
                 r: &$crate::RuntimeRecord,
                 live_since: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::StoreError> {
-                let written = Self::bind_runtime(sqlx::query($crate::sql::REFUSE_RUNTIME), r)
-                    .bind(live_since)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-                Ok(written > 0)
+                self.write_runtime($crate::sql::REFUSE_RUNTIME, r, Some(live_since))
+                    .await
             }
 
             async fn update_runtime(
@@ -516,12 +581,12 @@ macro_rules! impl_store {
             async fn list_runtimes(
                 &self,
             ) -> Result<Vec<$crate::RuntimeRecord>, $crate::StoreError> {
-                sqlx::query($crate::sql::SELECT_RUNTIMES)
-                    .fetch_all(&self.pool)
-                    .await?
-                    .iter()
-                    .map(Self::runtime_record)
-                    .collect()
+                Self::fetch_all(
+                    &self.pool,
+                    sqlx::query($crate::sql::SELECT_RUNTIMES),
+                    Self::runtime_record,
+                )
+                .await
             }
 
             async fn prune_runtimes(
@@ -539,6 +604,56 @@ macro_rules! impl_store {
 }
 
 pub(crate) use impl_store;
+
+/// A table that holds resources, as data: what differs between the write paths of APIs (a
+/// table of their own, keyed by name, whose rows own routes) and of every other kind (the
+/// `resources` table, keyed by kind and name).
+#[derive(Debug)]
+pub(crate) struct Table {
+    /// Reads one row (`name, spec, revision, created_at, updated_at`) by its key.
+    pub(crate) select: &'static str,
+    /// Inserts or replaces one row: its key, then `spec, revision, created_at, updated_at`.
+    pub(crate) upsert: &'static str,
+    /// Deletes one row by its key.
+    pub(crate) delete: &'static str,
+    /// Whether a row's key starts with its kind (the table holds several kinds) or is its
+    /// name alone.
+    pub(crate) keyed_by_kind: bool,
+    /// Whether a row owns routing keys (`api_routes`), replaced by each write.
+    pub(crate) owns_routes: bool,
+}
+
+/// The `apis` table.
+pub(crate) const APIS: Table = Table {
+    select: SELECT_API,
+    upsert: UPSERT_API,
+    delete: DELETE_API,
+    keyed_by_kind: false,
+    owns_routes: true,
+};
+
+/// The `resources` table, shared by every kind other than APIs.
+pub(crate) const RESOURCES: Table = Table {
+    select: SELECT_RESOURCE,
+    upsert: UPSERT_RESOURCE,
+    delete: DELETE_RESOURCE,
+    keyed_by_kind: true,
+    owns_routes: false,
+};
+
+/// One create-or-replace, whatever its kind.
+#[derive(Debug)]
+pub(crate) struct Write<'a> {
+    /// Where the kind is kept.
+    pub(crate) table: &'static Table,
+    /// The kind, as the change log names it.
+    pub(crate) kind: &'a str,
+    pub(crate) name: String,
+    pub(crate) spec: serde_json::Value,
+    /// The routing keys the resource occupies (APIs; empty for the other kinds).
+    pub(crate) routes: &'a [crate::RouteKey],
+    pub(crate) precondition: crate::Precondition,
+}
 
 /// The current time at the precision both databases store (microseconds), so that a record
 /// returned by a write equals the record read back.

@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 use tokio::sync::watch;
 
-use crate::sql::{self, impl_store};
+use crate::sql::impl_store;
 use crate::{Backend, StoreError, StoreOptions};
 
 /// The SQLite store.
@@ -106,14 +106,7 @@ impl SqliteStore {
             .acquire_timeout(options.timeout)
             .connect_with(connect)
             .await?;
-        // an older controller keeps working on a schema a newer one migrated (a rolling
-        // upgrade, or a rollback): migrations only ever add
-        let mut migrator = sqlx::migrate!("./migrations/sqlite");
-        migrator.set_ignore_missing(true);
-        migrator.run(&pool).await?;
-        let store_id = sqlx::query_scalar(sql::SELECT_STORE_ID)
-            .fetch_one(&pool)
-            .await?;
+        let store_id = Self::migrate(&pool, sqlx::migrate!("./migrations/sqlite")).await?;
         let (hints, _) = watch::channel(0);
         Ok(Self {
             pool,
@@ -124,24 +117,14 @@ impl SqliteStore {
 
     const KIND: Backend = Backend::Sqlite;
 
-    fn hint_receiver(&self) -> watch::Receiver<u64> {
-        self.hints.subscribe()
-    }
-
-    async fn begin_write(&self) -> Result<(Transaction<'static, Sqlite>, i64), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let revision: i64 = sqlx::query_scalar(sql::NEXT_REVISION)
-            .fetch_one(&mut *tx)
-            .await?;
-        Ok((tx, revision))
+    /// Starts a transaction that writes: `BEGIN IMMEDIATE` takes the database's write lock
+    /// up front, which serializes writers.
+    async fn begin_writer(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     async fn begin_read(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         Ok(self.pool.begin().await?)
-    }
-
-    async fn begin_maintenance(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// Commits, then tells this process's feeds to look.

@@ -1,106 +1,108 @@
-//! `/api/v1/apis`: deploy, read and delete APIs.
+//! `/api/v1/apis`: deploy, read and delete APIs (served by the handlers of
+//! [`super::kind`]).
 //!
-//! A write validates the definition (every problem, with its field path), then commits it
-//! and its change-log entry in one store transaction under the next global revision. The
-//! answer carries the revision as `ETag`; `If-Match` with a stale ETag gives 412. With
-//! `?wait=applied` the answer comes once every connected runtime of the API's groups (before
-//! and after the change) has applied the revision, or after `timeout` (default 30s) with the
-//! runtimes that have not, or that rejected it. When no connected runtime serves those groups
-//! there is nothing to wait for: the answer says so (`warning`, and a `Warning` header).
+//! A write validates the definition (every problem, with its field path) against the
+//! policies this controller knows, checks that a client certificate it presents to its
+//! upstream is deployed to its groups, and stores it with the routing keys it occupies (a
+//! key another API holds is a 409 `route_conflict`). APIs have a table of their own in the
+//! store, because they own routes.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use gw_core::model::{self, ApiDefinition, FieldError, HumanDuration, ValidationContext};
-use gw_store::{ApiRecord, Precondition, PutApi, RouteKey, StoreError};
+use gw_core::model::{ApiDefinition, Format, ValidationContext};
+use gw_store::{
+    DeleteResourceOutcome, Precondition, PutApi, ResourceRecord, RouteKey, Snapshot, Store,
+    StoreError,
+};
 use serde_json::json;
 
-use super::format::{document, read_body, request_format, wants_yaml};
+use super::kind::{Deploy, Deployed, Kind};
 use super::{ApiError, AppState};
-use crate::fleet::{self, ApplyReport};
 use crate::watcher::groups_of;
 
-/// `?wait=applied&timeout=…`
-#[derive(Debug, Default)]
-pub(super) struct WriteParams {
-    wait: Option<Duration>,
-}
+/// The kind of APIs.
+#[derive(Debug)]
+pub(super) struct Apis;
 
-impl WriteParams {
-    pub(super) fn parse(query: Option<&str>, state: &AppState) -> Result<Self, ApiError> {
-        let mut wait = false;
-        let mut timeout = None;
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "wait" if value == "applied" => wait = true,
-                "wait" => {
-                    return Err(ApiError::field(
-                        "wait",
-                        format!("unsupported value {value:?}; use wait=applied"),
-                    ));
-                }
-                "timeout" => {
-                    let parsed: HumanDuration =
-                        value.parse().map_err(|e: model::DurationError| {
-                            ApiError::field("timeout", e.to_string())
-                        })?;
-                    if parsed.as_duration() > state.options.max_wait {
-                        return Err(ApiError::field(
-                            "timeout",
-                            format!(
-                                "at most {}",
-                                HumanDuration::from_millis(
-                                    u64::try_from(state.options.max_wait.as_millis())
-                                        .unwrap_or(u64::MAX)
-                                )
-                            ),
-                        ));
-                    }
-                    timeout = Some(parsed.as_duration());
-                }
-                other => {
-                    return Err(ApiError::field(
-                        other,
-                        "unknown query parameter; supported: wait, timeout",
-                    ));
-                }
-            }
-        }
-        if timeout.is_some() && !wait {
-            return Err(ApiError::field(
-                "timeout",
-                "only meaningful with wait=applied",
-            ));
-        }
-        Ok(Self {
-            wait: wait.then(|| timeout.unwrap_or(state.options.default_wait)),
+impl Kind for Apis {
+    const KIND: &'static str = gw_store::KIND_API;
+    const NOUN: &'static str = "API";
+    const COLLECTION: &'static str = "apis";
+
+    type Document = ApiDefinition;
+
+    fn parse(state: &AppState, bytes: &[u8], format: Format) -> Result<ApiDefinition, ApiError> {
+        let ctx = ValidationContext {
+            policies: Some(&state.policies),
+        };
+        ApiDefinition::parse_with(bytes, format, &ctx).map_err(ApiError::from_model)
+    }
+
+    fn document_name(api: &ApiDefinition) -> Option<&str> {
+        Some(&api.metadata.name)
+    }
+
+    async fn deploy(state: &AppState, deploy: Deploy<ApiDefinition>) -> Result<Deployed, ApiError> {
+        let api = deploy.document;
+        let store = state.store()?;
+        check_client_certificate(store.as_ref(), &api).await?;
+        let name = api.metadata.name.clone();
+        let outcome = store
+            .put_api(PutApi {
+                name: name.clone(),
+                routes: route_keys(&api),
+                spec: api.to_json(),
+                precondition: deploy.precondition,
+            })
+            .await
+            .map_err(|err| Self::write_error(&name, err, deploy.basis))?
+            .into_record::<ResourceRecord>();
+        Ok(Deployed {
+            body: Self::summary(state, &outcome.record),
+            outcome,
+            groups: api.spec.groups,
         })
     }
-}
 
-pub(super) fn check_name(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(name) = name.map_err(|e| ApiError::from_path(&e))?;
-    model::validate_name(&name).map_err(|message| ApiError::field("name", message))?;
-    Ok(name)
-}
+    fn summary(_: &AppState, record: &ResourceRecord) -> serde_json::Value {
+        json!({
+            "name": record.name,
+            "revision": record.revision,
+            "createdAt": record.created_at,
+            "updatedAt": record.updated_at,
+            "api": record.spec,
+        })
+    }
 
-async fn parse_definition(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<ApiDefinition, ApiError> {
-    let format = request_format(headers)?;
-    let bytes = read_body(headers, body, state.options.max_body_bytes).await?;
-    let ctx = ValidationContext {
-        policies: Some(&state.policies),
-    };
-    ApiDefinition::parse_with(&bytes, format, &ctx).map_err(ApiError::from_model)
+    fn shown(record: &ResourceRecord) -> Result<serde_json::Value, ApiError> {
+        Ok(record.spec.clone())
+    }
+
+    async fn find(store: &dyn Store, name: &str) -> Result<Option<ResourceRecord>, StoreError> {
+        Ok(store.get_api(name).await?.map(Into::into))
+    }
+
+    fn listed(snapshot: Snapshot) -> Vec<ResourceRecord> {
+        snapshot.apis.into_iter().map(Into::into).collect()
+    }
+
+    async fn remove(
+        store: &dyn Store,
+        name: &str,
+        precondition: Precondition,
+    ) -> Result<DeleteResourceOutcome, StoreError> {
+        Ok(store.delete_api(name, precondition).await?.into_record())
+    }
+
+    // A taken name and a missing API are answered with the store's own text (`"pets"
+    // already exists`), as they were before the other kinds existed.
+    fn taken(name: &str) -> ApiError {
+        ApiError::from_store(StoreError::AlreadyExists {
+            name: name.to_string(),
+        })
+    }
+
+    fn delete_error(_: &str, err: StoreError) -> ApiError {
+        ApiError::from_store(err)
+    }
 }
 
 fn route_keys(api: &ApiDefinition) -> Vec<RouteKey> {
@@ -112,124 +114,6 @@ fn route_keys(api: &ApiDefinition) -> Vec<RouteKey> {
             context: k.context,
         })
         .collect()
-}
-
-/// `If-Match: "<revision>"` and `If-None-Match: *`.
-pub(super) fn precondition(headers: &HeaderMap) -> Result<Option<Precondition>, ApiError> {
-    if let Some(value) = headers.get(header::IF_MATCH) {
-        let text = value.to_str().unwrap_or("").trim();
-        let tag = text.trim_start_matches("W/").trim_matches('"');
-        return match tag.parse::<i64>() {
-            Ok(revision) => Ok(Some(Precondition::Revision(revision))),
-            Err(_) => Err(ApiError::new(
-                StatusCode::PRECONDITION_FAILED,
-                "precondition_failed",
-                format!("If-Match {text:?} matches no revision; send the ETag of a GET"),
-            )),
-        };
-    }
-    if let Some(value) = headers.get(header::IF_NONE_MATCH) {
-        if value.to_str().unwrap_or("").trim() == "*" {
-            return Ok(Some(Precondition::Absent));
-        }
-        return Err(ApiError::field(
-            "If-None-Match",
-            "only `*` is supported on writes",
-        ));
-    }
-    Ok(None)
-}
-
-pub(super) fn etag(revision: i64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
-}
-
-fn summary(record: &ApiRecord) -> serde_json::Value {
-    json!({
-        "name": record.name,
-        "revision": record.revision,
-        "createdAt": record.created_at,
-        "updatedAt": record.updated_at,
-        "api": record.spec,
-    })
-}
-
-/// Waits for `revision` on the runtimes of `groups` when asked to; a timeout or a rejection
-/// becomes an error that still says the write was stored.
-pub(super) async fn wait_if_asked(
-    state: &AppState,
-    params: &WriteParams,
-    groups: &[String],
-    revision: i64,
-) -> Result<Option<ApplyReport>, ApiError> {
-    let Some(timeout) = params.wait else {
-        return Ok(None);
-    };
-    let store = state.store()?;
-    let unconfirmed = |why: &str| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "apply_unconfirmed",
-            format!(
-                "stored at revision {revision}, but {why} before the runtimes confirmed it; \
-                 the change reaches them when they can be served"
-            ),
-        )
-        .with_etag(revision)
-    };
-    let mut stopping = state.stopping.clone();
-    let report = tokio::select! {
-        report = fleet::wait_applied(store, groups, revision, timeout) => {
-            report.map_err(|err| {
-                tracing::warn!(error = %err, revision, "cannot confirm that runtimes applied a write");
-                unconfirmed("the database became unavailable")
-            })?
-        }
-        _ = stopping.wait_for(|stopping| *stopping) => {
-            return Err(unconfirmed("the controller is shutting down"));
-        }
-    };
-    if !report.rejected.is_empty() {
-        let details = report
-            .rejected
-            .iter()
-            .map(|(node, reason)| FieldError::new(format!("runtimes.{node}"), reason.clone()))
-            .collect();
-        return Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "apply_rejected",
-            format!(
-                "stored at revision {revision}, but {} runtime(s) rejected it and keep serving their previous configuration",
-                report.rejected.len()
-            ),
-        )
-        .with_details(details)
-        .with_etag(revision));
-    }
-    if !report.pending.is_empty() {
-        let details = report
-            .pending
-            .iter()
-            .map(|(node, applied)| {
-                FieldError::new(
-                    format!("runtimes.{node}"),
-                    format!("still serves revision {applied}"),
-                )
-            })
-            .collect();
-        return Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "apply_timeout",
-            format!(
-                "stored at revision {revision}, but {} runtime(s) had not applied it within {}",
-                report.pending.len(),
-                HumanDuration::from_millis(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
-            ),
-        )
-        .with_details(details)
-        .with_etag(revision));
-    }
-    Ok(Some(report))
 }
 
 /// An API that shows a client certificate to its upstream needs that certificate deployed
@@ -276,242 +160,4 @@ async fn check_client_certificate(
         ));
     }
     Ok(())
-}
-
-async fn write(
-    state: &AppState,
-    api: ApiDefinition,
-    precondition: Precondition,
-    exists_is_412: bool,
-    params: WriteParams,
-) -> Result<Response, ApiError> {
-    let store = state.store()?;
-    check_client_certificate(store.as_ref(), &api).await?;
-    let spec = api.to_json();
-    let outcome = store
-        .put_api(PutApi {
-            name: api.metadata.name.clone(),
-            routes: route_keys(&api),
-            spec,
-            precondition,
-        })
-        .await
-        .map_err(|err| match err {
-            StoreError::AlreadyExists { name } if exists_is_412 => ApiError::new(
-                StatusCode::PRECONDITION_FAILED,
-                "precondition_failed",
-                format!("API {name:?} already exists (If-None-Match: *)"),
-            ),
-            other => ApiError::from_store(other),
-        })?;
-    let record = outcome.record;
-    tracing::info!(api = %record.name, revision = record.revision, created = outcome.created, "API deployed");
-    written(
-        state,
-        &params,
-        Written {
-            groups: api.spec.groups.clone(),
-            previous: outcome.previous.as_ref(),
-            revision: record.revision,
-            created: outcome.created,
-            body: summary(&record),
-            location: format!("/api/v1/apis/{}", record.name),
-        },
-    )
-    .await
-}
-
-/// A write the store committed, as the answer describes it.
-pub(super) struct Written<'a> {
-    /// The groups of the resource now.
-    pub(super) groups: Vec<String>,
-    /// The definition it replaced, whose groups are waited for too.
-    pub(super) previous: Option<&'a serde_json::Value>,
-    pub(super) revision: i64,
-    pub(super) created: bool,
-    /// What the answer shows of the resource.
-    pub(super) body: serde_json::Value,
-    pub(super) location: String,
-}
-
-/// Answers a committed write: waits for the runtimes of the groups the resource was and is
-/// in when asked, then 201 (created) or 200 with the ETag and the Location.
-pub(super) async fn written(
-    state: &AppState,
-    params: &WriteParams,
-    write: Written<'_>,
-) -> Result<Response, ApiError> {
-    let mut groups = write.groups;
-    if let Some(previous) = write.previous {
-        groups.extend(groups_of(previous));
-    }
-    groups.sort();
-    groups.dedup();
-    let report = match wait_if_asked(state, params, &groups, write.revision).await {
-        Ok(report) => report,
-        Err(mut error) => {
-            // committed all the same: a key generated by this write is shown now or never
-            for field in ["generatedKeys", "key"] {
-                if let Some(value) = write.body.get(field) {
-                    error = error.with_extra(field, value.clone());
-                }
-            }
-            return Err(error);
-        }
-    };
-    let mut body = write.body;
-    let warning = report.and_then(|report| report.describe(&groups, write.revision, &mut body));
-    let status = if write.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    let mut response = (status, axum::Json(body)).into_response();
-    let headers = response.headers_mut();
-    add_warning(headers, warning.as_deref());
-    headers.insert(header::ETAG, etag(write.revision));
-    if let Ok(location) = HeaderValue::from_str(&write.location) {
-        headers.insert(header::LOCATION, location);
-    }
-    Ok(response)
-}
-
-/// The precondition of a DELETE: `If-Match` only.
-pub(super) fn delete_precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
-    match precondition(headers)? {
-        Some(Precondition::Absent) => {
-            Err(ApiError::field("If-None-Match", "not supported on DELETE"))
-        }
-        other => Ok(other.unwrap_or_default()),
-    }
-}
-
-/// Answers a committed delete: waits for the runtimes of the groups the resource was in
-/// when asked, then 200 with the revision of the delete as ETag.
-pub(super) async fn deleted(
-    state: &AppState,
-    params: &WriteParams,
-    name: &str,
-    revision: i64,
-    previous: &serde_json::Value,
-) -> Result<Response, ApiError> {
-    let groups = groups_of(previous);
-    let report = wait_if_asked(state, params, &groups, revision).await?;
-    let mut body = json!({"name": name, "revision": revision, "deleted": true});
-    let warning = report.and_then(|report| report.describe(&groups, revision, &mut body));
-    let mut response = axum::Json(body).into_response();
-    add_warning(response.headers_mut(), warning.as_deref());
-    response.headers_mut().insert(header::ETAG, etag(revision));
-    Ok(response)
-}
-
-/// `Warning: 299 gw "<text>"` (a miscellaneous persistent warning, RFC 7234), for clients
-/// that show warnings of a successful answer.
-fn add_warning(headers: &mut HeaderMap, text: Option<&str>) {
-    if let Some(text) = text
-        && let Ok(value) = HeaderValue::from_str(&format!("299 gw \"{}\"", text.replace('"', "'")))
-    {
-        headers.insert(header::WARNING, value);
-    }
-}
-
-/// `PUT /api/v1/apis/{name}`: create or replace.
-pub(super) async fn put(
-    State(state): State<Arc<AppState>>,
-    name: Result<Path<String>, PathRejection>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let name = check_name(name)?;
-    let params = WriteParams::parse(query.as_deref(), &state)?;
-    let precondition = precondition(&headers)?;
-    let api = parse_definition(&state, &headers, body).await?;
-    super::resources::check_document_name(&api.metadata.name, &name)?;
-    // with If-None-Match: *, an existing API fails the precondition (412), where a POST
-    // reports a conflict (409)
-    let precondition_header = precondition == Some(Precondition::Absent);
-    write(
-        &state,
-        api,
-        precondition.unwrap_or_default(),
-        precondition_header,
-        params,
-    )
-    .await
-}
-
-/// `POST /api/v1/apis`: create; 409 if the name is taken.
-pub(super) async fn create(
-    State(state): State<Arc<AppState>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let params = WriteParams::parse(query.as_deref(), &state)?;
-    let api = parse_definition(&state, &headers, body).await?;
-    write(&state, api, Precondition::Absent, false, params).await
-}
-
-/// `GET /api/v1/apis`: every API, with the store's revision.
-pub(super) async fn list(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let snapshot = state
-        .store()?
-        .snapshot()
-        .await
-        .map_err(ApiError::from_store)?;
-    let items: Vec<_> = snapshot.apis.iter().map(summary).collect();
-    Ok(axum::Json(json!({"revision": snapshot.revision, "items": items})).into_response())
-}
-
-/// `GET /api/v1/apis/{name}`: the definition, in JSON or YAML (`Accept`), with its ETag.
-pub(super) async fn get(
-    State(state): State<Arc<AppState>>,
-    name: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let name = check_name(name)?;
-    let record = state
-        .store()?
-        .get_api(&name)
-        .await
-        .map_err(ApiError::from_store)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("API {name:?} does not exist"),
-            )
-        })?;
-    let mut response = document(StatusCode::OK, &record.spec, wants_yaml(&headers));
-    response
-        .headers_mut()
-        .insert(header::ETAG, etag(record.revision));
-    Ok(response)
-}
-
-/// `DELETE /api/v1/apis/{name}`.
-pub(super) async fn delete(
-    State(state): State<Arc<AppState>>,
-    name: Result<Path<String>, PathRejection>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let name = check_name(name)?;
-    let params = WriteParams::parse(query.as_deref(), &state)?;
-    let precondition = delete_precondition(&headers)?;
-    let outcome = state
-        .store()?
-        .delete_api(&name, precondition)
-        .await
-        .map_err(ApiError::from_store)?;
-    tracing::info!(api = %name, revision = outcome.revision, "API deleted");
-    deleted(
-        &state,
-        &params,
-        &name,
-        outcome.revision,
-        &outcome.previous.spec,
-    )
-    .await
 }

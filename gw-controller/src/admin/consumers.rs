@@ -33,25 +33,87 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use gw_core::model::{
-    self, ConsumerDefinition, CredentialType, FieldError, ModelError, conflicting_claims,
+    self, ConsumerDefinition, CredentialType, FieldError, Format, ModelError, conflicting_claims,
     generate_api_key, parse_value,
 };
 use gw_store::{Precondition, PutResourceOutcome, ResourceRecord, StoreError};
 use gw_sync::KIND_CONSUMER;
 use serde_json::{Value, json};
 
-use super::apis::{
-    WriteParams, Written, check_name, delete_precondition, deleted, precondition, written,
+use super::kind::{
+    Deploy, Deployed, Kind, Target, find, location, put_resource, read_document, record,
 };
-use super::format::{read_body, request_format};
-use super::resources::{ResourceKind, check_document_name, shown};
+use super::write::{Basis, WriteParams, Written, precondition, written};
 use super::{ApiError, AppState};
 
-const CONSUMERS: ResourceKind = ResourceKind {
-    kind: KIND_CONSUMER,
-    noun: "consumer",
-    collection: "consumers",
-};
+/// The kind of consumers.
+#[derive(Debug)]
+pub(super) struct Consumers;
+
+impl Kind for Consumers {
+    const KIND: &'static str = KIND_CONSUMER;
+    const NOUN: &'static str = "consumer";
+    const COLLECTION: &'static str = "consumers";
+
+    /// The document as given: its secrets are completed before it is validated.
+    type Document = Value;
+
+    /// Syntax errors do not quote the body.
+    fn parse(_: &AppState, bytes: &[u8], format: Format) -> Result<Value, ApiError> {
+        parse_value(bytes, format).map_err(|err| ApiError::from_model(err.redacted()))
+    }
+
+    fn document_name(document: &Value) -> Option<&str> {
+        document.pointer("/metadata/name").and_then(Value::as_str)
+    }
+
+    /// Writes a whole consumer (PUT, POST). A PUT builds on the stored consumer, whose
+    /// secrets the credentials that give none keep: it is conditional on the revision read.
+    async fn deploy(state: &AppState, deploy: Deploy<Value>) -> Result<Deployed, ApiError> {
+        let Deploy {
+            document,
+            name,
+            precondition,
+            basis,
+        } = deploy;
+        let (stored, precondition, basis) = match name {
+            Some(name) if basis != Basis::Create => {
+                let record = find::<Self>(state, &name).await?;
+                let (precondition, basis) = read_condition(name, precondition, record.as_ref())?;
+                let stored = record.as_ref().map(stored_definition).transpose()?;
+                (stored, precondition, basis)
+            }
+            _ => (None, precondition, basis),
+        };
+        let Prepared {
+            consumer,
+            generated,
+        } = prepare(document, stored.as_ref(), &same_path).await?;
+        let outcome = commit(state, &consumer, precondition, basis, &same_path).await?;
+        let mut body = summary(&outcome.record);
+        if !generated.is_empty() {
+            tracing::info!(consumer = %consumer.metadata.name, generated_keys = generated.len(), "API keys generated");
+            body["generatedKeys"] = generated
+                .iter()
+                .map(|g| json!({"id": g.id, "key": g.key}))
+                .collect();
+        }
+        Ok(Deployed {
+            outcome,
+            groups: consumer.spec.groups,
+            body,
+        })
+    }
+
+    fn summary(_: &AppState, record: &ResourceRecord) -> Value {
+        summary(record)
+    }
+
+    /// The document without keys, passwords or hashes.
+    fn shown(record: &ResourceRecord) -> Result<Value, ApiError> {
+        Ok(stored_definition(record)?.to_public_json())
+    }
+}
 
 /// The fields of a credential that hold a secret or its hash.
 const SECRETS: [&str; 4] = ["key", "keyHash", "password", "passwordHash"];
@@ -75,29 +137,6 @@ struct Completion {
 struct Prepared {
     consumer: ConsumerDefinition,
     generated: Vec<GeneratedKey>,
-}
-
-/// Where a write's precondition comes from, which decides the answer when it fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Basis {
-    /// The client's `If-Match` or `If-None-Match`: 412.
-    Client,
-    /// A POST, which creates: a taken name is a 409 `already_exists`.
-    Create,
-    /// The read the write builds on: a change since is a concurrent write, 409
-    /// `concurrent_change`.
-    Read,
-}
-
-/// Reads the request body into a JSON value; syntax errors do not quote the body.
-async fn read_document(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Value, ApiError> {
-    let format = request_format(headers)?;
-    let bytes = read_body(headers, body, state.options.max_body_bytes).await?;
-    parse_value(&bytes, format).map_err(|err| ApiError::from_model(err.redacted()))
 }
 
 /// Fills in the secrets that the credentials of a consumer document (about to be validated)
@@ -303,23 +342,6 @@ async fn check_unique(
     .with_details(details))
 }
 
-/// The answer to a failed write of consumer `name`.
-fn write_error(name: &str, err: StoreError, basis: Basis) -> ApiError {
-    match (basis, err) {
-        (
-            Basis::Read,
-            StoreError::PreconditionFailed { .. }
-            | StoreError::AlreadyExists { .. }
-            | StoreError::NotFound { .. },
-        ) => ApiError::new(
-            StatusCode::CONFLICT,
-            "concurrent_change",
-            format!("consumer {name:?} changed while this write was prepared; read it and retry"),
-        ),
-        (basis, err) => CONSUMERS.put_error(err, basis == Basis::Client),
-    }
-}
-
 /// Checks the uniqueness of the prepared consumer's credentials and writes it under
 /// `precondition`.
 async fn commit(
@@ -332,10 +354,40 @@ async fn commit(
     let name = &consumer.metadata.name;
     let _serialized = state.consumer_writes.lock().await;
     check_unique(state, consumer, path).await?;
-    CONSUMERS
-        .put_raw(state, name, consumer.to_json(), precondition)
-        .await?
-        .map_err(|err| write_error(name, err, basis))
+    put_resource::<Consumers>(state, name, consumer.to_json(), precondition, basis).await
+}
+
+/// What a PUT over the `stored` consumer is conditional on: the client's `If-Match`, which
+/// must name the stored revision, or `If-None-Match: *`, which must find none (412); or
+/// else the revision read (a change since is a 409 `concurrent_change`).
+fn read_condition(
+    name: String,
+    client: Precondition,
+    stored: Option<&ResourceRecord>,
+) -> Result<(Precondition, Basis), ApiError> {
+    match (client, stored) {
+        (Precondition::Revision(expected), _) => {
+            let actual = stored.map(|r| r.revision);
+            if actual != Some(expected) {
+                return Err(ApiError::from_store(StoreError::PreconditionFailed {
+                    name,
+                    expected,
+                    actual,
+                }));
+            }
+            Ok((Precondition::Revision(expected), Basis::Client))
+        }
+        (Precondition::Absent, Some(_)) => Err(Consumers::write_error(
+            &name,
+            StoreError::AlreadyExists { name: name.clone() },
+            Basis::Client,
+        )),
+        (Precondition::Absent, None) => Ok((Precondition::Absent, Basis::Client)),
+        (Precondition::None, Some(record)) => {
+            Ok((Precondition::Revision(record.revision), Basis::Read))
+        }
+        (Precondition::None, None) => Ok((Precondition::Absent, Basis::Read)),
+    }
 }
 
 /// What a listing or a write shows of a consumer: its groups and credentials, without any
@@ -362,150 +414,8 @@ fn summary(record: &ResourceRecord) -> Value {
     item
 }
 
-/// Writes a whole consumer (PUT, POST) and answers with the keys generated for it.
-async fn write(
-    state: &AppState,
-    params: &WriteParams,
-    prepared: &Prepared,
-    precondition: Precondition,
-    basis: Basis,
-) -> Result<Response, ApiError> {
-    let Prepared {
-        consumer,
-        generated,
-    } = prepared;
-    let outcome = commit(state, consumer, precondition, basis, &same_path).await?;
-    let record = &outcome.record;
-    tracing::info!(consumer = %record.name, revision = record.revision, created = outcome.created, generated_keys = generated.len(), "consumer deployed");
-    let mut body = summary(record);
-    if !generated.is_empty() {
-        body["generatedKeys"] = generated
-            .iter()
-            .map(|g| json!({"id": g.id, "key": g.key}))
-            .collect();
-    }
-    written(
-        state,
-        params,
-        Written {
-            groups: consumer.spec.groups.clone(),
-            previous: outcome.previous.as_ref(),
-            revision: record.revision,
-            created: outcome.created,
-            body,
-            location: CONSUMERS.location(&record.name),
-        },
-    )
-    .await
-}
-
 fn same_path(field: &str) -> String {
     field.to_string()
-}
-
-/// `PUT /api/v1/consumers/{name}`: create or replace. Credentials that give no secret keep
-/// the stored ones (see the module docs).
-pub(super) async fn put(
-    State(state): State<Arc<AppState>>,
-    name: Result<Path<String>, PathRejection>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let name = check_name(name)?;
-    let params = WriteParams::parse(query.as_deref(), &state)?;
-    let client = precondition(&headers)?;
-    let document = read_document(&state, &headers, body).await?;
-    // (a document without a name is reported by the validation)
-    if let Some(given) = document.pointer("/metadata/name").and_then(Value::as_str) {
-        check_document_name(given, &name)?;
-    }
-    let record = CONSUMERS.find(&state, &name).await?;
-    // the write builds on the record read: it is conditional on it
-    let (precondition, basis) = match (client.unwrap_or_default(), &record) {
-        (Precondition::Revision(expected), _) => {
-            let actual = record.as_ref().map(|r| r.revision);
-            if actual != Some(expected) {
-                return Err(ApiError::from_store(StoreError::PreconditionFailed {
-                    name,
-                    expected,
-                    actual,
-                }));
-            }
-            (Precondition::Revision(expected), Basis::Client)
-        }
-        (Precondition::Absent, Some(_)) => {
-            return Err(CONSUMERS.put_error(StoreError::AlreadyExists { name }, true));
-        }
-        (Precondition::Absent, None) => (Precondition::Absent, Basis::Client),
-        (Precondition::None, Some(record)) => {
-            (Precondition::Revision(record.revision), Basis::Read)
-        }
-        (Precondition::None, None) => (Precondition::Absent, Basis::Read),
-    };
-    let stored = record.as_ref().map(stored_definition).transpose()?;
-    let prepared = prepare(document, stored.as_ref(), &same_path).await?;
-    write(&state, &params, &prepared, precondition, basis).await
-}
-
-/// `POST /api/v1/consumers`: create; 409 if the name is taken.
-pub(super) async fn create(
-    State(state): State<Arc<AppState>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let params = WriteParams::parse(query.as_deref(), &state)?;
-    let document = read_document(&state, &headers, body).await?;
-    let prepared = prepare(document, None, &same_path).await?;
-    write(
-        &state,
-        &params,
-        &prepared,
-        Precondition::Absent,
-        Basis::Create,
-    )
-    .await
-}
-
-/// `GET /api/v1/consumers`: every consumer with its groups and credentials (no secrets).
-pub(super) async fn list(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    CONSUMERS.list(&state, summary).await
-}
-
-/// `GET /api/v1/consumers/{name}`: the document without keys, passwords or hashes, in JSON
-/// or YAML (`Accept`), with its ETag.
-pub(super) async fn get(
-    State(state): State<Arc<AppState>>,
-    name: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let name = check_name(name)?;
-    let record = CONSUMERS.get(&state, &name).await?;
-    let consumer = stored_definition(&record)?;
-    Ok(shown(&headers, &consumer.to_public_json(), record.revision))
-}
-
-/// `DELETE /api/v1/consumers/{name}`: the consumer and every credential it has.
-pub(super) async fn delete(
-    State(state): State<Arc<AppState>>,
-    name: Result<Path<String>, PathRejection>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let name = check_name(name)?;
-    let params = WriteParams::parse(query.as_deref(), &state)?;
-    let precondition = delete_precondition(&headers)?;
-    let outcome = CONSUMERS.delete(&state, &name, precondition).await?;
-    tracing::info!(consumer = %name, revision = outcome.revision, "consumer deleted");
-    deleted(
-        &state,
-        &params,
-        &name,
-        outcome.revision,
-        &outcome.previous.spec,
-    )
-    .await
 }
 
 /// The stored consumer a credential call changes, and where the write's precondition comes
@@ -524,7 +434,7 @@ async fn read_for_change(
         }
         other => other,
     };
-    let record = CONSUMERS.get(state, name).await?;
+    let record = record::<Consumers>(state, name).await?;
     let basis = match client {
         Some(Precondition::Revision(expected)) if expected != record.revision => {
             return Err(ApiError::from_store(StoreError::PreconditionFailed {
@@ -544,14 +454,11 @@ async fn read_for_change(
 /// without a key gets a generated one, shown once in the answer as `key`.
 pub(super) async fn add_credential(
     State(state): State<Arc<AppState>>,
-    name: Result<Path<String>, PathRejection>,
-    RawQuery(query): RawQuery,
+    Target { name, params }: Target,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let name = check_name(name)?;
-    let params = WriteParams::parse(query.as_deref(), &state)?;
-    let credential = read_document(&state, &headers, body).await?;
+    let credential = read_document::<Consumers>(&state, &headers, body).await?;
     let (record, stored, basis) = read_for_change(&state, &headers, &name).await?;
     if let Some(id) = credential.get("id").and_then(Value::as_str)
         && stored.spec.credentials.iter().any(|c| c.id == id)
@@ -612,7 +519,7 @@ pub(super) async fn add_credential(
             revision: record.revision,
             created: true,
             body,
-            location: CONSUMERS.location(&name),
+            location: location::<Consumers>(&name),
         },
     )
     .await
@@ -639,15 +546,14 @@ pub(super) async fn revoke_credential(
             format!("consumer {name:?} has no credential {id:?}"),
         ));
     }
-    let outcome = CONSUMERS
-        .put_raw(
-            &state,
-            &name,
-            consumer.to_json(),
-            Precondition::Revision(record.revision),
-        )
-        .await?
-        .map_err(|err| write_error(&name, err, basis))?;
+    let outcome = put_resource::<Consumers>(
+        &state,
+        &name,
+        consumer.to_json(),
+        Precondition::Revision(record.revision),
+        basis,
+    )
+    .await?;
     let revision = outcome.record.revision;
     tracing::info!(consumer = %name, credential = %id, revision, "credential revoked");
     written(
@@ -659,7 +565,7 @@ pub(super) async fn revoke_credential(
             revision,
             created: false,
             body: json!({"name": name, "revision": revision, "credential": id, "revoked": true}),
-            location: CONSUMERS.location(&name),
+            location: location::<Consumers>(&name),
         },
     )
     .await

@@ -11,8 +11,9 @@ mod consumers;
 mod dev;
 mod error;
 mod format;
-mod resources;
+mod kind;
 mod runtimes;
+mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -107,29 +108,10 @@ impl AppState {
 
 /// The admin router.
 pub fn router(state: Arc<AppState>) -> Router {
-    let api = Router::new()
-        .route("/apis", get(apis::list).post(apis::create))
-        .route(
-            "/apis/{name}",
-            get(apis::get).put(apis::put).delete(apis::delete),
-        )
-        .route(
-            "/certificates",
-            get(certificates::list).post(certificates::create),
-        )
-        .route(
-            "/certificates/{name}",
-            get(certificates::get)
-                .put(certificates::put)
-                .delete(certificates::delete),
-        )
-        .route("/consumers", get(consumers::list).post(consumers::create))
-        .route(
-            "/consumers/{name}",
-            get(consumers::get)
-                .put(consumers::put)
-                .delete(consumers::delete),
-        )
+    let api = Router::new();
+    let api = kind::routes::<apis::Apis>(api);
+    let api = kind::routes::<certificates::Certificates>(api);
+    let api = kind::routes::<consumers::Consumers>(api)
         .route(
             "/consumers/{name}/credentials",
             axum::routing::post(consumers::add_credential),
