@@ -8,9 +8,17 @@
 //! database; a deploy through any of them reaches the runtimes of all of them. With
 //! [`ControllerOptions::all_in_one`] it also runs a runtime in process (the single-node
 //! topology, on the embedded SQLite store by default).
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `all-in-one` | on | [`ControllerOptions::all_in_one`] runs gw-runtime's `Runtime` in process; without the feature, [`run`] refuses options that ask for it (`--all-in-one` says this build has no all-in-one mode) |
 #![warn(missing_docs)]
 
 pub mod admin;
+#[cfg(feature = "all-in-one")]
+mod all_in_one;
 pub mod bundles;
 pub mod cli;
 pub mod fleet;
@@ -19,7 +27,7 @@ pub mod metrics;
 pub mod sealed;
 pub mod watcher;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -28,7 +36,6 @@ use std::time::Duration;
 use gw_core::conn::server::{ServerLimits, ServerMetrics};
 use gw_core::policy::PolicyRegistry;
 use gw_runtime::data_dir::{DataDir, DataDirError};
-use gw_runtime::{ConfigSource, Runtime, RuntimeOptions};
 use gw_store::{Store, StoreError, StoreOptions};
 use gw_sync::SyncToken;
 use gw_sync::server::{RevisionAuthority, ServerOptions, SyncMetrics, SyncServer};
@@ -86,7 +93,8 @@ pub struct ControllerOptions {
     /// The token runtimes must present on the sync port (`GW_SYNC_TOKEN`); `None`: any
     /// runtime that reaches the port is served.
     pub sync_token: Option<SyncToken>,
-    /// Run a runtime in process too.
+    /// Run a runtime in process too. A controller built without the `all-in-one` feature
+    /// refuses to start with this set ([`ControllerError::Options`]).
     pub all_in_one: Option<AllInOne>,
     /// Longest wait for the database before answering 503.
     pub store_timeout: Duration,
@@ -283,14 +291,11 @@ async fn open_store(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>,
     }
 }
 
-/// The loopback address to reach a listener bound to `addr` (which may be unspecified).
-fn reachable(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
-    } else {
-        addr
-    }
-}
+/// Why a controller built without the `all-in-one` feature refuses to start in that mode.
+#[cfg(not(feature = "all-in-one"))]
+const NO_ALL_IN_ONE: &str = "--all-in-one: this build of gw-controller has no all-in-one mode \
+                             (it was built without the `all-in-one` feature); run a gw-runtime \
+                             next to it with --controller <its sync address>";
 
 /// Runs a controller until `shutdown` completes.
 ///
@@ -306,6 +311,10 @@ pub async fn run(
             "development mode: the admin API may run without a token and the encryption key is \
              generated into the data directory; never use --dev in production"
         );
+    }
+    #[cfg(not(feature = "all-in-one"))]
+    if options.all_in_one.is_some() {
+        return Err(ControllerError::Options(NO_ALL_IN_ONE.to_string()));
     }
     if let Some(node_id) = &options.node_id {
         gw_sync::validate_node_id(node_id)
@@ -506,25 +515,10 @@ pub async fn run(
     .with_authority(Arc::new(StoreAuthority(Arc::clone(&store))));
     let sync = tokio::spawn(server.serve(sync_listener, stopped()));
 
+    #[cfg(feature = "all-in-one")]
     let embedded = match &options.all_in_one {
         Some(aio) => {
-            let mut runtime_options = RuntimeOptions::new(ConfigSource::Controllers(vec![
-                reachable(sync_addr).to_string(),
-            ]));
-            runtime_options.node_id = Some(format!("{node_id}-runtime"));
-            runtime_options.proxy_addr = aio.proxy_addr;
-            runtime_options.https_addr = aio.https_addr;
-            runtime_options.status_addr = aio.status_addr;
-            runtime_options.trusted_proxies = aio.trusted_proxies.clone();
-            runtime_options.data_dir = Some(options.data_dir.join("runtime"));
-            runtime_options.policies = options.policies.clone();
-            runtime_options.heartbeat_interval = options.heartbeat_interval;
-            runtime_options.sync_token = options.sync_token.clone();
-            // the process stops as a whole, on its own signal
-            runtime_options.drain_endpoint = false;
-            let runtime = Runtime::bind(runtime_options).await?;
-            let _ = state.embedded.set(Arc::clone(runtime.config_state()));
-            Some(tokio::spawn(runtime.run(stopped())))
+            Some(all_in_one::start(aio, &options, &node_id, sync_addr, &state, stopped()).await?)
         }
         None => None,
     };
@@ -532,14 +526,9 @@ pub async fn run(
 
     stopped().await;
     tracing::info!("controller stopping");
+    #[cfg(feature = "all-in-one")]
     if let Some(embedded) = embedded {
-        match embedded.await {
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "the all-in-one runtime failed while stopping");
-            }
-            Err(err) => tracing::warn!(error = %err, "the all-in-one runtime panicked"),
-            Ok(Ok(())) => {}
-        }
+        all_in_one::stopped(embedded).await;
     }
     if let Ok(Err(err)) = sync.await {
         tracing::warn!(error = %err, "the sync server failed while stopping");
@@ -661,5 +650,58 @@ mod tests {
             !debug.contains("visible-if-leaked") && !debug.contains("s3cret"),
             "{debug}"
         );
+    }
+
+    /// The groups runtimes may name in their Hello (gw-sync's rule) are the groups API
+    /// definitions may name (the model's): every string of up to three characters over an
+    /// alphabet of the edge cases, and lengths around the limit, get the same answer.
+    #[test]
+    fn runtime_groups_follow_the_models_name_rule() {
+        let alphabet = ["a", "z", "0", "9", "-", "A", "_", ".", " ", "é"];
+        let mut cases = vec![String::new()];
+        for len in 1..=3 {
+            let mut index = vec![0usize; len];
+            loop {
+                cases.push(index.iter().map(|&i| alphabet[i]).collect());
+                let Some(pos) = index.iter().rposition(|&i| i + 1 < alphabet.len()) else {
+                    break;
+                };
+                index[pos] += 1;
+                index[pos + 1..].fill(0);
+            }
+        }
+        for len in [62, 63, 64] {
+            cases.push("a".repeat(len));
+            cases.push(format!("{}-", "a".repeat(len - 1)));
+        }
+        cases.push(format!("{}é", "a".repeat(61)));
+        for case in &cases {
+            assert_eq!(
+                gw_sync::validate_group(case).is_ok(),
+                gw_core::model::validate_name(case).is_ok(),
+                "{case:?}"
+            );
+        }
+        assert!(cases.len() > 1000);
+    }
+
+    /// Built without the `all-in-one` feature, a controller asked for that mode stops before
+    /// it opens anything, saying why.
+    #[cfg(not(feature = "all-in-one"))]
+    #[tokio::test]
+    async fn all_in_one_is_refused_by_a_build_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = super::ControllerOptions::new();
+        options.data_dir = dir.path().join("data");
+        options.all_in_one = Some(super::AllInOne {
+            proxy_addr: "127.0.0.1:0".parse().unwrap(),
+            https_addr: None,
+            status_addr: "127.0.0.1:0".parse().unwrap(),
+            trusted_proxies: Vec::new(),
+        });
+        let err = super::run(options, async {}).await.unwrap_err().to_string();
+        assert!(err.contains("no all-in-one mode"), "{err}");
+        assert!(err.contains("gw-runtime"), "{err}");
+        assert!(!dir.path().join("data").exists(), "nothing was opened");
     }
 }

@@ -21,12 +21,16 @@ use gw_core::otel::{OtelConfig, OtelHeader};
 use gw_core::policy::{Cidr, PolicyRegistry};
 use gw_core::upstream::TrafficLimits;
 
+#[cfg(feature = "bundles")]
 use crate::fallback::FallbackOptions;
 use crate::logging::{self, LogFormat};
 use crate::{ConfigSource, Runtime, RuntimeOptions};
+#[cfg(feature = "bundles")]
 use gw_bundle::VerifyKey;
+#[cfg(feature = "bundles")]
 use gw_bundle::storage::{BundleTarget, S3Options};
 use gw_sync::SyncToken;
+#[cfg(feature = "bundles")]
 use std::sync::Arc;
 
 /// gw data plane: proxies API traffic with the configuration it receives from a controller
@@ -197,6 +201,7 @@ pub struct Args {
     #[command(flatten)]
     otel: OtelArgs,
 
+    #[cfg(feature = "bundles")]
     #[command(flatten)]
     fallback: FallbackArgs,
 
@@ -373,6 +378,7 @@ enum DrainEndpoint {
 }
 
 /// Signed fallback bundles: off unless `--fallback-bundle` is set.
+#[cfg(feature = "bundles")]
 #[derive(Debug, clap::Args)]
 #[command(next_help_heading = "Fallback bundles")]
 struct FallbackArgs {
@@ -465,6 +471,7 @@ struct OtelArgs {
     batch_interval: HumanDuration,
 }
 
+#[cfg(feature = "bundles")]
 impl FallbackArgs {
     /// The fallback's settings, or `None` without `--fallback-bundle`.
     fn options(self) -> anyhow::Result<Option<FallbackOptions>> {
@@ -664,7 +671,10 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     };
     let mut options = RuntimeOptions::new(source);
     options.otel = args.otel.config()?;
-    options.fallback = args.fallback.options()?;
+    #[cfg(feature = "bundles")]
+    {
+        options.fallback = args.fallback.options()?;
+    }
     options.policies = policies;
     options.group = args.group;
     options.node_id = args.node_id.filter(|id| !id.is_empty());

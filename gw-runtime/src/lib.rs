@@ -17,11 +17,25 @@
 //! runtime.run(async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
 //! ```
+//!
+//! # Features
+//!
+//! Both are on by default; an embedder that needs neither builds with
+//! `default-features = false`.
+//!
+//! | feature | what it adds | what it brings |
+//! |---|---|---|
+//! | `bundles` | signed fallback bundles: [`fallback`], [`RuntimeOptions::fallback`] | gw-bundle, object_store, reqwest |
+//! | `cli` | the command line of the `gw-runtime` binary: [`cli`] (with the fallback-bundle flags when `bundles` is on) | clap, anyhow, mimalloc |
+//!
+//! The `gw-runtime` binary needs `cli`.
 #![warn(missing_docs)]
 
 pub mod cache;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod data_dir;
+#[cfg(feature = "bundles")]
 pub mod fallback;
 pub mod file_source;
 pub mod listener;
@@ -48,6 +62,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::cache::CacheFile;
 use crate::data_dir::DataDir;
+#[cfg(feature = "bundles")]
 use crate::fallback::FallbackOptions;
 use crate::file_source::{FileError, FileSource};
 use crate::listener::ListenerOptions;
@@ -127,6 +142,7 @@ pub struct RuntimeOptions {
     pub otel: Option<OtelConfig>,
     /// Signed fallback bundles to serve when the runtime starts with no cache while no
     /// controller answers (controller mode; `None`: none).
+    #[cfg(feature = "bundles")]
     pub fallback: Option<FallbackOptions>,
     /// What clients' request bodies and WebSocket tunnels may hold: read-ahead, the pace
     /// of request bodies, tunnel idle timeout and lifetime.
@@ -160,6 +176,7 @@ impl RuntimeOptions {
             drain_endpoint: true,
             drain_access: status::DrainAccess::default(),
             otel: None,
+            #[cfg(feature = "bundles")]
             fallback: None,
             traffic: TrafficLimits::default(),
         }
@@ -317,7 +334,7 @@ impl Runtime {
             }
             // what a controller would refuse, refused here with a clear message instead of
             // an endless reconnect loop
-            gw_core::model::validate_name(&options.group)
+            gw_sync::validate_group(&options.group)
                 .map_err(|reason| RuntimeError::Options(format!("--group: {reason}")))?;
             if let Some(node_id) = &options.node_id {
                 gw_sync::validate_node_id(node_id)
@@ -456,6 +473,7 @@ impl Runtime {
                 (tokio::spawn(file.watch(options.file_poll_interval)), None)
             }
             (ConfigSource::Controllers(controllers), _) => {
+                #[cfg(feature = "bundles")]
                 let count = controllers.len();
                 let mut client_options =
                     ClientOptions::new(controllers, node_id.clone(), options.group.clone());
@@ -470,6 +488,7 @@ impl Runtime {
                 client_options.goodbye_timeout = GOODBYE_TIMEOUT;
                 let client = SyncClient::new(client_options, Arc::clone(&state));
                 let sync_status = client.status();
+                #[cfg(feature = "bundles")]
                 let source = match options.fallback.clone() {
                     // no cache was loaded: the bundle, should no controller answer
                     Some(fallback) if state.origin() == state::Origin::None => {
@@ -481,6 +500,8 @@ impl Runtime {
                     }
                     _ => tokio::spawn(client.run_until(farewell)),
                 };
+                #[cfg(not(feature = "bundles"))]
+                let source = tokio::spawn(client.run_until(farewell));
                 (source, Some(sync_status))
             }
             (ConfigSource::File(_), None) => {

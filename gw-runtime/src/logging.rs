@@ -3,8 +3,9 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// The log format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+/// The log format (a clap value, `--log-format text|json`, with the `cli` feature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]

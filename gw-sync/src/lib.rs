@@ -120,6 +120,36 @@ pub fn validate_node_id(node_id: &str) -> Result<(), String> {
     }
 }
 
+/// Checks a runtime's gateway group, as its Hello names it: 1 to 63 lowercase letters,
+/// digits and `-`, starting and ending with a letter or digit (a DNS label).
+///
+/// This is the rule of every name of gw's model (`gw_core::model::validate_name`), which
+/// API definitions' groups follow: a group that API definitions can name is one a runtime
+/// may serve, and nothing else. The rule is restated here so that the protocol does not
+/// need the proxy's crate for it; gw-controller's tests check that the two agree.
+pub fn validate_group(group: &str) -> Result<(), String> {
+    if group.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if group.len() > MAX_GROUP_LEN {
+        return Err(format!(
+            "is {} characters long; the limit is {MAX_GROUP_LEN}",
+            group.len()
+        ));
+    }
+    let bytes = group.as_bytes();
+    let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+    if !bytes.iter().all(|&b| ok(b)) || bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-' {
+        return Err(format!(
+            "{group:?} is not a valid name: use lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// The longest group name, in bytes.
+const MAX_GROUP_LEN: usize = 63;
+
 /// `text` cut to at most `max` characters, for a client-controlled string that reaches a
 /// log, an error or the fleet view.
 pub fn clip(text: &str, max: usize) -> &str {
@@ -137,7 +167,7 @@ fn unix_millis() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{MIN_TOKEN_LEN, SyncToken, WeakSyncToken, clip, validate_node_id};
+    use super::{MIN_TOKEN_LEN, SyncToken, WeakSyncToken, clip, validate_group, validate_node_id};
 
     #[test]
     fn a_sync_token_has_a_minimum_length() {
@@ -172,5 +202,28 @@ mod tests {
         assert!(err.contains(&format!("{:?}...", clip(&long, 64))), "{err}");
         assert!(err.len() < 200, "{err}");
         assert!(validate_node_id("rt-1.example:7").is_ok());
+    }
+
+    #[test]
+    fn a_group_is_a_dns_label() {
+        for group in ["default", "eu-west-1", "a", "0", &"a".repeat(63)] {
+            assert!(validate_group(group).is_ok(), "{group}");
+        }
+        for (group, reason) in [
+            ("", "must not be empty"),
+            (
+                &"a".repeat(64) as &str,
+                "is 64 characters long; the limit is 63",
+            ),
+            ("-edge", "not a valid name"),
+            ("edge-", "not a valid name"),
+            ("Edge", "not a valid name"),
+            ("edge_1", "not a valid name"),
+            ("edge.1", "not a valid name"),
+            ("é", "not a valid name"),
+        ] {
+            let err = validate_group(group).unwrap_err();
+            assert!(err.contains(reason), "{group:?}: {err}");
+        }
     }
 }

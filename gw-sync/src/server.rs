@@ -319,7 +319,7 @@ impl SyncServer {
             ));
         }
         crate::validate_node_id(&hello.node_id)?;
-        if let Err(reason) = gw_core::model::validate_name(&hello.group) {
+        if let Err(reason) = crate::validate_group(&hello.group) {
             return Err(format!("invalid group: {reason}"));
         }
         if hello.applied_revision < 0 {

@@ -49,7 +49,7 @@ pub struct GroupLabels {
 impl GroupLabels {
     /// The label of `group`.
     pub fn label(&self, group: &str) -> String {
-        if gw_core::model::validate_name(group).is_err() {
+        if gw_sync::validate_group(group).is_err() {
             return INVALID_GROUP.to_string();
         }
         let mut named = self.named.lock().unwrap_or_else(PoisonError::into_inner);
