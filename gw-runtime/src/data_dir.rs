@@ -13,6 +13,11 @@
 //! restarted process is the same node. A file that does not hold a valid id is an error, never
 //! silently replaced: the id names the node in the fleet view and in its history.
 //!
+//! [`DataDir::session_start`] keeps the start time of the newest run in `<dir>/session-start`
+//! and never hands out one lower: a node's sessions are ordered by it in the fleet records
+//! (the newest session's record wins), so a restart with a clock that went back must still
+//! count as newer than the run before it.
+//!
 //! The directory is created readable by its owner only, its files likewise, and none of them
 //! is opened through a symbolic link or as anything but a regular file: whoever can write into
 //! a data directory could otherwise hold its lock, choose the node's id, or make gw truncate a
@@ -43,6 +48,8 @@ fn open_regular(options: &mut fs::OpenOptions, path: &Path) -> io::Result<File> 
 pub const LOCK_FILE: &str = "lock";
 /// The node id file, relative to the data directory.
 pub const NODE_ID_FILE: &str = "node-id";
+/// The file that keeps the start time of the newest run ([`DataDir::session_start`]).
+pub const SESSION_START_FILE: &str = "session-start";
 
 /// Why a data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +196,62 @@ impl DataDir {
         gw_sync::validate_node_id(id).map_err(invalid)?;
         Ok(id.to_string())
     }
+
+    /// The start time (Unix milliseconds) this run's sync sessions are ordered by: `now_ms`,
+    /// or one more than the previous run's when the clock has gone back since, kept in
+    /// `<dir>/session-start` for the next run. A file that does not hold a number (gw's own
+    /// file, damaged) is replaced with a warning: it orders sessions, it names nothing.
+    pub fn session_start(&self, now_ms: u64) -> Result<u64, DataDirError> {
+        let path = self.path.join(SESSION_START_FILE);
+        let mut bytes = Vec::new();
+        let previous = match open_regular(fs::OpenOptions::new().read(true), &path) {
+            Ok(file) => {
+                file.take(64)
+                    .read_to_end(&mut bytes)
+                    .map_err(|source| DataDirError::Io {
+                        action: "read",
+                        path: path.clone(),
+                        source,
+                    })?;
+                let parsed = std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<u64>().ok());
+                if parsed.is_none() {
+                    tracing::warn!(file = %path.display(), "replacing a session start file that holds no number");
+                }
+                parsed
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(DataDirError::Io {
+                    action: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        let start = match previous {
+            Some(previous) if previous >= now_ms => {
+                tracing::warn!(
+                    previous_start_ms = previous,
+                    now_ms,
+                    "the clock reads earlier than this node's previous start; its sessions \
+                     continue from the previous start so that the fleet records this run as \
+                     the newer one"
+                );
+                previous.saturating_add(1)
+            }
+            _ => now_ms,
+        };
+        write_atomically(&path, |file| writeln!(file, "{start}")).map_err(|source| {
+            DataDirError::Io {
+                action: "write",
+                path,
+                source,
+            }
+        })?;
+        Ok(start)
+    }
 }
 
 /// The process id a lock file names, if it names one.
@@ -237,6 +300,27 @@ pub(crate) fn write_atomically(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run's session start never falls below the previous run's, whatever the clock says,
+    /// and is kept for the next run.
+    #[test]
+    fn the_session_start_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        assert_eq!(data.session_start(5_000).unwrap(), 5_000);
+        // the clock went back
+        assert_eq!(data.session_start(4_000).unwrap(), 5_001);
+        assert_eq!(data.session_start(4_000).unwrap(), 5_002);
+        assert_eq!(data.session_start(9_000).unwrap(), 9_000);
+        let kept = fs::read_to_string(dir.path().join(SESSION_START_FILE)).unwrap();
+        assert_eq!(kept, "9000\n");
+        drop(data);
+        // a damaged file orders nothing: the clock's time, and the file is whole again
+        fs::write(dir.path().join(SESSION_START_FILE), "not a number").unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        assert_eq!(data.session_start(7_000).unwrap(), 7_000);
+        assert_eq!(data.session_start(6_000).unwrap(), 7_001);
+    }
 
     #[test]
     fn a_second_holder_is_refused_with_the_first_ones_pid() {

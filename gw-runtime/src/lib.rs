@@ -313,6 +313,8 @@ pub struct Runtime {
     node_id: String,
     /// The data directory, locked until [`Runtime::run`] returns (controller mode).
     data_dir: Option<DataDir>,
+    /// The start time this run's sync sessions are ordered by ([`DataDir::session_start`]).
+    session_start: Option<u64>,
     proxy: TcpListener,
     https: Option<TcpListener>,
     status: TcpListener,
@@ -347,6 +349,16 @@ impl Runtime {
             (ConfigSource::Controllers(_), Some(dir)) => Some(DataDir::open(dir)?),
             _ => None,
         };
+        // sessions of this node are ordered by it: never below the previous run's start
+        let session_start = data_dir
+            .as_ref()
+            .map(|dir| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                dir.session_start(now)
+            })
+            .transpose()?;
         let node_id = match (&options.node_id, &data_dir) {
             (Some(node_id), _) => node_id.clone(),
             (None, Some(dir)) => dir.node_id()?,
@@ -404,6 +416,7 @@ impl Runtime {
             options,
             node_id,
             data_dir,
+            session_start,
             proxy,
             https,
             status,
@@ -454,6 +467,7 @@ impl Runtime {
             options,
             node_id,
             data_dir,
+            session_start,
             proxy,
             https,
             status,
@@ -486,6 +500,7 @@ impl Runtime {
                 client_options.heartbeat_interval = options.heartbeat_interval;
                 client_options.token.clone_from(&options.sync_token);
                 client_options.goodbye_timeout = GOODBYE_TIMEOUT;
+                client_options.session_start_ms = session_start;
                 let client = SyncClient::new(client_options, Arc::clone(&state));
                 let sync_status = client.status();
                 #[cfg(feature = "bundles")]

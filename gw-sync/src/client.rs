@@ -91,6 +91,12 @@ pub struct ClientOptions {
     pub initial_backoff: Duration,
     /// Longest backoff.
     pub max_backoff: Duration,
+    /// The start time (Unix milliseconds) that the session epochs of the Hello build on, by
+    /// which controllers order a node's sessions (the newest session's record wins); `None`:
+    /// the time the client is made. A runtime that keeps state across restarts passes a time
+    /// no lower than its previous run's, so that a restart with a clock that went back still
+    /// counts as the newer session.
+    pub session_start_ms: Option<u64>,
 }
 
 impl ClientOptions {
@@ -115,6 +121,7 @@ impl ClientOptions {
             goodbye_timeout: Duration::from_secs(1),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            session_start_ms: None,
         }
     }
 }
@@ -172,11 +179,14 @@ pub struct SyncClient<A> {
 impl<A: Applier> SyncClient<A> {
     /// A client that applies through `applier`.
     pub fn new(options: ClientOptions, applier: Arc<A>) -> Self {
+        let started_ms = options
+            .session_start_ms
+            .unwrap_or_else(|| u64::try_from(crate::unix_millis()).unwrap_or(0));
         Self {
             options,
             applier,
             status: watch::channel(ClientStatus::default()).0,
-            started_ms: u64::try_from(crate::unix_millis()).unwrap_or(0),
+            started_ms,
             sessions: std::sync::atomic::AtomicU64::new(0),
         }
     }
