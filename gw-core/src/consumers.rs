@@ -256,7 +256,7 @@ mod tests {
             "spec": {"aclGroups": ["gold"], "credentials": credentials}
         });
         let mut definition = ConsumerDefinition::from_value_validated(&value, false).unwrap();
-        definition.seal().unwrap();
+        crate::credential::seal(&mut definition).unwrap();
         Arc::new(definition)
     }
 

@@ -58,7 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // consumers' clear keys and passwords are hashed before they are served (argon2 is slow
     // by design: in a running service, do this off the async threads)
     for consumer in &mut set.consumers {
-        consumer.seal().map_err(|e| e.to_string())?;
+        gw_core::credential::seal(consumer).map_err(|e| e.to_string())?;
     }
     let gateway = Arc::new(Gateway::new(policies, ProxyMetrics::unregistered()));
     gateway.apply_resources(

@@ -68,7 +68,7 @@ pub(crate) fn store_with(credentials: serde_json::Value) -> crate::consumers::Co
     });
     let mut definition =
         crate::model::ConsumerDefinition::from_value_validated(&value, false).unwrap();
-    definition.seal().unwrap();
+    crate::credential::seal(&mut definition).unwrap();
     crate::consumers::ConsumerStore::new(
         crate::consumers::ConsumerSet::build([Arc::new(definition)]).unwrap(),
     )
