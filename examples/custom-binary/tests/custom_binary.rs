@@ -60,13 +60,7 @@ async fn serves_its_policies_and_refuses_the_others() {
         if let Some(key) = key {
             request = request.header("x-api-key", key);
         }
-        async move {
-            request
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
-        }
+        async move { request.send().await.map_or(0, |r| r.status().as_u16()) }
     };
     eventually("the API to be served", Duration::from_secs(30), || async {
         get(None).await == 401
@@ -80,7 +74,7 @@ async fn serves_its_policies_and_refuses_the_others() {
     let refused_file = refused_dir.path().join("apis.json");
     std::fs::write(&refused_file, config(&upstream.url("/"), "jwt")).unwrap();
     let mut refused = start(&refused_file, &refused_dir.path().join("data"));
-    let code = refused.wait_exit(Duration::from_secs(60));
+    let code = refused.wait_exit(Duration::from_mins(1));
     assert!(code.is_some_and(|c| c != 0), "exit code {code:?}");
     let log = refused.log();
     assert!(

@@ -652,6 +652,32 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_policy_is_refused_with_the_known_ones() {
+        let registry = PolicyRegistry::builtin();
+        let message = PolicyCatalog::unknown(&registry, "nope");
+        assert!(
+            message.starts_with("unknown policy \"nope\" (known policies: access-log, acl,"),
+            "{message}"
+        );
+        let empty = PolicyCatalog::unknown(&PolicyRegistry::new(), "nope");
+        assert!(empty.contains("no policies are registered"), "{empty}");
+    }
+
+    /// A built-in policy that this build left out is named with its feature (run with
+    /// `--no-default-features`).
+    #[cfg(not(feature = "jwt"))]
+    #[test]
+    fn a_policy_left_out_of_the_build_names_its_feature() {
+        let registry = PolicyRegistry::builtin();
+        assert!(!registry.contains("jwt"));
+        let message = PolicyCatalog::unknown(&registry, "jwt");
+        assert!(
+            message.contains("not compiled into this build") && message.contains("`jwt` feature"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn unknown_policy_does_not_build() {
         let registry = PolicyRegistry::new();
         let ctx = PolicyContext {
