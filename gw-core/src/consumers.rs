@@ -244,7 +244,8 @@ impl ConsumerStore {
     }
 }
 
-#[cfg(test)]
+// consumers with passwords
+#[cfg(all(test, feature = "basic-auth"))]
 mod tests {
     use super::*;
     use crate::model::{ConsumerDefinition, api_key_hash};

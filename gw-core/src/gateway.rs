@@ -983,7 +983,8 @@ fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, GatewayError> {
     http::Uri::from_parts(parts).map_err(|e| GatewayError::BadUpstreamRequest(e.to_string()))
 }
 
-#[cfg(test)]
+// the tests' APIs are YAML and use the transform policies
+#[cfg(all(test, feature = "yaml", feature = "transform"))]
 mod path_tests;
-#[cfg(test)]
+#[cfg(all(test, feature = "yaml", feature = "transform"))]
 mod tests;

@@ -366,7 +366,7 @@ impl UpstreamTlsClient {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "tls", feature = "yaml"))]
 mod tests {
     use super::*;
     use crate::model::{CertificateSpec, Metadata, UpstreamTls};

@@ -675,5 +675,6 @@ fn type_error(path: &str, message: &str) -> FieldError {
     FieldError::new(path, messages::type_error_text(message))
 }
 
-#[cfg(test)]
+// YAML documents, certificates among them
+#[cfg(all(test, feature = "yaml", feature = "tls"))]
 mod tests;

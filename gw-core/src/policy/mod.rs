@@ -597,6 +597,7 @@ mod tests {
     /// A rate limit before authentication and one after it are two policies: both may be
     /// listed, and an operation's per-consumer limit replaces the API's, not its throttle of
     /// logins.
+    #[cfg(feature = "rate-limit")]
     #[test]
     fn a_policy_is_replaced_by_one_of_the_same_name_and_phase() {
         let registry = PolicyRegistry::builtin();
