@@ -686,7 +686,7 @@ async fn consumers_are_stored_sealed_and_generated_keys_are_shown_once() {
         gw_core::model::api_key_hash("alice-given-key-0123")
     );
     let hash = credentials[2]["passwordHash"].as_str().unwrap();
-    assert!(gw_core::model::verify_password(b"correct horse", hash));
+    assert!(gw_core::credential::verify_password(b"correct horse", hash));
     let logged = format!("{:?}", store.changes_since(0, 10).await.unwrap());
     for secret in [key.as_str(), "alice-given-key-0123", "correct horse"] {
         assert!(!row.to_string().contains(secret));

@@ -188,6 +188,16 @@ impl GatewayError {
     }
 }
 
+/// A 401 with its `WWW-Authenticate` challenge, as the authentication policies refuse.
+#[cfg(any(feature = "api-key", feature = "basic-auth"))]
+pub(crate) fn unauthorized(code: &str, message: &str, challenge: &HeaderValue) -> Response<Body> {
+    let mut response = json_error(StatusCode::UNAUTHORIZED, code, message);
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, challenge.clone());
+    response
+}
+
 /// A JSON error response: `{"error": {"code": code, "message": message}}`.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": { "code": code, "message": message } });

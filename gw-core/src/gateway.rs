@@ -426,7 +426,7 @@ pub struct Resources {
     pub apis: Vec<Arc<ApiDefinition>>,
     /// The TLS certificates.
     pub certificates: Vec<Arc<CertificateDefinition>>,
-    /// The consumers, sealed ([`ConsumerDefinition::seal`]).
+    /// The consumers, sealed ([`crate::credential::seal`]).
     pub consumers: Vec<Arc<ConsumerDefinition>>,
 }
 
@@ -594,6 +594,7 @@ pub struct Gateway {
     /// Peers whose forwarding headers are believed ([`Gateway::with_trusted_proxies`]).
     trusted_proxies: Arc<[crate::policy::Cidr]>,
     /// The trace export, if one is installed ([`Gateway::with_tracing`]).
+    #[cfg(feature = "otel")]
     tracing: Option<crate::otel::Tracing>,
     /// Serializes [`Gateway::apply`]: each build reuses (and retires) the APIs of the
     /// configuration it replaces.
@@ -615,6 +616,7 @@ impl Gateway {
             metrics,
             max_uri_bytes: DEFAULT_MAX_URI_BYTES,
             trusted_proxies: Arc::from([]),
+            #[cfg(feature = "otel")]
             tracing: None,
             applying: std::sync::Mutex::new(()),
         }
@@ -657,6 +659,7 @@ impl Gateway {
 
     /// Exports a span per request with `tracing` ([`crate::otel`]); without it, the
     /// gateway only keeps or makes each request's `traceparent`.
+    #[cfg(feature = "otel")]
     #[must_use]
     pub fn with_tracing(mut self, tracing: crate::otel::Tracing) -> Self {
         self.tracing = Some(tracing);
@@ -664,6 +667,7 @@ impl Gateway {
     }
 
     /// The trace export, if one is installed (to flush it at shutdown).
+    #[cfg(feature = "otel")]
     pub fn tracing(&self) -> Option<&crate::otel::Tracing> {
         self.tracing.as_ref()
     }
@@ -687,6 +691,7 @@ impl Gateway {
     /// certificate for its server name from the configuration served at that moment, so a
     /// certificate applied with [`Gateway::apply_config`] is served from the next
     /// handshake on.
+    #[cfg(feature = "tls")]
     pub fn tls_server_config(&self) -> Arc<rustls::ServerConfig> {
         crate::tls::server_config(Arc::clone(&self.certificates))
     }
@@ -862,9 +867,12 @@ impl Gateway {
             request = Request::from_parts(parts, body::limited(body, limit));
         }
         request.extensions_mut().insert(conn);
+        #[cfg(feature = "otel")]
         let span = crate::otel::begin(self.tracing.as_ref(), &mut request, start, || {
             (&api.definition, &api.route(at).label)
         });
+        #[cfg(not(feature = "otel"))]
+        crate::trace::ensure(request.headers_mut());
         let response = match call_route(service, request).await {
             Ok(response) => response,
             Err(error) => api.rescuer.rescue(error),
@@ -872,6 +880,7 @@ impl Gateway {
         api.route(at)
             .metrics
             .observe(response.status(), start.elapsed());
+        #[cfg(feature = "otel")]
         span.end(response.status());
         if let Some(consumer) = exchange.as_ref().and_then(|e| e.consumer()) {
             self.metrics.consumer_request(
@@ -1004,7 +1013,8 @@ fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, GatewayError> {
     http::Uri::from_parts(parts).map_err(|e| GatewayError::BadUpstreamRequest(e.to_string()))
 }
 
-#[cfg(test)]
+// the tests' APIs are YAML and use the transform policies
+#[cfg(all(test, feature = "yaml", feature = "transform"))]
 mod path_tests;
-#[cfg(test)]
+#[cfg(all(test, feature = "yaml", feature = "transform"))]
 mod tests;

@@ -192,6 +192,7 @@ where
     }
 
     /// Whether the connection can take another request (the server has not closed it).
+    #[cfg(feature = "otel")]
     pub(crate) fn is_open(&self) -> bool {
         !self.sender.is_closed()
     }

@@ -19,19 +19,54 @@
 //! - [`trace`]: W3C trace context (`traceparent`) kept, made and passed on to upstreams.
 //! - [`otel`]: OpenTelemetry trace export (OTLP/HTTP), off unless installed on the gateway.
 //!
+//! - [`credential`]: consumers' secrets sealed into hashes; password hashing with
+//!   `basic-auth`.
+//!
 //! This crate does no database or gRPC work; it is what runtimes and embedders build on.
+//!
+//! # Features
+//!
+//! Every feature is on by default. An embedder who needs a few policies turns the defaults
+//! off and names them (`gw-core = { version = "0.1", default-features = false, features =
+//! ["cors", "api-key"] }`): the policies and dependencies of the others are not compiled.
+//! [`policy::PolicyRegistry::builtin`] registers the policies compiled in, and an API that
+//! names one left out is refused with an error that says it is not compiled into this build.
+//!
+//! | feature | brings | dependencies |
+//! | --- | --- | --- |
+//! | `api-key` | the `api-key` policy | |
+//! | `basic-auth` | the `basic-auth` policy; [`credential::hash_password`], [`credential::verify_password`], and [`credential::seal`] of passwords | argon2, bcrypt |
+//! | `jwt` | the `jwt` policy, with keys inline or from a remote JWKS | jsonwebtoken, x509-parser |
+//! | `rate-limit` | the `rate-limit` policy, counting in each process (`backend: local`) | |
+//! | `rate-limit-redis` | `rate-limit` with `backend: redis`, counts shared through Redis; implies `rate-limit` | redis |
+//! | `cors` | the `cors` policy | |
+//! | `transform` | `request-headers`, `response-headers`, `rewrite`, `redirect`, `request-termination` and their header templates | |
+//! | `otel` | [`otel`]: OpenTelemetry trace export over OTLP/HTTP ([`Gateway::with_tracing`]) | opentelemetry-proto, prost |
+//! | `tls` | `kind: Certificate` documents (X.509 parsing) and the HTTPS listener's configuration ([`Gateway::tls_server_config`]); without it a certificate is refused | x509-parser |
+//! | `yaml` | YAML documents ([`model::Format::Yaml`]); without it, that format reads JSON only | serde-saphyr |
+//!
+//! Always compiled: the model and its validation, the router, the proxy and its upstreams
+//! (with rustls, so that `https://` upstreams, their custom CAs and client certificates
+//! work in every build), and the policies that have no heavy dependency and no family:
+//! `access-log`, `acl`, `correlation-id`, `ip-filter`, `request-size-limit` and `timeout`.
+//! The JSON Schemas of the model and of policies' params (schemars) are always there too:
+//! [`policy::Policy`]'s params are `JsonSchema`, so a policy of your own has its schema
+//! whatever the build.
 #![warn(missing_docs)]
 
 pub mod arrival;
 pub mod body;
 pub mod conn;
 pub mod consumers;
+pub mod credential;
 pub mod error;
 pub mod extensions;
 pub mod gateway;
+#[cfg(any(feature = "jwt", feature = "otel"))]
 mod http_client;
 pub mod metrics;
 pub mod model;
+#[cfg(feature = "otel")]
 pub mod otel;
 pub mod path;
 pub mod policy;

@@ -14,18 +14,23 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
+#[cfg(feature = "tls")]
 use arc_swap::ArcSwap;
+#[cfg(feature = "tls")]
+use rustls::ServerConfig;
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
+#[cfg(feature = "tls")]
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore, SignatureScheme};
 
 use crate::model::{CertificateDefinition, UpstreamTls};
 
 /// The ALPN protocols the listeners offer, in order of preference.
+#[cfg(feature = "tls")]
 const SERVER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// The crypto provider every TLS configuration of the gateway uses (ring).
@@ -201,11 +206,13 @@ fn serve(definition: Arc<CertificateDefinition>) -> Result<ServedCertificate, St
 }
 
 /// Resolves each handshake against the certificates installed at that moment.
+#[cfg(feature = "tls")]
 #[derive(Debug)]
 struct SniResolver {
     certificates: Arc<ArcSwap<CertificateSet>>,
 }
 
+#[cfg(feature = "tls")]
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let set = self.certificates.load();
@@ -222,6 +229,7 @@ impl ResolvesServerCert for SniResolver {
 
 /// The TLS configuration of an HTTPS listener: TLS 1.3 and 1.2, ALPN `h2` and `http/1.1`,
 /// and the certificate of each handshake chosen from what `certificates` holds then.
+#[cfg(feature = "tls")]
 pub fn server_config(certificates: Arc<ArcSwap<CertificateSet>>) -> Arc<ServerConfig> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -358,7 +366,7 @@ impl UpstreamTlsClient {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "tls", feature = "yaml"))]
 mod tests {
     use super::*;
     use crate::model::{CertificateSpec, Metadata, UpstreamTls};

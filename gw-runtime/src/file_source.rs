@@ -273,8 +273,7 @@ async fn seal(
         let errors: Vec<String> = consumers
             .iter_mut()
             .filter_map(|consumer| {
-                consumer
-                    .seal()
+                gw_core::credential::seal(consumer)
                     .err()
                     .map(|e| format!("consumer {:?}: {e}", consumer.metadata.name))
             })

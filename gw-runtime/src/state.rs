@@ -212,7 +212,7 @@ pub struct Definitions {
     pub apis: Vec<(i64, ApiDefinition)>,
     /// The TLS certificates.
     pub certificates: Vec<(i64, CertificateDefinition)>,
-    /// The consumers, sealed ([`ConsumerDefinition::seal`]).
+    /// The consumers, sealed ([`gw_core::credential::seal`]).
     pub consumers: Vec<(i64, ConsumerDefinition)>,
 }
 
@@ -825,7 +825,7 @@ mod tests {
         });
         let mut consumer = ConsumerDefinition::from_value_validated(&value, false).unwrap();
         if sealed {
-            consumer.seal().unwrap();
+            gw_core::credential::seal(&mut consumer).unwrap();
         }
         consumer
     }

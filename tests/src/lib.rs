@@ -40,39 +40,8 @@ pub const SYNC_TOKEN: &str = "e2e-sync-token-0123456789abcdef";
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test binary has a path");
-        // target/<profile>/deps/<test> -> target/<profile>
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary lives in target/<profile>/deps")
-            .to_path_buf();
-        let release = dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let mut build = Command::new(cargo);
-        build.args(["build", "--workspace", "--bins", "--quiet"]);
-        // what cargo sets for the test process (CARGO_PKG_NAME and the like), handed down,
-        // changes the environment of build scripts that watch it (ring's): the build would
-        // recompile them and everything above them, twice per test binary, instead of
-        // finding the binaries fresh
-        for (key, _) in std::env::vars_os() {
-            let Some(key) = key.to_str() else { continue };
-            if [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-            ]
-            .iter()
-            .any(|prefix| key.starts_with(prefix))
-                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&key)
-            {
-                build.env_remove(key);
-            }
-        }
-        if release {
-            build.arg("--release");
-        }
+        let (dir, mut build) = cargo_build();
+        build.args(["--workspace", "--bins"]);
         let status = build.status().expect("cargo runs");
         assert!(status.success(), "building gw's binaries failed");
         dir
@@ -80,6 +49,58 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// The path of the binary `name` of `package`, built at each call on its own: with the
+/// features that package asks of its dependencies and no others. A workspace build unifies
+/// them (`examples/custom-binary`, a runtime with a few policies, would get them all).
+pub fn binary_alone(package: &str, name: &str) -> PathBuf {
+    let (dir, mut build) = cargo_build();
+    build.args(["--package", package, "--bin", name]);
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "building {package} failed");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// `cargo build --quiet` with the profile the tests were built with, and the directory the
+/// binaries land in.
+fn cargo_build() -> (PathBuf, Command) {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet"]);
+    // what cargo sets for the test process (CARGO_PKG_NAME and the like), handed down,
+    // changes the environment of build scripts that watch it (ring's): the build would
+    // recompile them and everything above them, twice per test binary, instead of
+    // finding the binaries fresh
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&key)
+        {
+            build.env_remove(key);
+        }
+    }
+    if release {
+        build.arg("--release");
+    }
+    (dir, build)
 }
 
 #[derive(Default)]
@@ -388,7 +409,7 @@ fn controller_args_from(
 
 /// A runtime's arguments: its configuration source (`--controller LIST` or `--config
 /// FILE`), node id, free loopback ports and data dir.
-fn runtime_args(source: [&str; 2], node_id: &str, data_dir: &Path) -> Vec<String> {
+pub fn runtime_args(source: [&str; 2], node_id: &str, data_dir: &Path) -> Vec<String> {
     strings(&[
         source[0],
         source[1],

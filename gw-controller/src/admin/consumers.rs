@@ -252,7 +252,7 @@ async fn prepare(
 
 /// Hashes the clear secrets of `consumer` on a blocking thread (argon2 is slow by design).
 async fn seal(mut consumer: ConsumerDefinition) -> Result<ConsumerDefinition, ApiError> {
-    tokio::task::spawn_blocking(move || consumer.seal().map(|()| consumer))
+    tokio::task::spawn_blocking(move || gw_core::credential::seal(&mut consumer).map(|()| consumer))
         .await
         .map_err(|err| {
             tracing::error!(error = %err, "sealing a consumer failed");

@@ -55,12 +55,10 @@ impl Resources {
 /// gateway seals credentials.
 fn seal_consumers(consumers: &mut [ConsumerDefinition]) -> Result<(), DefinitionsError> {
     for consumer in consumers {
-        consumer
-            .seal()
-            .map_err(|problem| DefinitionsError::Credential {
-                consumer: consumer.metadata.name.clone(),
-                problem,
-            })?;
+        crate::credential::seal(consumer).map_err(|problem| DefinitionsError::Credential {
+            consumer: consumer.metadata.name.clone(),
+            problem,
+        })?;
     }
     Ok(())
 }

@@ -221,21 +221,7 @@ pub fn parse_pem(
             None
         }
     };
-    let mut leaf_info = None;
-    for (i, der) in chain.iter().enumerate() {
-        match x509_parser::parse_x509_certificate(der.as_ref()) {
-            Ok((_, cert)) if i == 0 => leaf_info = Some(describe(&cert)),
-            Ok(_) => {}
-            Err(err) => errors.push(FieldError::new(
-                CERT,
-                format!(
-                    "certificate {} of the chain is not valid X.509: {}",
-                    i + 1,
-                    super::messages::x509_error(&err)
-                ),
-            )),
-        }
-    }
+    let leaf_info = describe_chain(&chain, &mut errors);
     if let (Some(key), Some(leaf)) = (&key, chain.first())
         && leaf_info.is_some()
     {
@@ -274,6 +260,41 @@ pub fn parse_pem(
 
 type LeafInfo = (Vec<String>, i64, i64, String, String);
 
+/// The leaf's names, validity, serial and issuer, when every certificate of `chain` is
+/// valid X.509; an error on `spec.certificate` for each one that is not.
+#[cfg(feature = "tls")]
+fn describe_chain(chain: &[CertificateDer<'_>], errors: &mut Vec<FieldError>) -> Option<LeafInfo> {
+    let mut leaf_info = None;
+    for (i, der) in chain.iter().enumerate() {
+        match x509_parser::parse_x509_certificate(der.as_ref()) {
+            Ok((_, cert)) if i == 0 => leaf_info = Some(describe(&cert)),
+            Ok(_) => {}
+            Err(err) => errors.push(FieldError::new(
+                "spec.certificate",
+                format!(
+                    "certificate {} of the chain is not valid X.509: {}",
+                    i + 1,
+                    super::messages::x509_error(&err)
+                ),
+            )),
+        }
+    }
+    leaf_info
+}
+
+/// Without the `tls` feature there is no X.509 parser: a certificate is refused.
+#[cfg(not(feature = "tls"))]
+fn describe_chain(chain: &[CertificateDer<'_>], errors: &mut Vec<FieldError>) -> Option<LeafInfo> {
+    if !chain.is_empty() {
+        errors.push(FieldError::new(
+            "spec.certificate",
+            "certificates are not supported by this build of gw (gw-core without its `tls` feature)",
+        ));
+    }
+    None
+}
+
+#[cfg(feature = "tls")]
 fn describe(cert: &x509_parser::certificate::X509Certificate<'_>) -> LeafInfo {
     use x509_parser::extensions::GeneralName;
     let mut dns_names = Vec::new();

@@ -4,9 +4,12 @@
 //! Secrets are never stored or synced in the clear: an API key is kept as its SHA-256
 //! (`keyHash`), a password as an argon2id hash (`passwordHash`; bcrypt and other argon2
 //! hashes are accepted, for imports). A document may carry the clear values (`key`,
-//! `password`); [`ConsumerDefinition::seal`] replaces them with their hashes, which is what
+//! `password`); [`crate::credential::seal`] replaces them with their hashes, which is what
 //! the controller stores and what runtimes receive. `Debug` output shows no secret and no
 //! hash.
+//!
+//! This module describes and validates credentials; it hashes nothing slowly: password
+//! hashing (argon2, bcrypt) is [`crate::credential`]'s, behind the `basic-auth` feature.
 
 use std::collections::BTreeMap;
 use std::collections::HashSet;
@@ -203,48 +206,23 @@ pub fn parse_key_hash(hash: &str) -> Option<[u8; 32]> {
     Some(digest)
 }
 
-/// An argon2id hash of `password` (PHC string), with the OWASP-recommended parameters
-/// (19 MiB, 2 passes) and a random salt.
-pub fn hash_password(password: &str) -> Result<String, String> {
-    use argon2::PasswordHasher as _;
-    use argon2::password_hash::SaltString;
-    let salt_bytes: [u8; 16] = rand::random();
-    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|e| e.to_string())
-}
-
-/// Whether `password` matches `hash` (argon2 PHC or bcrypt). Slow by design: call it off
-/// the async threads, and cache successes.
-pub fn verify_password(password: &[u8], hash: &str) -> bool {
-    if hash.starts_with("$argon2") {
-        use argon2::PasswordVerifier as _;
-        let Ok(parsed) = argon2::password_hash::PasswordHash::new(hash) else {
-            return false;
-        };
-        argon2::Argon2::default()
-            .verify_password(password, &parsed)
-            .is_ok()
-    } else if is_bcrypt(hash) {
-        bcrypt::verify(password, hash).unwrap_or(false)
-    } else {
-        false
-    }
-}
-
-fn is_bcrypt(hash: &str) -> bool {
+/// Whether `hash` looks like a bcrypt hash (`$2a$`, `$2b$` or `$2y$`).
+pub(crate) fn is_bcrypt(hash: &str) -> bool {
     ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
 }
 
 /// Whether `hash` is a password hash this release can verify.
 fn check_password_hash(hash: &str) -> Result<(), String> {
     if hash.starts_with("$argon2") {
-        let parsed = argon2::password_hash::PasswordHash::new(hash)
+        // the PHC string format only: no argon2 here (see `crate::credential`)
+        let parsed = password_hash::PasswordHash::new(hash)
             .map_err(|e| format!("not a valid argon2 PHC string: {e}"))?;
-        argon2::Algorithm::try_from(parsed.algorithm)
-            .map_err(|_| "unknown argon2 variant".to_string())?;
+        if !matches!(
+            parsed.algorithm.as_str(),
+            "argon2d" | "argon2i" | "argon2id"
+        ) {
+            return Err("unknown argon2 variant".to_string());
+        }
         // every login attempt pays this cost: bound it
         let param = |name: &str| parsed.params.get_decimal(name).unwrap_or(u32::MAX);
         if param("m") > MAX_ARGON2_MEMORY_KIB || param("t") > MAX_ARGON2_PASSES || param("p") > 4 {
@@ -273,7 +251,7 @@ fn check_password_hash(hash: &str) -> Result<(), String> {
 
 impl ConsumerDefinition {
     /// Deserializes and validates a parsed document. Clear secrets are accepted (see
-    /// [`ConsumerDefinition::seal`]); api-key credentials without a key are reported unless
+    /// [`crate::credential::seal`]); api-key credentials without a key are reported unless
     /// `allow_missing_keys` (the controller generates those).
     pub fn from_value_validated(
         value: &serde_json::Value,
@@ -294,22 +272,6 @@ impl ConsumerDefinition {
         }
     }
 
-    /// Replaces clear secrets with their hashes: `key` with `keyHash`, `password` with an
-    /// argon2id `passwordHash`. Slow when there are passwords (argon2 is meant to be).
-    pub fn seal(&mut self) -> Result<(), FieldError> {
-        for (i, credential) in self.spec.credentials.iter_mut().enumerate() {
-            if let Some(key) = credential.key.take() {
-                credential.key_hash = Some(api_key_hash(&key));
-            }
-            if let Some(password) = credential.password.take() {
-                let hash = hash_password(&password)
-                    .map_err(|e| FieldError::new(format!("spec.credentials[{i}].password"), e))?;
-                credential.password_hash = Some(hash);
-            }
-        }
-        Ok(())
-    }
-
     /// Whether every secret is hashed (what runtimes require from a controller).
     pub fn is_sealed(&self) -> bool {
         self.spec
@@ -319,7 +281,7 @@ impl ConsumerDefinition {
     }
 
     /// The definition as canonical JSON, the form stored and sent to runtimes (after
-    /// [`ConsumerDefinition::seal`]).
+    /// [`crate::credential::seal`]).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
@@ -711,51 +673,10 @@ mod tests {
     }
 
     #[test]
-    fn sealing_hashes_secrets_and_reads_hide_hashes() {
-        let mut consumer = parse(
-            serde_json::json!({"credentials": [
-                {"type": "api-key", "id": "k", "key": "alice-key-0123456789"},
-                {"type": "basic-auth", "id": "b", "username": "alice", "password": "correct horse"}
-            ]}),
-            false,
-        )
-        .unwrap();
-        assert!(!consumer.is_sealed());
-        consumer.seal().unwrap();
-        assert!(consumer.is_sealed());
-        let key = &consumer.spec.credentials[0];
-        assert_eq!(
-            key.key_hash.as_deref(),
-            Some(api_key_hash("alice-key-0123456789").as_str())
-        );
-        assert_eq!(
-            parse_key_hash(key.key_hash.as_deref().unwrap()),
-            Some(api_key_digest(b"alice-key-0123456789"))
-        );
-        let hash = consumer.spec.credentials[1].password_hash.clone().unwrap();
-        assert!(hash.starts_with("$argon2id$"), "{hash}");
-        assert!(verify_password(b"correct horse", &hash));
-        assert!(!verify_password(b"correct horsf", &hash));
-        let public = consumer.to_public_json().to_string();
-        assert!(
-            !public.contains("keyHash") && !public.contains("argon2"),
-            "{public}"
-        );
-        let debug = format!("{consumer:?}");
-        assert!(
-            !debug.contains("sha256") && !debug.contains("argon2"),
-            "{debug}"
-        );
-        // a sealed document is valid as it is (what runtimes receive)
-        assert!(ConsumerDefinition::from_value_validated(&consumer.to_json(), false).is_ok());
-    }
-
-    #[test]
-    fn bcrypt_hashes_are_accepted_for_imports() {
-        let hash = bcrypt::hash("imported pw", 4).unwrap();
-        assert!(check_password_hash(&hash).is_ok());
-        assert!(verify_password(b"imported pw", &hash));
-        assert!(!verify_password(b"imported px", &hash));
+    fn bcrypt_and_argon2_hashes_are_accepted_for_imports() {
+        // bcrypt::hash("imported pw", 4)
+        let hash = "$2b$04$Wx2K0nYy6oN3m3bPxJ1mMu1u0qH3yI6h4n1pq0XKQeVwz4yWn2m4K";
+        assert!(check_password_hash(hash).is_ok());
         assert!(check_password_hash("$2b$04$short").is_err());
         // costs that would make every login attempt a denial of service
         let costly = hash.replacen("$2b$04$", "$2b$20$", 1);
@@ -763,7 +684,17 @@ mod tests {
         let huge =
             "$argon2id$v=19$m=4194304,t=50,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNo";
         assert!(check_password_hash(huge).unwrap_err().contains("limits"));
-        assert!(!verify_password(b"x", "$md5$nope"));
+        let argon2id =
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNo";
+        assert!(check_password_hash(argon2id).is_ok());
+        let unknown = argon2id.replacen("argon2id", "argon2x", 1);
+        assert!(
+            check_password_hash(&unknown)
+                .unwrap_err()
+                .contains("variant")
+        );
+        assert!(check_password_hash("$argon2id$v=19$m=19456").is_err());
+        assert!(check_password_hash("$md5$nope").is_err());
     }
 
     #[test]

@@ -10,13 +10,17 @@
 
 use std::borrow::Cow;
 
+#[cfg(feature = "yaml")]
 use serde_saphyr::budget::BudgetBreach;
+#[cfg(feature = "yaml")]
 use serde_saphyr::{Error as YamlError, MessageFormatter, UserMessageFormatter};
 
 /// serde-saphyr's user-facing messages, with the few that still speak to a developer
 /// rewritten.
+#[cfg(feature = "yaml")]
 struct YamlMessages;
 
+#[cfg(feature = "yaml")]
 impl MessageFormatter for YamlMessages {
     fn format_message<'a>(&self, err: &'a YamlError) -> Cow<'a, str> {
         match err {
@@ -40,6 +44,7 @@ impl MessageFormatter for YamlMessages {
     }
 }
 
+#[cfg(feature = "yaml")]
 fn breach_text(breach: &BudgetBreach) -> &'static str {
     match breach {
         BudgetBreach::Events { .. } | BudgetBreach::Nodes { .. } => "too many values",
@@ -57,6 +62,7 @@ fn breach_text(breach: &BudgetBreach) -> &'static str {
 
 /// The text of a YAML parse error: what is wrong, where (line and column), and an excerpt
 /// of the text around it.
+#[cfg(feature = "yaml")]
 pub(crate) fn yaml_error(err: &YamlError) -> String {
     err.render_with_formatter(&YamlMessages)
 }
@@ -128,6 +134,7 @@ pub(crate) fn pem_error(err: &rustls::pki_types::pem::Error) -> String {
 }
 
 /// Why a DER certificate is not valid X.509.
+#[cfg(feature = "tls")]
 pub(crate) fn x509_error(err: &x509_parser::nom::Err<x509_parser::error::X509Error>) -> String {
     use x509_parser::error::X509Error;
     use x509_parser::nom::Err;
@@ -147,6 +154,7 @@ pub(crate) fn x509_error(err: &x509_parser::nom::Err<x509_parser::error::X509Err
 mod tests {
     use super::*;
 
+    #[cfg(feature = "yaml")]
     #[test]
     fn yaml_errors_read_as_gw_s_words() {
         let several = serde_saphyr::from_str::<serde_json::Value>("a: 1\n---\nb: 2\n").unwrap_err();
@@ -189,6 +197,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "tls")]
     #[test]
     fn pem_and_x509_errors_print_no_structure() {
         use rustls::pki_types::CertificateDer;

@@ -38,21 +38,25 @@ use serde::{Deserialize, Serialize};
 pub use certificate::{
     CertificateDefinition, CertificateSpec, KIND_CERTIFICATE, ParsedCertificate, parse_pem,
 };
+#[cfg(feature = "basic-auth")]
+pub(crate) use consumer::is_bcrypt;
 pub use consumer::{
     ConsumerDefinition, ConsumerSpec, Credential, CredentialClaim, CredentialType, KIND_CONSUMER,
     MAX_CREDENTIALS, MIN_KEY_LEN, MIN_PASSWORD_LEN, api_key_digest, api_key_hash,
-    conflicting_claims, generate_api_key, hash_password, parse_key_hash, verify_password,
+    conflicting_claims, generate_api_key, parse_key_hash,
 };
 pub use duration::{DurationError, HumanDuration};
 pub use upstream::{
     Algorithm, CircuitBreaker, Endpoint, HashOn, HealthCheck, HostHeader, LoadBalancing,
     OutlierDetection, Retries, Timeouts, UpstreamProtocol, UpstreamSpec, UpstreamTls,
 };
+#[cfg(feature = "transform")]
+pub(crate) use validate::is_param_name;
+pub(crate) use validate::routed_template;
 pub use validate::{
-    Collision, RouteKey, ValidationContext, check_collisions, validate, validate_certificate,
-    validate_name,
+    Attachment, Collision, PolicyCatalog, RouteKey, ValidationContext, check_collisions, validate,
+    validate_certificate, validate_name,
 };
-pub(crate) use validate::{is_param_name, routed_template};
 
 /// The only `apiVersion` this release understands.
 pub const API_VERSION: &str = "gw/v1";
@@ -165,7 +169,8 @@ pub struct PolicyRef {
 /// The serialization of a document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// YAML 1.2 (JSON is accepted too, as YAML is a superset).
+    /// YAML 1.2 (JSON is accepted too, as YAML is a superset). Without the `yaml` feature,
+    /// only JSON text is accepted in this format.
     Yaml,
     /// JSON.
     Json,
@@ -424,7 +429,7 @@ pub struct DocumentSet {
     /// The certificates, in file order.
     pub certificates: Vec<CertificateDefinition>,
     /// The consumers, in file order, as written: their clear keys and passwords are not
-    /// sealed yet ([`ConsumerDefinition::seal`]).
+    /// sealed yet ([`crate::credential::seal`]).
     pub consumers: Vec<ConsumerDefinition>,
 }
 
@@ -440,23 +445,76 @@ pub fn parse_value(bytes: &[u8], format: Format) -> Result<serde_json::Value, Mo
             format: "JSON",
             message: err.to_string(),
         }),
-        Format::Yaml => {
-            let text = std::str::from_utf8(bytes).map_err(|err| ModelError::Syntax {
+        Format::Yaml => yaml::document(bytes),
+    }
+}
+
+/// YAML text into JSON values (serde-saphyr), or, without the `yaml` feature, an error that
+/// says so.
+mod yaml {
+    use super::ModelError;
+
+    fn text(bytes: &[u8]) -> Result<&str, ModelError> {
+        std::str::from_utf8(bytes).map_err(|err| ModelError::Syntax {
+            format: "YAML",
+            message: format!("not UTF-8: {err}"),
+        })
+    }
+
+    /// One document; an empty one is an error.
+    #[cfg(feature = "yaml")]
+    pub(super) fn document(bytes: &[u8]) -> Result<serde_json::Value, ModelError> {
+        let value: serde_json::Value =
+            serde_saphyr::from_str(text(bytes)?).map_err(|err| ModelError::Syntax {
                 format: "YAML",
-                message: format!("not UTF-8: {err}"),
+                message: super::messages::yaml_error(&err),
             })?;
-            let value: serde_json::Value =
-                serde_saphyr::from_str(text).map_err(|err| ModelError::Syntax {
+        if value.is_null() {
+            return Err(ModelError::Syntax {
+                format: "YAML",
+                message: "the document is empty".to_string(),
+            });
+        }
+        Ok(value)
+    }
+
+    /// A stream of documents separated by `---`, the empty ones left out.
+    #[cfg(feature = "yaml")]
+    pub(super) fn documents(bytes: &[u8]) -> Result<Vec<serde_json::Value>, ModelError> {
+        Ok(
+            serde_saphyr::from_multiple::<serde_json::Value>(text(bytes)?)
+                .map_err(|err| ModelError::Syntax {
                     format: "YAML",
-                    message: messages::yaml_error(&err),
-                })?;
-            if value.is_null() {
-                return Err(ModelError::Syntax {
-                    format: "YAML",
-                    message: "the document is empty".to_string(),
-                });
-            }
-            Ok(value)
+                    message: super::messages::yaml_error(&err),
+                })?
+                .into_iter()
+                .filter(|doc| !doc.is_null())
+                .collect(),
+        )
+    }
+
+    #[cfg(not(feature = "yaml"))]
+    fn unsupported() -> ModelError {
+        ModelError::Syntax {
+            format: "YAML",
+            message: "YAML is not supported by this build of gw (gw-core without its `yaml` \
+                      feature): write the documents as JSON"
+                .to_string(),
+        }
+    }
+
+    /// Without a YAML parser, JSON text (a subset of YAML) is still read.
+    #[cfg(not(feature = "yaml"))]
+    pub(super) fn document(bytes: &[u8]) -> Result<serde_json::Value, ModelError> {
+        serde_json::from_str(text(bytes)?).map_err(|_| unsupported())
+    }
+
+    /// Without a YAML parser, a JSON array of documents or a single JSON document.
+    #[cfg(not(feature = "yaml"))]
+    pub(super) fn documents(bytes: &[u8]) -> Result<Vec<serde_json::Value>, ModelError> {
+        match document(bytes)? {
+            serde_json::Value::Array(items) => Ok(items),
+            single => Ok(vec![single]),
         }
     }
 }
@@ -499,20 +557,7 @@ pub fn parse_set(
                 single => vec![single],
             }
         }
-        Format::Yaml => {
-            let text = std::str::from_utf8(bytes).map_err(|err| ModelError::Syntax {
-                format: "YAML",
-                message: format!("not UTF-8: {err}"),
-            })?;
-            serde_saphyr::from_multiple::<serde_json::Value>(text)
-                .map_err(|err| ModelError::Syntax {
-                    format: "YAML",
-                    message: messages::yaml_error(&err),
-                })?
-                .into_iter()
-                .filter(|doc| !doc.is_null())
-                .collect()
-        }
+        Format::Yaml => yaml::documents(bytes)?,
     };
     let mut errors = Vec::new();
     let mut apis = Vec::with_capacity(documents.len());
@@ -630,5 +675,6 @@ fn type_error(path: &str, message: &str) -> FieldError {
     FieldError::new(path, messages::type_error_text(message))
 }
 
-#[cfg(test)]
+// YAML documents, certificates among them
+#[cfg(all(test, feature = "yaml", feature = "tls"))]
 mod tests;

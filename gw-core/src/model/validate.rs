@@ -6,7 +6,6 @@ use super::{
     API_VERSION, Algorithm, ApiDefinition, CertificateDefinition, FieldError, HashOn, HostHeader,
     HumanDuration, KIND_API, KIND_CERTIFICATE, PolicyRef,
 };
-use crate::policy::PolicyRegistry;
 
 /// Limits that keep one definition from costing the gateway unbounded memory or build time.
 const MAX_HOSTS: usize = 100;
@@ -28,8 +27,41 @@ pub(crate) const METHODS: [&str; 8] = [
 /// What validation may consult beyond the document itself.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ValidationContext<'a> {
-    /// The policies that can be attached; with `None`, any policy is reported unknown.
-    pub policies: Option<&'a PolicyRegistry>,
+    /// The policies that can be attached (usually a [`crate::policy::PolicyRegistry`]);
+    /// with `None`, any policy is reported unknown.
+    pub policies: Option<&'a dyn PolicyCatalog>,
+}
+
+/// What validating an API needs to know of the policies that may be attached to it:
+/// which exist, in which phase each runs, and what is wrong with its params. Validation
+/// knows policies only through this trait; [`crate::policy::PolicyRegistry`] implements it.
+pub trait PolicyCatalog: std::fmt::Debug + Sync {
+    /// Whether a policy `name` exists.
+    fn contains(&self, name: &str) -> bool;
+
+    /// Why `name` is refused when [`PolicyCatalog::contains`] says it does not exist: the
+    /// message of the error on the policy's `name` field.
+    fn unknown(&self, name: &str) -> String;
+
+    /// The name of the phase `policy` runs in with its params: a policy may be listed once
+    /// per phase.
+    fn phase_name(&self, policy: &PolicyRef) -> &'static str;
+
+    /// Every problem in the params of `policy` (known), attached at `at`, with field paths
+    /// relative to its params (empty when they are valid).
+    fn check_params(&self, policy: &PolicyRef, at: &Attachment<'_>) -> Vec<FieldError>;
+}
+
+/// Where a policy is attached, as validation sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Attachment<'a> {
+    /// The API's name.
+    pub api: &'a str,
+    /// The API's context path.
+    pub context: &'a str,
+    /// The operation's method (upper case) and path template, for a policy of an
+    /// operation.
+    pub operation: Option<(&'a str, &'a str)>,
 }
 
 /// A place an API occupies in the routing table: a context on a host within a group.
@@ -151,8 +183,7 @@ pub fn validate(api: &ApiDefinition, ctx: &ValidationContext<'_>) -> Vec<FieldEr
             format!("must be between 1 and {MAX_BODY_LIMIT} (1 TiB)"),
         );
     }
-    let attached = crate::policy::PolicyContext {
-        consumers: crate::consumers::ConsumerStore::empty(),
+    let attached = Attachment {
         api: &api.metadata.name,
         context: &spec.context,
         operation: None,
@@ -531,7 +562,7 @@ impl Validator {
         &mut self,
         api: &ApiDefinition,
         ctx: ValidationContext<'_>,
-        attached: &crate::policy::PolicyContext<'_>,
+        attached: &Attachment<'_>,
     ) {
         let ops = &api.spec.operations;
         if ops.len() > MAX_OPERATIONS {
@@ -591,11 +622,8 @@ impl Validator {
                     },
                 }
             }
-            let attached = crate::policy::PolicyContext {
-                operation: Some(crate::policy::OperationContext {
-                    method: &op.method,
-                    path: &op.path,
-                }),
+            let attached = Attachment {
+                operation: Some((&op.method, &op.path)),
                 ..*attached
             };
             self.policies(&format!("{field}.policies"), &op.policies, ctx, &attached);
@@ -607,7 +635,7 @@ impl Validator {
         field: &str,
         policies: &[PolicyRef],
         ctx: ValidationContext<'_>,
-        attached: &crate::policy::PolicyContext<'_>,
+        attached: &Attachment<'_>,
     ) {
         if policies.len() > MAX_POLICIES {
             self.err(field, format!("more than {MAX_POLICIES} policies"));
@@ -617,7 +645,7 @@ impl Validator {
         for (i, policy) in policies.iter().enumerate() {
             let item = format!("{field}[{i}]");
             // once per phase: a rate limit before authentication and one after are two
-            let phase = ctx.policies.map(|registry| registry.phase_of(policy));
+            let phase = ctx.policies.map(|catalog| catalog.phase_name(policy));
             if !seen.insert((policy.name.as_str(), phase)) {
                 self.err(
                     format!("{item}.name"),
@@ -625,20 +653,18 @@ impl Validator {
                 );
                 continue;
             }
-            let Some(registry) = ctx.policies.filter(|r| r.contains(&policy.name)) else {
-                let known = ctx.policies.map(PolicyRegistry::names).unwrap_or_default();
-                let hint = if known.is_empty() {
-                    "no policies are registered in this build".to_string()
-                } else {
-                    format!("known policies: {}", known.join(", "))
+            let Some(catalog) = ctx.policies.filter(|c| c.contains(&policy.name)) else {
+                let message = match ctx.policies {
+                    Some(catalog) => catalog.unknown(&policy.name),
+                    None => format!(
+                        "unknown policy {:?} (no policies are known to this validation)",
+                        policy.name
+                    ),
                 };
-                self.err(
-                    format!("{item}.name"),
-                    format!("unknown policy {:?} ({hint})", policy.name),
-                );
+                self.err(format!("{item}.name"), message);
                 continue;
             };
-            for error in registry.validate_params(&policy.name, &policy.params, attached) {
+            for error in catalog.check_params(policy, attached) {
                 let path = if error.field.is_empty() {
                     format!("{item}.params")
                 } else {
@@ -703,12 +729,18 @@ fn check_ca_pem(pem: &str) -> Result<(), String> {
         return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_string());
     }
     for (i, der) in certs.iter().enumerate() {
+        #[cfg(feature = "tls")]
         if let Err(err) = x509_parser::parse_x509_certificate(der.as_ref()) {
             return Err(format!(
                 "certificate {} is not valid X.509: {}",
                 i + 1,
                 super::messages::x509_error(&err)
             ));
+        }
+        // without an X.509 parser, what the upstream client will do with it: a trust anchor
+        #[cfg(not(feature = "tls"))]
+        if rustls::RootCertStore::empty().add(der.clone()).is_err() {
+            return Err(format!("certificate {} is not valid X.509", i + 1));
         }
     }
     Ok(())

@@ -2,14 +2,15 @@
 //! against the consumers' `api-key` credentials. The key never reaches the upstream.
 
 use http::header::{HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::headers::header_name;
+use super::header_names::header_name;
 use super::{Filter, Phase, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::Body;
 use crate::consumers::ConsumerStore;
+use crate::error::unauthorized;
 use crate::model::FieldError;
 
 /// The params of `api-key`.
@@ -98,15 +99,6 @@ struct ApiKeyFilter {
     query: Option<String>,
     challenge: HeaderValue,
     consumers: ConsumerStore,
-}
-
-/// A 401 with its `WWW-Authenticate` challenge.
-pub(super) fn unauthorized(code: &str, message: &str, challenge: &HeaderValue) -> Response<Body> {
-    let mut response = crate::error::json_error(StatusCode::UNAUTHORIZED, code, message);
-    response
-        .headers_mut()
-        .insert(http::header::WWW_AUTHENTICATE, challenge.clone());
-    response
 }
 
 impl ApiKeyFilter {

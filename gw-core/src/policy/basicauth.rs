@@ -21,10 +21,10 @@ use serde::Deserialize;
 use sha2::Digest as _;
 use tokio::sync::Semaphore;
 
-use super::apikey::unauthorized;
 use super::{Consumer, Phase, Policy, PolicyContext, RouteLayer, RouteService};
 use crate::body::{Body, BoxError};
 use crate::consumers::ConsumerStore;
+use crate::error::unauthorized;
 use crate::model::FieldError;
 
 /// Verifications running at once, for the whole process (every basic-auth policy of every
@@ -48,7 +48,7 @@ fn default_policy_slots() -> u32 {
 /// What an unknown user name is verified against, so that it takes as long as a known one
 /// (no user enumeration by timing).
 static DUMMY_HASH: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| {
-    let hash = crate::model::hash_password("gw dummy password").unwrap_or_default();
+    let hash = crate::credential::hash_password("gw dummy password").unwrap_or_default();
     Arc::from(hash.as_str())
 });
 
@@ -326,7 +326,7 @@ impl tower::Service<Request<Body>> for BasicAuthService {
                     let checked = Arc::clone(&hash);
                     let valid = tokio::task::spawn_blocking(move || {
                         let _permit = permit;
-                        crate::model::verify_password(&password, &checked)
+                        crate::credential::verify_password(&password, &checked)
                     })
                     .await
                     .unwrap_or(false);

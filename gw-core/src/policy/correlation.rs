@@ -7,7 +7,7 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::headers::header_name;
+use super::header_names::header_name;
 use super::{Filter, Phase, Policy, PolicyContext, RequestId, RouteLayer, filter_layer};
 use crate::body::Body;
 use crate::model::FieldError;

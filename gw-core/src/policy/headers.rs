@@ -7,6 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::header_names::header_name;
 use super::{Filter, Policy, PolicyContext, RouteLayer, Template, filter_layer};
 use crate::body::Body;
 use crate::model::FieldError;
@@ -30,17 +31,6 @@ pub(crate) struct HeaderParams {
     #[serde(default)]
     pub add: BTreeMap<String, String>,
 }
-
-/// Headers the gateway manages itself: a policy may not touch them.
-const MANAGED: &[&str] = &[
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "te",
-    "trailer",
-];
 
 impl HeaderParams {
     fn check(&self, ctx: &PolicyContext<'_>, request_side: bool) -> Vec<FieldError> {
@@ -109,18 +99,6 @@ impl HeaderParams {
             dynamic,
         })
     }
-}
-
-pub(super) fn header_name(name: &str, request_side: bool) -> Result<HeaderName, String> {
-    let parsed = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("{name:?} is not a header name"))?;
-    if MANAGED.contains(&parsed.as_str()) {
-        return Err(format!("{name:?} is managed by the gateway"));
-    }
-    if request_side && parsed == http::header::HOST {
-        return Err("\"host\" is set by spec.upstream.hostHeader".to_string());
-    }
-    Ok(parsed)
 }
 
 /// The compiled operations of one header policy.

@@ -35,7 +35,7 @@ use serde_json::Value;
 
 use self::keys::{AlgorithmSet, JwtAlgorithm, Key, KeySet, Origin};
 use self::remote::Remote;
-use super::headers::header_name;
+use super::header_names::header_name;
 use super::{Consumer, Phase, Policy, PolicyContext, RouteLayer, RouteService};
 use crate::body::{Body, BoxError};
 use crate::consumers::{ConsumerSet, ConsumerStore};

@@ -33,26 +33,37 @@
 //!
 //! let registry = PolicyRegistry::builtin().register_policy("noop", Noop);
 //! assert!(registry.contains("noop"));
-//! assert!(registry.contains("request-headers"));
+//! assert!(registry.contains("access-log"));
 //! ```
 
 mod accesslog;
 mod acl;
+#[cfg(feature = "api-key")]
 mod apikey;
+#[cfg(feature = "basic-auth")]
 mod basicauth;
 mod cidr;
 mod correlation;
+#[cfg(feature = "cors")]
 mod cors;
 mod filter;
+mod header_names;
+#[cfg(feature = "transform")]
 mod headers;
 mod ipfilter;
+#[cfg(feature = "jwt")]
 mod jwt;
+#[cfg(feature = "rate-limit")]
 mod ratelimit;
+#[cfg(feature = "transform")]
 mod redirect;
+#[cfg(feature = "transform")]
 mod rewrite;
 mod sizelimit;
 mod stack;
+#[cfg(feature = "transform")]
 mod template;
+#[cfg(feature = "transform")]
 mod termination;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -67,12 +78,13 @@ use tower::util::BoxCloneSyncService;
 
 use crate::body::{Body, BoxError};
 use crate::consumers::ConsumerStore;
-use crate::model::{FieldError, PolicyRef};
+use crate::model::{Attachment, FieldError, PolicyCatalog, PolicyRef};
 
 pub use crate::extensions::{Consumer, Exchange, RequestId, authenticate};
 pub use cidr::{Cidr, UNKNOWN_CLIENT, client_ip};
 pub use filter::{Filter, filter_layer};
 pub use stack::{RouteLayer, RouteStack, StackFuture, stack};
+#[cfg(feature = "transform")]
 pub use template::Template;
 
 /// The future of a [`RouteService`] call, for policies written as services of their own.
@@ -291,25 +303,35 @@ impl PolicyRegistry {
         Self::default()
     }
 
-    /// gw's built-in policies (docs/policies.md).
+    /// gw's built-in policies (docs/policies.md) that this build compiled in: a policy of
+    /// a family whose cargo feature is off is left out (see the crate's features).
     pub fn builtin() -> Self {
-        Self::new()
+        // the policies with no family and no heavy dependency are always compiled in
+        let registry = Self::new()
             .register_policy("access-log", accesslog::AccessLog)
             .register_policy("acl", acl::Acl)
-            .register_policy("api-key", apikey::ApiKey)
-            .register_policy("basic-auth", basicauth::BasicAuth)
-            .register_policy("jwt", jwt::Jwt)
+            .register_policy("correlation-id", correlation::CorrelationId)
+            .register_policy("ip-filter", ipfilter::IpFilter)
+            .register_policy("request-size-limit", sizelimit::RequestSizeLimit)
+            .register_policy("timeout", timeout::Timeout);
+        #[cfg(feature = "api-key")]
+        let registry = registry.register_policy("api-key", apikey::ApiKey);
+        #[cfg(feature = "basic-auth")]
+        let registry = registry.register_policy("basic-auth", basicauth::BasicAuth);
+        #[cfg(feature = "jwt")]
+        let registry = registry.register_policy("jwt", jwt::Jwt);
+        #[cfg(feature = "cors")]
+        let registry = registry.register_policy("cors", cors::CorsPolicy);
+        #[cfg(feature = "rate-limit")]
+        let registry = registry.register_policy("rate-limit", ratelimit::RateLimit);
+        #[cfg(feature = "transform")]
+        let registry = registry
             .register_policy("request-headers", headers::RequestHeaders)
             .register_policy("response-headers", headers::ResponseHeaders)
             .register_policy("request-termination", termination::RequestTermination)
-            .register_policy("cors", cors::CorsPolicy)
-            .register_policy("correlation-id", correlation::CorrelationId)
             .register_policy("redirect", redirect::Redirect)
-            .register_policy("rewrite", rewrite::Rewrite)
-            .register_policy("ip-filter", ipfilter::IpFilter)
-            .register_policy("request-size-limit", sizelimit::RequestSizeLimit)
-            .register_policy("rate-limit", ratelimit::RateLimit)
-            .register_policy("timeout", timeout::Timeout)
+            .register_policy("rewrite", rewrite::Rewrite);
+        registry
     }
 
     /// Adds (or replaces) the policy `name`.
@@ -365,7 +387,7 @@ impl PolicyRegistry {
     ) -> Vec<FieldError> {
         match self.factories.get(name) {
             Some(factory) => factory.validate(params, ctx),
-            None => vec![FieldError::new("", format!("unknown policy {name:?}"))],
+            None => vec![FieldError::new("", self.unknown(name))],
         }
     }
 
@@ -382,12 +404,75 @@ impl PolicyRegistry {
         let factory = self
             .factories
             .get(&policy.name)
-            .ok_or_else(|| error("unknown policy".to_string()))?;
+            .ok_or_else(|| error(self.unknown(&policy.name)))?;
         let problems = factory.validate(&policy.params, ctx);
         if !problems.is_empty() {
             return Err(error(join(&problems)));
         }
         factory.build(&policy.params, ctx).map_err(error)
+    }
+}
+
+/// gw's built-in policies by the cargo feature that compiles them in, and whether it is
+/// on in this build: what [`PolicyCatalog::unknown`] says of one left out.
+const FEATURE_POLICIES: [(&str, bool, &[&str]); 6] = [
+    ("api-key", cfg!(feature = "api-key"), &["api-key"]),
+    ("basic-auth", cfg!(feature = "basic-auth"), &["basic-auth"]),
+    ("jwt", cfg!(feature = "jwt"), &["jwt"]),
+    ("rate-limit", cfg!(feature = "rate-limit"), &["rate-limit"]),
+    ("cors", cfg!(feature = "cors"), &["cors"]),
+    (
+        "transform",
+        cfg!(feature = "transform"),
+        &[
+            "request-headers",
+            "response-headers",
+            "rewrite",
+            "redirect",
+            "request-termination",
+        ],
+    ),
+];
+
+impl PolicyCatalog for PolicyRegistry {
+    fn contains(&self, name: &str) -> bool {
+        PolicyRegistry::contains(self, name)
+    }
+
+    fn unknown(&self, name: &str) -> String {
+        let known = self.names();
+        let hint = if known.is_empty() {
+            "no policies are registered in this build".to_string()
+        } else {
+            format!("known policies: {}", known.join(", "))
+        };
+        let left_out = FEATURE_POLICIES
+            .iter()
+            .find(|(_, on, names)| !on && names.contains(&name));
+        match left_out {
+            Some((feature, ..)) => format!(
+                "unknown policy {name:?}: it is not compiled into this build of gw (gw-core's \
+                 `{feature}` feature is off; {hint})"
+            ),
+            None => format!("unknown policy {name:?} ({hint})"),
+        }
+    }
+
+    fn phase_name(&self, policy: &PolicyRef) -> &'static str {
+        self.phase_of(policy).as_str()
+    }
+
+    fn check_params(&self, policy: &PolicyRef, at: &Attachment<'_>) -> Vec<FieldError> {
+        let ctx = PolicyContext {
+            api: at.api,
+            context: at.context,
+            operation: at
+                .operation
+                .map(|(method, path)| OperationContext { method, path }),
+            // validation never authenticates: no consumer is needed
+            consumers: ConsumerStore::empty(),
+        };
+        self.validate_params(&policy.name, &policy.params, &ctx)
     }
 }
 
@@ -437,6 +522,7 @@ mod tests {
     /// A rate limit before authentication and one after it are two policies: both may be
     /// listed, and an operation's per-consumer limit replaces the API's, not its throttle of
     /// logins.
+    #[cfg(feature = "rate-limit")]
     #[test]
     fn a_policy_is_replaced_by_one_of_the_same_name_and_phase() {
         let registry = PolicyRegistry::builtin();
@@ -488,6 +574,32 @@ mod tests {
         assert!(
             missing.is_empty(),
             "not documented in docs/policies.md: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_policy_is_refused_with_the_known_ones() {
+        let registry = PolicyRegistry::builtin();
+        let message = PolicyCatalog::unknown(&registry, "nope");
+        assert!(
+            message.starts_with("unknown policy \"nope\" (known policies: access-log, acl,"),
+            "{message}"
+        );
+        let empty = PolicyCatalog::unknown(&PolicyRegistry::new(), "nope");
+        assert!(empty.contains("no policies are registered"), "{empty}");
+    }
+
+    /// A built-in policy that this build left out is named with its feature (run with
+    /// `--no-default-features`).
+    #[cfg(not(feature = "jwt"))]
+    #[test]
+    fn a_policy_left_out_of_the_build_names_its_feature() {
+        let registry = PolicyRegistry::builtin();
+        assert!(!registry.contains("jwt"));
+        let message = PolicyCatalog::unknown(&registry, "jwt");
+        assert!(
+            message.contains("not compiled into this build") && message.contains("`jwt` feature"),
+            "{message}"
         );
     }
 

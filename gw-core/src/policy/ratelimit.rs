@@ -42,6 +42,7 @@
 //! The local backend decides synchronously in a [`Filter`]; the Redis one is a service of
 //! its own that awaits the script, so that the local path never pays for it.
 
+#[cfg(feature = "rate-limit-redis")]
 mod redis;
 
 use std::collections::HashMap;
@@ -54,6 +55,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+#[cfg(feature = "rate-limit-redis")]
 use self::redis::{RedisLimit, RedisParams};
 use super::ipfilter::{parse_cidrs, request_ip};
 use super::{Cidr, Consumer, Filter, Phase, Policy, PolicyContext, RouteLayer, filter_layer};
@@ -94,12 +96,14 @@ pub(crate) struct RateLimitParams {
     #[serde(default)]
     pub backend: BackendKind,
     /// The Redis server and how to use it, with `backend: redis` (and only then).
+    #[cfg(feature = "rate-limit-redis")]
     #[serde(default)]
     pub redis: Option<RedisParams>,
     /// With `backend: redis`: what happens when Redis does not answer in time. `true`: each
     /// gateway process enforces the limits on its own (as with `backend: local`) until
     /// Redis answers again; `false` (the default): the request gets 503
     /// `rate_limit_unavailable`.
+    #[cfg(feature = "rate-limit-redis")]
     #[serde(default)]
     pub fail_open: Option<bool>,
     /// Count and refuse requests before authentication runs (with `key: ip`, `header` or
@@ -142,6 +146,7 @@ pub(crate) enum Window {
 
 impl Window {
     /// The window's name, as written in the params.
+    #[cfg(feature = "rate-limit-redis")]
     fn as_str(self) -> &'static str {
         match self {
             Window::Second => "second",
@@ -185,7 +190,9 @@ pub(crate) enum BackendKind {
     /// In this gateway process.
     #[default]
     Local,
-    /// In Redis, shared by every gateway process that uses the same server.
+    /// In Redis, shared by every gateway process that uses the same server (with the
+    /// `rate-limit-redis` feature).
+    #[cfg(feature = "rate-limit-redis")]
     Redis,
 }
 
@@ -261,6 +268,7 @@ impl Policy for RateLimit {
             _ => {}
         }
         parse_cidrs("trustedProxies", &params.trusted_proxies, &mut errors);
+        #[cfg(feature = "rate-limit-redis")]
         match (params.backend, &params.redis) {
             (BackendKind::Redis, None) => {
                 errors.push(FieldError::new("redis", "required with backend: redis"));
@@ -271,12 +279,14 @@ impl Policy for RateLimit {
             }
             (BackendKind::Local, None) => {}
         }
+        #[cfg(feature = "rate-limit-redis")]
         if params.fail_open.is_some() && params.backend != BackendKind::Redis {
             errors.push(FieldError::new("failOpen", "only with backend: redis"));
         }
         errors
     }
 
+    #[cfg_attr(not(feature = "rate-limit-redis"), allow(unused_variables))] // ctx: Redis's
     fn layer(
         &self,
         params: RateLimitParams,
@@ -311,8 +321,12 @@ impl Policy for RateLimit {
             digest: [RandomState::new(), RandomState::new()],
         };
         let local = || LocalLimiter::new(&quotas, SHARDS, CAPACITY);
-        match (params.backend, params.redis) {
-            (BackendKind::Redis, Some(redis)) => {
+        match params.backend {
+            #[cfg(feature = "rate-limit-redis")]
+            BackendKind::Redis => {
+                let Some(redis) = params.redis else {
+                    return Err("redis: required with backend: redis".to_string());
+                };
                 let fallback = params.fail_open.unwrap_or(false).then(local).transpose()?;
                 let limits: Vec<(u64, Window)> = params
                     .limits
@@ -322,8 +336,7 @@ impl Policy for RateLimit {
                 RedisLimit::new(&redis, ctx, &limits, keys, params.headers, fallback)
                     .map(RedisLimit::into_layer)
             }
-            (BackendKind::Redis, None) => Err("redis: required with backend: redis".to_string()),
-            (BackendKind::Local, _) => Ok(filter_layer(Limiter {
+            BackendKind::Local => Ok(filter_layer(Limiter {
                 local: local()?,
                 keys,
                 headers: params.headers,
@@ -737,6 +750,7 @@ impl Keys {
     }
 
     /// What a name is called in a Redis key: the kind of the key.
+    #[cfg(feature = "rate-limit-redis")]
     fn kind(&self) -> &'static str {
         match self.source {
             KeySource::Consumer => "consumer",
@@ -1042,6 +1056,7 @@ mod tests {
             fields(serde_json::json!({"limits": [{"requests": 1, "window": "day", "burst": 2}]})),
             ["limits[0].burst"]
         );
+        #[cfg(feature = "rate-limit-redis")]
         assert_eq!(
             fields(serde_json::json!({"limits": one, "backend": "redis"})),
             ["redis"]
@@ -1050,12 +1065,14 @@ mod tests {
             fields(serde_json::json!({"limits": one, "backend": "memcached"})),
             ["backend"]
         );
+        #[cfg(feature = "rate-limit-redis")]
         assert_eq!(
             fields(serde_json::json!({
                 "limits": one, "failOpen": true, "redis": {"url": "redis://127.0.0.1/"}
             })),
             ["redis", "failOpen"]
         );
+        #[cfg(feature = "rate-limit-redis")]
         assert_eq!(
             fields(serde_json::json!({
                 "limits": one, "backend": "redis",
@@ -1063,6 +1080,7 @@ mod tests {
             })),
             ["redis.keyprefix", "redis.url", "redis.timeout"]
         );
+        #[cfg(feature = "rate-limit-redis")]
         assert!(
             fields(serde_json::json!({
                 "limits": one, "backend": "redis", "failOpen": true,

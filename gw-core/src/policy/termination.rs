@@ -8,7 +8,7 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::headers::header_name;
+use super::header_names::header_name;
 use super::{Filter, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::{self, Body};
 use crate::model::FieldError;

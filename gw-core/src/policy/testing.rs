@@ -60,6 +60,7 @@ pub(crate) async fn text(response: Response<Body>) -> String {
 }
 
 /// A consumer store holding `alice` (ACL group `gold`) with `credentials`, sealed.
+#[cfg(any(feature = "api-key", feature = "basic-auth", feature = "jwt"))]
 #[allow(clippy::needless_pass_by_value)] // json! literals read better passed by value
 pub(crate) fn store_with(credentials: serde_json::Value) -> crate::consumers::ConsumerStore {
     let value = serde_json::json!({
@@ -68,7 +69,7 @@ pub(crate) fn store_with(credentials: serde_json::Value) -> crate::consumers::Co
     });
     let mut definition =
         crate::model::ConsumerDefinition::from_value_validated(&value, false).unwrap();
-    definition.seal().unwrap();
+    crate::credential::seal(&mut definition).unwrap();
     crate::consumers::ConsumerStore::new(
         crate::consumers::ConsumerSet::build([Arc::new(definition)]).unwrap(),
     )
@@ -76,6 +77,7 @@ pub(crate) fn store_with(credentials: serde_json::Value) -> crate::consumers::Co
 
 /// A request for `/orders` from `peer` (an address without port), as `consumer` (with the
 /// credential `<consumer>-key`) when given, with `headers`.
+#[cfg(feature = "rate-limit")]
 pub(crate) fn request_from(
     peer: &str,
     consumer: Option<&str>,

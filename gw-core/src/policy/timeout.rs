@@ -71,7 +71,7 @@ impl Filter for SetTimeout {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "yaml"))]
 mod tests {
     use std::convert::Infallible;
     use std::net::SocketAddr;
