@@ -321,3 +321,63 @@ async fn a_stopping_controller_records_its_runtimes_as_disconnected() {
     assert_eq!(fleet(&admin_b).await, disconnected, "{}", a.log());
     drop(runtimes);
 }
+
+/// A runtime restarted with a clock behind its previous start is still the newer session:
+/// its data directory keeps the previous start, and the new run's session epochs build on
+/// it, so the fleet records the new session rather than keep the old run's record until it
+/// is pruned. The test puts the fleet record and the directory where a previous run with a
+/// clock one hour ahead left them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_restarted_with_its_clock_behind_is_the_newer_session() {
+    let db = TestDatabase::create().await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let ctl = controller(
+        &ControllerSpec {
+            database_url: Some(db.url().to_string()),
+            dev: false,
+            all_in_one: false,
+            node_id: "ctl".to_string(),
+        },
+        dirs[0].path(),
+    );
+    let admin = Admin::new(ctl.addr("admin"), Some(TOKEN));
+    admin.wait_ready().await;
+    let mut rt = runtime("rt", &[ctl.addr("sync")], dirs[1].path());
+    wait_for_fleet(&admin, "the runtime to connect", &[("rt", "connected")]).await;
+    assert_eq!(rt.terminate(), Some(0), "{}", rt.log());
+    wait_for_fleet(&admin, "the stop recorded", &[("rt", "disconnected")]).await;
+
+    // the previous run started an hour ahead of the clock now
+    let ahead_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3_600_000;
+    std::fs::write(
+        dirs[1].path().join("session-start"),
+        format!("{ahead_ms}\n"),
+    )
+    .unwrap();
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let epoch = i64::try_from(ahead_ms * 1_000_000 + 1).unwrap();
+    let updated = sqlx::query("UPDATE runtimes SET session_epoch = $1 WHERE node_id = 'rt'")
+        .bind(epoch)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(updated.rows_affected(), 1);
+    pool.close().await;
+
+    rt.restart(&[]);
+    wait_for_fleet(
+        &admin,
+        "the restarted runtime recorded as connected",
+        &[("rt", "connected")],
+    )
+    .await;
+    assert!(
+        rt.logged("the clock reads earlier than this node's previous start"),
+        "{}",
+        rt.log()
+    );
+}
