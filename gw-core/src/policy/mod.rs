@@ -36,27 +36,27 @@
 //! assert!(registry.contains("request-headers"));
 //! ```
 
-mod accesslog;
-mod acl;
-mod apikey;
+pub mod accesslog;
+pub mod acl;
+pub mod apikey;
 mod basicauth;
 mod cidr;
-mod correlation;
-mod cors;
-mod filter;
-mod headers;
-mod ipfilter;
+pub mod correlation;
+pub mod cors;
+pub mod filter;
+pub mod headers;
+pub mod ipfilter;
 mod jwt;
-mod ratelimit;
-mod redirect;
-mod rewrite;
-mod sizelimit;
+pub mod ratelimit;
+pub mod redirect;
+pub mod rewrite;
+pub mod sizelimit;
 mod stack;
 mod template;
-mod termination;
+pub mod termination;
 #[cfg(test)]
 pub(crate) mod testing;
-mod timeout;
+pub mod timeout;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -71,7 +71,7 @@ use crate::model::{FieldError, PolicyRef};
 
 pub use crate::extensions::{Consumer, Exchange, RequestId, authenticate};
 pub use cidr::{Cidr, UNKNOWN_CLIENT, client_ip};
-pub use filter::{Filter, filter_layer};
+pub use filter::{ConfigError, Filter, FilterLayer, FilterService, filter_layer};
 pub use stack::{RouteLayer, RouteStack, StackFuture, stack};
 pub use template::Template;
 
@@ -294,22 +294,22 @@ impl PolicyRegistry {
     /// gw's built-in policies (docs/policies.md).
     pub fn builtin() -> Self {
         Self::new()
-            .register_policy("access-log", accesslog::AccessLog)
-            .register_policy("acl", acl::Acl)
-            .register_policy("api-key", apikey::ApiKey)
+            .register_policy("access-log", accesslog::AccessLogPolicy)
+            .register_policy("acl", acl::AclPolicy)
+            .register_policy("api-key", apikey::ApiKeyPolicy)
             .register_policy("basic-auth", basicauth::BasicAuth)
             .register_policy("jwt", jwt::Jwt)
-            .register_policy("request-headers", headers::RequestHeaders)
-            .register_policy("response-headers", headers::ResponseHeaders)
-            .register_policy("request-termination", termination::RequestTermination)
+            .register_policy("request-headers", headers::RequestHeadersPolicy)
+            .register_policy("response-headers", headers::ResponseHeadersPolicy)
+            .register_policy("request-termination", termination::RequestTerminationPolicy)
             .register_policy("cors", cors::CorsPolicy)
-            .register_policy("correlation-id", correlation::CorrelationId)
-            .register_policy("redirect", redirect::Redirect)
-            .register_policy("rewrite", rewrite::Rewrite)
-            .register_policy("ip-filter", ipfilter::IpFilter)
-            .register_policy("request-size-limit", sizelimit::RequestSizeLimit)
-            .register_policy("rate-limit", ratelimit::RateLimit)
-            .register_policy("timeout", timeout::Timeout)
+            .register_policy("correlation-id", correlation::CorrelationIdPolicy)
+            .register_policy("redirect", redirect::RedirectPolicy)
+            .register_policy("rewrite", rewrite::RewritePolicy)
+            .register_policy("ip-filter", ipfilter::IpFilterPolicy)
+            .register_policy("request-size-limit", sizelimit::RequestSizeLimitPolicy)
+            .register_policy("rate-limit", ratelimit::RateLimitPolicy)
+            .register_policy("timeout", timeout::TimeoutPolicy)
     }
 
     /// Adds (or replaces) the policy `name`.
