@@ -342,6 +342,16 @@ impl<B> ResponseBody<B> {
     }
 }
 
+impl ResponseBody<Body> {
+    /// The body itself, whichever it is: both are gw's [`Body`] (no allocation). What a
+    /// route's stack needs of a layer made for any body.
+    pub fn into_gateway_body(response: Response<Self>) -> Response<Body> {
+        response.map(|body| match body.kind {
+            BodyKind::Inner { body } | BodyKind::Gateway { body } => body,
+        })
+    }
+}
+
 impl<B> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self.kind {

@@ -39,7 +39,7 @@
 pub mod accesslog;
 pub mod acl;
 pub mod apikey;
-mod basicauth;
+pub mod basicauth;
 mod cidr;
 pub mod correlation;
 pub mod cors;
@@ -297,7 +297,7 @@ impl PolicyRegistry {
             .register_policy("access-log", accesslog::AccessLogPolicy)
             .register_policy("acl", acl::AclPolicy)
             .register_policy("api-key", apikey::ApiKeyPolicy)
-            .register_policy("basic-auth", basicauth::BasicAuth)
+            .register_policy("basic-auth", basicauth::BasicAuthPolicy)
             .register_policy("jwt", jwt::Jwt)
             .register_policy("request-headers", headers::RequestHeadersPolicy)
             .register_policy("response-headers", headers::ResponseHeadersPolicy)
