@@ -48,8 +48,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -63,7 +61,7 @@ use sha2::Digest as _;
 use tokio::sync::Semaphore;
 
 use super::apikey::unauthorized;
-use super::filter::{ConfigError, ResponseBody, check_config};
+use super::filter::{ConfigError, DeferredFuture, ResponseBody, check_config};
 use super::{Consumer, Phase, Policy, PolicyContext, RouteLayer};
 use crate::body::Body;
 use crate::consumers::ConsumerStore;
@@ -410,15 +408,11 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
-        let kind = match self.shared.decide(&request) {
-            Decision::Refuse(response) => Kind::Answered {
-                answer: Some(response),
-            },
+        match self.shared.decide(&request) {
+            Decision::Refuse(response) => DeferredFuture::answered(response),
             Decision::Accept(consumer) => {
                 admit(&mut request, consumer);
-                Kind::Inner {
-                    future: self.inner.call(request),
-                }
+                DeferredFuture::inner(self.inner.call(request))
             }
             Decision::Verify {
                 consumer,
@@ -430,100 +424,51 @@ where
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let shared = Arc::clone(&self.shared);
-                Kind::Verifying {
-                    future: Box::pin(async move {
-                        let refusal =
-                            |response: Response<Body>| Ok(response.map(ResponseBody::gateway));
-                        // this policy's share first, then one of the process's slots, both
-                        // within the wait
-                        let permits = tokio::time::timeout(VERIFY_WAIT, async {
-                            let own = Arc::clone(&shared.own).acquire_owned().await?;
-                            let process = Arc::clone(&shared.verifying).acquire_owned().await?;
-                            Ok::<_, tokio::sync::AcquireError>((own, process))
-                        })
-                        .await;
-                        let Ok(Ok(permit)) = permits else {
-                            return refusal(crate::error::json_error(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "authentication_busy",
-                                "too many authentication attempts; try again",
-                            ));
-                        };
-                        let checked = Arc::clone(&hash);
-                        let valid = tokio::task::spawn_blocking(move || {
-                            let _permit = permit;
-                            crate::model::verify_password(&password, &checked)
-                        })
-                        .await
-                        .unwrap_or(false);
-                        let Some(consumer) = consumer.filter(|_| valid) else {
-                            return refusal(unauthorized(
-                                "invalid_credentials",
-                                "the credentials are not valid",
-                                &shared.challenge,
-                            ));
-                        };
-                        shared.remember(digest, hash);
-                        admit(&mut request, consumer);
-                        let response = inner.call(request).await?;
-                        Ok(response.map(ResponseBody::inner))
-                    }),
-                }
+                DeferredFuture::deferred(Box::pin(async move {
+                    let refusal =
+                        |response: Response<Body>| Ok(response.map(ResponseBody::gateway));
+                    // this policy's share first, then one of the process's slots, both
+                    // within the wait
+                    let permits = tokio::time::timeout(VERIFY_WAIT, async {
+                        let own = Arc::clone(&shared.own).acquire_owned().await?;
+                        let process = Arc::clone(&shared.verifying).acquire_owned().await?;
+                        Ok::<_, tokio::sync::AcquireError>((own, process))
+                    })
+                    .await;
+                    let Ok(Ok(permit)) = permits else {
+                        return refusal(crate::error::json_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "authentication_busy",
+                            "too many authentication attempts; try again",
+                        ));
+                    };
+                    let checked = Arc::clone(&hash);
+                    let valid = tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        crate::model::verify_password(&password, &checked)
+                    })
+                    .await
+                    .unwrap_or(false);
+                    let Some(consumer) = consumer.filter(|_| valid) else {
+                        return refusal(unauthorized(
+                            "invalid_credentials",
+                            "the credentials are not valid",
+                            &shared.challenge,
+                        ));
+                    };
+                    shared.remember(digest, hash);
+                    admit(&mut request, consumer);
+                    let response = inner.call(request).await?;
+                    Ok(response.map(ResponseBody::inner))
+                }))
             }
-        };
-        ResponseFuture { kind }
-    }
-}
-
-/// What a verification awaits: the slots, the blocking pool, then the inner call.
-type Verifying<ResB, E> =
-    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<ResB>>, E>> + Send>>;
-
-pin_project_lite::pin_project! {
-    /// The future of a [`BasicAuth`] call: an answer at once, the inner call (credentials
-    /// verified before), or a verification and then the inner call.
-    pub struct ResponseFuture<F, ResB, E> {
-        #[pin]
-        kind: Kind<F, ResB, E>,
-    }
-}
-
-pin_project_lite::pin_project! {
-    #[project = KindProj]
-    enum Kind<F, ResB, E> {
-        Answered { answer: Option<Response<Body>> },
-        Inner { #[pin] future: F },
-        Verifying { future: Verifying<ResB, E> },
-    }
-}
-
-impl<F, ResB, E> Future for ResponseFuture<F, ResB, E>
-where
-    F: Future<Output = Result<Response<ResB>, E>>,
-{
-    type Output = Result<Response<ResponseBody<ResB>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Answered { answer } => {
-                let answer = answer
-                    .take()
-                    .expect("basic-auth future polled after completion");
-                Poll::Ready(Ok(answer.map(ResponseBody::gateway)))
-            }
-            KindProj::Inner { future } => future
-                .poll(cx)
-                .map(|result| result.map(|response| response.map(ResponseBody::inner))),
-            KindProj::Verifying { future } => future.as_mut().poll(cx),
         }
     }
 }
 
-impl<F, ResB, E> std::fmt::Debug for ResponseFuture<F, ResB, E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
+/// The future of a [`BasicAuth`] call: an answer at once, the inner call (credentials
+/// verified before), or a verification and then the inner call.
+pub type ResponseFuture<F, ResB, E> = DeferredFuture<F, ResB, E>;
 
 #[cfg(test)]
 mod tests {

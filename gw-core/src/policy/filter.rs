@@ -309,6 +309,83 @@ where
     }
 }
 
+/// What a [`DeferredFuture`] awaits before it answers: its own work, then perhaps the
+/// inner call.
+pub type Deferred<ResB, E> =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<ResB>>, E>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// The future of a policy's service that is not a [`Filter`]: it answers at once, calls
+    /// the inner service at once, or first awaits work of its own (a password
+    /// verification, a key fetch), boxed, as only that path needs to.
+    pub struct DeferredFuture<F, ResB, E> {
+        #[pin]
+        kind: DeferredKind<F, ResB, E>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = DeferredProj]
+    enum DeferredKind<F, ResB, E> {
+        Answered { answer: Option<Response<Body>> },
+        Inner { #[pin] future: F },
+        Deferred { future: Deferred<ResB, E> },
+    }
+}
+
+impl<F, ResB, E> DeferredFuture<F, ResB, E> {
+    /// An answer made at the gateway.
+    pub fn answered(answer: Response<Body>) -> Self {
+        Self {
+            kind: DeferredKind::Answered {
+                answer: Some(answer),
+            },
+        }
+    }
+
+    /// The inner service's call.
+    pub fn inner(future: F) -> Self {
+        Self {
+            kind: DeferredKind::Inner { future },
+        }
+    }
+
+    /// Work of the policy's own, which ends with an answer or the inner call.
+    pub fn deferred(future: Deferred<ResB, E>) -> Self {
+        Self {
+            kind: DeferredKind::Deferred { future },
+        }
+    }
+}
+
+impl<F, ResB, E> Future for DeferredFuture<F, ResB, E>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            DeferredProj::Answered { answer } => {
+                let answer = answer
+                    .take()
+                    .expect("policy future polled after completion");
+                Poll::Ready(Ok(answer.map(ResponseBody::gateway)))
+            }
+            DeferredProj::Inner { future } => future
+                .poll(cx)
+                .map(|result| result.map(|response| response.map(ResponseBody::inner))),
+            DeferredProj::Deferred { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, ResB, E> fmt::Debug for DeferredFuture<F, ResB, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeferredFuture").finish_non_exhaustive()
+    }
+}
+
 pin_project_lite::pin_project! {
     /// The body of a [`FilterService`]'s response: the inner service's, or an answer the
     /// filter made at the gateway (a JSON error, a preflight's empty body).

@@ -46,7 +46,7 @@ pub mod cors;
 pub mod filter;
 pub mod headers;
 pub mod ipfilter;
-mod jwt;
+pub mod jwt;
 pub mod ratelimit;
 pub mod redirect;
 pub mod rewrite;
@@ -298,7 +298,7 @@ impl PolicyRegistry {
             .register_policy("acl", acl::AclPolicy)
             .register_policy("api-key", apikey::ApiKeyPolicy)
             .register_policy("basic-auth", basicauth::BasicAuthPolicy)
-            .register_policy("jwt", jwt::Jwt)
+            .register_policy("jwt", jwt::JwtPolicy)
             .register_policy("request-headers", headers::RequestHeadersPolicy)
             .register_policy("response-headers", headers::ResponseHeadersPolicy)
             .register_policy("request-termination", termination::RequestTerminationPolicy)
