@@ -165,6 +165,44 @@ impl ConsumerSet {
         }
     }
 
+    /// Validates, seals ([`ConsumerDefinition::seal`]: keys and passwords hashed) and
+    /// indexes consumer documents, as written for the admin API: what a service that uses
+    /// gw's authentication layers without a controller needs. Every problem is reported,
+    /// each with its document's index.
+    ///
+    /// ```
+    /// use gw_core::consumers::ConsumerSet;
+    ///
+    /// let set = ConsumerSet::from_documents([serde_json::json!({
+    ///     "apiVersion": "gw/v1", "kind": "Consumer", "metadata": {"name": "alice"},
+    ///     "spec": {"credentials": [{"type": "api-key", "id": "k1", "key": "alice-key-0123456789"}]}
+    /// })])
+    /// .unwrap();
+    /// assert_eq!(&*set.by_api_key(b"alice-key-0123456789").unwrap().name, "alice");
+    /// ```
+    pub fn from_documents(
+        documents: impl IntoIterator<Item = serde_json::Value>,
+    ) -> Result<Self, Vec<String>> {
+        let mut definitions = Vec::new();
+        let mut errors = Vec::new();
+        for (i, document) in documents.into_iter().enumerate() {
+            let sealed = ConsumerDefinition::from_value_validated(&document, false)
+                .map_err(|e| e.to_string())
+                .and_then(|mut definition| {
+                    crate::credential::seal(&mut definition).map_err(|e| e.to_string())?;
+                    Ok(definition)
+                });
+            match sealed {
+                Ok(definition) => definitions.push(Arc::new(definition)),
+                Err(error) => errors.push(format!("consumer document {i}: {error}")),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Self::build(definitions)
+    }
+
     /// The consumer whose API key is `key`.
     pub fn by_api_key(&self, key: &[u8]) -> Option<&Consumer> {
         self.api_keys.get(&crate::model::api_key_digest(key))

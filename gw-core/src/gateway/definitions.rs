@@ -125,7 +125,7 @@ impl Gateway {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "yaml", feature = "basic-auth", feature = "api-key"))]
 mod tests {
     use super::*;
     use crate::metrics::ProxyMetrics;

@@ -176,5 +176,5 @@ impl Future for ResponseFuture {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "yaml"))]
 mod tests;

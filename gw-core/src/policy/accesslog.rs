@@ -5,6 +5,32 @@
 //! Lines are `tracing` events with the target `access_log`, so they go where the runtime's
 //! logs go, in its format (`--log-format json` makes them JSON lines), and `RUST_LOG` can
 //! route or silence them (`RUST_LOG=info,access_log=off`).
+//!
+//! Outside a gateway, [`AccessLogLayer`] is the same policy as a `tower` middleware for a
+//! stack whose responses carry gw's [`Body`] (any request body). The line's fields that gw
+//! fills in (the operation, consumer and endpoint from the [`Exchange`], the request id,
+//! the client's [`ConnInfo`]) are read from the request's extensions when they are there.
+//!
+//! ```
+//! use gw_core::body::{self, Body};
+//! use gw_core::policy::accesslog::{AccessLogConfig, AccessLogLayer};
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt as _};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let service = ServiceBuilder::new()
+//!     .layer(AccessLogLayer::new("orders", AccessLogConfig::default())?)
+//!     .service_fn(|_: Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(body::full("ok")))
+//!     });
+//!
+//! // the line is written once the response body is done (or dropped)
+//! let response = service.oneshot(Request::new(())).await?;
+//! assert_eq!(response.status(), 200);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,30 +43,50 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
 use super::{Exchange, Filter, Phase, Policy, PolicyContext, RequestId, RouteLayer, filter_layer};
 use crate::body::{self, Body, BoxError};
 use crate::gateway::ConnInfo;
 use crate::model::FieldError;
 
-/// The params of `access-log`.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+/// The configuration of `access-log`: its params in an API definition, or the typed config
+/// of an [`AccessLogLayer`].
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub(crate) struct AccessLogParams {
+pub struct AccessLogConfig {
     /// Whether the line includes the query string (default false: queries may carry
     /// secrets, such as an API key in a query parameter).
     #[serde(default)]
     pub include_query: bool,
 }
 
+/// `access-log` as a `tower::Layer` for stacks whose responses carry gw's [`Body`] (any
+/// request body): one line per exchange, written when the response body ends.
+pub type AccessLogLayer = FilterLayer<AccessLogFilter>;
+
+/// The service of an [`AccessLogLayer`] around `S`.
+pub type AccessLog<S> = FilterService<AccessLogFilter, S>;
+
+impl AccessLogLayer {
+    /// Logs the exchanges under the API name `api` (the line's `api` field).
+    pub fn new(api: &str, config: AccessLogConfig) -> Result<Self, ConfigError> {
+        check_config(&AccessLogPolicy, &config)?;
+        Ok(FilterLayer::from_filter(AccessLogFilter {
+            api: Arc::from(api),
+            include_query: config.include_query,
+        }))
+    }
+}
+
 /// `access-log`.
 #[derive(Debug)]
-pub(crate) struct AccessLog;
+pub(crate) struct AccessLogPolicy;
 
-impl Policy for AccessLog {
-    type Params = AccessLogParams;
+impl Policy for AccessLogPolicy {
+    type Params = AccessLogConfig;
 
-    fn check(&self, _params: &AccessLogParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+    fn check(&self, _params: &AccessLogConfig, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         Vec::new()
     }
 
@@ -50,7 +96,7 @@ impl Policy for AccessLog {
 
     fn layer(
         &self,
-        params: AccessLogParams,
+        params: AccessLogConfig,
         ctx: &PolicyContext<'_>,
     ) -> Result<RouteLayer, String> {
         // the operation is read per request from the exchange: an API-level access log is
@@ -62,8 +108,9 @@ impl Policy for AccessLog {
     }
 }
 
+/// The compiled `access-log` policy: the [`Filter`] of an [`AccessLogLayer`].
 #[derive(Debug)]
-struct AccessLogFilter {
+pub struct AccessLogFilter {
     api: Arc<str>,
     include_query: bool,
 }
@@ -90,7 +137,7 @@ struct Entry {
 /// if the exchange ends before a response reaches this policy (the client left while the
 /// upstream was still working, or the stack failed).
 #[derive(Debug)]
-struct Pending(Option<Box<Entry>>);
+pub struct Pending(Option<Box<Entry>>);
 
 impl Drop for Pending {
     fn drop(&mut self) {
@@ -100,10 +147,10 @@ impl Drop for Pending {
     }
 }
 
-impl Filter for AccessLogFilter {
+impl<ReqB> Filter<ReqB, Body> for AccessLogFilter {
     type State = Pending;
 
-    fn request(&self, request: &mut Request<Body>) -> Result<Self::State, Response<Body>> {
+    fn request(&self, request: &mut Request<ReqB>) -> Result<Self::State, Response<Body>> {
         let path = match (self.include_query, request.uri().query()) {
             (true, Some(query)) => format!("{}?{query}", request.uri().path()),
             _ => request.uri().path().to_string(),

@@ -1,6 +1,39 @@
 //! `acl`: allows or denies the authenticated consumer by its ACL groups
 //! (`spec.aclGroups` of the Consumer). It runs after authentication; a request without a
 //! consumer (no authentication policy on the route) is refused.
+//!
+//! Outside a gateway, [`AclLayer`] is the same policy as a `tower` middleware for any
+//! stack, inside an authentication layer (which puts the [`Consumer`] in the request's
+//! extensions):
+//!
+//! ```
+//! use gw_core::consumers::{ConsumerSet, ConsumerStore};
+//! use gw_core::policy::acl::{AclConfig, AclLayer};
+//! use gw_core::policy::apikey::ApiKeyLayer;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt as _};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let consumers = ConsumerSet::from_documents([serde_json::json!({
+//!     "apiVersion": "gw/v1", "kind": "Consumer", "metadata": {"name": "alice"},
+//!     "spec": {"aclGroups": ["silver"],
+//!              "credentials": [{"type": "api-key", "id": "k1", "key": "alice-key-0123456789"}]}
+//! })])
+//! .map_err(|errors| errors.join("; "))?;
+//! let service = ServiceBuilder::new()
+//!     .layer(ApiKeyLayer::new(ConsumerStore::new(consumers)))
+//!     .layer(AclLayer::new(AclConfig { allow: vec!["gold".into()], deny: vec![] })?)
+//!     .service_fn(|_: Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+//!     });
+//!
+//! let request = Request::get("/").header("x-api-key", "alice-key-0123456789").body(())?;
+//! let response = service.oneshot(request).await?;
+//! assert_eq!(response.status(), StatusCode::FORBIDDEN);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashSet;
 
@@ -8,15 +41,17 @@ use http::{Request, Response, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
 use super::{Consumer, Filter, Phase, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::Body;
 use crate::model::FieldError;
 
-/// The params of `acl`.
-#[derive(Debug, Deserialize, JsonSchema)]
+/// The configuration of `acl`: its params in an API definition, or the typed config of an
+/// [`AclLayer`].
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub(crate) struct AclParams {
+pub struct AclConfig {
     /// ACL groups allowed: a consumer in none of them is refused. Empty: every consumer
     /// not denied.
     #[serde(default)]
@@ -26,14 +61,29 @@ pub(crate) struct AclParams {
     pub deny: Vec<String>,
 }
 
+/// `acl` as a `tower::Layer` for any stack: refuses with 403 a request whose consumer is
+/// not allowed, or that has none.
+pub type AclLayer = FilterLayer<AclFilter>;
+
+/// The service of an [`AclLayer`] around `S`.
+pub type Acl<S> = FilterService<AclFilter, S>;
+
+impl AclLayer {
+    /// Checks `config`: the same rules as the params of `acl`.
+    pub fn new(config: AclConfig) -> Result<Self, ConfigError> {
+        check_config(&AclPolicy, &config)?;
+        Ok(FilterLayer::from_filter(AclFilter::build(config)))
+    }
+}
+
 /// `acl`.
 #[derive(Debug)]
-pub(crate) struct Acl;
+pub(crate) struct AclPolicy;
 
-impl Policy for Acl {
-    type Params = AclParams;
+impl Policy for AclPolicy {
+    type Params = AclConfig;
 
-    fn check(&self, params: &AclParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+    fn check(&self, params: &AclConfig, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if params.allow.is_empty() && params.deny.is_empty() {
             errors.push(FieldError::new("allow", "give allow, deny or both"));
@@ -52,21 +102,26 @@ impl Policy for Acl {
         Phase::Authorize
     }
 
-    fn layer(&self, params: AclParams, _ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
-        Ok(filter_layer(AclFilter {
-            allow: params.allow.into_iter().collect(),
-            deny: params.deny.into_iter().collect(),
-        }))
+    fn layer(&self, params: AclConfig, _ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
+        Ok(filter_layer(AclFilter::build(params)))
     }
 }
 
+/// The compiled `acl` policy: the [`Filter`] of an [`AclLayer`].
 #[derive(Debug)]
-struct AclFilter {
+pub struct AclFilter {
     allow: HashSet<String>,
     deny: HashSet<String>,
 }
 
 impl AclFilter {
+    fn build(config: AclConfig) -> Self {
+        Self {
+            allow: config.allow.into_iter().collect(),
+            deny: config.deny.into_iter().collect(),
+        }
+    }
+
     fn permits(&self, consumer: &Consumer) -> bool {
         let mut allowed = self.allow.is_empty();
         for group in consumer.groups.iter() {
@@ -79,10 +134,10 @@ impl AclFilter {
     }
 }
 
-impl Filter for AclFilter {
+impl<ReqB, ResB> Filter<ReqB, ResB> for AclFilter {
     type State = ();
 
-    fn request(&self, request: &mut Request<Body>) -> Result<(), Response<Body>> {
+    fn request(&self, request: &mut Request<ReqB>) -> Result<(), Response<Body>> {
         match request.extensions().get::<Consumer>() {
             Some(consumer) if self.permits(consumer) => Ok(()),
             Some(_) => Err(crate::error::json_error(
@@ -121,8 +176,8 @@ mod tests {
     }
 
     async fn passes(params: serde_json::Value, groups: Option<&[&str]>) -> bool {
-        let params: AclParams = serde_json::from_value(params).unwrap();
-        let layer = Acl.layer(params, &ctx()).unwrap();
+        let params: AclConfig = serde_json::from_value(params).unwrap();
+        let layer = AclPolicy.layer(params, &ctx()).unwrap();
         let (seen, response) = call_seen(&layer, request(groups)).await;
         if seen.is_none() {
             assert_eq!(response.status(), 403);

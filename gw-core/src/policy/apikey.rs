@@ -1,11 +1,49 @@
 //! `api-key`: authenticates a request by an API key in a header or a query parameter,
 //! against the consumers' `api-key` credentials. The key never reaches the upstream.
+//!
+//! Outside a gateway, [`ApiKeyLayer`] is the same policy as a `tower` middleware for any
+//! stack, over any request and response bodies, against a [`ConsumerStore`] of your own:
+//!
+//! ```
+//! use gw_core::consumers::{ConsumerSet, ConsumerStore};
+//! use gw_core::policy::Consumer;
+//! use gw_core::policy::apikey::ApiKeyLayer;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt as _};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let consumers = ConsumerSet::from_documents([serde_json::json!({
+//!     "apiVersion": "gw/v1", "kind": "Consumer", "metadata": {"name": "alice"},
+//!     "spec": {"credentials": [{"type": "api-key", "id": "k1", "key": "alice-key-0123456789"}]}
+//! })])
+//! .map_err(|errors| errors.join("; "))?;
+//! let service = ServiceBuilder::new()
+//!     .layer(ApiKeyLayer::new(ConsumerStore::new(consumers)))
+//!     .service_fn(|request: Request<()>| async move {
+//!         // the consumer the key belongs to; the key itself is gone
+//!         let name = request.extensions().get::<Consumer>().map(|c| c.name.to_string());
+//!         assert!(request.headers().get("x-api-key").is_none());
+//!         Ok::<_, std::convert::Infallible>(Response::new(name.unwrap_or_default()))
+//!     });
+//!
+//! let without = Request::get("/orders").body(())?;
+//! let response = service.clone().oneshot(without).await?;
+//! assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+//!
+//! let with = Request::get("/orders").header("x-api-key", "alice-key-0123456789").body(())?;
+//! let response = service.oneshot(with).await?;
+//! assert_eq!(response.status(), StatusCode::OK);
+//! # Ok(())
+//! # }
+//! ```
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
 use super::header_names::header_name;
 use super::{Filter, Phase, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::Body;
@@ -13,11 +51,12 @@ use crate::consumers::ConsumerStore;
 use crate::error::unauthorized;
 use crate::model::FieldError;
 
-/// The params of `api-key`.
-#[derive(Debug, Deserialize, JsonSchema)]
+/// The configuration of `api-key`: its params in an API definition, or the typed config of
+/// an [`ApiKeyLayer`]. The default looks for the key in `X-API-Key`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub(crate) struct ApiKeyParams {
+pub struct ApiKeyConfig {
     /// The header that carries the key (default `X-API-Key`); `""` to accept none.
     #[serde(default = "default_header")]
     pub header: String,
@@ -31,16 +70,59 @@ fn default_header() -> String {
     "X-API-Key".to_string()
 }
 
+impl Default for ApiKeyConfig {
+    fn default() -> Self {
+        Self {
+            header: default_header(),
+            query: None,
+        }
+    }
+}
+
+/// `api-key` as a `tower::Layer` for any stack. Its services ([`ApiKey`]) answer a request
+/// without a valid key with 401 and a `WWW-Authenticate` challenge; a request with one goes
+/// on without the key, with the consumer it belongs to in its extensions
+/// ([`Consumer`](super::Consumer)).
+pub type ApiKeyLayer = FilterLayer<ApiKeyFilter>;
+
+/// The service of an [`ApiKeyLayer`] around `S`.
+pub type ApiKey<S> = FilterService<ApiKeyFilter, S>;
+
+impl ApiKeyLayer {
+    /// Authenticates by the key in `X-API-Key` against `consumers`' `api-key` credentials.
+    /// The store is read per request: a set stored into it later (a key added or revoked)
+    /// takes effect at once.
+    pub fn new(consumers: ConsumerStore) -> Self {
+        FilterLayer::from_filter(ApiKeyFilter {
+            header: Some(HeaderName::from_static("x-api-key")),
+            query: None,
+            challenge: HeaderValue::from_static("ApiKey header=\"x-api-key\""),
+            consumers,
+        })
+    }
+
+    /// Authenticates by the key where `config` says, against `consumers`.
+    pub fn with_config(
+        config: ApiKeyConfig,
+        consumers: ConsumerStore,
+    ) -> Result<Self, ConfigError> {
+        check_config(&ApiKeyPolicy, &config)?;
+        ApiKeyFilter::build(config, consumers)
+            .map(FilterLayer::from_filter)
+            .map_err(ConfigError::message)
+    }
+}
+
 const MAX_QUERY_NAME: usize = 64;
 
 /// `api-key`.
 #[derive(Debug)]
-pub(crate) struct ApiKey;
+pub(crate) struct ApiKeyPolicy;
 
-impl Policy for ApiKey {
-    type Params = ApiKeyParams;
+impl Policy for ApiKeyPolicy {
+    type Params = ApiKeyConfig;
 
-    fn check(&self, params: &ApiKeyParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+    fn check(&self, params: &ApiKeyConfig, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if !params.header.is_empty()
             && let Err(message) = header_name(&params.header, true)
@@ -72,7 +154,13 @@ impl Policy for ApiKey {
         Phase::Authenticate
     }
 
-    fn layer(&self, params: ApiKeyParams, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
+    fn layer(&self, params: ApiKeyConfig, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
+        ApiKeyFilter::build(params, ctx.consumers.clone()).map(filter_layer)
+    }
+}
+
+impl ApiKeyFilter {
+    fn build(params: ApiKeyConfig, consumers: ConsumerStore) -> Result<Self, String> {
         let header = if params.header.is_empty() {
             None
         } else {
@@ -84,17 +172,18 @@ impl Policy for ApiKey {
             (None, None) => "ApiKey".to_string(),
         })
         .map_err(|e| e.to_string())?;
-        Ok(filter_layer(ApiKeyFilter {
+        Ok(ApiKeyFilter {
             header,
             query: params.query,
             challenge,
-            consumers: ctx.consumers.clone(),
-        }))
+            consumers,
+        })
     }
 }
 
+/// The compiled `api-key` policy: the [`Filter`] of an [`ApiKeyLayer`].
 #[derive(Debug)]
-struct ApiKeyFilter {
+pub struct ApiKeyFilter {
     header: Option<HeaderName>,
     query: Option<String>,
     challenge: HeaderValue,
@@ -123,10 +212,10 @@ impl ApiKeyFilter {
     }
 }
 
-impl Filter for ApiKeyFilter {
+impl<ReqB, ResB> Filter<ReqB, ResB> for ApiKeyFilter {
     type State = ();
 
-    fn request(&self, request: &mut Request<Body>) -> Result<(), Response<Body>> {
+    fn request(&self, request: &mut Request<ReqB>) -> Result<(), Response<Body>> {
         // every copy of the query parameter goes, whichever key is used: none reaches the
         // upstream
         let in_query = request.uri().query().and_then(|q| self.key_in_query(q));
@@ -220,8 +309,8 @@ mod tests {
             consumers: store,
             ..crate::policy::testing::ctx()
         };
-        let params: ApiKeyParams = serde_json::from_value(params.clone()).unwrap();
-        ApiKey.layer(params, &ctx).unwrap()
+        let params: ApiKeyConfig = serde_json::from_value(params.clone()).unwrap();
+        ApiKeyPolicy.layer(params, &ctx).unwrap()
     }
 
     fn request(uri: &str, key: Option<&str>) -> Request<Body> {

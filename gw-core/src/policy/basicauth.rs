@@ -7,6 +7,45 @@
 //! keyed SHA-256 of the pair (never the password itself), bounded, and a revoked or changed
 //! credential misses it. Verifications run on the blocking pool, at most a few at a time,
 //! so a flood of wrong passwords cannot take the async threads.
+//!
+//! Outside a gateway, [`BasicAuthLayer`] is the same policy as a `tower` middleware for any
+//! stack (its inner service must be `Clone + Send`: a verification awaits the blocking pool
+//! before the call), against a [`ConsumerStore`] of your own:
+//!
+//! ```
+//! use base64::Engine as _;
+//! use gw_core::consumers::{ConsumerSet, ConsumerStore};
+//! use gw_core::policy::Consumer;
+//! use gw_core::policy::basicauth::BasicAuthLayer;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt as _};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let consumers = ConsumerSet::from_documents([serde_json::json!({
+//!     "apiVersion": "gw/v1", "kind": "Consumer", "metadata": {"name": "alice"},
+//!     "spec": {"credentials": [
+//!         {"type": "basic-auth", "id": "b1", "username": "alice", "password": "correct horse"}
+//!     ]}
+//! })])
+//! .map_err(|errors| errors.join("; "))?;
+//! let service = ServiceBuilder::new()
+//!     .layer(BasicAuthLayer::new(ConsumerStore::new(consumers)))
+//!     .service_fn(|request: Request<()>| async move {
+//!         let name = request.extensions().get::<Consumer>().map(|c| c.name.to_string());
+//!         Ok::<_, std::convert::Infallible>(Response::new(name.unwrap_or_default()))
+//!     });
+//!
+//! let response = service.clone().oneshot(Request::new(())).await?;
+//! assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+//!
+//! let credentials = base64::engine::general_purpose::STANDARD.encode("alice:correct horse");
+//! let request = Request::get("/").header("authorization", format!("Basic {credentials}"));
+//! let response = service.oneshot(request.body(())?).await?;
+//! assert_eq!(response.status(), StatusCode::OK);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,8 +60,9 @@ use serde::Deserialize;
 use sha2::Digest as _;
 use tokio::sync::Semaphore;
 
-use super::{Consumer, Phase, Policy, PolicyContext, RouteLayer, RouteService};
-use crate::body::{Body, BoxError};
+use super::filter::{ConfigError, DeferredFuture, ResponseBody, check_config};
+use super::{Consumer, Phase, Policy, PolicyContext, RouteLayer};
+use crate::body::Body;
 use crate::consumers::ConsumerStore;
 use crate::error::unauthorized;
 use crate::model::FieldError;
@@ -59,11 +99,12 @@ const VERIFY_WAIT: Duration = Duration::from_secs(5);
 /// The longest `Authorization` value looked at.
 const MAX_AUTHORIZATION: usize = 4096;
 
-/// The params of `basic-auth`.
-#[derive(Debug, Deserialize, JsonSchema)]
+/// The configuration of `basic-auth`: its params in an API definition, or the typed config
+/// of a [`BasicAuthLayer`].
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub(crate) struct BasicAuthParams {
+pub struct BasicAuthConfig {
     /// The realm named in the `WWW-Authenticate` challenge (default `gw`).
     #[serde(default = "default_realm")]
     pub realm: String,
@@ -80,14 +121,74 @@ fn default_realm() -> String {
     "gw".to_string()
 }
 
+impl Default for BasicAuthConfig {
+    fn default() -> Self {
+        Self {
+            realm: default_realm(),
+            max_concurrent_verifications: None,
+        }
+    }
+}
+
+/// `basic-auth` as a `tower::Layer` for any stack. Its services ([`BasicAuth`]) answer a
+/// request without valid credentials with 401 and a `WWW-Authenticate` challenge; a request
+/// with them goes on without its `Authorization` header, with the consumer in its
+/// extensions ([`Consumer`]). Clones share the cache of verified credentials and the
+/// verification slots.
+#[derive(Clone)]
+pub struct BasicAuthLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for BasicAuthLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuthLayer").finish_non_exhaustive()
+    }
+}
+
+impl BasicAuthLayer {
+    /// Authenticates against `consumers`' `basic-auth` credentials, with the realm `gw`.
+    /// The store is read per request: a set stored into it later takes effect at once.
+    pub fn new(consumers: ConsumerStore) -> Self {
+        Self {
+            shared: Shared::build(&BasicAuthConfig::default(), consumers)
+                .unwrap_or_else(|_| unreachable!("the default realm is a valid header value")),
+        }
+    }
+
+    /// Authenticates against `consumers` as `config` says.
+    // by value, as every layer's constructor takes its config
+    #[allow(clippy::needless_pass_by_value)]
+    pub fn with_config(
+        config: BasicAuthConfig,
+        consumers: ConsumerStore,
+    ) -> Result<Self, ConfigError> {
+        check_config(&BasicAuthPolicy, &config)?;
+        Shared::build(&config, consumers)
+            .map(|shared| Self { shared })
+            .map_err(ConfigError::message)
+    }
+}
+
+impl<S> tower::Layer<S> for BasicAuthLayer {
+    type Service = BasicAuth<S>;
+
+    fn layer(&self, inner: S) -> BasicAuth<S> {
+        BasicAuth {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
 /// `basic-auth`.
 #[derive(Debug)]
-pub(crate) struct BasicAuth;
+pub(crate) struct BasicAuthPolicy;
 
-impl Policy for BasicAuth {
-    type Params = BasicAuthParams;
+impl Policy for BasicAuthPolicy {
+    type Params = BasicAuthConfig;
 
-    fn check(&self, params: &BasicAuthParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+    fn check(&self, params: &BasicAuthConfig, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         if params
             .max_concurrent_verifications
             .is_some_and(|n| !(1..=64).contains(&n))
@@ -119,34 +220,24 @@ impl Policy for BasicAuth {
 
     fn layer(
         &self,
-        params: BasicAuthParams,
+        params: BasicAuthConfig,
         ctx: &PolicyContext<'_>,
     ) -> Result<RouteLayer, String> {
-        let challenge = HeaderValue::from_str(&format!(
-            "Basic realm=\"{}\", charset=\"UTF-8\"",
-            params.realm
-        ))
-        .map_err(|e| e.to_string())?;
-        let shared = Arc::new(Shared {
-            challenge,
-            consumers: ctx.consumers.clone(),
-            cache: Mutex::new(HashMap::new()),
-            cache_key: rand::random(),
-            verifying: Arc::clone(&VERIFYING),
-            own: Arc::new(Semaphore::new(
-                params
-                    .max_concurrent_verifications
-                    .unwrap_or_else(default_policy_slots) as usize,
-            )),
-        });
-        Ok(layer_of(shared))
+        Shared::build(&params, ctx.consumers.clone()).map(layer_of)
     }
 }
 
+/// The route stack's layer: [`BasicAuth`] with its answers and the inner service's
+/// responses both in gw's body again (no allocation: both are a [`Body`] already).
 fn layer_of(shared: Arc<Shared>) -> RouteLayer {
-    RouteLayer::new(tower::layer::layer_fn(move |inner| BasicAuthService {
-        inner,
-        shared: Arc::clone(&shared),
+    RouteLayer::new(tower::layer::layer_fn(move |inner| {
+        tower::util::MapResponse::new(
+            BasicAuth {
+                inner,
+                shared: Arc::clone(&shared),
+            },
+            ResponseBody::into_gateway_body as fn(_) -> _,
+        )
     }))
 }
 
@@ -177,7 +268,27 @@ enum Decision {
 }
 
 impl Shared {
-    fn decide(&self, request: &Request<Body>) -> Decision {
+    fn build(params: &BasicAuthConfig, consumers: ConsumerStore) -> Result<Arc<Self>, String> {
+        let challenge = HeaderValue::from_str(&format!(
+            "Basic realm=\"{}\", charset=\"UTF-8\"",
+            params.realm
+        ))
+        .map_err(|e| e.to_string())?;
+        Ok(Arc::new(Shared {
+            challenge,
+            consumers,
+            cache: Mutex::new(HashMap::new()),
+            cache_key: rand::random(),
+            verifying: Arc::clone(&VERIFYING),
+            own: Arc::new(Semaphore::new(
+                params
+                    .max_concurrent_verifications
+                    .unwrap_or_else(default_policy_slots) as usize,
+            )),
+        }))
+    }
+
+    fn decide<B>(&self, request: &Request<B>) -> Decision {
         let refuse = |code: &str, message: &str| {
             Decision::Refuse(unauthorized(code, message, &self.challenge))
         };
@@ -261,41 +372,47 @@ fn parse_basic(value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((decoded[..colon].to_vec(), decoded[colon + 1..].to_vec()))
 }
 
+/// The service of a [`BasicAuthLayer`] around `S`.
 #[derive(Clone)]
-struct BasicAuthService {
-    inner: RouteService,
+pub struct BasicAuth<S> {
+    inner: S,
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for BasicAuthService {
+impl<S> std::fmt::Debug for BasicAuth<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BasicAuthService").finish_non_exhaustive()
+        f.debug_struct("BasicAuth").finish_non_exhaustive()
     }
 }
 
-use super::RouteFuture as BoxFuture;
-
 /// Marks the request as the consumer's and removes the password before it goes upstream.
-fn admit(request: &mut Request<Body>, consumer: Consumer) {
+fn admit<B>(request: &mut Request<B>, consumer: Consumer) {
     super::authenticate(request, consumer);
     request.headers_mut().remove(http::header::AUTHORIZATION);
 }
 
-impl tower::Service<Request<Body>> for BasicAuthService {
-    type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = BoxFuture;
+impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for BasicAuth<S>
+where
+    S: tower::Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    ReqB: Send + 'static,
+    ResB: 'static,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResB, S::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<Body>) -> BoxFuture {
+    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
         match self.shared.decide(&request) {
-            Decision::Refuse(response) => Box::pin(std::future::ready(Ok(response))),
+            Decision::Refuse(response) => DeferredFuture::answered(response),
             Decision::Accept(consumer) => {
                 admit(&mut request, consumer);
-                self.inner.call(request)
+                DeferredFuture::inner(self.inner.call(request))
             }
             Decision::Verify {
                 consumer,
@@ -307,7 +424,9 @@ impl tower::Service<Request<Body>> for BasicAuthService {
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let shared = Arc::clone(&self.shared);
-                Box::pin(async move {
+                DeferredFuture::deferred(Box::pin(async move {
+                    let refusal =
+                        |response: Response<Body>| Ok(response.map(ResponseBody::gateway));
                     // this policy's share first, then one of the process's slots, both
                     // within the wait
                     let permits = tokio::time::timeout(VERIFY_WAIT, async {
@@ -317,7 +436,7 @@ impl tower::Service<Request<Body>> for BasicAuthService {
                     })
                     .await;
                     let Ok(Ok(permit)) = permits else {
-                        return Ok(crate::error::json_error(
+                        return refusal(crate::error::json_error(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "authentication_busy",
                             "too many authentication attempts; try again",
@@ -331,7 +450,7 @@ impl tower::Service<Request<Body>> for BasicAuthService {
                     .await
                     .unwrap_or(false);
                     let Some(consumer) = consumer.filter(|_| valid) else {
-                        return Ok(unauthorized(
+                        return refusal(unauthorized(
                             "invalid_credentials",
                             "the credentials are not valid",
                             &shared.challenge,
@@ -339,12 +458,17 @@ impl tower::Service<Request<Body>> for BasicAuthService {
                     };
                     shared.remember(digest, hash);
                     admit(&mut request, consumer);
-                    inner.call(request).await
-                })
+                    let response = inner.call(request).await?;
+                    Ok(response.map(ResponseBody::inner))
+                }))
             }
         }
     }
 }
+
+/// The future of a [`BasicAuth`] call: an answer at once, the inner call (credentials
+/// verified before), or a verification and then the inner call.
+pub type ResponseFuture<F, ResB, E> = DeferredFuture<F, ResB, E>;
 
 #[cfg(test)]
 mod tests {
@@ -357,9 +481,9 @@ mod tests {
             consumers: store,
             ..crate::policy::testing::ctx()
         };
-        BasicAuth
+        BasicAuthPolicy
             .layer(
-                BasicAuthParams {
+                BasicAuthConfig {
                     realm: "shop".into(),
                     max_concurrent_verifications: None,
                 },

@@ -2,21 +2,48 @@
 //! otherwise a new random UUID. The id goes upstream in a header, into the request's
 //! extensions as [`RequestId`] (where `${request.id}` templates and the access log read it),
 //! and back to the client in the same header.
+//!
+//! Outside a gateway, [`CorrelationIdLayer`] is the same policy as a `tower` middleware for
+//! any stack, over any request and response bodies:
+//!
+//! ```
+//! use gw_core::policy::RequestId;
+//! use gw_core::policy::correlation::{CorrelationIdConfig, CorrelationIdLayer};
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt as _};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let service = ServiceBuilder::new()
+//!     .layer(CorrelationIdLayer::new(CorrelationIdConfig::default())?)
+//!     .service_fn(|request: Request<()>| async move {
+//!         assert!(request.extensions().get::<RequestId>().is_some());
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+//!     });
+//!
+//! let response = service.oneshot(Request::new(())).await?;
+//! assert_eq!(response.headers()["x-request-id"].len(), 36);
+//! # Ok(())
+//! # }
+//! ```
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
 use super::header_names::header_name;
 use super::{Filter, Phase, Policy, PolicyContext, RequestId, RouteLayer, filter_layer};
 use crate::body::Body;
 use crate::model::FieldError;
 
-/// The params of `correlation-id`.
-#[derive(Debug, Deserialize, JsonSchema)]
+/// The configuration of `correlation-id`: its params in an API definition, or the typed
+/// config of a [`CorrelationIdLayer`]. The default keeps a valid incoming `X-Request-ID`
+/// and echoes the id.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub(crate) struct CorrelationParams {
+pub struct CorrelationIdConfig {
     /// The header that carries the id, to the upstream and back (default `X-Request-ID`).
     #[serde(default = "default_header")]
     pub header: String,
@@ -37,21 +64,49 @@ fn yes() -> bool {
     true
 }
 
+impl Default for CorrelationIdConfig {
+    fn default() -> Self {
+        Self {
+            header: default_header(),
+            trust_incoming: true,
+            echo: true,
+        }
+    }
+}
+
+/// `correlation-id` as a `tower::Layer` for any stack.
+pub type CorrelationIdLayer = FilterLayer<CorrelationIdFilter>;
+
+/// The service of a [`CorrelationIdLayer`] around `S`.
+pub type CorrelationId<S> = FilterService<CorrelationIdFilter, S>;
+
+impl CorrelationIdLayer {
+    /// Checks and compiles `config`: the same rules as the params of `correlation-id`.
+    // by value, as every layer's constructor takes its config
+    #[allow(clippy::needless_pass_by_value)]
+    pub fn new(config: CorrelationIdConfig) -> Result<Self, ConfigError> {
+        check_config(&CorrelationIdPolicy, &config)?;
+        CorrelationIdFilter::build(&config)
+            .map(FilterLayer::from_filter)
+            .map_err(ConfigError::message)
+    }
+}
+
 /// The longest incoming id that is kept.
 const MAX_ID_LEN: usize = 128;
 
 /// `correlation-id`.
 #[derive(Debug)]
-pub(crate) struct CorrelationId;
+pub(crate) struct CorrelationIdPolicy;
 
-impl Policy for CorrelationId {
-    type Params = CorrelationParams;
+impl Policy for CorrelationIdPolicy {
+    type Params = CorrelationIdConfig;
 
     fn phase(&self) -> Phase {
         Phase::Observe
     }
 
-    fn check(&self, params: &CorrelationParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+    fn check(&self, params: &CorrelationIdConfig, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         match header_name(&params.header, true) {
             Ok(_) => Vec::new(),
             Err(message) => vec![FieldError::new("header", message)],
@@ -60,19 +115,26 @@ impl Policy for CorrelationId {
 
     fn layer(
         &self,
-        params: CorrelationParams,
+        params: CorrelationIdConfig,
         _ctx: &PolicyContext<'_>,
     ) -> Result<RouteLayer, String> {
-        Ok(filter_layer(Correlate {
-            header: header_name(&params.header, true)?,
-            trust_incoming: params.trust_incoming,
-            echo: params.echo,
-        }))
+        CorrelationIdFilter::build(&params).map(filter_layer)
     }
 }
 
+impl CorrelationIdFilter {
+    fn build(params: &CorrelationIdConfig) -> Result<Self, String> {
+        Ok(Self {
+            header: header_name(&params.header, true)?,
+            trust_incoming: params.trust_incoming,
+            echo: params.echo,
+        })
+    }
+}
+
+/// The compiled `correlation-id` policy: the [`Filter`] of a [`CorrelationIdLayer`].
 #[derive(Debug)]
-struct Correlate {
+pub struct CorrelationIdFilter {
     header: HeaderName,
     trust_incoming: bool,
     echo: bool,
@@ -102,11 +164,11 @@ fn new_id() -> HeaderValue {
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-impl Filter for Correlate {
+impl<ReqB, ResB> Filter<ReqB, ResB> for CorrelationIdFilter {
     /// The id, when the response echoes it.
     type State = Option<HeaderValue>;
 
-    fn request(&self, request: &mut Request<Body>) -> Result<Self::State, Response<Body>> {
+    fn request(&self, request: &mut Request<ReqB>) -> Result<Self::State, Response<Body>> {
         let incoming = if self.trust_incoming {
             request
                 .headers()
@@ -122,7 +184,7 @@ impl Filter for Correlate {
         Ok(self.echo.then_some(id))
     }
 
-    fn response(&self, id: Self::State, response: &mut Response<Body>) {
+    fn response(&self, id: Self::State, response: &mut Response<ResB>) {
         if let Some(id) = id {
             response.headers_mut().insert(&self.header, id);
         }
@@ -137,8 +199,8 @@ mod tests {
     use crate::policy::testing::{call, ctx};
 
     fn layer(params: serde_json::Value) -> RouteLayer {
-        let params: CorrelationParams = serde_json::from_value(params).unwrap();
-        CorrelationId.layer(params, &ctx()).unwrap()
+        let params: CorrelationIdConfig = serde_json::from_value(params).unwrap();
+        CorrelationIdPolicy.layer(params, &ctx()).unwrap()
     }
 
     fn request(headers: &[(&str, &str)]) -> Request<Body> {

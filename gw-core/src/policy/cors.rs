@@ -7,6 +7,38 @@
 //! Everything is compiled when the policy is built: origins into a set, origin patterns into
 //! literal pieces and wildcards, header lists into header values. A request costs a header
 //! lookup or two, a set lookup and, for a pattern, a scan of the origin on the stack.
+//!
+//! Outside a gateway, [`CorsLayer`] is the same policy as a `tower` middleware for any
+//! stack, over any request and response bodies:
+//!
+//! ```
+//! use gw_core::policy::cors::{CorsConfig, CorsLayer};
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt as _};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let cors = CorsLayer::new(CorsConfig {
+//!     allow_origins: vec!["https://app.example.com".into()],
+//!     max_age: Some(600),
+//!     ..CorsConfig::default()
+//! })?;
+//! let service = ServiceBuilder::new()
+//!     .layer(cors)
+//!     .service_fn(|_: Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
+//!     });
+//!
+//! let preflight = Request::options("/orders")
+//!     .header("origin", "https://app.example.com")
+//!     .header("access-control-request-method", "PUT")
+//!     .body(String::new())?;
+//! let response = service.oneshot(preflight).await?;
+//! assert_eq!(response.status(), StatusCode::NO_CONTENT);
+//! assert_eq!(response.headers()["access-control-allow-methods"], "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashSet;
 
@@ -20,16 +52,19 @@ use http::{Method, Request, Response, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
 use super::{Filter, Phase, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::{self, Body};
 use crate::error::json_error;
 use crate::model::FieldError;
 
-/// The params of `cors`.
-#[derive(Debug, Deserialize, JsonSchema)]
+/// The configuration of `cors`: its params in an API definition, or the typed config of a
+/// [`CorsLayer`]. [`CorsConfig::default`] allows no origin yet (list some) and the default
+/// methods.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub(crate) struct CorsParams {
+pub struct CorsConfig {
     /// Origins allowed, exactly (`https://app.example.com`: scheme, host and a port other
     /// than the scheme's default; no path), or `"*"` for any origin (not with
     /// `allowCredentials`).
@@ -74,6 +109,40 @@ fn default_methods() -> Vec<String> {
     DEFAULT_METHODS.iter().map(ToString::to_string).collect()
 }
 
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            allow_origins: Vec::new(),
+            allow_origin_patterns: Vec::new(),
+            allow_methods: default_methods(),
+            allow_headers: None,
+            expose_headers: Vec::new(),
+            allow_credentials: false,
+            max_age: None,
+        }
+    }
+}
+
+/// `cors` as a `tower::Layer` for any stack: [`CorsLayer::new`] compiles a [`CorsConfig`]
+/// once; its services ([`Cors`]) answer preflights and put the CORS headers on the inner
+/// service's responses.
+pub type CorsLayer = FilterLayer<CorsFilter>;
+
+/// The service of a [`CorsLayer`] around `S`.
+pub type Cors<S> = FilterService<CorsFilter, S>;
+
+impl CorsLayer {
+    /// Checks and compiles `config`: the same rules as the params of the `cors` policy.
+    // by value, as every layer's constructor takes its config
+    #[allow(clippy::needless_pass_by_value)]
+    pub fn new(config: CorsConfig) -> Result<Self, ConfigError> {
+        check_config(&CorsPolicy, &config)?;
+        CorsFilter::build(&config)
+            .map(FilterLayer::from_filter)
+            .map_err(ConfigError::message)
+    }
+}
+
 /// Origins longer than this never match a pattern (a host name is at most 253 bytes).
 const MAX_ORIGIN_LEN: usize = 320;
 
@@ -85,13 +154,13 @@ const TRUE: HeaderValue = HeaderValue::from_static("true");
 pub(crate) struct CorsPolicy;
 
 impl Policy for CorsPolicy {
-    type Params = CorsParams;
+    type Params = CorsConfig;
 
     fn phase(&self) -> Phase {
         Phase::Cors
     }
 
-    fn check(&self, params: &CorsParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+    fn check(&self, params: &CorsConfig, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if params.allow_origins.is_empty() && params.allow_origin_patterns.is_empty() {
             errors.push(FieldError::new(
@@ -154,8 +223,8 @@ impl Policy for CorsPolicy {
         errors
     }
 
-    fn layer(&self, params: CorsParams, _ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
-        Ok(filter_layer(Cors::build(&params)?))
+    fn layer(&self, params: CorsConfig, _ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
+        Ok(filter_layer(CorsFilter::build(&params)?))
     }
 }
 
@@ -290,9 +359,9 @@ impl OriginPattern {
     }
 }
 
-/// The compiled policy.
+/// The compiled `cors` policy: the [`Filter`] of a [`CorsLayer`].
 #[derive(Debug)]
-struct Cors {
+pub struct CorsFilter {
     /// `"*"` is listed: every origin is allowed and answered with `*`.
     any_origin: bool,
     /// Exact origins, lower case.
@@ -328,8 +397,8 @@ fn header_list(items: &[String]) -> Result<Option<HeaderValue>, String> {
     join(items).map(Some)
 }
 
-impl Cors {
-    fn build(params: &CorsParams) -> Result<Self, String> {
+impl CorsFilter {
+    fn build(params: &CorsConfig) -> Result<Self, String> {
         let any_origin = params.allow_origins.iter().any(|o| o == "*");
         if any_origin && params.allow_credentials {
             return Err("allowOrigins: \"*\" cannot be used with allowCredentials".to_string());
@@ -398,7 +467,7 @@ impl Cors {
     }
 
     /// The answer to a preflight.
-    fn preflight(&self, request: &Request<Body>, allow: Option<HeaderValue>) -> Response<Body> {
+    fn preflight<B>(&self, request: &Request<B>, allow: Option<HeaderValue>) -> Response<Body> {
         let method_allowed = request
             .headers()
             .get(ACCESS_CONTROL_REQUEST_METHOD)
@@ -462,11 +531,11 @@ fn varies_by_origin(headers: &HeaderMap) -> bool {
     })
 }
 
-impl Filter for Cors {
+impl<ReqB, ResB> Filter<ReqB, ResB> for CorsFilter {
     /// The `Access-Control-Allow-Origin` of the response; `None`: no CORS headers.
     type State = Option<HeaderValue>;
 
-    fn request(&self, request: &mut Request<Body>) -> Result<Self::State, Response<Body>> {
+    fn request(&self, request: &mut Request<ReqB>) -> Result<Self::State, Response<Body>> {
         let Some(origin) = request.headers().get(ORIGIN) else {
             return Ok(None);
         };
@@ -481,7 +550,7 @@ impl Filter for Cors {
         Ok(allow)
     }
 
-    fn response(&self, allow: Self::State, response: &mut Response<Body>) {
+    fn response(&self, allow: Self::State, response: &mut Response<ResB>) {
         let headers = response.headers_mut();
         match allow {
             Some(origin) => {
@@ -521,7 +590,7 @@ mod tests {
     use crate::policy::testing::{call, call_seen, ctx, text};
 
     fn layer(params: serde_json::Value) -> RouteLayer {
-        let params: CorsParams = serde_json::from_value(params).unwrap();
+        let params: CorsConfig = serde_json::from_value(params).unwrap();
         assert!(CorsPolicy.check(&params, &ctx()).is_empty());
         CorsPolicy.layer(params, &ctx()).unwrap()
     }
@@ -773,7 +842,7 @@ mod tests {
 
     #[test]
     fn response_headers_replace_the_upstream_ones_and_vary_is_appended() {
-        let cors = Cors::build(
+        let cors = CorsFilter::build(
             &serde_json::from_value(serde_json::json!({
                 "allowOrigins": ["https://app.example.com"]
             }))
@@ -789,7 +858,8 @@ mod tests {
             response
         };
         let mut response = upstream();
-        cors.response(
+        Filter::<Body, Body>::response(
+            &cors,
             Some(HeaderValue::from_static("https://app.example.com")),
             &mut response,
         );
@@ -809,7 +879,7 @@ mod tests {
         response
             .headers_mut()
             .insert(VARY, HeaderValue::from_static("accept, ORIGIN"));
-        cors.response(None, &mut response);
+        Filter::<Body, Body>::response(&cors, None, &mut response);
         assert!(
             response
                 .headers()

@@ -1,20 +1,40 @@
 //! [`Filter`]: the shape of most policies (look at or change the request, perhaps answer it
 //! at the gateway, then look at or change the response), run by a route's stack without a
-//! service or a future of its own.
+//! service or a future of its own, or as a plain `tower` middleware ([`FilterLayer`],
+//! [`FilterService`]) in any stack.
+//!
+//! A filter is generic over the request and response body types where it does not need
+//! gw's own [`Body`]: the same compiled policy serves gw's fused route stack (with gw's
+//! bodies) and an axum or tonic stack (with theirs). An answer made at the gateway (a 401,
+//! a 429, a CORS preflight) is always a gw [`Body`]; [`FilterService`] hands it out in a
+//! [`ResponseBody`], which is either that answer or the inner service's body, as
+//! tower-http's middlewares do.
 
 use std::any::Any;
 use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Frame, SizeHint};
 
-use super::RouteLayer;
-use crate::body::Body;
+use super::{Policy, PolicyContext, RouteLayer};
+use crate::body::{Body, BoxError};
+use crate::model::FieldError;
 
-/// A policy that works on the request before the upstream call and on the response after
-/// it. Whatever [`Filter::request`] needs to pass to [`Filter::response`] (an origin, a
+/// A policy that works on the request before the inner call and on the response after it.
+/// Whatever [`Filter::request`] needs to pass to [`Filter::response`] (an origin, a
 /// rendered header) travels in its `State`.
-pub trait Filter: Send + Sync + fmt::Debug + 'static {
+///
+/// `ReqB` and `ResB` are the request and response body types it works on; both are gw's
+/// [`Body`] unless said otherwise, which is what a route's stack needs. A filter that does
+/// not touch the bodies implements `Filter<ReqB, ResB>` for every `ReqB` and `ResB`, and
+/// then serves any `tower` stack through [`FilterLayer`].
+pub trait Filter<ReqB = Body, ResB = Body>: Send + Sync + fmt::Debug + 'static {
     /// What the request half hands to the response half.
     type State: Send + Unpin + 'static;
 
@@ -24,19 +44,431 @@ pub trait Filter: Send + Sync + fmt::Debug + 'static {
     // The refusal is a whole response by design: it is moved into the layer's future as it
     // is, and boxing it would add an allocation to every refusal for nothing.
     #[allow(clippy::result_large_err)]
-    fn request(&self, request: &mut Request<Body>) -> Result<Self::State, Response<Body>>;
+    fn request(&self, request: &mut Request<ReqB>) -> Result<Self::State, Response<Body>>;
 
     /// Looks at or changes the response, which may be the upstream's or one made by an
     /// inner policy or by the gateway (a 502, a 504).
-    fn response(&self, state: Self::State, response: &mut Response<Body>) {
+    fn response(&self, state: Self::State, response: &mut Response<ResB>) {
         let _ = (state, response);
     }
 }
 
-/// The layer of a [`Filter`]. In a route's stack, filters next to each other run in one
-/// service with one future (see [`stack`](super::stack)).
+/// The layer of a [`Filter`] in a route's stack. In a route's stack, filters next to each
+/// other run in one service with one future (see [`stack`](super::stack)).
 pub fn filter_layer<F: Filter>(filter: F) -> RouteLayer {
     RouteLayer::filter(Arc::new(filter))
+}
+
+/// A policy's typed configuration that does not hold: every problem, with the path of the
+/// field it is in (the same paths as the policy's JSON params).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", join(.0))]
+pub struct ConfigError(Vec<FieldError>);
+
+fn join(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ConfigError {
+    /// The problems, one per field.
+    pub fn errors(&self) -> &[FieldError] {
+        &self.0
+    }
+
+    /// `errors` as an error, unless there is none.
+    pub(crate) fn check(errors: Vec<FieldError>) -> Result<(), Self> {
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Self(errors))
+        }
+    }
+
+    /// A problem that is not about one field.
+    pub(crate) fn message(message: impl Into<String>) -> Self {
+        Self(vec![FieldError::new("", message)])
+    }
+}
+
+/// The context a policy's typed configuration is checked in: no API, no operation and no
+/// consumers, as for a layer used outside a gateway.
+pub(crate) fn standalone() -> PolicyContext<'static> {
+    PolicyContext {
+        api: "",
+        context: "/",
+        operation: None,
+        consumers: crate::consumers::ConsumerStore::empty(),
+    }
+}
+
+/// Checks a typed configuration by the rules of its policy's params.
+pub(crate) fn check_config<P: Policy>(policy: &P, config: &P::Params) -> Result<(), ConfigError> {
+    ConfigError::check(policy.check(config, &standalone()))
+}
+
+/// A [`Filter`] as a `tower::Layer`, for any stack: its services ([`FilterService`]) take
+/// any request whose body the filter works on, and answer with a [`ResponseBody`]. Clones
+/// share the filter (and so its state: a rate limit's counts).
+///
+/// Each built-in filter policy names its own: `cors::CorsLayer`, `api_key::ApiKeyLayer`,
+/// and so on.
+pub struct FilterLayer<F> {
+    filter: Arc<F>,
+}
+
+impl<F> FilterLayer<F> {
+    /// The layer of `filter`.
+    pub fn from_filter(filter: F) -> Self {
+        Self {
+            filter: Arc::new(filter),
+        }
+    }
+
+    /// The filter.
+    pub fn filter(&self) -> &F {
+        &self.filter
+    }
+}
+
+impl<F> Clone for FilterLayer<F> {
+    fn clone(&self) -> Self {
+        Self {
+            filter: Arc::clone(&self.filter),
+        }
+    }
+}
+
+impl<F> fmt::Debug for FilterLayer<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // not the filter's own Debug: its config may hold secrets (an injected header)
+        f.debug_struct("FilterLayer")
+            .field("filter", &std::any::type_name::<F>())
+            .finish()
+    }
+}
+
+impl<F, S> tower::Layer<S> for FilterLayer<F> {
+    type Service = FilterService<F, S>;
+
+    fn layer(&self, inner: S) -> FilterService<F, S> {
+        FilterService {
+            filter: Arc::clone(&self.filter),
+            inner,
+        }
+    }
+}
+
+/// A filter's layer in a route's stack, where it is fused with the filters next to it.
+impl<F: Filter> From<FilterLayer<F>> for RouteLayer {
+    fn from(layer: FilterLayer<F>) -> Self {
+        RouteLayer::filter(layer.filter)
+    }
+}
+
+/// The service of a [`FilterLayer`]: the filter's request half, the inner service unless
+/// the filter answered, then the filter's response half.
+pub struct FilterService<F, S> {
+    filter: Arc<F>,
+    inner: S,
+}
+
+impl<F, S> FilterService<F, S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<F, S: Clone> Clone for FilterService<F, S> {
+    fn clone(&self) -> Self {
+        Self {
+            filter: Arc::clone(&self.filter),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<F, S: fmt::Debug> fmt::Debug for FilterService<F, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FilterService")
+            .field("filter", &std::any::type_name::<F>())
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<F, S, ReqB, ResB> tower::Service<Request<ReqB>> for FilterService<F, S>
+where
+    F: Filter<ReqB, ResB>,
+    S: tower::Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<F, S::Future, ReqB, ResB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
+        let kind = match self.filter.request(&mut request) {
+            Ok(state) => Kind::Inner {
+                future: self.inner.call(request),
+                state: Some(state),
+                filter: Arc::clone(&self.filter),
+            },
+            Err(answer) => Kind::Answered {
+                answer: Some(answer),
+            },
+        };
+        ResponseFuture {
+            kind,
+            _bodies: PhantomData,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a [`FilterService`] call.
+    pub struct ResponseFuture<F, Fut, ReqB, ResB>
+    where
+        F: Filter<ReqB, ResB>,
+    {
+        #[pin]
+        kind: Kind<F, Fut, ReqB, ResB>,
+        _bodies: PhantomData<fn(ReqB, ResB)>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KindProj]
+    enum Kind<F, Fut, ReqB, ResB>
+    where
+        F: Filter<ReqB, ResB>,
+    {
+        Answered { answer: Option<Response<Body>> },
+        Inner {
+            #[pin]
+            future: Fut,
+            state: Option<F::State>,
+            filter: Arc<F>,
+        },
+    }
+}
+
+impl<F, Fut, ReqB, ResB, E> Future for ResponseFuture<F, Fut, ReqB, ResB>
+where
+    F: Filter<ReqB, ResB>,
+    Fut: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Answered { answer } => {
+                let answer = answer
+                    .take()
+                    .expect("filter future polled after completion");
+                Poll::Ready(Ok(answer.map(ResponseBody::gateway)))
+            }
+            KindProj::Inner {
+                future,
+                state,
+                filter,
+            } => {
+                let mut response = std::task::ready!(future.poll(cx))?;
+                if let Some(state) = state.take() {
+                    filter.response(state, &mut response);
+                }
+                Poll::Ready(Ok(response.map(ResponseBody::inner)))
+            }
+        }
+    }
+}
+
+impl<F, Fut, ReqB, ResB> fmt::Debug for ResponseFuture<F, Fut, ReqB, ResB>
+where
+    F: Filter<ReqB, ResB>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// What a [`DeferredFuture`] awaits before it answers: its own work, then perhaps the
+/// inner call.
+pub type Deferred<ResB, E> =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<ResB>>, E>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// The future of a policy's service that is not a [`Filter`]: it answers at once, calls
+    /// the inner service at once, or first awaits work of its own (a password
+    /// verification, a key fetch), boxed, as only that path needs to.
+    pub struct DeferredFuture<F, ResB, E> {
+        #[pin]
+        kind: DeferredKind<F, ResB, E>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = DeferredProj]
+    enum DeferredKind<F, ResB, E> {
+        Answered { answer: Option<Response<Body>> },
+        Inner { #[pin] future: F },
+        Deferred { future: Deferred<ResB, E> },
+    }
+}
+
+impl<F, ResB, E> DeferredFuture<F, ResB, E> {
+    /// An answer made at the gateway.
+    pub fn answered(answer: Response<Body>) -> Self {
+        Self {
+            kind: DeferredKind::Answered {
+                answer: Some(answer),
+            },
+        }
+    }
+
+    /// The inner service's call.
+    pub fn inner(future: F) -> Self {
+        Self {
+            kind: DeferredKind::Inner { future },
+        }
+    }
+
+    /// Work of the policy's own, which ends with an answer or the inner call.
+    pub fn deferred(future: Deferred<ResB, E>) -> Self {
+        Self {
+            kind: DeferredKind::Deferred { future },
+        }
+    }
+}
+
+impl<F, ResB, E> Future for DeferredFuture<F, ResB, E>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            DeferredProj::Answered { answer } => {
+                let answer = answer
+                    .take()
+                    .expect("policy future polled after completion");
+                Poll::Ready(Ok(answer.map(ResponseBody::gateway)))
+            }
+            DeferredProj::Inner { future } => future
+                .poll(cx)
+                .map(|result| result.map(|response| response.map(ResponseBody::inner))),
+            DeferredProj::Deferred { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, ResB, E> fmt::Debug for DeferredFuture<F, ResB, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeferredFuture").finish_non_exhaustive()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The body of a [`FilterService`]'s response: the inner service's, or an answer the
+    /// filter made at the gateway (a JSON error, a preflight's empty body).
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: BodyKind<B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = BodyKindProj]
+    enum BodyKind<B> {
+        Inner { #[pin] body: B },
+        Gateway { body: Body },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// The inner service's body.
+    pub fn inner(body: B) -> Self {
+        Self {
+            kind: BodyKind::Inner { body },
+        }
+    }
+
+    /// A body made at the gateway.
+    pub fn gateway(body: Body) -> Self {
+        Self {
+            kind: BodyKind::Gateway { body },
+        }
+    }
+}
+
+impl ResponseBody<Body> {
+    /// The body itself, whichever it is: both are gw's [`Body`] (no allocation). What a
+    /// route's stack needs of a layer made for any body.
+    pub fn into_gateway_body(response: Response<Self>) -> Response<Body> {
+        response.map(|body| match body.kind {
+            BodyKind::Inner { body } | BodyKind::Gateway { body } => body,
+        })
+    }
+}
+
+impl<B> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            BodyKind::Inner { .. } => "ResponseBody::Inner",
+            BodyKind::Gateway { .. } => "ResponseBody::Gateway",
+        })
+    }
+}
+
+impl<B> http_body::Body for ResponseBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            BodyKindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
+            BodyKindProj::Gateway { body } => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Inner { body } => body.is_end_stream(),
+            BodyKind::Gateway { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            BodyKind::Inner { body } => body.size_hint(),
+            BodyKind::Gateway { body } => body.size_hint(),
+        }
+    }
 }
 
 /// A [`Filter`] with its state type erased, so that a route's stack can hold any mix of

@@ -1,5 +1,37 @@
 //! `request-headers` and `response-headers`: set, add, remove and rename headers, with
 //! values that may use [`Template`] variables.
+//!
+//! Outside a gateway, [`RequestHeadersLayer`] and [`ResponseHeadersLayer`] are the same
+//! policies as `tower` middlewares for any stack, over any request and response bodies:
+//!
+//! ```
+//! use gw_core::policy::headers::{HeadersConfig, RequestHeadersLayer, ResponseHeadersLayer};
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt as _};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let mut request_headers = HeadersConfig::default();
+//! request_headers.set.insert("x-forwarded-path".into(), "${request.path}".into());
+//! request_headers.remove.push("cookie".into());
+//! let mut response_headers = HeadersConfig::default();
+//! response_headers.set.insert("cache-control".into(), "no-store".into());
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(RequestHeadersLayer::new(request_headers)?)
+//!     .layer(ResponseHeadersLayer::new(response_headers)?)
+//!     .service_fn(|request: Request<()>| async move {
+//!         assert!(request.headers().get("cookie").is_none());
+//!         let path = request.headers()["x-forwarded-path"].clone();
+//!         Ok::<_, std::convert::Infallible>(Response::new(path.to_str().unwrap_or("").to_string()))
+//!     });
+//!
+//! let request = Request::get("/orders/7").header("cookie", "a=b").body(())?;
+//! let response = service.oneshot(request).await?;
+//! assert_eq!(response.headers()["cache-control"], "no-store");
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::BTreeMap;
 
@@ -7,17 +39,19 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::filter::{ConfigError, FilterLayer, FilterService, check_config, standalone};
 use super::header_names::header_name;
 use super::{Filter, Policy, PolicyContext, RouteLayer, Template, filter_layer};
 use crate::body::Body;
 use crate::model::FieldError;
 
-/// The params of both header policies. The operations run in this order: rename, remove,
-/// set, add.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+/// The configuration of both header policies: their params in an API definition, or the
+/// typed config of a [`RequestHeadersLayer`] or a [`ResponseHeadersLayer`]. The operations
+/// run in this order: rename, remove, set, add.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub(crate) struct HeaderParams {
+pub struct HeadersConfig {
     /// Headers renamed, old name to new name; every value moves.
     #[serde(default)]
     pub rename: BTreeMap<String, String>,
@@ -32,7 +66,44 @@ pub(crate) struct HeaderParams {
     pub add: BTreeMap<String, String>,
 }
 
-impl HeaderParams {
+/// `request-headers` as a `tower::Layer` for any stack: changes the request's headers
+/// before the inner service sees them.
+pub type RequestHeadersLayer = FilterLayer<RequestHeadersFilter>;
+
+/// The service of a [`RequestHeadersLayer`] around `S`.
+pub type RequestHeaders<S> = FilterService<RequestHeadersFilter, S>;
+
+impl RequestHeadersLayer {
+    /// Checks and compiles `config`: the same rules as the params of `request-headers`.
+    /// Values may use the [`Template`] variables that do not need an operation's path.
+    pub fn new(config: HeadersConfig) -> Result<Self, ConfigError> {
+        check_config(&RequestHeadersPolicy, &config)?;
+        config
+            .build(&standalone(), true)
+            .map(|ops| FilterLayer::from_filter(RequestHeadersFilter(ops)))
+            .map_err(ConfigError::message)
+    }
+}
+
+/// `response-headers` as a `tower::Layer` for any stack: changes the inner service's
+/// response headers, with values rendered from the request.
+pub type ResponseHeadersLayer = FilterLayer<ResponseHeadersFilter>;
+
+/// The service of a [`ResponseHeadersLayer`] around `S`.
+pub type ResponseHeaders<S> = FilterService<ResponseHeadersFilter, S>;
+
+impl ResponseHeadersLayer {
+    /// Checks and compiles `config`: the same rules as the params of `response-headers`.
+    pub fn new(config: HeadersConfig) -> Result<Self, ConfigError> {
+        check_config(&ResponseHeadersPolicy, &config)?;
+        config
+            .build(&standalone(), false)
+            .map(|ops| FilterLayer::from_filter(ResponseHeadersFilter(ops)))
+            .map_err(ConfigError::message)
+    }
+}
+
+impl HeadersConfig {
     fn check(&self, ctx: &PolicyContext<'_>, request_side: bool) -> Vec<FieldError> {
         let mut errors = Vec::new();
         let mut name = |field: String, name: &str| {
@@ -114,7 +185,7 @@ struct HeaderOps {
 
 impl HeaderOps {
     /// The values of `set` then `add` for this request, when any depends on it.
-    fn render(&self, request: &Request<Body>) -> Vec<Option<HeaderValue>> {
+    fn render<B>(&self, request: &Request<B>) -> Vec<Option<HeaderValue>> {
         if !self.dynamic {
             return Vec::new();
         }
@@ -159,62 +230,64 @@ impl HeaderOps {
 
 /// `request-headers`: changes the request's headers before it goes upstream.
 #[derive(Debug)]
-pub(crate) struct RequestHeaders;
+pub(crate) struct RequestHeadersPolicy;
 
+/// The compiled `request-headers` policy: the [`Filter`] of a [`RequestHeadersLayer`].
 #[derive(Debug)]
-struct RequestHeaderFilter(HeaderOps);
+pub struct RequestHeadersFilter(HeaderOps);
 
-impl Filter for RequestHeaderFilter {
+impl<ReqB, ResB> Filter<ReqB, ResB> for RequestHeadersFilter {
     type State = ();
 
-    fn request(&self, request: &mut Request<Body>) -> Result<(), Response<Body>> {
+    fn request(&self, request: &mut Request<ReqB>) -> Result<(), Response<Body>> {
         let rendered = self.0.render(request);
         self.0.apply(request.headers_mut(), &rendered);
         Ok(())
     }
 }
 
-impl Policy for RequestHeaders {
-    type Params = HeaderParams;
+impl Policy for RequestHeadersPolicy {
+    type Params = HeadersConfig;
 
-    fn check(&self, params: &HeaderParams, ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+    fn check(&self, params: &HeadersConfig, ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         params.check(ctx, true)
     }
 
-    fn layer(&self, params: HeaderParams, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
-        Ok(filter_layer(RequestHeaderFilter(params.build(ctx, true)?)))
+    fn layer(&self, params: HeadersConfig, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
+        Ok(filter_layer(RequestHeadersFilter(params.build(ctx, true)?)))
     }
 }
 
 /// `response-headers`: changes the response's headers before it goes to the client. The
 /// values are rendered from the request, as it arrived at this policy.
 #[derive(Debug)]
-pub(crate) struct ResponseHeaders;
+pub(crate) struct ResponseHeadersPolicy;
 
+/// The compiled `response-headers` policy: the [`Filter`] of a [`ResponseHeadersLayer`].
 #[derive(Debug)]
-struct ResponseHeaderFilter(HeaderOps);
+pub struct ResponseHeadersFilter(HeaderOps);
 
-impl Filter for ResponseHeaderFilter {
+impl<ReqB, ResB> Filter<ReqB, ResB> for ResponseHeadersFilter {
     type State = Vec<Option<HeaderValue>>;
 
-    fn request(&self, request: &mut Request<Body>) -> Result<Self::State, Response<Body>> {
+    fn request(&self, request: &mut Request<ReqB>) -> Result<Self::State, Response<Body>> {
         Ok(self.0.render(request))
     }
 
-    fn response(&self, rendered: Self::State, response: &mut Response<Body>) {
+    fn response(&self, rendered: Self::State, response: &mut Response<ResB>) {
         self.0.apply(response.headers_mut(), &rendered);
     }
 }
 
-impl Policy for ResponseHeaders {
-    type Params = HeaderParams;
+impl Policy for ResponseHeadersPolicy {
+    type Params = HeadersConfig;
 
-    fn check(&self, params: &HeaderParams, ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+    fn check(&self, params: &HeadersConfig, ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         params.check(ctx, false)
     }
 
-    fn layer(&self, params: HeaderParams, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
-        Ok(filter_layer(ResponseHeaderFilter(
+    fn layer(&self, params: HeadersConfig, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
+        Ok(filter_layer(ResponseHeadersFilter(
             params.build(ctx, false)?,
         )))
     }
@@ -227,7 +300,7 @@ mod tests {
     use crate::policy::PolicyRegistry;
     use crate::policy::testing::{call, ctx};
 
-    fn params(json: serde_json::Value) -> HeaderParams {
+    fn params(json: serde_json::Value) -> HeadersConfig {
         serde_json::from_value(json).unwrap()
     }
 
@@ -288,7 +361,7 @@ mod tests {
         }))
         .build(&ctx(), true)
         .unwrap();
-        let layer = filter_layer(RequestHeaderFilter(ops));
+        let layer = filter_layer(RequestHeadersFilter(ops));
         let request = Request::builder()
             .uri("/orders/1")
             .header("x-old", "1")
@@ -313,7 +386,7 @@ mod tests {
         }))
         .build(&ctx(), false)
         .unwrap();
-        let layer = filter_layer(ResponseHeaderFilter(ops));
+        let layer = filter_layer(ResponseHeadersFilter(ops));
         let request = Request::builder()
             .uri("/orders/7")
             .body(body::empty())

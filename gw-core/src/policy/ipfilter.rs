@@ -3,6 +3,37 @@
 //! The address is the connection's peer, or, when the peer is one of `trustedProxies`, the
 //! address those proxies report in `X-Forwarded-For` ([`client_ip`]). A client that does
 //! not come through a trusted proxy cannot choose its address with that header.
+//!
+//! Outside a gateway, [`IpFilterLayer`] is the same policy as a `tower` middleware for any
+//! stack. The peer's address is read from gw's [`ConnInfo`] in the request's extensions
+//! (gw's listeners insert it; a service of your own inserts it from its connection): a
+//! request without one comes from `::`, which no sensible `allow` list contains.
+//!
+//! ```
+//! use gw_core::ConnInfo;
+//! use gw_core::policy::ipfilter::{IpFilterConfig, IpFilterLayer};
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt as _};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let only_internal = IpFilterLayer::new(IpFilterConfig {
+//!     allow: vec!["10.0.0.0/8".into()],
+//!     ..IpFilterConfig::default()
+//! })?;
+//! let service = ServiceBuilder::new()
+//!     .layer(only_internal)
+//!     .service_fn(|_: Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+//!     });
+//!
+//! let mut request = Request::new(());
+//! request.extensions_mut().insert(ConnInfo { peer: "192.0.2.7:4000".parse()?, secure: false });
+//! let response = service.oneshot(request).await?;
+//! assert_eq!(response.status(), StatusCode::FORBIDDEN);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -10,16 +41,18 @@ use http::{Request, Response, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
 use super::{Cidr, Filter, Phase, Policy, PolicyContext, RouteLayer, client_ip, filter_layer};
 use crate::body::Body;
 use crate::gateway::ConnInfo;
 use crate::model::FieldError;
 
-/// The params of `ip-filter`. At least one of `allow` and `deny` is given.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+/// The configuration of `ip-filter`: its params in an API definition, or the typed config
+/// of an [`IpFilterLayer`]. At least one of `allow` and `deny` is given.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub(crate) struct IpFilterParams {
+pub struct IpFilterConfig {
     /// Addresses or CIDR blocks (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`) that may pass;
     /// when the list is not empty, no other address passes.
     #[serde(default)]
@@ -50,7 +83,7 @@ pub(super) fn parse_cidrs(field: &str, list: &[String], errors: &mut Vec<FieldEr
 pub(super) const UNKNOWN_PEER: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
 /// The client's address of `request`, as [`client_ip`] reads it.
-pub(super) fn request_ip(request: &Request<Body>, trusted: &[Cidr]) -> IpAddr {
+pub(super) fn request_ip<B>(request: &Request<B>, trusted: &[Cidr]) -> IpAddr {
     let peer = request
         .extensions()
         .get::<ConnInfo>()
@@ -58,18 +91,37 @@ pub(super) fn request_ip(request: &Request<Body>, trusted: &[Cidr]) -> IpAddr {
     client_ip(request.headers(), peer, trusted)
 }
 
+/// `ip-filter` as a `tower::Layer` for any stack: refuses with 403 a request from an
+/// address that is not allowed.
+pub type IpFilterLayer = FilterLayer<IpFilterFilter>;
+
+/// The service of an [`IpFilterLayer`] around `S`.
+pub type IpFilter<S> = FilterService<IpFilterFilter, S>;
+
+impl IpFilterLayer {
+    /// Checks and compiles `config`: the same rules as the params of `ip-filter`.
+    // by value, as every layer's constructor takes its config
+    #[allow(clippy::needless_pass_by_value)]
+    pub fn new(config: IpFilterConfig) -> Result<Self, ConfigError> {
+        check_config(&IpFilterPolicy, &config)?;
+        IpFilterFilter::build(&config)
+            .map(FilterLayer::from_filter)
+            .map_err(ConfigError::message)
+    }
+}
+
 /// `ip-filter`.
 #[derive(Debug)]
-pub(crate) struct IpFilter;
+pub(crate) struct IpFilterPolicy;
 
-impl Policy for IpFilter {
-    type Params = IpFilterParams;
+impl Policy for IpFilterPolicy {
+    type Params = IpFilterConfig;
 
     fn phase(&self) -> Phase {
         Phase::Admission
     }
 
-    fn check(&self, params: &IpFilterParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+    fn check(&self, params: &IpFilterConfig, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if params.allow.is_empty() && params.deny.is_empty() {
             errors.push(FieldError::new("allow", "give allow, deny or both"));
@@ -82,30 +134,35 @@ impl Policy for IpFilter {
 
     fn layer(
         &self,
-        params: IpFilterParams,
+        params: IpFilterConfig,
         _ctx: &PolicyContext<'_>,
     ) -> Result<RouteLayer, String> {
+        IpFilterFilter::build(&params).map(filter_layer)
+    }
+}
+
+/// The compiled `ip-filter` policy: the [`Filter`] of an [`IpFilterLayer`].
+#[derive(Debug)]
+pub struct IpFilterFilter {
+    allow: Vec<Cidr>,
+    deny: Vec<Cidr>,
+    trusted: Vec<Cidr>,
+}
+
+impl IpFilterFilter {
+    fn build(params: &IpFilterConfig) -> Result<Self, String> {
         let mut errors = Vec::new();
-        let filter = Addresses {
+        let filter = Self {
             allow: parse_cidrs("allow", &params.allow, &mut errors),
             deny: parse_cidrs("deny", &params.deny, &mut errors),
             trusted: parse_cidrs("trustedProxies", &params.trusted_proxies, &mut errors),
         };
         match errors.first() {
             Some(error) => Err(error.to_string()),
-            None => Ok(filter_layer(filter)),
+            None => Ok(filter),
         }
     }
-}
 
-#[derive(Debug)]
-struct Addresses {
-    allow: Vec<Cidr>,
-    deny: Vec<Cidr>,
-    trusted: Vec<Cidr>,
-}
-
-impl Addresses {
     /// Deny wins; a non-empty allow list admits only its addresses.
     fn admits(&self, ip: IpAddr) -> bool {
         if self.deny.iter().any(|block| block.contains(ip)) {
@@ -115,10 +172,10 @@ impl Addresses {
     }
 }
 
-impl Filter for Addresses {
+impl<ReqB, ResB> Filter<ReqB, ResB> for IpFilterFilter {
     type State = ();
 
-    fn request(&self, request: &mut Request<Body>) -> Result<(), Response<Body>> {
+    fn request(&self, request: &mut Request<ReqB>) -> Result<(), Response<Body>> {
         if self.admits(request_ip(request, &self.trusted)) {
             Ok(())
         } else {
@@ -139,9 +196,9 @@ mod tests {
     use crate::policy::testing::{call, call_seen, ctx, text};
 
     fn layer(params: serde_json::Value) -> RouteLayer {
-        let params: IpFilterParams = serde_json::from_value(params).unwrap();
-        assert!(IpFilter.check(&params, &ctx()).is_empty());
-        IpFilter.layer(params, &ctx()).unwrap()
+        let params: IpFilterConfig = serde_json::from_value(params).unwrap();
+        assert!(IpFilterPolicy.check(&params, &ctx()).is_empty());
+        IpFilterPolicy.layer(params, &ctx()).unwrap()
     }
 
     fn from(peer: &str, forwarded: Option<&str>) -> Request<Body> {

@@ -11,6 +11,40 @@
 //! The request path reads the keys without locking and allocates little beyond what the
 //! signature check needs: the JOSE header is decoded on the stack, and of the payload only
 //! the claims the policy looks at are kept. A token is never logged.
+//!
+//! Outside a gateway, [`JwtLayer`] is the same policy as a `tower` middleware for any stack
+//! (its inner service must be `Clone + Send`: a key fetch may be awaited before the call):
+//!
+//! ```
+//! use gw_core::consumers::ConsumerStore;
+//! use gw_core::policy::jwt::{JwtAlgorithm, JwtConfig, JwtLayer};
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt as _};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let jwt = JwtLayer::new(
+//!     JwtConfig {
+//!         algorithms: vec![JwtAlgorithm::Hs256],
+//!         // base64 of the shared secret, 32 bytes or more
+//!         secret: Some("YSBzaGFyZWQgc2VjcmV0IG9mIDMyIGJ5dGVzIG9yIG1vcmU=".into()),
+//!         issuer: vec!["https://idp.example".into()],
+//!         ..JwtConfig::default()
+//!     },
+//!     ConsumerStore::default(),
+//! )?;
+//! let service = ServiceBuilder::new()
+//!     .layer(jwt)
+//!     .service_fn(|_: Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+//!     });
+//!
+//! let request = Request::get("/").header("authorization", "Bearer not.a.token").body(())?;
+//! let response = service.oneshot(request).await?;
+//! assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+//! # Ok(())
+//! # }
+//! ```
 
 mod keys;
 mod remote;
@@ -33,11 +67,13 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
-use self::keys::{AlgorithmSet, JwtAlgorithm, Key, KeySet, Origin};
+pub use self::keys::JwtAlgorithm;
+use self::keys::{AlgorithmSet, Key, KeySet, Origin};
 use self::remote::Remote;
+use super::filter::{ConfigError, DeferredFuture, ResponseBody, check_config, standalone};
 use super::header_names::header_name;
-use super::{Consumer, Phase, Policy, PolicyContext, RouteLayer, RouteService};
-use crate::body::{Body, BoxError};
+use super::{Consumer, Phase, Policy, PolicyContext, RouteLayer};
+use crate::body::Body;
 use crate::consumers::{ConsumerSet, ConsumerStore};
 use crate::model::{FieldError, HumanDuration};
 
@@ -54,7 +90,7 @@ const MAX_LEEWAY: Duration = Duration::from_mins(5);
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub(crate) struct PublicKeyParams {
+pub struct PublicKeyConfig {
     /// The key: PEM `PUBLIC KEY` (SPKI), `RSA PUBLIC KEY` or `CERTIFICATE`.
     pub pem: String,
     /// `RS256` (an RSA key), `ES256` (a P-256 key) or `EdDSA` (an Ed25519 key).
@@ -68,7 +104,7 @@ pub(crate) struct PublicKeyParams {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub(crate) struct JwtParams {
+pub struct JwtConfig {
     /// The algorithms accepted: `RS256`, `ES256`, `EdDSA`, `HS256` (at least one; never
     /// `none`).
     pub algorithms: Vec<JwtAlgorithm>,
@@ -87,7 +123,7 @@ pub(crate) struct JwtParams {
     pub min_refresh_interval: HumanDuration,
     /// PEM public keys.
     #[serde(default)]
-    pub public_keys: Vec<PublicKeyParams>,
+    pub public_keys: Vec<PublicKeyConfig>,
     /// An HS256 shared secret, in base64 (at least 32 bytes). Stored in the API
     /// definition: for tests and simple setups.
     #[serde(default)]
@@ -145,14 +181,84 @@ fn yes() -> bool {
     true
 }
 
+impl Default for JwtConfig {
+    /// No algorithm and no key yet (give both), and the defaults of the policy's params.
+    fn default() -> Self {
+        Self {
+            algorithms: Vec::new(),
+            jwks: None,
+            jwks_url: None,
+            refresh_interval: default_refresh(),
+            min_refresh_interval: default_min_refresh(),
+            public_keys: Vec::new(),
+            secret: None,
+            issuer: Vec::new(),
+            audience: Vec::new(),
+            require_exp: true,
+            leeway: default_leeway(),
+            required_claims: Vec::new(),
+            scopes: Vec::new(),
+            forward_claims: BTreeMap::new(),
+            header: default_header(),
+            cookie: None,
+            consumer_required: false,
+        }
+    }
+}
+
+/// `jwt` as a `tower::Layer` for any stack. Its services ([`Jwt`]) answer a request
+/// without a valid token with 401 (403 for a missing scope); a request with one goes on
+/// without the token, with its forwarded claims and, when a consumer's `jwt` credential
+/// binds it, the consumer in its extensions ([`Consumer`]).
+#[derive(Clone)]
+pub struct JwtLayer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for JwtLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtLayer").finish_non_exhaustive()
+    }
+}
+
+impl JwtLayer {
+    /// Checks and compiles `config` (the same rules as the params of `jwt`), with
+    /// `consumers` for the tokens' subjects (an empty store when tokens name none).
+    // by value, as every layer's constructor takes its config (and the store is kept)
+    #[allow(clippy::needless_pass_by_value)]
+    pub fn new(config: JwtConfig, consumers: ConsumerStore) -> Result<Self, ConfigError> {
+        check_config(&JwtPolicy, &config)?;
+        let ctx = PolicyContext {
+            consumers: &consumers,
+            ..standalone()
+        };
+        Shared::build(config, &ctx)
+            .map(|shared| Self {
+                shared: Arc::new(shared),
+            })
+            .map_err(ConfigError::message)
+    }
+}
+
+impl<S> tower::Layer<S> for JwtLayer {
+    type Service = Jwt<S>;
+
+    fn layer(&self, inner: S) -> Jwt<S> {
+        Jwt {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
 /// `jwt`.
 #[derive(Debug)]
-pub(crate) struct Jwt;
+pub(crate) struct JwtPolicy;
 
-impl Policy for Jwt {
-    type Params = JwtParams;
+impl Policy for JwtPolicy {
+    type Params = JwtConfig;
 
-    fn check(&self, params: &JwtParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+    fn check(&self, params: &JwtConfig, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         let mut errors = Vec::new();
         let mut err = |field: String, message: String| errors.push(FieldError::new(field, message));
         let algorithms: AlgorithmSet = params.algorithms.iter().copied().collect();
@@ -278,13 +384,18 @@ impl Policy for Jwt {
         Phase::Authenticate
     }
 
-    fn layer(&self, params: JwtParams, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
+    fn layer(&self, params: JwtConfig, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
         let shared = Arc::new(Shared::build(params, ctx)?);
+        // the route stack's layer: answers and responses both in gw's body again, without
+        // allocating
         Ok(RouteLayer::new(tower::layer::layer_fn(move |inner| {
-            JwtService {
-                inner,
-                shared: Arc::clone(&shared),
-            }
+            tower::util::MapResponse::new(
+                Jwt {
+                    inner,
+                    shared: Arc::clone(&shared),
+                },
+                ResponseBody::into_gateway_body as fn(_) -> _,
+            )
         })))
     }
 }
@@ -420,7 +531,7 @@ fn boxed(list: Vec<String>) -> Box<[Box<str>]> {
 }
 
 impl Shared {
-    fn build(params: JwtParams, ctx: &PolicyContext<'_>) -> Result<Self, String> {
+    fn build(params: JwtConfig, ctx: &PolicyContext<'_>) -> Result<Self, String> {
         let algorithms: AlgorithmSet = params.algorithms.iter().copied().collect();
         let mut keys = KeySet::default();
         if let Some(jwks) = &params.jwks {
@@ -762,7 +873,7 @@ impl Shared {
 
     /// Marks the request as admitted: the consumer, the forwarded claims (any copy the
     /// client sent removed first), and no token left for the upstream.
-    fn admit(&self, request: &mut Request<Body>, admission: Admission) {
+    fn admit<B>(&self, request: &mut Request<B>, admission: Admission) {
         let headers = request.headers_mut();
         if let Some((name, _)) = &self.header {
             headers.remove(name);
@@ -951,40 +1062,50 @@ impl<'de> Deserialize<'de> for Name<'de> {
     }
 }
 
+/// The service of a [`JwtLayer`] around `S`.
 #[derive(Clone)]
-struct JwtService {
-    inner: RouteService,
+pub struct Jwt<S> {
+    inner: S,
     shared: Arc<Shared>,
 }
 
-impl fmt::Debug for JwtService {
+impl<S> fmt::Debug for Jwt<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JwtService").finish_non_exhaustive()
+        f.debug_struct("Jwt").finish_non_exhaustive()
     }
 }
 
-use super::RouteFuture as BoxFuture;
+/// The future of a [`Jwt`] call: an answer at once, the inner call, or a wait for the
+/// JWKS (a first fetch, or a refetch for an unknown key id) and then either.
+pub type ResponseFuture<F, ResB, E> = DeferredFuture<F, ResB, E>;
 
-impl tower::Service<Request<Body>> for JwtService {
-    type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = BoxFuture;
+impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for Jwt<S>
+where
+    S: tower::Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    ReqB: Send + 'static,
+    ResB: 'static,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResB, S::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<Body>) -> BoxFuture {
+    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
         if let Some(remote) = &self.shared.remote {
             remote.start();
         }
         let wait = match self.shared.decide(request.headers(), false) {
             Verdict::Admit(admission) => {
                 self.shared.admit(&mut request, admission);
-                return self.inner.call(request);
+                return DeferredFuture::inner(self.inner.call(request));
             }
             Verdict::Refuse(reject) => {
-                return Box::pin(std::future::ready(Ok(self.shared.refuse(reject))));
+                return DeferredFuture::answered(self.shared.refuse(reject));
             }
             Verdict::Settle => None,
             Verdict::Refetch(kid) => Some(kid),
@@ -993,21 +1114,23 @@ impl tower::Service<Request<Body>> for JwtService {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
-        Box::pin(async move {
+        DeferredFuture::deferred(Box::pin(async move {
             if let Some(remote) = &shared.remote {
                 match &wait {
                     Some(kid) => remote.refetch_for(kid).await,
                     None => remote.settle().await,
                 }
             }
+            let refusal = |reject| Ok(shared.refuse(reject).map(ResponseBody::gateway));
             match shared.decide(request.headers(), true) {
                 Verdict::Admit(admission) => {
                     shared.admit(&mut request, admission);
-                    inner.call(request).await
+                    let response = inner.call(request).await?;
+                    Ok(response.map(ResponseBody::inner))
                 }
-                Verdict::Refuse(reject) => Ok(shared.refuse(reject)),
-                Verdict::Settle | Verdict::Refetch(_) => Ok(shared.refuse(Reject::UnknownKey)),
+                Verdict::Refuse(reject) => refusal(reject),
+                Verdict::Settle | Verdict::Refetch(_) => refusal(Reject::UnknownKey),
             }
-        })
+        }))
     }
 }

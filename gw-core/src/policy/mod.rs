@@ -36,38 +36,38 @@
 //! assert!(registry.contains("access-log"));
 //! ```
 
-mod accesslog;
-mod acl;
+pub mod accesslog;
+pub mod acl;
 #[cfg(feature = "api-key")]
-mod apikey;
+pub mod apikey;
 #[cfg(feature = "basic-auth")]
-mod basicauth;
+pub mod basicauth;
 mod cidr;
-mod correlation;
+pub mod correlation;
 #[cfg(feature = "cors")]
-mod cors;
-mod filter;
+pub mod cors;
+pub mod filter;
 mod header_names;
 #[cfg(feature = "transform")]
-mod headers;
-mod ipfilter;
+pub mod headers;
+pub mod ipfilter;
 #[cfg(feature = "jwt")]
-mod jwt;
+pub mod jwt;
 #[cfg(feature = "rate-limit")]
-mod ratelimit;
+pub mod ratelimit;
 #[cfg(feature = "transform")]
-mod redirect;
+pub mod redirect;
 #[cfg(feature = "transform")]
-mod rewrite;
-mod sizelimit;
+pub mod rewrite;
+pub mod sizelimit;
 mod stack;
 #[cfg(feature = "transform")]
 mod template;
 #[cfg(feature = "transform")]
-mod termination;
+pub mod termination;
 #[cfg(test)]
 pub(crate) mod testing;
-mod timeout;
+pub mod timeout;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -82,7 +82,7 @@ use crate::model::{Attachment, FieldError, PolicyCatalog, PolicyRef};
 
 pub use crate::extensions::{Consumer, Exchange, RequestId, authenticate};
 pub use cidr::{Cidr, UNKNOWN_CLIENT, client_ip};
-pub use filter::{Filter, filter_layer};
+pub use filter::{ConfigError, Filter, FilterLayer, FilterService, filter_layer};
 pub use stack::{RouteLayer, RouteStack, StackFuture, stack};
 #[cfg(feature = "transform")]
 pub use template::Template;
@@ -308,29 +308,29 @@ impl PolicyRegistry {
     pub fn builtin() -> Self {
         // the policies with no family and no heavy dependency are always compiled in
         let registry = Self::new()
-            .register_policy("access-log", accesslog::AccessLog)
-            .register_policy("acl", acl::Acl)
-            .register_policy("correlation-id", correlation::CorrelationId)
-            .register_policy("ip-filter", ipfilter::IpFilter)
-            .register_policy("request-size-limit", sizelimit::RequestSizeLimit)
-            .register_policy("timeout", timeout::Timeout);
+            .register_policy("access-log", accesslog::AccessLogPolicy)
+            .register_policy("acl", acl::AclPolicy)
+            .register_policy("correlation-id", correlation::CorrelationIdPolicy)
+            .register_policy("ip-filter", ipfilter::IpFilterPolicy)
+            .register_policy("request-size-limit", sizelimit::RequestSizeLimitPolicy)
+            .register_policy("timeout", timeout::TimeoutPolicy);
         #[cfg(feature = "api-key")]
-        let registry = registry.register_policy("api-key", apikey::ApiKey);
+        let registry = registry.register_policy("api-key", apikey::ApiKeyPolicy);
         #[cfg(feature = "basic-auth")]
-        let registry = registry.register_policy("basic-auth", basicauth::BasicAuth);
+        let registry = registry.register_policy("basic-auth", basicauth::BasicAuthPolicy);
         #[cfg(feature = "jwt")]
-        let registry = registry.register_policy("jwt", jwt::Jwt);
+        let registry = registry.register_policy("jwt", jwt::JwtPolicy);
         #[cfg(feature = "cors")]
         let registry = registry.register_policy("cors", cors::CorsPolicy);
         #[cfg(feature = "rate-limit")]
-        let registry = registry.register_policy("rate-limit", ratelimit::RateLimit);
+        let registry = registry.register_policy("rate-limit", ratelimit::RateLimitPolicy);
         #[cfg(feature = "transform")]
         let registry = registry
-            .register_policy("request-headers", headers::RequestHeaders)
-            .register_policy("response-headers", headers::ResponseHeaders)
-            .register_policy("request-termination", termination::RequestTermination)
-            .register_policy("redirect", redirect::Redirect)
-            .register_policy("rewrite", rewrite::Rewrite);
+            .register_policy("request-headers", headers::RequestHeadersPolicy)
+            .register_policy("response-headers", headers::ResponseHeadersPolicy)
+            .register_policy("request-termination", termination::RequestTerminationPolicy)
+            .register_policy("redirect", redirect::RedirectPolicy)
+            .register_policy("rewrite", rewrite::RewritePolicy);
         registry
     }
 

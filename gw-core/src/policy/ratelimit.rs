@@ -41,6 +41,41 @@
 //! process that names the same server: the same GCRA, run by one Lua script per request.
 //! The local backend decides synchronously in a [`Filter`]; the Redis one is a service of
 //! its own that awaits the script, so that the local path never pays for it.
+//!
+//! # As a `tower` layer
+//!
+//! Outside a gateway, [`RateLimitLayer`] is the local backend as a `tower` middleware for
+//! any stack, over any request and response bodies. Keys by consumer or credential read
+//! the [`Consumer`] an authentication layer (such as
+//! [`ApiKeyLayer`](super::apikey::ApiKeyLayer)) put in the request's extensions; keys by
+//! client address read gw's [`ConnInfo`](crate::ConnInfo) there, which gw's listeners
+//! insert (without it, every request counts as one unknown client).
+//!
+//! ```
+//! use gw_core::policy::ratelimit::{KeyKind, Limit, RateLimitConfig, RateLimitLayer, Window};
+//! use http::{Request, Response, StatusCode};
+//! use tower::{Service as _, ServiceBuilder, ServiceExt as _};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let limit = RateLimitLayer::new(RateLimitConfig {
+//!     limits: vec![Limit { requests: 2, window: Window::Minute }],
+//!     key: KeyKind::Api,
+//!     ..RateLimitConfig::default()
+//! })?;
+//! let mut service = ServiceBuilder::new()
+//!     .layer(limit)
+//!     .service_fn(|_: Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+//!     });
+//!
+//! for expected in [200, 200, 429] {
+//!     let response = service.ready().await?.call(Request::new(())).await?;
+//!     assert_eq!(response.status(), expected);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 #[cfg(feature = "rate-limit-redis")]
 mod redis;
@@ -57,6 +92,7 @@ use serde::Deserialize;
 
 #[cfg(feature = "rate-limit-redis")]
 use self::redis::{RedisLimit, RedisParams};
+use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
 use super::ipfilter::{parse_cidrs, request_ip};
 use super::{Cidr, Consumer, Filter, Phase, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::Body;
@@ -70,7 +106,7 @@ pub(crate) struct RateLimitParams {
     /// The limits, each a number of requests per window; a request must be within all of
     /// them. At least one, and each window at most once.
     #[serde(default)]
-    pub limits: Vec<LimitParams>,
+    pub limits: Vec<Limit>,
     /// What a request is counted against: `consumer` (the authenticated consumer's name,
     /// or the client address when there is none), `credential` (the consumer's
     /// credential id, or the client address), `ip` (the client address), `header` (the
@@ -119,11 +155,81 @@ fn default_true() -> bool {
     true
 }
 
+/// The typed configuration of a [`RateLimitLayer`]: the `rate-limit` policy's params with
+/// the local backend, counted after authentication. The default counts per consumer and
+/// sends the `RateLimit-*` headers; it has no limit yet (give one or more).
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    /// The limits; a request must be within all of them. At least one, and each window at
+    /// most once.
+    pub limits: Vec<Limit>,
+    /// What a request is counted against (see [`KeyKind`]).
+    pub key: KeyKind,
+    /// The header whose value is the key, with [`KeyKind::Header`].
+    pub header: Option<String>,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` is believed when the key
+    /// is the client address.
+    pub trusted_proxies: Vec<String>,
+    /// Whether responses carry `RateLimit-Limit`, `RateLimit-Remaining` and
+    /// `RateLimit-Reset`. `Retry-After` is always sent with a 429.
+    pub headers: bool,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            limits: Vec::new(),
+            key: KeyKind::default(),
+            header: None,
+            trusted_proxies: Vec::new(),
+            headers: true,
+        }
+    }
+}
+
+impl From<RateLimitConfig> for RateLimitParams {
+    fn from(config: RateLimitConfig) -> Self {
+        Self {
+            limits: config.limits,
+            key: config.key,
+            header: config.header,
+            trusted_proxies: config.trusted_proxies,
+            headers: config.headers,
+            backend: BackendKind::Local,
+            #[cfg(feature = "rate-limit-redis")]
+            redis: None,
+            #[cfg(feature = "rate-limit-redis")]
+            fail_open: None,
+            before_authentication: false,
+        }
+    }
+}
+
+/// `rate-limit` with the local backend as a `tower::Layer` for any stack. Its services
+/// ([`RateLimit`]) answer a request over a limit with 429 and `Retry-After`. Clones of the
+/// layer, and the services they make, share the counts.
+pub type RateLimitLayer = FilterLayer<RateLimitFilter>;
+
+/// The service of a [`RateLimitLayer`] around `S`.
+pub type RateLimit<S> = FilterService<RateLimitFilter, S>;
+
+impl RateLimitLayer {
+    /// Checks `config` (the same rules as the params of the `rate-limit` policy) and makes
+    /// the limiter's state, empty.
+    pub fn new(config: RateLimitConfig) -> Result<Self, ConfigError> {
+        let params = RateLimitParams::from(config);
+        check_config(&RateLimitPolicy, &params)?;
+        RateLimitFilter::build(&params)
+            .map(FilterLayer::from_filter)
+            .map_err(ConfigError::message)
+    }
+}
+
 /// One limit: `requests` per `window`.
-#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub(crate) struct LimitParams {
+pub struct Limit {
     /// The requests allowed per window (more than 0); also the largest burst.
     pub requests: u64,
     /// The window: `second`, `minute`, `hour` or `day`.
@@ -133,7 +239,7 @@ pub(crate) struct LimitParams {
 /// A limit's window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum Window {
+pub enum Window {
     /// One second.
     Second,
     /// One minute.
@@ -169,7 +275,7 @@ impl Window {
 /// What a request is counted against.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum KeyKind {
+pub enum KeyKind {
     /// The consumer's name; the client address without a consumer.
     #[default]
     Consumer,
@@ -207,9 +313,9 @@ pub(crate) const CAPACITY: usize = 100_000;
 
 /// `rate-limit`.
 #[derive(Debug)]
-pub(crate) struct RateLimit;
+pub(crate) struct RateLimitPolicy;
 
-impl Policy for RateLimit {
+impl Policy for RateLimitPolicy {
     type Params = RateLimitParams;
 
     fn phase(&self) -> Phase {
@@ -292,16 +398,57 @@ impl Policy for RateLimit {
         params: RateLimitParams,
         ctx: &PolicyContext<'_>,
     ) -> Result<RouteLayer, String> {
+        #[cfg(feature = "rate-limit-redis")]
+        if params.backend == BackendKind::Redis {
+            let Some(redis) = &params.redis else {
+                return Err("redis: required with backend: redis".to_string());
+            };
+            let keys = Keys::build(&params)?;
+            let fallback = if params.fail_open.unwrap_or(false) {
+                Some(local(&params.limits)?)
+            } else {
+                None
+            };
+            let limits: Vec<(u64, Window)> = params
+                .limits
+                .iter()
+                .map(|l| (l.requests, l.window))
+                .collect();
+            return RedisLimit::new(redis, ctx, &limits, keys, params.headers, fallback)
+                .map(RedisLimit::into_layer);
+        }
+        RateLimitFilter::build(&params).map(filter_layer)
+    }
+}
+
+/// The local state of `limits`.
+fn local(limits: &[Limit]) -> Result<LocalLimiter, String> {
+    let quotas: Vec<Quota> = limits
+        .iter()
+        .map(|l| Quota::new(l.requests, l.window.duration()))
+        .collect::<Result<_, _>>()?;
+    LocalLimiter::new(&quotas, SHARDS, CAPACITY)
+}
+
+impl RateLimitFilter {
+    /// The local backend's filter of checked `params`.
+    fn build(params: &RateLimitParams) -> Result<Self, String> {
+        Ok(Self {
+            local: local(&params.limits)?,
+            keys: Keys::build(params)?,
+            headers: params.headers,
+        })
+    }
+}
+
+impl Keys {
+    /// The keys of checked `params`.
+    fn build(params: &RateLimitParams) -> Result<Self, String> {
         let mut errors = Vec::new();
         let trusted = parse_cidrs("trustedProxies", &params.trusted_proxies, &mut errors);
         if let Some(error) = errors.first() {
             return Err(error.to_string());
         }
-        let quotas: Vec<Quota> = params
-            .limits
-            .iter()
-            .map(|l| Quota::new(l.requests, l.window.duration()))
-            .collect::<Result<_, _>>()?;
         let source = match params.key {
             KeyKind::Consumer => KeySource::Consumer,
             KeyKind::Credential => KeySource::Credential,
@@ -315,33 +462,11 @@ impl Policy for RateLimit {
                 )
             }
         };
-        let keys = Keys {
+        Ok(Self {
             source,
             trusted,
             digest: [RandomState::new(), RandomState::new()],
-        };
-        let local = || LocalLimiter::new(&quotas, SHARDS, CAPACITY);
-        match params.backend {
-            #[cfg(feature = "rate-limit-redis")]
-            BackendKind::Redis => {
-                let Some(redis) = params.redis else {
-                    return Err("redis: required with backend: redis".to_string());
-                };
-                let fallback = params.fail_open.unwrap_or(false).then(local).transpose()?;
-                let limits: Vec<(u64, Window)> = params
-                    .limits
-                    .iter()
-                    .map(|l| (l.requests, l.window))
-                    .collect();
-                RedisLimit::new(&redis, ctx, &limits, keys, params.headers, fallback)
-                    .map(RedisLimit::into_layer)
-            }
-            BackendKind::Local => Ok(filter_layer(Limiter {
-                local: local()?,
-                keys,
-                headers: params.headers,
-            })),
-        }
+        })
     }
 }
 
@@ -399,7 +524,7 @@ fn latest(tats: &Tats) -> u64 {
 
 /// What the backend decided for one request, and what the response headers say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Decision {
+pub struct Decision {
     /// Whether the request may pass.
     pub allowed: bool,
     /// The tightest limit (the one with the fewest requests remaining): its requests.
@@ -671,9 +796,10 @@ struct Keys {
     digest: [RandomState; 2],
 }
 
-/// The layer's filter, with `backend: local`.
+/// The compiled `rate-limit` policy with the local backend, and its counts: the [`Filter`]
+/// of a [`RateLimitLayer`].
 #[derive(Debug)]
-struct Limiter {
+pub struct RateLimitFilter {
     local: LocalLimiter,
     keys: Keys,
     headers: bool,
@@ -698,7 +824,7 @@ fn address_octets(ip: IpAddr) -> [u8; 16] {
 
 impl Keys {
     /// What the request is counted by.
-    fn identity<'a>(&self, request: &'a Request<Body>) -> Identity<'a> {
+    fn identity<'a, B>(&self, request: &'a Request<B>) -> Identity<'a> {
         let named = match &self.source {
             KeySource::Api => return Identity::Api,
             KeySource::Ip => None,
@@ -726,7 +852,7 @@ impl Keys {
     /// named keys cannot contain (0xFF and 0xFE never occur in UTF-8 names, 0x00 and 0x01
     /// never in header values), so that a name never shares the count of an address or of
     /// a digest.
-    fn local<'a>(&self, request: &'a Request<Body>, buf: &'a mut KeyBuf) -> &'a [u8] {
+    fn local<'a, B>(&self, request: &'a Request<B>, buf: &'a mut KeyBuf) -> &'a [u8] {
         let (address_tag, digest_tag) = if matches!(self.source, KeySource::Header(_)) {
             (0x00, 0x01)
         } else {
@@ -777,11 +903,11 @@ fn refusal(decision: &Decision, headers: bool) -> Response<Body> {
     response
 }
 
-impl Filter for Limiter {
+impl<ReqB, ResB> Filter<ReqB, ResB> for RateLimitFilter {
     /// The decision, when its headers go on the response.
     type State = Option<Decision>;
 
-    fn request(&self, request: &mut Request<Body>) -> Result<Self::State, Response<Body>> {
+    fn request(&self, request: &mut Request<ReqB>) -> Result<Self::State, Response<Body>> {
         let mut buf = KeyBuf::default();
         let decision = self
             .local
@@ -792,7 +918,7 @@ impl Filter for Limiter {
         Err(refusal(&decision, self.headers))
     }
 
-    fn response(&self, state: Self::State, response: &mut Response<Body>) {
+    fn response(&self, state: Self::State, response: &mut Response<ResB>) {
         if let Some(decision) = state {
             decision.write_headers(response.headers_mut());
         }
@@ -1151,8 +1277,8 @@ mod tests {
 
     fn layer(params: serde_json::Value) -> RouteLayer {
         let params: RateLimitParams = serde_json::from_value(params).unwrap();
-        assert!(RateLimit.check(&params, &ctx()).is_empty());
-        RateLimit.layer(params, &ctx()).unwrap()
+        assert!(RateLimitPolicy.check(&params, &ctx()).is_empty());
+        RateLimitPolicy.layer(params, &ctx()).unwrap()
     }
 
     async fn status(layer: &RouteLayer, request: Request<Body>) -> u16 {

@@ -1,22 +1,52 @@
 //! `redirect`: answers every request at the gateway with a redirect to a [`Template`]
 //! location (`https://new.example.com${request.path}`), optionally with the request's query
 //! string. The upstream is not called.
+//!
+//! Outside a gateway, [`RedirectLayer`] is the same policy as a `tower` middleware for any
+//! stack, over any request and response bodies:
+//!
+//! ```
+//! use gw_core::policy::redirect::{RedirectConfig, RedirectLayer};
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt as _};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let moved = RedirectLayer::new(RedirectConfig {
+//!     location: "https://new.example.com${request.path}".into(),
+//!     status: 308,
+//!     keep_query: true,
+//! })?;
+//! let service = ServiceBuilder::new()
+//!     .layer(moved)
+//!     .service_fn(|_: Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::from("not called")))
+//!     });
+//!
+//! let response = service.oneshot(Request::get("/orders?page=2").body(())?).await?;
+//! assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
+//! assert_eq!(response.headers()["location"], "https://new.example.com/orders?page=2");
+//! # Ok(())
+//! # }
+//! ```
 
 use http::header::LOCATION;
 use http::{HeaderValue, Request, Response, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::filter::{ConfigError, FilterLayer, FilterService, check_config, standalone};
 use super::{Filter, Policy, PolicyContext, RouteLayer, Template, filter_layer};
 use crate::body::{self, Body};
 use crate::error::json_error;
 use crate::model::FieldError;
 
-/// The params of `redirect`.
-#[derive(Debug, Deserialize, JsonSchema)]
+/// The configuration of `redirect`: its params in an API definition, or the typed config of
+/// a [`RedirectLayer`].
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub(crate) struct RedirectParams {
+pub struct RedirectConfig {
     /// Where to: a path on this host (`/v2/orders`) or an absolute `http://` or `https://`
     /// URL. May use `${...}` variables (`${request.path}`, `${request.host}`, ...); the host of
     /// an absolute URL may use `${request.host}` only.
@@ -42,12 +72,32 @@ const HOST_VARIABLES: &[&str] = &["${request.host}", "${api.name}"];
 
 /// `redirect`.
 #[derive(Debug)]
-pub(crate) struct Redirect;
+pub(crate) struct RedirectPolicy;
 
-impl Policy for Redirect {
-    type Params = RedirectParams;
+/// `redirect` as a `tower::Layer` for any stack: answers every request with a redirect;
+/// the inner service is never called.
+pub type RedirectLayer = FilterLayer<RedirectFilter>;
 
-    fn check(&self, params: &RedirectParams, ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+/// The service of a [`RedirectLayer`] around `S`.
+pub type Redirect<S> = FilterService<RedirectFilter, S>;
+
+impl RedirectLayer {
+    /// Checks and compiles `config`: the same rules as the params of `redirect`. The
+    /// location may use the [`Template`] variables that do not need an operation's path.
+    // by value, as every layer's constructor takes its config
+    #[allow(clippy::needless_pass_by_value)]
+    pub fn new(config: RedirectConfig) -> Result<Self, ConfigError> {
+        check_config(&RedirectPolicy, &config)?;
+        RedirectFilter::build(&config, &standalone())
+            .map(FilterLayer::from_filter)
+            .map_err(ConfigError::message)
+    }
+}
+
+impl Policy for RedirectPolicy {
+    type Params = RedirectConfig;
+
+    fn check(&self, params: &RedirectConfig, ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if let Err(message) = Template::parse(&params.location, ctx) {
             errors.push(FieldError::new("location", message));
@@ -63,16 +113,22 @@ impl Policy for Redirect {
         errors
     }
 
-    fn layer(&self, params: RedirectParams, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
+    fn layer(&self, params: RedirectConfig, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
+        RedirectFilter::build(&params, ctx).map(filter_layer)
+    }
+}
+
+impl RedirectFilter {
+    fn build(params: &RedirectConfig, ctx: &PolicyContext<'_>) -> Result<Self, String> {
         check_location(&params.location)?;
         if !STATUSES.contains(&params.status) {
             return Err("status: must be 301, 302, 303, 307 or 308".to_string());
         }
-        Ok(filter_layer(RedirectFilter {
+        Ok(Self {
             location: Template::parse(&params.location, ctx)?,
             status: StatusCode::from_u16(params.status).map_err(|e| e.to_string())?,
             keep_query: params.keep_query,
-        }))
+        })
     }
 }
 
@@ -157,8 +213,9 @@ fn has_host_if_absolute(location: &[u8]) -> bool {
     }
 }
 
+/// The compiled `redirect` policy: the [`Filter`] of a [`RedirectLayer`].
 #[derive(Debug)]
-struct RedirectFilter {
+pub struct RedirectFilter {
     location: Template,
     status: StatusCode,
     keep_query: bool,
@@ -182,10 +239,10 @@ fn with_query(location: &HeaderValue, query: &str) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
 }
 
-impl Filter for RedirectFilter {
+impl<ReqB, ResB> Filter<ReqB, ResB> for RedirectFilter {
     type State = ();
 
-    fn request(&self, request: &mut Request<Body>) -> Result<(), Response<Body>> {
+    fn request(&self, request: &mut Request<ReqB>) -> Result<(), Response<Body>> {
         let query = if self.keep_query {
             request.uri().query().filter(|q| !q.is_empty())
         } else {
@@ -228,9 +285,9 @@ mod tests {
     use crate::policy::testing::{call_seen, ctx, text};
 
     fn layer(params: serde_json::Value) -> RouteLayer {
-        let params: RedirectParams = serde_json::from_value(params).unwrap();
-        assert!(Redirect.check(&params, &ctx()).is_empty());
-        Redirect.layer(params, &ctx()).unwrap()
+        let params: RedirectConfig = serde_json::from_value(params).unwrap();
+        assert!(RedirectPolicy.check(&params, &ctx()).is_empty());
+        RedirectPolicy.layer(params, &ctx()).unwrap()
     }
 
     fn request(uri: &str) -> Request<Body> {

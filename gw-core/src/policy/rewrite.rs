@@ -8,22 +8,51 @@
 //! path after the context is matched against the operation's template (a `matchit` router of
 //! one route, built with the layer) and the new path is written in one allocation.
 //! Captured values are copied as they are, percent-encoded bytes included.
+//!
+//! Outside a gateway, [`RewriteLayer`] is the same policy as a `tower` middleware for any
+//! stack, over any request and response bodies:
+//!
+//! ```
+//! use gw_core::policy::rewrite::{RewriteConfig, RewriteLayer};
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt as _};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let rewrite = RewriteLayer::with_template(
+//!     RewriteConfig { path: Some("/v2/products/{id}".into()), method: None },
+//!     "/items/{id}",
+//! )?;
+//! let service = ServiceBuilder::new()
+//!     .layer(rewrite)
+//!     .service_fn(|request: Request<()>| async move {
+//!         assert_eq!(request.uri(), "/v2/products/7?x=1");
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+//!     });
+//!
+//! let response = service.oneshot(Request::get("/items/7?x=1").body(())?).await?;
+//! assert_eq!(response.status(), 200);
+//! # Ok(())
+//! # }
+//! ```
 
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{Filter, Policy, PolicyContext, RouteLayer, filter_layer};
+use super::filter::{ConfigError, FilterLayer, FilterService, standalone};
+use super::{Filter, OperationContext, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::Body;
 use crate::error::json_error;
 use crate::model::FieldError;
 
-/// The params of `rewrite`; give `path`, `method` or both.
-#[derive(Debug, Deserialize, JsonSchema)]
+/// The configuration of `rewrite`: its params in an API definition, or the typed config
+/// of a [`RewriteLayer`]; give `path`, `method` or both.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub(crate) struct RewriteParams {
+pub struct RewriteConfig {
     /// The new path under the API's context, starting with `/`. `{name}` is replaced by the
     /// operation's path parameter `name` (`/v2/products/{id}` for operation
     /// `/items/{id}`); the query string is kept.
@@ -36,12 +65,51 @@ pub(crate) struct RewriteParams {
 
 /// `rewrite`.
 #[derive(Debug)]
-pub(crate) struct Rewrite;
+pub(crate) struct RewritePolicy;
 
-impl Policy for Rewrite {
-    type Params = RewriteParams;
+/// `rewrite` as a `tower::Layer` for any stack: changes the request's path, method or
+/// both before the inner service sees it.
+pub type RewriteLayer = FilterLayer<RewriteFilter>;
 
-    fn check(&self, params: &RewriteParams, ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+/// The service of a [`RewriteLayer`] around `S`.
+pub type Rewrite<S> = FilterService<RewriteFilter, S>;
+
+impl RewriteLayer {
+    /// Checks and compiles `config` for requests at the root: a new path without
+    /// placeholders, a new method, or both.
+    // by value, as every layer's constructor takes its config
+    #[allow(clippy::needless_pass_by_value)]
+    pub fn new(config: RewriteConfig) -> Result<Self, ConfigError> {
+        Self::build(&config, &standalone())
+    }
+
+    /// Checks and compiles `config` for requests whose path matches `template`
+    /// (`/items/{id}`, with matchit's syntax): the new path may use its parameters.
+    // by value, as every layer's constructor takes its config
+    #[allow(clippy::needless_pass_by_value)]
+    pub fn with_template(config: RewriteConfig, template: &str) -> Result<Self, ConfigError> {
+        let ctx = PolicyContext {
+            operation: Some(OperationContext {
+                method: "",
+                path: template,
+            }),
+            ..standalone()
+        };
+        Self::build(&config, &ctx)
+    }
+
+    fn build(config: &RewriteConfig, ctx: &PolicyContext<'_>) -> Result<Self, ConfigError> {
+        ConfigError::check(RewritePolicy.check(config, ctx))?;
+        RewriteFilter::build(config, ctx)
+            .map(FilterLayer::from_filter)
+            .map_err(ConfigError::message)
+    }
+}
+
+impl Policy for RewritePolicy {
+    type Params = RewriteConfig;
+
+    fn check(&self, params: &RewriteConfig, ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if params.path.is_none() && params.method.is_none() {
             errors.push(FieldError::new("", "give path, method or both"));
@@ -59,7 +127,13 @@ impl Policy for Rewrite {
         errors
     }
 
-    fn layer(&self, params: RewriteParams, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
+    fn layer(&self, params: RewriteConfig, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
+        RewriteFilter::build(&params, ctx).map(filter_layer)
+    }
+}
+
+impl RewriteFilter {
+    fn build(params: &RewriteConfig, ctx: &PolicyContext<'_>) -> Result<Self, String> {
         let prefix = if ctx.context == "/" { "" } else { ctx.context };
         let path = match &params.path {
             None => None,
@@ -82,11 +156,11 @@ impl Policy for Rewrite {
             }
         };
         let method = params.method.as_deref().map(parse_method).transpose()?;
-        Ok(filter_layer(RewriteFilter {
+        Ok(Self {
             prefix: prefix.into(),
             path,
             method,
-        }))
+        })
     }
 }
 
@@ -223,8 +297,9 @@ enum NewPath {
     },
 }
 
+/// The compiled `rewrite` policy: the [`Filter`] of a [`RewriteLayer`].
 #[derive(Debug)]
-struct RewriteFilter {
+pub struct RewriteFilter {
     /// The API's context, empty for `/`.
     prefix: Box<str>,
     path: Option<NewPath>,
@@ -281,10 +356,10 @@ fn failed() -> Response<Body> {
     )
 }
 
-impl Filter for RewriteFilter {
+impl<ReqB, ResB> Filter<ReqB, ResB> for RewriteFilter {
     type State = ();
 
-    fn request(&self, request: &mut Request<Body>) -> Result<(), Response<Body>> {
+    fn request(&self, request: &mut Request<ReqB>) -> Result<(), Response<Body>> {
         if let Some(path) = &self.path {
             let pq = self
                 .path_and_query(path, request.uri())
@@ -320,9 +395,9 @@ mod tests {
     }
 
     fn layer(params: serde_json::Value, ctx: &PolicyContext<'_>) -> RouteLayer {
-        let params: RewriteParams = serde_json::from_value(params).unwrap();
-        assert!(Rewrite.check(&params, ctx).is_empty());
-        Rewrite.layer(params, ctx).unwrap()
+        let params: RewriteConfig = serde_json::from_value(params).unwrap();
+        assert!(RewritePolicy.check(&params, ctx).is_empty());
+        RewritePolicy.layer(params, ctx).unwrap()
     }
 
     fn request(method: &str, uri: &str) -> Request<Body> {

@@ -5,12 +5,40 @@
 //! [`http_body_util::LengthLimitError`] once more than the limit has been read; the
 //! gateway's rescue turns that failure into the same 413 (`payload_too_large`), whether
 //! the upstream call is under way or not.
+//!
+//! Outside a gateway, [`RequestSizeLimitLayer`] is the same policy as a `tower` middleware
+//! for a stack whose requests carry gw's [`Body`] (any response body), such as one around
+//! gw's upstream service. An oversized body that was not declared fails while it is read,
+//! with an error that [`crate::body::is_length_limit`] recognizes.
+//!
+//! ```
+//! use gw_core::body::{self, Body};
+//! use gw_core::policy::sizelimit::{RequestSizeLimitConfig, RequestSizeLimitLayer};
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt as _};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let limit = RequestSizeLimitLayer::new(RequestSizeLimitConfig { max_bytes: 4 })?;
+//! let service = ServiceBuilder::new()
+//!     .layer(limit)
+//!     .service_fn(|_: Request<Body>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(body::empty()))
+//!     });
+//!
+//! let request = Request::post("/").header("content-length", "5").body(body::full("hello"))?;
+//! let response = service.oneshot(request).await?;
+//! assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+//! # Ok(())
+//! # }
+//! ```
 
 use http::{Request, Response, header};
 use http_body::Body as _;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
 use super::{Filter, Phase, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::{self, Body};
 use crate::error::GatewayError;
@@ -19,27 +47,46 @@ use crate::model::FieldError;
 /// The largest `maxBytes` accepted: 1 TiB.
 const MAX_LIMIT: u64 = 1 << 40;
 
-/// The params of `request-size-limit`.
-#[derive(Debug, Deserialize, JsonSchema)]
+/// The configuration of `request-size-limit`: its params in an API definition, or the typed
+/// config of a [`RequestSizeLimitLayer`].
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub(crate) struct SizeLimitParams {
+pub struct RequestSizeLimitConfig {
     /// The largest request body accepted, in bytes (1 to 1 TiB).
     pub max_bytes: u64,
 }
 
+/// `request-size-limit` as a `tower::Layer` for stacks over gw's [`Body`]: refuses a
+/// declared `Content-Length` over the limit with 413, and limits any other body as it is
+/// read.
+pub type RequestSizeLimitLayer = FilterLayer<RequestSizeLimitFilter>;
+
+/// The service of a [`RequestSizeLimitLayer`] around `S`.
+pub type RequestSizeLimit<S> = FilterService<RequestSizeLimitFilter, S>;
+
+impl RequestSizeLimitLayer {
+    /// Checks `config`: the same rules as the params of `request-size-limit`.
+    pub fn new(config: RequestSizeLimitConfig) -> Result<Self, ConfigError> {
+        check_config(&RequestSizeLimitPolicy, &config)?;
+        Ok(FilterLayer::from_filter(RequestSizeLimitFilter {
+            max_bytes: config.max_bytes,
+        }))
+    }
+}
+
 /// `request-size-limit`.
 #[derive(Debug)]
-pub(crate) struct RequestSizeLimit;
+pub(crate) struct RequestSizeLimitPolicy;
 
-impl Policy for RequestSizeLimit {
-    type Params = SizeLimitParams;
+impl Policy for RequestSizeLimitPolicy {
+    type Params = RequestSizeLimitConfig;
 
     fn phase(&self) -> Phase {
         Phase::Admission
     }
 
-    fn check(&self, params: &SizeLimitParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+    fn check(&self, params: &RequestSizeLimitConfig, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         if (1..=MAX_LIMIT).contains(&params.max_bytes) {
             Vec::new()
         } else {
@@ -52,21 +99,23 @@ impl Policy for RequestSizeLimit {
 
     fn layer(
         &self,
-        params: SizeLimitParams,
+        params: RequestSizeLimitConfig,
         _ctx: &PolicyContext<'_>,
     ) -> Result<RouteLayer, String> {
-        Ok(filter_layer(SizeLimit {
+        Ok(filter_layer(RequestSizeLimitFilter {
             max_bytes: params.max_bytes,
         }))
     }
 }
 
+/// The compiled `request-size-limit` policy: the [`Filter`] of a
+/// [`RequestSizeLimitLayer`].
 #[derive(Debug)]
-struct SizeLimit {
+pub struct RequestSizeLimitFilter {
     max_bytes: u64,
 }
 
-impl Filter for SizeLimit {
+impl<ResB> Filter<Body, ResB> for RequestSizeLimitFilter {
     type State = ();
 
     fn request(&self, request: &mut Request<Body>) -> Result<(), Response<Body>> {
@@ -100,8 +149,8 @@ mod tests {
     use crate::policy::testing::{call, call_seen, ctx, text};
 
     fn layer(max_bytes: u64) -> RouteLayer {
-        RequestSizeLimit
-            .layer(SizeLimitParams { max_bytes }, &ctx())
+        RequestSizeLimitPolicy
+            .layer(RequestSizeLimitConfig { max_bytes }, &ctx())
             .unwrap()
     }
 

@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 use http::{HeaderName, HeaderValue, Request};
 
 use super::{Consumer, PolicyContext, RequestId};
-use crate::body::Body;
 use crate::gateway::ConnInfo;
 
 /// The variables a template may use, for error messages and docs.
@@ -166,7 +165,7 @@ impl Template {
     }
 
     /// The value for `request`; `None` when the result is not a valid header value.
-    pub fn render(&self, request: &Request<Body>) -> Option<HeaderValue> {
+    pub fn render<B>(&self, request: &Request<B>) -> Option<HeaderValue> {
         if let Some(constant) = &self.constant {
             return Some(constant.clone());
         }

@@ -1,5 +1,31 @@
 //! `request-termination`: answers every request at the gateway with a fixed status, headers
 //! and body (mocks, maintenance windows, retired operations). The upstream is not called.
+//!
+//! Outside a gateway, [`RequestTerminationLayer`] is the same policy as a `tower` middleware
+//! for any stack, over any request and response bodies:
+//!
+//! ```
+//! use gw_core::policy::termination::{RequestTerminationConfig, RequestTerminationLayer};
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt as _};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let maintenance = RequestTerminationLayer::new(RequestTerminationConfig {
+//!     message: Some("back at 10:00 UTC".into()),
+//!     ..RequestTerminationConfig::default()
+//! })?;
+//! let service = ServiceBuilder::new()
+//!     .layer(maintenance)
+//!     .service_fn(|_: Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::from("not called")))
+//!     });
+//!
+//! let response = service.oneshot(Request::new(())).await?;
+//! assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::BTreeMap;
 
@@ -8,16 +34,19 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
 use super::header_names::header_name;
 use super::{Filter, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::{self, Body};
 use crate::model::FieldError;
 
-/// The params of `request-termination`.
-#[derive(Debug, Deserialize, JsonSchema)]
+/// The configuration of `request-termination`: its params in an API definition, or the
+/// typed config of a [`RequestTerminationLayer`]. The default answers 503 with a JSON
+/// error.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub(crate) struct TerminationParams {
+pub struct RequestTerminationConfig {
     /// The status code (200 to 599; default 503).
     #[serde(default = "default_status")]
     pub status: u16,
@@ -43,14 +72,47 @@ fn default_status() -> u16 {
 
 const DEFAULT_MESSAGE: &str = "the service is not available";
 
+impl Default for RequestTerminationConfig {
+    fn default() -> Self {
+        Self {
+            status: default_status(),
+            message: None,
+            body: None,
+            content_type: None,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+/// `request-termination` as a `tower::Layer` for any stack: answers every request itself;
+/// the inner service is never called.
+pub type RequestTerminationLayer = FilterLayer<RequestTerminationFilter>;
+
+/// The service of a [`RequestTerminationLayer`] around `S`.
+pub type RequestTermination<S> = FilterService<RequestTerminationFilter, S>;
+
+impl RequestTerminationLayer {
+    /// Checks and compiles `config`: the same rules as the params of `request-termination`.
+    pub fn new(config: RequestTerminationConfig) -> Result<Self, ConfigError> {
+        check_config(&RequestTerminationPolicy, &config)?;
+        RequestTerminationFilter::build(config)
+            .map(FilterLayer::from_filter)
+            .map_err(ConfigError::message)
+    }
+}
+
 /// `request-termination`.
 #[derive(Debug)]
-pub(crate) struct RequestTermination;
+pub(crate) struct RequestTerminationPolicy;
 
-impl Policy for RequestTermination {
-    type Params = TerminationParams;
+impl Policy for RequestTerminationPolicy {
+    type Params = RequestTerminationConfig;
 
-    fn check(&self, params: &TerminationParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+    fn check(
+        &self,
+        params: &RequestTerminationConfig,
+        _ctx: &PolicyContext<'_>,
+    ) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if !(200..=599).contains(&params.status) {
             errors.push(FieldError::new("status", "must be 200 to 599"));
@@ -81,9 +143,15 @@ impl Policy for RequestTermination {
 
     fn layer(
         &self,
-        params: TerminationParams,
+        params: RequestTerminationConfig,
         _ctx: &PolicyContext<'_>,
     ) -> Result<RouteLayer, String> {
+        RequestTerminationFilter::build(params).map(filter_layer)
+    }
+}
+
+impl RequestTerminationFilter {
+    fn build(params: RequestTerminationConfig) -> Result<Self, String> {
         let status = StatusCode::from_u16(params.status).map_err(|e| e.to_string())?;
         let (body, default_type) = match params.body {
             Some(body) => (Bytes::from(body), "text/plain; charset=utf-8"),
@@ -104,25 +172,27 @@ impl Policy for RequestTermination {
                 .map_err(|_| format!("headers.{name}: not a valid header value"))?;
             headers.push((header_name(name, false)?, value));
         }
-        Ok(filter_layer(Terminate {
+        Ok(Self {
             status,
             headers,
             body,
-        }))
+        })
     }
 }
 
+/// The compiled `request-termination` policy: the [`Filter`] of a
+/// [`RequestTerminationLayer`].
 #[derive(Debug)]
-struct Terminate {
+pub struct RequestTerminationFilter {
     status: StatusCode,
     headers: Vec<(HeaderName, HeaderValue)>,
     body: Bytes,
 }
 
-impl Filter for Terminate {
+impl<ReqB, ResB> Filter<ReqB, ResB> for RequestTerminationFilter {
     type State = ();
 
-    fn request(&self, _request: &mut Request<Body>) -> Result<(), Response<Body>> {
+    fn request(&self, _request: &mut Request<ReqB>) -> Result<(), Response<Body>> {
         let mut response = Response::new(body::full(self.body.clone()));
         *response.status_mut() = self.status;
         for (name, value) in &self.headers {
@@ -139,8 +209,8 @@ mod tests {
     use crate::policy::testing::{call_seen, ctx, text};
 
     fn layer(params: serde_json::Value) -> RouteLayer {
-        let params: TerminationParams = serde_json::from_value(params).unwrap();
-        RequestTermination.layer(params, &ctx()).unwrap()
+        let params: RequestTerminationConfig = serde_json::from_value(params).unwrap();
+        RequestTerminationPolicy.layer(params, &ctx()).unwrap()
     }
 
     fn request() -> Request<Body> {

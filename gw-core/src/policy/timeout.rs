@@ -4,6 +4,31 @@
 //! The policy only marks the request ([`RequestTimeout`] in its extensions); the upstream
 //! call applies it exactly where it applies the API's own request timeout (from the start of
 //! the call, retries included), so running out of it is the usual 504 `upstream_timeout`.
+//!
+//! [`TimeoutLayer`] is the same policy as a `tower` middleware, for a stack of your own
+//! around gw's upstream service: like the policy, it only marks the request, and times
+//! nothing out by itself (around any other service, use `tower::timeout`).
+//!
+//! ```
+//! use gw_core::model::HumanDuration;
+//! use gw_core::policy::timeout::{TimeoutConfig, TimeoutLayer};
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt as _};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let timeout = TimeoutLayer::new(TimeoutConfig { request: HumanDuration::from_secs(2) })?;
+//! let service = ServiceBuilder::new()
+//!     .layer(timeout)
+//!     .service_fn(|_: Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::from("ok")))
+//!     });
+//!
+//! let response = service.oneshot(Request::new(())).await?;
+//! assert_eq!(response.status(), 200);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::time::Duration;
 
@@ -11,6 +36,7 @@ use http::{Request, Response};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
 use super::{Filter, Phase, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::Body;
 use crate::model::{FieldError, HumanDuration};
@@ -19,28 +45,46 @@ use crate::upstream::RequestTimeout;
 /// The longest `request` accepted.
 const MAX_TIMEOUT: Duration = Duration::from_hours(1);
 
-/// The params of `timeout`.
-#[derive(Debug, Deserialize, JsonSchema)]
+/// The configuration of `timeout`: its params in an API definition, or the typed config of
+/// a [`TimeoutLayer`].
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
-pub(crate) struct TimeoutParams {
+pub struct TimeoutConfig {
     /// The time allowed for the upstream's response headers (more than 0, at most 1h),
     /// instead of `spec.upstream.timeouts.request`.
     pub request: HumanDuration,
 }
 
+/// `timeout` as a `tower::Layer` for any stack: puts the time allowed in the request's
+/// extensions, where gw's upstream service reads it.
+pub type TimeoutLayer = FilterLayer<TimeoutFilter>;
+
+/// The service of a [`TimeoutLayer`] around `S`.
+pub type Timeout<S> = FilterService<TimeoutFilter, S>;
+
+impl TimeoutLayer {
+    /// Checks `config`: the same rules as the params of `timeout`.
+    pub fn new(config: TimeoutConfig) -> Result<Self, ConfigError> {
+        check_config(&TimeoutPolicy, &config)?;
+        Ok(FilterLayer::from_filter(TimeoutFilter(RequestTimeout(
+            config.request.as_duration(),
+        ))))
+    }
+}
+
 /// `timeout`.
 #[derive(Debug)]
-pub(crate) struct Timeout;
+pub(crate) struct TimeoutPolicy;
 
-impl Policy for Timeout {
-    type Params = TimeoutParams;
+impl Policy for TimeoutPolicy {
+    type Params = TimeoutConfig;
 
     fn phase(&self) -> Phase {
         Phase::Transform
     }
 
-    fn check(&self, params: &TimeoutParams, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
+    fn check(&self, params: &TimeoutConfig, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         let request = params.request.as_duration();
         if request.is_zero() || request > MAX_TIMEOUT {
             vec![FieldError::new(
@@ -52,20 +96,21 @@ impl Policy for Timeout {
         }
     }
 
-    fn layer(&self, params: TimeoutParams, _ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
-        Ok(filter_layer(SetTimeout(RequestTimeout(
+    fn layer(&self, params: TimeoutConfig, _ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
+        Ok(filter_layer(TimeoutFilter(RequestTimeout(
             params.request.as_duration(),
         ))))
     }
 }
 
+/// The compiled `timeout` policy: the [`Filter`] of a [`TimeoutLayer`].
 #[derive(Debug)]
-struct SetTimeout(RequestTimeout);
+pub struct TimeoutFilter(RequestTimeout);
 
-impl Filter for SetTimeout {
+impl<ReqB, ResB> Filter<ReqB, ResB> for TimeoutFilter {
     type State = ();
 
-    fn request(&self, request: &mut Request<Body>) -> Result<(), Response<Body>> {
+    fn request(&self, request: &mut Request<ReqB>) -> Result<(), Response<Body>> {
         request.extensions_mut().insert(self.0);
         Ok(())
     }
@@ -174,9 +219,9 @@ mod tests {
 
     #[tokio::test]
     async fn marks_the_request_with_its_timeout() {
-        let params: TimeoutParams =
+        let params: TimeoutConfig =
             serde_json::from_value(serde_json::json!({"request": "1500ms"})).unwrap();
-        let layer = Timeout.layer(params, &ctx()).unwrap();
+        let layer = TimeoutPolicy.layer(params, &ctx()).unwrap();
         let request = Request::builder()
             .uri("/orders")
             .body(crate::body::empty())

@@ -23,7 +23,7 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 
 /// The algorithms gw verifies. There is no `none`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
-pub(crate) enum JwtAlgorithm {
+pub enum JwtAlgorithm {
     /// RSASSA-PKCS1-v1_5 with SHA-256.
     #[serde(rename = "RS256")]
     Rs256,

@@ -171,7 +171,7 @@ fn claims() -> serde_json::Value {
 }
 
 /// Params with the keys of `extra` merged in.
-fn params(extra: &serde_json::Value) -> JwtParams {
+fn params(extra: &serde_json::Value) -> JwtConfig {
     let mut value = json!({
         "algorithms": ["RS256", "ES256", "EdDSA", "HS256"],
         "issuer": ["https://idp.example"],
@@ -186,12 +186,12 @@ fn params(extra: &serde_json::Value) -> JwtParams {
     serde_json::from_value(value).unwrap()
 }
 
-fn layer_in(params: JwtParams, store: &ConsumerStore) -> RouteLayer {
+fn layer_in(params: JwtConfig, store: &ConsumerStore) -> RouteLayer {
     let ctx = PolicyContext {
         consumers: store,
         ..crate::policy::testing::ctx()
     };
-    Jwt.layer(params, &ctx).unwrap()
+    JwtPolicy.layer(params, &ctx).unwrap()
 }
 
 fn layer(extra: &serde_json::Value) -> RouteLayer {

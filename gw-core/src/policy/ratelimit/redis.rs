@@ -715,7 +715,7 @@ mod tests {
     use std::hash::RandomState;
 
     use super::*;
-    use crate::policy::ratelimit::{RateLimit, RateLimitParams};
+    use crate::policy::ratelimit::{RateLimitParams, RateLimitPolicy};
     use crate::policy::testing::{call, call_seen, ctx, request_from, text};
     use crate::policy::{OperationContext, Policy};
 
@@ -900,8 +900,8 @@ mod tests {
 
     fn layer(params: serde_json::Value) -> RouteLayer {
         let params: RateLimitParams = serde_json::from_value(params).unwrap();
-        assert!(RateLimit.check(&params, &ctx()).is_empty());
-        RateLimit.layer(params, &ctx()).unwrap()
+        assert!(RateLimitPolicy.check(&params, &ctx()).is_empty());
+        RateLimitPolicy.layer(params, &ctx()).unwrap()
     }
 
     #[tokio::test]
