@@ -365,3 +365,62 @@ impl<F, R> std::fmt::Debug for RescueFuture<F, R> {
         f.debug_struct("RescueFuture").finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+    use tower::{Layer as _, Service as _, ServiceExt as _};
+
+    fn rescue(error: BoxError) -> Response<Body> {
+        match error.downcast::<GatewayError>() {
+            Ok(error) => error.into_response(),
+            Err(_) => json_error(StatusCode::BAD_GATEWAY, "other", "other"),
+        }
+    }
+
+    /// Errors become the rescue's responses; responses pass through untouched.
+    #[tokio::test]
+    async fn a_rescued_service_answers_its_errors() {
+        let service = tower::service_fn(|request: Request<Body>| async move {
+            match request.uri().path() {
+                "/ok" => Ok(Response::new(body::empty())),
+                "/timeout" => Err(BoxError::from(GatewayError::UpstreamTimeout {
+                    endpoint: "10.0.0.1:80".to_string(),
+                    timeout_ms: 5,
+                })),
+                _ => Err(BoxError::from("something else")),
+            }
+        });
+        let mut rescued = RescueLayer::new(rescue).layer(service);
+        for (path, status) in [
+            ("/ok", StatusCode::OK),
+            ("/timeout", StatusCode::GATEWAY_TIMEOUT),
+            ("/other", StatusCode::BAD_GATEWAY),
+        ] {
+            let request = Request::builder().uri(path).body(body::empty()).unwrap();
+            let response = rescued.ready().await.unwrap().call(request).await.unwrap();
+            assert_eq!(response.status(), status, "{path}");
+        }
+    }
+
+    /// The rescue answers requests' failures, not a service that cannot take requests.
+    #[tokio::test]
+    async fn readiness_errors_pass_through() {
+        #[derive(Clone)]
+        struct Broken;
+        impl tower::Service<Request<Body>> for Broken {
+            type Response = Response<Body>;
+            type Error = BoxError;
+            type Future = std::future::Ready<Result<Response<Body>, BoxError>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+                Poll::Ready(Err("closed".into()))
+            }
+            fn call(&mut self, _: Request<Body>) -> Self::Future {
+                std::future::ready(Ok(Response::new(body::empty())))
+            }
+        }
+        let mut rescued = Rescued::new(Broken, Arc::new(rescue));
+        assert!(rescued.ready().await.is_err());
+    }
+}
