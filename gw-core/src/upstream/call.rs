@@ -60,17 +60,15 @@ pub(super) struct Call {
     exchange: Option<Arc<Exchange>>,
     /// What the read-ahead body did, when it was read ahead.
     body: Option<Arc<pace::BodyState>>,
+    /// The client's address.
+    peer: Option<std::net::IpAddr>,
 }
 
 impl Call {
-    /// Prepares `request` for `upstream`: its headers rewritten once for every attempt, its
-    /// body read ahead (so that a client that does not send it holds no upstream
-    /// connection), and the request counted into the retry budget.
-    pub(super) async fn prepare(
-        upstream: &Upstream,
-        request: Request<Body>,
-        context_len: usize,
-    ) -> Result<Self, GatewayError> {
+    /// Prepares `request` for `upstream`: its headers rewritten once for every attempt, and
+    /// the request counted into the retry budget (its body is read ahead by
+    /// [`Call::read_ahead`]).
+    pub(super) fn new(upstream: &Upstream, request: Request<Body>, context_len: usize) -> Self {
         let h2 = upstream.connector.h2;
         let (mut parts, body) = request.into_parts();
         let conn = parts.extensions.get::<ConnInfo>().copied();
@@ -107,14 +105,7 @@ impl Call {
                 .retry
                 .replays(&parts.method, body.is_end_stream(), switch.is_some());
         upstream.retry.deposit();
-        let mut state = None;
-        let body = if body.is_end_stream() || !upstream.request_buffering {
-            body
-        } else {
-            let state = state.insert(Arc::default());
-            read_ahead(body, &parts.headers, upstream, state, peer).await?
-        };
-        Ok(Self {
+        Self {
             pending: Some((parts, body)),
             client_uri,
             original_host,
@@ -124,8 +115,27 @@ impl Call {
             replayable,
             switch,
             exchange,
-            body: state,
-        })
+            body: None,
+            peer,
+        }
+    }
+
+    /// Reads the body ahead (when `requestBuffering` is on), so that a client that does not
+    /// send it holds no upstream connection; its pace is watched until the upstream answers.
+    pub(super) async fn read_ahead(&mut self, upstream: &Upstream) -> Result<(), GatewayError> {
+        if !upstream.request_buffering {
+            return Ok(());
+        }
+        let Some((parts, body)) = &mut self.pending else {
+            return Ok(());
+        };
+        if body.is_end_stream() {
+            return Ok(());
+        }
+        let state = self.body.insert(Arc::default());
+        let unread = std::mem::replace(body, body::empty());
+        *body = read_ahead(unread, &parts.headers, upstream, state, self.peer).await?;
+        Ok(())
     }
 
     /// The request an attempt on `endpoint` sends: a copy of a replayable request, else the

@@ -212,7 +212,8 @@ impl Upstream {
         request: Request<Body>,
         context_len: usize,
     ) -> Result<Response<Body>, GatewayError> {
-        let mut call = Call::prepare(&self, request, context_len).await?;
+        let mut call = Call::new(&self, request, context_len);
+        call.read_ahead(&self).await?;
         let deadline = Deadline::start(call.timeout);
         let mut attempts = Attempts::new(&self.retry);
         loop {
