@@ -1,4 +1,16 @@
-//! Errors of the request path and the one place that turns them into responses.
+//! Errors of the request path, and the rescue that turns them into responses.
+//!
+//! The services of a stack fail with errors (a [`GatewayError`] where they can say what
+//! went wrong); they do not answer for their own failures, and do not know who does. The
+//! [`Rescue`] trait is that answer, defined here, low in the crate, so that nothing that
+//! fails depends on the gateway: whoever builds a stack places a rescue around the part
+//! that may fail with a [`RescueLayer`] (the gateway places its own around the upstream call
+//! and calls it again at its edge).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use http::{HeaderValue, Response, StatusCode, header};
 
@@ -225,4 +237,200 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Turns an error of a stack into the response the client receives (the "rescue"): a
+/// [`GatewayError`] keeps its status and code; what else to say, log or count is the
+/// implementor's.
+///
+/// Implemented by any `Fn(BoxError) -> Response<Body>`; placed around a service with
+/// [`RescueLayer`].
+pub trait Rescue {
+    /// The response for `error`.
+    fn rescue(&self, error: BoxError) -> Response<Body>;
+}
+
+impl<F> Rescue for F
+where
+    F: Fn(BoxError) -> Response<Body>,
+{
+    fn rescue(&self, error: BoxError) -> Response<Body> {
+        self(error)
+    }
+}
+
+impl<R: Rescue + ?Sized> Rescue for Arc<R> {
+    fn rescue(&self, error: BoxError) -> Response<Body> {
+        (**self).rescue(error)
+    }
+}
+
+/// Places a [`Rescue`] around a service: its errors become responses.
+///
+/// ```
+/// use gw_core::error::{GatewayError, RescueLayer, json_error};
+/// use gw_core::{Body, BoxError};
+/// use http::{Request, Response, StatusCode};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// let failing = service_fn(|_: Request<Body>| async {
+///     Err::<Response<Body>, BoxError>(GatewayError::NoHealthyEndpoint.into())
+/// });
+/// let rescue = |error: BoxError| match error.downcast::<GatewayError>() {
+///     Ok(error) => error.into_response(),
+///     Err(_) => json_error(StatusCode::BAD_GATEWAY, "gateway_error", "the request failed"),
+/// };
+/// let service = RescueLayer::new(rescue).layer(failing);
+/// let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// let response = runtime
+///     .block_on(service.oneshot(Request::new(gw_core::body::empty())))
+///     .unwrap();
+/// assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+/// ```
+#[derive(Debug, Clone)]
+pub struct RescueLayer<R> {
+    rescue: R,
+}
+
+impl<R> RescueLayer<R> {
+    /// A layer that answers its service's errors with `rescue`.
+    pub fn new(rescue: R) -> Self {
+        Self { rescue }
+    }
+}
+
+impl<S, R: Clone> tower::Layer<S> for RescueLayer<R> {
+    type Service = Rescued<S, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Rescued::new(inner, self.rescue.clone())
+    }
+}
+
+/// A service whose errors are answered by a [`Rescue`] (see [`RescueLayer`]). Errors of
+/// readiness are not requests' and pass through.
+#[derive(Debug, Clone)]
+pub struct Rescued<S, R> {
+    inner: S,
+    rescue: R,
+}
+
+impl<S, R> Rescued<S, R> {
+    /// `inner`, with its errors answered by `rescue`.
+    pub fn new(inner: S, rescue: R) -> Self {
+        Self { inner, rescue }
+    }
+}
+
+impl<S, R, Request> tower::Service<Request> for Rescued<S, R>
+where
+    S: tower::Service<Request, Response = Response<Body>>,
+    S::Error: Into<BoxError>,
+    R: Rescue + Clone,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = RescueFuture<S::Future, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        RescueFuture {
+            inner: self.inner.call(request),
+            rescue: self.rescue.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Rescued`].
+    pub struct RescueFuture<F, R> {
+        #[pin]
+        inner: F,
+        rescue: R,
+    }
+}
+
+impl<F, R, E> Future for RescueFuture<F, R>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+    E: Into<BoxError>,
+    R: Rescue,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(Ok(match ready!(this.inner.poll(cx)) {
+            Ok(response) => response,
+            Err(error) => this.rescue.rescue(error.into()),
+        }))
+    }
+}
+
+impl<F, R> std::fmt::Debug for RescueFuture<F, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RescueFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+    use tower::{Layer as _, Service as _, ServiceExt as _};
+
+    fn rescue(error: BoxError) -> Response<Body> {
+        match error.downcast::<GatewayError>() {
+            Ok(error) => error.into_response(),
+            Err(_) => json_error(StatusCode::BAD_GATEWAY, "other", "other"),
+        }
+    }
+
+    /// Errors become the rescue's responses; responses pass through untouched.
+    #[tokio::test]
+    async fn a_rescued_service_answers_its_errors() {
+        let service = tower::service_fn(|request: Request<Body>| async move {
+            match request.uri().path() {
+                "/ok" => Ok(Response::new(body::empty())),
+                "/timeout" => Err(BoxError::from(GatewayError::UpstreamTimeout {
+                    endpoint: "10.0.0.1:80".to_string(),
+                    timeout_ms: 5,
+                })),
+                _ => Err(BoxError::from("something else")),
+            }
+        });
+        let mut rescued = RescueLayer::new(rescue).layer(service);
+        for (path, status) in [
+            ("/ok", StatusCode::OK),
+            ("/timeout", StatusCode::GATEWAY_TIMEOUT),
+            ("/other", StatusCode::BAD_GATEWAY),
+        ] {
+            let request = Request::builder().uri(path).body(body::empty()).unwrap();
+            let response = rescued.ready().await.unwrap().call(request).await.unwrap();
+            assert_eq!(response.status(), status, "{path}");
+        }
+    }
+
+    /// The rescue answers requests' failures, not a service that cannot take requests.
+    #[tokio::test]
+    async fn readiness_errors_pass_through() {
+        #[derive(Clone)]
+        struct Broken;
+        impl tower::Service<Request<Body>> for Broken {
+            type Response = Response<Body>;
+            type Error = BoxError;
+            type Future = std::future::Ready<Result<Response<Body>, BoxError>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+                Poll::Ready(Err("closed".into()))
+            }
+            fn call(&mut self, _: Request<Body>) -> Self::Future {
+                std::future::ready(Ok(Response::new(body::empty())))
+            }
+        }
+        let mut rescued = Rescued::new(Broken, Arc::new(rescue));
+        assert!(rescued.ready().await.is_err());
+    }
 }

@@ -126,6 +126,13 @@ impl Rescuer {
     }
 }
 
+/// The gateway's rescue, as the stack places it (see [`crate::error::RescueLayer`]).
+impl crate::error::Rescue for Rescuer {
+    fn rescue(&self, error: BoxError) -> Response<Body> {
+        Rescuer::rescue(self, error)
+    }
+}
+
 /// Lets one log line through per second.
 #[derive(Debug, Default)]
 struct LogGate {
@@ -219,10 +226,11 @@ impl BuiltApi {
             log_gate: LogGate::default(),
             metrics: metrics.clone(),
         });
-        let base = RouteService::new(
-            UpstreamService::new(Arc::clone(&upstream), context_len)
-                .with_rescue(Arc::clone(&rescuer)),
-        );
+        // the rescue right around the upstream call: the policies see its 502s and 504s
+        let base = RouteService::new(crate::error::Rescued::new(
+            UpstreamService::new(Arc::clone(&upstream), context_len),
+            Arc::clone(&rescuer),
+        ));
 
         let mut built = Self {
             service: None,

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{Limits, Owner};
+use super::breaker::{Limits, Owner};
 use crate::body::Body;
 use crate::metrics::EndpointMetrics;
 use crate::model::Endpoint;

@@ -26,7 +26,7 @@ pub(super) fn spawn(upstream: &Arc<Upstream>, check: Option<&HealthCheck>) -> Ve
     };
     let mut tasks = Vec::new();
     let weak = Arc::downgrade(upstream);
-    let every = (upstream.idle_timeout / 2).max(Duration::from_secs(1));
+    let every = (upstream.connector.idle_timeout / 2).max(Duration::from_secs(1));
     tasks.push(
         runtime
             .spawn(expire_idle(weak.clone(), every))
@@ -60,7 +60,7 @@ async fn expire_idle(upstream: Weak<Upstream>, every: Duration) {
             return;
         };
         for endpoint in &upstream.endpoints {
-            endpoint.expire_idle(upstream.idle_timeout);
+            endpoint.expire_idle(upstream.connector.idle_timeout);
         }
     }
 }
@@ -141,7 +141,12 @@ async fn run_probe(upstream: &Upstream, index: usize, probe: &Probe) -> Result<(
     let endpoint = &upstream.endpoints[index];
     let exchange = async {
         let mut sender = endpoint
-            .connect(upstream.h2, probe.timeout, upstream.dns_refresh, || {})
+            .connect(
+                upstream.connector.h2,
+                probe.timeout,
+                upstream.connector.dns_refresh,
+                || {},
+            )
             .await
             .map_err(|e| format!("connect: {e}"))?;
         sender
@@ -153,7 +158,7 @@ async fn run_probe(upstream: &Upstream, index: usize, probe: &Probe) -> Result<(
             header::USER_AGENT,
             HeaderValue::from_static("gw-health-check"),
         );
-        if upstream.h2 {
+        if upstream.connector.h2 {
             // the host goes in `:authority`
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(endpoint.target.scheme());

@@ -1,15 +1,22 @@
 //! When a failed attempt may be tried again: the request must be safe to repeat, attempts
-//! must be left, and the upstream's retry budget must allow it.
+//! must be left, and the upstream's retry budget must allow it. A request whose pooled
+//! connection turned out closed before anything was written is sent again without counting
+//! as a retry (a stale resend), a few times.
 
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::Method;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::model::Retries;
 
 /// Unspent retries a budget can save up (in whole retries).
 const MAX_SAVED_RETRIES: i64 = 100;
+
+/// Requests that found their pooled connection closed before anything was written are sent
+/// again without counting as retries, at most this many times.
+const MAX_STALE_RESENDS: u32 = 3;
 
 /// An upstream's retry settings and budget.
 #[derive(Debug)]
@@ -59,6 +66,12 @@ impl RetryPolicy {
         }
     }
 
+    /// Whether a request may be sent more than once after its body was sent: it is safe to
+    /// repeat (an idempotent method, no body, no protocol switch) and retries are on.
+    pub(super) fn replays(&self, method: &Method, empty_body: bool, switching: bool) -> bool {
+        self.attempts > 0 && !switching && is_idempotent(method) && empty_body
+    }
+
     /// Counts a request into the budget.
     pub(super) fn deposit(&self) {
         if self.attempts == 0 || self.budget.percent == 0 {
@@ -95,8 +108,56 @@ impl RetryPolicy {
     }
 }
 
+/// One request's attempts: the endpoints tried, the retries left, the stale resends made.
+#[derive(Debug)]
+pub(super) struct Attempts {
+    /// Bit `i` set for each endpoint tried (the balancer picks another when it can).
+    pub(super) tried: u64,
+    retries_left: u32,
+    stale_resends: u32,
+}
+
+impl Attempts {
+    /// The attempts of a request of an upstream with `policy`.
+    pub(super) fn new(policy: &RetryPolicy) -> Self {
+        Self {
+            tried: 0,
+            retries_left: policy.attempts,
+            stale_resends: 0,
+        }
+    }
+
+    /// An attempt goes to endpoint `index`.
+    pub(super) fn to(&mut self, index: usize) {
+        self.tried |= 1 << index;
+    }
+
+    /// Whether another attempt may be made: retries left and the budget allows it (a retry
+    /// is counted in `retries`).
+    pub(super) fn retry(&mut self, policy: &RetryPolicy, retries: &Counter) -> bool {
+        if self.retries_left == 0 || !policy.withdraw() {
+            return false;
+        }
+        self.retries_left -= 1;
+        retries.inc();
+        true
+    }
+
+    /// Whether a request that found the connection to endpoint `index` closed before
+    /// anything was written may be sent again without counting as a retry (to any endpoint,
+    /// that one included).
+    pub(super) fn resend_stale(&mut self, index: usize) -> bool {
+        if self.stale_resends >= MAX_STALE_RESENDS {
+            return false;
+        }
+        self.stale_resends += 1;
+        self.tried &= !(1 << index);
+        true
+    }
+}
+
 /// Methods whose repetition has the same effect as one request (RFC 9110 section 9.2.2).
-pub(super) fn is_idempotent(method: &Method) -> bool {
+fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
@@ -153,6 +214,40 @@ mod tests {
         let allowed = (0..10).filter(|_| p.withdraw()).count();
         // within one second (a second boundary in between may allow up to twice as many)
         assert!((3..=6).contains(&allowed), "{allowed}");
+    }
+
+    /// Retries are spent once; stale resends do not spend them, are bounded, and give the
+    /// endpoint back to the balancer's choice.
+    #[test]
+    fn attempts_count_retries_and_stale_resends_apart() {
+        let p = policy(0, 100);
+        let retries = Counter::default();
+        let mut attempts = Attempts::new(&p);
+        attempts.to(3);
+        assert_eq!(attempts.tried, 1 << 3);
+        assert!(attempts.resend_stale(3));
+        assert_eq!(attempts.tried, 0);
+        assert!(attempts.resend_stale(0) && attempts.resend_stale(0));
+        assert!(!attempts.resend_stale(0), "at most {MAX_STALE_RESENDS}");
+        assert!(attempts.retry(&p, &retries) && attempts.retry(&p, &retries));
+        assert!(!attempts.retry(&p, &retries), "2 attempts");
+        assert_eq!(retries.get(), 2);
+    }
+
+    #[test]
+    fn replays_only_what_is_safe_to_repeat() {
+        let p = policy(20, 0);
+        assert!(p.replays(&Method::GET, true, false));
+        assert!(!p.replays(&Method::GET, false, false), "a body");
+        assert!(!p.replays(&Method::GET, true, true), "a protocol switch");
+        assert!(!p.replays(&Method::POST, true, false));
+        let off = RetryPolicy::new(&Retries {
+            attempts: 0,
+            statuses: vec![],
+            budget_percent: 20,
+            min_per_second: 0,
+        });
+        assert!(!off.replays(&Method::GET, true, false));
     }
 
     #[test]

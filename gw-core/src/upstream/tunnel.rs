@@ -19,16 +19,77 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::{Lease, Limits, headers};
+use super::breaker::Limits;
+use super::connector::Lease;
+use super::headers;
+use crate::arrival::Arrival;
 use crate::body::{self, Body};
 use crate::conn::ConnSlot;
 use crate::metrics::Limit;
+
+/// A client's request to switch protocols (a WebSocket handshake), with what the tunnel
+/// needs from the client's side.
+pub(super) struct Switch {
+    /// The `Upgrade` header's value.
+    protocol: HeaderValue,
+    /// The client connection, once hyper hands it over.
+    downstream: hyper::upgrade::OnUpgrade,
+    /// The client connection's slot, which the tunnel keeps.
+    slot: Option<ConnSlot>,
+}
+
+impl Switch {
+    /// The protocol switch a request asks for, taken out of its extensions; none to an
+    /// HTTP/2 upstream (`h2`), which is sent the request as an ordinary one.
+    pub(super) fn take(
+        extensions: &mut http::Extensions,
+        arrival: &Arrival,
+        h2: bool,
+    ) -> Option<Self> {
+        let protocol = headers::upgrade_of(arrival)?;
+        let downstream = extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+        let slot = extensions.remove::<ConnSlot>();
+        if h2 {
+            return None;
+        }
+        Some(Self {
+            protocol,
+            downstream,
+            slot,
+        })
+    }
+
+    /// Asks the upstream for the switch (`Upgrade` and `Connection: upgrade`).
+    pub(super) fn ask(&self, headers: &mut http::HeaderMap) {
+        headers::set_upgrade(headers, self.protocol.clone());
+    }
+
+    /// Answers the upstream's `101 Switching Protocols` to the client and starts the tunnel
+    /// (see [`tunnel`]); the upstream's connection leaves the pool for good.
+    pub(super) fn answer(
+        self,
+        response: Response<Incoming>,
+        mut lease: Lease,
+        count: Option<TunnelCount>,
+    ) -> Response<Body> {
+        lease.sender = None;
+        let count = count.unwrap_or_else(|| TunnelCount::new(&lease));
+        tunnel(
+            response,
+            self.protocol,
+            self.downstream,
+            lease,
+            count,
+            self.slot,
+        )
+    }
+}
 
 /// Answers a protocol switch to the client and, once both sides have switched, copies
 /// bytes both ways until either side closes or a limit of the tunnel is reached. The lease
 /// (the endpoint's in-flight count), the upstream connection's count and the client
 /// connection's slot live as long as the tunnel.
-pub(super) fn tunnel(
+fn tunnel(
     mut response: Response<Incoming>,
     protocol: HeaderValue,
     downstream: hyper::upgrade::OnUpgrade,
@@ -167,7 +228,7 @@ pub(super) struct TunnelCount {
 
 impl TunnelCount {
     pub(super) fn new(lease: &Lease) -> Self {
-        let limits = Arc::clone(&lease.upstream.limits);
+        let limits = Arc::clone(&lease.upstream.connector.limits);
         limits.open.fetch_add(1, Ordering::AcqRel);
         let gauge = lease.upstream.endpoints[lease.index]
             .metrics
