@@ -165,7 +165,7 @@ impl ConsumerSet {
         }
     }
 
-    /// Validates, seals ([`ConsumerDefinition::seal`]: keys and passwords hashed) and
+    /// Validates, seals ([`crate::credential::seal`]: keys and passwords hashed) and
     /// indexes consumer documents, as written for the admin API: what a service that uses
     /// gw's authentication layers without a controller needs. Every problem is reported,
     /// each with its document's index.
@@ -187,7 +187,8 @@ impl ConsumerSet {
         let mut errors = Vec::new();
         for (i, document) in documents.into_iter().enumerate() {
             let sealed = ConsumerDefinition::from_value_validated(&document, false)
-                .map_err(|e| e.to_string())
+                // never quoting a key or a password
+                .map_err(|e| e.redacted().to_string())
                 .and_then(|mut definition| {
                     crate::credential::seal(&mut definition).map_err(|e| e.to_string())?;
                     Ok(definition)

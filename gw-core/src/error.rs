@@ -210,6 +210,18 @@ pub(crate) fn unauthorized(code: &str, message: &str, challenge: &HeaderValue) -
     response
 }
 
+/// The answer to a request that reached gw without the connection's information (a
+/// [`ConnInfo`](crate::extensions::ConnInfo) in its extensions, or axum's `ConnectInfo` with
+/// the `axum` feature): a 500, since a policy that judges the client's address (an IP deny
+/// list, a rate limit per address) must not guess it. Only an embedder's server can send one.
+pub(crate) fn conn_info_missing() -> Response<Body> {
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "connection_info_missing",
+        "the gateway was not told the client's connection",
+    )
+}
+
 /// A JSON error response: `{"error": {"code": code, "message": message}}`.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": { "code": code, "message": message } });

@@ -31,6 +31,28 @@ pub struct ConnInfo {
     pub secure: bool,
 }
 
+impl ConnInfo {
+    /// The connection's information in `request`'s extensions, if the server put it there:
+    /// a `ConnInfo`, or, with the `axum` feature, axum's `ConnectInfo<SocketAddr>` (taken as
+    /// plain HTTP).
+    pub fn of<B>(request: &http::Request<B>) -> Option<ConnInfo> {
+        let extensions = request.extensions();
+        if let Some(conn) = extensions.get::<ConnInfo>() {
+            return Some(*conn);
+        }
+        #[cfg(feature = "axum")]
+        if let Some(axum::extract::ConnectInfo(peer)) =
+            extensions.get::<axum::extract::ConnectInfo<SocketAddr>>()
+        {
+            return Some(ConnInfo {
+                peer: *peer,
+                secure: false,
+            });
+        }
+        None
+    }
+}
+
 /// The consumer a request was authenticated as: authentication policies put it in the
 /// request's extensions, and later policies (ACLs, rate limits per consumer, header
 /// templates, the access log) read it from there.

@@ -111,7 +111,8 @@ impl Gateway {
         let ctx = model::ValidationContext {
             policies: Some(&self.registry),
         };
-        let set = model::parse_set(text, format, &ctx)?;
+        // the errors go to the embedder's logs: they never quote a key or a password
+        let set = model::parse_set(text, format, &ctx).map_err(model::ModelError::redacted)?;
         let resources = if set.consumers.iter().all(ConsumerDefinition::is_sealed) {
             Resources::from_set(set)?
         } else {
@@ -181,6 +182,25 @@ spec:
         let resources = Resources::from_set(set).unwrap();
         assert!(resources.consumers[0].is_sealed());
         assert_eq!(resources.apis.len(), 1);
+    }
+
+    /// The errors of an invalid set never quote a credential: a key written where a
+    /// credential's mapping belongs is named by its path, not repeated.
+    #[tokio::test]
+    async fn errors_never_quote_a_credential() {
+        let gateway = gateway();
+        let bad = SET.replace(
+            "- {type: api-key, id: k1, key: acme-secret-key-0123456789}",
+            "- acme-secret-key-0123456789",
+        );
+        assert_ne!(bad, SET);
+        let error = gateway
+            .apply_definitions(1, bad.as_bytes(), Format::Yaml)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("spec.credentials[1]"), "{error}");
+        assert!(!error.contains("acme-secret"), "{error}");
     }
 
     /// An invalid set is reported with its paths, and the configuration served stays.

@@ -98,7 +98,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> ResponseFuture {
-        let Some(conn) = conn_info(&request) else {
+        let Some(conn) = ConnInfo::of(&request) else {
             return ResponseFuture::ready(self.gateway.no_conn_info());
         };
         let gateway = Arc::clone(&self.gateway);
@@ -106,24 +106,6 @@ where
             inner: Box::pin(async move { gateway.handle(request, conn).await }),
         }
     }
-}
-
-/// The connection's information in `request`'s extensions, if the server put it there.
-fn conn_info<B>(request: &Request<B>) -> Option<ConnInfo> {
-    let extensions = request.extensions();
-    if let Some(conn) = extensions.get::<ConnInfo>() {
-        return Some(*conn);
-    }
-    #[cfg(feature = "axum")]
-    if let Some(axum::extract::ConnectInfo(peer)) =
-        extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-    {
-        return Some(ConnInfo {
-            peer: *peer,
-            secure: false,
-        });
-    }
-    None
 }
 
 impl Gateway {
@@ -141,11 +123,7 @@ impl Gateway {
             );
         }
         self.metrics.unrouted(StatusCode::INTERNAL_SERVER_ERROR);
-        crate::error::json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "connection_info_missing",
-            "the gateway was not told the client's connection",
-        )
+        crate::error::conn_info_missing()
     }
 }
 

@@ -258,7 +258,7 @@ impl ModelError {
                         let last = error.field.rsplit('.').next().unwrap_or_default();
                         if SECRET_FIELDS.contains(&last) && error.message.starts_with("invalid") {
                             error.message = "must be a string".to_string();
-                        } else if error.field.starts_with("spec.credentials")
+                        } else if error.field.contains("spec.credentials")
                             && error.message.starts_with("invalid")
                         {
                             // `invalid type: string "<a key>", expected a mapping`:

@@ -6,14 +6,15 @@
 //!
 //! Outside a gateway, [`IpFilterLayer`] is the same policy as a `tower` middleware for any
 //! stack. The peer's address is read from gw's [`ConnInfo`] in the request's extensions
-//! (gw's listeners insert it; a service of your own inserts it from its connection): a
-//! request without one comes from `::`, which no sensible `allow` list contains.
+//! (gw's listeners insert it; a service of your own inserts it from its connection, or, with
+//! the `axum` feature, serves with axum's `into_make_service_with_connect_info`): a request
+//! without it is refused with 500 `connection_info_missing`, never let through a deny list.
 //!
 //! ```
 //! use gw_core::ConnInfo;
 //! use gw_core::policy::ipfilter::{IpFilterConfig, IpFilterLayer};
 //! use http::{Request, Response, StatusCode};
-//! use tower::{ServiceBuilder, ServiceExt as _};
+//! use tower::{Service as _, ServiceBuilder, ServiceExt as _};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -21,7 +22,7 @@
 //!     allow: vec!["10.0.0.0/8".into()],
 //!     ..IpFilterConfig::default()
 //! })?;
-//! let service = ServiceBuilder::new()
+//! let mut service = ServiceBuilder::new()
 //!     .layer(only_internal)
 //!     .service_fn(|_: Request<()>| async {
 //!         Ok::<_, std::convert::Infallible>(Response::new(String::new()))
@@ -29,13 +30,17 @@
 //!
 //! let mut request = Request::new(());
 //! request.extensions_mut().insert(ConnInfo { peer: "192.0.2.7:4000".parse()?, secure: false });
-//! let response = service.oneshot(request).await?;
+//! let response = service.ready().await?.call(request).await?;
 //! assert_eq!(response.status(), StatusCode::FORBIDDEN);
+//!
+//! // no connection information: the address is not guessed
+//! let response = service.oneshot(Request::new(())).await?;
+//! assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
 //! # Ok(())
 //! # }
 //! ```
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
 use http::{Request, Response, StatusCode};
 use schemars::JsonSchema;
@@ -78,17 +83,11 @@ pub(super) fn parse_cidrs(field: &str, list: &[String], errors: &mut Vec<FieldEr
     blocks
 }
 
-/// The address of a request that carries no [`ConnInfo`] (only an embedder calling a stack
-/// directly can make one): `::`, which no sensible `allow` list contains.
-pub(super) const UNKNOWN_PEER: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
-
-/// The client's address of `request`, as [`client_ip`] reads it.
-pub(super) fn request_ip<B>(request: &Request<B>, trusted: &[Cidr]) -> IpAddr {
-    let peer = request
-        .extensions()
-        .get::<ConnInfo>()
-        .map_or(UNKNOWN_PEER, |conn| conn.peer.ip());
-    client_ip(request.headers(), peer, trusted)
+/// The client's address of `request`, as [`client_ip`] reads it; `None` when the request
+/// carries no connection information ([`ConnInfo::of`]): only an embedder's server can send
+/// one, and a policy that judges addresses refuses it (500) rather than guess.
+pub(super) fn request_ip<B>(request: &Request<B>, trusted: &[Cidr]) -> Option<IpAddr> {
+    ConnInfo::of(request).map(|conn| client_ip(request.headers(), conn.peer.ip(), trusted))
 }
 
 /// `ip-filter` as a `tower::Layer` for any stack: refuses with 403 a request from an
@@ -176,7 +175,10 @@ impl<ReqB, ResB> Filter<ReqB, ResB> for IpFilterFilter {
     type State = ();
 
     fn request(&self, request: &mut Request<ReqB>) -> Result<(), Response<Body>> {
-        if self.admits(request_ip(request, &self.trusted)) {
+        let Some(ip) = request_ip(request, &self.trusted) else {
+            return Err(crate::error::conn_info_missing());
+        };
+        if self.admits(ip) {
             Ok(())
         } else {
             Err(crate::error::json_error(

@@ -785,6 +785,8 @@ enum Identity<'a> {
     Api,
     Named(&'a [u8]),
     Address(IpAddr),
+    /// Counted by address, but the request carries no connection information.
+    Unknown,
 }
 
 /// Where a request's key comes from, and how it is written.
@@ -841,7 +843,7 @@ impl Keys {
         };
         match named {
             Some(named) => Identity::Named(named),
-            None => Identity::Address(request_ip(request, &self.trusted)),
+            None => request_ip(request, &self.trusted).map_or(Identity::Unknown, Identity::Address),
         }
     }
 
@@ -852,13 +854,13 @@ impl Keys {
     /// named keys cannot contain (0xFF and 0xFE never occur in UTF-8 names, 0x00 and 0x01
     /// never in header values), so that a name never shares the count of an address or of
     /// a digest.
-    fn local<'a, B>(&self, request: &'a Request<B>, buf: &'a mut KeyBuf) -> &'a [u8] {
+    fn local<'a, B>(&self, request: &'a Request<B>, buf: &'a mut KeyBuf) -> Option<&'a [u8]> {
         let (address_tag, digest_tag) = if matches!(self.source, KeySource::Header(_)) {
             (0x00, 0x01)
         } else {
             (0xFF, 0xFE)
         };
-        match self.identity(request) {
+        Some(match self.identity(request) {
             Identity::Api => &[],
             Identity::Named(named) if named.len() <= MAX_KEY_BYTES => named,
             Identity::Named(long) => {
@@ -872,7 +874,8 @@ impl Keys {
                 buf[1..].copy_from_slice(&address_octets(ip));
                 &buf[..]
             }
-        }
+            Identity::Unknown => return None,
+        })
     }
 
     /// What a name is called in a Redis key: the kind of the key.
@@ -909,9 +912,10 @@ impl<ReqB, ResB> Filter<ReqB, ResB> for RateLimitFilter {
 
     fn request(&self, request: &mut Request<ReqB>) -> Result<Self::State, Response<Body>> {
         let mut buf = KeyBuf::default();
-        let decision = self
-            .local
-            .decide(self.keys.local(request, &mut buf), self.local.now());
+        let Some(key) = self.keys.local(request, &mut buf) else {
+            return Err(crate::error::conn_info_missing());
+        };
+        let decision = self.local.decide(key, self.local.now());
         if decision.allowed {
             return Ok(self.headers.then_some(decision));
         }
@@ -931,6 +935,42 @@ mod tests {
     use super::*;
     use crate::policy::PolicyRegistry;
     use crate::policy::testing::{call, call_seen, ctx, request_from, text};
+
+    /// A limit that counts by address refuses a request without the connection's
+    /// information (only an embedder's server sends one) rather than count every such
+    /// client in one bucket; a limit by consumer does so only when it falls back to the
+    /// address.
+    #[test]
+    fn an_address_is_never_guessed() {
+        let limit = |key| {
+            RateLimitFilter::build(&RateLimitParams::from(RateLimitConfig {
+                limits: vec![Limit {
+                    requests: 100,
+                    window: Window::Minute,
+                }],
+                key,
+                ..RateLimitConfig::default()
+            }))
+            .unwrap()
+        };
+        let refused = |filter: &RateLimitFilter, request: &mut Request<Body>| {
+            Filter::<Body, Body>::request(filter, request)
+                .err()
+                .map(|response| response.status())
+        };
+        let mut bare = Request::new(crate::body::empty());
+        assert_eq!(
+            refused(&limit(KeyKind::Ip), &mut bare),
+            Some(StatusCode::INTERNAL_SERVER_ERROR)
+        );
+        assert_eq!(
+            refused(&limit(KeyKind::Consumer), &mut bare),
+            Some(StatusCode::INTERNAL_SERVER_ERROR)
+        );
+        assert_eq!(refused(&limit(KeyKind::Api), &mut bare), None);
+        let mut from_peer = request_from("192.0.2.1", None, &[]);
+        assert_eq!(refused(&limit(KeyKind::Ip), &mut from_peer), None);
+    }
 
     const MS: u64 = 1_000_000;
     const SEC: u64 = 1_000 * MS;
@@ -1078,7 +1118,7 @@ mod tests {
         let key_of = |keys: &Keys, value: &str| -> Vec<u8> {
             let request = request_from("192.0.2.1", None, &[("x-key", value)]);
             let mut buf = KeyBuf::default();
-            keys.local(&request, &mut buf).to_vec()
+            keys.local(&request, &mut buf).unwrap().to_vec()
         };
         let short = "k".repeat(MAX_KEY_BYTES);
         assert_eq!(key_of(&by_header, &short), short.as_bytes());
@@ -1091,18 +1131,18 @@ mod tests {
         // without the header: the address, behind its own tag
         let request = request_from("192.0.2.1", None, &[]);
         let mut buf = KeyBuf::default();
-        let address = by_header.local(&request, &mut buf);
+        let address = by_header.local(&request, &mut buf).unwrap();
         assert_eq!(address[0], 0x00);
         assert_eq!(&address[13..], [192, 0, 2, 1]);
 
         let by_consumer = make(KeySource::Consumer);
         let long_name = "n".repeat(100);
         let request = request_from("192.0.2.1", Some(&long_name), &[]);
-        assert_eq!(by_consumer.local(&request, &mut buf)[0], 0xFE);
+        assert_eq!(by_consumer.local(&request, &mut buf).unwrap()[0], 0xFE);
         let request = request_from("192.0.2.1", Some("alice"), &[]);
-        assert_eq!(by_consumer.local(&request, &mut buf), b"alice");
+        assert_eq!(by_consumer.local(&request, &mut buf).unwrap(), b"alice");
         let request = request_from("192.0.2.1", None, &[]);
-        assert_eq!(by_consumer.local(&request, &mut buf)[0], 0xFF);
+        assert_eq!(by_consumer.local(&request, &mut buf).unwrap()[0], 0xFF);
     }
 
     #[test]

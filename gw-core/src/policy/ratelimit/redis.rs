@@ -573,9 +573,9 @@ impl RedisLimit {
     }
 
     /// What the request is counted by, as written in its Redis keys.
-    fn part(&self, request: &Request<Body>) -> String {
+    fn part(&self, request: &Request<Body>) -> Option<String> {
         let kind = self.keys.kind();
-        match self.keys.identity(request) {
+        Some(match self.keys.identity(request) {
             Identity::Api => "api".to_string(),
             Identity::Named(name)
                 if name.len() <= MAX_KEY_BYTES
@@ -600,7 +600,8 @@ impl RedisLimit {
                     format!("ip={block}/64")
                 }
             },
-        }
+            Identity::Unknown => return None,
+        })
     }
 
     /// The Redis key of `part` in the limit of `window`.
@@ -644,13 +645,18 @@ impl RedisLimit {
         request: Request<Body>,
         mut inner: RouteService,
     ) -> Result<Response<Body>, BoxError> {
-        let part = self.part(&request);
+        let Some(part) = self.part(&request) else {
+            return Ok(crate::error::conn_info_missing());
+        };
         let decision = match self.check(&part).await {
             Some(decision) => decision,
             None => match &self.fallback {
                 Some(local) => {
                     let mut buf = KeyBuf::default();
-                    local.decide(self.keys.local(&request, &mut buf), local.now())
+                    let Some(key) = self.keys.local(&request, &mut buf) else {
+                        return Ok(crate::error::conn_info_missing());
+                    };
+                    local.decide(key, local.now())
                 }
                 None => return Ok(unavailable()),
             },
@@ -1063,17 +1069,25 @@ mod tests {
         };
         let api = ctx();
         let by_consumer = make(KeySource::Consumer, &api);
-        let part = by_consumer.part(&request_from("192.0.2.1", Some("alice"), &[]));
+        let part = by_consumer
+            .part(&request_from("192.0.2.1", Some("alice"), &[]))
+            .unwrap();
         assert_eq!(part, "consumer=alice");
         assert_eq!(
             by_consumer.key(&part, "minute"),
             "gw:rl:{orders|*|consumer=alice}:minute"
         );
-        let part = by_consumer.part(&request_from("192.0.2.1", None, &[]));
+        let part = by_consumer
+            .part(&request_from("192.0.2.1", None, &[]))
+            .unwrap();
         assert_eq!(part, "ip=192.0.2.1");
-        let part = by_consumer.part(&request_from("[2001:db8:1:2::9]", None, &[]));
+        let part = by_consumer
+            .part(&request_from("[2001:db8:1:2::9]", None, &[]))
+            .unwrap();
         assert_eq!(part, "ip=2001:db8:1:2::/64");
-        let part = by_consumer.part(&request_from("192.0.2.1", Some("zoë"), &[]));
+        let part = by_consumer
+            .part(&request_from("192.0.2.1", Some("zoë"), &[]))
+            .unwrap();
         assert!(
             part.starts_with("consumer#") && part.len() == 9 + 32,
             "{part}"
@@ -1090,14 +1104,18 @@ mod tests {
             KeySource::Header(http::HeaderName::from_static("x-api-key")),
             &operation,
         );
-        let part = by_header.part(&request_from("192.0.2.1", None, &[("x-api-key", "k-123")]));
+        let part = by_header
+            .part(&request_from("192.0.2.1", None, &[("x-api-key", "k-123")]))
+            .unwrap();
         // a header value may be a secret: only its digest is written
         assert!(
             part.starts_with("header#") && !part.contains("k-123"),
             "{part}"
         );
         assert_eq!(
-            by_header.part(&request_from("192.0.2.1", None, &[("x-api-key", "k-123")])),
+            by_header
+                .part(&request_from("192.0.2.1", None, &[("x-api-key", "k-123")]))
+                .unwrap(),
             part
         );
         assert_eq!(
@@ -1106,7 +1124,9 @@ mod tests {
         );
         let by_route = make(KeySource::Api, &api);
         assert_eq!(
-            by_route.part(&request_from("192.0.2.1", Some("a"), &[])),
+            by_route
+                .part(&request_from("192.0.2.1", Some("a"), &[]))
+                .unwrap(),
             "api"
         );
     }
