@@ -280,9 +280,11 @@ mod tests {
         assert_eq!(response.headers()["content-type"], "application/json");
         assert!(text(response).await.contains("\"ip_forbidden\""));
 
-        // no connection information: refused
-        let bare = Request::builder().uri("/").body(body::empty()).unwrap();
-        assert_eq!(status(&layer, bare).await, 403);
+        // no connection information: refused, the address is not guessed
+        let bare = || Request::builder().uri("/").body(body::empty()).unwrap();
+        assert_eq!(status(&layer, bare()).await, 500);
+        let deny_only = self::layer(serde_json::json!({"deny": ["203.0.113.0/24"]}));
+        assert_eq!(status(&deny_only, bare()).await, 500);
     }
 
     #[tokio::test]
