@@ -130,6 +130,8 @@ pub(crate) struct RateLimitParams {
     /// `redis` (in the Redis server named by `redis`, shared by every gateway process that
     /// names it).
     #[serde(default)]
+    // read only to choose Redis: without `rate-limit-redis`, `local` is its one value
+    #[cfg_attr(not(feature = "rate-limit-redis"), allow(dead_code))]
     pub backend: BackendKind,
     /// The Redis server and how to use it, with `backend: redis` (and only then).
     #[cfg(feature = "rate-limit-redis")]
