@@ -14,18 +14,12 @@ use gw_store::{
 };
 use serde_json::json;
 
-use super::kind::{Deploy, Deployed, Kind};
+use super::kind::{Apis, Deploy, Deployed, Kind, Names};
 use super::{ApiError, AppState};
 use crate::watcher::groups_of;
 
-/// The kind of APIs.
-#[derive(Debug)]
-pub(super) struct Apis;
-
 impl Kind for Apis {
-    const KIND: &'static str = gw_store::KIND_API;
-    const NOUN: &'static str = "API";
-    const COLLECTION: &'static str = "apis";
+    const NAMES: Names = Names::API;
 
     type Document = ApiDefinition;
 
@@ -133,7 +127,7 @@ async fn check_client_certificate(
         return Ok(());
     };
     let record = store
-        .get_resource(gw_sync::KIND_CERTIFICATE, name)
+        .get_resource(Names::CERTIFICATE.kind, name)
         .await
         .map_err(ApiError::from_store)?;
     let Some(record) = record else {

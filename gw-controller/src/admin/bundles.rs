@@ -29,8 +29,7 @@ pub(super) async fn export(State(state): State<Arc<AppState>>) -> Result<Respons
         ));
     }
     let Some(exporter) = state.bundles.get() else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
+        return Err(ApiError::conflict(
             "bundles_not_configured",
             "this controller exports no bundles: start it with --bundle-dir or --bundle-url \
              and a signing key",

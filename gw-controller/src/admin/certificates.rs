@@ -10,24 +10,16 @@
 //! A certificate that an API presents to its upstream (`spec.upstream.tls.clientCertificate`)
 //! cannot be deleted while that API names it, nor leave a group of that API (409 `in_use`).
 
-use axum::http::StatusCode;
 use gw_core::model::{CertificateDefinition, FieldError, Format, parse_value};
 use gw_store::ResourceRecord;
-use gw_sync::KIND_CERTIFICATE;
 use serde_json::json;
 
-use super::kind::{Deploy, Deployed, Kind, put_resource};
+use super::kind::{Certificates, Deploy, Deployed, Kind, Names, put_resource};
 use super::{ApiError, AppState};
 use crate::watcher::groups_of;
 
-/// The kind of TLS certificates.
-#[derive(Debug)]
-pub(super) struct Certificates;
-
 impl Kind for Certificates {
-    const KIND: &'static str = KIND_CERTIFICATE;
-    const NOUN: &'static str = "certificate";
-    const COLLECTION: &'static str = "certificates";
+    const NAMES: Names = Names::CERTIFICATE;
 
     type Document = CertificateDefinition;
 
@@ -52,8 +44,7 @@ impl Kind for Certificates {
         let name = &certificate.metadata.name;
         let stranded = users_outside(state.store()?.as_ref(), &certificate).await?;
         if !stranded.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
+            return Err(ApiError::conflict(
                 "in_use",
                 format!(
                     "API(s) {} present certificate {name:?} to their upstream in groups it would leave",
@@ -96,8 +87,7 @@ impl Kind for Certificates {
         if users.is_empty() {
             return Ok(());
         }
-        Err(ApiError::new(
-            StatusCode::CONFLICT,
+        Err(ApiError::conflict(
             "in_use",
             format!(
                 "certificate {name:?} is the client certificate of API(s) {}; change them first",

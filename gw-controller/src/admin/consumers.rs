@@ -37,23 +37,17 @@ use gw_core::model::{
     generate_api_key, parse_value,
 };
 use gw_store::{Precondition, PutResourceOutcome, ResourceRecord, StoreError};
-use gw_sync::KIND_CONSUMER;
 use serde_json::{Value, json};
 
 use super::kind::{
-    Deploy, Deployed, Kind, Target, find, location, put_resource, read_document, record,
+    Consumers, Deploy, Deployed, Kind, Names, Target, find, location, put_resource, read_document,
+    record,
 };
 use super::write::{Basis, WriteParams, Written, precondition, written};
 use super::{ApiError, AppState};
 
-/// The kind of consumers.
-#[derive(Debug)]
-pub(super) struct Consumers;
-
 impl Kind for Consumers {
-    const KIND: &'static str = KIND_CONSUMER;
-    const NOUN: &'static str = "consumer";
-    const COLLECTION: &'static str = "consumers";
+    const NAMES: Names = Names::CONSUMER;
 
     /// The document as given: its secrets are completed before it is validated.
     type Document = Value;
@@ -299,7 +293,7 @@ async fn check_unique(
     let ours = &consumer.metadata.name;
     let records = state
         .store()?
-        .list_resources(KIND_CONSUMER)
+        .list_resources(Names::CONSUMER.kind)
         .await
         .map_err(ApiError::from_store)?;
     let others: Vec<ConsumerDefinition> = records
@@ -331,9 +325,7 @@ async fn check_unique(
     if holders.is_empty() {
         return Ok(());
     }
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        "credential_conflict",
+    Err(ApiError::conflict("credential_conflict",
         format!(
             "consumer {} already holds a credential given here; a credential belongs to one consumer",
             quoted(&holders)
@@ -463,9 +455,7 @@ pub(super) async fn add_credential(
     if let Some(id) = credential.get("id").and_then(Value::as_str)
         && stored.spec.credentials.iter().any(|c| c.id == id)
     {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "already_exists",
+        return Err(ApiError::conflict("already_exists",
             format!(
                 "consumer {name:?} already has a credential {id:?}; revoke it first, or PUT the consumer"
             ),

@@ -48,6 +48,11 @@ impl ApiError {
         }
     }
 
+    /// A 409: the request conflicts with what is stored (`code` says how).
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
     /// Adds a field beside `error` in the body.
     #[must_use]
     pub fn with_extra(mut self, field: &str, value: serde_json::Value) -> Self {
@@ -131,9 +136,7 @@ impl ApiError {
             StoreError::NotFound { .. } => {
                 Self::new(StatusCode::NOT_FOUND, "not_found", err.to_string())
             }
-            StoreError::AlreadyExists { .. } => {
-                Self::new(StatusCode::CONFLICT, "already_exists", err.to_string())
-            }
+            StoreError::AlreadyExists { .. } => Self::conflict("already_exists", err.to_string()),
             StoreError::PreconditionFailed { actual, .. } => Self::new(
                 StatusCode::PRECONDITION_FAILED,
                 "precondition_failed",
@@ -142,10 +145,8 @@ impl ApiError {
                     None => format!("{err}; it was deleted, or never created"),
                 },
             ),
-            StoreError::RouteConflict { .. } => {
-                Self::new(StatusCode::CONFLICT, "route_conflict", err.to_string())
-                    .with_details(vec![FieldError::new("spec.context", err.to_string())])
-            }
+            StoreError::RouteConflict { .. } => Self::conflict("route_conflict", err.to_string())
+                .with_details(vec![FieldError::new("spec.context", err.to_string())]),
             other => {
                 tracing::error!(error = %other, "store error");
                 Self::internal()

@@ -56,17 +56,56 @@ pub(super) struct Deployed {
     pub(super) body: serde_json::Value,
 }
 
+/// The names of a kind: in the store, in messages and in URLs. One row per kind, here, so
+/// that a kind's module says which row it is and nothing more.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Names {
+    /// The kind in the store and on the sync stream (`certificate`).
+    pub(super) kind: &'static str,
+    /// The word for one in messages (`certificate`).
+    pub(super) noun: &'static str,
+    /// Its collection under `/api/v1` (`certificates`).
+    pub(super) collection: &'static str,
+}
+
+impl Names {
+    /// APIs.
+    pub(super) const API: Self = Self {
+        kind: gw_store::KIND_API,
+        noun: "API",
+        collection: "apis",
+    };
+    /// TLS certificates.
+    pub(super) const CERTIFICATE: Self = Self {
+        kind: gw_sync::KIND_CERTIFICATE,
+        noun: "certificate",
+        collection: "certificates",
+    };
+    /// Consumers.
+    pub(super) const CONSUMER: Self = Self {
+        kind: gw_sync::KIND_CONSUMER,
+        noun: "consumer",
+        collection: "consumers",
+    };
+}
+
+/// APIs; their [`Kind`] is in [`super::apis`].
+#[derive(Debug)]
+pub(super) struct Apis;
+/// TLS certificates; their [`Kind`] is in [`super::certificates`].
+#[derive(Debug)]
+pub(super) struct Certificates;
+/// Consumers; their [`Kind`] is in [`super::consumers`].
+#[derive(Debug)]
+pub(super) struct Consumers;
+
 /// A kind of resource of the admin API, served by the handlers of this module.
 ///
-/// The storage hooks default to the store's generic `resources` table under [`Kind::KIND`];
+/// The storage hooks default to the store's generic `resources` table under its kind;
 /// APIs, which have a table of their own, override them.
 pub(super) trait Kind: Send + Sync + 'static {
-    /// The kind in the store and on the sync stream (`certificate`).
-    const KIND: &'static str;
-    /// The word for one in messages (`certificate`).
-    const NOUN: &'static str;
-    /// Its collection under `/api/v1` (`certificates`).
-    const COLLECTION: &'static str;
+    /// Its names: one of [`Names`]' rows.
+    const NAMES: Names;
 
     /// What a write's body is read into.
     type Document: Send;
@@ -106,7 +145,7 @@ pub(super) trait Kind: Send + Sync + 'static {
         store: &dyn Store,
         name: &str,
     ) -> impl Future<Output = Result<Option<ResourceRecord>, StoreError>> + Send {
-        async move { store.get_resource(Self::KIND, name).await }
+        async move { store.get_resource(Self::NAMES.kind, name).await }
     }
 
     /// Every resource of the kind in `snapshot`, by name.
@@ -114,7 +153,7 @@ pub(super) trait Kind: Send + Sync + 'static {
         snapshot
             .resources
             .into_iter()
-            .filter(|r| r.kind == Self::KIND)
+            .filter(|r| r.kind == Self::NAMES.kind)
             .collect()
     }
 
@@ -124,15 +163,18 @@ pub(super) trait Kind: Send + Sync + 'static {
         name: &str,
         precondition: Precondition,
     ) -> impl Future<Output = Result<DeleteResourceOutcome, StoreError>> + Send {
-        async move { store.delete_resource(Self::KIND, name, precondition).await }
+        async move {
+            store
+                .delete_resource(Self::NAMES.kind, name, precondition)
+                .await
+        }
     }
 
     /// The answer to a POST whose name is taken.
     fn taken(name: &str) -> ApiError {
-        ApiError::new(
-            StatusCode::CONFLICT,
+        ApiError::conflict(
             "already_exists",
-            format!("{} {name:?} already exists", Self::NOUN),
+            format!("{} {name:?} already exists", Self::NAMES.noun),
         )
     }
 
@@ -141,7 +183,7 @@ pub(super) trait Kind: Send + Sync + 'static {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("{} {name:?} does not exist", Self::NOUN),
+            format!("{} {name:?} does not exist", Self::NAMES.noun),
         )
     }
 
@@ -163,18 +205,20 @@ pub(super) trait Kind: Send + Sync + 'static {
                 StoreError::PreconditionFailed { .. }
                 | StoreError::AlreadyExists { .. }
                 | StoreError::NotFound { .. },
-            ) => ApiError::new(
-                StatusCode::CONFLICT,
+            ) => ApiError::conflict(
                 "concurrent_change",
                 format!(
                     "{} {name:?} changed while this write was prepared; read it and retry",
-                    Self::NOUN
+                    Self::NAMES.noun
                 ),
             ),
             (Basis::Client, StoreError::AlreadyExists { name }) => ApiError::new(
                 StatusCode::PRECONDITION_FAILED,
                 "precondition_failed",
-                format!("{} {name:?} already exists (If-None-Match: *)", Self::NOUN),
+                format!(
+                    "{} {name:?} already exists (If-None-Match: *)",
+                    Self::NAMES.noun
+                ),
             ),
             (_, StoreError::AlreadyExists { name }) => Self::taken(&name),
             (_, other) => ApiError::from_store(other),
@@ -187,18 +231,18 @@ pub(super) trait Kind: Send + Sync + 'static {
 pub(super) fn routes<K: Kind>(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
     router
         .route(
-            &format!("/{}", K::COLLECTION),
+            &format!("/{}", K::NAMES.collection),
             routing::get(list::<K>).post(create::<K>),
         )
         .route(
-            &format!("/{}/{{name}}", K::COLLECTION),
+            &format!("/{}/{{name}}", K::NAMES.collection),
             routing::get(get::<K>).put(put::<K>).delete(delete::<K>),
         )
 }
 
 /// Where one resource lives.
 pub(super) fn location<K: Kind>(name: &str) -> String {
-    format!("/api/v1/{}/{name}", K::COLLECTION)
+    format!("/api/v1/{}/{name}", K::NAMES.collection)
 }
 
 /// One resource, or 404.
@@ -234,7 +278,7 @@ pub(super) async fn put_resource<K: Kind>(
     state
         .store()?
         .put_resource(PutResource {
-            kind: K::KIND.to_string(),
+            kind: K::NAMES.kind.to_string(),
             name: name.to_string(),
             spec,
             precondition,
@@ -309,7 +353,7 @@ async fn answer<K: Kind>(
         body,
     } = deployed;
     let record = &outcome.record;
-    tracing::info!(kind = K::KIND, name = %record.name, revision = record.revision, created = outcome.created, "{} deployed", K::NOUN);
+    tracing::info!(kind = K::NAMES.kind, name = %record.name, revision = record.revision, created = outcome.created, "{} deployed", K::NAMES.noun);
     written(
         state,
         params,
@@ -411,7 +455,7 @@ async fn delete<K: Kind>(
     let outcome = K::remove(state.store()?.as_ref(), &name, precondition)
         .await
         .map_err(|err| K::delete_error(&name, err))?;
-    tracing::info!(kind = K::KIND, name = %name, revision = outcome.revision, "{} deleted", K::NOUN);
+    tracing::info!(kind = K::NAMES.kind, name = %name, revision = outcome.revision, "{} deleted", K::NAMES.noun);
     deleted(
         &state,
         &params,

@@ -109,9 +109,9 @@ impl AppState {
 /// The admin router.
 pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new();
-    let api = kind::routes::<apis::Apis>(api);
-    let api = kind::routes::<certificates::Certificates>(api);
-    let api = kind::routes::<consumers::Consumers>(api)
+    let api = kind::routes::<kind::Apis>(api);
+    let api = kind::routes::<kind::Certificates>(api);
+    let api = kind::routes::<kind::Consumers>(api)
         .route(
             "/consumers/{name}/credentials",
             axum::routing::post(consumers::add_credential),
