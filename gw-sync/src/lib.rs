@@ -13,8 +13,10 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod pki;
 pub mod server;
 pub mod state;
+pub mod tls;
 
 /// The generated protocol types.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
