@@ -401,6 +401,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Deletes runtimes last seen before `cutoff`; returns how many went.
     async fn prune_runtimes(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// The value the cluster keeps under `name` (its internal CA), made once: if there is
+    /// none yet, `candidate` becomes it. Controllers that start together agree on one value,
+    /// whichever was inserted first; the others' candidates are dropped.
+    async fn cluster_secret(&self, name: &str, candidate: &str) -> Result<String, StoreError>;
 }
 
 /// How to open a store.

@@ -599,6 +599,26 @@ macro_rules! impl_store {
                     .await?
                     .rows_affected())
             }
+
+            async fn cluster_secret(
+                &self,
+                name: &str,
+                candidate: &str,
+            ) -> Result<String, $crate::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query($crate::sql::INSERT_CLUSTER_SECRET)
+                    .bind(name)
+                    .bind(candidate)
+                    .bind(chrono::Utc::now())
+                    .execute(&mut *tx)
+                    .await?;
+                let value: String = sqlx::query_scalar($crate::sql::SELECT_CLUSTER_SECRET)
+                    .bind(name)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(value)
+            }
         }
     };
 }
@@ -735,5 +755,8 @@ pub(crate) const UPDATE_RUNTIME: &str = "UPDATE runtimes SET applied_revision = 
 pub(crate) const SELECT_RUNTIMES: &str = "SELECT node_id, grp, controller_id, session_id, address, \
      runtime_version, applied_revision, connected, connected_at, last_seen, last_error, \
      last_error_revision, session_epoch, heartbeat_ms, refused FROM runtimes ORDER BY node_id";
+pub(crate) const INSERT_CLUSTER_SECRET: &str = "INSERT INTO cluster_secrets (name, value, \
+     created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING";
+pub(crate) const SELECT_CLUSTER_SECRET: &str = "SELECT value FROM cluster_secrets WHERE name = $1";
 pub(crate) const SELECT_STORE_ID: &str = "SELECT store_id FROM gw_meta WHERE id = 1";
 pub(crate) const PRUNE_RUNTIMES: &str = "DELETE FROM runtimes WHERE last_seen < $1";

@@ -95,6 +95,7 @@ both_backends!(
     resource_kind_api_is_refused,
     resources_share_revisions_with_apis,
     pool_status_counts_connections,
+    a_cluster_secret_is_made_once,
 );
 
 async fn crud_and_revisions(f: Fixture) {
@@ -809,4 +810,24 @@ async fn pool_status_counts_connections(f: Fixture) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+async fn a_cluster_secret_is_made_once(f: Fixture) {
+    // controllers starting together each offer a candidate; all get the same one
+    let offers = (0..4).map(|i| {
+        let store = std::sync::Arc::clone(&f.store);
+        tokio::spawn(async move { store.cluster_secret("ca", &format!("ca-{i}")).await })
+    });
+    let mut agreed = Vec::new();
+    for offer in offers {
+        agreed.push(offer.await.unwrap().unwrap());
+    }
+    assert!(agreed.iter().all(|v| v == &agreed[0]), "{agreed:?}");
+    assert!(agreed[0].starts_with("ca-"), "{agreed:?}");
+    // a later start keeps it; another name is another value
+    assert_eq!(
+        f.store.cluster_secret("ca", "later").await.unwrap(),
+        agreed[0]
+    );
+    assert_eq!(f.store.cluster_secret("other", "x").await.unwrap(), "x");
 }

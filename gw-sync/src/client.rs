@@ -84,6 +84,10 @@ pub struct ClientOptions {
     pub heartbeat_interval: Duration,
     /// The token controllers require, if they require one.
     pub token: Option<SyncToken>,
+    /// TLS to the controllers ([`crate::tls::client_config`]); `None`: plaintext. With TLS,
+    /// an address is `host:port` or `https://host:port`, and `host` is the name the
+    /// controller's certificate must carry.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// When the client stops with a stream open, the longest wait for the controller to end
     /// its side of the stream after the runtime ended its own.
     pub goodbye_timeout: Duration,
@@ -118,6 +122,7 @@ impl ClientOptions {
             handshake_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(10),
             token: None,
+            tls: None,
             goodbye_timeout: Duration::from_secs(1),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
@@ -227,7 +232,10 @@ impl<A: Applier> SyncClient<A> {
         let mut index = rand::random_range(0..count);
         let mut failures: u32 = 0;
         loop {
-            let address = normalize_address(&self.options.controllers[index % count]);
+            let address = normalize_address(
+                &self.options.controllers[index % count],
+                self.options.tls.is_some(),
+            );
             let mut healthy = false;
             let result = self.session(&address, &mut healthy, &mut stopping).await;
             self.status.send_modify(|s| s.connected_to = None);
@@ -286,15 +294,33 @@ impl<A: Applier> SyncClient<A> {
         healthy: &mut bool,
         stopping: &mut watch::Receiver<bool>,
     ) -> Result<(), SessionError> {
-        let endpoint = Endpoint::from_shared(address.to_string())
+        let (uri, tls) = match &self.options.tls {
+            None => (address.to_string(), None),
+            Some(tls) => {
+                // tonic would do its own TLS for an https URI: the connector does it instead
+                let Some(authority) = address.strip_prefix("https://") else {
+                    return Err(SessionError::Address(format!(
+                        "{address} (sync TLS is on: give https://host:port or host:port)"
+                    )));
+                };
+                (format!("http://{authority}"), Some(Arc::clone(tls)))
+            }
+        };
+        let endpoint = Endpoint::from_shared(uri)
             .map_err(|_| SessionError::Address(address.to_string()))?
             .connect_timeout(self.options.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(self.options.heartbeat_interval)
             .keep_alive_timeout(self.options.heartbeat_interval)
             .keep_alive_while_idle(true);
+        let connect = async {
+            match tls {
+                None => endpoint.connect().await,
+                Some(tls) => endpoint.connect_with_connector(tls_connector(tls)).await,
+            }
+        };
         let channel = tokio::select! {
-            channel = endpoint.connect() => channel?,
+            channel = connect => channel?,
             () = stopped(stopping) => return Ok(()),
         };
         let mut client =
@@ -515,13 +541,46 @@ async fn send_nack(
     send(tx, runtime_message::Message::Nack(nack)).await
 }
 
-/// `host:port` becomes `http://host:port`; URLs are kept.
-fn normalize_address(address: &str) -> String {
+/// `host:port` becomes `http://host:port`, or `https://host:port` with TLS; URLs are kept.
+fn normalize_address(address: &str, tls: bool) -> String {
     if address.contains("://") {
         address.to_string()
+    } else if tls {
+        format!("https://{address}")
     } else {
         format!("http://{address}")
     }
+}
+
+/// Connects over TCP, then TLS with `config`, naming the URI's host (a DNS name or an
+/// address) as the server the certificate must be for.
+fn tls_connector(
+    config: Arc<rustls::ClientConfig>,
+) -> impl tower::Service<
+    tonic::transport::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Future + Send,
+> + Send
++ 'static {
+    tower::service_fn(move |uri: tonic::transport::Uri| {
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
+        async move {
+            let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+            let host = uri.host().ok_or_else(|| invalid("no host"))?;
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|_| invalid("the host is not a DNS name or an address"))?;
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        }
+    })
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ use tonic::{Request, Response, Status, Streaming};
 use self::budget::{Budget, Reservation};
 use self::metrics::SyncLimit;
 use self::transport::{Admission, SyncConn};
+use crate::tls::ServerTls;
 
 use crate::proto::config_sync_server::{ConfigSync, ConfigSyncServer};
 use crate::proto::{
@@ -180,6 +181,8 @@ pub struct SyncServer {
     metrics: SyncMetrics,
     /// Room for configuration messages in flight, shared by every session.
     budget: Arc<Budget>,
+    /// The sync port's TLS, when it speaks TLS.
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl std::fmt::Debug for SyncServer {
@@ -212,6 +215,7 @@ impl SyncServer {
             authority: None,
             store_id: Arc::from(""),
             metrics,
+            tls: None,
         }
     }
 
@@ -243,6 +247,16 @@ impl SyncServer {
     #[must_use]
     pub fn with_token(mut self, token: Option<SyncToken>) -> Self {
         self.token = token;
+        self
+    }
+
+    /// Serves [`SyncServer::serve`]'s listener over TLS. When `tls` requires identities,
+    /// every stream must come from a runtime whose certificate names the node id and the
+    /// group of its Hello; any other stream is refused before it is served anything, and
+    /// not recorded in the fleet view (a runtime cannot speak for another node).
+    #[must_use]
+    pub fn with_tls(mut self, tls: Arc<ServerTls>) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -297,6 +311,7 @@ impl SyncServer {
             metrics: self.metrics.clone(),
             stopping: self.stopping.subscribe(),
             warned: Arc::default(),
+            tls: self.tls.clone(),
         };
         let keepalive = options.keepalive_interval.max(Duration::from_secs(1));
         tonic::transport::Server::builder()
@@ -308,6 +323,56 @@ impl SyncServer {
             .add_service(self.into_service())
             .serve_with_incoming_shutdown(transport::incoming(listener, admission), shutdown)
             .await
+    }
+
+    /// Where identities are required, refuses a Hello that its connection's certificate
+    /// does not name: another node id or another group, or no runtime's certificate at all.
+    #[allow(
+        clippy::result_large_err,
+        reason = "tonic's Status, as every handler returns"
+    )]
+    fn check_identity(
+        &self,
+        conn: Option<&SyncConn>,
+        hello: &Hello,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<(), Status> {
+        if !self.tls.as_ref().is_some_and(|tls| tls.requires_identity()) {
+            return Ok(());
+        }
+        let refuse = |status: Status| {
+            self.metrics.rejected(SyncLimit::Identity);
+            tracing::warn!(
+                ?peer,
+                claimed_node = ?crate::clip(&hello.node_id, 64),
+                claimed_group = ?crate::clip(&hello.group, 64),
+                reason = status.message(),
+                "refusing a runtime whose certificate does not name it"
+            );
+            Err(status)
+        };
+        let Some(identity) = conn.and_then(|conn| conn.identity.as_deref()) else {
+            return refuse(Status::unauthenticated(
+                "a runtime certificate is required on this sync port (a client certificate \
+                 from the cluster CA naming urn:gw:runtime:<group>:<node-id>)",
+            ));
+        };
+        if identity.node_id != hello.node_id {
+            return refuse(Status::permission_denied(format!(
+                "the certificate is node {:?}'s; this Hello says node {:?}",
+                identity.node_id,
+                crate::clip(&hello.node_id, 64)
+            )));
+        }
+        if identity.group != hello.group {
+            return refuse(Status::permission_denied(format!(
+                "the certificate of node {:?} is for group {:?}; this Hello asks for group {:?}",
+                identity.node_id,
+                identity.group,
+                crate::clip(&hello.group, 64)
+            )));
+        }
+        Ok(())
     }
 
     fn check_hello(hello: &Hello) -> Result<(), String> {
@@ -379,6 +444,7 @@ impl ConfigSync for SyncServer {
         else {
             return Err(Status::invalid_argument("the first message must be Hello"));
         };
+        self.check_identity(conn.as_ref(), &hello, peer)?;
         let (tx, rx) = mpsc::channel(4);
         let number = self.sessions.fetch_add(1, Ordering::Relaxed);
         let heartbeat_interval = match hello.heartbeat_interval_ms {

@@ -126,6 +126,49 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The TLS of a sync listener: the server configuration, replaced in place when its
+/// certificate is renewed or its files change (connections made before keep theirs), and
+/// whether every stream must come from a runtime whose certificate names it.
+pub struct ServerTls {
+    config: arc_swap::ArcSwap<ServerConfig>,
+    require_identity: bool,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("require_identity", &self.require_identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Serves with `config`. With `require_identity` (mutual TLS), a stream is served only
+    /// to a runtime whose certificate names the node id and group of its Hello
+    /// ([`RuntimeIdentity`](crate::pki::RuntimeIdentity)).
+    pub fn new(config: Arc<ServerConfig>, require_identity: bool) -> Self {
+        Self {
+            config: arc_swap::ArcSwap::new(config),
+            require_identity,
+        }
+    }
+
+    /// Replaces the configuration for the connections accepted from now on.
+    pub fn replace(&self, config: Arc<ServerConfig>) {
+        self.config.store(config);
+    }
+
+    /// The configuration for a new connection.
+    pub(crate) fn current(&self) -> Arc<ServerConfig> {
+        self.config.load_full()
+    }
+
+    /// Whether streams need a runtime's certificate.
+    pub fn requires_identity(&self) -> bool {
+        self.require_identity
+    }
+}
+
 /// How a runtime knows its controllers.
 #[derive(Debug, Clone)]
 pub enum ServerTrust {

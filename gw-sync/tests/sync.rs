@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use gw_sync::SyncToken;
-use gw_sync::client::{Applier, ClientOptions, SyncClient};
+use gw_sync::client::{Applier, ClientOptions, ClientStatus, SyncClient};
+use gw_sync::pki::{ClusterCa, RuntimeIdentity, runtime_key_and_request};
 use gw_sync::proto::{Resource, ResourceRef};
 use gw_sync::server::RevisionAuthority;
 use gw_sync::server::{FleetObserver, ServerOptions, SessionInfo, SyncServer};
 use gw_sync::state::{DesiredState, Entry, StateChange};
+use gw_sync::tls::{Identity, ServerTls, ServerTrust, client_config, server_config};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// A runtime's configuration in memory; refuses any resource named `bad`.
@@ -213,11 +216,20 @@ fn client_with_token(
 ) -> JoinHandle<()> {
     let mut options = ClientOptions::new(controllers, node.into(), group.into());
     options.token = token.map(|t| SyncToken::new(t).unwrap().unwrap());
+    start(options, applier).0
+}
+
+/// Runs a client with `options` and quick retries; its task and its status.
+fn start(
+    mut options: ClientOptions,
+    applier: &Arc<MemoryApplier>,
+) -> (JoinHandle<()>, watch::Receiver<ClientStatus>) {
     options.initial_backoff = Duration::from_millis(20);
     options.max_backoff = Duration::from_millis(200);
     options.handshake_timeout = Duration::from_millis(300);
     let client = SyncClient::new(options, Arc::clone(applier));
-    tokio::spawn(client.run())
+    let status = client.status();
+    (tokio::spawn(client.run()), status)
 }
 
 /// A runtime of group `default` that declares `kinds` in its Hello (none: a runtime that
@@ -732,4 +744,204 @@ async fn a_runtime_from_another_store_gets_a_snapshot() {
     state.apply([change(4, "d", &["default"])]);
     eventually("the delta", || rt.revision() == 4).await;
     assert_eq!(rt.kinds(), ["snapshot", "delta"]);
+}
+
+/// A cluster CA and a TLS sync server of `state` on loopback: mutual TLS, where every stream
+/// must come from a runtime whose certificate names it; anonymous clients finish the
+/// handshake only with `allow_anonymous`.
+async fn tls_controller(
+    ca: &ClusterCa,
+    state: &Arc<DesiredState>,
+    events: &Arc<Events>,
+    allow_anonymous: bool,
+) -> Controller {
+    let now = std::time::SystemTime::now();
+    let issued = ca
+        .issue_server(&["127.0.0.1".to_string()], now, Duration::from_hours(1))
+        .unwrap();
+    let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
+    let config = server_config(
+        &Identity {
+            chain_pem: &chain,
+            key_pem: &issued.key_pem,
+        },
+        ca.cert_pem(),
+        allow_anonymous,
+    )
+    .unwrap();
+    let tls = Arc::new(ServerTls::new(config, true));
+    let mut ctl = serve(server("ctl-tls", state, events).with_tls(tls)).await;
+    ctl.address = ctl.address.replace("http://", "https://");
+    ctl
+}
+
+/// Client options for `node` of `group` over TLS: trusting `ca` and presenting a
+/// certificate of `ca` for `identity` (none: no certificate).
+fn tls_options(
+    ctl: &Controller,
+    ca: &ClusterCa,
+    node: &str,
+    group: &str,
+    identity: Option<&RuntimeIdentity>,
+) -> ClientOptions {
+    let mut options = ClientOptions::new(vec![ctl.address.clone()], node.into(), group.into());
+    let issued = identity.map(|identity| {
+        let request = runtime_key_and_request(node).unwrap();
+        let cert = ca
+            .sign_runtime(
+                &request.cert_pem,
+                identity,
+                std::time::SystemTime::now(),
+                Duration::from_hours(1),
+            )
+            .unwrap();
+        (cert, request.key_pem)
+    });
+    let presented = issued.as_ref().map(|(cert, key)| Identity {
+        chain_pem: cert,
+        key_pem: key,
+    });
+    options.tls = Some(
+        client_config(
+            &ServerTrust::Ca(ca.cert_pem().to_string()),
+            presented.as_ref(),
+        )
+        .unwrap(),
+    );
+    options
+}
+
+/// Waits until the client reports an error containing `needle`.
+async fn fails_with(status: &mut watch::Receiver<ClientStatus>, needle: &str) {
+    let seen = tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.last_error.as_deref().is_some_and(|e| e.contains(needle))),
+    )
+    .await
+    .is_ok();
+    assert!(
+        seen,
+        "no error with {needle:?}; last: {:?}",
+        status.borrow().last_error
+    );
+}
+
+#[tokio::test]
+async fn over_mutual_tls_a_runtime_is_served_as_its_certificate_names_it() {
+    let ca = ClusterCa::generate(std::time::SystemTime::now()).unwrap();
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([change(1, "a", &["edge"]), change(2, "b", &["default"])]);
+    let events = Arc::new(Events::default());
+    let ctl = tls_controller(&ca, &state, &events, false).await;
+
+    let identity = RuntimeIdentity::new("edge", "rt-1").unwrap();
+    let rt = Arc::new(MemoryApplier::default());
+    let _client = start(tls_options(&ctl, &ca, "rt-1", "edge", Some(&identity)), &rt);
+    eventually("the snapshot over TLS", || rt.revision() == 2).await;
+    assert_eq!(rt.names(), ["a"]);
+    state.apply([change(3, "c", &["edge"])]);
+    eventually("a delta over TLS", || rt.revision() == 3).await;
+    assert!(events.contains("connected rt-1"));
+}
+
+#[tokio::test]
+async fn a_runtime_cannot_speak_for_another_node_or_group() {
+    let ca = ClusterCa::generate(std::time::SystemTime::now()).unwrap();
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([change(1, "a", &["edge"]), change(2, "b", &["payments"])]);
+    let events = Arc::new(Events::default());
+    let ctl = tls_controller(&ca, &state, &events, true).await;
+    let identity = RuntimeIdentity::new("edge", "rt-1").unwrap();
+
+    // rt-1's certificate, another node's name
+    let impostor = Arc::new(MemoryApplier::default());
+    let (_a, mut status) = start(
+        tls_options(&ctl, &ca, "rt-2", "edge", Some(&identity)),
+        &impostor,
+    );
+    fails_with(&mut status, "this Hello says node").await;
+    // rt-1's certificate, another group's configuration
+    let greedy = Arc::new(MemoryApplier::default());
+    let (_b, mut status) = start(
+        tls_options(&ctl, &ca, "rt-1", "payments", Some(&identity)),
+        &greedy,
+    );
+    fails_with(&mut status, "this Hello asks for group").await;
+    // no certificate at all, on a port where enrollment lets it through the handshake
+    let anonymous = Arc::new(MemoryApplier::default());
+    let (_c, mut status) = start(tls_options(&ctl, &ca, "rt-3", "edge", None), &anonymous);
+    fails_with(&mut status, "runtime certificate is required").await;
+
+    assert_eq!(impostor.revision(), 0);
+    assert_eq!(greedy.revision(), 0);
+    assert_eq!(anonymous.revision(), 0);
+    // none of them shows in the fleet view
+    for node in ["rt-2", "rt-1", "rt-3"] {
+        assert!(!events.contains(node), "{node} was recorded");
+    }
+}
+
+#[tokio::test]
+async fn a_tls_sync_port_refuses_plaintext_and_strangers() {
+    let ca = ClusterCa::generate(std::time::SystemTime::now()).unwrap();
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([change(1, "a", &["edge"])]);
+    let events = Arc::new(Events::default());
+    let ctl = tls_controller(&ca, &state, &events, false).await;
+
+    // a plaintext runtime
+    let plain = Arc::new(MemoryApplier::default());
+    let (_a, mut status) = start(
+        ClientOptions::new(
+            vec![ctl.address.replace("https://", "http://")],
+            "rt-1".into(),
+            "edge".into(),
+        ),
+        &plain,
+    );
+    fails_with(&mut status, "transport error").await;
+    // a runtime that trusts another cluster: the controller's certificate is refused
+    let other = ClusterCa::generate(std::time::SystemTime::now()).unwrap();
+    let identity = RuntimeIdentity::new("edge", "rt-1").unwrap();
+    let mut options = tls_options(&ctl, &ca, "rt-1", "edge", Some(&identity));
+    options.tls =
+        Some(client_config(&ServerTrust::Ca(other.cert_pem().to_string()), None).unwrap());
+    let lost = Arc::new(MemoryApplier::default());
+    let (_b, mut status) = start(options, &lost);
+    fails_with(&mut status, "transport error").await;
+    // a certificate of another cluster's CA
+    let forged = Arc::new(MemoryApplier::default());
+    let mut options = tls_options(&ctl, &other, "rt-1", "edge", Some(&identity));
+    let request = runtime_key_and_request("rt-1").unwrap();
+    let cert = other
+        .sign_runtime(
+            &request.cert_pem,
+            &identity,
+            std::time::SystemTime::now(),
+            Duration::from_hours(1),
+        )
+        .unwrap();
+    options.tls = Some(
+        client_config(
+            &ServerTrust::Ca(ca.cert_pem().to_string()),
+            Some(&Identity {
+                chain_pem: &cert,
+                key_pem: &request.key_pem,
+            }),
+        )
+        .unwrap(),
+    );
+    let (_c, mut status) = start(options, &forged);
+    fails_with(&mut status, "error").await;
+    // an http:// address where TLS is on is a configuration error, said as such
+    let mut options = tls_options(&ctl, &ca, "rt-1", "edge", Some(&identity));
+    options.controllers = vec![ctl.address.replace("https://", "http://")];
+    let misdialled = Arc::new(MemoryApplier::default());
+    let (_d, mut status) = start(options, &misdialled);
+    fails_with(&mut status, "sync TLS is on").await;
+
+    for applier in [&plain, &lost, &forged, &misdialled] {
+        assert_eq!(applier.revision(), 0);
+    }
+    assert!(!events.contains("connected"));
 }

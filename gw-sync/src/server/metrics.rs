@@ -27,6 +27,12 @@ pub(crate) enum SyncLimit {
     SendTimeout,
     /// The runtime did not acknowledge a configuration message in time.
     AckTimeout,
+    /// The TLS handshake failed (no certificate where one is required, one the client CA
+    /// does not vouch for, a plaintext client, TLS 1.2).
+    TlsHandshake,
+    /// A stream whose Hello names another node or group than the runtime's certificate,
+    /// or comes without a runtime's certificate where one is required.
+    Identity,
 }
 
 impl SyncLimit {
@@ -38,6 +44,8 @@ impl SyncLimit {
             SyncLimit::IdleTimeout => "idle_timeout",
             SyncLimit::SendTimeout => "send_timeout",
             SyncLimit::AckTimeout => "ack_timeout",
+            SyncLimit::TlsHandshake => "tls_handshake",
+            SyncLimit::Identity => "identity",
         }
     }
 }
@@ -93,7 +101,7 @@ impl SyncMetrics {
         registry.register(
             "gw_sync_limit_rejections",
             "Sync connections refused or closed by a limit: connections, connections_per_address, \
-             first_stream_timeout, idle_timeout, send_timeout, ack_timeout",
+             first_stream_timeout, idle_timeout, send_timeout, ack_timeout, tls_handshake, identity",
             metrics.rejections.clone(),
         );
         registry.register(
@@ -110,6 +118,8 @@ impl SyncMetrics {
             SyncLimit::IdleTimeout,
             SyncLimit::SendTimeout,
             SyncLimit::AckTimeout,
+            SyncLimit::TlsHandshake,
+            SyncLimit::Identity,
         ] {
             let _ = metrics.rejections.get_or_create(&LimitLabels {
                 limit: limit.label(),

@@ -20,10 +20,12 @@ use futures_util::task::AtomicWaker;
 use gw_core::conn::{Activity, ConnLimiter, ConnRefused, ConnSlot, Expired};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tonic::transport::server::Connected;
 
 use super::metrics::{SyncLimit, SyncMetrics};
+use crate::pki::RuntimeIdentity;
+use crate::tls::ServerTls;
 
 /// How long connections may stay open once the server stops (runtimes close theirs when their
 /// stream ends), before they are closed.
@@ -66,16 +68,76 @@ impl ConnControl {
 pub(crate) struct SyncConn {
     /// The client's address.
     pub(crate) peer: SocketAddr,
+    /// Who the client's certificate says it is (a TLS connection with a runtime's
+    /// certificate, verified in the handshake).
+    pub(crate) identity: Option<Arc<RuntimeIdentity>>,
     /// The connection's streams, for its first-stream and idle deadlines.
     pub(crate) activity: Arc<Activity>,
     /// Closes the connection.
     pub(crate) control: Arc<ConnControl>,
 }
 
+/// The bytes of a connection: as they come, or through TLS.
+#[derive(Debug)]
+enum Wire {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// Forwards a poll to the wire's stream, whichever it is.
+macro_rules! on_wire {
+    ($wire:expr, $stream:ident => $call:expr) => {
+        match $wire {
+            Wire::Plain($stream) => $call,
+            Wire::Tls($stream) => $call,
+        }
+    };
+}
+
+impl AsyncRead for Wire {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        on_wire!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Wire {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        on_wire!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        on_wire!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        on_wire!(self, s => s.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_wire!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_wire!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
 /// An accepted connection, holding its slot for as long as it lives.
 #[derive(Debug)]
 pub(crate) struct SyncIo {
-    stream: TcpStream,
+    stream: Wire,
     conn: SyncConn,
     _slot: ConnSlot,
 }
@@ -162,6 +224,8 @@ pub(crate) struct Admission {
     pub(crate) stopping: watch::Receiver<bool>,
     /// When a refusal was last logged at warning level (seconds since the Unix epoch).
     pub(crate) warned: Arc<std::sync::atomic::AtomicU64>,
+    /// The listener's TLS, if it speaks TLS.
+    pub(crate) tls: Option<Arc<ServerTls>>,
 }
 
 impl Admission {
@@ -202,9 +266,20 @@ impl Admission {
     /// Wraps an admitted connection, with a watchdog that closes it when it opens no stream
     /// in time, has none open for the idle timeout, or outlives the server's stop by
     /// [`STOP_GRACE`].
-    fn wrap(&self, stream: TcpStream, peer: SocketAddr, slot: ConnSlot) -> SyncIo {
+    fn wrap(&self, stream: Wire, peer: SocketAddr, slot: ConnSlot) -> SyncIo {
+        let identity = match &stream {
+            Wire::Plain(_) => None,
+            Wire::Tls(tls) => tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| RuntimeIdentity::of_certificate(cert).ok())
+                .map(Arc::new),
+        };
         let conn = SyncConn {
             peer,
+            identity,
             activity: Activity::new(),
             control: Arc::new(ConnControl::default()),
         };
@@ -242,28 +317,64 @@ impl Admission {
 }
 
 /// The connections accepted on `listener` that `admission` lets in. Accept errors (out of
-/// file descriptors) are logged and retried after a pause, never passed on.
+/// file descriptors) are logged and retried after a pause, never passed on. On a TLS
+/// listener each handshake runs on its own task, holding the connection's slot, and must
+/// finish within the first-stream deadline; a failed one is counted and dropped.
 pub(crate) fn incoming(
     listener: TcpListener,
     admission: Admission,
 ) -> impl Stream<Item = Result<SyncIo, io::Error>> {
-    futures_util::stream::unfold((listener, admission), |(listener, admission)| async move {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "sync accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+    // handshaken connections come back through here; every one holds a slot, so the
+    // connection limit bounds what waits in it
+    let (done, handshaken) = mpsc::unbounded_channel::<SyncIo>();
+    let state = (listener, admission, done, handshaken);
+    futures_util::stream::unfold(
+        state,
+        |(listener, admission, done, mut handshaken)| async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    Some(io) = handshaken.recv() => {
+                        return Some((Ok(io), (listener, admission, done, handshaken)));
+                    }
+                };
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "sync accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Some(slot) = admission.admit(peer) else {
+                    drop(stream);
                     continue;
-                }
-            };
-            let Some(slot) = admission.admit(peer) else {
-                drop(stream);
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let io = admission.wrap(stream, peer, slot);
-            return Some((Ok(io), (listener, admission)));
-        }
-    })
+                };
+                let _ = stream.set_nodelay(true);
+                let Some(tls) = &admission.tls else {
+                    let io = admission.wrap(Wire::Plain(stream), peer, slot);
+                    return Some((Ok(io), (listener, admission, done, handshaken)));
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                let (admission, done) = (admission.clone(), done.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(admission.first_stream, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            let _ = done.send(admission.wrap(Wire::Tls(Box::new(tls)), peer, slot));
+                        }
+                        Ok(Err(err)) => {
+                            admission.metrics.rejected(SyncLimit::TlsHandshake);
+                            tracing::debug!(%peer, error = %err, "sync TLS handshake failed");
+                        }
+                        Err(_) => {
+                            admission.metrics.rejected(SyncLimit::FirstStreamTimeout);
+                            tracing::debug!(%peer, "sync TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        },
+    )
 }
