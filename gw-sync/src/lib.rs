@@ -126,7 +126,8 @@ pub fn validate_node_id(node_id: &str) -> Result<(), String> {
 /// This is the rule of every name of gw's model (`gw_core::model::validate_name`), which
 /// API definitions' groups follow: a group that API definitions can name is one a runtime
 /// may serve, and nothing else. The rule is restated here so that the protocol does not
-/// need the proxy's crate for it; gw-controller's tests check that the two agree.
+/// need the proxy's crate (gw-core) for it; gw-controller, which depends on both, checks
+/// that the two agree (its test `runtime_groups_follow_the_models_name_rule`).
 pub fn validate_group(group: &str) -> Result<(), String> {
     if group.is_empty() {
         return Err("must not be empty".to_string());

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::Stream;
-use gw_core::conn::{ConnLimiter, InFlight};
+use gw_conn::{ConnLimiter, InFlight};
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};

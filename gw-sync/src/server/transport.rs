@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use futures_util::task::AtomicWaker;
-use gw_core::conn::{Activity, ConnLimiter, ConnRefused, ConnSlot, Expired};
+use gw_conn::{Activity, ConnLimiter, ConnRefused, ConnSlot, Expired};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
