@@ -159,11 +159,16 @@ pub fn clip(text: &str, max: usize) -> &str {
         .map_or(text, |(end, _)| &text[..end])
 }
 
-/// Milliseconds since the Unix epoch, for heartbeats.
-fn unix_millis() -> i64 {
+/// Milliseconds since the Unix epoch by the system clock (0 for a clock set before it), for
+/// heartbeats, session starts and anything else a process of gw stamps with wall-clock time.
+///
+/// ```
+/// assert!(gw_sync::unix_millis() > 1_600_000_000_000, "after September 2020");
+/// ```
+pub fn unix_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

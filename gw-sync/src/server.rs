@@ -713,7 +713,7 @@ impl Session {
         let beat = ControllerMessage {
             message: Some(controller_message::Message::Heartbeat(Heartbeat {
                 revision: self.state.revision(),
-                unix_millis: unix_millis(),
+                unix_millis: i64::try_from(unix_millis()).unwrap_or(i64::MAX),
             })),
         };
         self.send(beat).await

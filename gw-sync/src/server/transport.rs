@@ -178,7 +178,6 @@ impl Admission {
                 // at most one warning a minute: a flood must not flood the log too
                 let now = crate::unix_millis() / 1000;
                 let last = self.warned.load(Ordering::Relaxed);
-                let now = u64::try_from(now).unwrap_or(0);
                 if now >= last + 60
                     && self
                         .warned
