@@ -5,7 +5,8 @@
 //! - [`extensions`]: the types that travel in request extensions (connection info,
 //!   consumer, exchange, request id, timeout): a leaf every layer may use.
 //! - [`conn`]: connection admission (in total and per client address) and the deadlines of
-//!   a connection's first and idle requests, shared by every listener.
+//!   a connection's first and idle requests, shared by every listener (the gw-conn crate,
+//!   re-exported), and the bounded HTTP server of the control surfaces.
 //! - [`model`]: the API definition, its parsing, validation and JSON Schema.
 //! - [`path`]: request path normalization, so that no spelling of a path reaches a route
 //!   its plain form would not.

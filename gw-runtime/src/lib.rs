@@ -352,12 +352,7 @@ impl Runtime {
         // sessions of this node are ordered by it: never below the previous run's start
         let session_start = data_dir
             .as_ref()
-            .map(|dir| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                dir.session_start(now)
-            })
+            .map(|dir| dir.session_start(gw_sync::unix_millis()))
             .transpose()?;
         let node_id = match (&options.node_id, &data_dir) {
             (Some(node_id), _) => node_id.clone(),

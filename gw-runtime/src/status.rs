@@ -155,9 +155,7 @@ impl DrainMetrics {
     /// Whether a refusal may be logged at warning level: once a minute at most, so that a
     /// flood of refused drains does not flood the log (the counter counts every one).
     fn warn_refusal(&self) -> bool {
-        let minute = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() / 60);
+        let minute = gw_sync::unix_millis() / 60_000;
         self.1.swap(minute, Ordering::Relaxed) != minute
     }
 }

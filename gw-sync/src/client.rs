@@ -184,9 +184,7 @@ pub struct SyncClient<A> {
 impl<A: Applier> SyncClient<A> {
     /// A client that applies through `applier`.
     pub fn new(options: ClientOptions, applier: Arc<A>) -> Self {
-        let started_ms = options
-            .session_start_ms
-            .unwrap_or_else(|| u64::try_from(crate::unix_millis()).unwrap_or(0));
+        let started_ms = options.session_start_ms.unwrap_or_else(crate::unix_millis);
         Self {
             options,
             applier,
@@ -393,7 +391,7 @@ impl<A: Applier> SyncClient<A> {
                 _ = heartbeat.tick() => {
                     let beat = Heartbeat {
                         revision: self.applier.applied().0,
-                        unix_millis: unix_millis(),
+                        unix_millis: i64::try_from(unix_millis()).unwrap_or(i64::MAX),
                     };
                     send(&tx, runtime_message::Message::Heartbeat(beat)).await?;
                 }

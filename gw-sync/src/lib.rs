@@ -128,7 +128,8 @@ pub fn validate_node_id(node_id: &str) -> Result<(), String> {
 /// This is the rule of every name of gw's model (`gw_core::model::validate_name`), which
 /// API definitions' groups follow: a group that API definitions can name is one a runtime
 /// may serve, and nothing else. The rule is restated here so that the protocol does not
-/// need the proxy's crate for it; gw-controller's tests check that the two agree.
+/// need the proxy's crate (gw-core) for it; gw-controller, which depends on both, checks
+/// that the two agree (its test `runtime_groups_follow_the_models_name_rule`).
 pub fn validate_group(group: &str) -> Result<(), String> {
     if group.is_empty() {
         return Err("must not be empty".to_string());
@@ -160,11 +161,16 @@ pub fn clip(text: &str, max: usize) -> &str {
         .map_or(text, |(end, _)| &text[..end])
 }
 
-/// Milliseconds since the Unix epoch, for heartbeats.
-fn unix_millis() -> i64 {
+/// Milliseconds since the Unix epoch by the system clock (0 for a clock set before it), for
+/// heartbeats, session starts and anything else a process of gw stamps with wall-clock time.
+///
+/// ```
+/// assert!(gw_sync::unix_millis() > 1_600_000_000_000, "after September 2020");
+/// ```
+pub fn unix_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

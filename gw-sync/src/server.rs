@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::Stream;
-use gw_core::conn::{ConnLimiter, InFlight};
+use gw_conn::{ConnLimiter, InFlight};
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -779,7 +779,7 @@ impl Session {
         let beat = ControllerMessage {
             message: Some(controller_message::Message::Heartbeat(Heartbeat {
                 revision: self.state.revision(),
-                unix_millis: unix_millis(),
+                unix_millis: i64::try_from(unix_millis()).unwrap_or(i64::MAX),
             })),
         };
         self.send(beat).await

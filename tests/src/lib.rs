@@ -341,6 +341,19 @@ pub struct ControllerSpec {
     pub node_id: String,
 }
 
+impl ControllerSpec {
+    /// A controller in production mode on the PostgreSQL database `db`, named `node_id` (the
+    /// controllers of an HA pair share one `db`).
+    pub fn postgres(db: &TestDatabase, node_id: &str) -> Self {
+        Self {
+            database_url: Some(db.url().to_string()),
+            dev: false,
+            all_in_one: false,
+            node_id: node_id.to_string(),
+        }
+    }
+}
+
 /// Starts a controller with every address on `127.0.0.1:0`. Production mode gets the test
 /// token and key.
 pub fn controller(spec: &ControllerSpec, data_dir: &Path) -> Process {

@@ -61,15 +61,7 @@ const API_BY_NAME: &str = "route=\"/api/v1/apis/{name}\"";
 async fn the_controller_reports_requests_the_store_the_feed_and_the_fleet() {
     let db = TestDatabase::create().await;
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let ctl = controller(
-        &ControllerSpec {
-            database_url: Some(db.url().to_string()),
-            dev: false,
-            all_in_one: false,
-            node_id: "ctl-m".into(),
-        },
-        dirs[0].path(),
-    );
+    let ctl = controller(&ControllerSpec::postgres(&db, "ctl-m"), dirs[0].path());
     let admin_addr = ctl.addr("admin");
     let admin = Admin::new(admin_addr, Some(TOKEN));
     admin.wait_ready().await;

@@ -8,21 +8,12 @@ use gw_e2e::{
     median, refused_hello, runtime,
 };
 
-fn spec(db: &TestDatabase, node_id: &str) -> ControllerSpec {
-    ControllerSpec {
-        database_url: Some(db.url().to_string()),
-        dev: false,
-        all_in_one: false,
-        node_id: node_id.to_string(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_through_one_controller_reaches_a_runtime_on_another() {
     let db = TestDatabase::create().await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = controller(&spec(&db, "ctl-a"), dirs[0].path());
-    let b = controller(&spec(&db, "ctl-b"), dirs[1].path());
+    let a = controller(&ControllerSpec::postgres(&db, "ctl-a"), dirs[0].path());
+    let b = controller(&ControllerSpec::postgres(&db, "ctl-b"), dirs[1].path());
     let admin_a = Admin::new(a.addr("admin"), Some(TOKEN));
     let admin_b = Admin::new(b.addr("admin"), Some(TOKEN));
     admin_a.wait_ready().await;
@@ -109,8 +100,8 @@ async fn deploy_through_one_controller_reaches_a_runtime_on_another() {
 async fn a_runtime_of_another_protocol_version_is_listed_as_refused() {
     let db = TestDatabase::create().await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = controller(&spec(&db, "ctl-a"), dirs[0].path());
-    let b = controller(&spec(&db, "ctl-b"), dirs[1].path());
+    let a = controller(&ControllerSpec::postgres(&db, "ctl-a"), dirs[0].path());
+    let b = controller(&ControllerSpec::postgres(&db, "ctl-b"), dirs[1].path());
     let admin_b = Admin::new(b.addr("admin"), Some(TOKEN));
     Admin::new(a.addr("admin"), Some(TOKEN)).wait_ready().await;
     admin_b.wait_ready().await;

@@ -292,14 +292,8 @@ async fn a_runtime_whose_controller_hangs_still_stops() {
 async fn a_stopping_controller_records_its_runtimes_as_disconnected() {
     let db = TestDatabase::create().await;
     let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
-    let spec = |node_id: &str| ControllerSpec {
-        database_url: Some(db.url().to_string()),
-        dev: false,
-        all_in_one: false,
-        node_id: node_id.to_string(),
-    };
-    let mut a = controller(&spec("ctl-a"), dirs[0].path());
-    let b = controller(&spec("ctl-b"), dirs[1].path());
+    let mut a = controller(&ControllerSpec::postgres(&db, "ctl-a"), dirs[0].path());
+    let b = controller(&ControllerSpec::postgres(&db, "ctl-b"), dirs[1].path());
     let admin_b = Admin::new(b.addr("admin"), Some(TOKEN));
     admin_b.wait_ready().await;
     // each knows controller A only, so that no other controller records it afterwards
@@ -331,15 +325,7 @@ async fn a_stopping_controller_records_its_runtimes_as_disconnected() {
 async fn a_runtime_restarted_with_its_clock_behind_is_the_newer_session() {
     let db = TestDatabase::create().await;
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let ctl = controller(
-        &ControllerSpec {
-            database_url: Some(db.url().to_string()),
-            dev: false,
-            all_in_one: false,
-            node_id: "ctl".to_string(),
-        },
-        dirs[0].path(),
-    );
+    let ctl = controller(&ControllerSpec::postgres(&db, "ctl"), dirs[0].path());
     let admin = Admin::new(ctl.addr("admin"), Some(TOKEN));
     admin.wait_ready().await;
     let mut rt = runtime("rt", &[ctl.addr("sync")], dirs[1].path());

@@ -25,12 +25,7 @@ async fn cluster() -> Cluster {
 async fn cluster_with(extra: &[&str]) -> Cluster {
     let db = TestDatabase::create().await;
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let spec = ControllerSpec {
-        database_url: Some(db.url().to_string()),
-        dev: false,
-        all_in_one: false,
-        node_id: "ctl".to_string(),
-    };
+    let spec = ControllerSpec::postgres(&db, "ctl");
     let ctl = controller(&spec, dirs[0].path());
     let admin = Admin::new(ctl.addr("admin"), Some(TOKEN));
     admin.wait_ready().await;

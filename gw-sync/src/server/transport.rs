@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use futures_util::task::AtomicWaker;
-use gw_core::conn::{Activity, ConnLimiter, ConnRefused, ConnSlot, Expired};
+use gw_conn::{Activity, ConnLimiter, ConnRefused, ConnSlot, Expired};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
@@ -242,7 +242,6 @@ impl Admission {
                 // at most one warning a minute: a flood must not flood the log too
                 let now = crate::unix_millis() / 1000;
                 let last = self.warned.load(Ordering::Relaxed);
-                let now = u64::try_from(now).unwrap_or(0);
                 if now >= last + 60
                     && self
                         .warned
