@@ -255,20 +255,7 @@ pub struct AccessLog<S> {
 }
 
 impl<S> AccessLog<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service, unwrapped.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    super::inner_service_accessors!();
 }
 
 impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for AccessLog<S>
@@ -622,13 +609,23 @@ mod tests {
 
     /// The layer around a service that answers 200 with `frames`.
     async fn respond(frames: &'static [&'static str]) -> Response<AccessLogBody<Frames>> {
-        let service =
-            tower::ServiceBuilder::new()
-                .layer(layer())
-                .service_fn(|_: Request<()>| async {
-                    Ok::<_, Infallible>(Response::new(Frames::new(frames)))
-                });
+        let service = tower::Layer::layer(
+            &layer(),
+            tower::service_fn(|_: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Frames::new(frames)))
+            }),
+        );
         service.oneshot(Request::new(())).await.unwrap()
+    }
+
+    /// The line's status, bytes and whether it completed.
+    fn outcome(line: &serde_json::Value) -> (u64, u64, bool) {
+        let number = |field: &str| line[field].as_u64().unwrap();
+        (
+            number("status"),
+            number("bytes"),
+            line["completed"].as_bool().unwrap(),
+        )
     }
 
     #[tokio::test]
@@ -641,62 +638,42 @@ mod tests {
         body.frame().await.unwrap().unwrap();
         assert!(lines.take().is_empty(), "written before the body was done");
         drop(body);
-        let line = lines.one();
-        assert_eq!(
-            (&line["bytes"], &line["completed"]),
-            (&8.into(), &true.into())
-        );
+        assert_eq!(outcome(&lines.one()), (200, 8, true));
 
         // one frame read of two: the client went away
         let mut body = respond(&["abcd", "efgh"]).await.into_body();
         body.frame().await.unwrap().unwrap();
         drop(body);
-        let line = lines.one();
-        assert_eq!(
-            (&line["bytes"], &line["completed"]),
-            (&4.into(), &false.into())
-        );
-        assert_eq!(line["status"], 200);
+        assert_eq!(outcome(&lines.one()), (200, 4, false));
 
         // nothing to send: complete unread
         drop(respond(&[]).await);
-        let line = lines.one();
-        assert_eq!(
-            (&line["bytes"], &line["completed"]),
-            (&0.into(), &true.into())
-        );
+        assert_eq!(outcome(&lines.one()), (200, 0, true));
     }
 
     #[tokio::test]
     async fn an_exchange_without_a_response_is_logged_with_status_0() {
         let (lines, _guard) = Lines::capture();
-        let failing =
-            tower::ServiceBuilder::new()
-                .layer(layer())
-                .service_fn(|_: Request<()>| async {
-                    Err::<Response<Full<Bytes>>, BoxError>("upstream gone".into())
-                });
-        failing.oneshot(Request::new(())).await.unwrap_err();
-        let line = lines.one();
-        assert_eq!(
-            (&line["status"], &line["completed"]),
-            (&0.into(), &false.into())
+        let failing = tower::Layer::layer(
+            &layer(),
+            tower::service_fn(|_: Request<()>| async {
+                Err::<Response<Full<Bytes>>, BoxError>("upstream gone".into())
+            }),
         );
+        failing.oneshot(Request::new(())).await.unwrap_err();
+        assert_eq!(outcome(&lines.one()), (0, 0, false));
 
         // the call dropped before the inner service answered
-        let mut never = tower::ServiceBuilder::new()
-            .layer(layer())
-            .service_fn(|_: Request<()>| {
+        let mut never = tower::Layer::layer(
+            &layer(),
+            tower::service_fn(|_: Request<()>| {
                 std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()
-            });
+            }),
+        );
         let call = tower::Service::call(never.ready().await.unwrap(), Request::new(()));
         assert!(lines.take().is_empty(), "written before the exchange ended");
         drop(call);
-        let line = lines.one();
-        assert_eq!(
-            (&line["status"], &line["completed"]),
-            (&0.into(), &false.into())
-        );
+        assert_eq!(outcome(&lines.one()), (0, 0, false));
     }
 
     #[tokio::test]

@@ -199,20 +199,7 @@ pub struct RequestSizeLimit<S> {
 }
 
 impl<S> RequestSizeLimit<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service, unwrapped.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    super::inner_service_accessors!();
 }
 
 impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for RequestSizeLimit<S>
