@@ -1,11 +1,11 @@
 //! The service of `tower-layers`, driven without a socket: its layers answer preflights,
-//! refuse requests without a key, and limit each consumer.
+//! refuse bodies over the limit and requests without a key, and limit each consumer.
 
 use axum::body::Body;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
-use tower_layers::{ALLOWED_ORIGIN, REQUESTS_PER_MINUTE, app, consumers};
+use tower_layers::{ALLOWED_ORIGIN, MAX_BODY_BYTES, REQUESTS_PER_MINUTE, app, consumers};
 
 const ALICE: &str = "alice-key-0123456789";
 const BOB: &str = "bob-key-0123456789ab";
@@ -103,4 +103,39 @@ async fn each_consumer_is_limited_on_its_own() {
     let (response, body) = send(&router, hello(Some(BOB))).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(body, "hello, bob\n");
+}
+
+/// A note of `len` bytes from alice, with its length declared or not.
+fn note(len: u64, declared: bool) -> Request<Body> {
+    let text = "n".repeat(usize::try_from(len).unwrap());
+    let mut request = Request::post("/notes")
+        .header("origin", ALLOWED_ORIGIN)
+        .header("x-api-key", ALICE);
+    if declared {
+        request = request.header("content-length", len.to_string());
+    }
+    request.body(Body::from(text)).unwrap()
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused() {
+    let router = app(consumers().unwrap()).unwrap();
+    let (response, body) = send(&router, note(MAX_BODY_BYTES, true)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body, format!("alice noted {MAX_BODY_BYTES} bytes\n"));
+
+    // declared too large: refused at once with gw's JSON error, before the key is checked
+    let mut request = note(MAX_BODY_BYTES + 1, true);
+    request.headers_mut().remove("x-api-key");
+    let (response, body) = send(&router, request).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(body.contains("\"payload_too_large\""), "{body}");
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        ALLOWED_ORIGIN
+    );
+
+    // not declared: the body fails as the handler reads it, and axum answers 413
+    let (response, body) = send(&router, note(MAX_BODY_BYTES + 1, false)).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE, "{body}");
 }

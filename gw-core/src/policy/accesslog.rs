@@ -6,46 +6,55 @@
 //! logs go, in its format (`--log-format json` makes them JSON lines), and `RUST_LOG` can
 //! route or silence them (`RUST_LOG=info,access_log=off`).
 //!
-//! Outside a gateway, [`AccessLogLayer`] is the same policy as a `tower` middleware for a
-//! stack whose responses carry gw's [`Body`] (any request body). The line's fields that gw
-//! fills in (the operation, consumer and endpoint from the [`Exchange`], the request id,
-//! the client's [`ConnInfo`]) are read from the request's extensions when they are there.
+//! Outside a gateway, [`AccessLogLayer`] is the same policy as a `tower` middleware over any
+//! request and response body: its services ([`AccessLog`]) hand out the inner service's
+//! response body in an [`AccessLogBody`], which counts its bytes and writes the line when it
+//! ends or is dropped. The line is the gateway's, field for field; those that gw fills in
+//! (the operation, consumer and endpoint from the [`Exchange`], the request id, the
+//! client's [`ConnInfo`]) are read from the request's extensions when they are there.
+//! Headers are never logged (an `Authorization` header cannot reach the line), nor the
+//! query unless `include_query` asks for it.
 //!
 //! ```
-//! use gw_core::body::{self, Body};
+//! use bytes::Bytes;
 //! use gw_core::policy::accesslog::{AccessLogConfig, AccessLogLayer};
 //! use http::{Request, Response};
+//! use http_body_util::{BodyExt as _, Full};
 //! use tower::{ServiceBuilder, ServiceExt as _};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let service = ServiceBuilder::new()
 //!     .layer(AccessLogLayer::new("orders", AccessLogConfig::default())?)
-//!     .service_fn(|_: Request<()>| async {
-//!         Ok::<_, std::convert::Infallible>(Response::new(body::full("ok")))
+//!     .service_fn(|_: Request<Full<Bytes>>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("ok"))))
 //!     });
 //!
-//! // the line is written once the response body is done (or dropped)
-//! let response = service.oneshot(Request::new(())).await?;
+//! let response = service.oneshot(Request::new(Full::default())).await?;
 //! assert_eq!(response.status(), 200);
+//! // the line (`bytes=2 completed=true`) is written as the body ends
+//! let body = response.into_body().collect().await?.to_bytes();
+//! assert_eq!(body, "ok");
 //! # Ok(())
 //! # }
 //! ```
 
+use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response};
+use bytes::Buf as _;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
+use super::filter::{ConfigError, check_config};
 use super::{Exchange, Filter, Phase, Policy, PolicyContext, RequestId, RouteLayer, filter_layer};
-use crate::body::{self, Body, BoxError};
+use crate::body::{self, Body};
 use crate::gateway::ConnInfo;
 use crate::model::FieldError;
 
@@ -61,21 +70,43 @@ pub struct AccessLogConfig {
     pub include_query: bool,
 }
 
-/// `access-log` as a `tower::Layer` for stacks whose responses carry gw's [`Body`] (any
-/// request body): one line per exchange, written when the response body ends.
-pub type AccessLogLayer = FilterLayer<AccessLogFilter>;
-
-/// The service of an [`AccessLogLayer`] around `S`.
-pub type AccessLog<S> = FilterService<AccessLogFilter, S>;
+/// `access-log` as a `tower::Layer` for any stack, over any request and response body: one
+/// line per exchange, written when the response body ends or is dropped (or, when the
+/// inner service fails or the call is dropped, with `status` 0 and `completed: false`).
+#[derive(Debug, Clone)]
+pub struct AccessLogLayer {
+    log: AccessLogFilter,
+}
 
 impl AccessLogLayer {
     /// Logs the exchanges under the API name `api` (the line's `api` field).
     pub fn new(api: &str, config: AccessLogConfig) -> Result<Self, ConfigError> {
         check_config(&AccessLogPolicy, &config)?;
-        Ok(FilterLayer::from_filter(AccessLogFilter {
-            api: Arc::from(api),
-            include_query: config.include_query,
-        }))
+        Ok(Self {
+            log: AccessLogFilter {
+                api: Arc::from(api),
+                include_query: config.include_query,
+            },
+        })
+    }
+}
+
+impl<S> tower::Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> AccessLog<S> {
+        AccessLog {
+            inner,
+            log: self.log.clone(),
+        }
+    }
+}
+
+/// The layer in a route's stack, where it is the policy's filter on gw's [`Body`], fused
+/// with the filters next to it.
+impl From<AccessLogLayer> for RouteLayer {
+    fn from(layer: AccessLogLayer) -> Self {
+        filter_layer(layer.log)
     }
 }
 
@@ -108,11 +139,45 @@ impl Policy for AccessLogPolicy {
     }
 }
 
-/// The compiled `access-log` policy: the [`Filter`] of an [`AccessLogLayer`].
-#[derive(Debug)]
-pub struct AccessLogFilter {
+/// The compiled `access-log` policy: a [`Filter`] on gw's response [`Body`] in a route's
+/// stack, and what an [`AccessLog`] service applies.
+#[derive(Debug, Clone)]
+struct AccessLogFilter {
     api: Arc<str>,
     include_query: bool,
+}
+
+impl AccessLogFilter {
+    /// The line of the exchange `request` starts.
+    fn line<B>(&self, request: &Request<B>) -> Line {
+        let path = match (self.include_query, request.uri().query()) {
+            (true, Some(query)) => format!("{}?{query}", request.uri().path()),
+            _ => request.uri().path().to_string(),
+        };
+        Line {
+            entry: Box::new(Entry {
+                api: Arc::clone(&self.api),
+                time: SystemTime::now(),
+                start: Instant::now(),
+                method: request.method().clone(),
+                path,
+                request_id: request
+                    .extensions()
+                    .get::<RequestId>()
+                    .map(|id| id.0.clone()),
+                trace_id: crate::trace::trace_id(request.headers()).map(str::to_string),
+                client: request
+                    .extensions()
+                    .get::<ConnInfo>()
+                    .map(|c| c.peer.ip().to_canonical()),
+                exchange: request.extensions().get::<Arc<Exchange>>().cloned(),
+                status: 0,
+                latency_ms: 0.0,
+                bytes: 0,
+            }),
+            completed: false,
+        }
+    }
 }
 
 /// What the line needs from the request.
@@ -133,75 +198,184 @@ struct Entry {
     bytes: u64,
 }
 
-/// The entry while the request is in the stack: written as `status: 0`, `completed: false`
-/// if the exchange ends before a response reaches this policy (the client left while the
-/// upstream was still working, or the stack failed).
+/// The line of one exchange, written when it is dropped: while the request is in the stack,
+/// as `status: 0`, `completed: false` (the client left while the upstream was still working,
+/// or the stack failed); then with the response's status, and completed once its body ended.
 #[derive(Debug)]
-pub struct Pending(Option<Box<Entry>>);
+struct Line {
+    entry: Box<Entry>,
+    completed: bool,
+}
 
-impl Drop for Pending {
+impl Line {
+    /// The response's headers have arrived: the line now waits for `body`.
+    fn respond<B: HttpBody>(mut self, status: StatusCode, body: B) -> AccessLogBody<B> {
+        self.entry.status = status.as_u16();
+        self.entry.latency_ms = self.entry.start.elapsed().as_secs_f64() * 1000.0;
+        // a body that ends without being polled (an empty one hyper does not poll) is
+        // complete
+        self.completed = body.is_end_stream();
+        AccessLogBody {
+            inner: body,
+            line: Some(self),
+        }
+    }
+
+    /// Writes the line now (as it is dropped).
+    fn finish(mut self, completed: bool) {
+        self.completed = completed;
+    }
+}
+
+impl Drop for Line {
     fn drop(&mut self) {
-        if let Some(entry) = self.0.take() {
-            write(&entry, false);
-        }
+        write(&self.entry, self.completed);
     }
 }
 
+/// The route stack's path: the same line, on gw's [`Body`].
 impl<ReqB> Filter<ReqB, Body> for AccessLogFilter {
-    type State = Pending;
+    type State = Line;
 
-    fn request(&self, request: &mut Request<ReqB>) -> Result<Self::State, Response<Body>> {
-        let path = match (self.include_query, request.uri().query()) {
-            (true, Some(query)) => format!("{}?{query}", request.uri().path()),
-            _ => request.uri().path().to_string(),
-        };
-        Ok(Pending(Some(Box::new(Entry {
-            api: Arc::clone(&self.api),
-            time: SystemTime::now(),
-            start: Instant::now(),
-            method: request.method().clone(),
-            path,
-            request_id: request
-                .extensions()
-                .get::<RequestId>()
-                .map(|id| id.0.clone()),
-            trace_id: crate::trace::trace_id(request.headers()).map(str::to_string),
-            client: request
-                .extensions()
-                .get::<ConnInfo>()
-                .map(|c| c.peer.ip().to_canonical()),
-            exchange: request.extensions().get::<Arc<Exchange>>().cloned(),
-            status: 0,
-            latency_ms: 0.0,
-            bytes: 0,
-        }))))
+    fn request(&self, request: &mut Request<ReqB>) -> Result<Line, Response<Body>> {
+        Ok(self.line(request))
     }
 
-    fn response(&self, mut pending: Self::State, response: &mut Response<Body>) {
-        let Some(mut entry) = pending.0.take() else {
-            return;
-        };
-        entry.status = response.status().as_u16();
-        entry.latency_ms = entry.start.elapsed().as_secs_f64() * 1000.0;
+    fn response(&self, line: Line, response: &mut Response<Body>) {
         let inner = std::mem::replace(response.body_mut(), body::empty());
-        *response.body_mut() = body::boxed(Counted {
-            inner,
-            entry: Some(entry),
-        });
+        *response.body_mut() = body::boxed(line.respond(response.status(), inner));
     }
 }
 
-/// The response body, counting its bytes; the line is written when it ends or is dropped.
-struct Counted {
-    inner: Body,
-    entry: Option<Box<Entry>>,
+/// The service of an [`AccessLogLayer`] around `S`.
+#[derive(Debug, Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+    log: AccessLogFilter,
 }
 
-impl Counted {
-    fn finish(&mut self, completed: bool) {
-        if let Some(entry) = self.entry.take() {
-            write(&entry, completed);
+impl<S> AccessLog<S> {
+    super::inner_service_accessors!();
+}
+
+impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for AccessLog<S>
+where
+    S: tower::Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: HttpBody,
+{
+    type Response = Response<AccessLogBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        let line = self.log.line(&request);
+        ResponseFuture {
+            future: self.inner.call(request),
+            line: Some(line),
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of an [`AccessLog`] call: the inner call, then the response with its
+    /// body in an [`AccessLogBody`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: F,
+        line: Option<Line>,
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+    ResB: HttpBody,
+{
+    type Output = Result<Response<AccessLogBody<ResB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.future.poll(cx));
+        let line = this
+            .line
+            .take()
+            .expect("access log future polled after completion");
+        // on an error, the line is written as it is dropped here: no response
+        Poll::Ready(result.map(|response| {
+            let status = response.status();
+            response.map(|body| line.respond(status, body))
+        }))
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response body of an [`AccessLog`] service: `B`, its data counted. The exchange's
+    /// line is written when it ends (`completed: true`), fails, or is dropped: completed
+    /// then only if it had nothing more to send (otherwise the client went away, or nobody
+    /// read the body to its end).
+    pub struct AccessLogBody<B> {
+        #[pin]
+        inner: B,
+        line: Option<Line>,
+    }
+}
+
+impl<B> fmt::Debug for AccessLogBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessLogBody").finish_non_exhaustive()
+    }
+}
+
+impl<B: HttpBody> HttpBody for AccessLogBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(line) = this.line.as_mut() {
+                    if let Some(data) = frame.data_ref() {
+                        line.entry.bytes += data.remaining() as u64;
+                    }
+                    line.completed = this.inner.is_end_stream();
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(line) = this.line.take() {
+                    line.finish(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(line) = this.line.take() {
+                    line.finish(false);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -263,50 +437,260 @@ fn humantime_rfc3339(time: SystemTime) -> String {
     )
 }
 
-impl HttpBody for Counted {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(entry)) = (frame.data_ref(), this.entry.as_mut()) {
-                    entry.bytes += data.len() as u64;
-                }
-            }
-            Poll::Ready(None) => this.finish(true),
-            Poll::Ready(Some(Err(_))) => this.finish(false),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        // a body that is never polled to its end: an empty one hyper did not poll, or a
-        // client that went away
-        let completed = self.inner.is_end_stream();
-        self.finish(completed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full};
+    use tower::ServiceExt as _;
+
     use super::*;
+    use crate::body::BoxError;
+    use crate::policy::testing::call;
+
+    /// The lines written on this thread while its guard lives, as the runtime's
+    /// `--log-format json` writes them.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Lines {
+        fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+            let lines = Self::default();
+            let writer = lines.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_writer(move || writer.clone())
+                .finish();
+            (lines, tracing::subscriber::set_default(subscriber))
+        }
+
+        /// The access lines so far, taken.
+        fn take(&self) -> Vec<serde_json::Value> {
+            let written = std::mem::take(&mut *self.0.lock().unwrap());
+            String::from_utf8(written)
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+                .filter(|line| line["target"] == "access_log")
+                .collect()
+        }
+
+        /// The one access line written since the last call.
+        fn one(&self) -> serde_json::Value {
+            let mut lines = self.take();
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            lines.remove(0)
+        }
+    }
+
+    /// A request for `/orders/items/7` with a query, credentials, and what gw's edge and
+    /// `correlation-id` put in the extensions (a consumer, an endpoint, an id, a client).
+    fn request<B>(body: B) -> Request<B> {
+        let mut request = Request::get("/orders/items/7?apikey=secret-query-key")
+            .header("authorization", "Bearer secret-token")
+            .header("x-api-key", "secret-header-key")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .body(body)
+            .unwrap();
+        let exchange = Arc::new(Exchange::new(Arc::from("GET /items/{id}")));
+        exchange.set_endpoint(&Arc::from("http://10.0.0.5:8080"));
+        let extensions = request.extensions_mut();
+        extensions.insert(exchange);
+        extensions.insert(RequestId(HeaderValue::from_static("req-1")));
+        extensions.insert(ConnInfo {
+            peer: "[::ffff:203.0.113.9]:4711".parse().unwrap(),
+            secure: false,
+        });
+        super::super::authenticate(
+            &mut request,
+            super::super::Consumer {
+                name: Arc::from("alice"),
+                groups: Arc::from([]),
+                credential: Some(Arc::from("key-1")),
+            },
+        );
+        request
+    }
+
+    fn layer() -> AccessLogLayer {
+        AccessLogLayer::new("orders", AccessLogConfig::default()).unwrap()
+    }
+
+    /// `line` without the fields that differ from one request to the next.
+    fn timeless(mut line: serde_json::Value) -> serde_json::Value {
+        let fields = line.as_object_mut().unwrap();
+        for field in ["timestamp", "time", "latency_ms", "duration_ms"] {
+            assert!(fields.remove(field).is_some(), "no {field}");
+        }
+        line
+    }
+
+    #[tokio::test]
+    async fn the_layer_writes_the_gateways_line_over_any_body() {
+        let (lines, _guard) = Lines::capture();
+
+        // the route stack's line, on gw's bodies
+        let (_, response) = call(&RouteLayer::from(layer()), request(body::empty())).await;
+        response.into_body().collect().await.unwrap();
+        let gateway = lines.one();
+
+        // the layer's, on http-body-util's
+        let service = tower::ServiceBuilder::new().layer(layer()).service_fn(
+            |_: Request<Full<Bytes>>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("upstream"))))
+            },
+        );
+        let response = service.oneshot(request(Full::default())).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "upstream");
+        let line = lines.one();
+
+        assert_eq!(timeless(line.clone()), timeless(gateway), "{line}");
+        assert_eq!(
+            timeless(line.clone()),
+            serde_json::json!({
+                "level": "INFO", "target": "access_log", "message": "access",
+                "api": "orders", "operation": "GET /items/{id}", "consumer": "alice",
+                "method": "GET", "path": "/orders/items/7", "status": 200,
+                "upstream": "http://10.0.0.5:8080", "bytes": 8, "completed": true,
+                "request_id": "req-1", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+                "client": "203.0.113.9",
+            })
+        );
+        assert!(!line.to_string().contains("secret"), "{line}");
+    }
+
+    /// A body sent in frames, one per poll, that knows when it has no more.
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl Frames {
+        fn new(frames: &[&'static str]) -> Self {
+            Self(
+                frames
+                    .iter()
+                    .map(|f| Bytes::from_static(f.as_bytes()))
+                    .collect(),
+            )
+        }
+    }
+
+    impl HttpBody for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.get_mut().0.pop_front().map(|f| Ok(Frame::data(f))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    /// The layer around a service that answers 200 with `frames`.
+    async fn respond(frames: &'static [&'static str]) -> Response<AccessLogBody<Frames>> {
+        let service = tower::Layer::layer(
+            &layer(),
+            tower::service_fn(|_: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Frames::new(frames)))
+            }),
+        );
+        service.oneshot(Request::new(())).await.unwrap()
+    }
+
+    /// The line's status, bytes and whether it completed.
+    fn outcome(line: &serde_json::Value) -> (u64, u64, bool) {
+        let number = |field: &str| line[field].as_u64().unwrap();
+        (
+            number("status"),
+            number("bytes"),
+            line["completed"].as_bool().unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_body_left_before_its_end_is_logged_as_not_completed() {
+        let (lines, _guard) = Lines::capture();
+
+        // read to its end, without polling past the last frame
+        let mut body = respond(&["abcd", "efgh"]).await.into_body();
+        body.frame().await.unwrap().unwrap();
+        body.frame().await.unwrap().unwrap();
+        assert!(lines.take().is_empty(), "written before the body was done");
+        drop(body);
+        assert_eq!(outcome(&lines.one()), (200, 8, true));
+
+        // one frame read of two: the client went away
+        let mut body = respond(&["abcd", "efgh"]).await.into_body();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert_eq!(outcome(&lines.one()), (200, 4, false));
+
+        // nothing to send: complete unread
+        drop(respond(&[]).await);
+        assert_eq!(outcome(&lines.one()), (200, 0, true));
+    }
+
+    #[tokio::test]
+    async fn an_exchange_without_a_response_is_logged_with_status_0() {
+        let (lines, _guard) = Lines::capture();
+        let failing = tower::Layer::layer(
+            &layer(),
+            tower::service_fn(|_: Request<()>| async {
+                Err::<Response<Full<Bytes>>, BoxError>("upstream gone".into())
+            }),
+        );
+        failing.oneshot(Request::new(())).await.unwrap_err();
+        assert_eq!(outcome(&lines.one()), (0, 0, false));
+
+        // the call dropped before the inner service answered
+        let mut never = tower::Layer::layer(
+            &layer(),
+            tower::service_fn(|_: Request<()>| {
+                std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()
+            }),
+        );
+        let call = tower::Service::call(never.ready().await.unwrap(), Request::new(()));
+        assert!(lines.take().is_empty(), "written before the exchange ended");
+        drop(call);
+        assert_eq!(outcome(&lines.one()), (0, 0, false));
+    }
+
+    #[tokio::test]
+    async fn the_query_is_logged_only_when_asked_for() {
+        let (lines, _guard) = Lines::capture();
+        let config = AccessLogConfig {
+            include_query: true,
+        };
+        let service = tower::ServiceBuilder::new()
+            .layer(AccessLogLayer::new("orders", config).unwrap())
+            .service_fn(|_: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+            });
+        let request = Request::get("/orders?page=2").body(()).unwrap();
+        drop(service.oneshot(request).await.unwrap());
+        assert_eq!(lines.one()["path"], "/orders?page=2");
+    }
 
     #[test]
     fn rfc3339_times() {

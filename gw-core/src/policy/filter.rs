@@ -177,20 +177,7 @@ pub struct FilterService<F, S> {
 }
 
 impl<F, S> FilterService<F, S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service, unwrapped.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    super::inner_service_accessors!();
 }
 
 impl<F, S: Clone> Clone for FilterService<F, S> {

@@ -87,6 +87,28 @@ pub use stack::{RouteLayer, RouteStack, StackFuture, stack};
 #[cfg(feature = "transform")]
 pub use template::Template;
 
+/// `get_ref`, `get_mut` and `into_inner` for a policy's service `Foo<S>` whose inner service
+/// is its field `inner`, as tower-http's middlewares have them.
+macro_rules! inner_service_accessors {
+    () => {
+        /// The inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// The inner service, mutably.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// The inner service, unwrapped.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+pub(crate) use inner_service_accessors;
+
 /// The future of a [`RouteService`] call, for policies written as services of their own.
 pub type RouteFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, BoxError>> + Send>>;
