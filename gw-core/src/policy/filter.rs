@@ -110,6 +110,19 @@ pub(crate) fn check_config<P: Policy>(policy: &P, config: &P::Params) -> Result<
     ConfigError::check(policy.check(config, &standalone()))
 }
 
+/// What `build` makes of `config` once `config` holds by the rules of `policy`'s params in
+/// `ctx`: every problem with its field path, or `build`'s own error as a [`ConfigError`].
+/// The typed constructors of the policy layers are this.
+pub(crate) fn checked_in<P: Policy, T>(
+    policy: &P,
+    ctx: &PolicyContext<'_>,
+    config: P::Params,
+    build: impl FnOnce(P::Params) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    ConfigError::check(policy.check(&config, ctx))?;
+    build(config).map_err(ConfigError::message)
+}
+
 /// A [`Filter`] as a `tower::Layer`, for any stack: its services ([`FilterService`]) take
 /// any request whose body the filter works on, and answer with a [`ResponseBody`]. Clones
 /// share the filter (and so its state: a rate limit's counts).
@@ -126,6 +139,18 @@ impl<F> FilterLayer<F> {
         Self {
             filter: Arc::new(filter),
         }
+    }
+
+    /// The layer of the filter `build` makes of `config`, once `config` holds by the rules
+    /// of `policy`'s params (checked as for a layer used outside a gateway: no API, no
+    /// operation, no consumers). Every problem comes back with its field path; an error of
+    /// `build` as a problem of the whole config.
+    pub fn checked<P: Policy>(
+        policy: &P,
+        config: P::Params,
+        build: impl FnOnce(P::Params) -> Result<F, String>,
+    ) -> Result<Self, ConfigError> {
+        checked_in(policy, &standalone(), config, build).map(Self::from_filter)
     }
 
     /// The filter.
@@ -306,83 +331,6 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-/// What a [`DeferredFuture`] awaits before it answers: its own work, then perhaps the
-/// inner call.
-pub type Deferred<ResB, E> =
-    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<ResB>>, E>> + Send>>;
-
-pin_project_lite::pin_project! {
-    /// The future of a policy's service that is not a [`Filter`]: it answers at once, calls
-    /// the inner service at once, or first awaits work of its own (a password
-    /// verification, a key fetch), boxed, as only that path needs to.
-    pub struct DeferredFuture<F, ResB, E> {
-        #[pin]
-        kind: DeferredKind<F, ResB, E>,
-    }
-}
-
-pin_project_lite::pin_project! {
-    #[project = DeferredProj]
-    enum DeferredKind<F, ResB, E> {
-        Answered { answer: Option<Response<Body>> },
-        Inner { #[pin] future: F },
-        Deferred { future: Deferred<ResB, E> },
-    }
-}
-
-impl<F, ResB, E> DeferredFuture<F, ResB, E> {
-    /// An answer made at the gateway.
-    pub fn answered(answer: Response<Body>) -> Self {
-        Self {
-            kind: DeferredKind::Answered {
-                answer: Some(answer),
-            },
-        }
-    }
-
-    /// The inner service's call.
-    pub fn inner(future: F) -> Self {
-        Self {
-            kind: DeferredKind::Inner { future },
-        }
-    }
-
-    /// Work of the policy's own, which ends with an answer or the inner call.
-    pub fn deferred(future: Deferred<ResB, E>) -> Self {
-        Self {
-            kind: DeferredKind::Deferred { future },
-        }
-    }
-}
-
-impl<F, ResB, E> Future for DeferredFuture<F, ResB, E>
-where
-    F: Future<Output = Result<Response<ResB>, E>>,
-{
-    type Output = Result<Response<ResponseBody<ResB>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            DeferredProj::Answered { answer } => {
-                let answer = answer
-                    .take()
-                    .expect("policy future polled after completion");
-                Poll::Ready(Ok(answer.map(ResponseBody::gateway)))
-            }
-            DeferredProj::Inner { future } => future
-                .poll(cx)
-                .map(|result| result.map(|response| response.map(ResponseBody::inner))),
-            DeferredProj::Deferred { future } => future.as_mut().poll(cx),
-        }
-    }
-}
-
-impl<F, ResB, E> fmt::Debug for DeferredFuture<F, ResB, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeferredFuture").finish_non_exhaustive()
     }
 }
 
