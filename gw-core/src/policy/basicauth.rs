@@ -60,7 +60,7 @@ use sha2::Digest as _;
 use tokio::sync::Semaphore;
 
 use super::deferred::{Decision, DeferredFilter, DeferredFuture, DeferredLayer, DeferredService};
-use super::filter::{ConfigError, checked_in, standalone};
+use super::filter::ConfigError;
 use super::{Consumer, Phase, Policy, PolicyContext, RouteLayer};
 use crate::body::Body;
 use crate::consumers::ConsumerStore;
@@ -159,10 +159,9 @@ impl BasicAuthLayer {
         config: BasicAuthConfig,
         consumers: ConsumerStore,
     ) -> Result<Self, ConfigError> {
-        checked_in(&BasicAuthPolicy, &standalone(), config, |config| {
+        Self::checked(&BasicAuthPolicy, config, |config| {
             BasicAuthFilter::build(&config, consumers)
         })
-        .map(Self::from_filter)
     }
 }
 

@@ -70,7 +70,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 
 use super::RouteLayer;
-use super::filter::ResponseBody;
+use super::filter::{PolicyLayer, PolicyService, ResponseBody};
 use crate::body::Body;
 
 /// A policy that decides a request at once ([`DeferredFilter::decide`]) or, when it cannot,
@@ -123,54 +123,19 @@ impl OnResponse for () {
     fn on_response<B>(self, _response: &mut Response<B>) {}
 }
 
+/// How the services of a [`DeferredLayer`] run its policy: decided at once or after the
+/// policy's work, then the inner call.
+#[derive(Debug)]
+pub enum Deferring {}
+
 /// A [`DeferredFilter`] as a `tower::Layer`, for any stack: its services
 /// ([`DeferredService`]) take any request and answer with a [`ResponseBody`]. Clones share
 /// the policy (and so its state: a cache of verified credentials, a connection).
-pub struct DeferredLayer<P> {
-    filter: Arc<P>,
-}
+pub type DeferredLayer<P> = PolicyLayer<P, Deferring>;
 
-impl<P> DeferredLayer<P> {
-    /// The layer of `filter`.
-    pub fn from_filter(filter: P) -> Self {
-        Self {
-            filter: Arc::new(filter),
-        }
-    }
-
-    /// The policy.
-    pub fn filter(&self) -> &P {
-        &self.filter
-    }
-}
-
-impl<P> Clone for DeferredLayer<P> {
-    fn clone(&self) -> Self {
-        Self {
-            filter: Arc::clone(&self.filter),
-        }
-    }
-}
-
-impl<P> fmt::Debug for DeferredLayer<P> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // not the policy's own Debug: it may hold secrets
-        f.debug_struct("DeferredLayer")
-            .field("filter", &std::any::type_name::<P>())
-            .finish()
-    }
-}
-
-impl<P, S> tower::Layer<S> for DeferredLayer<P> {
-    type Service = DeferredService<P, S>;
-
-    fn layer(&self, inner: S) -> DeferredService<P, S> {
-        DeferredService {
-            filter: Arc::clone(&self.filter),
-            inner,
-        }
-    }
-}
+/// The service of a [`DeferredLayer`]: the policy's decision, perhaps after its work, then
+/// the inner service unless the policy answered.
+pub type DeferredService<P, S> = PolicyService<P, Deferring, S>;
 
 /// The policy's layer in a route's stack: its answers and the inner service's responses
 /// both in gw's body again (no allocation: both are a [`Body`] already).
@@ -185,48 +150,7 @@ impl<P: DeferredFilter> From<DeferredLayer<P>> for RouteLayer {
     }
 }
 
-/// The service of a [`DeferredLayer`]: the policy's decision, perhaps after its work, then
-/// the inner service unless the policy answered.
-pub struct DeferredService<P, S> {
-    filter: Arc<P>,
-    inner: S,
-}
-
-impl<P, S> DeferredService<P, S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service, unwrapped.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<P, S: Clone> Clone for DeferredService<P, S> {
-    fn clone(&self) -> Self {
-        Self {
-            filter: Arc::clone(&self.filter),
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<P, S> fmt::Debug for DeferredService<P, S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeferredService")
-            .field("filter", &std::any::type_name::<P>())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<P, S, ReqB, ResB> tower::Service<Request<ReqB>> for DeferredService<P, S>
+impl<P, S, ReqB, ResB> tower::Service<Request<ReqB>> for PolicyService<P, Deferring, S>
 where
     P: DeferredFilter,
     S: tower::Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -327,12 +251,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Answered { answer } => {
-                let answer = answer
-                    .take()
-                    .expect("policy future polled after completion");
-                Poll::Ready(Ok(answer.map(ResponseBody::gateway)))
-            }
+            KindProj::Answered { answer } => Poll::Ready(Ok(ResponseBody::answer(answer))),
             KindProj::Inner { future, state } => {
                 let mut response = std::task::ready!(future.poll(cx))?;
                 if let Some(state) = state.take() {

@@ -123,66 +123,83 @@ pub(crate) fn checked_in<P: Policy, T>(
     build(config).map_err(ConfigError::message)
 }
 
+/// A built-in policy as a `tower::Layer`, for any stack: the compiled policy `P`, shared by
+/// the layer's clones and the services they make (and so its state: a rate limit's counts).
+/// `K` says how the services ([`PolicyService`]) run it: [`Filtered`] (a [`Filter`]: the
+/// layer is a [`FilterLayer`]) or [`Deferring`](super::deferred::Deferring) (a
+/// [`DeferredFilter`](super::deferred::DeferredFilter): a
+/// [`DeferredLayer`](super::deferred::DeferredLayer)).
+pub struct PolicyLayer<P, K> {
+    pub(super) filter: Arc<P>,
+    kind: PhantomData<fn() -> K>,
+}
+
+/// How the services of a [`FilterLayer`] run its policy: the [`Filter`]'s halves around
+/// the inner call.
+#[derive(Debug)]
+pub enum Filtered {}
+
 /// A [`Filter`] as a `tower::Layer`, for any stack: its services ([`FilterService`]) take
 /// any request whose body the filter works on, and answer with a [`ResponseBody`]. Clones
 /// share the filter (and so its state: a rate limit's counts).
 ///
 /// Each built-in filter policy names its own: `cors::CorsLayer`, `api_key::ApiKeyLayer`,
 /// and so on.
-pub struct FilterLayer<F> {
-    filter: Arc<F>,
-}
+pub type FilterLayer<F> = PolicyLayer<F, Filtered>;
 
-impl<F> FilterLayer<F> {
+impl<P, K> PolicyLayer<P, K> {
     /// The layer of `filter`.
-    pub fn from_filter(filter: F) -> Self {
+    pub fn from_filter(filter: P) -> Self {
         Self {
             filter: Arc::new(filter),
+            kind: PhantomData,
         }
     }
 
-    /// The layer of the filter `build` makes of `config`, once `config` holds by the rules
+    /// The layer of the policy `build` makes of `config`, once `config` holds by the rules
     /// of `policy`'s params (checked as for a layer used outside a gateway: no API, no
     /// operation, no consumers). Every problem comes back with its field path; an error of
     /// `build` as a problem of the whole config.
-    pub fn checked<P: Policy>(
-        policy: &P,
-        config: P::Params,
-        build: impl FnOnce(P::Params) -> Result<F, String>,
+    pub fn checked<Q: Policy>(
+        policy: &Q,
+        config: Q::Params,
+        build: impl FnOnce(Q::Params) -> Result<P, String>,
     ) -> Result<Self, ConfigError> {
         checked_in(policy, &standalone(), config, build).map(Self::from_filter)
     }
 
-    /// The filter.
-    pub fn filter(&self) -> &F {
+    /// The policy.
+    pub fn filter(&self) -> &P {
         &self.filter
     }
 }
 
-impl<F> Clone for FilterLayer<F> {
+impl<P, K> Clone for PolicyLayer<P, K> {
     fn clone(&self) -> Self {
         Self {
             filter: Arc::clone(&self.filter),
+            kind: PhantomData,
         }
     }
 }
 
-impl<F> fmt::Debug for FilterLayer<F> {
+impl<P, K> fmt::Debug for PolicyLayer<P, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // not the filter's own Debug: its config may hold secrets (an injected header)
-        f.debug_struct("FilterLayer")
-            .field("filter", &std::any::type_name::<F>())
+        // not the policy's own Debug: its config may hold secrets (an injected header)
+        f.debug_struct("PolicyLayer")
+            .field("filter", &std::any::type_name::<P>())
             .finish()
     }
 }
 
-impl<F, S> tower::Layer<S> for FilterLayer<F> {
-    type Service = FilterService<F, S>;
+impl<P, K, S> tower::Layer<S> for PolicyLayer<P, K> {
+    type Service = PolicyService<P, K, S>;
 
-    fn layer(&self, inner: S) -> FilterService<F, S> {
-        FilterService {
+    fn layer(&self, inner: S) -> PolicyService<P, K, S> {
+        PolicyService {
             filter: Arc::clone(&self.filter),
             inner,
+            kind: PhantomData,
         }
     }
 }
@@ -194,14 +211,18 @@ impl<F: Filter> From<FilterLayer<F>> for RouteLayer {
     }
 }
 
-/// The service of a [`FilterLayer`]: the filter's request half, the inner service unless
-/// the filter answered, then the filter's response half.
-pub struct FilterService<F, S> {
-    filter: Arc<F>,
-    inner: S,
+/// The service of a [`PolicyLayer`] around `S`.
+pub struct PolicyService<P, K, S> {
+    pub(super) filter: Arc<P>,
+    pub(super) inner: S,
+    kind: PhantomData<fn() -> K>,
 }
 
-impl<F, S> FilterService<F, S> {
+/// The service of a [`FilterLayer`]: the filter's request half, the inner service unless
+/// the filter answered, then the filter's response half.
+pub type FilterService<F, S> = PolicyService<F, Filtered, S>;
+
+impl<P, K, S> PolicyService<P, K, S> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -218,19 +239,20 @@ impl<F, S> FilterService<F, S> {
     }
 }
 
-impl<F, S: Clone> Clone for FilterService<F, S> {
+impl<P, K, S: Clone> Clone for PolicyService<P, K, S> {
     fn clone(&self) -> Self {
         Self {
             filter: Arc::clone(&self.filter),
             inner: self.inner.clone(),
+            kind: PhantomData,
         }
     }
 }
 
-impl<F, S: fmt::Debug> fmt::Debug for FilterService<F, S> {
+impl<P, K, S: fmt::Debug> fmt::Debug for PolicyService<P, K, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FilterService")
-            .field("filter", &std::any::type_name::<F>())
+        f.debug_struct("PolicyService")
+            .field("filter", &std::any::type_name::<P>())
             .field("inner", &self.inner)
             .finish()
     }
@@ -304,12 +326,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Answered { answer } => {
-                let answer = answer
-                    .take()
-                    .expect("filter future polled after completion");
-                Poll::Ready(Ok(answer.map(ResponseBody::gateway)))
-            }
+            KindProj::Answered { answer } => Poll::Ready(Ok(ResponseBody::answer(answer))),
             KindProj::Inner {
                 future,
                 state,
@@ -364,6 +381,14 @@ impl<B> ResponseBody<B> {
         Self {
             kind: BodyKind::Gateway { body },
         }
+    }
+
+    /// The answer a policy's future made at the gateway, taken out of the future.
+    pub(super) fn answer(answer: &mut Option<Response<Body>>) -> Response<Self> {
+        answer
+            .take()
+            .expect("policy future polled after completion")
+            .map(Self::gateway)
     }
 }
 

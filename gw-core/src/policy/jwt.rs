@@ -70,7 +70,7 @@ pub use self::keys::JwtAlgorithm;
 use self::keys::{AlgorithmSet, Key, KeySet, Origin};
 use self::remote::Remote;
 use super::deferred::{Decision, DeferredFilter, DeferredFuture, DeferredLayer, DeferredService};
-use super::filter::{ConfigError, checked_in, standalone};
+use super::filter::{ConfigError, standalone};
 use super::header_names::header_name;
 use super::{Consumer, Phase, Policy, PolicyContext, RouteLayer};
 use crate::body::Body;
@@ -229,10 +229,7 @@ impl JwtLayer {
             consumers: &consumers,
             ..standalone()
         };
-        checked_in(&JwtPolicy, &standalone(), config, |config| {
-            JwtFilter::build(config, &ctx)
-        })
-        .map(Self::from_filter)
+        Self::checked(&JwtPolicy, config, |config| JwtFilter::build(config, &ctx))
     }
 }
 

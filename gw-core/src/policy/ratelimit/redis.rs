@@ -63,7 +63,7 @@ use crate::body::Body;
 use crate::model::{FieldError, HumanDuration};
 use crate::policy::PolicyContext;
 use crate::policy::deferred::{self, DeferredFilter, DeferredLayer, DeferredService};
-use crate::policy::filter::{ConfigError, checked_in, standalone};
+use crate::policy::filter::{ConfigError, standalone};
 
 /// The longest `timeout` accepted.
 const MAX_TIMEOUT: Duration = Duration::from_secs(10);
@@ -179,11 +179,11 @@ impl RedisRateLimitLayer {
             fail_open: Some(redis.fail_open),
             ..RateLimitParams::from(config)
         };
-        let ctx = standalone();
-        checked_in(&RateLimitPolicy, &ctx, params, |params| {
-            RedisRateLimitFilter::build(&params, &ctx, |url| Connection::new(url).map(Arc::new))
+        Self::checked(&RateLimitPolicy, params, |params| {
+            RedisRateLimitFilter::build(&params, &standalone(), |url| {
+                Connection::new(url).map(Arc::new)
+            })
         })
-        .map(Self::from_filter)
     }
 }
 
