@@ -1,7 +1,7 @@
 //! [`DeferredFilter`]: the shape of a policy that decides most requests at once but some only
 //! after work of its own (a password verification, a key fetch, a check in Redis), run as a
 //! plain `tower` middleware ([`DeferredLayer`], [`DeferredService`]) in any stack, and in a
-//! route's stack as a layer of its own ([`RouteLayer::from`]).
+//! route's stack as a layer of its own (`RouteLayer::from` a `DeferredLayer`).
 //!
 //! Like a [`Filter`](super::Filter), a deferred filter is generic over the request and
 //! response bodies, and an answer it makes is a gw [`Body`] handed out in a

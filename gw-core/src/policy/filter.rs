@@ -8,7 +8,9 @@
 //! bodies) and an axum or tonic stack (with theirs). An answer made at the gateway (a 401,
 //! a 429, a CORS preflight) is always a gw [`Body`]; [`FilterService`] hands it out in a
 //! [`ResponseBody`], which is either that answer or the inner service's body, as
-//! tower-http's middlewares do.
+//! tower-http's middlewares do. The layer and service types ([`PolicyLayer`],
+//! [`PolicyService`]) also serve the policies that may await work of their own
+//! ([`deferred`](super::deferred)).
 
 use std::any::Any;
 use std::fmt;

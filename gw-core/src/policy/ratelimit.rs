@@ -39,17 +39,20 @@
 //!
 //! The `redis` backend ([`redis`]) keeps them in Redis instead, shared by every gateway
 //! process that names the same server: the same GCRA, run by one Lua script per request.
-//! The local backend decides synchronously in a [`Filter`]; the Redis one is a service of
-//! its own that awaits the script, so that the local path never pays for it.
+//! The local backend decides synchronously in a [`Filter`]; the Redis one is a
+//! [`DeferredFilter`](super::deferred::DeferredFilter) that awaits the script, so that the
+//! local path never pays for it.
 //!
 //! # As a `tower` layer
 //!
 //! Outside a gateway, [`RateLimitLayer`] is the local backend as a `tower` middleware for
-//! any stack, over any request and response bodies. Keys by consumer or credential read
+//! any stack, over any request and response bodies (and, with the `rate-limit-redis`
+//! feature, `RedisRateLimitLayer` the Redis backend). Keys by consumer or credential read
 //! the [`Consumer`] an authentication layer (such as
 //! [`ApiKeyLayer`](super::apikey::ApiKeyLayer)) put in the request's extensions; keys by
 //! client address read gw's [`ConnInfo`](crate::ConnInfo) there, which gw's listeners
-//! insert (without it, every request counts as one unknown client).
+//! insert (without it, a request counted by address is refused with 500
+//! `connection_info_missing`).
 //!
 //! ```
 //! use gw_core::policy::ratelimit::{KeyKind, Limit, RateLimitConfig, RateLimitLayer, Window};

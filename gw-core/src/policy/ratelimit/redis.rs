@@ -28,7 +28,8 @@
 //! A [`Connection`] per distinct URL is shared by the whole process: the registry holds it
 //! weakly, the policies that use it strongly, so a configuration reload (built while the
 //! previous configuration still serves) reuses it, and it closes when no policy names the
-//! URL any more. The connection is a `redis::aio::ConnectionManager` (one multiplexed
+//! URL any more. A [`RedisRateLimitLayer`] made by an embedder has a connection of its own,
+//! shared by its clones. The connection is a `redis::aio::ConnectionManager` (one multiplexed
 //! connection, reconnecting by itself), made on the first request: building a
 //! configuration never waits for Redis.
 //!
@@ -117,8 +118,8 @@ impl fmt::Debug for RedisConfig {
 
 /// `rate-limit` with the Redis backend as a `tower::Layer` for any stack: the limits hold
 /// for every layer, in this process or another, that names the same server and key prefix
-/// (the gateway's own policies included, with the same keys: an attachment has its API and
-/// operation in its keys, a layer neither). Its services ([`RedisRateLimit`]) check each
+/// (a gateway's attachment of the policy counts apart: its keys also name its API and
+/// operation, a layer's neither). Its services ([`RedisRateLimit`]) check each
 /// request in Redis (one script, atomic), answer a request over a limit with 429 and
 /// `Retry-After`, and put the `RateLimit-*` headers on the others unless told not to. The
 /// inner service must be `Clone + Send`, as every request awaits Redis before the call.
