@@ -41,7 +41,7 @@ use http::{Request, Response, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
+use super::filter::{ConfigError, FilterLayer, FilterService};
 use super::{Consumer, Filter, Phase, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::Body;
 use crate::model::FieldError;
@@ -71,8 +71,7 @@ pub type Acl<S> = FilterService<AclFilter, S>;
 impl AclLayer {
     /// Checks `config`: the same rules as the params of `acl`.
     pub fn new(config: AclConfig) -> Result<Self, ConfigError> {
-        check_config(&AclPolicy, &config)?;
-        Ok(FilterLayer::from_filter(AclFilter::build(config)))
+        FilterLayer::checked(&AclPolicy, config, |config| Ok(AclFilter::build(config)))
     }
 }
 

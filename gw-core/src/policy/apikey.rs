@@ -43,7 +43,7 @@ use http::{Request, Response};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
+use super::filter::{ConfigError, FilterLayer, FilterService};
 use super::header_names::header_name;
 use super::{Filter, Phase, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::Body;
@@ -106,10 +106,9 @@ impl ApiKeyLayer {
         config: ApiKeyConfig,
         consumers: ConsumerStore,
     ) -> Result<Self, ConfigError> {
-        check_config(&ApiKeyPolicy, &config)?;
-        ApiKeyFilter::build(config, consumers)
-            .map(FilterLayer::from_filter)
-            .map_err(ConfigError::message)
+        FilterLayer::checked(&ApiKeyPolicy, config, |config| {
+            ApiKeyFilter::build(config, consumers)
+        })
     }
 }
 

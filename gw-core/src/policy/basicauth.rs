@@ -49,7 +49,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -60,7 +59,8 @@ use serde::Deserialize;
 use sha2::Digest as _;
 use tokio::sync::Semaphore;
 
-use super::filter::{ConfigError, DeferredFuture, ResponseBody, check_config};
+use super::deferred::{Decision, DeferredFilter, DeferredFuture, DeferredLayer, DeferredService};
+use super::filter::ConfigError;
 use super::{Consumer, Phase, Policy, PolicyContext, RouteLayer};
 use crate::body::Body;
 use crate::consumers::ConsumerStore;
@@ -135,49 +135,33 @@ impl Default for BasicAuthConfig {
 /// with them goes on without its `Authorization` header, with the consumer in its
 /// extensions ([`Consumer`]). Clones share the cache of verified credentials and the
 /// verification slots.
-#[derive(Clone)]
-pub struct BasicAuthLayer {
-    shared: Arc<Shared>,
-}
+pub type BasicAuthLayer = DeferredLayer<BasicAuthFilter>;
 
-impl std::fmt::Debug for BasicAuthLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BasicAuthLayer").finish_non_exhaustive()
-    }
-}
+/// The service of a [`BasicAuthLayer`] around `S`.
+pub type BasicAuth<S> = DeferredService<BasicAuthFilter, S>;
+
+/// The future of a [`BasicAuth`] call: an answer at once, the inner call (credentials
+/// verified before), or a verification and then the inner call.
+pub type ResponseFuture<F, ResB, E> = DeferredFuture<F, (), ResB, E>;
 
 impl BasicAuthLayer {
     /// Authenticates against `consumers`' `basic-auth` credentials, with the realm `gw`.
     /// The store is read per request: a set stored into it later takes effect at once.
     pub fn new(consumers: ConsumerStore) -> Self {
-        Self {
-            shared: Shared::build(&BasicAuthConfig::default(), consumers)
+        Self::from_filter(
+            BasicAuthFilter::build(&BasicAuthConfig::default(), consumers)
                 .unwrap_or_else(|_| unreachable!("the default realm is a valid header value")),
-        }
+        )
     }
 
     /// Authenticates against `consumers` as `config` says.
-    // by value, as every layer's constructor takes its config
-    #[allow(clippy::needless_pass_by_value)]
     pub fn with_config(
         config: BasicAuthConfig,
         consumers: ConsumerStore,
     ) -> Result<Self, ConfigError> {
-        check_config(&BasicAuthPolicy, &config)?;
-        Shared::build(&config, consumers)
-            .map(|shared| Self { shared })
-            .map_err(ConfigError::message)
-    }
-}
-
-impl<S> tower::Layer<S> for BasicAuthLayer {
-    type Service = BasicAuth<S>;
-
-    fn layer(&self, inner: S) -> BasicAuth<S> {
-        BasicAuth {
-            inner,
-            shared: Arc::clone(&self.shared),
-        }
+        Self::checked(&BasicAuthPolicy, config, |config| {
+            BasicAuthFilter::build(&config, consumers)
+        })
     }
 }
 
@@ -223,26 +207,14 @@ impl Policy for BasicAuthPolicy {
         params: BasicAuthConfig,
         ctx: &PolicyContext<'_>,
     ) -> Result<RouteLayer, String> {
-        Shared::build(&params, ctx.consumers.clone()).map(layer_of)
+        BasicAuthFilter::build(&params, ctx.consumers.clone())
+            .map(|filter| BasicAuthLayer::from_filter(filter).into())
     }
 }
 
-/// The route stack's layer: [`BasicAuth`] with its answers and the inner service's
-/// responses both in gw's body again (no allocation: both are a [`Body`] already).
-fn layer_of(shared: Arc<Shared>) -> RouteLayer {
-    RouteLayer::new(tower::layer::layer_fn(move |inner| {
-        tower::util::MapResponse::new(
-            BasicAuth {
-                inner,
-                shared: Arc::clone(&shared),
-            },
-            ResponseBody::into_gateway_body as fn(_) -> _,
-        )
-    }))
-}
-
-#[derive(Debug)]
-struct Shared {
+/// The compiled `basic-auth` policy, with its cache of verified credentials: the
+/// [`DeferredFilter`] of a [`BasicAuthLayer`].
+pub struct BasicAuthFilter {
     challenge: HeaderValue,
     consumers: ConsumerStore,
     /// keyed digest of (user name, password) -> the hash it was verified against
@@ -254,27 +226,48 @@ struct Shared {
     own: Arc<Semaphore>,
 }
 
-/// What the request's credentials lead to without hashing.
-enum Decision {
-    Refuse(Response<Body>),
-    Accept(Consumer),
-    Verify {
-        /// `None` for an unknown user name: verified against a dummy hash, then refused.
-        consumer: Option<Consumer>,
-        hash: Arc<str>,
-        password: Vec<u8>,
-        digest: [u8; 32],
-    },
+impl std::fmt::Debug for BasicAuthFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // not the cache nor its key
+        f.debug_struct("BasicAuthFilter")
+            .field("challenge", &self.challenge)
+            .finish_non_exhaustive()
+    }
 }
 
-impl Shared {
-    fn build(params: &BasicAuthConfig, consumers: ConsumerStore) -> Result<Arc<Self>, String> {
+/// What the request's credentials lead to without hashing.
+enum Verdict {
+    Refuse(Response<Body>),
+    Accept(Consumer),
+    Verify(Verification),
+}
+
+/// A password to verify against a hash: what a [`BasicAuthFilter`] decides after hashing.
+pub struct Verification {
+    /// `None` for an unknown user name: verified against a dummy hash, then refused.
+    consumer: Option<Consumer>,
+    hash: Arc<str>,
+    password: Vec<u8>,
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for Verification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the password
+        f.debug_struct("Verification")
+            .field("consumer", &self.consumer.as_ref().map(|c| &c.name))
+            .finish_non_exhaustive()
+    }
+}
+
+impl BasicAuthFilter {
+    fn build(params: &BasicAuthConfig, consumers: ConsumerStore) -> Result<Self, String> {
         let challenge = HeaderValue::from_str(&format!(
             "Basic realm=\"{}\", charset=\"UTF-8\"",
             params.realm
         ))
         .map_err(|e| e.to_string())?;
-        Ok(Arc::new(Shared {
+        Ok(BasicAuthFilter {
             challenge,
             consumers,
             cache: Mutex::new(HashMap::new()),
@@ -285,12 +278,12 @@ impl Shared {
                     .max_concurrent_verifications
                     .unwrap_or_else(default_policy_slots) as usize,
             )),
-        }))
+        })
     }
 
-    fn decide<B>(&self, request: &Request<B>) -> Decision {
+    fn verdict<B>(&self, request: &Request<B>) -> Verdict {
         let refuse = |code: &str, message: &str| {
-            Decision::Refuse(unauthorized(code, message, &self.challenge))
+            Verdict::Refuse(unauthorized(code, message, &self.challenge))
         };
         let Some(value) = request.headers().get(http::header::AUTHORIZATION) else {
             return refuse("missing_credentials", "credentials are required");
@@ -304,12 +297,12 @@ impl Shared {
             .ok()
             .and_then(|name| consumers.by_username(name))
         else {
-            return Decision::Verify {
+            return Verdict::Verify(Verification {
                 consumer: None,
                 hash: Arc::clone(&DUMMY_HASH),
                 password,
                 digest,
-            };
+            });
         };
         let cached = self
             .cache
@@ -318,14 +311,14 @@ impl Shared {
             .get(&digest)
             .cloned();
         if cached.is_some_and(|hash| hash == credential.hash) {
-            return Decision::Accept(credential.consumer.clone());
+            return Verdict::Accept(credential.consumer.clone());
         }
-        Decision::Verify {
+        Verdict::Verify(Verification {
             consumer: Some(credential.consumer.clone()),
             hash: Arc::clone(&credential.hash),
             password,
             digest,
-        }
+        })
     }
 
     /// A keyed digest of the pair: the cache never holds a password, and its keys are
@@ -372,103 +365,71 @@ fn parse_basic(value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((decoded[..colon].to_vec(), decoded[colon + 1..].to_vec()))
 }
 
-/// The service of a [`BasicAuthLayer`] around `S`.
-#[derive(Clone)]
-pub struct BasicAuth<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> std::fmt::Debug for BasicAuth<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BasicAuth").finish_non_exhaustive()
-    }
-}
-
 /// Marks the request as the consumer's and removes the password before it goes upstream.
 fn admit<B>(request: &mut Request<B>, consumer: Consumer) {
     super::authenticate(request, consumer);
     request.headers_mut().remove(http::header::AUTHORIZATION);
 }
 
-impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for BasicAuth<S>
-where
-    S: tower::Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: 'static,
-    ReqB: Send + 'static,
-    ResB: 'static,
-{
-    type Response = Response<ResponseBody<ResB>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResB, S::Error>;
+impl DeferredFilter for BasicAuthFilter {
+    type Pending = Verification;
+    type State = ();
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
-        match self.shared.decide(&request) {
-            Decision::Refuse(response) => DeferredFuture::answered(response),
-            Decision::Accept(consumer) => {
-                admit(&mut request, consumer);
-                DeferredFuture::inner(self.inner.call(request))
+    fn decide<B>(&self, request: &mut Request<B>) -> Decision<(), Verification> {
+        match self.verdict(request) {
+            Verdict::Refuse(response) => Decision::Refuse(response),
+            Verdict::Accept(consumer) => {
+                admit(request, consumer);
+                Decision::Accept(())
             }
-            Decision::Verify {
-                consumer,
-                hash,
-                password,
-                digest,
-            } => {
-                // the ready service goes with the future; a clone stays for the next call
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                let shared = Arc::clone(&self.shared);
-                DeferredFuture::deferred(Box::pin(async move {
-                    let refusal =
-                        |response: Response<Body>| Ok(response.map(ResponseBody::gateway));
-                    // this policy's share first, then one of the process's slots, both
-                    // within the wait
-                    let permits = tokio::time::timeout(VERIFY_WAIT, async {
-                        let own = Arc::clone(&shared.own).acquire_owned().await?;
-                        let process = Arc::clone(&shared.verifying).acquire_owned().await?;
-                        Ok::<_, tokio::sync::AcquireError>((own, process))
-                    })
-                    .await;
-                    let Ok(Ok(permit)) = permits else {
-                        return refusal(crate::error::json_error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "authentication_busy",
-                            "too many authentication attempts; try again",
-                        ));
-                    };
-                    let checked = Arc::clone(&hash);
-                    let valid = tokio::task::spawn_blocking(move || {
-                        let _permit = permit;
-                        crate::credential::verify_password(&password, &checked)
-                    })
-                    .await
-                    .unwrap_or(false);
-                    let Some(consumer) = consumer.filter(|_| valid) else {
-                        return refusal(unauthorized(
-                            "invalid_credentials",
-                            "the credentials are not valid",
-                            &shared.challenge,
-                        ));
-                    };
-                    shared.remember(digest, hash);
-                    admit(&mut request, consumer);
-                    let response = inner.call(request).await?;
-                    Ok(response.map(ResponseBody::inner))
-                }))
-            }
+            Verdict::Verify(verification) => Decision::Defer(verification),
         }
     }
-}
 
-/// The future of a [`BasicAuth`] call: an answer at once, the inner call (credentials
-/// verified before), or a verification and then the inner call.
-pub type ResponseFuture<F, ResB, E> = DeferredFuture<F, ResB, E>;
+    async fn settle<B: Send>(
+        &self,
+        verification: Verification,
+        request: &mut Request<B>,
+    ) -> Result<(), Response<Body>> {
+        let Verification {
+            consumer,
+            hash,
+            password,
+            digest,
+        } = verification;
+        // this policy's share first, then one of the process's slots, both within the wait
+        let permits = tokio::time::timeout(VERIFY_WAIT, async {
+            let own = Arc::clone(&self.own).acquire_owned().await?;
+            let process = Arc::clone(&self.verifying).acquire_owned().await?;
+            Ok::<_, tokio::sync::AcquireError>((own, process))
+        })
+        .await;
+        let Ok(Ok(permit)) = permits else {
+            return Err(crate::error::json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "authentication_busy",
+                "too many authentication attempts; try again",
+            ));
+        };
+        let checked = Arc::clone(&hash);
+        let valid = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            crate::credential::verify_password(&password, &checked)
+        })
+        .await
+        .unwrap_or(false);
+        let Some(consumer) = consumer.filter(|_| valid) else {
+            return Err(unauthorized(
+                "invalid_credentials",
+                "the credentials are not valid",
+                &self.challenge,
+            ));
+        };
+        self.remember(digest, hash);
+        admit(request, consumer);
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -557,7 +518,7 @@ mod tests {
 
     /// Whether a fresh policy decides `authorization` from its cache after one success.
     fn layer_shared_decision(store: &ConsumerStore, authorization: &str) -> Option<bool> {
-        let shared = Shared {
+        let shared = BasicAuthFilter {
             challenge: HeaderValue::from_static("Basic"),
             consumers: store.clone(),
             cache: Mutex::new(HashMap::new()),
@@ -566,11 +527,11 @@ mod tests {
             own: Arc::new(Semaphore::new(1)),
         };
         let request = request(Some(authorization));
-        let Decision::Verify { hash, digest, .. } = shared.decide(&request) else {
+        let Verdict::Verify(Verification { hash, digest, .. }) = shared.verdict(&request) else {
             return None;
         };
         shared.remember(digest, hash);
-        Some(matches!(shared.decide(&request), Decision::Accept(_)))
+        Some(matches!(shared.verdict(&request), Verdict::Accept(_)))
     }
 
     #[tokio::test]
@@ -603,7 +564,7 @@ mod tests {
         ]));
         let process = Arc::new(Semaphore::new(2));
         let policy = |own: usize| {
-            layer_of(Arc::new(Shared {
+            RouteLayer::from(BasicAuthLayer::from_filter(BasicAuthFilter {
                 challenge: HeaderValue::from_static("Basic"),
                 consumers: store.clone(),
                 cache: Mutex::new(HashMap::new()),

@@ -31,7 +31,7 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
+use super::filter::{ConfigError, FilterLayer, FilterService};
 use super::header_names::header_name;
 use super::{Filter, Phase, Policy, PolicyContext, RequestId, RouteLayer, filter_layer};
 use crate::body::Body;
@@ -82,13 +82,10 @@ pub type CorrelationId<S> = FilterService<CorrelationIdFilter, S>;
 
 impl CorrelationIdLayer {
     /// Checks and compiles `config`: the same rules as the params of `correlation-id`.
-    // by value, as every layer's constructor takes its config
-    #[allow(clippy::needless_pass_by_value)]
     pub fn new(config: CorrelationIdConfig) -> Result<Self, ConfigError> {
-        check_config(&CorrelationIdPolicy, &config)?;
-        CorrelationIdFilter::build(&config)
-            .map(FilterLayer::from_filter)
-            .map_err(ConfigError::message)
+        FilterLayer::checked(&CorrelationIdPolicy, config, |config| {
+            CorrelationIdFilter::build(&config)
+        })
     }
 }
 

@@ -52,7 +52,7 @@ use http::{Method, Request, Response, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
+use super::filter::{ConfigError, FilterLayer, FilterService};
 use super::{Filter, Phase, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::{self, Body};
 use crate::error::json_error;
@@ -133,13 +133,8 @@ pub type Cors<S> = FilterService<CorsFilter, S>;
 
 impl CorsLayer {
     /// Checks and compiles `config`: the same rules as the params of the `cors` policy.
-    // by value, as every layer's constructor takes its config
-    #[allow(clippy::needless_pass_by_value)]
     pub fn new(config: CorsConfig) -> Result<Self, ConfigError> {
-        check_config(&CorsPolicy, &config)?;
-        CorsFilter::build(&config)
-            .map(FilterLayer::from_filter)
-            .map_err(ConfigError::message)
+        FilterLayer::checked(&CorsPolicy, config, |config| CorsFilter::build(&config))
     }
 }
 

@@ -8,7 +8,9 @@
 //! bodies) and an axum or tonic stack (with theirs). An answer made at the gateway (a 401,
 //! a 429, a CORS preflight) is always a gw [`Body`]; [`FilterService`] hands it out in a
 //! [`ResponseBody`], which is either that answer or the inner service's body, as
-//! tower-http's middlewares do.
+//! tower-http's middlewares do. The layer and service types ([`PolicyLayer`],
+//! [`PolicyService`]) also serve the policies that may await work of their own
+//! ([`deferred`](super::deferred)).
 
 use std::any::Any;
 use std::fmt;
@@ -110,54 +112,96 @@ pub(crate) fn check_config<P: Policy>(policy: &P, config: &P::Params) -> Result<
     ConfigError::check(policy.check(config, &standalone()))
 }
 
+/// What `build` makes of `config` once `config` holds by the rules of `policy`'s params in
+/// `ctx`: every problem with its field path, or `build`'s own error as a [`ConfigError`].
+/// The typed constructors of the policy layers are this.
+pub(crate) fn checked_in<P: Policy, T>(
+    policy: &P,
+    ctx: &PolicyContext<'_>,
+    config: P::Params,
+    build: impl FnOnce(P::Params) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    ConfigError::check(policy.check(&config, ctx))?;
+    build(config).map_err(ConfigError::message)
+}
+
+/// A built-in policy as a `tower::Layer`, for any stack: the compiled policy `P`, shared by
+/// the layer's clones and the services they make (and so its state: a rate limit's counts).
+/// `K` says how the services ([`PolicyService`]) run it: [`Filtered`] (a [`Filter`]: the
+/// layer is a [`FilterLayer`]) or [`Deferring`](super::deferred::Deferring) (a
+/// [`DeferredFilter`](super::deferred::DeferredFilter): a
+/// [`DeferredLayer`](super::deferred::DeferredLayer)).
+pub struct PolicyLayer<P, K> {
+    pub(super) filter: Arc<P>,
+    kind: PhantomData<fn() -> K>,
+}
+
+/// How the services of a [`FilterLayer`] run its policy: the [`Filter`]'s halves around
+/// the inner call.
+#[derive(Debug)]
+pub enum Filtered {}
+
 /// A [`Filter`] as a `tower::Layer`, for any stack: its services ([`FilterService`]) take
 /// any request whose body the filter works on, and answer with a [`ResponseBody`]. Clones
 /// share the filter (and so its state: a rate limit's counts).
 ///
 /// Each built-in filter policy names its own: `cors::CorsLayer`, `api_key::ApiKeyLayer`,
 /// and so on.
-pub struct FilterLayer<F> {
-    filter: Arc<F>,
-}
+pub type FilterLayer<F> = PolicyLayer<F, Filtered>;
 
-impl<F> FilterLayer<F> {
+impl<P, K> PolicyLayer<P, K> {
     /// The layer of `filter`.
-    pub fn from_filter(filter: F) -> Self {
+    pub fn from_filter(filter: P) -> Self {
         Self {
             filter: Arc::new(filter),
+            kind: PhantomData,
         }
     }
 
-    /// The filter.
-    pub fn filter(&self) -> &F {
+    /// The layer of the policy `build` makes of `config`, once `config` holds by the rules
+    /// of `policy`'s params (checked as for a layer used outside a gateway: no API, no
+    /// operation, no consumers). Every problem comes back with its field path; an error of
+    /// `build` as a problem of the whole config.
+    pub fn checked<Q: Policy>(
+        policy: &Q,
+        config: Q::Params,
+        build: impl FnOnce(Q::Params) -> Result<P, String>,
+    ) -> Result<Self, ConfigError> {
+        checked_in(policy, &standalone(), config, build).map(Self::from_filter)
+    }
+
+    /// The policy.
+    pub fn filter(&self) -> &P {
         &self.filter
     }
 }
 
-impl<F> Clone for FilterLayer<F> {
+impl<P, K> Clone for PolicyLayer<P, K> {
     fn clone(&self) -> Self {
         Self {
             filter: Arc::clone(&self.filter),
+            kind: PhantomData,
         }
     }
 }
 
-impl<F> fmt::Debug for FilterLayer<F> {
+impl<P, K> fmt::Debug for PolicyLayer<P, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // not the filter's own Debug: its config may hold secrets (an injected header)
-        f.debug_struct("FilterLayer")
-            .field("filter", &std::any::type_name::<F>())
+        // not the policy's own Debug: its config may hold secrets (an injected header)
+        f.debug_struct("PolicyLayer")
+            .field("filter", &std::any::type_name::<P>())
             .finish()
     }
 }
 
-impl<F, S> tower::Layer<S> for FilterLayer<F> {
-    type Service = FilterService<F, S>;
+impl<P, K, S> tower::Layer<S> for PolicyLayer<P, K> {
+    type Service = PolicyService<P, K, S>;
 
-    fn layer(&self, inner: S) -> FilterService<F, S> {
-        FilterService {
+    fn layer(&self, inner: S) -> PolicyService<P, K, S> {
+        PolicyService {
             filter: Arc::clone(&self.filter),
             inner,
+            kind: PhantomData,
         }
     }
 }
@@ -169,30 +213,35 @@ impl<F: Filter> From<FilterLayer<F>> for RouteLayer {
     }
 }
 
-/// The service of a [`FilterLayer`]: the filter's request half, the inner service unless
-/// the filter answered, then the filter's response half.
-pub struct FilterService<F, S> {
-    filter: Arc<F>,
-    inner: S,
+/// The service of a [`PolicyLayer`] around `S`.
+pub struct PolicyService<P, K, S> {
+    pub(super) filter: Arc<P>,
+    pub(super) inner: S,
+    kind: PhantomData<fn() -> K>,
 }
 
-impl<F, S> FilterService<F, S> {
+/// The service of a [`FilterLayer`]: the filter's request half, the inner service unless
+/// the filter answered, then the filter's response half.
+pub type FilterService<F, S> = PolicyService<F, Filtered, S>;
+
+impl<P, K, S> PolicyService<P, K, S> {
     super::inner_service_accessors!();
 }
 
-impl<F, S: Clone> Clone for FilterService<F, S> {
+impl<P, K, S: Clone> Clone for PolicyService<P, K, S> {
     fn clone(&self) -> Self {
         Self {
             filter: Arc::clone(&self.filter),
             inner: self.inner.clone(),
+            kind: PhantomData,
         }
     }
 }
 
-impl<F, S: fmt::Debug> fmt::Debug for FilterService<F, S> {
+impl<P, K, S: fmt::Debug> fmt::Debug for PolicyService<P, K, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FilterService")
-            .field("filter", &std::any::type_name::<F>())
+        f.debug_struct("PolicyService")
+            .field("filter", &std::any::type_name::<P>())
             .field("inner", &self.inner)
             .finish()
     }
@@ -266,12 +315,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Answered { answer } => {
-                let answer = answer
-                    .take()
-                    .expect("filter future polled after completion");
-                Poll::Ready(Ok(answer.map(ResponseBody::gateway)))
-            }
+            KindProj::Answered { answer } => Poll::Ready(Ok(ResponseBody::answer(answer))),
             KindProj::Inner {
                 future,
                 state,
@@ -293,83 +337,6 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-/// What a [`DeferredFuture`] awaits before it answers: its own work, then perhaps the
-/// inner call.
-pub type Deferred<ResB, E> =
-    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<ResB>>, E>> + Send>>;
-
-pin_project_lite::pin_project! {
-    /// The future of a policy's service that is not a [`Filter`]: it answers at once, calls
-    /// the inner service at once, or first awaits work of its own (a password
-    /// verification, a key fetch), boxed, as only that path needs to.
-    pub struct DeferredFuture<F, ResB, E> {
-        #[pin]
-        kind: DeferredKind<F, ResB, E>,
-    }
-}
-
-pin_project_lite::pin_project! {
-    #[project = DeferredProj]
-    enum DeferredKind<F, ResB, E> {
-        Answered { answer: Option<Response<Body>> },
-        Inner { #[pin] future: F },
-        Deferred { future: Deferred<ResB, E> },
-    }
-}
-
-impl<F, ResB, E> DeferredFuture<F, ResB, E> {
-    /// An answer made at the gateway.
-    pub fn answered(answer: Response<Body>) -> Self {
-        Self {
-            kind: DeferredKind::Answered {
-                answer: Some(answer),
-            },
-        }
-    }
-
-    /// The inner service's call.
-    pub fn inner(future: F) -> Self {
-        Self {
-            kind: DeferredKind::Inner { future },
-        }
-    }
-
-    /// Work of the policy's own, which ends with an answer or the inner call.
-    pub fn deferred(future: Deferred<ResB, E>) -> Self {
-        Self {
-            kind: DeferredKind::Deferred { future },
-        }
-    }
-}
-
-impl<F, ResB, E> Future for DeferredFuture<F, ResB, E>
-where
-    F: Future<Output = Result<Response<ResB>, E>>,
-{
-    type Output = Result<Response<ResponseBody<ResB>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            DeferredProj::Answered { answer } => {
-                let answer = answer
-                    .take()
-                    .expect("policy future polled after completion");
-                Poll::Ready(Ok(answer.map(ResponseBody::gateway)))
-            }
-            DeferredProj::Inner { future } => future
-                .poll(cx)
-                .map(|result| result.map(|response| response.map(ResponseBody::inner))),
-            DeferredProj::Deferred { future } => future.as_mut().poll(cx),
-        }
-    }
-}
-
-impl<F, ResB, E> fmt::Debug for DeferredFuture<F, ResB, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeferredFuture").finish_non_exhaustive()
     }
 }
 
@@ -403,6 +370,14 @@ impl<B> ResponseBody<B> {
         Self {
             kind: BodyKind::Gateway { body },
         }
+    }
+
+    /// The answer a policy's future made at the gateway, taken out of the future.
+    pub(super) fn answer(answer: &mut Option<Response<Body>>) -> Response<Self> {
+        answer
+            .take()
+            .expect("policy future polled after completion")
+            .map(Self::gateway)
     }
 }
 

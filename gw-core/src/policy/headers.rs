@@ -39,7 +39,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::filter::{ConfigError, FilterLayer, FilterService, check_config, standalone};
+use super::filter::{ConfigError, FilterLayer, FilterService, standalone};
 use super::header_names::header_name;
 use super::{Filter, Policy, PolicyContext, RouteLayer, Template, filter_layer};
 use crate::body::Body;
@@ -77,11 +77,9 @@ impl RequestHeadersLayer {
     /// Checks and compiles `config`: the same rules as the params of `request-headers`.
     /// Values may use the [`Template`] variables that do not need an operation's path.
     pub fn new(config: HeadersConfig) -> Result<Self, ConfigError> {
-        check_config(&RequestHeadersPolicy, &config)?;
-        config
-            .build(&standalone(), true)
-            .map(|ops| FilterLayer::from_filter(RequestHeadersFilter(ops)))
-            .map_err(ConfigError::message)
+        FilterLayer::checked(&RequestHeadersPolicy, config, |config| {
+            config.build(&standalone(), true).map(RequestHeadersFilter)
+        })
     }
 }
 
@@ -95,11 +93,11 @@ pub type ResponseHeaders<S> = FilterService<ResponseHeadersFilter, S>;
 impl ResponseHeadersLayer {
     /// Checks and compiles `config`: the same rules as the params of `response-headers`.
     pub fn new(config: HeadersConfig) -> Result<Self, ConfigError> {
-        check_config(&ResponseHeadersPolicy, &config)?;
-        config
-            .build(&standalone(), false)
-            .map(|ops| FilterLayer::from_filter(ResponseHeadersFilter(ops)))
-            .map_err(ConfigError::message)
+        FilterLayer::checked(&ResponseHeadersPolicy, config, |config| {
+            config
+                .build(&standalone(), false)
+                .map(ResponseHeadersFilter)
+        })
     }
 }
 

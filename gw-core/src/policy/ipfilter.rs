@@ -46,7 +46,7 @@ use http::{Request, Response, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
+use super::filter::{ConfigError, FilterLayer, FilterService};
 use super::{Cidr, Filter, Phase, Policy, PolicyContext, RouteLayer, client_ip, filter_layer};
 use crate::body::Body;
 use crate::gateway::ConnInfo;
@@ -99,13 +99,10 @@ pub type IpFilter<S> = FilterService<IpFilterFilter, S>;
 
 impl IpFilterLayer {
     /// Checks and compiles `config`: the same rules as the params of `ip-filter`.
-    // by value, as every layer's constructor takes its config
-    #[allow(clippy::needless_pass_by_value)]
     pub fn new(config: IpFilterConfig) -> Result<Self, ConfigError> {
-        check_config(&IpFilterPolicy, &config)?;
-        IpFilterFilter::build(&config)
-            .map(FilterLayer::from_filter)
-            .map_err(ConfigError::message)
+        FilterLayer::checked(&IpFilterPolicy, config, |config| {
+            IpFilterFilter::build(&config)
+        })
     }
 }
 

@@ -55,7 +55,6 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -70,7 +69,8 @@ use serde_json::Value;
 pub use self::keys::JwtAlgorithm;
 use self::keys::{AlgorithmSet, Key, KeySet, Origin};
 use self::remote::Remote;
-use super::filter::{ConfigError, DeferredFuture, ResponseBody, check_config, standalone};
+use super::deferred::{Decision, DeferredFilter, DeferredFuture, DeferredLayer, DeferredService};
+use super::filter::{ConfigError, standalone};
 use super::header_names::header_name;
 use super::{Consumer, Phase, Policy, PolicyContext, RouteLayer};
 use crate::body::Body;
@@ -210,16 +210,14 @@ impl Default for JwtConfig {
 /// without a valid token with 401 (403 for a missing scope); a request with one goes on
 /// without the token, with its forwarded claims and, when a consumer's `jwt` credential
 /// binds it, the consumer in its extensions ([`Consumer`]).
-#[derive(Clone)]
-pub struct JwtLayer {
-    shared: Arc<Shared>,
-}
+pub type JwtLayer = DeferredLayer<JwtFilter>;
 
-impl fmt::Debug for JwtLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JwtLayer").finish_non_exhaustive()
-    }
-}
+/// The service of a [`JwtLayer`] around `S`.
+pub type Jwt<S> = DeferredService<JwtFilter, S>;
+
+/// The future of a [`Jwt`] call: an answer at once, the inner call, or a wait for the
+/// JWKS (a first fetch, or a refetch for an unknown key id) and then either.
+pub type ResponseFuture<F, ResB, E> = DeferredFuture<F, (), ResB, E>;
 
 impl JwtLayer {
     /// Checks and compiles `config` (the same rules as the params of `jwt`), with
@@ -227,27 +225,11 @@ impl JwtLayer {
     // by value, as every layer's constructor takes its config (and the store is kept)
     #[allow(clippy::needless_pass_by_value)]
     pub fn new(config: JwtConfig, consumers: ConsumerStore) -> Result<Self, ConfigError> {
-        check_config(&JwtPolicy, &config)?;
         let ctx = PolicyContext {
             consumers: &consumers,
             ..standalone()
         };
-        Shared::build(config, &ctx)
-            .map(|shared| Self {
-                shared: Arc::new(shared),
-            })
-            .map_err(ConfigError::message)
-    }
-}
-
-impl<S> tower::Layer<S> for JwtLayer {
-    type Service = Jwt<S>;
-
-    fn layer(&self, inner: S) -> Jwt<S> {
-        Jwt {
-            inner,
-            shared: Arc::clone(&self.shared),
-        }
+        Self::checked(&JwtPolicy, config, |config| JwtFilter::build(config, &ctx))
     }
 }
 
@@ -385,18 +367,7 @@ impl Policy for JwtPolicy {
     }
 
     fn layer(&self, params: JwtConfig, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
-        let shared = Arc::new(Shared::build(params, ctx)?);
-        // the route stack's layer: answers and responses both in gw's body again, without
-        // allocating
-        Ok(RouteLayer::new(tower::layer::layer_fn(move |inner| {
-            tower::util::MapResponse::new(
-                Jwt {
-                    inner,
-                    shared: Arc::clone(&shared),
-                },
-                ResponseBody::into_gateway_body as fn(_) -> _,
-            )
-        })))
+        JwtFilter::build(params, ctx).map(|filter| JwtLayer::from_filter(filter).into())
     }
 }
 
@@ -494,8 +465,9 @@ struct Admission {
     forward: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// The policy, built once per configuration.
-struct Shared {
+/// The compiled `jwt` policy, built once per configuration: the [`DeferredFilter`] of a
+/// [`JwtLayer`].
+pub struct JwtFilter {
     api: Box<str>,
     algorithms: AlgorithmSet,
     /// The keys of `jwks`, `publicKeys` and `secret`.
@@ -516,9 +488,9 @@ struct Shared {
     scope_challenge: HeaderValue,
 }
 
-impl fmt::Debug for Shared {
+impl fmt::Debug for JwtFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Jwt")
+        f.debug_struct("JwtFilter")
             .field("api", &self.api)
             .field("keys", &self.keys.keys.len())
             .field("remote", &self.remote)
@@ -530,7 +502,7 @@ fn boxed(list: Vec<String>) -> Box<[Box<str>]> {
     list.into_iter().map(String::into_boxed_str).collect()
 }
 
-impl Shared {
+impl JwtFilter {
     fn build(params: JwtConfig, ctx: &PolicyContext<'_>) -> Result<Self, String> {
         let algorithms: AlgorithmSet = params.algorithms.iter().copied().collect();
         let mut keys = KeySet::default();
@@ -657,7 +629,7 @@ impl Shared {
     }
 
     /// The verdict on a request; `retry` after a JWKS fetch made for it.
-    fn decide(&self, headers: &HeaderMap, retry: bool) -> Verdict {
+    fn verdict(&self, headers: &HeaderMap, retry: bool) -> Verdict {
         let token = match self.token(headers) {
             Ok(token) => token,
             Err(reject) => return Verdict::Refuse(reject),
@@ -1062,75 +1034,48 @@ impl<'de> Deserialize<'de> for Name<'de> {
     }
 }
 
-/// The service of a [`JwtLayer`] around `S`.
-#[derive(Clone)]
-pub struct Jwt<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
+/// What is left to wait for before a token is decided: the JWKS URL's first fetch, or
+/// a fetch for a key id the keys do not have.
+#[derive(Debug)]
+pub struct Wait(Option<Box<str>>);
 
-impl<S> fmt::Debug for Jwt<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Jwt").finish_non_exhaustive()
-    }
-}
+impl DeferredFilter for JwtFilter {
+    type Pending = Wait;
+    type State = ();
 
-/// The future of a [`Jwt`] call: an answer at once, the inner call, or a wait for the
-/// JWKS (a first fetch, or a refetch for an unknown key id) and then either.
-pub type ResponseFuture<F, ResB, E> = DeferredFuture<F, ResB, E>;
-
-impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for Jwt<S>
-where
-    S: tower::Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: 'static,
-    ReqB: Send + 'static,
-    ResB: 'static,
-{
-    type Response = Response<ResponseBody<ResB>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResB, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
-        if let Some(remote) = &self.shared.remote {
+    fn decide<B>(&self, request: &mut Request<B>) -> Decision<(), Wait> {
+        if let Some(remote) = &self.remote {
             remote.start();
         }
-        let wait = match self.shared.decide(request.headers(), false) {
+        match self.verdict(request.headers(), false) {
             Verdict::Admit(admission) => {
-                self.shared.admit(&mut request, admission);
-                return DeferredFuture::inner(self.inner.call(request));
+                self.admit(request, admission);
+                Decision::Accept(())
             }
-            Verdict::Refuse(reject) => {
-                return DeferredFuture::answered(self.shared.refuse(reject));
+            Verdict::Refuse(reject) => Decision::Refuse(self.refuse(reject)),
+            Verdict::Settle => Decision::Defer(Wait(None)),
+            Verdict::Refetch(kid) => Decision::Defer(Wait(Some(kid))),
+        }
+    }
+
+    async fn settle<B: Send>(
+        &self,
+        Wait(wait): Wait,
+        request: &mut Request<B>,
+    ) -> Result<(), Response<Body>> {
+        if let Some(remote) = &self.remote {
+            match &wait {
+                Some(kid) => remote.refetch_for(kid).await,
+                None => remote.settle().await,
             }
-            Verdict::Settle => None,
-            Verdict::Refetch(kid) => Some(kid),
-        };
-        // the ready service goes with the future; a clone stays for the next call
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let shared = Arc::clone(&self.shared);
-        DeferredFuture::deferred(Box::pin(async move {
-            if let Some(remote) = &shared.remote {
-                match &wait {
-                    Some(kid) => remote.refetch_for(kid).await,
-                    None => remote.settle().await,
-                }
+        }
+        match self.verdict(request.headers(), true) {
+            Verdict::Admit(admission) => {
+                self.admit(request, admission);
+                Ok(())
             }
-            let refusal = |reject| Ok(shared.refuse(reject).map(ResponseBody::gateway));
-            match shared.decide(request.headers(), true) {
-                Verdict::Admit(admission) => {
-                    shared.admit(&mut request, admission);
-                    let response = inner.call(request).await?;
-                    Ok(response.map(ResponseBody::inner))
-                }
-                Verdict::Refuse(reject) => refusal(reject),
-                Verdict::Settle | Verdict::Refetch(_) => refusal(Reject::UnknownKey),
-            }
-        }))
+            Verdict::Refuse(reject) => Err(self.refuse(reject)),
+            Verdict::Settle | Verdict::Refetch(_) => Err(self.refuse(Reject::UnknownKey)),
+        }
     }
 }

@@ -46,6 +46,7 @@ mod cidr;
 pub mod correlation;
 #[cfg(feature = "cors")]
 pub mod cors;
+pub mod deferred;
 pub mod filter;
 mod header_names;
 #[cfg(feature = "transform")]

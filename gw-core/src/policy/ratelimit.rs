@@ -39,17 +39,20 @@
 //!
 //! The `redis` backend ([`redis`]) keeps them in Redis instead, shared by every gateway
 //! process that names the same server: the same GCRA, run by one Lua script per request.
-//! The local backend decides synchronously in a [`Filter`]; the Redis one is a service of
-//! its own that awaits the script, so that the local path never pays for it.
+//! The local backend decides synchronously in a [`Filter`]; the Redis one is a
+//! [`DeferredFilter`](super::deferred::DeferredFilter) that awaits the script, so that the
+//! local path never pays for it.
 //!
 //! # As a `tower` layer
 //!
 //! Outside a gateway, [`RateLimitLayer`] is the local backend as a `tower` middleware for
-//! any stack, over any request and response bodies. Keys by consumer or credential read
+//! any stack, over any request and response bodies (and, with the `rate-limit-redis`
+//! feature, `RedisRateLimitLayer` the Redis backend). Keys by consumer or credential read
 //! the [`Consumer`] an authentication layer (such as
 //! [`ApiKeyLayer`](super::apikey::ApiKeyLayer)) put in the request's extensions; keys by
 //! client address read gw's [`ConnInfo`](crate::ConnInfo) there, which gw's listeners
-//! insert (without it, every request counts as one unknown client).
+//! insert (without it, a request counted by address is refused with 500
+//! `connection_info_missing`).
 //!
 //! ```
 //! use gw_core::policy::ratelimit::{KeyKind, Limit, RateLimitConfig, RateLimitLayer, Window};
@@ -91,8 +94,11 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 #[cfg(feature = "rate-limit-redis")]
-use self::redis::{RedisLimit, RedisParams};
-use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
+use self::redis::{Connection, RedisParams};
+#[cfg(feature = "rate-limit-redis")]
+pub use self::redis::{RedisConfig, RedisRateLimit, RedisRateLimitFilter, RedisRateLimitLayer};
+use super::deferred::OnResponse;
+use super::filter::{ConfigError, FilterLayer, FilterService};
 use super::ipfilter::{parse_cidrs, request_ip};
 use super::{Cidr, Consumer, Filter, Phase, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::Body;
@@ -219,11 +225,9 @@ impl RateLimitLayer {
     /// Checks `config` (the same rules as the params of the `rate-limit` policy) and makes
     /// the limiter's state, empty.
     pub fn new(config: RateLimitConfig) -> Result<Self, ConfigError> {
-        let params = RateLimitParams::from(config);
-        check_config(&RateLimitPolicy, &params)?;
-        RateLimitFilter::build(&params)
-            .map(FilterLayer::from_filter)
-            .map_err(ConfigError::message)
+        FilterLayer::checked(&RateLimitPolicy, config.into(), |params| {
+            RateLimitFilter::build(&params)
+        })
     }
 }
 
@@ -402,22 +406,8 @@ impl Policy for RateLimitPolicy {
     ) -> Result<RouteLayer, String> {
         #[cfg(feature = "rate-limit-redis")]
         if params.backend == BackendKind::Redis {
-            let Some(redis) = &params.redis else {
-                return Err("redis: required with backend: redis".to_string());
-            };
-            let keys = Keys::build(&params)?;
-            let fallback = if params.fail_open.unwrap_or(false) {
-                Some(local(&params.limits)?)
-            } else {
-                None
-            };
-            let limits: Vec<(u64, Window)> = params
-                .limits
-                .iter()
-                .map(|l| (l.requests, l.window))
-                .collect();
-            return RedisLimit::new(redis, ctx, &limits, keys, params.headers, fallback)
-                .map(RedisLimit::into_layer);
+            return RedisRateLimitFilter::build(&params, ctx, Connection::shared)
+                .map(|filter| RedisRateLimitLayer::from_filter(filter).into());
         }
         RateLimitFilter::build(&params).map(filter_layer)
     }
@@ -584,6 +574,16 @@ impl Decision {
         headers.insert(RATELIMIT_LIMIT, decimal(self.limit));
         headers.insert(RATELIMIT_REMAINING, decimal(self.remaining));
         headers.insert(RATELIMIT_RESET, decimal(self.reset));
+    }
+}
+
+/// The decision's `RateLimit-*` headers on the response of a request let through, when
+/// the policy sends them (`Some`).
+impl OnResponse for Option<Decision> {
+    fn on_response<B>(self, response: &mut Response<B>) {
+        if let Some(decision) = self {
+            decision.write_headers(response.headers_mut());
+        }
     }
 }
 
@@ -925,9 +925,7 @@ impl<ReqB, ResB> Filter<ReqB, ResB> for RateLimitFilter {
     }
 
     fn response(&self, state: Self::State, response: &mut Response<ResB>) {
-        if let Some(decision) = state {
-            decision.write_headers(response.headers_mut());
-        }
+        state.on_response(response);
     }
 }
 

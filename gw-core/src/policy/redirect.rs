@@ -35,7 +35,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::filter::{ConfigError, FilterLayer, FilterService, check_config, standalone};
+use super::filter::{ConfigError, FilterLayer, FilterService, standalone};
 use super::{Filter, Policy, PolicyContext, RouteLayer, Template, filter_layer};
 use crate::body::{self, Body};
 use crate::error::json_error;
@@ -84,13 +84,10 @@ pub type Redirect<S> = FilterService<RedirectFilter, S>;
 impl RedirectLayer {
     /// Checks and compiles `config`: the same rules as the params of `redirect`. The
     /// location may use the [`Template`] variables that do not need an operation's path.
-    // by value, as every layer's constructor takes its config
-    #[allow(clippy::needless_pass_by_value)]
     pub fn new(config: RedirectConfig) -> Result<Self, ConfigError> {
-        check_config(&RedirectPolicy, &config)?;
-        RedirectFilter::build(&config, &standalone())
-            .map(FilterLayer::from_filter)
-            .map_err(ConfigError::message)
+        FilterLayer::checked(&RedirectPolicy, config, |config| {
+            RedirectFilter::build(&config, &standalone())
+        })
     }
 }
 

@@ -41,7 +41,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::filter::{ConfigError, FilterLayer, FilterService, standalone};
+use super::filter::{ConfigError, FilterLayer, FilterService, checked_in, standalone};
 use super::{Filter, OperationContext, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::Body;
 use crate::error::json_error;
@@ -77,16 +77,12 @@ pub type Rewrite<S> = FilterService<RewriteFilter, S>;
 impl RewriteLayer {
     /// Checks and compiles `config` for requests at the root: a new path without
     /// placeholders, a new method, or both.
-    // by value, as every layer's constructor takes its config
-    #[allow(clippy::needless_pass_by_value)]
     pub fn new(config: RewriteConfig) -> Result<Self, ConfigError> {
-        Self::build(&config, &standalone())
+        Self::build(config, &standalone())
     }
 
     /// Checks and compiles `config` for requests whose path matches `template`
     /// (`/items/{id}`, with matchit's syntax): the new path may use its parameters.
-    // by value, as every layer's constructor takes its config
-    #[allow(clippy::needless_pass_by_value)]
     pub fn with_template(config: RewriteConfig, template: &str) -> Result<Self, ConfigError> {
         let ctx = PolicyContext {
             operation: Some(OperationContext {
@@ -95,14 +91,14 @@ impl RewriteLayer {
             }),
             ..standalone()
         };
-        Self::build(&config, &ctx)
+        Self::build(config, &ctx)
     }
 
-    fn build(config: &RewriteConfig, ctx: &PolicyContext<'_>) -> Result<Self, ConfigError> {
-        ConfigError::check(RewritePolicy.check(config, ctx))?;
-        RewriteFilter::build(config, ctx)
-            .map(FilterLayer::from_filter)
-            .map_err(ConfigError::message)
+    fn build(config: RewriteConfig, ctx: &PolicyContext<'_>) -> Result<Self, ConfigError> {
+        checked_in(&RewritePolicy, ctx, config, |config| {
+            RewriteFilter::build(&config, ctx)
+        })
+        .map(FilterLayer::from_filter)
     }
 }
 

@@ -60,7 +60,8 @@ use http_body::Body as _;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::filter::{ConfigError, DeferredFuture, ResponseBody, check_config};
+use super::deferred::DeferredFuture;
+use super::filter::{ConfigError, ResponseBody, check_config};
 use super::{Filter, Phase, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::{self, Body, Limited};
 use crate::error::GatewayError;
@@ -222,13 +223,14 @@ where
         DeferredFuture::inner(
             self.inner
                 .call(request.map(|body| Limited::new(body, max_bytes))),
+            (),
         )
     }
 }
 
 /// The future of a [`RequestSizeLimit`] call: the 413 of a declared length over the limit,
 /// or the inner call.
-pub type ResponseFuture<F, ResB, E> = DeferredFuture<F, ResB, E>;
+pub type ResponseFuture<F, ResB, E> = DeferredFuture<F, (), ResB, E>;
 
 #[cfg(test)]
 mod tests {

@@ -34,7 +34,7 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
+use super::filter::{ConfigError, FilterLayer, FilterService};
 use super::header_names::header_name;
 use super::{Filter, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::{self, Body};
@@ -94,10 +94,11 @@ pub type RequestTermination<S> = FilterService<RequestTerminationFilter, S>;
 impl RequestTerminationLayer {
     /// Checks and compiles `config`: the same rules as the params of `request-termination`.
     pub fn new(config: RequestTerminationConfig) -> Result<Self, ConfigError> {
-        check_config(&RequestTerminationPolicy, &config)?;
-        RequestTerminationFilter::build(config)
-            .map(FilterLayer::from_filter)
-            .map_err(ConfigError::message)
+        FilterLayer::checked(
+            &RequestTerminationPolicy,
+            config,
+            RequestTerminationFilter::build,
+        )
     }
 }
 

@@ -36,7 +36,7 @@ use http::{Request, Response};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::filter::{ConfigError, FilterLayer, FilterService, check_config};
+use super::filter::{ConfigError, FilterLayer, FilterService};
 use super::{Filter, Phase, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::Body;
 use crate::model::{FieldError, HumanDuration};
@@ -66,10 +66,9 @@ pub type Timeout<S> = FilterService<TimeoutFilter, S>;
 impl TimeoutLayer {
     /// Checks `config`: the same rules as the params of `timeout`.
     pub fn new(config: TimeoutConfig) -> Result<Self, ConfigError> {
-        check_config(&TimeoutPolicy, &config)?;
-        Ok(FilterLayer::from_filter(TimeoutFilter(RequestTimeout(
-            config.request.as_duration(),
-        ))))
+        FilterLayer::checked(&TimeoutPolicy, config, |config| {
+            Ok(TimeoutFilter(RequestTimeout(config.request.as_duration())))
+        })
     }
 }
 

@@ -28,7 +28,8 @@
 //! A [`Connection`] per distinct URL is shared by the whole process: the registry holds it
 //! weakly, the policies that use it strongly, so a configuration reload (built while the
 //! previous configuration still serves) reuses it, and it closes when no policy names the
-//! URL any more. The connection is a `redis::aio::ConnectionManager` (one multiplexed
+//! URL any more. A [`RedisRateLimitLayer`] made by an embedder has a connection of its own,
+//! shared by its clones. The connection is a `redis::aio::ConnectionManager` (one multiplexed
 //! connection, reconnecting by itself), made on the first request: building a
 //! configuration never waits for Redis.
 //!
@@ -46,7 +47,6 @@ use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -55,14 +55,16 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sha2::Digest as _;
-use tower::Service as _;
 
 use super::{
-    Decision, Identity, KeyBuf, KeySource, Keys, LocalLimiter, MAX_KEY_BYTES, Window, refusal,
+    BackendKind, Decision, Identity, KeyBuf, KeySource, Keys, LocalLimiter, MAX_KEY_BYTES,
+    RateLimitConfig, RateLimitParams, RateLimitPolicy, Window, local, refusal,
 };
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 use crate::model::{FieldError, HumanDuration};
-use crate::policy::{PolicyContext, RouteLayer, RouteService};
+use crate::policy::PolicyContext;
+use crate::policy::deferred::{self, DeferredFilter, DeferredLayer, DeferredService};
+use crate::policy::filter::{ConfigError, standalone};
 
 /// The longest `timeout` accepted.
 const MAX_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,6 +73,120 @@ const MAX_PREFIX: usize = 256;
 /// How long a connection manager may go without a successful check, while checks are
 /// failing, before it is replaced by a new one.
 pub(crate) const STALE: Duration = Duration::from_secs(2);
+
+/// Where a [`RedisRateLimitLayer`] keeps its counts, and what it does when Redis does not
+/// answer: the `redis` and `failOpen` params of `rate-limit` with `backend: redis`.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// The server: `redis://[:password@]host[:port][/db]`, or `redis+unix:///path`. The
+    /// password never appears in logs or errors.
+    pub url: String,
+    /// Put before every key the layer writes (default `gw:rl:`): layers (and gateways)
+    /// with the same server and prefix share their counts.
+    pub key_prefix: String,
+    /// The longest a request waits for Redis, in whole milliseconds (default 50 ms, at
+    /// most 10 s); a check that takes longer counts as Redis being unavailable.
+    pub timeout: Duration,
+    /// While Redis is unavailable: `true`, each layer enforces the limits on its own (as
+    /// [`RateLimitLayer`](super::RateLimitLayer) does) until Redis answers again; `false`
+    /// (the default), the request gets 503 `rate_limit_unavailable`.
+    pub fail_open: bool,
+}
+
+impl RedisConfig {
+    /// The server at `url`, with the default prefix, timeout and outage behaviour.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            key_prefix: default_prefix(),
+            timeout: default_timeout().as_duration(),
+            fail_open: false,
+        }
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("fail_open", &self.fail_open)
+            .finish()
+    }
+}
+
+/// `rate-limit` with the Redis backend as a `tower::Layer` for any stack: the limits hold
+/// for every layer, in this process or another, that names the same server and key prefix
+/// (a gateway's attachment of the policy counts apart: its keys also name its API and
+/// operation, a layer's neither). Its services ([`RedisRateLimit`]) check each
+/// request in Redis (one script, atomic), answer a request over a limit with 429 and
+/// `Retry-After`, and put the `RateLimit-*` headers on the others unless told not to. The
+/// inner service must be `Clone + Send`, as every request awaits Redis before the call.
+///
+/// The layer and its clones share one connection to Redis, made on the first request and
+/// remade by itself after an outage; a check that fails or takes longer than the timeout
+/// falls back as [`RedisConfig::fail_open`] says.
+///
+/// ```no_run
+/// use gw_core::policy::ratelimit::{
+///     KeyKind, Limit, RateLimitConfig, RedisConfig, RedisRateLimitLayer, Window,
+/// };
+/// use http::{Request, Response};
+/// use tower::{Service as _, ServiceBuilder, ServiceExt as _};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let limit = RedisRateLimitLayer::new(
+///     RateLimitConfig {
+///         limits: vec![Limit { requests: 100, window: Window::Minute }],
+///         key: KeyKind::Api,
+///         ..RateLimitConfig::default()
+///     },
+///     RedisConfig {
+///         key_prefix: "shop:rl:".into(),
+///         fail_open: true,
+///         ..RedisConfig::new("redis://127.0.0.1:6379/0")
+///     },
+/// )?;
+/// let mut service = ServiceBuilder::new()
+///     .layer(limit)
+///     .service_fn(|_: Request<()>| async {
+///         Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+///     });
+/// let response = service.ready().await?.call(Request::new(())).await?;
+/// assert_eq!(response.headers()["ratelimit-limit"], "100");
+/// # Ok(())
+/// # }
+/// ```
+pub type RedisRateLimitLayer = DeferredLayer<RedisRateLimitFilter>;
+
+/// The service of a [`RedisRateLimitLayer`] around `S`.
+pub type RedisRateLimit<S> = DeferredService<RedisRateLimitFilter, S>;
+
+impl RedisRateLimitLayer {
+    /// Checks `config` and `redis` (the same rules, and field paths, as the params of
+    /// `rate-limit` with `backend: redis`) and makes the layer's connection to Redis (not
+    /// connected yet: building never waits for Redis).
+    pub fn new(config: RateLimitConfig, redis: RedisConfig) -> Result<Self, ConfigError> {
+        let millis = u64::try_from(redis.timeout.as_millis()).unwrap_or(u64::MAX);
+        let params = RateLimitParams {
+            backend: BackendKind::Redis,
+            redis: Some(RedisParams {
+                url: RedisUrl(redis.url),
+                key_prefix: redis.key_prefix,
+                timeout: HumanDuration::from_millis(millis),
+            }),
+            fail_open: Some(redis.fail_open),
+            ..RateLimitParams::from(config)
+        };
+        Self::checked(&RateLimitPolicy, params, |params| {
+            RedisRateLimitFilter::build(&params, &standalone(), |url| {
+                Connection::new(url).map(Arc::new)
+            })
+        })
+    }
+}
 
 /// The params under `redis:`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -494,8 +610,9 @@ fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
     String::from_utf8(out)
 }
 
-/// The rate limit of one attachment with `backend: redis`.
-pub(super) struct RedisLimit {
+/// The compiled `rate-limit` policy with the Redis backend: the [`DeferredFilter`] of a
+/// [`RedisRateLimitLayer`] and of the policy's attachments with `backend: redis`.
+pub struct RedisRateLimitFilter {
     connection: Arc<Connection>,
     timeout: Duration,
     /// `{keyPrefix}{<api>|<operation>|`: the start of every key.
@@ -508,9 +625,9 @@ pub(super) struct RedisLimit {
     fallback: Option<LocalLimiter>,
 }
 
-impl fmt::Debug for RedisLimit {
+impl fmt::Debug for RedisRateLimitFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisLimit")
+        f.debug_struct("RedisRateLimitFilter")
             .field("connection", &self.connection)
             .field("timeout", &self.timeout)
             .field("scope", &self.scope)
@@ -519,20 +636,36 @@ impl fmt::Debug for RedisLimit {
     }
 }
 
-impl RedisLimit {
-    /// The limit of `limits` (requests per window) for the attachment `ctx`, on the
-    /// process's shared connection to the server of `params`.
-    pub(super) fn new(
-        params: &RedisParams,
+impl RedisRateLimitFilter {
+    /// The limit of checked `params` (with `backend: redis`) for the attachment `ctx`, on
+    /// the connection `connect` gives for the URL of `params`.
+    pub(super) fn build(
+        params: &RateLimitParams,
         ctx: &PolicyContext<'_>,
-        limits: &[(u64, Window)],
-        keys: Keys,
-        headers: bool,
-        fallback: Option<LocalLimiter>,
+        connect: impl FnOnce(&str) -> Result<Arc<Connection>, String>,
     ) -> Result<Self, String> {
-        let connection = Connection::shared(&params.url.0)?;
+        let Some(redis) = &params.redis else {
+            return Err("redis: required with backend: redis".to_string());
+        };
+        let keys = Keys::build(params)?;
+        let fallback = if params.fail_open.unwrap_or(false) {
+            Some(local(&params.limits)?)
+        } else {
+            None
+        };
+        let limits: Vec<(u64, Window)> = params
+            .limits
+            .iter()
+            .map(|l| (l.requests, l.window))
+            .collect();
         Ok(Self::with_connection(
-            connection, params, ctx, limits, keys, headers, fallback,
+            connect(&redis.url.0)?,
+            redis,
+            ctx,
+            &limits,
+            keys,
+            params.headers,
+            fallback,
         ))
     }
 
@@ -564,16 +697,8 @@ impl RedisLimit {
         }
     }
 
-    pub(super) fn into_layer(self) -> RouteLayer {
-        let limit = Arc::new(self);
-        RouteLayer::new(tower::layer::layer_fn(move |inner| RedisLimitService {
-            inner,
-            limit: Arc::clone(&limit),
-        }))
-    }
-
     /// What the request is counted by, as written in its Redis keys.
-    fn part(&self, request: &Request<Body>) -> Option<String> {
+    fn part<B>(&self, request: &Request<B>) -> Option<String> {
         let kind = self.keys.kind();
         Some(match self.keys.identity(request) {
             Identity::Api => "api".to_string(),
@@ -639,36 +764,43 @@ impl RedisLimit {
             },
         })
     }
+}
 
-    async fn serve(
-        self: Arc<Self>,
-        request: Request<Body>,
-        mut inner: RouteService,
-    ) -> Result<Response<Body>, BoxError> {
-        let Some(part) = self.part(&request) else {
-            return Ok(crate::error::conn_info_missing());
-        };
+impl DeferredFilter for RedisRateLimitFilter {
+    /// What the request is counted by, as written in its Redis keys.
+    type Pending = String;
+    /// The decision, when its headers go on the response.
+    type State = Option<Decision>;
+
+    fn decide<B>(&self, request: &mut Request<B>) -> deferred::Decision<Self::State, String> {
+        match self.part(request) {
+            Some(part) => deferred::Decision::Defer(part),
+            None => deferred::Decision::Refuse(crate::error::conn_info_missing()),
+        }
+    }
+
+    async fn settle<B: Send>(
+        &self,
+        part: String,
+        request: &mut Request<B>,
+    ) -> Result<Option<Decision>, Response<Body>> {
         let decision = match self.check(&part).await {
             Some(decision) => decision,
             None => match &self.fallback {
                 Some(local) => {
                     let mut buf = KeyBuf::default();
-                    let Some(key) = self.keys.local(&request, &mut buf) else {
-                        return Ok(crate::error::conn_info_missing());
+                    let Some(key) = self.keys.local(request, &mut buf) else {
+                        return Err(crate::error::conn_info_missing());
                     };
                     local.decide(key, local.now())
                 }
-                None => return Ok(unavailable()),
+                None => return Err(unavailable()),
             },
         };
         if !decision.allowed {
-            return Ok(refusal(&decision, self.headers));
+            return Err(refusal(&decision, self.headers));
         }
-        let mut response = inner.call(request).await?;
-        if self.headers {
-            decision.write_headers(response.headers_mut());
-        }
-        Ok(response)
+        Ok(self.headers.then_some(decision))
     }
 }
 
@@ -685,45 +817,14 @@ fn unavailable() -> Response<Body> {
     response
 }
 
-#[derive(Clone)]
-struct RedisLimitService {
-    inner: RouteService,
-    limit: Arc<RedisLimit>,
-}
-
-impl fmt::Debug for RedisLimitService {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisLimitService").finish_non_exhaustive()
-    }
-}
-
-use crate::policy::RouteFuture as BoxFuture;
-
-impl tower::Service<Request<Body>> for RedisLimitService {
-    type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> BoxFuture {
-        // the ready service goes with the future; a clone stays for the next call
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(Arc::clone(&self.limit).serve(request, inner))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::hash::RandomState;
 
     use super::*;
-    use crate::policy::ratelimit::{RateLimitParams, RateLimitPolicy};
+    use crate::policy::ratelimit::{KeyKind, Limit};
     use crate::policy::testing::{call, call_seen, ctx, request_from, text};
-    use crate::policy::{OperationContext, Policy};
+    use crate::policy::{OperationContext, Policy, RouteLayer};
 
     /// The Redis the tests use: `GW_TEST_REDIS_URL`, else the local server.
     fn redis_url() -> String {
@@ -753,9 +854,9 @@ mod tests {
 
     /// A limit on its own connection to the test server (a test's runtime is its own, so
     /// tests do not share the process-wide connections).
-    fn limit(prefix: &str, limits: &[(u64, Window)]) -> RedisLimit {
+    fn limit(prefix: &str, limits: &[(u64, Window)]) -> RedisRateLimitFilter {
         let url = redis_url();
-        RedisLimit::with_connection(
+        RedisRateLimitFilter::with_connection(
             Arc::new(Connection::new(&url).unwrap()),
             &params(&url, prefix),
             &ctx(),
@@ -787,12 +888,12 @@ mod tests {
         }
     }
 
-    async fn check(limit: &RedisLimit, part: &str) -> Decision {
+    async fn check(limit: &RedisRateLimitFilter, part: &str) -> Decision {
         limit.check(part).await.expect("Redis answers")
     }
 
     /// Checks `part` until a request passes (refused ones count nothing); how long it took.
-    async fn until_allowed(limit: &RedisLimit, part: &str) -> (Decision, Duration) {
+    async fn until_allowed(limit: &RedisRateLimitFilter, part: &str) -> (Decision, Duration) {
         let start = Instant::now();
         loop {
             let decision = check(limit, part).await;
@@ -990,6 +1091,173 @@ mod tests {
         silent.abort();
     }
 
+    /// A [`RedisRateLimitLayer`] of `requests` per minute for everything, around a service
+    /// of plain bodies.
+    fn node(
+        redis: RedisConfig,
+        requests: u64,
+    ) -> impl tower::Service<
+        Request<()>,
+        Response = Response<crate::policy::filter::ResponseBody<String>>,
+        Error = std::convert::Infallible,
+        Future: Send,
+    > + Clone {
+        let layer = RedisRateLimitLayer::new(
+            RateLimitConfig {
+                limits: vec![Limit {
+                    requests,
+                    window: Window::Minute,
+                }],
+                key: KeyKind::Api,
+                ..RateLimitConfig::default()
+            },
+            redis,
+        )
+        .unwrap();
+        tower::ServiceBuilder::new()
+            .layer(layer)
+            .service_fn(|_: Request<()>| async {
+                Ok::<_, std::convert::Infallible>(Response::new("upstream".to_string()))
+            })
+    }
+
+    async fn send<S>(service: &S) -> Response<crate::policy::filter::ResponseBody<String>>
+    where
+        S: tower::Service<
+                Request<()>,
+                Response = Response<crate::policy::filter::ResponseBody<String>>,
+                Error = std::convert::Infallible,
+            > + Clone,
+    {
+        use tower::ServiceExt as _;
+        let Ok(response) = service.clone().oneshot(Request::new(())).await;
+        response
+    }
+
+    async fn body_text<B: http_body::Body>(response: Response<B>) -> String
+    where
+        B::Error: fmt::Debug,
+    {
+        use http_body_util::BodyExt as _;
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    fn redis_config(prefix: &str) -> RedisConfig {
+        RedisConfig {
+            key_prefix: prefix.to_string(),
+            timeout: Duration::from_secs(2),
+            ..RedisConfig::new(redis_url())
+        }
+    }
+
+    /// Two layers on the same server and prefix, each with its own connection (two
+    /// gateway nodes), count together; another prefix counts apart.
+    #[tokio::test]
+    async fn layers_with_one_server_and_prefix_share_one_count() {
+        let prefix = prefix();
+        let (a, b) = (
+            node(redis_config(&prefix), 3),
+            node(redis_config(&prefix), 3),
+        );
+        for (service, remaining) in [(&a, "2"), (&b, "1"), (&a, "0")] {
+            let response = send(service).await;
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["ratelimit-limit"], "3");
+            assert_eq!(response.headers()["ratelimit-remaining"], remaining);
+            assert_eq!(body_text(response).await, "upstream");
+        }
+        for service in [&b, &a] {
+            let response = send(service).await;
+            assert_eq!(response.status(), 429);
+            // T = 20s: the next request conforms 20 s after the third
+            let retry: u64 = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((19..=20).contains(&retry), "{retry}");
+            assert_eq!(response.headers()["ratelimit-remaining"], "0");
+            assert!(body_text(response).await.contains("\"rate_limited\""));
+        }
+        // the count is in Redis, under the layer's keys
+        let key = format!("{prefix}{{|*|api}}:minute");
+        assert!(get(&key).await.is_some(), "{key}");
+        let apart = node(redis_config(&self::prefix()), 3);
+        assert_eq!(send(&apart).await.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_layer_without_redis_falls_back_or_answers_503() {
+        // nothing listens on port 1
+        let down = |fail_open| RedisConfig {
+            timeout: Duration::from_millis(20),
+            fail_open,
+            ..RedisConfig::new("redis://:s3cret@127.0.0.1:1/0")
+        };
+        let closed = node(down(false), 1);
+        for _ in 0..3 {
+            let response = send(&closed).await;
+            assert_eq!(response.status(), 503);
+            assert_eq!(response.headers()["retry-after"], "1");
+            let body = body_text(response).await;
+            assert!(body.contains("\"rate_limit_unavailable\""), "{body}");
+            assert!(!body.contains("s3cret"));
+        }
+        // failOpen: the layer's own local limit, with its headers
+        let open = node(down(true), 1);
+        let response = send(&open).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["ratelimit-remaining"], "0");
+        assert_eq!(send(&open).await.status(), 429);
+    }
+
+    #[test]
+    fn a_layer_config_is_checked_and_redacted() {
+        let config = || RateLimitConfig {
+            limits: vec![Limit {
+                requests: 1,
+                window: Window::Day,
+            }],
+            key: KeyKind::Api,
+            ..RateLimitConfig::default()
+        };
+        let fields = |redis: RedisConfig| -> Vec<String> {
+            RedisRateLimitLayer::new(config(), redis)
+                .unwrap_err()
+                .errors()
+                .iter()
+                .map(|e| e.field.clone())
+                .collect()
+        };
+        assert_eq!(fields(RedisConfig::new("http://x")), ["redis.url"]);
+        assert_eq!(
+            fields(RedisConfig {
+                timeout: Duration::ZERO,
+                ..RedisConfig::new("redis://127.0.0.1/0")
+            }),
+            ["redis.timeout"]
+        );
+        let error = RedisRateLimitLayer::new(
+            RateLimitConfig::default(),
+            RedisConfig::new("redis://:s3cret@[::1"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("limits") && !error.contains("s3cret"),
+            "{error}"
+        );
+        let redis = RedisConfig::new("redis://:s3cret@127.0.0.1:6379/0");
+        assert!(!format!("{redis:?}").contains("s3cret"));
+        let layer = RedisRateLimitLayer::new(config(), redis).unwrap();
+        let debug = format!("{:?}", layer.filter());
+        assert!(
+            !debug.contains("s3cret") && debug.contains("***@127.0.0.1"),
+            "{debug}"
+        );
+    }
+
     #[test]
     fn one_connection_per_url() {
         let a = Connection::shared("redis://127.0.0.1:6379/7").unwrap();
@@ -1025,15 +1293,7 @@ mod tests {
         }))
         .unwrap();
         assert!(!format!("{params:?}").contains("s3cret"));
-        let limit = RedisLimit::new(
-            params.redis.as_ref().unwrap(),
-            &ctx(),
-            &[(1, Window::Day)],
-            keys(KeySource::Api),
-            true,
-            None,
-        )
-        .unwrap();
+        let limit = RedisRateLimitFilter::build(&params, &ctx(), Connection::shared).unwrap();
         let debug = format!("{limit:?}");
         assert!(!debug.contains("s3cret"), "{debug}");
         assert!(debug.contains("***@127.0.0.1"), "{debug}");
@@ -1057,7 +1317,7 @@ mod tests {
     fn keys_name_the_attachment_the_client_and_the_window() {
         let url = "redis://127.0.0.1:6379/0";
         let make = |source, ctx: &PolicyContext<'_>| {
-            RedisLimit::with_connection(
+            RedisRateLimitFilter::with_connection(
                 Arc::new(Connection::new(url).unwrap()),
                 &params(url, "gw:rl:"),
                 ctx,
