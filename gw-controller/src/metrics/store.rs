@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 /// The `operation` label values: the [`Store`] methods that reach the database.
-pub(crate) const OPERATIONS: [&str; 17] = [
+pub(crate) const OPERATIONS: [&str; 18] = [
     "ping",
     "put_api",
     "delete_api",
@@ -37,6 +37,7 @@ pub(crate) const OPERATIONS: [&str; 17] = [
     "update_runtime",
     "list_runtimes",
     "prune_runtimes",
+    "cluster_secret",
 ];
 
 /// The `kind` label values of `gw_store_errors_total`.
@@ -300,6 +301,11 @@ impl Store for MeasuredStore {
         let measure = self.start("prune_runtimes");
         measure.finish(self.inner.prune_runtimes(cutoff).await)
     }
+
+    async fn cluster_secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
+        let measure = self.start("cluster_secret");
+        measure.finish(self.inner.cluster_secret(name, candidate).await)
+    }
 }
 
 #[cfg(test)]
@@ -393,6 +399,7 @@ mod tests {
         store.record_refusal(&runtime, now).await.unwrap();
         store.list_runtimes().await.unwrap();
         store.prune_runtimes(now).await.unwrap();
+        store.cluster_secret("s", "v").await.unwrap();
         store
             .delete_resource("certificate", "c", Precondition::None)
             .await
