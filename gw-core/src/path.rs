@@ -267,7 +267,7 @@ const ASCII_FOLDING: [(&[u8], u8); 8] = [
 ];
 
 /// A routing form as a case-insensitive server (IIS on NTFS) reads it: ASCII letters in
-/// lower case, the letters of [`ASCII_FOLDING`] as the ASCII letter they fold to, and
+/// lower case, the letters of `ASCII_FOLDING` as the ASCII letter they fold to, and
 /// trailing dots and spaces (`%20`) of each segment removed, as Windows removes them from
 /// file names (a segment of nothing else is kept). Segments keep their number and order.
 /// Borrows when there is nothing to change.

@@ -54,7 +54,7 @@ pub struct StatusContext {
     /// Notified by `POST /status/drain`: the runtime drains and stops, as on SIGTERM
     /// (`None`: no drain endpoint).
     pub drain: Option<tokio::sync::Notify>,
-    /// Who may drain the runtime (with [`StatusContext::drain`]).
+    /// Who may drain the runtime (`POST /status/drain`).
     pub drain_access: DrainAccess,
     /// `gw_status_drain_requests_total{result}`.
     pub drain_requests: DrainMetrics,

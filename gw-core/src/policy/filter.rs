@@ -11,6 +11,49 @@
 //! tower-http's middlewares do. The layer and service types ([`PolicyLayer`],
 //! [`PolicyService`]) also serve the policies that may await work of their own
 //! ([`deferred`](super::deferred)).
+//!
+//! ```
+//! use gw_core::body::Body;
+//! use gw_core::policy::Filter;
+//! use gw_core::policy::filter::FilterLayer;
+//! use http::{HeaderValue, Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt as _};
+//!
+//! /// Refuses a request without `x-tenant` with 400, and names the tenant on the response.
+//! #[derive(Debug)]
+//! struct Tenant;
+//!
+//! impl<ReqB, ResB> Filter<ReqB, ResB> for Tenant {
+//!     type State = HeaderValue;
+//!
+//!     fn request(&self, request: &mut Request<ReqB>) -> Result<HeaderValue, Response<Body>> {
+//!         request.headers().get("x-tenant").cloned().ok_or_else(|| {
+//!             let mut refusal = Response::new(gw_core::body::empty());
+//!             *refusal.status_mut() = StatusCode::BAD_REQUEST;
+//!             refusal
+//!         })
+//!     }
+//!
+//!     fn response(&self, tenant: HeaderValue, response: &mut Response<ResB>) {
+//!         response.headers_mut().insert("x-served-tenant", tenant);
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // any inner service and body type: here a closure answering with a `String`
+//! let service = ServiceBuilder::new()
+//!     .layer(FilterLayer::from_filter(Tenant))
+//!     .service_fn(|_: Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
+//!     });
+//! let refused = service.clone().oneshot(Request::new(String::new())).await.unwrap();
+//! assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+//! let request = Request::builder().header("x-tenant", "acme").body(String::new()).unwrap();
+//! let served = service.oneshot(request).await.unwrap();
+//! assert_eq!(served.headers()["x-served-tenant"], "acme");
+//! # }
+//! ```
 
 use std::any::Any;
 use std::fmt;

@@ -1,8 +1,8 @@
 //! `jwt`: authenticates a request by a signed JSON Web Token (RFC 7519), a bearer token
 //! (RFC 6750) in `Authorization`, in another header or in a cookie.
 //!
-//! Keys come from an inline JWKS, a JWKS URL (see [`remote`]), PEM public keys or a shared
-//! HS256 secret; each key verifies exactly one algorithm ([`keys`]), and a token is only
+//! Keys come from an inline JWKS, a JWKS URL (fetched and cached by the `remote` module), PEM public keys or a shared
+//! HS256 secret; each key verifies exactly one algorithm (the `keys` module), and a token is only
 //! checked against keys of its header's `alg`. After the signature, the claims: `exp`
 //! (required unless `requireExp: false`), `nbf`, `iss`, `aud`, required claims, then scopes
 //! (403). A valid token names a consumer through the consumers' `jwt` credentials; its

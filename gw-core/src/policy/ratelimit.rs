@@ -27,17 +27,17 @@
 //!
 //! # State
 //!
-//! The `local` backend keeps the `TAT`s in this process, in [`SHARDS`] maps behind
+//! The `local` backend keeps the `TAT`s in this process, in `SHARDS` maps behind
 //! their own mutexes, keyed by the request's key. Each attachment has its own state: an
 //! API-level policy's layer is built once and shared by every operation of the API (one
 //! count for the API), an operation-level one counts that operation. The state lasts as long
 //! as the API's configuration. A key whose `TAT`s are
 //! all past is the same as an absent one: such keys are swept when a shard reaches its
-//! share of [`CAPACITY`], and if the shard is still nearly full, the keys with the
+//! share of `CAPACITY`, and if the shard is still nearly full, the keys with the
 //! smallest `TAT` (those closest to being forgotten anyway) are evicted, so that the
 //! memory stays bounded whatever the number of clients.
 //!
-//! The `redis` backend ([`redis`]) keeps them in Redis instead, shared by every gateway
+//! The `redis` backend (the `redis` module) keeps them in Redis instead, shared by every gateway
 //! process that names the same server: the same GCRA, run by one Lua script per request.
 //! The local backend decides synchronously in a [`Filter`]; the Redis one is a
 //! [`DeferredFilter`](super::deferred::DeferredFilter) that awaits the script, so that the
