@@ -107,16 +107,8 @@ pub fn filter_layer<F: Filter>(filter: F) -> RouteLayer {
 /// A policy's typed configuration that does not hold: every problem, with the path of the
 /// field it is in (the same paths as the policy's JSON params).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", join(.0))]
+#[error("{}", super::join(.0))]
 pub struct ConfigError(Vec<FieldError>);
-
-fn join(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
 
 impl ConfigError {
     /// The problems, one per field.

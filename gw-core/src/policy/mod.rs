@@ -296,6 +296,7 @@ impl<P: Policy> PolicyFactory for Typed<P> {
     }
 }
 
+/// Field errors as one message, `; ` between them.
 fn join(errors: &[FieldError]) -> String {
     errors
         .iter()
