@@ -84,10 +84,11 @@ pub struct ClientOptions {
     pub heartbeat_interval: Duration,
     /// The token controllers require, if they require one.
     pub token: Option<SyncToken>,
-    /// TLS to the controllers ([`crate::tls::client_config`]); `None`: plaintext. With TLS,
-    /// an address is `host:port` or `https://host:port`, and `host` is the name the
-    /// controller's certificate must carry.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS to the controllers (see [`crate::tls`]); `None`: plaintext. With TLS, an address
+    /// is `host:port` or `https://host:port`, and `host` is the name the controller's
+    /// certificate must carry. Each connection takes the configuration current when it is
+    /// made.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
     /// When the client stops with a stream open, the longest wait for the controller to end
     /// its side of the stream after the runtime ended its own.
     pub goodbye_timeout: Duration,
@@ -301,7 +302,7 @@ impl<A: Applier> SyncClient<A> {
                         "{address} (sync TLS is on: give https://host:port or host:port)"
                     )));
                 };
-                (format!("http://{authority}"), Some(Arc::clone(tls)))
+                (format!("http://{authority}"), Some(tls.current()))
             }
         };
         let endpoint = Endpoint::from_shared(uri)

@@ -27,6 +27,12 @@ use rustls::{
 
 use crate::pki::{CaHash, PkiError};
 
+mod files;
+
+pub use self::files::{
+    CertFiles, ClientFiles, FOLLOW_INTERVAL, FileError, FileProblem, ServerFiles, follow,
+};
+
 /// The one crypto provider of the sync channel.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -166,6 +172,38 @@ impl ServerTls {
     /// Whether streams need a runtime's certificate.
     pub fn requires_identity(&self) -> bool {
         self.require_identity
+    }
+}
+
+/// The TLS of a sync client: its configuration, replaced in place when the runtime's
+/// certificate is renewed or its files change (the open stream keeps its connection; the
+/// next connection uses the new one).
+pub struct ClientTls {
+    config: arc_swap::ArcSwap<ClientConfig>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls").finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// Connects with `config` ([`client_config`]).
+    pub fn new(config: Arc<ClientConfig>) -> Self {
+        Self {
+            config: arc_swap::ArcSwap::new(config),
+        }
+    }
+
+    /// Replaces the configuration for the connections made from now on.
+    pub fn replace(&self, config: Arc<ClientConfig>) {
+        self.config.store(config);
+    }
+
+    /// The configuration for a new connection.
+    pub fn current(&self) -> Arc<ClientConfig> {
+        self.config.load_full()
     }
 }
 

@@ -12,7 +12,7 @@ use gw_sync::proto::{Resource, ResourceRef};
 use gw_sync::server::RevisionAuthority;
 use gw_sync::server::{FleetObserver, ServerOptions, SessionInfo, SyncServer};
 use gw_sync::state::{DesiredState, Entry, StateChange};
-use gw_sync::tls::{Identity, ServerTls, ServerTrust, client_config, server_config};
+use gw_sync::tls::{ClientTls, Identity, ServerTls, ServerTrust, client_config, server_config};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -801,13 +801,13 @@ fn tls_options(
         chain_pem: cert,
         key_pem: key,
     });
-    options.tls = Some(
+    options.tls = Some(Arc::new(ClientTls::new(
         client_config(
             &ServerTrust::Ca(ca.cert_pem().to_string()),
             presented.as_ref(),
         )
         .unwrap(),
-    );
+    )));
     options
 }
 
@@ -904,8 +904,9 @@ async fn a_tls_sync_port_refuses_plaintext_and_strangers() {
     let other = ClusterCa::generate(std::time::SystemTime::now()).unwrap();
     let identity = RuntimeIdentity::new("edge", "rt-1").unwrap();
     let mut options = tls_options(&ctl, &ca, "rt-1", "edge", Some(&identity));
-    options.tls =
-        Some(client_config(&ServerTrust::Ca(other.cert_pem().to_string()), None).unwrap());
+    options.tls = Some(Arc::new(ClientTls::new(
+        client_config(&ServerTrust::Ca(other.cert_pem().to_string()), None).unwrap(),
+    )));
     let lost = Arc::new(MemoryApplier::default());
     let (_b, mut status) = start(options, &lost);
     fails_with(&mut status, "transport error").await;
@@ -921,7 +922,7 @@ async fn a_tls_sync_port_refuses_plaintext_and_strangers() {
             Duration::from_hours(1),
         )
         .unwrap();
-    options.tls = Some(
+    options.tls = Some(Arc::new(ClientTls::new(
         client_config(
             &ServerTrust::Ca(ca.cert_pem().to_string()),
             Some(&Identity {
@@ -930,7 +931,7 @@ async fn a_tls_sync_port_refuses_plaintext_and_strangers() {
             }),
         )
         .unwrap(),
-    );
+    )));
     let (_c, mut status) = start(options, &forged);
     fails_with(&mut status, "error").await;
     // an http:// address where TLS is on is a configuration error, said as such
