@@ -48,6 +48,25 @@ pub struct Args {
     #[arg(long, env = "GW_SYNC_ADDR", default_value = "127.0.0.1:18000")]
     sync_addr: SocketAddr,
 
+    /// Mutual TLS on the sync port: this controller's certificate (PEM, then any
+    /// intermediates), for the names runtimes dial. With `--sync-tls-key` and
+    /// `--sync-client-ca`; the files are reloaded when they change.
+    #[arg(long, env = "GW_SYNC_TLS_CERT", value_name = "FILE",
+          requires_all = ["sync_tls_key", "sync_client_ca"])]
+    sync_tls_cert: Option<PathBuf>,
+
+    /// The private key of `--sync-tls-cert` (PEM).
+    #[arg(long, env = "GW_SYNC_TLS_KEY", value_name = "FILE",
+          requires_all = ["sync_tls_cert", "sync_client_ca"])]
+    sync_tls_key: Option<PathBuf>,
+
+    /// The CA of runtimes' client certificates (PEM). A runtime is served only with a
+    /// certificate of this CA naming it as `urn:gw:runtime:<group>:<node-id>`, and only as
+    /// that node of that group.
+    #[arg(long, env = "GW_SYNC_CLIENT_CA", value_name = "FILE",
+          requires_all = ["sync_tls_cert", "sync_tls_key"])]
+    sync_client_ca: Option<PathBuf>,
+
     /// This controller's id. Default: the id kept in the data directory
     /// (`<data-dir>/node-id`), generated there at the first start (host name and a random
     /// suffix).
@@ -425,6 +444,14 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     options.data_dir = args.data_dir;
     options.admin_addr = args.admin_addr;
     options.sync_addr = args.sync_addr;
+    if let (Some(cert), Some(key), Some(client_ca)) =
+        (args.sync_tls_cert, args.sync_tls_key, args.sync_client_ca)
+    {
+        options.sync_tls = Some(gw_sync::tls::ServerFiles {
+            identity: gw_sync::tls::CertFiles { cert, key },
+            client_ca,
+        });
+    }
     options.node_id = args.node_id.filter(|id| !id.is_empty());
     options.dev = args.dev;
     options.dev_allow_remote = args.dev_allow_remote;

@@ -40,6 +40,7 @@ use gw_store::{Store, StoreError, StoreOptions};
 use gw_sync::SyncToken;
 use gw_sync::server::{RevisionAuthority, ServerOptions, SyncMetrics, SyncServer};
 use gw_sync::state::DesiredState;
+use gw_sync::tls::ServerTls;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -93,6 +94,9 @@ pub struct ControllerOptions {
     /// The token runtimes must present on the sync port (`GW_SYNC_TOKEN`); `None`: any
     /// runtime that reaches the port is served.
     pub sync_token: Option<SyncToken>,
+    /// Mutual TLS on the sync port from files (certificate, key, runtimes' CA), followed for
+    /// renewals; `None`: plaintext.
+    pub sync_tls: Option<gw_sync::tls::ServerFiles>,
     /// Run a runtime in process too. A controller built without the `all-in-one` feature
     /// refuses to start with this set ([`ControllerError::Options`]).
     pub all_in_one: Option<AllInOne>,
@@ -139,6 +143,7 @@ impl ControllerOptions {
             admin_token: None,
             encryption_key: None,
             sync_token: None,
+            sync_tls: None,
             all_in_one: None,
             store_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_secs(5),
@@ -177,6 +182,7 @@ impl std::fmt::Debug for ControllerOptions {
             .field("admin_token", &set(self.admin_token.is_some()))
             .field("encryption_key", &set(self.encryption_key.is_some()))
             .field("sync_token", &set(self.sync_token.is_some()))
+            .field("sync_tls", &self.sync_tls)
             .field("all_in_one", &self.all_in_one)
             .field("store_timeout", &self.store_timeout)
             .field("poll_interval", &self.poll_interval)
@@ -325,7 +331,16 @@ pub async fn run(
     if token.is_none() {
         tracing::warn!("no GW_ADMIN_TOKEN: the admin API accepts unauthenticated calls");
     }
-    if options.sync_token.is_none() && !options.dev {
+    // read now, so that a file at fault stops the controller before it serves anything
+    let sync_tls = match &options.sync_tls {
+        Some(files) => {
+            Some(Arc::new(ServerTls::new(files.load().map_err(|err| {
+                ControllerError::Options(format!("sync TLS: {err}"))
+            })?)))
+        }
+        None => None,
+    };
+    if options.sync_token.is_none() && options.sync_tls.is_none() && !options.dev {
         tracing::warn!(
             "no GW_SYNC_TOKEN: any process that reaches the sync port can read the configuration; \
              keep that port on a private network or set GW_SYNC_TOKEN on controllers and runtimes"
@@ -513,6 +528,19 @@ pub async fn run(
     .with_token(options.sync_token.clone())
     .with_store_id(store.store_id())
     .with_authority(Arc::new(StoreAuthority(Arc::clone(&store))));
+    let server = match (&options.sync_tls, sync_tls) {
+        (Some(files), Some(tls)) => {
+            tokio::spawn(Arc::clone(&tls).follow(files.clone(), gw_sync::tls::FOLLOW_INTERVAL));
+            tracing::info!(
+                listener = "sync",
+                cert = %files.identity.cert.display(),
+                client_ca = %files.client_ca.display(),
+                "sync over TLS 1.3 with runtime certificates"
+            );
+            server.with_tls(tls)
+        }
+        _ => server,
+    };
     let sync = tokio::spawn(server.serve(sync_listener, stopped()));
 
     #[cfg(feature = "all-in-one")]

@@ -54,6 +54,37 @@ pub struct Args {
     )]
     controller: Vec<String>,
 
+    /// Mutual TLS to the controllers: the CA of the controllers' certificates (PEM). With
+    /// `--sync-tls-cert` and `--sync-tls-key`; the files are reloaded when they change.
+    #[arg(
+        long,
+        env = "GW_CONTROLLER_CA",
+        value_name = "FILE",
+        requires_all = ["sync_tls_cert", "sync_tls_key"],
+        conflicts_with = "config"
+    )]
+    controller_ca: Option<PathBuf>,
+
+    /// This runtime's client certificate for the sync stream (PEM, then any
+    /// intermediates). It must name the runtime as the URI
+    /// `urn:gw:runtime:<group>:<node-id>` among its subject alternative names.
+    #[arg(
+        long,
+        env = "GW_SYNC_TLS_CERT",
+        value_name = "FILE",
+        requires_all = ["controller_ca", "sync_tls_key"]
+    )]
+    sync_tls_cert: Option<PathBuf>,
+
+    /// The private key of `--sync-tls-cert` (PEM).
+    #[arg(
+        long,
+        env = "GW_SYNC_TLS_KEY",
+        value_name = "FILE",
+        requires_all = ["controller_ca", "sync_tls_cert"]
+    )]
+    sync_tls_key: Option<PathBuf>,
+
     /// Standalone mode: serve the APIs of this YAML or JSON file, reloaded when it changes
     /// (and on SIGHUP).
     #[arg(long, env = "GW_CONFIG", value_name = "FILE")]
@@ -676,6 +707,14 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
         options.fallback = args.fallback.options()?;
     }
     options.policies = policies;
+    if let (Some(controller_ca), Some(cert), Some(key)) =
+        (args.controller_ca, args.sync_tls_cert, args.sync_tls_key)
+    {
+        options.sync_tls = Some(gw_sync::tls::ClientFiles {
+            controller_ca,
+            identity: gw_sync::tls::CertFiles { cert, key },
+        });
+    }
     options.group = args.group;
     options.node_id = args.node_id.filter(|id| !id.is_empty());
     options.proxy_addr = args.proxy_addr;

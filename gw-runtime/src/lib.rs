@@ -122,6 +122,10 @@ pub struct RuntimeOptions {
     pub heartbeat_interval: Duration,
     /// The token controllers require on the sync stream, if any.
     pub sync_token: Option<SyncToken>,
+    /// TLS to the controllers from files (the controllers' CA, this runtime's certificate
+    /// and key), followed for renewals; `None`: plaintext. The certificate must name this
+    /// runtime's node id and group.
+    pub sync_tls: Option<gw_sync::tls::ClientFiles>,
     /// After the shutdown signal, how long the runtime keeps serving while `/status/ready`
     /// says 503, so that load balancers take it out before it stops accepting connections.
     pub drain_period: Duration,
@@ -171,6 +175,7 @@ impl RuntimeOptions {
             file_poll_interval: Duration::from_secs(2),
             heartbeat_interval: Duration::from_secs(10),
             sync_token: None,
+            sync_tls: None,
             drain_period: Duration::ZERO,
             ready_requires_controller: false,
             drain_endpoint: true,
@@ -181,6 +186,29 @@ impl RuntimeOptions {
             traffic: TrafficLimits::default(),
         }
     }
+}
+
+/// Loads the sync stream's TLS files and checks that the certificate names this runtime:
+/// a controller would refuse it otherwise, and an endless reconnect loop would say less.
+fn sync_tls(
+    files: &gw_sync::tls::ClientFiles,
+    node_id: &str,
+    group: &str,
+) -> Result<(Arc<gw_sync::tls::ClientTls>, gw_sync::pki::RuntimeIdentity), RuntimeError> {
+    let (config, identity) = files
+        .load()
+        .map_err(|err| RuntimeError::Options(format!("sync TLS: {err}")))?;
+    if identity.node_id != node_id || identity.group != group {
+        return Err(RuntimeError::Options(format!(
+            "sync TLS: {} names node {:?} of group {:?}, and this runtime is node {node_id:?} \
+             of group {group:?} (--node-id, --group): controllers serve a runtime only as its \
+             certificate names it",
+            files.identity.cert.display(),
+            identity.node_id,
+            identity.group,
+        )));
+    }
+    Ok((Arc::new(gw_sync::tls::ClientTls::new(config)), identity))
 }
 
 /// The status server's default limits: 256 connections, 64 per client address, 5 s for a
@@ -321,6 +349,8 @@ pub struct Runtime {
     state: Arc<ConfigState>,
     registry: Registry,
     file: Option<FileSource>,
+    /// The sync stream's TLS and the identity its certificate names (controller mode).
+    sync_tls: Option<(Arc<gw_sync::tls::ClientTls>, gw_sync::pki::RuntimeIdentity)>,
 }
 
 impl Runtime {
@@ -358,6 +388,12 @@ impl Runtime {
             (Some(node_id), _) => node_id.clone(),
             (None, Some(dir)) => dir.node_id()?,
             (None, None) => default_node_id(),
+        };
+        let sync_tls = match (&options.source, &options.sync_tls) {
+            (ConfigSource::Controllers(_), Some(files)) => {
+                Some(sync_tls(files, &node_id, &options.group)?)
+            }
+            _ => None,
         };
         let bind = |what, addr, backlog| {
             listener::bind(addr, backlog).map_err(|source| RuntimeError::Bind {
@@ -418,6 +454,7 @@ impl Runtime {
             state,
             registry,
             file,
+            sync_tls,
         })
     }
 
@@ -469,6 +506,7 @@ impl Runtime {
             state,
             registry,
             file,
+            sync_tls,
         } = self;
 
         let file_rejection = file.as_ref().map(FileSource::last_rejection);
@@ -494,6 +532,14 @@ impl Runtime {
                     options.advertise_address.clone().unwrap_or_default();
                 client_options.heartbeat_interval = options.heartbeat_interval;
                 client_options.token.clone_from(&options.sync_token);
+                if let (Some((tls, identity)), Some(files)) = (&sync_tls, &options.sync_tls) {
+                    client_options.tls = Some(Arc::clone(tls));
+                    tokio::spawn(Arc::clone(tls).follow(
+                        files.clone(),
+                        identity.clone(),
+                        gw_sync::tls::FOLLOW_INTERVAL,
+                    ));
+                }
                 client_options.goodbye_timeout = GOODBYE_TIMEOUT;
                 client_options.session_start_ms = session_start;
                 let client = SyncClient::new(client_options, Arc::clone(&state));

@@ -58,7 +58,8 @@ pub trait Applier: Send + Sync + 'static {
 /// How the client connects and identifies itself.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Controller addresses (`http://host:port` or `host:port`); tried in turn.
+    /// Controller addresses (`host:port`, or `http://host:port`, or `https://host:port` with
+    /// [`ClientOptions::tls`]); tried in turn.
     pub controllers: Vec<String>,
     /// This runtime's node id.
     pub node_id: String,
@@ -151,7 +152,7 @@ pub struct ClientStatus {
 enum SessionError {
     #[error("invalid controller address {0:?}")]
     Address(String),
-    #[error("cannot connect: {0}")]
+    #[error("cannot connect: {}", causes(.0))]
     Connect(#[from] tonic::transport::Error),
     #[error("stream failed: {0}")]
     Stream(#[from] tonic::Status),
@@ -538,6 +539,24 @@ async fn send_nack(
         errors: nack_errors(errors),
     };
     send(tx, runtime_message::Message::Nack(nack)).await
+}
+
+/// An error with its causes, `: ` between them: tonic's transport errors say little
+/// alone ("transport error"), the TLS reason is in a cause.
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    // bounded: a cycle of causes must not hang the client
+    for _ in 0..8 {
+        let Some(cause) = source else { break };
+        let line = cause.to_string();
+        if !text.ends_with(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// `host:port` becomes `http://host:port`, or `https://host:port` with TLS; URLs are kept.

@@ -243,7 +243,10 @@ fn cert_time(when: SystemTime) -> time::OffsetDateTime {
 fn params_from(now: SystemTime, lifetime: Duration) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.not_before = cert_time(now.checked_sub(BACKDATE).unwrap_or(now));
-    params.not_after = cert_time(now + lifetime);
+    // a lifetime past the end of time ends there
+    params.not_after = now
+        .checked_add(lifetime)
+        .map_or_else(|| rcgen::date_time_ymd(9999, 12, 31), cert_time);
     let mut serial: [u8; 16] = rand::random();
     // a positive integer of at most 16 bytes
     serial[0] &= 0x7f;

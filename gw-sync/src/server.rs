@@ -43,6 +43,7 @@ use tonic::{Request, Response, Status, Streaming};
 use self::budget::{Budget, Reservation};
 use self::metrics::SyncLimit;
 use self::transport::{Admission, SyncConn};
+use crate::pki::RuntimeIdentity;
 use crate::tls::ServerTls;
 
 use crate::proto::config_sync_server::{ConfigSync, ConfigSyncServer};
@@ -325,54 +326,72 @@ impl SyncServer {
             .await
     }
 
-    /// Where identities are required, refuses a Hello that its connection's certificate
-    /// does not name: another node id or another group, or no runtime's certificate at all.
+    /// On a TLS port, the identity the connection's certificate names, or a refusal: a
+    /// stream without a runtime's certificate is served nothing. `None` on a plaintext port.
+    #[allow(
+        clippy::result_large_err,
+        reason = "tonic's Status, as every handler returns"
+    )]
+    fn identity<'c>(
+        &self,
+        conn: Option<&'c SyncConn>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Option<&'c RuntimeIdentity>, Status> {
+        if self.tls.is_none() {
+            return Ok(None);
+        }
+        match conn.and_then(|conn| conn.identity.as_deref()) {
+            Some(identity) => Ok(Some(identity)),
+            None => {
+                self.metrics.rejected(SyncLimit::Identity);
+                tracing::warn!(
+                    ?peer,
+                    "refusing a sync stream without a runtime certificate"
+                );
+                Err(Status::unauthenticated(
+                    "a runtime certificate is required on this sync port (a client certificate \
+                     from the cluster CA naming urn:gw:runtime:<group>:<node-id>)",
+                ))
+            }
+        }
+    }
+
+    /// Refuses a Hello that the connection's certificate does not name: another node id or
+    /// another group.
     #[allow(
         clippy::result_large_err,
         reason = "tonic's Status, as every handler returns"
     )]
     fn check_identity(
         &self,
-        conn: Option<&SyncConn>,
+        identity: &RuntimeIdentity,
         hello: &Hello,
         peer: Option<std::net::SocketAddr>,
     ) -> Result<(), Status> {
-        if !self.tls.as_ref().is_some_and(|tls| tls.requires_identity()) {
-            return Ok(());
-        }
-        let refuse = |status: Status| {
-            self.metrics.rejected(SyncLimit::Identity);
-            tracing::warn!(
-                ?peer,
-                claimed_node = ?crate::clip(&hello.node_id, 64),
-                claimed_group = ?crate::clip(&hello.group, 64),
-                reason = status.message(),
-                "refusing a runtime whose certificate does not name it"
-            );
-            Err(status)
-        };
-        let Some(identity) = conn.and_then(|conn| conn.identity.as_deref()) else {
-            return refuse(Status::unauthenticated(
-                "a runtime certificate is required on this sync port (a client certificate \
-                 from the cluster CA naming urn:gw:runtime:<group>:<node-id>)",
-            ));
-        };
-        if identity.node_id != hello.node_id {
-            return refuse(Status::permission_denied(format!(
+        let refusal = if identity.node_id != hello.node_id {
+            format!(
                 "the certificate is node {:?}'s; this Hello says node {:?}",
                 identity.node_id,
                 crate::clip(&hello.node_id, 64)
-            )));
-        }
-        if identity.group != hello.group {
-            return refuse(Status::permission_denied(format!(
+            )
+        } else if identity.group != hello.group {
+            format!(
                 "the certificate of node {:?} is for group {:?}; this Hello asks for group {:?}",
                 identity.node_id,
                 identity.group,
                 crate::clip(&hello.group, 64)
-            )));
-        }
-        Ok(())
+            )
+        } else {
+            return Ok(());
+        };
+        self.metrics.rejected(SyncLimit::Identity);
+        tracing::warn!(
+            ?peer,
+            node = %identity.node_id,
+            reason = %refusal,
+            "refusing a runtime whose certificate does not name it"
+        );
+        Err(Status::permission_denied(refusal))
     }
 
     fn check_hello(hello: &Hello) -> Result<(), String> {
@@ -431,6 +450,9 @@ impl ConfigSync for SyncServer {
                 ));
             }
         }
+        // before the stream counts: a client without a certificate holds no connection past
+        // its deadlines
+        let identity = self.identity(conn.as_ref(), peer)?;
         // an authenticated stream keeps its connection from the first-stream and idle
         // deadlines for as long as it lives
         let activity = conn.as_ref().map(|c| c.activity.begin());
@@ -444,7 +466,9 @@ impl ConfigSync for SyncServer {
         else {
             return Err(Status::invalid_argument("the first message must be Hello"));
         };
-        self.check_identity(conn.as_ref(), &hello, peer)?;
+        if let Some(identity) = identity {
+            self.check_identity(identity, &hello, peer)?;
+        }
         let (tx, rx) = mpsc::channel(4);
         let number = self.sessions.fetch_add(1, Ordering::Relaxed);
         let heartbeat_interval = match hello.heartbeat_interval_ms {

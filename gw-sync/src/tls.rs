@@ -8,9 +8,10 @@
 //! trust anchor, and the controller's certificate must chain to it and name the address
 //! dialled, as with any CA.
 //!
-//! A controller asks every client for a certificate under its client CA. It lets a client
-//! without one finish the handshake only when it serves enrollment; such a connection may
-//! enroll and do nothing else (the sync service checks the identity on every call).
+//! A controller asks every client for a certificate under its client CA. A configuration
+//! may let a client without one finish the handshake (`allow_anonymous`, for the
+//! enrollment of new runtimes); the sync service still serves no stream without a runtime's
+//! certificate ([`ServerTls`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -133,29 +134,27 @@ pub fn server_config(
 }
 
 /// The TLS of a sync listener: the server configuration, replaced in place when its
-/// certificate is renewed or its files change (connections made before keep theirs), and
-/// whether every stream must come from a runtime whose certificate names it.
+/// certificate is renewed or its files change (connections made before keep theirs).
+///
+/// A sync port with TLS serves a stream only to a runtime whose certificate names the node
+/// id and the group of its Hello ([`RuntimeIdentity`](crate::pki::RuntimeIdentity)),
+/// whatever the configuration lets through the handshake: a client without a certificate
+/// (where [`server_config`] allows anonymous clients) is refused before its Hello is read.
 pub struct ServerTls {
     config: arc_swap::ArcSwap<ServerConfig>,
-    require_identity: bool,
 }
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerTls")
-            .field("require_identity", &self.require_identity)
-            .finish_non_exhaustive()
+        f.debug_struct("ServerTls").finish_non_exhaustive()
     }
 }
 
 impl ServerTls {
-    /// Serves with `config`. With `require_identity` (mutual TLS), a stream is served only
-    /// to a runtime whose certificate names the node id and group of its Hello
-    /// ([`RuntimeIdentity`](crate::pki::RuntimeIdentity)).
-    pub fn new(config: Arc<ServerConfig>, require_identity: bool) -> Self {
+    /// Serves with `config` ([`server_config`]).
+    pub fn new(config: Arc<ServerConfig>) -> Self {
         Self {
             config: arc_swap::ArcSwap::new(config),
-            require_identity,
         }
     }
 
@@ -167,11 +166,6 @@ impl ServerTls {
     /// The configuration for a new connection.
     pub(crate) fn current(&self) -> Arc<ServerConfig> {
         self.config.load_full()
-    }
-
-    /// Whether streams need a runtime's certificate.
-    pub fn requires_identity(&self) -> bool {
-        self.require_identity
     }
 }
 
@@ -435,6 +429,36 @@ mod tests {
         let (outcome, _) = handshake(other.server_config(true), pinned).await;
         let err = outcome.unwrap_err();
         assert!(err.contains("UnknownIssuer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_runtime_refuses_a_controller_of_another_ca_even_one_that_shows_its_own() {
+        let cluster = Cluster::new();
+        let other = Cluster::new();
+        // trusting the cluster's CA: another CA's controller is refused
+        let trusting =
+            client_config(&ServerTrust::Ca(cluster.ca.cert_pem().to_string()), None).unwrap();
+        let (outcome, _) = handshake(other.server_config(true), trusting).await;
+        let err = outcome.unwrap_err();
+        assert!(err.contains("UnknownIssuer"), "{err}");
+
+        // pinning the cluster's hash: a man in the middle who presents his own certificate
+        // with the cluster's CA certificate beside it (it is public) is refused, as his
+        // certificate is not signed by that CA's key
+        let forged_chain = format!("{}{}", other.server.cert_pem, cluster.ca.cert_pem());
+        let mitm = server_config(
+            &Identity {
+                chain_pem: &forged_chain,
+                key_pem: &other.server.key_pem,
+            },
+            other.ca.cert_pem(),
+            true,
+        )
+        .unwrap();
+        let pinned = client_config(&ServerTrust::Pinned(cluster.ca.hash()), None).unwrap();
+        let (outcome, _) = handshake(mitm, pinned).await;
+        let err = outcome.expect_err("the man in the middle was trusted");
+        assert!(err.contains("invalid peer certificate"), "{err}");
     }
 
     #[tokio::test]

@@ -769,7 +769,7 @@ async fn tls_controller(
         allow_anonymous,
     )
     .unwrap();
-    let tls = Arc::new(ServerTls::new(config, true));
+    let tls = Arc::new(ServerTls::new(config));
     let mut ctl = serve(server("ctl-tls", state, events).with_tls(tls)).await;
     ctl.address = ctl.address.replace("http://", "https://");
     ctl
@@ -785,9 +785,19 @@ fn tls_options(
     identity: Option<&RuntimeIdentity>,
 ) -> ClientOptions {
     let mut options = ClientOptions::new(vec![ctl.address.clone()], node.into(), group.into());
-    let issued = identity.map(|identity| {
-        let request = runtime_key_and_request(node).unwrap();
-        let cert = ca
+    options.tls = Some(runtime_tls(ca, identity.map(|identity| (ca, identity))));
+    options
+}
+
+/// A runtime's TLS: trusting `trusted` for controllers, and presenting a certificate for
+/// `identity` issued by `issuer` (none: no certificate).
+fn runtime_tls(
+    trusted: &ClusterCa,
+    presented: Option<(&ClusterCa, &RuntimeIdentity)>,
+) -> Arc<ClientTls> {
+    let issued = presented.map(|(issuer, identity)| {
+        let request = runtime_key_and_request(&identity.node_id).unwrap();
+        let cert = issuer
             .sign_runtime(
                 &request.cert_pem,
                 identity,
@@ -801,14 +811,10 @@ fn tls_options(
         chain_pem: cert,
         key_pem: key,
     });
-    options.tls = Some(Arc::new(ClientTls::new(
-        client_config(
-            &ServerTrust::Ca(ca.cert_pem().to_string()),
-            presented.as_ref(),
-        )
-        .unwrap(),
-    )));
-    options
+    let trust = ServerTrust::Ca(trusted.cert_pem().to_string());
+    Arc::new(ClientTls::new(
+        client_config(&trust, presented.as_ref()).unwrap(),
+    ))
 }
 
 /// Waits until the client reports an error containing `needle`.
@@ -900,40 +906,22 @@ async fn a_tls_sync_port_refuses_plaintext_and_strangers() {
         &plain,
     );
     fails_with(&mut status, "transport error").await;
-    // a runtime that trusts another cluster: the controller's certificate is refused
+    // a runtime with a valid certificate that trusts another cluster: it refuses the
+    // controller's certificate itself
     let other = ClusterCa::generate(std::time::SystemTime::now()).unwrap();
     let identity = RuntimeIdentity::new("edge", "rt-1").unwrap();
-    let mut options = tls_options(&ctl, &ca, "rt-1", "edge", Some(&identity));
-    options.tls = Some(Arc::new(ClientTls::new(
-        client_config(&ServerTrust::Ca(other.cert_pem().to_string()), None).unwrap(),
-    )));
+    let mut options = tls_options(&ctl, &ca, "rt-1", "edge", None);
+    options.tls = Some(runtime_tls(&other, Some((&ca, &identity))));
     let lost = Arc::new(MemoryApplier::default());
     let (_b, mut status) = start(options, &lost);
-    fails_with(&mut status, "transport error").await;
-    // a certificate of another cluster's CA
+    fails_with(&mut status, "UnknownIssuer").await;
+    // a runtime with a certificate of another cluster's CA: the controller refuses it in the
+    // handshake
+    let mut options = tls_options(&ctl, &ca, "rt-1", "edge", None);
+    options.tls = Some(runtime_tls(&ca, Some((&other, &identity))));
     let forged = Arc::new(MemoryApplier::default());
-    let mut options = tls_options(&ctl, &other, "rt-1", "edge", Some(&identity));
-    let request = runtime_key_and_request("rt-1").unwrap();
-    let cert = other
-        .sign_runtime(
-            &request.cert_pem,
-            &identity,
-            std::time::SystemTime::now(),
-            Duration::from_hours(1),
-        )
-        .unwrap();
-    options.tls = Some(Arc::new(ClientTls::new(
-        client_config(
-            &ServerTrust::Ca(ca.cert_pem().to_string()),
-            Some(&Identity {
-                chain_pem: &cert,
-                key_pem: &request.key_pem,
-            }),
-        )
-        .unwrap(),
-    )));
     let (_c, mut status) = start(options, &forged);
-    fails_with(&mut status, "error").await;
+    fails_with(&mut status, "UnknownCA").await;
     // an http:// address where TLS is on is a configuration error, said as such
     let mut options = tls_options(&ctl, &ca, "rt-1", "edge", Some(&identity));
     options.controllers = vec![ctl.address.replace("https://", "http://")];

@@ -265,7 +265,8 @@ impl Admission {
     /// Wraps an admitted connection, with a watchdog that closes it when it opens no stream
     /// in time, has none open for the idle timeout, or outlives the server's stop by
     /// [`STOP_GRACE`].
-    fn wrap(&self, stream: Wire, peer: SocketAddr, slot: ConnSlot) -> SyncIo {
+    /// `first` is what is left of the first-stream deadline (a TLS handshake took the rest).
+    fn wrap(&self, stream: Wire, peer: SocketAddr, slot: ConnSlot, first: Duration) -> SyncIo {
         let identity = match &stream {
             Wire::Plain(_) => None,
             Wire::Tls(tls) => tls
@@ -283,7 +284,7 @@ impl Admission {
             control: Arc::new(ConnControl::default()),
         };
         let watched = conn.clone();
-        let (first, idle) = (self.first_stream, self.idle);
+        let idle = self.idle;
         let metrics = self.metrics.clone();
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
@@ -351,17 +352,22 @@ pub(crate) fn incoming(
                 };
                 let _ = stream.set_nodelay(true);
                 let Some(tls) = &admission.tls else {
-                    let io = admission.wrap(Wire::Plain(stream), peer, slot);
+                    let io =
+                        admission.wrap(Wire::Plain(stream), peer, slot, admission.first_stream);
                     return Some((Ok(io), (listener, admission, done, handshaken)));
                 };
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                 let (admission, done) = (admission.clone(), done.clone());
                 tokio::spawn(async move {
+                    let accepted = tokio::time::Instant::now();
                     match tokio::time::timeout(admission.first_stream, acceptor.accept(stream))
                         .await
                     {
                         Ok(Ok(tls)) => {
-                            let _ = done.send(admission.wrap(Wire::Tls(Box::new(tls)), peer, slot));
+                            // the handshake counts against the first-stream deadline
+                            let left = admission.first_stream.saturating_sub(accepted.elapsed());
+                            let io = admission.wrap(Wire::Tls(Box::new(tls)), peer, slot, left);
+                            let _ = done.send(io);
                         }
                         Ok(Err(err)) => {
                             admission.metrics.rejected(SyncLimit::TlsHandshake);

@@ -336,7 +336,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = ClusterCa::generate(SystemTime::now()).unwrap();
         let files = server_files(dir.path(), &ca);
-        let tls = Arc::new(ServerTls::new(files.load().unwrap(), true));
+        let tls = Arc::new(ServerTls::new(files.load().unwrap()));
         let first = tls.current();
         let follower =
             tokio::spawn(Arc::clone(&tls).follow(files.clone(), Duration::from_millis(20)));
