@@ -1,0 +1,151 @@
+//! Mutual TLS on the sync channel with the operator's own PKI (files), between the real
+//! binaries: a runtime is served as its certificate names it, a plaintext runtime is not
+//! served at all, a runtime whose certificate names another node does not start, and a
+//! renewed controller certificate is taken without a restart.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use gw_e2e::{Admin, ControllerSpec, Process, TOKEN, controller_with, echo_upstream, eventually};
+use gw_sync::pki::{ClusterCa, RuntimeIdentity, runtime_key_and_request};
+
+const HOUR: Duration = Duration::from_hours(1);
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// Writes a controller certificate of `ca` for 127.0.0.1 (and its key) into `dir`, over
+/// what is there.
+fn controller_certificate(dir: &Path, ca: &ClusterCa) {
+    let issued = ca
+        .issue_server(&["127.0.0.1".to_string()], SystemTime::now(), HOUR)
+        .unwrap();
+    // the key first: a follower that looks in between sees a key without its certificate,
+    // which does not load, and keeps what it has
+    write(dir, "tls.key", &issued.key_pem);
+    write(dir, "tls.crt", &issued.cert_pem);
+}
+
+/// The runtime's files for `node` of `group` under `dir`; the flags that name them.
+fn runtime_files(dir: &Path, ca: &ClusterCa, group: &str, node: &str) -> Vec<String> {
+    std::fs::create_dir_all(dir).unwrap();
+    let request = runtime_key_and_request(node).unwrap();
+    let identity = RuntimeIdentity::new(group, node).unwrap();
+    let cert = ca
+        .sign_runtime(&request.cert_pem, &identity, SystemTime::now(), HOUR)
+        .unwrap();
+    vec![
+        "--controller-ca".to_string(),
+        write(dir, "ca.crt", ca.cert_pem()),
+        "--sync-tls-cert".to_string(),
+        write(dir, "tls.crt", &cert),
+        "--sync-tls-key".to_string(),
+        write(dir, "tls.key", &request.key_pem),
+    ]
+}
+
+fn runtime(node: &str, ctl: &Process, dir: &Path, extra: &[String]) -> Process {
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    gw_e2e::runtime_with(node, &[ctl.addr("sync")], &dir.join(node), &extra)
+}
+
+async fn in_fleet(admin: &Admin, node: &str) -> bool {
+    let (_, fleet) = admin.get_json("/api/v1/runtimes").await;
+    fleet["items"]
+        .as_array()
+        .is_some_and(|items| items.iter().any(|r| r["nodeId"] == node))
+}
+
+#[tokio::test]
+async fn runtimes_sync_over_mutual_tls_with_files_of_the_operator_s_pki() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki: PathBuf = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = ClusterCa::generate(SystemTime::now()).unwrap();
+    controller_certificate(&pki, &ca);
+    let client_ca = write(&pki, "ca.crt", ca.cert_pem());
+    let cert = pki.join("tls.crt").display().to_string();
+    let key = pki.join("tls.key").display().to_string();
+    let spec = ControllerSpec {
+        database_url: None,
+        dev: false,
+        all_in_one: false,
+        node_id: "ctl-tls".into(),
+    };
+    let ctl = controller_with(
+        &spec,
+        &dir.path().join("ctl"),
+        &[
+            "--sync-tls-cert",
+            &cert,
+            "--sync-tls-key",
+            &key,
+            "--sync-client-ca",
+            &client_ca,
+        ],
+    );
+    let admin = Admin::new(ctl.addr("admin"), Some(TOKEN));
+    admin.wait_ready().await;
+    assert!(ctl.logged("sync over TLS 1.3 with runtime certificates"));
+
+    // a runtime with its certificate is served, and a deploy reaches it
+    let files = runtime_files(&dir.path().join("rt-1-pki"), &ca, "default", "rt-1");
+    let rt = runtime("rt-1", &ctl, dir.path(), &files);
+    let upstream = echo_upstream("tls-sync");
+    let deployed = admin
+        .deploy(
+            "orders",
+            "/orders",
+            &format!("http://{}", upstream.addr("http")),
+        )
+        .await;
+    assert!(deployed.status().is_success());
+    let http = reqwest::Client::new();
+    let proxy = rt.addr("proxy");
+    eventually("the API through rt-1", Duration::from_secs(30), || async {
+        gw_e2e::call(&http, proxy, "/orders/1").await.0 == 200
+    })
+    .await;
+
+    // a plaintext runtime is not served, nor shown in the fleet view
+    let plain = runtime("rt-plain", &ctl, dir.path(), &[]);
+    eventually(
+        "the plaintext runtime to fail",
+        Duration::from_secs(30),
+        || async { plain.logged("sync stream failed") },
+    )
+    .await;
+    assert!(!in_fleet(&admin, "rt-plain").await);
+
+    // a runtime whose certificate is another node's does not start, and says why
+    let other = runtime_files(&dir.path().join("rt-2-pki"), &ca, "default", "rt-2");
+    let mut impostor = runtime("rt-3", &ctl, dir.path(), &other);
+    assert_eq!(impostor.wait_exit(Duration::from_secs(30)), Some(1));
+    assert!(
+        impostor.logged("names node") && impostor.logged("and this runtime is node"),
+        "{}",
+        impostor.log()
+    );
+
+    // the controller's certificate is renewed in place: taken without a restart, and new
+    // connections are served with it
+    controller_certificate(&pki, &ca);
+    eventually(
+        "the renewed certificate to be taken",
+        Duration::from_secs(30),
+        || async { ctl.logged("TLS files changed: reloaded") },
+    )
+    .await;
+    let files = runtime_files(&dir.path().join("rt-4-pki"), &ca, "default", "rt-4");
+    let late = runtime("rt-4", &ctl, dir.path(), &files);
+    let proxy = late.addr("proxy");
+    eventually("the API through rt-4", Duration::from_secs(30), || async {
+        gw_e2e::call(&http, proxy, "/orders/1").await.0 == 200
+    })
+    .await;
+    assert!(in_fleet(&admin, "rt-1").await && in_fleet(&admin, "rt-4").await);
+    assert!(!in_fleet(&admin, "rt-plain").await);
+}
