@@ -768,7 +768,51 @@ pub async fn metric<T: std::str::FromStr>(status: SocketAddr, line_start: &str) 
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-/// The median of some durations.
+/// Propagation, `count` times: deploys `{prefix}-{i}` (to `upstream_url`) through `admin`
+/// without waiting, and times from its 2xx to the first 2xx through the runtime at `proxy`.
+/// Each must arrive within 10 s.
+pub async fn propagation(
+    admin: &Admin,
+    proxy: SocketAddr,
+    upstream_url: &str,
+    prefix: &str,
+    count: usize,
+) -> Vec<Duration> {
+    let client = reqwest::Client::new();
+    let mut times = Vec::new();
+    for i in 0..count {
+        let name = format!("{prefix}-{i}");
+        let path = format!("/{prefix}-{i}");
+        let response = admin
+            .put_api(&name, &api_yaml(&name, &path, upstream_url), "")
+            .await;
+        assert_eq!(response.status(), 201, "deploying {name}");
+        let deployed = Instant::now();
+        loop {
+            if call(&client, proxy, &path).await.0 == 200 {
+                break;
+            }
+            assert!(
+                deployed.elapsed() < Duration::from_secs(10),
+                "{name} never reached the runtime"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        times.push(deployed.elapsed());
+    }
+    times
+}
+
+/// `times` in milliseconds, with one decimal, `, ` between them.
+pub fn millis(times: &[Duration]) -> String {
+    times
+        .iter()
+        .map(|t| format!("{:.1}", t.as_secs_f64() * 1000.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The median of some durations (sorted in place).
 pub fn median(values: &mut [Duration]) -> Duration {
     values.sort();
     values[values.len() / 2]

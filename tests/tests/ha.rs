@@ -1,11 +1,11 @@
 //! The HA topology: two controllers on one PostgreSQL database, runtimes connected to
 //! either. A deploy through one controller reaches the runtimes of the other.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gw_e2e::{
-    Admin, ControllerSpec, TOKEN, TestDatabase, Upstream, api_yaml, call, controller, eventually,
-    median, refused_hello, runtime,
+    Admin, ControllerSpec, TOKEN, TestDatabase, Upstream, call, controller, eventually, median,
+    millis, propagation, refused_hello, runtime,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,38 +41,15 @@ async fn deploy_through_one_controller_reaches_a_runtime_on_another() {
     .await;
 
     // propagation: from the 2xx of a deploy through A to the first 2xx through the runtime
-    let mut times = Vec::new();
-    for i in 0..9 {
-        let name = format!("svc-{i}");
-        let path = format!("/svc-{i}");
-        let response = admin_a
-            .put_api(&name, &api_yaml(&name, &path, &up.url("")), "")
-            .await;
-        assert_eq!(response.status(), 201);
-        let deployed = Instant::now();
-        loop {
-            if call(&client, proxy, &path).await.0 == 200 {
-                break;
-            }
-            assert!(
-                deployed.elapsed() < Duration::from_secs(10),
-                "{name} never reached the runtime"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        times.push(deployed.elapsed());
-    }
-    let all: Vec<String> = times
-        .iter()
-        .map(|t| format!("{:.1}", t.as_secs_f64() * 1000.0))
-        .collect();
+    let mut times = propagation(&admin_a, proxy, &up.url(""), "svc", 9).await;
+    let all = millis(&times);
     let median = median(&mut times);
     println!(
         "HA propagation, deploy through controller A -> first 2xx through a runtime on controller B: \
          median {:.1} ms over {} deploys (each: {} ms)",
         median.as_secs_f64() * 1000.0,
-        all.len(),
-        all.join(", ")
+        times.len(),
+        all
     );
 
     // wait=applied through A waits for the runtime on B

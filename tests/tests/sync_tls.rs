@@ -6,7 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use gw_e2e::{Admin, ControllerSpec, Process, TOKEN, controller_with, echo_upstream, eventually};
+use gw_e2e::{
+    Admin, ControllerSpec, Process, TOKEN, controller_with, echo_upstream, eventually, median,
+    millis, propagation,
+};
 use gw_sync::pki::{ClusterCa, RuntimeIdentity, runtime_key_and_request};
 
 const HOUR: Duration = Duration::from_hours(1);
@@ -148,4 +151,31 @@ async fn runtimes_sync_over_mutual_tls_with_files_of_the_operator_s_pki() {
     .await;
     assert!(in_fleet(&admin, "rt-1").await && in_fleet(&admin, "rt-4").await);
     assert!(!in_fleet(&admin, "rt-plain").await);
+
+    // what TLS costs a change on its way: the same propagation through this controller and
+    // through one with a plaintext sync port, each with one runtime (printed, not asserted:
+    // a figure, not a limit)
+    drop(late);
+    let upstream_url = format!("http://{}", upstream.addr("http"));
+    let mut over_tls = propagation(&admin, rt.addr("proxy"), &upstream_url, "tls", 9).await;
+    let plain_spec = ControllerSpec {
+        node_id: "ctl-plain".into(),
+        ..spec
+    };
+    let plain_ctl = gw_e2e::controller(&plain_spec, &dir.path().join("ctl-plain"));
+    let plain_admin = Admin::new(plain_ctl.addr("admin"), Some(TOKEN));
+    plain_admin.wait_ready().await;
+    let plain_rt = runtime("rt-p", &plain_ctl, dir.path(), &[]);
+    let plain_proxy = plain_rt.addr("proxy");
+    let warmup = propagation(&plain_admin, plain_proxy, &upstream_url, "warm", 1).await;
+    assert_eq!(warmup.len(), 1);
+    let mut plaintext = propagation(&plain_admin, plain_proxy, &upstream_url, "plain", 9).await;
+    println!(
+        "sync propagation, deploy -> first 2xx through the runtime (SQLite, loopback): \
+         mutual TLS median {:.1} ms ({} ms), plaintext median {:.1} ms ({} ms)",
+        median(&mut over_tls).as_secs_f64() * 1000.0,
+        millis(&over_tls),
+        median(&mut plaintext).as_secs_f64() * 1000.0,
+        millis(&plaintext),
+    );
 }
