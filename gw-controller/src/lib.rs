@@ -21,6 +21,7 @@ pub mod admin;
 mod all_in_one;
 pub mod bundles;
 pub mod cli;
+pub mod cluster_ca;
 pub mod fleet;
 pub mod keys;
 pub mod metrics;
