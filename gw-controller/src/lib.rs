@@ -529,9 +529,13 @@ pub async fn run(
     .with_token(options.sync_token.clone())
     .with_store_id(store.store_id())
     .with_authority(Arc::new(StoreAuthority(Arc::clone(&store))));
+    // the TLS files are followed for as long as the sync port serves
+    let mut follow: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
+        Box::pin(std::future::pending());
     let server = match (&options.sync_tls, sync_tls) {
         (Some(files), Some(tls)) => {
-            tokio::spawn(Arc::clone(&tls).follow(files.clone(), gw_sync::tls::FOLLOW_INTERVAL));
+            follow =
+                Box::pin(Arc::clone(&tls).follow(files.clone(), gw_sync::tls::FOLLOW_INTERVAL));
             tracing::info!(
                 listener = "sync",
                 cert = %files.identity.cert.display(),
@@ -542,7 +546,13 @@ pub async fn run(
         }
         _ => server,
     };
-    let sync = tokio::spawn(server.serve(sync_listener, stopped()));
+    let serve = server.serve(sync_listener, stopped());
+    let sync = tokio::spawn(async move {
+        tokio::select! {
+            served = serve => served,
+            () = follow => Ok(()),
+        }
+    });
 
     #[cfg(feature = "all-in-one")]
     let embedded = match &options.all_in_one {

@@ -532,18 +532,29 @@ impl Runtime {
                     options.advertise_address.clone().unwrap_or_default();
                 client_options.heartbeat_interval = options.heartbeat_interval;
                 client_options.token.clone_from(&options.sync_token);
-                if let (Some((tls, identity)), Some(files)) = (&sync_tls, &options.sync_tls) {
-                    client_options.tls = Some(Arc::clone(tls));
-                    tokio::spawn(Arc::clone(tls).follow(
-                        files.clone(),
-                        identity.clone(),
-                        gw_sync::tls::FOLLOW_INTERVAL,
-                    ));
-                }
+                // the TLS files are followed for as long as the client runs
+                let follow: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
+                    match (&sync_tls, &options.sync_tls) {
+                        (Some((tls, identity)), Some(files)) => {
+                            client_options.tls = Some(Arc::clone(tls));
+                            Box::pin(Arc::clone(tls).follow(
+                                files.clone(),
+                                identity.clone(),
+                                gw_sync::tls::FOLLOW_INTERVAL,
+                            ))
+                        }
+                        _ => Box::pin(std::future::pending()),
+                    };
                 client_options.goodbye_timeout = GOODBYE_TIMEOUT;
                 client_options.session_start_ms = session_start;
                 let client = SyncClient::new(client_options, Arc::clone(&state));
                 let sync_status = client.status();
+                let client = async move {
+                    tokio::select! {
+                        () = client.run_until(farewell) => {}
+                        () = follow => {}
+                    }
+                };
                 #[cfg(feature = "bundles")]
                 let source = match options.fallback.clone() {
                     // no cache was loaded: the bundle, should no controller answer
@@ -551,13 +562,13 @@ impl Runtime {
                         let bundle =
                             fallback::run(Arc::clone(&state), sync_status.clone(), count, fallback);
                         tokio::spawn(async move {
-                            tokio::join!(client.run_until(farewell), bundle);
+                            tokio::join!(client, bundle);
                         })
                     }
-                    _ => tokio::spawn(client.run_until(farewell)),
+                    _ => tokio::spawn(client),
                 };
                 #[cfg(not(feature = "bundles"))]
-                let source = tokio::spawn(client.run_until(farewell));
+                let source = tokio::spawn(client);
                 (source, Some(sync_status))
             }
             (ConfigSource::File(_), None) => {
