@@ -48,6 +48,25 @@ pub struct Args {
     #[arg(long, env = "GW_SYNC_ADDR", default_value = "127.0.0.1:18000")]
     sync_addr: SocketAddr,
 
+    /// HTTPS on the admin API: its certificate (PEM, then any intermediates). With
+    /// `--admin-tls-key`; the files are reloaded when they change.
+    #[arg(
+        long,
+        env = "GW_ADMIN_TLS_CERT",
+        value_name = "FILE",
+        requires = "admin_tls_key"
+    )]
+    admin_tls_cert: Option<PathBuf>,
+
+    /// The private key of `--admin-tls-cert` (PEM).
+    #[arg(
+        long,
+        env = "GW_ADMIN_TLS_KEY",
+        value_name = "FILE",
+        requires = "admin_tls_cert"
+    )]
+    admin_tls_key: Option<PathBuf>,
+
     /// Mutual TLS on the sync port: this controller's certificate (PEM, then any
     /// intermediates), for the names runtimes dial. With `--sync-tls-key` and
     /// `--sync-client-ca`; the files are reloaded when they change.
@@ -444,6 +463,9 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     options.data_dir = args.data_dir;
     options.admin_addr = args.admin_addr;
     options.sync_addr = args.sync_addr;
+    if let (Some(cert), Some(key)) = (args.admin_tls_cert, args.admin_tls_key) {
+        options.admin_tls = Some(gw_sync::tls::CertFiles { cert, key });
+    }
     if let (Some(cert), Some(key), Some(client_ca)) =
         (args.sync_tls_cert, args.sync_tls_key, args.sync_client_ca)
     {

@@ -95,6 +95,9 @@ pub struct ControllerOptions {
     /// The token runtimes must present on the sync port (`GW_SYNC_TOKEN`); `None`: any
     /// runtime that reaches the port is served.
     pub sync_token: Option<SyncToken>,
+    /// HTTPS on the admin API from files (certificate and key), followed for renewals;
+    /// `None`: plain HTTP.
+    pub admin_tls: Option<gw_sync::tls::CertFiles>,
     /// Mutual TLS on the sync port from files (certificate, key, runtimes' CA), followed for
     /// renewals; `None`: plaintext.
     pub sync_tls: Option<gw_sync::tls::ServerFiles>,
@@ -145,6 +148,7 @@ impl ControllerOptions {
             encryption_key: None,
             sync_token: None,
             sync_tls: None,
+            admin_tls: None,
             all_in_one: None,
             store_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_secs(5),
@@ -184,6 +188,7 @@ impl std::fmt::Debug for ControllerOptions {
             .field("encryption_key", &set(self.encryption_key.is_some()))
             .field("sync_token", &set(self.sync_token.is_some()))
             .field("sync_tls", &self.sync_tls)
+            .field("admin_tls", &self.admin_tls)
             .field("all_in_one", &self.all_in_one)
             .field("store_timeout", &self.store_timeout)
             .field("poll_interval", &self.poll_interval)
@@ -333,6 +338,14 @@ pub async fn run(
         tracing::warn!("no GW_ADMIN_TOKEN: the admin API accepts unauthenticated calls");
     }
     // read now, so that a file at fault stops the controller before it serves anything
+    let admin_tls = match &options.admin_tls {
+        Some(files) => Some(Arc::new(arc_swap::ArcSwap::new(
+            files
+                .https_config()
+                .map_err(|err| ControllerError::Options(format!("admin TLS: {err}")))?,
+        ))),
+        None => None,
+    };
     let sync_tls = match &options.sync_tls {
         Some(files) => {
             Some(Arc::new(ServerTls::new(files.load().map_err(|err| {
@@ -420,13 +433,46 @@ pub async fn run(
     let admin_listener = bind("admin", options.admin_addr).await?;
     tracing::info!(listener = "admin", addr = %admin_listener.local_addr().unwrap_or(options.admin_addr), "listening");
     let router = admin::router(Arc::clone(&state));
-    let admin = tokio::spawn(gw_core::conn::server::serve(
-        admin_listener,
-        options.admin_server.clone(),
-        admin_metrics,
-        move |_peer| hyper_util::service::TowerToHyperService::new(router.clone()),
-        stopped(),
-    ));
+    let make = move |_peer| hyper_util::service::TowerToHyperService::new(router.clone());
+    let admin = match (&options.admin_tls, admin_tls) {
+        (Some(files), Some(tls)) => {
+            tracing::info!(listener = "admin", cert = %files.cert.display(), "admin API over HTTPS");
+            let follow = {
+                let (files, tls) = (files.clone(), Arc::clone(&tls));
+                gw_sync::tls::follow(
+                    "admin API",
+                    files.paths(),
+                    gw_sync::tls::FOLLOW_INTERVAL,
+                    move || {
+                        tls.store(files.https_config()?);
+                        Ok(())
+                    },
+                )
+            };
+            let serve = gw_core::conn::server::serve_tls(
+                admin_listener,
+                options.admin_server.clone(),
+                admin_metrics,
+                tls,
+                make,
+                stopped(),
+            );
+            // the files are followed for as long as the admin API serves
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = serve => {}
+                    () = follow => {}
+                }
+            })
+        }
+        _ => tokio::spawn(gw_core::conn::server::serve(
+            admin_listener,
+            options.admin_server.clone(),
+            admin_metrics,
+            make,
+            stopped(),
+        )),
+    };
 
     let store_options = StoreOptions {
         timeout: options.store_timeout,

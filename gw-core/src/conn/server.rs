@@ -9,6 +9,10 @@
 //! which also bounds an idle keep-alive connection), and is closed once it has had nothing in
 //! flight for the idle timeout. On shutdown the listener closes, connections finish their
 //! requests for at most the drain timeout, and the rest are closed.
+//!
+//! [`serve_tls`] serves the same over TLS: each connection's handshake runs on its own task
+//! within the header read timeout, with the configuration current when it was accepted (a
+//! renewed certificate is replaced in place, and taken by the next connection).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,13 +73,14 @@ struct LimitLabels {
 }
 
 /// What closed or refused a connection, as counted in `<prefix>_limit_rejections_total`.
-const LIMITS: [&str; 6] = [
+const LIMITS: [&str; 7] = [
     "connections",
     "connections_per_address",
     "first_request_timeout",
     "header_timeout",
     "header_size",
     "idle_timeout",
+    "tls_handshake",
 ];
 
 /// The metrics of one server: `<prefix>_connections` (open now) and
@@ -122,12 +127,61 @@ impl ServerMetrics {
     }
 }
 
+/// A server's TLS configuration, replaced in place when its certificate is renewed.
+pub type TlsConfig = Arc<arc_swap::ArcSwap<rustls::ServerConfig>>;
+
 /// Serves `listener` until `shutdown` completes (see the module docs): each connection gets
 /// the service `make` builds for the client's address.
 pub async fn serve<M, S, B>(
     listener: TcpListener,
     limits: ServerLimits,
     metrics: ServerMetrics,
+    make: M,
+    shutdown: impl Future<Output = ()>,
+) where
+    M: Fn(SocketAddr) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    serve_with(listener, limits, metrics, None, make, shutdown).await;
+}
+
+/// [`serve`] over TLS with `tls`: a client that does not complete its handshake within the
+/// header read timeout is closed (`<prefix>_limit_rejections_total{limit="tls_handshake"}`
+/// for a failed one).
+pub async fn serve_tls<M, S, B>(
+    listener: TcpListener,
+    limits: ServerLimits,
+    metrics: ServerMetrics,
+    tls: TlsConfig,
+    make: M,
+    shutdown: impl Future<Output = ()>,
+) where
+    M: Fn(SocketAddr) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    serve_with(listener, limits, metrics, Some(tls), make, shutdown).await;
+}
+
+/// A connection's bytes: plain TCP or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+async fn serve_with<M, S, B>(
+    listener: TcpListener,
+    limits: ServerLimits,
+    metrics: ServerMetrics,
+    tls: Option<TlsConfig>,
     make: M,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -196,14 +250,38 @@ pub async fn serve<M, S, B>(
                 }
             })
         };
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let acceptor = tls
+            .as_ref()
+            .map(|tls| tokio_rustls::TlsAcceptor::from(tls.load_full()));
         let metrics = metrics.clone();
         let (first, idle) = (limits.header_read_timeout, limits.idle_timeout);
         tokio::spawn(async move {
             let _slot = slot;
+            let io: Box<dyn Io> = match acceptor {
+                None => Box::new(stream),
+                // the handshake counts against the first request's deadline
+                Some(acceptor) => {
+                    match tokio::time::timeout(first, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => Box::new(tls),
+                        Ok(Err(err)) => {
+                            metrics.rejected("tls_handshake");
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics.rejected("first_request_timeout");
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let connection = builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned();
+            let connection = watcher.watch(connection);
             tokio::select! {
                 result = connection => finish(result, &metrics, peer),
                 why = activity.expired(first, idle) => {

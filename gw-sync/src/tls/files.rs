@@ -61,6 +61,33 @@ pub struct CertFiles {
     pub key: PathBuf,
 }
 
+impl CertFiles {
+    /// An HTTPS server configuration with this certificate, for an API that people and
+    /// their tools call (the admin API): TLS 1.3 and 1.2, HTTP/2 and HTTP/1.1 by ALPN, no
+    /// client certificates.
+    pub fn https_config(&self) -> Result<Arc<ServerConfig>, FileError> {
+        let chain_pem = read(&self.cert)?;
+        let key_pem = read(&self.key)?;
+        let chain = super::chain(&chain_pem, "certificate").map_err(blame(&self.cert))?;
+        let key = super::key(&key_pem, "private key").map_err(blame(&self.key))?;
+        let mut config = ServerConfig::builder_with_provider(super::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(super::tls_error("TLS versions"))
+            .map_err(blame(&self.cert))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(super::tls_error("certificate"))
+            .map_err(blame(&self.cert))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The files, for [`follow`].
+    pub fn paths(&self) -> Vec<PathBuf> {
+        vec![self.cert.clone(), self.key.clone()]
+    }
+}
+
 /// A controller's sync TLS from files: its certificate and key, and the CA that vouches
 /// for runtimes' client certificates.
 #[derive(Debug, Clone)]
