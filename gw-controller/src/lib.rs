@@ -434,45 +434,40 @@ pub async fn run(
     tracing::info!(listener = "admin", addr = %admin_listener.local_addr().unwrap_or(options.admin_addr), "listening");
     let router = admin::router(Arc::clone(&state));
     let make = move |_peer| hyper_util::service::TowerToHyperService::new(router.clone());
-    let admin = match (&options.admin_tls, admin_tls) {
+    // the certificate files are followed for as long as the admin API serves
+    let follow: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match (
+        &options.admin_tls,
+        &admin_tls,
+    ) {
         (Some(files), Some(tls)) => {
             tracing::info!(listener = "admin", cert = %files.cert.display(), "admin API over HTTPS");
-            let follow = {
-                let (files, tls) = (files.clone(), Arc::clone(&tls));
-                gw_sync::tls::follow(
-                    "admin API",
-                    files.paths(),
-                    gw_sync::tls::FOLLOW_INTERVAL,
-                    move || {
-                        tls.store(files.https_config()?);
-                        Ok(())
-                    },
-                )
-            };
-            let serve = gw_core::conn::server::serve_tls(
-                admin_listener,
-                options.admin_server.clone(),
-                admin_metrics,
-                tls,
-                make,
-                stopped(),
-            );
-            // the files are followed for as long as the admin API serves
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = serve => {}
-                    () = follow => {}
-                }
-            })
+            let (files, tls) = (files.clone(), Arc::clone(tls));
+            Box::pin(gw_sync::tls::follow(
+                "admin API",
+                files.paths(),
+                gw_sync::tls::FOLLOW_INTERVAL,
+                move || {
+                    tls.store(files.https_config()?);
+                    Ok(())
+                },
+            ))
         }
-        _ => tokio::spawn(gw_core::conn::server::serve(
-            admin_listener,
-            options.admin_server.clone(),
-            admin_metrics,
-            make,
-            stopped(),
-        )),
+        _ => Box::pin(std::future::pending()),
     };
+    let serve = gw_core::conn::server::serve(
+        admin_listener,
+        options.admin_server.clone(),
+        admin_metrics,
+        admin_tls,
+        make,
+        stopped(),
+    );
+    let admin = tokio::spawn(async move {
+        tokio::select! {
+            () = serve => {}
+            () = follow => {}
+        }
+    });
 
     let store_options = StoreOptions {
         timeout: options.store_timeout,

@@ -371,7 +371,15 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(response) }
         })
     };
-    gw_core::conn::server::serve(listener, limits, metrics, make, std::future::pending()).await;
+    gw_core::conn::server::serve(
+        listener,
+        limits,
+        metrics,
+        None,
+        make,
+        std::future::pending(),
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! flight for the idle timeout. On shutdown the listener closes, connections finish their
 //! requests for at most the drain timeout, and the rest are closed.
 //!
-//! [`serve_tls`] serves the same over TLS: each connection's handshake runs on its own task
+//! With a [`TlsConfig`], [`serve`] serves the same over TLS: each connection's handshake runs on its own task
 //! within the header read timeout, with the configuration current when it was accepted (a
 //! renewed certificate is replaced in place, and taken by the next connection).
 
@@ -130,54 +130,16 @@ impl ServerMetrics {
 /// A server's TLS configuration, replaced in place when its certificate is renewed.
 pub type TlsConfig = Arc<arc_swap::ArcSwap<rustls::ServerConfig>>;
 
-/// Serves `listener` until `shutdown` completes (see the module docs): each connection gets
-/// the service `make` builds for the client's address.
-pub async fn serve<M, S, B>(
-    listener: TcpListener,
-    limits: ServerLimits,
-    metrics: ServerMetrics,
-    make: M,
-    shutdown: impl Future<Output = ()>,
-) where
-    M: Fn(SocketAddr) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    serve_with(listener, limits, metrics, None, make, shutdown).await;
-}
-
-/// [`serve`] over TLS with `tls`: a client that does not complete its handshake within the
-/// header read timeout is closed (`<prefix>_limit_rejections_total{limit="tls_handshake"}`
-/// for a failed one).
-pub async fn serve_tls<M, S, B>(
-    listener: TcpListener,
-    limits: ServerLimits,
-    metrics: ServerMetrics,
-    tls: TlsConfig,
-    make: M,
-    shutdown: impl Future<Output = ()>,
-) where
-    M: Fn(SocketAddr) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    serve_with(listener, limits, metrics, Some(tls), make, shutdown).await;
-}
-
 /// A connection's bytes: plain TCP or TLS over it.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
-async fn serve_with<M, S, B>(
+/// Serves `listener` until `shutdown` completes (see the module docs): each connection gets
+/// the service `make` builds for the client's address. With `tls`, over TLS only: a client
+/// that does not complete its handshake within the header read timeout is closed
+/// (`<prefix>_limit_rejections_total{limit="tls_handshake"}` for a failed one).
+pub async fn serve<M, S, B>(
     listener: TcpListener,
     limits: ServerLimits,
     metrics: ServerMetrics,
@@ -350,9 +312,16 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = ServerMetrics::register(&mut registry, "gw_test", "test server");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, limits, metrics, |_| ok(), async move {
-            let _ = stopped.await;
-        }));
+        tokio::spawn(serve(
+            listener,
+            limits,
+            metrics,
+            None,
+            |_| ok(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         (addr, registry, stop)
     }
 
