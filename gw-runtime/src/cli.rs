@@ -85,6 +85,25 @@ pub struct Args {
     )]
     sync_tls_key: Option<PathBuf>,
 
+    /// HTTPS on the status port: its certificate (PEM, then any intermediates). With
+    /// `--status-tls-key`; the files are reloaded when they change.
+    #[arg(
+        long,
+        env = "GW_STATUS_TLS_CERT",
+        value_name = "FILE",
+        requires = "status_tls_key"
+    )]
+    status_tls_cert: Option<PathBuf>,
+
+    /// The private key of `--status-tls-cert` (PEM).
+    #[arg(
+        long,
+        env = "GW_STATUS_TLS_KEY",
+        value_name = "FILE",
+        requires = "status_tls_cert"
+    )]
+    status_tls_key: Option<PathBuf>,
+
     /// Standalone mode: serve the APIs of this YAML or JSON file, reloaded when it changes
     /// (and on SIGHUP).
     #[arg(long, env = "GW_CONFIG", value_name = "FILE")]
@@ -714,6 +733,9 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
             controller_ca,
             identity: gw_sync::tls::CertFiles { cert, key },
         });
+    }
+    if let (Some(cert), Some(key)) = (args.status_tls_cert, args.status_tls_key) {
+        options.status_tls = Some(gw_sync::tls::CertFiles { cert, key });
     }
     options.group = args.group;
     options.node_id = args.node_id.filter(|id| !id.is_empty());

@@ -122,6 +122,9 @@ pub struct RuntimeOptions {
     pub heartbeat_interval: Duration,
     /// The token controllers require on the sync stream, if any.
     pub sync_token: Option<SyncToken>,
+    /// HTTPS on the status port from files (certificate and key), followed for renewals;
+    /// `None`: plain HTTP.
+    pub status_tls: Option<gw_sync::tls::CertFiles>,
     /// TLS to the controllers from files (the controllers' CA, this runtime's certificate
     /// and key), followed for renewals; `None`: plaintext. The certificate must name this
     /// runtime's node id and group.
@@ -176,6 +179,7 @@ impl RuntimeOptions {
             heartbeat_interval: Duration::from_secs(10),
             sync_token: None,
             sync_tls: None,
+            status_tls: None,
             drain_period: Duration::ZERO,
             ready_requires_controller: false,
             drain_endpoint: true,
@@ -351,6 +355,8 @@ pub struct Runtime {
     file: Option<FileSource>,
     /// The sync stream's TLS and the identity its certificate names (controller mode).
     sync_tls: Option<(Arc<gw_sync::tls::ClientTls>, gw_sync::pki::RuntimeIdentity)>,
+    /// The status port's TLS.
+    status_tls: Option<gw_core::conn::server::TlsConfig>,
 }
 
 impl Runtime {
@@ -388,6 +394,14 @@ impl Runtime {
             (Some(node_id), _) => node_id.clone(),
             (None, Some(dir)) => dir.node_id()?,
             (None, None) => default_node_id(),
+        };
+        let status_tls = match &options.status_tls {
+            Some(files) => Some(Arc::new(arc_swap::ArcSwap::new(
+                files
+                    .https_config()
+                    .map_err(|err| RuntimeError::Options(format!("status TLS: {err}")))?,
+            ))),
+            None => None,
         };
         let sync_tls = match (&options.source, &options.sync_tls) {
             (ConfigSource::Controllers(_), Some(files)) => {
@@ -455,6 +469,7 @@ impl Runtime {
             registry,
             file,
             sync_tls,
+            status_tls,
         })
     }
 
@@ -507,6 +522,7 @@ impl Runtime {
             registry,
             file,
             sync_tls,
+            status_tls,
         } = self;
 
         let file_rejection = file.as_ref().map(FileSource::last_rejection);
@@ -617,12 +633,36 @@ impl Runtime {
             drain_requests,
             registry,
         });
-        let status_task = tokio::spawn(status::serve(
+        // the certificate files are followed for as long as the status port serves
+        let follow: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
+            match (&options.status_tls, &status_tls) {
+                (Some(files), Some(tls)) => {
+                    let (files, tls) = (files.clone(), Arc::clone(tls));
+                    Box::pin(gw_sync::tls::follow(
+                        "status port",
+                        files.paths(),
+                        gw_sync::tls::FOLLOW_INTERVAL,
+                        move || {
+                            tls.store(files.https_config()?);
+                            Ok(())
+                        },
+                    ))
+                }
+                _ => Box::pin(std::future::pending()),
+            };
+        let serve = status::serve(
             status,
             Arc::clone(&context),
             options.status_limits.clone(),
             status_metrics,
-        ));
+            status_tls,
+        );
+        let status_task = tokio::spawn(async move {
+            tokio::select! {
+                () = serve => {}
+                () = follow => {}
+            }
+        });
         tracing::info!(listener = "proxy", addr = %proxy_addr, "listening");
         if let Some(addr) = https_addr {
             tracing::info!(listener = "https", %addr, "listening");

@@ -357,12 +357,14 @@ fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     response
 }
 
-/// Serves the status endpoints on `listener` until the task is dropped, within `limits`.
+/// Serves the status endpoints on `listener` until the task is dropped, within `limits`;
+/// over TLS with `tls`.
 pub async fn serve(
     listener: TcpListener,
     context: Arc<StatusContext>,
     limits: ServerLimits,
     metrics: ServerMetrics,
+    tls: Option<gw_core::conn::server::TlsConfig>,
 ) {
     let make = move |peer: SocketAddr| {
         let context = Arc::clone(&context);
@@ -371,15 +373,8 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(response) }
         })
     };
-    gw_core::conn::server::serve(
-        listener,
-        limits,
-        metrics,
-        None,
-        make,
-        std::future::pending(),
-    )
-    .await;
+    gw_core::conn::server::serve(listener, limits, metrics, tls, make, std::future::pending())
+        .await;
 }
 
 #[cfg(test)]

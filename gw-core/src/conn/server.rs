@@ -10,9 +10,9 @@
 //! flight for the idle timeout. On shutdown the listener closes, connections finish their
 //! requests for at most the drain timeout, and the rest are closed.
 //!
-//! With a [`TlsConfig`], [`serve`] serves the same over TLS: each connection's handshake runs on its own task
-//! within the header read timeout, with the configuration current when it was accepted (a
-//! renewed certificate is replaced in place, and taken by the next connection).
+//! With a [`TlsConfig`], [`serve`] serves the same over TLS: each connection's handshake runs
+//! on its own task within the header read timeout, with the configuration current when it was
+//! accepted (a renewed certificate is replaced in place, and taken by the next connection).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
-//! HTTPS on the admin API, from the operator's certificate files: served over TLS, not in
-//! the clear, and a renewed certificate taken without a restart.
+//! HTTPS on the control surfaces, from the operator's certificate files: the controller's
+//! admin API (served over TLS, not in the clear, a renewed certificate taken without a
+//! restart) and, when asked, the runtime's status port.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -7,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use gw_e2e::{ControllerSpec, TOKEN, controller_with, eventually};
 use gw_sync::pki::ClusterCa;
 
-/// Writes a certificate of `ca` for 127.0.0.1 and its key into `dir`, the key first.
+/// Writes a certificate of `ca` for 127.0.0.1 and its key into `dir` (`admin.crt`,
+/// `admin.key`), the key first.
 fn certificate(dir: &Path, ca: &ClusterCa) {
     let issued = ca
         .issue_server(
@@ -83,4 +85,41 @@ async fn the_admin_api_serves_https_from_files_and_takes_a_renewed_certificate()
     .await;
     assert!(ctl.logged("TLS files changed: reloaded"));
     assert_eq!(status(&trusting(&ca), &https).await, None);
+}
+
+#[tokio::test]
+async fn the_status_port_serves_https_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate(SystemTime::now()).unwrap();
+    certificate(dir.path(), &ca);
+    let cert = dir.path().join("admin.crt").display().to_string();
+    let key = dir.path().join("admin.key").display().to_string();
+    let apis = gw_e2e::api_yaml("x", "/x", "http://127.0.0.1:9");
+    let (rt, _config) = gw_e2e::standalone(
+        &apis,
+        &["--status-tls-cert", &cert, "--status-tls-key", &key],
+    );
+    let addr = rt.addr("status");
+    let client = trusting(&ca);
+    eventually(
+        "the status port over HTTPS",
+        Duration::from_secs(30),
+        || async { status(&client, &format!("https://{addr}/status/ready")).await == Some(200) },
+    )
+    .await;
+    let plain = reqwest::Client::new();
+    assert_eq!(status(&plain, &format!("http://{addr}/status")).await, None);
+
+    // a runtime given a certificate file that is not one does not start, and names it
+    std::fs::write(dir.path().join("admin.crt"), "not a certificate").unwrap();
+    let (mut broken, _config) = gw_e2e::standalone(
+        &apis,
+        &["--status-tls-cert", &cert, "--status-tls-key", &key],
+    );
+    assert_eq!(broken.wait_exit(Duration::from_secs(30)), Some(1));
+    assert!(
+        broken.logged("status TLS") && broken.logged("admin.crt"),
+        "{}",
+        broken.log()
+    );
 }
