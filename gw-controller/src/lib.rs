@@ -41,7 +41,7 @@ use gw_store::{Store, StoreError, StoreOptions};
 use gw_sync::SyncToken;
 use gw_sync::server::{RevisionAuthority, ServerOptions, SyncMetrics, SyncServer};
 use gw_sync::state::DesiredState;
-use gw_sync::tls::ServerTls;
+use gw_sync::tls::{ServerTls, Stamps};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -338,26 +338,39 @@ pub async fn run(
         tracing::warn!("no GW_ADMIN_TOKEN: the admin API accepts unauthenticated calls");
     }
     // read now, so that a file at fault stops the controller before it serves anything
+    // (how the files looked just before, so that a renewal from now on is taken)
     let admin_tls = match &options.admin_tls {
-        Some(files) => Some(Arc::new(arc_swap::ArcSwap::new(
-            files
+        Some(files) => {
+            let since = Stamps::of(&files.paths());
+            let config = files
                 .https_config()
-                .map_err(|err| ControllerError::Options(format!("admin TLS: {err}")))?,
-        ))),
+                .map_err(|err| ControllerError::Options(format!("admin TLS: {err}")))?;
+            Some((Arc::new(arc_swap::ArcSwap::new(config)), since))
+        }
         None => None,
     };
     let sync_tls = match &options.sync_tls {
         Some(files) => {
-            Some(Arc::new(ServerTls::new(files.load().map_err(|err| {
-                ControllerError::Options(format!("sync TLS: {err}"))
-            })?)))
+            let since = Stamps::of(&files.paths());
+            let config = files
+                .load()
+                .map_err(|err| ControllerError::Options(format!("sync TLS: {err}")))?;
+            Some((Arc::new(ServerTls::new(config)), since))
         }
         None => None,
     };
+    if options.sync_tls.is_some() && options.all_in_one.is_some() {
+        return Err(ControllerError::Options(
+            "--all-in-one runs its runtime over the sync port in plaintext: it cannot be \
+             combined with --sync-tls-cert (run the runtime as its own process)"
+                .to_string(),
+        ));
+    }
     if options.sync_token.is_none() && options.sync_tls.is_none() && !options.dev {
         tracing::warn!(
-            "no GW_SYNC_TOKEN: any process that reaches the sync port can read the configuration; \
-             keep that port on a private network or set GW_SYNC_TOKEN on controllers and runtimes"
+            "no GW_SYNC_TOKEN and no sync TLS: any process that reaches the sync port can read \
+             the configuration; keep that port on a private network, or set GW_SYNC_TOKEN on \
+             controllers and runtimes, or give them certificates (--sync-tls-cert)"
         );
     }
     // held until the controller stops: a second process on the directory is refused
@@ -439,12 +452,13 @@ pub async fn run(
         &options.admin_tls,
         &admin_tls,
     ) {
-        (Some(files), Some(tls)) => {
+        (Some(files), Some((tls, since))) => {
             tracing::info!(listener = "admin", cert = %files.cert.display(), "admin API over HTTPS");
             let (files, tls) = (files.clone(), Arc::clone(tls));
             Box::pin(gw_sync::tls::follow(
                 "admin API",
                 files.paths(),
+                since.clone(),
                 gw_sync::tls::FOLLOW_INTERVAL,
                 move || {
                     tls.store(files.https_config()?);
@@ -458,7 +472,7 @@ pub async fn run(
         admin_listener,
         options.admin_server.clone(),
         admin_metrics,
-        admin_tls,
+        admin_tls.map(|(tls, _)| tls),
         make,
         stopped(),
     );
@@ -574,9 +588,12 @@ pub async fn run(
     let mut follow: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
         Box::pin(std::future::pending());
     let server = match (&options.sync_tls, sync_tls) {
-        (Some(files), Some(tls)) => {
-            follow =
-                Box::pin(Arc::clone(&tls).follow(files.clone(), gw_sync::tls::FOLLOW_INTERVAL));
+        (Some(files), Some((tls, since))) => {
+            follow = Box::pin(Arc::clone(&tls).follow(
+                files.clone(),
+                since,
+                gw_sync::tls::FOLLOW_INTERVAL,
+            ));
             tracing::info!(
                 listener = "sync",
                 cert = %files.identity.cert.display(),

@@ -192,13 +192,24 @@ impl RuntimeOptions {
     }
 }
 
+/// The sync stream's TLS, as read at start.
+#[derive(Debug)]
+struct SyncTls {
+    tls: Arc<gw_sync::tls::ClientTls>,
+    /// What the certificate names.
+    identity: gw_sync::pki::RuntimeIdentity,
+    /// How the files looked just before they were read.
+    since: gw_sync::tls::Stamps,
+}
+
 /// Loads the sync stream's TLS files and checks that the certificate names this runtime:
 /// a controller would refuse it otherwise, and an endless reconnect loop would say less.
 fn sync_tls(
     files: &gw_sync::tls::ClientFiles,
     node_id: &str,
     group: &str,
-) -> Result<(Arc<gw_sync::tls::ClientTls>, gw_sync::pki::RuntimeIdentity), RuntimeError> {
+) -> Result<SyncTls, RuntimeError> {
+    let since = gw_sync::tls::Stamps::of(&files.paths());
     let (config, identity) = files
         .load()
         .map_err(|err| RuntimeError::Options(format!("sync TLS: {err}")))?;
@@ -206,13 +217,17 @@ fn sync_tls(
         return Err(RuntimeError::Options(format!(
             "sync TLS: {} names node {:?} of group {:?}, and this runtime is node {node_id:?} \
              of group {group:?} (--node-id, --group): controllers serve a runtime only as its \
-             certificate names it",
+             certificate names it, so give --node-id and --group as the certificate does",
             files.identity.cert.display(),
             identity.node_id,
             identity.group,
         )));
     }
-    Ok((Arc::new(gw_sync::tls::ClientTls::new(config)), identity))
+    Ok(SyncTls {
+        tls: Arc::new(gw_sync::tls::ClientTls::new(config)),
+        identity,
+        since,
+    })
 }
 
 /// The status server's default limits: 256 connections, 64 per client address, 5 s for a
@@ -353,10 +368,11 @@ pub struct Runtime {
     state: Arc<ConfigState>,
     registry: Registry,
     file: Option<FileSource>,
-    /// The sync stream's TLS and the identity its certificate names (controller mode).
-    sync_tls: Option<(Arc<gw_sync::tls::ClientTls>, gw_sync::pki::RuntimeIdentity)>,
-    /// The status port's TLS.
-    status_tls: Option<gw_core::conn::server::TlsConfig>,
+    /// The sync stream's TLS, the identity its certificate names, and how its files looked
+    /// when they were read (controller mode).
+    sync_tls: Option<SyncTls>,
+    /// The status port's TLS, and how its files looked when they were read.
+    status_tls: Option<(gw_core::conn::server::TlsConfig, gw_sync::tls::Stamps)>,
 }
 
 impl Runtime {
@@ -396,16 +412,23 @@ impl Runtime {
             (None, None) => default_node_id(),
         };
         let status_tls = match &options.status_tls {
-            Some(files) => Some(Arc::new(arc_swap::ArcSwap::new(
-                files
+            Some(files) => {
+                let since = gw_sync::tls::Stamps::of(&files.paths());
+                let config = files
                     .https_config()
-                    .map_err(|err| RuntimeError::Options(format!("status TLS: {err}")))?,
-            ))),
+                    .map_err(|err| RuntimeError::Options(format!("status TLS: {err}")))?;
+                Some((Arc::new(arc_swap::ArcSwap::new(config)), since))
+            }
             None => None,
         };
         let sync_tls = match (&options.source, &options.sync_tls) {
             (ConfigSource::Controllers(_), Some(files)) => {
                 Some(sync_tls(files, &node_id, &options.group)?)
+            }
+            (ConfigSource::File(_), Some(_)) => {
+                return Err(RuntimeError::Options(
+                    "sync TLS is for a runtime of controllers, not one serving a file".to_string(),
+                ));
             }
             _ => None,
         };
@@ -551,11 +574,12 @@ impl Runtime {
                 // the TLS files are followed for as long as the client runs
                 let follow: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
                     match (&sync_tls, &options.sync_tls) {
-                        (Some((tls, identity)), Some(files)) => {
-                            client_options.tls = Some(Arc::clone(tls));
-                            Box::pin(Arc::clone(tls).follow(
+                        (Some(sync), Some(files)) => {
+                            client_options.tls = Some(Arc::clone(&sync.tls));
+                            Box::pin(Arc::clone(&sync.tls).follow(
                                 files.clone(),
-                                identity.clone(),
+                                sync.identity.clone(),
+                                sync.since.clone(),
                                 gw_sync::tls::FOLLOW_INTERVAL,
                             ))
                         }
@@ -636,11 +660,12 @@ impl Runtime {
         // the certificate files are followed for as long as the status port serves
         let follow: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
             match (&options.status_tls, &status_tls) {
-                (Some(files), Some(tls)) => {
+                (Some(files), Some((tls, since))) => {
                     let (files, tls) = (files.clone(), Arc::clone(tls));
                     Box::pin(gw_sync::tls::follow(
                         "status port",
                         files.paths(),
+                        since.clone(),
                         gw_sync::tls::FOLLOW_INTERVAL,
                         move || {
                             tls.store(files.https_config()?);
@@ -655,7 +680,7 @@ impl Runtime {
             Arc::clone(&context),
             options.status_limits.clone(),
             status_metrics,
-            status_tls,
+            status_tls.map(|(tls, _)| tls),
         );
         let status_task = tokio::spawn(async move {
             tokio::select! {

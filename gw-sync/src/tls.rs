@@ -31,7 +31,7 @@ use crate::pki::{CaHash, PkiError};
 mod files;
 
 pub use self::files::{
-    CertFiles, ClientFiles, FOLLOW_INTERVAL, FileError, FileProblem, ServerFiles, follow,
+    CertFiles, ClientFiles, FOLLOW_INTERVAL, FileError, FileProblem, ServerFiles, Stamps, follow,
 };
 
 /// The one crypto provider of the sync channel.

@@ -172,6 +172,9 @@ pub async fn serve<M, S, B>(
         metrics.connections.clone(),
     );
     let graceful = GracefulShutdown::new();
+    // turns true when the listener stops: a handshake still under way ends then, instead of
+    // holding the graceful shutdown for its whole deadline
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
     // refusals are logged at warning level at most once a minute
     let mut warned: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
@@ -219,13 +222,19 @@ pub async fn serve<M, S, B>(
             .map(|tls| tokio_rustls::TlsAcceptor::from(tls.load_full()));
         let metrics = metrics.clone();
         let (first, idle) = (limits.header_read_timeout, limits.idle_timeout);
+        let mut stopped = stopped.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let io: Box<dyn Io> = match acceptor {
                 None => Box::new(stream),
                 // the handshake counts against the first request's deadline
                 Some(acceptor) => {
-                    match tokio::time::timeout(first, acceptor.accept(stream)).await {
+                    let handshake = tokio::time::timeout(first, acceptor.accept(stream));
+                    let handshake = tokio::select! {
+                        done = handshake => done,
+                        _ = stopped.wait_for(|stop| *stop) => return,
+                    };
+                    match handshake {
                         Ok(Ok(tls)) => Box::new(tls),
                         Ok(Err(err)) => {
                             metrics.rejected("tls_handshake");
@@ -257,6 +266,7 @@ pub async fn serve<M, S, B>(
         });
     }
     drop(listener);
+    stopping.send_replace(true);
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(limits.drain_timeout) => {

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::pem::PemObject as _;
 use rustls::{ClientConfig, ServerConfig};
 
 use super::{ClientTls, Identity, ServerTls, ServerTrust, client_config, server_config};
@@ -152,17 +151,9 @@ impl ClientFiles {
         let ca = read(&self.controller_ca)?;
         let chain = read(&self.identity.cert)?;
         let key = read(&self.identity.key)?;
-        let leaf = rustls::pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
-            .next()
-            .transpose()
-            .ok()
-            .flatten()
-            .ok_or_else(|| {
-                blame(&self.identity.cert)(PkiError::Invalid {
-                    what: "client certificate",
-                    reason: "no certificate in it".to_string(),
-                })
-            })?;
+        let leaf = super::chain(&chain, "client certificate")
+            .map_err(blame(&self.identity.cert))?
+            .swap_remove(0);
         let identity =
             RuntimeIdentity::of_certificate(&leaf).map_err(blame(&self.identity.cert))?;
         let config = client_config(
@@ -201,24 +192,37 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-/// Looks at `paths` every `interval`, and when any changed, calls `reload`; runs until the
-/// task is dropped. A reload that fails is logged (with the file's name and the problem,
-/// never a key) and the material in use stays; it is tried again at the next change. A
-/// PKI that writes the files one by one may be caught half-way: the next look finds the
-/// rest.
+/// What some files looked like at one moment: taken just before they are read, so that a
+/// change between the read and the start of [`follow`] is not missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamps(Vec<Option<(SystemTime, u64)>>);
+
+impl Stamps {
+    /// How `paths` look now.
+    pub fn of(paths: &[PathBuf]) -> Self {
+        Self(paths.iter().map(|path| stamp(path)).collect())
+    }
+}
+
+/// Looks at `paths` every `interval`, and when any changed since `since` (taken before the
+/// material in use was read), calls `reload`; runs until the task is dropped. A reload that
+/// fails is logged (with the file's name and the problem, never a key) and the material in
+/// use stays; it is tried again at the next change. A PKI that writes the files one by one
+/// may be caught half-way: the next look finds the rest.
 pub async fn follow(
     what: &'static str,
     paths: Vec<PathBuf>,
+    since: Stamps,
     interval: Duration,
     mut reload: impl FnMut() -> Result<(), FileError> + Send,
 ) {
-    let mut seen: Vec<_> = paths.iter().map(|path| stamp(path)).collect();
+    let mut seen = since;
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        let now: Vec<_> = paths.iter().map(|path| stamp(path)).collect();
+        let now = Stamps::of(&paths);
         if now == seen {
             continue;
         }
@@ -237,10 +241,11 @@ pub async fn follow(
 }
 
 impl ServerTls {
-    /// Keeps this configuration following `files` (see [`follow`]).
-    pub async fn follow(self: Arc<Self>, files: ServerFiles, interval: Duration) {
+    /// Keeps this configuration following `files`, as they were at `since` when it was
+    /// read (see [`follow`]).
+    pub async fn follow(self: Arc<Self>, files: ServerFiles, since: Stamps, interval: Duration) {
         let paths = files.paths();
-        follow("sync server", paths, interval, move || {
+        follow("sync server", paths, since, interval, move || {
             self.replace(files.load()?);
             Ok(())
         })
@@ -249,16 +254,18 @@ impl ServerTls {
 }
 
 impl ClientTls {
-    /// Keeps this configuration following `files` (see [`follow`]). A certificate that
-    /// names another identity than `identity` is not taken: the runtime would be refused.
+    /// Keeps this configuration following `files`, as they were at `since` when it was
+    /// read (see [`follow`]). A certificate that names another identity than `identity` is
+    /// not taken: the runtime would be refused.
     pub async fn follow(
         self: Arc<Self>,
         files: ClientFiles,
         identity: RuntimeIdentity,
+        since: Stamps,
         interval: Duration,
     ) {
         let paths = files.paths();
-        follow("sync client", paths, interval, move || {
+        follow("sync client", paths, since, interval, move || {
             let (config, named) = files.load()?;
             if named != identity {
                 return Err(blame(&files.identity.cert)(PkiError::NoIdentity(format!(
@@ -363,10 +370,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = ClusterCa::generate(SystemTime::now()).unwrap();
         let files = server_files(dir.path(), &ca);
+        let since = Stamps::of(&files.paths());
         let tls = Arc::new(ServerTls::new(files.load().unwrap()));
         let first = tls.current();
         let follower =
-            tokio::spawn(Arc::clone(&tls).follow(files.clone(), Duration::from_millis(20)));
+            tokio::spawn(Arc::clone(&tls).follow(files.clone(), since, Duration::from_millis(20)));
 
         // a half-written renewal (a key that is not a key) is not taken, however often
         // the follower looks
@@ -386,16 +394,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_renewal_between_the_read_and_the_follower_s_start_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::generate(SystemTime::now()).unwrap();
+        let files = server_files(dir.path(), &ca);
+        let since = Stamps::of(&files.paths());
+        let tls = Arc::new(ServerTls::new(files.load().unwrap()));
+        let first = tls.current();
+        // renewed while the process was still starting (a slow database, say)
+        server_files(dir.path(), &ca);
+        let follower =
+            tokio::spawn(Arc::clone(&tls).follow(files.clone(), since, Duration::from_millis(20)));
+        eventually("the renewal made before the follower started", || {
+            !Arc::ptr_eq(&tls.current(), &first)
+        })
+        .await;
+        follower.abort();
+    }
+
+    #[tokio::test]
     async fn a_runtime_keeps_its_identity_across_renewals() {
         let dir = tempfile::tempdir().unwrap();
         let ca = ClusterCa::generate(SystemTime::now()).unwrap();
         let files = client_files(dir.path(), &ca, "edge", "rt-1");
+        let since = Stamps::of(&files.paths());
         let (config, identity) = files.load().unwrap();
         let tls = Arc::new(ClientTls::new(config));
         let first = tls.current();
         let follower = tokio::spawn(Arc::clone(&tls).follow(
             files.clone(),
             identity,
+            since,
             Duration::from_millis(20),
         ));
         // a certificate for another node is not taken
