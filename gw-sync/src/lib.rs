@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod enroll;
 pub mod pki;
 pub mod server;
 pub mod state;

@@ -1,0 +1,208 @@
+//! Enrollment tokens: what an operator gives a new runtime so that it can join the cluster.
+//!
+//! A token is `gwjoin1.<id>.<secret>.<ca-hash>`:
+//! - `id` (16 hex digits) names the token in the controller's records and in its admin API,
+//!   so that it can be listed and revoked without its secret;
+//! - `secret` (32 hex digits, 128 random bits) proves that the runtime was given it; the
+//!   controller keeps only its SHA-256 ([`EnrollmentToken::secret_hash`]);
+//! - `ca-hash` (64 hex digits) is the [`CaHash`] of the cluster CA, so that the runtime
+//!   checks the controller from the first byte it receives, before it sends the secret.
+//!
+//! The whole token is a secret: its `Debug` output shows the id only, and it has no
+//! `Display` (its text is had through [`EnrollmentToken::reveal`], once, for the operator).
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest, Sha256};
+
+use crate::pki::CaHash;
+
+/// The prefix and version of the token's text.
+const PREFIX: &str = "gwjoin1";
+/// Hex digits of the id and of the secret.
+const ID_DIGITS: usize = 16;
+const SECRET_DIGITS: usize = 32;
+
+/// An enrollment token (see the module docs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnrollmentToken {
+    id: String,
+    secret: String,
+    ca_hash: CaHash,
+}
+
+impl fmt::Debug for EnrollmentToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnrollmentToken")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .field("ca_hash", &self.ca_hash)
+            .finish()
+    }
+}
+
+/// A token's text that does not read as one; the message never repeats the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not an enrollment token ({0}); a token reads gwjoin1.<16 hex digits>.<32 hex digits>.<64 hex \
+     digits>, as POST /api/v1/enrollment-tokens answered it"
+)]
+pub struct InvalidToken(&'static str);
+
+fn hex(bytes: &[u8]) -> String {
+    use fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut text, b| {
+        let _ = write!(text, "{b:02x}");
+        text
+    })
+}
+
+fn is_hex(text: &str, digits: usize) -> bool {
+    text.len() == digits
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl EnrollmentToken {
+    /// A new token for the cluster whose CA has `ca_hash`, with a random id and secret.
+    pub fn generate(ca_hash: CaHash) -> Self {
+        let id: [u8; ID_DIGITS / 2] = rand::random();
+        let secret: [u8; SECRET_DIGITS / 2] = rand::random();
+        Self {
+            id: hex(&id),
+            secret: hex(&secret),
+            ca_hash,
+        }
+    }
+
+    /// The token's id: not a secret.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The hash of the cluster CA the token names.
+    pub fn ca_hash(&self) -> CaHash {
+        self.ca_hash
+    }
+
+    /// The SHA-256 of the secret (hex): what a controller stores and compares. The secret
+    /// has 128 random bits, so a fast hash is enough: nobody guesses it from its hash.
+    pub fn secret_hash(&self) -> String {
+        secret_hash(&self.secret)
+    }
+
+    /// Whether the secret is the one whose hash is `stored` (in constant time).
+    pub fn matches(&self, stored: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.secret_hash()
+            .as_bytes()
+            .ct_eq(stored.as_bytes())
+            .into()
+    }
+
+    /// The token's full text, secret included: to be shown to the operator once, or sent
+    /// by a runtime to a controller it has authenticated.
+    pub fn reveal(&self) -> String {
+        let hash = self.ca_hash.to_string();
+        let hash = hash.strip_prefix("sha256:").unwrap_or(&hash);
+        format!("{PREFIX}.{}.{}.{hash}", self.id, self.secret)
+    }
+}
+
+fn secret_hash(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+impl FromStr for EnrollmentToken {
+    type Err = InvalidToken;
+
+    fn from_str(text: &str) -> Result<Self, InvalidToken> {
+        let mut parts = text.trim().split('.');
+        if parts.next() != Some(PREFIX) {
+            return Err(InvalidToken("it does not start with gwjoin1."));
+        }
+        let (Some(id), Some(secret), Some(hash), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(InvalidToken("it does not have four parts"));
+        };
+        if !is_hex(id, ID_DIGITS) {
+            return Err(InvalidToken("its id is not 16 lowercase hex digits"));
+        }
+        if !is_hex(secret, SECRET_DIGITS) {
+            return Err(InvalidToken("its secret is not 32 lowercase hex digits"));
+        }
+        if !is_hex(hash, 64) {
+            return Err(InvalidToken("its CA hash is not 64 lowercase hex digits"));
+        }
+        let ca_hash = format!("sha256:{hash}")
+            .parse()
+            .map_err(|_| InvalidToken("its CA hash does not read"))?;
+        Ok(Self {
+            id: id.to_string(),
+            secret: secret.to_string(),
+            ca_hash,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_hash() -> CaHash {
+        CaHash::of_spki(b"a public key")
+    }
+
+    #[test]
+    fn a_token_reads_back_as_written() {
+        let token = EnrollmentToken::generate(ca_hash());
+        let text = token.reveal();
+        assert!(text.starts_with("gwjoin1."), "{text}");
+        let read: EnrollmentToken = text.parse().unwrap();
+        assert_eq!(read, token);
+        assert_eq!(read.ca_hash(), ca_hash());
+        assert!(read.matches(&token.secret_hash()));
+        // two tokens differ in id and secret
+        let other = EnrollmentToken::generate(ca_hash());
+        assert_ne!(other.id(), token.id());
+        assert!(!other.matches(&token.secret_hash()));
+    }
+
+    #[test]
+    fn its_secret_never_shows_in_debug_output_or_errors() {
+        let token = EnrollmentToken::generate(ca_hash());
+        let text = token.reveal();
+        let secret = text.split('.').nth(2).unwrap();
+        let debug = format!("{token:?}");
+        assert!(!debug.contains(secret), "{debug}");
+        assert!(debug.contains(token.id()), "{debug}");
+        // a token cut short: the error does not repeat it
+        let cut = &text[..text.len() - 1];
+        let err = cut.parse::<EnrollmentToken>().unwrap_err().to_string();
+        assert!(!err.contains(secret), "{err}");
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused_with_the_reason() {
+        let good = EnrollmentToken::generate(ca_hash()).reveal();
+        let parts: Vec<&str> = good.split('.').collect();
+        let cases = [
+            (String::new(), "does not start"),
+            (good.replacen("gwjoin1", "gwjoin2", 1), "does not start"),
+            (parts[..3].join("."), "four parts"),
+            (format!("{good}.x"), "four parts"),
+            (good.replacen(parts[1], "XYZ", 1), "id"),
+            (good.replacen(parts[2], &"G".repeat(32), 1), "secret"),
+            (good.replacen(parts[3], &parts[3][1..], 1), "CA hash"),
+        ];
+        for (text, reason) in cases {
+            let err = text.parse::<EnrollmentToken>().unwrap_err().to_string();
+            assert!(err.contains(reason), "{text:?}: {err}");
+        }
+        // blanks around it (a copied line) do not matter
+        assert!(format!(" {good}\n").parse::<EnrollmentToken>().is_ok());
+    }
+}
