@@ -543,7 +543,7 @@ async fn send_nack(
 
 /// An error with its causes, `: ` between them: tonic's transport errors say little
 /// alone ("transport error"), the TLS reason is in a cause.
-fn causes(err: &dyn std::error::Error) -> String {
+pub(crate) fn causes(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     // bounded: a cycle of causes must not hang the client
@@ -572,7 +572,7 @@ fn normalize_address(address: &str, tls: bool) -> String {
 
 /// Connects over TCP, then TLS with `config`, naming the URI's host (a DNS name or an
 /// address) as the server the certificate must be for.
-fn tls_connector(
+pub(crate) fn tls_connector(
     config: Arc<rustls::ClientConfig>,
 ) -> impl tower::Service<
     tonic::transport::Uri,

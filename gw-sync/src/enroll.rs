@@ -10,13 +10,24 @@
 //!
 //! The whole token is a secret: its `Debug` output shows the id only, and it has no
 //! `Display` (its text is had through [`EnrollmentToken::reveal`], once, for the operator).
+//!
+//! A runtime uses it once, through [`enroll`]: it checks the controller against the token's
+//! CA hash, sends the token with a certificate signing request for a key it made, and gets
+//! its certificate. It renews that certificate before it expires through [`renew`], over a
+//! connection that presents it.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use crate::pki::CaHash;
+use crate::pki::{CaHash, RuntimeIdentity};
+use crate::proto::enrollment_client::EnrollmentClient;
+use crate::proto::{EnrollRequest, RenewRequest};
+use crate::server::IssuedCertificate;
+use crate::tls::ServerTrust;
 
 /// The prefix and version of the token's text.
 const PREFIX: &str = "gwjoin1";
@@ -146,6 +157,128 @@ impl FromStr for EnrollmentToken {
             ca_hash,
         })
     }
+}
+
+/// Why an enrollment or a renewal did not give a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// The controller's address does not read, or names plaintext.
+    #[error("{0}")]
+    Address(String),
+    /// No TLS connection to the controller (unreachable, or not the cluster the token
+    /// names: its certificate does not chain to the token's CA hash).
+    #[error("cannot reach the controller over TLS: {0}")]
+    Connect(String),
+    /// The controller refused: the reason is its own.
+    #[error("the controller refused: {0}")]
+    Refused(String),
+    /// The controller could not issue now (its store does not answer), or was too busy.
+    #[error("the controller cannot issue now: {0}")]
+    Unavailable(String),
+    /// What the controller answered does not read.
+    #[error("the controller's answer does not read: {0}")]
+    Answer(String),
+}
+
+impl EnrollError {
+    /// Whether trying again (later, or at another controller) may help: an unreachable or
+    /// busy controller, not a refused token.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::Unavailable(_))
+    }
+}
+
+/// The longest an enrollment or a renewal call may take, connection included.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A TLS channel to `address` (`host:port` or `https://host:port`) with `config`.
+async fn channel(
+    address: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<tonic::transport::Channel, EnrollError> {
+    let authority = match address.split_once("://") {
+        None => address,
+        Some(("https", authority)) => authority,
+        Some(_) => {
+            return Err(EnrollError::Address(format!(
+                "{address}: enrollment is made over TLS only; give https://host:port or host:port"
+            )));
+        }
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
+        .map_err(|_| EnrollError::Address(format!("{address} is not a controller address")))?
+        .connect_timeout(CALL_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
+    endpoint
+        .connect_with_connector(crate::client::tls_connector(config))
+        .await
+        .map_err(|err| EnrollError::Connect(crate::client::causes(&err)))
+}
+
+fn refusal(status: &tonic::Status) -> EnrollError {
+    let message = crate::clip(status.message(), 512).to_string();
+    match status.code() {
+        tonic::Code::Unavailable
+        | tonic::Code::ResourceExhausted
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Unknown => EnrollError::Unavailable(message),
+        _ => EnrollError::Refused(message),
+    }
+}
+
+fn issued(answer: crate::proto::Certificate) -> Result<IssuedCertificate, EnrollError> {
+    let at = |secs: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0).unsigned_abs());
+    if answer.certificate_pem.is_empty() || answer.ca_pem.is_empty() {
+        return Err(EnrollError::Answer("no certificate in it".to_string()));
+    }
+    Ok(IssuedCertificate {
+        certificate_pem: answer.certificate_pem,
+        ca_pem: answer.ca_pem,
+        not_after: at(answer.not_after_unix),
+        renew_after: at(answer.renew_after_unix),
+    })
+}
+
+/// Enrolls `identity` at the controller at `address` with `token`: the controller is
+/// checked against the token's CA hash before the token is sent; the answer is a
+/// certificate for the key of `csr_pem`.
+pub async fn enroll(
+    address: &str,
+    token: &EnrollmentToken,
+    identity: &RuntimeIdentity,
+    csr_pem: &str,
+) -> Result<IssuedCertificate, EnrollError> {
+    let config = crate::tls::client_config(&ServerTrust::Pinned(token.ca_hash()), None)
+        .map_err(|err| EnrollError::Address(err.to_string()))?;
+    let mut client = EnrollmentClient::new(channel(address, config).await?);
+    let answer = client
+        .enroll(EnrollRequest {
+            token: token.reveal(),
+            node_id: identity.node_id.clone(),
+            group: identity.group.clone(),
+            csr_pem: csr_pem.to_string(),
+        })
+        .await
+        .map_err(|status| refusal(&status))?;
+    issued(answer.into_inner())
+}
+
+/// Renews a certificate at the controller at `address`, over a connection made with
+/// `config` (which presents the certificate to renew): the answer is a certificate for the
+/// key of `csr_pem`, naming the same runtime.
+pub async fn renew(
+    address: &str,
+    config: Arc<rustls::ClientConfig>,
+    csr_pem: &str,
+) -> Result<IssuedCertificate, EnrollError> {
+    let mut client = EnrollmentClient::new(channel(address, config).await?);
+    let answer = client
+        .renew(RenewRequest {
+            csr_pem: csr_pem.to_string(),
+        })
+        .await
+        .map_err(|status| refusal(&status))?;
+    issued(answer.into_inner())
 }
 
 #[cfg(test)]

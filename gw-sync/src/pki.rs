@@ -216,6 +216,25 @@ impl RuntimeIdentity {
     }
 }
 
+/// A certificate's serial number (lowercase hex, as its DER bytes) and the end of its
+/// validity: what a controller records of the certificates it issues, to tell a current one
+/// from a superseded or revoked one.
+pub fn serial_and_expiry(cert_der: &[u8]) -> Result<(String, SystemTime), PkiError> {
+    use std::fmt::Write as _;
+    let cert = parse_certificate(cert_der, "certificate")?;
+    let serial = cert
+        .tbs_certificate
+        .raw_serial()
+        .iter()
+        .fold(String::new(), |mut text, b| {
+            let _ = write!(text, "{b:02x}");
+            text
+        });
+    let secs = cert.validity().not_after.timestamp();
+    let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    Ok((serial, not_after))
+}
+
 /// The cluster's internal CA.
 pub struct ClusterCa {
     cert_pem: String,

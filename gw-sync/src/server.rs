@@ -20,9 +20,11 @@
 //! frees a message the runtime did not read (see `transport`).
 
 mod budget;
+mod enrollment;
 mod metrics;
 mod transport;
 
+pub use enrollment::{EnrollRefusal, Enroller, IssuedCertificate};
 pub use metrics::SyncMetrics;
 
 use std::net::SocketAddr;
@@ -184,6 +186,8 @@ pub struct SyncServer {
     budget: Arc<Budget>,
     /// The sync port's TLS, when it speaks TLS.
     tls: Option<Arc<ServerTls>>,
+    /// Who issues runtimes their certificates and says which still hold.
+    enroller: Option<Arc<dyn Enroller>>,
 }
 
 impl std::fmt::Debug for SyncServer {
@@ -217,6 +221,7 @@ impl SyncServer {
             store_id: Arc::from(""),
             metrics,
             tls: None,
+            enroller: None,
         }
     }
 
@@ -258,6 +263,15 @@ impl SyncServer {
     #[must_use]
     pub fn with_tls(mut self, tls: Arc<ServerTls>) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Serves the Enrollment service with `enroller` (on a TLS port: see
+    /// [`SyncServer::with_tls`]), and serves streams only to runtimes whose certificate it
+    /// admits: a stream whose certificate it stops admitting (revoked, superseded) ends.
+    #[must_use]
+    pub fn with_enroller(mut self, enroller: Arc<dyn Enroller>) -> Self {
+        self.enroller = Some(enroller);
         self
     }
 
@@ -315,6 +329,14 @@ impl SyncServer {
             tls: self.tls.clone(),
         };
         let keepalive = options.keepalive_interval.max(Duration::from_secs(1));
+        // enrollment only over TLS: a token sent in plaintext would be anyone's
+        let enrollment = match (&self.tls, &self.enroller) {
+            (Some(_), Some(enroller)) => Some(enrollment::EnrollmentService::server(
+                Arc::clone(enroller),
+                self.metrics.clone(),
+            )),
+            _ => None,
+        };
         tonic::transport::Server::builder()
             .max_concurrent_streams(options.max_streams_per_connection.max(1))
             .http2_keepalive_interval(Some(keepalive))
@@ -322,6 +344,7 @@ impl SyncServer {
             // a runtime sends one header of its own (the token)
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .add_service(self.into_service())
+            .add_optional_service(enrollment)
             .serve_with_incoming_shutdown(transport::incoming(listener, admission), shutdown)
             .await
     }
@@ -392,6 +415,42 @@ impl SyncServer {
             "refusing a runtime whose certificate does not name it"
         );
         Err(Status::permission_denied(refusal))
+    }
+
+    /// With an enroller, whether it admits the connection's certificate (not revoked, not
+    /// superseded); what the session watches to end when that changes.
+    #[allow(
+        clippy::result_large_err,
+        reason = "tonic's Status, as every handler returns"
+    )]
+    fn admitted(
+        &self,
+        identity: Option<&RuntimeIdentity>,
+        conn: Option<&SyncConn>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Option<Admitted>, Status> {
+        let (Some(enroller), Some(identity)) = (&self.enroller, identity) else {
+            return Ok(None);
+        };
+        let serial = conn
+            .and_then(|conn| conn.serial.clone())
+            .unwrap_or_default();
+        // subscribed before the check: a revocation in between is seen
+        let changes = enroller.changes();
+        if !enroller.admits(identity, &serial) {
+            self.metrics.rejected(SyncLimit::Revoked);
+            tracing::warn!(
+                ?peer, node = %identity.node_id,
+                "refusing a runtime whose certificate was revoked or replaced"
+            );
+            return Err(Status::permission_denied(REVOKED));
+        }
+        Ok(Some(Admitted {
+            enroller: Arc::clone(enroller),
+            identity: identity.clone(),
+            serial,
+            changes,
+        }))
     }
 
     fn check_hello(hello: &Hello) -> Result<(), String> {
@@ -469,6 +528,7 @@ impl ConfigSync for SyncServer {
         if let Some(identity) = identity {
             self.check_identity(identity, &hello, peer)?;
         }
+        let admitted = self.admitted(identity, conn.as_ref(), peer)?;
         let (tx, rx) = mpsc::channel(4);
         let number = self.sessions.fetch_add(1, Ordering::Relaxed);
         let heartbeat_interval = match hello.heartbeat_interval_ms {
@@ -526,6 +586,7 @@ impl ConfigSync for SyncServer {
             metrics: self.metrics.clone(),
             ip: peer.map(|p| p.ip()),
             conn,
+            admitted,
             _activity: activity,
         };
         tracing::info!(
@@ -534,6 +595,37 @@ impl ConfigSync for SyncServer {
         );
         tokio::spawn(session.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// What a runtime whose certificate is no longer admitted is told.
+const REVOKED: &str = "this runtime's certificate was revoked or replaced by a later enrollment \
+                       of its node; enroll it again (GW_ENROLL_TOKEN)";
+
+/// A session's certificate, as its enroller admitted it.
+struct Admitted {
+    enroller: Arc<dyn Enroller>,
+    identity: RuntimeIdentity,
+    serial: Arc<str>,
+    changes: watch::Receiver<u64>,
+}
+
+/// Completes once the enroller no longer admits the session's certificate (never without
+/// an enroller, or once the enroller is gone).
+async fn revoked(admitted: &mut Option<Admitted>) {
+    let Some(admitted) = admitted else {
+        return std::future::pending().await;
+    };
+    loop {
+        if admitted.changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if !admitted
+            .enroller
+            .admits(&admitted.identity, &admitted.serial)
+        {
+            return;
+        }
     }
 }
 
@@ -574,6 +666,8 @@ struct Session {
     ip: Option<std::net::IpAddr>,
     /// The runtime's connection (when served by [`SyncServer::serve`]).
     conn: Option<SyncConn>,
+    /// The certificate the session was admitted with, watched for revocation.
+    admitted: Option<Admitted>,
     /// Keeps the connection from its idle deadline while the session lives.
     _activity: Option<InFlight>,
 }
@@ -617,6 +711,8 @@ enum End {
     SendTimeout,
     /// The runtime did not acknowledge a configuration message within the ack timeout.
     AckTimeout,
+    /// The runtime's certificate was revoked or superseded.
+    Revoked,
 }
 
 /// Counts a session in `gw_sync_sessions` while it lives.
@@ -678,6 +774,11 @@ impl Session {
                     self.options.send_timeout
                 );
             }
+            End::Revoked => {
+                self.metrics.rejected(SyncLimit::Revoked);
+                tracing::warn!(node = %node, "runtime certificate revoked; closing its stream");
+                let _ = self.tx.try_send(Err(Status::permission_denied(REVOKED)));
+            }
             End::AckTimeout => {
                 self.metrics.rejected(SyncLimit::AckTimeout);
                 tracing::warn!(
@@ -690,7 +791,7 @@ impl Session {
         // What the runtime has not read stays buffered for as long as its stream lives, and
         // a runtime that does not read never lets the stream end: close the connection.
         let unacknowledged = self.unacked.take().is_some();
-        if (unacknowledged || matches!(end, End::SendTimeout | End::AckTimeout))
+        if (unacknowledged || matches!(end, End::SendTimeout | End::AckTimeout | End::Revoked))
             && let Some(conn) = &self.conn
         {
             conn.control.kill();
@@ -773,6 +874,7 @@ impl Session {
                 () = tokio::time::sleep_until(silent_at) => return Err(End::Silent),
                 () = sleep_until_some(ack_deadline) => return Err(End::AckTimeout),
                 () = stopped(&mut self.stopping) => return Err(End::Stopping),
+                () = revoked(&mut self.admitted) => return Err(End::Revoked),
             }
             let newest = self.state.revision();
             if self.unacked.is_none() && newest > self.acked.max(rejected) {

@@ -7,12 +7,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use gw_sync::SyncToken;
 use gw_sync::client::{Applier, ClientOptions, ClientStatus, SyncClient};
+use gw_sync::enroll::EnrollmentToken;
 use gw_sync::pki::{ClusterCa, RuntimeIdentity, runtime_key_and_request};
 use gw_sync::proto::{Resource, ResourceRef};
-use gw_sync::server::RevisionAuthority;
+use gw_sync::server::{EnrollRefusal, Enroller, IssuedCertificate, RevisionAuthority};
 use gw_sync::server::{FleetObserver, ServerOptions, SessionInfo, SyncServer};
 use gw_sync::state::{DesiredState, Entry, StateChange};
 use gw_sync::tls::{ClientTls, Identity, ServerTls, ServerTrust, client_config, server_config};
+use rustls::pki_types::pem::PemObject as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -933,4 +935,293 @@ async fn a_tls_sync_port_refuses_plaintext_and_strangers() {
         assert_eq!(applier.revision(), 0);
     }
     assert!(!events.contains("connected"));
+}
+
+/// An enroller over a cluster CA, in memory: tokens by id (secret hash, group, uses left),
+/// and the one certificate serial each node holds (none once revoked).
+struct MemoryEnroller {
+    ca: ClusterCa,
+    tokens: Mutex<BTreeMap<String, (String, String, u32)>>,
+    serials: Mutex<BTreeMap<String, String>>,
+    calls: std::sync::atomic::AtomicUsize,
+    changes: watch::Sender<u64>,
+}
+
+impl MemoryEnroller {
+    fn new(ca: ClusterCa) -> Arc<Self> {
+        Arc::new(Self {
+            ca,
+            tokens: Mutex::default(),
+            serials: Mutex::default(),
+            calls: std::sync::atomic::AtomicUsize::new(0),
+            changes: watch::channel(0).0,
+        })
+    }
+
+    fn token(&self, group: &str, uses: u32) -> EnrollmentToken {
+        let token = EnrollmentToken::generate(self.ca.hash());
+        self.tokens.lock().unwrap().insert(
+            token.id().to_string(),
+            (token.secret_hash(), group.to_string(), uses),
+        );
+        token
+    }
+
+    fn revoke(&self, node: &str) {
+        self.serials.lock().unwrap().remove(node);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    fn issue(
+        &self,
+        identity: &RuntimeIdentity,
+        csr_pem: &str,
+    ) -> Result<IssuedCertificate, EnrollRefusal> {
+        let now = std::time::SystemTime::now();
+        let pem = self
+            .ca
+            .sign_runtime(csr_pem, identity, now, Duration::from_hours(1))
+            .map_err(|err| EnrollRefusal::Invalid(err.to_string()))?;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let (serial, not_after) = gw_sync::pki::serial_and_expiry(&der).unwrap();
+        self.serials
+            .lock()
+            .unwrap()
+            .insert(identity.node_id.clone(), serial);
+        Ok(IssuedCertificate {
+            certificate_pem: pem,
+            ca_pem: self.ca.cert_pem().to_string(),
+            not_after,
+            renew_after: now + Duration::from_mins(40),
+        })
+    }
+}
+
+#[async_trait]
+impl Enroller for MemoryEnroller {
+    async fn enroll(
+        &self,
+        token: &EnrollmentToken,
+        identity: &RuntimeIdentity,
+        csr_pem: &str,
+    ) -> Result<IssuedCertificate, EnrollRefusal> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        {
+            let mut tokens = self.tokens.lock().unwrap();
+            let Some((hash, group, uses)) = tokens.get_mut(token.id()) else {
+                return Err(EnrollRefusal::Unauthenticated("unknown token".into()));
+            };
+            if !token.matches(hash) || *uses == 0 {
+                return Err(EnrollRefusal::Unauthenticated("unknown token".into()));
+            }
+            if *group != identity.group {
+                return Err(EnrollRefusal::Denied(format!("the token is for {group}")));
+            }
+            *uses -= 1;
+        }
+        self.issue(identity, csr_pem)
+    }
+
+    async fn renew(
+        &self,
+        identity: &RuntimeIdentity,
+        serial: &str,
+        csr_pem: &str,
+    ) -> Result<IssuedCertificate, EnrollRefusal> {
+        if !self.admits(identity, serial) {
+            return Err(EnrollRefusal::Unauthenticated("revoked".into()));
+        }
+        self.issue(identity, csr_pem)
+    }
+
+    fn admits(&self, identity: &RuntimeIdentity, serial: &str) -> bool {
+        self.serials
+            .lock()
+            .unwrap()
+            .get(&identity.node_id)
+            .map(String::as_str)
+            == Some(serial)
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+/// A TLS controller of `state` that enrolls with `enroller` (anonymous clients let through
+/// the handshake, to enroll).
+async fn enrolling_controller(
+    enroller: &Arc<MemoryEnroller>,
+    state: &Arc<DesiredState>,
+    events: &Arc<Events>,
+) -> Controller {
+    let now = std::time::SystemTime::now();
+    let ca = &enroller.ca;
+    let issued = ca
+        .issue_server(&["127.0.0.1".to_string()], now, Duration::from_hours(1))
+        .unwrap();
+    let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
+    let identity = Identity {
+        chain_pem: &chain,
+        key_pem: &issued.key_pem,
+    };
+    let tls = Arc::new(ServerTls::new(
+        server_config(&identity, ca.cert_pem(), true).unwrap(),
+    ));
+    let server = server("ctl-enroll", state, events)
+        .with_tls(tls)
+        .with_enroller(Arc::clone(enroller) as Arc<dyn Enroller>);
+    let mut ctl = serve(server).await;
+    ctl.address = ctl.address.replace("http://", "https://");
+    ctl
+}
+
+/// Enrolls `identity` with `token` at `ctl`: the runtime's TLS with the certificate it got.
+async fn enrolled_tls(
+    ctl: &Controller,
+    token: &EnrollmentToken,
+    identity: &RuntimeIdentity,
+) -> Result<(Arc<ClientTls>, IssuedCertificate), gw_sync::enroll::EnrollError> {
+    let request = runtime_key_and_request(&identity.node_id).unwrap();
+    let issued = gw_sync::enroll::enroll(&ctl.address, token, identity, &request.cert_pem).await?;
+    let config = client_config(
+        &ServerTrust::Ca(issued.ca_pem.clone()),
+        Some(&Identity {
+            chain_pem: &issued.certificate_pem,
+            key_pem: &request.key_pem,
+        }),
+    )
+    .unwrap();
+    Ok((Arc::new(ClientTls::new(config)), issued))
+}
+
+#[tokio::test]
+async fn a_runtime_enrolls_with_a_token_and_is_served_as_its_certificate_names_it() {
+    let enroller = MemoryEnroller::new(ClusterCa::generate(std::time::SystemTime::now()).unwrap());
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([change(1, "a", &["edge"])]);
+    let events = Arc::new(Events::default());
+    let ctl = enrolling_controller(&enroller, &state, &events).await;
+
+    let token = enroller.token("edge", 1);
+    let identity = RuntimeIdentity::new("edge", "rt-1").unwrap();
+    let (tls, issued) = enrolled_tls(&ctl, &token, &identity).await.unwrap();
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(issued.certificate_pem.as_bytes())
+        .unwrap();
+    assert_eq!(RuntimeIdentity::of_certificate(&der).unwrap(), identity);
+    assert!(issued.renew_after < issued.not_after);
+
+    let mut options = ClientOptions::new(vec![ctl.address.clone()], "rt-1".into(), "edge".into());
+    options.tls = Some(Arc::clone(&tls));
+    let rt = Arc::new(MemoryApplier::default());
+    let _client = start(options, &rt);
+    eventually("the snapshot to the enrolled runtime", || {
+        rt.revision() == 1
+    })
+    .await;
+
+    // the token had one use
+    let again = enrolled_tls(&ctl, &token, &RuntimeIdentity::new("edge", "rt-2").unwrap()).await;
+    let err = again.expect_err("a spent token enrolled");
+    assert!(
+        !err.is_transient() && err.to_string().contains("unknown token"),
+        "{err}"
+    );
+    // a token for another group does not enroll into this one
+    let other = enroller.token("payments", 1);
+    let err = enrolled_tls(&ctl, &other, &identity).await.unwrap_err();
+    assert!(
+        err.to_string().contains("the token is for payments"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_is_never_sent_to_a_controller_of_another_cluster() {
+    let enroller = MemoryEnroller::new(ClusterCa::generate(std::time::SystemTime::now()).unwrap());
+    let state = Arc::new(DesiredState::new(1000));
+    let events = Arc::new(Events::default());
+    let ctl = enrolling_controller(&enroller, &state, &events).await;
+    // a token that names another CA: the runtime refuses the controller in the handshake
+    let elsewhere = ClusterCa::generate(std::time::SystemTime::now()).unwrap();
+    let token = EnrollmentToken::generate(elsewhere.hash());
+    let identity = RuntimeIdentity::new("edge", "rt-1").unwrap();
+    let err = enrolled_tls(&ctl, &token, &identity).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+    assert_eq!(enroller.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // enrollment is never served in plaintext
+    let plain = ctl.address.replace("https://", "http://");
+    let err = gw_sync::enroll::enroll(&plain, &enroller.token("edge", 1), &identity, "x")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("over TLS only"), "{err}");
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_replaces_the_old_and_a_revoked_runtime_is_cut_off() {
+    let enroller = MemoryEnroller::new(ClusterCa::generate(std::time::SystemTime::now()).unwrap());
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([change(1, "a", &["edge"])]);
+    let events = Arc::new(Events::default());
+    let ctl = enrolling_controller(&enroller, &state, &events).await;
+    let identity = RuntimeIdentity::new("edge", "rt-1").unwrap();
+    let (tls, first) = enrolled_tls(&ctl, &enroller.token("edge", 1), &identity)
+        .await
+        .unwrap();
+
+    // renewal over the certificate it renews
+    let request = runtime_key_and_request("rt-1").unwrap();
+    let renewed = gw_sync::enroll::renew(&ctl.address, tls.current(), &request.cert_pem)
+        .await
+        .unwrap();
+    assert_ne!(renewed.certificate_pem, first.certificate_pem);
+    // the old certificate no longer holds: a stream with it is refused
+    let mut options = ClientOptions::new(vec![ctl.address.clone()], "rt-1".into(), "edge".into());
+    options.tls = Some(Arc::clone(&tls));
+    let stale = Arc::new(MemoryApplier::default());
+    let (_a, mut status) = start(options.clone(), &stale);
+    fails_with(&mut status, "revoked or replaced").await;
+    // with the new one, it is served
+    tls.replace(
+        client_config(
+            &ServerTrust::Ca(renewed.ca_pem.clone()),
+            Some(&Identity {
+                chain_pem: &renewed.certificate_pem,
+                key_pem: &request.key_pem,
+            }),
+        )
+        .unwrap(),
+    );
+    let rt = Arc::new(MemoryApplier::default());
+    let (_b, mut status) = start(options, &rt);
+    eventually("the snapshot with the renewed certificate", || {
+        rt.revision() == 1
+    })
+    .await;
+    // a renewal without a certificate is refused
+    let anonymous = client_config(&ServerTrust::Ca(renewed.ca_pem.clone()), None).unwrap();
+    let err = gw_sync::enroll::renew(&ctl.address, anonymous, &request.cert_pem)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("a runtime without one enrolls"),
+        "{err}"
+    );
+
+    // revoked: the open stream ends, and the runtime is refused from then on
+    enroller.revoke("rt-1");
+    fails_with(&mut status, "revoked or replaced").await;
+    state.apply([change(2, "b", &["edge"])]);
+    // two more refused attempts after the change: it was not sent
+    let attempts = status.borrow().failed_attempts;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.failed_attempts >= attempts + 2),
+    )
+    .await
+    .expect("the revoked runtime stopped trying")
+    .unwrap();
+    assert_eq!(rt.revision(), 1, "a revoked runtime was sent a change");
+    assert_eq!(stale.revision(), 0);
 }

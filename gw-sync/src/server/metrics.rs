@@ -33,6 +33,10 @@ pub(crate) enum SyncLimit {
     /// A stream whose Hello names another node or group than the runtime's certificate,
     /// or comes without a runtime's certificate where one is required.
     Identity,
+    /// Enrollments and renewals beyond the number served at once.
+    Enrollments,
+    /// A stream whose certificate was revoked or superseded.
+    Revoked,
 }
 
 impl SyncLimit {
@@ -46,6 +50,8 @@ impl SyncLimit {
             SyncLimit::AckTimeout => "ack_timeout",
             SyncLimit::TlsHandshake => "tls_handshake",
             SyncLimit::Identity => "identity",
+            SyncLimit::Enrollments => "enrollments",
+            SyncLimit::Revoked => "revoked",
         }
     }
 }
@@ -101,7 +107,8 @@ impl SyncMetrics {
         registry.register(
             "gw_sync_limit_rejections",
             "Sync connections refused or closed by a limit: connections, connections_per_address, \
-             first_stream_timeout, idle_timeout, send_timeout, ack_timeout, tls_handshake, identity",
+             first_stream_timeout, idle_timeout, send_timeout, ack_timeout, tls_handshake, identity, \
+             enrollments, revoked",
             metrics.rejections.clone(),
         );
         registry.register(
@@ -120,6 +127,8 @@ impl SyncMetrics {
             SyncLimit::AckTimeout,
             SyncLimit::TlsHandshake,
             SyncLimit::Identity,
+            SyncLimit::Enrollments,
+            SyncLimit::Revoked,
         ] {
             let _ = metrics.rejections.get_or_create(&LimitLabels {
                 limit: limit.label(),

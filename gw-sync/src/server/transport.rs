@@ -71,6 +71,8 @@ pub(crate) struct SyncConn {
     /// Who the client's certificate says it is (a TLS connection with a runtime's
     /// certificate, verified in the handshake).
     pub(crate) identity: Option<Arc<RuntimeIdentity>>,
+    /// The serial number of that certificate (hex), to tell a revoked or superseded one.
+    pub(crate) serial: Option<Arc<str>>,
     /// The connection's streams, for its first-stream and idle deadlines.
     pub(crate) activity: Arc<Activity>,
     /// Closes the connection.
@@ -267,19 +269,24 @@ impl Admission {
     /// [`STOP_GRACE`].
     /// `first` is what is left of the first-stream deadline (a TLS handshake took the rest).
     fn wrap(&self, stream: Wire, peer: SocketAddr, slot: ConnSlot, first: Duration) -> SyncIo {
-        let identity = match &stream {
+        let leaf = match &stream {
             Wire::Plain(_) => None,
             Wire::Tls(tls) => tls
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|cert| RuntimeIdentity::of_certificate(cert).ok())
-                .map(Arc::new),
+                .and_then(|chain| chain.first()),
         };
+        let identity = leaf
+            .and_then(|cert| RuntimeIdentity::of_certificate(cert).ok())
+            .map(Arc::new);
+        let serial = leaf
+            .and_then(|cert| crate::pki::serial_and_expiry(cert).ok())
+            .map(|(serial, _)| Arc::from(serial));
         let conn = SyncConn {
             peer,
             identity,
+            serial,
             activity: Activity::new(),
             control: Arc::new(ConnControl::default()),
         };

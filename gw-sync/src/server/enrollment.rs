@@ -1,0 +1,209 @@
+//! The Enrollment service of a sync port that issues runtimes their certificates (see
+//! [`Enroller`]).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::{Semaphore, watch};
+use tonic::{Request, Response, Status};
+
+use super::SyncMetrics;
+use super::metrics::SyncLimit;
+use super::transport::SyncConn;
+use crate::enroll::EnrollmentToken;
+use crate::pki::RuntimeIdentity;
+use crate::proto::enrollment_server::{Enrollment, EnrollmentServer};
+use crate::proto::{Certificate, EnrollRequest, RenewRequest};
+
+/// A certificate issued to a runtime.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    /// The certificate (PEM).
+    pub certificate_pem: String,
+    /// The cluster CA (PEM).
+    pub ca_pem: String,
+    /// When it expires.
+    pub not_after: SystemTime,
+    /// When the runtime should renew it.
+    pub renew_after: SystemTime,
+}
+
+/// Why a certificate is not issued. The reasons reach the runtime: they never say whether a
+/// token that does not match exists.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EnrollRefusal {
+    /// The token is unknown, wrong, expired, used up or revoked; or the certificate is
+    /// revoked or superseded.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// What the runtime asks for is not what its token allows (another group).
+    #[error("{0}")]
+    Denied(String),
+    /// The request does not read (a bad CSR, node id or group).
+    #[error("{0}")]
+    Invalid(String),
+    /// The controller cannot issue now (its store does not answer): try again, here or at
+    /// another controller.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<EnrollRefusal> for Status {
+    fn from(refusal: EnrollRefusal) -> Self {
+        match refusal {
+            EnrollRefusal::Unauthenticated(reason) => Status::unauthenticated(reason),
+            EnrollRefusal::Denied(reason) => Status::permission_denied(reason),
+            EnrollRefusal::Invalid(reason) => Status::invalid_argument(reason),
+            EnrollRefusal::Unavailable(reason) => Status::unavailable(reason),
+        }
+    }
+}
+
+/// What a controller does for enrollment: checks a token and issues a runtime its first
+/// certificate, renews a certificate, and tells which certificates still hold (not revoked,
+/// not superseded by a later enrollment of the node).
+#[async_trait::async_trait]
+pub trait Enroller: Send + Sync + 'static {
+    /// Issues `identity` a certificate for the key of `csr_pem`, if `token` allows it.
+    async fn enroll(
+        &self,
+        token: &EnrollmentToken,
+        identity: &RuntimeIdentity,
+        csr_pem: &str,
+    ) -> Result<IssuedCertificate, EnrollRefusal>;
+
+    /// Issues a new certificate for the key of `csr_pem` to the runtime that presented the
+    /// certificate `serial` naming `identity`.
+    async fn renew(
+        &self,
+        identity: &RuntimeIdentity,
+        serial: &str,
+        csr_pem: &str,
+    ) -> Result<IssuedCertificate, EnrollRefusal>;
+
+    /// Whether the certificate `serial` naming `identity` still holds. Called on every new
+    /// stream and, for the streams open, whenever [`Enroller::changes`] changes: it answers
+    /// from memory.
+    fn admits(&self, identity: &RuntimeIdentity, serial: &str) -> bool;
+
+    /// Changes whenever what [`Enroller::admits`] answers may have changed.
+    fn changes(&self) -> watch::Receiver<u64>;
+}
+
+/// The most enrollments and renewals served at once by one controller: each costs a store
+/// round trip and a signature, and anyone who reaches the port may ask.
+const MAX_CONCURRENT: usize = 16;
+
+/// The Enrollment service.
+pub(crate) struct EnrollmentService {
+    enroller: Arc<dyn Enroller>,
+    metrics: SyncMetrics,
+    permits: Arc<Semaphore>,
+}
+
+impl EnrollmentService {
+    pub(crate) fn server(
+        enroller: Arc<dyn Enroller>,
+        metrics: SyncMetrics,
+    ) -> EnrollmentServer<Self> {
+        // requests and answers are a CSR and a certificate: small
+        EnrollmentServer::new(Self {
+            enroller,
+            metrics,
+            permits: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+        })
+        .max_decoding_message_size(16 * 1024)
+        .max_encoding_message_size(64 * 1024)
+    }
+
+    #[allow(
+        clippy::result_large_err,
+        reason = "tonic's Status, as every handler returns"
+    )]
+    fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+            self.metrics.rejected(SyncLimit::Enrollments);
+            Status::resource_exhausted("too many enrollments at once; try again shortly")
+        })
+    }
+}
+
+fn answer(issued: IssuedCertificate) -> Response<Certificate> {
+    let unix = |at: SystemTime| {
+        at.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    };
+    Response::new(Certificate {
+        certificate_pem: issued.certificate_pem,
+        ca_pem: issued.ca_pem,
+        not_after_unix: unix(issued.not_after),
+        renew_after_unix: unix(issued.renew_after),
+    })
+}
+
+#[tonic::async_trait]
+impl Enrollment for EnrollmentService {
+    async fn enroll(
+        &self,
+        request: Request<EnrollRequest>,
+    ) -> Result<Response<Certificate>, Status> {
+        let peer = request.extensions().get::<SyncConn>().map(|conn| conn.peer);
+        let request = request.into_inner();
+        let token: EnrollmentToken = request
+            .token
+            .parse()
+            .map_err(|err: crate::enroll::InvalidToken| Status::unauthenticated(err.to_string()))?;
+        let identity = RuntimeIdentity::new(&request.group, &request.node_id)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let _permit = self.permit()?;
+        match self
+            .enroller
+            .enroll(&token, &identity, &request.csr_pem)
+            .await
+        {
+            Ok(issued) => {
+                tracing::info!(
+                    node = %identity.node_id, group = %identity.group, token = %token.id(),
+                    ?peer, "runtime enrolled"
+                );
+                Ok(answer(issued))
+            }
+            Err(refusal) => {
+                tracing::warn!(
+                    node = %identity.node_id, group = %identity.group, token = %token.id(),
+                    ?peer, reason = %refusal, "enrollment refused"
+                );
+                Err(refusal.into())
+            }
+        }
+    }
+
+    async fn renew(&self, request: Request<RenewRequest>) -> Result<Response<Certificate>, Status> {
+        let conn = request.extensions().get::<SyncConn>().cloned();
+        let (Some(identity), Some(serial)) = (
+            conn.as_ref().and_then(|conn| conn.identity.clone()),
+            conn.as_ref().and_then(|conn| conn.serial.clone()),
+        ) else {
+            self.metrics.rejected(SyncLimit::Identity);
+            return Err(Status::unauthenticated(
+                "a renewal is made with the certificate it renews (a runtime certificate from \
+                 the cluster CA); a runtime without one enrolls",
+            ));
+        };
+        let _permit = self.permit()?;
+        let csr = request.into_inner().csr_pem;
+        match self.enroller.renew(&identity, &serial, &csr).await {
+            Ok(issued) => {
+                tracing::info!(node = %identity.node_id, group = %identity.group, "runtime certificate renewed");
+                Ok(answer(issued))
+            }
+            Err(refusal) => {
+                tracing::warn!(
+                    node = %identity.node_id, group = %identity.group, reason = %refusal,
+                    "renewal refused"
+                );
+                Err(refusal.into())
+            }
+        }
+    }
+}
