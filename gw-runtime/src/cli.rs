@@ -789,6 +789,15 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
         .map(SyncToken::new)
         .transpose()?
         .flatten();
+    // from the environment only: a flag would show in `ps`
+    options.enroll_token = match std::env::var("GW_ENROLL_TOKEN") {
+        Ok(token) if !token.trim().is_empty() => Some(
+            token
+                .parse::<gw_sync::enroll::EnrollmentToken>()
+                .map_err(|err| anyhow::anyhow!("GW_ENROLL_TOKEN: {err}"))?,
+        ),
+        _ => None,
+    };
     // a client connection, often an upstream connection for it, and some to spare
     let connections = u64::try_from(options.listener.max_connections).unwrap_or(u64::MAX);
     crate::raise_open_files_limit(connections.saturating_mul(2).saturating_add(1024));

@@ -35,6 +35,7 @@ pub mod cache;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod data_dir;
+mod enrollment;
 #[cfg(feature = "bundles")]
 pub mod fallback;
 pub mod file_source;
@@ -129,6 +130,10 @@ pub struct RuntimeOptions {
     /// and key), followed for renewals; `None`: plaintext. The certificate must name this
     /// runtime's node id and group.
     pub sync_tls: Option<gw_sync::tls::ClientFiles>,
+    /// The token to enroll with (`GW_ENROLL_TOKEN`): the runtime gets its sync certificate
+    /// from the cluster's internal CA, keeps it in the data directory and renews it. A
+    /// runtime that enrolled before uses the certificate it kept, with or without a token.
+    pub enroll_token: Option<gw_sync::enroll::EnrollmentToken>,
     /// After the shutdown signal, how long the runtime keeps serving while `/status/ready`
     /// says 503, so that load balancers take it out before it stops accepting connections.
     pub drain_period: Duration,
@@ -179,6 +184,7 @@ impl RuntimeOptions {
             heartbeat_interval: Duration::from_secs(10),
             sync_token: None,
             sync_tls: None,
+            enroll_token: None,
             status_tls: None,
             drain_period: Duration::ZERO,
             ready_requires_controller: false,
@@ -373,6 +379,8 @@ pub struct Runtime {
     sync_tls: Option<SyncTls>,
     /// The status port's TLS, and how its files looked when they were read.
     status_tls: Option<(gw_core::conn::server::TlsConfig, gw_sync::tls::Stamps)>,
+    /// The certificate from the cluster's internal CA (controller mode, enrolled or to be).
+    enrollment: Option<enrollment::Enrollment>,
 }
 
 impl Runtime {
@@ -422,12 +430,43 @@ impl Runtime {
             None => None,
         };
         let sync_tls = match (&options.source, &options.sync_tls) {
+            (ConfigSource::Controllers(_), Some(_)) if options.enroll_token.is_some() => {
+                return Err(RuntimeError::Options(
+                    "GW_ENROLL_TOKEN gets a certificate from the cluster's CA, and \
+                     --sync-tls-cert gives one of your own: give one or the other"
+                        .to_string(),
+                ));
+            }
             (ConfigSource::Controllers(_), Some(files)) => {
                 Some(sync_tls(files, &node_id, &options.group)?)
             }
             (ConfigSource::File(_), Some(_)) => {
                 return Err(RuntimeError::Options(
                     "sync TLS is for a runtime of controllers, not one serving a file".to_string(),
+                ));
+            }
+            _ => None,
+        };
+        // with a token, or a certificate kept from an earlier enrollment
+        let enrolled_before = data_dir
+            .as_ref()
+            .is_some_and(|dir| dir.path().join(enrollment::IDENTITY_FILE).exists());
+        let enrollment = match &options.source {
+            ConfigSource::Controllers(_)
+                if sync_tls.is_none() && (options.enroll_token.is_some() || enrolled_before) =>
+            {
+                let identity = gw_sync::pki::RuntimeIdentity::new(&options.group, &node_id)
+                    .map_err(|err| RuntimeError::Options(err.to_string()))?;
+                Some(enrollment::Enrollment::start(
+                    data_dir.as_ref().map(DataDir::path),
+                    identity,
+                    options.enroll_token.clone(),
+                )?)
+            }
+            ConfigSource::File(_) if options.enroll_token.is_some() => {
+                return Err(RuntimeError::Options(
+                    "GW_ENROLL_TOKEN is for a runtime of controllers, not one serving a file"
+                        .to_string(),
                 ));
             }
             _ => None,
@@ -493,6 +532,7 @@ impl Runtime {
             file,
             sync_tls,
             status_tls,
+            enrollment,
         })
     }
 
@@ -546,6 +586,7 @@ impl Runtime {
             file,
             sync_tls,
             status_tls,
+            enrollment,
         } = self;
 
         let file_rejection = file.as_ref().map(FileSource::last_rejection);
@@ -561,6 +602,7 @@ impl Runtime {
             (ConfigSource::Controllers(controllers), _) => {
                 #[cfg(feature = "bundles")]
                 let count = controllers.len();
+                let addresses = controllers.clone();
                 let mut client_options =
                     ClientOptions::new(controllers, node_id.clone(), options.group.clone());
                 client_options.runtime_version = env!("CARGO_PKG_VERSION").to_string();
@@ -585,14 +627,37 @@ impl Runtime {
                         }
                         _ => Box::pin(std::future::pending()),
                     };
+                if let Some(enrollment) = &enrollment {
+                    client_options.tls = Some(enrollment.tls());
+                }
                 client_options.goodbye_timeout = GOODBYE_TIMEOUT;
                 client_options.session_start_ms = session_start;
                 let client = SyncClient::new(client_options, Arc::clone(&state));
                 let sync_status = client.status();
                 let client = async move {
+                    let mut farewell = std::pin::pin!(farewell);
+                    // a certificate first, then the stream with it, renewed as it ages
+                    let renew: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match enrollment
+                    {
+                        Some(mut enrollment) => {
+                            if !enrollment.is_enrolled() {
+                                tokio::select! {
+                                    () = &mut farewell => return,
+                                    () = enrollment.enroll(&addresses) => {}
+                                }
+                            }
+                            Box::pin(async move {
+                                enrollment.renew_forever(addresses).await;
+                                // nothing left to renew: the stream goes on as it can
+                                std::future::pending::<()>().await;
+                            })
+                        }
+                        None => Box::pin(std::future::pending()),
+                    };
                     tokio::select! {
                         () = client.run_until(farewell) => {}
                         () = follow => {}
+                        () = renew => {}
                     }
                 };
                 #[cfg(feature = "bundles")]

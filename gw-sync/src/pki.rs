@@ -216,23 +216,49 @@ impl RuntimeIdentity {
     }
 }
 
-/// A certificate's serial number (lowercase hex, as its DER bytes) and the end of its
-/// validity: what a controller records of the certificates it issues, to tell a current one
-/// from a superseded or revoked one.
-pub fn serial_and_expiry(cert_der: &[u8]) -> Result<(String, SystemTime), PkiError> {
-    use std::fmt::Write as _;
-    let cert = parse_certificate(cert_der, "certificate")?;
-    let serial = cert
-        .tbs_certificate
-        .raw_serial()
-        .iter()
-        .fold(String::new(), |mut text, b| {
-            let _ = write!(text, "{b:02x}");
-            text
-        });
-    let secs = cert.validity().not_after.timestamp();
-    let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
-    Ok((serial, not_after))
+/// What a controller records of a certificate it issued, and what a runtime reads of its
+/// own: the serial number (lowercase hex, as its DER bytes), to tell a current certificate
+/// from a superseded or revoked one, and the validity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    /// The serial number, lowercase hex.
+    pub serial: String,
+    /// The start of its validity.
+    pub not_before: SystemTime,
+    /// The end of its validity.
+    pub not_after: SystemTime,
+}
+
+impl CertFacts {
+    /// The facts of a DER certificate.
+    pub fn of_certificate(cert_der: &[u8]) -> Result<Self, PkiError> {
+        use std::fmt::Write as _;
+        let cert = parse_certificate(cert_der, "certificate")?;
+        let serial = cert
+            .tbs_certificate
+            .raw_serial()
+            .iter()
+            .fold(String::new(), |mut text, b| {
+                let _ = write!(text, "{b:02x}");
+                text
+            });
+        let at =
+            |secs: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0).unsigned_abs());
+        Ok(Self {
+            serial,
+            not_before: at(cert.validity().not_before.timestamp()),
+            not_after: at(cert.validity().not_after.timestamp()),
+        })
+    }
+
+    /// When a certificate should be renewed: two thirds into its validity.
+    pub fn renew_after(&self) -> SystemTime {
+        let lifetime = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        self.not_before + lifetime * 2 / 3
+    }
 }
 
 /// The cluster's internal CA.

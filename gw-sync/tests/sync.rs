@@ -983,16 +983,16 @@ impl MemoryEnroller {
             .sign_runtime(csr_pem, identity, now, Duration::from_hours(1))
             .map_err(|err| EnrollRefusal::Invalid(err.to_string()))?;
         let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-        let (serial, not_after) = gw_sync::pki::serial_and_expiry(&der).unwrap();
+        let facts = gw_sync::pki::CertFacts::of_certificate(&der).unwrap();
         self.serials
             .lock()
             .unwrap()
-            .insert(identity.node_id.clone(), serial);
+            .insert(identity.node_id.clone(), facts.serial.clone());
         Ok(IssuedCertificate {
             certificate_pem: pem,
             ca_pem: self.ca.cert_pem().to_string(),
-            not_after,
-            renew_after: now + Duration::from_mins(40),
+            not_after: facts.not_after,
+            renew_after: facts.renew_after(),
         })
     }
 }

@@ -281,8 +281,8 @@ impl Admission {
             .and_then(|cert| RuntimeIdentity::of_certificate(cert).ok())
             .map(Arc::new);
         let serial = leaf
-            .and_then(|cert| crate::pki::serial_and_expiry(cert).ok())
-            .map(|(serial, _)| Arc::from(serial));
+            .and_then(|cert| crate::pki::CertFacts::of_certificate(cert).ok())
+            .map(|facts| Arc::from(facts.serial));
         let conn = SyncConn {
             peer,
             identity,
