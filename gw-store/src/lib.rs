@@ -17,6 +17,7 @@
 //! and name, written with the same guarantees and sharing the same revisions and change log.
 #![warn(missing_docs)]
 
+mod enrollment;
 mod error;
 pub mod feed;
 pub mod postgres;
@@ -34,6 +35,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::watch;
 
+pub use enrollment::{EnrollmentRecord, EnrollmentTokenRecord, NewEnrollmentToken, TokenRefusal};
 pub use error::StoreError;
 
 /// The kind of APIs, in the change log. APIs are written with [`Store::put_api`], never as a
@@ -406,6 +408,64 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// none yet, `candidate` becomes it. Controllers that start together agree on one value,
     /// whichever was inserted first; the others' candidates are dropped.
     async fn cluster_secret(&self, name: &str, candidate: &str) -> Result<String, StoreError>;
+
+    /// Stores a new enrollment token, unused and not revoked; [`StoreError::AlreadyExists`]
+    /// when its id is taken.
+    async fn create_enrollment_token(&self, token: &NewEnrollmentToken) -> Result<(), StoreError>;
+
+    /// Every enrollment token, newest first; never their secrets' hashes.
+    async fn list_enrollment_tokens(&self) -> Result<Vec<EnrollmentTokenRecord>, StoreError>;
+
+    /// Revokes the token `id` at `at` (a token revoked before keeps its first time); returns
+    /// whether it exists.
+    async fn revoke_enrollment_token(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Takes one use of the token `id` whose secret has the hash `secret_hash`, when it is
+    /// neither revoked nor expired at `now` and has a use left, and returns its group. One
+    /// conditional update does it, so that controllers racing for the last use cannot both
+    /// have it; a refusal takes no use and says why (a wrong secret reads as
+    /// [`TokenRefusal::Unknown`]).
+    async fn use_enrollment_token(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, TokenRefusal>;
+
+    /// Deletes the tokens that expired before `before`; returns how many went.
+    async fn delete_expired_enrollment_tokens(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+
+    /// Records a runtime's enrollment, replacing any earlier one of the same node: the new
+    /// certificate supersedes the old one, and a revocation ends. The record's
+    /// `previous_serial`, `renewed_at` and `revoked_at` are not written (a new enrollment has
+    /// none).
+    async fn enroll_runtime(&self, enrollment: &EnrollmentRecord) -> Result<(), StoreError>;
+
+    /// Replaces the certificate of the enrolled runtime `node_id` with `new_serial` (expiring
+    /// at `not_after`) when it is not revoked and `presented_serial` is its current or its
+    /// previous serial; the current one becomes the previous. Returns whether it did.
+    async fn renew_runtime(
+        &self,
+        node_id: &str,
+        presented_serial: &str,
+        new_serial: &str,
+        not_after: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Revokes the enrollment of `node_id` at `at` (one revoked before keeps its first time);
+    /// returns whether the node has one.
+    async fn revoke_runtime(&self, node_id: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Every runtime enrollment, revoked ones included, by node id.
+    async fn runtime_enrollments(&self) -> Result<Vec<EnrollmentRecord>, StoreError>;
 }
 
 /// How to open a store.

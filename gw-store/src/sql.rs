@@ -356,6 +356,89 @@ macro_rules! impl_store {
                     at: row.try_get("created_at")?,
                 })
             }
+
+            fn enrollment_token_record(
+                row: &$row,
+            ) -> Result<$crate::EnrollmentTokenRecord, $crate::StoreError> {
+                use sqlx::Row as _;
+                Ok($crate::EnrollmentTokenRecord {
+                    id: row.try_get("id")?,
+                    group: row.try_get("grp")?,
+                    uses_max: row.try_get("uses_max")?,
+                    uses: row.try_get("uses")?,
+                    expires_at: row.try_get("expires_at")?,
+                    created_at: row.try_get("created_at")?,
+                    revoked_at: row.try_get("revoked_at")?,
+                    description: row.try_get("description")?,
+                })
+            }
+
+            fn enrollment_record(
+                row: &$row,
+            ) -> Result<$crate::EnrollmentRecord, $crate::StoreError> {
+                use sqlx::Row as _;
+                Ok($crate::EnrollmentRecord {
+                    node_id: row.try_get("node_id")?,
+                    group: row.try_get("grp")?,
+                    serial: row.try_get("serial")?,
+                    previous_serial: row.try_get("previous_serial")?,
+                    not_after: row.try_get("not_after")?,
+                    token_id: row.try_get("token_id")?,
+                    enrolled_at: row.try_get("enrolled_at")?,
+                    renewed_at: row.try_get("renewed_at")?,
+                    revoked_at: row.try_get("revoked_at")?,
+                })
+            }
+
+            /// Marks the row `key` revoked at `at` with `statement` (a row revoked before
+            /// keeps its first time); returns whether the row exists.
+            async fn revoke(
+                &self,
+                statement: &'static str,
+                key: &str,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::StoreError> {
+                let found = sqlx::query(statement)
+                    .bind(key)
+                    .bind(at)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok(found > 0)
+            }
+
+            /// Why the token `id` with the secret whose hash is `secret_hash` was not used
+            /// at `now`, read after the update that would have used it changed nothing.
+            async fn token_refusal(
+                &self,
+                id: &str,
+                secret_hash: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::TokenRefusal {
+                use sqlx::Row as _;
+                let row = match sqlx::query($crate::sql::SELECT_ENROLLMENT_TOKEN)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                {
+                    Ok(Some(row)) => row,
+                    Ok(None) => return $crate::TokenRefusal::Unknown,
+                    Err(err) => return $crate::StoreError::from(err).into(),
+                };
+                let stored: String = match row.try_get("secret_hash") {
+                    Ok(stored) => stored,
+                    Err(err) => return $crate::StoreError::from(err).into(),
+                };
+                if stored != secret_hash {
+                    return $crate::TokenRefusal::Unknown;
+                }
+                match Self::enrollment_token_record(&row) {
+                    // uses only grow and a revocation stays: a token that the update found
+                    // used up or revoked reads so now. (Deleted meanwhile: read as unknown.)
+                    Ok(record) => record.refusal(now).unwrap_or($crate::TokenRefusal::UsedUp),
+                    Err(err) => err.into(),
+                }
+            }
         }
 
         #[async_trait::async_trait]
@@ -619,6 +702,133 @@ macro_rules! impl_store {
                 tx.commit().await?;
                 Ok(value)
             }
+
+            async fn create_enrollment_token(
+                &self,
+                t: &$crate::NewEnrollmentToken,
+            ) -> Result<(), $crate::StoreError> {
+                let inserted = sqlx::query($crate::sql::INSERT_ENROLLMENT_TOKEN)
+                    .bind(&t.id)
+                    .bind(&t.secret_hash)
+                    .bind(&t.group)
+                    .bind(t.uses_max)
+                    .bind(t.expires_at)
+                    .bind(t.created_at)
+                    .bind(&t.description)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                if inserted == 0 {
+                    return Err($crate::StoreError::AlreadyExists { name: t.id.clone() });
+                }
+                Ok(())
+            }
+
+            async fn list_enrollment_tokens(
+                &self,
+            ) -> Result<Vec<$crate::EnrollmentTokenRecord>, $crate::StoreError> {
+                Self::fetch_all(
+                    &self.pool,
+                    sqlx::query($crate::sql::SELECT_ENROLLMENT_TOKENS),
+                    Self::enrollment_token_record,
+                )
+                .await
+            }
+
+            async fn revoke_enrollment_token(
+                &self,
+                id: &str,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::StoreError> {
+                self.revoke($crate::sql::REVOKE_ENROLLMENT_TOKEN, id, at)
+                    .await
+            }
+
+            async fn use_enrollment_token(
+                &self,
+                id: &str,
+                secret_hash: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<String, $crate::TokenRefusal> {
+                let group: Option<String> = sqlx::query_scalar($crate::sql::USE_ENROLLMENT_TOKEN)
+                    .bind(id)
+                    .bind(secret_hash)
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::StoreError::from)?;
+                match group {
+                    Some(group) => Ok(group),
+                    None => Err(self.token_refusal(id, secret_hash, now).await),
+                }
+            }
+
+            async fn delete_expired_enrollment_tokens(
+                &self,
+                before: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, $crate::StoreError> {
+                Ok(sqlx::query($crate::sql::DELETE_EXPIRED_ENROLLMENT_TOKENS)
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
+            }
+
+            async fn enroll_runtime(
+                &self,
+                e: &$crate::EnrollmentRecord,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query($crate::sql::UPSERT_ENROLLMENT)
+                    .bind(&e.node_id)
+                    .bind(&e.group)
+                    .bind(&e.serial)
+                    .bind(e.not_after)
+                    .bind(&e.token_id)
+                    .bind(e.enrolled_at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn renew_runtime(
+                &self,
+                node_id: &str,
+                presented_serial: &str,
+                new_serial: &str,
+                not_after: chrono::DateTime<chrono::Utc>,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::StoreError> {
+                let renewed = sqlx::query($crate::sql::RENEW_ENROLLMENT)
+                    .bind(node_id)
+                    .bind(presented_serial)
+                    .bind(new_serial)
+                    .bind(not_after)
+                    .bind(at)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok(renewed > 0)
+            }
+
+            async fn revoke_runtime(
+                &self,
+                node_id: &str,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::StoreError> {
+                self.revoke($crate::sql::REVOKE_ENROLLMENT, node_id, at)
+                    .await
+            }
+
+            async fn runtime_enrollments(
+                &self,
+            ) -> Result<Vec<$crate::EnrollmentRecord>, $crate::StoreError> {
+                Self::fetch_all(
+                    &self.pool,
+                    sqlx::query($crate::sql::SELECT_ENROLLMENTS),
+                    Self::enrollment_record,
+                )
+                .await
+            }
         }
     };
 }
@@ -760,3 +970,49 @@ pub(crate) const INSERT_CLUSTER_SECRET: &str = "INSERT INTO cluster_secrets (nam
 pub(crate) const SELECT_CLUSTER_SECRET: &str = "SELECT value FROM cluster_secrets WHERE name = $1";
 pub(crate) const SELECT_STORE_ID: &str = "SELECT store_id FROM gw_meta WHERE id = 1";
 pub(crate) const PRUNE_RUNTIMES: &str = "DELETE FROM runtimes WHERE last_seen < $1";
+
+/// The columns of an [`crate::EnrollmentTokenRecord`].
+macro_rules! token_columns {
+    () => {
+        "id, grp, uses_max, uses, expires_at, created_at, revoked_at, description"
+    };
+}
+pub(crate) const INSERT_ENROLLMENT_TOKEN: &str = "INSERT INTO enrollment_tokens (id, secret_hash, \
+     grp, uses_max, expires_at, created_at, description) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (id) DO NOTHING";
+pub(crate) const SELECT_ENROLLMENT_TOKENS: &str = concat!(
+    "SELECT ",
+    token_columns!(),
+    " FROM enrollment_tokens ORDER BY created_at DESC, id"
+);
+/// One token with its secret's hash, to tell why a use was refused.
+pub(crate) const SELECT_ENROLLMENT_TOKEN: &str = concat!(
+    "SELECT secret_hash, ",
+    token_columns!(),
+    " FROM enrollment_tokens WHERE id = $1"
+);
+pub(crate) const REVOKE_ENROLLMENT_TOKEN: &str =
+    "UPDATE enrollment_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1";
+/// Takes one use, in one statement: two controllers racing for the last use are serialized
+/// on the row, and the second finds `uses < uses_max` false.
+pub(crate) const USE_ENROLLMENT_TOKEN: &str = "UPDATE enrollment_tokens SET uses = uses + 1 \
+     WHERE id = $1 AND secret_hash = $2 AND revoked_at IS NULL AND expires_at > $3 \
+     AND uses < uses_max RETURNING grp";
+pub(crate) const DELETE_EXPIRED_ENROLLMENT_TOKENS: &str =
+    "DELETE FROM enrollment_tokens WHERE expires_at < $1";
+
+/// A new enrollment replaces the node's row: no previous serial, no renewal, no revocation.
+pub(crate) const UPSERT_ENROLLMENT: &str = "INSERT INTO runtime_enrollments (node_id, grp, serial, \
+     not_after, token_id, enrolled_at) VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (node_id) DO UPDATE SET grp = excluded.grp, serial = excluded.serial, \
+     previous_serial = NULL, not_after = excluded.not_after, token_id = excluded.token_id, \
+     enrolled_at = excluded.enrolled_at, renewed_at = NULL, revoked_at = NULL";
+/// The assignments read the row as it was: the current serial becomes the previous one.
+pub(crate) const RENEW_ENROLLMENT: &str = "UPDATE runtime_enrollments SET previous_serial = serial, \
+     serial = $3, not_after = $4, renewed_at = $5 \
+     WHERE node_id = $1 AND revoked_at IS NULL AND (serial = $2 OR previous_serial = $2)";
+pub(crate) const REVOKE_ENROLLMENT: &str =
+    "UPDATE runtime_enrollments SET revoked_at = COALESCE(revoked_at, $2) WHERE node_id = $1";
+pub(crate) const SELECT_ENROLLMENTS: &str = "SELECT node_id, grp, serial, previous_serial, \
+     not_after, token_id, enrolled_at, renewed_at, revoked_at FROM runtime_enrollments \
+     ORDER BY node_id";

@@ -8,8 +8,8 @@ use chrono::Utc;
 use gw_store::feed::{ChangeFeed, FeedEvent};
 use gw_store::testing::TestDatabase;
 use gw_store::{
-    ChangeOp, KIND_API, Precondition, PutApi, PutResource, RouteKey, RuntimeRecord, Store,
-    StoreError, StoreOptions,
+    ChangeOp, EnrollmentRecord, KIND_API, NewEnrollmentToken, Precondition, PutApi, PutResource,
+    RouteKey, RuntimeRecord, Store, StoreError, StoreOptions, TokenRefusal,
 };
 use serde_json::json;
 
@@ -96,6 +96,12 @@ both_backends!(
     resources_share_revisions_with_apis,
     pool_status_counts_connections,
     a_cluster_secret_is_made_once,
+    enrollment_tokens_are_listed_without_their_secret_and_revoked_once,
+    the_last_use_of_a_token_goes_to_one_caller,
+    a_wrong_secret_reads_as_unknown_and_takes_no_use,
+    expired_and_revoked_tokens_are_refused_and_expired_ones_pruned,
+    a_renewal_needs_a_current_serial_and_no_revocation,
+    a_new_enrollment_supersedes_the_old_one,
 );
 
 async fn crud_and_revisions(f: Fixture) {
@@ -830,4 +836,301 @@ async fn a_cluster_secret_is_made_once(f: Fixture) {
         agreed[0]
     );
     assert_eq!(f.store.cluster_secret("other", "x").await.unwrap(), "x");
+}
+
+/// Now, at the precision both databases keep (microseconds).
+fn now() -> chrono::DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
+fn token(id: &str, uses_max: i64, expires_in: chrono::Duration) -> NewEnrollmentToken {
+    let created_at = now();
+    NewEnrollmentToken {
+        id: id.into(),
+        secret_hash: format!("hash-of-{id}"),
+        group: "edge".into(),
+        uses_max,
+        expires_at: created_at + expires_in,
+        created_at,
+        description: Some(format!("token {id}")),
+    }
+}
+
+fn hours(n: i64) -> chrono::Duration {
+    chrono::Duration::hours(n)
+}
+
+async fn enrollment_tokens_are_listed_without_their_secret_and_revoked_once(f: Fixture) {
+    let s = &f.store;
+    assert!(s.list_enrollment_tokens().await.unwrap().is_empty());
+    let a = token("a", 2, hours(1));
+    s.create_enrollment_token(&a).await.unwrap();
+    // an id is taken once
+    let err = s.create_enrollment_token(&a).await.unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+
+    let listed = s.list_enrollment_tokens().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let record = &listed[0];
+    assert_eq!((record.id.as_str(), record.group.as_str()), ("a", "edge"));
+    assert_eq!((record.uses, record.uses_max), (0, 2));
+    assert_eq!(record.expires_at, a.expires_at);
+    assert_eq!(record.created_at, a.created_at);
+    assert_eq!(record.description.as_deref(), Some("token a"));
+    assert_eq!(record.revoked_at, None);
+    let shown = serde_json::to_string(record).unwrap();
+    assert!(!shown.contains("hash-of-a"), "{shown}");
+
+    // revoking twice keeps the first time; an unknown id is told
+    let first = now();
+    assert!(s.revoke_enrollment_token("a", first).await.unwrap());
+    assert!(
+        s.revoke_enrollment_token("a", first + hours(1))
+            .await
+            .unwrap()
+    );
+    assert!(!s.revoke_enrollment_token("nope", first).await.unwrap());
+    let listed = s.list_enrollment_tokens().await.unwrap();
+    assert_eq!(listed[0].revoked_at, Some(first));
+}
+
+async fn the_last_use_of_a_token_goes_to_one_caller(f: Fixture) {
+    let s = &f.store;
+    // two controllers race for a token of one use, then ten for one of three
+    for (id, uses_max, callers) in [("one", 1, 2), ("three", 3, 10)] {
+        s.create_enrollment_token(&token(id, uses_max, hours(1)))
+            .await
+            .unwrap();
+        let at = now();
+        let attempts: Vec<_> = (0..callers)
+            .map(|_| {
+                let store = Arc::clone(&f.store);
+                let hash = format!("hash-of-{id}");
+                tokio::spawn(async move { store.use_enrollment_token(id, &hash, at).await })
+            })
+            .collect();
+        let mut granted = 0;
+        for attempt in attempts {
+            match attempt.await.unwrap() {
+                Ok(group) => {
+                    assert_eq!(group, "edge");
+                    granted += 1;
+                }
+                Err(TokenRefusal::UsedUp) => {}
+                Err(other) => panic!("{id}: {other}"),
+            }
+        }
+        assert_eq!(granted, uses_max, "{id}");
+        let listed = s.list_enrollment_tokens().await.unwrap();
+        let record = listed.iter().find(|t| t.id == id).unwrap();
+        assert_eq!(record.uses, uses_max, "{id}");
+    }
+}
+
+async fn a_wrong_secret_reads_as_unknown_and_takes_no_use(f: Fixture) {
+    let s = &f.store;
+    s.create_enrollment_token(&token("a", 1, hours(1)))
+        .await
+        .unwrap();
+    let at = now();
+    for (id, hash) in [("a", "hash-of-b"), ("b", "hash-of-b"), ("a", "")] {
+        let refusal = s.use_enrollment_token(id, hash, at).await.unwrap_err();
+        assert!(matches!(refusal, TokenRefusal::Unknown), "{id}: {refusal}");
+    }
+    assert_eq!(s.list_enrollment_tokens().await.unwrap()[0].uses, 0);
+    // the right secret still has its use
+    assert_eq!(
+        s.use_enrollment_token("a", "hash-of-a", at).await.unwrap(),
+        "edge"
+    );
+    // a used-up token is not confirmed to a wrong secret either
+    let refusal = s.use_enrollment_token("a", "x", at).await.unwrap_err();
+    assert!(matches!(refusal, TokenRefusal::Unknown), "{refusal}");
+    let refusal = s
+        .use_enrollment_token("a", "hash-of-a", at)
+        .await
+        .unwrap_err();
+    assert!(matches!(refusal, TokenRefusal::UsedUp), "{refusal}");
+}
+
+async fn expired_and_revoked_tokens_are_refused_and_expired_ones_pruned(f: Fixture) {
+    let s = &f.store;
+    s.create_enrollment_token(&token("old", 5, -hours(48)))
+        .await
+        .unwrap();
+    s.create_enrollment_token(&token("recent", 5, -hours(1)))
+        .await
+        .unwrap();
+    s.create_enrollment_token(&token("live", 5, hours(1)))
+        .await
+        .unwrap();
+    let at = now();
+    for id in ["old", "recent"] {
+        let refusal = s
+            .use_enrollment_token(id, &format!("hash-of-{id}"), at)
+            .await
+            .unwrap_err();
+        assert!(matches!(refusal, TokenRefusal::Expired), "{id}: {refusal}");
+    }
+    // a token that expires right now is expired
+    let listed = s.list_enrollment_tokens().await.unwrap();
+    let live = listed.iter().find(|t| t.id == "live").unwrap();
+    let refusal = s
+        .use_enrollment_token("live", "hash-of-live", live.expires_at)
+        .await
+        .unwrap_err();
+    assert!(matches!(refusal, TokenRefusal::Expired), "{refusal}");
+
+    assert!(s.revoke_enrollment_token("live", at).await.unwrap());
+    let refusal = s
+        .use_enrollment_token("live", "hash-of-live", at)
+        .await
+        .unwrap_err();
+    assert!(matches!(refusal, TokenRefusal::Revoked), "{refusal}");
+    let listed = s.list_enrollment_tokens().await.unwrap();
+    assert!(listed.iter().all(|t| t.uses == 0), "{listed:?}");
+
+    // pruning takes the tokens expired before the cutoff (a day ago) only
+    assert_eq!(
+        s.delete_expired_enrollment_tokens(at - hours(24))
+            .await
+            .unwrap(),
+        1
+    );
+    let mut left: Vec<String> = s
+        .list_enrollment_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    left.sort();
+    assert_eq!(left, ["live", "recent"]);
+}
+
+fn enrollment(node: &str, serial: &str) -> EnrollmentRecord {
+    let at = now();
+    EnrollmentRecord {
+        node_id: node.into(),
+        group: "edge".into(),
+        serial: serial.into(),
+        previous_serial: None,
+        not_after: at + hours(24),
+        token_id: Some("a".into()),
+        enrolled_at: at,
+        renewed_at: None,
+        revoked_at: None,
+    }
+}
+
+async fn enrolled(s: &Arc<dyn Store>, node: &str) -> EnrollmentRecord {
+    s.runtime_enrollments()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.node_id == node)
+        .unwrap()
+}
+
+async fn a_renewal_needs_a_current_serial_and_no_revocation(f: Fixture) {
+    let s = &f.store;
+    s.enroll_runtime(&enrollment("rt-1", "01")).await.unwrap();
+    s.enroll_runtime(&enrollment("rt-2", "0a")).await.unwrap();
+    let at = now();
+    let later = at + hours(48);
+    assert!(
+        s.renew_runtime("rt-1", "01", "02", later, at)
+            .await
+            .unwrap()
+    );
+    let renewed = enrolled(s, "rt-1").await;
+    assert_eq!(renewed.serial, "02");
+    assert_eq!(renewed.previous_serial.as_deref(), Some("01"));
+    assert_eq!(renewed.not_after, later);
+    assert_eq!(renewed.renewed_at, Some(at));
+    // the previous serial still renews (its answer may have been lost); then "02" is the
+    // previous one and "01" is stale
+    assert!(
+        s.renew_runtime("rt-1", "01", "03", later, at)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.renew_runtime("rt-1", "01", "04", later, at)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.renew_runtime("rt-1", "0a", "04", later, at)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.renew_runtime("nope", "01", "04", later, at)
+            .await
+            .unwrap()
+    );
+    let current = enrolled(s, "rt-1").await;
+    assert_eq!(
+        (current.serial.as_str(), current.previous_serial.as_deref()),
+        ("03", Some("02"))
+    );
+
+    // revoked: no renewal with any serial; revoking twice keeps the first time
+    assert!(s.revoke_runtime("rt-1", at).await.unwrap());
+    assert!(s.revoke_runtime("rt-1", later).await.unwrap());
+    assert!(!s.revoke_runtime("nope", at).await.unwrap());
+    for serial in ["03", "02"] {
+        assert!(
+            !s.renew_runtime("rt-1", serial, "05", later, at)
+                .await
+                .unwrap()
+        );
+    }
+    let revoked = enrolled(s, "rt-1").await;
+    assert_eq!(
+        (revoked.serial.as_str(), revoked.revoked_at),
+        ("03", Some(at))
+    );
+    // the other node is untouched
+    let other = enrolled(s, "rt-2").await;
+    assert_eq!(
+        (
+            other.serial.as_str(),
+            other.previous_serial,
+            other.revoked_at
+        ),
+        ("0a", None, None)
+    );
+}
+
+async fn a_new_enrollment_supersedes_the_old_one(f: Fixture) {
+    let s = &f.store;
+    s.enroll_runtime(&enrollment("rt-1", "01")).await.unwrap();
+    let at = now();
+    assert!(s.renew_runtime("rt-1", "01", "02", at, at).await.unwrap());
+    assert!(s.revoke_runtime("rt-1", at).await.unwrap());
+    // enrolling again (a new token) clears the revocation and forgets the old serials
+    let again = EnrollmentRecord {
+        group: "core".into(),
+        token_id: Some("b".into()),
+        // written as none, whatever the caller passes
+        previous_serial: Some("02".into()),
+        revoked_at: Some(at),
+        ..enrollment("rt-1", "10")
+    };
+    s.enroll_runtime(&again).await.unwrap();
+    let stored = enrolled(s, "rt-1").await;
+    assert_eq!(
+        stored,
+        EnrollmentRecord {
+            previous_serial: None,
+            revoked_at: None,
+            ..again.clone()
+        }
+    );
+    assert!(!s.renew_runtime("rt-1", "02", "11", at, at).await.unwrap());
+    assert!(s.renew_runtime("rt-1", "10", "11", at, at).await.unwrap());
+    assert_eq!(s.runtime_enrollments().await.unwrap().len(), 1);
 }

@@ -7,9 +7,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use gw_store::{
-    Backend, Change, DeleteOutcome, DeleteResourceOutcome, PoolStatus, Precondition, PutApi,
-    PutOutcome, PutResource, PutResourceOutcome, ResourceRecord, RuntimeRecord, Snapshot, Store,
-    StoreError,
+    Backend, Change, DeleteOutcome, DeleteResourceOutcome, EnrollmentRecord, EnrollmentTokenRecord,
+    NewEnrollmentToken, PoolStatus, Precondition, PutApi, PutOutcome, PutResource,
+    PutResourceOutcome, ResourceRecord, RuntimeRecord, Snapshot, Store, StoreError, TokenRefusal,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 /// The `operation` label values: the [`Store`] methods that reach the database.
-pub(crate) const OPERATIONS: [&str; 18] = [
+pub(crate) const OPERATIONS: [&str; 27] = [
     "ping",
     "put_api",
     "delete_api",
@@ -38,6 +38,15 @@ pub(crate) const OPERATIONS: [&str; 18] = [
     "list_runtimes",
     "prune_runtimes",
     "cluster_secret",
+    "create_enrollment_token",
+    "list_enrollment_tokens",
+    "revoke_enrollment_token",
+    "use_enrollment_token",
+    "delete_expired_enrollment_tokens",
+    "enroll_runtime",
+    "renew_runtime",
+    "revoke_runtime",
+    "runtime_enrollments",
 ];
 
 /// The `kind` label values of `gw_store_errors_total`.
@@ -143,11 +152,20 @@ struct Measure<'a> {
 }
 
 impl Measure<'_> {
-    fn finish<T>(mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        self.done = true;
-        self.metrics
-            .observe(self.operation, self.started, result.as_ref().err());
+    fn finish<T>(self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.end(result.as_ref().err());
         result
+    }
+
+    /// Ends a use of a token: a refusal is an answer, only the store's failure is an error.
+    fn finish_use<T>(self, result: Result<T, TokenRefusal>) -> Result<T, TokenRefusal> {
+        self.end(result.as_ref().err().and_then(TokenRefusal::store_error));
+        result
+    }
+
+    fn end(mut self, error: Option<&StoreError>) {
+        self.done = true;
+        self.metrics.observe(self.operation, self.started, error);
     }
 }
 
@@ -306,6 +324,74 @@ impl Store for MeasuredStore {
         let measure = self.start("cluster_secret");
         measure.finish(self.inner.cluster_secret(name, candidate).await)
     }
+
+    async fn create_enrollment_token(&self, token: &NewEnrollmentToken) -> Result<(), StoreError> {
+        let measure = self.start("create_enrollment_token");
+        measure.finish(self.inner.create_enrollment_token(token).await)
+    }
+
+    async fn list_enrollment_tokens(&self) -> Result<Vec<EnrollmentTokenRecord>, StoreError> {
+        let measure = self.start("list_enrollment_tokens");
+        measure.finish(self.inner.list_enrollment_tokens().await)
+    }
+
+    async fn revoke_enrollment_token(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let measure = self.start("revoke_enrollment_token");
+        measure.finish(self.inner.revoke_enrollment_token(id, at).await)
+    }
+
+    async fn use_enrollment_token(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, TokenRefusal> {
+        let measure = self.start("use_enrollment_token");
+        measure.finish_use(self.inner.use_enrollment_token(id, secret_hash, now).await)
+    }
+
+    async fn delete_expired_enrollment_tokens(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let measure = self.start("delete_expired_enrollment_tokens");
+        measure.finish(self.inner.delete_expired_enrollment_tokens(before).await)
+    }
+
+    async fn enroll_runtime(&self, enrollment: &EnrollmentRecord) -> Result<(), StoreError> {
+        let measure = self.start("enroll_runtime");
+        measure.finish(self.inner.enroll_runtime(enrollment).await)
+    }
+
+    async fn renew_runtime(
+        &self,
+        node_id: &str,
+        presented_serial: &str,
+        new_serial: &str,
+        not_after: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let measure = self.start("renew_runtime");
+        measure.finish(
+            self.inner
+                .renew_runtime(node_id, presented_serial, new_serial, not_after, at)
+                .await,
+        )
+    }
+
+    async fn revoke_runtime(&self, node_id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let measure = self.start("revoke_runtime");
+        measure.finish(self.inner.revoke_runtime(node_id, at).await)
+    }
+
+    async fn runtime_enrollments(&self) -> Result<Vec<EnrollmentRecord>, StoreError> {
+        let measure = self.start("runtime_enrollments");
+        measure.finish(self.inner.runtime_enrollments().await)
+    }
 }
 
 #[cfg(test)]
@@ -400,6 +486,41 @@ mod tests {
         store.list_runtimes().await.unwrap();
         store.prune_runtimes(now).await.unwrap();
         store.cluster_secret("s", "v").await.unwrap();
+        store
+            .create_enrollment_token(&gw_store::NewEnrollmentToken {
+                id: "t".into(),
+                secret_hash: "h".into(),
+                group: "default".into(),
+                uses_max: 1,
+                expires_at: now + chrono::Duration::hours(1),
+                created_at: now,
+                description: None,
+            })
+            .await
+            .unwrap();
+        store.list_enrollment_tokens().await.unwrap();
+        // a refused use is an answer, not a failure
+        assert!(store.use_enrollment_token("t", "other", now).await.is_err());
+        store.revoke_enrollment_token("t", now).await.unwrap();
+        store.delete_expired_enrollment_tokens(now).await.unwrap();
+        let enrollment = gw_store::EnrollmentRecord {
+            node_id: "rt".into(),
+            group: "default".into(),
+            serial: "01".into(),
+            previous_serial: None,
+            not_after: now,
+            token_id: Some("t".into()),
+            enrolled_at: now,
+            renewed_at: None,
+            revoked_at: None,
+        };
+        store.enroll_runtime(&enrollment).await.unwrap();
+        store
+            .renew_runtime("rt", "01", "02", now, now)
+            .await
+            .unwrap();
+        store.revoke_runtime("rt", now).await.unwrap();
+        store.runtime_enrollments().await.unwrap();
         store
             .delete_resource("certificate", "c", Precondition::None)
             .await

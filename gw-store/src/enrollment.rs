@@ -1,0 +1,124 @@
+//! Runtime enrollment as stored: the join tokens operators make for new runtimes, and the
+//! client certificate each enrolled runtime holds.
+//!
+//! The store keeps a token's secret as its SHA-256 only and never hands that hash back:
+//! [`EnrollmentTokenRecord`] is what listings show. A use is taken by one conditional
+//! update ([`crate::Store::use_enrollment_token`]), so controllers that race for the last use
+//! of a token cannot both have it.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::StoreError;
+
+/// A token to store, as the admin API makes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEnrollmentToken {
+    /// The token's id (not a secret).
+    pub id: String,
+    /// The SHA-256 of its secret, in hex.
+    pub secret_hash: String,
+    /// The gateway group a runtime enrolled with it serves.
+    pub group: String,
+    /// How many runtimes may enroll with it.
+    pub uses_max: i64,
+    /// When it stops being accepted.
+    pub expires_at: DateTime<Utc>,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// What the operator wrote about it.
+    pub description: Option<String>,
+}
+
+/// A stored token, without its secret's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollmentTokenRecord {
+    /// The token's id.
+    pub id: String,
+    /// The gateway group a runtime enrolled with it serves.
+    pub group: String,
+    /// How many runtimes may enroll with it.
+    pub uses_max: i64,
+    /// How many have.
+    pub uses: i64,
+    /// When it stops being accepted.
+    pub expires_at: DateTime<Utc>,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// When it was revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// What the operator wrote about it.
+    pub description: Option<String>,
+}
+
+impl EnrollmentTokenRecord {
+    /// Why the token cannot be used at `now` (revoked, then expired, then used up), or
+    /// `None` when it can.
+    pub fn refusal(&self, now: DateTime<Utc>) -> Option<TokenRefusal> {
+        if self.revoked_at.is_some() {
+            Some(TokenRefusal::Revoked)
+        } else if self.expires_at <= now {
+            Some(TokenRefusal::Expired)
+        } else if self.uses >= self.uses_max {
+            Some(TokenRefusal::UsedUp)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why [`crate::Store::use_enrollment_token`] did not take a use.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenRefusal {
+    /// No token has this id, or its secret is another: the two are not told apart, so that
+    /// a wrong secret does not confirm that the id exists.
+    #[error("unknown enrollment token")]
+    Unknown,
+    /// The token was revoked.
+    #[error("the enrollment token was revoked")]
+    Revoked,
+    /// The token expired.
+    #[error("the enrollment token has expired")]
+    Expired,
+    /// Every use of the token was taken.
+    #[error("the enrollment token has been used as many times as it allows")]
+    UsedUp,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl TokenRefusal {
+    /// The store's failure, when that is the reason (the others are answers, not failures).
+    pub fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            TokenRefusal::Store(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// The client certificate an enrolled runtime holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollmentRecord {
+    /// The runtime's node id, which its certificate names.
+    pub node_id: String,
+    /// The gateway group its certificate names.
+    pub group: String,
+    /// The serial of its current certificate (hex).
+    pub serial: String,
+    /// The serial of the certificate it renewed, still accepted until the next renewal.
+    pub previous_serial: Option<String>,
+    /// When its current certificate expires.
+    pub not_after: DateTime<Utc>,
+    /// The token it enrolled with.
+    pub token_id: Option<String>,
+    /// When it enrolled.
+    pub enrolled_at: DateTime<Utc>,
+    /// When it last renewed its certificate.
+    pub renewed_at: Option<DateTime<Utc>>,
+    /// When it was revoked; a revoked runtime needs a new enrollment.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
