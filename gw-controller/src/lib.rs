@@ -428,6 +428,7 @@ pub async fn run(
         sampler: Arc::clone(&controller_metrics.sampler),
         draining: AtomicBool::new(false),
         dev_guard,
+        sync_ca: OnceLock::new(),
     });
     let drain_period = options.drain_period;
     let draining = Arc::clone(&state);

@@ -60,6 +60,7 @@ fn state_with(
         sampler: metrics.sampler,
         draining: std::sync::atomic::AtomicBool::new(false),
         dev_guard,
+        sync_ca: OnceLock::new(),
     });
     (state, stop)
 }
@@ -1295,4 +1296,368 @@ async fn metrics_without_a_store_leave_out_what_the_store_tells() {
         Some(0.0),
         "{text}"
     );
+}
+
+/// The hash of the cluster CA the enrollment tests' controller serves.
+fn sync_ca() -> gw_sync::pki::CaHash {
+    gw_sync::pki::CaHash::of_spki(b"the cluster CA's public key")
+}
+
+/// A controller on a SQLite store that serves sync TLS from the cluster CA.
+async fn enrolling(dir: &tempfile::TempDir) -> (Arc<AppState>, tokio::sync::watch::Sender<bool>) {
+    let (state, stop) = state(Some(sqlite(dir).await));
+    state.sync_ca.set(sync_ca()).unwrap();
+    (state, stop)
+}
+
+fn delete(path: &str) -> Request<Body> {
+    Request::delete(path).body(Body::empty()).unwrap()
+}
+
+/// `POST /api/v1/enrollment-tokens` with `body`.
+fn create_token(body: &serde_json::Value) -> Request<Body> {
+    post_json("/api/v1/enrollment-tokens", body)
+}
+
+/// The token `id` as `GET /api/v1/enrollment-tokens` lists it.
+async fn listed_token(state: &Arc<AppState>, id: &str) -> serde_json::Value {
+    let (status, body) = send(state, get("/api/v1/enrollment-tokens")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} is not listed: {body}"))
+}
+
+#[tokio::test]
+async fn an_enrollment_token_is_shown_once_and_listed_without_its_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _stop) = enrolling(&dir).await;
+    let before = Utc::now();
+    let request = serde_json::json!({
+        "group": "edge",
+        "ttl": "7d",
+        "uses": 3,
+        "description": "the Paris racks",
+    });
+    let (status, headers, text) = send_raw(&state, create_token(&request)).await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    assert_eq!(headers["cache-control"], "no-store");
+    let created: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let token: gw_sync::enroll::EnrollmentToken =
+        created["token"].as_str().unwrap().parse().unwrap();
+    assert_eq!(token.ca_hash(), sync_ca());
+    assert_eq!(created["caHash"], sync_ca().to_string());
+    assert_eq!(created["id"], token.id());
+    assert_eq!(created["group"], "edge");
+    assert_eq!(created["uses"], 3);
+    assert_eq!(created["usesLeft"], 3);
+    assert_eq!(created["state"], "active");
+    assert_eq!(created["description"], "the Paris racks");
+    let expires: chrono::DateTime<Utc> =
+        serde_json::from_value(created["expiresAt"].clone()).unwrap();
+    let lifetime = expires - before;
+    assert!(
+        lifetime >= chrono::Duration::days(7)
+            && lifetime < chrono::Duration::days(7) + chrono::Duration::minutes(1),
+        "{created}"
+    );
+
+    // the store keeps the secret's hash, against which the token's secret checks
+    let store = state.store.get().unwrap();
+    let group = store
+        .use_enrollment_token(token.id(), &token.secret_hash(), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(group, "edge");
+
+    // listed with its state, never with its secret or its hash
+    let listed = listed_token(&state, token.id()).await;
+    assert_eq!(listed["state"], "active");
+    assert_eq!(
+        (&listed["uses"], &listed["used"], &listed["usesLeft"]),
+        (
+            &serde_json::json!(3),
+            &serde_json::json!(1),
+            &serde_json::json!(2)
+        )
+    );
+    assert_eq!(listed["expiresAt"], created["expiresAt"]);
+    assert_eq!(listed["createdAt"], created["createdAt"]);
+    assert_eq!(listed["description"], "the Paris racks");
+    let (_, _, list_text) = send_raw(&state, get("/api/v1/enrollment-tokens")).await;
+    let secret = created["token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(2)
+        .unwrap();
+    for hidden in [secret, token.secret_hash().as_str(), "token\""] {
+        assert!(!list_text.contains(hidden), "{hidden}: {list_text}");
+    }
+
+    // the defaults: one use, a day
+    let (status, body) = send(&state, create_token(&serde_json::json!({"group": "core"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["uses"], 1);
+    assert_eq!(body["description"], serde_json::Value::Null);
+    let created_at: chrono::DateTime<Utc> =
+        serde_json::from_value(body["createdAt"].clone()).unwrap();
+    let expires_at: chrono::DateTime<Utc> =
+        serde_json::from_value(body["expiresAt"].clone()).unwrap();
+    assert_eq!(expires_at - created_at, chrono::Duration::hours(24));
+    // a used-up token reads so
+    let token: gw_sync::enroll::EnrollmentToken = body["token"].as_str().unwrap().parse().unwrap();
+    store
+        .use_enrollment_token(token.id(), &token.secret_hash(), Utc::now())
+        .await
+        .unwrap();
+    let used = listed_token(&state, token.id()).await;
+    assert_eq!(
+        (&used["state"], &used["usesLeft"]),
+        (&serde_json::json!("used"), &serde_json::json!(0))
+    );
+}
+
+#[tokio::test]
+async fn enrollment_token_requests_are_checked_field_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _stop) = enrolling(&dir).await;
+    let cases = [
+        (
+            serde_json::json!({"group": "Edge"}),
+            "group",
+            "not a valid name",
+        ),
+        (
+            serde_json::json!({"group": ""}),
+            "group",
+            "must not be empty",
+        ),
+        (
+            serde_json::json!({"group": "edge", "ttl": "30s"}),
+            "ttl",
+            "between 1m and 30d",
+        ),
+        (
+            serde_json::json!({"group": "edge", "ttl": "31d"}),
+            "ttl",
+            "between 1m and 30d",
+        ),
+        (
+            serde_json::json!({"group": "edge", "ttl": "soon"}),
+            "ttl",
+            "not a duration",
+        ),
+        (
+            serde_json::json!({"group": "edge", "uses": 0}),
+            "uses",
+            "between 1 and 10000",
+        ),
+        (
+            serde_json::json!({"group": "edge", "uses": 10_001}),
+            "uses",
+            "between 1 and 10000",
+        ),
+        (
+            serde_json::json!({"group": "edge", "description": "x".repeat(257)}),
+            "description",
+            "the limit is 256",
+        ),
+    ];
+    for (request, field, reason) in cases {
+        let (status, body) = send(&state, create_token(&request)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{request}: {body}");
+        assert_eq!(body["error"]["code"], "validation_failed", "{body}");
+        assert_eq!(detail_fields(&body), [field], "{request}: {body}");
+        let message = body["error"]["details"][0]["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{request}: {message}");
+    }
+    // every problem at once
+    let (status, body) = send(
+        &state,
+        create_token(&serde_json::json!({"group": "-", "ttl": "1w", "uses": -1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(detail_fields(&body), ["group", "ttl", "uses"], "{body}");
+    // 256 characters are enough, counted as characters
+    let (status, body) = send(
+        &state,
+        create_token(&serde_json::json!({"group": "edge", "description": "é".repeat(256)})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // a body that does not read as the request: said, with the shape expected
+    let refused = [
+        (
+            serde_json::json!({"group": "edge", "groups": ["a"]}),
+            "unknown field `groups`",
+        ),
+        (serde_json::json!({"ttl": "1h"}), "missing field `group`"),
+        (
+            serde_json::json!({"group": "edge", "uses": "two"}),
+            "invalid type",
+        ),
+        (serde_json::json!(["edge"]), "not an object"),
+    ];
+    for (request, reason) in refused {
+        let (status, body) = send(&state, create_token(&request)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{request}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_document", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{request}: {message}");
+    }
+    let (status, body) = send(
+        &state,
+        Request::post("/api/v1/enrollment-tokens")
+            .header("content-type", "application/json")
+            .body(Body::from("{\"group\":"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_document", "{body}");
+    // nothing refused was stored
+    let (_, body) = send(&state, get("/api/v1/enrollment-tokens")).await;
+    assert_eq!(body["items"].as_array().unwrap().len(), 1, "{body}");
+}
+
+#[tokio::test]
+async fn a_revoked_enrollment_token_is_listed_so_and_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _stop) = enrolling(&dir).await;
+    let (_, created) = send(&state, create_token(&serde_json::json!({"group": "edge"}))).await;
+    let token: gw_sync::enroll::EnrollmentToken =
+        created["token"].as_str().unwrap().parse().unwrap();
+    let path = format!("/api/v1/enrollment-tokens/{}", token.id());
+    let (status, _, text) = send_raw(&state, delete(&path)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
+    assert!(text.is_empty(), "{text}");
+    let listed = listed_token(&state, token.id()).await;
+    assert_eq!(listed["state"], "revoked");
+    assert!(listed["revokedAt"].is_string(), "{listed}");
+    // revoking again is harmless
+    assert_eq!(send(&state, delete(&path)).await.0, StatusCode::NO_CONTENT);
+    let refusal = state
+        .store
+        .get()
+        .unwrap()
+        .use_enrollment_token(token.id(), &token.secret_hash(), Utc::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refusal, gw_store::TokenRefusal::Revoked),
+        "{refusal}"
+    );
+
+    let (status, body) = send(&state, delete("/api/v1/enrollment-tokens/0123456789abcdef")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
+}
+
+/// A controller that does not serve sync TLS from the cluster CA has no hash to put in a
+/// token: it makes none, and says why.
+#[tokio::test]
+async fn without_the_cluster_ca_no_enrollment_token_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _stop) = state(Some(sqlite(&dir).await));
+    let (status, body) = send(&state, create_token(&serde_json::json!({"group": "edge"}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "enrollment_unavailable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("internal CA"), "{message}");
+    let (status, body) = send(&state, get("/api/v1/enrollment-tokens")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["items"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn deleting_a_runtime_revokes_its_enrollment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _stop) = enrolling(&dir).await;
+    let store = Arc::clone(state.store.get().unwrap());
+    // a runtime that connected without enrolling (its own certificate, or no TLS)
+    store
+        .register_runtime(&runtime("rt-byo", "edge", 0))
+        .await
+        .unwrap();
+    let (status, body) = send(&state, delete("/api/v1/runtimes/rt-byo")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no enrollment"), "{message}");
+
+    let now = Utc::now();
+    store
+        .enroll_runtime(&gw_store::EnrollmentRecord {
+            node_id: "rt-1".into(),
+            group: "edge".into(),
+            serial: "01".into(),
+            previous_serial: None,
+            not_after: now + chrono::Duration::hours(24),
+            token_id: None,
+            enrolled_at: now,
+            renewed_at: None,
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    store
+        .register_runtime(&runtime("rt-1", "edge", 0))
+        .await
+        .unwrap();
+    let (status, _, text) = send_raw(&state, delete("/api/v1/runtimes/rt-1")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
+    let enrollments = store.runtime_enrollments().await.unwrap();
+    assert!(enrollments[0].revoked_at.is_some(), "{enrollments:?}");
+    assert!(
+        !store
+            .renew_runtime("rt-1", "01", "02", now, now)
+            .await
+            .unwrap()
+    );
+    // the fleet view still lists both
+    let (status, body) = send(&state, get("/api/v1/runtimes")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["items"].as_array().unwrap().len(), 2, "{body}");
+}
+
+/// The enrollment calls need the admin token like every other call under /api/v1.
+#[tokio::test]
+async fn enrollment_calls_need_the_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut state, _stop) = enrolling(&dir).await;
+    Arc::get_mut(&mut state).unwrap().token = Some(gw_controller::keys::AdminToken::new(
+        "a-long-enough-admin-token",
+    ));
+    let body = serde_json::json!({"group": "edge"});
+    let requests = || {
+        [
+            create_token(&body),
+            get("/api/v1/enrollment-tokens"),
+            delete("/api/v1/enrollment-tokens/0123456789abcdef"),
+            delete("/api/v1/runtimes/rt-1"),
+        ]
+    };
+    for request in requests() {
+        let path = request.uri().to_string();
+        let (status, body) = send(&state, request).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+    }
+    let (_, body) = send(&state, get("/api/v1/enrollment-tokens")).await;
+    assert_eq!(body["error"]["code"], "unauthorized");
+    for mut request in requests() {
+        request.headers_mut().insert(
+            "authorization",
+            "Bearer a-long-enough-admin-token".parse().unwrap(),
+        );
+        let path = request.uri().to_string();
+        let (status, body) = send(&state, request).await;
+        assert_ne!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+    }
 }

@@ -53,17 +53,43 @@ pub struct EnrollmentTokenRecord {
 }
 
 impl EnrollmentTokenRecord {
-    /// Why the token cannot be used at `now` (revoked, then expired, then used up), or
-    /// `None` when it can.
-    pub fn refusal(&self, now: DateTime<Utc>) -> Option<TokenRefusal> {
+    /// The token's state at `now`: revoked, else expired, else used (no use left), else
+    /// active.
+    pub fn state(&self, now: DateTime<Utc>) -> TokenState {
         if self.revoked_at.is_some() {
-            Some(TokenRefusal::Revoked)
+            TokenState::Revoked
         } else if self.expires_at <= now {
-            Some(TokenRefusal::Expired)
+            TokenState::Expired
         } else if self.uses >= self.uses_max {
-            Some(TokenRefusal::UsedUp)
+            TokenState::Used
         } else {
-            None
+            TokenState::Active
+        }
+    }
+}
+
+/// Whether a token can be used, and if not why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenState {
+    /// A runtime may enroll with it.
+    Active,
+    /// Its lifetime is over.
+    Expired,
+    /// Every use was taken.
+    Used,
+    /// An operator revoked it.
+    Revoked,
+}
+
+impl TokenState {
+    /// Why a token in this state is refused; `None` for an active one.
+    pub fn refusal(self) -> Option<TokenRefusal> {
+        match self {
+            TokenState::Active => None,
+            TokenState::Expired => Some(TokenRefusal::Expired),
+            TokenState::Used => Some(TokenRefusal::UsedUp),
+            TokenState::Revoked => Some(TokenRefusal::Revoked),
         }
     }
 }

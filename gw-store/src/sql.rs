@@ -435,7 +435,10 @@ macro_rules! impl_store {
                 match Self::enrollment_token_record(&row) {
                     // uses only grow and a revocation stays: a token that the update found
                     // used up or revoked reads so now. (Deleted meanwhile: read as unknown.)
-                    Ok(record) => record.refusal(now).unwrap_or($crate::TokenRefusal::UsedUp),
+                    Ok(record) => record
+                        .state(now)
+                        .refusal()
+                        .unwrap_or($crate::TokenRefusal::UsedUp),
                     Err(err) => err.into(),
                 }
             }

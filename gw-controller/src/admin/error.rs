@@ -74,6 +74,11 @@ impl ApiError {
         self
     }
 
+    /// A 404: what the path names does not exist (`message` says what, and where to look).
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
     /// A 500 that says no more than to read the controller's log (where the cause is).
     pub fn internal() -> Self {
         Self::new(

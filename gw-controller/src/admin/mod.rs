@@ -9,6 +9,7 @@ mod bundles;
 mod certificates;
 mod consumers;
 mod dev;
+mod enrollment;
 mod error;
 mod format;
 mod kind;
@@ -92,6 +93,10 @@ pub struct AppState {
     /// Development mode without an admin token: the checks that keep web pages out of the
     /// admin API (`Host`, and `Content-Type` on writes; see [`DevGuard`]). `None`: none.
     pub dev_guard: Option<DevGuard>,
+    /// The hash of the cluster's internal CA, which enrollment tokens carry; set when this
+    /// controller serves sync TLS from that CA. Unset, `POST /api/v1/enrollment-tokens`
+    /// answers 409.
+    pub sync_ca: OnceLock<gw_sync::pki::CaHash>,
 }
 
 impl AppState {
@@ -121,6 +126,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::delete(consumers::revoke_credential),
         )
         .route("/runtimes", get(runtimes::list))
+        .route("/runtimes/{node}", axum::routing::delete(runtimes::revoke))
+        .route(
+            "/enrollment-tokens",
+            get(enrollment::list).post(enrollment::create),
+        )
+        .route(
+            "/enrollment-tokens/{id}",
+            axum::routing::delete(enrollment::revoke),
+        )
         .route("/bundles", axum::routing::post(bundles::export))
         .route("/schema/api", get(schema))
         .route("/schema/certificate", get(certificate_schema))

@@ -1,9 +1,12 @@
-//! `/api/v1/runtimes`: the fleet, as every controller recorded it.
+//! `/api/v1/runtimes`: the fleet, as every controller recorded it, and the revocation of
+//! an enrolled runtime.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::State;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
@@ -26,4 +29,27 @@ pub(super) async fn list(State(state): State<Arc<AppState>>) -> Result<Response,
         .map(|record| view(record, newest, now))
         .collect();
     Ok(axum::Json(serde_json::json!({"revision": newest, "items": items})).into_response())
+}
+
+/// `DELETE /api/v1/runtimes/{node}`: revokes the runtime's enrollment (204): its
+/// certificate is no longer accepted nor renewed, and it needs a new enrollment (a new
+/// token) to come back. 404 for a node that never enrolled.
+pub(super) async fn revoke(
+    State(state): State<Arc<AppState>>,
+    node: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(node) = node.map_err(|e| ApiError::from_path(&e))?;
+    let found = state
+        .store()?
+        .revoke_runtime(&node, chrono::Utc::now())
+        .await
+        .map_err(ApiError::from_store)?;
+    if !found {
+        return Err(ApiError::not_found(format!(
+            "runtime {node:?} has no enrollment: only a runtime that enrolled with a token \
+             (GW_ENROLL_TOKEN) is revoked this way"
+        )));
+    }
+    tracing::info!(%node, "runtime enrollment revoked");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
