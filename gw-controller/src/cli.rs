@@ -86,6 +86,36 @@ pub struct Args {
           requires_all = ["sync_tls_cert", "sync_tls_key"])]
     sync_client_ca: Option<PathBuf>,
 
+    /// Mutual TLS on the sync port from the cluster's internal CA: `internal` (the CA is
+    /// kept in the database, its key sealed with GW_ENCRYPTION_KEY; runtimes enroll with
+    /// tokens from POST /api/v1/enrollment-tokens), or `off`. `--sync-tls-cert` serves your
+    /// own PKI's certificates instead.
+    #[arg(long, env = "GW_SYNC_TLS", value_enum, default_value_t = SyncTlsMode::Off,
+          conflicts_with = "sync_tls_cert")]
+    sync_tls: SyncTlsMode,
+
+    /// A name runtimes dial this controller's sync port by (DNS name or address), for its
+    /// certificate from the cluster CA; repeat it for several. The host name and the
+    /// listening address are always in it (and the loopback names when it listens on every
+    /// address or on loopback).
+    #[arg(
+        long = "sync-advertise-name",
+        env = "GW_SYNC_ADVERTISE_NAMES",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    sync_advertise_names: Vec<String>,
+
+    /// How long the certificates of enrolled runtimes are valid (at least 10s); they renew
+    /// them two thirds in.
+    #[arg(
+        long,
+        env = "GW_RUNTIME_CERT_LIFETIME",
+        default_value = "24h",
+        value_name = "DURATION"
+    )]
+    runtime_cert_lifetime: HumanDuration,
+
     /// This controller's id. Default: the id kept in the data directory
     /// (`<data-dir>/node-id`), generated there at the first start (host name and a random
     /// suffix).
@@ -455,6 +485,15 @@ pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
     gw_runtime::cli::exit(result)
 }
 
+/// Where the sync port's certificates come from (`--sync-tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncTlsMode {
+    /// The cluster's internal CA; runtimes enroll with tokens.
+    Internal,
+    /// No TLS from the cluster CA (plaintext, unless `--sync-tls-cert` is given).
+    Off,
+}
+
 /// Runs a controller configured by `args` that knows `policies`.
 pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
     let mut options = ControllerOptions::new();
@@ -472,6 +511,20 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
         options.sync_tls = Some(gw_sync::tls::ServerFiles {
             identity: gw_sync::tls::CertFiles { cert, key },
             client_ca,
+        });
+    }
+    if args.sync_tls == SyncTlsMode::Internal {
+        options.sync_ca = Some(crate::SyncCaOptions {
+            advertise_names: args
+                .sync_advertise_names
+                .into_iter()
+                .map(|name| name.trim().to_string())
+                .filter(|name| !name.is_empty())
+                .collect(),
+            runtime_cert_lifetime: args
+                .runtime_cert_lifetime
+                .as_duration()
+                .max(Duration::from_secs(10)),
         });
     }
     options.node_id = args.node_id.filter(|id| !id.is_empty());

@@ -22,6 +22,7 @@ mod all_in_one;
 pub mod bundles;
 pub mod cli;
 pub mod cluster_ca;
+pub mod enrollment;
 pub mod fleet;
 pub mod keys;
 pub mod metrics;
@@ -66,6 +67,25 @@ pub struct AllInOne {
     pub trusted_proxies: Vec<gw_core::policy::Cidr>,
 }
 
+/// The sync port on the cluster's internal CA ([`ControllerOptions::sync_ca`]).
+#[derive(Debug, Clone)]
+pub struct SyncCaOptions {
+    /// The names runtimes dial this controller by (DNS names or addresses), besides the
+    /// host name and the listening address ([`enrollment::server_names`]).
+    pub advertise_names: Vec<String>,
+    /// How long a runtime's certificate is valid (it renews it two thirds in).
+    pub runtime_cert_lifetime: Duration,
+}
+
+impl Default for SyncCaOptions {
+    fn default() -> Self {
+        Self {
+            advertise_names: Vec::new(),
+            runtime_cert_lifetime: Duration::from_hours(24),
+        }
+    }
+}
+
 /// Everything a controller needs. Its `Debug` output hides the secrets.
 #[derive(Clone)]
 pub struct ControllerOptions {
@@ -101,6 +121,9 @@ pub struct ControllerOptions {
     /// Mutual TLS on the sync port from files (certificate, key, runtimes' CA), followed for
     /// renewals; `None`: plaintext.
     pub sync_tls: Option<gw_sync::tls::ServerFiles>,
+    /// Mutual TLS on the sync port from the cluster's internal CA (kept in the store, made
+    /// by the first controller), with runtimes enrolled by tokens; `None`: not from it.
+    pub sync_ca: Option<SyncCaOptions>,
     /// Run a runtime in process too. A controller built without the `all-in-one` feature
     /// refuses to start with this set ([`ControllerError::Options`]).
     pub all_in_one: Option<AllInOne>,
@@ -148,6 +171,7 @@ impl ControllerOptions {
             encryption_key: None,
             sync_token: None,
             sync_tls: None,
+            sync_ca: None,
             admin_tls: None,
             all_in_one: None,
             store_timeout: Duration::from_secs(5),
@@ -188,6 +212,7 @@ impl std::fmt::Debug for ControllerOptions {
             .field("encryption_key", &set(self.encryption_key.is_some()))
             .field("sync_token", &set(self.sync_token.is_some()))
             .field("sync_tls", &self.sync_tls)
+            .field("sync_ca", &self.sync_ca)
             .field("admin_tls", &self.admin_tls)
             .field("all_in_one", &self.all_in_one)
             .field("store_timeout", &self.store_timeout)
@@ -276,6 +301,9 @@ pub enum ControllerError {
     /// The options are inconsistent.
     #[error("invalid options: {0}")]
     Options(String),
+    /// The cluster's internal CA cannot be had.
+    #[error(transparent)]
+    ClusterCa(#[from] cluster_ca::ClusterCaError),
     /// The in-process runtime failed.
     #[error("the all-in-one runtime failed: {0}")]
     Runtime(#[from] gw_runtime::RuntimeError),
@@ -359,14 +387,25 @@ pub async fn run(
         }
         None => None,
     };
-    if options.sync_tls.is_some() && options.all_in_one.is_some() {
+    if (options.sync_tls.is_some() || options.sync_ca.is_some()) && options.all_in_one.is_some() {
         return Err(ControllerError::Options(
             "--all-in-one runs its runtime over the sync port in plaintext: it cannot be \
-             combined with --sync-tls-cert (run the runtime as its own process)"
+             combined with sync TLS (run the runtime as its own process)"
                 .to_string(),
         ));
     }
-    if options.sync_token.is_none() && options.sync_tls.is_none() && !options.dev {
+    if options.sync_tls.is_some() && options.sync_ca.is_some() {
+        return Err(ControllerError::Options(
+            "--sync-tls internal serves the cluster CA's certificates, and --sync-tls-cert \
+             your own: give one or the other"
+                .to_string(),
+        ));
+    }
+    if options.sync_token.is_none()
+        && options.sync_tls.is_none()
+        && options.sync_ca.is_none()
+        && !options.dev
+    {
         tracing::warn!(
             "no GW_SYNC_TOKEN and no sync TLS: any process that reaches the sync port can read \
              the configuration; keep that port on a private network, or set GW_SYNC_TOKEN on \
@@ -569,6 +608,24 @@ pub async fn run(
     );
     let fleet_writer = tokio::spawn(Arc::clone(&recorder).write_loop(Arc::clone(&store)));
 
+    // the cluster CA, once the store answers: the sync port serves nothing before it
+    let internal = match &options.sync_ca {
+        Some(ca_options) => {
+            let internal = tokio::select! {
+                internal = internal_tls(ca_options, options.sync_addr, &store, &sealer) => internal?,
+                () = stopped() => return Ok(()),
+            };
+            let _ = state.sync_ca.set(internal.ca.hash());
+            tasks.push(tokio::spawn(Arc::clone(&internal.enroller).follow()));
+            tasks.push(tokio::spawn(enrollment::reissue_server_certificate(
+                Arc::clone(&internal.tls),
+                Arc::clone(&internal.ca),
+                internal.names.clone(),
+            )));
+            Some(internal)
+        }
+        None => None,
+    };
     let sync_listener = bind("sync", options.sync_addr).await?;
     let sync_addr = sync_listener.local_addr().unwrap_or(options.sync_addr);
     tracing::info!(listener = "sync", addr = %sync_addr, "listening");
@@ -603,7 +660,18 @@ pub async fn run(
             );
             server.with_tls(tls)
         }
-        _ => server,
+        _ => match internal {
+            Some(internal) => {
+                tracing::info!(
+                    listener = "sync", ca = %internal.ca.hash(), names = ?internal.names,
+                    "sync over TLS 1.3 from the cluster CA; runtimes enroll with tokens"
+                );
+                server
+                    .with_tls(internal.tls)
+                    .with_enroller(internal.enroller as Arc<dyn gw_sync::server::Enroller>)
+            }
+            None => server,
+        },
     };
     let serve = server.serve(sync_listener, stopped());
     let sync = tokio::spawn(async move {
@@ -657,6 +725,57 @@ pub async fn run(
     Ok(())
 }
 
+/// The sync port's TLS from the cluster CA, as a controller starts it.
+struct InternalTls {
+    ca: Arc<gw_sync::pki::ClusterCa>,
+    names: Vec<String>,
+    tls: Arc<ServerTls>,
+    enroller: Arc<enrollment::StoreEnroller>,
+}
+
+/// Loads (or, first in the cluster, makes) the cluster CA, issues this controller's
+/// server certificate and reads the enrollments; waits while the store does not answer.
+async fn internal_tls(
+    ca_options: &SyncCaOptions,
+    sync_addr: SocketAddr,
+    store: &Arc<dyn Store>,
+    sealer: &Sealer,
+) -> Result<InternalTls, ControllerError> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let ca = Arc::new(cluster_ca::load_or_create(store.as_ref(), sealer).await?);
+            let enroller = enrollment::StoreEnroller::load(
+                Arc::clone(&ca),
+                Arc::clone(store),
+                ca_options.runtime_cert_lifetime,
+            )
+            .await
+            .map_err(cluster_ca::ClusterCaError::Store)?;
+            Ok::<_, cluster_ca::ClusterCaError>((ca, enroller))
+        };
+        match attempt.await {
+            Ok((ca, enroller)) => {
+                let names = enrollment::server_names(&ca_options.advertise_names, sync_addr);
+                let config = enrollment::server_tls(&ca, &names)
+                    .map_err(|err| ControllerError::Options(format!("sync certificate: {err}")))?;
+                return Ok(InternalTls {
+                    ca,
+                    names,
+                    tls: Arc::new(ServerTls::new(config)),
+                    enroller: Arc::new(enroller),
+                });
+            }
+            Err(cluster_ca::ClusterCaError::Store(err)) if err.is_unavailable() => {
+                tracing::warn!(error = %err, "cannot read the cluster CA; retrying");
+            }
+            Err(err) => return Err(err.into()),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// The longest a stopping controller waits for the store to record the end of its runtimes'
 /// sessions (less when the store timeout is shorter).
 const FLEET_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -689,14 +808,24 @@ impl RevisionAuthority for StoreAuthority {
     }
 }
 
-/// Removes runtimes not seen for `retention` from the fleet view, every minute.
+/// Removes runtimes not seen for `retention` from the fleet view, and enrollment tokens
+/// expired for a day, every minute.
 async fn prune_runtimes(store: Arc<dyn Store>, retention: Duration) {
     loop {
-        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or_default();
+        let now = chrono::Utc::now();
+        let cutoff = now - chrono::Duration::from_std(retention).unwrap_or_default();
         match store.prune_runtimes(cutoff).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed runtimes not seen for {retention:?}"),
             Err(err) => tracing::debug!(error = %err, "runtime pruning skipped"),
+        }
+        match store
+            .delete_expired_enrollment_tokens(now - chrono::Duration::days(1))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed enrollment tokens expired a day ago"),
+            Err(err) => tracing::debug!(error = %err, "enrollment token pruning skipped"),
         }
         tokio::time::sleep(Duration::from_mins(1)).await;
     }

@@ -251,13 +251,13 @@ impl CertFacts {
         })
     }
 
-    /// When a certificate should be renewed: two thirds into its validity.
+    /// When a certificate of the cluster CA should be renewed: two thirds into the life it
+    /// was issued for (its validity starts [`BACKDATE`] before it was issued, for clocks a
+    /// little behind, and that margin is not counted).
     pub fn renew_after(&self) -> SystemTime {
-        let lifetime = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default();
-        self.not_before + lifetime * 2 / 3
+        let issued = (self.not_before + BACKDATE).min(self.not_after);
+        let lifetime = self.not_after.duration_since(issued).unwrap_or_default();
+        issued + lifetime * 2 / 3
     }
 }
 
@@ -437,6 +437,19 @@ impl ClusterCa {
     }
 }
 
+/// Whether `name` can be a DNS name in a certificate.
+pub fn is_dns_name(name: &str) -> bool {
+    rustls::pki_types::DnsName::try_from(name).is_ok()
+}
+
+/// Checks that a certificate signing request reads and its signature holds, before
+/// anything is done for it.
+pub fn check_request(csr_pem: &str) -> Result<(), PkiError> {
+    CertificateSigningRequestParams::from_pem(csr_pem)
+        .map(|_| ())
+        .map_err(invalid("certificate signing request"))
+}
+
 /// A runtime's new key pair and a certificate signing request for it (both PEM). The
 /// request's contents beyond its key do not matter: the controller decides the identity.
 pub fn runtime_key_and_request(node_id: &str) -> Result<Issued, PkiError> {
@@ -518,6 +531,36 @@ mod tests {
         assert!(err.contains("Expired"), "{err}");
         let other = ClusterCa::generate(now).unwrap();
         assert!(verify_client(&other, &cert, now).is_err());
+    }
+
+    #[test]
+    fn a_certificate_s_facts_are_its_serial_and_the_life_it_was_issued_for() {
+        // whole seconds: a certificate's times have no fraction
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        let ca = ClusterCa::generate(now).unwrap();
+        let request = runtime_key_and_request("rt-1").unwrap();
+        let identity = RuntimeIdentity::new("edge", "rt-1").unwrap();
+        let lifetime = Duration::from_secs(30);
+        let first = der(&ca
+            .sign_runtime(&request.cert_pem, &identity, now, lifetime)
+            .unwrap());
+        let facts = CertFacts::of_certificate(&first).unwrap();
+        assert_eq!(facts.not_before, now - BACKDATE);
+        assert_eq!(facts.not_after, now + lifetime);
+        // renewed two thirds into the 30 s it was issued for, not into its backdated validity
+        assert_eq!(facts.renew_after(), now + Duration::from_secs(20));
+        assert!(!facts.serial.is_empty() && facts.serial.bytes().all(|b| b.is_ascii_hexdigit()));
+        // every certificate has its own serial
+        let second = der(&ca
+            .sign_runtime(&request.cert_pem, &identity, now, lifetime)
+            .unwrap());
+        assert_ne!(
+            CertFacts::of_certificate(&second).unwrap().serial,
+            facts.serial
+        );
+        // a request that does not read is refused before anything is done for it
+        assert!(check_request(&request.cert_pem).is_ok());
+        assert!(check_request("not a request").is_err());
     }
 
     #[test]

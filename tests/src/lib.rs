@@ -461,11 +461,37 @@ pub fn runtime_from(
     data_dir: &Path,
     extra: &[&str],
 ) -> Process {
+    runtime_env_from(binary_name, node_id, controllers, data_dir, extra, &[])
+}
+
+/// [`runtime_with`] with environment variables (`GW_ENROLL_TOKEN`, say).
+pub fn runtime_env(
+    node_id: &str,
+    controllers: &[SocketAddr],
+    data_dir: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Process {
+    runtime_env_from("gw-runtime", node_id, controllers, data_dir, extra, envs)
+}
+
+fn runtime_env_from(
+    binary_name: &str,
+    node_id: &str,
+    controllers: &[SocketAddr],
+    data_dir: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Process {
     let list: Vec<String> = controllers.iter().map(ToString::to_string).collect();
     let mut args = runtime_args(["--controller", &list.join(",")], node_id, data_dir);
     args.extend(strings(extra));
-    let envs = [("GW_SYNC_TOKEN".to_string(), SYNC_TOKEN.to_string())];
-    Process::start(node_id, &binary(binary_name), &args, &envs)
+    let mut all = vec![("GW_SYNC_TOKEN".to_string(), SYNC_TOKEN.to_string())];
+    all.extend(
+        envs.iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string())),
+    );
+    Process::start(node_id, &binary(binary_name), &args, &all)
 }
 
 /// Starts a runtime in standalone mode, serving the APIs of the file `config`, with extra

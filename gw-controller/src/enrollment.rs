@@ -1,0 +1,355 @@
+//! The sync port on the cluster's internal CA: the controller's own server certificate,
+//! and the enrollment of runtimes ([`StoreEnroller`]).
+//!
+//! - The controller serves sync with a certificate the cluster CA issues it for its
+//!   advertised names ([`server_names`]), re-issued every day ([`SERVER_CERT_LIFETIME`]).
+//! - A runtime enrolls with a token made through the admin API: the token's use is taken in
+//!   the store, so controllers racing for its last use cannot both give it; the certificate
+//!   names the runtime's node id and the token's group, and the store records its serial.
+//! - Every controller keeps the enrollments in memory, read again from the store every few
+//!   seconds ([`StoreEnroller::follow`]): a stream whose certificate is revoked or replaced
+//!   by a later enrollment of its node ends, on whichever controller serves it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use gw_store::{EnrollmentRecord, Store, TokenRefusal};
+use gw_sync::enroll::EnrollmentToken;
+use gw_sync::pki::{CertFacts, ClusterCa, RuntimeIdentity};
+use gw_sync::server::{EnrollRefusal, Enroller, IssuedCertificate};
+use gw_sync::tls::{Identity, ServerTls, server_config};
+use rustls::pki_types::pem::PemObject as _;
+use tokio::sync::watch;
+
+/// How long a controller's sync server certificate is valid; it is re-issued after a
+/// seventh of that, so that a controller always holds one with days to go.
+pub const SERVER_CERT_LIFETIME: Duration = Duration::from_hours(7 * 24);
+
+/// How often a controller reads the enrollments again (revocations made through another
+/// controller take at most this long to end a stream here).
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The names a controller's sync certificate is issued for: the advertised ones, the host
+/// name, and the listening address (loopback names too when it listens on every address or
+/// on loopback, where runtimes on the same host dial it).
+pub fn server_names(advertised: &[String], sync_addr: SocketAddr) -> Vec<String> {
+    let mut names: Vec<String> = advertised.to_vec();
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|host| host.trim().to_string())
+        .filter(|host| !host.is_empty() && gw_sync::pki::is_dns_name(host));
+    names.extend(host);
+    let ip = sync_addr.ip();
+    if ip.is_unspecified() || ip.is_loopback() {
+        names.extend(["localhost", "127.0.0.1", "::1"].map(String::from));
+    }
+    if !ip.is_unspecified() {
+        names.push(ip.to_string());
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|name| seen.insert(name.clone()));
+    names
+}
+
+/// The sync port's TLS from the cluster CA: a server certificate for `names`, and client
+/// certificates of the CA required for streams (anonymous clients pass the handshake only to
+/// enroll).
+pub fn server_tls(ca: &ClusterCa, names: &[String]) -> Result<Arc<rustls::ServerConfig>, String> {
+    let issued = ca
+        .issue_server(names, SystemTime::now(), SERVER_CERT_LIFETIME)
+        .map_err(|err| err.to_string())?;
+    // the CA follows the certificate: a runtime that pins its hash finds it there
+    let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
+    server_config(
+        &Identity {
+            chain_pem: &chain,
+            key_pem: &issued.key_pem,
+        },
+        ca.cert_pem(),
+        true,
+    )
+    .map_err(|err| err.to_string())
+}
+
+/// Re-issues the controller's server certificate every seventh of its lifetime.
+pub async fn reissue_server_certificate(
+    tls: Arc<ServerTls>,
+    ca: Arc<ClusterCa>,
+    names: Vec<String>,
+) {
+    loop {
+        tokio::time::sleep(SERVER_CERT_LIFETIME / 7).await;
+        match server_tls(&ca, &names) {
+            Ok(config) => {
+                tls.replace(config);
+                tracing::info!("sync server certificate re-issued");
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot re-issue the sync server certificate");
+            }
+        }
+    }
+}
+
+/// What a controller knows of one enrolled runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Known {
+    group: String,
+    serial: String,
+    previous_serial: Option<String>,
+    revoked: bool,
+}
+
+impl From<&EnrollmentRecord> for Known {
+    fn from(record: &EnrollmentRecord) -> Self {
+        Self {
+            group: record.group.clone(),
+            serial: record.serial.clone(),
+            previous_serial: record.previous_serial.clone(),
+            revoked: record.revoked_at.is_some(),
+        }
+    }
+}
+
+/// The controller's [`Enroller`]: tokens and enrollments in the store, certificates from
+/// the cluster CA.
+pub struct StoreEnroller {
+    ca: Arc<ClusterCa>,
+    store: Arc<dyn Store>,
+    /// How long a runtime's certificate is valid.
+    lifetime: Duration,
+    known: RwLock<HashMap<String, Known>>,
+    changes: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for StoreEnroller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreEnroller")
+            .field("ca", &self.ca)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(err: impl std::fmt::Display) -> EnrollRefusal {
+    tracing::warn!(error = %err, "enrollment: the store did not answer");
+    EnrollRefusal::Unavailable(
+        "this controller cannot reach its store; try again, or another controller".to_string(),
+    )
+}
+
+fn utc(at: SystemTime) -> DateTime<Utc> {
+    DateTime::<Utc>::from(at)
+}
+
+impl StoreEnroller {
+    /// An enroller that issues certificates valid for `lifetime`, knowing the enrollments
+    /// the store holds now.
+    pub async fn load(
+        ca: Arc<ClusterCa>,
+        store: Arc<dyn Store>,
+        lifetime: Duration,
+    ) -> Result<Self, gw_store::StoreError> {
+        let enroller = Self {
+            ca,
+            store,
+            lifetime,
+            known: RwLock::default(),
+            changes: watch::channel(0).0,
+        };
+        enroller.refresh().await?;
+        Ok(enroller)
+    }
+
+    /// Reads the enrollments again; the open streams are checked when anything changed.
+    pub async fn refresh(&self) -> Result<(), gw_store::StoreError> {
+        let records = self.store.runtime_enrollments().await?;
+        let fresh: HashMap<String, Known> = records
+            .iter()
+            .map(|record| (record.node_id.clone(), Known::from(record)))
+            .collect();
+        let changed = {
+            let mut known = self
+                .known
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let changed = *known != fresh;
+            *known = fresh;
+            changed
+        };
+        if changed {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(())
+    }
+
+    /// Reads the enrollments every [`FOLLOW_INTERVAL`], for as long as the task lives; a
+    /// store that does not answer leaves what was known.
+    pub async fn follow(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(FOLLOW_INTERVAL).await;
+            if let Err(err) = self.refresh().await {
+                tracing::debug!(error = %err, "enrollments not read again this time");
+            }
+        }
+    }
+
+    /// Records what this controller just wrote, so that its own streams see it at once.
+    fn remember(&self, node_id: &str, known: Known) {
+        self.known
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(node_id.to_string(), known);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A certificate for `identity` and the key of `csr_pem`, and its facts.
+    fn issue(
+        &self,
+        identity: &RuntimeIdentity,
+        csr_pem: &str,
+    ) -> Result<(IssuedCertificate, CertFacts), EnrollRefusal> {
+        let pem = self
+            .ca
+            .sign_runtime(csr_pem, identity, SystemTime::now(), self.lifetime)
+            .map_err(|err| EnrollRefusal::Invalid(err.to_string()))?;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|err| EnrollRefusal::Invalid(err.to_string()))?;
+        let facts = CertFacts::of_certificate(&der)
+            .map_err(|err| EnrollRefusal::Invalid(err.to_string()))?;
+        let issued = IssuedCertificate {
+            certificate_pem: pem,
+            ca_pem: self.ca.cert_pem().to_string(),
+            not_after: facts.not_after,
+            renew_after: facts.renew_after(),
+        };
+        Ok((issued, facts))
+    }
+}
+
+#[async_trait::async_trait]
+impl Enroller for StoreEnroller {
+    async fn enroll(
+        &self,
+        token: &EnrollmentToken,
+        identity: &RuntimeIdentity,
+        csr_pem: &str,
+    ) -> Result<IssuedCertificate, EnrollRefusal> {
+        if token.ca_hash() != self.ca.hash() {
+            return Err(EnrollRefusal::Unauthenticated(
+                "the token names another cluster's CA".to_string(),
+            ));
+        }
+        // the request is checked before a use is taken
+        check_request(csr_pem)?;
+        let now = SystemTime::now();
+        let group = match self
+            .store
+            .use_enrollment_token(token.id(), &token.secret_hash(), utc(now))
+            .await
+        {
+            Ok(group) => group,
+            Err(TokenRefusal::Store(err)) => return Err(unavailable(err)),
+            Err(refusal) => return Err(EnrollRefusal::Unauthenticated(refusal.to_string())),
+        };
+        if group != identity.group {
+            return Err(EnrollRefusal::Denied(format!(
+                "this token enrolls runtimes of group {group:?}, and this runtime serves group \
+                 {:?}: start it with --group {group}, or make a token for its group (the \
+                 attempt took one use of the token)",
+                identity.group
+            )));
+        }
+        let (issued, facts) = self.issue(identity, csr_pem)?;
+        let record = EnrollmentRecord {
+            node_id: identity.node_id.clone(),
+            group: identity.group.clone(),
+            serial: facts.serial.clone(),
+            previous_serial: None,
+            not_after: utc(facts.not_after),
+            token_id: Some(token.id().to_string()),
+            enrolled_at: utc(now),
+            renewed_at: None,
+            revoked_at: None,
+        };
+        self.store
+            .enroll_runtime(&record)
+            .await
+            .map_err(unavailable)?;
+        self.remember(&identity.node_id, Known::from(&record));
+        Ok(issued)
+    }
+
+    async fn renew(
+        &self,
+        identity: &RuntimeIdentity,
+        serial: &str,
+        csr_pem: &str,
+    ) -> Result<IssuedCertificate, EnrollRefusal> {
+        let refused = || {
+            EnrollRefusal::Unauthenticated(
+                "this certificate was revoked or replaced; enroll the runtime again".to_string(),
+            )
+        };
+        if !self.admits(identity, serial) {
+            return Err(refused());
+        }
+        check_request(csr_pem)?;
+        let (issued, facts) = self.issue(identity, csr_pem)?;
+        let renewed = self
+            .store
+            .renew_runtime(
+                &identity.node_id,
+                serial,
+                &facts.serial,
+                utc(facts.not_after),
+                utc(SystemTime::now()),
+            )
+            .await
+            .map_err(unavailable)?;
+        if !renewed {
+            return Err(refused());
+        }
+        let previous = self
+            .known
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&identity.node_id)
+            .map(|known| known.serial.clone());
+        self.remember(
+            &identity.node_id,
+            Known {
+                group: identity.group.clone(),
+                serial: facts.serial,
+                previous_serial: previous,
+                revoked: false,
+            },
+        );
+        Ok(issued)
+    }
+
+    fn admits(&self, identity: &RuntimeIdentity, serial: &str) -> bool {
+        self.known
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&identity.node_id)
+            .is_some_and(|known| {
+                !known.revoked
+                    && known.group == identity.group
+                    && (known.serial == serial || known.previous_serial.as_deref() == Some(serial))
+            })
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+/// A certificate signing request that does not read is refused before anything else.
+fn check_request(csr_pem: &str) -> Result<(), EnrollRefusal> {
+    gw_sync::pki::check_request(csr_pem).map_err(|err| EnrollRefusal::Invalid(err.to_string()))
+}
