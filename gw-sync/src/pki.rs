@@ -252,7 +252,7 @@ impl CertFacts {
     }
 
     /// When a certificate of the cluster CA should be renewed: two thirds into the life it
-    /// was issued for (its validity starts [`BACKDATE`] before it was issued, for clocks a
+    /// was issued for (its validity starts five minutes before it was issued, for clocks a
     /// little behind, and that margin is not counted).
     pub fn renew_after(&self) -> SystemTime {
         let issued = (self.not_before + BACKDATE).min(self.not_after);
