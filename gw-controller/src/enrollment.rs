@@ -124,6 +124,8 @@ pub struct StoreEnroller {
     lifetime: Duration,
     known: RwLock<HashMap<String, Known>>,
     changes: watch::Sender<u64>,
+    /// When the store was last read for a certificate not known here.
+    looked_up: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl std::fmt::Debug for StoreEnroller {
@@ -160,6 +162,7 @@ impl StoreEnroller {
             lifetime,
             known: RwLock::default(),
             changes: watch::channel(0).0,
+            looked_up: tokio::sync::Mutex::default(),
         };
         enroller.refresh().await?;
         Ok(enroller)
@@ -295,7 +298,7 @@ impl Enroller for StoreEnroller {
                 "this certificate was revoked or replaced; enroll the runtime again".to_string(),
             )
         };
-        if !self.admits(identity, serial) {
+        if !self.admit(identity, serial).await {
             return Err(refused());
         }
         check_request(csr_pem)?;
@@ -344,12 +347,187 @@ impl Enroller for StoreEnroller {
             })
     }
 
+    async fn admit(&self, identity: &RuntimeIdentity, serial: &str) -> bool {
+        if self.admits(identity, serial) {
+            return true;
+        }
+        // a certificate this controller has not heard of yet (issued through another one
+        // since the last read) is looked up in the store, at most once a second: a revoked
+        // runtime that keeps reconnecting does not make a query each time
+        let known_revoked = self
+            .known
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&identity.node_id)
+            .is_some_and(|known| known.revoked);
+        if known_revoked {
+            return false;
+        }
+        {
+            let mut last = self.looked_up.lock().await;
+            if last.is_some_and(|at| at.elapsed() < LOOKUP_INTERVAL) {
+                return false;
+            }
+            *last = Some(tokio::time::Instant::now());
+        }
+        if let Err(err) = self.refresh().await {
+            tracing::debug!(error = %err, "enrollments not read for an unknown certificate");
+        }
+        self.admits(identity, serial)
+    }
+
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
 }
 
+/// The least time between two reads of the enrollments for certificates this controller
+/// does not know.
+const LOOKUP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A certificate signing request that does not read is refused before anything else.
 fn check_request(csr_pem: &str) -> Result<(), EnrollRefusal> {
     gw_sync::pki::check_request(csr_pem).map_err(|err| EnrollRefusal::Invalid(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use gw_store::{NewEnrollmentToken, StoreOptions};
+    use gw_sync::pki::runtime_key_and_request;
+
+    use super::*;
+
+    const HOUR: Duration = Duration::from_hours(1);
+
+    /// Two controllers' enrollers on one store, and a way to make tokens in it.
+    struct Cluster {
+        store: Arc<dyn Store>,
+        a: StoreEnroller,
+        b: StoreEnroller,
+        ca: Arc<ClusterCa>,
+    }
+
+    async fn cluster() -> Cluster {
+        let store = gw_store::open("sqlite::memory:", &StoreOptions::default())
+            .await
+            .unwrap();
+        let ca = Arc::new(ClusterCa::generate(SystemTime::now()).unwrap());
+        let a = StoreEnroller::load(Arc::clone(&ca), Arc::clone(&store), HOUR)
+            .await
+            .unwrap();
+        let b = StoreEnroller::load(Arc::clone(&ca), Arc::clone(&store), HOUR)
+            .await
+            .unwrap();
+        Cluster { store, a, b, ca }
+    }
+
+    impl Cluster {
+        async fn token(&self, group: &str, uses: i64) -> EnrollmentToken {
+            let token = EnrollmentToken::generate(self.ca.hash());
+            let now = Utc::now();
+            self.store
+                .create_enrollment_token(&NewEnrollmentToken {
+                    id: token.id().to_string(),
+                    secret_hash: token.secret_hash(),
+                    group: group.to_string(),
+                    uses_max: uses,
+                    expires_at: now + chrono::Duration::hours(1),
+                    created_at: now,
+                    description: None,
+                })
+                .await
+                .unwrap();
+            token
+        }
+    }
+
+    fn serial(issued: &IssuedCertificate) -> String {
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_slice(issued.certificate_pem.as_bytes())
+                .unwrap();
+        CertFacts::of_certificate(&der).unwrap().serial
+    }
+
+    fn csr() -> String {
+        runtime_key_and_request("rt-1").unwrap().cert_pem
+    }
+
+    #[tokio::test]
+    async fn a_runtime_enrolled_through_one_controller_is_admitted_by_another() {
+        let cluster = cluster().await;
+        let rt = RuntimeIdentity::new("edge", "rt-1").unwrap();
+        let token = cluster.token("edge", 1).await;
+        let issued = cluster.a.enroll(&token, &rt, &csr()).await.unwrap();
+        let serial = serial(&issued);
+        assert!(cluster.a.admits(&rt, &serial));
+        // b has not read the enrollments since: from memory it does not know the runtime,
+        // and at the start of a stream it looks in the store
+        assert!(!cluster.b.admits(&rt, &serial));
+        assert!(cluster.b.admit(&rt, &serial).await);
+        assert!(cluster.b.admits(&rt, &serial));
+        // not as another group's runtime
+        let elsewhere = RuntimeIdentity::new("payments", "rt-1").unwrap();
+        assert!(!cluster.b.admit(&elsewhere, &serial).await);
+    }
+
+    #[tokio::test]
+    async fn tokens_are_checked_and_a_group_is_the_token_s() {
+        let cluster = cluster().await;
+        let rt = RuntimeIdentity::new("edge", "rt-1").unwrap();
+        // another group's token
+        let payments = cluster.token("payments", 5).await;
+        let err = cluster.a.enroll(&payments, &rt, &csr()).await.unwrap_err();
+        assert!(matches!(err, EnrollRefusal::Denied(_)), "{err}");
+        assert!(err.to_string().contains("--group payments"), "{err}");
+        // a token of another cluster's CA
+        let other = ClusterCa::generate(SystemTime::now()).unwrap();
+        let foreign = EnrollmentToken::generate(other.hash());
+        let err = cluster.a.enroll(&foreign, &rt, &csr()).await.unwrap_err();
+        assert!(err.to_string().contains("another cluster"), "{err}");
+        // a request that does not read takes no use
+        let once = cluster.token("edge", 1).await;
+        let err = cluster.a.enroll(&once, &rt, "garbage").await.unwrap_err();
+        assert!(matches!(err, EnrollRefusal::Invalid(_)), "{err}");
+        cluster.a.enroll(&once, &rt, &csr()).await.unwrap();
+        // spent
+        let err = cluster.b.enroll(&once, &rt, &csr()).await.unwrap_err();
+        assert!(matches!(err, EnrollRefusal::Unauthenticated(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn renewal_keeps_the_previous_certificate_and_revocation_ends_both() {
+        let cluster = cluster().await;
+        let rt = RuntimeIdentity::new("edge", "rt-1").unwrap();
+        let token = cluster.token("edge", 2).await;
+        let first = serial(&cluster.a.enroll(&token, &rt, &csr()).await.unwrap());
+        let mut changes = cluster.b.changes();
+        let second = serial(&cluster.b.renew(&rt, &first, &csr()).await.unwrap());
+        // the stream opened with the first certificate is not cut by the renewal
+        assert!(cluster.b.admits(&rt, &first) && cluster.b.admits(&rt, &second));
+        // a certificate this runtime never had does not renew
+        let err = cluster.a.renew(&rt, "00ff", &csr()).await.unwrap_err();
+        assert!(err.to_string().contains("revoked or replaced"), "{err}");
+
+        // revoked through the store (the admin API of any controller): the next read ends
+        // both certificates, and the open streams hear of it
+        assert!(
+            cluster
+                .store
+                .revoke_runtime("rt-1", Utc::now())
+                .await
+                .unwrap()
+        );
+        changes.borrow_and_update();
+        cluster.b.refresh().await.unwrap();
+        assert!(changes.has_changed().unwrap());
+        assert!(!cluster.b.admits(&rt, &first) && !cluster.b.admits(&rt, &second));
+        assert!(!cluster.b.admit(&rt, &second).await);
+        let err = cluster.b.renew(&rt, &second, &csr()).await.unwrap_err();
+        assert!(matches!(err, EnrollRefusal::Unauthenticated(_)), "{err}");
+        // a new enrollment replaces the revoked one; the old certificates stay out
+        let third = serial(&cluster.a.enroll(&token, &rt, &csr()).await.unwrap());
+        cluster.b.refresh().await.unwrap();
+        assert!(cluster.b.admits(&rt, &third));
+        assert!(!cluster.b.admits(&rt, &second) && !cluster.b.admits(&rt, &first));
+    }
 }

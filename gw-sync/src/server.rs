@@ -423,7 +423,7 @@ impl SyncServer {
         clippy::result_large_err,
         reason = "tonic's Status, as every handler returns"
     )]
-    fn admitted(
+    async fn admitted(
         &self,
         identity: Option<&RuntimeIdentity>,
         conn: Option<&SyncConn>,
@@ -437,7 +437,7 @@ impl SyncServer {
             .unwrap_or_default();
         // subscribed before the check: a revocation in between is seen
         let changes = enroller.changes();
-        if !enroller.admits(identity, &serial) {
+        if !enroller.admit(identity, &serial).await {
             self.metrics.rejected(SyncLimit::Revoked);
             tracing::warn!(
                 ?peer, node = %identity.node_id,
@@ -528,7 +528,7 @@ impl ConfigSync for SyncServer {
         if let Some(identity) = identity {
             self.check_identity(identity, &hello, peer)?;
         }
-        let admitted = self.admitted(identity, conn.as_ref(), peer)?;
+        let admitted = self.admitted(identity, conn.as_ref(), peer).await?;
         let (tx, rx) = mpsc::channel(4);
         let number = self.sessions.fetch_add(1, Ordering::Relaxed);
         let heartbeat_interval = match hello.heartbeat_interval_ms {

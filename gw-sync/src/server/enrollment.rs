@@ -81,10 +81,16 @@ pub trait Enroller: Send + Sync + 'static {
         csr_pem: &str,
     ) -> Result<IssuedCertificate, EnrollRefusal>;
 
-    /// Whether the certificate `serial` naming `identity` still holds. Called on every new
-    /// stream and, for the streams open, whenever [`Enroller::changes`] changes: it answers
-    /// from memory.
+    /// Whether the certificate `serial` naming `identity` still holds, from memory: called
+    /// for the streams open whenever [`Enroller::changes`] changes.
     fn admits(&self, identity: &RuntimeIdentity, serial: &str) -> bool;
+
+    /// Whether the certificate `serial` naming `identity` holds, at the start of a stream:
+    /// an enroller may look further than its memory for a certificate it does not know (one
+    /// issued through another controller a moment ago). By default, [`Enroller::admits`].
+    async fn admit(&self, identity: &RuntimeIdentity, serial: &str) -> bool {
+        self.admits(identity, serial)
+    }
 
     /// Changes whenever what [`Enroller::admits`] answers may have changed.
     fn changes(&self) -> watch::Receiver<u64>;
