@@ -102,6 +102,8 @@ struct Known {
     serial: String,
     previous_serial: Option<String>,
     revoked: bool,
+    enrolled_at: SystemTime,
+    not_after: SystemTime,
 }
 
 impl From<&EnrollmentRecord> for Known {
@@ -111,7 +113,26 @@ impl From<&EnrollmentRecord> for Known {
             serial: record.serial.clone(),
             previous_serial: record.previous_serial.clone(),
             revoked: record.revoked_at.is_some(),
+            enrolled_at: record.enrolled_at.into(),
+            not_after: record.not_after.into(),
         }
+    }
+}
+
+impl Known {
+    /// Whether `cert`, naming `identity`, is one of this enrollment's: of its group, not
+    /// revoked, and its current or previous certificate, or one issued since the enrollment
+    /// (a renewal this controller has not read yet, or the one before the previous: a
+    /// stream opened with it keeps going until it expires). A certificate issued before a
+    /// later enrollment of the node is not.
+    fn holds(&self, identity: &RuntimeIdentity, cert: &CertFacts) -> bool {
+        // the database's timestamps keep microseconds; a certificate's, seconds
+        let slack = Duration::from_secs(1);
+        !self.revoked
+            && self.group == identity.group
+            && (self.serial == cert.serial
+                || self.previous_serial.as_deref() == Some(cert.serial.as_str())
+                || cert.issued_at() + slack >= self.enrolled_at)
     }
 }
 
@@ -126,6 +147,8 @@ pub struct StoreEnroller {
     changes: watch::Sender<u64>,
     /// When the store was last read for a certificate not known here.
     looked_up: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Held while the enrollments are read.
+    reading: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for StoreEnroller {
@@ -163,6 +186,7 @@ impl StoreEnroller {
             known: RwLock::default(),
             changes: watch::channel(0).0,
             looked_up: tokio::sync::Mutex::default(),
+            reading: tokio::sync::Mutex::default(),
         };
         enroller.refresh().await?;
         Ok(enroller)
@@ -170,6 +194,8 @@ impl StoreEnroller {
 
     /// Reads the enrollments again; the open streams are checked when anything changed.
     pub async fn refresh(&self) -> Result<(), gw_store::StoreError> {
+        // one read at a time: an older read never replaces a newer one
+        let _reading = self.reading.lock().await;
         let records = self.store.runtime_enrollments().await?;
         let fresh: HashMap<String, Known> = records
             .iter()
@@ -201,13 +227,41 @@ impl StoreEnroller {
         }
     }
 
-    /// Records what this controller just wrote, so that its own streams see it at once.
-    fn remember(&self, node_id: &str, known: Known) {
+    /// Records what this controller just wrote, so that its own streams see it at once
+    /// (after any read under way, which would otherwise replace it with what it read).
+    async fn remember(&self, node_id: &str, known: Known) {
+        let _reading = self.reading.lock().await;
         self.known
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(node_id.to_string(), known);
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Whether `identity` may enroll over the node's enrollment `known`: not when that is
+    /// revoked (until an operator forgets it), nor when it is another group's and has not
+    /// expired (a token for one group does not take another group's node).
+    fn check_takeover(
+        identity: &RuntimeIdentity,
+        known: &Known,
+        now: SystemTime,
+    ) -> Result<(), EnrollRefusal> {
+        let node = &identity.node_id;
+        if known.revoked {
+            return Err(EnrollRefusal::Denied(format!(
+                "node {node:?} was revoked; it enrolls again only once an operator forgets \
+                 its enrollment (DELETE /api/v1/runtimes/{node}/enrollment), or under another \
+                 node id"
+            )));
+        }
+        if known.group != identity.group && known.not_after > now {
+            return Err(EnrollRefusal::Denied(format!(
+                "node {node:?} is enrolled in group {:?}: a token for group {:?} cannot take \
+                 it; revoke and forget it first, or use another node id",
+                known.group, identity.group
+            )));
+        }
+        Ok(())
     }
 
     /// A certificate for `identity` and the key of `csr_pem`, and its facts.
@@ -247,9 +301,18 @@ impl Enroller for StoreEnroller {
                 "the token names another cluster's CA".to_string(),
             ));
         }
-        // the request is checked before a use is taken
+        // the request, and whether the node may enroll, are checked before a use is taken
         check_request(csr_pem)?;
         let now = SystemTime::now();
+        let known = self
+            .known
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&identity.node_id)
+            .cloned();
+        if let Some(known) = known {
+            Self::check_takeover(identity, &known, now)?;
+        }
         let group = match self
             .store
             .use_enrollment_token(token.id(), &token.secret_hash(), utc(now))
@@ -279,18 +342,37 @@ impl Enroller for StoreEnroller {
             renewed_at: None,
             revoked_at: None,
         };
-        self.store
+        let written = self
+            .store
             .enroll_runtime(&record)
             .await
             .map_err(unavailable)?;
-        self.remember(&identity.node_id, Known::from(&record));
+        if !written {
+            // taken or revoked through another controller since this one read it
+            let _ = self.refresh().await;
+            let known = self
+                .known
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&identity.node_id)
+                .cloned();
+            return Err(known
+                .and_then(|known| Self::check_takeover(identity, &known, now).err())
+                .unwrap_or_else(|| {
+                    EnrollRefusal::Denied(format!(
+                        "node {:?} cannot be enrolled now; try again",
+                        identity.node_id
+                    ))
+                }));
+        }
+        self.remember(&identity.node_id, Known::from(&record)).await;
         Ok(issued)
     }
 
     async fn renew(
         &self,
         identity: &RuntimeIdentity,
-        serial: &str,
+        cert: &CertFacts,
         csr_pem: &str,
     ) -> Result<IssuedCertificate, EnrollRefusal> {
         let refused = || {
@@ -298,7 +380,7 @@ impl Enroller for StoreEnroller {
                 "this certificate was revoked or replaced; enroll the runtime again".to_string(),
             )
         };
-        if !self.admit(identity, serial).await {
+        if !self.admit(identity, cert).await {
             return Err(refused());
         }
         check_request(csr_pem)?;
@@ -307,7 +389,7 @@ impl Enroller for StoreEnroller {
             .store
             .renew_runtime(
                 &identity.node_id,
-                serial,
+                &cert.serial,
                 &facts.serial,
                 utc(facts.not_after),
                 utc(SystemTime::now()),
@@ -317,38 +399,37 @@ impl Enroller for StoreEnroller {
         if !renewed {
             return Err(refused());
         }
-        let previous = self
+        let known = self
             .known
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&identity.node_id)
-            .map(|known| known.serial.clone());
-        self.remember(
-            &identity.node_id,
-            Known {
-                group: identity.group.clone(),
-                serial: facts.serial,
-                previous_serial: previous,
-                revoked: false,
-            },
-        );
+            .cloned();
+        if let Some(known) = known {
+            self.remember(
+                &identity.node_id,
+                Known {
+                    previous_serial: Some(known.serial.clone()),
+                    serial: facts.serial,
+                    not_after: facts.not_after,
+                    ..known
+                },
+            )
+            .await;
+        }
         Ok(issued)
     }
 
-    fn admits(&self, identity: &RuntimeIdentity, serial: &str) -> bool {
+    fn admits(&self, identity: &RuntimeIdentity, cert: &CertFacts) -> bool {
         self.known
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&identity.node_id)
-            .is_some_and(|known| {
-                !known.revoked
-                    && known.group == identity.group
-                    && (known.serial == serial || known.previous_serial.as_deref() == Some(serial))
-            })
+            .is_some_and(|known| known.holds(identity, cert))
     }
 
-    async fn admit(&self, identity: &RuntimeIdentity, serial: &str) -> bool {
-        if self.admits(identity, serial) {
+    async fn admit(&self, identity: &RuntimeIdentity, cert: &CertFacts) -> bool {
+        if self.admits(identity, cert) {
             return true;
         }
         // a certificate this controller has not heard of yet (issued through another one
@@ -373,7 +454,7 @@ impl Enroller for StoreEnroller {
         if let Err(err) = self.refresh().await {
             tracing::debug!(error = %err, "enrollments not read for an unknown certificate");
         }
-        self.admits(identity, serial)
+        self.admits(identity, cert)
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -441,11 +522,11 @@ mod tests {
         }
     }
 
-    fn serial(issued: &IssuedCertificate) -> String {
+    fn facts(issued: &IssuedCertificate) -> CertFacts {
         let der =
             rustls::pki_types::CertificateDer::from_pem_slice(issued.certificate_pem.as_bytes())
                 .unwrap();
-        CertFacts::of_certificate(&der).unwrap().serial
+        CertFacts::of_certificate(&der).unwrap()
     }
 
     fn csr() -> String {
@@ -458,7 +539,7 @@ mod tests {
         let rt = RuntimeIdentity::new("edge", "rt-1").unwrap();
         let token = cluster.token("edge", 1).await;
         let issued = cluster.a.enroll(&token, &rt, &csr()).await.unwrap();
-        let serial = serial(&issued);
+        let serial = facts(&issued);
         assert!(cluster.a.admits(&rt, &serial));
         // b has not read the enrollments since: from memory it does not know the runtime,
         // and at the start of a stream it looks in the store
@@ -499,13 +580,20 @@ mod tests {
         let cluster = cluster().await;
         let rt = RuntimeIdentity::new("edge", "rt-1").unwrap();
         let token = cluster.token("edge", 2).await;
-        let first = serial(&cluster.a.enroll(&token, &rt, &csr()).await.unwrap());
+        let first = facts(&cluster.a.enroll(&token, &rt, &csr()).await.unwrap());
         let mut changes = cluster.b.changes();
-        let second = serial(&cluster.b.renew(&rt, &first, &csr()).await.unwrap());
+        let second = facts(&cluster.b.renew(&rt, &first, &csr()).await.unwrap());
         // the stream opened with the first certificate is not cut by the renewal
         assert!(cluster.b.admits(&rt, &first) && cluster.b.admits(&rt, &second));
-        // a certificate this runtime never had does not renew
-        let err = cluster.a.renew(&rt, "00ff", &csr()).await.unwrap_err();
+        // a certificate issued before the enrollment (another cluster's, an earlier
+        // enrollment's) is neither admitted nor renewed
+        let before = CertFacts {
+            serial: "00ff".into(),
+            not_before: first.not_before - Duration::from_mins(10),
+            not_after: first.not_after,
+        };
+        assert!(!cluster.a.admits(&rt, &before));
+        let err = cluster.a.renew(&rt, &before, &csr()).await.unwrap_err();
         assert!(err.to_string().contains("revoked or replaced"), "{err}");
 
         // revoked through the store (the admin API of any controller): the next read ends
@@ -524,10 +612,56 @@ mod tests {
         assert!(!cluster.b.admit(&rt, &second).await);
         let err = cluster.b.renew(&rt, &second, &csr()).await.unwrap_err();
         assert!(matches!(err, EnrollRefusal::Unauthenticated(_)), "{err}");
-        // a new enrollment replaces the revoked one; the old certificates stay out
-        let third = serial(&cluster.a.enroll(&token, &rt, &csr()).await.unwrap());
+        // revoked stays revoked: enrolling again is refused until an operator forgets it
+        let err = cluster.a.enroll(&token, &rt, &csr()).await.unwrap_err();
+        assert!(err.to_string().contains("was revoked"), "{err}");
+        assert!(cluster.store.forget_runtime("rt-1").await.unwrap());
+        cluster.a.refresh().await.unwrap();
+        let token = cluster.token("edge", 1).await;
+        let third = facts(&cluster.a.enroll(&token, &rt, &csr()).await.unwrap());
         cluster.b.refresh().await.unwrap();
         assert!(cluster.b.admits(&rt, &third));
-        assert!(!cluster.b.admits(&rt, &second) && !cluster.b.admits(&rt, &first));
+    }
+
+    #[tokio::test]
+    async fn a_token_of_one_group_cannot_take_a_live_node_of_another() {
+        let cluster = cluster().await;
+        let victim = RuntimeIdentity::new("payments", "rt-1").unwrap();
+        let cert = facts(
+            &cluster
+                .a
+                .enroll(&cluster.token("payments", 1).await, &victim, &csr())
+                .await
+                .unwrap(),
+        );
+        let thief = RuntimeIdentity::new("edge", "rt-1").unwrap();
+        let edge = cluster.token("edge", 1).await;
+        // refused by a controller that knows the node, before the token's use is taken
+        let err = cluster.a.enroll(&edge, &thief, &csr()).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is enrolled in group \"payments\""),
+            "{err}"
+        );
+        // and by one that does not know it yet, by the store
+        let err = cluster.b.enroll(&edge, &thief, &csr()).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is enrolled in group \"payments\""),
+            "{err}"
+        );
+        cluster.b.refresh().await.unwrap();
+        assert!(cluster.b.admits(&victim, &cert));
+        // the same group's token re-enrolls the node (a runtime that lost its data
+        // directory): the earlier certificate is superseded
+        let again = facts(
+            &cluster
+                .a
+                .enroll(&cluster.token("payments", 1).await, &victim, &csr())
+                .await
+                .unwrap(),
+        );
+        cluster.b.refresh().await.unwrap();
+        assert!(cluster.b.admits(&victim, &again));
     }
 }

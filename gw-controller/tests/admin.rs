@@ -1625,6 +1625,13 @@ async fn deleting_a_runtime_revokes_its_enrollment() {
     let (status, body) = send(&state, get("/api/v1/runtimes")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["items"].as_array().unwrap().len(), 2, "{body}");
+
+    // forgotten, the node id may enroll again; twice is a 404
+    let (status, _, text) = send_raw(&state, delete("/api/v1/runtimes/rt-1/enrollment")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
+    assert!(store.runtime_enrollments().await.unwrap().is_empty());
+    let (status, body) = send(&state, delete("/api/v1/runtimes/rt-1/enrollment")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
 
 /// The enrollment calls need the admin token like every other call under /api/v1.
@@ -1642,6 +1649,7 @@ async fn enrollment_calls_need_the_admin_token() {
             get("/api/v1/enrollment-tokens"),
             delete("/api/v1/enrollment-tokens/0123456789abcdef"),
             delete("/api/v1/runtimes/rt-1"),
+            delete("/api/v1/runtimes/rt-1/enrollment"),
         ]
     };
     for request in requests() {

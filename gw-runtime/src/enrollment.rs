@@ -21,6 +21,7 @@ use gw_sync::pki::{CertFacts, RuntimeIdentity, runtime_key_and_request};
 use gw_sync::tls::{ClientTls, Identity, ServerTrust, client_config};
 use rustls::pki_types::pem::PemObject as _;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use crate::RuntimeError;
 
@@ -29,6 +30,9 @@ pub(crate) const IDENTITY_FILE: &str = "sync-identity.json";
 
 /// The longest wait between two attempts to enroll or renew.
 const MAX_BACKOFF: Duration = Duration::from_mins(5);
+
+/// The least time between two renewals that succeed.
+const MIN_RENEW_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The enrolled identity as kept: certificate, key, cluster CA (PEM).
 #[derive(Clone, Serialize, Deserialize)]
@@ -44,6 +48,12 @@ struct Held {
     stored: Stored,
     identity: RuntimeIdentity,
     facts: CertFacts,
+    /// When to renew it, and when it expires, on this process's monotonic clock: measured
+    /// from when it was received (or, for one read from the file, from the wall clock at
+    /// start), so that a clock that differs from the controllers' cannot make renewals
+    /// follow each other without a pause.
+    due: Instant,
+    expires: Instant,
 }
 
 impl Held {
@@ -52,11 +62,39 @@ impl Held {
             .map_err(|err| format!("its certificate does not read: {err}"))?;
         let identity = RuntimeIdentity::of_certificate(&der).map_err(|err| err.to_string())?;
         let facts = CertFacts::of_certificate(&der).map_err(|err| err.to_string())?;
+        // as if received now: the wall clock says how far into its life it is
+        let now = SystemTime::now();
+        let left = |at: SystemTime| at.duration_since(now).unwrap_or_default();
+        let due = Instant::now() + left(facts.renew_after());
+        let expires = Instant::now() + left(facts.not_after);
         Ok(Self {
             stored,
             identity,
             facts,
+            due,
+            expires,
         })
+    }
+
+    /// Schedules this certificate as received just now: renewed two thirds into the life it
+    /// was issued for (at least [`MIN_RENEW_INTERVAL`] from now).
+    fn received_now(mut self) -> Self {
+        let now = Instant::now();
+        let lifetime = self.facts.lifetime();
+        self.due = now + (lifetime * 2 / 3).max(MIN_RENEW_INTERVAL);
+        self.expires = now + lifetime;
+        let skew = match self.facts.issued_at().duration_since(SystemTime::now()) {
+            Ok(ahead) => ahead,
+            Err(behind) => behind.duration(),
+        };
+        if skew > Duration::from_mins(1) {
+            tracing::warn!(
+                ?skew,
+                "this host's clock and the controller's differ: certificates are checked \
+                 against clocks; synchronize them (NTP)"
+            );
+        }
+        self
     }
 
     /// The sync client's TLS with this certificate, trusting the cluster CA.
@@ -247,11 +285,8 @@ impl Enrollment {
                 self.enroll(&controllers).await;
                 continue;
             };
-            let due = held.facts.renew_after();
-            if let Ok(wait) = due.duration_since(SystemTime::now()) {
-                tokio::time::sleep(wait).await;
-            }
-            if held.facts.not_after <= SystemTime::now() && self.token.is_some() {
+            tokio::time::sleep_until(held.due).await;
+            if held.expires <= Instant::now() && self.token.is_some() {
                 tracing::warn!(
                     "the sync certificate expired before it was renewed; enrolling again"
                 );
@@ -299,7 +334,9 @@ impl Enrollment {
             key: key_pem,
             ca: issued.ca_pem,
         };
-        let held = Held::read(stored).map_err(EnrollError::Answer)?;
+        let held = Held::read(stored)
+            .map_err(EnrollError::Answer)?
+            .received_now();
         if held.identity != self.identity {
             return Err(EnrollError::Answer(format!(
                 "the certificate names node {:?} of group {:?}",
@@ -416,6 +453,29 @@ mod tests {
         let token = EnrollmentToken::generate(ca.hash());
         let fresh = Enrollment::start(Some(dir.path()), other, Some(token)).unwrap();
         assert!(!fresh.is_enrolled());
+    }
+
+    #[tokio::test]
+    async fn renewals_are_timed_from_receipt_whatever_this_host_s_clock_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::generate(SystemTime::now()).unwrap();
+        let token = EnrollmentToken::generate(ca.hash());
+        let mut enrollment = Enrollment::start(Some(dir.path()), identity(), Some(token)).unwrap();
+        // issued by a controller whose clock is 50 s behind this host's: by this host's
+        // wall clock the 60 s certificate is due for renewal already
+        let behind = SystemTime::now() - Duration::from_secs(50);
+        let (cert, key) = issued(&ca, &identity(), behind, Duration::from_mins(1));
+        enrollment.take(Ok(cert), key).unwrap();
+        let held = enrollment.held.as_ref().unwrap();
+        assert!(held.facts.renew_after() < SystemTime::now());
+        // on the monotonic clock it is due 40 s from receipt, and expires 60 s from it
+        let due = held.due - Instant::now();
+        assert!(
+            due > Duration::from_secs(35) && due <= Duration::from_secs(40),
+            "{due:?}"
+        );
+        let expires = held.expires - Instant::now();
+        assert!(expires > Duration::from_secs(55), "{expires:?}");
     }
 
     #[test]

@@ -442,11 +442,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         before: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
 
-    /// Records a runtime's enrollment, replacing any earlier one of the same node: the new
-    /// certificate supersedes the old one, and a revocation ends. The record's
-    /// `previous_serial`, `renewed_at` and `revoked_at` are not written (a new enrollment has
-    /// none).
-    async fn enroll_runtime(&self, enrollment: &EnrollmentRecord) -> Result<(), StoreError>;
+    /// Records a runtime's enrollment; returns whether it did. An earlier enrollment of the
+    /// same node is replaced (its certificates superseded) only when it is not revoked and is
+    /// of the same group, or has expired at the new one's `enrolled_at`: a token for one
+    /// group cannot take a live node of another, and a revoked node stays revoked until
+    /// [`Store::forget_runtime`]. The record's `previous_serial`, `renewed_at` and
+    /// `revoked_at` are not written (a new enrollment has none).
+    async fn enroll_runtime(&self, enrollment: &EnrollmentRecord) -> Result<bool, StoreError>;
+
+    /// Deletes the enrollment of `node_id`, revoked or not: the node id may enroll again.
+    /// Returns whether there was one.
+    async fn forget_runtime(&self, node_id: &str) -> Result<bool, StoreError>;
 
     /// Replaces the certificate of the enrolled runtime `node_id` with `new_serial` (expiring
     /// at `not_after`) when it is not revoked and `presented_serial` is its current or its

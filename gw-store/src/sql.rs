@@ -780,8 +780,8 @@ macro_rules! impl_store {
             async fn enroll_runtime(
                 &self,
                 e: &$crate::EnrollmentRecord,
-            ) -> Result<(), $crate::StoreError> {
-                sqlx::query($crate::sql::UPSERT_ENROLLMENT)
+            ) -> Result<bool, $crate::StoreError> {
+                let written = sqlx::query($crate::sql::UPSERT_ENROLLMENT)
                     .bind(&e.node_id)
                     .bind(&e.group)
                     .bind(&e.serial)
@@ -789,8 +789,18 @@ macro_rules! impl_store {
                     .bind(&e.token_id)
                     .bind(e.enrolled_at)
                     .execute(&self.pool)
-                    .await?;
-                Ok(())
+                    .await?
+                    .rows_affected();
+                Ok(written > 0)
+            }
+
+            async fn forget_runtime(&self, node_id: &str) -> Result<bool, $crate::StoreError> {
+                let deleted = sqlx::query($crate::sql::DELETE_ENROLLMENT)
+                    .bind(node_id)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok(deleted > 0)
             }
 
             async fn renew_runtime(
@@ -1009,7 +1019,10 @@ pub(crate) const UPSERT_ENROLLMENT: &str = "INSERT INTO runtime_enrollments (nod
      not_after, token_id, enrolled_at) VALUES ($1, $2, $3, $4, $5, $6) \
      ON CONFLICT (node_id) DO UPDATE SET grp = excluded.grp, serial = excluded.serial, \
      previous_serial = NULL, not_after = excluded.not_after, token_id = excluded.token_id, \
-     enrolled_at = excluded.enrolled_at, renewed_at = NULL, revoked_at = NULL";
+     enrolled_at = excluded.enrolled_at, renewed_at = NULL, revoked_at = NULL \
+     WHERE runtime_enrollments.revoked_at IS NULL AND (runtime_enrollments.grp = excluded.grp \
+     OR runtime_enrollments.not_after <= excluded.enrolled_at)";
+pub(crate) const DELETE_ENROLLMENT: &str = "DELETE FROM runtime_enrollments WHERE node_id = $1";
 /// The assignments read the row as it was: the current serial becomes the previous one.
 pub(crate) const RENEW_ENROLLMENT: &str = "UPDATE runtime_enrollments SET previous_serial = serial, \
      serial = $3, not_after = $4, renewed_at = $5 \

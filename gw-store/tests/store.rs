@@ -102,6 +102,7 @@ both_backends!(
     expired_and_revoked_tokens_are_refused_and_expired_ones_pruned,
     a_renewal_needs_a_current_serial_and_no_revocation,
     a_new_enrollment_supersedes_the_old_one,
+    a_live_node_of_another_group_and_a_revoked_node_are_not_taken,
 );
 
 async fn crud_and_revisions(f: Fixture) {
@@ -1107,20 +1108,19 @@ async fn a_renewal_needs_a_current_serial_and_no_revocation(f: Fixture) {
 
 async fn a_new_enrollment_supersedes_the_old_one(f: Fixture) {
     let s = &f.store;
-    s.enroll_runtime(&enrollment("rt-1", "01")).await.unwrap();
+    assert!(s.enroll_runtime(&enrollment("rt-1", "01")).await.unwrap());
     let at = now();
     assert!(s.renew_runtime("rt-1", "01", "02", at, at).await.unwrap());
-    assert!(s.revoke_runtime("rt-1", at).await.unwrap());
-    // enrolling again (a new token) clears the revocation and forgets the old serials
+    // enrolling again in the same group (a runtime that lost its data directory) supersedes
+    // the old certificates
     let again = EnrollmentRecord {
-        group: "core".into(),
         token_id: Some("b".into()),
         // written as none, whatever the caller passes
         previous_serial: Some("02".into()),
         revoked_at: Some(at),
         ..enrollment("rt-1", "10")
     };
-    s.enroll_runtime(&again).await.unwrap();
+    assert!(s.enroll_runtime(&again).await.unwrap());
     let stored = enrolled(s, "rt-1").await;
     assert_eq!(
         stored,
@@ -1133,4 +1133,35 @@ async fn a_new_enrollment_supersedes_the_old_one(f: Fixture) {
     assert!(!s.renew_runtime("rt-1", "02", "11", at, at).await.unwrap());
     assert!(s.renew_runtime("rt-1", "10", "11", at, at).await.unwrap());
     assert_eq!(s.runtime_enrollments().await.unwrap().len(), 1);
+}
+
+async fn a_live_node_of_another_group_and_a_revoked_node_are_not_taken(f: Fixture) {
+    let s = &f.store;
+    assert!(s.enroll_runtime(&enrollment("rt-1", "01")).await.unwrap());
+    // a token of another group cannot take rt-1 while its certificate lives
+    let elsewhere = EnrollmentRecord {
+        group: "core".into(),
+        ..enrollment("rt-1", "66")
+    };
+    assert!(!s.enroll_runtime(&elsewhere).await.unwrap());
+    assert_eq!(enrolled(s, "rt-1").await.serial, "01");
+    // once it has expired, the node id is free for another group
+    let later = EnrollmentRecord {
+        enrolled_at: now() + hours(25),
+        ..elsewhere.clone()
+    };
+    assert!(s.enroll_runtime(&later).await.unwrap());
+    assert_eq!(enrolled(s, "rt-1").await.group, "core");
+    // revoked: no enrollment takes it, whatever its group, until it is forgotten
+    assert!(s.revoke_runtime("rt-1", now()).await.unwrap());
+    let same = EnrollmentRecord {
+        group: "core".into(),
+        ..enrollment("rt-1", "77")
+    };
+    assert!(!s.enroll_runtime(&same).await.unwrap());
+    assert!(enrolled(s, "rt-1").await.revoked_at.is_some());
+    assert!(s.forget_runtime("rt-1").await.unwrap());
+    assert!(!s.forget_runtime("rt-1").await.unwrap());
+    assert!(s.enroll_runtime(&same).await.unwrap());
+    assert_eq!(enrolled(s, "rt-1").await.serial, "77");
 }

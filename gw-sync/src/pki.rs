@@ -255,9 +255,20 @@ impl CertFacts {
     /// was issued for (its validity starts five minutes before it was issued, for clocks a
     /// little behind, and that margin is not counted).
     pub fn renew_after(&self) -> SystemTime {
-        let issued = (self.not_before + BACKDATE).min(self.not_after);
-        let lifetime = self.not_after.duration_since(issued).unwrap_or_default();
-        issued + lifetime * 2 / 3
+        self.issued_at() + self.lifetime() * 2 / 3
+    }
+
+    /// When a certificate of the cluster CA was issued: five minutes after the start of its
+    /// validity.
+    pub fn issued_at(&self) -> SystemTime {
+        (self.not_before + BACKDATE).min(self.not_after)
+    }
+
+    /// How long a certificate of the cluster CA was issued for (from [`CertFacts::issued_at`]).
+    pub fn lifetime(&self) -> Duration {
+        self.not_after
+            .duration_since(self.issued_at())
+            .unwrap_or_default()
     }
 }
 

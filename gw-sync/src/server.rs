@@ -432,25 +432,29 @@ impl SyncServer {
         let (Some(enroller), Some(identity)) = (&self.enroller, identity) else {
             return Ok(None);
         };
-        let serial = conn
-            .and_then(|conn| conn.serial.clone())
-            .unwrap_or_default();
+        let cert = conn.and_then(|conn| conn.cert.clone());
         // subscribed before the check: a revocation in between is seen
         let changes = enroller.changes();
-        if !enroller.admit(identity, &serial).await {
+        let admitted = match &cert {
+            Some(cert) => enroller.admit(identity, cert).await,
+            None => false,
+        };
+        if let (true, Some(cert)) = (admitted, cert) {
+            return Ok(Some(Admitted {
+                enroller: Arc::clone(enroller),
+                identity: identity.clone(),
+                cert,
+                changes,
+            }));
+        }
+        {
             self.metrics.rejected(SyncLimit::Revoked);
             tracing::warn!(
                 ?peer, node = %identity.node_id,
                 "refusing a runtime whose certificate was revoked or replaced"
             );
-            return Err(Status::permission_denied(REVOKED));
+            Err(Status::permission_denied(REVOKED))
         }
-        Ok(Some(Admitted {
-            enroller: Arc::clone(enroller),
-            identity: identity.clone(),
-            serial,
-            changes,
-        }))
     }
 
     fn check_hello(hello: &Hello) -> Result<(), String> {
@@ -529,6 +533,13 @@ impl ConfigSync for SyncServer {
             self.check_identity(identity, &hello, peer)?;
         }
         let admitted = self.admitted(identity, conn.as_ref(), peer).await?;
+        if conn
+            .as_ref()
+            .and_then(|conn| conn.cert.as_ref())
+            .is_some_and(|cert| cert.not_after <= SystemTime::now())
+        {
+            return Err(Status::unauthenticated(EXPIRED));
+        }
         let (tx, rx) = mpsc::channel(4);
         let number = self.sessions.fetch_add(1, Ordering::Relaxed);
         let heartbeat_interval = match hello.heartbeat_interval_ms {
@@ -585,6 +596,16 @@ impl ConfigSync for SyncServer {
             budget: Arc::clone(&self.budget),
             metrics: self.metrics.clone(),
             ip: peer.map(|p| p.ip()),
+            expires: conn
+                .as_ref()
+                .and_then(|conn| conn.cert.as_ref())
+                .map(|cert| {
+                    Instant::now()
+                        + cert
+                            .not_after
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default()
+                }),
             conn,
             admitted,
             _activity: activity,
@@ -598,6 +619,10 @@ impl ConfigSync for SyncServer {
     }
 }
 
+/// What a runtime whose connection's certificate expired is told.
+const EXPIRED: &str =
+    "the certificate of this connection has expired; reconnect with the renewed one";
+
 /// What a runtime whose certificate is no longer admitted is told.
 const REVOKED: &str = "this runtime's certificate was revoked or replaced by a later enrollment \
                        of its node; enroll it again (GW_ENROLL_TOKEN)";
@@ -606,7 +631,7 @@ const REVOKED: &str = "this runtime's certificate was revoked or replaced by a l
 struct Admitted {
     enroller: Arc<dyn Enroller>,
     identity: RuntimeIdentity,
-    serial: Arc<str>,
+    cert: Arc<crate::pki::CertFacts>,
     changes: watch::Receiver<u64>,
 }
 
@@ -620,10 +645,7 @@ async fn revoked(admitted: &mut Option<Admitted>) {
         if admitted.changes.changed().await.is_err() {
             return std::future::pending().await;
         }
-        if !admitted
-            .enroller
-            .admits(&admitted.identity, &admitted.serial)
-        {
+        if !admitted.enroller.admits(&admitted.identity, &admitted.cert) {
             return;
         }
     }
@@ -668,6 +690,9 @@ struct Session {
     conn: Option<SyncConn>,
     /// The certificate the session was admitted with, watched for revocation.
     admitted: Option<Admitted>,
+    /// When the certificate of the session's connection expires: the stream ends then (the
+    /// runtime reconnects with its renewed one).
+    expires: Option<Instant>,
     /// Keeps the connection from its idle deadline while the session lives.
     _activity: Option<InFlight>,
 }
@@ -713,6 +738,8 @@ enum End {
     AckTimeout,
     /// The runtime's certificate was revoked or superseded.
     Revoked,
+    /// The certificate of the runtime's connection expired.
+    Expired,
 }
 
 /// Counts a session in `gw_sync_sessions` while it lives.
@@ -779,6 +806,14 @@ impl Session {
                 tracing::warn!(node = %node, "runtime certificate revoked; closing its stream");
                 let _ = self.tx.try_send(Err(Status::permission_denied(REVOKED)));
             }
+            End::Expired => {
+                tracing::info!(
+                    node = %node,
+                    "the certificate of the runtime's connection expired; closing its stream \
+                     (it reconnects with its renewed one)"
+                );
+                let _ = self.tx.try_send(Err(Status::unauthenticated(EXPIRED)));
+            }
             End::AckTimeout => {
                 self.metrics.rejected(SyncLimit::AckTimeout);
                 tracing::warn!(
@@ -791,7 +826,9 @@ impl Session {
         // What the runtime has not read stays buffered for as long as its stream lives, and
         // a runtime that does not read never lets the stream end: close the connection.
         let unacknowledged = self.unacked.take().is_some();
-        if (unacknowledged || matches!(end, End::SendTimeout | End::AckTimeout | End::Revoked))
+        // (a revoked or expired certificate's streams end with their reason, which must
+        // reach the runtime; a new stream on the connection is refused at its start)
+        if (unacknowledged || matches!(end, End::SendTimeout | End::AckTimeout))
             && let Some(conn) = &self.conn
         {
             conn.control.kill();
@@ -875,6 +912,7 @@ impl Session {
                 () = sleep_until_some(ack_deadline) => return Err(End::AckTimeout),
                 () = stopped(&mut self.stopping) => return Err(End::Stopping),
                 () = revoked(&mut self.admitted) => return Err(End::Revoked),
+                () = sleep_until_some(self.expires) => return Err(End::Expired),
             }
             let newest = self.state.revision();
             if self.unacked.is_none() && newest > self.acked.max(rejected) {

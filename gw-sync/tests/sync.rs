@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use gw_sync::SyncToken;
 use gw_sync::client::{Applier, ClientOptions, ClientStatus, SyncClient};
 use gw_sync::enroll::EnrollmentToken;
-use gw_sync::pki::{ClusterCa, RuntimeIdentity, runtime_key_and_request};
+use gw_sync::pki::{CertFacts, ClusterCa, RuntimeIdentity, runtime_key_and_request};
 use gw_sync::proto::{Resource, ResourceRef};
 use gw_sync::server::{EnrollRefusal, Enroller, IssuedCertificate, RevisionAuthority};
 use gw_sync::server::{FleetObserver, ServerOptions, SessionInfo, SyncServer};
@@ -983,7 +983,7 @@ impl MemoryEnroller {
             .sign_runtime(csr_pem, identity, now, Duration::from_hours(1))
             .map_err(|err| EnrollRefusal::Invalid(err.to_string()))?;
         let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-        let facts = gw_sync::pki::CertFacts::of_certificate(&der).unwrap();
+        let facts = CertFacts::of_certificate(&der).unwrap();
         self.serials
             .lock()
             .unwrap()
@@ -1025,22 +1025,21 @@ impl Enroller for MemoryEnroller {
     async fn renew(
         &self,
         identity: &RuntimeIdentity,
-        serial: &str,
+        cert: &CertFacts,
         csr_pem: &str,
     ) -> Result<IssuedCertificate, EnrollRefusal> {
-        if !self.admits(identity, serial) {
+        if !self.admits(identity, cert) {
             return Err(EnrollRefusal::Unauthenticated("revoked".into()));
         }
         self.issue(identity, csr_pem)
     }
 
-    fn admits(&self, identity: &RuntimeIdentity, serial: &str) -> bool {
+    fn admits(&self, identity: &RuntimeIdentity, cert: &CertFacts) -> bool {
         self.serials
             .lock()
             .unwrap()
             .get(&identity.node_id)
-            .map(String::as_str)
-            == Some(serial)
+            .is_some_and(|serial| *serial == cert.serial)
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -1226,4 +1225,50 @@ async fn a_renewed_certificate_replaces_the_old_and_a_revoked_runtime_is_cut_off
     .expect("the revoked runtime stopped trying")
     .unwrap();
     assert_eq!(rt.revision(), 1, "a revoked runtime was sent a change");
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_the_certificate_of_its_connection_expires() {
+    let ca = ClusterCa::generate(std::time::SystemTime::now()).unwrap();
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([change(1, "a", &["edge"])]);
+    let events = Arc::new(Events::default());
+    let ctl = tls_controller(&ca, &state, &events, false).await;
+    let identity = RuntimeIdentity::new("edge", "rt-1").unwrap();
+    let request = runtime_key_and_request("rt-1").unwrap();
+    // valid for two more seconds
+    let cert = ca
+        .sign_runtime(
+            &request.cert_pem,
+            &identity,
+            std::time::SystemTime::now(),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    let config = client_config(
+        &ServerTrust::Ca(ca.cert_pem().to_string()),
+        Some(&Identity {
+            chain_pem: &cert,
+            key_pem: &request.key_pem,
+        }),
+    )
+    .unwrap();
+    let mut options = ClientOptions::new(vec![ctl.address.clone()], "rt-1".into(), "edge".into());
+    options.tls = Some(Arc::new(ClientTls::new(config)));
+    let rt = Arc::new(MemoryApplier::default());
+    let (_client, mut status) = start(options, &rt);
+    eventually("the snapshot", || rt.revision() == 1).await;
+    // the stream does not outlive the certificate it was opened with, and the expired
+    // certificate opens no other
+    fails_with(&mut status, "expired").await;
+    state.apply([change(2, "b", &["edge"])]);
+    let attempts = status.borrow().failed_attempts;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.failed_attempts >= attempts + 2),
+    )
+    .await
+    .expect("the runtime stopped trying")
+    .unwrap();
+    assert_eq!(rt.revision(), 1);
 }

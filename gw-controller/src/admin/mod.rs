@@ -128,6 +128,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/runtimes", get(runtimes::list))
         .route("/runtimes/{node}", axum::routing::delete(runtimes::revoke))
         .route(
+            "/runtimes/{node}/enrollment",
+            axum::routing::delete(runtimes::forget),
+        )
+        .route(
             "/enrollment-tokens",
             get(enrollment::list).post(enrollment::create),
         )

@@ -32,8 +32,9 @@ pub(super) async fn list(State(state): State<Arc<AppState>>) -> Result<Response,
 }
 
 /// `DELETE /api/v1/runtimes/{node}`: revokes the runtime's enrollment (204): its
-/// certificate is no longer accepted nor renewed, and it needs a new enrollment (a new
-/// token) to come back. 404 for a node that never enrolled.
+/// certificates are no longer accepted nor renewed, its streams end, and the node id does
+/// not enroll again until its enrollment is forgotten ([`forget`]). 404 for a node that
+/// never enrolled.
 pub(super) async fn revoke(
     State(state): State<Arc<AppState>>,
     node: Result<Path<String>, PathRejection>,
@@ -51,5 +52,27 @@ pub(super) async fn revoke(
         )));
     }
     tracing::info!(%node, "runtime enrollment revoked");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /api/v1/runtimes/{node}/enrollment`: forgets the runtime's enrollment, revoked
+/// or not (204), so that the node id may enroll again with a token; a certificate it still
+/// holds is no longer accepted. 404 for a node that has no enrollment.
+pub(super) async fn forget(
+    State(state): State<Arc<AppState>>,
+    node: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(node) = node.map_err(|e| ApiError::from_path(&e))?;
+    let found = state
+        .store()?
+        .forget_runtime(&node)
+        .await
+        .map_err(ApiError::from_store)?;
+    if !found {
+        return Err(ApiError::not_found(format!(
+            "runtime {node:?} has no enrollment to forget"
+        )));
+    }
+    tracing::info!(%node, "runtime enrollment forgotten");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

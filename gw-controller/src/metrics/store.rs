@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 /// The `operation` label values: the [`Store`] methods that reach the database.
-pub(crate) const OPERATIONS: [&str; 27] = [
+pub(crate) const OPERATIONS: [&str; 28] = [
     "ping",
     "put_api",
     "delete_api",
@@ -44,6 +44,7 @@ pub(crate) const OPERATIONS: [&str; 27] = [
     "use_enrollment_token",
     "delete_expired_enrollment_tokens",
     "enroll_runtime",
+    "forget_runtime",
     "renew_runtime",
     "revoke_runtime",
     "runtime_enrollments",
@@ -362,9 +363,14 @@ impl Store for MeasuredStore {
         measure.finish(self.inner.delete_expired_enrollment_tokens(before).await)
     }
 
-    async fn enroll_runtime(&self, enrollment: &EnrollmentRecord) -> Result<(), StoreError> {
+    async fn enroll_runtime(&self, enrollment: &EnrollmentRecord) -> Result<bool, StoreError> {
         let measure = self.start("enroll_runtime");
         measure.finish(self.inner.enroll_runtime(enrollment).await)
+    }
+
+    async fn forget_runtime(&self, node_id: &str) -> Result<bool, StoreError> {
+        let measure = self.start("forget_runtime");
+        measure.finish(self.inner.forget_runtime(node_id).await)
     }
 
     async fn renew_runtime(
@@ -521,6 +527,7 @@ mod tests {
             .unwrap();
         store.revoke_runtime("rt", now).await.unwrap();
         store.runtime_enrollments().await.unwrap();
+        store.forget_runtime("rt").await.unwrap();
         store
             .delete_resource("certificate", "c", Precondition::None)
             .await

@@ -11,7 +11,7 @@ use super::SyncMetrics;
 use super::metrics::SyncLimit;
 use super::transport::SyncConn;
 use crate::enroll::EnrollmentToken;
-use crate::pki::RuntimeIdentity;
+use crate::pki::{CertFacts, RuntimeIdentity};
 use crate::proto::enrollment_server::{Enrollment, EnrollmentServer};
 use crate::proto::{Certificate, EnrollRequest, RenewRequest};
 
@@ -73,23 +73,23 @@ pub trait Enroller: Send + Sync + 'static {
     ) -> Result<IssuedCertificate, EnrollRefusal>;
 
     /// Issues a new certificate for the key of `csr_pem` to the runtime that presented the
-    /// certificate `serial` naming `identity`.
+    /// certificate `cert` naming `identity`.
     async fn renew(
         &self,
         identity: &RuntimeIdentity,
-        serial: &str,
+        cert: &CertFacts,
         csr_pem: &str,
     ) -> Result<IssuedCertificate, EnrollRefusal>;
 
-    /// Whether the certificate `serial` naming `identity` still holds, from memory: called
-    /// for the streams open whenever [`Enroller::changes`] changes.
-    fn admits(&self, identity: &RuntimeIdentity, serial: &str) -> bool;
+    /// Whether the certificate `cert` naming `identity` still holds, from memory: called for
+    /// the streams open whenever [`Enroller::changes`] changes.
+    fn admits(&self, identity: &RuntimeIdentity, cert: &CertFacts) -> bool;
 
-    /// Whether the certificate `serial` naming `identity` holds, at the start of a stream:
-    /// an enroller may look further than its memory for a certificate it does not know (one
+    /// Whether the certificate `cert` naming `identity` holds, at the start of a stream: an
+    /// enroller may look further than its memory for a certificate it does not know (one
     /// issued through another controller a moment ago). By default, [`Enroller::admits`].
-    async fn admit(&self, identity: &RuntimeIdentity, serial: &str) -> bool {
-        self.admits(identity, serial)
+    async fn admit(&self, identity: &RuntimeIdentity, cert: &CertFacts) -> bool {
+        self.admits(identity, cert)
     }
 
     /// Changes whenever what [`Enroller::admits`] answers may have changed.
@@ -104,7 +104,11 @@ const MAX_CONCURRENT: usize = 16;
 pub(crate) struct EnrollmentService {
     enroller: Arc<dyn Enroller>,
     metrics: SyncMetrics,
-    permits: Arc<Semaphore>,
+    /// For enrollments, which anyone who reaches the port may ask for.
+    enrollments: Arc<Semaphore>,
+    /// For renewals, which only enrolled runtimes make: a flood of enrollments does not
+    /// keep them waiting.
+    renewals: Arc<Semaphore>,
 }
 
 impl EnrollmentService {
@@ -116,7 +120,8 @@ impl EnrollmentService {
         EnrollmentServer::new(Self {
             enroller,
             metrics,
-            permits: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+            enrollments: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+            renewals: Arc::new(Semaphore::new(MAX_CONCURRENT)),
         })
         .max_decoding_message_size(16 * 1024)
         .max_encoding_message_size(64 * 1024)
@@ -126,8 +131,11 @@ impl EnrollmentService {
         clippy::result_large_err,
         reason = "tonic's Status, as every handler returns"
     )]
-    fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
-        Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+    fn permit(
+        &self,
+        permits: &Arc<Semaphore>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        Arc::clone(permits).try_acquire_owned().map_err(|_| {
             self.metrics.rejected(SyncLimit::Enrollments);
             Status::resource_exhausted("too many enrollments at once; try again shortly")
         })
@@ -161,12 +169,24 @@ impl Enrollment for EnrollmentService {
             .map_err(|err: crate::enroll::InvalidToken| Status::unauthenticated(err.to_string()))?;
         let identity = RuntimeIdentity::new(&request.group, &request.node_id)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
-        let _permit = self.permit()?;
-        match self
-            .enroller
-            .enroll(&token, &identity, &request.csr_pem)
-            .await
-        {
+        let permit = self.permit(&self.enrollments)?;
+        // on a task of its own: a client that goes away does not cut the enrollment between
+        // the use of its token and the record of its certificate
+        let enroller = Arc::clone(&self.enroller);
+        let (task_token, task_identity) = (token.clone(), identity.clone());
+        let outcome = tokio::spawn(async move {
+            let _permit = permit;
+            enroller
+                .enroll(&task_token, &task_identity, &request.csr_pem)
+                .await
+        })
+        .await
+        .unwrap_or_else(|err| {
+            Err(EnrollRefusal::Unavailable(format!(
+                "the enrollment failed: {err}"
+            )))
+        });
+        match outcome {
             Ok(issued) => {
                 tracing::info!(
                     node = %identity.node_id, group = %identity.group, token = %token.id(),
@@ -186,9 +206,9 @@ impl Enrollment for EnrollmentService {
 
     async fn renew(&self, request: Request<RenewRequest>) -> Result<Response<Certificate>, Status> {
         let conn = request.extensions().get::<SyncConn>().cloned();
-        let (Some(identity), Some(serial)) = (
+        let (Some(identity), Some(cert)) = (
             conn.as_ref().and_then(|conn| conn.identity.clone()),
-            conn.as_ref().and_then(|conn| conn.serial.clone()),
+            conn.as_ref().and_then(|conn| conn.cert.clone()),
         ) else {
             self.metrics.rejected(SyncLimit::Identity);
             return Err(Status::unauthenticated(
@@ -196,9 +216,21 @@ impl Enrollment for EnrollmentService {
                  the cluster CA); a runtime without one enrolls",
             ));
         };
-        let _permit = self.permit()?;
+        let permit = self.permit(&self.renewals)?;
         let csr = request.into_inner().csr_pem;
-        match self.enroller.renew(&identity, &serial, &csr).await {
+        let enroller = Arc::clone(&self.enroller);
+        let (task_identity, task_cert) = (Arc::clone(&identity), Arc::clone(&cert));
+        let outcome = tokio::spawn(async move {
+            let _permit = permit;
+            enroller.renew(&task_identity, &task_cert, &csr).await
+        })
+        .await
+        .unwrap_or_else(|err| {
+            Err(EnrollRefusal::Unavailable(format!(
+                "the renewal failed: {err}"
+            )))
+        });
+        match outcome {
             Ok(issued) => {
                 tracing::info!(node = %identity.node_id, group = %identity.group, "runtime certificate renewed");
                 Ok(answer(issued))

@@ -71,8 +71,9 @@ pub(crate) struct SyncConn {
     /// Who the client's certificate says it is (a TLS connection with a runtime's
     /// certificate, verified in the handshake).
     pub(crate) identity: Option<Arc<RuntimeIdentity>>,
-    /// The serial number of that certificate (hex), to tell a revoked or superseded one.
-    pub(crate) serial: Option<Arc<str>>,
+    /// That certificate's serial number and validity, to tell a revoked or superseded one,
+    /// and to end its streams when it expires.
+    pub(crate) cert: Option<Arc<crate::pki::CertFacts>>,
     /// The connection's streams, for its first-stream and idle deadlines.
     pub(crate) activity: Arc<Activity>,
     /// Closes the connection.
@@ -280,13 +281,13 @@ impl Admission {
         let identity = leaf
             .and_then(|cert| RuntimeIdentity::of_certificate(cert).ok())
             .map(Arc::new);
-        let serial = leaf
+        let cert = leaf
             .and_then(|cert| crate::pki::CertFacts::of_certificate(cert).ok())
-            .map(|facts| Arc::from(facts.serial));
+            .map(Arc::new);
         let conn = SyncConn {
             peer,
             identity,
-            serial,
+            cert,
             activity: Activity::new(),
             control: Arc::new(ConnControl::default()),
         };
