@@ -1,22 +1,20 @@
 //! The admin API in process, on a SQLite store: the paths that are awkward to reach through
 //! a real process (no store yet, streamed bodies, runtimes that lag or reject).
 
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use chrono::Utc;
-use gw_controller::admin::{self, AdminOptions, AppState, DevGuard};
+use gw_controller::admin::{AppState, DevGuard};
 use gw_controller::keys::EncryptionKey;
-use gw_controller::metrics::{ControllerMetrics, MeasuredStore};
 use gw_controller::sealed::Sealer;
-use gw_core::policy::PolicyRegistry;
-use gw_store::{RuntimeRecord, Store, StoreOptions};
+use gw_store::{RuntimeRecord, Store};
 use gw_sync::state::DesiredState;
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+
+mod support;
+use support::{send, send_raw, sqlite};
 
 /// The handlers' state, and the sender that signals the controller's shutdown.
 fn state(store: Option<Arc<dyn Store>>) -> (Arc<AppState>, tokio::sync::watch::Sender<bool>) {
@@ -28,61 +26,7 @@ fn state_with(
     store: Option<Arc<dyn Store>>,
     dev_guard: Option<DevGuard>,
 ) -> (Arc<AppState>, tokio::sync::watch::Sender<bool>) {
-    let cell = OnceLock::new();
-    let loaded = store.is_some();
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = ControllerMetrics::register(&mut registry);
-    if let Some(store) = store {
-        let measured: Arc<dyn Store> = Arc::new(MeasuredStore::new(store, metrics.store));
-        let _ = cell.set(measured);
-    }
-    let state = Arc::new(AppState {
-        store: cell,
-        loaded: AtomicBool::new(loaded),
-        desired: Arc::new(DesiredState::new(100)),
-        token: None,
-        policies: PolicyRegistry::builtin(),
-        controller_id: "ctl".into(),
-        options: AdminOptions {
-            max_body_bytes: 64 * 1024,
-            default_wait: Duration::from_secs(30),
-            max_wait: Duration::from_mins(1),
-        },
-        stopping,
-        all_in_one: false,
-        embedded: OnceLock::new(),
-        sealer: Arc::new(Sealer::new(&EncryptionKey::from_bytes([7; 32]))),
-        consumer_writes: tokio::sync::Mutex::new(()),
-        bundles: OnceLock::new(),
-        metrics: registry,
-        requests: metrics.admin,
-        sampler: metrics.sampler,
-        draining: std::sync::atomic::AtomicBool::new(false),
-        dev_guard,
-        sync_ca: OnceLock::new(),
-    });
-    (state, stop)
-}
-
-async fn sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
-    let url = format!("sqlite://{}/gw.db", dir.path().display());
-    gw_store::open(&url, &StoreOptions::default())
-        .await
-        .unwrap()
-}
-
-async fn send(state: &Arc<AppState>, request: Request<Body>) -> (StatusCode, serde_json::Value) {
-    let response = admin::router(Arc::clone(state))
-        .oneshot(request)
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-    )
+    support::app_state(store, dev_guard, None)
 }
 
 fn put(path: &str, body: impl Into<Body>) -> Request<Body> {
@@ -553,25 +497,6 @@ async fn policies_are_listed_with_their_schemas_and_their_params_checked() {
     );
     let (status, _) = send(&state, get("/api/v1/apis/p")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-}
-
-/// `send`, with the response's headers and its body as text.
-async fn send_raw(
-    state: &Arc<AppState>,
-    request: Request<Body>,
-) -> (StatusCode, axum::http::HeaderMap, String) {
-    let response = admin::router(Arc::clone(state))
-        .oneshot(request)
-        .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        headers,
-        String::from_utf8_lossy(&bytes).into_owned(),
-    )
 }
 
 fn get(path: &str) -> Request<Body> {

@@ -17,6 +17,7 @@
 //! and name, written with the same guarantees and sharing the same revisions and change log.
 #![warn(missing_docs)]
 
+mod admin_tokens;
 mod enrollment;
 mod error;
 pub mod feed;
@@ -35,6 +36,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::watch;
 
+pub use admin_tokens::{
+    AdminRole, AdminTokenCredential, AdminTokenRecord, AdminTokenState, NewAdminToken, UnknownRole,
+};
 pub use enrollment::{EnrollmentRecord, EnrollmentTokenRecord, NewEnrollmentToken, TokenRefusal};
 pub use error::StoreError;
 
@@ -472,6 +476,27 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Every runtime enrollment, revoked ones included, by node id.
     async fn runtime_enrollments(&self) -> Result<Vec<EnrollmentRecord>, StoreError>;
+
+    /// Stores a new admin token, not revoked and never used; [`StoreError::AlreadyExists`]
+    /// when a token that is not revoked has its name (or, which does not happen with random
+    /// ids, its id).
+    async fn create_admin_token(&self, token: &NewAdminToken) -> Result<(), StoreError>;
+
+    /// Every admin token, revoked and expired ones included, newest first; never their
+    /// secrets' hashes.
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError>;
+
+    /// The admin token `id` with its secret's hash, to authenticate a request with it.
+    async fn admin_token(&self, id: &str) -> Result<Option<AdminTokenCredential>, StoreError>;
+
+    /// Revokes the admin token `id` at `at` (a token revoked before keeps its first time);
+    /// returns whether it exists.
+    async fn revoke_admin_token(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Records that the admin token `id` authenticated a request at `at`, unless it was
+    /// recorded less than a minute before: a busy token costs one write a minute, not one a
+    /// request.
+    async fn touch_admin_token(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
 }
 
 /// How to open a store.

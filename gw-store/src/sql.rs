@@ -390,6 +390,27 @@ macro_rules! impl_store {
                 })
             }
 
+            fn admin_token_record(
+                row: &$row,
+            ) -> Result<$crate::AdminTokenRecord, $crate::StoreError> {
+                use sqlx::Row as _;
+                let role: String = row.try_get("role")?;
+                let sqlx::types::Json(groups): sqlx::types::Json<Vec<String>> =
+                    row.try_get("grps")?;
+                Ok($crate::AdminTokenRecord {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    role: role.parse().map_err(|err: $crate::UnknownRole| {
+                        $crate::StoreError::Corrupt(err.to_string())
+                    })?,
+                    groups,
+                    created_at: row.try_get("created_at")?,
+                    expires_at: row.try_get("expires_at")?,
+                    revoked_at: row.try_get("revoked_at")?,
+                    last_used_at: row.try_get("last_used_at")?,
+                })
+            }
+
             /// Marks the row `key` revoked at `at` with `statement` (a row revoked before
             /// keeps its first time); returns whether the row exists.
             async fn revoke(
@@ -842,6 +863,80 @@ macro_rules! impl_store {
                 )
                 .await
             }
+
+            async fn create_admin_token(
+                &self,
+                t: &$crate::NewAdminToken,
+            ) -> Result<(), $crate::StoreError> {
+                let inserted = sqlx::query($crate::sql::INSERT_ADMIN_TOKEN)
+                    .bind(&t.id)
+                    .bind(&t.name)
+                    .bind(&t.secret_hash)
+                    .bind(t.role.as_str())
+                    .bind(sqlx::types::Json(&t.groups))
+                    .bind(t.created_at)
+                    .bind(t.expires_at)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                if inserted == 0 {
+                    return Err($crate::StoreError::AlreadyExists {
+                        name: t.name.clone(),
+                    });
+                }
+                Ok(())
+            }
+
+            async fn list_admin_tokens(
+                &self,
+            ) -> Result<Vec<$crate::AdminTokenRecord>, $crate::StoreError> {
+                Self::fetch_all(
+                    &self.pool,
+                    sqlx::query($crate::sql::SELECT_ADMIN_TOKENS),
+                    Self::admin_token_record,
+                )
+                .await
+            }
+
+            async fn admin_token(
+                &self,
+                id: &str,
+            ) -> Result<Option<$crate::AdminTokenCredential>, $crate::StoreError> {
+                use sqlx::Row as _;
+                let Some(row) = sqlx::query($crate::sql::SELECT_ADMIN_TOKEN)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                Ok(Some($crate::AdminTokenCredential {
+                    record: Self::admin_token_record(&row)?,
+                    secret_hash: row.try_get("secret_hash")?,
+                }))
+            }
+
+            async fn revoke_admin_token(
+                &self,
+                id: &str,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::StoreError> {
+                self.revoke($crate::sql::REVOKE_ADMIN_TOKEN, id, at).await
+            }
+
+            async fn touch_admin_token(
+                &self,
+                id: &str,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query($crate::sql::TOUCH_ADMIN_TOKEN)
+                    .bind(id)
+                    .bind(at)
+                    .bind(at - $crate::sql::TOUCH_INTERVAL)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
         }
     };
 }
@@ -1032,3 +1127,31 @@ pub(crate) const REVOKE_ENROLLMENT: &str =
 pub(crate) const SELECT_ENROLLMENTS: &str = "SELECT node_id, grp, serial, previous_serial, \
      not_after, token_id, enrolled_at, renewed_at, revoked_at FROM runtime_enrollments \
      ORDER BY node_id";
+
+/// The columns of an [`crate::AdminTokenRecord`].
+macro_rules! admin_token_columns {
+    () => {
+        "id, name, role, grps, created_at, expires_at, revoked_at, last_used_at"
+    };
+}
+/// No conflict target: a taken id and a name taken by a token not revoked (the partial
+/// unique index) both insert nothing.
+pub(crate) const INSERT_ADMIN_TOKEN: &str = "INSERT INTO admin_tokens (id, name, secret_hash, \
+     role, grps, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING";
+pub(crate) const SELECT_ADMIN_TOKENS: &str = concat!(
+    "SELECT ",
+    admin_token_columns!(),
+    " FROM admin_tokens ORDER BY created_at DESC, id"
+);
+pub(crate) const SELECT_ADMIN_TOKEN: &str = concat!(
+    "SELECT secret_hash, ",
+    admin_token_columns!(),
+    " FROM admin_tokens WHERE id = $1"
+);
+pub(crate) const REVOKE_ADMIN_TOKEN: &str =
+    "UPDATE admin_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1";
+/// Writes `last_used_at` only when it is older than `$3` (a minute before `$2`).
+pub(crate) const TOUCH_ADMIN_TOKEN: &str = "UPDATE admin_tokens SET last_used_at = $2 \
+     WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $3)";
+/// The least time between two writes of a token's `last_used_at`.
+pub(crate) const TOUCH_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::minutes(1);

@@ -8,8 +8,9 @@ use chrono::Utc;
 use gw_store::feed::{ChangeFeed, FeedEvent};
 use gw_store::testing::TestDatabase;
 use gw_store::{
-    ChangeOp, EnrollmentRecord, KIND_API, NewEnrollmentToken, Precondition, PutApi, PutResource,
-    RouteKey, RuntimeRecord, Store, StoreError, StoreOptions, TokenRefusal,
+    AdminRole, AdminTokenState, ChangeOp, EnrollmentRecord, KIND_API, NewAdminToken,
+    NewEnrollmentToken, Precondition, PutApi, PutResource, RouteKey, RuntimeRecord, Store,
+    StoreError, StoreOptions, TokenRefusal,
 };
 use serde_json::json;
 
@@ -103,6 +104,9 @@ both_backends!(
     a_renewal_needs_a_current_serial_and_no_revocation,
     a_new_enrollment_supersedes_the_old_one,
     a_live_node_of_another_group_and_a_revoked_node_are_not_taken,
+    admin_tokens_are_listed_without_their_hash_and_found_with_it,
+    an_admin_token_name_is_free_again_once_revoked,
+    an_admin_token_is_touched_at_most_once_a_minute,
 );
 
 async fn crud_and_revisions(f: Fixture) {
@@ -1164,4 +1168,113 @@ async fn a_live_node_of_another_group_and_a_revoked_node_are_not_taken(f: Fixtur
     assert!(!s.forget_runtime("rt-1").await.unwrap());
     assert!(s.enroll_runtime(&same).await.unwrap());
     assert_eq!(enrolled(s, "rt-1").await.serial, "77");
+}
+
+fn admin_token(id: &str, name: &str, role: AdminRole, groups: &[&str]) -> NewAdminToken {
+    NewAdminToken {
+        id: id.into(),
+        name: name.into(),
+        secret_hash: format!("hash-of-{id}"),
+        role,
+        groups: groups.iter().map(ToString::to_string).collect(),
+        created_at: now(),
+        expires_at: None,
+    }
+}
+
+async fn admin_tokens_are_listed_without_their_hash_and_found_with_it(f: Fixture) {
+    let s = &f.store;
+    assert!(s.list_admin_tokens().await.unwrap().is_empty());
+    assert!(s.admin_token("a").await.unwrap().is_none());
+    let a = admin_token(
+        "a",
+        "ci-deployer",
+        AdminRole::Operator,
+        &["edge", "payments"],
+    );
+    s.create_admin_token(&a).await.unwrap();
+    let mut b = admin_token("b", "dashboards", AdminRole::Viewer, &[]);
+    b.created_at = a.created_at + hours(1);
+    b.expires_at = Some(b.created_at + hours(2));
+    s.create_admin_token(&b).await.unwrap();
+
+    let listed = s.list_admin_tokens().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["dashboards", "ci-deployer"], "newest first");
+    let shown = serde_json::to_string(&listed).unwrap();
+    assert!(!shown.contains("hash-of"), "{shown}");
+    let ci = &listed[1];
+    assert_eq!((ci.id.as_str(), ci.role), ("a", AdminRole::Operator));
+    assert_eq!(ci.groups, ["edge", "payments"]);
+    assert_eq!(ci.created_at, a.created_at);
+    assert_eq!(
+        (ci.expires_at, ci.revoked_at, ci.last_used_at),
+        (None, None, None)
+    );
+    assert_eq!(listed[0].expires_at, b.expires_at);
+    assert_eq!(listed[0].groups, Vec::<String>::new());
+    assert_eq!(
+        listed[0].state(b.created_at + hours(3)),
+        AdminTokenState::Expired
+    );
+
+    let found = s.admin_token("a").await.unwrap().unwrap();
+    assert_eq!(found.secret_hash, "hash-of-a");
+    assert_eq!(&found.record, ci);
+    let printed = format!("{found:?}");
+    assert!(!printed.contains("hash-of-a"), "{printed}");
+}
+
+async fn an_admin_token_name_is_free_again_once_revoked(f: Fixture) {
+    let s = &f.store;
+    s.create_admin_token(&admin_token("a", "ci", AdminRole::Admin, &[]))
+        .await
+        .unwrap();
+    let err = s
+        .create_admin_token(&admin_token("b", "ci", AdminRole::Viewer, &[]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::AlreadyExists { name } if name == "ci"),
+        "{err}"
+    );
+    // revoking twice keeps the first time; an unknown id is told
+    let first = now();
+    assert!(s.revoke_admin_token("a", first).await.unwrap());
+    assert!(s.revoke_admin_token("a", first + hours(1)).await.unwrap());
+    assert!(!s.revoke_admin_token("nope", first).await.unwrap());
+    s.create_admin_token(&admin_token("b", "ci", AdminRole::Viewer, &[]))
+        .await
+        .unwrap();
+    let revoked = s.admin_token("a").await.unwrap().unwrap().record;
+    assert_eq!(revoked.revoked_at, Some(first));
+    assert_eq!(revoked.state(first), AdminTokenState::Revoked);
+    assert_eq!(s.list_admin_tokens().await.unwrap().len(), 2);
+}
+
+async fn an_admin_token_is_touched_at_most_once_a_minute(f: Fixture) {
+    let s = &f.store;
+    s.create_admin_token(&admin_token("a", "ci", AdminRole::Admin, &[]))
+        .await
+        .unwrap();
+    let last_used = |s: Arc<dyn Store>| async move {
+        s.admin_token("a")
+            .await
+            .unwrap()
+            .unwrap()
+            .record
+            .last_used_at
+    };
+    let first = now();
+    s.touch_admin_token("a", first).await.unwrap();
+    assert_eq!(last_used(s.clone()).await, Some(first));
+    s.touch_admin_token("a", first + chrono::Duration::seconds(59))
+        .await
+        .unwrap();
+    assert_eq!(last_used(s.clone()).await, Some(first), "within the minute");
+    let later = first + chrono::Duration::seconds(61);
+    s.touch_admin_token("a", later).await.unwrap();
+    assert_eq!(last_used(s.clone()).await, Some(later));
+    // an unknown id is no error: the token may have been deleted meanwhile
+    s.touch_admin_token("nope", later).await.unwrap();
 }

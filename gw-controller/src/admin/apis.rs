@@ -27,7 +27,9 @@ impl Kind for Apis {
         let ctx = ValidationContext {
             policies: Some(&state.policies),
         };
-        ApiDefinition::parse_with(bytes, format, &ctx).map_err(ApiError::from_model)
+        let api = ApiDefinition::parse_with(bytes, format, &ctx).map_err(ApiError::from_model)?;
+        super::redact::refuse_redacted(&api.to_json())?;
+        Ok(api)
     }
 
     fn document_name(api: &ApiDefinition) -> Option<&str> {
@@ -54,6 +56,16 @@ impl Kind for Apis {
             outcome,
             groups: api.spec.groups,
         })
+    }
+
+    fn document_groups(api: &ApiDefinition) -> Vec<String> {
+        api.spec.groups.clone()
+    }
+
+    /// Policy params, upstream URLs and headers may hold secrets (an HS256 key, a Redis
+    /// password, an injected `Authorization`): see [`super::redact`].
+    fn hide_secrets(shown: &mut serde_json::Value) {
+        super::redact::hide_secrets(shown);
     }
 
     fn summary(_: &AppState, record: &ResourceRecord) -> serde_json::Value {

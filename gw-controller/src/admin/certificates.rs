@@ -64,6 +64,10 @@ impl Kind for Certificates {
         })
     }
 
+    fn document_groups(certificate: &CertificateDefinition) -> Vec<String> {
+        certificate.spec.groups.clone()
+    }
+
     fn summary(state: &AppState, record: &ResourceRecord) -> serde_json::Value {
         summary(state, record)
     }

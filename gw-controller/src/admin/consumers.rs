@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use gw_core::model::{
@@ -39,12 +39,15 @@ use gw_core::model::{
 use gw_store::{Precondition, PutResourceOutcome, ResourceRecord, StoreError};
 use serde_json::{Value, json};
 
+use super::access::refuse_groups;
+use super::identity::Identity;
 use super::kind::{
-    Consumers, Deploy, Deployed, Kind, Names, Target, find, location, put_resource, read_document,
-    record,
+    Consumers, Deploy, Deployed, Kind, Names, Target, find, location, put_resource, read_condition,
+    read_document, record,
 };
 use super::write::{Basis, WriteParams, Written, precondition, written};
 use super::{ApiError, AppState};
+use crate::watcher::groups_of;
 
 impl Kind for Consumers {
     const NAMES: Names = Names::CONSUMER;
@@ -73,7 +76,8 @@ impl Kind for Consumers {
         let (stored, precondition, basis) = match name {
             Some(name) if basis != Basis::Create => {
                 let record = find::<Self>(state, &name).await?;
-                let (precondition, basis) = read_condition(name, precondition, record.as_ref())?;
+                let (precondition, basis) =
+                    read_condition::<Self>(&name, precondition, basis, record.as_ref())?;
                 let stored = record.as_ref().map(stored_definition).transpose()?;
                 (stored, precondition, basis)
             }
@@ -97,6 +101,12 @@ impl Kind for Consumers {
             groups: consumer.spec.groups,
             body,
         })
+    }
+
+    /// The groups the document names, `[default]` when it names none (as its validation
+    /// reads it).
+    fn document_groups(document: &Value) -> Vec<String> {
+        groups_of(document)
     }
 
     fn summary(_: &AppState, record: &ResourceRecord) -> Value {
@@ -349,39 +359,6 @@ async fn commit(
     put_resource::<Consumers>(state, name, consumer.to_json(), precondition, basis).await
 }
 
-/// What a PUT over the `stored` consumer is conditional on: the client's `If-Match`, which
-/// must name the stored revision, or `If-None-Match: *`, which must find none (412); or
-/// else the revision read (a change since is a 409 `concurrent_change`).
-fn read_condition(
-    name: String,
-    client: Precondition,
-    stored: Option<&ResourceRecord>,
-) -> Result<(Precondition, Basis), ApiError> {
-    match (client, stored) {
-        (Precondition::Revision(expected), _) => {
-            let actual = stored.map(|r| r.revision);
-            if actual != Some(expected) {
-                return Err(ApiError::from_store(StoreError::PreconditionFailed {
-                    name,
-                    expected,
-                    actual,
-                }));
-            }
-            Ok((Precondition::Revision(expected), Basis::Client))
-        }
-        (Precondition::Absent, Some(_)) => Err(Consumers::write_error(
-            &name,
-            StoreError::AlreadyExists { name: name.clone() },
-            Basis::Client,
-        )),
-        (Precondition::Absent, None) => Ok((Precondition::Absent, Basis::Client)),
-        (Precondition::None, Some(record)) => {
-            Ok((Precondition::Revision(record.revision), Basis::Read))
-        }
-        (Precondition::None, None) => Ok((Precondition::Absent, Basis::Read)),
-    }
-}
-
 /// What a listing or a write shows of a consumer: its groups and credentials, without any
 /// secret or hash.
 fn summary(record: &ResourceRecord) -> Value {
@@ -412,8 +389,10 @@ fn same_path(field: &str) -> String {
 
 /// The stored consumer a credential call changes, and where the write's precondition comes
 /// from: the client's `If-Match`, which must name the stored revision, or else the read.
+/// 403 when the consumer is outside `identity`'s groups.
 async fn read_for_change(
     state: &AppState,
+    identity: &Identity,
     headers: &HeaderMap,
     name: &str,
 ) -> Result<(ResourceRecord, ConsumerDefinition, Basis), ApiError> {
@@ -427,6 +406,14 @@ async fn read_for_change(
         other => other,
     };
     let record = record::<Consumers>(state, name).await?;
+    // the change is conditional on this read: the groups checked are the ones written over
+    refuse_groups(
+        identity,
+        "write",
+        Names::CONSUMER.noun,
+        name,
+        &groups_of(&record.spec),
+    )?;
     let basis = match client {
         Some(Precondition::Revision(expected)) if expected != record.revision => {
             return Err(ApiError::from_store(StoreError::PreconditionFailed {
@@ -446,12 +433,13 @@ async fn read_for_change(
 /// without a key gets a generated one, shown once in the answer as `key`.
 pub(super) async fn add_credential(
     State(state): State<Arc<AppState>>,
+    Extension(identity): Extension<Identity>,
     Target { name, params }: Target,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let credential = read_document::<Consumers>(&state, &headers, body).await?;
-    let (record, stored, basis) = read_for_change(&state, &headers, &name).await?;
+    let (record, stored, basis) = read_for_change(&state, &identity, &headers, &name).await?;
     if let Some(id) = credential.get("id").and_then(Value::as_str)
         && stored.spec.credentials.iter().any(|c| c.id == id)
     {
@@ -518,6 +506,7 @@ pub(super) async fn add_credential(
 /// `DELETE /api/v1/consumers/{name}/credentials/{id}`: revokes one credential.
 pub(super) async fn revoke_credential(
     State(state): State<Arc<AppState>>,
+    Extension(identity): Extension<Identity>,
     names: Result<Path<(String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -526,7 +515,7 @@ pub(super) async fn revoke_credential(
     model::validate_name(&name).map_err(|message| ApiError::field("name", message))?;
     model::validate_name(&id).map_err(|message| ApiError::field("id", message))?;
     let params = WriteParams::parse(query.as_deref(), &state)?;
-    let (record, mut consumer, basis) = read_for_change(&state, &headers, &name).await?;
+    let (record, mut consumer, basis) = read_for_change(&state, &identity, &headers, &name).await?;
     let before = consumer.spec.credentials.len();
     consumer.spec.credentials.retain(|c| c.id != id);
     if consumer.spec.credentials.len() == before {

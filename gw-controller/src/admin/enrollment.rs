@@ -123,6 +123,16 @@ impl CreateRequest {
 /// A token's lifetime: a whole number and a unit, `m`, `h` or `d` (`s` and `ms` read too),
 /// from one minute to 30 days.
 fn parse_ttl(text: &str) -> Result<TimeDelta, String> {
+    parse_lifetime(text, MIN_TTL, MAX_TTL)
+}
+
+/// A lifetime: a whole number and a unit, `m`, `h` or `d` (`s` and `ms` read too), within
+/// `min..=max` (which the refusal names in the same units).
+pub(super) fn parse_lifetime(
+    text: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<TimeDelta, String> {
     let days = text
         .strip_suffix('d')
         .filter(|n| (1..=5).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()))
@@ -138,11 +148,28 @@ fn parse_ttl(text: &str) -> Result<TimeDelta, String> {
             })?
             .into(),
     };
-    (MIN_TTL..=MAX_TTL)
+    (min..=max)
         .contains(&ttl)
         .then(|| TimeDelta::from_std(ttl).ok())
         .flatten()
-        .ok_or_else(|| format!("{text} is not between 1m and 30d"))
+        .ok_or_else(|| {
+            format!(
+                "{text} is not between {} and {}",
+                in_units(min),
+                in_units(max)
+            )
+        })
+}
+
+/// `1m`, `30d`: a bound of a lifetime, in its largest whole unit.
+fn in_units(bound: Duration) -> String {
+    let secs = bound.as_secs();
+    match secs {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// The 409 of a controller that does not serve sync TLS from the cluster's internal CA.

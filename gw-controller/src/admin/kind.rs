@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::extract::{Extension, FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -26,11 +26,14 @@ use gw_store::{
 };
 use serde_json::json;
 
+use super::access::refuse_groups;
 use super::format::{document, read_body, request_format, wants_yaml};
+use super::identity::Identity;
 use super::write::{
     Basis, WriteParams, Written, delete_precondition, deleted, etag, precondition, written,
 };
 use super::{ApiError, AppState};
+use crate::watcher::groups_of;
 
 /// A write as the request asks for it, handed to [`Kind::deploy`].
 #[derive(Debug)]
@@ -123,6 +126,16 @@ pub(super) trait Kind: Send + Sync + 'static {
         state: &AppState,
         deploy: Deploy<Self::Document>,
     ) -> impl Future<Output = Result<Deployed, ApiError>> + Send;
+
+    /// The gateway groups a document puts the resource in (those its validation checks).
+    fn document_groups(document: &Self::Document) -> Vec<String>;
+
+    /// Hides what a caller that may not see secrets must not see in what a read shows of
+    /// one resource (its GET, or its item in a listing). By default nothing: the kind's
+    /// reads show no secret to anyone.
+    fn hide_secrets(shown: &mut serde_json::Value) {
+        let _ = shown;
+    }
 
     /// What a listing, and the answer to a write, show of one resource.
     fn summary(state: &AppState, record: &ResourceRecord) -> serde_json::Value;
@@ -341,6 +354,93 @@ pub(super) async fn read_document<K: Kind>(
     K::parse(state, &bytes, format)
 }
 
+/// Refuses a write by `identity` of resource `name` of kind `K` outside its groups: the
+/// groups the write gives it (`new_groups`) and, when it exists, the ones it has now. For an
+/// identity scoped to some groups, the write is made conditional on the revision those
+/// groups were read at (see [`read_condition`]), so that a concurrent move of the resource
+/// into another group cannot slip between the check and the write. Returns the write's
+/// precondition and its basis.
+pub(super) async fn scoped<K: Kind>(
+    state: &AppState,
+    identity: &Identity,
+    name: &str,
+    new_groups: Option<&[String]>,
+    (precondition, basis): (Precondition, Basis),
+) -> Result<(Precondition, Basis), ApiError> {
+    let action = if new_groups.is_some() {
+        "write"
+    } else {
+        "delete"
+    };
+    if let Some(groups) = new_groups {
+        refuse_groups(identity, action, K::NAMES.noun, name, groups)?;
+    }
+    // nothing more to check: every group is the identity's, or a create finds no resource
+    if identity.covers_every_group() || basis == Basis::Create {
+        return Ok((precondition, basis));
+    }
+    let current = find::<K>(state, name).await?;
+    match &current {
+        Some(record) => {
+            refuse_groups(
+                identity,
+                action,
+                K::NAMES.noun,
+                name,
+                &groups_of(&record.spec),
+            )?;
+        }
+        None if new_groups.is_none() => {
+            return Err(K::delete_error(
+                name,
+                StoreError::NotFound {
+                    name: name.to_string(),
+                },
+            ));
+        }
+        None => {}
+    }
+    read_condition::<K>(name, precondition, basis, current.as_ref())
+}
+
+/// The precondition of a write that builds on the read of `stored` (the resource as it
+/// was read, if it existed), given the client's: a write without one becomes conditional on
+/// what was read (basis [`Basis::Read`]: a change in between is a 409 `concurrent_change`),
+/// and one whose precondition the read already fails is answered now, as `basis` says.
+pub(super) fn read_condition<K: Kind>(
+    name: &str,
+    client: Precondition,
+    basis: Basis,
+    stored: Option<&ResourceRecord>,
+) -> Result<(Precondition, Basis), ApiError> {
+    match (client, stored) {
+        (Precondition::Revision(expected), _) => {
+            let actual = stored.map(|r| r.revision);
+            if actual != Some(expected) {
+                let failed = StoreError::PreconditionFailed {
+                    name: name.to_string(),
+                    expected,
+                    actual,
+                };
+                return Err(K::write_error(name, failed, basis));
+            }
+            Ok((Precondition::Revision(expected), basis))
+        }
+        (Precondition::Absent, Some(_)) => Err(K::write_error(
+            name,
+            StoreError::AlreadyExists {
+                name: name.to_string(),
+            },
+            basis,
+        )),
+        (Precondition::Absent, None) => Ok((Precondition::Absent, basis)),
+        (Precondition::None, Some(record)) => {
+            Ok((Precondition::Revision(record.revision), Basis::Read))
+        }
+        (Precondition::None, None) => Ok((Precondition::Absent, Basis::Read)),
+    }
+}
+
 /// Answers a write that [`Kind::deploy`] committed.
 async fn answer<K: Kind>(
     state: &AppState,
@@ -373,6 +473,7 @@ async fn answer<K: Kind>(
 /// existing resource fails the precondition (412), where a POST reports a conflict (409).
 async fn put<K: Kind>(
     State(state): State<Arc<AppState>>,
+    Extension(identity): Extension<Identity>,
     Target { name, params }: Target,
     headers: HeaderMap,
     body: Body,
@@ -382,11 +483,20 @@ async fn put<K: Kind>(
     if let Some(given) = K::document_name(&document) {
         check_document_name(given, &name)?;
     }
+    let groups = K::document_groups(&document);
+    let (precondition, basis) = scoped::<K>(
+        &state,
+        &identity,
+        &name,
+        Some(&groups),
+        (precondition.unwrap_or_default(), Basis::Client),
+    )
+    .await?;
     let deploy = Deploy {
         document,
         name: Some(name),
-        precondition: precondition.unwrap_or_default(),
-        basis: Basis::Client,
+        precondition,
+        basis,
     };
     let deployed = K::deploy(&state, deploy).await?;
     answer::<K>(&state, &params, deployed).await
@@ -395,16 +505,28 @@ async fn put<K: Kind>(
 /// `POST /api/v1/{collection}`: create; 409 if the name is taken.
 async fn create<K: Kind>(
     State(state): State<Arc<AppState>>,
+    Extension(identity): Extension<Identity>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let params = WriteParams::parse(query.as_deref(), &state)?;
+    let document = read_document::<K>(&state, &headers, body).await?;
+    let name = K::document_name(&document).unwrap_or_default().to_string();
+    let groups = K::document_groups(&document);
+    let (precondition, basis) = scoped::<K>(
+        &state,
+        &identity,
+        &name,
+        Some(&groups),
+        (Precondition::Absent, Basis::Create),
+    )
+    .await?;
     let deploy = Deploy {
-        document: read_document::<K>(&state, &headers, body).await?,
+        document,
         name: None,
-        precondition: Precondition::Absent,
-        basis: Basis::Create,
+        precondition,
+        basis,
     };
     let deployed = K::deploy(&state, deploy).await?;
     answer::<K>(&state, &params, deployed).await
@@ -412,7 +534,10 @@ async fn create<K: Kind>(
 
 /// `GET /api/v1/{collection}`: every resource of the kind as [`Kind::summary`] shows it,
 /// and the store's revision, read at one point in time.
-async fn list<K: Kind>(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+async fn list<K: Kind>(
+    State(state): State<Arc<AppState>>,
+    Extension(identity): Extension<Identity>,
+) -> Result<Response, ApiError> {
     let snapshot = state
         .store()?
         .snapshot()
@@ -421,7 +546,13 @@ async fn list<K: Kind>(State(state): State<Arc<AppState>>) -> Result<Response, A
     let revision = snapshot.revision;
     let items: Vec<_> = K::listed(snapshot)
         .iter()
-        .map(|record| K::summary(&state, record))
+        .map(|record| {
+            let mut item = K::summary(&state, record);
+            if !identity.sees_secrets() {
+                K::hide_secrets(&mut item);
+            }
+            item
+        })
         .collect();
     Ok(axum::Json(json!({"revision": revision, "items": items})).into_response())
 }
@@ -430,12 +561,16 @@ async fn list<K: Kind>(State(state): State<Arc<AppState>>) -> Result<Response, A
 /// YAML (`Accept`), with its revision as `ETag`.
 async fn get<K: Kind>(
     State(state): State<Arc<AppState>>,
+    Extension(identity): Extension<Identity>,
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let name = check_name(name)?;
     let record = record::<K>(&state, &name).await?;
-    let shown = K::shown(&record)?;
+    let mut shown = K::shown(&record)?;
+    if !identity.sees_secrets() {
+        K::hide_secrets(&mut shown);
+    }
     let mut response = document(StatusCode::OK, &shown, wants_yaml(&headers));
     response
         .headers_mut()
@@ -447,14 +582,26 @@ async fn get<K: Kind>(
 /// ([`Kind::check_delete`]).
 async fn delete<K: Kind>(
     State(state): State<Arc<AppState>>,
+    Extension(identity): Extension<Identity>,
     Target { name, params }: Target,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let precondition = delete_precondition(&headers)?;
+    let (precondition, basis) = scoped::<K>(
+        &state,
+        &identity,
+        &name,
+        None,
+        (precondition, Basis::Client),
+    )
+    .await?;
     K::check_delete(&state, &name).await?;
     let outcome = K::remove(state.store()?.as_ref(), &name, precondition)
         .await
-        .map_err(|err| K::delete_error(&name, err))?;
+        .map_err(|err| match basis {
+            Basis::Read => K::write_error(&name, err, basis),
+            _ => K::delete_error(&name, err),
+        })?;
     tracing::info!(kind = K::NAMES.kind, name = %name, revision = outcome.revision, "{} deleted", K::NAMES.noun);
     deleted(
         &state,

@@ -1,9 +1,12 @@
 //! The admin REST API under `/api/v1`, and the health endpoints.
 //!
-//! Every call under `/api/v1` needs the bearer token when one is configured (always in
-//! production mode), except the health endpoints, which probes call without credentials.
+//! Every call under `/api/v1` needs a bearer token when `GW_ADMIN_TOKEN` is configured
+//! (always in production mode): `GW_ADMIN_TOKEN` itself, the break-glass admin, or a named
+//! token with a role (see [`access`] for who may call what, and `/api/v1/tokens`). The
+//! health endpoints need none: probes call them without credentials.
 //! Errors are JSON: `{"error": {"code", "message", "details": [{"field", "message"}]}}`.
 
+mod access;
 mod apis;
 mod bundles;
 mod certificates;
@@ -12,8 +15,11 @@ mod dev;
 mod enrollment;
 mod error;
 mod format;
+mod identity;
 mod kind;
+mod redact;
 mod runtimes;
+mod tokens;
 mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +40,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 pub use dev::DevGuard;
 pub use error::ApiError;
+pub use identity::{Identity, InvalidNamedToken, NamedToken};
 
 use crate::keys::AdminToken;
 
@@ -139,6 +146,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/enrollment-tokens/{id}",
             axum::routing::delete(enrollment::revoke),
         )
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/bundles", axum::routing::post(bundles::export))
         .route("/schema/api", get(schema))
         .route("/schema/certificate", get(certificate_schema))
@@ -147,7 +156,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/policies/{name}", get(policy))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
-            authenticate,
+            access::authenticate,
         ))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
@@ -174,38 +183,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         // outermost: answers of every layer count, a handler's panic included
         .layer(middleware::from_fn_with_state(Arc::clone(&state), measure))
         .with_state(state)
-}
-
-/// Requires `Authorization: Bearer <token>` when a token is configured.
-async fn authenticate(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if let Some(token) = &state.token {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, value) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| value.trim())
-            });
-        if !presented.is_some_and(|p| token.verify(p)) {
-            let mut response = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid bearer token is required: send Authorization: Bearer <GW_ADMIN_TOKEN>",
-            )
-            .into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer realm=\"gw\""),
-            );
-            return response;
-        }
-    }
-    next.run(request).await
 }
 
 /// One log line per request: method, path, status, latency. Never headers or bodies.

@@ -7,9 +7,10 @@ use std::time::Instant;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use gw_store::{
-    Backend, Change, DeleteOutcome, DeleteResourceOutcome, EnrollmentRecord, EnrollmentTokenRecord,
-    NewEnrollmentToken, PoolStatus, Precondition, PutApi, PutOutcome, PutResource,
-    PutResourceOutcome, ResourceRecord, RuntimeRecord, Snapshot, Store, StoreError, TokenRefusal,
+    AdminTokenCredential, AdminTokenRecord, Backend, Change, DeleteOutcome, DeleteResourceOutcome,
+    EnrollmentRecord, EnrollmentTokenRecord, NewAdminToken, NewEnrollmentToken, PoolStatus,
+    Precondition, PutApi, PutOutcome, PutResource, PutResourceOutcome, ResourceRecord,
+    RuntimeRecord, Snapshot, Store, StoreError, TokenRefusal,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,7 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 /// The `operation` label values: the [`Store`] methods that reach the database.
-pub(crate) const OPERATIONS: [&str; 28] = [
+pub(crate) const OPERATIONS: [&str; 33] = [
     "ping",
     "put_api",
     "delete_api",
@@ -48,6 +49,11 @@ pub(crate) const OPERATIONS: [&str; 28] = [
     "renew_runtime",
     "revoke_runtime",
     "runtime_enrollments",
+    "create_admin_token",
+    "list_admin_tokens",
+    "admin_token",
+    "revoke_admin_token",
+    "touch_admin_token",
 ];
 
 /// The `kind` label values of `gw_store_errors_total`.
@@ -398,6 +404,31 @@ impl Store for MeasuredStore {
         let measure = self.start("runtime_enrollments");
         measure.finish(self.inner.runtime_enrollments().await)
     }
+
+    async fn create_admin_token(&self, token: &NewAdminToken) -> Result<(), StoreError> {
+        let measure = self.start("create_admin_token");
+        measure.finish(self.inner.create_admin_token(token).await)
+    }
+
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        let measure = self.start("list_admin_tokens");
+        measure.finish(self.inner.list_admin_tokens().await)
+    }
+
+    async fn admin_token(&self, id: &str) -> Result<Option<AdminTokenCredential>, StoreError> {
+        let measure = self.start("admin_token");
+        measure.finish(self.inner.admin_token(id).await)
+    }
+
+    async fn revoke_admin_token(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let measure = self.start("revoke_admin_token");
+        measure.finish(self.inner.revoke_admin_token(id, at).await)
+    }
+
+    async fn touch_admin_token(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let measure = self.start("touch_admin_token");
+        measure.finish(self.inner.touch_admin_token(id, at).await)
+    }
 }
 
 #[cfg(test)]
@@ -405,7 +436,7 @@ mod tests {
     use std::collections::BTreeSet;
     use std::sync::Arc;
 
-    use gw_store::{Precondition, PutApi, PutResource, Store, StoreOptions};
+    use gw_store::{NewAdminToken, Precondition, PutApi, PutResource, Store, StoreOptions};
     use prometheus_client::registry::Registry;
     use sqlx::Connection as _;
 
@@ -528,6 +559,22 @@ mod tests {
         store.revoke_runtime("rt", now).await.unwrap();
         store.runtime_enrollments().await.unwrap();
         store.forget_runtime("rt").await.unwrap();
+        store
+            .create_admin_token(&NewAdminToken {
+                id: "a".into(),
+                name: "ci".into(),
+                secret_hash: "h".into(),
+                role: gw_store::AdminRole::Viewer,
+                groups: vec![],
+                created_at: now,
+                expires_at: None,
+            })
+            .await
+            .unwrap();
+        store.list_admin_tokens().await.unwrap();
+        store.admin_token("a").await.unwrap();
+        store.touch_admin_token("a", now).await.unwrap();
+        store.revoke_admin_token("a", now).await.unwrap();
         store
             .delete_resource("certificate", "c", Precondition::None)
             .await

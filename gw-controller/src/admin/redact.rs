@@ -1,0 +1,152 @@
+//! What roles that may not see secrets (operator, viewer) are not shown of an API
+//! definition, and the refusal of a document that carries such a hidden value back.
+//!
+//! Certificates' private keys and consumers' keys and passwords are never shown to anyone.
+//! API definitions are shown as deployed, and some of their fields may hold a secret: the
+//! `jwt` policy's HS256 `secret`, the password in a Redis or upstream URL, a header that a
+//! policy injects (`Authorization`). Until policies mark their secret params themselves
+//! (issue 16, point 5), the fields hidden are named here: any field whose name says it holds
+//! a secret ([`SECRET_FIELDS`]), and the password of any URL. Each is replaced by
+//! [`REDACTED`]; a write whose document still holds that text is refused (400), so that a
+//! definition read, edited and written back by an operator never deploys the placeholder
+//! in place of the secret.
+
+use serde_json::Value;
+
+use super::ApiError;
+
+/// What stands in for a hidden value.
+pub(super) const REDACTED: &str = "<redacted>";
+
+/// Field names (compared without case) whose values are secrets wherever they appear.
+const SECRET_FIELDS: [&str; 12] = [
+    "secret",
+    "password",
+    "token",
+    "apikey",
+    "api-key",
+    "x-api-key",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "clientsecret",
+    "client_secret",
+    "privatekey",
+];
+
+/// Replaces every secret in `value` by [`REDACTED`] (see the module docs).
+pub(super) fn hide_secrets(value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            for (name, field) in fields.iter_mut() {
+                let name = name.to_ascii_lowercase();
+                if SECRET_FIELDS.contains(&name.as_str()) && !field.is_null() {
+                    *field = Value::String(REDACTED.to_string());
+                } else {
+                    hide_secrets(field);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(hide_secrets),
+        Value::String(text) => {
+            if let Some(hidden) = without_password(text) {
+                *text = hidden;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `scheme://user:<redacted>@host/...` for a URL with a password; `None` for any other
+/// text.
+fn without_password(text: &str) -> Option<String> {
+    let start = text.find("://")? + 3;
+    let authority_end = text[start..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |i| start + i);
+    let at = text[start..authority_end].rfind('@')? + start;
+    let colon = text[start..at].find(':')? + start;
+    Some(format!("{}{REDACTED}{}", &text[..=colon], &text[at..]))
+}
+
+/// Refuses a document that holds [`REDACTED`] (400, naming the field): it was read without
+/// its secrets, and writing it back would deploy the placeholder.
+pub(super) fn refuse_redacted(document: &Value) -> Result<(), ApiError> {
+    match find_redacted(document, String::new()) {
+        None => Ok(()),
+        Some(path) => Err(ApiError::field(
+            &path,
+            format!(
+                "holds {REDACTED:?}, which stands for a secret that this token's role is not \
+                 shown: give the secret itself"
+            ),
+        )),
+    }
+}
+
+/// The path of the first string that holds [`REDACTED`].
+fn find_redacted(value: &Value, path: String) -> Option<String> {
+    match value {
+        Value::String(text) if text.contains(REDACTED) => Some(path),
+        Value::Object(fields) => fields.iter().find_map(|(name, field)| {
+            let path = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            find_redacted(field, path)
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| find_redacted(item, format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn secrets_are_hidden_and_the_rest_is_shown() {
+        let mut api = json!({"spec": {
+            "upstream": {"endpoints": [
+                {"url": "http://svc:user:pw@backend:8080/x"},
+                {"url": "http://backend:8080/a@b"},
+                {"url": "https://user@backend/"},
+            ]},
+            "policies": [
+                {"name": "jwt", "params": {"secret": "c2VjcmV0", "issuer": ["me"]}},
+                {"name": "rate-limit", "params": {"redis": {"url": "redis://:s3cret@127.0.0.1:6379/0"}}},
+                {"name": "request-headers", "params": {"set": {"Authorization": "Bearer x", "x-team": "a"}}},
+            ],
+        }});
+        hide_secrets(&mut api);
+        let shown = api.to_string();
+        for secret in ["c2VjcmV0", "s3cret", "Bearer x", ":pw@"] {
+            assert!(!shown.contains(secret), "{secret}: {shown}");
+        }
+        let policies = &api["spec"]["policies"];
+        assert_eq!(policies[0]["params"]["issuer"], json!(["me"]));
+        assert_eq!(
+            policies[1]["params"]["redis"]["url"],
+            "redis://:<redacted>@127.0.0.1:6379/0"
+        );
+        assert_eq!(policies[2]["params"]["set"]["x-team"], "a");
+        let endpoints = &api["spec"]["upstream"]["endpoints"];
+        assert_eq!(endpoints[1]["url"], "http://backend:8080/a@b");
+        assert_eq!(endpoints[2]["url"], "https://user@backend/");
+    }
+
+    #[test]
+    fn a_document_with_a_hidden_value_is_refused_at_its_field() {
+        assert!(refuse_redacted(&json!({"spec": {"a": ["x"]}})).is_ok());
+        let mut api = json!({"spec": {"policies": [{"name": "jwt", "params": {"secret": "k"}}]}});
+        hide_secrets(&mut api);
+        let err = format!("{:?}", refuse_redacted(&api).unwrap_err());
+        assert!(err.contains("spec.policies[0].params.secret"), "{err}");
+    }
+}
