@@ -106,7 +106,7 @@ pub struct Args {
     )]
     sync_advertise_names: Vec<String>,
 
-    /// How long the certificates of enrolled runtimes are valid (at least 10s); they renew
+    /// How long the certificates of enrolled runtimes are valid (10s to 30d); they renew
     /// them two thirds in.
     #[arg(
         long,
@@ -524,7 +524,7 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
             runtime_cert_lifetime: args
                 .runtime_cert_lifetime
                 .as_duration()
-                .max(Duration::from_secs(10)),
+                .clamp(Duration::from_secs(10), Duration::from_hours(30 * 24)),
         });
     }
     options.node_id = args.node_id.filter(|id| !id.is_empty());

@@ -250,7 +250,9 @@ impl Enrollment {
                 }
             };
             let outcome =
-                gw_sync::enroll::enroll(address, &token, &self.identity, &request.cert_pem).await;
+                gw_sync::enroll::enroll(address, &token, &self.identity, &request.cert_pem)
+                    .await
+                    .and_then(|issued| of_cluster(issued, &token));
             match self.take(outcome, request.key_pem) {
                 Ok(()) => {
                     tracing::info!(
@@ -359,6 +361,25 @@ impl Enrollment {
     }
 }
 
+/// The certificate issued at enrollment, if the CA it comes with is the one the token
+/// names (the controller was checked against it already; this keeps a controller from
+/// handing another CA for the runtime to trust from then on).
+fn of_cluster(
+    issued: gw_sync::server::IssuedCertificate,
+    token: &EnrollmentToken,
+) -> Result<gw_sync::server::IssuedCertificate, EnrollError> {
+    let ca = rustls::pki_types::CertificateDer::from_pem_slice(issued.ca_pem.as_bytes())
+        .map_err(|err| EnrollError::Answer(format!("its CA does not read: {err}")))?;
+    match gw_sync::pki::CaHash::of_certificate(&ca) {
+        Ok(hash) if hash == token.ca_hash() => Ok(issued),
+        Ok(hash) => Err(EnrollError::Answer(format!(
+            "its CA is {hash}, and the token names {}",
+            token.ca_hash()
+        ))),
+        Err(err) => Err(EnrollError::Answer(err.to_string())),
+    }
+}
+
 fn log_failure(what: &str, address: &str, err: &EnrollError) {
     if err.is_transient() {
         tracing::warn!(controller = %address, error = %err, "{what} failed; trying again");
@@ -384,6 +405,18 @@ fn read(path: &Path) -> Result<Option<Held>, String> {
     };
     let stored: Stored =
         serde_json::from_str(&text).map_err(|err| format!("it does not read: {err}"))?;
+    // written 0600; a copy restored with wider rights is said, not silently used
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(), mode = format!("{mode:o}"),
+                "the sync identity file (a private key) can be read by others than its owner; \
+                 chmod 600 it"
+            );
+        }
+    }
     Held::read(stored).map(Some)
 }
 
@@ -476,6 +509,23 @@ mod tests {
         );
         let expires = held.expires - Instant::now();
         assert!(expires > Duration::from_secs(55), "{expires:?}");
+    }
+
+    #[test]
+    fn a_certificate_that_comes_with_another_ca_than_the_token_s_is_refused() {
+        let ca = ClusterCa::generate(SystemTime::now()).unwrap();
+        let token = EnrollmentToken::generate(ca.hash());
+        let (ours, _) = issued(&ca, &identity(), SystemTime::now(), Duration::from_hours(1));
+        assert!(of_cluster(ours, &token).is_ok());
+        let other = ClusterCa::generate(SystemTime::now()).unwrap();
+        let (theirs, _) = issued(
+            &other,
+            &identity(),
+            SystemTime::now(),
+            Duration::from_hours(1),
+        );
+        let err = of_cluster(theirs, &token).unwrap_err();
+        assert!(err.to_string().contains("the token names"), "{err}");
     }
 
     #[test]
