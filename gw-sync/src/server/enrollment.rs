@@ -103,6 +103,10 @@ const MAX_CONCURRENT: usize = 16;
 /// The Enrollment service.
 pub(crate) struct EnrollmentService {
     enroller: Arc<dyn Enroller>,
+    /// The second of the last refusal logged at warning level, and the refusals not logged
+    /// since: anyone may ask, and a flood of bad tokens must not flood the log.
+    warned: std::sync::atomic::AtomicU64,
+    unlogged: std::sync::atomic::AtomicU64,
     metrics: SyncMetrics,
     /// For enrollments, which anyone who reaches the port may ask for.
     enrollments: Arc<Semaphore>,
@@ -119,12 +123,33 @@ impl EnrollmentService {
         // requests and answers are a CSR and a certificate: small
         EnrollmentServer::new(Self {
             enroller,
+            warned: std::sync::atomic::AtomicU64::new(0),
+            unlogged: std::sync::atomic::AtomicU64::new(0),
             metrics,
             enrollments: Arc::new(Semaphore::new(MAX_CONCURRENT)),
             renewals: Arc::new(Semaphore::new(MAX_CONCURRENT)),
         })
         .max_decoding_message_size(16 * 1024)
         .max_encoding_message_size(64 * 1024)
+    }
+
+    /// Whether a refusal may be logged at warning level now (at most one a second), and
+    /// how many were not since the last one.
+    fn may_warn(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let now = crate::unix_millis() / 1000;
+        let last = self.warned.load(Ordering::Relaxed);
+        if now > last
+            && self
+                .warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.unlogged.swap(0, Ordering::Relaxed))
+        } else {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
 
     #[allow(
@@ -195,10 +220,17 @@ impl Enrollment for EnrollmentService {
                 Ok(answer(issued))
             }
             Err(refusal) => {
-                tracing::warn!(
-                    node = %identity.node_id, group = %identity.group, token = %token.id(),
-                    ?peer, reason = %refusal, "enrollment refused"
-                );
+                if let Some(unlogged) = self.may_warn() {
+                    tracing::warn!(
+                        node = %identity.node_id, group = %identity.group, token = %token.id(),
+                        ?peer, reason = %refusal, unlogged, "enrollment refused"
+                    );
+                } else {
+                    tracing::debug!(
+                        node = %identity.node_id, token = %token.id(), ?peer,
+                        reason = %refusal, "enrollment refused"
+                    );
+                }
                 Err(refusal.into())
             }
         }
