@@ -2,7 +2,7 @@
 //!
 //! Every call under `/api/v1` needs a bearer token when `GW_ADMIN_TOKEN` is configured
 //! (always in production mode): `GW_ADMIN_TOKEN` itself, the break-glass admin, or a named
-//! token with a role (see [`access`] for who may call what, and `/api/v1/tokens`). The
+//! token with a role (docs/security/admin-access.md says who may call what; `/api/v1/tokens`). The
 //! health endpoints need none: probes call them without credentials.
 //! Errors are JSON: `{"error": {"code", "message", "details": [{"field", "message"}]}}`.
 
