@@ -547,6 +547,19 @@ pub async fn run(
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     };
+    // the cluster CA, once the store answers: the sync port serves nothing before it, and
+    // the admin API is not ready before it (enrollment tokens need its hash)
+    let internal = match &options.sync_ca {
+        Some(ca_options) => {
+            let internal = tokio::select! {
+                internal = internal_tls(ca_options, options.sync_addr, &store, &sealer) => internal?,
+                () = stopped() => return Ok(()),
+            };
+            let _ = state.sync_ca.set(internal.ca.hash());
+            Some(internal)
+        }
+        None => None,
+    };
     // the exporter is in place before the admin API says loaded: `POST /api/v1/bundles`
     // never answers `bundles_not_configured` on a controller that exports
     let exporter = options.bundles.clone().map(|bundle_options| {
@@ -597,24 +610,14 @@ pub async fn run(
     );
     let fleet_writer = tokio::spawn(Arc::clone(&recorder).write_loop(Arc::clone(&store)));
 
-    // the cluster CA, once the store answers: the sync port serves nothing before it
-    let internal = match &options.sync_ca {
-        Some(ca_options) => {
-            let internal = tokio::select! {
-                internal = internal_tls(ca_options, options.sync_addr, &store, &sealer) => internal?,
-                () = stopped() => return Ok(()),
-            };
-            let _ = state.sync_ca.set(internal.ca.hash());
-            tasks.push(tokio::spawn(Arc::clone(&internal.enroller).follow()));
-            tasks.push(tokio::spawn(enrollment::reissue_server_certificate(
-                Arc::clone(&internal.tls),
-                Arc::clone(&internal.ca),
-                internal.names.clone(),
-            )));
-            Some(internal)
-        }
-        None => None,
-    };
+    if let Some(internal) = &internal {
+        tasks.push(tokio::spawn(Arc::clone(&internal.enroller).follow()));
+        tasks.push(tokio::spawn(enrollment::reissue_server_certificate(
+            Arc::clone(&internal.tls),
+            Arc::clone(&internal.ca),
+            internal.names.clone(),
+        )));
+    }
     // the all-in-one runtime enrolls with the cluster CA like any other
     #[cfg(feature = "all-in-one")]
     let embedded_ca = internal.as_ref().map(|internal| Arc::clone(&internal.ca));

@@ -460,6 +460,21 @@ fn enrolling(controllers: &[SocketAddr]) -> Option<Arc<Enrolling>> {
         .cloned()
 }
 
+/// A token for `group` made earlier through a controller on one of `controllers`, running
+/// or stopped: it stays good in their database, so that a runtime started while they are
+/// down enrolls once one is back.
+fn kept_token(controllers: &[SocketAddr], group: &str) -> Option<String> {
+    let registry = registry().lock().unwrap_or_else(PoisonError::into_inner);
+    registry.iter().rev().find_map(|entry| {
+        let sync = entry.addr("sync")?;
+        if !controllers.contains(&sync) {
+            return None;
+        }
+        let tokens = entry.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        tokens.get(group).cloned()
+    })
+}
+
 /// An enrollment token for `group` from the controller at `admin` (`POST
 /// /api/v1/enrollment-tokens` with the test token, many uses, an hour), asked again until
 /// the admin API answers, for a minute at most. Blocking (a plain HTTP/1.1 exchange), so
@@ -508,10 +523,13 @@ pub fn enrollment_token(admin: SocketAddr, group: &str) -> String {
 /// The environment a runtime of `controllers` in `group` needs to be served: the sync token
 /// (an extra check, as production asks of runtimes besides their certificate) and, when one
 /// of them is a controller the harness started on the cluster CA, `GW_ENROLL_TOKEN` with a
-/// token from it (one per controller and group, reused).
+/// token from it (one per controller and group, reused, also once the controller has
+/// stopped).
 pub fn sync_env(controllers: &[SocketAddr], group: &str) -> Vec<(String, String)> {
     let mut envs = vec![("GW_SYNC_TOKEN".to_string(), SYNC_TOKEN.to_string())];
-    if let Some(controller) = enrolling(controllers) {
+    if let Some(token) = kept_token(controllers, group) {
+        envs.push(("GW_ENROLL_TOKEN".to_string(), token));
+    } else if let Some(controller) = enrolling(controllers) {
         let mut tokens = controller
             .tokens
             .lock()
