@@ -25,8 +25,9 @@ use std::sync::Arc;
 /// (PostgreSQL, or an embedded SQLite file) and keeps every connected runtime in sync.
 ///
 /// Production mode is the default and needs GW_ADMIN_TOKEN (the admin API's bearer token)
-/// and GW_ENCRYPTION_KEY (32 bytes, base64) in the environment. GW_SYNC_TOKEN, when set, is
-/// the token runtimes must present on the sync port.
+/// and GW_ENCRYPTION_KEY (32 bytes, base64) in the environment; its sync port speaks mutual
+/// TLS (from the cluster CA unless --sync-tls-cert is given) and never plaintext.
+/// GW_SYNC_TOKEN, when set, is a token runtimes must present on the sync port besides.
 #[derive(Debug, Parser)]
 #[command(name = "gw-controller", version)]
 pub struct Args {
@@ -88,11 +89,16 @@ pub struct Args {
 
     /// Mutual TLS on the sync port from the cluster's internal CA: `internal` (the CA is
     /// kept in the database, its key sealed with GW_ENCRYPTION_KEY; runtimes enroll with
-    /// tokens from POST /api/v1/enrollment-tokens), or `off`. `--sync-tls-cert` serves your
-    /// own PKI's certificates instead.
-    #[arg(long, env = "GW_SYNC_TLS", value_enum, default_value_t = SyncTlsMode::Off,
-          conflicts_with = "sync_tls_cert")]
-    sync_tls: SyncTlsMode,
+    /// tokens from POST /api/v1/enrollment-tokens), or `off` (plaintext: development mode
+    /// only). `--sync-tls-cert` serves your own PKI's certificates instead. Default:
+    /// `internal` in production, `off` with `--dev`.
+    #[arg(
+        long,
+        env = "GW_SYNC_TLS",
+        value_enum,
+        conflicts_with = "sync_tls_cert"
+    )]
+    sync_tls: Option<SyncTlsMode>,
 
     /// A name runtimes dial this controller's sync port by (DNS name or address), for its
     /// certificate from the cluster CA; repeat it for several. The host name and the
@@ -490,12 +496,43 @@ pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
 pub enum SyncTlsMode {
     /// The cluster's internal CA; runtimes enroll with tokens.
     Internal,
-    /// No TLS from the cluster CA (plaintext, unless `--sync-tls-cert` is given).
+    /// No TLS from the cluster CA: plaintext, which only `--dev` accepts, unless
+    /// `--sync-tls-cert` is given.
     Off,
+}
+
+/// What `--sync-tls` means when it is not given: `off` with `--dev` or with your own
+/// certificates (`--sync-tls-cert`), `internal` otherwise. An explicit `--sync-tls off` in
+/// production stays off, for [`crate::run`] to refuse with the reason.
+fn sync_tls_mode(given: Option<SyncTlsMode>, dev: bool, own_files: bool) -> SyncTlsMode {
+    match given {
+        Some(mode) => mode,
+        None if dev || own_files => SyncTlsMode::Off,
+        None => SyncTlsMode::Internal,
+    }
 }
 
 /// Runs a controller configured by `args` that knows `policies`.
 pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
+    let options = controller_options(args, policies)?;
+    // the admin and sync connections, the all-in-one runtime's (a client connection and an
+    // upstream one each), and some to spare
+    let traffic = if options.all_in_one.is_some() {
+        2 * gw_runtime::listener::ListenerOptions::default().max_connections
+    } else {
+        0
+    };
+    let needed =
+        options.admin_server.max_connections + options.sync.max_connections + traffic + 1024;
+    gw_runtime::raise_open_files_limit(u64::try_from(needed).unwrap_or(u64::MAX));
+    crate::run(options, gw_runtime::shutdown_signal()).await?;
+    Ok(())
+}
+
+/// The library's options for `args`. Whether they may serve (a plaintext sync port in
+/// production may not) is [`crate::run`]'s to say, for the command line and the library
+/// alike.
+fn controller_options(args: Args, policies: PolicyRegistry) -> anyhow::Result<ControllerOptions> {
     let mut options = ControllerOptions::new();
     options.policies = policies;
     options.database_url = args.database_url;
@@ -513,7 +550,9 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
             client_ca,
         });
     }
-    if args.sync_tls == SyncTlsMode::Internal {
+    // the library's default is the cluster CA; the command line says it outright
+    options.sync_ca = None;
+    if sync_tls_mode(args.sync_tls, args.dev, options.sync_tls.is_some()) == SyncTlsMode::Internal {
         options.sync_ca = Some(crate::SyncCaOptions {
             advertise_names: args
                 .sync_advertise_names
@@ -555,18 +594,7 @@ pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
             trusted_proxies: gw_runtime::cli::trusted_proxies(&args.trusted_proxies)?,
         });
     }
-    // the admin and sync connections, the all-in-one runtime's (a client connection and an
-    // upstream one each), and some to spare
-    let traffic = if options.all_in_one.is_some() {
-        2 * gw_runtime::listener::ListenerOptions::default().max_connections
-    } else {
-        0
-    };
-    let needed =
-        options.admin_server.max_connections + options.sync.max_connections + traffic + 1024;
-    gw_runtime::raise_open_files_limit(u64::try_from(needed).unwrap_or(u64::MAX));
-    crate::run(options, gw_runtime::shutdown_signal()).await?;
-    Ok(())
+    Ok(options)
 }
 
 #[cfg(test)]
@@ -582,6 +610,48 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         <Args as clap::CommandFactory>::command().debug_assert();
+    }
+
+    /// Production serves sync from the cluster CA unless told otherwise; `--dev` is
+    /// plaintext unless it asks for the CA; your own files replace the CA.
+    #[test]
+    fn the_sync_port_is_mutual_tls_by_default_in_production() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "").unwrap();
+            path.display().to_string()
+        };
+        let (cert, key, ca) = (file("cert.pem"), file("key.pem"), file("ca.pem"));
+        let sync = |flags: &[&str]| {
+            let mut line = vec!["gw-controller"];
+            line.extend_from_slice(flags);
+            let args = Args::try_parse_from(line).unwrap();
+            let options = controller_options(args, PolicyRegistry::builtin()).unwrap();
+            (options.sync_ca.is_some(), options.sync_tls.is_some())
+        };
+        assert_eq!(sync(&[]), (true, false), "production: the cluster CA");
+        assert_eq!(sync(&["--sync-tls", "internal"]), (true, false));
+        assert_eq!(
+            sync(&["--sync-tls", "off"]),
+            (false, false),
+            "plaintext asked for: run() refuses it"
+        );
+        assert_eq!(sync(&["--dev"]), (false, false), "--dev: plaintext");
+        assert_eq!(sync(&["--dev", "--sync-tls", "internal"]), (true, false));
+        let own = [
+            "--sync-tls-cert",
+            &cert,
+            "--sync-tls-key",
+            &key,
+            "--sync-client-ca",
+            &ca,
+        ];
+        assert_eq!(sync(&own), (false, true), "your own PKI instead of the CA");
+        let mut line = vec!["gw-controller", "--sync-tls", "internal"];
+        line.extend_from_slice(&own);
+        let err = Args::try_parse_from(line).unwrap_err().to_string();
+        assert!(err.contains("cannot be used with"), "{err}");
     }
 
     #[test]

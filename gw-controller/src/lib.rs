@@ -112,17 +112,22 @@ pub struct ControllerOptions {
     pub admin_token: Option<String>,
     /// The encryption key, base64 (`GW_ENCRYPTION_KEY`).
     pub encryption_key: Option<String>,
-    /// The token runtimes must present on the sync port (`GW_SYNC_TOKEN`); `None`: any
-    /// runtime that reaches the port is served.
+    /// A token runtimes must present on the sync port (`GW_SYNC_TOKEN`), checked besides
+    /// their certificate; in development mode on a plaintext port, the only check. `None`:
+    /// none asked.
     pub sync_token: Option<SyncToken>,
     /// HTTPS on the admin API from files (certificate and key), followed for renewals;
     /// `None`: plain HTTP.
     pub admin_tls: Option<gw_sync::tls::CertFiles>,
     /// Mutual TLS on the sync port from files (certificate, key, runtimes' CA), followed for
-    /// renewals; `None`: plaintext.
+    /// renewals, instead of [`ControllerOptions::sync_ca`] (set that to `None`).
     pub sync_tls: Option<gw_sync::tls::ServerFiles>,
     /// Mutual TLS on the sync port from the cluster's internal CA (kept in the store, made
-    /// by the first controller), with runtimes enrolled by tokens; `None`: not from it.
+    /// by the first controller), with runtimes enrolled by tokens: the default. `None`: not
+    /// from it, so from [`ControllerOptions::sync_tls`], or, in development mode only,
+    /// plaintext ([`run`] refuses a plaintext sync port in production). Development mode
+    /// serves what is set here too: the command line's `--dev` sets `None` unless
+    /// `--sync-tls internal` is given.
     pub sync_ca: Option<SyncCaOptions>,
     /// Run a runtime in process too. A controller built without the `all-in-one` feature
     /// refuses to start with this set ([`ControllerError::Options`]).
@@ -171,7 +176,7 @@ impl ControllerOptions {
             encryption_key: None,
             sync_token: None,
             sync_tls: None,
-            sync_ca: None,
+            sync_ca: Some(SyncCaOptions::default()),
             admin_tls: None,
             all_in_one: None,
             store_timeout: Duration::from_secs(5),
@@ -361,6 +366,7 @@ pub async fn run(
             .map_err(|reason| ControllerError::Options(format!("--node-id: {reason}")))?;
     }
     check_dev_admin_addr(&options)?;
+    check_sync_security(&options)?;
     let token = keys::admin_token(options.dev, options.admin_token.as_deref())?;
     if token.is_none() {
         tracing::warn!("no GW_ADMIN_TOKEN: the admin API accepts unauthenticated calls");
@@ -387,30 +393,13 @@ pub async fn run(
         }
         None => None,
     };
-    if (options.sync_tls.is_some() || options.sync_ca.is_some()) && options.all_in_one.is_some() {
+    if options.sync_tls.is_some() && options.all_in_one.is_some() {
         return Err(ControllerError::Options(
-            "--all-in-one runs its runtime over the sync port in plaintext: it cannot be \
-             combined with sync TLS (run the runtime as its own process)"
+            "--all-in-one enrolls its runtime with the cluster CA, and --sync-tls-cert serves \
+             your own PKI's certificates, which it has none of: drop --sync-tls-cert (the \
+             cluster CA is the default), or run the runtime as its own process"
                 .to_string(),
         ));
-    }
-    if options.sync_tls.is_some() && options.sync_ca.is_some() {
-        return Err(ControllerError::Options(
-            "--sync-tls internal serves the cluster CA's certificates, and --sync-tls-cert \
-             your own: give one or the other"
-                .to_string(),
-        ));
-    }
-    if options.sync_token.is_none()
-        && options.sync_tls.is_none()
-        && options.sync_ca.is_none()
-        && !options.dev
-    {
-        tracing::warn!(
-            "no GW_SYNC_TOKEN and no sync TLS: any process that reaches the sync port can read \
-             the configuration; keep that port on a private network, or set GW_SYNC_TOKEN on \
-             controllers and runtimes, or give them certificates (--sync-tls-cert)"
-        );
     }
     // held until the controller stops: a second process on the directory is refused
     let data_dir = DataDir::open(&options.data_dir)?;
@@ -558,6 +547,19 @@ pub async fn run(
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     };
+    // the cluster CA, once the store answers: the sync port serves nothing before it, and
+    // the admin API is not ready before it (enrollment tokens need its hash)
+    let internal = match &options.sync_ca {
+        Some(ca_options) => {
+            let internal = tokio::select! {
+                internal = internal_tls(ca_options, options.sync_addr, &store, &sealer) => internal?,
+                () = stopped() => return Ok(()),
+            };
+            let _ = state.sync_ca.set(internal.ca.hash());
+            Some(internal)
+        }
+        None => None,
+    };
     // the exporter is in place before the admin API says loaded: `POST /api/v1/bundles`
     // never answers `bundles_not_configured` on a controller that exports
     let exporter = options.bundles.clone().map(|bundle_options| {
@@ -608,24 +610,17 @@ pub async fn run(
     );
     let fleet_writer = tokio::spawn(Arc::clone(&recorder).write_loop(Arc::clone(&store)));
 
-    // the cluster CA, once the store answers: the sync port serves nothing before it
-    let internal = match &options.sync_ca {
-        Some(ca_options) => {
-            let internal = tokio::select! {
-                internal = internal_tls(ca_options, options.sync_addr, &store, &sealer) => internal?,
-                () = stopped() => return Ok(()),
-            };
-            let _ = state.sync_ca.set(internal.ca.hash());
-            tasks.push(tokio::spawn(Arc::clone(&internal.enroller).follow()));
-            tasks.push(tokio::spawn(enrollment::reissue_server_certificate(
-                Arc::clone(&internal.tls),
-                Arc::clone(&internal.ca),
-                internal.names.clone(),
-            )));
-            Some(internal)
-        }
-        None => None,
-    };
+    if let Some(internal) = &internal {
+        tasks.push(tokio::spawn(Arc::clone(&internal.enroller).follow()));
+        tasks.push(tokio::spawn(enrollment::reissue_server_certificate(
+            Arc::clone(&internal.tls),
+            Arc::clone(&internal.ca),
+            internal.names.clone(),
+        )));
+    }
+    // the all-in-one runtime enrolls with the cluster CA like any other
+    #[cfg(feature = "all-in-one")]
+    let embedded_ca = internal.as_ref().map(|internal| Arc::clone(&internal.ca));
     let sync_listener = bind("sync", options.sync_addr).await?;
     let sync_addr = sync_listener.local_addr().unwrap_or(options.sync_addr);
     tracing::info!(listener = "sync", addr = %sync_addr, "listening");
@@ -684,7 +679,16 @@ pub async fn run(
     #[cfg(feature = "all-in-one")]
     let embedded = match &options.all_in_one {
         Some(aio) => {
-            Some(all_in_one::start(aio, &options, &node_id, sync_addr, &state, stopped()).await?)
+            let enroll = match embedded_ca {
+                Some(ca) => Some(all_in_one::enrollment_token(&store, &ca).await?),
+                None => None,
+            };
+            let embedded = all_in_one::Embedded {
+                node_id: &node_id,
+                sync_addr,
+                enroll,
+            };
+            Some(all_in_one::start(aio, &options, embedded, &state, stopped()).await?)
         }
         None => None,
     };
@@ -797,6 +801,41 @@ fn check_dev_admin_addr(options: &ControllerOptions) -> Result<(), ControllerErr
     )))
 }
 
+/// Why a production controller does not serve sync in plaintext, and what to do instead.
+const PLAINTEXT_SYNC_REFUSED: &str = "the sync port would be plaintext (--sync-tls off) in \
+    production mode: it hands the whole configuration, certificate private keys and credential \
+    hashes included, to whoever reaches it. Serve it over mutual TLS from the cluster CA (the \
+    default, --sync-tls internal; runtimes enroll with GW_ENROLL_TOKEN), or from your own PKI \
+    (--sync-tls-cert, --sync-tls-key, --sync-client-ca), or run in development mode (--dev)";
+
+/// How the sync port is protected, checked before anything opens: mutual TLS from the
+/// cluster CA or from files (not both), and plaintext in development mode only (with a
+/// warning). The one place the command line and the library refuse a plaintext sync port.
+fn check_sync_security(options: &ControllerOptions) -> Result<(), ControllerError> {
+    match (&options.sync_tls, &options.sync_ca) {
+        (Some(_), Some(_)) => Err(ControllerError::Options(
+            "--sync-tls internal serves the cluster CA's certificates, and --sync-tls-cert \
+             your own: give one or the other (in the library, set sync_ca to None with \
+             sync_tls)"
+                .to_string(),
+        )),
+        (None, None) if !options.dev => {
+            Err(ControllerError::Options(PLAINTEXT_SYNC_REFUSED.to_string()))
+        }
+        (None, None) => {
+            tracing::warn!(
+                token = options.sync_token.is_some(),
+                "development mode: the sync port is plaintext; whoever reaches it can read the \
+                 configuration, certificate private keys and credential hashes included (and \
+                 with GW_SYNC_TOKEN, whoever sees the token once). Never expose it; production \
+                 mode serves it over mutual TLS"
+            );
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The store as the authority on revisions, for sessions whose runtime is ahead of this
 /// controller.
 struct StoreAuthority(Arc<dyn Store>);
@@ -853,6 +892,59 @@ mod tests {
         options.dev = false;
         options.dev_allow_remote = false;
         assert!(super::check_dev_admin_addr(&options).is_ok());
+    }
+
+    /// A plaintext sync port is refused in production before anything opens, saying why
+    /// and what to do; development mode serves what it is given.
+    #[tokio::test]
+    async fn run_refuses_a_plaintext_sync_port_in_production() {
+        assert!(
+            super::ControllerOptions::new().sync_ca.is_some(),
+            "the cluster CA by default"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = super::ControllerOptions::new();
+        options.data_dir = dir.path().join("data");
+        options.admin_token = Some("an-admin-token-0123456789abcdef".into());
+        options.sync_ca = None;
+        let err = super::run(options.clone(), async {}).await.unwrap_err();
+        assert!(matches!(err, super::ControllerError::Options(_)), "{err:?}");
+        let err = err.to_string();
+        for reason in [
+            "plaintext",
+            "certificate private keys and credential hashes",
+            "the default, --sync-tls internal",
+            "--sync-tls-cert",
+            "--dev",
+        ] {
+            assert!(err.contains(reason), "{reason}: {err}");
+        }
+        assert!(!dir.path().join("data").exists(), "nothing was opened");
+
+        options.dev = true;
+        assert!(
+            super::check_sync_security(&options).is_ok(),
+            "--dev: plaintext"
+        );
+        options.sync_ca = Some(super::SyncCaOptions::default());
+        assert!(
+            super::check_sync_security(&options).is_ok(),
+            "--dev: what it set"
+        );
+        options.sync_tls = Some(gw_sync::tls::ServerFiles {
+            identity: gw_sync::tls::CertFiles {
+                cert: "cert.pem".into(),
+                key: "key.pem".into(),
+            },
+            client_ca: "ca.pem".into(),
+        });
+        let err = super::check_sync_security(&options)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("one or the other"), "{err}");
+        options.dev = false;
+        options.sync_ca = None;
+        assert!(super::check_sync_security(&options).is_ok(), "your own PKI");
     }
 
     #[test]

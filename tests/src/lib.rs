@@ -4,6 +4,12 @@
 //! Processes run with `--log-format json`; the harness reads their `listening` log lines to
 //! learn the ports they bound (every address is `127.0.0.1:0` unless a test pins one), and
 //! prints a process's log when a test fails.
+//!
+//! Production controllers serve sync over mutual TLS from the cluster CA (their default):
+//! the harness keeps a registry of the ones it starts ([`Process::start`] of a controller
+//! binary), and a runtime started through it for the sync address of one is enrolled with a
+//! token the harness makes through that controller's admin API ([`sync_env`]). Raw-protocol
+//! tests get an enrolled TLS channel the same way ([`sync_channel`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -11,7 +17,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -156,8 +162,15 @@ impl Process {
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let stderr = child.stderr.take().expect("stderr is piped");
         let output = Arc::new((Mutex::new(Output::default()), Condvar::new()));
+        let is_controller = binary
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.ends_with("controller"));
+        if is_controller && serves_cluster_ca(args, envs) {
+            register(args, &output);
+        }
+        let stderr = child.stderr.take().expect("stderr is piped");
         let sink = Arc::clone(&output);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -324,6 +337,267 @@ impl Drop for Process {
     }
 }
 
+/// Whether a controller started with `args` and `envs` serves sync from the cluster CA:
+/// production mode's default, or `--sync-tls internal` asked for.
+fn serves_cluster_ca(args: &[String], envs: &[(String, String)]) -> bool {
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+            .or_else(|| {
+                let prefix = format!("{name}=");
+                args.iter().find_map(|a| a.strip_prefix(&prefix))
+            })
+    };
+    let env = |name: &str| {
+        envs.iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    };
+    let mode = flag("--sync-tls").or_else(|| env("GW_SYNC_TLS"));
+    let dev = args.iter().any(|a| a == "--dev") || env("GW_DEV").is_some_and(|v| v == "true");
+    let own_files =
+        args.iter().any(|a| a.starts_with("--sync-tls-cert")) || env("GW_SYNC_TLS_CERT").is_some();
+    match mode {
+        Some(mode) => mode == "internal",
+        None => !dev && !own_files,
+    }
+}
+
+/// A controller serving sync from the cluster CA, as the harness started it.
+struct Enrolling {
+    /// Its log, where its `listening` lines are (gone once the process is dropped).
+    output: Weak<(Mutex<Output>, Condvar)>,
+    /// The addresses its command line pins (not `:0`).
+    pinned: HashMap<String, SocketAddr>,
+    /// Tokens made through it, by group.
+    tokens: Mutex<HashMap<String, String>>,
+}
+
+impl Enrolling {
+    /// Where its `listener` listens: pinned, or logged; `None` when not known (yet).
+    fn addr(&self, listener: &str) -> Option<SocketAddr> {
+        if let Some(addr) = self.pinned.get(listener) {
+            return Some(*addr);
+        }
+        let output = self.output.upgrade()?;
+        let out = output.0.lock().unwrap_or_else(PoisonError::into_inner);
+        out.listening.get(listener).copied()
+    }
+
+    /// Whether the process still runs (a killed controller makes no tokens: a runtime of
+    /// it alone starts without one, as for any controller that does not answer).
+    fn running(&self) -> bool {
+        self.output.upgrade().is_some_and(|output| {
+            !output
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .exited
+        })
+    }
+
+    /// The admin address, waiting (a minute at most) for the process to log it.
+    fn admin(&self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_mins(1);
+        loop {
+            if let Some(addr) = self.addr("admin") {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the controller never said where its admin API listens"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Every controller serving the cluster CA that the harness started, newest last.
+fn registry() -> &'static Mutex<Vec<Arc<Enrolling>>> {
+    static REGISTRY: OnceLock<Mutex<Vec<Arc<Enrolling>>>> = OnceLock::new();
+    REGISTRY.get_or_init(Mutex::default)
+}
+
+fn register(args: &[String], output: &Arc<(Mutex<Output>, Condvar)>) {
+    let mut pinned = HashMap::new();
+    for (listener, flag) in [("admin", "--admin-addr"), ("sync", "--sync-addr")] {
+        let addr = args
+            .iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|addr| addr.parse::<SocketAddr>().ok())
+            .filter(|addr| addr.port() != 0);
+        if let Some(addr) = addr {
+            pinned.insert(listener.to_string(), addr);
+        }
+    }
+    let mut registry = registry().lock().unwrap_or_else(PoisonError::into_inner);
+    // processes gone for good leave
+    registry.retain(|entry| entry.output.strong_count() > 0);
+    registry.push(Arc::new(Enrolling {
+        output: Arc::downgrade(output),
+        pinned,
+        tokens: Mutex::default(),
+    }));
+}
+
+/// The newest running controller the harness started that serves the cluster CA on one of
+/// `controllers`; `None` when they are all plaintext (development mode), stopped, or someone
+/// else's.
+fn enrolling(controllers: &[SocketAddr]) -> Option<Arc<Enrolling>> {
+    let registry = registry().lock().unwrap_or_else(PoisonError::into_inner);
+    registry
+        .iter()
+        .rev()
+        .filter(|entry| entry.running())
+        .find(|entry| {
+            entry
+                .addr("sync")
+                .is_some_and(|sync| controllers.contains(&sync))
+        })
+        .cloned()
+}
+
+/// A token for `group` made earlier through a controller on one of `controllers`, running
+/// or stopped: it stays good in their database, so that a runtime started while they are
+/// down enrolls once one is back.
+fn kept_token(controllers: &[SocketAddr], group: &str) -> Option<String> {
+    let registry = registry().lock().unwrap_or_else(PoisonError::into_inner);
+    registry.iter().rev().find_map(|entry| {
+        let sync = entry.addr("sync")?;
+        if !controllers.contains(&sync) {
+            return None;
+        }
+        let tokens = entry.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        tokens.get(group).cloned()
+    })
+}
+
+/// An enrollment token for `group` from the controller at `admin` (`POST
+/// /api/v1/enrollment-tokens` with the test token, many uses, an hour), asked again until
+/// the admin API answers, for a minute at most. Blocking (a plain HTTP/1.1 exchange), so
+/// that the harness's synchronous starters can call it.
+pub fn enrollment_token(admin: SocketAddr, group: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let body = serde_json::json!({"group": group, "uses": 10_000, "ttl": "1h"}).to_string();
+    let request = format!(
+        "POST /api/v1/enrollment-tokens HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer \
+         {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: \
+         close\r\n\r\n{body}",
+        body.len()
+    );
+    let deadline = Instant::now() + Duration::from_mins(1);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let answer = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5)).and_then(
+            |mut stream| {
+                stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+                stream.write_all(request.as_bytes())?;
+                let mut text = String::new();
+                stream.read_to_string(&mut text)?;
+                Ok(text)
+            },
+        );
+        match answer {
+            Ok(text) if text.starts_with("HTTP/1.1 201") => {
+                let json = text
+                    .split_once("\r\n\r\n")
+                    .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(body).ok());
+                if let Some(token) = json.as_ref().and_then(|j| j["token"].as_str()) {
+                    return token.to_string();
+                }
+                panic!("no token in the answer of {admin}: {text}");
+            }
+            // not ready yet (the CA is loaded once the store answers)
+            Ok(text) if text.starts_with("HTTP/1.1 503") => last = text,
+            Ok(text) => panic!("{admin} refused an enrollment token: {text}"),
+            Err(err) => last = err.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{admin} made no enrollment token within a minute: {last}");
+}
+
+/// The environment a runtime of `controllers` in `group` needs to be served: the sync token
+/// (an extra check, as production asks of runtimes besides their certificate) and, when one
+/// of them is a controller the harness started on the cluster CA, `GW_ENROLL_TOKEN` with a
+/// token from it (one per controller and group, reused, also once the controller has
+/// stopped).
+pub fn sync_env(controllers: &[SocketAddr], group: &str) -> Vec<(String, String)> {
+    let mut envs = vec![("GW_SYNC_TOKEN".to_string(), SYNC_TOKEN.to_string())];
+    if let Some(token) = kept_token(controllers, group) {
+        envs.push(("GW_ENROLL_TOKEN".to_string(), token));
+    } else if let Some(controller) = enrolling(controllers) {
+        let mut tokens = controller
+            .tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let token = match tokens.get(group) {
+            Some(token) => token.clone(),
+            None => {
+                let token = enrollment_token(controller.admin(), group);
+                tokens.insert(group.to_string(), token.clone());
+                token
+            }
+        };
+        envs.push(("GW_ENROLL_TOKEN".to_string(), token));
+    }
+    envs
+}
+
+/// A gRPC channel to the sync port at `sync`, as the runtime `node_id` of group `default`
+/// would open it: over mutual TLS with a certificate enrolled for it when the port is a
+/// controller's the harness started on the cluster CA, in plaintext otherwise (development
+/// mode).
+pub async fn sync_channel(sync: SocketAddr, node_id: &str) -> tonic::transport::Channel {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{sync}"))
+        .expect("an endpoint")
+        .connect_timeout(Duration::from_secs(10));
+    let Some(config) = enrolled_tls(sync, node_id).await else {
+        return endpoint.connect().await.expect("connect to the sync port");
+    };
+    endpoint
+        .connect_with_connector(tower::service_fn(move |uri: tonic::transport::Uri| {
+            let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
+            async move {
+                let host = uri.host().unwrap_or("127.0.0.1").to_string();
+                let port = uri.port_u16().unwrap_or(443);
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|_| std::io::Error::other("not a server name"))?;
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await
+        .expect("connect to the sync port over TLS")
+}
+
+/// A TLS client configuration with a certificate of the cluster CA for `node_id` of group
+/// `default`, enrolled at `sync`; `None` when `sync` is not a controller the harness
+/// started on the cluster CA.
+pub async fn enrolled_tls(sync: SocketAddr, node_id: &str) -> Option<Arc<rustls::ClientConfig>> {
+    let envs = sync_env(&[sync], "default");
+    let (_, token) = envs.iter().find(|(key, _)| key == "GW_ENROLL_TOKEN")?;
+    let token: gw_sync::enroll::EnrollmentToken = token.parse().expect("a token");
+    let identity = gw_sync::pki::RuntimeIdentity::new("default", node_id).expect("an identity");
+    let request = gw_sync::pki::runtime_key_and_request(node_id).expect("a key and a request");
+    let issued = gw_sync::enroll::enroll(&sync.to_string(), &token, &identity, &request.cert_pem)
+        .await
+        .expect("enrolled");
+    let config = gw_sync::tls::client_config(
+        &gw_sync::tls::ServerTrust::Ca(issued.ca_pem),
+        Some(&gw_sync::tls::Identity {
+            chain_pem: &issued.certificate_pem,
+            key_pem: &request.key_pem,
+        }),
+    )
+    .expect("a client configuration");
+    Some(config)
+}
+
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(ToString::to_string).collect()
 }
@@ -464,7 +738,9 @@ pub fn runtime_from(
     runtime_env_from(binary_name, node_id, controllers, data_dir, extra, &[])
 }
 
-/// [`runtime_with`] with environment variables (`GW_ENROLL_TOKEN`, say).
+/// [`runtime_with`] with environment variables. A runtime of a controller the harness
+/// started on the cluster CA is enrolled with a token from it ([`sync_env`]) unless
+/// `envs` gives `GW_ENROLL_TOKEN` (empty: none, for a runtime that is not to be served).
 pub fn runtime_env(
     node_id: &str,
     controllers: &[SocketAddr],
@@ -486,7 +762,18 @@ fn runtime_env_from(
     let list: Vec<String> = controllers.iter().map(ToString::to_string).collect();
     let mut args = runtime_args(["--controller", &list.join(",")], node_id, data_dir);
     args.extend(strings(extra));
-    let mut all = vec![("GW_SYNC_TOKEN".to_string(), SYNC_TOKEN.to_string())];
+    // a test that gives GW_ENROLL_TOKEN (empty: none) enrolls as it says
+    let mut all = if envs.iter().any(|(key, _)| *key == "GW_ENROLL_TOKEN") {
+        vec![("GW_SYNC_TOKEN".to_string(), SYNC_TOKEN.to_string())]
+    } else {
+        let group = extra
+            .iter()
+            .position(|a| *a == "--group")
+            .and_then(|i| extra.get(i + 1))
+            .copied()
+            .unwrap_or("default");
+        sync_env(controllers, group)
+    };
     all.extend(
         envs.iter()
             .map(|(k, v)| ((*k).to_string(), (*v).to_string())),
@@ -935,9 +1222,7 @@ pub async fn refused_hello(sync: SocketAddr, node_id: &str) -> String {
     use gw_sync::proto::config_sync_client::ConfigSyncClient;
     use gw_sync::proto::{Hello, RuntimeMessage, controller_message, runtime_message};
 
-    let mut client = ConfigSyncClient::connect(format!("http://{sync}"))
-        .await
-        .expect("connect to the sync port");
+    let mut client = ConfigSyncClient::new(sync_channel(sync, node_id).await);
     let hello = Hello {
         node_id: node_id.into(),
         group: "default".into(),

@@ -281,6 +281,47 @@ async fn production_mode_requires_a_token_and_a_key() {
     assert!(!ctl.logged(TOKEN));
 }
 
+/// In production the embedded runtime is served over mutual TLS from the cluster CA like any
+/// runtime: the controller enrolls it with a token of its own, and after a restart it
+/// connects with the certificate it kept.
+#[tokio::test]
+async fn production_all_in_one_enrolls_its_runtime_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ctl = controller(&spec(false), dir.path());
+    let admin = Admin::new(ctl.addr("admin"), Some(TOKEN));
+    admin.wait_ready().await;
+    assert!(
+        ctl.logged("runtimes enroll with tokens") && ctl.logged("\"enrolled\""),
+        "{}",
+        ctl.log()
+    );
+    assert!(!ctl.logged("the sync port is plaintext"), "{}", ctl.log());
+    assert!(dir.path().join("runtime/sync-identity.json").exists());
+    let up = Upstream::start("a").await;
+    let client = reqwest::Client::new();
+    let response = admin.deploy("orders", "/orders", &up.url("")).await;
+    assert_eq!(response.status(), 201);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["applied"], serde_json::json!(["aio-runtime"]));
+    let (status, seen) = call(&client, ctl.addr("proxy"), "/orders/1").await;
+    assert_eq!((status, seen["upstream"].as_str()), (200, Some("a")));
+
+    // restarted, the runtime is served with the certificate it kept
+    assert_eq!(ctl.terminate(), Some(0), "{}", ctl.log());
+    ctl.restart(&[]);
+    let admin = Admin::new(ctl.addr("admin"), Some(TOKEN));
+    admin.wait_ready().await;
+    let response = admin.deploy("orders", "/orders", &up.url("/v2")).await;
+    assert_eq!(response.status(), 200);
+    let (status, seen) = call(&client, ctl.addr("proxy"), "/orders/1").await;
+    assert_eq!((status, seen["path"].as_str()), (200, Some("/v2/1")));
+    assert!(
+        !ctl.logged("\"enrolled\""),
+        "a second enrollment: {}",
+        ctl.log()
+    );
+}
+
 /// Sends a PUT that declares a 2 MiB body without sending it; returns the response head.
 async fn oversize_request(addr: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -234,6 +234,9 @@ async fn a_runtime_with_no_cache_and_no_controller_serves_the_newest_bundle_that
         has_line(&metrics, &format!("gw_bundle_exported_revision {revision}")),
         "{metrics}"
     );
+    // a join token while the controller answers: the runtime started below, while it is
+    // down, enrolls with it once it is back (the harness keeps it for this controller)
+    gw_e2e::sync_env(&[sync], "default");
     controller.kill();
 
     // newer bundles that must all be refused: tampered, unsigned, another group's

@@ -165,7 +165,13 @@ async fn runtimes_enroll_with_tokens_renew_and_are_revoked() {
     })
     .await;
     // a plaintext runtime is not served
-    let plain = gw_e2e::runtime("rt-plain", &[a.addr("sync")], &dir.path().join("rt-plain"));
+    let plain = runtime_env(
+        "rt-plain",
+        &[a.addr("sync")],
+        &dir.path().join("rt-plain"),
+        &[],
+        &[("GW_ENROLL_TOKEN", "")],
+    );
     eventually(
         "the plaintext runtime to fail",
         Duration::from_secs(30),

@@ -166,9 +166,10 @@ impl Fleet {
         self.runtimes.iter().map(|r| r.addr("proxy")).collect()
     }
 
-    /// The sync address of controller `i`, as runtimes name it in their status.
+    /// The sync address of controller `i`, as runtimes name it in their status (over TLS:
+    /// the controllers serve sync from the cluster CA).
     fn sync_url(&self, i: usize) -> String {
-        format!("http://{}", self.ports[i].1)
+        format!("https://{}", self.ports[i].1)
     }
 
     /// The controller each runtime is connected to (its index), per runtime.

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use gw_e2e::{
-    Admin, ControllerSpec, Process, SYNC_TOKEN, TOKEN, TestDatabase, Upstream, binary, call,
-    controller, eventually, runtime,
+    Admin, ControllerSpec, Process, TOKEN, TestDatabase, Upstream, binary, call, controller,
+    eventually, runtime,
 };
 
 /// A controller in production mode on the SQLite store of `dir`.
@@ -38,7 +38,12 @@ fn runtime_without_id(name: &str, controllers: &str, dir: &Path) -> Process {
     ]
     .map(String::from)
     .to_vec();
-    let envs = [("GW_SYNC_TOKEN".to_string(), SYNC_TOKEN.to_string())];
+    // enrolled with a token of the controller, as the harness's runtimes are
+    let addrs: Vec<std::net::SocketAddr> = controllers
+        .split(',')
+        .filter_map(|addr| addr.parse().ok())
+        .collect();
+    let envs = gw_e2e::sync_env(&addrs, "default");
     Process::start(name, &binary("gw-runtime"), &args, &envs)
 }
 

@@ -179,3 +179,63 @@ async fn runtimes_sync_over_mutual_tls_with_files_of_the_operator_s_pki() {
         millis(&plaintext),
     );
 }
+
+/// A controller `node` on the SQLite store of its data directory.
+fn sqlite(node: &str, dev: bool) -> ControllerSpec {
+    ControllerSpec {
+        database_url: None,
+        dev,
+        all_in_one: false,
+        node_id: node.into(),
+    }
+}
+
+/// Production mode never serves sync in plaintext: `--sync-tls off` without `--dev` stops
+/// the controller before it listens, saying why and what to do instead.
+#[test]
+fn a_plaintext_sync_port_is_refused_in_production() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = sqlite("ctl-plain", false);
+    let mut ctl = controller_with(&spec, &dir.path().join("ctl"), &["--sync-tls", "off"]);
+    assert_eq!(
+        ctl.wait_exit(Duration::from_secs(30)),
+        Some(1),
+        "{}",
+        ctl.log()
+    );
+    for reason in [
+        "plaintext (--sync-tls off) in production mode",
+        "certificate private keys and credential hashes",
+        "the default, --sync-tls internal",
+        "--sync-tls-cert",
+        "--dev",
+    ] {
+        assert!(ctl.logged(reason), "{reason}: {}", ctl.log());
+    }
+    assert!(!ctl.logged("\"listening\""), "{}", ctl.log());
+}
+
+/// `--dev` keeps plaintext possible (its default), and says so; a plaintext runtime is
+/// served.
+#[tokio::test]
+async fn development_mode_serves_plaintext_and_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = sqlite("ctl-dev", true);
+    let ctl = controller_with(&spec, &dir.path().join("ctl"), &[]);
+    let admin = Admin::new(ctl.addr("admin"), None);
+    admin.wait_ready().await;
+    let sync = ctl.addr("sync");
+    eventually("the warning", Duration::from_secs(30), || async {
+        ctl.logged("the sync port is plaintext")
+    })
+    .await;
+    assert!(!ctl.logged("sync over TLS 1.3"), "{}", ctl.log());
+    let rt = gw_e2e::runtime("rt-dev", &[sync], &dir.path().join("rt-dev"));
+    eventually(
+        "the plaintext runtime served",
+        Duration::from_secs(30),
+        || async { in_fleet(&admin, "rt-dev").await },
+    )
+    .await;
+    assert!(!rt.logged("\"enrolled\""), "{}", rt.log());
+}
