@@ -122,6 +122,17 @@ pub struct Args {
     )]
     runtime_cert_lifetime: HumanDuration,
 
+    /// How long audit records are kept (`GET /api/v1/audit`): a whole number and a unit,
+    /// `d` (days), `h`, `m` or `s`; from an hour to ten years.
+    #[arg(
+        long,
+        env = "GW_AUDIT_RETENTION",
+        default_value = "90d",
+        value_name = "DURATION",
+        value_parser = parse_retention
+    )]
+    audit_retention: Duration,
+
     /// This controller's id. Default: the id kept in the data directory
     /// (`<data-dir>/node-id`), generated there at the first start (host name and a random
     /// suffix).
@@ -472,6 +483,18 @@ impl BundleArgs {
     }
 }
 
+/// A retention period: a whole number and a unit, `d`, `h`, `m` or `s`, from an hour to ten
+/// years.
+fn parse_retention(text: &str) -> Result<Duration, String> {
+    crate::admin::parse_lifetime(
+        text,
+        Duration::from_hours(1),
+        Duration::from_hours(3650 * 24),
+    )?
+    .to_std()
+    .map_err(|err| err.to_string())
+}
+
 /// Parses the command line and runs a controller (and, with `--all-in-one`, its runtime)
 /// that knows `policies` until SIGTERM or SIGINT.
 pub fn main_with(policies: PolicyRegistry) -> anyhow::Result<()> {
@@ -538,6 +561,7 @@ fn controller_options(args: Args, policies: PolicyRegistry) -> anyhow::Result<Co
     options.database_url = args.database_url;
     options.data_dir = args.data_dir;
     options.admin_addr = args.admin_addr;
+    options.audit_retention = args.audit_retention;
     options.sync_addr = args.sync_addr;
     if let (Some(cert), Some(key)) = (args.admin_tls_cert, args.admin_tls_key) {
         options.admin_tls = Some(gw_sync::tls::CertFiles { cert, key });
@@ -762,6 +786,16 @@ mod tests {
             };
             assert!(message.contains(reason), "{flags:?}: {message}");
             assert!(!message.contains("s3cr3t"), "{message}");
+        }
+    }
+
+    #[test]
+    fn an_audit_retention_is_days_or_a_duration_of_an_hour_or_more() {
+        use super::parse_retention;
+        assert_eq!(parse_retention("90d"), Ok(Duration::from_hours(90 * 24)));
+        assert_eq!(parse_retention("12h"), Ok(Duration::from_hours(12)));
+        for bad in ["30m", "d", "-1d", "90 days", "", "3651d"] {
+            assert!(parse_retention(bad).is_err(), "{bad}");
         }
     }
 }

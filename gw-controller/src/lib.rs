@@ -143,6 +143,8 @@ pub struct ControllerOptions {
     pub change_retention: i64,
     /// Runtimes not seen for this long are removed from the fleet view.
     pub runtime_retention: Duration,
+    /// Audit records older than this are deleted (`--audit-retention`).
+    pub audit_retention: Duration,
     /// On shutdown, how long `/readyz` answers 503 (`draining`) while the controller still
     /// serves its admin API and its runtimes, so that load balancers send calls elsewhere
     /// first.
@@ -184,6 +186,7 @@ impl ControllerOptions {
             heartbeat_interval: Duration::from_secs(10),
             change_retention: 100_000,
             runtime_retention: Duration::from_hours(1),
+            audit_retention: DEFAULT_AUDIT_RETENTION,
             drain_period: Duration::ZERO,
             policies: PolicyRegistry::builtin(),
             admin: AdminOptions {
@@ -226,6 +229,7 @@ impl std::fmt::Debug for ControllerOptions {
             .field("change_retention", &self.change_retention)
             .field("drain_period", &self.drain_period)
             .field("runtime_retention", &self.runtime_retention)
+            .field("audit_retention", &self.audit_retention)
             .field("policies", &self.policies.names())
             .field("admin", &self.admin)
             .field("admin_server", &self.admin_server)
@@ -475,7 +479,13 @@ pub async fn run(
     let admin_listener = bind("admin", options.admin_addr).await?;
     tracing::info!(listener = "admin", addr = %admin_listener.local_addr().unwrap_or(options.admin_addr), "listening");
     let router = admin::router(Arc::clone(&state));
-    let make = move |_peer| hyper_util::service::TowerToHyperService::new(router.clone());
+    // each request knows its client's address (the audit log records it)
+    let make = move |peer| {
+        hyper_util::service::TowerToHyperService::new(tower::Layer::layer(
+            &axum::Extension(admin::ClientAddr(peer)),
+            router.clone(),
+        ))
+    };
     // the certificate files are followed for as long as the admin API serves
     let follow: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match (
         &options.admin_tls,
@@ -600,6 +610,7 @@ pub async fn run(
         tokio::spawn(prune_runtimes(
             Arc::clone(&store),
             options.runtime_retention,
+            options.audit_retention,
         )),
     ];
     if let Some(exporter) = exporter {
@@ -847,9 +858,12 @@ impl RevisionAuthority for StoreAuthority {
     }
 }
 
-/// Removes runtimes not seen for `retention` from the fleet view, and enrollment tokens
-/// expired for a day, every minute.
-async fn prune_runtimes(store: Arc<dyn Store>, retention: Duration) {
+/// How long audit records are kept by default: 90 days.
+pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_hours(90 * 24);
+
+/// Removes runtimes not seen for `retention` from the fleet view, enrollment tokens
+/// expired for a day and audit records older than `audit_retention`, every minute.
+async fn prune_runtimes(store: Arc<dyn Store>, retention: Duration, audit_retention: Duration) {
     loop {
         let now = chrono::Utc::now();
         let cutoff = now - chrono::Duration::from_std(retention).unwrap_or_default();
@@ -865,6 +879,20 @@ async fn prune_runtimes(store: Arc<dyn Store>, retention: Duration) {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed enrollment tokens expired a day ago"),
             Err(err) => tracing::debug!(error = %err, "enrollment token pruning skipped"),
+        }
+        // a retention beyond the calendar keeps everything
+        let cutoff = chrono::Duration::from_std(audit_retention)
+            .ok()
+            .and_then(|retention| now.checked_sub_signed(retention));
+        if let Some(cutoff) = cutoff {
+            match store.prune_audit(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    removed = n,
+                    "removed audit records older than {audit_retention:?}"
+                ),
+                Err(err) => tracing::debug!(error = %err, "audit pruning skipped"),
+            }
         }
         tokio::time::sleep(Duration::from_mins(1)).await;
     }

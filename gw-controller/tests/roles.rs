@@ -3,86 +3,17 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use chrono::{TimeDelta, Utc};
 use gw_controller::admin::{AppState, NamedToken};
-use gw_controller::keys::AdminToken;
-use gw_store::{AdminRole, NewAdminToken, Store, StoreOptions};
+use gw_store::{AdminRole, NewAdminToken, StoreOptions};
 use serde_json::{Value, json};
 
+#[path = "support/fixtures.rs"]
+mod fixtures;
 mod support;
-use support::{app_state, send, send_raw, sqlite};
-
-/// `GW_ADMIN_TOKEN` of the tests' controller.
-const BREAK_GLASS: &str = "the-break-glass-token-0123";
-
-/// A controller on `store` with `GW_ADMIN_TOKEN`, serving sync TLS from a cluster CA (so
-/// that enrollment tokens can be made).
-fn controller(store: Arc<dyn Store>) -> (Arc<AppState>, tokio::sync::watch::Sender<bool>) {
-    let (state, stop) = app_state(Some(store), None, Some(AdminToken::new(BREAK_GLASS)));
-    state
-        .sync_ca
-        .set(gw_sync::pki::CaHash::of_spki(
-            b"the cluster CA's public key",
-        ))
-        .unwrap();
-    (state, stop)
-}
-
-/// `method path` with `token` as bearer and `body` as JSON.
-fn call(method: &str, path: &str, token: &str, body: Option<&Value>) -> Request<Body> {
-    let builder = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("authorization", format!("Bearer {token}"));
-    match body {
-        Some(body) => builder
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string())),
-        None => builder.body(Body::empty()),
-    }
-    .unwrap()
-}
-
-/// Makes a token through the API as the break-glass admin; its text.
-async fn make_token(state: &Arc<AppState>, body: &Value) -> String {
-    let (status, answer) = send(
-        state,
-        call("POST", "/api/v1/tokens", BREAK_GLASS, Some(body)),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{answer}");
-    answer["token"].as_str().unwrap().to_string()
-}
-
-fn api(name: &str, groups: &[&str]) -> Value {
-    json!({
-        "apiVersion": "gw/v1", "kind": "Api", "metadata": {"name": name},
-        "spec": {"context": format!("/{name}"), "groups": groups,
-                 "upstream": {"endpoints": [{"url": "http://127.0.0.1:9"}]}},
-    })
-}
-
-fn certificate(name: &str, groups: &[&str]) -> Value {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![format!("{name}.test")])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    json!({
-        "apiVersion": "gw/v1", "kind": "Certificate", "metadata": {"name": name},
-        "spec": {"groups": groups, "certificate": cert.pem(), "privateKey": key.serialize_pem()},
-    })
-}
-
-fn consumer(name: &str, groups: &[&str]) -> Value {
-    json!({
-        "apiVersion": "gw/v1", "kind": "Consumer", "metadata": {"name": name},
-        "spec": {"groups": groups,
-                 "credentials": [{"type": "jwt", "id": "sso", "subject": format!("{name}@example.com")}]},
-    })
-}
+use fixtures::{BREAK_GLASS, api, call, certificate, consumer, controller, make_token};
+use support::{send, send_raw, sqlite};
 
 fn credential(name: &str) -> Value {
     json!({"type": "jwt", "id": "extra", "subject": format!("{name}-extra@example.com")})
@@ -287,6 +218,8 @@ const MATRIX: &[(&str, &str, BodyOf, [Expect; 4])] = &[
         none,
         [OK(404), OK(404), NO, NO],
     ),
+    // the audit log
+    ("GET", "/api/v1/audit", none, [OK(200), OK(200), NO, NO]),
     // bundles (none configured here: 409 for those let through)
     ("POST", "/api/v1/bundles", none, [OK(409), OK(409), NO, NO]),
     // schemas and policies

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 mod admin_tokens;
+pub mod audit;
 mod enrollment;
 mod error;
 pub mod feed;
@@ -39,6 +40,7 @@ use tokio::sync::watch;
 pub use admin_tokens::{
     AdminRole, AdminTokenCredential, AdminTokenRecord, AdminTokenState, NewAdminToken, UnknownRole,
 };
+pub use audit::{Audit, AuditQuery, AuditRecord};
 pub use enrollment::{EnrollmentRecord, EnrollmentTokenRecord, NewEnrollmentToken, TokenRefusal};
 pub use error::StoreError;
 
@@ -142,6 +144,8 @@ pub struct PutApi {
     pub routes: Vec<RouteKey>,
     /// What must hold first.
     pub precondition: Precondition,
+    /// Who makes the write: its audit record is written in its transaction.
+    pub audit: Option<Audit>,
 }
 
 /// The result of a put: of an API ([`ApiRecord`], the default) or of another resource
@@ -200,6 +204,8 @@ pub struct PutResource {
     pub spec: serde_json::Value,
     /// What must hold first.
     pub precondition: Precondition,
+    /// Who makes the write: its audit record is written in its transaction.
+    pub audit: Option<Audit>,
 }
 
 /// The result of a put of a resource.
@@ -335,11 +341,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Creates or replaces an API and appends the change, in one transaction.
     async fn put_api(&self, put: PutApi) -> Result<PutOutcome, StoreError>;
 
-    /// Deletes an API and appends the change, in one transaction.
+    /// Deletes an API and appends the change (and, with `audit`, its audit record), in one
+    /// transaction.
     async fn delete_api(
         &self,
         name: &str,
         precondition: Precondition,
+        audit: Option<&Audit>,
     ) -> Result<DeleteOutcome, StoreError>;
 
     /// One API.
@@ -350,13 +358,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// kind.
     async fn put_resource(&self, put: PutResource) -> Result<PutResourceOutcome, StoreError>;
 
-    /// Deletes a resource of a kind other than [`KIND_API`] and appends the change, in one
-    /// transaction; [`StoreError::InvalidInput`] for kind `api` or an empty kind.
+    /// Deletes a resource of a kind other than [`KIND_API`] and appends the change (and,
+    /// with `audit`, its audit record), in one transaction; [`StoreError::InvalidInput`] for
+    /// kind `api` or an empty kind.
     async fn delete_resource(
         &self,
         kind: &str,
         name: &str,
         precondition: Precondition,
+        audit: Option<&Audit>,
     ) -> Result<DeleteResourceOutcome, StoreError>;
 
     /// One resource.
@@ -492,6 +502,23 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Revokes the admin token `id` at `at` (a token revoked before keeps its first time);
     /// returns whether it exists.
     async fn revoke_admin_token(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Appends the audit record of a write that is not a resource's (a token, an
+    /// enrollment, a revocation), made by `audit` to `kind` `name`, after that write
+    /// succeeded; [`StoreError::InvalidInput`] when `audit` names no action. Resource writes
+    /// record theirs in their own transaction instead (their `audit`).
+    async fn append_audit(
+        &self,
+        audit: &Audit,
+        kind: &str,
+        name: &str,
+    ) -> Result<AuditRecord, StoreError>;
+
+    /// The audit records `query` selects, newest first.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Deletes the audit records made before `before`; returns how many went.
+    async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Records that the admin token `id` authenticated a request at `at`, unless it was
     /// recorded less than a minute before: a busy token costs one write a minute, not one a

@@ -217,6 +217,7 @@ macro_rules! impl_store {
                     spec,
                     routes,
                     precondition,
+                    audit,
                 } = write;
                 let (mut tx, revision) = self.begin_write().await?;
                 let existing = Self::find_row(&mut *tx, table, kind, &name).await?;
@@ -238,7 +239,23 @@ macro_rules! impl_store {
                     Self::claim_routes(&mut tx, &name, routes).await?;
                 }
                 Self::append_change(&mut tx, revision, kind, &name, Some(&spec), now).await?;
+                let audited = match audit {
+                    Some(audit) => {
+                        let action = if existing.is_some() {
+                            "update"
+                        } else {
+                            "create"
+                        };
+                        let mut record = $crate::AuditRecord::of(audit, action, kind, &name, now);
+                        record.revision = Some(revision);
+                        record.before = existing.as_ref().map(|e| $crate::audit::digest(&e.spec));
+                        record.after = Some($crate::audit::digest(&spec));
+                        Some(Self::insert_audit(&mut *tx, record).await?)
+                    }
+                    None => None,
+                };
                 self.commit_write(tx, revision).await?;
+                audited.inspect($crate::AuditRecord::log);
                 Ok($crate::PutOutcome {
                     created: existing.is_none(),
                     previous: existing.map(|e| e.spec),
@@ -261,6 +278,7 @@ macro_rules! impl_store {
                 kind: &str,
                 name: &str,
                 precondition: $crate::Precondition,
+                audit: Option<&$crate::Audit>,
             ) -> Result<$crate::DeleteResourceOutcome, $crate::StoreError> {
                 let (mut tx, revision) = self.begin_write().await?;
                 let Some(previous) = Self::find_row(&mut *tx, table, kind, name).await? else {
@@ -270,10 +288,65 @@ macro_rules! impl_store {
                 Self::bind_key(sqlx::query(table.delete), table, kind, name)
                     .execute(&mut *tx)
                     .await?;
-                Self::append_change(&mut tx, revision, kind, name, None, $crate::sql::now())
-                    .await?;
+                let now = $crate::sql::now();
+                Self::append_change(&mut tx, revision, kind, name, None, now).await?;
+                let audited = match audit {
+                    Some(audit) => {
+                        let mut record = $crate::AuditRecord::of(audit, "delete", kind, name, now);
+                        record.revision = Some(revision);
+                        record.before = Some($crate::audit::digest(&previous.spec));
+                        Some(Self::insert_audit(&mut *tx, record).await?)
+                    }
+                    None => None,
+                };
                 self.commit_write(tx, revision).await?;
+                audited.inspect($crate::AuditRecord::log);
                 Ok($crate::DeleteOutcome { revision, previous })
+            }
+
+            /// Inserts `record` into the audit log in `executor`; returns it with its id.
+            async fn insert_audit<'e, E>(
+                executor: E,
+                mut record: $crate::AuditRecord,
+            ) -> Result<$crate::AuditRecord, $crate::StoreError>
+            where
+                E: sqlx::Executor<'e, Database = <$row as sqlx::Row>::Database>,
+            {
+                record.id = sqlx::query_scalar($crate::sql::INSERT_AUDIT)
+                    .bind(record.at)
+                    .bind(&record.actor)
+                    .bind(&record.role)
+                    .bind(&record.source)
+                    .bind(&record.request_id)
+                    .bind(&record.action)
+                    .bind(&record.kind)
+                    .bind(&record.name)
+                    .bind(&record.detail)
+                    .bind(record.revision)
+                    .bind(&record.before)
+                    .bind(&record.after)
+                    .fetch_one(executor)
+                    .await?;
+                Ok(record)
+            }
+
+            fn audit_record(row: &$row) -> Result<$crate::AuditRecord, $crate::StoreError> {
+                use sqlx::Row as _;
+                Ok($crate::AuditRecord {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    role: row.try_get("role")?,
+                    source: row.try_get("source")?,
+                    request_id: row.try_get("request_id")?,
+                    action: row.try_get("action")?,
+                    kind: row.try_get("kind")?,
+                    name: row.try_get("name")?,
+                    detail: row.try_get("detail")?,
+                    revision: row.try_get("revision")?,
+                    before: row.try_get("before_digest")?,
+                    after: row.try_get("after_digest")?,
+                })
             }
 
             /// Binds a runtime's columns, in [`write_runtime`]'s order, to `query`.
@@ -503,6 +576,7 @@ macro_rules! impl_store {
                     spec: put.spec,
                     routes: &put.routes,
                     precondition: put.precondition,
+                    audit: put.audit.as_ref(),
                 })
                 .await
                 .map($crate::PutOutcome::into_record)
@@ -512,10 +586,17 @@ macro_rules! impl_store {
                 &self,
                 name: &str,
                 precondition: $crate::Precondition,
+                audit: Option<&$crate::Audit>,
             ) -> Result<$crate::DeleteOutcome, $crate::StoreError> {
-                self.remove(&$crate::sql::APIS, $crate::KIND_API, name, precondition)
-                    .await
-                    .map($crate::DeleteOutcome::into_record)
+                self.remove(
+                    &$crate::sql::APIS,
+                    $crate::KIND_API,
+                    name,
+                    precondition,
+                    audit,
+                )
+                .await
+                .map($crate::DeleteOutcome::into_record)
             }
 
             async fn get_api(
@@ -541,6 +622,7 @@ macro_rules! impl_store {
                     spec: put.spec,
                     routes: &[],
                     precondition: put.precondition,
+                    audit: put.audit.as_ref(),
                 })
                 .await
             }
@@ -550,9 +632,10 @@ macro_rules! impl_store {
                 kind: &str,
                 name: &str,
                 precondition: $crate::Precondition,
+                audit: Option<&$crate::Audit>,
             ) -> Result<$crate::DeleteResourceOutcome, $crate::StoreError> {
                 $crate::check_resource_kind(kind)?;
-                self.remove(&$crate::sql::RESOURCES, kind, name, precondition)
+                self.remove(&$crate::sql::RESOURCES, kind, name, precondition, audit)
                     .await
             }
 
@@ -924,6 +1007,52 @@ macro_rules! impl_store {
                 self.revoke($crate::sql::REVOKE_ADMIN_TOKEN, id, at).await
             }
 
+            async fn append_audit(
+                &self,
+                audit: &$crate::Audit,
+                kind: &str,
+                name: &str,
+            ) -> Result<$crate::AuditRecord, $crate::StoreError> {
+                if audit.action.is_none() {
+                    return Err($crate::StoreError::InvalidInput(
+                        "an audit record appended on its own needs an action".to_string(),
+                    ));
+                }
+                let record = $crate::AuditRecord::of(audit, "", kind, name, $crate::sql::now());
+                let record = Self::insert_audit(&self.pool, record).await?;
+                record.log();
+                Ok(record)
+            }
+
+            async fn list_audit(
+                &self,
+                q: &$crate::AuditQuery,
+            ) -> Result<Vec<$crate::AuditRecord>, $crate::StoreError> {
+                Self::fetch_all(
+                    &self.pool,
+                    sqlx::query($crate::sql::SELECT_AUDIT)
+                        .bind(q.since)
+                        .bind(&q.actor)
+                        .bind(&q.kind)
+                        .bind(&q.name)
+                        .bind(q.before_id)
+                        .bind(q.limit),
+                    Self::audit_record,
+                )
+                .await
+            }
+
+            async fn prune_audit(
+                &self,
+                before: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, $crate::StoreError> {
+                Ok(sqlx::query($crate::sql::PRUNE_AUDIT)
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
+            }
+
             async fn touch_admin_token(
                 &self,
                 id: &str,
@@ -991,6 +1120,8 @@ pub(crate) struct Write<'a> {
     /// The routing keys the resource occupies (APIs; empty for the other kinds).
     pub(crate) routes: &'a [crate::RouteKey],
     pub(crate) precondition: crate::Precondition,
+    /// Who makes the write, recorded in its transaction.
+    pub(crate) audit: Option<&'a crate::Audit>,
 }
 
 /// The current time at the precision both databases store (microseconds), so that a record
@@ -1155,3 +1286,15 @@ pub(crate) const TOUCH_ADMIN_TOKEN: &str = "UPDATE admin_tokens SET last_used_at
      WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $3)";
 /// The least time between two writes of a token's `last_used_at`.
 pub(crate) const TOUCH_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
+pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_log (at, actor, role, source, request_id, \
+     action, kind, name, detail, revision, before_digest, after_digest) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id";
+/// Newest first; each filter applies when its parameter is not null (`$5`: the cursor, the
+/// id of the last record of the previous page).
+pub(crate) const SELECT_AUDIT: &str = "SELECT id, at, actor, role, source, request_id, action, \
+     kind, name, detail, revision, before_digest, after_digest FROM audit_log \
+     WHERE ($1 IS NULL OR at >= $1) AND ($2 IS NULL OR actor = $2) \
+     AND ($3 IS NULL OR kind = $3) AND ($4 IS NULL OR name = $4) AND ($5 IS NULL OR id < $5) \
+     ORDER BY id DESC LIMIT $6";
+pub(crate) const PRUNE_AUDIT: &str = "DELETE FROM audit_log WHERE at < $1";

@@ -65,6 +65,7 @@ async fn feeds_never_skip_a_change_under_concurrent_writers() {
                             }],
                             name,
                             precondition: Precondition::None,
+                            audit: None,
                         })
                         .await
                         .unwrap();

@@ -8,7 +8,7 @@ use chrono::Utc;
 use gw_store::feed::{ChangeFeed, FeedEvent};
 use gw_store::testing::TestDatabase;
 use gw_store::{
-    AdminRole, AdminTokenState, ChangeOp, EnrollmentRecord, KIND_API, NewAdminToken,
+    AdminRole, AdminTokenState, AuditQuery, ChangeOp, EnrollmentRecord, KIND_API, NewAdminToken,
     NewEnrollmentToken, Precondition, PutApi, PutResource, RouteKey, RuntimeRecord, Store,
     StoreError, StoreOptions, TokenRefusal,
 };
@@ -57,6 +57,7 @@ fn put(name: &str, context: &str, precondition: Precondition) -> PutApi {
         spec: json!({"name": name, "context": context}),
         routes: vec![route(context)],
         precondition,
+        audit: None,
     }
 }
 
@@ -68,6 +69,7 @@ fn cert(name: &str, serial: u32, precondition: Precondition) -> PutResource {
         name: name.into(),
         spec: json!({"name": name, "serial": serial}),
         precondition,
+        audit: None,
     }
 }
 
@@ -107,6 +109,9 @@ both_backends!(
     admin_tokens_are_listed_without_their_hash_and_found_with_it,
     an_admin_token_name_is_free_again_once_revoked,
     an_admin_token_is_touched_at_most_once_a_minute,
+    a_resource_write_records_its_audit_in_its_transaction,
+    a_failed_write_records_no_audit,
+    audit_records_are_filtered_paged_and_pruned,
 );
 
 async fn crud_and_revisions(f: Fixture) {
@@ -145,12 +150,15 @@ async fn crud_and_revisions(f: Fixture) {
     let names: Vec<_> = snap.apis.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["orders", "users"]);
 
-    let deleted = s.delete_api("orders", Precondition::None).await.unwrap();
+    let deleted = s
+        .delete_api("orders", Precondition::None, None)
+        .await
+        .unwrap();
     assert_eq!(deleted.revision, 4);
     assert_eq!(deleted.previous.revision, 2);
     assert!(s.get_api("orders").await.unwrap().is_none());
     assert!(matches!(
-        s.delete_api("orders", Precondition::None).await,
+        s.delete_api("orders", Precondition::None, None).await,
         Err(StoreError::NotFound { .. })
     ));
     // a failed write does not consume a revision
@@ -178,7 +186,7 @@ async fn preconditions(f: Fixture) {
         .await
         .unwrap();
     assert!(matches!(
-        s.delete_api("a", Precondition::Revision(1)).await,
+        s.delete_api("a", Precondition::Revision(1), None).await,
         Err(StoreError::PreconditionFailed {
             actual: Some(2),
             ..
@@ -188,7 +196,9 @@ async fn preconditions(f: Fixture) {
         s.put_api(put("b", "/b", Precondition::Revision(1))).await,
         Err(StoreError::PreconditionFailed { actual: None, .. })
     ));
-    s.delete_api("a", Precondition::Revision(2)).await.unwrap();
+    s.delete_api("a", Precondition::Revision(2), None)
+        .await
+        .unwrap();
     assert_eq!(s.current_revision().await.unwrap(), 3);
 }
 
@@ -224,7 +234,9 @@ async fn route_conflicts_are_refused_and_roll_back(f: Fixture) {
         .await
         .unwrap();
     // deleting frees it too
-    s.delete_api("clash", Precondition::None).await.unwrap();
+    s.delete_api("clash", Precondition::None, None)
+        .await
+        .unwrap();
     s.put_api(put("third", "/orders", Precondition::None))
         .await
         .unwrap();
@@ -234,7 +246,7 @@ async fn change_log_and_compaction(f: Fixture) {
     let s = &f.store;
     s.put_api(put("a", "/a", Precondition::None)).await.unwrap();
     s.put_api(put("b", "/b", Precondition::None)).await.unwrap();
-    s.delete_api("a", Precondition::None).await.unwrap();
+    s.delete_api("a", Precondition::None, None).await.unwrap();
 
     let changes = s.changes_since(0, 100).await.unwrap();
     let summary: Vec<(i64, &str, bool)> = changes
@@ -474,14 +486,17 @@ async fn resource_crud(f: Fixture) {
     assert!(s.get_resource(KIND_API, "api").await.unwrap().is_none());
 
     let deleted = s
-        .delete_resource(CERT, "web", Precondition::None)
+        .delete_resource(CERT, "web", Precondition::None, None)
         .await
         .unwrap();
     assert_eq!(deleted.revision, 5);
     assert_eq!(deleted.previous, updated.record);
     assert!(s.get_resource(CERT, "web").await.unwrap().is_none());
     assert!(s.get_resource("consumer", "web").await.unwrap().is_some());
-    match s.delete_resource(CERT, "web", Precondition::None).await {
+    match s
+        .delete_resource(CERT, "web", Precondition::None, None)
+        .await
+    {
         Err(StoreError::NotFound { name }) => assert_eq!(name, "web"),
         other => panic!("expected NotFound, got {other:?}"),
     }
@@ -511,7 +526,7 @@ async fn resource_preconditions(f: Fixture) {
         .await
         .unwrap();
     assert!(matches!(
-        s.delete_resource(CERT, "a", Precondition::Revision(1))
+        s.delete_resource(CERT, "a", Precondition::Revision(1), None)
             .await,
         Err(StoreError::PreconditionFailed {
             actual: Some(2),
@@ -525,7 +540,7 @@ async fn resource_preconditions(f: Fixture) {
     ));
     // a missing resource with a revision precondition: as for APIs
     assert!(matches!(
-        s.delete_resource(CERT, "b", Precondition::Revision(1))
+        s.delete_resource(CERT, "b", Precondition::Revision(1), None)
             .await,
         Err(StoreError::PreconditionFailed {
             expected: 1,
@@ -547,7 +562,7 @@ async fn resource_preconditions(f: Fixture) {
         2
     );
     assert!(s.get_resource(CERT, "b").await.unwrap().is_none());
-    s.delete_resource(CERT, "a", Precondition::Revision(2))
+    s.delete_resource(CERT, "a", Precondition::Revision(2), None)
         .await
         .unwrap();
     assert_eq!(s.current_revision().await.unwrap(), 3);
@@ -562,10 +577,12 @@ async fn resource_changes_are_logged_with_their_kind(f: Fixture) {
         .put_resource(cert("web", 1, Precondition::None))
         .await
         .unwrap();
-    s.delete_resource(CERT, "web", Precondition::None)
+    s.delete_resource(CERT, "web", Precondition::None, None)
         .await
         .unwrap();
-    s.delete_api("orders", Precondition::None).await.unwrap();
+    s.delete_api("orders", Precondition::None, None)
+        .await
+        .unwrap();
 
     let changes = s.changes_since(0, 100).await.unwrap();
     let summary: Vec<(i64, &str, &str, bool)> = changes
@@ -640,7 +657,7 @@ async fn snapshot_holds_apis_and_resources_at_one_revision(f: Fixture) {
         s.get_resource(CERT, "web").await.unwrap().unwrap()
     );
 
-    s.delete_resource(CERT, "web", Precondition::None)
+    s.delete_resource(CERT, "web", Precondition::None, None)
         .await
         .unwrap();
     let snap = s.snapshot().await.unwrap();
@@ -664,7 +681,7 @@ async fn resource_kind_api_is_refused(f: Fixture) {
             .unwrap_err();
         assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
         let err = s
-            .delete_resource(kind, "orders", Precondition::None)
+            .delete_resource(kind, "orders", Precondition::None, None)
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
@@ -707,13 +724,13 @@ async fn resources_share_revisions_with_apis(f: Fixture) {
         revisions.push(cert.record.revision);
     }
     revisions.push(
-        s.delete_resource(CERT, "cert-0", Precondition::None)
+        s.delete_resource(CERT, "cert-0", Precondition::None, None)
             .await
             .unwrap()
             .revision,
     );
     revisions.push(
-        s.delete_api("api-0", Precondition::None)
+        s.delete_api("api-0", Precondition::None, None)
             .await
             .unwrap()
             .revision,
@@ -1277,4 +1294,218 @@ async fn an_admin_token_is_touched_at_most_once_a_minute(f: Fixture) {
     assert_eq!(last_used(s.clone()).await, Some(later));
     // an unknown id is no error: the token may have been deleted meanwhile
     s.touch_admin_token("nope", later).await.unwrap();
+}
+
+fn author(actor: &str) -> gw_store::Audit {
+    gw_store::Audit {
+        actor: actor.into(),
+        role: "admin".into(),
+        source: Some("192.0.2.1".into()),
+        request_id: format!("req-{actor}"),
+        action: None,
+        detail: None,
+    }
+}
+
+async fn a_resource_write_records_its_audit_in_its_transaction(f: Fixture) {
+    let s = &f.store;
+    let mut api = put("orders", "/orders", Precondition::Absent);
+    api.audit = Some(author("ci"));
+    let created = s.put_api(api).await.unwrap();
+    let mut api = put("orders", "/orders/v2", Precondition::None);
+    api.audit = Some(author("ci"));
+    let updated = s.put_api(api).await.unwrap();
+    let mut certificate = cert("web", 1, Precondition::None);
+    certificate.audit = Some(author("ops").doing("rotate", Some("serial 1".into())));
+    s.put_resource(certificate).await.unwrap();
+    let deleted = s
+        .delete_api("orders", Precondition::None, Some(&author("ci")))
+        .await
+        .unwrap();
+    s.delete_resource(CERT, "web", Precondition::None, Some(&author("ops")))
+        .await
+        .unwrap();
+    // a write without an author records nothing
+    s.put_api(put("quiet", "/quiet", Precondition::None))
+        .await
+        .unwrap();
+
+    let records = s.list_audit(&AuditQuery::default()).await.unwrap();
+    let seen: Vec<(&str, &str, &str, &str, Option<i64>)> = records
+        .iter()
+        .map(|r| {
+            (
+                r.actor.as_str(),
+                r.action.as_str(),
+                r.kind.as_str(),
+                r.name.as_str(),
+                r.revision,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("ops", "delete", CERT, "web", Some(deleted.revision + 1)),
+            ("ci", "delete", "api", "orders", Some(deleted.revision)),
+            (
+                "ops",
+                "rotate",
+                CERT,
+                "web",
+                Some(updated.record.revision + 1)
+            ),
+            (
+                "ci",
+                "update",
+                "api",
+                "orders",
+                Some(updated.record.revision)
+            ),
+            (
+                "ci",
+                "create",
+                "api",
+                "orders",
+                Some(created.record.revision)
+            ),
+        ],
+        "newest first"
+    );
+    let [del_cert, del_api, rotate, update, create] = &records[..] else {
+        panic!("{records:?}")
+    };
+    assert!(records.windows(2).all(|w| w[0].id > w[1].id));
+    let digest = gw_store::audit::digest;
+    assert_eq!(create.before, None);
+    assert_eq!(create.after, Some(digest(&created.record.spec)));
+    assert_eq!(update.before, create.after);
+    assert_eq!(update.after, Some(digest(&updated.record.spec)));
+    assert_ne!(update.before, update.after);
+    assert_eq!(del_api.before, update.after);
+    assert_eq!(del_api.after, None);
+    assert_eq!(rotate.detail.as_deref(), Some("serial 1"));
+    assert_eq!(del_cert.before, rotate.after);
+    assert_eq!(create.source.as_deref(), Some("192.0.2.1"));
+    assert_eq!(create.request_id, "req-ci");
+    assert_eq!(create.role, "admin");
+}
+
+async fn a_failed_write_records_no_audit(f: Fixture) {
+    let s = &f.store;
+    let mut api = put("a", "/a", Precondition::None);
+    api.audit = Some(author("ci"));
+    s.put_api(api).await.unwrap();
+    let before = s.list_audit(&AuditQuery::default()).await.unwrap().len();
+    // a precondition, a taken name, a route conflict and a missing resource: all refused
+    let mut stale = put("a", "/a", Precondition::Revision(99));
+    stale.audit = Some(author("ci"));
+    assert!(s.put_api(stale).await.is_err());
+    let mut taken = put("a", "/a", Precondition::Absent);
+    taken.audit = Some(author("ci"));
+    assert!(s.put_api(taken).await.is_err());
+    let mut clash = put("b", "/a", Precondition::None);
+    clash.audit = Some(author("ci"));
+    assert!(matches!(
+        s.put_api(clash).await,
+        Err(StoreError::RouteConflict { .. })
+    ));
+    assert!(
+        s.delete_api("a", Precondition::Revision(99), Some(&author("ci")))
+            .await
+            .is_err()
+    );
+    assert!(
+        s.delete_resource(CERT, "none", Precondition::None, Some(&author("ci")))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        s.list_audit(&AuditQuery::default()).await.unwrap().len(),
+        before
+    );
+    // a record on its own needs an action
+    assert!(matches!(
+        s.append_audit(&author("ci"), "runtime", "rt").await,
+        Err(StoreError::InvalidInput(_))
+    ));
+}
+
+async fn audit_records_are_filtered_paged_and_pruned(f: Fixture) {
+    let s = &f.store;
+    for i in 0..5 {
+        let actor = if i % 2 == 0 { "alice" } else { "bob" };
+        s.append_audit(
+            &author(actor).doing("revoke", None),
+            "runtime",
+            &format!("rt-{i}"),
+        )
+        .await
+        .unwrap();
+    }
+    let all = s.list_audit(&AuditQuery::default()).await.unwrap();
+    let names: Vec<&str> = all.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["rt-4", "rt-3", "rt-2", "rt-1", "rt-0"]);
+
+    let by = |actor: &str| AuditQuery {
+        actor: Some(actor.into()),
+        ..AuditQuery::default()
+    };
+    assert_eq!(s.list_audit(&by("bob")).await.unwrap().len(), 2);
+    assert_eq!(s.list_audit(&by("carol")).await.unwrap().len(), 0);
+    let named = AuditQuery {
+        kind: Some("runtime".into()),
+        name: Some("rt-2".into()),
+        ..AuditQuery::default()
+    };
+    let found = s.list_audit(&named).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].actor, "alice");
+    let other_kind = AuditQuery {
+        kind: Some("api".into()),
+        ..AuditQuery::default()
+    };
+    assert!(s.list_audit(&other_kind).await.unwrap().is_empty());
+
+    // pages of two, each after the last of the one before
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s
+            .list_audit(&AuditQuery {
+                before_id: cursor,
+                limit: 2,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        cursor = page.last().map(|r| r.id);
+        pages.push(page.iter().map(|r| r.name.clone()).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        pages,
+        [vec!["rt-4", "rt-3"], vec!["rt-2", "rt-1"], vec!["rt-0"]]
+    );
+
+    // since: records at or after a time
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let since = |at| AuditQuery {
+        since: Some(at),
+        ..AuditQuery::default()
+    };
+    assert!(s.list_audit(&since(later)).await.unwrap().is_empty());
+    assert_eq!(s.list_audit(&since(all[4].at)).await.unwrap().len(), 5);
+
+    // pruning deletes the records made before the cutoff, and only those
+    assert_eq!(s.prune_audit(all[4].at).await.unwrap(), 0);
+    assert_eq!(s.prune_audit(later).await.unwrap(), 5);
+    assert!(
+        s.list_audit(&AuditQuery::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -209,6 +209,35 @@ spec:
         },
     )
     .await;
+
+    // each write to alice is in the audit log with the client's address, and logged as a
+    // JSON line of target gw_audit
+    let (status, audit) = admin
+        .get_json("/api/v1/audit?kind=consumer&name=alice")
+        .await;
+    assert_eq!(status, 200, "{audit}");
+    let records = audit["items"].as_array().unwrap();
+    assert_eq!(records[0]["action"], "delete", "newest first: {audit}");
+    assert!(
+        records
+            .iter()
+            .all(|r| r["actor"] == "anonymous" && r["source"] == "127.0.0.1"),
+        "{audit}"
+    );
+    let request_id = records[0]["requestId"].as_str().unwrap().to_string();
+    eventually(
+        "the audit line of the delete",
+        Duration::from_secs(5),
+        || {
+            let found = ctl
+                .log()
+                .lines()
+                .any(|line| line.contains("\"target\":\"gw_audit\"") && line.contains(&request_id));
+            async move { found }
+        },
+    )
+    .await;
+    assert!(!ctl.log().contains("correct horse battery"));
 }
 
 /// An HS256 JWT of `claims`, signed with `secret`.

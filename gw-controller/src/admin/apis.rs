@@ -9,7 +9,7 @@
 
 use gw_core::model::{ApiDefinition, Format, ValidationContext};
 use gw_store::{
-    DeleteResourceOutcome, Precondition, PutApi, ResourceRecord, RouteKey, Snapshot, Store,
+    Audit, DeleteResourceOutcome, Precondition, PutApi, ResourceRecord, RouteKey, Snapshot, Store,
     StoreError,
 };
 use serde_json::json;
@@ -47,6 +47,7 @@ impl Kind for Apis {
                 routes: route_keys(&api),
                 spec: api.to_json(),
                 precondition: deploy.precondition,
+                audit: Some(deploy.audit),
             })
             .await
             .map_err(|err| Self::write_error(&name, err, deploy.basis))?
@@ -94,8 +95,12 @@ impl Kind for Apis {
         store: &dyn Store,
         name: &str,
         precondition: Precondition,
+        audit: &Audit,
     ) -> Result<DeleteResourceOutcome, StoreError> {
-        Ok(store.delete_api(name, precondition).await?.into_record())
+        Ok(store
+            .delete_api(name, precondition, Some(audit))
+            .await?
+            .into_record())
     }
 
     // A taken name and a missing API are answered with the store's own text (`"pets"

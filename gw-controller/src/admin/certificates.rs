@@ -55,8 +55,14 @@ impl Kind for Certificates {
         // the private key is stored sealed under the controller's encryption key
         let mut spec = certificate.to_json();
         state.sealer.seal_certificate(&mut spec, name);
-        let outcome =
-            put_resource::<Self>(state, name, spec, deploy.precondition, deploy.basis).await?;
+        let outcome = put_resource::<Self>(
+            state,
+            name,
+            spec,
+            (deploy.precondition, deploy.basis),
+            deploy.audit,
+        )
+        .await?;
         Ok(Deployed {
             body: Self::summary(state, &outcome.record),
             outcome,

@@ -36,10 +36,11 @@ use gw_core::model::{
     self, ConsumerDefinition, CredentialType, FieldError, Format, ModelError, conflicting_claims,
     generate_api_key, parse_value,
 };
-use gw_store::{Precondition, PutResourceOutcome, ResourceRecord, StoreError};
+use gw_store::{Audit, Precondition, PutResourceOutcome, ResourceRecord, StoreError};
 use serde_json::{Value, json};
 
 use super::access::refuse_groups;
+use super::audit::Author;
 use super::identity::Identity;
 use super::kind::{
     Consumers, Deploy, Deployed, Kind, Names, Target, find, location, put_resource, read_condition,
@@ -48,6 +49,12 @@ use super::kind::{
 use super::write::{Basis, WriteParams, Written, precondition, written};
 use super::{ApiError, AppState};
 use crate::watcher::groups_of;
+
+/// The audit action of `POST /consumers/{name}/credentials` (the credential's id is its
+/// detail).
+const ADD_CREDENTIAL: &str = "add-credential";
+/// The audit action of `DELETE /consumers/{name}/credentials/{id}`.
+const REVOKE_CREDENTIAL: &str = "revoke-credential";
 
 impl Kind for Consumers {
     const NAMES: Names = Names::CONSUMER;
@@ -72,6 +79,7 @@ impl Kind for Consumers {
             name,
             precondition,
             basis,
+            audit,
         } = deploy;
         let (stored, precondition, basis) = match name {
             Some(name) if basis != Basis::Create => {
@@ -87,7 +95,7 @@ impl Kind for Consumers {
             consumer,
             generated,
         } = prepare(document, stored.as_ref(), &same_path).await?;
-        let outcome = commit(state, &consumer, precondition, basis, &same_path).await?;
+        let outcome = commit(state, &consumer, (precondition, basis), audit, &same_path).await?;
         let mut body = summary(&outcome.record);
         if !generated.is_empty() {
             tracing::info!(consumer = %consumer.metadata.name, generated_keys = generated.len(), "API keys generated");
@@ -345,18 +353,18 @@ async fn check_unique(
 }
 
 /// Checks the uniqueness of the prepared consumer's credentials and writes it under
-/// `precondition`.
+/// `condition` (its precondition and basis), with `audit`'s record.
 async fn commit(
     state: &AppState,
     consumer: &ConsumerDefinition,
-    precondition: Precondition,
-    basis: Basis,
+    condition: (Precondition, Basis),
+    audit: Audit,
     path: &(dyn Fn(&str) -> String + Sync),
 ) -> Result<PutResourceOutcome, ApiError> {
     let name = &consumer.metadata.name;
     let _serialized = state.consumer_writes.lock().await;
     check_unique(state, consumer, path).await?;
-    put_resource::<Consumers>(state, name, consumer.to_json(), precondition, basis).await
+    put_resource::<Consumers>(state, name, consumer.to_json(), condition, audit).await
 }
 
 /// What a listing or a write shows of a consumer: its groups and credentials, without any
@@ -434,6 +442,7 @@ async fn read_for_change(
 pub(super) async fn add_credential(
     State(state): State<Arc<AppState>>,
     Extension(identity): Extension<Identity>,
+    Author(audit): Author,
     Target { name, params }: Target,
     headers: HeaderMap,
     body: Body,
@@ -463,15 +472,6 @@ pub(super) async fn add_credential(
         None => field.to_string(),
     };
     let prepared = prepare(document, None, &path).await?;
-    let outcome = commit(
-        &state,
-        &prepared.consumer,
-        Precondition::Revision(record.revision),
-        basis,
-        &path,
-    )
-    .await?;
-    let record = &outcome.record;
     let id = prepared
         .consumer
         .spec
@@ -479,6 +479,15 @@ pub(super) async fn add_credential(
         .get(index)
         .map(|c| c.id.clone())
         .unwrap_or_default();
+    let outcome = commit(
+        &state,
+        &prepared.consumer,
+        (Precondition::Revision(record.revision), basis),
+        audit.doing(ADD_CREDENTIAL, Some(id.clone())),
+        &path,
+    )
+    .await?;
+    let record = &outcome.record;
     tracing::info!(consumer = %name, credential = %id, revision = record.revision, "credential added");
     let mut body = json!({
         "name": name,
@@ -507,6 +516,7 @@ pub(super) async fn add_credential(
 pub(super) async fn revoke_credential(
     State(state): State<Arc<AppState>>,
     Extension(identity): Extension<Identity>,
+    Author(audit): Author,
     names: Result<Path<(String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -529,8 +539,8 @@ pub(super) async fn revoke_credential(
         &state,
         &name,
         consumer.to_json(),
-        Precondition::Revision(record.revision),
-        basis,
+        (Precondition::Revision(record.revision), basis),
+        audit.doing(REVOKE_CREDENTIAL, Some(id.clone())),
     )
     .await?;
     let revision = outcome.record.revision;

@@ -22,6 +22,7 @@ use gw_sync::enroll::EnrollmentToken;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::audit::{self, Author};
 use super::format::{read_body, request_format};
 use super::{ApiError, AppState};
 
@@ -128,7 +129,7 @@ fn parse_ttl(text: &str) -> Result<TimeDelta, String> {
 
 /// A lifetime: a whole number and a unit, `m`, `h` or `d` (`s` and `ms` read too), within
 /// `min..=max` (which the refusal names in the same units).
-pub(super) fn parse_lifetime(
+pub(crate) fn parse_lifetime(
     text: &str,
     min: Duration,
     max: Duration,
@@ -198,10 +199,14 @@ fn view(record: &EnrollmentTokenRecord, now: DateTime<Utc>) -> serde_json::Value
     })
 }
 
+/// The kind of enrollment tokens in the audit log (named by id).
+const ENROLLMENT_TOKEN: &str = "enrollment-token";
+
 /// `POST /api/v1/enrollment-tokens`: makes a token and answers it, the only time its text
 /// is shown (201, `Cache-Control: no-store`).
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
+    Author(author): Author,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -235,6 +240,15 @@ pub(super) async fn create(
         .await
         .map_err(ApiError::from_store)?;
     tracing::info!(id = %record.id, group = %record.group, uses = record.uses_max, expires_at = %record.expires_at, "enrollment token created");
+    audit::append(
+        &state,
+        author,
+        "create",
+        ENROLLMENT_TOKEN,
+        &record.id,
+        Some(format!("group {}", record.group)),
+    )
+    .await;
     let mut body = view(&record, now);
     body["token"] = json!(token.reveal());
     body["caHash"] = json!(ca_hash.to_string());
@@ -264,6 +278,7 @@ pub(super) async fn list(State(state): State<Arc<AppState>>) -> Result<Response,
 /// with it keep their certificates.
 pub(super) async fn revoke(
     State(state): State<Arc<AppState>>,
+    Author(author): Author,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::from_path(&e))?;
@@ -278,6 +293,7 @@ pub(super) async fn revoke(
         )));
     }
     tracing::info!(%id, "enrollment token revoked");
+    audit::append(&state, author, "revoke", ENROLLMENT_TOKEN, &id, None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

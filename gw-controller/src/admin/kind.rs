@@ -21,12 +21,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing;
 use gw_core::model::{self, Format};
 use gw_store::{
-    DeleteResourceOutcome, Precondition, PutResource, PutResourceOutcome, ResourceRecord, Snapshot,
-    Store, StoreError,
+    Audit, DeleteResourceOutcome, Precondition, PutResource, PutResourceOutcome, ResourceRecord,
+    Snapshot, Store, StoreError,
 };
 use serde_json::json;
 
 use super::access::refuse_groups;
+use super::audit::Author;
 use super::format::{document, read_body, request_format, wants_yaml};
 use super::identity::Identity;
 use super::write::{
@@ -46,6 +47,8 @@ pub(super) struct Deploy<D> {
     pub(super) precondition: Precondition,
     /// Where the precondition comes from.
     pub(super) basis: Basis,
+    /// Who makes the write (recorded with it).
+    pub(super) audit: Audit,
 }
 
 /// A write the store committed, as [`Kind::deploy`] returns it.
@@ -170,15 +173,17 @@ pub(super) trait Kind: Send + Sync + 'static {
             .collect()
     }
 
-    /// Deletes one resource (and appends the change) under `precondition`.
+    /// Deletes one resource (and appends the change, and `audit`'s record) under
+    /// `precondition`.
     fn remove(
         store: &dyn Store,
         name: &str,
         precondition: Precondition,
+        audit: &Audit,
     ) -> impl Future<Output = Result<DeleteResourceOutcome, StoreError>> + Send {
         async move {
             store
-                .delete_resource(Self::NAMES.kind, name, precondition)
+                .delete_resource(Self::NAMES.kind, name, precondition, Some(audit))
                 .await
         }
     }
@@ -279,14 +284,14 @@ pub(super) async fn find<K: Kind>(
         .map_err(ApiError::from_store)
 }
 
-/// Writes `spec` of kind `K` to the store's `resources` table under `precondition`; a store
-/// error is answered as `basis` says ([`Kind::write_error`]).
+/// Writes `spec` of kind `K` to the store's `resources` table under `precondition`, with
+/// `audit`'s record; a store error is answered as `basis` says ([`Kind::write_error`]).
 pub(super) async fn put_resource<K: Kind>(
     state: &AppState,
     name: &str,
     spec: serde_json::Value,
-    precondition: Precondition,
-    basis: Basis,
+    (precondition, basis): (Precondition, Basis),
+    audit: Audit,
 ) -> Result<PutResourceOutcome, ApiError> {
     state
         .store()?
@@ -295,6 +300,7 @@ pub(super) async fn put_resource<K: Kind>(
             name: name.to_string(),
             spec,
             precondition,
+            audit: Some(audit),
         })
         .await
         .map_err(|err| K::write_error(name, err, basis))
@@ -474,6 +480,7 @@ async fn answer<K: Kind>(
 async fn put<K: Kind>(
     State(state): State<Arc<AppState>>,
     Extension(identity): Extension<Identity>,
+    Author(audit): Author,
     Target { name, params }: Target,
     headers: HeaderMap,
     body: Body,
@@ -497,6 +504,7 @@ async fn put<K: Kind>(
         name: Some(name),
         precondition,
         basis,
+        audit,
     };
     let deployed = K::deploy(&state, deploy).await?;
     answer::<K>(&state, &params, deployed).await
@@ -506,6 +514,7 @@ async fn put<K: Kind>(
 async fn create<K: Kind>(
     State(state): State<Arc<AppState>>,
     Extension(identity): Extension<Identity>,
+    Author(audit): Author,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -527,6 +536,7 @@ async fn create<K: Kind>(
         name: None,
         precondition,
         basis,
+        audit,
     };
     let deployed = K::deploy(&state, deploy).await?;
     answer::<K>(&state, &params, deployed).await
@@ -583,6 +593,7 @@ async fn get<K: Kind>(
 async fn delete<K: Kind>(
     State(state): State<Arc<AppState>>,
     Extension(identity): Extension<Identity>,
+    Author(audit): Author,
     Target { name, params }: Target,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -596,7 +607,7 @@ async fn delete<K: Kind>(
     )
     .await?;
     K::check_delete(&state, &name).await?;
-    let outcome = K::remove(state.store()?.as_ref(), &name, precondition)
+    let outcome = K::remove(state.store()?.as_ref(), &name, precondition, &audit)
         .await
         .map_err(|err| match basis {
             Basis::Read => K::write_error(&name, err, basis),

@@ -3,11 +3,14 @@
 //! Every call under `/api/v1` needs a bearer token when `GW_ADMIN_TOKEN` is configured
 //! (always in production mode): `GW_ADMIN_TOKEN` itself, the break-glass admin, or a named
 //! token with a role (docs/security/admin-access.md says who may call what; `/api/v1/tokens`). The
-//! health endpoints need none: probes call them without credentials.
+//! health endpoints need none: probes call them without credentials. Every successful write
+//! is recorded in the audit log (`GET /api/v1/audit`), and every answer carries an
+//! `x-request-id`.
 //! Errors are JSON: `{"error": {"code", "message", "details": [{"field", "message"}]}}`.
 
 mod access;
 mod apis;
+mod audit;
 mod bundles;
 mod certificates;
 mod consumers;
@@ -38,7 +41,9 @@ use gw_sync::state::DesiredState;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
+pub use audit::ClientAddr;
 pub use dev::DevGuard;
+pub(crate) use enrollment::parse_lifetime;
 pub use error::ApiError;
 pub use identity::{Identity, InvalidNamedToken, NamedToken};
 
@@ -149,6 +154,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/bundles", axum::routing::post(bundles::export))
+        .route("/audit", get(audit::list))
         .route("/schema/api", get(schema))
         .route("/schema/certificate", get(certificate_schema))
         .route("/schema/consumer", get(consumer_schema))
@@ -171,6 +177,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             Arc::clone(&state),
             dev::guard,
         ))
+        .layer(middleware::from_fn(audit::request_id))
         .layer(middleware::from_fn(log_request))
         // a bug in a handler answers 500 instead of dropping the connection
         .layer(CatchPanicLayer::custom(|_| {

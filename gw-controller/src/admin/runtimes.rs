@@ -9,8 +9,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use super::audit::{self, Author};
 use super::{ApiError, AppState};
 use crate::fleet::view;
+
+/// The kind of a runtime's enrollment in the audit log.
+const RUNTIME: &str = "runtime";
 
 /// `GET /api/v1/runtimes`: every runtime any controller has seen, with its controller,
 /// applied revision, lag behind the newest revision, last contact and last rejection.
@@ -37,6 +41,7 @@ pub(super) async fn list(State(state): State<Arc<AppState>>) -> Result<Response,
 /// never enrolled.
 pub(super) async fn revoke(
     State(state): State<Arc<AppState>>,
+    Author(author): Author,
     node: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(node) = node.map_err(|e| ApiError::from_path(&e))?;
@@ -52,6 +57,7 @@ pub(super) async fn revoke(
         )));
     }
     tracing::info!(%node, "runtime enrollment revoked");
+    audit::append(&state, author, "revoke", RUNTIME, &node, None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -60,6 +66,7 @@ pub(super) async fn revoke(
 /// holds is no longer accepted. 404 for a node that has no enrollment.
 pub(super) async fn forget(
     State(state): State<Arc<AppState>>,
+    Author(author): Author,
     node: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(node) = node.map_err(|e| ApiError::from_path(&e))?;
@@ -74,5 +81,6 @@ pub(super) async fn forget(
         )));
     }
     tracing::info!(%node, "runtime enrollment forgotten");
+    audit::append(&state, author, "forget", RUNTIME, &node, None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

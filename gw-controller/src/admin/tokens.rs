@@ -19,6 +19,7 @@ use gw_store::{AdminRole, AdminTokenRecord, NewAdminToken, StoreError};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::audit::{self, Author};
 use super::enrollment::parse_lifetime;
 use super::format::{read_body, request_format};
 use super::identity::NamedToken;
@@ -149,11 +150,15 @@ fn view(record: &AdminTokenRecord, now: DateTime<Utc>) -> serde_json::Value {
     })
 }
 
+/// The kind of admin tokens in the audit log (named by id).
+const ADMIN_TOKEN: &str = "admin-token";
+
 /// `POST /api/v1/tokens`: makes a token and answers it, the only time its text is shown
 /// (201, `Cache-Control: no-store`). 409 `already_exists` when a token that is not revoked
 /// has the name.
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
+    Author(author): Author,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -195,6 +200,15 @@ pub(super) async fn create(
             other => ApiError::from_store(other),
         })?;
     tracing::info!(id = %record.id, name = %record.name, role = %record.role, groups = ?record.groups, expires_at = ?record.expires_at, "admin token created");
+    audit::append(
+        &state,
+        author,
+        "create",
+        ADMIN_TOKEN,
+        &record.id,
+        Some(format!("{} ({})", record.name, record.role)),
+    )
+    .await;
     let body = json!({
         "id": record.id,
         "name": record.name,
@@ -230,6 +244,7 @@ pub(super) async fn list(State(state): State<Arc<AppState>>) -> Result<Response,
 /// 404 for an unknown id.
 pub(super) async fn revoke(
     State(state): State<Arc<AppState>>,
+    Author(author): Author,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::from_path(&e))?;
@@ -244,6 +259,7 @@ pub(super) async fn revoke(
         )));
     }
     tracing::info!(%id, "admin token revoked");
+    audit::append(&state, author, "revoke", ADMIN_TOKEN, &id, None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -7,10 +7,10 @@ use std::time::Instant;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use gw_store::{
-    AdminTokenCredential, AdminTokenRecord, Backend, Change, DeleteOutcome, DeleteResourceOutcome,
-    EnrollmentRecord, EnrollmentTokenRecord, NewAdminToken, NewEnrollmentToken, PoolStatus,
-    Precondition, PutApi, PutOutcome, PutResource, PutResourceOutcome, ResourceRecord,
-    RuntimeRecord, Snapshot, Store, StoreError, TokenRefusal,
+    AdminTokenCredential, AdminTokenRecord, Audit, AuditQuery, AuditRecord, Backend, Change,
+    DeleteOutcome, DeleteResourceOutcome, EnrollmentRecord, EnrollmentTokenRecord, NewAdminToken,
+    NewEnrollmentToken, PoolStatus, Precondition, PutApi, PutOutcome, PutResource,
+    PutResourceOutcome, ResourceRecord, RuntimeRecord, Snapshot, Store, StoreError, TokenRefusal,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 /// The `operation` label values: the [`Store`] methods that reach the database.
-pub(crate) const OPERATIONS: [&str; 33] = [
+pub(crate) const OPERATIONS: [&str; 36] = [
     "ping",
     "put_api",
     "delete_api",
@@ -54,6 +54,9 @@ pub(crate) const OPERATIONS: [&str; 33] = [
     "admin_token",
     "revoke_admin_token",
     "touch_admin_token",
+    "append_audit",
+    "list_audit",
+    "prune_audit",
 ];
 
 /// The `kind` label values of `gw_store_errors_total`.
@@ -239,9 +242,10 @@ impl Store for MeasuredStore {
         &self,
         name: &str,
         precondition: Precondition,
+        audit: Option<&Audit>,
     ) -> Result<DeleteOutcome, StoreError> {
         let measure = self.start("delete_api");
-        measure.finish(self.inner.delete_api(name, precondition).await)
+        measure.finish(self.inner.delete_api(name, precondition, audit).await)
     }
 
     async fn get_api(&self, name: &str) -> Result<Option<gw_store::ApiRecord>, StoreError> {
@@ -259,9 +263,14 @@ impl Store for MeasuredStore {
         kind: &str,
         name: &str,
         precondition: Precondition,
+        audit: Option<&Audit>,
     ) -> Result<DeleteResourceOutcome, StoreError> {
         let measure = self.start("delete_resource");
-        measure.finish(self.inner.delete_resource(kind, name, precondition).await)
+        measure.finish(
+            self.inner
+                .delete_resource(kind, name, precondition, audit)
+                .await,
+        )
     }
 
     async fn get_resource(
@@ -429,6 +438,26 @@ impl Store for MeasuredStore {
         let measure = self.start("touch_admin_token");
         measure.finish(self.inner.touch_admin_token(id, at).await)
     }
+
+    async fn append_audit(
+        &self,
+        audit: &Audit,
+        kind: &str,
+        name: &str,
+    ) -> Result<AuditRecord, StoreError> {
+        let measure = self.start("append_audit");
+        measure.finish(self.inner.append_audit(audit, kind, name).await)
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let measure = self.start("list_audit");
+        measure.finish(self.inner.list_audit(query).await)
+    }
+
+    async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let measure = self.start("prune_audit");
+        measure.finish(self.inner.prune_audit(before).await)
+    }
 }
 
 #[cfg(test)]
@@ -481,6 +510,7 @@ mod tests {
                 spec: spec.clone(),
                 routes: vec![],
                 precondition: Precondition::None,
+                audit: None,
             })
             .await
             .unwrap();
@@ -491,6 +521,7 @@ mod tests {
                 name: "c".into(),
                 spec,
                 precondition: Precondition::None,
+                audit: None,
             })
             .await
             .unwrap();
@@ -576,18 +607,35 @@ mod tests {
         store.touch_admin_token("a", now).await.unwrap();
         store.revoke_admin_token("a", now).await.unwrap();
         store
-            .delete_resource("certificate", "c", Precondition::None)
+            .delete_resource("certificate", "c", Precondition::None, None)
             .await
             .unwrap();
         // a failed precondition is an answer, not a failure
         assert!(
             store
-                .delete_api("a", Precondition::Revision(99))
+                .delete_api("a", Precondition::Revision(99), None)
                 .await
                 .is_err()
         );
-        store.delete_api("a", Precondition::None).await.unwrap();
+        store
+            .delete_api("a", Precondition::None, None)
+            .await
+            .unwrap();
         store.compact(1).await.unwrap();
+        let audit = gw_store::Audit {
+            actor: "ci".into(),
+            role: "admin".into(),
+            source: None,
+            request_id: "r".into(),
+            action: Some("revoke".into()),
+            detail: None,
+        };
+        store.append_audit(&audit, "runtime", "rt").await.unwrap();
+        store
+            .list_audit(&gw_store::AuditQuery::default())
+            .await
+            .unwrap();
+        store.prune_audit(now).await.unwrap();
 
         let text = encode(&registry);
         let measured = counts(&text);
@@ -637,6 +685,7 @@ mod tests {
                 spec: serde_json::json!({}),
                 routes: vec![],
                 precondition: Precondition::None,
+                audit: None,
             })
             .await
             .unwrap_err();
