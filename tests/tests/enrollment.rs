@@ -34,6 +34,40 @@ async fn in_fleet(admin: &Admin, node: &str) -> bool {
         .is_some_and(|items| items.iter().any(|r| r["nodeId"] == node))
 }
 
+/// A TLS handshake with the sync port at `sync`, trusting `ca_pem`, offering only
+/// `version` and no client certificate: the version and ALPN protocol agreed, or the error.
+async fn handshake(
+    sync: std::net::SocketAddr,
+    ca_pem: &str,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Result<(rustls::ProtocolVersion, Option<Vec<u8>>), String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[version])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(sync).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sync.ip().to_string()).unwrap();
+    let stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|err| err.to_string())?;
+    let session = stream.get_ref().1;
+    Ok((
+        session.protocol_version().unwrap(),
+        session.alpn_protocol().map(<[u8]>::to_vec),
+    ))
+}
+
 fn internal_ca_controller(db: &TestDatabase, node: &str, dir: &std::path::Path) -> Process {
     controller_with(
         &ControllerSpec::postgres(db, node),
@@ -75,6 +109,19 @@ async fn runtimes_enroll_with_tokens_renew_and_are_revoked() {
     let identity = rt1_dir.join("sync-identity.json");
     let mode = std::fs::metadata(&identity).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    // the sync port speaks TLS 1.3 (HTTP/2 by ALPN) with the cluster CA's certificate, and
+    // nothing older
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&identity).unwrap()).unwrap();
+    let ca_pem = kept["ca"].as_str().unwrap();
+    let (version, alpn) = handshake(b.addr("sync"), ca_pem, &rustls::version::TLS13)
+        .await
+        .unwrap();
+    assert_eq!(version, rustls::ProtocolVersion::TLSv1_3);
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    let refused = handshake(b.addr("sync"), ca_pem, &rustls::version::TLS12).await;
+    assert!(refused.is_err(), "TLS 1.2 was spoken: {refused:?}");
 
     let upstream = echo_upstream("enrolled");
     let upstream_url = format!("http://{}", upstream.addr("http"));
