@@ -21,32 +21,27 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use sha2::{Digest, Sha256};
-
 use crate::pki::{CaHash, RuntimeIdentity};
 use crate::proto::enrollment_client::EnrollmentClient;
 use crate::proto::{EnrollRequest, RenewRequest};
+use crate::secret::{IdSecret, is_hex};
 use crate::server::IssuedCertificate;
 use crate::tls::ServerTrust;
 
 /// The prefix and version of the token's text.
 const PREFIX: &str = "gwjoin1";
-/// Hex digits of the id and of the secret.
-const ID_DIGITS: usize = 16;
-const SECRET_DIGITS: usize = 32;
 
 /// An enrollment token (see the module docs).
 #[derive(Clone, PartialEq, Eq)]
 pub struct EnrollmentToken {
-    id: String,
-    secret: String,
+    key: IdSecret,
     ca_hash: CaHash,
 }
 
 impl fmt::Debug for EnrollmentToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EnrollmentToken")
-            .field("id", &self.id)
+            .field("id", &self.key.id())
             .field("secret", &"<redacted>")
             .field("ca_hash", &self.ca_hash)
             .finish()
@@ -61,36 +56,18 @@ impl fmt::Debug for EnrollmentToken {
 )]
 pub struct InvalidToken(&'static str);
 
-fn hex(bytes: &[u8]) -> String {
-    use fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut text, b| {
-        let _ = write!(text, "{b:02x}");
-        text
-    })
-}
-
-fn is_hex(text: &str, digits: usize) -> bool {
-    text.len() == digits
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 impl EnrollmentToken {
     /// A new token for the cluster whose CA has `ca_hash`, with a random id and secret.
     pub fn generate(ca_hash: CaHash) -> Self {
-        let id: [u8; ID_DIGITS / 2] = rand::random();
-        let secret: [u8; SECRET_DIGITS / 2] = rand::random();
         Self {
-            id: hex(&id),
-            secret: hex(&secret),
+            key: IdSecret::generate(),
             ca_hash,
         }
     }
 
     /// The token's id: not a secret.
     pub fn id(&self) -> &str {
-        &self.id
+        self.key.id()
     }
 
     /// The hash of the cluster CA the token names.
@@ -98,19 +75,14 @@ impl EnrollmentToken {
         self.ca_hash
     }
 
-    /// The SHA-256 of the secret (hex): what a controller stores and compares. The secret
-    /// has 128 random bits, so a fast hash is enough: nobody guesses it from its hash.
+    /// The SHA-256 of the secret (hex): what a controller stores and compares.
     pub fn secret_hash(&self) -> String {
-        secret_hash(&self.secret)
+        self.key.secret_hash()
     }
 
     /// Whether the secret is the one whose hash is `stored` (in constant time).
     pub fn matches(&self, stored: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        self.secret_hash()
-            .as_bytes()
-            .ct_eq(stored.as_bytes())
-            .into()
+        self.key.matches(stored)
     }
 
     /// The token's full text, secret included: to be shown to the operator once, or sent
@@ -118,12 +90,8 @@ impl EnrollmentToken {
     pub fn reveal(&self) -> String {
         let hash = self.ca_hash.to_string();
         let hash = hash.strip_prefix("sha256:").unwrap_or(&hash);
-        format!("{PREFIX}.{}.{}.{hash}", self.id, self.secret)
+        format!("{PREFIX}.{}.{hash}", self.key.text())
     }
-}
-
-fn secret_hash(secret: &str) -> String {
-    hex(&Sha256::digest(secret.as_bytes()))
 }
 
 impl FromStr for EnrollmentToken {
@@ -139,23 +107,14 @@ impl FromStr for EnrollmentToken {
         else {
             return Err(InvalidToken("it does not have four parts"));
         };
-        if !is_hex(id, ID_DIGITS) {
-            return Err(InvalidToken("its id is not 16 lowercase hex digits"));
-        }
-        if !is_hex(secret, SECRET_DIGITS) {
-            return Err(InvalidToken("its secret is not 32 lowercase hex digits"));
-        }
+        let key = IdSecret::read(id, secret).map_err(InvalidToken)?;
         if !is_hex(hash, 64) {
             return Err(InvalidToken("its CA hash is not 64 lowercase hex digits"));
         }
         let ca_hash = format!("sha256:{hash}")
             .parse()
             .map_err(|_| InvalidToken("its CA hash does not read"))?;
-        Ok(Self {
-            id: id.to_string(),
-            secret: secret.to_string(),
-            ca_hash,
-        })
+        Ok(Self { key, ca_hash })
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod client;
 pub mod enroll;
 pub mod pki;
+pub mod secret;
 pub mod server;
 pub mod state;
 pub mod tls;

@@ -8,13 +8,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use gw_store::AdminRole;
-use sha2::{Digest, Sha256};
+use gw_sync::secret::IdSecret;
 
 /// The prefix and version of a named token's text.
 const PREFIX: &str = "gwadm1";
-/// Hex digits of the id and of the secret.
-const ID_DIGITS: usize = 16;
-const SECRET_DIGITS: usize = 32;
 
 /// A named admin token: `gwadm1.<id>.<secret>`.
 ///
@@ -26,15 +23,12 @@ const SECRET_DIGITS: usize = 32;
 /// The whole text is a secret: `Debug` shows the id only, there is no `Display`, and the
 /// text is had through [`NamedToken::reveal`], once, for the operator who made it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct NamedToken {
-    id: String,
-    secret: String,
-}
+pub struct NamedToken(IdSecret);
 
 impl fmt::Debug for NamedToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NamedToken")
-            .field("id", &self.id)
+            .field("id", &self.0.id())
             .field("secret", &"<redacted>")
             .finish()
     }
@@ -48,30 +42,10 @@ impl fmt::Debug for NamedToken {
 )]
 pub struct InvalidNamedToken(&'static str);
 
-fn hex(bytes: &[u8]) -> String {
-    use fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut text, b| {
-        let _ = write!(text, "{b:02x}");
-        text
-    })
-}
-
-fn is_hex(text: &str, digits: usize) -> bool {
-    text.len() == digits
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 impl NamedToken {
     /// A new token with a random id and secret.
     pub fn generate() -> Self {
-        let id: [u8; ID_DIGITS / 2] = rand::random();
-        let secret: [u8; SECRET_DIGITS / 2] = rand::random();
-        Self {
-            id: hex(&id),
-            secret: hex(&secret),
-        }
+        Self(IdSecret::generate())
     }
 
     /// Whether `text` is meant as a named token (it has the prefix), well formed or not.
@@ -81,27 +55,22 @@ impl NamedToken {
 
     /// The token's id: not a secret.
     pub fn id(&self) -> &str {
-        &self.id
+        self.0.id()
     }
 
-    /// The SHA-256 of the secret (hex): what the store keeps. The secret has 128 random
-    /// bits, so a fast hash is enough: nobody guesses it from its hash.
+    /// The SHA-256 of the secret (hex): what the store keeps.
     pub fn secret_hash(&self) -> String {
-        hex(&Sha256::digest(self.secret.as_bytes()))
+        self.0.secret_hash()
     }
 
     /// Whether the secret is the one whose hash is `stored` (in constant time).
     pub fn matches(&self, stored: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        self.secret_hash()
-            .as_bytes()
-            .ct_eq(stored.as_bytes())
-            .into()
+        self.0.matches(stored)
     }
 
     /// The token's full text, secret included: shown to the operator once.
     pub fn reveal(&self) -> String {
-        format!("{PREFIX}.{}.{}", self.id, self.secret)
+        format!("{PREFIX}.{}", self.0.text())
     }
 }
 
@@ -116,18 +85,9 @@ impl FromStr for NamedToken {
         let (Some(id), Some(secret), None) = (parts.next(), parts.next(), parts.next()) else {
             return Err(InvalidNamedToken("it does not have three parts"));
         };
-        if !is_hex(id, ID_DIGITS) {
-            return Err(InvalidNamedToken("its id is not 16 lowercase hex digits"));
-        }
-        if !is_hex(secret, SECRET_DIGITS) {
-            return Err(InvalidNamedToken(
-                "its secret is not 32 lowercase hex digits",
-            ));
-        }
-        Ok(Self {
-            id: id.to_string(),
-            secret: secret.to_string(),
-        })
+        IdSecret::read(id, secret)
+            .map(Self)
+            .map_err(InvalidNamedToken)
     }
 }
 
