@@ -861,40 +861,51 @@ impl RevisionAuthority for StoreAuthority {
 /// How long audit records are kept by default: 90 days.
 pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_hours(90 * 24);
 
-/// Removes runtimes not seen for `retention` from the fleet view, enrollment tokens
-/// expired for a day and audit records older than `audit_retention`, every minute.
+/// Removes, every minute: runtimes not seen for `retention` from the fleet view, enrollment
+/// tokens expired for a day, enrollments whose certificate expired a week ago (not the
+/// revoked ones), admin tokens revoked or expired 30 days ago, and audit records older than
+/// `audit_retention`.
 async fn prune_runtimes(store: Arc<dyn Store>, retention: Duration, audit_retention: Duration) {
+    let days = chrono::Duration::days;
     loop {
         let now = chrono::Utc::now();
         let cutoff = now - chrono::Duration::from_std(retention).unwrap_or_default();
-        match store.prune_runtimes(cutoff).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "removed runtimes not seen for {retention:?}"),
-            Err(err) => tracing::debug!(error = %err, "runtime pruning skipped"),
-        }
-        match store
-            .delete_expired_enrollment_tokens(now - chrono::Duration::days(1))
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "removed enrollment tokens expired a day ago"),
-            Err(err) => tracing::debug!(error = %err, "enrollment token pruning skipped"),
-        }
+        pruned(
+            store.prune_runtimes(cutoff).await,
+            "runtimes not seen for the retention",
+        );
+        pruned(
+            store.delete_expired_enrollment_tokens(now - days(1)).await,
+            "enrollment tokens expired a day ago",
+        );
+        pruned(
+            store.prune_runtime_enrollments(now - days(7)).await,
+            "runtime enrollments expired a week ago",
+        );
+        pruned(
+            store.prune_admin_tokens(now - days(30)).await,
+            "admin tokens revoked or expired 30 days ago",
+        );
         // a retention beyond the calendar keeps everything
         let cutoff = chrono::Duration::from_std(audit_retention)
             .ok()
             .and_then(|retention| now.checked_sub_signed(retention));
         if let Some(cutoff) = cutoff {
-            match store.prune_audit(cutoff).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    removed = n,
-                    "removed audit records older than {audit_retention:?}"
-                ),
-                Err(err) => tracing::debug!(error = %err, "audit pruning skipped"),
-            }
+            pruned(
+                store.prune_audit(cutoff).await,
+                "audit records past their retention",
+            );
         }
         tokio::time::sleep(Duration::from_mins(1)).await;
+    }
+}
+
+/// Logs what one pruning removed (a store that does not answer is tried again next time).
+fn pruned(outcome: Result<u64, StoreError>, what: &str) {
+    match outcome {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "removed {what}"),
+        Err(err) => tracing::debug!(error = %err, "{what}: pruning skipped"),
     }
 }
 

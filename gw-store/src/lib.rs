@@ -468,6 +468,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Returns whether there was one.
     async fn forget_runtime(&self, node_id: &str) -> Result<bool, StoreError>;
 
+    /// Deletes the enrollments whose certificate expired before `before` and that are not
+    /// revoked (a revocation holds until [`Store::forget_runtime`]); returns how many went.
+    async fn prune_runtime_enrollments(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Deletes the admin tokens revoked, or expired, before `before`; returns how many went.
+    async fn prune_admin_tokens(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
     /// Replaces the certificate of the enrolled runtime `node_id` with `new_serial` (expiring
     /// at `not_after`) when it is not revoked and `presented_serial` is its current or its
     /// previous serial; the current one becomes the previous. Returns whether it did.

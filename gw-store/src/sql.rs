@@ -898,6 +898,28 @@ macro_rules! impl_store {
                 Ok(written > 0)
             }
 
+            async fn prune_runtime_enrollments(
+                &self,
+                before: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, $crate::StoreError> {
+                Ok(sqlx::query($crate::sql::PRUNE_ENROLLMENTS)
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
+            }
+
+            async fn prune_admin_tokens(
+                &self,
+                before: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, $crate::StoreError> {
+                Ok(sqlx::query($crate::sql::PRUNE_ADMIN_TOKENS)
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
+            }
+
             async fn forget_runtime(&self, node_id: &str) -> Result<bool, $crate::StoreError> {
                 let deleted = sqlx::query($crate::sql::DELETE_ENROLLMENT)
                     .bind(node_id)
@@ -1249,6 +1271,11 @@ pub(crate) const UPSERT_ENROLLMENT: &str = "INSERT INTO runtime_enrollments (nod
      WHERE runtime_enrollments.revoked_at IS NULL AND (runtime_enrollments.grp = excluded.grp \
      OR runtime_enrollments.not_after <= excluded.enrolled_at)";
 pub(crate) const DELETE_ENROLLMENT: &str = "DELETE FROM runtime_enrollments WHERE node_id = $1";
+/// Revoked enrollments stay: a revocation holds until an operator forgets it.
+pub(crate) const PRUNE_ENROLLMENTS: &str =
+    "DELETE FROM runtime_enrollments WHERE revoked_at IS NULL AND not_after < $1";
+pub(crate) const PRUNE_ADMIN_TOKENS: &str = "DELETE FROM admin_tokens WHERE revoked_at < $1 \
+     OR expires_at < $1";
 /// The assignments read the row as it was: the current serial becomes the previous one.
 pub(crate) const RENEW_ENROLLMENT: &str = "UPDATE runtime_enrollments SET previous_serial = serial, \
      serial = $3, not_after = $4, renewed_at = $5 \

@@ -109,6 +109,7 @@ both_backends!(
     admin_tokens_are_listed_without_their_hash_and_found_with_it,
     an_admin_token_name_is_free_again_once_revoked,
     an_admin_token_is_touched_at_most_once_a_minute,
+    old_enrollments_and_admin_tokens_are_pruned_and_revocations_kept,
     a_resource_write_records_its_audit_in_its_transaction,
     a_failed_write_records_no_audit,
     audit_records_are_filtered_paged_and_pruned,
@@ -1508,4 +1509,54 @@ async fn audit_records_are_filtered_paged_and_pruned(f: Fixture) {
             .unwrap()
             .is_empty()
     );
+}
+
+async fn old_enrollments_and_admin_tokens_are_pruned_and_revocations_kept(f: Fixture) {
+    let s = &f.store;
+    let at = now();
+    // rt-old's certificate expired two days ago; rt-live's holds; rt-revoked expired too
+    // but is revoked, which holds until it is forgotten
+    let expired = |node: &str| EnrollmentRecord {
+        not_after: at - hours(48),
+        enrolled_at: at - hours(72),
+        ..enrollment(node, "01")
+    };
+    assert!(s.enroll_runtime(&expired("rt-old")).await.unwrap());
+    assert!(
+        s.enroll_runtime(&enrollment("rt-live", "02"))
+            .await
+            .unwrap()
+    );
+    assert!(s.enroll_runtime(&expired("rt-revoked")).await.unwrap());
+    assert!(s.revoke_runtime("rt-revoked", at).await.unwrap());
+    assert_eq!(
+        s.prune_runtime_enrollments(at - hours(24)).await.unwrap(),
+        1
+    );
+    let left = sorted(s.runtime_enrollments().await.unwrap(), |e| e.node_id);
+    assert_eq!(left, ["rt-live", "rt-revoked"]);
+
+    // admin tokens: one revoked long ago, one expired long ago, one live, one revoked now
+    let mut expired_token = admin_token("b", "expired", AdminRole::Viewer, &[]);
+    expired_token.expires_at = Some(at - hours(48));
+    for token in [
+        admin_token("a", "revoked", AdminRole::Admin, &[]),
+        expired_token,
+        admin_token("c", "live", AdminRole::Admin, &[]),
+        admin_token("d", "just-revoked", AdminRole::Admin, &[]),
+    ] {
+        s.create_admin_token(&token).await.unwrap();
+    }
+    assert!(s.revoke_admin_token("a", at - hours(48)).await.unwrap());
+    assert!(s.revoke_admin_token("d", at).await.unwrap());
+    assert_eq!(s.prune_admin_tokens(at - hours(24)).await.unwrap(), 2);
+    let left = sorted(s.list_admin_tokens().await.unwrap(), |t| t.id);
+    assert_eq!(left, ["c", "d"]);
+}
+
+/// The keys of `items`, sorted.
+fn sorted<T>(items: Vec<T>, key: impl FnMut(T) -> String) -> Vec<String> {
+    let mut keys: Vec<String> = items.into_iter().map(key).collect();
+    keys.sort();
+    keys
 }

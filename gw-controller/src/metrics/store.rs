@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 /// The `operation` label values: the [`Store`] methods that reach the database.
-pub(crate) const OPERATIONS: [&str; 36] = [
+pub(crate) const OPERATIONS: [&str; 38] = [
     "ping",
     "put_api",
     "delete_api",
@@ -46,6 +46,8 @@ pub(crate) const OPERATIONS: [&str; 36] = [
     "delete_expired_enrollment_tokens",
     "enroll_runtime",
     "forget_runtime",
+    "prune_runtime_enrollments",
+    "prune_admin_tokens",
     "renew_runtime",
     "revoke_runtime",
     "runtime_enrollments",
@@ -388,6 +390,16 @@ impl Store for MeasuredStore {
         measure.finish(self.inner.forget_runtime(node_id).await)
     }
 
+    async fn prune_runtime_enrollments(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let measure = self.start("prune_runtime_enrollments");
+        measure.finish(self.inner.prune_runtime_enrollments(before).await)
+    }
+
+    async fn prune_admin_tokens(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let measure = self.start("prune_admin_tokens");
+        measure.finish(self.inner.prune_admin_tokens(before).await)
+    }
+
     async fn renew_runtime(
         &self,
         node_id: &str,
@@ -590,6 +602,8 @@ mod tests {
         store.revoke_runtime("rt", now).await.unwrap();
         store.runtime_enrollments().await.unwrap();
         store.forget_runtime("rt").await.unwrap();
+        store.prune_runtime_enrollments(now).await.unwrap();
+        store.prune_admin_tokens(now).await.unwrap();
         store
             .create_admin_token(&NewAdminToken {
                 id: "a".into(),
