@@ -262,16 +262,7 @@ pub(super) async fn create(
 
 /// `GET /api/v1/enrollment-tokens`: every token, newest first, with its state.
 pub(super) async fn list(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let now = Utc::now();
-    let items: Vec<_> = state
-        .store()?
-        .list_enrollment_tokens()
-        .await
-        .map_err(ApiError::from_store)?
-        .iter()
-        .map(|record| view(record, now))
-        .collect();
-    Ok(axum::Json(json!({ "items": items })).into_response())
+    listing(state.store()?.list_enrollment_tokens().await, view)
 }
 
 /// `DELETE /api/v1/enrollment-tokens/{id}`: revokes a token (204); runtimes that enrolled
@@ -285,15 +276,51 @@ pub(super) async fn revoke(
     let found = state
         .store()?
         .revoke_enrollment_token(&id, Utc::now())
-        .await
-        .map_err(ApiError::from_store)?;
-    if !found {
+        .await;
+    revoked(
+        &state,
+        author,
+        found,
+        ENROLLMENT_TOKEN,
+        &id,
+        "/api/v1/enrollment-tokens",
+    )
+    .await
+}
+
+/// The answer of a token listing (enrollment or admin tokens): `{"items": [...]}`, each
+/// record as `view` shows it now.
+pub(super) fn listing<T>(
+    records: Result<Vec<T>, gw_store::StoreError>,
+    view: impl Fn(&T, DateTime<Utc>) -> serde_json::Value,
+) -> Result<Response, ApiError> {
+    let now = Utc::now();
+    let items: Vec<_> = records
+        .map_err(ApiError::from_store)?
+        .iter()
+        .map(|record| view(record, now))
+        .collect();
+    Ok(axum::Json(json!({ "items": items })).into_response())
+}
+
+/// The answer of a token revocation (`kind` `enrollment-token` or `admin-token`): 204 and
+/// its audit record, or 404 saying where the tokens are listed.
+pub(super) async fn revoked(
+    state: &AppState,
+    author: gw_store::Audit,
+    found: Result<bool, gw_store::StoreError>,
+    kind: &'static str,
+    id: &str,
+    listed_at: &str,
+) -> Result<Response, ApiError> {
+    let what = kind.replace('-', " ");
+    if !found.map_err(ApiError::from_store)? {
         return Err(ApiError::not_found(format!(
-            "no enrollment token {id:?}; GET /api/v1/enrollment-tokens lists them"
+            "no {what} {id:?}; GET {listed_at} lists them"
         )));
     }
-    tracing::info!(%id, "enrollment token revoked");
-    audit::append(&state, author, "revoke", ENROLLMENT_TOKEN, &id, None).await;
+    tracing::info!(%id, "{what} revoked");
+    audit::append(state, author, "revoke", kind, id, None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::audit::{self, Author};
-use super::enrollment::parse_lifetime;
+use super::enrollment::{listing, parse_lifetime, revoked};
 use super::format::{read_body, request_format};
 use super::identity::NamedToken;
 use super::{ApiError, AppState};
@@ -228,16 +228,7 @@ pub(super) async fn create(
 
 /// `GET /api/v1/tokens`: every token, newest first, with its state and last use.
 pub(super) async fn list(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let now = Utc::now();
-    let items: Vec<_> = state
-        .store()?
-        .list_admin_tokens()
-        .await
-        .map_err(ApiError::from_store)?
-        .iter()
-        .map(|record| view(record, now))
-        .collect();
-    Ok(axum::Json(json!({ "items": items })).into_response())
+    listing(state.store()?.list_admin_tokens().await, view)
 }
 
 /// `DELETE /api/v1/tokens/{id}`: revokes a token (204), refused from the next request on;
@@ -248,19 +239,8 @@ pub(super) async fn revoke(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::from_path(&e))?;
-    let found = state
-        .store()?
-        .revoke_admin_token(&id, Utc::now())
-        .await
-        .map_err(ApiError::from_store)?;
-    if !found {
-        return Err(ApiError::not_found(format!(
-            "no admin token {id:?}; GET /api/v1/tokens lists them"
-        )));
-    }
-    tracing::info!(%id, "admin token revoked");
-    audit::append(&state, author, "revoke", ADMIN_TOKEN, &id, None).await;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let found = state.store()?.revoke_admin_token(&id, Utc::now()).await;
+    revoked(&state, author, found, ADMIN_TOKEN, &id, "/api/v1/tokens").await
 }
 
 #[cfg(test)]
