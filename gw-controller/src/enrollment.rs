@@ -313,22 +313,20 @@ impl Enroller for StoreEnroller {
         if let Some(known) = known {
             Self::check_takeover(identity, &known, now)?;
         }
-        let group = match self
+        match self
             .store
-            .use_enrollment_token(token.id(), &token.secret_hash(), utc(now))
+            .use_enrollment_token(token.id(), &token.secret_hash(), &identity.group, utc(now))
             .await
         {
-            Ok(group) => group,
+            Ok(()) => {}
             Err(TokenRefusal::Store(err)) => return Err(unavailable(err)),
+            Err(refusal @ TokenRefusal::OtherGroup(_)) => {
+                return Err(EnrollRefusal::Denied(format!(
+                    "{refusal}; this runtime serves group {:?}",
+                    identity.group
+                )));
+            }
             Err(refusal) => return Err(EnrollRefusal::Unauthenticated(refusal.to_string())),
-        };
-        if group != identity.group {
-            return Err(EnrollRefusal::Denied(format!(
-                "this token enrolls runtimes of group {group:?}, and this runtime serves group \
-                 {:?}: start it with --group {group}, or make a token for its group (the \
-                 attempt took one use of the token)",
-                identity.group
-            )));
         }
         let (issued, facts) = self.issue(identity, csr_pem)?;
         let record = EnrollmentRecord {
@@ -555,11 +553,18 @@ mod tests {
     async fn tokens_are_checked_and_a_group_is_the_token_s() {
         let cluster = cluster().await;
         let rt = RuntimeIdentity::new("edge", "rt-1").unwrap();
-        // another group's token
-        let payments = cluster.token("payments", 5).await;
+        // another group's token, which the attempt does not use up
+        let payments = cluster.token("payments", 1).await;
         let err = cluster.a.enroll(&payments, &rt, &csr()).await.unwrap_err();
         assert!(matches!(err, EnrollRefusal::Denied(_)), "{err}");
         assert!(err.to_string().contains("--group payments"), "{err}");
+        assert!(err.to_string().contains("took no use"), "{err}");
+        let payments_rt = RuntimeIdentity::new("payments", "rt-9").unwrap();
+        cluster
+            .a
+            .enroll(&payments, &payments_rt, &csr())
+            .await
+            .unwrap();
         // a token of another cluster's CA
         let other = ClusterCa::generate(SystemTime::now()).unwrap();
         let foreign = EnrollmentToken::generate(other.hash());

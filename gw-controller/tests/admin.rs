@@ -1293,11 +1293,19 @@ async fn an_enrollment_token_is_shown_once_and_listed_without_its_secret() {
 
     // the store keeps the secret's hash, against which the token's secret checks
     let store = state.store.get().unwrap();
-    let group = store
-        .use_enrollment_token(token.id(), &token.secret_hash(), Utc::now())
+    // (for its group only)
+    let refusal = store
+        .use_enrollment_token(token.id(), &token.secret_hash(), "core", Utc::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refusal, gw_store::TokenRefusal::OtherGroup(group) if group == "edge"),
+        "{refusal}"
+    );
+    store
+        .use_enrollment_token(token.id(), &token.secret_hash(), "edge", Utc::now())
         .await
         .unwrap();
-    assert_eq!(group, "edge");
 
     // listed with its state, never with its secret or its hash
     let listed = listed_token(&state, token.id()).await;
@@ -1337,7 +1345,7 @@ async fn an_enrollment_token_is_shown_once_and_listed_without_its_secret() {
     // a used-up token reads so
     let token: gw_sync::enroll::EnrollmentToken = body["token"].as_str().unwrap().parse().unwrap();
     store
-        .use_enrollment_token(token.id(), &token.secret_hash(), Utc::now())
+        .use_enrollment_token(token.id(), &token.secret_hash(), "core", Utc::now())
         .await
         .unwrap();
     let used = listed_token(&state, token.id()).await;
@@ -1472,7 +1480,7 @@ async fn a_revoked_enrollment_token_is_listed_so_and_refused() {
         .store
         .get()
         .unwrap()
-        .use_enrollment_token(token.id(), &token.secret_hash(), Utc::now())
+        .use_enrollment_token(token.id(), &token.secret_hash(), "edge", Utc::now())
         .await
         .unwrap_err();
     assert!(

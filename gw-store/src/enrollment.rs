@@ -110,6 +110,12 @@ pub enum TokenRefusal {
     /// Every use of the token was taken.
     #[error("the enrollment token has been used as many times as it allows")]
     UsedUp,
+    /// The token enrolls runtimes of another group (named): the attempt took no use.
+    #[error(
+        "this token enrolls runtimes of group {0:?}: start the runtime with --group {0}, or make \
+         a token for its group (the attempt took no use of the token)"
+    )]
+    OtherGroup(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -438,17 +438,19 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
-    /// Takes one use of the token `id` whose secret has the hash `secret_hash`, when it is
-    /// neither revoked nor expired at `now` and has a use left, and returns its group. One
-    /// conditional update does it, so that controllers racing for the last use cannot both
-    /// have it; a refusal takes no use and says why (a wrong secret reads as
-    /// [`TokenRefusal::Unknown`]).
+    /// Takes one use of the token `id` whose secret has the hash `secret_hash`, when it
+    /// enrolls runtimes of `group`, is neither revoked nor expired at `now` and has a use
+    /// left. One conditional update does it, so that controllers racing for the last use
+    /// cannot both have it; a refusal takes no use and says why (a wrong secret reads as
+    /// [`TokenRefusal::Unknown`], a runtime of another group as
+    /// [`TokenRefusal::OtherGroup`]).
     async fn use_enrollment_token(
         &self,
         id: &str,
         secret_hash: &str,
+        group: &str,
         now: DateTime<Utc>,
-    ) -> Result<String, TokenRefusal>;
+    ) -> Result<(), TokenRefusal>;
 
     /// Deletes the tokens that expired before `before`; returns how many went.
     async fn delete_expired_enrollment_tokens(

@@ -507,6 +507,7 @@ macro_rules! impl_store {
                 &self,
                 id: &str,
                 secret_hash: &str,
+                group: &str,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> $crate::TokenRefusal {
                 use sqlx::Row as _;
@@ -528,11 +529,15 @@ macro_rules! impl_store {
                 }
                 match Self::enrollment_token_record(&row) {
                     // uses only grow and a revocation stays: a token that the update found
-                    // used up or revoked reads so now. (Deleted meanwhile: read as unknown.)
-                    Ok(record) => record
-                        .state(now)
-                        .refusal()
-                        .unwrap_or($crate::TokenRefusal::UsedUp),
+                    // used up or revoked reads so now; one that reads usable was refused for
+                    // its group, or used up meanwhile. (Deleted meanwhile: read as unknown.)
+                    Ok(record) => record.state(now).refusal().unwrap_or_else(|| {
+                        if record.group == group {
+                            $crate::TokenRefusal::UsedUp
+                        } else {
+                            $crate::TokenRefusal::OtherGroup(record.group.clone())
+                        }
+                    }),
                     Err(err) => err.into(),
                 }
             }
@@ -855,18 +860,22 @@ macro_rules! impl_store {
                 &self,
                 id: &str,
                 secret_hash: &str,
+                group: &str,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<String, $crate::TokenRefusal> {
-                let group: Option<String> = sqlx::query_scalar($crate::sql::USE_ENROLLMENT_TOKEN)
+            ) -> Result<(), $crate::TokenRefusal> {
+                let taken = sqlx::query($crate::sql::USE_ENROLLMENT_TOKEN)
                     .bind(id)
                     .bind(secret_hash)
                     .bind(now)
-                    .fetch_optional(&self.pool)
+                    .bind(group)
+                    .execute(&self.pool)
                     .await
-                    .map_err($crate::StoreError::from)?;
-                match group {
-                    Some(group) => Ok(group),
-                    None => Err(self.token_refusal(id, secret_hash, now).await),
+                    .map_err($crate::StoreError::from)?
+                    .rows_affected();
+                if taken == 1 {
+                    Ok(())
+                } else {
+                    Err(self.token_refusal(id, secret_hash, group, now).await)
                 }
             }
 
@@ -1258,7 +1267,7 @@ pub(crate) const REVOKE_ENROLLMENT_TOKEN: &str =
 /// on the row, and the second finds `uses < uses_max` false.
 pub(crate) const USE_ENROLLMENT_TOKEN: &str = "UPDATE enrollment_tokens SET uses = uses + 1 \
      WHERE id = $1 AND secret_hash = $2 AND revoked_at IS NULL AND expires_at > $3 \
-     AND uses < uses_max RETURNING grp";
+     AND uses < uses_max AND grp = $4";
 pub(crate) const DELETE_EXPIRED_ENROLLMENT_TOKENS: &str =
     "DELETE FROM enrollment_tokens WHERE expires_at < $1";
 

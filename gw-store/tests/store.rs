@@ -930,16 +930,13 @@ async fn the_last_use_of_a_token_goes_to_one_caller(f: Fixture) {
             .map(|_| {
                 let store = Arc::clone(&f.store);
                 let hash = format!("hash-of-{id}");
-                tokio::spawn(async move { store.use_enrollment_token(id, &hash, at).await })
+                tokio::spawn(async move { store.use_enrollment_token(id, &hash, "edge", at).await })
             })
             .collect();
         let mut granted = 0;
         for attempt in attempts {
             match attempt.await.unwrap() {
-                Ok(group) => {
-                    assert_eq!(group, "edge");
-                    granted += 1;
-                }
+                Ok(()) => granted += 1,
                 Err(TokenRefusal::UsedUp) => {}
                 Err(other) => panic!("{id}: {other}"),
             }
@@ -958,20 +955,40 @@ async fn a_wrong_secret_reads_as_unknown_and_takes_no_use(f: Fixture) {
         .unwrap();
     let at = now();
     for (id, hash) in [("a", "hash-of-b"), ("b", "hash-of-b"), ("a", "")] {
-        let refusal = s.use_enrollment_token(id, hash, at).await.unwrap_err();
+        let refusal = s
+            .use_enrollment_token(id, hash, "edge", at)
+            .await
+            .unwrap_err();
         assert!(matches!(refusal, TokenRefusal::Unknown), "{id}: {refusal}");
     }
+    // the right secret for another group's runtime: refused, naming the token's group,
+    // without taking the use (a wrong secret does not learn the group)
+    let refusal = s
+        .use_enrollment_token("a", "hash-of-a", "core", at)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refusal, TokenRefusal::OtherGroup(group) if group == "edge"),
+        "{refusal}"
+    );
+    let refusal = s
+        .use_enrollment_token("a", "hash-of-b", "core", at)
+        .await
+        .unwrap_err();
+    assert!(matches!(refusal, TokenRefusal::Unknown), "{refusal}");
     assert_eq!(s.list_enrollment_tokens().await.unwrap()[0].uses, 0);
     // the right secret still has its use
-    assert_eq!(
-        s.use_enrollment_token("a", "hash-of-a", at).await.unwrap(),
-        "edge"
-    );
+    s.use_enrollment_token("a", "hash-of-a", "edge", at)
+        .await
+        .unwrap();
     // a used-up token is not confirmed to a wrong secret either
-    let refusal = s.use_enrollment_token("a", "x", at).await.unwrap_err();
+    let refusal = s
+        .use_enrollment_token("a", "x", "edge", at)
+        .await
+        .unwrap_err();
     assert!(matches!(refusal, TokenRefusal::Unknown), "{refusal}");
     let refusal = s
-        .use_enrollment_token("a", "hash-of-a", at)
+        .use_enrollment_token("a", "hash-of-a", "edge", at)
         .await
         .unwrap_err();
     assert!(matches!(refusal, TokenRefusal::UsedUp), "{refusal}");
@@ -991,7 +1008,7 @@ async fn expired_and_revoked_tokens_are_refused_and_expired_ones_pruned(f: Fixtu
     let at = now();
     for id in ["old", "recent"] {
         let refusal = s
-            .use_enrollment_token(id, &format!("hash-of-{id}"), at)
+            .use_enrollment_token(id, &format!("hash-of-{id}"), "edge", at)
             .await
             .unwrap_err();
         assert!(matches!(refusal, TokenRefusal::Expired), "{id}: {refusal}");
@@ -1000,14 +1017,14 @@ async fn expired_and_revoked_tokens_are_refused_and_expired_ones_pruned(f: Fixtu
     let listed = s.list_enrollment_tokens().await.unwrap();
     let live = listed.iter().find(|t| t.id == "live").unwrap();
     let refusal = s
-        .use_enrollment_token("live", "hash-of-live", live.expires_at)
+        .use_enrollment_token("live", "hash-of-live", "edge", live.expires_at)
         .await
         .unwrap_err();
     assert!(matches!(refusal, TokenRefusal::Expired), "{refusal}");
 
     assert!(s.revoke_enrollment_token("live", at).await.unwrap());
     let refusal = s
-        .use_enrollment_token("live", "hash-of-live", at)
+        .use_enrollment_token("live", "hash-of-live", "edge", at)
         .await
         .unwrap_err();
     assert!(matches!(refusal, TokenRefusal::Revoked), "{refusal}");

@@ -366,10 +366,15 @@ impl Store for MeasuredStore {
         &self,
         id: &str,
         secret_hash: &str,
+        group: &str,
         now: DateTime<Utc>,
-    ) -> Result<String, TokenRefusal> {
+    ) -> Result<(), TokenRefusal> {
         let measure = self.start("use_enrollment_token");
-        measure.finish_use(self.inner.use_enrollment_token(id, secret_hash, now).await)
+        measure.finish_use(
+            self.inner
+                .use_enrollment_token(id, secret_hash, group, now)
+                .await,
+        )
     }
 
     async fn delete_expired_enrollment_tokens(
@@ -580,7 +585,12 @@ mod tests {
             .unwrap();
         store.list_enrollment_tokens().await.unwrap();
         // a refused use is an answer, not a failure
-        assert!(store.use_enrollment_token("t", "other", now).await.is_err());
+        assert!(
+            store
+                .use_enrollment_token("t", "other", "default", now)
+                .await
+                .is_err()
+        );
         store.revoke_enrollment_token("t", now).await.unwrap();
         store.delete_expired_enrollment_tokens(now).await.unwrap();
         let enrollment = gw_store::EnrollmentRecord {
