@@ -1135,6 +1135,51 @@ async fn a_runtime_enrolls_with_a_token_and_is_served_as_its_certificate_names_i
     );
 }
 
+/// A client whose enrollments keep failing (a guessed token, another group's) is refused
+/// for the rest of the minute before its token is even looked up: the enroller is not asked.
+#[tokio::test]
+async fn an_address_that_keeps_failing_to_enroll_is_held_back() {
+    let enroller = MemoryEnroller::new(ClusterCa::generate(std::time::SystemTime::now()).unwrap());
+    let state = Arc::new(DesiredState::new(1000));
+    let events = Arc::new(Events::default());
+    let ctl = enrolling_controller(&enroller, &state, &events).await;
+    let identity = RuntimeIdentity::new("edge", "rt-1").unwrap();
+    let minute = || gw_sync::unix_millis() / 60_000;
+    // the failures are counted per minute: a sequence that straddles two is made again
+    for attempt in 0..3 {
+        let started = minute();
+        let mut refused_at = None;
+        for n in 0..25 {
+            let guess = EnrollmentToken::generate(enroller.ca.hash());
+            let err = enrolled_tls(&ctl, &guess, &identity).await.unwrap_err();
+            if err.to_string().contains("too many failed enrollments") {
+                assert!(err.is_transient(), "{err}");
+                refused_at = Some(n);
+                break;
+            }
+            assert!(err.to_string().contains("unknown token"), "{err}");
+        }
+        let calls = enroller.calls.load(std::sync::atomic::Ordering::SeqCst);
+        // a good token from the same address waits too, without reaching the enroller
+        let good = enroller.token("edge", 1);
+        let err = enrolled_tls(&ctl, &good, &identity).await.unwrap_err();
+        if minute() != started {
+            assert!(attempt < 2, "three sequences straddled a minute");
+            continue;
+        }
+        assert_eq!(refused_at, Some(20));
+        assert!(
+            err.to_string().contains("too many failed enrollments"),
+            "{err}"
+        );
+        assert_eq!(
+            enroller.calls.load(std::sync::atomic::Ordering::SeqCst),
+            calls
+        );
+        return;
+    }
+}
+
 #[tokio::test]
 async fn a_token_is_never_sent_to_a_controller_of_another_cluster() {
     let enroller = MemoryEnroller::new(ClusterCa::generate(std::time::SystemTime::now()).unwrap());

@@ -1,7 +1,9 @@
 //! The Enrollment service of a sync port that issues runtimes their certificates (see
 //! [`Enroller`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio::sync::{Semaphore, watch};
@@ -100,6 +102,60 @@ pub trait Enroller: Send + Sync + 'static {
 /// round trip and a signature, and anyone who reaches the port may ask.
 const MAX_CONCURRENT: usize = 16;
 
+/// The most failed enrollments from one client address (an IPv6 address by its `/64`) in
+/// one minute; more are refused until the minute ends, before the token is read. A runtime
+/// with a bad token retries a few times a minute at most: this is for a client that guesses.
+const MAX_FAILURES_PER_MINUTE: u32 = 20;
+
+/// The most addresses whose failures are counted at once. A client with more addresses
+/// than this fills the table for a minute: past it, new addresses are not counted (the
+/// limit on enrollments served at once still bounds what they cost).
+const MAX_FAILING_ADDRESSES: usize = 4096;
+
+/// Failed enrollments per client address, in the current minute (of `now`, milliseconds
+/// since the Unix epoch).
+#[derive(Default)]
+struct Failures(Mutex<HashMap<IpAddr, (u64, u32)>>);
+
+impl Failures {
+    /// The seconds until `peer` may enroll again, when it failed too often this minute.
+    fn blocked(&self, peer: IpAddr, now: u64) -> Option<u64> {
+        let failures = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match failures.get(&gw_conn::address_key(peer)) {
+            Some(&(minute, count))
+                if minute == now / 60_000 && count >= MAX_FAILURES_PER_MINUTE =>
+            {
+                Some(60 - now / 1000 % 60)
+            }
+            _ => None,
+        }
+    }
+
+    /// Counts a failed enrollment from `peer`.
+    fn record(&self, peer: IpAddr, now: u64) {
+        let minute = now / 60_000;
+        let key = gw_conn::address_key(peer);
+        let mut failures = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failures.len() >= MAX_FAILING_ADDRESSES && !failures.contains_key(&key) {
+            failures.retain(|_, &mut (at, _)| at == minute);
+            if failures.len() >= MAX_FAILING_ADDRESSES {
+                return;
+            }
+        }
+        let entry = failures.entry(key).or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+}
+
 /// The Enrollment service.
 pub(crate) struct EnrollmentService {
     enroller: Arc<dyn Enroller>,
@@ -113,6 +169,8 @@ pub(crate) struct EnrollmentService {
     /// For renewals, which only enrolled runtimes make: a flood of enrollments does not
     /// keep them waiting.
     renewals: Arc<Semaphore>,
+    /// Failed enrollments per client address.
+    failures: Failures,
 }
 
 impl EnrollmentService {
@@ -128,6 +186,7 @@ impl EnrollmentService {
             metrics,
             enrollments: Arc::new(Semaphore::new(MAX_CONCURRENT)),
             renewals: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+            failures: Failures::default(),
         })
         .max_decoding_message_size(16 * 1024)
         .max_encoding_message_size(64 * 1024)
@@ -187,13 +246,31 @@ impl Enrollment for EnrollmentService {
         request: Request<EnrollRequest>,
     ) -> Result<Response<Certificate>, Status> {
         let peer = request.extensions().get::<SyncConn>().map(|conn| conn.peer);
+        if let Some(wait) =
+            peer.and_then(|peer| self.failures.blocked(peer.ip(), crate::unix_millis()))
+        {
+            self.metrics.rejected(SyncLimit::FailedEnrollments);
+            return Err(Status::resource_exhausted(format!(
+                "too many failed enrollments from this address in the last minute; try again \
+                 in {wait} s"
+            )));
+        }
+        let failed = |status: Status| {
+            if let Some(peer) = peer {
+                self.failures.record(peer.ip(), crate::unix_millis());
+            }
+            status
+        };
         let request = request.into_inner();
-        let token: EnrollmentToken = request
-            .token
-            .parse()
-            .map_err(|err: crate::enroll::InvalidToken| Status::unauthenticated(err.to_string()))?;
+        let token: EnrollmentToken =
+            request
+                .token
+                .parse()
+                .map_err(|err: crate::enroll::InvalidToken| {
+                    failed(Status::unauthenticated(err.to_string()))
+                })?;
         let identity = RuntimeIdentity::new(&request.group, &request.node_id)
-            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+            .map_err(|err| failed(Status::invalid_argument(err.to_string())))?;
         let permit = self.permit(&self.enrollments)?;
         // on a task of its own: a client that goes away does not cut the enrollment between
         // the use of its token and the record of its certificate
@@ -231,7 +308,11 @@ impl Enrollment for EnrollmentService {
                         reason = %refusal, "enrollment refused"
                     );
                 }
-                Err(refusal.into())
+                match refusal {
+                    // the controller's failure, not the client's
+                    EnrollRefusal::Unavailable(_) => Err(refusal.into()),
+                    refusal => Err(failed(refusal.into())),
+                }
             }
         }
     }
@@ -275,5 +356,63 @@ impl Enrollment for EnrollmentService {
                 Err(refusal.into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: u64 = 60_000;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn an_address_that_fails_too_often_waits_for_the_next_minute() {
+        let failures = Failures::default();
+        let now = 1_000 * MINUTE + 15_000;
+        for _ in 0..MAX_FAILURES_PER_MINUTE - 1 {
+            failures.record(ip("192.0.2.1"), now);
+        }
+        assert_eq!(failures.blocked(ip("192.0.2.1"), now), None);
+        failures.record(ip("192.0.2.1"), now);
+        assert_eq!(failures.blocked(ip("192.0.2.1"), now), Some(45));
+        // another address is not held back; an IPv6 host is counted by its /64
+        assert_eq!(failures.blocked(ip("192.0.2.2"), now), None);
+        for _ in 0..MAX_FAILURES_PER_MINUTE {
+            failures.record(ip("2001:db8::1"), now);
+        }
+        assert!(failures.blocked(ip("2001:db8::ffff"), now).is_some());
+        assert_eq!(failures.blocked(ip("2001:db8:0:1::1"), now), None);
+        // the next minute starts afresh
+        let later = now + MINUTE;
+        assert_eq!(failures.blocked(ip("192.0.2.1"), later), None);
+        failures.record(ip("192.0.2.1"), later);
+        assert_eq!(failures.blocked(ip("192.0.2.1"), later), None);
+    }
+
+    #[test]
+    fn the_table_of_failing_addresses_is_bounded() {
+        let failures = Failures::default();
+        let now = 7 * MINUTE;
+        let address = |n: usize| {
+            IpAddr::from(std::net::Ipv4Addr::from(
+                0x0a00_0000 + u32::try_from(n).unwrap(),
+            ))
+        };
+        for n in 0..MAX_FAILING_ADDRESSES + 10 {
+            failures.record(address(n), now);
+        }
+        assert_eq!(failures.0.lock().unwrap().len(), MAX_FAILING_ADDRESSES);
+        // an address already counted still is
+        for _ in 1..MAX_FAILURES_PER_MINUTE {
+            failures.record(address(0), now);
+        }
+        assert!(failures.blocked(address(0), now).is_some());
+        // a minute later the old entries make room
+        failures.record(address(MAX_FAILING_ADDRESSES + 20), now + MINUTE);
+        assert_eq!(failures.0.lock().unwrap().len(), 1);
     }
 }

@@ -35,6 +35,8 @@ pub(crate) enum SyncLimit {
     Identity,
     /// Enrollments and renewals beyond the number served at once.
     Enrollments,
+    /// Enrollments from an address that failed too many this minute.
+    FailedEnrollments,
     /// A stream whose certificate was revoked or superseded.
     Revoked,
 }
@@ -51,6 +53,7 @@ impl SyncLimit {
             SyncLimit::TlsHandshake => "tls_handshake",
             SyncLimit::Identity => "identity",
             SyncLimit::Enrollments => "enrollments",
+            SyncLimit::FailedEnrollments => "failed_enrollments",
             SyncLimit::Revoked => "revoked",
         }
     }
@@ -108,7 +111,7 @@ impl SyncMetrics {
             "gw_sync_limit_rejections",
             "Sync connections refused or closed by a limit: connections, connections_per_address, \
              first_stream_timeout, idle_timeout, send_timeout, ack_timeout, tls_handshake, identity, \
-             enrollments, revoked",
+             enrollments, failed_enrollments, revoked",
             metrics.rejections.clone(),
         );
         registry.register(
@@ -128,6 +131,7 @@ impl SyncMetrics {
             SyncLimit::TlsHandshake,
             SyncLimit::Identity,
             SyncLimit::Enrollments,
+            SyncLimit::FailedEnrollments,
             SyncLimit::Revoked,
         ] {
             let _ = metrics.rejections.get_or_create(&LimitLabels {
