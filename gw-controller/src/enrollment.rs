@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use gw_store::{EnrollmentRecord, Store, TokenRefusal};
+use gw_store::{EnrollmentRecord, Renewal, Store, TokenRefusal};
 use gw_sync::enroll::EnrollmentToken;
 use gw_sync::pki::{CertFacts, ClusterCa, RuntimeIdentity};
 use gw_sync::server::{EnrollRefusal, Enroller, IssuedCertificate};
@@ -149,6 +149,8 @@ pub struct StoreEnroller {
     looked_up: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     /// Held while the enrollments are read.
     reading: tokio::sync::Mutex<()>,
+    /// The current serial of each node that this controller recorded as in use.
+    in_use: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for StoreEnroller {
@@ -186,6 +188,7 @@ impl StoreEnroller {
             known: RwLock::default(),
             changes: watch::channel(0).0,
             looked_up: tokio::sync::Mutex::default(),
+            in_use: std::sync::Mutex::default(),
             reading: tokio::sync::Mutex::default(),
         };
         enroller.refresh().await?;
@@ -236,6 +239,38 @@ impl StoreEnroller {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(node_id.to_string(), known);
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Records in the store that a stream opened with `cert`, once per certificate: if it
+    /// is the node's current one, its previous one no longer renews from then on (see
+    /// [`Store::renew_runtime`]). (Whether it is current, the store decides: this
+    /// controller may not have read a renewal made through another yet.) A store that does
+    /// not answer leaves it for the next stream.
+    async fn record_in_use(&self, identity: &RuntimeIdentity, cert: &CertFacts) {
+        let recorded = self
+            .in_use
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&identity.node_id)
+            == Some(&cert.serial);
+        if recorded {
+            return;
+        }
+        match self
+            .store
+            .runtime_serial_in_use(&identity.node_id, &cert.serial, utc(SystemTime::now()))
+            .await
+        {
+            Ok(()) => {
+                self.in_use
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(identity.node_id.clone(), cert.serial.clone());
+            }
+            Err(err) => {
+                tracing::debug!(node = %identity.node_id, error = %err, "certificate in use not recorded");
+            }
+        }
     }
 
     /// Whether `identity` may enroll over the node's enrollment `known`: not when that is
@@ -383,7 +418,7 @@ impl Enroller for StoreEnroller {
         }
         check_request(csr_pem)?;
         let (issued, facts) = self.issue(identity, csr_pem)?;
-        let renewed = self
+        let renewal = self
             .store
             .renew_runtime(
                 &identity.node_id,
@@ -394,8 +429,20 @@ impl Enroller for StoreEnroller {
             )
             .await
             .map_err(unavailable)?;
-        if !renewed {
-            return Err(refused());
+        match renewal {
+            Renewal::Renewed => {}
+            Renewal::Refused => return Err(refused()),
+            Renewal::Reused => {
+                tracing::error!(
+                    node = %identity.node_id, group = %identity.group, serial = %cert.serial,
+                    "a superseded certificate of this runtime asked for renewal after its \
+                     successor was in use: two parties hold the runtime's key (a copy of its \
+                     data directory?); the runtime is revoked, and enrolls again once an \
+                     operator forgets it"
+                );
+                self.refresh().await.map_err(unavailable)?;
+                return Err(refused());
+            }
         }
         let known = self
             .known
@@ -428,6 +475,7 @@ impl Enroller for StoreEnroller {
 
     async fn admit(&self, identity: &RuntimeIdentity, cert: &CertFacts) -> bool {
         if self.admits(identity, cert) {
+            self.record_in_use(identity, cert).await;
             return true;
         }
         // a certificate this controller has not heard of yet (issued through another one
@@ -452,7 +500,11 @@ impl Enroller for StoreEnroller {
         if let Err(err) = self.refresh().await {
             tracing::debug!(error = %err, "enrollments not read for an unknown certificate");
         }
-        self.admits(identity, cert)
+        let admitted = self.admits(identity, cert);
+        if admitted {
+            self.record_in_use(identity, cert).await;
+        }
+        admitted
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -626,6 +678,30 @@ mod tests {
         let third = facts(&cluster.a.enroll(&token, &rt, &csr()).await.unwrap());
         cluster.b.refresh().await.unwrap();
         assert!(cluster.b.admits(&rt, &third));
+    }
+
+    #[tokio::test]
+    async fn a_copied_identity_is_caught_renewing_its_superseded_certificate() {
+        let cluster = cluster().await;
+        let rt = RuntimeIdentity::new("edge", "rt-1").unwrap();
+        let token = cluster.token("edge", 1).await;
+        let first = facts(&cluster.a.enroll(&token, &rt, &csr()).await.unwrap());
+        // the answer of a renewal is lost: the first certificate renews again
+        let lost = facts(&cluster.a.renew(&rt, &first, &csr()).await.unwrap());
+        let second = facts(&cluster.a.renew(&rt, &first, &csr()).await.unwrap());
+        assert_ne!(lost.serial, second.serial);
+        // the runtime opens its stream with the second, at the other controller
+        assert!(cluster.b.admit(&rt, &second).await);
+        // whoever holds the certificate the second superseded (a copy of the runtime's key,
+        // which had the lost answer) renews: the runtime is revoked, and its streams end at
+        // the next read of each controller
+        let err = cluster.b.renew(&rt, &lost, &csr()).await.unwrap_err();
+        assert!(err.to_string().contains("revoked or replaced"), "{err}");
+        assert!(!cluster.b.admits(&rt, &second));
+        cluster.a.refresh().await.unwrap();
+        assert!(!cluster.a.admits(&rt, &second) && !cluster.a.admits(&rt, &first));
+        let stored = cluster.store.runtime_enrollments().await.unwrap();
+        assert!(stored[0].revoked_at.is_some(), "{stored:?}");
     }
 
     #[tokio::test]

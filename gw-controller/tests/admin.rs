@@ -1553,6 +1553,7 @@ async fn deleting_a_runtime_revokes_its_enrollment() {
             .renew_runtime("rt-1", "01", "02", now, now)
             .await
             .unwrap()
+            .renewed()
     );
     // the fleet view still lists both
     let (status, body) = send(&state, get("/api/v1/runtimes")).await;

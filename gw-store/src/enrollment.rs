@@ -131,6 +131,28 @@ impl TokenRefusal {
     }
 }
 
+/// What [`crate::Store::renew_runtime`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Renewal {
+    /// The certificate was replaced.
+    Renewed,
+    /// Not renewed: the node is unknown or revoked, or the certificate presented is neither
+    /// its current nor its previous one.
+    Refused,
+    /// Not renewed, and the node revoked: the certificate presented was superseded by one
+    /// already in use, so two parties hold the node's identity (a copied key, a restored
+    /// backup of the runtime's data directory).
+    Reused,
+}
+
+impl Renewal {
+    /// Whether the certificate was replaced.
+    pub fn renewed(self) -> bool {
+        self == Renewal::Renewed
+    }
+}
+
 /// The client certificate an enrolled runtime holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -41,7 +41,9 @@ pub use admin_tokens::{
     AdminRole, AdminTokenCredential, AdminTokenRecord, AdminTokenState, NewAdminToken, UnknownRole,
 };
 pub use audit::{Audit, AuditQuery, AuditRecord};
-pub use enrollment::{EnrollmentRecord, EnrollmentTokenRecord, NewEnrollmentToken, TokenRefusal};
+pub use enrollment::{
+    EnrollmentRecord, EnrollmentTokenRecord, NewEnrollmentToken, Renewal, TokenRefusal,
+};
 pub use error::StoreError;
 
 /// The kind of APIs, in the change log. APIs are written with [`Store::put_api`], never as a
@@ -478,8 +480,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn prune_admin_tokens(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Replaces the certificate of the enrolled runtime `node_id` with `new_serial` (expiring
-    /// at `not_after`) when it is not revoked and `presented_serial` is its current or its
-    /// previous serial; the current one becomes the previous. Returns whether it did.
+    /// at `not_after`) when it is not revoked and `presented_serial` is its current serial,
+    /// or its previous one while the current one has not been seen in use
+    /// ([`Store::runtime_serial_in_use`]: the answer of the renewal that made it may have
+    /// been lost). The current serial becomes the previous. The previous serial presented
+    /// once the current one is in use means two holders of the identity: the node is
+    /// revoked ([`Renewal::Reused`]).
     async fn renew_runtime(
         &self,
         node_id: &str,
@@ -487,7 +493,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         new_serial: &str,
         not_after: DateTime<Utc>,
         at: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Renewal, StoreError>;
+
+    /// Records that the current certificate `serial` of `node_id` was seen in use (a stream
+    /// opened with it), if it is still current and not recorded yet.
+    async fn runtime_serial_in_use(
+        &self,
+        node_id: &str,
+        serial: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 
     /// Revokes the enrollment of `node_id` at `at` (one revoked before keeps its first time);
     /// returns whether the node has one.

@@ -945,7 +945,7 @@ macro_rules! impl_store {
                 new_serial: &str,
                 not_after: chrono::DateTime<chrono::Utc>,
                 at: chrono::DateTime<chrono::Utc>,
-            ) -> Result<bool, $crate::StoreError> {
+            ) -> Result<$crate::Renewal, $crate::StoreError> {
                 let renewed = sqlx::query($crate::sql::RENEW_ENROLLMENT)
                     .bind(node_id)
                     .bind(presented_serial)
@@ -955,7 +955,36 @@ macro_rules! impl_store {
                     .execute(&self.pool)
                     .await?
                     .rows_affected();
-                Ok(renewed > 0)
+                if renewed > 0 {
+                    return Ok($crate::Renewal::Renewed);
+                }
+                let revoked = sqlx::query($crate::sql::REVOKE_SUPERSEDED)
+                    .bind(node_id)
+                    .bind(presented_serial)
+                    .bind(at)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok(if revoked > 0 {
+                    $crate::Renewal::Reused
+                } else {
+                    $crate::Renewal::Refused
+                })
+            }
+
+            async fn runtime_serial_in_use(
+                &self,
+                node_id: &str,
+                serial: &str,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query($crate::sql::SERIAL_IN_USE)
+                    .bind(node_id)
+                    .bind(serial)
+                    .bind(at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn revoke_runtime(
@@ -1276,7 +1305,8 @@ pub(crate) const UPSERT_ENROLLMENT: &str = "INSERT INTO runtime_enrollments (nod
      not_after, token_id, enrolled_at) VALUES ($1, $2, $3, $4, $5, $6) \
      ON CONFLICT (node_id) DO UPDATE SET grp = excluded.grp, serial = excluded.serial, \
      previous_serial = NULL, not_after = excluded.not_after, token_id = excluded.token_id, \
-     enrolled_at = excluded.enrolled_at, renewed_at = NULL, revoked_at = NULL \
+     enrolled_at = excluded.enrolled_at, renewed_at = NULL, revoked_at = NULL, \
+     serial_in_use_at = NULL \
      WHERE runtime_enrollments.revoked_at IS NULL AND (runtime_enrollments.grp = excluded.grp \
      OR runtime_enrollments.not_after <= excluded.enrolled_at)";
 pub(crate) const DELETE_ENROLLMENT: &str = "DELETE FROM runtime_enrollments WHERE node_id = $1";
@@ -1286,9 +1316,18 @@ pub(crate) const PRUNE_ENROLLMENTS: &str =
 pub(crate) const PRUNE_ADMIN_TOKENS: &str = "DELETE FROM admin_tokens WHERE revoked_at < $1 \
      OR expires_at < $1";
 /// The assignments read the row as it was: the current serial becomes the previous one.
+/// The previous serial renews only while the current one has not been seen in use.
 pub(crate) const RENEW_ENROLLMENT: &str = "UPDATE runtime_enrollments SET previous_serial = serial, \
-     serial = $3, not_after = $4, renewed_at = $5 \
-     WHERE node_id = $1 AND revoked_at IS NULL AND (serial = $2 OR previous_serial = $2)";
+     serial = $3, not_after = $4, renewed_at = $5, serial_in_use_at = NULL \
+     WHERE node_id = $1 AND revoked_at IS NULL \
+     AND (serial = $2 OR (previous_serial = $2 AND serial_in_use_at IS NULL))";
+/// A renewal with the previous serial once the current one is in use: two holders of the
+/// node's identity. The node is revoked.
+pub(crate) const REVOKE_SUPERSEDED: &str = "UPDATE runtime_enrollments SET revoked_at = $3 \
+     WHERE node_id = $1 AND revoked_at IS NULL AND previous_serial = $2 \
+     AND serial_in_use_at IS NOT NULL";
+pub(crate) const SERIAL_IN_USE: &str = "UPDATE runtime_enrollments SET serial_in_use_at = $3 \
+     WHERE node_id = $1 AND serial = $2 AND serial_in_use_at IS NULL";
 pub(crate) const REVOKE_ENROLLMENT: &str =
     "UPDATE runtime_enrollments SET revoked_at = COALESCE(revoked_at, $2) WHERE node_id = $1";
 pub(crate) const SELECT_ENROLLMENTS: &str = "SELECT node_id, grp, serial, previous_serial, \

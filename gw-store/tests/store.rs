@@ -9,7 +9,7 @@ use gw_store::feed::{ChangeFeed, FeedEvent};
 use gw_store::testing::TestDatabase;
 use gw_store::{
     AdminRole, AdminTokenState, AuditQuery, ChangeOp, EnrollmentRecord, KIND_API, NewAdminToken,
-    NewEnrollmentToken, Precondition, PutApi, PutResource, RouteKey, RuntimeRecord, Store,
+    NewEnrollmentToken, Precondition, PutApi, PutResource, Renewal, RouteKey, RuntimeRecord, Store,
     StoreError, StoreOptions, TokenRefusal,
 };
 use serde_json::json;
@@ -104,6 +104,7 @@ both_backends!(
     a_wrong_secret_reads_as_unknown_and_takes_no_use,
     expired_and_revoked_tokens_are_refused_and_expired_ones_pruned,
     a_renewal_needs_a_current_serial_and_no_revocation,
+    a_superseded_certificate_renewing_after_its_successor_was_used_revokes_the_node,
     a_new_enrollment_supersedes_the_old_one,
     a_live_node_of_another_group_and_a_revoked_node_are_not_taken,
     admin_tokens_are_listed_without_their_hash_and_found_with_it,
@@ -1083,6 +1084,7 @@ async fn a_renewal_needs_a_current_serial_and_no_revocation(f: Fixture) {
         s.renew_runtime("rt-1", "01", "02", later, at)
             .await
             .unwrap()
+            .renewed()
     );
     let renewed = enrolled(s, "rt-1").await;
     assert_eq!(renewed.serial, "02");
@@ -1095,21 +1097,25 @@ async fn a_renewal_needs_a_current_serial_and_no_revocation(f: Fixture) {
         s.renew_runtime("rt-1", "01", "03", later, at)
             .await
             .unwrap()
+            .renewed()
     );
     assert!(
         !s.renew_runtime("rt-1", "01", "04", later, at)
             .await
             .unwrap()
+            .renewed()
     );
     assert!(
         !s.renew_runtime("rt-1", "0a", "04", later, at)
             .await
             .unwrap()
+            .renewed()
     );
     assert!(
         !s.renew_runtime("nope", "01", "04", later, at)
             .await
             .unwrap()
+            .renewed()
     );
     let current = enrolled(s, "rt-1").await;
     assert_eq!(
@@ -1126,6 +1132,7 @@ async fn a_renewal_needs_a_current_serial_and_no_revocation(f: Fixture) {
             !s.renew_runtime("rt-1", serial, "05", later, at)
                 .await
                 .unwrap()
+                .renewed()
         );
     }
     let revoked = enrolled(s, "rt-1").await;
@@ -1145,11 +1152,79 @@ async fn a_renewal_needs_a_current_serial_and_no_revocation(f: Fixture) {
     );
 }
 
+async fn a_superseded_certificate_renewing_after_its_successor_was_used_revokes_the_node(
+    f: Fixture,
+) {
+    let s = &f.store;
+    s.enroll_runtime(&enrollment("rt-1", "01")).await.unwrap();
+    let at = now();
+    let later = at + hours(48);
+    assert_eq!(
+        s.renew_runtime("rt-1", "01", "02", later, at)
+            .await
+            .unwrap(),
+        Renewal::Renewed
+    );
+    // a stream opened with the previous certificate records nothing: only the current
+    // one counts
+    s.runtime_serial_in_use("rt-1", "01", at).await.unwrap();
+    assert_eq!(
+        s.renew_runtime("rt-1", "01", "03", later, at)
+            .await
+            .unwrap(),
+        Renewal::Renewed
+    );
+    // "03" is used: the holder of "02" is not the runtime whose answer was lost
+    s.runtime_serial_in_use("rt-1", "03", at).await.unwrap();
+    assert_eq!(
+        s.renew_runtime("rt-1", "02", "04", later, at)
+            .await
+            .unwrap(),
+        Renewal::Reused
+    );
+    let revoked = enrolled(s, "rt-1").await;
+    assert_eq!(
+        (revoked.serial.as_str(), revoked.revoked_at),
+        ("03", Some(at))
+    );
+    // the current certificate no longer renews either, and asking again changes nothing
+    for serial in ["03", "02"] {
+        assert_eq!(
+            s.renew_runtime("rt-1", serial, "05", later, later)
+                .await
+                .unwrap(),
+            Renewal::Refused
+        );
+    }
+    assert_eq!(enrolled(s, "rt-1").await.revoked_at, Some(at));
+    // the current certificate renewing is no reuse, and a new certificate is not yet in use
+    s.enroll_runtime(&enrollment("rt-2", "0a")).await.unwrap();
+    s.runtime_serial_in_use("rt-2", "0a", at).await.unwrap();
+    assert!(
+        s.renew_runtime("rt-2", "0a", "0b", later, at)
+            .await
+            .unwrap()
+            .renewed()
+    );
+    assert!(
+        s.renew_runtime("rt-2", "0a", "0c", later, at)
+            .await
+            .unwrap()
+            .renewed()
+    );
+    assert_eq!(enrolled(s, "rt-2").await.revoked_at, None);
+}
+
 async fn a_new_enrollment_supersedes_the_old_one(f: Fixture) {
     let s = &f.store;
     assert!(s.enroll_runtime(&enrollment("rt-1", "01")).await.unwrap());
     let at = now();
-    assert!(s.renew_runtime("rt-1", "01", "02", at, at).await.unwrap());
+    assert!(
+        s.renew_runtime("rt-1", "01", "02", at, at)
+            .await
+            .unwrap()
+            .renewed()
+    );
     // enrolling again in the same group (a runtime that lost its data directory) supersedes
     // the old certificates
     let again = EnrollmentRecord {
@@ -1169,8 +1244,18 @@ async fn a_new_enrollment_supersedes_the_old_one(f: Fixture) {
             ..again.clone()
         }
     );
-    assert!(!s.renew_runtime("rt-1", "02", "11", at, at).await.unwrap());
-    assert!(s.renew_runtime("rt-1", "10", "11", at, at).await.unwrap());
+    assert!(
+        !s.renew_runtime("rt-1", "02", "11", at, at)
+            .await
+            .unwrap()
+            .renewed()
+    );
+    assert!(
+        s.renew_runtime("rt-1", "10", "11", at, at)
+            .await
+            .unwrap()
+            .renewed()
+    );
     assert_eq!(s.runtime_enrollments().await.unwrap().len(), 1);
 }
 

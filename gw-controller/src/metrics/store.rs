@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 /// The `operation` label values: the [`Store`] methods that reach the database.
-pub(crate) const OPERATIONS: [&str; 38] = [
+pub(crate) const OPERATIONS: [&str; 39] = [
     "ping",
     "put_api",
     "delete_api",
@@ -49,6 +49,7 @@ pub(crate) const OPERATIONS: [&str; 38] = [
     "prune_runtime_enrollments",
     "prune_admin_tokens",
     "renew_runtime",
+    "runtime_serial_in_use",
     "revoke_runtime",
     "runtime_enrollments",
     "create_admin_token",
@@ -412,13 +413,23 @@ impl Store for MeasuredStore {
         new_serial: &str,
         not_after: DateTime<Utc>,
         at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<gw_store::Renewal, StoreError> {
         let measure = self.start("renew_runtime");
         measure.finish(
             self.inner
                 .renew_runtime(node_id, presented_serial, new_serial, not_after, at)
                 .await,
         )
+    }
+
+    async fn runtime_serial_in_use(
+        &self,
+        node_id: &str,
+        serial: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let measure = self.start("runtime_serial_in_use");
+        measure.finish(self.inner.runtime_serial_in_use(node_id, serial, at).await)
     }
 
     async fn revoke_runtime(&self, node_id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
@@ -605,10 +616,11 @@ mod tests {
             revoked_at: None,
         };
         store.enroll_runtime(&enrollment).await.unwrap();
-        store
+        let _ = store
             .renew_runtime("rt", "01", "02", now, now)
             .await
             .unwrap();
+        store.runtime_serial_in_use("rt", "02", now).await.unwrap();
         store.revoke_runtime("rt", now).await.unwrap();
         store.runtime_enrollments().await.unwrap();
         store.forget_runtime("rt").await.unwrap();
