@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use gw_store::audit::{KIND_ADMIN_TOKEN, KIND_ENROLLMENT_TOKEN, KIND_RUNTIME};
 use gw_store::feed::{ChangeFeed, FeedEvent};
 use gw_store::testing::TestDatabase;
 use gw_store::{
@@ -1496,7 +1497,6 @@ async fn token_and_enrollment_writes_record_their_audit_in_their_transaction(f: 
             detail.map(str::to_string),
         )
     };
-    use gw_store::audit::{KIND_ADMIN_TOKEN, KIND_ENROLLMENT_TOKEN, KIND_RUNTIME};
     assert_eq!(
         audit_trail(s).await,
         vec![

@@ -132,10 +132,8 @@ fn consumer(name: &str, groups: &[&str]) -> Value {
     })
 }
 
-fn credential(who: &str) -> Option<Value> {
-    Some(
-        json!({"type": "jwt", "id": format!("x-{who}"), "subject": format!("{who}-x@example.com")}),
-    )
+fn credential(who: &str) -> Value {
+    json!({"type": "jwt", "id": format!("x-{who}"), "subject": format!("{who}-x@example.com")})
 }
 
 /// The secret in the APIs the callers write (a header a policy sets): each sends it, and
@@ -193,7 +191,7 @@ const MATRIX: &[Row] = &[
     Row { method: "PUT", route: "/consumers/{name}", path: "/consumers/u-WHO", body: |w| Some(consumer(&format!("u-{w}"), &["a"])), expect: [NO, OK(201), OK(201), OK(201)], audit: Some(("create", CONSUMER, Name::Is("u-WHO"))) },
     Row { method: "POST", route: "/consumers", path: "/consumers", body: |w| Some(consumer(&format!("pu-{w}"), &["a"])), expect: [NO, OK(201), OK(201), OK(201)], audit: Some(("create", CONSUMER, Name::Is("pu-WHO"))) },
     Row { method: "DELETE", route: "/consumers/{name}", path: "/consumers/pu-WHO", body: none, expect: [NO, OK(200), OK(200), OK(200)], audit: Some(("delete", CONSUMER, Name::Is("pu-WHO"))) },
-    Row { method: "POST", route: "/consumers/{name}/credentials", path: "/consumers/u-WHO/credentials", body: credential, expect: [NO, OK(201), OK(201), OK(201)], audit: Some(("add-credential", CONSUMER, Name::Is("u-WHO"))) },
+    Row { method: "POST", route: "/consumers/{name}/credentials", path: "/consumers/u-WHO/credentials", body: |w| Some(credential(w)), expect: [NO, OK(201), OK(201), OK(201)], audit: Some(("add-credential", CONSUMER, Name::Is("u-WHO"))) },
     Row { method: "POST", route: "/consumers/{name}/credentials", path: "/consumers/b-user/credentials", body: |w| Some(json!({"type": "jwt", "id": format!("xb-{w}"), "subject": format!("{w}-b@example.com")})), expect: [NO, NO, OK(201), OK(201)], audit: Some(("add-credential", CONSUMER, Name::Is("b-user"))) },
     Row { method: "DELETE", route: "/consumers/{name}/credentials/{id}", path: "/consumers/u-WHO/credentials/x-WHO", body: none, expect: [NO, OK(200), OK(200), OK(200)], audit: Some(("revoke-credential", CONSUMER, Name::Is("u-WHO"))) },
     Row { method: "DELETE", route: "/consumers/{name}/credentials/{id}", path: "/consumers/u-WHO/credentials/x-WHO", body: none, expect: [NO, OK(404), OK(404), OK(404)], audit: None },
