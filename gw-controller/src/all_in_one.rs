@@ -54,15 +54,18 @@ pub(crate) async fn enrollment_token(
     loop {
         let now = chrono::Utc::now();
         let made = store
-            .create_enrollment_token(&NewEnrollmentToken {
-                id: token.id().to_string(),
-                secret_hash: token.secret_hash(),
-                group: GROUP.to_string(),
-                uses_max: 1,
-                expires_at: now + ttl,
-                created_at: now,
-                description: Some("the all-in-one runtime of this controller".to_string()),
-            })
+            .create_enrollment_token(
+                &NewEnrollmentToken {
+                    id: token.id().to_string(),
+                    secret_hash: token.secret_hash(),
+                    group: GROUP.to_string(),
+                    uses_max: 1,
+                    expires_at: now + ttl,
+                    created_at: now,
+                    description: Some("the all-in-one runtime of this controller".to_string()),
+                },
+                None,
+            )
             .await;
         match made {
             Ok(()) => return Ok(token),

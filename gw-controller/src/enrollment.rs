@@ -557,15 +557,18 @@ mod tests {
             let token = EnrollmentToken::generate(self.ca.hash());
             let now = Utc::now();
             self.store
-                .create_enrollment_token(&NewEnrollmentToken {
-                    id: token.id().to_string(),
-                    secret_hash: token.secret_hash(),
-                    group: group.to_string(),
-                    uses_max: uses,
-                    expires_at: now + chrono::Duration::hours(1),
-                    created_at: now,
-                    description: None,
-                })
+                .create_enrollment_token(
+                    &NewEnrollmentToken {
+                        id: token.id().to_string(),
+                        secret_hash: token.secret_hash(),
+                        group: group.to_string(),
+                        uses_max: uses,
+                        expires_at: now + chrono::Duration::hours(1),
+                        created_at: now,
+                        description: None,
+                    },
+                    None,
+                )
                 .await
                 .unwrap();
             token
@@ -658,7 +661,7 @@ mod tests {
         assert!(
             cluster
                 .store
-                .revoke_runtime("rt-1", Utc::now())
+                .revoke_runtime("rt-1", Utc::now(), None)
                 .await
                 .unwrap()
         );
@@ -672,7 +675,7 @@ mod tests {
         // revoked stays revoked: enrolling again is refused until an operator forgets it
         let err = cluster.a.enroll(&token, &rt, &csr()).await.unwrap_err();
         assert!(err.to_string().contains("was revoked"), "{err}");
-        assert!(cluster.store.forget_runtime("rt-1").await.unwrap());
+        assert!(cluster.store.forget_runtime("rt-1", None).await.unwrap());
         cluster.a.refresh().await.unwrap();
         let token = cluster.token("edge", 1).await;
         let third = facts(&cluster.a.enroll(&token, &rt, &csr()).await.unwrap());

@@ -562,15 +562,18 @@ async fn revoked_and_expired_tokens_are_refused_like_wrong_ones() {
     let expired = NamedToken::generate();
     let long_ago = Utc::now() - TimeDelta::days(2);
     store
-        .create_admin_token(&NewAdminToken {
-            id: expired.id().to_string(),
-            name: "old".into(),
-            secret_hash: expired.secret_hash(),
-            role: AdminRole::Admin,
-            groups: vec![],
-            created_at: long_ago,
-            expires_at: Some(long_ago + TimeDelta::days(1)),
-        })
+        .create_admin_token(
+            &NewAdminToken {
+                id: expired.id().to_string(),
+                name: "old".into(),
+                secret_hash: expired.secret_hash(),
+                role: AdminRole::Admin,
+                groups: vec![],
+                created_at: long_ago,
+                expires_at: Some(long_ago + TimeDelta::days(1)),
+            },
+            None,
+        )
         .await
         .unwrap();
 

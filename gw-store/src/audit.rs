@@ -1,13 +1,15 @@
 //! The audit log: who wrote what through the admin API, when, from where.
 //!
-//! A caller describes a write's author with an [`Audit`]; the store turns it into an
-//! [`AuditRecord`] with the write's kind, name, revision and the digests of the definition
-//! before and after ([`digest`]: SHA-256 of its canonical JSON, never the JSON itself). A
-//! resource write ([`crate::Store::put_api`], [`crate::Store::put_resource`] and the
-//! deletes) inserts its record in the transaction of the change, so a write that fails
-//! records nothing and a recorded write happened; the other writes append theirs with
-//! [`crate::Store::append_audit`] once they succeeded. Every record is also logged, once
-//! committed, as one JSON line at info level with target [`LOG_TARGET`].
+//! A caller describes a write's author with an [`Audit`] passed to the write itself; the
+//! store turns it into an [`AuditRecord`] with the write's kind, name, revision and the
+//! digests of the definition before and after ([`digest`]: SHA-256 of its canonical JSON,
+//! never the JSON itself). Every audited write inserts its record in the transaction of the
+//! change: resource writes ([`crate::Store::put_api`], [`crate::Store::put_resource`] and the
+//! deletes), enrollment and admin tokens (create, revoke) and runtime enrollments (revoke,
+//! forget). So a write that fails (not found, a conflict, bad input, the database gone
+//! mid-way) records nothing, and a recorded write happened: there is no moment at which a
+//! crash leaves a change without its record. Every record is also logged, once committed, as
+//! one JSON line at info level with target [`LOG_TARGET`].
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -15,6 +17,13 @@ use sha2::{Digest as _, Sha256};
 
 /// The tracing target of the audit log's JSON lines.
 pub const LOG_TARGET: &str = "gw_audit";
+
+/// The kind of enrollment tokens in the audit log (named by id).
+pub const KIND_ENROLLMENT_TOKEN: &str = "enrollment-token";
+/// The kind of admin tokens in the audit log (named by id).
+pub const KIND_ADMIN_TOKEN: &str = "admin-token";
+/// The kind of runtime enrollments in the audit log (named by node id).
+pub const KIND_RUNTIME: &str = "runtime";
 
 /// Who makes a write, as the admin API knows the request: the author of an audit record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +37,8 @@ pub struct Audit {
     pub source: Option<String>,
     /// The request's id (its `x-request-id`).
     pub request_id: String,
-    /// What the write does (`revoke`, `add-credential`, …); `None` lets a resource write
-    /// say `create`, `update` or `delete`. [`crate::Store::append_audit`] needs one.
+    /// What the write does (`rotate`, `add-credential`, …); `None` lets the write say what
+    /// it is (`create`, `update`, `delete`, `revoke`, `forget`).
     pub action: Option<String>,
     /// A word more about the write, never a secret (the credential a call adds, say).
     pub detail: Option<String>,

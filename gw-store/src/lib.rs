@@ -425,19 +425,25 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// whichever was inserted first; the others' candidates are dropped.
     async fn cluster_secret(&self, name: &str, candidate: &str) -> Result<String, StoreError>;
 
-    /// Stores a new enrollment token, unused and not revoked; [`StoreError::AlreadyExists`]
-    /// when its id is taken.
-    async fn create_enrollment_token(&self, token: &NewEnrollmentToken) -> Result<(), StoreError>;
+    /// Stores a new enrollment token, unused and not revoked (and, with `audit`, its audit
+    /// record, in the same transaction); [`StoreError::AlreadyExists`] when its id is taken.
+    async fn create_enrollment_token(
+        &self,
+        token: &NewEnrollmentToken,
+        audit: Option<&Audit>,
+    ) -> Result<(), StoreError>;
 
     /// Every enrollment token, newest first; never their secrets' hashes.
     async fn list_enrollment_tokens(&self) -> Result<Vec<EnrollmentTokenRecord>, StoreError>;
 
-    /// Revokes the token `id` at `at` (a token revoked before keeps its first time); returns
-    /// whether it exists.
+    /// Revokes the token `id` at `at` (a token revoked before keeps its first time) and, with
+    /// `audit`, records it in the same transaction; returns whether it exists (an unknown id
+    /// records nothing).
     async fn revoke_enrollment_token(
         &self,
         id: &str,
         at: DateTime<Utc>,
+        audit: Option<&Audit>,
     ) -> Result<bool, StoreError>;
 
     /// Takes one use of the token `id` whose secret has the hash `secret_hash`, when it
@@ -469,8 +475,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn enroll_runtime(&self, enrollment: &EnrollmentRecord) -> Result<bool, StoreError>;
 
     /// Deletes the enrollment of `node_id`, revoked or not: the node id may enroll again.
-    /// Returns whether there was one.
-    async fn forget_runtime(&self, node_id: &str) -> Result<bool, StoreError>;
+    /// With `audit`, records it in the same transaction. Returns whether there was one (none
+    /// records nothing).
+    async fn forget_runtime(
+        &self,
+        node_id: &str,
+        audit: Option<&Audit>,
+    ) -> Result<bool, StoreError>;
 
     /// Deletes the enrollments whose certificate expired before `before` and that are not
     /// revoked (a revocation holds until [`Store::forget_runtime`]); returns how many went.
@@ -504,17 +515,27 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
-    /// Revokes the enrollment of `node_id` at `at` (one revoked before keeps its first time);
-    /// returns whether the node has one.
-    async fn revoke_runtime(&self, node_id: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Revokes the enrollment of `node_id` at `at` (one revoked before keeps its first time)
+    /// and, with `audit`, records it in the same transaction; returns whether the node has
+    /// one (a node without records nothing).
+    async fn revoke_runtime(
+        &self,
+        node_id: &str,
+        at: DateTime<Utc>,
+        audit: Option<&Audit>,
+    ) -> Result<bool, StoreError>;
 
     /// Every runtime enrollment, revoked ones included, by node id.
     async fn runtime_enrollments(&self) -> Result<Vec<EnrollmentRecord>, StoreError>;
 
-    /// Stores a new admin token, not revoked and never used; [`StoreError::AlreadyExists`]
-    /// when a token that is not revoked has its name (or, which does not happen with random
-    /// ids, its id).
-    async fn create_admin_token(&self, token: &NewAdminToken) -> Result<(), StoreError>;
+    /// Stores a new admin token, not revoked and never used (and, with `audit`, its audit
+    /// record, in the same transaction); [`StoreError::AlreadyExists`] when a token that is
+    /// not revoked has its name (or, which does not happen with random ids, its id).
+    async fn create_admin_token(
+        &self,
+        token: &NewAdminToken,
+        audit: Option<&Audit>,
+    ) -> Result<(), StoreError>;
 
     /// Every admin token, revoked and expired ones included, newest first; never their
     /// secrets' hashes.
@@ -523,20 +544,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The admin token `id` with its secret's hash, to authenticate a request with it.
     async fn admin_token(&self, id: &str) -> Result<Option<AdminTokenCredential>, StoreError>;
 
-    /// Revokes the admin token `id` at `at` (a token revoked before keeps its first time);
-    /// returns whether it exists.
-    async fn revoke_admin_token(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
-
-    /// Appends the audit record of a write that is not a resource's (a token, an
-    /// enrollment, a revocation), made by `audit` to `kind` `name`, after that write
-    /// succeeded; [`StoreError::InvalidInput`] when `audit` names no action. Resource writes
-    /// record theirs in their own transaction instead (their `audit`).
-    async fn append_audit(
+    /// Revokes the admin token `id` at `at` (a token revoked before keeps its first time)
+    /// and, with `audit`, records it in the same transaction; returns whether it exists (an
+    /// unknown id records nothing).
+    async fn revoke_admin_token(
         &self,
-        audit: &Audit,
-        kind: &str,
-        name: &str,
-    ) -> Result<AuditRecord, StoreError>;
+        id: &str,
+        at: DateTime<Utc>,
+        audit: Option<&Audit>,
+    ) -> Result<bool, StoreError>;
 
     /// The audit records `query` selects, newest first.
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;

@@ -484,21 +484,58 @@ macro_rules! impl_store {
                 })
             }
 
-            /// Marks the row `key` revoked at `at` with `statement` (a row revoked before
-            /// keeps its first time); returns whether the row exists.
+            /// Runs `query`, a write that is not a resource's (a token, an enrollment), in a
+            /// transaction and, when it changed a row, inserts the record that `audit` makes
+            /// of it (`action` unless `audit` names one, to `kind` `name`, with `detail` unless
+            /// `audit` gives one) in the same transaction; logs the record once committed.
+            /// Returns whether it changed a row: when it did not, nothing is recorded.
+            async fn audited<'q>(
+                &self,
+                query: sqlx::query::Query<
+                    'q,
+                    <$row as sqlx::Row>::Database,
+                    <<$row as sqlx::Row>::Database as sqlx::Database>::Arguments<'q>,
+                >,
+                audit: Option<&$crate::Audit>,
+                action: &str,
+                kind: &str,
+                name: &str,
+                detail: Option<String>,
+            ) -> Result<bool, $crate::StoreError> {
+                let mut tx = self.begin_writer().await?;
+                if query.execute(&mut *tx).await?.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                let audited = match audit {
+                    Some(audit) => {
+                        let mut record =
+                            $crate::AuditRecord::of(audit, action, kind, name, $crate::sql::now());
+                        if record.detail.is_none() {
+                            record.detail = detail;
+                        }
+                        Some(Self::insert_audit(&mut *tx, record).await?)
+                    }
+                    None => None,
+                };
+                tx.commit().await?;
+                audited.inspect($crate::AuditRecord::log);
+                Ok(true)
+            }
+
+            /// Marks the row `key` of `kind` revoked at `at` with `statement` (a row revoked
+            /// before keeps its first time), recording it with `audit`; returns whether the
+            /// row exists.
             async fn revoke(
                 &self,
                 statement: &'static str,
+                kind: &str,
                 key: &str,
                 at: chrono::DateTime<chrono::Utc>,
+                audit: Option<&$crate::Audit>,
             ) -> Result<bool, $crate::StoreError> {
-                let found = sqlx::query(statement)
-                    .bind(key)
-                    .bind(at)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-                Ok(found > 0)
+                let query = sqlx::query(statement).bind(key).bind(at);
+                self.audited(query, audit, "revoke", kind, key, None).await
             }
 
             /// Why the token `id` with the secret whose hash is `secret_hash` was not used
@@ -818,19 +855,22 @@ macro_rules! impl_store {
             async fn create_enrollment_token(
                 &self,
                 t: &$crate::NewEnrollmentToken,
+                audit: Option<&$crate::Audit>,
             ) -> Result<(), $crate::StoreError> {
-                let inserted = sqlx::query($crate::sql::INSERT_ENROLLMENT_TOKEN)
+                let query = sqlx::query($crate::sql::INSERT_ENROLLMENT_TOKEN)
                     .bind(&t.id)
                     .bind(&t.secret_hash)
                     .bind(&t.group)
                     .bind(t.uses_max)
                     .bind(t.expires_at)
                     .bind(t.created_at)
-                    .bind(&t.description)
-                    .execute(&self.pool)
+                    .bind(&t.description);
+                let detail = format!("group {}", t.group);
+                let kind = $crate::audit::KIND_ENROLLMENT_TOKEN;
+                if !self
+                    .audited(query, audit, "create", kind, &t.id, Some(detail))
                     .await?
-                    .rows_affected();
-                if inserted == 0 {
+                {
                     return Err($crate::StoreError::AlreadyExists { name: t.id.clone() });
                 }
                 Ok(())
@@ -851,8 +891,10 @@ macro_rules! impl_store {
                 &self,
                 id: &str,
                 at: chrono::DateTime<chrono::Utc>,
+                audit: Option<&$crate::Audit>,
             ) -> Result<bool, $crate::StoreError> {
-                self.revoke($crate::sql::REVOKE_ENROLLMENT_TOKEN, id, at)
+                let kind = $crate::audit::KIND_ENROLLMENT_TOKEN;
+                self.revoke($crate::sql::REVOKE_ENROLLMENT_TOKEN, kind, id, at, audit)
                     .await
             }
 
@@ -929,13 +971,15 @@ macro_rules! impl_store {
                     .rows_affected())
             }
 
-            async fn forget_runtime(&self, node_id: &str) -> Result<bool, $crate::StoreError> {
-                let deleted = sqlx::query($crate::sql::DELETE_ENROLLMENT)
-                    .bind(node_id)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-                Ok(deleted > 0)
+            async fn forget_runtime(
+                &self,
+                node_id: &str,
+                audit: Option<&$crate::Audit>,
+            ) -> Result<bool, $crate::StoreError> {
+                let query = sqlx::query($crate::sql::DELETE_ENROLLMENT).bind(node_id);
+                let kind = $crate::audit::KIND_RUNTIME;
+                self.audited(query, audit, "forget", kind, node_id, None)
+                    .await
             }
 
             async fn renew_runtime(
@@ -991,8 +1035,10 @@ macro_rules! impl_store {
                 &self,
                 node_id: &str,
                 at: chrono::DateTime<chrono::Utc>,
+                audit: Option<&$crate::Audit>,
             ) -> Result<bool, $crate::StoreError> {
-                self.revoke($crate::sql::REVOKE_ENROLLMENT, node_id, at)
+                let kind = $crate::audit::KIND_RUNTIME;
+                self.revoke($crate::sql::REVOKE_ENROLLMENT, kind, node_id, at, audit)
                     .await
             }
 
@@ -1010,19 +1056,22 @@ macro_rules! impl_store {
             async fn create_admin_token(
                 &self,
                 t: &$crate::NewAdminToken,
+                audit: Option<&$crate::Audit>,
             ) -> Result<(), $crate::StoreError> {
-                let inserted = sqlx::query($crate::sql::INSERT_ADMIN_TOKEN)
+                let query = sqlx::query($crate::sql::INSERT_ADMIN_TOKEN)
                     .bind(&t.id)
                     .bind(&t.name)
                     .bind(&t.secret_hash)
                     .bind(t.role.as_str())
                     .bind(sqlx::types::Json(&t.groups))
                     .bind(t.created_at)
-                    .bind(t.expires_at)
-                    .execute(&self.pool)
+                    .bind(t.expires_at);
+                let detail = format!("{} ({})", t.name, t.role);
+                let kind = $crate::audit::KIND_ADMIN_TOKEN;
+                if !self
+                    .audited(query, audit, "create", kind, &t.id, Some(detail))
                     .await?
-                    .rows_affected();
-                if inserted == 0 {
+                {
                     return Err($crate::StoreError::AlreadyExists {
                         name: t.name.clone(),
                     });
@@ -1063,25 +1112,11 @@ macro_rules! impl_store {
                 &self,
                 id: &str,
                 at: chrono::DateTime<chrono::Utc>,
+                audit: Option<&$crate::Audit>,
             ) -> Result<bool, $crate::StoreError> {
-                self.revoke($crate::sql::REVOKE_ADMIN_TOKEN, id, at).await
-            }
-
-            async fn append_audit(
-                &self,
-                audit: &$crate::Audit,
-                kind: &str,
-                name: &str,
-            ) -> Result<$crate::AuditRecord, $crate::StoreError> {
-                if audit.action.is_none() {
-                    return Err($crate::StoreError::InvalidInput(
-                        "an audit record appended on its own needs an action".to_string(),
-                    ));
-                }
-                let record = $crate::AuditRecord::of(audit, "", kind, name, $crate::sql::now());
-                let record = Self::insert_audit(&self.pool, record).await?;
-                record.log();
-                Ok(record)
+                let kind = $crate::audit::KIND_ADMIN_TOKEN;
+                self.revoke($crate::sql::REVOKE_ADMIN_TOKEN, kind, id, at, audit)
+                    .await
             }
 
             async fn list_audit(

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use gw_store::audit::{KIND_ADMIN_TOKEN, KIND_ENROLLMENT_TOKEN, KIND_RUNTIME};
 use gw_store::feed::{ChangeFeed, FeedEvent};
 use gw_store::testing::TestDatabase;
 use gw_store::{
@@ -16,6 +17,8 @@ use serde_json::json;
 
 struct Fixture {
     store: Arc<dyn Store>,
+    /// The database's URL, for the tests that reach behind the store.
+    url: String,
     _db: Option<TestDatabase>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -27,6 +30,7 @@ async fn sqlite() -> Fixture {
         store: gw_store::open(&url, &StoreOptions::default())
             .await
             .unwrap(),
+        url,
         _db: None,
         _dir: Some(dir),
     }
@@ -38,6 +42,7 @@ async fn postgres() -> Fixture {
         store: gw_store::open(db.url(), &StoreOptions::default())
             .await
             .unwrap(),
+        url: db.url().to_string(),
         _db: Some(db),
         _dir: None,
     }
@@ -113,6 +118,9 @@ both_backends!(
     old_enrollments_and_admin_tokens_are_pruned_and_revocations_kept,
     a_resource_write_records_its_audit_in_its_transaction,
     a_failed_write_records_no_audit,
+    token_and_enrollment_writes_record_their_audit_in_their_transaction,
+    a_failed_token_or_enrollment_write_records_no_audit,
+    a_write_whose_audit_record_fails_is_not_made,
     audit_records_are_filtered_paged_and_pruned,
 );
 
@@ -889,9 +897,9 @@ async fn enrollment_tokens_are_listed_without_their_secret_and_revoked_once(f: F
     let s = &f.store;
     assert!(s.list_enrollment_tokens().await.unwrap().is_empty());
     let a = token("a", 2, hours(1));
-    s.create_enrollment_token(&a).await.unwrap();
+    s.create_enrollment_token(&a, None).await.unwrap();
     // an id is taken once
-    let err = s.create_enrollment_token(&a).await.unwrap_err();
+    let err = s.create_enrollment_token(&a, None).await.unwrap_err();
     assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
 
     let listed = s.list_enrollment_tokens().await.unwrap();
@@ -908,13 +916,17 @@ async fn enrollment_tokens_are_listed_without_their_secret_and_revoked_once(f: F
 
     // revoking twice keeps the first time; an unknown id is told
     let first = now();
-    assert!(s.revoke_enrollment_token("a", first).await.unwrap());
+    assert!(s.revoke_enrollment_token("a", first, None).await.unwrap());
     assert!(
-        s.revoke_enrollment_token("a", first + hours(1))
+        s.revoke_enrollment_token("a", first + hours(1), None)
             .await
             .unwrap()
     );
-    assert!(!s.revoke_enrollment_token("nope", first).await.unwrap());
+    assert!(
+        !s.revoke_enrollment_token("nope", first, None)
+            .await
+            .unwrap()
+    );
     let listed = s.list_enrollment_tokens().await.unwrap();
     assert_eq!(listed[0].revoked_at, Some(first));
 }
@@ -923,7 +935,7 @@ async fn the_last_use_of_a_token_goes_to_one_caller(f: Fixture) {
     let s = &f.store;
     // two controllers race for a token of one use, then ten for one of three
     for (id, uses_max, callers) in [("one", 1, 2), ("three", 3, 10)] {
-        s.create_enrollment_token(&token(id, uses_max, hours(1)))
+        s.create_enrollment_token(&token(id, uses_max, hours(1)), None)
             .await
             .unwrap();
         let at = now();
@@ -951,7 +963,7 @@ async fn the_last_use_of_a_token_goes_to_one_caller(f: Fixture) {
 
 async fn a_wrong_secret_reads_as_unknown_and_takes_no_use(f: Fixture) {
     let s = &f.store;
-    s.create_enrollment_token(&token("a", 1, hours(1)))
+    s.create_enrollment_token(&token("a", 1, hours(1)), None)
         .await
         .unwrap();
     let at = now();
@@ -997,13 +1009,13 @@ async fn a_wrong_secret_reads_as_unknown_and_takes_no_use(f: Fixture) {
 
 async fn expired_and_revoked_tokens_are_refused_and_expired_ones_pruned(f: Fixture) {
     let s = &f.store;
-    s.create_enrollment_token(&token("old", 5, -hours(48)))
+    s.create_enrollment_token(&token("old", 5, -hours(48)), None)
         .await
         .unwrap();
-    s.create_enrollment_token(&token("recent", 5, -hours(1)))
+    s.create_enrollment_token(&token("recent", 5, -hours(1)), None)
         .await
         .unwrap();
-    s.create_enrollment_token(&token("live", 5, hours(1)))
+    s.create_enrollment_token(&token("live", 5, hours(1)), None)
         .await
         .unwrap();
     let at = now();
@@ -1023,7 +1035,7 @@ async fn expired_and_revoked_tokens_are_refused_and_expired_ones_pruned(f: Fixtu
         .unwrap_err();
     assert!(matches!(refusal, TokenRefusal::Expired), "{refusal}");
 
-    assert!(s.revoke_enrollment_token("live", at).await.unwrap());
+    assert!(s.revoke_enrollment_token("live", at, None).await.unwrap());
     let refusal = s
         .use_enrollment_token("live", "hash-of-live", "edge", at)
         .await
@@ -1124,9 +1136,9 @@ async fn a_renewal_needs_a_current_serial_and_no_revocation(f: Fixture) {
     );
 
     // revoked: no renewal with any serial; revoking twice keeps the first time
-    assert!(s.revoke_runtime("rt-1", at).await.unwrap());
-    assert!(s.revoke_runtime("rt-1", later).await.unwrap());
-    assert!(!s.revoke_runtime("nope", at).await.unwrap());
+    assert!(s.revoke_runtime("rt-1", at, None).await.unwrap());
+    assert!(s.revoke_runtime("rt-1", later, None).await.unwrap());
+    assert!(!s.revoke_runtime("nope", at, None).await.unwrap());
     for serial in ["03", "02"] {
         assert!(
             !s.renew_runtime("rt-1", serial, "05", later, at)
@@ -1277,15 +1289,15 @@ async fn a_live_node_of_another_group_and_a_revoked_node_are_not_taken(f: Fixtur
     assert!(s.enroll_runtime(&later).await.unwrap());
     assert_eq!(enrolled(s, "rt-1").await.group, "core");
     // revoked: no enrollment takes it, whatever its group, until it is forgotten
-    assert!(s.revoke_runtime("rt-1", now()).await.unwrap());
+    assert!(s.revoke_runtime("rt-1", now(), None).await.unwrap());
     let same = EnrollmentRecord {
         group: "core".into(),
         ..enrollment("rt-1", "77")
     };
     assert!(!s.enroll_runtime(&same).await.unwrap());
     assert!(enrolled(s, "rt-1").await.revoked_at.is_some());
-    assert!(s.forget_runtime("rt-1").await.unwrap());
-    assert!(!s.forget_runtime("rt-1").await.unwrap());
+    assert!(s.forget_runtime("rt-1", None).await.unwrap());
+    assert!(!s.forget_runtime("rt-1", None).await.unwrap());
     assert!(s.enroll_runtime(&same).await.unwrap());
     assert_eq!(enrolled(s, "rt-1").await.serial, "77");
 }
@@ -1312,11 +1324,11 @@ async fn admin_tokens_are_listed_without_their_hash_and_found_with_it(f: Fixture
         AdminRole::Operator,
         &["edge", "payments"],
     );
-    s.create_admin_token(&a).await.unwrap();
+    s.create_admin_token(&a, None).await.unwrap();
     let mut b = admin_token("b", "dashboards", AdminRole::Viewer, &[]);
     b.created_at = a.created_at + hours(1);
     b.expires_at = Some(b.created_at + hours(2));
-    s.create_admin_token(&b).await.unwrap();
+    s.create_admin_token(&b, None).await.unwrap();
 
     let listed = s.list_admin_tokens().await.unwrap();
     let names: Vec<&str> = listed.iter().map(|t| t.name.as_str()).collect();
@@ -1347,11 +1359,11 @@ async fn admin_tokens_are_listed_without_their_hash_and_found_with_it(f: Fixture
 
 async fn an_admin_token_name_is_free_again_once_revoked(f: Fixture) {
     let s = &f.store;
-    s.create_admin_token(&admin_token("a", "ci", AdminRole::Admin, &[]))
+    s.create_admin_token(&admin_token("a", "ci", AdminRole::Admin, &[]), None)
         .await
         .unwrap();
     let err = s
-        .create_admin_token(&admin_token("b", "ci", AdminRole::Viewer, &[]))
+        .create_admin_token(&admin_token("b", "ci", AdminRole::Viewer, &[]), None)
         .await
         .unwrap_err();
     assert!(
@@ -1360,10 +1372,14 @@ async fn an_admin_token_name_is_free_again_once_revoked(f: Fixture) {
     );
     // revoking twice keeps the first time; an unknown id is told
     let first = now();
-    assert!(s.revoke_admin_token("a", first).await.unwrap());
-    assert!(s.revoke_admin_token("a", first + hours(1)).await.unwrap());
-    assert!(!s.revoke_admin_token("nope", first).await.unwrap());
-    s.create_admin_token(&admin_token("b", "ci", AdminRole::Viewer, &[]))
+    assert!(s.revoke_admin_token("a", first, None).await.unwrap());
+    assert!(
+        s.revoke_admin_token("a", first + hours(1), None)
+            .await
+            .unwrap()
+    );
+    assert!(!s.revoke_admin_token("nope", first, None).await.unwrap());
+    s.create_admin_token(&admin_token("b", "ci", AdminRole::Viewer, &[]), None)
         .await
         .unwrap();
     let revoked = s.admin_token("a").await.unwrap().unwrap().record;
@@ -1374,7 +1390,7 @@ async fn an_admin_token_name_is_free_again_once_revoked(f: Fixture) {
 
 async fn an_admin_token_is_touched_at_most_once_a_minute(f: Fixture) {
     let s = &f.store;
-    s.create_admin_token(&admin_token("a", "ci", AdminRole::Admin, &[]))
+    s.create_admin_token(&admin_token("a", "ci", AdminRole::Admin, &[]), None)
         .await
         .unwrap();
     let last_used = |s: Arc<dyn Store>| async move {
@@ -1527,24 +1543,159 @@ async fn a_failed_write_records_no_audit(f: Fixture) {
         s.list_audit(&AuditQuery::default()).await.unwrap().len(),
         before
     );
-    // a record on its own needs an action
-    assert!(matches!(
-        s.append_audit(&author("ci"), "runtime", "rt").await,
-        Err(StoreError::InvalidInput(_))
-    ));
+}
+
+/// Every audit record, oldest first, as (actor, action, kind, name, detail).
+async fn audit_trail(s: &Arc<dyn Store>) -> Vec<(String, String, String, String, Option<String>)> {
+    let mut records = s.list_audit(&AuditQuery::default()).await.unwrap();
+    records.reverse();
+    records
+        .into_iter()
+        .map(|r| (r.actor, r.action, r.kind, r.name, r.detail))
+        .collect()
+}
+
+async fn token_and_enrollment_writes_record_their_audit_in_their_transaction(f: Fixture) {
+    let s = &f.store;
+    let ci = author("ci");
+    s.create_enrollment_token(&token("t1", 1, hours(1)), Some(&ci))
+        .await
+        .unwrap();
+    assert!(
+        s.revoke_enrollment_token("t1", now(), Some(&ci))
+            .await
+            .unwrap()
+    );
+    s.create_admin_token(
+        &admin_token("a1", "deployer", AdminRole::Operator, &["edge"]),
+        Some(&ci),
+    )
+    .await
+    .unwrap();
+    assert!(s.revoke_admin_token("a1", now(), Some(&ci)).await.unwrap());
+    assert!(s.enroll_runtime(&enrollment("rt-1", "01")).await.unwrap());
+    let ops = author("ops");
+    assert!(s.revoke_runtime("rt-1", now(), Some(&ops)).await.unwrap());
+    assert!(s.forget_runtime("rt-1", Some(&ops)).await.unwrap());
+    // an action the caller names is kept
+    s.create_enrollment_token(
+        &token("t2", 1, hours(1)),
+        Some(&author("ci").doing("bootstrap", Some("first node".into()))),
+    )
+    .await
+    .unwrap();
+    // a write without an author records nothing
+    s.create_enrollment_token(&token("t3", 1, hours(1)), None)
+        .await
+        .unwrap();
+    assert!(s.revoke_enrollment_token("t3", now(), None).await.unwrap());
+
+    let row = |actor: &str, action: &str, kind: &str, name: &str, detail: Option<&str>| {
+        (
+            actor.to_string(),
+            action.to_string(),
+            kind.to_string(),
+            name.to_string(),
+            detail.map(str::to_string),
+        )
+    };
+    assert_eq!(
+        audit_trail(s).await,
+        vec![
+            row(
+                "ci",
+                "create",
+                KIND_ENROLLMENT_TOKEN,
+                "t1",
+                Some("group edge")
+            ),
+            row("ci", "revoke", KIND_ENROLLMENT_TOKEN, "t1", None),
+            row(
+                "ci",
+                "create",
+                KIND_ADMIN_TOKEN,
+                "a1",
+                Some("deployer (operator)")
+            ),
+            row("ci", "revoke", KIND_ADMIN_TOKEN, "a1", None),
+            row("ops", "revoke", KIND_RUNTIME, "rt-1", None),
+            row("ops", "forget", KIND_RUNTIME, "rt-1", None),
+            row(
+                "ci",
+                "bootstrap",
+                KIND_ENROLLMENT_TOKEN,
+                "t2",
+                Some("first node")
+            ),
+        ]
+    );
+    let records = s.list_audit(&AuditQuery::default()).await.unwrap();
+    for record in &records {
+        assert_eq!(record.request_id, format!("req-{}", record.actor));
+        assert_eq!(record.source.as_deref(), Some("192.0.2.1"));
+        assert_eq!(record.role, "admin");
+        // not a change of the desired state: no revision, no digests
+        assert_eq!(
+            (record.revision, &record.before, &record.after),
+            (None, &None, &None)
+        );
+        let shown = serde_json::to_string(record).unwrap();
+        assert!(!shown.contains("hash-of"), "{shown}");
+    }
+}
+
+async fn a_failed_token_or_enrollment_write_records_no_audit(f: Fixture) {
+    let s = &f.store;
+    let ci = author("ci");
+    s.create_enrollment_token(&token("t1", 1, hours(1)), None)
+        .await
+        .unwrap();
+    s.create_admin_token(&admin_token("a1", "deployer", AdminRole::Admin, &[]), None)
+        .await
+        .unwrap();
+    // a taken id, a taken name, unknown ids and nodes: refused, and nothing recorded
+    let err = s
+        .create_enrollment_token(&token("t1", 1, hours(1)), Some(&ci))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+    let err = s
+        .create_admin_token(
+            &admin_token("a2", "deployer", AdminRole::Viewer, &[]),
+            Some(&ci),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+    assert!(
+        !s.revoke_enrollment_token("nope", now(), Some(&ci))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.revoke_admin_token("nope", now(), Some(&ci))
+            .await
+            .unwrap()
+    );
+    assert!(!s.revoke_runtime("nope", now(), Some(&ci)).await.unwrap());
+    assert!(!s.forget_runtime("nope", Some(&ci)).await.unwrap());
+    assert_eq!(audit_trail(s).await, vec![]);
+    // the store still takes writes: the refusals left no transaction open
+    assert!(s.revoke_admin_token("a1", now(), Some(&ci)).await.unwrap());
+    assert_eq!(audit_trail(s).await.len(), 1);
 }
 
 async fn audit_records_are_filtered_paged_and_pruned(f: Fixture) {
     let s = &f.store;
     for i in 0..5 {
         let actor = if i % 2 == 0 { "alice" } else { "bob" };
-        s.append_audit(
-            &author(actor).doing("revoke", None),
-            "runtime",
-            &format!("rt-{i}"),
-        )
-        .await
-        .unwrap();
+        let node = format!("rt-{i}");
+        assert!(s.enroll_runtime(&enrollment(&node, "01")).await.unwrap());
+        assert!(
+            s.revoke_runtime(&node, now(), Some(&author(actor)))
+                .await
+                .unwrap()
+        );
     }
     let all = s.list_audit(&AuditQuery::default()).await.unwrap();
     let names: Vec<&str> = all.iter().map(|r| r.name.as_str()).collect();
@@ -1630,7 +1781,7 @@ async fn old_enrollments_and_admin_tokens_are_pruned_and_revocations_kept(f: Fix
             .unwrap()
     );
     assert!(s.enroll_runtime(&expired("rt-revoked")).await.unwrap());
-    assert!(s.revoke_runtime("rt-revoked", at).await.unwrap());
+    assert!(s.revoke_runtime("rt-revoked", at, None).await.unwrap());
     assert_eq!(
         s.prune_runtime_enrollments(at - hours(24)).await.unwrap(),
         1
@@ -1647,10 +1798,14 @@ async fn old_enrollments_and_admin_tokens_are_pruned_and_revocations_kept(f: Fix
         admin_token("c", "live", AdminRole::Admin, &[]),
         admin_token("d", "just-revoked", AdminRole::Admin, &[]),
     ] {
-        s.create_admin_token(&token).await.unwrap();
+        s.create_admin_token(&token, None).await.unwrap();
     }
-    assert!(s.revoke_admin_token("a", at - hours(48)).await.unwrap());
-    assert!(s.revoke_admin_token("d", at).await.unwrap());
+    assert!(
+        s.revoke_admin_token("a", at - hours(48), None)
+            .await
+            .unwrap()
+    );
+    assert!(s.revoke_admin_token("d", at, None).await.unwrap());
     assert_eq!(s.prune_admin_tokens(at - hours(24)).await.unwrap(), 2);
     let left = sorted(s.list_admin_tokens().await.unwrap(), |t| t.id);
     assert_eq!(left, ["c", "d"]);
@@ -1661,4 +1816,88 @@ fn sorted<T>(items: Vec<T>, key: impl FnMut(T) -> String) -> Vec<String> {
     let mut keys: Vec<String> = items.into_iter().map(key).collect();
     keys.sort();
     keys
+}
+
+/// Makes every insert into the audit log fail, behind the store's back (a trigger).
+async fn refuse_audit_records(f: &Fixture) {
+    match f.store.backend() {
+        gw_store::Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&f.url).await.unwrap();
+            sqlx::raw_sql(
+                "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
+                 BEGIN SELECT RAISE(ABORT, 'audit refused'); END",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        gw_store::Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&f.url).await.unwrap();
+            sqlx::raw_sql(
+                "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'audit refused'; END $$; \
+                 CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+async fn a_write_whose_audit_record_fails_is_not_made(f: Fixture) {
+    let s = &f.store;
+    s.create_enrollment_token(&token("t1", 1, hours(1)), None)
+        .await
+        .unwrap();
+    s.create_admin_token(&admin_token("a1", "deployer", AdminRole::Admin, &[]), None)
+        .await
+        .unwrap();
+    assert!(s.enroll_runtime(&enrollment("rt-1", "01")).await.unwrap());
+    let revision = s.current_revision().await.unwrap();
+    refuse_audit_records(&f).await;
+    let ci = author("ci");
+
+    // every audited write fails with its record, and leaves no trace
+    assert!(
+        s.create_enrollment_token(&token("t2", 1, hours(1)), Some(&ci))
+            .await
+            .is_err()
+    );
+    assert!(
+        s.revoke_enrollment_token("t1", now(), Some(&ci))
+            .await
+            .is_err()
+    );
+    assert!(
+        s.create_admin_token(
+            &admin_token("a2", "other", AdminRole::Viewer, &[]),
+            Some(&ci)
+        )
+        .await
+        .is_err()
+    );
+    assert!(s.revoke_admin_token("a1", now(), Some(&ci)).await.is_err());
+    assert!(s.revoke_runtime("rt-1", now(), Some(&ci)).await.is_err());
+    assert!(s.forget_runtime("rt-1", Some(&ci)).await.is_err());
+    let mut api = put("orders", "/orders", Precondition::None);
+    api.audit = Some(ci.clone());
+    assert!(s.put_api(api).await.is_err());
+
+    let tokens = s.list_enrollment_tokens().await.unwrap();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert_eq!(tokens[0].revoked_at, None);
+    let admins = s.list_admin_tokens().await.unwrap();
+    assert_eq!(admins.len(), 1, "{admins:?}");
+    assert_eq!(admins[0].revoked_at, None);
+    let enrollments = s.runtime_enrollments().await.unwrap();
+    assert_eq!(enrollments.len(), 1, "{enrollments:?}");
+    assert_eq!(enrollments[0].revoked_at, None);
+    assert!(s.get_api("orders").await.unwrap().is_none());
+    assert_eq!(s.current_revision().await.unwrap(), revision);
+    // (the same writes without an author still go through: only the record was refused)
+    assert!(s.revoke_runtime("rt-1", now(), None).await.unwrap());
 }

@@ -2,10 +2,12 @@
 //!
 //! Every successful write under `/api/v1` is recorded (see [`gw_store::audit`]): the
 //! author comes from the request ([`Author`]: the authenticated identity, the client's
-//! address from [`ClientAddr`] and the request's id from [`RequestId`]). A resource write
-//! (APIs, certificates, consumers and their credentials) records in the store transaction of
-//! the change; the other writes (enrollment and admin tokens, revocations of runtimes)
-//! record right after theirs succeeded ([`append`]). A write that fails records nothing.
+//! address from [`ClientAddr`] and the request's id from [`RequestId`]) and is handed to the
+//! store's write, which inserts the record in the transaction of the change: APIs,
+//! certificates, consumers and their credentials, enrollment and admin tokens, revocations
+//! and forgetting of runtime enrollments. A write that fails (refused, not found, a
+//! conflict, the store down) records nothing, and a record is never lost to a crash after
+//! its write.
 //!
 //! Reading the log takes the admin role (the route is in no family of
 //! [`super::access`]'s table): it names every token and client address.
@@ -96,36 +98,6 @@ impl FromRequestParts<Arc<AppState>> for Author {
             action: None,
             detail: None,
         }))
-    }
-}
-
-/// Records that `audit` did `action` to `kind` `name` (a write that is not a resource's,
-/// which succeeded). The write is made: a record the store cannot take is logged as an
-/// error, with what it would have said, and the write is answered all the same.
-pub(super) async fn append(
-    state: &AppState,
-    audit: Audit,
-    action: &str,
-    kind: &str,
-    name: &str,
-    detail: Option<String>,
-) {
-    let audit = audit.doing(action, detail);
-    let result = match state.store() {
-        Ok(store) => store.append_audit(&audit, kind, name).await,
-        Err(_) => return,
-    };
-    if let Err(err) = result {
-        tracing::error!(
-            target: gw_store::audit::LOG_TARGET,
-            error = %err,
-            actor = %audit.actor,
-            request_id = %audit.request_id,
-            action,
-            kind,
-            name,
-            "the write succeeded but its audit record could not be stored"
-        );
     }
 }
 

@@ -17,12 +17,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use gw_core::model::{FieldError, Format, HumanDuration, parse_value};
+use gw_store::audit::KIND_ENROLLMENT_TOKEN;
 use gw_store::{EnrollmentTokenRecord, NewEnrollmentToken};
 use gw_sync::enroll::EnrollmentToken;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::audit::{self, Author};
+use super::audit::Author;
 use super::format::{read_body, request_format};
 use super::{ApiError, AppState};
 
@@ -199,9 +200,6 @@ fn view(record: &EnrollmentTokenRecord, now: DateTime<Utc>) -> serde_json::Value
     })
 }
 
-/// The kind of enrollment tokens in the audit log (named by id).
-const ENROLLMENT_TOKEN: &str = "enrollment-token";
-
 /// `POST /api/v1/enrollment-tokens`: makes a token and answers it, the only time its text
 /// is shown (201, `Cache-Control: no-store`).
 pub(super) async fn create(
@@ -228,27 +226,21 @@ pub(super) async fn create(
         description: request.description,
     };
     store
-        .create_enrollment_token(&NewEnrollmentToken {
-            id: record.id.clone(),
-            secret_hash: token.secret_hash(),
-            group: record.group.clone(),
-            uses_max: record.uses_max,
-            expires_at: record.expires_at,
-            created_at: record.created_at,
-            description: record.description.clone(),
-        })
+        .create_enrollment_token(
+            &NewEnrollmentToken {
+                id: record.id.clone(),
+                secret_hash: token.secret_hash(),
+                group: record.group.clone(),
+                uses_max: record.uses_max,
+                expires_at: record.expires_at,
+                created_at: record.created_at,
+                description: record.description.clone(),
+            },
+            Some(&author),
+        )
         .await
         .map_err(ApiError::from_store)?;
     tracing::info!(id = %record.id, group = %record.group, uses = record.uses_max, expires_at = %record.expires_at, "enrollment token created");
-    audit::append(
-        &state,
-        author,
-        "create",
-        ENROLLMENT_TOKEN,
-        &record.id,
-        Some(format!("group {}", record.group)),
-    )
-    .await;
     let mut body = view(&record, now);
     body["token"] = json!(token.reveal());
     body["caHash"] = json!(ca_hash.to_string());
@@ -275,17 +267,14 @@ pub(super) async fn revoke(
     let Path(id) = id.map_err(|e| ApiError::from_path(&e))?;
     let found = state
         .store()?
-        .revoke_enrollment_token(&id, Utc::now())
+        .revoke_enrollment_token(&id, Utc::now(), Some(&author))
         .await;
     revoked(
-        &state,
-        author,
         found,
-        ENROLLMENT_TOKEN,
+        KIND_ENROLLMENT_TOKEN,
         &id,
         "/api/v1/enrollment-tokens",
     )
-    .await
 }
 
 /// The answer of a token listing (enrollment or admin tokens): `{"items": [...]}`, each
@@ -303,11 +292,9 @@ pub(super) fn listing<T>(
     Ok(axum::Json(json!({ "items": items })).into_response())
 }
 
-/// The answer of a token revocation (`kind` `enrollment-token` or `admin-token`): 204 and
-/// its audit record, or 404 saying where the tokens are listed.
-pub(super) async fn revoked(
-    state: &AppState,
-    author: gw_store::Audit,
+/// The answer of a token revocation (`kind` `enrollment-token` or `admin-token`), whose
+/// audit record the store wrote with it: 204, or 404 saying where the tokens are listed.
+pub(super) fn revoked(
     found: Result<bool, gw_store::StoreError>,
     kind: &'static str,
     id: &str,
@@ -320,7 +307,6 @@ pub(super) async fn revoked(
         )));
     }
     tracing::info!(%id, "{what} revoked");
-    audit::append(state, author, "revoke", kind, id, None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -9,12 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::audit::{self, Author};
+use super::audit::Author;
 use super::{ApiError, AppState};
 use crate::fleet::view;
-
-/// The kind of a runtime's enrollment in the audit log.
-const RUNTIME: &str = "runtime";
 
 /// `GET /api/v1/runtimes`: every runtime any controller has seen, with its controller,
 /// applied revision, lag behind the newest revision, last contact and last rejection.
@@ -47,7 +44,7 @@ pub(super) async fn revoke(
     let Path(node) = node.map_err(|e| ApiError::from_path(&e))?;
     let found = state
         .store()?
-        .revoke_runtime(&node, chrono::Utc::now())
+        .revoke_runtime(&node, chrono::Utc::now(), Some(&author))
         .await
         .map_err(ApiError::from_store)?;
     if !found {
@@ -57,7 +54,6 @@ pub(super) async fn revoke(
         )));
     }
     tracing::info!(%node, "runtime enrollment revoked");
-    audit::append(&state, author, "revoke", RUNTIME, &node, None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -72,7 +68,7 @@ pub(super) async fn forget(
     let Path(node) = node.map_err(|e| ApiError::from_path(&e))?;
     let found = state
         .store()?
-        .forget_runtime(&node)
+        .forget_runtime(&node, Some(&author))
         .await
         .map_err(ApiError::from_store)?;
     if !found {
@@ -81,6 +77,5 @@ pub(super) async fn forget(
         )));
     }
     tracing::info!(%node, "runtime enrollment forgotten");
-    audit::append(&state, author, "forget", RUNTIME, &node, None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

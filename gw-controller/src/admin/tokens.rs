@@ -15,11 +15,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use gw_core::model::{FieldError, Format, parse_value};
+use gw_store::audit::KIND_ADMIN_TOKEN;
 use gw_store::{AdminRole, AdminTokenRecord, NewAdminToken, StoreError};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::audit::{self, Author};
+use super::audit::Author;
 use super::enrollment::{listing, parse_lifetime, revoked};
 use super::format::{read_body, request_format};
 use super::identity::NamedToken;
@@ -150,9 +151,6 @@ fn view(record: &AdminTokenRecord, now: DateTime<Utc>) -> serde_json::Value {
     })
 }
 
-/// The kind of admin tokens in the audit log (named by id).
-const ADMIN_TOKEN: &str = "admin-token";
-
 /// `POST /api/v1/tokens`: makes a token and answers it, the only time its text is shown
 /// (201, `Cache-Control: no-store`). 409 `already_exists` when a token that is not revoked
 /// has the name.
@@ -179,15 +177,18 @@ pub(super) async fn create(
         last_used_at: None,
     };
     store
-        .create_admin_token(&NewAdminToken {
-            id: record.id.clone(),
-            name: record.name.clone(),
-            secret_hash: token.secret_hash(),
-            role: record.role,
-            groups: record.groups.clone(),
-            created_at: record.created_at,
-            expires_at: record.expires_at,
-        })
+        .create_admin_token(
+            &NewAdminToken {
+                id: record.id.clone(),
+                name: record.name.clone(),
+                secret_hash: token.secret_hash(),
+                role: record.role,
+                groups: record.groups.clone(),
+                created_at: record.created_at,
+                expires_at: record.expires_at,
+            },
+            Some(&author),
+        )
         .await
         .map_err(|err| match err {
             StoreError::AlreadyExists { name } => ApiError::conflict(
@@ -200,15 +201,6 @@ pub(super) async fn create(
             other => ApiError::from_store(other),
         })?;
     tracing::info!(id = %record.id, name = %record.name, role = %record.role, groups = ?record.groups, expires_at = ?record.expires_at, "admin token created");
-    audit::append(
-        &state,
-        author,
-        "create",
-        ADMIN_TOKEN,
-        &record.id,
-        Some(format!("{} ({})", record.name, record.role)),
-    )
-    .await;
     let body = json!({
         "id": record.id,
         "name": record.name,
@@ -239,8 +231,11 @@ pub(super) async fn revoke(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::from_path(&e))?;
-    let found = state.store()?.revoke_admin_token(&id, Utc::now()).await;
-    revoked(&state, author, found, ADMIN_TOKEN, &id, "/api/v1/tokens").await
+    let found = state
+        .store()?
+        .revoke_admin_token(&id, Utc::now(), Some(&author))
+        .await;
+    revoked(found, KIND_ADMIN_TOKEN, &id, "/api/v1/tokens")
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 /// The `operation` label values: the [`Store`] methods that reach the database.
-pub(crate) const OPERATIONS: [&str; 39] = [
+pub(crate) const OPERATIONS: [&str; 38] = [
     "ping",
     "put_api",
     "delete_api",
@@ -57,7 +57,6 @@ pub(crate) const OPERATIONS: [&str; 39] = [
     "admin_token",
     "revoke_admin_token",
     "touch_admin_token",
-    "append_audit",
     "list_audit",
     "prune_audit",
 ];
@@ -344,9 +343,13 @@ impl Store for MeasuredStore {
         measure.finish(self.inner.cluster_secret(name, candidate).await)
     }
 
-    async fn create_enrollment_token(&self, token: &NewEnrollmentToken) -> Result<(), StoreError> {
+    async fn create_enrollment_token(
+        &self,
+        token: &NewEnrollmentToken,
+        audit: Option<&Audit>,
+    ) -> Result<(), StoreError> {
         let measure = self.start("create_enrollment_token");
-        measure.finish(self.inner.create_enrollment_token(token).await)
+        measure.finish(self.inner.create_enrollment_token(token, audit).await)
     }
 
     async fn list_enrollment_tokens(&self) -> Result<Vec<EnrollmentTokenRecord>, StoreError> {
@@ -358,9 +361,10 @@ impl Store for MeasuredStore {
         &self,
         id: &str,
         at: DateTime<Utc>,
+        audit: Option<&Audit>,
     ) -> Result<bool, StoreError> {
         let measure = self.start("revoke_enrollment_token");
-        measure.finish(self.inner.revoke_enrollment_token(id, at).await)
+        measure.finish(self.inner.revoke_enrollment_token(id, at, audit).await)
     }
 
     async fn use_enrollment_token(
@@ -391,9 +395,13 @@ impl Store for MeasuredStore {
         measure.finish(self.inner.enroll_runtime(enrollment).await)
     }
 
-    async fn forget_runtime(&self, node_id: &str) -> Result<bool, StoreError> {
+    async fn forget_runtime(
+        &self,
+        node_id: &str,
+        audit: Option<&Audit>,
+    ) -> Result<bool, StoreError> {
         let measure = self.start("forget_runtime");
-        measure.finish(self.inner.forget_runtime(node_id).await)
+        measure.finish(self.inner.forget_runtime(node_id, audit).await)
     }
 
     async fn prune_runtime_enrollments(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -432,9 +440,14 @@ impl Store for MeasuredStore {
         measure.finish(self.inner.runtime_serial_in_use(node_id, serial, at).await)
     }
 
-    async fn revoke_runtime(&self, node_id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+    async fn revoke_runtime(
+        &self,
+        node_id: &str,
+        at: DateTime<Utc>,
+        audit: Option<&Audit>,
+    ) -> Result<bool, StoreError> {
         let measure = self.start("revoke_runtime");
-        measure.finish(self.inner.revoke_runtime(node_id, at).await)
+        measure.finish(self.inner.revoke_runtime(node_id, at, audit).await)
     }
 
     async fn runtime_enrollments(&self) -> Result<Vec<EnrollmentRecord>, StoreError> {
@@ -442,9 +455,13 @@ impl Store for MeasuredStore {
         measure.finish(self.inner.runtime_enrollments().await)
     }
 
-    async fn create_admin_token(&self, token: &NewAdminToken) -> Result<(), StoreError> {
+    async fn create_admin_token(
+        &self,
+        token: &NewAdminToken,
+        audit: Option<&Audit>,
+    ) -> Result<(), StoreError> {
         let measure = self.start("create_admin_token");
-        measure.finish(self.inner.create_admin_token(token).await)
+        measure.finish(self.inner.create_admin_token(token, audit).await)
     }
 
     async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
@@ -457,24 +474,19 @@ impl Store for MeasuredStore {
         measure.finish(self.inner.admin_token(id).await)
     }
 
-    async fn revoke_admin_token(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+    async fn revoke_admin_token(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        audit: Option<&Audit>,
+    ) -> Result<bool, StoreError> {
         let measure = self.start("revoke_admin_token");
-        measure.finish(self.inner.revoke_admin_token(id, at).await)
+        measure.finish(self.inner.revoke_admin_token(id, at, audit).await)
     }
 
     async fn touch_admin_token(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
         let measure = self.start("touch_admin_token");
         measure.finish(self.inner.touch_admin_token(id, at).await)
-    }
-
-    async fn append_audit(
-        &self,
-        audit: &Audit,
-        kind: &str,
-        name: &str,
-    ) -> Result<AuditRecord, StoreError> {
-        let measure = self.start("append_audit");
-        measure.finish(self.inner.append_audit(audit, kind, name).await)
     }
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
@@ -583,15 +595,18 @@ mod tests {
         store.prune_runtimes(now).await.unwrap();
         store.cluster_secret("s", "v").await.unwrap();
         store
-            .create_enrollment_token(&gw_store::NewEnrollmentToken {
-                id: "t".into(),
-                secret_hash: "h".into(),
-                group: "default".into(),
-                uses_max: 1,
-                expires_at: now + chrono::Duration::hours(1),
-                created_at: now,
-                description: None,
-            })
+            .create_enrollment_token(
+                &gw_store::NewEnrollmentToken {
+                    id: "t".into(),
+                    secret_hash: "h".into(),
+                    group: "default".into(),
+                    uses_max: 1,
+                    expires_at: now + chrono::Duration::hours(1),
+                    created_at: now,
+                    description: None,
+                },
+                None,
+            )
             .await
             .unwrap();
         store.list_enrollment_tokens().await.unwrap();
@@ -602,7 +617,7 @@ mod tests {
                 .await
                 .is_err()
         );
-        store.revoke_enrollment_token("t", now).await.unwrap();
+        store.revoke_enrollment_token("t", now, None).await.unwrap();
         store.delete_expired_enrollment_tokens(now).await.unwrap();
         let enrollment = gw_store::EnrollmentRecord {
             node_id: "rt".into(),
@@ -621,27 +636,30 @@ mod tests {
             .await
             .unwrap();
         store.runtime_serial_in_use("rt", "02", now).await.unwrap();
-        store.revoke_runtime("rt", now).await.unwrap();
+        store.revoke_runtime("rt", now, None).await.unwrap();
         store.runtime_enrollments().await.unwrap();
-        store.forget_runtime("rt").await.unwrap();
+        store.forget_runtime("rt", None).await.unwrap();
         store.prune_runtime_enrollments(now).await.unwrap();
         store.prune_admin_tokens(now).await.unwrap();
         store
-            .create_admin_token(&NewAdminToken {
-                id: "a".into(),
-                name: "ci".into(),
-                secret_hash: "h".into(),
-                role: gw_store::AdminRole::Viewer,
-                groups: vec![],
-                created_at: now,
-                expires_at: None,
-            })
+            .create_admin_token(
+                &NewAdminToken {
+                    id: "a".into(),
+                    name: "ci".into(),
+                    secret_hash: "h".into(),
+                    role: gw_store::AdminRole::Viewer,
+                    groups: vec![],
+                    created_at: now,
+                    expires_at: None,
+                },
+                None,
+            )
             .await
             .unwrap();
         store.list_admin_tokens().await.unwrap();
         store.admin_token("a").await.unwrap();
         store.touch_admin_token("a", now).await.unwrap();
-        store.revoke_admin_token("a", now).await.unwrap();
+        store.revoke_admin_token("a", now, None).await.unwrap();
         store
             .delete_resource("certificate", "c", Precondition::None, None)
             .await
@@ -658,15 +676,6 @@ mod tests {
             .await
             .unwrap();
         store.compact(1).await.unwrap();
-        let audit = gw_store::Audit {
-            actor: "ci".into(),
-            role: "admin".into(),
-            source: None,
-            request_id: "r".into(),
-            action: Some("revoke".into()),
-            detail: None,
-        };
-        store.append_audit(&audit, "runtime", "rt").await.unwrap();
         store
             .list_audit(&gw_store::AuditQuery::default())
             .await
