@@ -126,10 +126,9 @@ impl OidcOptions {
         }
         let mut values: Vec<&str> = self.roles.iter().map(|m| m.value.as_str()).collect();
         values.sort_unstable();
-        if let Some(twice) = values.windows(2).find(|w| w[0] == w[1]) {
+        if let Some(&[twice, _]) = values.windows(2).find(|w| w[0] == w[1]) {
             problems.push(format!(
-                "--oidc-role maps {:?} twice: give each claim value one role",
-                twice[0]
+                "--oidc-role maps {twice:?} twice: give each claim value one role"
             ));
         }
         problems
