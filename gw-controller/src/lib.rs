@@ -385,6 +385,14 @@ pub async fn run(
         .map(OidcAuthenticator::new)
         .transpose()
         .map_err(|reason| ControllerError::Options(format!("OIDC: {reason}")))?;
+    if let Some(oidc) = &options.oidc {
+        // (not the JWKS URL: its query may hold a secret)
+        tracing::info!(
+            issuer = %oidc.issuer,
+            mappings = oidc.roles.len(),
+            "the admin API takes OIDC tokens of this issuer"
+        );
+    }
     let token = keys::admin_token(options.dev, options.admin_token.as_deref())?;
     if token.is_none() {
         tracing::warn!("no GW_ADMIN_TOKEN: the admin API accepts unauthenticated calls");
