@@ -345,7 +345,14 @@ impl OidcArgs {
             subject_claim: self.oidc_subject_claim,
             roles,
         };
-        problems.extend(options.problems());
+        let given = !problems.is_empty();
+        problems.extend(
+            options
+                .problems()
+                .into_iter()
+                // a mapping refused above is the problem, not the want of one
+                .filter(|problem| !(given && problem.starts_with("give at least one --oidc-role"))),
+        );
         if !problems.is_empty() {
             anyhow::bail!("OIDC: {}", problems.join("; "));
         }
