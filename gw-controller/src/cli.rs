@@ -11,12 +11,14 @@ use clap::Parser;
 use gw_core::policy::PolicyRegistry;
 use gw_runtime::logging::{self, LogFormat};
 
+use crate::admin::{OidcOptions, RoleMapping};
 use crate::bundles::BundleOptions;
 use crate::{AllInOne, ControllerOptions};
 use gw_bundle::SigningKey;
 use gw_bundle::storage::{BundleTarget, S3Options};
 use gw_core::conn::server::ServerLimits;
 use gw_core::model::HumanDuration;
+use gw_core::policy::jwt::JwtAlgorithm;
 use gw_sync::SyncToken;
 use gw_sync::server::ServerOptions;
 use std::sync::Arc;
@@ -219,6 +221,143 @@ pub struct Args {
 
     #[command(flatten)]
     bundles: BundleArgs,
+
+    #[command(flatten)]
+    oidc: OidcArgs,
+}
+
+/// OIDC for people on the admin API.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "OIDC on the admin API")]
+#[allow(
+    clippy::struct_field_names,
+    reason = "clap needs ids unique over the whole command line"
+)]
+struct OidcArgs {
+    /// Take bearer JWTs of this OIDC issuer on the admin API (its `iss`, exactly, e.g.
+    /// https://sso.example.com/realms/ops), each mapped to a role by --oidc-role.
+    /// GW_ADMIN_TOKEN stays the break-glass admin.
+    #[arg(long = "oidc-issuer", env = "GW_OIDC_ISSUER", value_name = "URL",
+          requires_all = ["oidc_audience", "oidc_jwks_url"])]
+    oidc_issuer: Option<String>,
+
+    /// The audience tokens must carry in `aud` (the client id of gw at the identity
+    /// provider); comma-separated for several.
+    #[arg(
+        long = "oidc-audience",
+        env = "GW_OIDC_AUDIENCE",
+        value_delimiter = ',',
+        value_name = "AUDIENCE",
+        requires = "oidc_issuer"
+    )]
+    oidc_audience: Vec<String>,
+
+    /// The identity provider's JWKS (https://, or http:// on a loopback address only),
+    /// fetched at start and every 10 minutes, and again (at most every 30 s) for a token
+    /// signed by a key it does not hold.
+    #[arg(
+        long = "oidc-jwks-url",
+        env = "GW_OIDC_JWKS_URL",
+        value_name = "URL",
+        requires = "oidc_issuer"
+    )]
+    oidc_jwks_url: Option<String>,
+
+    /// The claim whose values --oidc-role maps: a claim name, or a dotted path into
+    /// objects (realm_access.roles).
+    #[arg(
+        long = "oidc-roles-claim",
+        env = "GW_OIDC_ROLES_CLAIM",
+        default_value = "groups",
+        value_name = "CLAIM"
+    )]
+    oidc_roles_claim: String,
+
+    /// The claim naming the person: the audit log's actor is `oidc:<its value>`.
+    #[arg(
+        long = "oidc-subject-claim",
+        env = "GW_OIDC_SUBJECT_CLAIM",
+        default_value = "sub",
+        value_name = "CLAIM"
+    )]
+    oidc_subject_claim: String,
+
+    /// A claim value and the role it gives: VALUE=admin, VALUE=viewer, VALUE=operator (every
+    /// group) or VALUE=operator:GROUP,GROUP. Repeat it; in GW_OIDC_ROLES, separate mappings
+    /// with `;`. Several matching values give the highest role, and an operator the union
+    /// of their groups; a token with none is refused (403).
+    #[arg(
+        long = "oidc-role",
+        env = "GW_OIDC_ROLES",
+        value_delimiter = ';',
+        value_name = "VALUE=ROLE[:GROUP,...]",
+        requires = "oidc_issuer"
+    )]
+    oidc_role: Vec<String>,
+
+    /// The signature algorithms accepted, comma-separated: RS256, ES256, EdDSA.
+    #[arg(
+        long = "oidc-algorithms",
+        env = "GW_OIDC_ALGORITHMS",
+        value_delimiter = ',',
+        default_value = "RS256,ES256,EdDSA",
+        value_name = "ALG"
+    )]
+    oidc_algorithms: Vec<String>,
+}
+
+impl OidcArgs {
+    /// The OIDC options, `None` without `--oidc-issuer`; every problem of the flags at once.
+    fn options(self) -> anyhow::Result<Option<OidcOptions>> {
+        let Some(issuer) = self.oidc_issuer else {
+            return Ok(None);
+        };
+        let mut problems = Vec::new();
+        let roles = self
+            .oidc_role
+            .iter()
+            .filter(|text| !text.trim().is_empty())
+            .filter_map(|text| {
+                text.parse::<RoleMapping>()
+                    .map_err(|err| problems.push(format!("--oidc-role {err}")))
+                    .ok()
+            })
+            .collect();
+        let algorithms = self
+            .oidc_algorithms
+            .iter()
+            .filter_map(|name| {
+                JwtAlgorithm::from_name(name.trim())
+                    .ok_or_else(|| {
+                        problems.push(format!(
+                            "--oidc-algorithms: {name:?} is not RS256, ES256 or EdDSA"
+                        ));
+                    })
+                    .ok()
+            })
+            .collect();
+        let options = OidcOptions {
+            issuer,
+            audiences: self.oidc_audience,
+            jwks_url: self.oidc_jwks_url.unwrap_or_default(),
+            algorithms,
+            roles_claim: self.oidc_roles_claim,
+            subject_claim: self.oidc_subject_claim,
+            roles,
+        };
+        let given = !problems.is_empty();
+        problems.extend(
+            options
+                .problems()
+                .into_iter()
+                // a mapping refused above is the problem, not the want of one
+                .filter(|problem| !(given && problem.starts_with("give at least one --oidc-role"))),
+        );
+        if !problems.is_empty() {
+            anyhow::bail!("OIDC: {}", problems.join("; "));
+        }
+        Ok(Some(options))
+    }
 }
 
 /// The admin server's connection limits.
@@ -609,6 +748,7 @@ fn controller_options(args: Args, policies: PolicyRegistry) -> anyhow::Result<Co
     options.poll_interval = Duration::from_millis(args.poll_interval_ms.max(100));
     options.heartbeat_interval = Duration::from_secs(args.heartbeat_seconds.clamp(1, 60));
     options.bundles = args.bundles.options()?;
+    options.oidc = args.oidc.options()?;
     options.drain_period = Duration::from_secs(args.drain_seconds);
     if args.all_in_one {
         options.all_in_one = Some(AllInOne {
@@ -623,6 +763,8 @@ fn controller_options(args: Args, policies: PolicyRegistry) -> anyhow::Result<Co
 
 #[cfg(test)]
 mod tests {
+    use gw_store::AdminRole;
+
     use super::*;
 
     fn bundle_options(flags: &[&str]) -> anyhow::Result<Option<BundleOptions>> {
@@ -787,6 +929,135 @@ mod tests {
             assert!(message.contains(reason), "{flags:?}: {message}");
             assert!(!message.contains("s3cr3t"), "{message}");
         }
+    }
+
+    fn oidc_options(flags: &[&str]) -> anyhow::Result<Option<OidcOptions>> {
+        let mut line = vec!["gw-controller"];
+        line.extend_from_slice(flags);
+        Args::try_parse_from(line)?.oidc.options()
+    }
+
+    const ISSUER: [&str; 6] = [
+        "--oidc-issuer",
+        "https://sso.example.com/realms/ops",
+        "--oidc-audience",
+        "gw-admin",
+        "--oidc-jwks-url",
+        "https://sso.example.com/realms/ops/protocol/openid-connect/certs",
+    ];
+
+    #[test]
+    fn oidc_flags_make_the_oidc_options() {
+        assert!(oidc_options(&[]).unwrap().is_none(), "no OIDC by default");
+        let mut flags = ISSUER.to_vec();
+        flags.extend([
+            "--oidc-role",
+            "gw-admins=admin",
+            "--oidc-role",
+            "/teams/a=operator:team-a,shared",
+            "--oidc-roles-claim",
+            "realm_access.roles",
+            "--oidc-audience",
+            "gw-cli",
+            "--oidc-algorithms",
+            "RS256",
+        ]);
+        let options = oidc_options(&flags).unwrap().unwrap();
+        assert_eq!(options.issuer, "https://sso.example.com/realms/ops");
+        assert_eq!(options.audiences, ["gw-admin", "gw-cli"]);
+        assert_eq!(options.roles_claim, "realm_access.roles");
+        assert_eq!(options.subject_claim, "sub", "the default");
+        assert_eq!(options.algorithms, [JwtAlgorithm::Rs256]);
+        let roles: Vec<(&str, AdminRole, Vec<String>)> = options
+            .roles
+            .iter()
+            .map(|m| (m.value.as_str(), m.role, m.groups.clone()))
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                ("gw-admins", AdminRole::Admin, vec![]),
+                (
+                    "/teams/a",
+                    AdminRole::Operator,
+                    vec!["shared".to_string(), "team-a".to_string()]
+                ),
+            ]
+        );
+        let mut flags = ISSUER.to_vec();
+        flags.extend(["--oidc-role", "x=viewer", "--oidc-subject-claim", "email"]);
+        let options = oidc_options(&flags).unwrap().unwrap();
+        assert_eq!(options.subject_claim, "email");
+        assert_eq!(
+            options.algorithms,
+            crate::admin::DEFAULT_OIDC_ALGORITHMS,
+            "the default"
+        );
+        // a loopback identity provider may serve its keys over http
+        let mut flags = ISSUER.to_vec();
+        flags[5] = "http://127.0.0.1:8081/certs";
+        flags.extend(["--oidc-role", "x=viewer"]);
+        assert!(oidc_options(&flags).unwrap().is_some());
+    }
+
+    #[test]
+    fn oidc_flags_that_do_not_hold_are_refused_with_the_reason() {
+        fn with(extra: &[&'static str]) -> Vec<&'static str> {
+            let mut flags = ISSUER.to_vec();
+            flags.extend_from_slice(extra);
+            flags
+        }
+        let cases: Vec<(Vec<&str>, &str)> = vec![
+            (ISSUER[..4].to_vec(), "--oidc-jwks-url"),
+            (
+                vec![ISSUER[0], ISSUER[1], ISSUER[4], ISSUER[5]],
+                "--oidc-audience",
+            ),
+            (vec!["--oidc-role", "x=admin"], "--oidc-issuer"),
+            (vec!["--oidc-jwks-url", ISSUER[5]], "--oidc-issuer"),
+            (with(&[]), "give at least one --oidc-role"),
+            (with(&["--oidc-role", "gw-admins"]), "has no '='"),
+            (with(&["--oidc-role", "x=root"]), "is not a role"),
+            (
+                with(&["--oidc-role", "x=admin:team-a"]),
+                "only an operator is scoped to groups",
+            ),
+            (
+                with(&["--oidc-role", "x=viewer", "--oidc-role", "x=admin"]),
+                "maps \"x\" twice",
+            ),
+            (
+                with(&["--oidc-role", "x=viewer", "--oidc-algorithms", "RS256,none"]),
+                "\"none\" is not RS256, ES256 or EdDSA",
+            ),
+            (
+                with(&["--oidc-role", "x=viewer", "--oidc-algorithms", "HS256"]),
+                "HS256 needs a shared secret",
+            ),
+            (
+                with(&["--oidc-role", "x=viewer", "--oidc-roles-claim", "a..b"]),
+                "--oidc-roles-claim must be a claim name",
+            ),
+        ];
+        for (flags, reason) in cases {
+            let message = match oidc_options(&flags) {
+                Ok(_) => panic!("{flags:?} accepted"),
+                Err(err) => format!("{err:#}"),
+            };
+            assert!(message.contains(reason), "{flags:?}: {message}");
+        }
+        // production or not, a JWKS over plain http is only taken from loopback
+        let mut flags = with(&["--oidc-role", "x=viewer"]);
+        flags[5] = "http://sso.example.com/certs";
+        let message = format!("{:#}", oidc_options(&flags).unwrap_err());
+        assert!(
+            message.contains(
+                "--oidc-jwks-url must be an https:// URL (http:// only on a loopback address)"
+            ),
+            "{message}"
+        );
+        flags.push("--dev");
+        assert!(oidc_options(&flags).is_err(), "--dev too");
     }
 
     #[test]

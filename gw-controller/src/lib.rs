@@ -46,7 +46,7 @@ use gw_sync::tls::{ServerTls, Stamps};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::{AdminOptions, AppState, DevGuard};
+use crate::admin::{AdminOptions, AppState, DevGuard, OidcAuthenticator, OidcOptions};
 use crate::bundles::{BundleExporter, BundleMetrics, BundleOptions};
 use crate::fleet::FleetRecorder;
 use crate::keys::KeyError;
@@ -160,6 +160,9 @@ pub struct ControllerOptions {
     pub sync: ServerOptions,
     /// The export of signed fallback bundles (`None`: no export).
     pub bundles: Option<BundleOptions>,
+    /// OIDC for people on the admin API (`--oidc-issuer` and the rest): `None`, none.
+    /// `GW_ADMIN_TOKEN` stays the break-glass admin either way.
+    pub oidc: Option<OidcOptions>,
 }
 
 impl ControllerOptions {
@@ -197,6 +200,7 @@ impl ControllerOptions {
             admin_server: ServerLimits::default(),
             sync: ServerOptions::default(),
             bundles: None,
+            oidc: None,
         }
     }
 }
@@ -235,6 +239,7 @@ impl std::fmt::Debug for ControllerOptions {
             .field("admin_server", &self.admin_server)
             .field("sync", &self.sync)
             .field("bundles", &self.bundles)
+            .field("oidc", &self.oidc)
             .finish()
     }
 }
@@ -371,6 +376,23 @@ pub async fn run(
     }
     check_dev_admin_addr(&options)?;
     check_sync_security(&options)?;
+    // built now, so that a bad flag stops the controller at start; the JWKS's first fetch
+    // starts here, and nothing waits for it: the break-glass token and named tokens work
+    // whether the identity provider answers or not
+    let oidc = options
+        .oidc
+        .as_ref()
+        .map(OidcAuthenticator::new)
+        .transpose()
+        .map_err(|reason| ControllerError::Options(format!("OIDC: {reason}")))?;
+    if let Some(oidc) = &options.oidc {
+        // (not the JWKS URL: its query may hold a secret)
+        tracing::info!(
+            issuer = %oidc.issuer,
+            mappings = oidc.roles.len(),
+            "the admin API takes OIDC tokens of this issuer"
+        );
+    }
     let token = keys::admin_token(options.dev, options.admin_token.as_deref())?;
     if token.is_none() {
         tracing::warn!("no GW_ADMIN_TOKEN: the admin API accepts unauthenticated calls");
@@ -461,7 +483,11 @@ pub async fn run(
         draining: AtomicBool::new(false),
         dev_guard,
         sync_ca: OnceLock::new(),
+        oidc: OnceLock::new(),
     });
+    if let Some(oidc) = oidc {
+        let _ = state.oidc.set(Arc::new(oidc));
+    }
     let drain_period = options.drain_period;
     let draining = Arc::clone(&state);
     tokio::spawn(async move {
@@ -984,6 +1010,36 @@ mod tests {
         options.dev = false;
         options.sync_ca = None;
         assert!(super::check_sync_security(&options).is_ok(), "your own PKI");
+    }
+
+    /// OIDC options that do not hold stop the controller before it opens anything, with
+    /// every problem (production or not, the JWKS is fetched over https or from loopback).
+    #[tokio::test]
+    async fn run_refuses_oidc_options_that_do_not_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = super::ControllerOptions::new();
+        options.data_dir = dir.path().join("data");
+        options.admin_token = Some("an-admin-token-0123456789abcdef".into());
+        options.oidc = Some(super::OidcOptions::new(
+            "https://sso.example.com",
+            &["gw"],
+            "http://sso.example.com/jwks",
+        ));
+        for dev in [false, true] {
+            options.dev = dev;
+            let err = super::run(options.clone(), async {})
+                .await
+                .unwrap_err()
+                .to_string();
+            for reason in [
+                "invalid options: OIDC: ",
+                "--oidc-jwks-url must be an https:// URL",
+                "give at least one --oidc-role",
+            ] {
+                assert!(err.contains(reason), "{reason}: {err}");
+            }
+            assert!(!dir.path().join("data").exists(), "nothing was opened");
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@
 //! | --- | --- | --- |
 //! | `api-key` | the `api-key` policy | |
 //! | `basic-auth` | the `basic-auth` policy; [`credential::hash_password`], [`credential::verify_password`], and [`credential::seal`] of passwords | argon2, bcrypt |
-//! | `jwt` | the `jwt` policy, with keys inline or from a remote JWKS | jsonwebtoken, x509-parser |
+//! | `jwt` | the `jwt` policy, with keys inline or from a remote JWKS, and its checks as a verifier of token texts (`policy::jwt::JwtVerifier`) | jsonwebtoken, x509-parser |
 //! | `rate-limit` | the `rate-limit` policy, counting in each process (`backend: local`) | |
 //! | `rate-limit-redis` | `rate-limit` with `backend: redis`, counts shared through Redis; implies `rate-limit` | redis |
 //! | `cors` | the `cors` policy | |

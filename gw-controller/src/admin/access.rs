@@ -5,8 +5,11 @@
 //! store and its secret's hash compared in constant time. An unknown, wrong, revoked or
 //! expired token gets one and the same 401, so that an answer never tells which. A store
 //! that does not answer while a named token is checked gives 503, never an open door;
-//! `GW_ADMIN_TOKEN` needs no store. In development mode without `GW_ADMIN_TOKEN` the admin
-//! API is open: a request without a named token is an anonymous admin.
+//! `GW_ADMIN_TOKEN` needs no store. With OIDC configured (`--oidc-issuer`), a bearer that is
+//! neither and is shaped as a JWT is verified by [`super::oidc`] and mapped to a role; its
+//! refusals say why (401 invalid, 403 mapped to no role, 503 no key fetched yet). In
+//! development mode without `GW_ADMIN_TOKEN` the admin API is open: a request without a
+//! named token (or an OIDC one) is an anonymous admin.
 //!
 //! The authenticated [`Identity`] goes into the request's extensions. Then the route's
 //! [`Family`] and the method decide whether its role may call it ([`ROLES`]); a write of a
@@ -23,6 +26,7 @@ use chrono::{TimeDelta, Utc};
 use gw_store::AdminRole;
 
 use super::identity::{Identity, NamedToken};
+use super::oidc::{MAX_TOKEN_BYTES, looks_like_jwt};
 use super::{ApiError, AppState};
 
 /// The families of routes under `/api/v1`, as the roles see them.
@@ -190,15 +194,18 @@ fn article(noun: &str) -> &'static str {
     }
 }
 
-/// The one answer to a missing, unknown, wrong, revoked or expired token.
-fn unauthorized() -> Response {
-    let mut response = ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
+/// The one answer to a missing, unknown, wrong, revoked or expired token (`oidc`: when
+/// the admin API also takes OIDC tokens).
+fn unauthorized(oidc: bool) -> Response {
+    let message = if oidc {
+        "a valid bearer token is required: send Authorization: Bearer <GW_ADMIN_TOKEN>, an \
+         admin token made with POST /api/v1/tokens, or an OIDC token of the configured issuer"
+    } else {
         "a valid bearer token is required: send Authorization: Bearer <GW_ADMIN_TOKEN> or an \
-         admin token made with POST /api/v1/tokens",
-    )
-    .into_response();
+         admin token made with POST /api/v1/tokens"
+    };
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         header::HeaderValue::from_static("Bearer realm=\"gw\""),
@@ -253,6 +260,46 @@ async fn named(state: &AppState, text: &str) -> Result<Option<Identity>, ApiErro
     }))
 }
 
+/// The identity of the request's bearer token (see the module docs), or the answer that
+/// refuses it.
+async fn identify(state: &AppState, presented: Option<&str>) -> Result<Identity, Response> {
+    let open = state.token.is_none();
+    let oidc = state.oidc.get();
+    let Some(p) = presented else {
+        return if open {
+            Ok(Identity::anonymous())
+        } else {
+            Err(unauthorized(oidc.is_some()))
+        };
+    };
+    if state.token.as_ref().is_some_and(|token| token.verify(p)) {
+        return Ok(Identity::break_glass());
+    }
+    if let Some(oidc) = oidc
+        && !NamedToken::looks_like(p)
+        && (p.len() > MAX_TOKEN_BYTES || looks_like_jwt(p))
+    {
+        let verified = oidc.authenticate(p).await;
+        state.requests.oidc_verification(match &verified {
+            Ok(_) => "accepted",
+            Err(refusal) => refusal.outcome(),
+        });
+        return verified.map_err(|refusal| {
+            tracing::debug!(reason = %refusal, "admin API: OIDC token refused");
+            refusal.into_response()
+        });
+    }
+    // development mode without GW_ADMIN_TOKEN is open, unless a named token is presented
+    if open && !NamedToken::looks_like(p) {
+        return Ok(Identity::anonymous());
+    }
+    match named(state, p).await {
+        Ok(Some(identity)) => Ok(identity),
+        Ok(None) => Err(unauthorized(oidc.is_some())),
+        Err(error) => Err(error.into_response()),
+    }
+}
+
 /// Authenticates the request (see the module docs), then lets its role call the route or
 /// answers 403.
 pub(super) async fn authenticate(
@@ -260,20 +307,9 @@ pub(super) async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let presented = bearer(&request);
-    let open = state.token.is_none();
-    let identity = match presented {
-        Some(p) if state.token.as_ref().is_some_and(|token| token.verify(p)) => {
-            Identity::break_glass()
-        }
-        // development mode without GW_ADMIN_TOKEN is open, unless a named token is presented
-        Some(p) if !open || NamedToken::looks_like(p) => match named(&state, p).await {
-            Ok(Some(identity)) => identity,
-            Ok(None) => return unauthorized(),
-            Err(error) => return error.into_response(),
-        },
-        _ if open => Identity::anonymous(),
-        _ => return unauthorized(),
+    let identity = match identify(&state, bearer(&request)).await {
+        Ok(identity) => identity,
+        Err(refused) => return refused,
     };
     let route = request
         .extensions()

@@ -95,7 +95,8 @@ impl FromStr for NamedToken {
 /// it in the request's extensions for the handlers (and the audit log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// The token's name; [`Identity::BREAK_GLASS`] for `GW_ADMIN_TOKEN`.
+    /// The token's name; [`Identity::BREAK_GLASS`] for `GW_ADMIN_TOKEN`; `oidc:<subject>`
+    /// for a person signed in through OIDC ([`Identity::OIDC_PREFIX`]).
     pub name: String,
     /// What it may do.
     pub role: AdminRole,
@@ -109,6 +110,9 @@ impl Identity {
     /// The actor name of a request in development mode without `GW_ADMIN_TOKEN` that
     /// presents no named token.
     pub const ANONYMOUS: &'static str = "anonymous";
+    /// The prefix of the name of a person signed in through OIDC, before the subject: a
+    /// named token's name cannot hold a `:`, so the two are never confused.
+    pub const OIDC_PREFIX: &'static str = "oidc:";
 
     /// `GW_ADMIN_TOKEN`: an admin of every group.
     pub fn break_glass() -> Self {
@@ -145,13 +149,26 @@ impl Identity {
     }
 }
 
-/// `token ci-deployer (operator of groups [edge])`, `GW_ADMIN_TOKEN (break-glass admin)`:
-/// how a refusal names the caller.
+/// `token ci-deployer (operator of groups [edge])`, `GW_ADMIN_TOKEN (break-glass admin)`,
+/// `OIDC user alice (viewer)`: how a refusal names the caller.
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.name.as_str() {
             Self::BREAK_GLASS => f.write_str("GW_ADMIN_TOKEN (break-glass admin)"),
             Self::ANONYMOUS => f.write_str("an anonymous caller (development mode)"),
+            name if name.starts_with(Self::OIDC_PREFIX) => {
+                let subject = &name[Self::OIDC_PREFIX.len()..];
+                if self.groups.is_empty() {
+                    write!(f, "OIDC user {subject} ({})", self.role)
+                } else {
+                    write!(
+                        f,
+                        "OIDC user {subject} ({} of groups [{}])",
+                        self.role,
+                        self.groups.join(", ")
+                    )
+                }
+            }
             name if self.groups.is_empty() => write!(f, "token {name} ({})", self.role),
             name => write!(
                 f,
@@ -234,6 +251,15 @@ mod tests {
         };
         assert_eq!(viewer.to_string(), "token ci-deployer (viewer)");
         assert!(viewer.covers("payments"));
+        let person = Identity {
+            name: "oidc:alice@example.com".into(),
+            role: AdminRole::Operator,
+            groups: vec!["team-a".into()],
+        };
+        assert_eq!(
+            person.to_string(),
+            "OIDC user alice@example.com (operator of groups [team-a])"
+        );
         let admin = Identity::break_glass();
         assert_eq!(admin.to_string(), "GW_ADMIN_TOKEN (break-glass admin)");
         assert!(admin.sees_secrets() && admin.covers_every_group());

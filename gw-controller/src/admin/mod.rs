@@ -2,7 +2,8 @@
 //!
 //! Every call under `/api/v1` needs a bearer token when `GW_ADMIN_TOKEN` is configured
 //! (always in production mode): `GW_ADMIN_TOKEN` itself, the break-glass admin, or a named
-//! token with a role (docs/security/admin-access.md says who may call what; `/api/v1/tokens`). The
+//! token with a role (docs/security/admin-access.md says who may call what; `/api/v1/tokens`),
+//! or, with `--oidc-issuer`, a person's token from the identity provider. The
 //! health endpoints need none: probes call them without credentials. Every successful write
 //! is recorded in the audit log (`GET /api/v1/audit`), and every answer carries an
 //! `x-request-id`.
@@ -20,6 +21,7 @@ mod error;
 mod format;
 mod identity;
 mod kind;
+mod oidc;
 mod redact;
 mod runtimes;
 mod tokens;
@@ -46,6 +48,10 @@ pub use dev::DevGuard;
 pub(crate) use enrollment::parse_lifetime;
 pub use error::ApiError;
 pub use identity::{Identity, InvalidNamedToken, NamedToken};
+pub use oidc::{
+    DEFAULT_ALGORITHMS as DEFAULT_OIDC_ALGORITHMS, MAX_TOKEN_BYTES as MAX_OIDC_TOKEN_BYTES,
+    OidcAuthenticator, OidcOptions, OidcRefusal, RoleMapping,
+};
 
 use crate::keys::AdminToken;
 
@@ -109,6 +115,10 @@ pub struct AppState {
     /// controller serves sync TLS from that CA. Unset, `POST /api/v1/enrollment-tokens`
     /// answers 409.
     pub sync_ca: OnceLock<gw_sync::pki::CaHash>,
+    /// OIDC for people (`--oidc-issuer`), set at start when configured: bearer JWTs of that
+    /// issuer are verified and mapped to roles. Unset, only `GW_ADMIN_TOKEN` and named
+    /// tokens are taken.
+    pub oidc: OnceLock<Arc<OidcAuthenticator>>,
 }
 
 impl AppState {

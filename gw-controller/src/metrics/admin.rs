@@ -1,5 +1,6 @@
-//! Admin API requests: `gw_admin_requests_total{route, method, status}` and
-//! `gw_admin_request_duration_seconds{route, method}`.
+//! Admin API requests: `gw_admin_requests_total{route, method, status}`,
+//! `gw_admin_request_duration_seconds{route, method}`, and the verifications of OIDC tokens,
+//! `gw_admin_oidc_verifications_total{outcome}`.
 
 use std::time::Duration;
 
@@ -26,6 +27,11 @@ struct RouteLabels {
     method: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
 fn duration_histogram() -> Histogram {
     // 1 ms to about 65 s (`?wait=applied` waits up to its timeout)
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -36,6 +42,7 @@ fn duration_histogram() -> Histogram {
 pub struct AdminMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    oidc: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for AdminMetrics {
@@ -43,6 +50,7 @@ impl Default for AdminMetrics {
         Self {
             requests: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
+            oidc: Family::default(),
         }
     }
 }
@@ -62,6 +70,13 @@ impl AdminMetrics {
             "Admin API requests, from their head to their response's head, by route template and \
              method",
             metrics.duration.clone(),
+        );
+        registry.register(
+            "gw_admin_oidc_verifications",
+            "OIDC bearer tokens verified by the admin API, by outcome: accepted, expired, invalid \
+             (any other 401), unmapped (valid, but mapped to no role: 403) or unavailable (no key \
+             of the identity provider fetched yet: 503)",
+            metrics.oidc.clone(),
         );
         metrics
     }
@@ -83,6 +98,14 @@ impl AdminMetrics {
                 method,
             })
             .observe(elapsed.as_secs_f64());
+    }
+}
+
+impl AdminMetrics {
+    /// Counts an OIDC token's verification that ended in `outcome` (a fixed word, see
+    /// [`AdminMetrics::register`]).
+    pub fn oidc_verification(&self, outcome: &'static str) {
+        self.oidc.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 }
 

@@ -58,6 +58,7 @@ pub(crate) fn app_state(
         draining: AtomicBool::new(false),
         dev_guard,
         sync_ca: OnceLock::new(),
+        oidc: OnceLock::new(),
     });
     (state, stop)
 }

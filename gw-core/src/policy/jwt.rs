@@ -50,15 +50,13 @@ mod keys;
 mod remote;
 #[cfg(test)]
 mod tests;
+mod verifier;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use schemars::JsonSchema;
@@ -67,8 +65,10 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
 pub use self::keys::JwtAlgorithm;
-use self::keys::{AlgorithmSet, Key, KeySet, Origin};
+use self::keys::{AlgorithmSet, Origin};
 use self::remote::Remote;
+use self::verifier::Signed;
+pub use self::verifier::{JwtVerifier, VerifyError};
 use super::deferred::{Decision, DeferredFilter, DeferredFuture, DeferredLayer, DeferredService};
 use super::filter::{ConfigError, standalone};
 use super::header_names::header_name;
@@ -371,6 +371,13 @@ impl Policy for JwtPolicy {
     }
 }
 
+/// Checks a JWKS URL as `jwksUrl` is checked: `https://` (or `http://` on a loopback
+/// address only: whoever is on the path of a plain-HTTP JWKS can mint tokens), a host, no
+/// user name, password or fragment. The reason does not quote the URL.
+pub fn check_jwks_url(url: &str) -> Result<(), String> {
+    Remote::check_url(url).map(drop)
+}
+
 /// A forwarded claim's header: a request header that is not the token's own.
 fn forward_header(name: &str, token_header: &str) -> Result<HeaderName, String> {
     let parsed = header_name(name, true)?;
@@ -383,25 +390,56 @@ fn forward_header(name: &str, token_header: &str) -> Result<HeaderName, String> 
     Ok(parsed)
 }
 
-/// Why a request is refused.
+/// Why a token (or a request, for want of one) is refused; its [`Display`](fmt::Display) is
+/// the reason the policy answers, which never quotes the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reject {
+#[non_exhaustive]
+pub enum Reject {
+    /// The request carries no token.
     Missing,
+    /// The request carries more than one token.
     Several,
+    /// The token is not a well-formed JWS, or its claims not a JSON object.
     Malformed,
+    /// The token's `alg` is not among the accepted algorithms.
     Algorithm,
+    /// The key the token names verifies another algorithm.
     KeyAlgorithm,
+    /// No key has the token's `kid`.
     UnknownKey,
+    /// No key verifies the token's algorithm.
     NoKey,
+    /// The signature does not verify.
     Signature,
+    /// The token has no `exp` and one is required.
     NoExpiry,
+    /// `exp` has passed (leeway included).
     Expired,
+    /// `nbf` has not come yet (leeway included).
     NotYetValid,
+    /// `iss` is not an accepted issuer.
     Issuer,
+    /// `aud` holds no accepted audience.
     Audience,
+    /// A required claim is missing.
     MissingClaim,
+    /// The token names no known consumer, and one is required.
     UnknownConsumer,
+    /// A required scope is missing (403, where the others are 401).
     Scope,
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe().1)
+    }
+}
+
+impl Reject {
+    /// The error code the policy answers (`invalid_token`, `insufficient_scope`, ...).
+    pub fn code(self) -> &'static str {
+        self.describe().0
+    }
 }
 
 /// An RFC 6750 `invalid_token` refusal: its description and its challenge.
@@ -469,19 +507,11 @@ struct Admission {
 /// [`JwtLayer`].
 pub struct JwtFilter {
     api: Box<str>,
-    algorithms: AlgorithmSet,
-    /// The keys of `jwks`, `publicKeys` and `secret`.
-    keys: KeySet,
-    remote: Option<Arc<Remote>>,
+    /// The keys, and the checks of a token's claims.
+    verifier: JwtVerifier,
     /// The header carrying the token, and whether it is `Authorization: Bearer`.
     header: Option<(HeaderName, bool)>,
     cookie: Option<Box<str>>,
-    issuers: Box<[Box<str>]>,
-    audiences: Box<[Box<str>]>,
-    require_exp: bool,
-    leeway: u64,
-    required_claims: Box<[Box<str>]>,
-    scopes: Box<[Box<str>]>,
     forward: Box<[(Box<str>, HeaderName)]>,
     consumer_required: bool,
     consumers: ConsumerStore,
@@ -492,52 +522,14 @@ impl fmt::Debug for JwtFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtFilter")
             .field("api", &self.api)
-            .field("keys", &self.keys.keys.len())
-            .field("remote", &self.remote)
+            .field("verifier", &self.verifier)
             .finish_non_exhaustive()
     }
 }
 
-fn boxed(list: Vec<String>) -> Box<[Box<str>]> {
-    list.into_iter().map(String::into_boxed_str).collect()
-}
-
 impl JwtFilter {
     fn build(params: JwtConfig, ctx: &PolicyContext<'_>) -> Result<Self, String> {
-        let algorithms: AlgorithmSet = params.algorithms.iter().copied().collect();
-        let mut keys = KeySet::default();
-        if let Some(jwks) = &params.jwks {
-            let (set, problems) = keys::from_jwks(jwks, Origin::Inline, Some(algorithms))
-                .map_err(|reason| format!("jwks: {reason}"))?;
-            if let Some((i, reason)) = problems.into_iter().next() {
-                return Err(format!("jwks.keys[{i}]: {reason}"));
-            }
-            keys.keys.extend(set.keys);
-        }
-        for (i, key) in params.public_keys.iter().enumerate() {
-            keys.keys.push(
-                keys::from_pem(&key.pem, key.algorithm, key.kid.as_deref())
-                    .map_err(|reason| format!("publicKeys[{i}].pem: {reason}"))?,
-            );
-        }
-        if let Some(secret) = &params.secret {
-            keys.keys
-                .push(keys::from_secret(secret).map_err(|reason| format!("secret: {reason}"))?);
-        }
-        let remote = match &params.jwks_url {
-            Some(url) => {
-                let url = Remote::check_url(url).map_err(|reason| format!("jwksUrl: {reason}"))?;
-                Some(
-                    Remote::shared(
-                        &url,
-                        params.refresh_interval.as_duration(),
-                        params.min_refresh_interval.as_duration(),
-                    )
-                    .map_err(|reason| format!("jwksUrl: {reason}"))?,
-                )
-            }
-            None => None,
-        };
+        let verifier = JwtVerifier::build(&params)?;
         let header = if params.header.is_empty() {
             None
         } else {
@@ -562,17 +554,9 @@ impl JwtFilter {
         .map_err(|_| "scopes: not valid in a header".to_string())?;
         Ok(Self {
             api: ctx.api.into(),
-            algorithms,
-            keys,
-            remote,
+            verifier,
             header,
             cookie: params.cookie.map(String::into_boxed_str),
-            issuers: boxed(params.issuer),
-            audiences: boxed(params.audience),
-            require_exp: params.require_exp,
-            leeway: params.leeway.as_duration().as_secs(),
-            required_claims: boxed(params.required_claims),
-            scopes: boxed(params.scopes),
             forward,
             consumer_required: params.consumer_required,
             consumers: ctx.consumers.clone(),
@@ -642,100 +626,18 @@ impl JwtFilter {
     }
 
     fn verify(&self, token: &str, consumers: &ConsumerSet, retry: bool) -> Result<Verdict, Reject> {
-        let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(Reject::Malformed);
+        let payload = match self.verifier.signed(token, retry)? {
+            Signed::Payload(payload) => payload,
+            Signed::Settle => return Ok(Verdict::Settle),
+            Signed::Refetch(kid) => return Ok(Verdict::Refetch(kid)),
         };
-        let message = &token[..header.len() + 1 + payload.len()];
-
-        let mut buf = [0u8; MAX_JOSE_HEADER];
-        let len = URL_SAFE_NO_PAD
-            .decode_slice(header, &mut buf)
-            .map_err(|_| Reject::Malformed)?;
-        let jose: JoseHeader<'_> =
-            serde_json::from_slice(&buf[..len]).map_err(|_| Reject::Malformed)?;
-        if jose.crit.is_some() {
-            // no extension is understood, so none can be critical
-            return Err(Reject::Malformed);
-        }
-        let alg = JwtAlgorithm::from_name(&jose.alg)
-            .filter(|alg| self.algorithms.contains(*alg))
-            .ok_or(Reject::Algorithm)?;
-        if signature.is_empty() {
-            return Err(Reject::Signature);
-        }
-
-        let remote_keys = self.remote.as_ref().map(|remote| remote.keys());
-        let fetched: &[Key] = remote_keys.as_ref().map_or(&[], |set| &set.keys);
-        let all = || self.keys.keys.iter().chain(fetched);
-        let verifies = |key: &&Key| {
-            jsonwebtoken::crypto::verify(
-                signature,
-                message.as_bytes(),
-                &key.verifier,
-                alg.jsonwebtoken(),
-            )
-            .unwrap_or(false)
-        };
-        let pending = !retry && self.remote.as_ref().is_some_and(|r| r.pending());
-        match jose.kid.as_deref() {
-            Some(kid) if all().any(|k| k.kid.as_deref() == Some(kid)) => {
-                let mut named = all()
-                    .filter(|k| k.kid.as_deref() == Some(kid) && k.alg == alg)
-                    .take(MAX_ATTEMPTS)
-                    .peekable();
-                if named.peek().is_none() {
-                    return Err(Reject::KeyAlgorithm);
-                }
-                if !named.any(|k| verifies(&k)) {
-                    return Err(Reject::Signature);
-                }
-            }
-            Some(kid) => {
-                // no key by that name: keys without a name may still have signed it
-                let verified = all()
-                    .filter(|k| k.kid.is_none() && k.alg == alg)
-                    .take(MAX_ATTEMPTS)
-                    .any(|k| verifies(&k));
-                if !verified {
-                    if pending {
-                        return Ok(Verdict::Settle);
-                    }
-                    if !retry && self.remote.as_ref().is_some_and(|r| r.may_refetch()) {
-                        return Ok(Verdict::Refetch(kid.into()));
-                    }
-                    return Err(Reject::UnknownKey);
-                }
-            }
-            None => {
-                let mut candidates = all().filter(|k| k.alg == alg).take(MAX_ATTEMPTS).peekable();
-                let any = candidates.peek().is_some();
-                if !candidates.any(|k| verifies(&k)) {
-                    if pending {
-                        return Ok(Verdict::Settle);
-                    }
-                    return Err(if any {
-                        Reject::Signature
-                    } else {
-                        Reject::NoKey
-                    });
-                }
-            }
-        }
-        drop(remote_keys);
-
-        let payload = URL_SAFE_NO_PAD
-            .decode(payload)
-            .map_err(|_| Reject::Malformed)?;
         let wanted = |name: &str| {
-            self.required_claims.iter().any(|c| &**c == name)
+            self.verifier.required_claims.iter().any(|c| &**c == name)
                 || self.forward.iter().any(|(c, _)| &**c == name)
                 || consumers.subject_claims().iter().any(|c| c == name)
         };
         let claims = Claims::parse(&payload, &wanted).map_err(|_| Reject::Malformed)?;
-        self.validate(&claims)?;
+        self.verifier.validate(&claims)?;
 
         // A binding to an issuer matches only for an issuer this policy lists: the token's
         // `iss` is only as trustworthy as the keys that verified it, and a key of another
@@ -744,7 +646,7 @@ impl JwtFilter {
         let issuer = claims
             .get("iss")
             .and_then(Value::as_str)
-            .filter(|iss| self.issuers.iter().any(|listed| &**listed == *iss));
+            .filter(|iss| self.verifier.issuers.iter().any(|listed| &**listed == *iss));
         let consumer = consumers.subject_claims().iter().find_map(|claim| {
             let subject: Cow<'_, str> = match claims.get(claim)? {
                 Value::String(s) => Cow::Borrowed(s),
@@ -756,7 +658,7 @@ impl JwtFilter {
         if consumer.is_none() && self.consumer_required {
             return Err(Reject::UnknownConsumer);
         }
-        if !self.scopes.is_empty() && !self.has_scopes(&claims) {
+        if !self.verifier.has_scopes(&claims) {
             return Err(Reject::Scope);
         }
         let forward = self
@@ -775,72 +677,6 @@ impl JwtFilter {
             })
             .collect();
         Ok(Verdict::Admit(Admission { consumer, forward }))
-    }
-
-    /// The time claims, the issuer, the audience and the required claims.
-    fn validate(&self, claims: &Claims<'_>) -> Result<(), Reject> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        #[allow(clippy::cast_precision_loss)] // at most 300
-        let leeway = self.leeway as f64;
-        match claims.get("exp") {
-            Some(exp) => {
-                let exp = exp.as_f64().ok_or(Reject::Malformed)?;
-                if now >= exp + leeway {
-                    return Err(Reject::Expired);
-                }
-            }
-            None if self.require_exp => return Err(Reject::NoExpiry),
-            None => {}
-        }
-        if let Some(nbf) = claims.get("nbf") {
-            let nbf = nbf.as_f64().ok_or(Reject::Malformed)?;
-            if now + leeway < nbf {
-                return Err(Reject::NotYetValid);
-            }
-        }
-        if !self.issuers.is_empty() {
-            let iss = claims.get("iss").and_then(Value::as_str);
-            if !iss.is_some_and(|iss| self.issuers.iter().any(|i| &**i == iss)) {
-                return Err(Reject::Issuer);
-            }
-        }
-        if !self.audiences.is_empty() {
-            let accepted = |aud: &str| self.audiences.iter().any(|a| &**a == aud);
-            let ok = match claims.get("aud") {
-                Some(Value::String(aud)) => accepted(aud),
-                Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(accepted),
-                _ => false,
-            };
-            if !ok {
-                return Err(Reject::Audience);
-            }
-        }
-        if self
-            .required_claims
-            .iter()
-            .any(|c| claims.get(c).is_none_or(Value::is_null))
-        {
-            return Err(Reject::MissingClaim);
-        }
-        Ok(())
-    }
-
-    /// Whether every required scope is in `scope` (space-separated) or `scp` (a list, or
-    /// space-separated).
-    fn has_scopes(&self, claims: &Claims<'_>) -> bool {
-        let granted = |wanted: &str| {
-            ["scope", "scp"]
-                .into_iter()
-                .filter_map(|name| claims.get(name))
-                .any(|value| match value {
-                    Value::String(s) => s.split_ascii_whitespace().any(|s| s == wanted),
-                    Value::Array(list) => list.iter().any(|s| s.as_str() == Some(wanted)),
-                    _ => false,
-                })
-        };
-        self.scopes.iter().all(|scope| granted(scope))
     }
 
     /// Marks the request as admitted: the consumer, the forwarded claims (any copy the
@@ -1044,7 +880,7 @@ impl DeferredFilter for JwtFilter {
     type State = ();
 
     fn decide<B>(&self, request: &mut Request<B>) -> Decision<(), Wait> {
-        if let Some(remote) = &self.remote {
+        if let Some(remote) = &self.verifier.remote {
             remote.start();
         }
         match self.verdict(request.headers(), false) {
@@ -1063,7 +899,7 @@ impl DeferredFilter for JwtFilter {
         Wait(wait): Wait,
         request: &mut Request<B>,
     ) -> Result<(), Response<Body>> {
-        if let Some(remote) = &self.remote {
+        if let Some(remote) = &self.verifier.remote {
             match &wait {
                 Some(kid) => remote.refetch_for(kid).await,
                 None => remote.settle().await,

@@ -40,7 +40,7 @@ pub enum JwtAlgorithm {
 
 impl JwtAlgorithm {
     /// The algorithm named `name` in a JOSE header or a JWK (exact, case-sensitive).
-    pub(crate) fn from_name(name: &str) -> Option<Self> {
+    pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "RS256" => Some(Self::Rs256),
             "ES256" => Some(Self::Es256),
@@ -50,7 +50,8 @@ impl JwtAlgorithm {
         }
     }
 
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The algorithm's name in a JOSE header (`RS256`, `EdDSA`).
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Rs256 => "RS256",
             Self::Es256 => "ES256",

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -896,4 +896,115 @@ async fn a_request_before_the_first_fetch_waits_for_it() {
     let layer = layer(&json!({"jwksUrl": server.url}));
     call(&layer, bearer(&k1.sign(None, &claims()))).await;
     assert_eq!(server.hits(), 1);
+}
+
+/// The verifier is the policy's checks without a request: a token the policy admits gives
+/// its claims, one it refuses gives the same reason.
+#[tokio::test]
+async fn the_verifier_answers_what_the_policy_decides() {
+    let (key, impostor) = (ec(), ec());
+    let config = || params(&json!({"jwks": {"keys": [key.jwk("k1")]}}));
+    let verifier = JwtVerifier::new(config()).unwrap();
+    let layer = layer_in(config(), ConsumerStore::empty());
+
+    let verified = verifier
+        .verify(&key.sign(Some("k1"), &claims()))
+        .await
+        .unwrap();
+    assert_eq!(verified["email"], "alice@example.com");
+    assert_eq!(verified["roles"], json!(["a", "b"]));
+    assert_eq!(verified["sub"], "alice@idp");
+    assert!(verifier.has_keys());
+
+    let with = |name: &str, value: serde_json::Value| {
+        let mut claims = claims();
+        claims[name] = value;
+        claims
+    };
+    for (token, reject) in [
+        (
+            key.sign(Some("k1"), &with("exp", json!(now() - 60))),
+            Reject::Expired,
+        ),
+        (
+            key.sign(Some("k1"), &with("nbf", json!(now() + 600))),
+            Reject::NotYetValid,
+        ),
+        (
+            key.sign(Some("k1"), &with("iss", json!("https://other.example"))),
+            Reject::Issuer,
+        ),
+        (
+            key.sign(Some("k1"), &with("aud", json!("other"))),
+            Reject::Audience,
+        ),
+        (impostor.sign(Some("k1"), &claims()), Reject::Signature),
+        (hs().sign(None, &claims()), Reject::NoKey),
+        ("x".repeat(17 * 1024), Reject::Malformed),
+        ("a.b".to_string(), Reject::Malformed),
+    ] {
+        assert_eq!(
+            verifier.verify(&token).await,
+            Err(VerifyError::Rejected(reject)),
+            "{reject:?}"
+        );
+        if token.len() < 1024 {
+            assert_invalid(&layer, &token, &reject.to_string()).await;
+        }
+    }
+
+    // what only a request can use is refused
+    let mut forwarding = config();
+    forwarding
+        .forward_claims
+        .insert("email".into(), "x-email".into());
+    forwarding.consumer_required = true;
+    let err = JwtVerifier::new(forwarding).unwrap_err().to_string();
+    assert!(
+        err.contains("forwardClaims") && err.contains("consumerRequired"),
+        "{err}"
+    );
+    // and the params are checked as the policy's are
+    let err = JwtVerifier::new(JwtConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("give at least one algorithm"), "{err}");
+}
+
+/// A verifier whose JWKS URL never answered says so, rather than calling every token
+/// invalid; a key rotation at the provider is picked up as by the policy.
+#[tokio::test]
+async fn the_verifier_waits_for_keys_and_says_when_there_are_none() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let key = ec();
+    let down =
+        JwtVerifier::new(params(&json!({"jwksUrl": format!("http://{addr}/jwks")}))).unwrap();
+    for kid in [Some("k1"), None] {
+        assert_eq!(
+            down.verify(&key.sign(kid, &claims())).await,
+            Err(VerifyError::KeysUnavailable)
+        );
+    }
+    assert!(!down.has_keys());
+
+    let rotated = ed();
+    let server = JwksServer::start(&json!({"keys": [key.jwk("k1")]})).await;
+    let verifier = JwtVerifier::new(params(&json!({"jwksUrl": server.url}))).unwrap();
+    // the first token waits for the first fetch
+    assert!(
+        verifier
+            .verify(&key.sign(Some("k1"), &claims()))
+            .await
+            .is_ok()
+    );
+    server.answer(200, &json!({"keys": [key.jwk("k1"), rotated.jwk("k2")]}));
+    assert!(
+        verifier
+            .verify(&rotated.sign(Some("k2"), &claims()))
+            .await
+            .is_ok()
+    );
+    assert_eq!(server.hits(), 2);
 }
