@@ -510,6 +510,40 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// returns whether it exists.
     async fn revoke_admin_token(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
 
+    /// Rewrites the spec of the stored `kind` `name` (an API or another resource), and of
+    /// its entry in the change log, if it is still at `revision`: without a new revision, a
+    /// change or a notification. Only for a rewrite that changes no meaning, such as
+    /// resealing its secrets under a new key (runtimes, which receive them opened, see
+    /// nothing). Returns whether it was rewritten: `false` when it was written or deleted
+    /// meanwhile (read it again).
+    async fn reseal(
+        &self,
+        kind: &str,
+        name: &str,
+        revision: i64,
+        spec: &serde_json::Value,
+    ) -> Result<bool, StoreError>;
+
+    /// Rewrites the spec of the change log's upsert of `kind` `name` at `revision` (an older
+    /// version, kept for deltas), as [`Store::reseal`] does; `false` when the log has no
+    /// such entry (compacted).
+    async fn reseal_change(
+        &self,
+        kind: &str,
+        name: &str,
+        revision: i64,
+        spec: &serde_json::Value,
+    ) -> Result<bool, StoreError>;
+
+    /// Replaces the cluster secret `name` by `value` if it still is `current` (resealed);
+    /// `false` otherwise.
+    async fn reseal_cluster_secret(
+        &self,
+        name: &str,
+        current: &str,
+        value: &str,
+    ) -> Result<bool, StoreError>;
+
     /// Appends the audit record of a write that is not a resource's (a token, an
     /// enrollment, a revocation), made by `audit` to `kind` `name`, after that write
     /// succeeded; [`StoreError::InvalidInput`] when `audit` names no action. Resource writes

@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 /// The `operation` label values: the [`Store`] methods that reach the database.
-pub(crate) const OPERATIONS: [&str; 38] = [
+pub(crate) const OPERATIONS: [&str; 41] = [
     "ping",
     "put_api",
     "delete_api",
@@ -59,6 +59,9 @@ pub(crate) const OPERATIONS: [&str; 38] = [
     "append_audit",
     "list_audit",
     "prune_audit",
+    "reseal",
+    "reseal_change",
+    "reseal_cluster_secret",
 ];
 
 /// The `kind` label values of `gw_store_errors_total`.
@@ -446,6 +449,38 @@ impl Store for MeasuredStore {
         measure.finish(self.inner.revoke_admin_token(id, at).await)
     }
 
+    async fn reseal(
+        &self,
+        kind: &str,
+        name: &str,
+        revision: i64,
+        spec: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let measure = self.start("reseal");
+        measure.finish(self.inner.reseal(kind, name, revision, spec).await)
+    }
+
+    async fn reseal_change(
+        &self,
+        kind: &str,
+        name: &str,
+        revision: i64,
+        spec: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let measure = self.start("reseal_change");
+        measure.finish(self.inner.reseal_change(kind, name, revision, spec).await)
+    }
+
+    async fn reseal_cluster_secret(
+        &self,
+        name: &str,
+        current: &str,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        let measure = self.start("reseal_cluster_secret");
+        measure.finish(self.inner.reseal_cluster_secret(name, current, value).await)
+    }
+
     async fn touch_admin_token(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
         let measure = self.start("touch_admin_token");
         measure.finish(self.inner.touch_admin_token(id, at).await)
@@ -566,6 +601,15 @@ mod tests {
         store.list_runtimes().await.unwrap();
         store.prune_runtimes(now).await.unwrap();
         store.cluster_secret("s", "v").await.unwrap();
+        store.reseal_cluster_secret("s", "v", "w").await.unwrap();
+        store
+            .reseal("certificate", "c", 1, &serde_json::json!({}))
+            .await
+            .unwrap();
+        store
+            .reseal_change("certificate", "c", 1, &serde_json::json!({}))
+            .await
+            .unwrap();
         store
             .create_enrollment_token(&gw_store::NewEnrollmentToken {
                 id: "t".into(),
