@@ -383,6 +383,84 @@ mod tests {
     }
 
     #[test]
+    fn previous_keys_open_and_the_current_one_seals() {
+        let old = Sealer::new(&key(1));
+        let sealed_old = old.seal("v", "c");
+        let rotated = Sealer::with_previous(&key(2), &[key(1), key(2), key(1)]);
+        // the current key among the previous ones, and duplicates, are ignored
+        assert_eq!(rotated.previous_ids(), [old.key_id()]);
+        assert_eq!(rotated.open(&sealed_old, "c").unwrap(), "v");
+        assert!(!rotated.is_current(&sealed_old));
+        let sealed_new = rotated.seal("v", "c");
+        assert!(rotated.is_current(&sealed_new));
+        assert_eq!(Sealer::sealed_with(&sealed_new), Some(rotated.key_id()));
+        // a reseal: the old value under the new key; one already current is left alone
+        let resealed = rotated.reseal(&sealed_old, "c").unwrap().unwrap();
+        assert!(rotated.is_current(&resealed));
+        assert_eq!(Sealer::new(&key(2)).open(&resealed, "c").unwrap(), "v");
+        assert_eq!(rotated.reseal(&sealed_new, "c").unwrap(), None);
+        assert!(rotated.is_current(&rotated.reseal("plain", "c").unwrap().unwrap()));
+        // a damaged value is reported, current key or not
+        assert_eq!(rotated.reseal(&sealed_new, "d"), Err(SealError::Damaged));
+        // a key none of them has: the error names them all, and no value
+        let err = Sealer::with_previous(&key(3), &[key(4)])
+            .open(&sealed_old, "c")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(old.key_id()), "{text}");
+        assert!(text.contains(Sealer::new(&key(4)).key_id()), "{text}");
+        assert!(text.contains("GW_ENCRYPTION_KEYS_PREVIOUS"), "{text}");
+        let none = Sealer::new(&key(3)).open(&sealed_old, "c").unwrap_err();
+        assert!(none.to_string().contains("(none)"), "{none}");
+        assert!(!format!("{rotated:?}").contains("key: "), "{rotated:?}");
+    }
+
+    #[test]
+    fn api_secrets_are_sealed_by_field_and_hidden_when_shown() {
+        let policies = gw_core::policy::PolicyRegistry::builtin();
+        let plain = serde_json::json!({"spec": {
+            "upstream": {"endpoints": [{"url": "http://backend:8080/x"}]},
+            "policies": [
+                {"name": "jwt", "params": {"secret": "k", "jwksUrl": "https://u:p@idp/jwks"}},
+                {"name": "rate-limit", "params": {"redis": {"url": "redis://127.0.0.1:6379/0"}}},
+                {"name": "unknown", "params": {"secret": "kept"}},
+            ],
+        }});
+        let sealer = Sealer::new(&key(1));
+        let mut stored = plain.clone();
+        sealer.seal_api(&mut stored, "a", &policies);
+        let params = &stored["spec"]["policies"];
+        assert!(Sealer::is_sealed(
+            params[0]["params"]["secret"].as_str().unwrap()
+        ));
+        assert!(Sealer::is_sealed(
+            params[0]["params"]["jwksUrl"].as_str().unwrap()
+        ));
+        // a URL without a password, and what no policy marks, are stored as they are
+        assert_eq!(params[1], plain["spec"]["policies"][1]);
+        assert_eq!(params[2], plain["spec"]["policies"][2]);
+        assert_eq!(stored["spec"]["upstream"], plain["spec"]["upstream"]);
+        assert_eq!(sealer.open_api(&stored, "a", &policies).unwrap(), plain);
+        let mut shown = stored.clone();
+        sealer.hide_api_secrets(&mut shown, "a", &policies);
+        assert_eq!(shown["spec"]["policies"][0]["params"]["secret"], REDACTED);
+        assert_eq!(
+            shown["spec"]["policies"][0]["params"]["jwksUrl"],
+            "https://u:<redacted>@idp/jwks"
+        );
+        // a client's value that looks sealed is sealed, and opens to what it gave
+        let mut forged = serde_json::json!({"spec": {"policies": [
+            {"name": "rate-limit", "params": {"redis": {"url": "gw-sealed:v1:x:y"}}},
+        ]}});
+        let original = forged.clone();
+        sealer.seal_api(&mut forged, "a", &policies);
+        assert_ne!(forged, original);
+        assert_eq!(sealer.open_api(&forged, "a", &policies).unwrap(), original);
+        // already current: nothing to reseal
+        assert_eq!(sealer.reseal_api(&stored, "a", &policies).unwrap(), None);
+    }
+
+    #[test]
     fn certificates_are_sealed_in_place_and_opened_in_a_copy() {
         let sealer = Sealer::new(&key(1));
         let plain = serde_json::json!({"spec": {"certificate": "C", "privateKey": "K"}});
