@@ -268,4 +268,73 @@ mod tests {
             assert!(params.pointer(pointer).is_some(), "{pointer}");
         }
     }
+
+    #[test]
+    fn api_fields_are_gathered_from_the_model_and_the_policies() {
+        let registry = crate::policy::PolicyRegistry::builtin();
+        let api = serde_json::json!({"spec": {
+            "upstream": {"endpoints": [{"url": "http://a"}, {"url": "http://b"}]},
+            "policies": [
+                {"name": "jwt", "params": {"secret": "k"}},
+                {"name": "not-registered", "params": {"secret": "k"}},
+            ],
+            "operations": [{"method": "GET", "path": "/", "policies": [
+                {"name": "request-headers", "params": {"set": {"Cookie": "c"}}},
+            ]}],
+        }});
+        let pointers: Vec<String> = api_secret_fields(&api, &registry)
+            .into_iter()
+            .map(|f| f.pointer)
+            .collect();
+        let mut expected = vec![
+            "/spec/upstream/endpoints/0/url",
+            "/spec/upstream/endpoints/1/url",
+        ];
+        if cfg!(feature = "jwt") {
+            expected.extend(["/spec/policies/0/params/secret", "/spec/policies/0/params/jwksUrl"]);
+        }
+        if cfg!(feature = "transform") {
+            expected.push("/spec/operations/0/policies/0/params/set/Cookie");
+        }
+        assert_eq!(pointers, expected);
+    }
+
+    /// `Debug` of the model and of the policies' params never prints a secret.
+    #[test]
+    fn debug_prints_no_secret() {
+        let policy = PolicyRef {
+            name: "jwt".into(),
+            params: serde_json::json!({"secret": "hs256-secret-value"}),
+        };
+        let endpoint: crate::model::Endpoint =
+            serde_json::from_value(serde_json::json!({"url": "http://u:endpoint-pw@h/"})).unwrap();
+        let mut printed = vec![format!("{policy:?}"), format!("{endpoint:?}")];
+        #[cfg(feature = "jwt")]
+        {
+            let jwt: crate::policy::jwt::JwtConfig = serde_json::from_value(serde_json::json!({
+                "algorithms": ["HS256"],
+                "secret": "hs256-secret-value",
+                "jwksUrl": "https://u:endpoint-pw@idp/keys",
+            }))
+            .unwrap();
+            printed.push(format!("{jwt:?}"));
+        }
+        #[cfg(feature = "transform")]
+        {
+            let headers: crate::policy::headers::HeadersConfig =
+                serde_json::from_value(serde_json::json!({
+                    "set": {"Authorization": "Bearer header-secret", "x-team": "shown"},
+                }))
+                .unwrap();
+            let text = format!("{headers:?}");
+            assert!(text.contains("shown"), "{text}");
+            printed.push(text);
+        }
+        for text in &printed {
+            for secret in ["hs256-secret-value", "endpoint-pw", "header-secret"] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+        }
+        assert!(printed[0].contains("secret"), "the field names show: {}", printed[0]);
+    }
 }
