@@ -48,12 +48,10 @@ pub enum ResealError {
     #[error("the store failed: {0}")]
     Store(#[from] StoreError),
     /// A value does not open with this controller's keys.
-    #[error("{kind} {name:?}: {source}")]
+    #[error("{resource}: {source}")]
     Sealed {
-        /// Its kind.
-        kind: String,
-        /// Its name.
-        name: String,
+        /// Its kind and name (`certificate "site"`).
+        resource: String,
         /// Why.
         #[source]
         source: SealError,
@@ -86,8 +84,7 @@ fn resealed(
         _ => Ok(None),
     };
     resealed.map_err(|source| ResealError::Sealed {
-        kind: kind.to_string(),
-        name: name.to_string(),
+        resource: format!("{kind} {name:?}"),
         source,
     })
 }

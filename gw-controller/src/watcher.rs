@@ -63,10 +63,10 @@ pub struct Opener<'a> {
 
 /// A stored secret that does not open with this controller's keys.
 #[derive(Debug, thiserror::Error)]
-#[error("{kind} {name:?} (revision {revision}): {source}")]
+#[error("{resource} (revision {revision}): {source}")]
 pub struct Unopened {
-    kind: String,
-    name: String,
+    /// `<kind> "<name>"`.
+    resource: String,
     revision: i64,
     #[source]
     source: SealError,
@@ -89,8 +89,7 @@ fn opened_entry(
         _ => return Ok(entry(kind, name, revision, spec)),
     };
     let opened = opened.map_err(|source| Unopened {
-        kind: kind.to_string(),
-        name: name.to_string(),
+        resource: format!("{kind} {name:?}"),
         revision,
         source,
     })?;

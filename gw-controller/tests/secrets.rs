@@ -223,8 +223,18 @@ fn api_as_stored_opened(policies: &PolicyRegistry) -> Value {
 /// change log) under the new key without a new revision, and runtimes are sent the same
 /// values throughout; then the old key can go.
 #[tokio::test]
-async fn a_key_rotation_reseals_everything_without_a_revision() {
+async fn a_key_rotation_reseals_everything_without_a_revision_on_postgres() {
     let (_db, store) = postgres().await;
+    a_key_rotation_reseals_everything_without_a_revision(store).await;
+}
+
+#[tokio::test]
+async fn a_key_rotation_reseals_everything_without_a_revision_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_key_rotation_reseals_everything_without_a_revision(support::sqlite(&dir).await).await;
+}
+
+async fn a_key_rotation_reseals_everything_without_a_revision(store: Arc<dyn Store>) {
     let old = Sealer::new(&key(7));
     let registry = PolicyRegistry::builtin();
     let (state, _stop) =
@@ -372,8 +382,18 @@ async fn a_key_rotation_reseals_everything_without_a_revision() {
 /// A write that lands between the reseal's read and its rewrite is kept: the conditional
 /// rewrite fails, and the row is read again.
 #[tokio::test]
-async fn a_reseal_never_loses_a_concurrent_write() {
+async fn a_reseal_never_loses_a_concurrent_write_on_postgres() {
     let (_db, store) = postgres().await;
+    a_reseal_never_loses_a_concurrent_write(store).await;
+}
+
+#[tokio::test]
+async fn a_reseal_never_loses_a_concurrent_write_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_reseal_never_loses_a_concurrent_write(support::sqlite(&dir).await).await;
+}
+
+async fn a_reseal_never_loses_a_concurrent_write(store: Arc<dyn Store>) {
     let registry = PolicyRegistry::builtin();
     let (state, _stop) =
         app_state_sealed(Some(Arc::clone(&store)), None, None, Sealer::new(&key(7)));

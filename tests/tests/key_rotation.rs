@@ -28,10 +28,11 @@ const INJECTED: &str = "Bearer upstream-credential";
 /// the key's SHA-256.
 fn key_id(key: &[u8; 32]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, key);
-    digest.as_ref()[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let first = digest.as_ref();
+    format!(
+        "{:08x}",
+        u32::from_be_bytes([first[0], first[1], first[2], first[3]])
+    )
 }
 
 fn api(upstream: &str, phase: &str) -> String {

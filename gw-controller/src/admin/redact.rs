@@ -55,10 +55,8 @@ pub(super) fn hide_secrets(value: &mut Value) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(hide_secrets),
-        Value::String(text) => {
-            if url_password_span(text).is_some() {
-                *text = redact_url(text);
-            }
+        Value::String(text) if url_password_span(text).is_some() => {
+            *text = redact_url(text);
         }
         _ => {}
     }

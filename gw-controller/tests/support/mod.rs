@@ -84,7 +84,6 @@ pub(crate) fn opener(state: &AppState) -> gw_controller::watcher::Opener<'_> {
 }
 
 /// A store in a SQLite file in `dir`.
-#[allow(dead_code)] // tests/secrets.rs runs on PostgreSQL
 pub(crate) async fn sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
     let url = format!("sqlite://{}/gw.db", dir.path().display());
     gw_store::open(&url, &StoreOptions::default())

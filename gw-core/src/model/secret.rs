@@ -291,7 +291,10 @@ mod tests {
             "/spec/upstream/endpoints/1/url",
         ];
         if cfg!(feature = "jwt") {
-            expected.extend(["/spec/policies/0/params/secret", "/spec/policies/0/params/jwksUrl"]);
+            expected.extend([
+                "/spec/policies/0/params/secret",
+                "/spec/policies/0/params/jwksUrl",
+            ]);
         }
         if cfg!(feature = "transform") {
             expected.push("/spec/operations/0/policies/0/params/set/Cookie");
@@ -308,6 +311,7 @@ mod tests {
         };
         let endpoint: crate::model::Endpoint =
             serde_json::from_value(serde_json::json!({"url": "http://u:endpoint-pw@h/"})).unwrap();
+        #[cfg_attr(not(any(feature = "jwt", feature = "transform")), allow(unused_mut))]
         let mut printed = vec![format!("{policy:?}"), format!("{endpoint:?}")];
         #[cfg(feature = "jwt")]
         {
@@ -335,6 +339,10 @@ mod tests {
                 assert!(!text.contains(secret), "{secret} in {text}");
             }
         }
-        assert!(printed[0].contains("secret"), "the field names show: {}", printed[0]);
+        assert!(
+            printed[0].contains("secret"),
+            "the field names show: {}",
+            printed[0]
+        );
     }
 }
