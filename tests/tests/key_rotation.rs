@@ -137,6 +137,15 @@ async fn restart(controller: &mut Process, key: &str, previous: Option<&str>) {
         .await;
 }
 
+/// Waits until `sent` has counted 20 more requests: traffic flowed through this step.
+async fn traffic_flows(sent: &AtomicU64) {
+    let mark = sent.load(Ordering::Relaxed);
+    eventually("20 more requests", Duration::from_secs(30), || async {
+        sent.load(Ordering::Relaxed) >= mark + 20
+    })
+    .await;
+}
+
 /// Every sealed value the store holds (the rows, the change log, the cluster CA).
 async fn sealed_values(db: &TestDatabase) -> Vec<String> {
     fn collect(value: &Value, into: &mut Vec<String>) {
@@ -230,14 +239,18 @@ async fn key_rotation_and_reseal_across_two_controllers_with_traffic_flowing() {
 
     // 1. the new key as a previous one, everywhere (it opens nothing yet)
     restart(&mut a, &old_key, Some(&new_key)).await;
+    traffic_flows(&sent).await;
     restart(&mut b, &old_key, Some(&new_key)).await;
+    traffic_flows(&sent).await;
     deploy(&admin_b, &client, proxy, &upstream, "new-key-previous").await;
 
     // 2. the new key current, the old one previous: a controller writing under the new key
     // while its peer still writes under the old one, each opening the other's
     restart(&mut a, &new_key, Some(&old_key)).await;
+    traffic_flows(&sent).await;
     deploy(&admin_a, &client, proxy, &upstream, "half-swapped").await;
     restart(&mut b, &new_key, Some(&old_key)).await;
+    traffic_flows(&sent).await;
     deploy(&admin_b, &client, proxy, &upstream, "new-key-current").await;
     let before: Vec<String> = sealed_values(&db).await;
     assert!(before.iter().any(|v| v.contains(&old_id)), "{before:?}");
@@ -295,14 +308,16 @@ async fn key_rotation_and_reseal_across_two_controllers_with_traffic_flowing() {
     // 4. the old key dropped: each controller starts (it opens every stored value, the
     // cluster CA's key included) and serves writes
     restart(&mut a, &new_key, None).await;
+    traffic_flows(&sent).await;
     restart(&mut b, &new_key, None).await;
+    traffic_flows(&sent).await;
     deploy(&admin_a, &client, proxy, &upstream, "old-key-dropped").await;
 
     stop.store(true, Ordering::Release);
     traffic.await.unwrap();
     let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!("key rotation with traffic: {sent} requests, {failed} failed");
-    assert!(sent > 100, "{sent} requests");
+    assert!(sent >= 6 * 20, "{sent} requests");
     assert_eq!(failed, 0, "{failed} of {sent} requests failed");
     for controller in [&a, &b] {
         let log = controller.log();
