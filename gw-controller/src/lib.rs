@@ -447,6 +447,14 @@ pub async fn run(
     let admin_metrics = ServerMetrics::register(&mut metrics, "gw_admin", "admin API");
     let sync_metrics = SyncMetrics::register(&mut metrics);
     let controller_metrics = ControllerMetrics::register(&mut metrics);
+    let to_reseal = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    metrics.register(
+        "gw_controller_secrets_to_reseal",
+        "Stored APIs and certificates holding a secret sealed under a previous key (or in the \
+         clear): 0 once a key rotation's reseal is done (counted every 5 minutes; -1 when it \
+         cannot be counted)",
+        to_reseal.clone(),
+    );
     // without a token, the admin API answers anyone who reaches it: keep web pages out
     let dev_guard =
         (options.dev && token.is_none()).then(|| DevGuard::new(&options.dev_allowed_hosts));
@@ -615,6 +623,13 @@ pub async fn run(
             revision,
             options.poll_interval,
             feed_healthy,
+        )),
+        tokio::spawn(reseal::count_periodically(
+            Arc::clone(&store),
+            Arc::clone(&sealer),
+            options.policies.clone(),
+            to_reseal,
+            Duration::from_mins(5),
         )),
         tokio::spawn(watcher::compact_periodically(
             Arc::clone(&store),

@@ -14,9 +14,14 @@
 //! has the new key as its current one (a controller still sealing under the old key would
 //! keep writing values the next reseal has to redo; see docs/security/control-plane.md).
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use gw_core::model::PolicyCatalog;
+use gw_core::policy::PolicyRegistry;
 use gw_store::{ChangeOp, KIND_API, ResourceRecord, Store, StoreError};
 use gw_sync::KIND_CERTIFICATE;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 
 use crate::cluster_ca::{self, ClusterCaError};
@@ -123,6 +128,52 @@ pub async fn reseal(
         "secrets resealed"
     );
     Ok(report)
+}
+
+/// How many stored APIs and certificates hold a secret a reseal would rewrite (sealed under
+/// a previous key, or stored in the clear before sealing existed). The cluster CA is not
+/// counted: reading it makes it where the store keeps none.
+pub async fn pending(
+    store: &dyn Store,
+    sealer: &Sealer,
+    policies: &dyn PolicyCatalog,
+) -> Result<u64, ResealError> {
+    let snapshot = store.snapshot().await?;
+    let mut count = 0;
+    let records = snapshot
+        .apis
+        .into_iter()
+        .map(ResourceRecord::from)
+        .chain(snapshot.resources);
+    for record in records {
+        if resealed(sealer, policies, &record.kind, &record.name, &record.spec)?.is_some() {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// Sets `gauge` to [`pending`] now and every `every` (`gw_controller_secrets_to_reseal`:
+/// 0 once a key rotation's reseal is done; -1 while it cannot be counted).
+pub async fn count_periodically(
+    store: Arc<dyn Store>,
+    sealer: Arc<Sealer>,
+    policies: PolicyRegistry,
+    gauge: Gauge,
+    every: Duration,
+) {
+    loop {
+        match pending(store.as_ref(), &sealer, &policies).await {
+            Ok(count) => {
+                gauge.set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+            Err(err) => {
+                gauge.set(-1);
+                tracing::warn!(error = %err, "cannot count the secrets left to reseal");
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// Reseals one resource, reading it again when a write lands first; returns whether it was

@@ -21,7 +21,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use sha2::{Digest, Sha256};
 
 use gw_core::model::PolicyCatalog;
-use gw_core::model::secret::{REDACTED, api_secret_fields};
+use gw_core::model::secret::{REDACTED, SecretPart, api_secret_fields};
 use serde_json::Value;
 
 use crate::keys::EncryptionKey;
@@ -266,6 +266,11 @@ impl Sealer {
     pub fn hide_api_secrets(&self, spec: &mut Value, name: &str, catalog: &dyn PolicyCatalog) {
         for field in api_secret_fields(spec, catalog) {
             if let Some(Value::String(text)) = spec.pointer_mut(&field.pointer) {
+                if field.part == SecretPart::Whole {
+                    // nothing of it is shown: no need to open it
+                    *text = REDACTED.to_string();
+                    continue;
+                }
                 let opened = if Self::is_sealed(text) {
                     self.open(text, &api_context(name, &field.pointer)).ok()
                 } else {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use gw_controller::keys::EncryptionKey;
-use gw_controller::reseal::{ResealReport, reseal};
+use gw_controller::reseal::{ResealReport, pending, reseal};
 use gw_controller::sealed::{SealError, Sealer};
 use gw_controller::watcher::Opener;
 use gw_core::policy::PolicyRegistry;
@@ -317,7 +317,10 @@ async fn a_key_rotation_reseals_everything_without_a_revision(store: Arc<dyn Sto
 
     // step 3: the reseal: the two APIs' rows... one API and one certificate, the CA, and the
     // change log's older version of the API
+    // what is left to reseal: the API and the certificate (the CA is not counted)
+    assert_eq!(pending(store.as_ref(), &new, &registry).await.unwrap(), 2);
     let report = reseal(store.as_ref(), &new, &registry).await.unwrap();
+    assert_eq!(pending(store.as_ref(), &new, &registry).await.unwrap(), 0);
     assert_eq!(
         report,
         ResealReport {

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use gw_e2e::{
     Admin, ControllerSpec, ENCRYPTION_KEY, Process, TOKEN, TestCa, TestDatabase, Upstream, binary,
-    certificate_document, controller, eventually, hs256, runtime,
+    certificate_document, controller, eventually, hs256, metric, runtime,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -146,6 +146,20 @@ async fn traffic_flows(sent: &AtomicU64) {
     .await;
 }
 
+/// Waits until `controller`'s `gw_controller_secrets_to_reseal` (counted at its start) is
+/// `expected`.
+async fn secrets_to_reseal(controller: &Process, expected: i64) {
+    let admin = controller.addr("admin");
+    eventually(
+        &format!("gw_controller_secrets_to_reseal {expected}"),
+        Duration::from_secs(20),
+        || async {
+            metric::<i64>(admin, "gw_controller_secrets_to_reseal").await == Some(expected)
+        },
+    )
+    .await;
+}
+
 /// Every sealed value the store holds (the rows, the change log, the cluster CA).
 async fn sealed_values(db: &TestDatabase) -> Vec<String> {
     fn collect(value: &Value, into: &mut Vec<String>) {
@@ -252,6 +266,8 @@ async fn key_rotation_and_reseal_across_two_controllers_with_traffic_flowing() {
     restart(&mut b, &new_key, Some(&old_key)).await;
     traffic_flows(&sent).await;
     deploy(&admin_b, &client, proxy, &upstream, "new-key-current").await;
+    // the certificate is left to reseal (the API was written under the new key)
+    secrets_to_reseal(&b, 1).await;
     let before: Vec<String> = sealed_values(&db).await;
     assert!(before.iter().any(|v| v.contains(&old_id)), "{before:?}");
 
@@ -312,6 +328,8 @@ async fn key_rotation_and_reseal_across_two_controllers_with_traffic_flowing() {
     restart(&mut b, &new_key, None).await;
     traffic_flows(&sent).await;
     deploy(&admin_a, &client, proxy, &upstream, "old-key-dropped").await;
+    secrets_to_reseal(&a, 0).await;
+    secrets_to_reseal(&b, 0).await;
 
     stop.store(true, Ordering::Release);
     traffic.await.unwrap();
