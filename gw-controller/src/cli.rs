@@ -33,6 +33,10 @@ use std::sync::Arc;
 #[derive(Debug, Parser)]
 #[command(name = "gw-controller", version)]
 pub struct Args {
+    /// An operator task to run instead of serving.
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Database URL: postgres://user@host/db for a cluster of controllers, or
     /// sqlite://path/to/file.db (default: sqlite in the data dir).
     #[arg(long, env = "GW_DATABASE_URL", hide_env_values = true)]
@@ -653,6 +657,17 @@ pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
     gw_runtime::cli::exit(result)
 }
 
+/// The operator tasks of `gw-controller`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Rewrites every secret stored sealed (certificates' keys, API secrets, the cluster
+    /// CA's key) under GW_ENCRYPTION_KEY, opening values sealed under
+    /// GW_ENCRYPTION_KEYS_PREVIOUS: the last step of a key rotation, safe while the
+    /// controllers serve. Uses the same database flags and environment as the controller;
+    /// prints the counts as JSON.
+    Reseal,
+}
+
 /// Where the sync port's certificates come from (`--sync-tls`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SyncTlsMode {
@@ -676,7 +691,13 @@ fn sync_tls_mode(given: Option<SyncTlsMode>, dev: bool, own_files: bool) -> Sync
 
 /// Runs a controller configured by `args` that knows `policies`.
 pub async fn run(args: Args, policies: PolicyRegistry) -> anyhow::Result<()> {
+    let command = args.command;
     let options = controller_options(args, policies)?;
+    if command == Some(Command::Reseal) {
+        let report = crate::reseal_store(&options).await?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     // the admin and sync connections, the all-in-one runtime's (a client connection and an
     // upstream one each), and some to spare
     let traffic = if options.all_in_one.is_some() {
@@ -738,6 +759,7 @@ fn controller_options(args: Args, policies: PolicyRegistry) -> anyhow::Result<Co
     // secrets come from the environment only: a flag would show in `ps`
     options.admin_token = std::env::var("GW_ADMIN_TOKEN").ok();
     options.encryption_key = std::env::var("GW_ENCRYPTION_KEY").ok();
+    options.previous_encryption_keys = std::env::var("GW_ENCRYPTION_KEYS_PREVIOUS").ok();
     options.sync_token = std::env::var("GW_SYNC_TOKEN")
         .ok()
         .as_deref()

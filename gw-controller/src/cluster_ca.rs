@@ -1,6 +1,6 @@
 //! The cluster's internal CA for the sync channel: made by the first controller of a
 //! cluster, loaded by every other, kept in the store with its private key sealed under
-//! `GW_ENCRYPTION_KEY`.
+//! `GW_ENCRYPTION_KEY` (resealed under a new key by [`reseal`]).
 //!
 //! Controllers that start together each offer a CA of their own; the store keeps the first
 //! and every controller loads that one ([`Store::cluster_secret`]). A controller whose
@@ -51,12 +51,23 @@ pub async fn load_or_create(
     store: &dyn Store,
     sealer: &Sealer,
 ) -> Result<ClusterCa, ClusterCaError> {
+    let (_, stored) = stored_or_offered(store, sealer).await?;
+    let key = sealer.open(&stored.sealed_key, CONTEXT)?;
+    ClusterCa::from_pem(&stored.certificate, &key)
+        .map_err(|err| ClusterCaError::Damaged(err.to_string()))
+}
+
+/// The CA the store keeps (as stored, and read), after offering a new one sealed under
+/// `sealer` in case it keeps none yet.
+async fn stored_or_offered(
+    store: &dyn Store,
+    sealer: &Sealer,
+) -> Result<(String, Stored), ClusterCaError> {
     let candidate = ClusterCa::generate(SystemTime::now())?;
-    let offered = serde_json::to_string(&Stored {
+    let offered = to_text(&Stored {
         certificate: candidate.cert_pem().to_string(),
         sealed_key: sealer.seal(&candidate.key_pem(), CONTEXT),
-    })
-    .map_err(|err| ClusterCaError::Damaged(err.to_string()))?;
+    })?;
     let kept = store.cluster_secret(NAME, &offered).await?;
     let stored: Stored =
         serde_json::from_str(&kept).map_err(|err| ClusterCaError::Damaged(err.to_string()))?;
@@ -66,9 +77,34 @@ pub async fn load_or_create(
             "its private key is not sealed".to_string(),
         ));
     }
-    let key = sealer.open(&stored.sealed_key, CONTEXT)?;
-    ClusterCa::from_pem(&stored.certificate, &key)
-        .map_err(|err| ClusterCaError::Damaged(err.to_string()))
+    Ok((kept, stored))
+}
+
+fn to_text(stored: &Stored) -> Result<String, ClusterCaError> {
+    serde_json::to_string(stored).map_err(|err| ClusterCaError::Damaged(err.to_string()))
+}
+
+/// Reseals the CA's key under `sealer`'s current key, if it is under a previous one;
+/// returns whether it did. Conditional on the stored value, so that two reseals at once
+/// (or a change made meanwhile) lose nothing. Like a controller's start, it makes the
+/// cluster's CA if the store keeps none yet.
+pub async fn reseal(store: &dyn Store, sealer: &Sealer) -> Result<bool, ClusterCaError> {
+    for _ in 0..crate::reseal::ATTEMPTS {
+        let (kept, mut stored) = stored_or_offered(store, sealer).await?;
+        let Some(key) = sealer.reseal(&stored.sealed_key, CONTEXT)? else {
+            return Ok(false);
+        };
+        stored.sealed_key = key;
+        if store
+            .reseal_cluster_secret(NAME, &kept, &to_text(&stored)?)
+            .await?
+        {
+            return Ok(true);
+        }
+    }
+    Err(ClusterCaError::Damaged(
+        "it changed while it was resealed; run the reseal again".to_string(),
+    ))
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The controller's secrets: the admin token and the encryption key.
+//! The controller's secrets: the admin token and the encryption keys (the current one and
+//! the previous ones of a rotation).
 //!
 //! Production mode (the default) refuses to start without both. Development mode (`--dev`)
 //! allows no token (the admin API is then open) and generates an encryption key into the
@@ -156,6 +157,24 @@ pub fn encryption_key(
     }
 }
 
+/// The previous encryption keys (`GW_ENCRYPTION_KEYS_PREVIOUS`: base64 keys separated by
+/// commas), which open values sealed before a key rotation; none when unset.
+pub fn previous_keys(configured: Option<&str>) -> Result<Vec<EncryptionKey>, KeyError> {
+    configured
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+        .enumerate()
+        .map(|(i, text)| {
+            EncryptionKey::decode(
+                text,
+                &format!("GW_ENCRYPTION_KEYS_PREVIOUS (key {} of the list)", i + 1),
+            )
+        })
+        .collect()
+}
+
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -212,6 +231,17 @@ mod tests {
                 .bytes(),
             &[7u8; 32]
         );
+
+        // previous keys: a list, each checked, named by its place
+        assert!(previous_keys(None).unwrap().is_empty());
+        assert!(previous_keys(Some(" ")).unwrap().is_empty());
+        let other = STANDARD.encode([8u8; 32]);
+        let keys = previous_keys(Some(&format!("{good}, {other},"))).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1].bytes(), &[8u8; 32]);
+        let err = previous_keys(Some(&format!("{good},bm90LTMyLWJ5dGVz"))).unwrap_err();
+        assert!(err.to_string().contains("key 2 of the list"), "{err}");
+        assert!(!err.to_string().contains("bm90"), "{err}");
 
         // development: generated once, then reused
         let first = encryption_key(true, None, dir.path()).unwrap();

@@ -26,6 +26,7 @@ pub mod enrollment;
 pub mod fleet;
 pub mod keys;
 pub mod metrics;
+pub mod reseal;
 pub mod sealed;
 pub mod watcher;
 
@@ -112,6 +113,9 @@ pub struct ControllerOptions {
     pub admin_token: Option<String>,
     /// The encryption key, base64 (`GW_ENCRYPTION_KEY`).
     pub encryption_key: Option<String>,
+    /// The previous encryption keys of a rotation, base64, comma-separated
+    /// (`GW_ENCRYPTION_KEYS_PREVIOUS`): values sealed under them still open.
+    pub previous_encryption_keys: Option<String>,
     /// A token runtimes must present on the sync port (`GW_SYNC_TOKEN`), checked besides
     /// their certificate; in development mode on a plaintext port, the only check. `None`:
     /// none asked.
@@ -179,6 +183,7 @@ impl ControllerOptions {
             dev_allowed_hosts: Vec::new(),
             admin_token: None,
             encryption_key: None,
+            previous_encryption_keys: None,
             sync_token: None,
             sync_tls: None,
             sync_ca: Some(SyncCaOptions::default()),
@@ -222,6 +227,10 @@ impl std::fmt::Debug for ControllerOptions {
             .field("dev_allowed_hosts", &self.dev_allowed_hosts)
             .field("admin_token", &set(self.admin_token.is_some()))
             .field("encryption_key", &set(self.encryption_key.is_some()))
+            .field(
+                "previous_encryption_keys",
+                &set(self.previous_encryption_keys.is_some()),
+            )
             .field("sync_token", &set(self.sync_token.is_some()))
             .field("sync_tls", &self.sync_tls)
             .field("sync_ca", &self.sync_ca)
@@ -321,6 +330,9 @@ pub enum ControllerError {
     /// The in-process runtime failed.
     #[error("the all-in-one runtime failed: {0}")]
     Runtime(#[from] gw_runtime::RuntimeError),
+    /// A reseal stopped.
+    #[error("the reseal stopped: {0}")]
+    Reseal(#[from] reseal::ResealError),
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ControllerError> {
@@ -439,11 +451,8 @@ pub async fn run(
         options.encryption_key.as_deref(),
         &options.data_dir,
     )?;
-    let sealer = Arc::new(Sealer::new(&encryption_key));
-    let database_url = options
-        .database_url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", options.data_dir.join("gw.db").display()));
+    let sealer = Arc::new(sealer(&options, &encryption_key)?);
+    let database_url = database_url(&options);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopping = stop_rx.clone();
@@ -460,6 +469,14 @@ pub async fn run(
     let admin_metrics = ServerMetrics::register(&mut metrics, "gw_admin", "admin API");
     let sync_metrics = SyncMetrics::register(&mut metrics);
     let controller_metrics = ControllerMetrics::register(&mut metrics);
+    let to_reseal = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    metrics.register(
+        "gw_controller_secrets_to_reseal",
+        "Stored APIs and certificates holding a secret sealed under a previous key (or in the \
+         clear): 0 once a key rotation's reseal is done (counted every 5 minutes; -1 when it \
+         cannot be counted)",
+        to_reseal.clone(),
+    );
     // without a token, the admin API answers anyone who reaches it: keep web pages out
     let dev_guard =
         (options.dev && token.is_none()).then(|| DevGuard::new(&options.dev_allowed_hosts));
@@ -569,7 +586,11 @@ pub async fn run(
     let revision = {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match watcher::load(&store, &desired, &sealer).await {
+            let opener = watcher::Opener {
+                sealer: &sealer,
+                policies: &options.policies,
+            };
+            match watcher::load(&store, &desired, opener).await {
                 Ok(revision) => break revision,
                 Err(err) if err.is_unavailable() => {
                     tracing::warn!(error = %err, "cannot load the desired state; retrying");
@@ -624,9 +645,17 @@ pub async fn run(
             Arc::clone(&store),
             Arc::clone(&desired),
             Arc::clone(&sealer),
+            options.policies.clone(),
             revision,
             options.poll_interval,
             feed_healthy,
+        )),
+        tokio::spawn(reseal::count_periodically(
+            Arc::clone(&store),
+            Arc::clone(&sealer),
+            options.policies.clone(),
+            to_reseal,
+            Duration::from_mins(5),
         )),
         tokio::spawn(watcher::compact_periodically(
             Arc::clone(&store),
@@ -772,6 +801,47 @@ struct InternalTls {
     names: Vec<String>,
     tls: Arc<ServerTls>,
     enroller: Arc<enrollment::StoreEnroller>,
+}
+
+/// The store's URL: the one configured, or the SQLite file in the data directory.
+fn database_url(options: &ControllerOptions) -> String {
+    options
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", options.data_dir.join("gw.db").display()))
+}
+
+/// Reseals every secret stored under the current key of `options` (`gw-controller
+/// reseal`): opens the store `options` name, with the keys they give, and reseals
+/// ([`reseal::reseal`]). Safe while controllers serve.
+pub async fn reseal_store(
+    options: &ControllerOptions,
+) -> Result<reseal::ResealReport, ControllerError> {
+    let key = keys::encryption_key(
+        options.dev,
+        options.encryption_key.as_deref(),
+        &options.data_dir,
+    )?;
+    let sealer = sealer(options, &key)?;
+    let store_options = StoreOptions {
+        timeout: options.store_timeout,
+        ..StoreOptions::default()
+    };
+    let store = gw_store::open(&database_url(options), &store_options)
+        .await
+        .map_err(ControllerError::Store)?;
+    Ok(reseal::reseal(store.as_ref(), &sealer, &options.policies).await?)
+}
+
+/// The controller's sealer: its encryption key, and the previous keys of a rotation.
+fn sealer(
+    options: &ControllerOptions,
+    key: &keys::EncryptionKey,
+) -> Result<Sealer, keys::KeyError> {
+    let previous = keys::previous_keys(options.previous_encryption_keys.as_deref())?;
+    let sealer = Sealer::with_previous(key, &previous);
+    tracing::info!(key = sealer.key_id(), previous = ?sealer.previous_ids(), "encryption keys loaded");
+    Ok(sealer)
 }
 
 /// Loads (or, first in the cluster, makes) the cluster CA, issues this controller's

@@ -9,6 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use gw_core::model::PolicyCatalog;
+use gw_core::policy::PolicyRegistry;
 use gw_store::feed::{ChangeFeed, FeedEvent};
 use gw_store::{ApiRecord, Change, ChangeOp, ResourceRecord, Snapshot, Store, StoreError};
 use gw_sync::proto::Resource;
@@ -49,61 +51,69 @@ fn entry(kind: &str, name: &str, revision: i64, spec: &serde_json::Value) -> Ent
     }
 }
 
-fn api_entry(record: &ApiRecord) -> Entry {
-    entry(KIND_API, &record.name, record.revision, &record.spec)
+/// What opens the secrets of stored resources: the controller's keys, and the policies
+/// that say which fields of an API hold secrets.
+#[derive(Debug, Clone, Copy)]
+pub struct Opener<'a> {
+    /// The controller's keys.
+    pub sealer: &'a Sealer,
+    /// The policies deployments use.
+    pub policies: &'a dyn PolicyCatalog,
 }
 
-/// A certificate whose private key does not open with this controller's key.
+/// A stored secret that does not open with this controller's keys.
 #[derive(Debug, thiserror::Error)]
-#[error("certificate {name:?} (revision {revision}): {source}")]
+#[error("{resource} (revision {revision}): {source}")]
 pub struct Unopened {
-    name: String,
+    /// `<kind> "<name>"`.
+    resource: String,
     revision: i64,
     #[source]
     source: SealError,
 }
 
-/// A stored resource as runtimes receive it: a certificate with its private key opened.
-/// A key that does not open (another controller's key, a damaged row) is an error: this
-/// controller must not serve a state that differs from its peers' at the same revision.
+/// A stored resource as runtimes receive it: a certificate with its private key opened, an
+/// API with its secret fields opened. A value that does not open (a key this controller
+/// lacks, a damaged row) is an error: this controller must not serve a state that differs
+/// from its peers' at the same revision.
 fn opened_entry(
-    sealer: &Sealer,
+    opener: Opener<'_>,
     kind: &str,
     name: &str,
     revision: i64,
     spec: &serde_json::Value,
 ) -> Result<Entry, Unopened> {
-    if kind != KIND_CERTIFICATE {
-        return Ok(entry(kind, name, revision, spec));
-    }
-    let opened = sealer
-        .open_certificate(spec, name)
-        .map_err(|source| Unopened {
-            name: name.to_string(),
-            revision,
-            source,
-        })?;
+    let opened = match kind {
+        KIND_CERTIFICATE => opener.sealer.open_certificate(spec, name),
+        KIND_API => opener.sealer.open_api(spec, name, opener.policies),
+        _ => return Ok(entry(kind, name, revision, spec)),
+    };
+    let opened = opened.map_err(|source| Unopened {
+        resource: format!("{kind} {name:?}"),
+        revision,
+        source,
+    })?;
     Ok(entry(kind, name, revision, &opened))
 }
 
 /// Every resource of a snapshot, APIs and the other kinds.
-fn snapshot_entries(snapshot: &Snapshot, sealer: &Sealer) -> Result<Vec<Entry>, Unopened> {
+fn snapshot_entries(snapshot: &Snapshot, opener: Opener<'_>) -> Result<Vec<Entry>, Unopened> {
     snapshot
         .apis
         .iter()
-        .map(|api| Ok(api_entry(api)))
+        .map(|api: &ApiRecord| opened_entry(opener, KIND_API, &api.name, api.revision, &api.spec))
         .chain(
             snapshot.resources.iter().map(|r: &ResourceRecord| {
-                opened_entry(sealer, &r.kind, &r.name, r.revision, &r.spec)
+                opened_entry(opener, &r.kind, &r.name, r.revision, &r.spec)
             }),
         )
         .collect()
 }
 
-fn state_change(change: Change, sealer: &Sealer) -> Result<StateChange, Unopened> {
+fn state_change(change: Change, opener: Opener<'_>) -> Result<StateChange, Unopened> {
     let entry = match &change.op {
         ChangeOp::Upsert(spec) => Some(opened_entry(
-            sealer,
+            opener,
             &change.kind,
             &change.name,
             change.revision,
@@ -124,7 +134,7 @@ fn state_change(change: Change, sealer: &Sealer) -> Result<StateChange, Unopened
 pub async fn load(
     store: &Arc<dyn Store>,
     state: &DesiredState,
-    sealer: &Sealer,
+    opener: Opener<'_>,
 ) -> Result<i64, StoreError> {
     let snapshot = store.snapshot().await?;
     let revision = snapshot.revision;
@@ -151,7 +161,7 @@ pub async fn load(
         .collect();
     // a key that does not open stops the controller at start, with the reason
     let entries =
-        snapshot_entries(&snapshot, sealer).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        snapshot_entries(&snapshot, opener).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     state.reset(revision, entries, history, floor);
     tracing::info!(
         revision,
@@ -167,10 +177,15 @@ pub async fn follow(
     store: Arc<dyn Store>,
     state: Arc<DesiredState>,
     sealer: Arc<Sealer>,
+    policies: PolicyRegistry,
     revision: i64,
     poll_interval: Duration,
     healthy: Arc<std::sync::atomic::AtomicBool>,
 ) {
+    let opener = Opener {
+        sealer: &sealer,
+        policies: &policies,
+    };
     let mut feed = ChangeFeed::new(Arc::clone(&store), revision, poll_interval);
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -179,22 +194,20 @@ pub async fn follow(
                 let last = changes.last().map_or(0, |c| c.revision);
                 changes
                     .into_iter()
-                    .map(|c| state_change(c, &sealer))
+                    .map(|c| state_change(c, opener))
                     .collect::<Result<Vec<_>, _>>()
                     .map(|changes| {
                         state.apply(changes);
                         tracing::debug!(revision = last, "desired state advanced");
                     })
             }
-            Ok(FeedEvent::Resync(snapshot)) => {
-                snapshot_entries(&snapshot, &sealer).map(|entries| {
-                    tracing::warn!(
-                        revision = snapshot.revision,
-                        "change log compacted past this controller's position; reloaded the full state"
-                    );
-                    state.reset(snapshot.revision, entries, [], snapshot.revision);
-                })
-            }
+            Ok(FeedEvent::Resync(snapshot)) => snapshot_entries(&snapshot, opener).map(|entries| {
+                tracing::warn!(
+                    revision = snapshot.revision,
+                    "change log compacted past this controller's position; reloaded the full state"
+                );
+                state.reset(snapshot.revision, entries, [], snapshot.revision);
+            }),
             Err(err) => {
                 if healthy.swap(false, std::sync::atomic::Ordering::AcqRel) {
                     tracing::warn!(error = %err, revision = feed.last_revision(), "cannot read the change log; serving the last known state and retrying");
@@ -215,7 +228,7 @@ pub async fn follow(
                 // this controller cannot serve what its peers serve at this revision: it
                 // stays at the last state it could open and reads again
                 healthy.store(false, std::sync::atomic::Ordering::Release);
-                tracing::error!(error = %err, revision = state.revision(), "cannot open a stored secret: this controller's GW_ENCRYPTION_KEY must be the one the others use; serving the last state it could open");
+                tracing::error!(error = %err, revision = state.revision(), "cannot open a stored secret: this controller's GW_ENCRYPTION_KEY (or one of GW_ENCRYPTION_KEYS_PREVIOUS) must be the one the others use; serving the last state it could open");
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 feed = ChangeFeed::new(Arc::clone(&store), state.revision(), poll_interval);
             }

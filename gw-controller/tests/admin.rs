@@ -439,13 +439,17 @@ async fn a_controller_with_another_key_refuses_to_load() {
     assert_eq!(status, StatusCode::CREATED);
 
     let same = DesiredState::new(100);
-    gw_controller::watcher::load(&store, &same, &state.sealer)
+    gw_controller::watcher::load(&store, &same, support::opener(&state))
         .await
         .unwrap();
     assert_eq!(same.snapshot("default").1.len(), 1);
 
     let other = Sealer::new(&EncryptionKey::from_bytes([8; 32]));
-    let err = gw_controller::watcher::load(&store, &DesiredState::new(100), &other)
+    let opener = gw_controller::watcher::Opener {
+        sealer: &other,
+        policies: &state.policies,
+    };
+    let err = gw_controller::watcher::load(&store, &DesiredState::new(100), opener)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("GW_ENCRYPTION_KEY"), "{err}");
@@ -620,7 +624,7 @@ async fn consumers_are_stored_sealed_and_generated_keys_are_shown_once() {
     }
     // the desired state sends it to the runtimes of its groups, sealed
     let desired = DesiredState::new(100);
-    gw_controller::watcher::load(&store, &desired, &state.sealer)
+    gw_controller::watcher::load(&store, &desired, support::opener(&state))
         .await
         .unwrap();
     let (_, resources) = desired.snapshot("default");

@@ -471,10 +471,11 @@ async fn an_operator_cannot_touch_another_group_s_resources() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
 
-/// What a role other than admin reads of an API hides its secrets, and writing such a
-/// definition back is refused rather than deploying the placeholder.
+/// What any role reads of an API hides its secrets (admins' reads too: they are sealed at
+/// rest and shown to no one), and writing such a definition back is refused rather than
+/// deploying the placeholder.
 #[tokio::test]
-async fn only_admins_read_secrets_in_api_definitions() {
+async fn no_role_reads_secrets_in_api_definitions() {
     let dir = tempfile::tempdir().unwrap();
     let (state, _stop) = controller(sqlite(&dir).await);
     let secret = "c2hhcmVkIHNlY3JldCBvZiAzMiBieXRlcyBvciBtb3JlISE=";
@@ -493,7 +494,7 @@ async fn only_admins_read_secrets_in_api_definitions() {
     )
     .await;
     let viewer = make_token(&state, &json!({"name": "dash", "role": "viewer"})).await;
-    for token in [&op, &viewer] {
+    for token in [BREAK_GLASS, &op, &viewer] {
         for path in ["/api/v1/apis/jwt-api", "/api/v1/apis"] {
             let (status, body) = send(&state, call("GET", path, token, None)).await;
             assert_eq!(status, StatusCode::OK, "{body}");
@@ -501,12 +502,6 @@ async fn only_admins_read_secrets_in_api_definitions() {
             assert!(body.to_string().contains("<redacted>"), "{path}: {body}");
         }
     }
-    let (_, shown) = send(
-        &state,
-        call("GET", "/api/v1/apis/jwt-api", BREAK_GLASS, None),
-    )
-    .await;
-    assert_eq!(shown["spec"]["policies"][0]["params"]["secret"], secret);
     // the operator's read, written back
     let (_, read) = send(&state, call("GET", "/api/v1/apis/jwt-api", &op, None)).await;
     let (status, body) = send(

@@ -544,6 +544,40 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The admin token `id` with its secret's hash, to authenticate a request with it.
     async fn admin_token(&self, id: &str) -> Result<Option<AdminTokenCredential>, StoreError>;
 
+    /// Rewrites the spec of the stored `kind` `name` (an API or another resource), and of
+    /// its entry in the change log, if it is still at `revision`: without a new revision, a
+    /// change or a notification. Only for a rewrite that changes no meaning, such as
+    /// resealing its secrets under a new key (runtimes, which receive them opened, see
+    /// nothing). Returns whether it was rewritten: `false` when it was written or deleted
+    /// meanwhile (read it again).
+    async fn reseal(
+        &self,
+        kind: &str,
+        name: &str,
+        revision: i64,
+        spec: &serde_json::Value,
+    ) -> Result<bool, StoreError>;
+
+    /// Rewrites the spec of the change log's upsert of `kind` `name` at `revision` (an older
+    /// version, kept for deltas), as [`Store::reseal`] does; `false` when the log has no
+    /// such entry (compacted).
+    async fn reseal_change(
+        &self,
+        kind: &str,
+        name: &str,
+        revision: i64,
+        spec: &serde_json::Value,
+    ) -> Result<bool, StoreError>;
+
+    /// Replaces the cluster secret `name` by `value` if it still is `current` (resealed);
+    /// `false` otherwise.
+    async fn reseal_cluster_secret(
+        &self,
+        name: &str,
+        current: &str,
+        value: &str,
+    ) -> Result<bool, StoreError>;
+
     /// Revokes the admin token `id` at `at` (a token revoked before keeps its first time)
     /// and, with `audit`, records it in the same transaction; returns whether it exists (an
     /// unknown id records nothing).
@@ -553,6 +587,18 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         at: DateTime<Utc>,
         audit: Option<&Audit>,
     ) -> Result<bool, StoreError>;
+
+    /// Appends the audit record of an operation that is not one write, made by `audit` to
+    /// `kind` `name`, once it completed: a reseal, which rewrites each sealed value in a
+    /// conditional update of its own and changes no meaning. Every write records in its own
+    /// transaction instead (its `audit`). [`StoreError::InvalidInput`] when `audit` names no
+    /// action.
+    async fn append_audit(
+        &self,
+        audit: &Audit,
+        kind: &str,
+        name: &str,
+    ) -> Result<AuditRecord, StoreError>;
 
     /// The audit records `query` selects, newest first.
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;

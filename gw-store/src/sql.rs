@@ -852,6 +852,79 @@ macro_rules! impl_store {
                 Ok(value)
             }
 
+            async fn reseal(
+                &self,
+                kind: &str,
+                name: &str,
+                revision: i64,
+                spec: &serde_json::Value,
+            ) -> Result<bool, $crate::StoreError> {
+                let mut tx = self.begin_writer().await?;
+                let updated = if kind == $crate::KIND_API {
+                    sqlx::query($crate::sql::RESEAL_API)
+                        .bind(sqlx::types::Json(spec))
+                        .bind(name)
+                        .bind(revision)
+                        .execute(&mut *tx)
+                        .await?
+                } else {
+                    sqlx::query($crate::sql::RESEAL_RESOURCE)
+                        .bind(sqlx::types::Json(spec))
+                        .bind(kind)
+                        .bind(name)
+                        .bind(revision)
+                        .execute(&mut *tx)
+                        .await?
+                }
+                .rows_affected();
+                if updated == 0 {
+                    return Ok(false);
+                }
+                sqlx::query($crate::sql::RESEAL_CHANGE)
+                    .bind(sqlx::types::Json(spec))
+                    .bind(revision)
+                    .bind(kind)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn reseal_change(
+                &self,
+                kind: &str,
+                name: &str,
+                revision: i64,
+                spec: &serde_json::Value,
+            ) -> Result<bool, $crate::StoreError> {
+                Ok(sqlx::query($crate::sql::RESEAL_CHANGE)
+                    .bind(sqlx::types::Json(spec))
+                    .bind(revision)
+                    .bind(kind)
+                    .bind(name)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected()
+                    > 0)
+            }
+
+            async fn reseal_cluster_secret(
+                &self,
+                name: &str,
+                current: &str,
+                value: &str,
+            ) -> Result<bool, $crate::StoreError> {
+                Ok(sqlx::query($crate::sql::RESEAL_CLUSTER_SECRET)
+                    .bind(value)
+                    .bind(name)
+                    .bind(current)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected()
+                    > 0)
+            }
+
             async fn create_enrollment_token(
                 &self,
                 t: &$crate::NewEnrollmentToken,
@@ -1119,6 +1192,23 @@ macro_rules! impl_store {
                     .await
             }
 
+            async fn append_audit(
+                &self,
+                audit: &$crate::Audit,
+                kind: &str,
+                name: &str,
+            ) -> Result<$crate::AuditRecord, $crate::StoreError> {
+                let Some(action) = audit.action.clone() else {
+                    return Err($crate::StoreError::InvalidInput(
+                        "an audit record appended on its own needs an action".to_string(),
+                    ));
+                };
+                let record = $crate::AuditRecord::of(audit, &action, kind, name, $crate::sql::now());
+                let record = Self::insert_audit(&self.pool, record).await?;
+                record.log();
+                Ok(record)
+            }
+
             async fn list_audit(
                 &self,
                 q: &$crate::AuditQuery,
@@ -1302,6 +1392,13 @@ pub(crate) const SELECT_RUNTIMES: &str = "SELECT node_id, grp, controller_id, se
 pub(crate) const INSERT_CLUSTER_SECRET: &str = "INSERT INTO cluster_secrets (name, value, \
      created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING";
 pub(crate) const SELECT_CLUSTER_SECRET: &str = "SELECT value FROM cluster_secrets WHERE name = $1";
+pub(crate) const RESEAL_API: &str = "UPDATE apis SET spec = $1 WHERE name = $2 AND revision = $3";
+pub(crate) const RESEAL_RESOURCE: &str =
+    "UPDATE resources SET spec = $1 WHERE kind = $2 AND name = $3 AND revision = $4";
+pub(crate) const RESEAL_CHANGE: &str = "UPDATE changes SET spec = $1 WHERE revision = $2 \
+     AND kind = $3 AND name = $4 AND op = 'upsert'";
+pub(crate) const RESEAL_CLUSTER_SECRET: &str =
+    "UPDATE cluster_secrets SET value = $1 WHERE name = $2 AND value = $3";
 pub(crate) const SELECT_STORE_ID: &str = "SELECT store_id FROM gw_meta WHERE id = 1";
 pub(crate) const PRUNE_RUNTIMES: &str = "DELETE FROM runtimes WHERE last_seen < $1";
 

@@ -145,6 +145,7 @@ impl Process {
             .env("RUST_LOG", "info")
             .env_remove("GW_ADMIN_TOKEN")
             .env_remove("GW_ENCRYPTION_KEY")
+            .env_remove("GW_ENCRYPTION_KEYS_PREVIOUS")
             .env_remove("GW_DATABASE_URL")
             .env_remove("GW_DEV")
             .env_remove("GW_SYNC_TOKEN")
@@ -325,6 +326,24 @@ impl Process {
             }
         }
         *self = Process::start(&self.name, &self.binary, &args, &self.envs);
+    }
+
+    /// [`Process::restart`] with the environment variables `envs` set (replacing any value
+    /// they had), and those named in `unset` removed.
+    pub fn restart_env(
+        &mut self,
+        replace: &[(&str, String)],
+        envs: &[(&str, &str)],
+        unset: &[&str],
+    ) {
+        self.envs.retain(|(key, _)| {
+            !unset.contains(&key.as_str()) && !envs.iter().any(|(k, _)| k == key)
+        });
+        self.envs.extend(
+            envs.iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string())),
+        );
+        self.restart(replace);
     }
 }
 
@@ -931,6 +950,18 @@ impl Drop for Upstream {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// An HS256 JWT of `claims`, signed with `secret`.
+pub fn hs256(claims: &serde_json::Value, secret: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = b64.encode(claims.to_string());
+    let signing_input = format!("{header}.{payload}");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let signature = b64.encode(ring::hmac::sign(&key, signing_input.as_bytes()).as_ref());
+    format!("{signing_input}.{signature}")
 }
 
 /// An API definition in YAML.

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use gw_e2e::{Admin, ControllerSpec, Upstream, controller, eventually};
+use gw_e2e::{Admin, ControllerSpec, Upstream, controller, eventually, hs256};
 use reqwest::Method;
 
 fn spec() -> ControllerSpec {
@@ -238,18 +238,6 @@ spec:
     )
     .await;
     assert!(!ctl.log().contains("correct horse battery"));
-}
-
-/// An HS256 JWT of `claims`, signed with `secret`.
-fn hs256(claims: &serde_json::Value, secret: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let header = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = b64.encode(claims.to_string());
-    let signing_input = format!("{header}.{payload}");
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    let signature = b64.encode(ring::hmac::sign(&key, signing_input.as_bytes()).as_ref());
-    format!("{signing_input}.{signature}")
 }
 
 #[tokio::test]

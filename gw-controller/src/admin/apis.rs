@@ -1,13 +1,18 @@
 //! `/api/v1/apis`: deploy, read and delete APIs (served by the handlers of
 //! [`super::kind`]).
 //!
+//! Every field of a definition that its policies or the model mark secret (an HS256 key,
+//! the password of a Redis or upstream URL, an injected `Authorization`) is stored sealed
+//! (see [`crate::sealed`]) and shown to no one: reads show `<redacted>` in its place, and a
+//! write that carries `<redacted>` back is refused ([`super::redact`] says why).
+//!
 //! A write validates the definition (every problem, with its field path) against the
 //! policies this controller knows, checks that a client certificate it presents to its
 //! upstream is deployed to its groups, and stores it with the routing keys it occupies (a
 //! key another API holds is a 409 `route_conflict`). APIs have a table of their own in the
 //! store, because they own routes.
 
-use gw_core::model::{ApiDefinition, Format, ValidationContext};
+use gw_core::model::{self, ApiDefinition, Format, ValidationContext};
 use gw_store::{
     Audit, DeleteResourceOutcome, Precondition, PutApi, ResourceRecord, RouteKey, Snapshot, Store,
     StoreError,
@@ -27,9 +32,10 @@ impl Kind for Apis {
         let ctx = ValidationContext {
             policies: Some(&state.policies),
         };
-        let api = ApiDefinition::parse_with(bytes, format, &ctx).map_err(ApiError::from_model)?;
-        super::redact::refuse_redacted(&api.to_json())?;
-        Ok(api)
+        let value = model::parse_value(bytes, format).map_err(ApiError::from_model)?;
+        // before validation, which would refuse the placeholder as a bad value
+        super::redact::refuse_redacted(&value)?;
+        ApiDefinition::from_value_validated(&value, &ctx).map_err(ApiError::from_model)
     }
 
     fn document_name(api: &ApiDefinition) -> Option<&str> {
@@ -41,11 +47,14 @@ impl Kind for Apis {
         let store = state.store()?;
         check_client_certificate(store.as_ref(), &api).await?;
         let name = api.metadata.name.clone();
+        // every secret field sealed, bound to this API and the field's path
+        let mut spec = api.to_json();
+        state.sealer.seal_api(&mut spec, &name, &state.policies);
         let outcome = store
             .put_api(PutApi {
                 name: name.clone(),
                 routes: route_keys(&api),
-                spec: api.to_json(),
+                spec,
                 precondition: deploy.precondition,
                 audit: Some(deploy.audit),
             })
@@ -63,24 +72,24 @@ impl Kind for Apis {
         api.spec.groups.clone()
     }
 
-    /// Policy params, upstream URLs and headers may hold secrets (an HS256 key, a Redis
-    /// password, an injected `Authorization`): see [`super::redact`].
+    /// For roles that may not see secrets, also what [`super::redact`] guesses to be one
+    /// (a policy that does not mark its secret params).
     fn hide_secrets(shown: &mut serde_json::Value) {
         super::redact::hide_secrets(shown);
     }
 
-    fn summary(_: &AppState, record: &ResourceRecord) -> serde_json::Value {
+    fn summary(state: &AppState, record: &ResourceRecord) -> serde_json::Value {
         json!({
             "name": record.name,
             "revision": record.revision,
             "createdAt": record.created_at,
             "updatedAt": record.updated_at,
-            "api": record.spec,
+            "api": shown(state, record),
         })
     }
 
-    fn shown(record: &ResourceRecord) -> Result<serde_json::Value, ApiError> {
-        Ok(record.spec.clone())
+    fn shown(state: &AppState, record: &ResourceRecord) -> Result<serde_json::Value, ApiError> {
+        Ok(shown(state, record))
     }
 
     async fn find(store: &dyn Store, name: &str) -> Result<Option<ResourceRecord>, StoreError> {
@@ -114,6 +123,17 @@ impl Kind for Apis {
     fn delete_error(_: &str, err: StoreError) -> ApiError {
         ApiError::from_store(err)
     }
+}
+
+/// An API as any read shows it, whatever the reader's role: every field its policies or
+/// the model mark secret ([`gw_core::model::secret`]) as `<redacted>`, sealed in the store
+/// or not.
+fn shown(state: &AppState, record: &ResourceRecord) -> serde_json::Value {
+    let mut spec = record.spec.clone();
+    state
+        .sealer
+        .hide_api_secrets(&mut spec, &record.name, &state.policies);
+    spec
 }
 
 fn route_keys(api: &ApiDefinition) -> Vec<RouteKey> {

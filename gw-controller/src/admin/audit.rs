@@ -7,7 +7,8 @@
 //! certificates, consumers and their credentials, enrollment and admin tokens, revocations
 //! and forgetting of runtime enrollments. A write that fails (refused, not found, a
 //! conflict, the store down) records nothing, and a record is never lost to a crash after
-//! its write.
+//! its write. A reseal (`POST /api/v1/reseal`), which rewrites each sealed value on its own
+//! and changes no meaning, appends its record once it completed ([`append`]).
 //!
 //! Reading the log takes the admin role (the route is in no family of
 //! [`super::access`]'s table): it names every token and client address.
@@ -98,6 +99,37 @@ impl FromRequestParts<Arc<AppState>> for Author {
             action: None,
             detail: None,
         }))
+    }
+}
+
+/// Records that `audit` did `action` to `kind` `name`: an operation that is not one write
+/// (a reseal, see [`gw_store::Store::append_audit`]), once it completed. A record the store
+/// cannot take is logged as an error, with what it would have said, and the operation is
+/// answered all the same (it was made).
+pub(super) async fn append(
+    state: &AppState,
+    audit: Audit,
+    action: &str,
+    kind: &str,
+    name: &str,
+    detail: Option<String>,
+) {
+    let audit = audit.doing(action, detail);
+    let result = match state.store() {
+        Ok(store) => store.append_audit(&audit, kind, name).await,
+        Err(_) => return,
+    };
+    if let Err(err) = result {
+        tracing::error!(
+            target: gw_store::audit::LOG_TARGET,
+            error = %err,
+            actor = %audit.actor,
+            request_id = %audit.request_id,
+            action,
+            kind,
+            name,
+            "the operation was made but its audit record could not be stored"
+        );
     }
 }
 

@@ -79,7 +79,7 @@ impl Kind for Certificates {
     }
 
     /// The document without its private key.
-    fn shown(record: &ResourceRecord) -> Result<serde_json::Value, ApiError> {
+    fn shown(_: &AppState, record: &ResourceRecord) -> Result<serde_json::Value, ApiError> {
         let mut public = record.spec.clone();
         if let Some(spec) = public.get_mut("spec").and_then(|s| s.as_object_mut()) {
             spec.remove("privateKey");

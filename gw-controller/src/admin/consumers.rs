@@ -122,7 +122,7 @@ impl Kind for Consumers {
     }
 
     /// The document without keys, passwords or hashes.
-    fn shown(record: &ResourceRecord) -> Result<Value, ApiError> {
+    fn shown(_: &AppState, record: &ResourceRecord) -> Result<Value, ApiError> {
         Ok(stored_definition(record)?.to_public_json())
     }
 }

@@ -144,7 +144,7 @@ pub(super) trait Kind: Send + Sync + 'static {
     fn summary(state: &AppState, record: &ResourceRecord) -> serde_json::Value;
 
     /// What a GET shows of one resource: its document, without any secret.
-    fn shown(record: &ResourceRecord) -> Result<serde_json::Value, ApiError>;
+    fn shown(state: &AppState, record: &ResourceRecord) -> Result<serde_json::Value, ApiError>;
 
     /// Refuses to delete a resource that another one still needs (409 `in_use`). By
     /// default nothing does.
@@ -577,7 +577,7 @@ async fn get<K: Kind>(
 ) -> Result<Response, ApiError> {
     let name = check_name(name)?;
     let record = record::<K>(&state, &name).await?;
-    let mut shown = K::shown(&record)?;
+    let mut shown = K::shown(&state, &record)?;
     if !identity.sees_secrets() {
         K::hide_secrets(&mut shown);
     }

@@ -23,6 +23,7 @@ mod identity;
 mod kind;
 mod oidc;
 mod redact;
+mod reseal;
 mod runtimes;
 mod tokens;
 mod write;
@@ -164,6 +165,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/bundles", axum::routing::post(bundles::export))
+        .route("/reseal", axum::routing::post(reseal::reseal_all))
         .route("/audit", get(audit::list))
         .route("/schema/api", get(schema))
         .route("/schema/certificate", get(certificate_schema))

@@ -1,22 +1,29 @@
-//! What roles that may not see secrets (operator, viewer) are not shown of an API
-//! definition, and the refusal of a document that carries such a hidden value back.
+//! The placeholder that stands for a secret in what reads show, the refusal of a document
+//! that carries it back, and, for roles that may not see secrets (operator, viewer), a
+//! second net over API definitions.
 //!
 //! Certificates' private keys and consumers' keys and passwords are never shown to anyone.
-//! API definitions are shown as deployed, and some of their fields may hold a secret: the
-//! `jwt` policy's HS256 `secret`, the password in a Redis or upstream URL, a header that a
-//! policy injects (`Authorization`). Until policies mark their secret params themselves
-//! (issue 16, point 5), the fields hidden are named here: any field whose name says it holds
-//! a secret ([`SECRET_FIELDS`]), and the password of any URL. Each is replaced by
-//! [`REDACTED`]; a write whose document still holds that text is refused (400), so that a
-//! definition read, edited and written back by an operator never deploys the placeholder
-//! in place of the secret.
+//! The fields of an API definition that its policies or the model mark secret
+//! ([`gw_core::model::secret`]: the `jwt` policy's HS256 `secret`, the password of a Redis
+//! or upstream URL, a credential header a policy injects) are stored sealed and shown to no
+//! role ([`super::apis`]). For operators and viewers, the fields a policy does not mark but
+//! whose name says they hold a secret ([`SECRET_FIELDS`]) and the password of any URL are
+//! hidden too: an embedder's policy may not mark its own.
+//!
+//! A write whose document still holds [`REDACTED`] is refused (400, naming the field),
+//! rather than made to keep the stored secret at that place: a writer that may not read a
+//! secret could otherwise keep it while changing what it is sent to (the host of a Redis or
+//! upstream URL, the upstream that receives an injected `Authorization`), and so have it
+//! sent to a server of its own. A definition read, edited and written back must give its
+//! secrets again.
 
+use gw_core::model::secret::{redact_url, url_password_span};
 use serde_json::Value;
 
 use super::ApiError;
 
 /// What stands in for a hidden value.
-pub(super) const REDACTED: &str = "<redacted>";
+pub(super) const REDACTED: &str = gw_core::model::secret::REDACTED;
 
 /// Field names (compared without case) whose values are secrets wherever they appear.
 const SECRET_FIELDS: [&str; 12] = [
@@ -48,25 +55,11 @@ pub(super) fn hide_secrets(value: &mut Value) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(hide_secrets),
-        Value::String(text) => {
-            if let Some(hidden) = without_password(text) {
-                *text = hidden;
-            }
+        Value::String(text) if url_password_span(text).is_some() => {
+            *text = redact_url(text);
         }
         _ => {}
     }
-}
-
-/// `scheme://user:<redacted>@host/...` for a URL with a password; `None` for any other
-/// text.
-fn without_password(text: &str) -> Option<String> {
-    let start = text.find("://")? + 3;
-    let authority_end = text[start..]
-        .find(['/', '?', '#'])
-        .map_or(text.len(), |i| start + i);
-    let at = text[start..authority_end].rfind('@')? + start;
-    let colon = text[start..at].find(':')? + start;
-    Some(format!("{}{REDACTED}{}", &text[..=colon], &text[at..]))
 }
 
 /// Refuses a document that holds [`REDACTED`] (400, naming the field): it was read without
@@ -77,8 +70,8 @@ pub(super) fn refuse_redacted(document: &Value) -> Result<(), ApiError> {
         Some(path) => Err(ApiError::field(
             &path,
             format!(
-                "holds {REDACTED:?}, which stands for a secret that this token's role is not \
-                 shown: give the secret itself"
+                "holds {REDACTED:?}, which stands for a secret that reads never show: give \
+                 the secret itself"
             ),
         )),
     }

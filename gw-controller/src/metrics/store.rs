@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 /// The `operation` label values: the [`Store`] methods that reach the database.
-pub(crate) const OPERATIONS: [&str; 38] = [
+pub(crate) const OPERATIONS: [&str; 42] = [
     "ping",
     "put_api",
     "delete_api",
@@ -57,8 +57,12 @@ pub(crate) const OPERATIONS: [&str; 38] = [
     "admin_token",
     "revoke_admin_token",
     "touch_admin_token",
+    "append_audit",
     "list_audit",
     "prune_audit",
+    "reseal",
+    "reseal_change",
+    "reseal_cluster_secret",
 ];
 
 /// The `kind` label values of `gw_store_errors_total`.
@@ -484,9 +488,51 @@ impl Store for MeasuredStore {
         measure.finish(self.inner.revoke_admin_token(id, at, audit).await)
     }
 
+    async fn reseal(
+        &self,
+        kind: &str,
+        name: &str,
+        revision: i64,
+        spec: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let measure = self.start("reseal");
+        measure.finish(self.inner.reseal(kind, name, revision, spec).await)
+    }
+
+    async fn reseal_change(
+        &self,
+        kind: &str,
+        name: &str,
+        revision: i64,
+        spec: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let measure = self.start("reseal_change");
+        measure.finish(self.inner.reseal_change(kind, name, revision, spec).await)
+    }
+
+    async fn reseal_cluster_secret(
+        &self,
+        name: &str,
+        current: &str,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        let measure = self.start("reseal_cluster_secret");
+        measure.finish(self.inner.reseal_cluster_secret(name, current, value).await)
+    }
+
     async fn touch_admin_token(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
         let measure = self.start("touch_admin_token");
         measure.finish(self.inner.touch_admin_token(id, at).await)
+    }
+
+    async fn append_audit(
+        &self,
+        audit: &Audit,
+        kind: &str,
+        name: &str,
+    ) -> Result<AuditRecord, StoreError> {
+        let measure = self.start("append_audit");
+        measure.finish(self.inner.append_audit(audit, kind, name).await)
     }
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
@@ -594,6 +640,15 @@ mod tests {
         store.list_runtimes().await.unwrap();
         store.prune_runtimes(now).await.unwrap();
         store.cluster_secret("s", "v").await.unwrap();
+        store.reseal_cluster_secret("s", "v", "w").await.unwrap();
+        store
+            .reseal("certificate", "c", 1, &serde_json::json!({}))
+            .await
+            .unwrap();
+        store
+            .reseal_change("certificate", "c", 1, &serde_json::json!({}))
+            .await
+            .unwrap();
         store
             .create_enrollment_token(
                 &gw_store::NewEnrollmentToken {
@@ -676,6 +731,15 @@ mod tests {
             .await
             .unwrap();
         store.compact(1).await.unwrap();
+        let audit = gw_store::Audit {
+            actor: "ops".into(),
+            role: "admin".into(),
+            source: None,
+            request_id: "r".into(),
+            action: Some("reseal".into()),
+            detail: None,
+        };
+        store.append_audit(&audit, "secrets", "k").await.unwrap();
         store
             .list_audit(&gw_store::AuditQuery::default())
             .await

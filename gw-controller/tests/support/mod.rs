@@ -20,10 +20,22 @@ use tower::ServiceExt;
 /// The handlers' state on `store` (none: still connecting), with `GW_ADMIN_TOKEN` set to
 /// `token` (none: development mode, open unless `dev_guard` keeps web pages out), and the
 /// sender that signals the controller's shutdown.
+#[allow(dead_code)] // tests/secrets.rs gives its own keys
 pub(crate) fn app_state(
     store: Option<Arc<dyn Store>>,
     dev_guard: Option<DevGuard>,
     token: Option<AdminToken>,
+) -> (Arc<AppState>, tokio::sync::watch::Sender<bool>) {
+    let sealer = Sealer::new(&EncryptionKey::from_bytes([7; 32]));
+    app_state_sealed(store, dev_guard, token, sealer)
+}
+
+/// [`app_state`] with the keys of `sealer`.
+pub(crate) fn app_state_sealed(
+    store: Option<Arc<dyn Store>>,
+    dev_guard: Option<DevGuard>,
+    token: Option<AdminToken>,
+    sealer: Sealer,
 ) -> (Arc<AppState>, tokio::sync::watch::Sender<bool>) {
     let cell = OnceLock::new();
     let loaded = store.is_some();
@@ -49,7 +61,7 @@ pub(crate) fn app_state(
         stopping,
         all_in_one: false,
         embedded: OnceLock::new(),
-        sealer: Arc::new(Sealer::new(&EncryptionKey::from_bytes([7; 32]))),
+        sealer: Arc::new(sealer),
         consumer_writes: tokio::sync::Mutex::new(()),
         bundles: OnceLock::new(),
         metrics: registry,
@@ -61,6 +73,15 @@ pub(crate) fn app_state(
         oidc: OnceLock::new(),
     });
     (state, stop)
+}
+
+/// What opens the stored secrets for `state`'s controller (its key and policies).
+#[allow(dead_code)] // not every test binary loads a desired state
+pub(crate) fn opener(state: &AppState) -> gw_controller::watcher::Opener<'_> {
+    gw_controller::watcher::Opener {
+        sealer: &state.sealer,
+        policies: &state.policies,
+    }
 }
 
 /// A store in a SQLite file in `dir`.

@@ -26,6 +26,7 @@ mod consumer;
 mod duration;
 mod messages;
 pub mod schema;
+pub mod secret;
 mod upstream;
 mod validate;
 
@@ -154,8 +155,10 @@ pub struct Operation {
     pub policies: Vec<PolicyRef>,
 }
 
-/// A policy attached to an API or an operation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// A policy attached to an API or an operation. Its `Debug` shows the params' field names,
+/// not their values: which of them are secrets only the policy knows
+/// ([`PolicyCatalog::secret_params`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
 pub struct PolicyRef {
@@ -164,6 +167,20 @@ pub struct PolicyRef {
     /// The policy's parameters, validated by the policy itself.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub params: serde_json::Value,
+}
+
+impl fmt::Debug for PolicyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fields: Vec<&str> = self
+            .params
+            .as_object()
+            .map(|params| params.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        f.debug_struct("PolicyRef")
+            .field("name", &self.name)
+            .field("params", &fields)
+            .finish()
+    }
 }
 
 /// The serialization of a document.

@@ -113,8 +113,8 @@ fn default_dns_refresh() -> HumanDuration {
     HumanDuration::from_secs(30)
 }
 
-/// One upstream endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// One upstream endpoint. Its `Debug` shows no password of its URL.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
 pub struct Endpoint {
@@ -124,6 +124,15 @@ pub struct Endpoint {
     /// Relative share of the traffic, 1 to 1000 (default 1).
     #[serde(default = "default_weight")]
     pub weight: u32,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &super::secret::RedactedUrl(&self.url))
+            .field("weight", &self.weight)
+            .finish()
+    }
 }
 
 fn default_weight() -> u32 {

@@ -50,6 +50,13 @@ pub trait PolicyCatalog: std::fmt::Debug + Sync {
     /// Every problem in the params of `policy` (known), attached at `at`, with field paths
     /// relative to its params (empty when they are valid).
     fn check_params(&self, policy: &PolicyRef, at: &Attachment<'_>) -> Vec<FieldError>;
+
+    /// The fields of the params of `policy` that hold secrets, relative to its params
+    /// (see [`super::secret`]); none by default, and none for a policy it does not know.
+    fn secret_params(&self, policy: &PolicyRef) -> Vec<super::secret::SecretField> {
+        let _ = policy;
+        Vec::new()
+    }
 }
 
 /// Where a policy is attached, as validation sees it.

@@ -44,11 +44,13 @@ use super::header_names::header_name;
 use super::{Filter, Policy, PolicyContext, RouteLayer, Template, filter_layer};
 use crate::body::Body;
 use crate::model::FieldError;
+use crate::model::secret::{REDACTED, SecretField, header_secret_fields, is_sensitive_header};
 
 /// The configuration of both header policies: their params in an API definition, or the
 /// typed config of a [`RequestHeadersLayer`] or a [`ResponseHeadersLayer`]. The operations
-/// run in this order: rename, remove, set, add.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+/// run in this order: rename, remove, set, add. Its `Debug` shows the values of
+/// credentials (`Authorization`...) as `<redacted>`.
+#[derive(Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
 pub struct HeadersConfig {
@@ -170,8 +172,37 @@ impl HeadersConfig {
     }
 }
 
-/// The compiled operations of one header policy.
-#[derive(Debug)]
+impl std::fmt::Debug for HeadersConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadersConfig")
+            .field("rename", &self.rename)
+            .field("remove", &self.remove)
+            .field("set", &ShownValues(&self.set))
+            .field("add", &ShownValues(&self.add))
+            .finish()
+    }
+}
+
+/// Header values as `Debug` shows them: a credential's as `<redacted>`.
+struct ShownValues<'a>(&'a BTreeMap<String, String>);
+
+impl std::fmt::Debug for ShownValues<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(name, value)| {
+                let shown = if is_sensitive_header(name) {
+                    REDACTED
+                } else {
+                    value.as_str()
+                };
+                (name, shown)
+            }))
+            .finish()
+    }
+}
+
+/// The compiled operations of one header policy. Its `Debug` shows the names of the
+/// headers set and added, not their values (which may be credentials).
 struct HeaderOps {
     rename: Vec<(HeaderName, HeaderName)>,
     remove: Vec<HeaderName>,
@@ -179,6 +210,21 @@ struct HeaderOps {
     add: Vec<(HeaderName, Template)>,
     /// Whether a value depends on the request.
     dynamic: bool,
+}
+
+impl std::fmt::Debug for HeaderOps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |ops: &[(HeaderName, Template)]| -> Vec<HeaderName> {
+            ops.iter().map(|(name, _)| name.clone()).collect()
+        };
+        f.debug_struct("HeaderOps")
+            .field("rename", &self.rename)
+            .field("remove", &self.remove)
+            .field("set", &names(&self.set))
+            .field("add", &names(&self.add))
+            .field("dynamic", &self.dynamic)
+            .finish()
+    }
 }
 
 impl HeaderOps {
@@ -254,6 +300,12 @@ impl Policy for RequestHeadersPolicy {
     fn layer(&self, params: HeadersConfig, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String> {
         Ok(filter_layer(RequestHeadersFilter(params.build(ctx, true)?)))
     }
+
+    /// The values of the credentials it sets or adds (`Authorization`, `Cookie`,
+    /// `X-Api-Key`...).
+    fn secret_params(&self, params: &serde_json::Value) -> Vec<SecretField> {
+        header_secret_fields(params)
+    }
 }
 
 /// `response-headers`: changes the response's headers before it goes to the client. The
@@ -288,6 +340,11 @@ impl Policy for ResponseHeadersPolicy {
         Ok(filter_layer(ResponseHeadersFilter(
             params.build(ctx, false)?,
         )))
+    }
+
+    /// The values of the credentials it sets or adds (`Set-Cookie`...).
+    fn secret_params(&self, params: &serde_json::Value) -> Vec<SecretField> {
+        header_secret_fields(params)
     }
 }
 

@@ -75,6 +75,7 @@ use super::header_names::header_name;
 use super::{Consumer, Phase, Policy, PolicyContext, RouteLayer};
 use crate::body::Body;
 use crate::consumers::{ConsumerSet, ConsumerStore};
+use crate::model::secret::SecretField;
 use crate::model::{FieldError, HumanDuration};
 
 /// The longest token looked at, in bytes.
@@ -100,8 +101,8 @@ pub struct PublicKeyConfig {
     pub kid: Option<String>,
 }
 
-/// The params of `jwt`.
-#[derive(Debug, Deserialize, JsonSchema)]
+/// The params of `jwt`. Its `Debug` shows no `secret` and no password of `jwksUrl`.
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
 pub struct JwtConfig {
@@ -159,6 +160,31 @@ pub struct JwtConfig {
     /// Whether a valid token must name a consumer (default false).
     #[serde(default)]
     pub consumer_required: bool,
+}
+
+impl fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::model::secret::{REDACTED, RedactedUrl};
+        f.debug_struct("JwtConfig")
+            .field("algorithms", &self.algorithms)
+            .field("jwks", &self.jwks)
+            .field("jwks_url", &self.jwks_url.as_deref().map(RedactedUrl))
+            .field("refresh_interval", &self.refresh_interval)
+            .field("min_refresh_interval", &self.min_refresh_interval)
+            .field("public_keys", &self.public_keys)
+            .field("secret", &self.secret.as_ref().map(|_| REDACTED))
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("require_exp", &self.require_exp)
+            .field("leeway", &self.leeway)
+            .field("required_claims", &self.required_claims)
+            .field("scopes", &self.scopes)
+            .field("forward_claims", &self.forward_claims)
+            .field("header", &self.header)
+            .field("cookie", &self.cookie)
+            .field("consumer_required", &self.consumer_required)
+            .finish()
+    }
 }
 
 fn default_refresh() -> HumanDuration {
@@ -239,6 +265,14 @@ pub(crate) struct JwtPolicy;
 
 impl Policy for JwtPolicy {
     type Params = JwtConfig;
+
+    /// The HS256 `secret`, and the password of a `jwksUrl` that has one.
+    fn secret_params(&self, _params: &Value) -> Vec<SecretField> {
+        vec![
+            SecretField::whole("/secret"),
+            SecretField::url_password("/jwksUrl"),
+        ]
+    }
 
     fn check(&self, params: &JwtConfig, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {
         let mut errors = Vec::new();

@@ -79,6 +79,7 @@ use tower::util::BoxCloneSyncService;
 
 use crate::body::{Body, BoxError};
 use crate::consumers::ConsumerStore;
+use crate::model::secret::SecretField;
 use crate::model::{Attachment, FieldError, PolicyCatalog, PolicyRef};
 
 pub use crate::extensions::{Consumer, Exchange, RequestId, authenticate};
@@ -211,6 +212,15 @@ pub trait PolicyFactory: Send + Sync + fmt::Debug + 'static {
     fn schema(&self) -> Option<serde_json::Value> {
         None
     }
+
+    /// The fields of `params` that hold secrets (an HS256 key, a password in a URL, an
+    /// injected `Authorization` value), as JSON pointers relative to `params`: a control
+    /// plane seals them at rest and never shows them. None by default. Read from the JSON,
+    /// which may not be valid params (see [`crate::model::secret`]).
+    fn secret_params(&self, params: &serde_json::Value) -> Vec<SecretField> {
+        let _ = params;
+        Vec::new()
+    }
 }
 
 /// A policy whose params are a serde type. Parsing reports unknown fields and type errors
@@ -241,6 +251,13 @@ pub trait Policy: Send + Sync + fmt::Debug + 'static {
 
     /// Builds the layer from checked params.
     fn layer(&self, params: Self::Params, ctx: &PolicyContext<'_>) -> Result<RouteLayer, String>;
+
+    /// The fields of `params` (as written, not parsed) that hold secrets; see
+    /// [`PolicyFactory::secret_params`]. None by default.
+    fn secret_params(&self, params: &serde_json::Value) -> Vec<SecretField> {
+        let _ = params;
+        Vec::new()
+    }
 }
 
 /// Adapts a [`Policy`] to a [`PolicyFactory`].
@@ -293,6 +310,10 @@ impl<P: Policy> PolicyFactory for Typed<P> {
 
     fn schema(&self) -> Option<serde_json::Value> {
         serde_json::to_value(schemars::schema_for!(P::Params)).ok()
+    }
+
+    fn secret_params(&self, params: &serde_json::Value) -> Vec<SecretField> {
+        self.0.secret_params(params)
     }
 }
 
@@ -497,6 +518,12 @@ impl PolicyCatalog for PolicyRegistry {
             consumers: ConsumerStore::empty(),
         };
         self.validate_params(&policy.name, &policy.params, &ctx)
+    }
+
+    fn secret_params(&self, policy: &PolicyRef) -> Vec<SecretField> {
+        self.factories
+            .get(&policy.name)
+            .map_or_else(Vec::new, |f| f.secret_params(&policy.params))
     }
 }
 

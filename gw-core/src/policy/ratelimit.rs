@@ -103,6 +103,7 @@ use super::ipfilter::{parse_cidrs, request_ip};
 use super::{Cidr, Consumer, Filter, Phase, Policy, PolicyContext, RouteLayer, filter_layer};
 use crate::body::Body;
 use crate::model::FieldError;
+use crate::model::secret::SecretField;
 
 /// The params of `rate-limit`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -323,6 +324,11 @@ pub(crate) struct RateLimitPolicy;
 
 impl Policy for RateLimitPolicy {
     type Params = RateLimitParams;
+
+    /// The password of the Redis URL.
+    fn secret_params(&self, _params: &serde_json::Value) -> Vec<SecretField> {
+        vec![SecretField::url_password("/redis/url")]
+    }
 
     fn phase(&self) -> Phase {
         Phase::RateLimit
