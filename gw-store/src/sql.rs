@@ -1203,7 +1203,8 @@ macro_rules! impl_store {
                         "an audit record appended on its own needs an action".to_string(),
                     ));
                 };
-                let record = $crate::AuditRecord::of(audit, &action, kind, name, $crate::sql::now());
+                let record =
+                    $crate::AuditRecord::of(audit, &action, kind, name, $crate::sql::now());
                 let record = Self::insert_audit(&self.pool, record).await?;
                 record.log();
                 Ok(record)
