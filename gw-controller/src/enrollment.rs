@@ -149,9 +149,15 @@ pub struct StoreEnroller {
     looked_up: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     /// Held while the enrollments are read.
     reading: tokio::sync::Mutex<()>,
-    /// The current serial of each node that this controller recorded as in use.
-    in_use: std::sync::Mutex<HashMap<String, String>>,
+    /// The serial of each node that this controller recorded as in use.
+    in_use: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    /// Certificates seen in use, for the task that records them ([`StoreEnroller::load`]).
+    to_record: tokio::sync::mpsc::Sender<(String, String)>,
 }
+
+/// The most certificates seen in use waiting to be recorded; past it (the store slow or down
+/// while many runtimes reconnect) one is recorded at its next stream instead.
+const RECORD_QUEUE: usize = 4096;
 
 impl std::fmt::Debug for StoreEnroller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -181,6 +187,13 @@ impl StoreEnroller {
         store: Arc<dyn Store>,
         lifetime: Duration,
     ) -> Result<Self, gw_store::StoreError> {
+        let in_use = Arc::default();
+        let (to_record, recording) = tokio::sync::mpsc::channel(RECORD_QUEUE);
+        tokio::spawn(record_in_use(
+            Arc::clone(&store),
+            Arc::clone(&in_use),
+            recording,
+        ));
         let enroller = Self {
             ca,
             store,
@@ -188,7 +201,8 @@ impl StoreEnroller {
             known: RwLock::default(),
             changes: watch::channel(0).0,
             looked_up: tokio::sync::Mutex::default(),
-            in_use: std::sync::Mutex::default(),
+            in_use,
+            to_record,
             reading: tokio::sync::Mutex::default(),
         };
         enroller.refresh().await?;
@@ -241,35 +255,23 @@ impl StoreEnroller {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Records in the store that a stream opened with `cert`, once per certificate: if it
-    /// is the node's current one, its previous one no longer renews from then on (see
-    /// [`Store::renew_runtime`]). (Whether it is current, the store decides: this
-    /// controller may not have read a renewal made through another yet.) A store that does
-    /// not answer leaves it for the next stream.
-    async fn record_in_use(&self, identity: &RuntimeIdentity, cert: &CertFacts) {
+    /// Has it recorded in the store, once per certificate and off the stream's admission,
+    /// that a stream opened with `cert`: if it is the node's current one, its previous one no
+    /// longer renews from then on (see [`Store::renew_runtime`]). (Whether it is current,
+    /// the store decides: this controller may not have read a renewal made through another
+    /// yet.)
+    fn record_in_use(&self, identity: &RuntimeIdentity, cert: &CertFacts) {
         let recorded = self
             .in_use
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&identity.node_id)
             == Some(&cert.serial);
-        if recorded {
-            return;
-        }
-        match self
-            .store
-            .runtime_serial_in_use(&identity.node_id, &cert.serial, utc(SystemTime::now()))
-            .await
-        {
-            Ok(()) => {
-                self.in_use
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(identity.node_id.clone(), cert.serial.clone());
-            }
-            Err(err) => {
-                tracing::debug!(node = %identity.node_id, error = %err, "certificate in use not recorded");
-            }
+        if !recorded {
+            // a full queue: recorded at a later stream
+            let _ = self
+                .to_record
+                .try_send((identity.node_id.clone(), cert.serial.clone()));
         }
     }
 
@@ -332,7 +334,7 @@ impl Enroller for StoreEnroller {
         csr_pem: &str,
     ) -> Result<IssuedCertificate, EnrollRefusal> {
         if token.ca_hash() != self.ca.hash() {
-            return Err(EnrollRefusal::Unauthenticated(
+            return Err(EnrollRefusal::UnknownToken(
                 "the token names another cluster's CA".to_string(),
             ));
         }
@@ -360,6 +362,9 @@ impl Enroller for StoreEnroller {
                     "{refusal}; this runtime serves group {:?}",
                     identity.group
                 )));
+            }
+            Err(refusal @ TokenRefusal::Unknown) => {
+                return Err(EnrollRefusal::UnknownToken(refusal.to_string()));
             }
             Err(refusal) => return Err(EnrollRefusal::Unauthenticated(refusal.to_string())),
         }
@@ -475,7 +480,7 @@ impl Enroller for StoreEnroller {
 
     async fn admit(&self, identity: &RuntimeIdentity, cert: &CertFacts) -> bool {
         if self.admits(identity, cert) {
-            self.record_in_use(identity, cert).await;
+            self.record_in_use(identity, cert);
             return true;
         }
         // a certificate this controller has not heard of yet (issued through another one
@@ -502,13 +507,46 @@ impl Enroller for StoreEnroller {
         }
         let admitted = self.admits(identity, cert);
         if admitted {
-            self.record_in_use(identity, cert).await;
+            self.record_in_use(identity, cert);
         }
         admitted
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+}
+
+/// Records the certificates seen in use ([`StoreEnroller::record_in_use`]) one after the
+/// other, until the enroller goes. One the store does not take is left for a later stream.
+async fn record_in_use(
+    store: Arc<dyn Store>,
+    in_use: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    mut recording: tokio::sync::mpsc::Receiver<(String, String)>,
+) {
+    while let Some((node, serial)) = recording.recv().await {
+        let recorded = in_use
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&node)
+            == Some(&serial);
+        if recorded {
+            continue;
+        }
+        match store
+            .runtime_serial_in_use(&node, &serial, utc(SystemTime::now()))
+            .await
+        {
+            Ok(()) => {
+                in_use
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(node, serial);
+            }
+            Err(err) => {
+                tracing::debug!(node = %node, error = %err, "certificate in use not recorded");
+            }
+        }
     }
 }
 
@@ -625,6 +663,11 @@ mod tests {
         let foreign = EnrollmentToken::generate(other.hash());
         let err = cluster.a.enroll(&foreign, &rt, &csr()).await.unwrap_err();
         assert!(err.to_string().contains("another cluster"), "{err}");
+        assert!(matches!(err, EnrollRefusal::UnknownToken(_)), "{err}");
+        // a token of this cluster that was never made: a guess
+        let guess = EnrollmentToken::generate(cluster.ca.hash());
+        let err = cluster.a.enroll(&guess, &rt, &csr()).await.unwrap_err();
+        assert!(matches!(err, EnrollRefusal::UnknownToken(_)), "{err}");
         // a request that does not read takes no use
         let once = cluster.token("edge", 1).await;
         let err = cluster.a.enroll(&once, &rt, "garbage").await.unwrap_err();
@@ -693,8 +736,17 @@ mod tests {
         let lost = facts(&cluster.a.renew(&rt, &first, &csr()).await.unwrap());
         let second = facts(&cluster.a.renew(&rt, &first, &csr()).await.unwrap());
         assert_ne!(lost.serial, second.serial);
-        // the runtime opens its stream with the second, at the other controller
+        // the runtime opens its stream with the second, at the other controller, which
+        // records it in use (right after the admission)
         assert!(cluster.b.admit(&rt, &second).await);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while cluster.b.in_use.lock().unwrap().get("rt-1") != Some(&second.serial) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not recorded in use"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         // whoever holds the certificate the second superseded (a copy of the runtime's key,
         // which had the lost answer) renews: the runtime is revoked, and its streams end at
         // the next read of each controller

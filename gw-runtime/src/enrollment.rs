@@ -349,11 +349,29 @@ impl Enrollment {
         if let Some(path) = &self.file
             && let Err(err) = write(path, &held.stored)
         {
-            // the certificate still serves this run; the next start enrolls again
-            tracing::error!(
-                file = %path.display(), error = %err,
-                "cannot keep the sync certificate; the next start will need GW_ENROLL_TOKEN"
-            );
+            // the certificate still serves this run, and the one kept before is superseded:
+            // presented again by the next start, once this one was in use, it would read as
+            // a copy of the runtime's identity and revoke it. The next start enrolls again.
+            match std::fs::remove_file(path) {
+                Ok(()) => tracing::error!(
+                    file = %path.display(), error = %err,
+                    "cannot keep the sync certificate (the superseded one was removed); the \
+                     next start will need GW_ENROLL_TOKEN"
+                ),
+                Err(removal) if removal.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::error!(
+                        file = %path.display(), error = %err,
+                        "cannot keep the sync certificate; the next start will need \
+                         GW_ENROLL_TOKEN"
+                    );
+                }
+                Err(removal) => tracing::error!(
+                    file = %path.display(), error = %err, removal = %removal,
+                    "cannot keep the sync certificate, nor remove the superseded one: remove \
+                     the file before the next start, which would otherwise present it and \
+                     have the runtime revoked as a copy of itself"
+                ),
+            }
         }
         self.tls.replace(config);
         self.held = Some(held);

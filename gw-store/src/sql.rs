@@ -878,6 +878,7 @@ macro_rules! impl_store {
                 }
                 .rows_affected();
                 if updated == 0 {
+                    tx.rollback().await?;
                     return Ok(false);
                 }
                 sqlx::query($crate::sql::RESEAL_CHANGE)

@@ -1009,9 +1009,12 @@ impl Enroller for MemoryEnroller {
         {
             let mut tokens = self.tokens.lock().unwrap();
             let Some((hash, group, uses)) = tokens.get_mut(token.id()) else {
-                return Err(EnrollRefusal::Unauthenticated("unknown token".into()));
+                return Err(EnrollRefusal::UnknownToken("unknown token".into()));
             };
-            if !token.matches(hash) || *uses == 0 {
+            if !token.matches(hash) {
+                return Err(EnrollRefusal::UnknownToken("unknown token".into()));
+            }
+            if *uses == 0 {
                 return Err(EnrollRefusal::Unauthenticated("unknown token".into()));
             }
             if *group != identity.group {
@@ -1135,47 +1138,57 @@ async fn a_runtime_enrolls_with_a_token_and_is_served_as_its_certificate_names_i
     );
 }
 
-/// A client whose enrollments keep failing (a guessed token, another group's) is refused
-/// for the rest of the minute before its token is even looked up: the enroller is not asked.
+/// A client that keeps guessing tokens is refused for the rest of the minute before its
+/// token is even looked up: the enroller is not asked, even for a good token. A spent token
+/// is no guess: it does not count.
 #[tokio::test]
-async fn an_address_that_keeps_failing_to_enroll_is_held_back() {
-    let enroller = MemoryEnroller::new(ClusterCa::generate(std::time::SystemTime::now()).unwrap());
-    let state = Arc::new(DesiredState::new(1000));
-    let events = Arc::new(Events::default());
-    let ctl = enrolling_controller(&enroller, &state, &events).await;
+async fn an_address_that_keeps_guessing_tokens_is_held_back() {
     let identity = RuntimeIdentity::new("edge", "rt-1").unwrap();
     let minute = || gw_sync::unix_millis() / 60_000;
-    // the failures are counted per minute: a sequence that straddles two is made again
+    // the guesses are counted per minute: a sequence that straddles two is made again, at a
+    // new controller
     for attempt in 0..3 {
+        let enroller =
+            MemoryEnroller::new(ClusterCa::generate(std::time::SystemTime::now()).unwrap());
+        let state = Arc::new(DesiredState::new(1000));
+        let events = Arc::new(Events::default());
+        let ctl = enrolling_controller(&enroller, &state, &events).await;
         let started = minute();
-        let mut refused_at = None;
-        for n in 0..25 {
+        let spent = enroller.token("edge", 0);
+        let mut outcomes = Vec::new();
+        for _ in 0..5 {
+            outcomes.push(enrolled_tls(&ctl, &spent, &identity).await.map(|_| ()));
+        }
+        for _ in 0..21 {
             let guess = EnrollmentToken::generate(enroller.ca.hash());
-            let err = enrolled_tls(&ctl, &guess, &identity).await.unwrap_err();
-            if err.to_string().contains("too many failed enrollments") {
-                assert!(err.is_transient(), "{err}");
-                refused_at = Some(n);
-                break;
-            }
-            assert!(err.to_string().contains("unknown token"), "{err}");
+            outcomes.push(enrolled_tls(&ctl, &guess, &identity).await.map(|_| ()));
         }
         let calls = enroller.calls.load(std::sync::atomic::Ordering::SeqCst);
-        // a good token from the same address waits too, without reaching the enroller
         let good = enroller.token("edge", 1);
-        let err = enrolled_tls(&ctl, &good, &identity).await.unwrap_err();
+        let last = enrolled_tls(&ctl, &good, &identity).await.map(|_| ());
         if minute() != started {
             assert!(attempt < 2, "three sequences straddled a minute");
             continue;
         }
-        assert_eq!(refused_at, Some(20));
-        assert!(
-            err.to_string().contains("too many failed enrollments"),
-            "{err}"
-        );
+        let held_back = |outcome: &Result<(), gw_sync::enroll::EnrollError>| {
+            outcome.as_ref().is_err_and(|err| {
+                assert!(
+                    err.is_transient() || err.to_string().contains("unknown token"),
+                    "{err}"
+                );
+                err.to_string().contains("too many failed enrollments")
+            })
+        };
+        // the spent token and the first 20 guesses reach the enroller; then the address waits
+        let reached: Vec<bool> = outcomes.iter().map(|o| !held_back(o)).collect();
+        assert_eq!(reached, [vec![true; 25], vec![false]].concat());
+        assert!(outcomes.iter().all(Result::is_err));
+        assert!(held_back(&last), "{last:?}");
         assert_eq!(
             enroller.calls.load(std::sync::atomic::Ordering::SeqCst),
             calls
         );
+        assert_eq!(calls, 25);
         return;
     }
 }

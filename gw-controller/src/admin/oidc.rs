@@ -45,8 +45,9 @@ pub const DEFAULT_ALGORITHMS: [JwtAlgorithm; 3] = [
     JwtAlgorithm::EdDsa,
 ];
 
-/// How the admin API takes OIDC tokens (`--oidc-*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the admin API takes OIDC tokens (`--oidc-*`). `Debug` shows the JWKS URL without
+/// its password or query, which may hold a credential.
+#[derive(Clone, PartialEq, Eq)]
 pub struct OidcOptions {
     /// The accepted issuer: the tokens' `iss`, exactly.
     pub issuer: String,
@@ -64,6 +65,29 @@ pub struct OidcOptions {
     pub subject_claim: String,
     /// The mappings from a claim value to a role.
     pub roles: Vec<RoleMapping>,
+}
+
+impl std::fmt::Debug for OidcOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (base, query) = self
+            .jwks_url
+            .split_once('?')
+            .map_or((self.jwks_url.as_str(), false), |(base, _)| (base, true));
+        let jwks_url = format!(
+            "{:?}{}",
+            gw_core::model::secret::RedactedUrl(base),
+            if query { "?<redacted>" } else { "" }
+        );
+        f.debug_struct("OidcOptions")
+            .field("issuer", &self.issuer)
+            .field("audiences", &self.audiences)
+            .field("jwks_url", &jwks_url)
+            .field("algorithms", &self.algorithms)
+            .field("roles_claim", &self.roles_claim)
+            .field("subject_claim", &self.subject_claim)
+            .field("roles", &self.roles)
+            .finish()
+    }
 }
 
 impl OidcOptions {
@@ -493,6 +517,20 @@ mod tests {
         assert_eq!(claim(claims, "realm_access.roles"), Some(&json!(["c"])));
         assert_eq!(claim(claims, "realm_access.nothing"), None);
         assert_eq!(claim(claims, "groups.x"), None);
+    }
+
+    #[test]
+    fn debug_hides_the_credentials_of_the_jwks_url() {
+        let options = OidcOptions::new(
+            "https://idp.example",
+            &["gw"],
+            "https://user:url-password@idp.example/keys?api_key=query-secret",
+        );
+        let shown = format!("{options:?}");
+        assert!(shown.contains("idp.example/keys"), "{shown}");
+        for secret in ["url-password", "query-secret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use serde_json::json;
 use super::audit::Author;
 use super::enrollment::{listing, parse_lifetime, revoked};
 use super::format::{read_body, request_format};
-use super::identity::NamedToken;
+use super::identity::{Identity, NamedToken};
 use super::{ApiError, AppState};
 
 /// The bounds of `expiresIn`.
@@ -133,8 +133,17 @@ fn validate_name(name: &str) -> Result<(), String> {
     if !name.bytes().all(ok) {
         return Err("use lowercase letters, digits, '.', '_' and '-'".to_string());
     }
+    // the names the audit log gives GW_ADMIN_TOKEN and an open development API
+    if RESERVED_NAMES.contains(&name) {
+        return Err(format!(
+            "{name:?} names another identity in the audit log; choose another name"
+        ));
+    }
     Ok(())
 }
+
+/// Actor names that are not tokens'.
+const RESERVED_NAMES: [&str; 2] = [Identity::BREAK_GLASS, Identity::ANONYMOUS];
 
 /// What the API shows of a token: never its secret.
 fn view(record: &AdminTokenRecord, now: DateTime<Utc>) -> serde_json::Value {
@@ -253,6 +262,8 @@ mod tests {
             ("CI", "lowercase"),
             ("a b", "lowercase"),
             ("é", "lowercase"),
+            ("break-glass", "another identity"),
+            ("anonymous", "another identity"),
         ] {
             let err = validate_name(bad).unwrap_err();
             assert!(err.contains(reason), "{bad:?}: {err}");

@@ -132,10 +132,12 @@ const SENSITIVE_HEADERS: [&str; 5] = [
 
 /// Words that make a header name one whose value is a credential (`x-auth-token`,
 /// `x-client-secret`, `api-key`).
-const SENSITIVE_WORDS: [&str; 6] = ["auth", "token", "secret", "password", "apikey", "api-key"];
+const SENSITIVE_WORDS: [&str; 5] = ["auth", "token", "secret", "password", "key"];
 
 /// Whether the value of header `name` is a credential (`Authorization`, `Cookie`,
-/// `X-Api-Key`, any name with `auth`, `token`, `secret`, `password` or `api-key` in it).
+/// `X-Api-Key`, any name with `auth`, `token`, `secret`, `password` or `key` in it:
+/// `Ocp-Apim-Subscription-Key`, `X-Functions-Key`; an `X-Idempotency-Key` is hidden too,
+/// which costs only its display).
 pub fn is_sensitive_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     SENSITIVE_HEADERS.contains(&name.as_str()) || SENSITIVE_WORDS.iter().any(|w| name.contains(w))
@@ -245,6 +247,9 @@ mod tests {
             "x-api-key",
             "X-Auth-Token",
             "x-client-secret",
+            "Ocp-Apim-Subscription-Key",
+            "x-functions-key",
+            "x-api_key",
         ] {
             assert!(is_sensitive_header(name), "{name}");
         }
@@ -275,7 +280,11 @@ mod tests {
         let api = serde_json::json!({"spec": {
             "upstream": {"endpoints": [{"url": "http://a"}, {"url": "http://b"}]},
             "policies": [
-                {"name": "jwt", "params": {"secret": "k"}},
+                {"name": "jwt", "params": {"secret": "k", "jwks": {"keys": [
+                    {"kty": "RSA", "n": "public", "e": "AQAB"},
+                    {"kty": "oct", "k": "hs256-key"},
+                    {"kty": "RSA", "n": "public", "e": "AQAB", "d": "private", "p": "x"},
+                ]}}},
                 {"name": "not-registered", "params": {"secret": "k"}},
             ],
             "operations": [{"method": "GET", "path": "/", "policies": [
@@ -294,6 +303,9 @@ mod tests {
             expected.extend([
                 "/spec/policies/0/params/secret",
                 "/spec/policies/0/params/jwksUrl",
+                "/spec/policies/0/params/jwks/keys/1/k",
+                "/spec/policies/0/params/jwks/keys/2/d",
+                "/spec/policies/0/params/jwks/keys/2/p",
             ]);
         }
         if cfg!(feature = "transform") {
@@ -319,9 +331,12 @@ mod tests {
                 "algorithms": ["HS256"],
                 "secret": "hs256-secret-value",
                 "jwksUrl": "https://u:endpoint-pw@idp/keys",
+                "jwks": {"keys": [{"kty": "oct", "kid": "inline", "k": "jwk-secret-value"}]},
             }))
             .unwrap();
-            printed.push(format!("{jwt:?}"));
+            let text = format!("{jwt:?}");
+            assert!(text.contains("inline"), "{text}");
+            printed.push(text);
         }
         #[cfg(feature = "transform")]
         {
@@ -335,7 +350,12 @@ mod tests {
             printed.push(text);
         }
         for text in &printed {
-            for secret in ["hs256-secret-value", "endpoint-pw", "header-secret"] {
+            for secret in [
+                "hs256-secret-value",
+                "endpoint-pw",
+                "header-secret",
+                "jwk-secret-value",
+            ] {
                 assert!(!text.contains(secret), "{secret} in {text}");
             }
         }

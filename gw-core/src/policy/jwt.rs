@@ -162,12 +162,41 @@ pub struct JwtConfig {
     pub consumer_required: bool,
 }
 
+/// The members of a JWK that hold a secret: an `oct` key's `k` (an HS256 key), and the
+/// private parts of an RSA or EC key pasted whole (which verification does not need).
+const JWK_SECRET_MEMBERS: [&str; 8] = ["k", "d", "p", "q", "dp", "dq", "qi", "oth"];
+
+/// The pointers (relative to `jwks`) of the secret members of its keys.
+fn jwk_secrets(jwks: &Value) -> Vec<String> {
+    let Some(keys) = jwks.get("keys").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    keys.iter()
+        .enumerate()
+        .flat_map(|(i, key)| {
+            JWK_SECRET_MEMBERS
+                .iter()
+                .filter(move |member| key.get(**member).is_some())
+                .map(move |member| format!("/keys/{i}/{member}"))
+        })
+        .collect()
+}
+
 impl fmt::Debug for JwtConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use crate::model::secret::{REDACTED, RedactedUrl};
+        let jwks = self.jwks.as_ref().map(|jwks| {
+            let mut shown = jwks.clone();
+            for pointer in jwk_secrets(jwks) {
+                if let Some(member) = shown.pointer_mut(&pointer) {
+                    *member = Value::String(REDACTED.to_string());
+                }
+            }
+            shown
+        });
         f.debug_struct("JwtConfig")
             .field("algorithms", &self.algorithms)
-            .field("jwks", &self.jwks)
+            .field("jwks", &jwks)
             .field("jwks_url", &self.jwks_url.as_deref().map(RedactedUrl))
             .field("refresh_interval", &self.refresh_interval)
             .field("min_refresh_interval", &self.min_refresh_interval)
@@ -267,11 +296,19 @@ impl Policy for JwtPolicy {
     type Params = JwtConfig;
 
     /// The HS256 `secret`, and the password of a `jwksUrl` that has one.
-    fn secret_params(&self, _params: &Value) -> Vec<SecretField> {
-        vec![
+    fn secret_params(&self, params: &Value) -> Vec<SecretField> {
+        let mut fields = vec![
             SecretField::whole("/secret"),
             SecretField::url_password("/jwksUrl"),
-        ]
+        ];
+        if let Some(jwks) = params.get("jwks") {
+            fields.extend(
+                jwk_secrets(jwks)
+                    .into_iter()
+                    .map(|pointer| SecretField::whole(format!("/jwks{pointer}"))),
+            );
+        }
+        fields
     }
 
     fn check(&self, params: &JwtConfig, _ctx: &PolicyContext<'_>) -> Vec<FieldError> {

@@ -34,8 +34,12 @@ pub struct IssuedCertificate {
 /// token that does not match exists.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EnrollRefusal {
-    /// The token is unknown, wrong, expired, used up or revoked; or the certificate is
-    /// revoked or superseded.
+    /// No token of this cluster has this id and secret: what a guess gets (counted against
+    /// the client's address, see the sync port's limit on failed enrollments).
+    #[error("{0}")]
+    UnknownToken(String),
+    /// The token is expired, used up or revoked; or the certificate is revoked or
+    /// superseded.
     #[error("{0}")]
     Unauthenticated(String),
     /// What the runtime asks for is not what its token allows (another group).
@@ -53,7 +57,9 @@ pub enum EnrollRefusal {
 impl From<EnrollRefusal> for Status {
     fn from(refusal: EnrollRefusal) -> Self {
         match refusal {
-            EnrollRefusal::Unauthenticated(reason) => Status::unauthenticated(reason),
+            EnrollRefusal::UnknownToken(reason) | EnrollRefusal::Unauthenticated(reason) => {
+                Status::unauthenticated(reason)
+            }
             EnrollRefusal::Denied(reason) => Status::permission_denied(reason),
             EnrollRefusal::Invalid(reason) => Status::invalid_argument(reason),
             EnrollRefusal::Unavailable(reason) => Status::unavailable(reason),
@@ -102,9 +108,12 @@ pub trait Enroller: Send + Sync + 'static {
 /// round trip and a signature, and anyone who reaches the port may ask.
 const MAX_CONCURRENT: usize = 16;
 
-/// The most failed enrollments from one client address (an IPv6 address by its `/64`) in
-/// one minute; more are refused until the minute ends, before the token is read. A runtime
-/// with a bad token retries a few times a minute at most: this is for a client that guesses.
+/// The most enrollments with a guessed token (one that does not read, or that matches no
+/// token of the cluster: [`EnrollRefusal::UnknownToken`]) from one client address (an IPv6
+/// address by its `/64`) in one minute; more enrollments from it are refused until the
+/// minute ends, before their token is read. A runtime holds a real token, which is never
+/// counted even when spent, expired or another group's: a runtime that retries with it does
+/// not lock out the others behind its address.
 const MAX_FAILURES_PER_MINUTE: u32 = 20;
 
 /// The most addresses whose failures are counted at once. A client with more addresses
@@ -270,7 +279,7 @@ impl Enrollment for EnrollmentService {
                     failed(Status::unauthenticated(err.to_string()))
                 })?;
         let identity = RuntimeIdentity::new(&request.group, &request.node_id)
-            .map_err(|err| failed(Status::invalid_argument(err.to_string())))?;
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
         let permit = self.permit(&self.enrollments)?;
         // on a task of its own: a client that goes away does not cut the enrollment between
         // the use of its token and the record of its certificate
@@ -309,9 +318,11 @@ impl Enrollment for EnrollmentService {
                     );
                 }
                 match refusal {
-                    // the controller's failure, not the client's
-                    EnrollRefusal::Unavailable(_) => Err(refusal.into()),
-                    refusal => Err(failed(refusal.into())),
+                    // a guess; the other refusals answer a client that holds a real token
+                    // (spent, another group's: a runtime behind the same address as others
+                    // must not lock them out) or are the controller's own failure
+                    EnrollRefusal::UnknownToken(_) => Err(failed(refusal.into())),
+                    refusal => Err(refusal.into()),
                 }
             }
         }
