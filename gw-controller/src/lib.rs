@@ -586,10 +586,7 @@ pub async fn run(
     let revision = {
         let mut backoff = Duration::from_millis(200);
         loop {
-            let opener = watcher::Opener {
-                sealer: &sealer,
-                policies: &options.policies,
-            };
+            let opener = watcher::Opener { sealer: &sealer };
             match watcher::load(&store, &desired, opener).await {
                 Ok(revision) => break revision,
                 Err(err) if err.is_unavailable() => {
@@ -645,7 +642,6 @@ pub async fn run(
             Arc::clone(&store),
             Arc::clone(&desired),
             Arc::clone(&sealer),
-            options.policies.clone(),
             revision,
             options.poll_interval,
             feed_healthy,

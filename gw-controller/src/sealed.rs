@@ -28,6 +28,10 @@ use crate::keys::EncryptionKey;
 
 const PREFIX: &str = "gw-sealed:v1:";
 
+/// What every sealed value starts with, whatever its version: a client's document that holds
+/// it is refused (the controller opens every value it stored sealed).
+pub(crate) const SEALED_PREFIX: &str = "gw-sealed:";
+
 /// Why a sealed value did not open.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
@@ -243,20 +247,14 @@ impl Sealer {
     }
 
     /// The API document `spec` with its sealed fields opened: what runtimes are sent.
-    pub fn open_api(
-        &self,
-        spec: &Value,
-        name: &str,
-        catalog: &dyn PolicyCatalog,
-    ) -> Result<Value, SealError> {
+    pub fn open_api(&self, spec: &Value, name: &str) -> Result<Value, SealError> {
+        // every sealed value, wherever it is: one sealed when the policies marked a field
+        // that they no longer mark still opens (clients cannot store a sealed-looking value)
         let mut opened = spec.clone();
-        for field in api_secret_fields(spec, catalog) {
-            if let Some(Value::String(text)) = opened.pointer_mut(&field.pointer)
-                && Self::is_sealed(text)
-            {
-                *text = self.open(text, &api_context(name, &field.pointer))?;
-            }
-        }
+        each_sealed(&mut opened, &mut String::new(), &mut |pointer, text| {
+            *text = self.open(text, &api_context(name, pointer))?;
+            Ok(())
+        })?;
         Ok(opened)
     }
 
@@ -264,7 +262,15 @@ impl Sealer {
     /// was stored before sealing existed) by [`REDACTED`], in place: what any read shows.
     /// A URL keeps everything but its password.
     pub fn hide_api_secrets(&self, spec: &mut Value, name: &str, catalog: &dyn PolicyCatalog) {
-        for field in api_secret_fields(spec, catalog) {
+        let fields = api_secret_fields(spec, catalog);
+        // a sealed value no field of the catalog marks (any more) is hidden whole
+        let _ = each_sealed(spec, &mut String::new(), &mut |pointer, text| {
+            if !fields.iter().any(|field| field.pointer == pointer) {
+                *text = REDACTED.to_string();
+            }
+            Ok(())
+        });
+        for field in fields {
             if let Some(Value::String(text)) = spec.pointer_mut(&field.pointer) {
                 if field.part == SecretPart::Whole {
                     // nothing of it is shown: no need to open it
@@ -296,18 +302,22 @@ impl Sealer {
     ) -> Result<Option<Value>, SealError> {
         let mut resealed = spec.clone();
         let mut changed = false;
+        // every sealed value, wherever it is (see `open_api`)…
+        each_sealed(&mut resealed, &mut String::new(), &mut |pointer, text| {
+            if let Some(new) = self.reseal(text, &api_context(name, pointer))? {
+                *text = new;
+                changed = true;
+            }
+            Ok(())
+        })?;
+        // …and the secrets stored in the clear before sealing existed
         for field in api_secret_fields(spec, catalog) {
-            if let Some(Value::String(text)) = resealed.pointer_mut(&field.pointer) {
-                let context = api_context(name, &field.pointer);
-                if Self::is_sealed(text) {
-                    if let Some(new) = self.reseal(text, &context)? {
-                        *text = new;
-                        changed = true;
-                    }
-                } else if field.holds_secret(text) {
-                    *text = self.seal(text, &context);
-                    changed = true;
-                }
+            if let Some(Value::String(text)) = resealed.pointer_mut(&field.pointer)
+                && !Self::is_sealed(text)
+                && field.holds_secret(text)
+            {
+                *text = self.seal(text, &api_context(name, &field.pointer));
+                changed = true;
             }
         }
         Ok(changed.then_some(resealed))
@@ -331,6 +341,34 @@ impl Sealer {
         };
         *text = new;
         Ok(Some(resealed))
+    }
+}
+
+/// Calls `f` with the JSON pointer (RFC 6901, from `pointer`) and the text of every sealed
+/// string in `value`; stops at the first error.
+fn each_sealed(
+    value: &mut Value,
+    pointer: &mut String,
+    f: &mut dyn FnMut(&str, &mut String) -> Result<(), SealError>,
+) -> Result<(), SealError> {
+    let mut descend = |value: &mut Value, pointer: &mut String, token: &str| {
+        let len = pointer.len();
+        pointer.push('/');
+        pointer.push_str(&token.replace('~', "~0").replace('/', "~1"));
+        let result = each_sealed(value, pointer, f);
+        pointer.truncate(len);
+        result
+    };
+    match value {
+        Value::String(text) if Sealer::is_sealed(text) => f(pointer, text),
+        Value::Object(fields) => fields
+            .iter_mut()
+            .try_for_each(|(name, field)| descend(field, pointer, name)),
+        Value::Array(items) => items
+            .iter_mut()
+            .enumerate()
+            .try_for_each(|(i, item)| descend(item, pointer, &i.to_string())),
+        _ => Ok(()),
     }
 }
 
@@ -445,7 +483,7 @@ mod tests {
         assert_eq!(params[1], plain["spec"]["policies"][1]);
         assert_eq!(params[2], plain["spec"]["policies"][2]);
         assert_eq!(stored["spec"]["upstream"], plain["spec"]["upstream"]);
-        assert_eq!(sealer.open_api(&stored, "a", &policies).unwrap(), plain);
+        assert_eq!(sealer.open_api(&stored, "a").unwrap(), plain);
         let mut shown = stored.clone();
         sealer.hide_api_secrets(&mut shown, "a", &policies);
         assert_eq!(shown["spec"]["policies"][0]["params"]["secret"], REDACTED);
@@ -460,9 +498,31 @@ mod tests {
         let original = forged.clone();
         sealer.seal_api(&mut forged, "a", &policies);
         assert_ne!(forged, original);
-        assert_eq!(sealer.open_api(&forged, "a", &policies).unwrap(), original);
+        assert_eq!(sealer.open_api(&forged, "a").unwrap(), original);
         // already current: nothing to reseal
         assert_eq!(sealer.reseal_api(&stored, "a", &policies).unwrap(), None);
+
+        // a value sealed where no policy marks a secret now (a policy of another build, a
+        // mark dropped since) still opens where it is, is hidden, and is resealed
+        let pointer = "/spec/policies/2/params/secret";
+        let mut unmarked = stored.clone();
+        *unmarked.pointer_mut(pointer).unwrap() =
+            Value::String(sealer.seal("kept", &api_context("a", pointer)));
+        assert_eq!(sealer.open_api(&unmarked, "a").unwrap(), plain);
+        let mut shown = unmarked.clone();
+        sealer.hide_api_secrets(&mut shown, "a", &policies);
+        assert_eq!(shown.pointer(pointer).unwrap(), REDACTED);
+        let rotated = Sealer::with_previous(&key(2), &[key(1)]);
+        let resealed = rotated
+            .reseal_api(&unmarked, "a", &policies)
+            .unwrap()
+            .unwrap();
+        let text = resealed.pointer(pointer).unwrap().as_str().unwrap();
+        assert!(rotated.is_current(text), "{text}");
+        assert_eq!(
+            Sealer::new(&key(2)).open_api(&resealed, "a").unwrap(),
+            plain
+        );
     }
 
     #[test]

@@ -9,8 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gw_core::model::PolicyCatalog;
-use gw_core::policy::PolicyRegistry;
 use gw_store::feed::{ChangeFeed, FeedEvent};
 use gw_store::{ApiRecord, Change, ChangeOp, ResourceRecord, Snapshot, Store, StoreError};
 use gw_sync::proto::Resource;
@@ -51,14 +49,12 @@ fn entry(kind: &str, name: &str, revision: i64, spec: &serde_json::Value) -> Ent
     }
 }
 
-/// What opens the secrets of stored resources: the controller's keys, and the policies
-/// that say which fields of an API hold secrets.
+/// What opens the secrets of stored resources: the controller's keys (every sealed value
+/// opens where it is stored, whichever policy marked it).
 #[derive(Debug, Clone, Copy)]
 pub struct Opener<'a> {
     /// The controller's keys.
     pub sealer: &'a Sealer,
-    /// The policies deployments use.
-    pub policies: &'a dyn PolicyCatalog,
 }
 
 /// A stored secret that does not open with this controller's keys.
@@ -85,7 +81,7 @@ fn opened_entry(
 ) -> Result<Entry, Unopened> {
     let opened = match kind {
         KIND_CERTIFICATE => opener.sealer.open_certificate(spec, name),
-        KIND_API => opener.sealer.open_api(spec, name, opener.policies),
+        KIND_API => opener.sealer.open_api(spec, name),
         _ => return Ok(entry(kind, name, revision, spec)),
     };
     let opened = opened.map_err(|source| Unopened {
@@ -177,15 +173,11 @@ pub async fn follow(
     store: Arc<dyn Store>,
     state: Arc<DesiredState>,
     sealer: Arc<Sealer>,
-    policies: PolicyRegistry,
     revision: i64,
     poll_interval: Duration,
     healthy: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let opener = Opener {
-        sealer: &sealer,
-        policies: &policies,
-    };
+    let opener = Opener { sealer: &sealer };
     let mut feed = ChangeFeed::new(Arc::clone(&store), revision, poll_interval);
     let mut backoff = Duration::from_millis(100);
     loop {

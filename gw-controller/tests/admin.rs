@@ -445,10 +445,7 @@ async fn a_controller_with_another_key_refuses_to_load() {
     assert_eq!(same.snapshot("default").1.len(), 1);
 
     let other = Sealer::new(&EncryptionKey::from_bytes([8; 32]));
-    let opener = gw_controller::watcher::Opener {
-        sealer: &other,
-        policies: &state.policies,
-    };
+    let opener = gw_controller::watcher::Opener { sealer: &other };
     let err = gw_controller::watcher::load(&store, &DesiredState::new(100), opener)
         .await
         .unwrap_err();

@@ -183,29 +183,15 @@ async fn api_secrets_are_sealed_at_rest_shown_to_no_one_and_sent_opened() {
     assert_eq!(store.get_api("orders").await.unwrap().unwrap(), row);
 
     // runtimes get the values as written
-    let sent = sent(
-        &store,
-        Opener {
-            sealer: &ours,
-            policies: &state.policies,
-        },
-    )
-    .await
-    .unwrap();
+    let sent = sent(&store, Opener { sealer: &ours }).await.unwrap();
     assert_eq!(sent, api_as_stored_opened(&state.policies));
 
     // a sealed value moved to another field (or API) does not open there
     let mut moved = row.spec.clone();
     moved["spec"]["policies"][2]["params"]["set"]["Authorization"] =
         moved["spec"]["policies"][0]["params"]["secret"].clone();
-    assert_eq!(
-        ours.open_api(&moved, "orders", &state.policies),
-        Err(SealError::Damaged)
-    );
-    assert_eq!(
-        ours.open_api(&row.spec, "other", &state.policies),
-        Err(SealError::Damaged)
-    );
+    assert_eq!(ours.open_api(&moved, "orders"), Err(SealError::Damaged));
+    assert_eq!(ours.open_api(&row.spec, "other"), Err(SealError::Damaged));
 }
 
 /// The API as a controller stores it (canonical) with its secrets as written.
@@ -260,56 +246,26 @@ async fn a_key_rotation_reseals_everything_without_a_revision(store: Arc<dyn Sto
     gw_controller::cluster_ca::load_or_create(store.as_ref(), &old)
         .await
         .unwrap();
-    let opened_before = sent(
-        &store,
-        Opener {
-            sealer: &old,
-            policies: &registry,
-        },
-    )
-    .await
-    .unwrap();
+    let opened_before = sent(&store, Opener { sealer: &old }).await.unwrap();
     let revision = store.current_revision().await.unwrap();
 
     // step 1: the new key as a previous one opens nothing yet, and breaks nothing
     let step1 = Sealer::with_previous(&key(7), &[key(9)]);
     assert_eq!(
-        sent(
-            &store,
-            Opener {
-                sealer: &step1,
-                policies: &registry
-            }
-        )
-        .await
-        .unwrap(),
+        sent(&store, Opener { sealer: &step1 }).await.unwrap(),
         opened_before
     );
     // step 2: the new key current, the old one previous: every value still opens
     let new = Sealer::with_previous(&key(9), &[key(7)]);
     assert_eq!(
-        sent(
-            &store,
-            Opener {
-                sealer: &new,
-                policies: &registry
-            }
-        )
-        .await
-        .unwrap(),
+        sent(&store, Opener { sealer: &new }).await.unwrap(),
         opened_before
     );
     // a controller with the new key alone cannot open them yet, and says why
     let only_new = Sealer::new(&key(9));
-    let err = sent(
-        &store,
-        Opener {
-            sealer: &only_new,
-            policies: &registry,
-        },
-    )
-    .await
-    .unwrap_err();
+    let err = sent(&store, Opener { sealer: &only_new })
+        .await
+        .unwrap_err();
     assert!(
         err.contains(old.key_id()) && err.contains("GW_ENCRYPTION_KEYS_PREVIOUS"),
         "{err}"
@@ -362,15 +318,7 @@ async fn a_key_rotation_reseals_everything_without_a_revision(store: Arc<dyn Sto
     assert_eq!(sealed.len(), 3 * SECRETS.len() + 2, "{sealed:?}");
     assert!(sealed.iter().all(|v| only_new.is_current(v)), "{sealed:?}");
     assert_eq!(
-        sent(
-            &store,
-            Opener {
-                sealer: &only_new,
-                policies: &registry
-            }
-        )
-        .await
-        .unwrap(),
+        sent(&store, Opener { sealer: &only_new }).await.unwrap(),
         opened_before
     );
     gw_controller::cluster_ca::load_or_create(store.as_ref(), &only_new)

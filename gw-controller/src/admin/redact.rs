@@ -65,34 +65,45 @@ pub(super) fn hide_secrets(value: &mut Value) {
 /// Refuses a document that holds [`REDACTED`] (400, naming the field): it was read without
 /// its secrets, and writing it back would deploy the placeholder.
 pub(super) fn refuse_redacted(document: &Value) -> Result<(), ApiError> {
-    match find_redacted(document, String::new()) {
-        None => Ok(()),
-        Some(path) => Err(ApiError::field(
+    if let Some(path) = find_text(document, REDACTED, String::new()) {
+        return Err(ApiError::field(
             &path,
             format!(
                 "holds {REDACTED:?}, which stands for a secret that reads never show: give \
                  the secret itself"
             ),
-        )),
+        ));
     }
+    // the controller opens whatever it stored sealed: a value that only looks sealed would
+    // not open, and a sealed value copied from elsewhere is bound to where it was
+    if let Some(path) = find_text(document, crate::sealed::SEALED_PREFIX, String::new()) {
+        return Err(ApiError::field(
+            &path,
+            format!(
+                "holds {:?}, the mark of a value sealed at rest: give the secret itself",
+                crate::sealed::SEALED_PREFIX
+            ),
+        ));
+    }
+    Ok(())
 }
 
-/// The path of the first string that holds [`REDACTED`].
-fn find_redacted(value: &Value, path: String) -> Option<String> {
+/// The path of the first string that holds `needle`.
+fn find_text(value: &Value, needle: &str, path: String) -> Option<String> {
     match value {
-        Value::String(text) if text.contains(REDACTED) => Some(path),
+        Value::String(text) if text.contains(needle) => Some(path),
         Value::Object(fields) => fields.iter().find_map(|(name, field)| {
             let path = if path.is_empty() {
                 name.clone()
             } else {
                 format!("{path}.{name}")
             };
-            find_redacted(field, path)
+            find_text(field, needle, path)
         }),
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .find_map(|(i, item)| find_redacted(item, format!("{path}[{i}]"))),
+            .find_map(|(i, item)| find_text(item, needle, format!("{path}[{i}]"))),
         _ => None,
     }
 }
@@ -141,5 +152,11 @@ mod tests {
         hide_secrets(&mut api);
         let err = format!("{:?}", refuse_redacted(&api).unwrap_err());
         assert!(err.contains("spec.policies[0].params.secret"), "{err}");
+        // nor one that holds a value as the controller seals it, wherever it is
+        let copied = json!({"spec": {"policies": [{"name": "request-headers",
+            "params": {"set": {"x-team": "gw-sealed:v1:0123abcd:AAAA"}}}]}});
+        let err = format!("{:?}", refuse_redacted(&copied).unwrap_err());
+        assert!(err.contains("spec.policies[0].params.set.x-team"), "{err}");
+        assert!(err.contains("sealed at rest"), "{err}");
     }
 }

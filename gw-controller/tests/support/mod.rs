@@ -80,7 +80,6 @@ pub(crate) fn app_state_sealed(
 pub(crate) fn opener(state: &AppState) -> gw_controller::watcher::Opener<'_> {
     gw_controller::watcher::Opener {
         sealer: &state.sealer,
-        policies: &state.policies,
     }
 }
 
