@@ -22,9 +22,34 @@ pub(super) async fn reseal_all(
     State(state): State<Arc<AppState>>,
     Author(author): Author,
 ) -> Result<Response, ApiError> {
-    let store = state.store()?;
-    let report = reseal(store.as_ref(), &state.sealer, &state.policies)
+    let store = Arc::clone(state.store()?);
+    // on a task of its own, as its audit record: a client that goes away does not stop it
+    // half-way, unrecorded
+    let task = {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let report = reseal(store.as_ref(), &state.sealer, &state.policies).await;
+            if let Ok(report) = &report {
+                let detail = format!(
+                    "resealed {}, already current {}, changes resealed {}",
+                    report.resealed, report.already_current, report.changes_resealed
+                );
+                audit::append(
+                    &state,
+                    author,
+                    "reseal",
+                    "secrets",
+                    state.sealer.key_id(),
+                    Some(detail),
+                )
+                .await;
+            }
+            report
+        })
+    };
+    let report = task
         .await
+        .map_err(|_| ApiError::internal())?
         .map_err(|err| match err {
             ResealError::Store(err) => ApiError::from_store(err),
             err @ ResealError::Busy { .. } => ApiError::conflict("reseal_busy", err.to_string()),
@@ -37,19 +62,6 @@ pub(super) async fn reseal_all(
                 )
             }
         })?;
-    let detail = format!(
-        "resealed {}, already current {}, changes resealed {}",
-        report.resealed, report.already_current, report.changes_resealed
-    );
-    audit::append(
-        &state,
-        author,
-        "reseal",
-        "secrets",
-        state.sealer.key_id(),
-        Some(detail),
-    )
-    .await;
     let mut body = serde_json::to_value(report).unwrap_or_default();
     body["key"] = serde_json::Value::String(state.sealer.key_id().to_string());
     Ok(axum::Json(body).into_response())
