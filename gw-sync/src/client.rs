@@ -26,7 +26,7 @@ use crate::proto::{
     Ack, ControllerMessage, Heartbeat, Hello, Nack, Resource, ResourceRef, RuntimeMessage,
     controller_message, runtime_message,
 };
-use crate::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION, SyncToken, unix_millis};
+use crate::{MAX_MESSAGE_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, SyncToken, unix_millis};
 
 /// Applies configurations received from a controller. Implemented by the runtime.
 #[async_trait]
@@ -166,10 +166,27 @@ enum SessionError {
         "delta of store {got:?} does not apply to a configuration of store {applied:?}; resyncing"
     )]
     DeltaStore { got: String, applied: String },
+    #[error(
+        "the controller speaks protocol version {0}, which this runtime does not (it speaks \
+         {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})"
+    )]
+    Protocol(u32),
     #[error("invalid sync token")]
     Token,
     #[error("the outbound stream closed")]
     Closed,
+}
+
+/// Checks that the version a controller's configuration message says the stream speaks (0:
+/// version 1, from a controller before version negotiation) is one this runtime speaks: a
+/// controller picks it in the runtime's range.
+fn spoken(version: u32) -> Result<(), SessionError> {
+    let version = version.max(1);
+    if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+        Ok(())
+    } else {
+        Err(SessionError::Protocol(version))
+    }
 }
 
 /// The runtime's sync client; see the module docs.
@@ -336,6 +353,7 @@ impl<A: Applier> SyncClient<A> {
             group: self.options.group.clone(),
             runtime_version: self.options.runtime_version.clone(),
             protocol_version: PROTOCOL_VERSION,
+            min_protocol_version: MIN_PROTOCOL_VERSION,
             applied_revision,
             store_id,
             session_epoch: self
@@ -427,6 +445,7 @@ impl<A: Applier> SyncClient<A> {
     ) -> Result<(), SessionError> {
         let (nonce, revision, result) = match message {
             controller_message::Message::Snapshot(snapshot) => {
+                spoken(snapshot.protocol_version)?;
                 let result = self
                     .applier
                     .apply_snapshot(snapshot.revision, &snapshot.store_id, snapshot.resources)
@@ -434,6 +453,7 @@ impl<A: Applier> SyncClient<A> {
                 (snapshot.nonce, snapshot.revision, result)
             }
             controller_message::Message::Delta(delta) => {
+                spoken(delta.protocol_version)?;
                 let (applied, applied_store) = self.applier.applied();
                 if delta.store_id != applied_store {
                     return Err(SessionError::DeltaStore {

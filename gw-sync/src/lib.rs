@@ -26,8 +26,49 @@ pub mod proto {
     tonic::include_proto!("gw.sync.v1");
 }
 
-/// The major version of the protocol; runtimes and controllers must agree on it.
+/// The newest version of the sync protocol this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The oldest version of the sync protocol this build speaks. A controller and a runtime
+/// speak the newest version in both their ranges ([`negotiate`]); a release speaks the
+/// version of the release before it too, so that a rolling upgrade (controllers first, then
+/// runtimes, or the other way round) never leaves a runtime unserved.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// The version a controller speaking `MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION` speaks with a
+/// runtime that speaks `runtime_min..=runtime_max` (a `runtime_min` of 0: `runtime_max`
+/// only, as runtimes before version negotiation): the newest in both ranges, or why there is
+/// none, naming the side to upgrade.
+pub fn negotiate(runtime_min: u32, runtime_max: u32) -> Result<u32, String> {
+    let runtime_min = if runtime_min == 0 {
+        runtime_max
+    } else {
+        runtime_min
+    };
+    let chosen = runtime_max.min(PROTOCOL_VERSION);
+    if runtime_min <= runtime_max && chosen >= runtime_min.max(MIN_PROTOCOL_VERSION) {
+        return Ok(chosen);
+    }
+    let ours = if MIN_PROTOCOL_VERSION == PROTOCOL_VERSION {
+        format!("{PROTOCOL_VERSION}")
+    } else {
+        format!("{MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}")
+    };
+    let theirs = if runtime_min == runtime_max {
+        format!("{runtime_max}")
+    } else {
+        format!("{runtime_min} to {runtime_max}")
+    };
+    let upgrade = if runtime_max < MIN_PROTOCOL_VERSION {
+        "upgrade the runtime"
+    } else {
+        "upgrade the controller"
+    };
+    Err(format!(
+        "protocol version {theirs} is not supported by this controller (it speaks {ours}); \
+         {upgrade}: a release speaks the protocol of the release before it too"
+    ))
+}
 
 /// The kind of an API resource.
 pub const KIND_API: &str = "api";
@@ -177,7 +218,32 @@ pub fn unix_millis() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{MIN_TOKEN_LEN, SyncToken, WeakSyncToken, clip, validate_group, validate_node_id};
+    use super::{
+        MIN_PROTOCOL_VERSION, MIN_TOKEN_LEN, PROTOCOL_VERSION, SyncToken, WeakSyncToken, clip,
+        negotiate, validate_group, validate_node_id,
+    };
+
+    #[test]
+    fn the_newest_version_both_speak_is_spoken() {
+        let (min, max) = (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION);
+        // a runtime of this release, and one before negotiation (its one version)
+        assert_eq!(negotiate(min, max), Ok(max));
+        assert_eq!(negotiate(0, max), Ok(max));
+        // a runtime of the next release, which speaks this one's version too
+        assert_eq!(negotiate(max, max + 1), Ok(max));
+        // one that no longer speaks it: the controller is the one to upgrade
+        let err = negotiate(max + 1, max + 2).unwrap_err();
+        assert!(err.contains("upgrade the controller"), "{err}");
+        assert!(
+            err.contains(&format!("{} to {}", max + 1, max + 2)),
+            "{err}"
+        );
+        // one older than this release speaks: the runtime is
+        let err = negotiate(0, min - 1).unwrap_err();
+        assert!(err.contains("upgrade the runtime"), "{err}");
+        // a range upside down speaks nothing
+        assert!(negotiate(max + 1, max).is_err());
+    }
 
     #[test]
     fn a_sync_token_has_a_minimum_length() {

@@ -54,7 +54,7 @@ use crate::proto::{
     controller_message, runtime_message,
 };
 use crate::state::DesiredState;
-use crate::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION, SyncToken, unix_millis};
+use crate::{MAX_MESSAGE_BYTES, SyncToken, unix_millis};
 
 /// One runtime's connection, as the fleet view records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -457,14 +457,9 @@ impl SyncServer {
         }
     }
 
-    fn check_hello(hello: &Hello) -> Result<(), String> {
-        if hello.protocol_version != PROTOCOL_VERSION {
-            return Err(format!(
-                "protocol version {} is not supported by this controller (it speaks {PROTOCOL_VERSION}); \
-                 upgrade the runtime or the controller so that they match",
-                hello.protocol_version
-            ));
-        }
+    /// Checks a Hello; answers the protocol version the stream speaks.
+    fn check_hello(hello: &Hello) -> Result<u32, String> {
+        let version = crate::negotiate(hello.min_protocol_version, hello.protocol_version)?;
         crate::validate_node_id(&hello.node_id)?;
         if let Err(reason) = crate::validate_group(&hello.group) {
             return Err(format!("invalid group: {reason}"));
@@ -472,7 +467,7 @@ impl SyncServer {
         if hello.applied_revision < 0 {
             return Err("applied revision must not be negative".to_string());
         }
-        Ok(())
+        Ok(version)
     }
 }
 
@@ -562,21 +557,25 @@ impl ConfigSync for SyncServer {
             heartbeat_interval,
             session_epoch: hello.session_epoch,
         };
-        if let Err(reason) = Self::check_hello(&hello) {
-            // the node id may be what is wrong with the Hello: logged cut short and escaped
-            tracing::warn!(node = ?crate::clip(&hello.node_id, 64), %reason, "refusing runtime");
-            self.observer
-                .refused(&info, hello.applied_revision, &reason);
-            let refusal = ControllerMessage {
-                message: Some(controller_message::Message::Refusal(Refusal { reason })),
-            };
-            // the channel has room: this cannot fail
-            let _ = tx.try_send(Ok(refusal));
-            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
-        }
+        let protocol_version = match Self::check_hello(&hello) {
+            Ok(version) => version,
+            Err(reason) => {
+                // the node id may be what is wrong with the Hello: logged cut short and escaped
+                tracing::warn!(node = ?crate::clip(&hello.node_id, 64), %reason, "refusing runtime");
+                self.observer
+                    .refused(&info, hello.applied_revision, &reason);
+                let refusal = ControllerMessage {
+                    message: Some(controller_message::Message::Refusal(Refusal { reason })),
+                };
+                // the channel has room: this cannot fail
+                let _ = tx.try_send(Ok(refusal));
+                return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+            }
+        };
         let kinds = supported_kinds(&hello);
         let session = Session {
             kinds,
+            protocol_version,
             info,
             // a configuration from another store (or of unknown origin) is replaced whole
             acked: if hello.applied_revision > 0 && *hello.store_id == *self.store_id {
@@ -668,6 +667,8 @@ fn advertised_or_peer(advertised: &str, peer: Option<SocketAddr>) -> String {
 
 struct Session {
     info: SessionInfo,
+    /// The protocol version the stream speaks ([`crate::negotiate`]).
+    protocol_version: u32,
     /// The revision the runtime serves.
     acked: i64,
     state: Arc<DesiredState>,
@@ -1047,6 +1048,7 @@ impl Session {
                     upserts: delta.upserts,
                     removals: delta.removals,
                     store_id: self.store_id.to_string(),
+                    protocol_version: self.protocol_version,
                 })
             }
             None => {
@@ -1057,6 +1059,7 @@ impl Session {
                     revision,
                     resources,
                     store_id: self.store_id.to_string(),
+                    protocol_version: self.protocol_version,
                 })
             }
         };

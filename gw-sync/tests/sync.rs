@@ -471,6 +471,43 @@ async fn incompatible_runtime_is_refused_with_a_reason() {
     assert_eq!(rt.revision(), 0);
 }
 
+/// A runtime of the next release (it speaks this release's protocol too), and one from
+/// before version negotiation, are served the version this controller speaks: a rolling
+/// upgrade, controllers or runtimes first, leaves no runtime unserved.
+#[tokio::test]
+async fn runtimes_of_a_range_that_holds_this_version_are_served_it() {
+    use gw_sync::proto::config_sync_client::ConfigSyncClient;
+    use gw_sync::proto::{Hello, RuntimeMessage, controller_message, runtime_message};
+
+    let state = Arc::new(DesiredState::new(1000));
+    state.apply([change(1, "a", &["default"])]);
+    let events = Arc::new(Events::default());
+    let ctl = controller("ctl-a", &state, &events).await;
+    let ours = gw_sync::PROTOCOL_VERSION;
+    for (node, min, max) in [("rt-next", ours, ours + 1), ("rt-before", 0, ours)] {
+        let mut client = ConfigSyncClient::connect(ctl.address.clone())
+            .await
+            .unwrap();
+        let hello = Hello {
+            node_id: node.into(),
+            group: "default".into(),
+            protocol_version: max,
+            min_protocol_version: min,
+            ..Hello::default()
+        };
+        let outbound = tokio_stream::iter([RuntimeMessage {
+            message: Some(runtime_message::Message::Hello(hello)),
+        }]);
+        let mut inbound = client.stream(outbound).await.unwrap().into_inner();
+        let message = inbound.message().await.unwrap().and_then(|m| m.message);
+        let Some(controller_message::Message::Snapshot(snapshot)) = message else {
+            panic!("{node}: no snapshot: {message:?}");
+        };
+        assert_eq!(snapshot.protocol_version, ours, "{node}");
+        assert_eq!(snapshot.revision, 1, "{node}");
+    }
+}
+
 /// A runtime of another protocol version (a version skew during an upgrade) is told why it
 /// is refused, and the fleet hears of it with the revision it serves.
 #[tokio::test]

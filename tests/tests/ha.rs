@@ -83,7 +83,7 @@ async fn a_runtime_of_another_protocol_version_is_listed_as_refused() {
     Admin::new(a.addr("admin"), Some(TOKEN)).wait_ready().await;
     admin_b.wait_ready().await;
 
-    // what a runtime of the next protocol version would say
+    // what a runtime that speaks only the next protocol version would say
     let refusal = refused_hello(a.addr("sync"), "rt-next").await;
     let version = format!("protocol version {}", gw_sync::PROTOCOL_VERSION + 1);
     assert!(refusal.contains(&version), "{refusal}");
