@@ -369,17 +369,14 @@ impl Enroller for StoreEnroller {
             Err(refusal) => return Err(EnrollRefusal::Unauthenticated(refusal.to_string())),
         }
         let (issued, facts) = self.issue(identity, csr_pem)?;
-        let record = EnrollmentRecord {
-            node_id: identity.node_id.clone(),
-            group: identity.group.clone(),
-            serial: facts.serial.clone(),
-            previous_serial: None,
-            not_after: utc(facts.not_after),
-            token_id: Some(token.id().to_string()),
-            enrolled_at: utc(now),
-            renewed_at: None,
-            revoked_at: None,
-        };
+        let record = EnrollmentRecord::new(
+            &identity.node_id,
+            &identity.group,
+            &facts.serial,
+            utc(facts.not_after),
+            Some(token.id()),
+            utc(now),
+        );
         let written = self
             .store
             .enroll_runtime(&record)

@@ -1528,17 +1528,14 @@ async fn deleting_a_runtime_revokes_its_enrollment() {
 
     let now = Utc::now();
     store
-        .enroll_runtime(&gw_store::EnrollmentRecord {
-            node_id: "rt-1".into(),
-            group: "edge".into(),
-            serial: "01".into(),
-            previous_serial: None,
-            not_after: now + chrono::Duration::hours(24),
-            token_id: None,
-            enrolled_at: now,
-            renewed_at: None,
-            revoked_at: None,
-        })
+        .enroll_runtime(&gw_store::EnrollmentRecord::new(
+            "rt-1",
+            "edge",
+            "01",
+            now + chrono::Duration::hours(24),
+            None,
+            now,
+        ))
         .await
         .unwrap();
     store

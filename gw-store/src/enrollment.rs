@@ -176,3 +176,29 @@ pub struct EnrollmentRecord {
     /// When it was revoked; a revoked runtime needs a new enrollment.
     pub revoked_at: Option<DateTime<Utc>>,
 }
+
+impl EnrollmentRecord {
+    /// A new enrollment of `node_id` in `group` at `at`, with the certificate `serial` that
+    /// expires at `not_after`, made with the token `token_id` (none for one written by other
+    /// means): no previous certificate, no renewal, no revocation.
+    pub fn new(
+        node_id: &str,
+        group: &str,
+        serial: &str,
+        not_after: DateTime<Utc>,
+        token_id: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            node_id: node_id.to_string(),
+            group: group.to_string(),
+            serial: serial.to_string(),
+            previous_serial: None,
+            not_after,
+            token_id: token_id.map(str::to_string),
+            enrolled_at: at,
+            renewed_at: None,
+            revoked_at: None,
+        }
+    }
+}

@@ -523,6 +523,20 @@ macro_rules! impl_store {
                 Ok(true)
             }
 
+            /// Deletes the rows `statement` selects by a time before `before` (its `$1`): the
+            /// pruning of old rows; returns how many went.
+            async fn delete_before(
+                &self,
+                statement: &'static str,
+                before: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, $crate::StoreError> {
+                Ok(sqlx::query(statement)
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
+            }
+
             /// Marks the row `key` of `kind` revoked at `at` with `statement` (a row revoked
             /// before keeps its first time), recording it with `audit`; returns whether the
             /// row exists.
@@ -825,11 +839,8 @@ macro_rules! impl_store {
                 &self,
                 cutoff: chrono::DateTime<chrono::Utc>,
             ) -> Result<u64, $crate::StoreError> {
-                Ok(sqlx::query($crate::sql::PRUNE_RUNTIMES)
-                    .bind(cutoff)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected())
+                self.delete_before($crate::sql::PRUNE_RUNTIMES, cutoff)
+                    .await
             }
 
             async fn cluster_secret(
@@ -999,11 +1010,8 @@ macro_rules! impl_store {
                 &self,
                 before: chrono::DateTime<chrono::Utc>,
             ) -> Result<u64, $crate::StoreError> {
-                Ok(sqlx::query($crate::sql::DELETE_EXPIRED_ENROLLMENT_TOKENS)
-                    .bind(before)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected())
+                self.delete_before($crate::sql::DELETE_EXPIRED_ENROLLMENT_TOKENS, before)
+                    .await
             }
 
             async fn enroll_runtime(
@@ -1027,22 +1035,16 @@ macro_rules! impl_store {
                 &self,
                 before: chrono::DateTime<chrono::Utc>,
             ) -> Result<u64, $crate::StoreError> {
-                Ok(sqlx::query($crate::sql::PRUNE_ENROLLMENTS)
-                    .bind(before)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected())
+                self.delete_before($crate::sql::PRUNE_ENROLLMENTS, before)
+                    .await
             }
 
             async fn prune_admin_tokens(
                 &self,
                 before: chrono::DateTime<chrono::Utc>,
             ) -> Result<u64, $crate::StoreError> {
-                Ok(sqlx::query($crate::sql::PRUNE_ADMIN_TOKENS)
-                    .bind(before)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected())
+                self.delete_before($crate::sql::PRUNE_ADMIN_TOKENS, before)
+                    .await
             }
 
             async fn forget_runtime(
@@ -1233,11 +1235,7 @@ macro_rules! impl_store {
                 &self,
                 before: chrono::DateTime<chrono::Utc>,
             ) -> Result<u64, $crate::StoreError> {
-                Ok(sqlx::query($crate::sql::PRUNE_AUDIT)
-                    .bind(before)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected())
+                self.delete_before($crate::sql::PRUNE_AUDIT, before).await
             }
 
             async fn touch_admin_token(

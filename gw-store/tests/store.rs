@@ -1064,17 +1064,7 @@ async fn expired_and_revoked_tokens_are_refused_and_expired_ones_pruned(f: Fixtu
 
 fn enrollment(node: &str, serial: &str) -> EnrollmentRecord {
     let at = now();
-    EnrollmentRecord {
-        node_id: node.into(),
-        group: "edge".into(),
-        serial: serial.into(),
-        previous_serial: None,
-        not_after: at + hours(24),
-        token_id: Some("a".into()),
-        enrolled_at: at,
-        renewed_at: None,
-        revoked_at: None,
-    }
+    EnrollmentRecord::new(node, "edge", serial, at + hours(24), Some("a"), at)
 }
 
 async fn enrolled(s: &Arc<dyn Store>, node: &str) -> EnrollmentRecord {

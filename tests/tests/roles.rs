@@ -405,17 +405,14 @@ async fn enroll_a_runtime(db: &TestDatabase) {
     let now = chrono::Utc::now();
     assert!(
         store
-            .enroll_runtime(&gw_store::EnrollmentRecord {
-                node_id: "rt-1".into(),
-                group: "a".into(),
-                serial: "01".into(),
-                previous_serial: None,
-                not_after: now + chrono::Duration::hours(1),
-                token_id: None,
-                enrolled_at: now,
-                renewed_at: None,
-                revoked_at: None,
-            })
+            .enroll_runtime(&gw_store::EnrollmentRecord::new(
+                "rt-1",
+                "a",
+                "01",
+                now + chrono::Duration::hours(1),
+                None,
+                now,
+            ))
             .await
             .unwrap()
     );

@@ -244,12 +244,18 @@ pub(super) async fn create(
     let mut body = view(&record, now);
     body["token"] = json!(token.reveal());
     body["caHash"] = json!(ca_hash.to_string());
-    Ok((
+    Ok(shown_once(body))
+}
+
+/// The answer of a token's creation (enrollment or admin token), whose `body` holds the
+/// token's text, shown this once: 201, and never kept by a cache.
+pub(super) fn shown_once(body: serde_json::Value) -> Response {
+    (
         StatusCode::CREATED,
         [(header::CACHE_CONTROL, "no-store")],
         axum::Json(body),
     )
-        .into_response())
+        .into_response()
 }
 
 /// `GET /api/v1/enrollment-tokens`: every token, newest first, with its state.

@@ -11,8 +11,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use gw_core::model::{FieldError, Format, parse_value};
 use gw_store::audit::KIND_ADMIN_TOKEN;
@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::audit::Author;
-use super::enrollment::{listing, parse_lifetime, revoked};
+use super::enrollment::{listing, parse_lifetime, revoked, shown_once};
 use super::format::{read_body, request_format};
 use super::identity::{Identity, NamedToken};
 use super::{ApiError, AppState};
@@ -219,12 +219,7 @@ pub(super) async fn create(
         "createdAt": record.created_at,
         "expiresAt": record.expires_at,
     });
-    Ok((
-        StatusCode::CREATED,
-        [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(body),
-    )
-        .into_response())
+    Ok(shown_once(body))
 }
 
 /// `GET /api/v1/tokens`: every token, newest first, with its state and last use.

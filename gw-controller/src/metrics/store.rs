@@ -674,17 +674,8 @@ mod tests {
         );
         store.revoke_enrollment_token("t", now, None).await.unwrap();
         store.delete_expired_enrollment_tokens(now).await.unwrap();
-        let enrollment = gw_store::EnrollmentRecord {
-            node_id: "rt".into(),
-            group: "default".into(),
-            serial: "01".into(),
-            previous_serial: None,
-            not_after: now,
-            token_id: Some("t".into()),
-            enrolled_at: now,
-            renewed_at: None,
-            revoked_at: None,
-        };
+        let enrollment =
+            gw_store::EnrollmentRecord::new("rt", "default", "01", now, Some("t"), now);
         store.enroll_runtime(&enrollment).await.unwrap();
         let _ = store
             .renew_runtime("rt", "01", "02", now, now)
